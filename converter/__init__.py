@@ -1,0 +1,1 @@
+"""Hugging Face checkpoint → GGUF conversion (streaming, memory bounded by one tensor)."""

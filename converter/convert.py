@@ -1,0 +1,197 @@
+"""HF checkpoint folder → f32/f16/bf16 GGUF, one tensor at a time.
+
+Everything is validated before the output file is created (config, architecture, tensor presence and shapes,
+tokenizer); then the header is written and each tensor is read from its memory map, transformed, converted by the native
+core in chunks and streamed to the file. Peak memory is about one tensor plus a chunk buffer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
+
+import native
+from converter import arch as arches
+from converter.arch.base import Architecture, TensorSpec
+from converter.checkpoint import Checkpoint, SourceTensor
+from converter.vocab import load_vocab
+from converter.writer import KV, TensorInfo, TensorStream, atomic_output, encode_header
+from toolkit.errors import UserError
+
+log = logging.getLogger("toolkit")
+
+OUTTYPES = {  # name -> (tensor type of 2-D weights, general.file_type)
+    "f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+    "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+    "bf16": (GGMLQuantizationType.BF16, LlamaFileType.MOSTLY_BF16),
+}
+_NATIVE_TYPE = {"F32": native.F32, "F16": native.F16, "BF16": native.BF16,
+                GGMLQuantizationType.F32: native.F32, GGMLQuantizationType.F16: native.F16,
+                GGMLQuantizationType.BF16: native.BF16}
+_OUT_DTYPE = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16,
+              GGMLQuantizationType.BF16: np.uint16}
+CHUNK_BYTES = 16 << 20
+GGML_QUANT_VERSION = 2
+
+
+@dataclass
+class Planned:
+    spec: TensorSpec
+    source: SourceTensor
+    info: TensorInfo
+
+
+@dataclass
+class ConvertResult:
+    path: str
+    arch: str
+    outtype: str
+    n_tensors: int
+    n_bytes: int
+    seconds: float
+
+
+class Progress:
+    """What the converter reports to; the CLI supplies a rich or a plain-text implementation."""
+
+    def start(self, total_items: int, total_bytes: int) -> None: ...
+    def advance(self, name: str, info: TensorInfo) -> None: ...
+    def finish(self) -> None: ...
+
+
+def read_config(folder: Path) -> dict:
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UserError(f"no config.json in {folder}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return config
+
+
+def default_outfile(folder: Path, outtype: str, vocab_only: bool) -> Path:
+    return folder / ("ggml-vocab.gguf" if vocab_only else f"ggml-model-{outtype}.gguf")
+
+
+def plan_tensors(model: Architecture, ckpt: Checkpoint, outtype: str) -> list[Planned]:
+    wtype = OUTTYPES[outtype][0]
+    available = set(ckpt.tensors)
+    plan, used = [], set()
+    for spec in model.tensors(available):
+        src = ckpt.tensors.get(spec.hf)
+        if src is None:
+            why = " (listed in the index json but present in no shard)" if spec.hf in ckpt.phantom else ""
+            raise UserError(f"checkpoint has no tensor {spec.hf}{why}")
+        if src.shape != spec.shape:
+            raise UserError(f"tensor {spec.hf} has shape {list(src.shape)} but config.json implies {list(spec.shape)}")
+        ttype = GGMLQuantizationType.F32 if len(spec.shape) == 1 or spec.keep_f32 else wtype
+        plan.append(Planned(spec, src, TensorInfo(spec.gguf, spec.out_shape, ttype)))
+        used.add(spec.hf)
+    ignored = sorted(n for n in available - used if not model.skipped(n))
+    if ignored:
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        log.warning(f"ignoring {len(ignored)} tensor(s) not used by {model.gguf_arch}: {', '.join(ignored[:5])}{more}")
+    return plan
+
+
+def metadata(model: Architecture, folder: Path, outtype: str, name: str | None, vocab_kv: dict) -> list[KV]:
+    entries: dict[str, object] = {
+        "general.architecture": model.gguf_arch,
+        "general.type": "model",
+        "general.name": name or folder.resolve().name,
+        "general.file_type": int(OUTTYPES[outtype][1]),
+        "general.quantization_version": GGML_QUANT_VERSION,
+    }
+    entries.update({f"{model.gguf_arch}.{k}": v for k, v in model.hparams().items()})
+    entries.update(vocab_kv)
+    return [_kv(k, v) for k, v in entries.items()]
+
+
+def _scalar_type(v: object) -> GGUFValueType:
+    if isinstance(v, bool):
+        return GGUFValueType.BOOL
+    if isinstance(v, int):
+        return GGUFValueType.UINT32
+    if isinstance(v, float):
+        return GGUFValueType.FLOAT32
+    if isinstance(v, str):
+        return GGUFValueType.STRING
+    raise TypeError(f"no GGUF type for {type(v).__name__}")
+
+
+def _kv(key: str, value: object) -> KV:
+    if isinstance(value, list):
+        first = value[0] if value else ""
+        etype = GGUFValueType.INT32 if isinstance(first, int) else _scalar_type(first)
+        return KV(key, GGUFValueType.ARRAY, value, etype)
+    return KV(key, _scalar_type(value), value)
+
+
+def tensor_chunks(p: Planned) -> Iterator[np.ndarray]:
+    """The converted bytes of one tensor, in chunks of about CHUNK_BYTES, reusing one buffer."""
+    raw = p.source.array()
+    view = raw.T if p.spec.transpose else raw
+    if view.ndim == 1:
+        view = view.reshape(-1, 1) if p.spec.rows is not None else view.reshape(1, -1)
+    nrows, ncols = view.shape[0], int(np.prod(view.shape[1:], dtype=np.int64))
+    out_dtype = _OUT_DTYPE[p.info.ggml_type]
+    step = max(1, CHUNK_BYTES // max(1, ncols * 4))
+    buf = np.empty(min(nrows, step) * ncols, dtype=out_dtype)
+    src_t, dst_t = _NATIVE_TYPE[p.source.dtype], _NATIVE_TYPE[p.info.ggml_type]
+    for start in range(0, nrows, step):
+        stop = min(nrows, start + step)
+        rows = slice(start, stop) if p.spec.rows is None else p.spec.rows[start:stop]
+        part = np.ascontiguousarray(view[rows]).reshape(-1)
+        out = buf[: part.size]
+        native.convert_into(part, src_t, out, dst_t)
+        yield out
+    p.source.release(raw)
+
+
+def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | None = None,
+                  vocab_only: bool = False, model_name: str | None = None,
+                  progress: Progress | None = None, info: Callable[[str], None] = log.info) -> ConvertResult:
+    t0 = time.perf_counter()
+    if outtype not in OUTTYPES:
+        raise UserError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    folder = Path(folder)
+    config = read_config(folder)
+    model = arches.for_config(config)
+    dest = outfile if outfile is not None else default_outfile(folder, outtype, vocab_only)
+    ckpt = None if vocab_only else Checkpoint(folder)
+    try:
+        if ckpt is not None and str(dest) != "-":
+            inputs = {s.file.resolve() for s in ckpt.tensors.values()} | {(folder / "config.json").resolve()}
+            if Path(dest).resolve() in inputs:
+                raise UserError(f"output {dest} would overwrite an input file")
+        plan = [] if ckpt is None else plan_tensors(model, ckpt, outtype)
+        vocab = load_vocab(folder, model.vocab_size, model.bpe_pre)
+        kvs = metadata(model, folder, outtype, model_name, vocab.kv())
+        infos = [p.info for p in plan]
+        total = sum(i.nbytes for i in infos)
+        info(f"{model.gguf_arch}: {len(plan)} tensors, {total / 2**20:.1f} MiB as {outtype} → {dest}")
+        progress = progress or Progress()
+        with atomic_output(dest, log=info) as f:
+            f.write(encode_header(kvs, infos))
+            stream = TensorStream(f, infos)
+            progress.start(len(plan), total)
+            for p in plan:
+                stream.write_tensor(tensor_chunks(p))
+                progress.advance(p.info.name, p.info)
+            stream.check_complete()
+            progress.finish()
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+    return ConvertResult(str(dest), model.gguf_arch, outtype, len(plan), total, time.perf_counter() - t0)

@@ -1,0 +1,185 @@
+"""Tokenizer → GGUF metadata: byte-level BPE (`gpt2`) from tokenizer.json, SentencePiece (`llama`) from
+tokenizer.model, special token ids, add_bos/add_eos, and the chat template. The vocabulary is padded to the config's
+vocab_size with `[PAD{i}]` entries, as llama.cpp's converters do."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import TokenType
+
+from toolkit.errors import UserError
+
+SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
+
+
+@dataclass
+class Vocab:
+    model: str                       # tokenizer.ggml.model: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None = None
+    merges: list[str] | None = None
+    pre: str | None = None           # tokenizer.ggml.pre (BPE only)
+    special: dict[str, int] = field(default_factory=dict)
+    add_bos: bool | None = None
+    add_eos: bool | None = None
+    chat_template: str | None = None
+
+    def kv(self) -> dict[str, object]:
+        """GGUF keys → values; list values are arrays (typed by the caller from the key)."""
+        out: dict[str, object] = {"tokenizer.ggml.model": self.model}
+        if self.pre is not None:
+            out["tokenizer.ggml.pre"] = self.pre
+        out["tokenizer.ggml.tokens"] = self.tokens
+        if self.scores is not None:
+            out["tokenizer.ggml.scores"] = self.scores
+        out["tokenizer.ggml.token_type"] = self.types
+        if self.merges is not None:
+            out["tokenizer.ggml.merges"] = self.merges
+        for kind in SPECIAL_KINDS:
+            if kind in self.special:
+                key = "unknown" if kind == "unk" else "padding" if kind == "pad" else kind
+                out[f"tokenizer.ggml.{key}_token_id"] = self.special[kind]
+        if self.add_bos is not None:
+            out["tokenizer.ggml.add_bos_token"] = self.add_bos
+        if self.add_eos is not None:
+            out["tokenizer.ggml.add_eos_token"] = self.add_eos
+        if self.chat_template:
+            out["tokenizer.chat_template"] = self.chat_template
+        return out
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path.name} is not valid JSON") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _looks_special(token: str) -> bool:
+    return (token.startswith("<|") and token.endswith("|>")) or token in ("<pad>", "<mask>", "<s>", "</s>", "<unk>")
+
+
+def _pad_to(tokens: list, types: list, scores: list | None, vocab_size: int) -> None:
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]")
+        types.append(TokenType.UNUSED)
+        if scores is not None:
+            scores.append(-1000.0)
+
+
+def load_vocab(folder: Path, vocab_size: int, bpe_pre: str) -> Vocab:
+    tok_json = _read_json(folder / "tokenizer.json")
+    if (folder / "tokenizer.model").is_file():
+        vocab = _sentencepiece(folder, tok_json, vocab_size)
+    elif tok_json.get("model", {}).get("type") == "BPE":
+        vocab = _bpe(tok_json, vocab_size, bpe_pre)
+    elif tok_json:
+        raise UserError(f"tokenizer.json has model type {tok_json.get('model', {}).get('type')!r}; "
+                        "supported: BPE, or a SentencePiece tokenizer.model")
+    else:
+        raise UserError(f"no tokenizer in {folder}: expected tokenizer.json or tokenizer.model")
+    _special_tokens(folder, tok_json, vocab)
+    return vocab
+
+
+def _bpe(tok_json: dict, vocab_size: int, pre: str) -> Vocab:
+    model = tok_json["model"]
+    by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
+    added = {a["id"]: a for a in tok_json.get("added_tokens", [])}
+    for i, a in added.items():
+        by_id[i] = a["content"]
+    n = max(by_id) + 1 if by_id else 0
+    if n > vocab_size:
+        raise UserError(f"the tokenizer has {n} tokens but config.json says vocab_size {vocab_size}")
+    tokens, types = [], []
+    for i in range(n):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+        elif i in added:
+            tokens.append(by_id[i])
+            special = added[i].get("special") or _looks_special(by_id[i])
+            types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[i])
+            types.append(TokenType.NORMAL)
+    _pad_to(tokens, types, None, vocab_size)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return Vocab("gpt2", tokens, [int(t) for t in types], merges=merges, pre=pre)
+
+
+def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int) -> Vocab:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    try:
+        sp.LoadFromFile(str(folder / "tokenizer.model"))
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"tokenizer.model cannot be read: {str(e).splitlines()[0]}") from None
+    tokens, scores, types = [], [], []
+    for i in range(sp.vocab_size()):
+        tokens.append(sp.IdToPiece(i))
+        scores.append(float(sp.GetScore(i)))
+        types.append(TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i)
+                     else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i)
+                     else TokenType.NORMAL)
+    # Tokens added on top of the SentencePiece model (added_tokens.json / tokenizer.json) keep their ids.
+    extra = {a["id"]: (a["content"], bool(a.get("special"))) for a in tok_json.get("added_tokens", [])}
+    for content, i in _read_json(folder / "added_tokens.json").items():
+        extra.setdefault(int(i), (content, False))
+    for i, (content, special) in sorted(extra.items()):
+        if i < len(tokens):
+            if tokens[i] == content:
+                continue
+            tokens[i], scores[i] = content, -1000.0
+        else:
+            if i >= vocab_size:
+                raise UserError(f"added token {content!r} has id {i}, beyond vocab_size {vocab_size}")
+            _pad_to(tokens, types, scores, i)
+            tokens.append(content)
+            scores.append(-1000.0)
+            types.append(TokenType.UNUSED)
+        types[i] = TokenType.CONTROL if special or _looks_special(content) else TokenType.USER_DEFINED
+    if len(tokens) > vocab_size:
+        raise UserError(f"the tokenizer has {len(tokens)} tokens but config.json says vocab_size {vocab_size}")
+    _pad_to(tokens, types, scores, vocab_size)
+    return Vocab("llama", tokens, [int(t) for t in types], scores=scores)
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
+    """Special ids from tokenizer_config.json / special_tokens_map.json, falling back to config.json's *_token_id."""
+    cfg = _read_json(folder / "tokenizer_config.json")
+    smap = _read_json(folder / "special_tokens_map.json")
+    model_cfg = _read_json(folder / "config.json")
+    ids = {t: i for i, t in enumerate(vocab.tokens)}
+    for a in tok_json.get("added_tokens", []):
+        ids[a["content"]] = a["id"]
+    for kind in SPECIAL_KINDS:
+        text = _token_text(cfg.get(f"{kind}_token")) or _token_text(smap.get(f"{kind}_token"))
+        if text is not None and text in ids:
+            vocab.special[kind] = ids[text]
+        elif isinstance(model_cfg.get(f"{kind}_token_id"), int) and model_cfg[f"{kind}_token_id"] < len(vocab.tokens):
+            vocab.special[kind] = model_cfg[f"{kind}_token_id"]
+    # Defaults as the Hugging Face tokenizer classes have them: LlamaTokenizer adds BOS, GPT2Tokenizer does not.
+    vocab.add_bos = bool(cfg.get("add_bos_token", vocab.model == "llama"))
+    vocab.add_eos = bool(cfg.get("add_eos_token", False))
+    template = cfg.get("chat_template")
+    if isinstance(template, list):  # named templates: take the default one
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    elif not template:
+        template = _read_json(folder / "chat_template.json").get("chat_template")
+    vocab.chat_template = template if isinstance(template, str) and template else None

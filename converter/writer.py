@@ -1,0 +1,188 @@
+"""Streaming GGUF writer.
+
+The header, metadata and tensor infos are written first (every tensor's shape and type is known before any data is
+read), then tensor data is streamed in, chunk by chunk, in the declared order. Nothing is buffered beyond one chunk.
+
+Files are written under a temporary name in the destination folder and renamed on success; `-` means standard output,
+for which the file is staged under $TMPDIR (so a failure never leaves a half-written model on the pipe).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import struct
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType, GGML_QUANT_SIZES
+
+from toolkit.errors import UserError
+
+GGUF_MAGIC = 0x46554747
+GGUF_VERSION = 3
+ALIGNMENT = 32
+
+_SCALAR_FORMATS = {
+    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+}
+_NUMPY_DTYPES = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "?",
+    GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8",
+}
+
+
+@dataclass(frozen=True)
+class KV:
+    """One metadata entry. For arrays, `vtype` is ARRAY and `etype` the element type."""
+    key: str
+    vtype: GGUFValueType
+    value: object
+    etype: GGUFValueType | None = None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]  # numpy / PyTorch order (outermost first); GGUF stores it reversed
+    ggml_type: GGMLQuantizationType
+
+    @property
+    def nbytes(self) -> int:
+        block, size = GGML_QUANT_SIZES[self.ggml_type]
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return n // block * size
+
+
+def _string(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return struct.pack("<Q", len(b)) + b
+
+
+def _value(vtype: GGUFValueType, value: object, etype: GGUFValueType | None) -> bytes:
+    if vtype == GGUFValueType.STRING:
+        return _string(value)  # type: ignore[arg-type]
+    if vtype == GGUFValueType.ARRAY:
+        assert etype is not None
+        items = list(value) if not isinstance(value, np.ndarray) else value
+        head = struct.pack("<IQ", int(etype), len(items))
+        if etype == GGUFValueType.STRING:
+            return head + b"".join(_string(s) for s in items)
+        return head + np.asarray(items, dtype=_NUMPY_DTYPES[etype]).tobytes()
+    return struct.pack(_SCALAR_FORMATS[vtype], value)
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGNMENT
+
+
+def encode_header(kvs: list[KV], tensors: list[TensorInfo]) -> bytes:
+    """Everything that precedes the tensor data, including the padding to the data section."""
+    parts = [struct.pack("<IIQQ", GGUF_MAGIC, GGUF_VERSION, len(tensors), len(kvs))]
+    for kv in kvs:
+        parts.append(_string(kv.key) + struct.pack("<I", int(kv.vtype)) + _value(kv.vtype, kv.value, kv.etype))
+    offset = 0
+    for t in tensors:
+        dims = tuple(reversed(t.shape))
+        parts.append(_string(t.name) + struct.pack(f"<I{len(dims)}QIQ", len(dims), *dims, int(t.ggml_type), offset))
+        offset += t.nbytes + _pad(t.nbytes)
+    head = b"".join(parts)
+    return head + b"\0" * _pad(len(head))
+
+
+class TensorStream:
+    """Writes tensor data in declared order, checking each tensor's byte count and padding it to the alignment."""
+
+    def __init__(self, f: BinaryIO, tensors: list[TensorInfo]):
+        self._f = f
+        self._tensors = tensors
+        self._index = 0
+
+    def write_tensor(self, chunks: Iterator[bytes | memoryview | np.ndarray]) -> int:
+        info = self._tensors[self._index]
+        written = 0
+        for chunk in chunks:
+            mv = memoryview(chunk).cast("B") if not isinstance(chunk, bytes) else chunk
+            self._f.write(mv)
+            written += len(mv)
+        if written != info.nbytes:
+            raise AssertionError(f"{info.name}: wrote {written} bytes, expected {info.nbytes}")
+        self._f.write(b"\0" * _pad(written))
+        self._index += 1
+        return written
+
+    def check_complete(self) -> None:
+        if self._index != len(self._tensors):
+            raise AssertionError(f"wrote {self._index} of {len(self._tensors)} tensors")
+
+
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EPIPE)
+
+
+def _describe_oserror(e: OSError, path: Path | str) -> UserError:
+    if e.errno == errno.ENOSPC:
+        return UserError(f"no space left on device while writing {path}")
+    if e.errno == errno.EDQUOT:
+        return UserError(f"disk quota exceeded while writing {path}")
+    if e.errno == errno.EPIPE:
+        return UserError(f"{path} was closed before the model was fully written")
+    return UserError(f"cannot write {path}: {e.strerror or e}")
+
+
+@contextlib.contextmanager
+def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
+    """Open a file for writing that appears at `dest` only if the block completes.
+
+    `dest` == "-" stages the file under $TMPDIR and copies it to standard output at the end. The temporary file is
+    removed on any error, including KeyboardInterrupt.
+    """
+    to_stdout = str(dest) == "-"
+    if to_stdout:
+        folder = Path(tempfile.gettempdir())
+        prefix = "toolkit-stage-"
+    else:
+        dest = Path(dest)
+        folder = dest.parent if str(dest.parent) else Path(".")
+        prefix = f".{dest.name}."
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _describe_oserror(e, folder) from e
+    tmp = Path(tmp_name)
+    if log and to_stdout:
+        log(f"staging output in {tmp}")
+    try:
+        try:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+                yield f
+            if to_stdout:
+                with open(tmp, "rb") as f:
+                    out = sys.stdout.buffer
+                    shutil.copyfileobj(f, out, 1 << 22)
+                    out.flush()
+            else:
+                os.chmod(tmp, 0o666 & ~_umask())
+                os.replace(tmp, dest)
+        except OSError as e:
+            if e.errno in _WRITE_ERRNOS:
+                raise _describe_oserror(e, "standard output" if to_stdout else dest) from e
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -1,0 +1,34 @@
+/* toolkit native core: shared by the converter, the quantizer and the runtime. Depends on nothing but libc. */
+#ifndef TOOLKIT_CORE_H
+#define TOOLKIT_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Element types, numbered as ggml numbers them (and as GGUF tensor infos store them). */
+enum tk_type {
+    TK_F32 = 0,
+    TK_F16 = 1,
+    TK_BF16 = 30,
+};
+
+/* Scalar conversions (round to nearest even, as ggml and numpy do). */
+float tk_fp16_to_fp32(uint16_t h);
+uint16_t tk_fp32_to_fp16(float f);
+float tk_bf16_to_fp32(uint16_t b);
+uint16_t tk_fp32_to_bf16(float f);
+
+/* True when this CPU has the SIMD paths the core was built with (detected at run time). */
+int tk_cpu_has_f16c(void);
+/* Force the portable scalar paths (also set by TOOLKIT_FORCE_SCALAR=1 in the environment). */
+void tk_set_force_scalar(int on);
+
+/* Convert n elements between F32, F16 and BF16 using up to nthreads threads. Returns 0, or -1 for an
+   unsupported pair of types. */
+int tk_convert(const void *src, enum tk_type src_type, void *dst, enum tk_type dst_type, size_t n, int nthreads);
+
+/* Run fn(arg, i, n) for i in 0..n-1 on n threads (the calling thread runs i = 0). */
+typedef void (*tk_task_fn)(void *arg, int i, int n);
+void tk_parallel(tk_task_fn fn, void *arg, int nthreads);
+
+#endif
