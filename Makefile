@@ -31,7 +31,7 @@ test: install
 demo: install
 	$(PY) -m fixtures tiny codeshell $(DEMO)/codeshell-tiny --n-layer 4 --dtype bfloat16
 	$(VENV)/bin/toolkit convert $(DEMO)/codeshell-tiny 1
-	$(PY) -m benchmarks.summary $(DEMO)/codeshell-tiny/ggml-model-f16.gguf
+	$(VENV)/bin/toolkit info $(DEMO)/codeshell-tiny/ggml-model-f16.gguf
 
 bench: install
 	$(PY) -m benchmarks.convert --data $(BENCH)

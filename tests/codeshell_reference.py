@@ -47,7 +47,9 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def codeshell_logits(folder: Path, token_ids: list[int]) -> np.ndarray:
+def codeshell_logits(folder: Path, token_ids: list[int], gelu_fp16_table: bool = False) -> np.ndarray:
+    """Logits [n, vocab]. `gelu_fp16_table` rounds the GELU input and output through fp16, as ggml's CPU GELU does
+    (it looks values up in a table indexed by the fp16 bits), for comparisons with llama.cpp."""
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     if cfg.get("position_embedding_type", "rope") != "rope":
@@ -102,7 +104,11 @@ def codeshell_logits(folder: Path, token_ids: list[int]) -> np.ndarray:
         scores = scores.masked_fill(~causal, float("-inf"))
         attn = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), v).reshape(n, E)
         h = h + linear(attn, p + ".attn.c_proj")
-        m = F.gelu(linear(layer_norm(h, p + ".ln_2"), p + ".mlp.c_fc"), approximate="tanh")
+        m = linear(layer_norm(h, p + ".ln_2"), p + ".mlp.c_fc")
+        if gelu_fp16_table:
+            m = F.gelu(m.half().to(m.dtype), approximate="tanh").half().to(m.dtype)
+        else:
+            m = F.gelu(m, approximate="tanh")
         h = h + linear(m, p + ".mlp.c_proj")
 
     h = layer_norm(h, "transformer.ln_f")

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 
 from toolkit.ui import TensorProgress, console, setup_logging, user_errors
 
@@ -57,6 +58,19 @@ def convert(
         console.print(f"wrote {result.path}: {result.arch}, {result.n_tensors} tensors, "
                       f"{result.n_bytes / 2**20:.1f} MiB {result.outtype} in {result.seconds:.2f} s "
                       f"({rate:.0f} MiB/s)", markup=False, soft_wrap=True)
+
+
+@app.command(no_args_is_help=True)
+def info(path: Path = typer.Argument(..., help="GGUF file."), verbose: bool = VERBOSE) -> None:
+    """Summarise a GGUF file: metadata, tensor types and sizes."""
+    from toolkit.inspect import summary
+
+    with user_errors(verbose):
+        meta, types, line = summary(path)
+        out = Console()
+        out.print(meta)
+        out.print(types)
+        out.print(line)
 
 
 def main() -> None:
