@@ -58,11 +58,13 @@ class SourceTensor:
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * NUMPY_DTYPES[self.dtype].itemsize
 
-    def array(self) -> np.ndarray:
-        """The raw data as stored (BF16 as uint16), backed by the mapped file where possible."""
+    def require_supported_dtype(self) -> None:
         if self.dtype not in NUMPY_DTYPES:
             raise UserError(f"tensor {self.name} in {self.file.name} has dtype {self.dtype}; "
                             f"supported: {', '.join(NUMPY_DTYPES)}")
+
+    def array(self) -> np.ndarray:
+        """The raw data as stored (BF16 as uint16), backed by the mapped file where possible."""
         return self._load()
 
     def release(self, arr: np.ndarray) -> None:

@@ -93,6 +93,7 @@ def plan_tensors(model: Architecture, ckpt: Checkpoint, outtype: str) -> list[Pl
         if src is None:
             why = " (listed in the index json but present in no shard)" if spec.hf in ckpt.phantom else ""
             raise UserError(f"checkpoint has no tensor {spec.hf}{why}")
+        src.require_supported_dtype()
         if src.shape != spec.shape:
             raise UserError(f"tensor {spec.hf} has shape {list(src.shape)} but config.json implies {list(spec.shape)}")
         ttype = GGMLQuantizationType.F32 if len(spec.shape) == 1 or spec.keep_f32 else wtype
@@ -169,6 +170,8 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
     config = read_config(folder)
     model = arches.for_config(config)
     dest = outfile if outfile is not None else default_outfile(folder, outtype, vocab_only)
+    if str(dest) != "-" and not Path(dest).resolve().parent.is_dir():
+        raise UserError(f"output folder {Path(dest).parent} does not exist")
     ckpt = None if vocab_only else Checkpoint(folder)
     try:
         if ckpt is not None and str(dest) != "-":
