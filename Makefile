@@ -34,7 +34,7 @@ demo: install
 	$(VENV)/bin/toolkit info $(DEMO)/codeshell-tiny/ggml-model-f16.gguf
 
 bench: install
-	$(PY) -m benchmarks.convert --data $(BENCH)
+	$(PY) -m benchmarks --data $(BENCH) $(BENCH_ARGS)
 
 lint:
 	$(PY) -m pyflakes toolkit converter native fixtures tests benchmarks 2>/dev/null || true

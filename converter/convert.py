@@ -150,12 +150,15 @@ def tensor_chunks(p: Planned) -> Iterator[np.ndarray]:
     step = max(1, CHUNK_BYTES // max(1, ncols * 4))
     buf = np.empty(min(nrows, step) * ncols, dtype=out_dtype)
     src_t, dst_t = _NATIVE_TYPE[p.source.dtype], _NATIVE_TYPE[p.info.ggml_type]
+    in_order = p.spec.rows is None and not p.spec.transpose
     for start in range(0, nrows, step):
         stop = min(nrows, start + step)
         rows = slice(start, stop) if p.spec.rows is None else p.spec.rows[start:stop]
         part = np.ascontiguousarray(view[rows]).reshape(-1)
         out = buf[: part.size]
         native.convert_into(part, src_t, out, dst_t)
+        if in_order:  # source rows read in order: their pages can go right away
+            p.source.release(view[rows])
         yield out
     p.source.release(raw)
 

@@ -1,0 +1,75 @@
+"""Measurement helpers: wall time and peak RSS of a child process, medians, the ratio table."""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=160)
+PY = sys.executable
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_rss_mb: float
+
+
+def measure(cmd: list[str], env: dict | None = None) -> Run:
+    """Run a command to completion; its wall time and the peak RSS of that process (wait4's ru_maxrss)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err[-2000:]}")
+    return Run(seconds, usage.ru_maxrss / 1024)
+
+
+def median_run(cmd: list[str], repeat: int, env: dict | None = None) -> Run:
+    runs = [measure(cmd, env) for _ in range(repeat)]
+    return Run(statistics.median(r.seconds for r in runs), max(r.peak_rss_mb for r in runs))
+
+
+def drop_file(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def llama_cpp_source(data: Path) -> Path:
+    """llama.cpp's own sources as pinned by llama-cpp-python 0.3.36 (its sdist vendors them), fetched through pip
+    (and pip's cache) on first use; used only to run llama.cpp's converter for comparison. Nothing is committed."""
+    root = data / "llama.cpp"
+    if (root / "convert_hf_to_gguf.py").is_file():
+        return root
+    dl = data / "sdist"
+    subprocess.run([PY, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", LLAMA_CPP_PYTHON,
+                    "-d", str(dl)], check=True)
+    sdist = next(dl.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(sdist) as tar:
+        members = []
+        for m in tar.getmembers():
+            parts = m.name.split("/")
+            if len(parts) > 3 and parts[1:3] == ["vendor", "llama.cpp"]:
+                rel = "/".join(parts[3:])
+                if rel == "convert_hf_to_gguf.py" or rel.startswith(("conversion/", "gguf-py/")):
+                    m.name = rel
+                    members.append(m)
+        tar.extractall(root, members=members, filter="data")
+    return root
+
+
+def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    t = Table(*columns, title=title, title_justify="left")
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
