@@ -1,15 +1,20 @@
 """Build of the native core as a Python extension module (metadata lives in pyproject.toml)."""
+from glob import glob
+
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
             "native._core",
-            sources=["native/module.c", "native/convert.c", "native/parallel.c"],
-            depends=["native/core.h"],
+            sources=sorted(glob("native/*.c")),
+            depends=sorted(glob("native/*.h")),
             # No -march=native: SIMD paths are compiled per function with target attributes and chosen at run time,
-            # so a wheel built here runs on any x86-64. -ffp-contract=fast matches ggml's FMA contraction.
-            extra_compile_args=["-std=c11", "-O3", "-ffp-contract=fast", "-Wall", "-Wno-unused-function"],
+            # so a wheel built here runs on any x86-64. No FP contraction: the reference quantizers must round
+            # exactly as ggml-base's (built for baseline x86-64, no FMA) to be bit-identical; kernels that want FMA
+            # use it explicitly through intrinsics.
+            extra_compile_args=["-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-Wall",
+                                "-Wno-unused-function"],
             extra_link_args=["-pthread"],
         )
     ]

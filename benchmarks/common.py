@@ -24,16 +24,28 @@ class Run:
     peak_rss_mb: float
 
 
+# A child's ru_maxrss includes its parent's resident set at the fork, so the command is forked from a small launcher
+# process, which reports the wall time and the peak RSS of the command alone.
+_LAUNCHER = """
+import os, sys, time
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(time.perf_counter() - t0, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(cmd: list[str], env: dict | None = None) -> Run:
-    """Run a command to completion; its wall time and the peak RSS of that process (wait4's ru_maxrss)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(cmd)}\n{err[-2000:]}")
-    return Run(seconds, usage.ru_maxrss / 1024)
+    """Run a command to completion; its wall time and the peak RSS of that process alone."""
+    p = subprocess.run([PY, "-c", _LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       env={**os.environ, **(env or {})}, text=True)
+    last = p.stdout.strip().splitlines()[-1].split() if p.stdout.strip() else ["0", "0", "1"]
+    seconds, maxrss_kb, code = float(last[0]), int(last[1]), int(last[2])
+    if p.returncode != 0 or code != 0:
+        raise RuntimeError(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return Run(seconds, maxrss_kb / 1024)
 
 
 def median_run(cmd: list[str], repeat: int, env: dict | None = None) -> Run:

@@ -21,7 +21,7 @@ from converter import arch as arches
 from converter.arch.base import Architecture, TensorSpec
 from converter.checkpoint import Checkpoint, SourceTensor
 from converter.vocab import load_vocab
-from converter.writer import KV, TensorInfo, TensorStream, atomic_output, encode_header
+from toolkit.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
 from toolkit.errors import UserError
 
 log = logging.getLogger("toolkit")

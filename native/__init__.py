@@ -14,7 +14,8 @@ from native import _core
 # ggml type ids of the element types the conversion kernels handle
 F32, F16, BF16 = 0, 1, 30
 
-_TYPE_OF_DTYPE = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}
+# {ggml type id: (name, block size, bytes per block)}: the core's one type table
+TRAITS: dict[int, tuple[str, int, int]] = _core.type_traits()
 
 
 def default_threads() -> int:
@@ -29,5 +30,36 @@ def convert_into(src: np.ndarray, src_type: int, dst: np.ndarray, dst_type: int,
     _core.convert(src, src_type, dst, dst_type, nthreads or default_threads())
 
 
+def row_size(type_id: int, n_per_row: int) -> int:
+    _, block, size = TRAITS[type_id]
+    return n_per_row // block * size
+
+
+def quantize(type_id: int, x: np.ndarray, nthreads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Quantize the rows of a float32 matrix (last axis = row) with ggml's reference algorithm; returns uint8 bytes
+    shaped (rows, bytes per row)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n_per_row = x.shape[-1]
+    nrows = x.size // n_per_row if n_per_row else 0
+    if out is None:
+        out = np.empty((nrows, row_size(type_id, n_per_row)), dtype=np.uint8)
+    _core.quantize(type_id, x, out, nrows, n_per_row, nthreads or default_threads())
+    return out
+
+
+def dequantize(type_id: int, data: np.ndarray, n_per_row: int, nthreads: int | None = None) -> np.ndarray:
+    """Dequantize rows of `n_per_row` elements stored as `type_id`; returns float32 (rows, n_per_row)."""
+    data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+    nrows = data.size // row_size(type_id, n_per_row)
+    out = np.empty((nrows, n_per_row), dtype=np.float32)
+    _core.dequantize(type_id, data, out, nrows, n_per_row, nthreads or default_threads())
+    return out
+
+
 cpu_features = _core.cpu_features
 set_force_scalar = _core.set_force_scalar
+
+
+def count_nonfinite(data: np.ndarray, type_id: int) -> int:
+    """NaN/Inf elements in F32/F16/BF16 data."""
+    return _core.count_nonfinite(np.ascontiguousarray(data), type_id)

@@ -148,3 +148,22 @@ int tk_convert(const void *src, enum tk_type st, void *dst, enum tk_type dt, siz
     tk_parallel(cvt_run, &t, nthreads);
     return 0;
 }
+
+/* Number of NaN/Inf elements in n values of type t (F32, F16 or BF16); -1 for other types. Integer tests on the
+   exponent bits, which the compiler vectorizes. */
+int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n) {
+    int64_t bad = 0;
+    if (t == TK_F32) {
+        const uint32_t *u = src;
+        for (size_t i = 0; i < n; i++) bad += (u[i] & 0x7f800000u) == 0x7f800000u;
+    } else if (t == TK_F16) {
+        const uint16_t *u = src;
+        for (size_t i = 0; i < n; i++) bad += (u[i] & 0x7c00u) == 0x7c00u;
+    } else if (t == TK_BF16) {
+        const uint16_t *u = src;
+        for (size_t i = 0; i < n; i++) bad += (u[i] & 0x7f80u) == 0x7f80u;
+    } else {
+        return -1;
+    }
+    return bad;
+}

@@ -9,7 +9,20 @@
 enum tk_type {
     TK_F32 = 0,
     TK_F16 = 1,
+    TK_Q4_0 = 2,
+    TK_Q4_1 = 3,
+    TK_Q5_0 = 6,
+    TK_Q5_1 = 7,
+    TK_Q8_0 = 8,
+    TK_Q8_1 = 9,
+    TK_Q2_K = 10,
+    TK_Q3_K = 11,
+    TK_Q4_K = 12,
+    TK_Q5_K = 13,
+    TK_Q6_K = 14,
+    TK_Q8_K = 15,
     TK_BF16 = 30,
+    TK_TYPE_COUNT = 31,
 };
 
 /* Scalar conversions (round to nearest even, as ggml and numpy do). */
@@ -26,6 +39,9 @@ void tk_set_force_scalar(int on);
 /* Convert n elements between F32, F16 and BF16 using up to nthreads threads. Returns 0, or -1 for an
    unsupported pair of types. */
 int tk_convert(const void *src, enum tk_type src_type, void *dst, enum tk_type dst_type, size_t n, int nthreads);
+
+/* Number of NaN/Inf elements among n values of type t (F32, F16, BF16); -1 for other types. */
+int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n);
 
 /* Run fn(arg, i, n) for i in 0..n-1 on n threads (the calling thread runs i = 0). */
 typedef void (*tk_task_fn)(void *arg, int i, int n);

@@ -2,6 +2,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "core.h"
+#include "quants.h"
 
 static int type_size(int t) { return t == TK_F32 ? 4 : (t == TK_F16 || t == TK_BF16) ? 2 : 0; }
 
@@ -30,6 +31,101 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* quantize(type, src_f32, dst, nrows, n_per_row, nthreads) */
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    int type, nthreads = 1;
+    long long nrows, n_per_row;
+    if (!PyArg_ParseTuple(args, "iy*w*LL|i", &type, &src, &dst, &nrows, &n_per_row, &nthreads)) return NULL;
+    PyObject *ret = NULL;
+    const struct tk_type_traits *t = tk_traits(type);
+    if (!t) {
+        PyErr_Format(PyExc_ValueError, "unknown type id %d", type);
+    } else if (n_per_row <= 0 || nrows < 0 || n_per_row % t->block_size) {
+        PyErr_Format(PyExc_ValueError, "row length %lld is not a multiple of %s's block size %lld", n_per_row,
+                     t->name, (long long)t->block_size);
+    } else if (!PyBuffer_IsContiguous(&src, 'C') || !PyBuffer_IsContiguous(&dst, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
+    } else if ((size_t)src.len != (size_t)(nrows * n_per_row) * sizeof(float) ||
+               (size_t)dst.len != (size_t)nrows * tk_row_size(type, n_per_row)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the matrix shape");
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        tk_quantize_rows(type, src.buf, dst.buf, nrows, n_per_row, nthreads);
+        Py_END_ALLOW_THREADS
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return ret;
+}
+
+/* dequantize(type, src, dst_f32, nrows, n_per_row, nthreads) */
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    int type, nthreads = 1;
+    long long nrows, n_per_row;
+    if (!PyArg_ParseTuple(args, "iy*w*LL|i", &type, &src, &dst, &nrows, &n_per_row, &nthreads)) return NULL;
+    PyObject *ret = NULL;
+    const struct tk_type_traits *t = tk_traits(type);
+    if (!t) {
+        PyErr_Format(PyExc_ValueError, "unknown type id %d", type);
+    } else if (n_per_row <= 0 || nrows < 0 || n_per_row % t->block_size) {
+        PyErr_Format(PyExc_ValueError, "row length %lld is not a multiple of %s's block size %lld", n_per_row,
+                     t->name, (long long)t->block_size);
+    } else if (!PyBuffer_IsContiguous(&src, 'C') || !PyBuffer_IsContiguous(&dst, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
+    } else if ((size_t)dst.len != (size_t)(nrows * n_per_row) * sizeof(float) ||
+               (size_t)src.len != (size_t)nrows * tk_row_size(type, n_per_row)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the matrix shape");
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        tk_dequantize_rows(type, src.buf, dst.buf, nrows, n_per_row, nthreads);
+        Py_END_ALLOW_THREADS
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return ret;
+}
+
+static PyObject *py_type_traits(PyObject *self, PyObject *noargs) {
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < TK_TYPE_COUNT; i++) {
+        const struct tk_type_traits *t = tk_traits(i);
+        if (!t) continue;
+        PyObject *v = Py_BuildValue("(sLn)", t->name, (long long)t->block_size, (Py_ssize_t)t->type_size);
+        PyObject *key = PyLong_FromLong(i);
+        int bad = !v || !key || PyDict_SetItem(d, key, v) < 0;
+        Py_XDECREF(key);
+        Py_XDECREF(v);
+        if (bad) { Py_DECREF(d); return NULL; }
+    }
+    return d;
+}
+
+static PyObject *py_count_nonfinite(PyObject *self, PyObject *args) {
+    Py_buffer src;
+    int type;
+    if (!PyArg_ParseTuple(args, "y*i", &src, &type)) return NULL;
+    int ss = type_size(type);
+    int64_t bad = -1;
+    if (ss && PyBuffer_IsContiguous(&src, 'C')) {
+        Py_BEGIN_ALLOW_THREADS
+        bad = tk_count_nonfinite(src.buf, (enum tk_type)type, (size_t)(src.len / ss));
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&src);
+    if (bad < 0) {
+        PyErr_SetString(PyExc_ValueError, "count_nonfinite takes contiguous F32, F16 or BF16 data");
+        return NULL;
+    }
+    return PyLong_FromLongLong(bad);
+}
+
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("{s:O}", "f16c_avx2", tk_cpu_has_f16c() ? Py_True : Py_False);
 }
@@ -44,6 +140,12 @@ static PyObject *py_set_force_scalar(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS,
      "convert(src, src_type, dst, dst_type, nthreads=1): convert elements between F32, F16 and BF16 (ggml type ids)."},
+    {"quantize", py_quantize, METH_VARARGS,
+     "quantize(type, src_f32, dst, nrows, n_per_row, nthreads=1): quantize rows with ggml's reference algorithm."},
+    {"dequantize", py_dequantize, METH_VARARGS,
+     "dequantize(type, src, dst_f32, nrows, n_per_row, nthreads=1): dequantize rows to f32."},
+    {"type_traits", py_type_traits, METH_NOARGS, "{ggml type id: (name, block size, bytes per block)}"},
+    {"count_nonfinite", py_count_nonfinite, METH_VARARGS, "count_nonfinite(data, type): NaN/Inf elements."},
     {"cpu_features", py_cpu_features, METH_NOARGS, "SIMD features detected on this CPU."},
     {"set_force_scalar", py_set_force_scalar, METH_O, "Force the portable scalar code paths."},
     {NULL, NULL, 0, NULL},

@@ -268,20 +268,17 @@ def test_cli_ftype_argument_and_default_name(tiny, tmp_path):
 def test_memory_is_bounded_by_about_one_tensor(tmp_path, shared_fixtures):
     """A 680 MB bf16 checkpoint converts with a peak RSS far below the model size: about the interpreter, one
     128 MB embedding matrix at most, and the chunk buffers."""
-    import os
-    import subprocess
     import sys
 
+    from benchmarks.common import measure
     from fixtures import make_random_checkpoint
+    from tests.helpers import run_toolkit
     folder = make_random_checkpoint("tinyllama", tmp_path / "ckpt", shard_bytes=256 << 20, num_hidden_layers=5)
     model_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 2**20
     assert model_mb > 600
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit", "convert", str(folder), "1", "--outfile",
-                             str(tmp_path / "m.gguf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read().decode()
-    assert os.waitstatus_to_exitcode(status) == 0, err
-    peak_mb = usage.ru_maxrss / 1024
-    assert peak_mb < 300, f"peak RSS {peak_mb:.0f} MB for a {model_mb:.0f} MB model"
+    run = measure([sys.executable, "-m", "toolkit", "convert", str(folder), "1", "--outfile", str(tmp_path / "m.gguf")])
+    assert run.peak_rss_mb < 300, f"peak RSS {run.peak_rss_mb:.0f} MB for a {model_mb:.0f} MB model"
+    p = run_toolkit("convert", folder, "1", "--outfile", tmp_path / "m2.gguf")
+    err = p.stderr
     # not a terminal: one plain progress line per tensor
     assert "[ 1/48] token_embd.weight" in err and "[48/48] output.weight" in err

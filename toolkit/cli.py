@@ -60,6 +60,98 @@ def convert(
                       f"({rate:.0f} MiB/s)", markup=False, soft_wrap=True)
 
 
+@app.command(no_args_is_help=False)
+def quantize(
+    args: Optional[list[str]] = typer.Argument(None, metavar="IN [OUT] TYPE [NTHREADS]",
+                                               help="Input GGUF, optional output path, type name or id, threads."),
+    allow_requantize: bool = typer.Option(False, "--allow-requantize", help="Allow requantizing quantized tensors."),
+    leave_output_tensor: bool = typer.Option(False, "--leave-output-tensor", help="Leave output.weight unquantized."),
+    pure: bool = typer.Option(False, "--pure", help="No k-quant mixture: every quantizable tensor gets TYPE."),
+    output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
+    token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type",
+                                                       help="Type for token_embd.weight."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the per-tensor types and sizes; write nothing."),
+    list_types: bool = typer.Option(False, "--list", help="List the quantization types."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Quantize a GGUF file, like llama-quantize: toolkit quantize IN [OUT] TYPE [NTHREADS]."""
+    from quantizer import types
+    from quantizer.policy import Options
+    from quantizer.quantize import quantize_file
+
+    setup_logging(verbose)
+    with user_errors(verbose):
+        if list_types:
+            _print_types()
+            return
+        from toolkit.errors import UserError
+        inp, out, ft, nthreads = _quantize_positionals(args or [])
+        opts = Options(leave_output_tensor, pure,
+                       types.parse_tensor_type(output_tensor_type) if output_tensor_type else None,
+                       types.parse_tensor_type(token_embedding_type) if token_embedding_type else None)
+        result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
+                               dry_run=dry_run, progress=TensorProgress("quantizing"),
+                               info=lambda m: console.print(m, markup=False, soft_wrap=True),
+                               warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True))
+        _print_quantize_summary(result, dry_run)
+
+
+def _quantize_positionals(args: list[str]):
+    from quantizer import types
+    from toolkit.errors import UserError
+
+    if len(args) < 2:
+        raise UserError("usage: toolkit quantize IN [OUT] TYPE [NTHREADS] (toolkit quantize --list for the types)")
+    inp = Path(args[0])
+    rest = args[1:]
+    out = None
+    try:  # llama-quantize: when the second positional is a type, the output is named after it
+        ft = types.parse_file_type(rest[0])
+        rest = rest[1:]
+    except UserError:
+        if len(rest) < 2:
+            raise
+        out, ft, rest = Path(rest[0]), types.parse_file_type(rest[1]), rest[2:]
+    nthreads = None
+    if rest:
+        if len(rest) > 1 or not rest[0].isdigit() or int(rest[0]) < 1:
+            raise UserError(f"NTHREADS must be a positive integer, got {' '.join(rest)!r}")
+        nthreads = int(rest[0])
+    return inp, out, ft, nthreads
+
+
+def _print_types() -> None:
+    from rich.table import Table
+
+    from quantizer import types
+
+    t = Table("name", "id", "bits/weight", "description", title="quantization types")
+    for f in types.FILE_TYPES:
+        t.add_row(f.name, str(int(f.ftype)), f"{f.bpw:g}", f.description)
+    for alias, name in types.ALIASES.items():
+        t.add_row(alias, "", "", f"alias for {name}")
+    Console().print(t)
+
+
+def _print_quantize_summary(r, dry_run: bool) -> None:
+    from rich.table import Table
+
+    if dry_run:
+        t = Table("tensor", "shape", "type", "→", "MiB", title=f"dry run: {r.ftype}")
+        for c in r.choices:
+            t.add_row(c.name, str(list(reversed(c.shape))), c.src_type.name, c.dst_type.name, "")
+        Console().print(t)
+    bpw_in, bpw_out = 8 * r.size_in / r.n_params, 8 * r.size_out / r.n_params
+    console.print(f"model size  = {r.size_in / 2**20:10.2f} MiB ({bpw_in:.2f} BPW)", markup=False)
+    console.print(f"quant size  = {r.size_out / 2**20:10.2f} MiB ({bpw_out:.2f} BPW)", markup=False)
+    if r.n_fallback:
+        console.print(f"WARNING: {r.n_fallback} of {len(r.choices)} tensor(s) required fallback quantization",
+                      markup=False)
+    if not dry_run:
+        console.print(f"quantize time = {r.seconds * 1000:10.2f} ms", markup=False)
+        console.print(f"wrote {r.path}", markup=False, soft_wrap=True)
+
+
 @app.command(no_args_is_help=True)
 def info(path: Path = typer.Argument(..., help="GGUF file."), verbose: bool = VERBOSE) -> None:
     """Summarise a GGUF file: metadata, tensor types and sizes."""

@@ -75,10 +75,13 @@ class TensorProgress:
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=total_bytes, items=f"0/{total_items}")
 
-    def advance(self, name: str, info) -> None:
+    def advance(self, name: str, info, detail: str | None = None) -> None:
+        """One tensor done; `detail` replaces the default plain-text line."""
         self._done += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=info.nbytes, items=f"{self._done}/{self._total}")
+        elif detail is not None:
+            print(detail, file=sys.stderr, flush=True)
         else:
             width = len(str(self._total))
             shape = "[" + ", ".join(str(d) for d in reversed(info.shape)) + "]"

@@ -1,5 +1,8 @@
-"""Streaming GGUF writer.
+"""The GGUF file format: a memory-mapped reader and a streaming writer.
 
+Reader: header, metadata and tensor infos are parsed once; tensor data is a view into the mapped file.
+
+Writer:
 The header, metadata and tensor infos are written first (every tensor's shape and type is known before any data is
 read), then tensor data is streamed in, chunk by chunk, in the declared order. Nothing is buffered beyond one chunk.
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import shutil
 import struct
@@ -63,7 +67,7 @@ class TensorInfo:
 
 
 def _string(s: str) -> bytes:
-    b = s.encode("utf-8")
+    b = s.encode("utf-8", "surrogateescape")
     return struct.pack("<Q", len(b)) + b
 
 
@@ -186,3 +190,139 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reader
+# ---------------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorEntry:
+    info: TensorInfo
+    offset: int  # absolute byte offset of the data in the file
+
+
+class GGUFFile:
+    """A GGUF file opened read-only: `kv` (key → KV, in file order), `tensors` (in file order), `data(entry)` views."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path} does not exist")
+        size = self.path.stat().st_size
+        if size < 24:
+            raise UserError(f"{self.path} is not a GGUF file (too short)")
+        with open(self.path, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._buf = memoryview(self._mm)
+        try:
+            self._parse(size)
+        except (struct.error, UnicodeDecodeError, ValueError, IndexError) as e:
+            self.close()
+            raise UserError(f"{self.path} is corrupt or truncated ({e})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse(self, size: int) -> None:
+        magic, version = struct.unpack_from("<II", self._buf, 0)
+        if magic != GGUF_MAGIC:
+            raise UserError(f"{self.path} is not a GGUF file (bad magic)")
+        if version not in (2, 3):
+            raise UserError(f"{self.path}: unsupported GGUF version {version}")
+        n_tensors, n_kv = struct.unpack_from("<QQ", self._buf, 8)
+        if n_tensors > size or n_kv > size:
+            raise ValueError("impossible tensor or key count")
+        self._pos = 24
+        self.kv: dict[str, KV] = {}
+        for _ in range(n_kv):
+            key = self._str()
+            vtype = GGUFValueType(self._u32())
+            if vtype == GGUFValueType.ARRAY:
+                etype = GGUFValueType(self._u32())
+                count = self._u64()
+                self.kv[key] = KV(key, vtype, self._array(etype, count), etype)
+            else:
+                self.kv[key] = KV(key, vtype, self._scalar(vtype))
+        alignment = ALIGNMENT
+        if "general.alignment" in self.kv:
+            alignment = int(self.kv["general.alignment"].value)
+        infos = []
+        for _ in range(n_tensors):
+            name = self._str()
+            n_dims = self._u32()
+            if n_dims > 4:
+                raise ValueError(f"tensor {name} has {n_dims} dimensions")
+            dims = struct.unpack_from(f"<{n_dims}Q", self._buf, self._pos)
+            self._pos += 8 * n_dims
+            ttype = GGMLQuantizationType(self._u32())
+            offset = self._u64()
+            infos.append((TensorInfo(name, tuple(reversed(dims)), ttype), offset))
+        data_start = self._pos + (-self._pos) % alignment
+        self.tensors: list[TensorEntry] = []
+        for info, offset in infos:
+            entry = TensorEntry(info, data_start + offset)
+            if entry.offset + info.nbytes > size:
+                raise UserError(f"{self.path} is truncated: tensor {info.name} ends at byte "
+                                f"{entry.offset + info.nbytes} but the file has {size} bytes")
+            self.tensors.append(entry)
+
+    # -- primitive readers ---------------------------------------------------------------------------------------
+    def _u32(self) -> int:
+        (v,) = struct.unpack_from("<I", self._buf, self._pos)
+        self._pos += 4
+        return v
+
+    def _u64(self) -> int:
+        (v,) = struct.unpack_from("<Q", self._buf, self._pos)
+        self._pos += 8
+        return v
+
+    def _str(self) -> str:
+        n = self._u64()
+        end = self._pos + n
+        if end > len(self._buf):
+            raise ValueError("string runs past the end of the file")
+        s = bytes(self._buf[self._pos:end]).decode("utf-8", "surrogateescape")
+        self._pos = end
+        return s
+
+    def _scalar(self, vtype: GGUFValueType):
+        if vtype == GGUFValueType.STRING:
+            return self._str()
+        fmt = _SCALAR_FORMATS[vtype]
+        (v,) = struct.unpack_from(fmt, self._buf, self._pos)
+        self._pos += struct.calcsize(fmt)
+        return v
+
+    def _array(self, etype: GGUFValueType, count: int):
+        if etype == GGUFValueType.STRING:
+            return [self._str() for _ in range(count)]
+        if etype == GGUFValueType.ARRAY:
+            raise ValueError("nested arrays are not supported")
+        dt = np.dtype(_NUMPY_DTYPES[etype])
+        arr = np.frombuffer(self._buf, dtype=dt, count=count, offset=self._pos).copy()
+        self._pos += dt.itemsize * count
+        return arr
+
+    # -- access --------------------------------------------------------------------------------------------------
+    def value(self, key: str, default=None):
+        kv = self.kv.get(key)
+        return default if kv is None else kv.value
+
+    def data(self, entry: TensorEntry) -> np.ndarray:
+        """The tensor's bytes as a uint8 view of the mapped file."""
+        return np.frombuffer(self._buf, dtype=np.uint8, count=entry.info.nbytes, offset=entry.offset)
+
+    def close(self) -> None:
+        try:
+            self._buf.release()
+            self._mm.close()
+        except (BufferError, AttributeError):
+            pass
+
+    def __enter__(self) -> "GGUFFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

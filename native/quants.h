@@ -1,0 +1,100 @@
+/* GGML block layouts and the row quantizers/dequantizers of the native core.
+   Layouts are the file format (packed, little-endian, as ggml-common.h fixes them); the algorithms are ggml's
+   reference (no importance matrix), reproduced bit for bit: see ../shared/docs/ggml-reference.md §1. */
+#ifndef TOOLKIT_QUANTS_H
+#define TOOLKIT_QUANTS_H
+
+#include <assert.h>
+#include <stdint.h>
+#include "core.h"
+
+#define QK 32     /* block size of the legacy types */
+#define QK_K 256  /* super-block size of the k-quants */
+#define K_SCALE_SIZE 12
+
+typedef uint16_t tk_half;
+
+typedef struct { tk_half d; uint8_t qs[QK / 2]; } block_q4_0;
+typedef struct { tk_half d, m; uint8_t qs[QK / 2]; } block_q4_1;
+typedef struct { tk_half d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
+typedef struct { tk_half d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
+typedef struct { tk_half d; int8_t qs[QK]; } block_q8_0;
+typedef struct { tk_half d, s; int8_t qs[QK]; } block_q8_1;
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; tk_half d, dmin; } block_q2_K;
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; tk_half d; } block_q3_K;
+typedef struct { tk_half d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; } block_q4_K;
+typedef struct { tk_half d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; tk_half d; } block_q6_K;
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+
+static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
+static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0 layout");
+static_assert(sizeof(block_q5_1) == 24, "block_q5_1 layout");
+static_assert(sizeof(block_q8_0) == 34, "block_q8_0 layout");
+static_assert(sizeof(block_q8_1) == 36, "block_q8_1 layout");
+static_assert(sizeof(block_q2_K) == 84, "block_q2_K layout");
+static_assert(sizeof(block_q3_K) == 110, "block_q3_K layout");
+static_assert(sizeof(block_q4_K) == 144, "block_q4_K layout");
+static_assert(sizeof(block_q5_K) == 176, "block_q5_K layout");
+static_assert(sizeof(block_q6_K) == 210, "block_q6_K layout");
+static_assert(sizeof(block_q8_K) == 292, "block_q8_K layout");
+
+/* k is the number of elements, a multiple of the type's block size. */
+typedef void (*tk_quantize_row_fn)(const float *x, void *y, int64_t k);
+typedef void (*tk_dequantize_row_fn)(const void *x, float *y, int64_t k);
+
+struct tk_type_traits {
+    const char *name;
+    int64_t block_size;
+    size_t type_size;                   /* bytes per block */
+    tk_quantize_row_fn quantize_row;     /* reference quantizer, bit-exact with ggml's (no imatrix) */
+    tk_dequantize_row_fn dequantize_row;
+};
+
+/* The one table: NULL for ids the core does not handle. */
+const struct tk_type_traits *tk_traits(int type);
+size_t tk_row_size(int type, int64_t n);
+
+/* Whole matrices, rows split across threads. Return 0, or -1 for an unknown type / a bad row length. */
+int tk_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, int nthreads);
+int tk_dequantize_rows(int type, const void *src, float *dst, int64_t nrows, int64_t n_per_row, int nthreads);
+
+/* Legacy types (quants_legacy.c) */
+void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_1_ref(const float *x, void *y, int64_t k);
+void quantize_row_q8_0_ref(const float *x, void *y, int64_t k);
+void quantize_row_q8_1_ref(const float *x, void *y, int64_t k);
+void dequantize_row_q4_0(const void *x, float *y, int64_t k);
+void dequantize_row_q4_1(const void *x, float *y, int64_t k);
+void dequantize_row_q5_0(const void *x, float *y, int64_t k);
+void dequantize_row_q5_1(const void *x, float *y, int64_t k);
+void dequantize_row_q8_0(const void *x, float *y, int64_t k);
+void dequantize_row_q8_1(const void *x, float *y, int64_t k);
+
+/* k-quants (quants_k.c) */
+void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q3_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q4_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q5_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q6_K_ref(const float *x, void *y, int64_t k);
+void quantize_row_q8_K_ref(const float *x, void *y, int64_t k);
+void dequantize_row_q2_K(const void *x, float *y, int64_t k);
+void dequantize_row_q3_K(const void *x, float *y, int64_t k);
+void dequantize_row_q4_K(const void *x, float *y, int64_t k);
+void dequantize_row_q5_K(const void *x, float *y, int64_t k);
+void dequantize_row_q6_K(const void *x, float *y, int64_t k);
+void dequantize_row_q8_K(const void *x, float *y, int64_t k);
+
+/* Rounding helpers shared by the quantizers. */
+static inline int tk_nearest_int(float fval) {
+    /* round half to even via the float mantissa (valid for |fval| <= 4194303), as ggml does */
+    float val = fval + 12582912.f;
+    int i;
+    __builtin_memcpy(&i, &val, sizeof(int));
+    return (i & 0x007fffff) - 0x00400000;
+}
+
+#endif

@@ -1,0 +1,194 @@
+"""Which type each tensor gets: llama-quantize's rules as llama.cpp (the version pinned by llama-cpp-python 0.3.36)
+applies them — which tensors are quantized at all, the k-quant mixtures, the overrides, and the shape fallbacks.
+
+The rules are stateful in llama.cpp (counters over attention-v and ffn_down tensors in file order), so the policy
+is applied to the whole list of tensors at once, in llama.cpp's order (non-block tensors first, then by layer, each
+group by name)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+
+from quantizer.types import FileType, is_quantized
+
+
+@dataclass
+class Options:
+    leave_output_tensor: bool = False
+    pure: bool = False
+    output_tensor_type: T | None = None
+    token_embedding_type: T | None = None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    arch: str
+    n_layer: int
+    n_gqa: int        # query heads per kv head
+    n_expert: int
+    is_70b: bool
+
+
+@dataclass
+class Choice:
+    name: str
+    shape: tuple[int, ...]
+    src_type: T
+    dst_type: T
+    fallback: str | None = None  # the warning when the shape forced a fallback type
+
+
+_NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", "attn_rel_b.weight", ".position_embd",
+                  ".patch_embd", "time_mix_first.weight")
+
+
+def llama_order(names: list[str]) -> list[str]:
+    """llama.cpp's tensor order: non-block tensors first, then block by block; by name within each group."""
+    def key(n: str):
+        m = re.match(r"blk\.(\d+)\.", n)
+        return (int(m.group(1)) if m else -1, n)
+    return sorted(names, key=key)
+
+
+def allows_quantization(name: str, shape: tuple[int, ...], arch: str, opts: Options) -> bool:
+    if len(shape) < 2 or not name.endswith("weight"):
+        return False
+    if any(s in name for s in _NOT_QUANTIZED):
+        return False
+    if name in ("position_embd.weight", "token_types.weight"):
+        return False
+    return not (opts.leave_output_tensor and name == "output.weight")
+
+
+def category(name: str) -> str:
+    if name == "output.weight":
+        return "output"
+    if name == "token_embd.weight":
+        return "token_embd"
+    for cat in ("attn_qkv.weight", "attn_kv_b.weight", "attn_v.weight", "attn_k.weight", "attn_q.weight",
+                "attn_output.weight", "ffn_up", "ffn_gate", "ffn_down"):
+        if cat in name:
+            return cat.removesuffix(".weight")
+    return "other"
+
+
+def use_more_bits(i: int, n: int) -> bool:
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+class _Mixture:
+    """llama_tensor_get_type_impl for the k-quant and legacy file types (no imatrix, no IQ types)."""
+
+    def __init__(self, ft: FileType, facts: ModelFacts, tied: bool, n_attn_v: int, opts: Options):
+        self.ft, self.facts, self.tied, self.n_attn_v, self.opts = ft.name, facts, tied, n_attn_v, opts
+        self.i_attn_v = 0
+        self.i_ffn_down = 0
+
+    def choose(self, name: str, ncols: int, t: T) -> T:
+        cat, f, facts = category(name), self.ft, self.facts
+        falcon = facts.arch == "falcon"
+        if cat == "output" or (self.tied and cat == "token_embd"):
+            if self.opts.output_tensor_type is not None:
+                return self.opts.output_tensor_type
+            if falcon or ncols % GGML_QUANT_SIZES[t][0]:
+                return T.Q8_0
+            return t if t == T.Q8_0 else T.Q6_K
+        if cat == "token_embd":
+            return self.opts.token_embedding_type or t
+        if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
+            if f == "Q2_K":
+                t = T.Q4_K if facts.n_gqa >= 4 else T.Q3_K
+            elif f == "Q3_K_M":
+                t = T.Q5_K if self.i_attn_v < 2 else T.Q4_K
+            elif f == "Q3_K_L":
+                t = T.Q5_K
+            elif f in ("Q4_K_M", "Q5_K_M") and use_more_bits(self.i_attn_v, self.n_attn_v):
+                t = T.Q6_K
+            elif f == "Q4_K_S" and self.i_attn_v < 4:
+                t = T.Q5_K
+            if facts.is_70b and t in (T.Q3_K, T.Q4_K):
+                t = T.Q5_K
+            if facts.n_expert == 8:
+                t = T.Q8_0
+            self.i_attn_v += 1
+        elif cat == "attn_k":
+            if facts.n_expert == 8:
+                t = T.Q8_0
+        elif cat == "ffn_down":
+            i, n = self.i_ffn_down, facts.n_layer
+            if f == "Q2_K":
+                t = T.Q3_K
+            elif f == "Q3_K_M":
+                t = T.Q5_K if i < n // 16 else T.Q4_K if (not falcon or use_more_bits(i, n)) else T.Q3_K
+            elif f == "Q3_K_L":
+                t = T.Q4_K if falcon else T.Q5_K
+            elif f == "Q4_K_M":
+                if falcon:
+                    t = T.Q6_K if i < n // 16 else T.Q5_K if use_more_bits(i, n) else T.Q4_K
+                elif use_more_bits(i, n):
+                    t = T.Q6_K
+            elif f == "Q5_K_M" and use_more_bits(i, n):
+                t = T.Q6_K
+            elif f == "Q4_K_S" and not falcon and i < n // 8:
+                t = T.Q5_K
+            self.i_ffn_down += 1
+        elif cat == "attn_output":
+            if not falcon:
+                if facts.n_expert == 8:
+                    if f in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
+                        t = T.Q5_K
+                elif f == "Q2_K":
+                    t = T.Q3_K
+                elif f == "Q3_K_M":
+                    t = T.Q4_K
+                elif f == "Q3_K_L":
+                    t = T.Q5_K
+            elif f == "Q3_K_L":
+                t = T.Q4_K
+        return t
+
+
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+
+
+def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
+    block = GGML_QUANT_SIZES[t][0]
+    if ncols % block == 0:
+        return t, None
+    new = _FALLBACK.get(t, t)
+    if ncols % GGML_QUANT_SIZES[new][0]:
+        new = T.F16
+    return new, (f"{name}: ncols {ncols} not divisible by {block} (required for type {t.name.lower()}) "
+                 f"-> falling back to {new.name.lower()}")
+
+
+def plan(tensors: list[tuple[str, tuple[int, ...], T]], ft: FileType, facts: ModelFacts,
+         opts: Options) -> list[Choice]:
+    """Target types for (name, numpy-order shape, current type) tensors, returned in llama.cpp's order."""
+    by_name = {n: (s, t) for n, s, t in tensors}
+    order = llama_order(list(by_name))
+    tied = "output.weight" not in by_name
+    n_attn_v = sum(category(n) in ("attn_v", "attn_qkv", "attn_kv_b") for n in order)
+    mix = _Mixture(ft, facts, tied, n_attn_v, opts)
+    out = []
+    for name in order:
+        shape, cur = by_name[name]
+        choice = Choice(name, shape, cur, cur)
+        if allows_quantization(name, shape, facts.arch, opts):
+            ncols = shape[-1]
+            if opts.token_embedding_type is not None and category(name) == "token_embd":
+                new = opts.token_embedding_type
+            elif opts.output_tensor_type is not None and category(name) == "output":
+                new = opts.output_tensor_type
+            else:
+                new = ft.default
+                if is_quantized(new):
+                    if not opts.pure:
+                        new = mix.choose(name, ncols, new)
+                    new, choice.fallback = shape_fallback(name, ncols, new)
+            choice.dst_type = new
+        out.append(choice)
+    return out

@@ -1,0 +1,154 @@
+"""Streaming quantization of a GGUF file: input memory-mapped, each tensor converted to f32 and quantized by the
+native core in row chunks, output written tensor by tensor under a temporary name and renamed on success."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFValueType
+
+import native
+from quantizer import policy
+from quantizer.types import FileType, is_quantized
+from toolkit.errors import UserError
+from toolkit.ggufio import KV, GGUFFile, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
+
+GGML_QUANT_VERSION = 2
+CHUNK_ELEMENTS = 4 << 20  # f32 elements converted and quantized at a time
+_SOURCE_TYPES = {T.F32: native.F32, T.F16: native.F16, T.BF16: native.BF16}
+
+
+@dataclass
+class QuantizeResult:
+    path: str
+    ftype: str
+    choices: list[policy.Choice]
+    size_in: int
+    size_out: int
+    n_params: int
+    seconds: float
+
+    @property
+    def n_fallback(self) -> int:
+        return sum(c.fallback is not None for c in self.choices)
+
+
+def default_output(inp: Path, ft: FileType) -> Path:
+    return inp.parent / f"ggml-model-{ft.name}.gguf"
+
+
+def model_facts(g: GGUFFile) -> policy.ModelFacts:
+    arch = g.value("general.architecture")
+    if not isinstance(arch, str):
+        raise UserError(f"{g.path} has no general.architecture")
+    n_layer = int(g.value(f"{arch}.block_count", 0))
+    n_head = g.value(f"{arch}.attention.head_count", 1)
+    n_head_kv = g.value(f"{arch}.attention.head_count_kv", n_head)
+    n_head = int(np.max(n_head)) if isinstance(n_head, np.ndarray) else int(n_head)
+    n_head_kv = int(np.max(n_head_kv)) if isinstance(n_head_kv, np.ndarray) else int(n_head_kv)
+    n_expert = int(g.value(f"{arch}.expert_count", 0))
+    # llama.cpp's LLM_TYPE_70B for the llama architecture is the 80-layer model
+    return policy.ModelFacts(arch, n_layer, n_head // max(1, n_head_kv), n_expert, arch == "llama" and n_layer == 80)
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join(f"{d:5d}" for d in reversed(shape)) + "]"
+
+
+def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: int) -> Iterator[np.ndarray]:
+    raw = g.data(entry)
+    if choice.dst_type == choice.src_type:
+        for start in range(0, raw.size, 64 << 20):
+            yield raw[start:start + (64 << 20)]
+        return
+    src_t = _SOURCE_TYPES[choice.src_type]
+    ncols = choice.shape[-1]
+    nrows = int(np.prod(choice.shape[:-1], dtype=np.int64))
+    src = raw.view({T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}[choice.src_type]).reshape(nrows, ncols)
+    step = max(1, CHUNK_ELEMENTS // ncols)
+    f32 = np.empty((min(step, nrows), ncols), dtype=np.float32)
+    out = None
+    dst = int(choice.dst_type)
+    for start in range(0, nrows, step):
+        part = src[start:start + step]
+        bad = native.count_nonfinite(part, src_t)
+        if bad:
+            raise UserError(f"tensor {choice.name} contains {bad} NaN/Inf value(s); refusing to quantize it")
+        x = f32[: part.shape[0]]
+        native.convert_into(part, src_t, x, native.F32, nthreads)
+        if dst in (native.F32, native.F16, native.BF16):
+            out = np.empty(x.shape, dtype={0: np.float32, 1: np.float16, 30: np.uint16}[dst])
+            native.convert_into(x, native.F32, out, dst, nthreads)
+            yield out
+        else:
+            out = native.quantize(dst, x, nthreads)
+            yield out
+
+
+def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
+                  allow_requantize: bool = False, opts: policy.Options | None = None, dry_run: bool = False,
+                  progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print
+                  ) -> QuantizeResult:
+    t0 = time.perf_counter()
+    opts = opts or policy.Options()
+    nthreads = nthreads or native.default_threads()
+    inp = Path(inp)
+    out = Path(out) if out is not None else default_output(inp, ft)
+    if not dry_run:
+        if out.exists() and inp.exists() and os.path.samefile(out, inp) or out.resolve() == inp.resolve():
+            raise UserError("the output file would overwrite the input file")
+        if not out.resolve().parent.is_dir():
+            raise UserError(f"output folder {out.parent} does not exist")
+    with GGUFFile(inp) as g:
+        facts = model_facts(g)
+        entries = {e.info.name: e for e in g.tensors}
+        choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, facts, opts)
+        for c in choices:
+            if c.dst_type != c.src_type:
+                if is_quantized(c.src_type) and not allow_requantize:
+                    raise UserError(f"requantizing from type {c.src_type.name.lower()} is disabled "
+                                    f"(tensor {c.name}); use --allow-requantize")
+                if c.src_type not in _SOURCE_TYPES:
+                    raise UserError(f"tensor {c.name} is {c.src_type.name}, which cannot be requantized")
+            if c.fallback:
+                warn(c.fallback)
+        infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
+        kvs = _metadata(g, ft)
+        size_in = sum(e.info.nbytes for e in g.tensors)
+        size_out = sum(i.nbytes for i in infos)
+        n_params = sum(int(np.prod(e.info.shape, dtype=np.int64)) for e in g.tensors)
+        if not dry_run:
+            info(f"quantizing {inp.name} to {ft.name} with {nthreads} thread(s) → {out}")
+            with atomic_output(out) as f:
+                f.write(encode_header(kvs, infos))
+                stream = TensorStream(f, infos)
+                if progress:
+                    progress.start(len(choices), size_in)
+                for i, c in enumerate(choices):
+                    stream.write_tensor(_chunks(g, entries[c.name], c, nthreads))
+                    if progress:
+                        detail = (f"[{i + 1:4d}/{len(choices):4d}] {c.name:<36} - {_shape_str(c.shape)}, "
+                                  f"type = {c.src_type.name.lower():>6}, "
+                                  + (f"converting to {c.dst_type.name.lower()} .. " if c.dst_type != c.src_type
+                                     else "size = ")
+                                  + (f"size = {entries[c.name].info.nbytes / 2**20:8.2f} MiB -> "
+                                     f"{infos[i].nbytes / 2**20:8.2f} MiB" if c.dst_type != c.src_type
+                                     else f"{infos[i].nbytes / 2**20:8.3f} MiB"))
+                        progress.advance(c.name, entries[c.name].info, detail)
+                stream.check_complete()
+                if progress:
+                    progress.finish()
+    return QuantizeResult(str(out), ft.name, choices, size_in, size_out, n_params, time.perf_counter() - t0)
+
+
+def _metadata(g: GGUFFile, ft: FileType) -> list[KV]:
+    """The input's keys, with general.quantization_version and general.file_type set and split keys dropped."""
+    kvs = {k: kv for k, kv in g.kv.items() if not k.startswith("split.")}
+    kvs["general.quantization_version"] = KV("general.quantization_version", GGUFValueType.UINT32, GGML_QUANT_VERSION)
+    kvs["general.file_type"] = KV("general.file_type", GGUFValueType.UINT32, int(ft.ftype))
+    return list(kvs.values())

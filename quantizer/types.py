@@ -1,0 +1,73 @@
+"""The one table of llama.cpp file types (ftypes) we write: name, id, default tensor type, bits per weight,
+description, as llama-quantize lists them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gguf import GGMLQuantizationType as T
+from gguf import LlamaFileType as FT
+
+from toolkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class FileType:
+    name: str
+    ftype: FT
+    default: T          # tensor type of the bulk of the weights
+    bpw: float          # nominal bits per weight of `default`
+    description: str
+
+
+FILE_TYPES: list[FileType] = [
+    FileType("Q4_0", FT.MOSTLY_Q4_0, T.Q4_0, 4.5, "4.34G, +0.4685 ppl @ Llama-3-8B"),
+    FileType("Q4_1", FT.MOSTLY_Q4_1, T.Q4_1, 5.0, "4.78G, +0.4511 ppl @ Llama-3-8B"),
+    FileType("Q5_0", FT.MOSTLY_Q5_0, T.Q5_0, 5.5, "5.21G, +0.1316 ppl @ Llama-3-8B"),
+    FileType("Q5_1", FT.MOSTLY_Q5_1, T.Q5_1, 6.0, "5.65G, +0.1062 ppl @ Llama-3-8B"),
+    FileType("Q2_K", FT.MOSTLY_Q2_K, T.Q2_K, 2.625, "2.96G, +3.5199 ppl @ Llama-3-8B"),
+    FileType("Q3_K_S", FT.MOSTLY_Q3_K_S, T.Q3_K, 3.4375, "3.41G, +1.6321 ppl @ Llama-3-8B"),
+    FileType("Q3_K_M", FT.MOSTLY_Q3_K_M, T.Q3_K, 3.4375, "3.74G, +0.6569 ppl @ Llama-3-8B"),
+    FileType("Q3_K_L", FT.MOSTLY_Q3_K_L, T.Q3_K, 3.4375, "4.03G, +0.5562 ppl @ Llama-3-8B"),
+    FileType("Q4_K_S", FT.MOSTLY_Q4_K_S, T.Q4_K, 4.5, "4.37G, +0.2689 ppl @ Llama-3-8B"),
+    FileType("Q4_K_M", FT.MOSTLY_Q4_K_M, T.Q4_K, 4.5, "4.58G, +0.1754 ppl @ Llama-3-8B"),
+    FileType("Q5_K_S", FT.MOSTLY_Q5_K_S, T.Q5_K, 5.5, "5.21G, +0.1049 ppl @ Llama-3-8B"),
+    FileType("Q5_K_M", FT.MOSTLY_Q5_K_M, T.Q5_K, 5.5, "5.33G, +0.0569 ppl @ Llama-3-8B"),
+    FileType("Q6_K", FT.MOSTLY_Q6_K, T.Q6_K, 6.5625, "6.14G, +0.0217 ppl @ Llama-3-8B"),
+    FileType("Q8_0", FT.MOSTLY_Q8_0, T.Q8_0, 8.5, "7.96G, +0.0026 ppl @ Llama-3-8B"),
+    FileType("F16", FT.MOSTLY_F16, T.F16, 16.0, "14.00G, +0.0020 ppl @ Mistral-7B"),
+    FileType("BF16", FT.MOSTLY_BF16, T.BF16, 16.0, "14.00G, -0.0050 ppl @ Mistral-7B"),
+    FileType("F32", FT.ALL_F32, T.F32, 32.0, "26.00G @ 7B"),
+]
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
+_BY_NAME = {f.name: f for f in FILE_TYPES}
+_BY_ID = {int(f.ftype): f for f in FILE_TYPES}
+
+# Tensor types accepted by --output-tensor-type / --token-embedding-type (ggml type names, as llama-quantize)
+TENSOR_TYPES = {t.name.lower(): t for t in (T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
+                                            T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)}
+
+
+def valid_names() -> str:
+    return ", ".join([f.name for f in FILE_TYPES] + list(ALIASES))
+
+
+def parse_file_type(text: str) -> FileType:
+    """A type name (case-insensitive, with the Q3_K/Q4_K/Q5_K aliases) or a numeric llama ftype id."""
+    key = text.strip().upper()
+    if key.isdigit() and int(key) in _BY_ID:
+        return _BY_ID[int(key)]
+    key = ALIASES.get(key, key)
+    if key in _BY_NAME:
+        return _BY_NAME[key]
+    raise UserError(f"unknown quantization type {text!r}; valid: {valid_names()}")
+
+
+def parse_tensor_type(text: str) -> T:
+    t = TENSOR_TYPES.get(text.strip().lower())
+    if t is None:
+        raise UserError(f"unknown tensor type {text!r}; valid: {', '.join(n.replace('_k', '_K') for n in TENSOR_TYPES)}")
+    return t
+
+
+def is_quantized(t: T) -> bool:
+    return t not in (T.F32, T.F16, T.BF16)
