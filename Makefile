@@ -6,8 +6,11 @@ PIP    := $(VENV)/bin/pip
 SHARED ?= ../shared
 DEMO   ?= demo
 BENCH  ?= bench-data
-# llama-cpp-python (the test oracle) is built from source: only its library, in parallel.
-export CMAKE_ARGS ?= -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+# llama-cpp-python (the test oracle) is built from source: only its library, in parallel. Not -march=native: these
+# machines advertise AMX, which the VM does not let processes use, and ggml's AMX kernels then die with SIGILL; an
+# explicit AVX2/FMA/F16C build is portable across the machines CI may run on.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
 .PHONY: install native test demo bench lint clean

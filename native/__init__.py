@@ -35,16 +35,25 @@ def row_size(type_id: int, n_per_row: int) -> int:
     return n_per_row // block * size
 
 
-def quantize(type_id: int, x: np.ndarray, nthreads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """Quantize the rows of a float32 matrix (last axis = row) with ggml's reference algorithm; returns uint8 bytes
-    shaped (rows, bytes per row)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+_SRC_TYPE = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}
+
+
+def quantize(type_id: int, x: np.ndarray, nthreads: int | None = None, src_type: int | None = None) -> np.ndarray:
+    """Quantize the rows (last axis) of an F32, F16 or BF16 (uint16 with src_type=BF16) matrix with ggml's reference
+    algorithm; returns uint8 bytes shaped (rows, bytes per row). Raises NonFiniteError for NaN/Inf input."""
+    x = np.ascontiguousarray(x)
+    src_type = _SRC_TYPE[x.dtype] if src_type is None else src_type
     n_per_row = x.shape[-1]
     nrows = x.size // n_per_row if n_per_row else 0
-    if out is None:
-        out = np.empty((nrows, row_size(type_id, n_per_row)), dtype=np.uint8)
-    _core.quantize(type_id, x, out, nrows, n_per_row, nthreads or default_threads())
+    out = np.empty((nrows, row_size(type_id, n_per_row)), dtype=np.uint8)
+    bad = _core.quantize(type_id, x, src_type, out, nrows, n_per_row, nthreads or default_threads())
+    if bad:
+        raise NonFiniteError(bad)
     return out
+
+
+class NonFiniteError(ValueError):
+    """The input held NaN or Inf values (their count is args[0])."""
 
 
 def dequantize(type_id: int, data: np.ndarray, n_per_row: int, nthreads: int | None = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "core.h"
+#include "quants.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -19,6 +20,8 @@ static int scalar_forced(void) {
     }
     return force_scalar;
 }
+
+int tk_use_simd(void) { return !scalar_forced() && tk_cpu_has_f16c(); }
 
 int tk_cpu_has_f16c(void) {
 #ifdef TK_X86

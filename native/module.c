@@ -31,14 +31,16 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
     return ret;
 }
 
-/* quantize(type, src_f32, dst, nrows, n_per_row, nthreads) */
+/* quantize(type, src, src_type, dst, nrows, n_per_row, nthreads) -> number of NaN/Inf values found (0 = done) */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
-    int type, nthreads = 1;
+    int type, src_type, nthreads = 1;
     long long nrows, n_per_row;
-    if (!PyArg_ParseTuple(args, "iy*w*LL|i", &type, &src, &dst, &nrows, &n_per_row, &nthreads)) return NULL;
+    if (!PyArg_ParseTuple(args, "iy*iw*LL|i", &type, &src, &src_type, &dst, &nrows, &n_per_row, &nthreads))
+        return NULL;
     PyObject *ret = NULL;
     const struct tk_type_traits *t = tk_traits(type);
+    int ss = type_size(src_type);
     if (!t) {
         PyErr_Format(PyExc_ValueError, "unknown type id %d", type);
     } else if (n_per_row <= 0 || nrows < 0 || n_per_row % t->block_size) {
@@ -46,15 +48,19 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
                      t->name, (long long)t->block_size);
     } else if (!PyBuffer_IsContiguous(&src, 'C') || !PyBuffer_IsContiguous(&dst, 'C')) {
         PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
-    } else if ((size_t)src.len != (size_t)(nrows * n_per_row) * sizeof(float) ||
+    } else if (!ss) {
+        PyErr_Format(PyExc_ValueError, "source type %d is not F32, F16 or BF16", src_type);
+    } else if ((size_t)src.len != (size_t)(nrows * n_per_row) * (size_t)ss ||
                (size_t)dst.len != (size_t)nrows * tk_row_size(type, n_per_row)) {
         PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the matrix shape");
     } else {
+        int64_t bad = 0;
+        int rc;
         Py_BEGIN_ALLOW_THREADS
-        tk_quantize_rows(type, src.buf, dst.buf, nrows, n_per_row, nthreads);
+        rc = tk_quantize_rows_from(type, src.buf, src_type, dst.buf, nrows, n_per_row, nthreads, &bad);
         Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
+        if (rc == -3) PyErr_NoMemory();
+        else ret = PyLong_FromLongLong(bad);
     }
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
@@ -141,7 +147,8 @@ static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS,
      "convert(src, src_type, dst, dst_type, nthreads=1): convert elements between F32, F16 and BF16 (ggml type ids)."},
     {"quantize", py_quantize, METH_VARARGS,
-     "quantize(type, src_f32, dst, nrows, n_per_row, nthreads=1): quantize rows with ggml's reference algorithm."},
+     "quantize(type, src, src_type, dst, nrows, n_per_row, nthreads=1): quantize F32/F16/BF16 rows with ggml's "
+     "reference algorithm; returns the number of NaN/Inf values found (nothing is trusted in dst then)."},
     {"dequantize", py_dequantize, METH_VARARGS,
      "dequantize(type, src, dst_f32, nrows, n_per_row, nthreads=1): dequantize rows to f32."},
     {"type_traits", py_type_traits, METH_NOARGS, "{ggml type id: (name, block size, bytes per block)}"},

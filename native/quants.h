@@ -50,7 +50,11 @@ struct tk_type_traits {
     size_t type_size;                   /* bytes per block */
     tk_quantize_row_fn quantize_row;     /* reference quantizer, bit-exact with ggml's (no imatrix) */
     tk_dequantize_row_fn dequantize_row;
+    tk_quantize_row_fn quantize_row_simd; /* AVX2 version giving the same bytes, or NULL; used when tk_use_simd() */
 };
+
+/* The SIMD paths are used when the CPU has AVX2 and F16C and TOOLKIT_FORCE_SCALAR is not set. */
+int tk_use_simd(void);
 
 /* The one table: NULL for ids the core does not handle. */
 const struct tk_type_traits *tk_traits(int type);
@@ -58,6 +62,10 @@ size_t tk_row_size(int type, int64_t n);
 
 /* Whole matrices, rows split across threads. Return 0, or -1 for an unknown type / a bad row length. */
 int tk_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, int nthreads);
+/* As tk_quantize_rows from F32, F16 or BF16 rows, widened to f32 one row at a time. Rows holding NaN/Inf are not
+   quantized: returns -2 with their count in *nonfinite; -3 if memory ran out. */
+int tk_quantize_rows_from(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
+                          int nthreads, int64_t *nonfinite);
 int tk_dequantize_rows(int type, const void *src, float *dst, int64_t nrows, int64_t n_per_row, int nthreads);
 
 /* Legacy types (quants_legacy.c) */
@@ -73,6 +81,18 @@ void dequantize_row_q5_0(const void *x, float *y, int64_t k);
 void dequantize_row_q5_1(const void *x, float *y, int64_t k);
 void dequantize_row_q8_0(const void *x, float *y, int64_t k);
 void dequantize_row_q8_1(const void *x, float *y, int64_t k);
+
+/* AVX2 versions (quants_legacy_avx2.c, quants_k_avx2.c): same bytes as the reference, several blocks at a time */
+void quantize_row_q4_0_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q4_1_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q5_0_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q5_1_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q8_0_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q2_K_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q3_K_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q4_K_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q5_K_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q6_K_avx2(const float *x, void *y, int64_t k);
 
 /* k-quants (quants_k.c) */
 void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);

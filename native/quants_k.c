@@ -6,10 +6,11 @@
      accumulated left to right, products grouped left to right (w*x*l is (w*x)*l), divisions kept as divisions
      (x/d is not x*(1/d)), and no fused multiply-add (see the pragma below).
    - Integer results are narrowed exactly where ggml narrows them (e.g. Q4_K/Q5_K sub-block scales are truncated
-     to uint8_t *before* the min(63, .) clamp, Q3_K's to int8_t before its clamp): this only matters on
-     degenerate inputs (inf/nan intermediates), but it is what makes those bytes match too.
+     to uint8_t *before* the min(63, .) clamp, Q3_K's to int8_t before its clamp). With finite inputs the
+     values stay in range so this seems unobservable, but it keeps degenerate (inf/nan) cases identical too.
    - The super-block scales are stored as fp16 and the quants are re-derived from the decoded fp16 value.
      Sub-blocks whose decoded scale is zero keep the quants of the first (fitting) pass. */
+
 /* Never contract a*b+c into an FMA in this file, whatever the build flags (-ffp-contract=fast with -mfma would
    change ~5-30% of blocks of Q2_K/Q4_K/Q5_K/Q6_K). GCC's pragma must precede the includes to cover their inline
    helpers. */

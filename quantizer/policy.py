@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
-from quantizer.types import FileType, is_quantized
+from quantizer.types import FileType, is_quantized, type_name
 
 
 @dataclass
@@ -161,8 +161,8 @@ def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
     new = _FALLBACK.get(t, t)
     if ncols % GGML_QUANT_SIZES[new][0]:
         new = T.F16
-    return new, (f"{name}: ncols {ncols} not divisible by {block} (required for type {t.name.lower()}) "
-                 f"-> falling back to {new.name.lower()}")
+    return new, (f"{name}: ncols {ncols} not divisible by {block} (required for type {type_name(t)}) "
+                 f"-> falling back to {type_name(new)}")
 
 
 def plan(tensors: list[tuple[str, tuple[int, ...], T]], ft: FileType, facts: ModelFacts,

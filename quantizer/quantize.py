@@ -14,7 +14,7 @@ from gguf import GGUFValueType
 
 import native
 from quantizer import policy
-from quantizer.types import FileType, is_quantized
+from quantizer.types import FileType, is_quantized, type_name
 from toolkit.errors import UserError
 from toolkit.ggufio import KV, GGUFFile, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
 
@@ -61,33 +61,31 @@ def _shape_str(shape: tuple[int, ...]) -> str:
 
 
 def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: int) -> Iterator[np.ndarray]:
+    """The new tensor's bytes in row chunks: copied when the type is unchanged, otherwise widened, checked and
+    quantized (or cast) by the native core, row by row in cache."""
     raw = g.data(entry)
     if choice.dst_type == choice.src_type:
         for start in range(0, raw.size, 64 << 20):
             yield raw[start:start + (64 << 20)]
         return
-    src_t = _SOURCE_TYPES[choice.src_type]
     ncols = choice.shape[-1]
     nrows = int(np.prod(choice.shape[:-1], dtype=np.int64))
-    src = raw.view({T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}[choice.src_type]).reshape(nrows, ncols)
+    if choice.src_type in _SOURCE_TYPES:
+        src_t = _SOURCE_TYPES[choice.src_type]
+        src = raw.view({T.F32: np.float32, T.F16: np.float16, T.BF16: np.uint16}[choice.src_type]).reshape(nrows, ncols)
+    else:  # requantizing: quantized rows are dequantized to f32 first, chunk by chunk
+        src_t = native.F32
+        src = raw.reshape(nrows, -1)
     step = max(1, CHUNK_ELEMENTS // ncols)
-    f32 = np.empty((min(step, nrows), ncols), dtype=np.float32)
-    out = None
-    dst = int(choice.dst_type)
     for start in range(0, nrows, step):
-        part = src[start:start + step]
-        bad = native.count_nonfinite(part, src_t)
-        if bad:
-            raise UserError(f"tensor {choice.name} contains {bad} NaN/Inf value(s); refusing to quantize it")
-        x = f32[: part.shape[0]]
-        native.convert_into(part, src_t, x, native.F32, nthreads)
-        if dst in (native.F32, native.F16, native.BF16):
-            out = np.empty(x.shape, dtype={0: np.float32, 1: np.float16, 30: np.uint16}[dst])
-            native.convert_into(x, native.F32, out, dst, nthreads)
-            yield out
-        else:
-            out = native.quantize(dst, x, nthreads)
-            yield out
+        rows = src[start:start + step]
+        if choice.src_type not in _SOURCE_TYPES:
+            rows = native.dequantize(int(choice.src_type), rows, ncols, nthreads)
+        try:
+            yield native.quantize(int(choice.dst_type), rows, nthreads, src_type=src_t)
+        except native.NonFiniteError as e:
+            raise UserError(f"tensor {choice.name} contains NaN/Inf value(s) (at least {e.args[0]}); "
+                            "refusing to quantize it") from None
 
 
 def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
@@ -111,9 +109,9 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
         for c in choices:
             if c.dst_type != c.src_type:
                 if is_quantized(c.src_type) and not allow_requantize:
-                    raise UserError(f"requantizing from type {c.src_type.name.lower()} is disabled "
+                    raise UserError(f"requantizing from type {type_name(c.src_type)} is disabled "
                                     f"(tensor {c.name}); use --allow-requantize")
-                if c.src_type not in _SOURCE_TYPES:
+                if c.src_type not in _SOURCE_TYPES and int(c.src_type) not in native.TRAITS:
                     raise UserError(f"tensor {c.name} is {c.src_type.name}, which cannot be requantized")
             if c.fallback:
                 warn(c.fallback)
@@ -133,8 +131,8 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
                     stream.write_tensor(_chunks(g, entries[c.name], c, nthreads))
                     if progress:
                         detail = (f"[{i + 1:4d}/{len(choices):4d}] {c.name:<36} - {_shape_str(c.shape)}, "
-                                  f"type = {c.src_type.name.lower():>6}, "
-                                  + (f"converting to {c.dst_type.name.lower()} .. " if c.dst_type != c.src_type
+                                  f"type = {type_name(c.src_type):>6}, "
+                                  + (f"converting to {type_name(c.dst_type)} .. " if c.dst_type != c.src_type
                                      else "size = ")
                                   + (f"size = {entries[c.name].info.nbytes / 2**20:8.2f} MiB -> "
                                      f"{infos[i].nbytes / 2**20:8.2f} MiB" if c.dst_type != c.src_type
@@ -147,8 +145,10 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
 
 
 def _metadata(g: GGUFFile, ft: FileType) -> list[KV]:
-    """The input's keys, with general.quantization_version and general.file_type set and split keys dropped."""
-    kvs = {k: kv for k, kv in g.kv.items() if not k.startswith("split.")}
+    """The input's keys with split keys dropped, then general.quantization_version and general.file_type (llama.cpp
+    removes and re-appends the keys it sets, in this order)."""
+    kvs = {k: kv for k, kv in g.kv.items()
+           if not k.startswith("split.") and k not in ("general.quantization_version", "general.file_type")}
     kvs["general.quantization_version"] = KV("general.quantization_version", GGUFValueType.UINT32, GGML_QUANT_VERSION)
     kvs["general.file_type"] = KV("general.file_type", GGUFValueType.UINT32, int(ft.ftype))
     return list(kvs.values())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gguf import GGMLQuantizationType as T
 from gguf import LlamaFileType as FT
 
+import native
 from toolkit.errors import UserError
 
 
@@ -67,6 +68,11 @@ def parse_tensor_type(text: str) -> T:
     if t is None:
         raise UserError(f"unknown tensor type {text!r}; valid: {', '.join(n.replace('_k', '_K') for n in TENSOR_TYPES)}")
     return t
+
+
+def type_name(t: T) -> str:
+    """ggml's name of a tensor type (q4_K, f16, ...), from the native core's table."""
+    return native.TRAITS[int(t)][0] if int(t) in native.TRAITS else t.name.lower()
 
 
 def is_quantized(t: T) -> bool:

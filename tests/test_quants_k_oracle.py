@@ -4,20 +4,18 @@ Oracles: libggml-base.so shipped with llama-cpp-python (ggml_quantize_chunk with
 dequantize_row_*), and gguf-py's numpy dequantizers. Tolerance is zero: quantized bytes must be identical and
 dequantized float32 arrays equal element for element.
 
-The native code is exercised two ways: through the extension module (native._core.quantize/dequantize, when the
-build exposes them for the k-quant ids) and as the bare C row functions, compiled here into a shared library with the
-extension's flags and called through ctypes.
+The native code is exercised through its Python API (native.quantize/dequantize), on whichever path the CPU selects;
+tests/test_quants_simd.py checks the SIMD and scalar paths against each other.
 """
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
+
+import native
 
 if os.environ.get("CI") == "true":
     import llama_cpp
@@ -27,7 +25,6 @@ else:
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
-REPO = Path(__file__).resolve().parent.parent
 
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K = 10, 11, 12, 13, 14, 15
 NAMES = {Q2_K: "q2_K", Q3_K: "q3_K", Q4_K: "q4_K", Q5_K: "q5_K", Q6_K: "q6_K", Q8_K: "q8_K"}
@@ -80,67 +77,16 @@ class Ggml:
 # ------------------------------------------------------------------------------------------------ ours
 
 
-class Standalone:
-    """The C row functions compiled on their own (quants_k.c with its dependencies) and called via ctypes."""
-
-    def __init__(self, so: Path):
-        lib = ctypes.CDLL(str(so))
-        for t in ALL_TYPES:
-            for name in (f"quantize_row_{NAMES[t]}_ref", f"dequantize_row_{NAMES[t]}"):
-                fn = getattr(lib, name)
-                fn.restype = None
-                fn.argtypes = [_f, _f, _i64]
-        self.lib = lib
-
-    def quantize(self, t: int, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.zeros((x.shape[0], x.shape[1] // QK_K * BLOCK_BYTES[t]), np.uint8)
-        getattr(self.lib, f"quantize_row_{NAMES[t]}_ref")(x.ctypes.data, out.ctypes.data, x.size)
-        return out
-
-    def dequantize(self, t: int, q: np.ndarray, n_per_row: int) -> np.ndarray:
-        q = np.ascontiguousarray(q, dtype=np.uint8)
-        out = np.empty((q.size // BLOCK_BYTES[t] * QK_K // n_per_row, n_per_row), np.float32)
-        getattr(self.lib, f"dequantize_row_{NAMES[t]}")(q.ctypes.data, out.ctypes.data, out.size)
-        return out
-
-
 class Binding:
-    """native._core.quantize / dequantize (rows split over threads)."""
+    """Our native core through its Python API (rows split over threads)."""
 
-    def __init__(self, core, nthreads: int = 3):
-        self.core, self.nthreads = core, nthreads
+    nthreads = 3
 
     def quantize(self, t: int, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        nrows, n = x.shape
-        out = np.zeros((nrows, n // QK_K * BLOCK_BYTES[t]), np.uint8)
-        self.core.quantize(t, x, out, nrows, n, self.nthreads)
-        return out
+        return native.quantize(t, np.ascontiguousarray(x, dtype=np.float32), self.nthreads)
 
     def dequantize(self, t: int, q: np.ndarray, n_per_row: int) -> np.ndarray:
-        q = np.ascontiguousarray(q, dtype=np.uint8)
-        nrows = q.size // BLOCK_BYTES[t] * QK_K // n_per_row
-        out = np.empty((nrows, n_per_row), np.float32)
-        self.core.dequantize(t, q.reshape(-1), out, nrows, n_per_row, self.nthreads)
-        return out
-
-
-def _build_standalone(tmp: Path) -> Path:
-    cc = os.environ.get("CC", "cc")
-    if not shutil.which(cc):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"no C compiler ({cc}) to build the standalone k-quant library")
-        pytest.skip(f"no C compiler ({cc})")
-    # the k-quant file and what it links against (fp16 conversions, thread pool), nothing else of the core
-    sources = [str(REPO / "native" / f) for f in ("quants_k.c", "convert.c", "parallel.c")]
-    so = tmp / "libtk_quants.so"
-    # the extension's flags (setup.py): baseline x86-64, no FP contraction
-    cmd = [cc, "-std=c11", "-O3", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared", "-pthread",
-           *sources, "-o", str(so), "-lm"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return so
+        return native.dequantize(t, q, n_per_row, self.nthreads)
 
 
 @pytest.fixture(scope="session")
@@ -148,18 +94,9 @@ def ggml():
     return Ggml()
 
 
-@pytest.fixture(scope="session", params=["binding", "standalone"])
-def ours(request, tmp_path_factory):
-    if request.param == "standalone":
-        return Standalone(_build_standalone(tmp_path_factory.mktemp("tkq")))
-    try:
-        from native import _core
-    except Exception as e:  # pragma: no cover - depends on the build state
-        pytest.skip(f"native._core not importable: {e}")
-    traits = _core.type_traits() if hasattr(_core, "type_traits") else {}
-    if not hasattr(_core, "quantize") or not all(t in traits for t in ALL_TYPES):
-        pytest.skip("native._core does not expose the k-quants yet")
-    return Binding(_core)
+@pytest.fixture(scope="session")
+def ours():
+    return Binding()
 
 
 # ------------------------------------------------------------------------------------------------ data
