@@ -34,7 +34,8 @@ test: install
 demo: install
 	$(PY) -m fixtures tiny codeshell $(DEMO)/codeshell-tiny --n-layer 4 --dtype bfloat16
 	$(VENV)/bin/toolkit convert $(DEMO)/codeshell-tiny 1
-	$(VENV)/bin/toolkit info $(DEMO)/codeshell-tiny/ggml-model-f16.gguf
+	$(VENV)/bin/toolkit quantize $(DEMO)/codeshell-tiny/ggml-model-f16.gguf Q4_0
+	$(VENV)/bin/toolkit info $(DEMO)/codeshell-tiny/ggml-model-Q4_0.gguf
 
 bench: install
 	$(PY) -m benchmarks --data $(BENCH) $(BENCH_ARGS)

@@ -129,6 +129,7 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
                     progress.start(len(choices), size_in)
                 for i, c in enumerate(choices):
                     stream.write_tensor(_chunks(g, entries[c.name], c, nthreads))
+                    g.release(entries[c.name])
                     if progress:
                         detail = (f"[{i + 1:4d}/{len(choices):4d}] {c.name:<36} - {_shape_str(c.shape)}, "
                                   f"type = {type_name(c.src_type):>6}, "

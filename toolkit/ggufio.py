@@ -314,6 +314,13 @@ class GGUFFile:
         """The tensor's bytes as a uint8 view of the mapped file."""
         return np.frombuffer(self._buf, dtype=np.uint8, count=entry.info.nbytes, offset=entry.offset)
 
+    def release(self, entry: TensorEntry) -> None:
+        """Give back the resident pages of a tensor's data (they are read again from the file if touched)."""
+        start = entry.offset - entry.offset % mmap.PAGESIZE
+        length = entry.offset + entry.info.nbytes - start
+        if length > 0:
+            self._mm.madvise(mmap.MADV_DONTNEED, start, length)
+
     def close(self) -> None:
         try:
             self._buf.release()
