@@ -72,3 +72,29 @@ set_force_scalar = _core.set_force_scalar
 def count_nonfinite(data: np.ndarray, type_id: int) -> int:
     """NaN/Inf elements in F32/F16/BF16 data."""
     return _core.count_nonfinite(np.ascontiguousarray(data), type_id)
+
+
+def matmul(wtype: int, w, rows: int, cols: int, x: np.ndarray, nthreads: int | None = None) -> np.ndarray:
+    """y = x · Wᵀ for W of shape (rows, cols) stored row-major as `wtype` in the buffer `w` (e.g. a uint8 view of a
+    memory-mapped GGUF tensor, or float32/float16/uint16(bf16) arrays); x float32 of shape (n, cols) (a 1-D x gives
+    a 1-D result). Returns float32 (n, rows). The activations are converted to the weight type's dot-product partner
+    (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) as ggml does."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = x.ndim == 1
+    x2 = x.reshape(1, -1) if flat else x.reshape(-1, x.shape[-1])
+    if x2.shape[1] != cols:
+        raise ValueError(f"x has {x2.shape[1]} columns, W has {cols}")
+    if isinstance(w, np.ndarray):
+        w = np.ascontiguousarray(w)
+    y = np.empty((x2.shape[0], rows), dtype=np.float32)
+    _core.matmul(wtype, w, rows, cols, x2, x2.shape[0], y, nthreads or default_threads())
+    return y.reshape(rows) if flat else y
+
+
+def activations(wtype: int, x: np.ndarray) -> tuple[int, np.ndarray]:
+    """The float32 rows x [n, cols] converted as matmul converts them for weights of type wtype:
+    (vec_dot_type, bytes shaped (n, bytes per row))."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, cols = x.shape
+    at, data = _core.activations(wtype, x, n, cols)
+    return at, np.frombuffer(data, dtype=np.uint8).reshape(n, -1)

@@ -132,6 +132,30 @@ static PyObject *py_count_nonfinite(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(bad);
 }
 
+/* activations(wtype, x_f32, n, cols) -> (vec_dot_type, bytes): the activation rows as the matmul kernels see them */
+static PyObject *py_activations(PyObject *self, PyObject *args) {
+    Py_buffer x;
+    int wtype;
+    long long n, cols;
+    if (!PyArg_ParseTuple(args, "iy*LL", &wtype, &x, &n, &cols)) return NULL;
+    const struct tk_dot_traits *d = tk_dot_traits(wtype);
+    PyObject *ret = NULL;
+    if (!d || n < 0 || cols <= 0 || (size_t)x.len != (size_t)(n * cols) * sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "bad weight type or activation shape");
+    } else {
+        size_t arow = tk_row_size(d->vec_dot_type, cols);
+        PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(arow * (size_t)n));
+        if (out && tk_convert_activations(wtype, x.buf, n, cols, PyBytes_AS_STRING(out)) == 0)
+            ret = Py_BuildValue("(iN)", d->vec_dot_type, out);
+        else if (out) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_ValueError, "row length is not a multiple of the activation block size");
+        }
+    }
+    PyBuffer_Release(&x);
+    return ret;
+}
+
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
     return Py_BuildValue("{s:O}", "f16c_avx2", tk_cpu_has_f16c() ? Py_True : Py_False);
 }
@@ -141,6 +165,40 @@ static PyObject *py_set_force_scalar(PyObject *self, PyObject *arg) {
     if (on < 0) return NULL;
     tk_set_force_scalar(on);
     Py_RETURN_NONE;
+}
+
+/* matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] · W[rows][cols]ᵀ (tk_matmul) */
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    Py_buffer w, x, y;
+    int wtype, nthreads = 1;
+    long long rows, cols, n;
+    if (!PyArg_ParseTuple(args, "iy*LLy*Lw*|i", &wtype, &w, &rows, &cols, &x, &n, &y, &nthreads)) return NULL;
+    PyObject *ret = NULL;
+    const struct tk_type_traits *t = tk_traits(wtype);
+    if (!t || !tk_dot_traits(wtype)) {
+        PyErr_Format(PyExc_ValueError, "no matrix product for type id %d", wtype);
+    } else if (rows < 0 || n < 0 || cols <= 0 || cols % t->block_size ||
+               cols % tk_traits(tk_dot_traits(wtype)->vec_dot_type)->block_size) {
+        PyErr_Format(PyExc_ValueError, "row length %lld does not suit %s's blocks", cols, t->name);
+    } else if (!PyBuffer_IsContiguous(&w, 'C') || !PyBuffer_IsContiguous(&x, 'C') || !PyBuffer_IsContiguous(&y, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
+    } else if ((size_t)w.len != (size_t)rows * tk_row_size(wtype, cols) ||
+               (size_t)x.len != (size_t)(n * cols) * sizeof(float) ||
+               (size_t)y.len != (size_t)(n * rows) * sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the shapes");
+    } else {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = tk_matmul(wtype, w.buf, rows, cols, (const float *)x.buf, n, (float *)y.buf, nthreads);
+        Py_END_ALLOW_THREADS
+        if (rc == -3) PyErr_NoMemory();
+        else if (rc) PyErr_SetString(PyExc_ValueError, "matmul: unsupported type or shape");
+        else { ret = Py_None; Py_INCREF(ret); }
+    }
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&y);
+    return ret;
 }
 
 static PyMethodDef methods[] = {
@@ -153,8 +211,13 @@ static PyMethodDef methods[] = {
      "dequantize(type, src, dst_f32, nrows, n_per_row, nthreads=1): dequantize rows to f32."},
     {"type_traits", py_type_traits, METH_NOARGS, "{ggml type id: (name, block size, bytes per block)}"},
     {"count_nonfinite", py_count_nonfinite, METH_VARARGS, "count_nonfinite(data, type): NaN/Inf elements."},
+    {"activations", py_activations, METH_VARARGS,
+     "activations(wtype, x_f32, n, cols) -> (vec_dot_type, bytes): activations as the matmul converts them."},
     {"cpu_features", py_cpu_features, METH_NOARGS, "SIMD features detected on this CPU."},
     {"set_force_scalar", py_set_force_scalar, METH_O, "Force the portable scalar code paths."},
+    {"matmul", py_matmul, METH_VARARGS,
+     "matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] . W[rows][cols]^T, W stored "
+     "as wtype, activations converted to its vec_dot_type as ggml does."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -117,4 +117,53 @@ static inline int tk_nearest_int(float fval) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
+/* ==== Matrix products (dot.c, dot_avx2.c) ========================================================================
+   y[n][rows] = x[n][cols] · W[rows][cols]ᵀ, W stored row-major as wtype (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+   Q2_K..Q6_K), x and y float32. As in ggml, the activations are converted once per call to the weight type's
+   vec_dot_type (Q4_0/Q5_0/Q8_0 -> Q8_0, Q4_1/Q5_1 -> Q8_1, K-quants -> Q8_K, F16/BF16/F32 -> themselves), then each
+   output is vec_dot(weight row, activation row). Weight rows are split across up to nthreads threads (fewer when
+   the product is small); the result does not depend on the number of threads. Returns 0, -1 for an unsupported type
+   or a bad shape (cols not a multiple of the block sizes), -3 when memory ran out. */
+int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n, float *y, int nthreads);
+
+/* *s = dot(x, y) over n elements: x one weight row of the type, y one activation row of its vec_dot_type. */
+typedef void (*tk_vec_dot_fn)(int64_t n, float *s, const void *x, const void *y);
+
+struct tk_dot_traits {
+    int vec_dot_type;          /* type the activations are converted to */
+    tk_vec_dot_fn vec_dot;     /* scalar, following ggml's reference (ggml_vec_dot_*_generic) */
+    tk_vec_dot_fn vec_dot_simd; /* AVX2 version (same integer sums, float sums in lanes), or NULL */
+};
+
+/* The one table of matrix-product kernels: NULL for types without one. */
+const struct tk_dot_traits *tk_dot_traits(int wtype);
+/* The vec_dot matmul uses for wtype now (SIMD when tk_use_simd()), NULL when none. */
+tk_vec_dot_fn tk_vec_dot(int wtype);
+/* Convert n activation rows of cols floats to wtype's vec_dot_type (rows of tk_row_size(vec_dot_type, cols) bytes
+   in dst; nothing to do for F32). Returns 0 or -1. */
+int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst);
+
+/* fp16 -> f32 for all 65536 values (filled at load time), as ggml's ggml_table_f32_f16 */
+extern float tk_fp16_table[1 << 16];
+
+/* Scale unpacking shared by the scalar and SIMD kernels. */
+void tk_unpack_scales_k4(const uint8_t q[K_SCALE_SIZE], uint8_t sc[8], uint8_t mn[8]);
+void tk_unpack_scales_q3_K(const uint8_t q[12], int8_t sc[16]);
+
+/* AVX2 kernels (dot_avx2.c; x86 only) */
+void tk_vec_dot_f32_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_f16_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_bf16_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q4_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q5_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q5_1_q8_1_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q2_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q3_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+/* ==== end of matrix products ===================================================================================== */
+
 #endif

@@ -84,7 +84,6 @@ def quantize(
         if list_types:
             _print_types()
             return
-        from toolkit.errors import UserError
         inp, out, ft, nthreads = _quantize_positionals(args or [])
         opts = Options(leave_output_tensor, pure,
                        types.parse_tensor_type(output_tensor_type) if output_tensor_type else None,
@@ -150,6 +149,65 @@ def _print_quantize_summary(r, dry_run: bool) -> None:
     if not dry_run:
         console.print(f"quantize time = {r.seconds * 1000:10.2f} ms", markup=False)
         console.print(f"wrote {r.path}", markup=False, soft_wrap=True)
+
+
+@app.command(no_args_is_help=True, context_settings={"ignore_unknown_options": False})
+def run(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
+    prompt: str = typer.Option("", "-p", "--prompt", help="Prompt (the system prompt in chat mode)."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
+    n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens to generate (-1 = until end or full context)."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
+    seed: int = typer.Option(-1, "-s", "--seed", help="Random seed (-1 = random)."),
+    temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
+    top_k: int = typer.Option(40, "--top-k", help="Top-k sampling (0 = off)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Top-p sampling (1.0 = off)."),
+    min_p: float = typer.Option(0.05, "--min-p", help="Min-p sampling (0.0 = off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Repetition penalty (1.0 = off)."),
+    repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens considered by the penalty (-1 = context)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
+    escape: bool = typer.Option(True, "-e/--no-escape", "--escape", help="Process escapes (\\n, \\t) in the prompt."),
+    color: bool = typer.Option(False, "--color", help="Colour the prompt and user input."),
+    verbose_prompt: bool = typer.Option(False, "--verbose-prompt", help="Print the prompt's tokens."),
+    interactive: bool = typer.Option(False, "-i", "--interactive", help="Continue the text with lines from stdin."),
+    instruct: bool = typer.Option(False, "-ins", "--instruct", help="Chat mode (as -cnv)."),
+    conversation: bool = typer.Option(False, "-cnv", "--conversation", help="Chat with the model's template."),
+    reverse_prompt: Optional[list[str]] = typer.Option(None, "-r", "--reverse-prompt",
+                                                       help="Stop and hand over to the user at this text."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="codeshell, llama-2, chatml or Jinja."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Generate text with a GGUF model, like llama.cpp's main."""
+    from runtime.main import RunOptions, Runner
+    from runtime.sampling import SamplingParams
+    from toolkit.errors import UserError
+
+    setup_logging(verbose)
+    with user_errors(verbose):
+        if file is not None:
+            if not file.is_file():
+                raise UserError(f"prompt file {file} does not exist")
+            prompt = file.read_text(encoding="utf-8")
+        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("--top-k", top_k, 0)):
+            if value < low:
+                raise UserError(f"{name} must be at least {low}, got {value}")
+        if threads is not None and threads < 1:
+            raise UserError(f"-t must be at least 1, got {threads}")
+        if not 0.0 <= top_p <= 1.0 or not 0.0 <= min_p <= 1.0 or temp < 0 or repeat_penalty <= 0:
+            raise UserError("--top-p and --min-p must be in [0, 1], --temp >= 0, --repeat-penalty > 0")
+        opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
+                          n_threads=threads, sampling=SamplingParams(temp, top_k, top_p, min_p, repeat_penalty,
+                                                                     repeat_last_n, seed),
+                          ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
+                          interactive=interactive, chat=instruct or conversation,
+                          reverse_prompts=list(reverse_prompt or []), chat_template=chat_template)
+        runner = Runner(opts)
+        try:
+            runner.run()
+        finally:
+            runner.close()
 
 
 @app.command(no_args_is_help=True)

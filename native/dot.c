@@ -1,0 +1,466 @@
+/* Matrix products of the runtime: y = x · Wᵀ with W stored row-major in any type of the table, x float32.
+
+   As ggml's CPU backend does, the activations are first converted, once per call, to the weight type's dot-product
+   partner (its vec_dot_type: Q8_0, Q8_1, Q8_K, F16, BF16 or F32 itself), then every output is one vec_dot of a
+   weight row with an activation row. The scalar vec_dots below follow ggml's reference (ggml_vec_dot_*_generic):
+   exact integer sums inside each block, then the same float operations in the same order, so results track
+   llama.cpp closely. AVX2 versions (dot_avx2.c) are used when tk_use_simd(); they agree within float rounding
+   (their float sums run in vector lanes). */
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include "quants.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SIMD(f) f
+#else
+#define SIMD(f) NULL
+#endif
+
+/* inline conversions (same results as tk_fp16_to_fp32 / tk_bf16_to_fp32) */
+static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+static inline float h2f(tk_half h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    if (exp == 0x1f) return bits_f32(sign | 0x7f800000u | (man << 13));
+    if (exp == 0) {
+        float v = (float)man * (1.0f / 16777216.0f);
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+static inline float bf2f(uint16_t b) { return bits_f32((uint32_t)b << 16); }
+
+/* Every fp16 value as f32, filled when the library loads: the block scales of the legacy types are converted
+   with one load, as ggml does (ggml_table_f32_f16). */
+float tk_fp16_table[1 << 16];
+
+__attribute__((constructor)) static void fill_fp16_table(void) {
+    for (uint32_t i = 0; i < (1u << 16); i++) tk_fp16_table[i] = h2f((tk_half)i);
+}
+
+#define H2F(h) tk_fp16_table[(tk_half)(h)]
+
+/* ---------------------------------------------------------------------------------------------- float types */
+/* ggml's scalar path: products rounded to float, summed in double */
+
+static void dot_f32(int64_t n, float *s, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * y[i]);
+    *s = (float)sum;
+}
+
+static void dot_f16(int64_t n, float *s, const void *vx, const void *vy) {
+    const tk_half *x = vx, *y = vy;
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(H2F(x[i]) * H2F(y[i]));
+    *s = (float)sum;
+}
+
+static void dot_bf16(int64_t n, float *s, const void *vx, const void *vy) {
+    const uint16_t *x = vx, *y = vy;
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(bf2f(x[i]) * bf2f(y[i]));
+    *s = (float)sum;
+}
+
+/* ---------------------------------------------------------------------------------------------- legacy types */
+
+static void dot_q4_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        int lo = 0, hi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            lo += ((x[b].qs[j] & 0x0F) - 8) * y[b].qs[j];
+            hi += ((x[b].qs[j] >> 4) - 8) * y[b].qs[j + QK / 2];
+        }
+        sum += (float)(lo + hi) * H2F(x[b].d) * H2F(y[b].d);
+    }
+    *s = sum;
+}
+
+static void dot_q4_1_q8_1(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_1 *x = vx;
+    const block_q8_1 *y = vy;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        int lo = 0, hi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            lo += (x[b].qs[j] & 0x0F) * y[b].qs[j];
+            hi += (x[b].qs[j] >> 4) * y[b].qs[j + QK / 2];
+        }
+        sum += (H2F(x[b].d) * H2F(y[b].d)) * (float)(lo + hi) + H2F(x[b].m) * H2F(y[b].s);
+    }
+    *s = sum;
+}
+
+static void dot_q5_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q5_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        uint32_t qh;
+        memcpy(&qh, x[b].qh, 4);
+        int lo = 0, hi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            int v0 = ((x[b].qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - 16;
+            int v1 = ((x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
+            lo += v0 * y[b].qs[j];
+            hi += v1 * y[b].qs[j + QK / 2];
+        }
+        sum += (H2F(x[b].d) * H2F(y[b].d)) * (float)(lo + hi);
+    }
+    *s = sum;
+}
+
+static void dot_q5_1_q8_1(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q5_1 *x = vx;
+    const block_q8_1 *y = vy;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        uint32_t qh;
+        memcpy(&qh, x[b].qh, 4);
+        int lo = 0, hi = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            int v0 = (x[b].qs[j] & 0x0F) | (((qh >> j) & 1) << 4);
+            int v1 = (x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
+            lo += v0 * y[b].qs[j];
+            hi += v1 * y[b].qs[j + QK / 2];
+        }
+        sum += (H2F(x[b].d) * H2F(y[b].d)) * (float)(lo + hi) + H2F(x[b].m) * H2F(y[b].s);
+    }
+    *s = sum;
+}
+
+static void dot_q8_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q8_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK; b++) {
+        int isum = 0;
+        for (int j = 0; j < QK; j++) isum += x[b].qs[j] * y[b].qs[j];
+        sum += (float)isum * (H2F(x[b].d) * H2F(y[b].d));
+    }
+    *s = sum;
+}
+
+/* ---------------------------------------------------------------------------------------------- k-quants */
+
+/* The 8 six-bit scales and 8 mins of a Q4_K/Q5_K super-block. */
+void tk_unpack_scales_k4(const uint8_t q[K_SCALE_SIZE], uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        mn[j] = q[j + 4] & 63;
+        sc[j + 4] = (q[j + 8] & 0x0F) | ((q[j] >> 6) << 4);
+        mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
+    }
+}
+
+/* The 16 signed scales (6 bits minus 32) of a Q3_K super-block. */
+void tk_unpack_scales_q3_K(const uint8_t q[12], int8_t sc[16]) {
+    for (int j = 0; j < 16; j++) {
+        int low = j < 8 ? q[j] & 0x0F : q[j - 8] >> 4;
+        int high = (q[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+        sc[j] = (int8_t)((low | (high << 4)) - 32);
+    }
+}
+
+/* ggml's k-quant reference sums products in 8 integer lanes (element index mod 8), weighted by the group's scale,
+   then adds d·lane to 8 float lanes per super-block; the lanes are added up at the end. The helper takes the
+   super-block's quants as int8 (a) with one scale per group of `group` elements. */
+static inline void lanes_add(float sums[8], float d, const int8_t *a, const int8_t *q8, const int *scale, int group) {
+    int32_t lane[8] = {0};
+    for (int g = 0; g < QK_K / group; g++) {
+        const int sc = scale[g];
+        for (int l = 0; l < group; l++) lane[l & 7] += sc * (a[g * group + l] * q8[g * group + l]);
+    }
+    for (int l = 0; l < 8; l++) sums[l] += d * (float)lane[l];
+}
+
+static void dot_q2_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q2_K *x = vx;
+    const block_q8_K *y = vy;
+    float sum = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *sc = x[b].scales;
+        int summs = 0;
+        for (int j = 0; j < 16; j++) summs += y[b].bsums[j] * (sc[j] >> 4);
+        const float dall = y[b].d * h2f(x[b].d);
+        const float dmin = y[b].d * h2f(x[b].dmin);
+        int isum = 0;
+        for (int e = 0; e < QK_K; e += 16) {  /* group of 16: scale index e/16, bits at (e/32 % 4)·2 */
+            const uint8_t *q2 = x[b].qs + (e / 128) * 32 + (e % 32);
+            const int shift = 2 * ((e / 32) % 4);
+            int part = 0;
+            for (int l = 0; l < 16; l++) part += y[b].qs[e + l] * ((q2[l] >> shift) & 3);
+            isum += (sc[e / 16] & 0x0F) * part;
+        }
+        sum += dall * (float)isum - dmin * (float)summs;
+    }
+    *s = sum;
+}
+
+static void dot_q3_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q3_K *x = vx;
+    const block_q8_K *y = vy;
+    float sums[8] = {0};
+    int8_t a[QK_K], sc8[16];
+    int sc[16];
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        for (int e = 0; e < QK_K; e++) {
+            const int l = e % 32, shift = 2 * ((e / 32) % 4);
+            const int q = (x[b].qs[(e / 128) * 32 + l] >> shift) & 3;
+            a[e] = (int8_t)(q - ((x[b].hmask[l] >> (e / 32)) & 1 ? 0 : 4));
+        }
+        tk_unpack_scales_q3_K(x[b].scales, sc8);
+        for (int j = 0; j < 16; j++) sc[j] = sc8[j];
+        lanes_add(sums, h2f(x[b].d) * y[b].d, a, y[b].qs, sc, 16);
+    }
+    float sum = 0;
+    for (int l = 0; l < 8; l++) sum += sums[l];
+    *s = sum;
+}
+
+/* Q4_K and Q5_K: the quants (0..15 or 0..31) come in by `a`; mins through the activations' 16-element sums. */
+static inline void k4_superblock(float sums[8], float *sum, const int8_t *a, tk_half d, tk_half dmin,
+                                 const uint8_t scales[K_SCALE_SIZE], const block_q8_K *y) {
+    uint8_t sc8[8], mn[8];
+    tk_unpack_scales_k4(scales, sc8, mn);
+    int summ = 0;
+    for (int j = 0; j < 16; j++) summ += y->bsums[j] * mn[j / 2];
+    int sc[8];
+    for (int j = 0; j < 8; j++) sc[j] = sc8[j];
+    lanes_add(sums, h2f(d) * y->d, a, y->qs, sc, 32);
+    *sum -= h2f(dmin) * y->d * (float)summ;
+}
+
+static void dot_q4_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_K *x = vx;
+    const block_q8_K *y = vy;
+    float sums[8] = {0}, sum = 0;
+    int8_t a[QK_K];
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        for (int j = 0; j < QK_K / 64; j++)
+            for (int l = 0; l < 32; l++) {
+                a[64 * j + l] = (int8_t)(x[b].qs[32 * j + l] & 0x0F);
+                a[64 * j + 32 + l] = (int8_t)(x[b].qs[32 * j + l] >> 4);
+            }
+        k4_superblock(sums, &sum, a, x[b].d, x[b].dmin, x[b].scales, &y[b]);
+    }
+    for (int l = 0; l < 8; l++) sum += sums[l];
+    *s = sum;
+}
+
+static void dot_q5_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q5_K *x = vx;
+    const block_q8_K *y = vy;
+    float sums[8] = {0}, sum = 0;
+    int8_t a[QK_K];
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        for (int j = 0; j < QK_K / 64; j++)
+            for (int l = 0; l < 32; l++) {
+                const uint8_t h = x[b].qh[l];
+                a[64 * j + l] = (int8_t)((x[b].qs[32 * j + l] & 0x0F) | (((h >> (2 * j)) & 1) << 4));
+                a[64 * j + 32 + l] = (int8_t)((x[b].qs[32 * j + l] >> 4) | (((h >> (2 * j + 1)) & 1) << 4));
+            }
+        k4_superblock(sums, &sum, a, x[b].d, x[b].dmin, x[b].scales, &y[b]);
+    }
+    for (int l = 0; l < 8; l++) sum += sums[l];
+    *s = sum;
+}
+
+static void dot_q6_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q6_K *x = vx;
+    const block_q8_K *y = vy;
+    float sums[8] = {0};
+    int8_t a[QK_K];
+    int sc[16];
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const uint8_t *ql = x[b].ql, *qh = x[b].qh;
+        for (int h = 0; h < 2; h++, ql += 64, qh += 32) {
+            int8_t *o = a + 128 * h;
+            for (int l = 0; l < 32; l++) {
+                o[l] = (int8_t)(((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32);
+                o[l + 32] = (int8_t)(((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                o[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                o[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+            }
+        }
+        for (int j = 0; j < 16; j++) sc[j] = x[b].scales[j];
+        lanes_add(sums, h2f(x[b].d) * y[b].d, a, y[b].qs, sc, 16);
+    }
+    float sum = 0;
+    for (int l = 0; l < 8; l++) sum += sums[l];
+    *s = sum;
+}
+
+/* ---------------------------------------------------------------------------------------------- the table */
+
+#define DOT(id, at, f, fs) [id] = {at, f, fs}
+
+static const struct tk_dot_traits DOTS[TK_TYPE_COUNT] = {
+    DOT(TK_F32, TK_F32, dot_f32, SIMD(tk_vec_dot_f32_avx2)),
+    DOT(TK_F16, TK_F16, dot_f16, SIMD(tk_vec_dot_f16_avx2)),
+    DOT(TK_BF16, TK_BF16, dot_bf16, SIMD(tk_vec_dot_bf16_avx2)),
+    DOT(TK_Q4_0, TK_Q8_0, dot_q4_0_q8_0, SIMD(tk_vec_dot_q4_0_q8_0_avx2)),
+    DOT(TK_Q4_1, TK_Q8_1, dot_q4_1_q8_1, SIMD(tk_vec_dot_q4_1_q8_1_avx2)),
+    DOT(TK_Q5_0, TK_Q8_0, dot_q5_0_q8_0, SIMD(tk_vec_dot_q5_0_q8_0_avx2)),
+    DOT(TK_Q5_1, TK_Q8_1, dot_q5_1_q8_1, SIMD(tk_vec_dot_q5_1_q8_1_avx2)),
+    DOT(TK_Q8_0, TK_Q8_0, dot_q8_0_q8_0, SIMD(tk_vec_dot_q8_0_q8_0_avx2)),
+    DOT(TK_Q2_K, TK_Q8_K, dot_q2_K_q8_K, SIMD(tk_vec_dot_q2_K_q8_K_avx2)),
+    DOT(TK_Q3_K, TK_Q8_K, dot_q3_K_q8_K, SIMD(tk_vec_dot_q3_K_q8_K_avx2)),
+    DOT(TK_Q4_K, TK_Q8_K, dot_q4_K_q8_K, SIMD(tk_vec_dot_q4_K_q8_K_avx2)),
+    DOT(TK_Q5_K, TK_Q8_K, dot_q5_K_q8_K, SIMD(tk_vec_dot_q5_K_q8_K_avx2)),
+    DOT(TK_Q6_K, TK_Q8_K, dot_q6_K_q8_K, SIMD(tk_vec_dot_q6_K_q8_K_avx2)),
+};
+
+const struct tk_dot_traits *tk_dot_traits(int type) {
+    if (type < 0 || type >= TK_TYPE_COUNT || DOTS[type].vec_dot == NULL) return NULL;
+    return &DOTS[type];
+}
+
+tk_vec_dot_fn tk_vec_dot(int type) {
+    const struct tk_dot_traits *t = tk_dot_traits(type);
+    if (!t) return NULL;
+    return t->vec_dot_simd && tk_use_simd() ? t->vec_dot_simd : t->vec_dot;
+}
+
+/* Activations into Q8_0 / Q8_1 as llama.cpp's CPU backend does it (its x86 from_float, not the file quantizer):
+   id = 127/amax and round half to even. The file quantizers (quants_legacy.c) use 1/d and roundf; on models that
+   amplify activation rounding the difference shows, so the runtime follows the engine it is compared with. */
+/* One block: returns the fp32 scale d (stored as fp16 by the callers) and the sum of the quants. */
+static float quantize_act_q8(const float *x, int8_t qs[QK], int *sum) {
+    float amax = 0.0f;
+    for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = amax / 127.f, id = amax != 0.0f ? 127.f / amax : 0.0f;
+    int s = 0;
+    for (int j = 0; j < QK; j++) {
+        qs[j] = (int8_t)nearbyintf(x[j] * id);
+        s += qs[j];
+    }
+    *sum = s;
+    return d;
+}
+
+static void quantize_act_q8_0(const float *x, void *vy, int64_t k) {
+    block_q8_0 *y = vy;
+    int sum;
+    for (int64_t i = 0; i < k / QK; i++) y[i].d = tk_fp32_to_fp16(quantize_act_q8(x + i * QK, y[i].qs, &sum));
+}
+
+static void quantize_act_q8_1(const float *x, void *vy, int64_t k) {
+    block_q8_1 *y = vy;
+    int sum;
+    for (int64_t i = 0; i < k / QK; i++) {
+        const float d = quantize_act_q8(x + i * QK, y[i].qs, &sum);
+        y[i].d = tk_fp32_to_fp16(d);
+        y[i].s = tk_fp32_to_fp16(d * (float)sum);
+    }
+}
+
+/* One activation row into the vec_dot_type. */
+static void convert_activation(int at, const float *x, void *dst, int64_t k) {
+    switch (at) {
+    case TK_F16: tk_convert(x, TK_F32, dst, TK_F16, (size_t)k, 1); break;
+    case TK_BF16: tk_convert(x, TK_F32, dst, TK_BF16, (size_t)k, 1); break;
+    case TK_Q8_0: quantize_act_q8_0(x, dst, k); break;
+    case TK_Q8_1: quantize_act_q8_1(x, dst, k); break;
+    default: {
+        const struct tk_type_traits *t = tk_traits(at);
+        (t->quantize_row_simd && tk_use_simd() ? t->quantize_row_simd : t->quantize_row)(x, dst, k);
+    }
+    }
+}
+
+int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst) {
+    const struct tk_dot_traits *d = tk_dot_traits(wtype);
+    const struct tk_type_traits *at = d ? tk_traits(d->vec_dot_type) : NULL;
+    if (!at || cols <= 0 || n < 0 || cols % at->block_size) return -1;
+    const size_t arow = tk_row_size(d->vec_dot_type, cols);
+    for (int64_t j = 0; j < n; j++) convert_activation(d->vec_dot_type, x + j * cols, (char *)dst + j * arow, cols);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- the driver */
+
+struct mm_job {
+    tk_vec_dot_fn dot;
+    const char *w, *a;     /* weight rows; activation rows in the vec_dot_type */
+    size_t wrow, arow;     /* bytes per row */
+    const float *x;        /* activation conversion phase: source rows */
+    int atype;
+    int64_t rows, cols, n;
+    float *y;
+};
+
+static void split(int64_t total, int i, int n, int64_t *a, int64_t *b) {
+    int64_t per = total / n, extra = total % n;  /* the first `extra` threads take one more */
+    *a = per * i + (i < extra ? i : extra);
+    *b = *a + per + (i < extra);
+}
+
+static void convert_run(void *p, int i, int nt) {
+    struct mm_job *job = p;
+    int64_t a, b;
+    split(job->n, i, nt, &a, &b);
+    for (int64_t j = a; j < b; j++)
+        convert_activation(job->atype, job->x + j * job->cols, (char *)job->a + j * job->arow, job->cols);
+}
+
+static void matmul_run(void *p, int i, int nt) {
+    struct mm_job *job = p;
+    int64_t a, b;
+    split(job->rows, i, nt, &a, &b);
+    /* tiles of weight rows that stay in cache while every activation row passes over them */
+    int64_t tile = job->n == 1 ? b - a : (int64_t)(65536 / job->wrow);
+    if (tile < 1) tile = 1;
+    for (int64_t r0 = a; r0 < b; r0 += tile) {
+        const int64_t r1 = r0 + tile < b ? r0 + tile : b;
+        for (int64_t j = 0; j < job->n; j++) {
+            const char *act = job->a + j * job->arow;
+            float *y = job->y + j * job->rows;
+            for (int64_t r = r0; r < r1; r++) job->dot(job->cols, &y[r], job->w + r * job->wrow, act);
+        }
+    }
+}
+
+int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n, float *y,
+              int nthreads) {
+    const struct tk_dot_traits *d = tk_dot_traits(wtype);
+    const struct tk_type_traits *wt = tk_traits(wtype);
+    if (!d || !wt || rows < 0 || n < 0 || cols <= 0 || cols % wt->block_size) return -1;
+    const struct tk_type_traits *at = tk_traits(d->vec_dot_type);
+    if (cols % at->block_size) return -1;
+    if (rows == 0 || n == 0) return 0;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 256) nthreads = 256;
+
+    struct mm_job job = {.dot = tk_vec_dot(wtype), .w = w, .wrow = tk_row_size(wtype, cols),
+                         .arow = tk_row_size(d->vec_dot_type, cols), .x = x, .atype = d->vec_dot_type,
+                         .rows = rows, .cols = cols, .n = n, .y = y};
+    void *buf = NULL;
+    if (d->vec_dot_type == TK_F32) {
+        job.a = (const char *)x;
+    } else {
+        buf = malloc(job.arow * (size_t)n);
+        if (!buf) return -3;
+        job.a = buf;
+        /* converting is cheap next to the product: more threads only for many rows */
+        int64_t work = n * cols;
+        int ct = work < (1 << 18) ? 1 : nthreads;
+        if (ct > n) ct = (int)n;
+        tk_parallel(convert_run, &job, ct);
+    }
+    /* at least 2^19 multiply-adds per thread (starting a thread costs some 30 µs), at most one per weight row */
+    int64_t cap = rows * cols * n >> 19;
+    int nt = nthreads;
+    if (nt > cap) nt = cap > 1 ? (int)cap : 1;
+    if (nt > rows) nt = (int)rows;
+    tk_parallel(matmul_run, &job, nt);
+    free(buf);
+    return 0;
+}

@@ -1,0 +1,376 @@
+/* AVX2 versions of the vec_dots of dot.c (chosen when tk_use_simd()). Integer products within blocks are exact, as
+   in the scalar code; the float sums run in 8 vector lanes (FMA), in the order of ggml's AVX2 kernels
+   (ggml-cpu/arch/x86/quants.c), whose results the quantized types reproduce bit for bit given the same activation
+   bytes; they differ from the scalar ones only by float rounding. Activations are what dot.c's conversion makes:
+   Q8_0/Q8_1 quants lie in [-127, 127], which the sign trick of the signed × signed products needs; Q8_K quants may
+   reach -128, and are only ever multiplied with unsigned weights (maddubs). */
+#include <string.h>
+#include "quants.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+static inline AVX2 float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline AVX2 float hsum4(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline AVX2 float h2f(tk_half h) { return _cvtsh_ss(h); }
+
+static inline AVX2 __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* signed x · signed y (y never -128), pairs summed twice: 8 int32 */
+static inline AVX2 __m256i dot_s8(__m256i x, __m256i y) {
+    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+/* unsigned x · signed y: 8 int32 */
+static inline AVX2 __m256i dot_u8(__m256i x, __m256i y) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
+}
+
+/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31) */
+static inline AVX2 __m256i nibbles32(const uint8_t *q) {
+    __m128i t = _mm_loadu_si128((const __m128i *)q);
+    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* 32 bits (little-endian) -> 32 bytes, 0xFF where the bit is set */
+static inline AVX2 __m256i bits32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v), spread);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+}
+
+/* Scales of groups of 16 as int16, for the products of 32 quants (two groups, one per 128-bit lane):
+   sc16[0] holds scales 0..7 in both lanes, sc16[1] scales 8..15; scale_pair gives [s[2m] x8 | s[2m+1] x8]. */
+struct scales16 { __m256i v[2]; };
+
+static inline AVX2 struct scales16 scales16(__m128i sc8) {
+    const __m256i w = _mm256_cvtepi8_epi16(sc8);
+    struct scales16 r = {{_mm256_permute2x128_si256(w, w, 0x00), _mm256_permute2x128_si256(w, w, 0x11)}};
+    return r;
+}
+
+static inline AVX2 __m256i scale_pair(const struct scales16 *s, int m) {
+    const int w0 = (2 * m) & 7, w1 = (2 * m + 1) & 7;
+    const __m256i sel = _mm256_setr_m128i(_mm_set1_epi16((short)((2 * w0 + 1) << 8 | 2 * w0)),
+                                          _mm_set1_epi16((short)((2 * w1 + 1) << 8 | 2 * w1)));
+    return _mm256_shuffle_epi8(s->v[m >> 2], sel);
+}
+
+/* Q4_K/Q5_K scales and mins, unpacked with word operations: bytes [sc0..sc7, m0..m7] */
+static inline AVX2 __m128i k4_scales_mins(const uint8_t q[K_SCALE_SIZE]) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    return _mm_setr_epi32((int)(a & m6), (int)((c & m4) | ((a >> 6) & m2) << 4), (int)(b & m6),
+                          (int)(((c >> 4) & m4) | ((b >> 6) & m2) << 4));
+}
+
+/* Q3_K: the 16 signed scales */
+static inline AVX2 __m128i q3_scales(const uint8_t q[12]) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    const uint32_t m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    __m128i v = _mm_setr_epi32((int)((a & m4) | (c & m2) << 4), (int)((b & m4) | ((c >> 2) & m2) << 4),
+                               (int)(((a >> 4) & m4) | ((c >> 4) & m2) << 4),
+                               (int)(((b >> 4) & m4) | ((c >> 6) & m2) << 4));
+    return _mm_sub_epi8(v, _mm_set1_epi8(32));
+}
+
+/* ---------------------------------------------------------------------------------------------- float types */
+
+AVX2 void tk_vec_dot_f32_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const float *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), _mm256_loadu_ps(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), _mm256_loadu_ps(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += x[i] * y[i];
+    *s = sum;
+}
+
+static inline AVX2 __m256 load_f16(const tk_half *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+AVX2 void tk_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const tk_half *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_f16(x + i + 8), load_f16(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_f16(x + i + 16), load_f16(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_f16(x + i + 24), load_f16(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
+    *s = sum;
+}
+
+static inline AVX2 __m256 load_bf16(const uint16_t *p) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+static inline float bf2f(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+AVX2 void tk_vec_dot_bf16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const uint16_t *x = vx, *y = vy;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
+        a1 = _mm256_fmadd_ps(load_bf16(x + i + 8), load_bf16(y + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_bf16(x + i + 16), load_bf16(y + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_bf16(x + i + 24), load_bf16(y + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += bf2f(x[i]) * bf2f(y[i]);
+    *s = sum;
+}
+
+/* ---------------------------------------------------------------------------------------------- legacy types */
+/* One block each: acc + d_x·d_y·(integer dot product in 8 lanes), in one accumulator as ggml's AVX2 kernels do:
+   same speed here as two interleaved chains, and the same float results as llama.cpp's. */
+
+static inline AVX2 __m256 scaled(__m256i isum, tk_half dx, tk_half dy, __m256 acc) {
+    const float d = tk_fp16_table[dx] * tk_fp16_table[dy];
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+}
+
+static inline AVX2 __m256 block_q4_0_q8_0(const block_q4_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    __m256i qx = _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
+    return scaled(dot_s8(qx, load32(y->qs)), x->d, y->d, acc);
+}
+
+static inline AVX2 __m256 block_q4_1_q8_1(const block_q4_1 *x, const block_q8_1 *y, __m256 acc, float *summ) {
+    *summ += tk_fp16_table[x->m] * tk_fp16_table[y->s];
+    return scaled(dot_u8(nibbles32(x->qs), load32(y->qs)), x->d, y->d, acc);
+}
+
+static inline AVX2 __m256 block_q5_0_q8_0(const block_q5_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    /* (nibble | h<<4) - 16: a clear high bit makes the byte nibble - 16 = nibble | 0xF0 */
+    __m256i hi = _mm256_andnot_si256(bits32(x->qh), _mm256_set1_epi8((char)0xF0));
+    __m256i qx = _mm256_or_si256(nibbles32(x->qs), hi);
+    return scaled(dot_s8(qx, load32(y->qs)), x->d, y->d, acc);
+}
+
+static inline AVX2 __m256 block_q5_1_q8_1(const block_q5_1 *x, const block_q8_1 *y, __m256 acc, float *summ) {
+    *summ += tk_fp16_table[x->m] * tk_fp16_table[y->s];
+    __m256i hi = _mm256_and_si256(bits32(x->qh), _mm256_set1_epi8(0x10));
+    __m256i qx = _mm256_or_si256(nibbles32(x->qs), hi);
+    return scaled(dot_u8(qx, load32(y->qs)), x->d, y->d, acc);
+}
+
+static inline AVX2 __m256 block_q8_0_q8_0(const block_q8_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    return scaled(dot_s8(load32(x->qs), load32(y->qs)), x->d, y->d, acc);
+}
+
+#define LEGACY_DOT(NAME, XT, YT, BLOCK)                                                        \
+    AVX2 void NAME(int64_t n, float *s, const void *vx, const void *vy) {                     \
+        const XT *x = vx;                                                                      \
+        const YT *y = vy;                                                                      \
+        const int64_t nb = n / QK;                                                             \
+        __m256 acc = _mm256_setzero_ps();                                                      \
+        float summ = 0;                                                                        \
+        for (int64_t b = 0; b < nb; b++) acc = BLOCK(&x[b], &y[b], acc, &summ);                \
+        *s = hsum8(acc) + summ;                                                                \
+    }
+
+LEGACY_DOT(tk_vec_dot_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0)
+LEGACY_DOT(tk_vec_dot_q4_1_q8_1_avx2, block_q4_1, block_q8_1, block_q4_1_q8_1)
+LEGACY_DOT(tk_vec_dot_q5_0_q8_0_avx2, block_q5_0, block_q8_0, block_q5_0_q8_0)
+LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
+LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
+
+/* ---------------------------------------------------------------------------------------------- k-quants */
+
+AVX2 void tk_vec_dot_q2_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q2_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float dall = y[b].d * h2f(x[b].d), dmin = y[b].d * h2f(x[b].dmin);
+        const __m128i sc = _mm_loadu_si128((const __m128i *)x[b].scales);
+        const struct scales16 scl = scales16(_mm_and_si128(sc, _mm_set1_epi8(0x0F)));
+        const __m256i mins = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc, 4), _mm_set1_epi8(0x0F)));
+        const __m256i summ = _mm256_madd_epi16(load32(y[b].bsums), mins);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(-dmin), _mm256_cvtepi32_ps(summ), acc);
+        __m256i sumi = _mm256_setzero_si256();
+        const int8_t *q8 = y[b].qs;
+        for (int k = 0; k < 2; k++) {
+            const __m256i q = load32(x[b].qs + 32 * k);
+            for (int j = 0; j < 4; j++, q8 += 32) {
+                __m256i v = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                __m256i p = _mm256_maddubs_epi16(v, load32(q8));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(&scl, 4 * k + j)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum8(acc);
+}
+
+AVX2 void tk_vec_dot_q3_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q3_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m256i m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4), zero = _mm256_setzero_si256();
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float d = y[b].d * h2f(x[b].d);
+        const struct scales16 sc = scales16(q3_scales(x[b].scales));
+        const __m256i hm = load32(x[b].hmask);
+        __m256i sumi = _mm256_setzero_si256();
+        const int8_t *q8 = y[b].qs;
+        for (int k = 0; k < 2; k++) {
+            const __m256i q = load32(x[b].qs + 32 * k);
+            for (int j = 0; j < 4; j++, q8 += 32) {
+                const int bit = 4 * k + j;
+                __m256i v = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+                /* 4 where the high bit is clear: the quant is v - 4 */
+                __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, _mm256_set1_epi8((char)(1 << bit))), zero);
+                __m256i h4 = _mm256_and_si256(clear, four);
+                const __m256i y8 = load32(q8);
+                __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(v, y8), _mm256_maddubs_epi16(h4, y8));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(&sc, bit)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum8(acc);
+}
+
+/* Q4_K and Q5_K share everything but the fifth bit. The mins' sums go to 4 float lanes (accm) for Q4_K, to one
+   float (summs, when given) for Q5_K: the orders of ggml's AVX2 kernels, whose results these reproduce. */
+static inline AVX2 void dot_k4(const block_q8_K *y, const uint8_t *qs, const uint8_t *qh, tk_half xd, tk_half xdmin,
+                               const uint8_t scales[K_SCALE_SIZE], __m256 *acc, __m128 *accm, float *summs) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+    const float d = y->d * h2f(xd), dmin = y->d * h2f(xdmin);
+    const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(scales));  /* int16 [sc0..sc7 | m0..m7] */
+    /* mins: 16 sums of 16 activations, paired to the 8 sub-blocks */
+    const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                      _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+    const __m128i prod = _mm_madd_epi16(bs, _mm256_extracti128_si256(sm, 1));
+    if (summs) {
+        __m128i t = _mm_add_epi32(prod, _mm_unpackhi_epi64(prod, prod));
+        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
+        *summs += -dmin * (float)_mm_cvtsi128_si32(t);
+    } else {
+        *accm = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(prod), *accm);
+    }
+    const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+    __m256i h = qh ? load32(qh) : _mm256_setzero_si256();
+    __m256i sumi = _mm256_setzero_si256();
+    const int8_t *q8 = y->qs;
+    for (int j = 0; j < 4; j++, q8 += 64) {
+        const __m256i q = load32(qs + 32 * j);
+        __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        if (qh) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, one), 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4));
+            h = _mm256_srli_epi16(h, 2);
+        }
+        /* int16 scale of sub-block k in every lane: bytes 2k, 2k+1 of sc */
+        const __m256i scl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((4 * j + 1) << 8 | (4 * j))));
+        const __m256i sch = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2))));
+        __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load32(q8)), scl);
+        __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load32(q8 + 32)), sch);
+        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(pl, ph));
+    }
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
+}
+
+AVX2 void tk_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_K *x = vx;
+    const block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) dot_k4(&y[b], x[b].qs, NULL, x[b].d, x[b].dmin, x[b].scales, &acc, &accm, NULL);
+    *s = hsum8(acc) + hsum4(accm);
+}
+
+AVX2 void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q5_K *x = vx;
+    const block_q8_K *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    __m128 unused = _mm_setzero_ps();
+    float summs = 0;
+    for (int64_t b = 0; b < n / QK_K; b++)
+        dot_k4(&y[b], x[b].qs, x[b].qh, x[b].d, x[b].dmin, x[b].scales, &acc, &unused, &summs);
+    *s = hsum8(acc) + summs;
+}
+
+AVX2 void tk_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q6_K *x = vx;
+    const block_q8_K *y = vy;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const float d = y[b].d * h2f(x[b].d);
+        const __m128i sc = _mm_loadu_si128((const __m128i *)x[b].scales);
+        /* the quants are stored plus 32: take 32·Σ scale·(sum of its 16 activations) off at the end */
+        const __m256i offset = _mm256_madd_epi16(load32(y[b].bsums), _mm256_cvtepi8_epi16(sc));
+        const struct scales16 sc16 = scales16(sc);
+        __m256i sumi = _mm256_setzero_si256();
+        const uint8_t *ql = x[b].ql, *qh = x[b].qh;
+        const int8_t *q8 = y[b].qs;
+        for (int h = 0; h < 2; h++, ql += 64, qh += 32, q8 += 128) {
+            const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+            for (int k = 0; k < 4; k++) {
+                __m256i p = _mm256_maddubs_epi16(q[k], load32(q8 + 32 * k));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(&sc16, 4 * h + k)));
+            }
+        }
+        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    *s = hsum8(acc);
+}
+
+#endif

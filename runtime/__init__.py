@@ -1,0 +1,1 @@
+"""Inference on GGUF files with the native core: tokenizer, forward pass, sampling, generation, chat, API."""

@@ -1,0 +1,155 @@
+"""A `Llama`-like Python API over the runtime, mirroring llama-cpp-python where it makes sense on CPU:
+tokenize/detokenize, eval with logits, create_completion (streaming too) and create_chat_completion returning
+OpenAI-shaped dicts."""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Iterator
+
+import numpy as np
+
+from runtime.chat import chat_format, prompt_tokens
+from runtime.generate import Session
+from runtime.sampling import SamplingParams
+from runtime.tokenizer import StreamDecoder
+from toolkit.errors import UserError
+
+
+class Llama:
+    def __init__(self, model_path: str, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
+                 seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False):
+        self.model_path = str(model_path)
+        self.session = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+        self.tokenizer = self.session.tokenizer
+        self.seed = seed
+        self.verbose = verbose
+        self.logits_all = logits_all
+        self._scores: list[np.ndarray] = []
+        g = self.session.model.gguf
+        self.chat = chat_format(self.session.model.hp.arch, g.value("tokenizer.chat_template"), chat_template)
+
+    # -- tokens ---------------------------------------------------------------------------------------------------
+    def n_ctx(self) -> int:
+        return self.session.n_ctx
+
+    def n_vocab(self) -> int:
+        return self.session.model.hp.n_vocab
+
+    def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        return self.tokenizer.encode(text, add_bos=add_bos and self.tokenizer.add_bos, parse_special=special)
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return b"".join(self.tokenizer.piece_bytes(t) for t in tokens)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.session.reset()
+        self._scores = []
+
+    def eval(self, tokens: list[int]) -> None:
+        """Evaluate tokens after the current context; `scores` then holds their logits (all of them with
+        logits_all, else the last)."""
+        logits = self.session.eval(list(tokens), all_logits=self.logits_all)
+        self._scores.extend(logits if self.logits_all else [logits])
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.array(self._scores, dtype=np.float32)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.session.tokens)
+
+    # -- completions ----------------------------------------------------------------------------------------------
+    def _params(self, temperature, top_k, top_p, min_p, repeat_penalty, seed) -> SamplingParams:
+        return SamplingParams(temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                              seed=self.seed if seed is None else seed)
+
+    def _stream(self, prompt_tokens: list[int], max_tokens: int | None, params: SamplingParams,
+                stop: list[str]) -> Iterator[tuple[str, str | None]]:
+        """(text piece, finish_reason or None); text that could be the start of a stop string is held back until
+        it cannot match any more, and a matched stop string ends the generation without being returned."""
+        self.reset()
+        if len(prompt_tokens) >= self.session.n_ctx:
+            raise UserError(f"the prompt has {len(prompt_tokens)} tokens; the context holds {self.session.n_ctx}")
+        room = self.session.n_ctx - len(prompt_tokens)
+        limit = room if max_tokens is None or max_tokens <= 0 else max_tokens
+        decoder, pending, n = StreamDecoder(self.tokenizer), "", 0
+        for token in self.session.generate(prompt_tokens, limit, params):
+            n += 1
+            pending += decoder.feed(token)
+            hits = [i for i in (pending.find(s) for s in stop) if i >= 0]
+            if hits:
+                yield pending[:min(hits)], "stop"
+                return
+            held = max((k for s in stop for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
+            if len(pending) > held:
+                yield pending[:len(pending) - held], None
+                pending = pending[len(pending) - held:]
+        yield pending + decoder.flush(), "length" if n >= limit else "stop"
+
+    def _run(self, kind: str, prompt_tokens: list[int], max_tokens, stop, stream: bool, sampling: dict):
+        """Shared by both completion kinds: generate, then shape the result as OpenAI does (`kind` = text or chat)."""
+        params = SamplingParams(temp=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
+                                min_p=sampling["min_p"], repeat_penalty=sampling["repeat_penalty"],
+                                seed=self.seed if sampling["seed"] is None else sampling["seed"])
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        if kind == "chat":
+            stop += list(self.chat.stop)
+        pieces = self._stream(prompt_tokens, max_tokens, params, stop)
+        cid, created = (f"chatcmpl-{uuid.uuid4()}" if kind == "chat" else f"cmpl-{uuid.uuid4()}"), int(time.time())
+        head = {"id": cid, "created": created, "model": self.model_path}
+        if stream:
+            return self._chunks(kind, head, pieces)
+        text, reason = "", None
+        for piece, reason in pieces:
+            text += piece
+        n_out = len(self.session.tokens) - len(prompt_tokens) + (1 if reason == "stop" else 0)
+        usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_out,
+                 "total_tokens": len(prompt_tokens) + n_out}
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": reason}
+            return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+        return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
+
+    @staticmethod
+    def _chunks(kind, head, pieces):
+        if kind == "text":
+            for piece, reason in pieces:
+                if piece or reason:
+                    yield {**head, "object": "text_completion",
+                           "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": reason}]}
+            return
+        def chunk(delta, reason):
+            return {**head, "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+        yield chunk({"role": "assistant"}, None)
+        for piece, reason in pieces:
+            if piece:
+                yield chunk({"content": piece}, None)
+            if reason:
+                yield chunk({}, reason)
+
+    def create_completion(self, prompt: str, max_tokens: int | None = 16, temperature: float = 0.8,
+                          top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
+                          stop: str | list[str] | None = None, seed: int | None = None, stream: bool = False):
+        tokens = self.tokenize(prompt, add_bos=True, special=True)
+        return self._run("text", tokens, max_tokens, stop, stream, dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed))
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None, temperature: float = 0.8,
+                               top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
+                               repeat_penalty: float = 1.0, stop: str | list[str] | None = None,
+                               seed: int | None = None, stream: bool = False):
+        return self._run("chat", prompt_tokens(self.chat, self.tokenizer, messages), max_tokens, stop, stream, dict(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed))
+
+    def close(self) -> None:
+        self.session.close()

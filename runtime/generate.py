@@ -1,0 +1,115 @@
+"""A model session: KV cache, batched prompt evaluation, the generation loop, and llama.cpp-style timings."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+import native
+from runtime.arch import KVCache, build
+from runtime.model import Model
+from runtime.sampling import Sampler, SamplingParams
+from runtime.tokenizer import Tokenizer
+from toolkit.errors import UserError
+
+
+@dataclass
+class Timings:
+    load_ms: float = 0.0
+    sample_ms: float = 0.0
+    n_sample: int = 0
+    prompt_ms: float = 0.0
+    n_prompt: int = 0
+    eval_ms: float = 0.0
+    n_eval: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def report(self) -> str:
+        """The timings block as llama.cpp prints it (llama_perf_sampler_print / llama_perf_context_print)."""
+        def rate(ms, n):
+            per = ms / n if n else 0.0
+            tps = 1000.0 * n / ms if ms > 0 else 0.0
+            return f"({per:8.2f} ms per token, {tps:8.2f} tokens per second)"
+        total = (time.perf_counter() - self.started) * 1000.0
+        return "\n".join([
+            f"llama_perf_sampler_print:    sampling time = {self.sample_ms:10.2f} ms / {self.n_sample:5d} runs   "
+            + rate(self.sample_ms, self.n_sample),
+            f"llama_perf_context_print:        load time = {self.load_ms:10.2f} ms",
+            f"llama_perf_context_print: prompt eval time = {self.prompt_ms:10.2f} ms / {self.n_prompt:5d} tokens "
+            + rate(self.prompt_ms, self.n_prompt),
+            f"llama_perf_context_print:        eval time = {self.eval_ms:10.2f} ms / {self.n_eval:5d} runs   "
+            + rate(self.eval_ms, self.n_eval),
+            f"llama_perf_context_print:       total time = {total:10.2f} ms / {self.n_prompt + self.n_eval:5d} tokens",
+        ])
+
+
+class Session:
+    """One model, one context: tokens evaluated so far and their KV cache."""
+
+    def __init__(self, model_path, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None):
+        t0 = time.perf_counter()
+        if n_ctx < 1 or n_batch < 1:
+            raise UserError("n_ctx and n_batch must be positive")
+        self.model = Model(model_path)
+        self.tokenizer = Tokenizer.from_gguf(self.model.gguf)
+        self.n_threads = n_threads or native.default_threads()
+        self.net = build(self.model, self.n_threads)
+        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.cache = KVCache(self.model.hp, n_ctx)
+        self.tokens: list[int] = []
+        self.timings = Timings(load_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def reset(self) -> None:
+        self.cache.n = 0
+        self.tokens = []
+
+    def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
+        """Evaluate tokens after those already in the context, in batches of n_batch; the last (or all) logits."""
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise UserError(f"the context is full: {len(self.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
+        bad = [t for t in tokens if not 0 <= t < self.model.hp.n_vocab]
+        if bad:
+            raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{self.model.hp.n_vocab - 1})")
+        t0 = time.perf_counter()
+        outs = []
+        for i in range(0, len(tokens), self.n_batch):
+            batch = tokens[i:i + self.n_batch]
+            outs.append(self.net.forward(batch, self.cache, all_logits=all_logits))
+            self.tokens.extend(batch)
+        ms = (time.perf_counter() - t0) * 1000.0
+        if len(tokens) > 1:
+            self.timings.prompt_ms += ms
+            self.timings.n_prompt += len(tokens)
+        else:
+            self.timings.eval_ms += ms
+            self.timings.n_eval += len(tokens)
+        return np.vstack(outs) if all_logits else outs[-1][-1]
+
+    def generate(self, prompt: list[int], n_predict: int, params: SamplingParams, ignore_eos: bool = False,
+                 sampler: Sampler | None = None) -> Iterator[int]:
+        """Yield sampled tokens after evaluating `prompt`; stops at an end-of-generation token (unless ignore_eos),
+        after n_predict tokens (-1: until the context is full), or when the context is full."""
+        sampler = sampler or Sampler(params)
+        logits = self.eval(prompt) if prompt else None
+        produced = 0
+        while logits is not None and (n_predict < 0 or produced < n_predict) and len(self.tokens) < self.n_ctx:
+            t0 = time.perf_counter()
+            if ignore_eos:
+                logits = logits.copy()
+                for t in self.tokenizer.eog_ids:
+                    logits[t] = -np.inf
+            token = sampler.sample(logits, self.tokens)
+            self.timings.sample_ms += (time.perf_counter() - t0) * 1000.0
+            self.timings.n_sample += 1
+            if not ignore_eos and token in self.tokenizer.eog_ids:
+                return
+            produced += 1
+            yield token
+            if len(self.tokens) >= self.n_ctx:
+                return
+            logits = self.eval([token])
+
+    def close(self) -> None:
+        self.model.close()

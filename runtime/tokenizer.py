@@ -1,0 +1,654 @@
+"""Runtime tokenizer built from GGUF metadata alone, token-for-token equal to llama.cpp's tokenizer.
+
+Two vocabulary kinds are supported:
+
+* ``tokenizer.ggml.model == "gpt2"``: byte-level BPE. The text is split by the pre-tokenizer regexes of
+  ``tokenizer.ggml.pre`` (applied one after the other, each to the pieces of the previous one, as llama.cpp does), every
+  piece is mapped to the GPT-2 byte alphabet and merged by rank (lowest rank first, leftmost first on ties).
+* ``tokenizer.ggml.model == "llama"``: SentencePiece as llama.cpp runs it: a space is prepended to each text fragment
+  that starts the text or follows a special token (``add_space_prefix``, default true), spaces become ``▁``, then
+  adjacent symbols are merged greedily by vocabulary score; characters that end up as no token fall back to ``<0xXX>``
+  byte tokens.
+
+Special tokens (control, user-defined, unknown) written in the text are matched first, longest first, and the text is
+split around them (``parse_special``; user-defined tokens are matched even without it, as in llama.cpp).
+
+Only numpy (through the GGUF reader), the ``regex`` module and the standard library are used: importing this module
+never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import heapq
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+import regex
+
+if TYPE_CHECKING:  # pragma: no cover
+    from toolkit.ggufio import GGUFFile
+
+__all__ = ["Tokenizer", "StreamDecoder", "UnsupportedTokenizer"]
+
+
+class UnsupportedTokenizer(ValueError):
+    """The GGUF's tokenizer model or pre-tokenizer is not one this runtime implements."""
+
+
+# token attributes (llama.cpp's llama_token_attr bits)
+ATTR_UNDEFINED = 0
+ATTR_UNKNOWN = 1 << 0
+ATTR_UNUSED = 1 << 1
+ATTR_NORMAL = 1 << 2
+ATTR_CONTROL = 1 << 3
+ATTR_USER_DEFINED = 1 << 4
+ATTR_BYTE = 1 << 5
+
+# tokenizer.ggml.token_type values → attributes
+_TYPE_ATTR = {1: ATTR_NORMAL, 2: ATTR_UNKNOWN, 3: ATTR_CONTROL, 4: ATTR_USER_DEFINED, 5: ATTR_UNUSED, 6: ATTR_BYTE}
+
+SPM_SPACE = "\u2581"  # ▁
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pre-tokenizer regexes
+# ----------------------------------------------------------------------------------------------------------------------
+# llama.cpp classifies code points with its own tables; its "whitespace" is this fixed set (note: not \x1c-\x1f, which
+# Python's \s includes). Letters and numbers are the Unicode categories L* and N*.
+_WS = "\\t\\n\\x0b\\x0c\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_S = f"[{_WS}]"          # \s
+_NS = f"[^{_WS}]"        # \S
+_OTHER = f"[^{_WS}\\p{{L}}\\p{{N}}]"  # [^\s\p{L}\p{N}]
+
+# 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+_GPT2 = (f"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{{L}}+| ?\\p{{N}}+| ?{_OTHER}+|{_S}+(?!{_NS})|{_S}+")
+# llama.cpp's case-insensitive contractions are ASCII-only ([sS] ...), unlike a (?i:...) group
+_CONTRACTIONS_CI = "'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD]"
+
+
+def _qwen_like(numbers: str) -> str:
+    # (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|<numbers>| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+    return (f"(?:{_CONTRACTIONS_CI})|[^\\r\\n\\p{{L}}\\p{{N}}]?\\p{{L}}+|{numbers}| ?{_OTHER}+[\\r\\n]*"
+            f"|{_S}*[\\r\\n]+|{_S}+(?!{_NS})|{_S}+")
+
+
+_QWEN2 = _qwen_like("\\p{N}")
+_LLAMA3 = _qwen_like("\\p{N}{1,3}")
+
+# pre-tokenizer family → (regex stages, ignore_merges)
+_PRE_FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "default": (("[\\p{P}$+<=>^~|]+", _GPT2, "\\p{N}+", "[0-9][0-9][0-9]"), False),
+    "gpt2": ((_GPT2,), False),
+    "codeshell": (("\\p{N}", _GPT2), False),   # also starcoder, refact, command-r, smollm, ...
+    "qwen2": ((_QWEN2,), False),
+    "llama3": ((_LLAMA3,), True),
+}
+
+# tokenizer.ggml.pre → family (the names llama.cpp maps to the same regexes)
+_PRE_NAMES: dict[str, str] = {
+    "default": "default",
+    **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
+                     "mellum", "modern-bert", "jina-v1-en", "jina-v2-code", "roberta-bpe", "exaone4", "mpt", "olmo",
+                     "jais", "trillion", "granite-docling"), "gpt2"),
+    **dict.fromkeys(("codeshell", "starcoder", "refact", "command-r", "smollm", "exaone", "minerva-7b", "mellum2"),
+                    "codeshell"),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
+                     "solar-open"), "qwen2"),
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                     "jina-v5-nano"), "llama3"),
+}
+
+# ----------------------------------------------------------------------------------------------------------------------
+# special-token detection by text (llama.cpp marks these control / end-of-generation even when the GGUF does not)
+# ----------------------------------------------------------------------------------------------------------------------
+_EOT_NAMES = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
+              "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>")
+_EOM_NAMES = ("<|eom_id|>",)
+_FIM_NAMES = {
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+_EOG_NAMES = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>", "<｜end▁of▁sentence｜>", "[e~[",
+))
+
+# ----------------------------------------------------------------------------------------------------------------------
+# GPT-2 byte-level alphabet
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _byte_alphabet() -> list[str]:
+    """byte → the printable character GPT-2's byte-level BPE writes for it."""
+    keep = list(range(0x21, 0x7F)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out = [""] * 256
+    for b in keep:
+        out[b] = chr(b)
+    n = 0
+    for b in range(256):
+        if not out[b]:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+_BYTE_TO_CHAR = _byte_alphabet()
+_CHAR_TO_BYTE = {c: b for b, c in enumerate(_BYTE_TO_CHAR)}
+_LATIN1_TO_BYTELEVEL = {b: c for b, c in enumerate(_BYTE_TO_CHAR)}  # str.translate table on latin-1 decoded bytes
+
+
+def _raw(text: str) -> bytes:
+    """A token text's original bytes (the GGUF reader decodes strings with surrogateescape)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _hex_byte(text: str) -> int:
+    """The byte of a ``<0xXX>`` token (llama.cpp: strtol on characters 3..4; garbage gives 0)."""
+    try:
+        return int(text[3:5], 16) & 0xFF
+    except ValueError:
+        return 0
+
+
+class Tokenizer:
+    """llama.cpp-compatible tokenizer for byte-level BPE ("gpt2") and SentencePiece ("llama") GGUF vocabularies."""
+
+    def __init__(self, *, model: str, tokens: list[str], token_types: Iterable[int] | None = None,
+                 scores: Iterable[float] | None = None, merges: Iterable[str] | None = None, pre: str | None = None,
+                 bos_id: int | None = None, eos_id: int | None = None, unk_id: int | None = None,
+                 pad_id: int | None = None, add_bos: bool | None = None, add_eos: bool | None = None,
+                 add_space_prefix: bool | None = None, special_ids: dict[str, int] | None = None):
+        if model not in ("gpt2", "llama"):
+            raise UnsupportedTokenizer(f"tokenizer model {model!r} is not supported (only 'gpt2' byte-level BPE and "
+                                       f"'llama' SentencePiece)")
+        self.model = model
+        self.is_spm = model == "llama"
+        n = len(tokens)
+        self.n_vocab = n
+        # token texts; llama.cpp replaces empty ones so that every text is unique-ish and non-empty
+        self.tokens: list[str] = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        self.token_to_id: dict[str, int] = {t: i for i, t in enumerate(self.tokens)}  # later duplicates win
+        types = [1] * n if token_types is None else [int(x) for x in token_types]
+        if len(types) < n:
+            raise ValueError(f"token_type has {len(types)} entries for {n} tokens")
+        self.attrs: list[int] = [_TYPE_ATTR.get(t, ATTR_UNDEFINED) for t in types[:n]]
+        if scores is None:
+            self.scores = [0.0] * n
+        else:
+            self.scores = [float(x) for x in scores][:n]
+            if len(self.scores) < n:
+                raise ValueError(f"scores has {len(self.scores)} entries for {n} tokens")
+
+        def _valid(i):
+            return int(i) if i is not None and 0 <= int(i) < n else None
+
+        # defaults as in llama.cpp when the GGUF has no ids
+        if self.is_spm:
+            d_bos, d_eos, d_unk = 1, 2, 0
+        else:
+            d_bos, d_eos, d_unk = 11, 11, None
+        self.bos_id: int | None = _valid(d_bos if bos_id is None else bos_id)
+        self.eos_id: int | None = _valid(d_eos if eos_id is None else eos_id)
+        self.unk_id: int | None = _valid(d_unk if unk_id is None else unk_id)
+        self.pad_id: int | None = _valid(pad_id)
+        self.add_bos: bool = bool(self.is_spm if add_bos is None else add_bos)
+        self.add_eos: bool = bool(False if add_eos is None else add_eos)
+        self.add_space_prefix: bool = bool(self.is_spm if add_space_prefix is None else add_space_prefix)
+
+        self._init_special(dict(special_ids or {}))
+
+        if self.is_spm:
+            self.pre = None
+            self._stages: list = []
+            self._ignore_merges = False
+            # adjacent character pairs occurring inside any token: a boundary between two characters that form no
+            # such pair can never be merged across, so the text can be cut there and the pieces cached
+            pairs = set()
+            for t in self.token_to_id:
+                for k in range(len(t) - 1):
+                    pairs.add(t[k:k + 2])
+            self._spm_pairs = frozenset(pairs)
+            self._byte_ids: list[int | None] = []
+            for b in range(256):
+                tid = self.token_to_id.get(f"<0x{b:02X}>")
+                if tid is None:
+                    tid = self.token_to_id.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
+                if tid is None:
+                    tid = self.unk_id
+                self._byte_ids.append(tid)
+        else:
+            name = pre or "default"
+            family = _PRE_NAMES.get(name)
+            if family is None:
+                raise UnsupportedTokenizer(f"pre-tokenizer {name!r} is not supported; supported: "
+                                           f"{', '.join(sorted(_PRE_NAMES))}")
+            self.pre = name
+            regexes, self._ignore_merges = _PRE_FAMILIES[family]
+            self._stages = [regex.compile(r) for r in regexes]
+            self._ranks: dict[tuple[str, str], int] = {}
+            for rank, m in enumerate(merges or ()):
+                pos = m.find(" ", 1)
+                first, second = (m[:pos], m[pos + 1:]) if pos >= 0 else ("", "")
+                self._ranks.setdefault((first, second), rank)  # the first occurrence wins (std::map::emplace)
+        self._cache: dict[str, tuple[int, ...]] = {}
+        self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    # -- construction ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, g: "GGUFFile") -> "Tokenizer":
+        tokens = g.value("tokenizer.ggml.tokens")
+        if tokens is None:
+            raise UnsupportedTokenizer(f"{getattr(g, 'path', 'GGUF')} has no tokenizer (tokenizer.ggml.tokens)")
+        model = g.value("tokenizer.ggml.model", "llama")
+        special_ids = {}
+        for key in ("eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep"):
+            v = g.value(f"tokenizer.ggml.{key}_token_id")
+            if v is not None:
+                special_ids[key] = int(v)
+        for old, new in (("prefix", "fim_pre"), ("suffix", "fim_suf"), ("middle", "fim_mid")):
+            v = g.value(f"tokenizer.ggml.{old}_token_id")
+            if v is not None:
+                special_ids[new] = int(v)
+
+        def _opt_bool(key):
+            v = g.value(key)
+            return None if v is None else bool(v)
+
+        return cls(
+            model=str(model), tokens=list(tokens), token_types=g.value("tokenizer.ggml.token_type"),
+            scores=g.value("tokenizer.ggml.scores"), merges=g.value("tokenizer.ggml.merges"),
+            pre=g.value("tokenizer.ggml.pre"), bos_id=g.value("tokenizer.ggml.bos_token_id"),
+            eos_id=g.value("tokenizer.ggml.eos_token_id"), unk_id=g.value("tokenizer.ggml.unknown_token_id"),
+            pad_id=g.value("tokenizer.ggml.padding_token_id"), add_bos=_opt_bool("tokenizer.ggml.add_bos_token"),
+            add_eos=_opt_bool("tokenizer.ggml.add_eos_token"),
+            add_space_prefix=_opt_bool("tokenizer.ggml.add_space_prefix"), special_ids=special_ids)
+
+    def _init_special(self, ids: dict[str, int]) -> None:
+        n = self.n_vocab
+        ids = {k: v for k, v in ids.items() if 0 <= v < n}
+
+        def by_name(names) -> int | None:
+            found = [self.token_to_id[t] for t in names if t in self.token_to_id]
+            return min(found) if found else None
+
+        # like llama.cpp: look the token up by its text when the GGUF does not name it, and make it a control token
+        for key, names in (("eot", _EOT_NAMES), ("eom", _EOM_NAMES), *_FIM_NAMES.items()):
+            if key not in ids:
+                tid = by_name(names)
+                if tid is not None:
+                    ids[key] = tid
+                    self.attrs[tid] |= ATTR_CONTROL
+        self.eot_id: int | None = ids.get("eot")
+        self.eom_id: int | None = ids.get("eom")
+        self.fim_ids: dict[str, int] = {k: v for k, v in ids.items() if k.startswith("fim_")}
+        eog = {ids[k] for k in ("fim_pad", "fim_rep", "fim_sep") if k in ids}
+        for t in _EOG_NAMES:
+            tid = self.token_to_id.get(t)
+            if tid is not None:
+                eog.add(tid)
+                self.attrs[tid] |= ATTR_CONTROL
+        for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss: always rendered
+            if t in self.token_to_id:
+                self.attrs[self.token_to_id[t]] = ATTR_USER_DEFINED
+        for tid in (self.eos_id, self.eot_id, self.eom_id):
+            if tid is not None:
+                eog.add(tid)
+        eog_texts = {self.tokens[i] for i in eog}
+        end = self.token_to_id.get("<|end|>")
+        if end in eog and ({"<|return|>", "<|call|>"} <= eog_texts or {"<|calls|>", "<|flush|>"} <= eog_texts):
+            eog.discard(end)  # o200k_harmony / solar-open: <|end|> ends a message, not the generation
+            self.attrs[end] = ATTR_USER_DEFINED
+        eos_text = self.token_to_id.get("</s>")
+        if eos_text in eog and eog_texts & {"<|tool_response>", "<|plamo:eos|>"}:
+            eog.discard(eos_text)  # gemma4, plamo: a normal </s>
+            self.attrs[eos_text] = ATTR_NORMAL
+        self.eog_ids: set[int] = eog
+        # special tokens matched in the text: longest first (ties: lower id first)
+        special = [i for i, a in enumerate(self.attrs) if a & (ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN)]
+        special.sort(key=lambda i: (-len(_raw(self.tokens[i])), i))
+        self._special: list[tuple[str, int, bool]] = [
+            (self.tokens[i], i, bool(self.attrs[i] & (ATTR_CONTROL | ATTR_UNKNOWN))) for i in special]
+
+    # -- information -----------------------------------------------------------------------------------------------
+    def token_text(self, token_id: int) -> str:
+        """The token's text as stored in the vocabulary (``▁`` / byte-level characters included)."""
+        return self.tokens[token_id]
+
+    def is_eog(self, token_id: int) -> bool:
+        return token_id in self.eog_ids
+
+    def is_special(self, token_id: int) -> bool:
+        """Control or unknown tokens: the ones ``decode(skip_special=True)`` leaves out."""
+        return bool(self.attrs[token_id] & (ATTR_CONTROL | ATTR_UNKNOWN))
+
+    # -- encoding --------------------------------------------------------------------------------------------------
+    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Split the text around the special tokens it contains: a list of text fragments (str) and token ids."""
+        frags: list[str | int] = [text]
+        for tok_text, tid, is_ctrl in self._special:
+            if is_ctrl and not parse_special:
+                continue
+            if tok_text not in text:
+                continue
+            out: list[str | int] = []
+            for f in frags:
+                if isinstance(f, int) or tok_text not in f:
+                    out.append(f)
+                    continue
+                start = 0
+                while True:
+                    k = f.find(tok_text, start)
+                    if k < 0:
+                        break
+                    if k > start:
+                        out.append(f[start:k])
+                    out.append(tid)
+                    start = k + len(tok_text)
+                if start < len(f):
+                    out.append(f[start:])
+            frags = out
+        return frags
+
+    def encode(self, text: str, add_bos: bool | None = None, parse_special: bool = True, *,
+               add_eos: bool | None = None) -> list[int]:
+        """Token ids of ``text``, as ``llama_tokenize``.
+
+        ``add_bos``: None uses the model's default (``tokenizer.ggml.add_bos_token``); ``add_eos``: None appends EOS
+        only when the model asks for it (``add_eos_token``) and ``add_bos`` is not False (llama.cpp's add_special).
+        ``parse_special``: control tokens written in the text become their ids (user-defined ones always do).
+        """
+        if add_bos is None:
+            add_bos = self.add_bos
+        if add_eos is None:
+            add_eos = self.add_eos and add_bos is not False
+        out: list[int] = []
+        if add_bos:
+            if self.bos_id is None:
+                raise ValueError("this model has no BOS token")
+            out.append(self.bos_id)
+        if text:
+            frags = self._partition(text, parse_special)
+            if self.is_spm:
+                prev_special = True
+                for f in frags:
+                    if isinstance(f, int):
+                        out.append(f)
+                        prev_special = True
+                    else:
+                        if self.add_space_prefix and prev_special:
+                            f = " " + f
+                        self._spm_encode(f.replace(" ", SPM_SPACE), out)
+                        prev_special = False
+            else:
+                for f in frags:
+                    if isinstance(f, int):
+                        out.append(f)
+                    else:
+                        self._bpe_encode(f, out)
+        if add_eos:
+            if self.eos_id is None:
+                raise ValueError("this model has no EOS token")
+            out.append(self.eos_id)
+        return out
+
+    def _remember(self, key: str, ids: tuple[int, ...]) -> None:
+        if len(self._cache) >= 200_000:
+            self._cache.clear()
+        self._cache[key] = ids
+
+    # byte-level BPE
+    def _pretokenize(self, text: str) -> list[str]:
+        pieces = [text]
+        for rx in self._stages:
+            out = []
+            for p in pieces:
+                pos = 0
+                for m in rx.finditer(p):
+                    s, e = m.span()
+                    if s > pos:
+                        out.append(p[pos:s])
+                    out.append(p[s:e])
+                    pos = e
+                if pos < len(p):
+                    out.append(p[pos:])
+            pieces = out
+        return pieces
+
+    def _bpe_encode(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        for word in self._pretokenize(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._bpe_word(word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTELEVEL))
+                self._remember(word, ids)
+            out.extend(ids)
+
+    def _bpe_word(self, word: str) -> tuple[int, ...]:
+        vocab = self.token_to_id
+        if self._ignore_merges and word in vocab:
+            return (vocab[word],)
+        syms = list(word)
+        n = len(syms)
+        if n > 1:
+            ranks = self._ranks
+            nxt = list(range(1, n + 1))
+            nxt[-1] = -1
+            prv = list(range(-1, n - 1))
+            heap = []
+            for i in range(n - 1):
+                r = ranks.get((syms[i], syms[i + 1]))
+                if r is not None:
+                    heap.append((r, i, i + 1, syms[i] + syms[i + 1]))
+            heapq.heapify(heap)
+            while heap:
+                _, left, right, joined = heapq.heappop(heap)
+                ls, rs = syms[left], syms[right]
+                if not ls or not rs or nxt[left] != right or ls + rs != joined:
+                    continue  # outdated
+                syms[left] = joined
+                syms[right] = ""
+                nr = nxt[right]
+                nxt[left] = nr
+                if nr >= 0:
+                    prv[nr] = left
+                p = prv[left]
+                if p >= 0:
+                    r = ranks.get((syms[p], joined))
+                    if r is not None:
+                        heapq.heappush(heap, (r, p, left, syms[p] + joined))
+                if nr >= 0:
+                    r = ranks.get((joined, syms[nr]))
+                    if r is not None:
+                        heapq.heappush(heap, (r, left, nr, joined + syms[nr]))
+        ids = []
+        for s in syms:
+            if not s:
+                continue
+            tid = vocab.get(s)
+            if tid is not None:
+                ids.append(tid)
+                continue
+            # no such token: llama.cpp looks up each UTF-8 byte of the symbol as a one-byte token
+            for b in s.encode("utf-8"):
+                tid = vocab.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
+                if tid is not None:
+                    ids.append(tid)
+        return tuple(ids)
+
+    # SentencePiece
+    def _spm_encode(self, text: str, out: list[int]) -> None:
+        pairs = self._spm_pairs
+        cache = self._cache
+        cuts = [k for k in range(1, len(text)) if text[k - 1:k + 1] not in pairs]
+        cuts.append(len(text))
+        start = 0
+        for k in cuts:
+            chunk = text[start:k]
+            start = k
+            ids = cache.get(chunk)
+            if ids is None:
+                ids = self._spm_chunk(chunk)
+                self._remember(chunk, ids)
+            out.extend(ids)
+
+    def _spm_chunk(self, text: str) -> tuple[int, ...]:
+        vocab = self.token_to_id
+        get = vocab.get
+        scores = self.scores
+        syms = list(text)
+        n = len(syms)
+        if n > 1:
+            nxt = list(range(1, n + 1))
+            nxt[-1] = -1
+            prv = list(range(-1, n - 1))
+            heap = []
+            for i in range(n - 1):
+                joined = syms[i] + syms[i + 1]
+                tid = get(joined)
+                if tid is not None:
+                    heap.append((-scores[tid], i, i + 1, 2))
+            heapq.heapify(heap)
+            push, pop = heapq.heappush, heapq.heappop
+            while heap:
+                _, left, right, size = pop(heap)
+                ls, rs = syms[left], syms[right]
+                if not ls or not rs or len(ls) + len(rs) != size:
+                    continue  # one side already merged elsewhere
+                ls += rs
+                syms[left] = ls
+                syms[right] = ""
+                nr = nxt[right]
+                nxt[left] = nr
+                p = prv[left]
+                if p >= 0:
+                    joined = syms[p] + ls
+                    tid = get(joined)
+                    if tid is not None:
+                        push(heap, (-scores[tid], p, left, len(joined)))
+                if nr >= 0:
+                    prv[nr] = left
+                    joined = ls + syms[nr]
+                    tid = get(joined)
+                    if tid is not None:
+                        push(heap, (-scores[tid], left, nr, len(joined)))
+        ids = []
+        for s in syms:
+            if not s:
+                continue
+            tid = get(s)
+            if tid is not None:
+                ids.append(tid)
+            else:  # byte fallback
+                for b in s.encode("utf-8"):
+                    tid = self._byte_ids[b]
+                    if tid is None:
+                        raise ValueError(f"no byte token for 0x{b:02X} and no unknown token")
+                    ids.append(tid)
+        return tuple(ids)
+
+    # -- decoding --------------------------------------------------------------------------------------------------
+    def piece_bytes(self, token_id: int, special: bool = True) -> bytes:
+        """The bytes this token stands for (``llama_token_to_piece``). ``special=False`` gives b"" for control and
+        unknown tokens; unused tokens always give b""."""
+        key = (token_id, special)
+        piece = self._pieces.get(key)
+        if piece is None:
+            if not 0 <= token_id < self.n_vocab:
+                raise IndexError(f"token id {token_id} out of range (vocabulary of {self.n_vocab})")
+            piece = self._piece(token_id, special)
+            self._pieces[key] = piece
+        return piece
+
+    def _piece(self, tid: int, special: bool) -> bytes:
+        attr = self.attrs[tid]
+        text = self.tokens[tid]
+        if attr & (ATTR_CONTROL | ATTR_UNKNOWN):
+            return _raw(text) if special else b""
+        if attr & ATTR_USER_DEFINED:
+            return _raw(text)
+        if attr & ATTR_NORMAL:
+            if self.is_spm:
+                return _raw(text.replace(SPM_SPACE, " "))
+            out = bytearray()
+            for c in text:
+                b = _CHAR_TO_BYTE.get(c)
+                if b is not None:
+                    out.append(b)
+                else:  # not a byte-level character: llama.cpp writes a marker
+                    u = _raw(c)
+                    out += b"[UNK_BYTE_0x" + u.hex().encode() + _raw(text) + b"]"
+            return bytes(out)
+        if attr & ATTR_BYTE:
+            return bytes((_hex_byte(text),))
+        return b""
+
+    def _byte_pieces(self, ids: Iterable[int], skip_special: bool) -> Iterator[bytes]:
+        strip = _LeadingSpace(self, skip_special)
+        for t in ids:
+            yield strip(t)
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        """The text of ``ids``. Pieces are joined as llama.cpp's ``llama_token_to_piece`` gives them (no
+        clean-up of spaces); with ``add_space_prefix`` (SentencePiece) the first piece loses one leading space, the
+        first piece after a leading BOS when ``skip_special`` (as llama-cpp-python's ``Llama.detokenize``).
+        Invalid UTF-8 becomes U+FFFD."""
+        return b"".join(self._byte_pieces(ids, skip_special)).decode("utf-8", "replace")
+
+    def decode_bytes(self, ids: Iterable[int], skip_special: bool = False) -> bytes:
+        return b"".join(self._byte_pieces(ids, skip_special))
+
+
+class _LeadingSpace:
+    """Per-token pieces with the leading-space removal of ``Tokenizer.decode`` (stateful, token by token)."""
+
+    def __init__(self, tok: Tokenizer, skip_special: bool):
+        self.tok = tok
+        self.special = not skip_special
+        self.first = True
+        self.pending = tok.add_space_prefix  # a leading space still to remove
+        self.any_piece = False               # remove it from the first non-empty piece instead of the first token
+
+    def __call__(self, t: int) -> bytes:
+        tok = self.tok
+        piece = tok.piece_bytes(t, self.special)
+        if self.first:
+            self.first = False
+            if t == tok.bos_id and not self.special and self.pending:
+                self.any_piece = True  # BOS skipped: the space goes from the text that follows it
+                return piece
+            if self.pending and piece[:1] == b" ":
+                piece = piece[1:]
+            self.pending = False  # the first token takes the removal, even if its piece is empty (llama.cpp)
+            return piece
+        if self.any_piece and piece:
+            self.any_piece = False
+            if piece[:1] == b" ":
+                piece = piece[1:]
+        return piece
+
+
+class StreamDecoder:
+    """Streaming detokenization: ``feed`` token ids one by one; the strings returned (plus ``flush``) concatenate to
+    ``tok.decode(ids, skip_special)`` and never split a UTF-8 character (incomplete bytes wait for the next token)."""
+
+    def __init__(self, tok: Tokenizer, skip_special: bool = False):
+        self.tok = tok
+        self._pieces = _LeadingSpace(tok, skip_special)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, token_id: int) -> str:
+        return self._utf8.decode(self._pieces(token_id))
+
+    def flush(self) -> str:
+        """The rest (an incomplete UTF-8 sequence at the end becomes U+FFFD); the decoder can be reused after."""
+        out = self._utf8.decode(b"", final=True)
+        self._utf8.reset()
+        return out

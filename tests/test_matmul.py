@@ -1,0 +1,298 @@
+"""Matrix products of the native core (native.matmul / tk_matmul): y[n][rows] = x[n][cols] · W[rows][cols]ᵀ.
+
+The kernels convert the activations to the weight type's vec_dot_type (Q8_0, Q8_1, Q8_K, F16, BF16 or F32) as ggml
+does, then take integer dot products within blocks. Two references, both in float64 with the weights dequantized by
+native.dequantize:
+
+* exact: the activations as the kernel sees them (converted, then dequantized), so only float rounding of the kernel
+  separates the two. Tolerance FLOAT_RTOL · ‖x_j‖ · ‖w_r‖. For Q4_1/Q5_1 the Q8_1 block sum s is stored as fp16;
+  the reference uses that stored s, as the kernel (and ggml) do.
+* true: the float32 activations themselves. The activation conversion adds an error e with |Σ w_i e_i| ≤ ‖w‖·‖e‖
+  (Cauchy-Schwarz); ACT_BOUND bounds ‖e‖/‖x‖ for each vec_dot_type:
+    F32  0
+    F16  2^-11 (relative rounding of every element)
+    BF16 2^-8
+    Q8_0/Q8_1  |e_i| ≤ d/2 + |q_i|·|d - fp16(d)| ≤ (0.5 + 127·2^-11)·amax/127 per block of 32, so
+               ‖e_b‖ ≤ √32 · 0.00443 · amax ≤ 0.025 ‖x_b‖
+    Q8_K  |e_i| ≤ amax/254 per block of 256 (d kept in f32): ‖e_b‖ ≤ 16/254 · amax ≤ 0.063 ‖x_b‖
+  so |y - W·x| ≤ (ACT_BOUND + FLOAT_RTOL) · ‖x_j‖ · ‖w_r‖. (Observed on random data: 2e-4..1e-3 for the 8-bit
+  activations, far below the worst case; 1e-8..4e-8 against the exact reference.)
+
+SIMD (AVX2) and scalar kernels agree within SIMD_RTOL · ‖x_j‖ · ‖w_r‖ (their float sums run in a different order);
+any thread count gives bit-identical results. Where llama-cpp-python is installed, every row is also compared with
+ggml's own vec_dot functions (libggml-cpu) on the same quantized activations (tolerance 1e-6; with the AVX2 build of
+llama-cpp-python 0.3.36 the SIMD results are bit-identical, the scalar ones differ from ggml's *_generic only where
+that build contracts to FMA).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import native
+
+F32, F16, BF16 = 0, 1, 30
+Q8_0, Q8_1, Q8_K = 8, 9, 15
+NAMES = {F32: "F32", F16: "F16", BF16: "BF16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", Q8_0: "Q8_0",
+         10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K"}
+TYPES = list(NAMES)
+VEC_DOT_TYPE = {F32: F32, F16: F16, BF16: BF16, 2: Q8_0, 3: Q8_1, 6: Q8_0, 7: Q8_1, 8: Q8_0,
+                10: Q8_K, 11: Q8_K, 12: Q8_K, 13: Q8_K, 14: Q8_K}
+BLOCK = {t: native.TRAITS[t][1] for t in TYPES}
+
+FLOAT_RTOL = 1e-5
+SIMD_RTOL = 1e-5
+ACT_BOUND = {F32: 0.0, F16: 2.0 ** -11, BF16: 2.0 ** -8, Q8_0: 0.025, Q8_1: 0.025, Q8_K: 0.063}
+
+HAS_SIMD = bool(native.cpu_features().get("f16c_avx2"))
+
+
+def _restore_scalar_setting():
+    native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
+
+
+def matmul(t, w, rows, cols, x, nthreads=2, simd=None):
+    if simd is None:
+        return native.matmul(t, w, rows, cols, x, nthreads)
+    native.set_force_scalar(not simd)
+    try:
+        return native.matmul(t, w, rows, cols, x, nthreads)
+    finally:
+        _restore_scalar_setting()
+
+
+def min_cols(t: int) -> int:
+    """Smallest row length the type takes (the vec_dot_type's block too)."""
+    return max(BLOCK[t], native.TRAITS[VEC_DOT_TYPE[t]][1])
+
+
+def weights(t: int, rows: int, cols: int, seed: int):
+    """(buffer holding W as type t, W dequantized in float64). Rows get different scales and offsets."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w *= rng.uniform(0.05, 3.0, (rows, 1)).astype(np.float32)
+    w += rng.uniform(-0.5, 0.5, (rows, 1)).astype(np.float32)
+    if t == F32:
+        return w, w.astype(np.float64)
+    if t == F16:
+        h = w.astype(np.float16)
+        return h, h.astype(np.float64)
+    q = native.quantize(t, w, 2)
+    return q, native.dequantize(t, q, cols).astype(np.float64)
+
+
+def activations(n: int, cols: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1000)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    x[:, : cols // 3] *= 4.0  # uneven magnitudes across blocks
+    return x
+
+
+def seen_activations(t: int, x: np.ndarray):
+    """The activations as the kernel sees them (float64), and their raw vec_dot_type bytes (None for F32/F16)."""
+    at = VEC_DOT_TYPE[t]
+    cols = x.shape[1]
+    if at == F32:
+        return x.astype(np.float64), None
+    if at == F16:
+        return x.astype(np.float16).astype(np.float64), None
+    at_, q = native.activations(t, x)  # the bytes the kernel multiplies with (llama.cpp's CPU rounding)
+    assert at_ == at
+    return native.dequantize(at, q, cols).astype(np.float64), q
+
+
+def exact_reference(t: int, wq, wd: np.ndarray, x: np.ndarray) -> np.ndarray:
+    xs, aq = seen_activations(t, x)
+    y = xs @ wd.T
+    if t in (3, 7):  # Q4_1/Q5_1 · Q8_1: the kernel takes m·s with s = fp16(d·Σq) as stored
+        rows, n, cols = wd.shape[0], x.shape[0], x.shape[1]
+        nb = cols // 32
+        bsz = native.TRAITS[t][2]
+        m = np.ascontiguousarray(wq.reshape(rows, nb, bsz)[:, :, 2:4]).view(np.float16)[..., 0].astype(np.float64)
+        a = aq.reshape(n, nb, 36)
+        dy = np.ascontiguousarray(a[:, :, 0:2]).view(np.float16)[..., 0].astype(np.float64)
+        s = np.ascontiguousarray(a[:, :, 2:4]).view(np.float16)[..., 0].astype(np.float64)
+        sq = np.ascontiguousarray(a[:, :, 4:]).view(np.int8).sum(-1).astype(np.float64)
+        y += (s - dy * sq) @ m.T
+    return y
+
+
+def scale(wd: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """‖x_j‖·‖w_r‖ for every output."""
+    return np.linalg.norm(x.astype(np.float64), axis=1)[:, None] * np.linalg.norm(wd, axis=1)[None, :] + 1e-30
+
+
+def shapes(t: int):
+    """(rows, cols, n): smallest row length, odd row counts, n = 1, 7, 64, long rows."""
+    c = min_cols(t)
+    out = [(37, c, 7), (5, c, 1), (333, 2048, 1), (61, 4096, 64), (130, 2 * c if c > 1 else 96, 7)]
+    if c == 1:
+        out += [(19, 33, 3), (11, 4099, 2)]  # float types: row lengths off the vector width (tails)
+    return out
+
+
+CASES = [pytest.param(t, r, c, n, id=f"{NAMES[t]}-{r}x{c}-n{n}") for t in TYPES for (r, c, n) in shapes(t)]
+
+
+@pytest.mark.parametrize("t,rows,cols,n", CASES)
+@pytest.mark.parametrize("simd", [False, True], ids=["scalar", "simd"])
+def test_matches_reference(t, rows, cols, n, simd):
+    if simd and not HAS_SIMD:
+        pytest.skip("CPU without AVX2/F16C")
+    seed = t * 1000 + rows + cols + n
+    wq, wd = weights(t, rows, cols, seed)
+    x = activations(n, cols, seed)
+    y = matmul(t, wq, rows, cols, x, simd=simd)
+    assert y.shape == (n, rows) and y.dtype == np.float32
+    sc = scale(wd, x)
+    # exact activations: float rounding only
+    err = np.abs(y - exact_reference(t, wq, wd, x)) / sc
+    assert err.max() <= FLOAT_RTOL, f"{NAMES[t]}: max relative error {err.max():.3g} vs exact activations"
+    # true activations: within the activation conversion's bound
+    err = np.abs(y - x.astype(np.float64) @ wd.T) / sc
+    bound = ACT_BOUND[VEC_DOT_TYPE[t]] + FLOAT_RTOL
+    assert err.max() <= bound, f"{NAMES[t]}: max relative error {err.max():.3g} > {bound:.3g}"
+
+
+@pytest.mark.skipif(not HAS_SIMD, reason="CPU without AVX2/F16C")
+@pytest.mark.parametrize("t", TYPES, ids=[NAMES[t] for t in TYPES])
+def test_simd_matches_scalar(t):
+    for rows, cols, n in [(333, 4096, 3), (37, min_cols(t), 64)]:
+        wq, wd = weights(t, rows, cols, 7 + t)
+        x = activations(n, cols, 7 + t)
+        a = matmul(t, wq, rows, cols, x, simd=True)
+        b = matmul(t, wq, rows, cols, x, simd=False)
+        err = np.abs(a.astype(np.float64) - b) / scale(wd, x)
+        assert err.max() <= SIMD_RTOL, f"{NAMES[t]}: SIMD vs scalar {err.max():.3g}"
+
+
+@pytest.mark.parametrize("t", TYPES, ids=[NAMES[t] for t in TYPES])
+def test_threads_give_identical_results(t):
+    rows, cols, n = 333, 2048, 7  # 333 rows: not a multiple of any thread count below
+    wq, _ = weights(t, rows, cols, 11 + t)
+    x = activations(n, cols, 11 + t)
+    one = matmul(t, wq, rows, cols, x, nthreads=1)
+    for nt in (2, 3, 8, 64):
+        assert np.array_equal(matmul(t, wq, rows, cols, x, nthreads=nt), one), f"{NAMES[t]} with {nt} threads"
+    rows, cols = 1001, 4096  # generation (n = 1): enough work for several threads
+    wq, _ = weights(t, rows, cols, 12 + t)
+    x1 = activations(1, cols, 12 + t)
+    one = matmul(t, wq, rows, cols, x1, nthreads=1)
+    for nt in (2, 5):
+        assert np.array_equal(matmul(t, wq, rows, cols, x1, nthreads=nt), one), f"{NAMES[t]} n=1, {nt} threads"
+
+
+def test_rows_are_independent_of_batch():
+    """An activation row gives the same outputs alone or among others (generation vs prompt processing)."""
+    for t in (2, 12, 14, F16):
+        wq, _ = weights(t, 45, 512, 3)
+        x = activations(9, 512, 3)
+        full = matmul(t, wq, 45, 512, x)
+        for j in (0, 4, 8):
+            assert np.array_equal(matmul(t, wq, 45, 512, x[j:j + 1])[0], full[j])
+
+
+def test_weight_buffers():
+    """Weights may come as any buffer: uint8 rows, a flat slice of a bigger buffer (as an mmap'd GGUF tensor),
+    bytes, float16 / float32 arrays, BF16 as uint16."""
+    rows, cols = 20, 256
+    x = activations(2, cols, 5)
+    wq, wd = weights(12, rows, cols, 5)
+    want = matmul(12, wq, rows, cols, x)
+    blob = np.zeros(wq.nbytes + 100, dtype=np.uint8)
+    blob[37:37 + wq.nbytes] = wq.reshape(-1)
+    assert np.array_equal(native.matmul(12, blob[37:37 + wq.nbytes], rows, cols, x), want)
+    assert np.array_equal(native.matmul(12, wq.tobytes(), rows, cols, x), want)
+    assert np.array_equal(native.matmul(12, memoryview(wq.tobytes()), rows, cols, x), want)
+    # 1-D activations give a 1-D result
+    assert np.array_equal(native.matmul(12, wq, rows, cols, x[0]), want[0])
+    # BF16: raw uint16 or the quantizer's bytes
+    w = np.random.default_rng(1).standard_normal((rows, cols)).astype(np.float32)
+    b = native.quantize(BF16, w)
+    assert np.array_equal(native.matmul(BF16, b.view(np.uint16), rows, cols, x), native.matmul(BF16, b, rows, cols, x))
+    # F16 as float16 or its bytes; F32 as float32 or bytes
+    h = w.astype(np.float16)
+    assert np.array_equal(native.matmul(F16, h, rows, cols, x), native.matmul(F16, h.view(np.uint8), rows, cols, x))
+    assert np.array_equal(native.matmul(F32, w, rows, cols, x), native.matmul(F32, w.view(np.uint8), rows, cols, x))
+    # float64 / non-contiguous activations are converted
+    assert np.array_equal(native.matmul(12, wq, rows, cols, x.astype(np.float64)), want)
+    xt = np.asfortranarray(x)
+    assert np.array_equal(native.matmul(12, wq, rows, cols, xt), want)
+
+
+def test_empty_shapes():
+    wq, _ = weights(2, 4, 64, 1)
+    assert native.matmul(2, wq, 4, 64, np.zeros((0, 64), np.float32)).shape == (0, 4)
+    assert native.matmul(2, b"", 0, 64, np.ones((3, 64), np.float32)).shape == (3, 0)
+
+
+def test_bad_arguments():
+    wq, _ = weights(2, 4, 64, 1)
+    x = activations(1, 64, 1)
+    with pytest.raises(ValueError):
+        native.matmul(99, wq, 4, 64, x)  # unknown type
+    with pytest.raises(ValueError):
+        native.matmul(Q8_1, np.zeros(4 * 72, np.uint8), 4, 64, x)  # activation-only types have no product
+    with pytest.raises(ValueError):
+        native.matmul(2, wq, 5, 64, x)  # weight buffer too small for 5 rows
+    with pytest.raises(ValueError):
+        native.matmul(2, wq, 4, 64, activations(1, 48, 1))  # x columns differ
+    with pytest.raises(ValueError):
+        native._core.matmul(2, wq, 4, 64, x, 1, np.empty((1, 3), np.float32), 1)  # output too small
+    with pytest.raises(ValueError):
+        native._core.matmul(12, np.zeros(4 * 144 // 2, np.uint8), 4, 128, activations(1, 128, 1),
+                            1, np.empty((1, 4), np.float32), 1)  # 128 is not a multiple of 256
+    with pytest.raises((TypeError, ValueError)):
+        native._core.matmul(2, wq, 4, 64, x, 1, np.empty((1, 8), np.float32)[:, ::2], 1)  # not contiguous
+
+
+# ------------------------------------------------------------------------------------------------ ggml's vec_dots
+# Same weight bytes, same activation bytes: ggml's optimized (AVX2 in this build) and generic (scalar reference)
+# vec_dot functions against ours, row by row.
+
+@pytest.fixture(scope="module")
+def ggml_cpu():
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    try:
+        ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"))
+    except OSError as e:
+        pytest.skip(f"libggml-cpu not loadable: {e}")
+    cpu.ggml_cpu_init()
+    return cpu
+
+
+_GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8: "q8_0_q8_0",
+               10: "q2_K_q8_K", 11: "q3_K_q8_K", 12: "q4_K_q8_K", 13: "q5_K_q8_K", 14: "q6_K_q8_K"}
+
+
+@pytest.mark.parametrize("t", list(_GGML_NAMES), ids=[NAMES[t] for t in _GGML_NAMES])
+def test_against_ggml_vec_dot(ggml_cpu, t):
+    import ctypes
+
+    rows, cols, n = 24, 4096, 3
+    wq, wd = weights(t, rows, cols, 21 + t)
+    x = activations(n, cols, 21 + t)
+    _, aq = seen_activations(t, x)
+    sc = scale(wd, x)
+    for simd, fn_name in ((True, f"ggml_vec_dot_{_GGML_NAMES[t]}"), (False, f"ggml_vec_dot_{_GGML_NAMES[t]}_generic")):
+        if simd and not HAS_SIMD:
+            continue
+        fn = getattr(ggml_cpu, fn_name)
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+                       ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        want = np.empty((n, rows), np.float32)
+        out = ctypes.c_float()
+        for j in range(n):
+            for r in range(rows):
+                fn(cols, ctypes.addressof(out), 0, wq[r].ctypes.data, 0, aq[j].ctypes.data, 0, 1)
+                want[j, r] = out.value
+        got = matmul(t, wq, rows, cols, x, simd=simd)
+        err = np.abs(got.astype(np.float64) - want) / sc
+        assert err.max() <= 1e-6, f"{NAMES[t]} vs {fn_name}: {err.max():.3g}"

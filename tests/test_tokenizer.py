@@ -1,0 +1,382 @@
+"""The runtime tokenizer (runtime/tokenizer.py), built from GGUF metadata alone, against independent oracles:
+HF `tokenizers` (codeshell, gpt2, qwen2), `sentencepiece` (llama) and llama.cpp itself (all four, plus variants of the
+vocabularies with other pre-tokenizers, user-defined tokens and no space prefix)."""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFValueType
+
+from converter.convert import convert_model
+from fixtures import REPO_ROOT, make_checkpoint, tokenizer_corpus
+from runtime.tokenizer import _BYTE_TO_CHAR, StreamDecoder, Tokenizer, UnsupportedTokenizer
+from toolkit.ggufio import KV, GGUFFile, encode_header
+
+ARCHES = ("codeshell", "llama", "gpt2", "qwen2")
+NEEDS_SHARED = ("codeshell", "llama")  # real tokenizer files from ../shared/fixtures
+SPECIALS = {
+    "codeshell": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|end|>"],
+    "llama": ["<s>", "</s>", "<unk>"],
+    "gpt2": ["<|endoftext|>"],
+    "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+}
+
+
+def _llama_cpp():
+    if os.environ.get("CI") == "true":
+        import llama_cpp
+        return llama_cpp
+    return pytest.importorskip("llama_cpp")
+
+
+@dataclass
+class Model:
+    arch: str
+    folder: Path
+    gguf: Path
+    tok: Tokenizer
+    corpus: list[str]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tokenizer")
+
+
+_MODELS: dict[str, Model] = {}
+
+
+def _model(request, root: Path, arch: str) -> Model:
+    if arch in NEEDS_SHARED:
+        request.getfixturevalue("shared_fixtures")
+    if arch not in _MODELS:
+        folder = make_checkpoint(arch, root / arch)
+        gguf = root / f"{arch}.gguf"
+        convert_model(folder, outfile=gguf, vocab_only=True, info=lambda s: None)
+        with GGUFFile(gguf) as g:
+            tok = Tokenizer.from_gguf(g)
+        _MODELS[arch] = Model(arch, folder, gguf, tok, tokenizer_corpus(2000, specials=SPECIALS[arch]))
+    return _MODELS[arch]
+
+
+@pytest.fixture(scope="module", params=ARCHES)
+def model(request, root) -> Model:
+    yield _model(request, root, request.param)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_models():
+    yield
+    _MODELS.clear()
+
+
+def _llama(path: Path):
+    return _llama_cpp().Llama(str(path), vocab_only=True, verbose=False)
+
+
+def _encodable(tok: Tokenizer, s: str) -> bool:
+    """False when the vocabulary cannot represent some byte of s (llama.cpp then drops it, so no round trip)."""
+    if tok.is_spm:
+        return True
+    return all(_BYTE_TO_CHAR[b] in tok.token_to_id for b in s.encode("utf-8"))
+
+
+def _detokenize(llm, ids: list[int], special: bool) -> str:
+    """llama-cpp-python's Llama.detokenize; it copies each piece through a 32-byte buffer, so sequences with longer
+    pieces (CodeShell has 128-byte whitespace tokens) go through llama_token_to_piece with a large buffer instead,
+    with the same leading-space rule."""
+    llama_cpp = _llama_cpp()
+    vocab = llm._model.vocab
+    buf = (llama_cpp.ctypes.c_char * 1024)()
+    pieces = []
+    for t in ids:
+        n = llama_cpp.llama_token_to_piece(vocab, t, buf, len(buf), 0, special)
+        pieces.append(bytes(buf[:n]))
+    if max(map(len, pieces), default=0) <= 32:
+        return llm.detokenize(ids, special=special).decode("utf-8", "replace")
+    out = b"".join(pieces)
+    if ids and ids[0] == llm.token_bos() and out[:1] == b" ":
+        out = out[1:]
+    return out.decode("utf-8", "replace")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# independent oracles
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_encode_matches_hf_tokenizers_or_sentencepiece(model):
+    tok = model.tok
+    bad = []
+    if model.arch == "llama":
+        import sentencepiece
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(model.folder / "tokenizer.model"))
+        for s in model.corpus:  # sentencepiece reads "<s>" literally: compare without special-token parsing
+            if tok.encode(s, add_bos=False, parse_special=False) != sp.encode(s):
+                bad.append(s)
+    else:
+        from tokenizers import Tokenizer as HFTokenizer
+        hf = HFTokenizer.from_file(str(model.folder / "tokenizer.json"))
+        for s in model.corpus:
+            # Qwen2's HF tokenizer NFC-normalizes first; llama.cpp (and we) do not
+            ours = s if model.arch != "qwen2" else unicodedata.normalize("NFC", s)
+            if tok.encode(ours, add_bos=False) != hf.encode(s, add_special_tokens=False).ids:
+                bad.append(s)
+    assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
+
+
+def test_encode_matches_llama_cpp(model):
+    llm = _llama(model.gguf)
+    tok = model.tok
+    bad = []
+    for k, s in enumerate(model.corpus):
+        b = s.encode()
+        if tok.encode(s, add_bos=False) != llm.tokenize(b, add_bos=False, special=True):
+            bad.append(("special", s))
+        if tok.encode(s, add_bos=False, parse_special=False) != llm.tokenize(b, add_bos=False, special=False):
+            bad.append(("literal", s))
+        if k % 4 == 0 and tok.encode(s) != llm.tokenize(b, add_bos=True, special=True):  # the model's BOS/EOS
+            bad.append(("default", s))
+    assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
+
+
+def test_decode_matches_llama_cpp(model):
+    llm = _llama(model.gguf)
+    tok = model.tok
+    bad = []
+    for s in model.corpus:
+        ids = tok.encode(s)  # SPM: with BOS, as the model wants
+        if ids and ids[0] == tok.bos_id and not tok.is_spm:
+            continue  # llama-cpp-python strips a space after a leading BOS even for BPE; llama.cpp itself does not
+        for special in (True, False):
+            if tok.decode(ids, skip_special=not special) != _detokenize(llm, ids, special):
+                bad.append((special, s))
+    assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
+
+
+def test_special_ids_and_eog_match_llama_cpp(model):
+    llama_cpp = _llama_cpp()
+    llm = _llama(model.gguf)
+    vocab = llm._model.vocab
+    tok = model.tok
+    assert tok.n_vocab == llm.n_vocab()
+    assert tok.bos_id == llm.token_bos() and tok.eos_id == llm.token_eos()
+    assert tok.add_bos == bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+    assert tok.eog_ids == {i for i in range(tok.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+    assert tok.eos_id in tok.eog_ids
+
+
+def test_fuzz_matches_llama_cpp(model):
+    """Short random strings over characters that separate the pre-tokenizer classes: llama.cpp's whitespace set
+    (not \\x1c-\\x1f), ASCII-only case-insensitive contractions, non-ASCII numbers and letters, unassigned code points,
+    special-token and byte-token look-alikes."""
+    palette = list("aZsStTrReEvVmMlLdD' 09") + [
+        "  ", "   ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x85", "\xa0", "\u2000", "\u2028",
+        "\u3000", "\u200b", "!", "?", ".", ",", ";", "$", "+", "<", "=", ">", "^", "~", "|", "`", "_", "٣", "²", "½",
+        "Ⅻ", "１", "é", "ß", "ſ", "\u212a", "İ", "ǅ", "\u0301", "中", "文", "😀", "👍🏽", "\ue000", "\u0378",
+        "\U000e0080", "\x00", "\x7f", "\U00011f04", "ʼ", "’", "ﬁ", "▁", "<0x41>", "Ġ", "1234", "hello", "The",
+    ] + SPECIALS[model.arch]
+    rng = random.Random(1)
+    strings = ["".join(rng.choice(palette) for _ in range(rng.randint(1, 24))) for _ in range(800)]
+    strings += ["it'ſa", "'ſ'K", "'S'RE'Ve'LL", "\x1c\x1c a \x1f", "a\x85\x85b", "x \u2028\u2028y", "٣٣٣٣ 12345 ²²",
+                "a   \n\n  b", " \r\n \r\n x", "!!\n\n", "x\u3000\u3000", "Ⅻ Ⅻ", "\u0378\u0378 \u0378"]
+    llm = _llama(model.gguf)
+    tok = model.tok
+    bad = [s for s in strings for ps in (True, False)
+           if tok.encode(s, add_bos=False, parse_special=ps) != llm.tokenize(s.encode(), add_bos=False, special=ps)]
+    assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# round trip and streaming
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_decode_encode_round_trip(model):
+    tok = model.tok
+    # SentencePiece puts a "▁" after every special token (llama.cpp does not remove it when decoding): the round trip
+    # holds for text read literally
+    ps = not tok.is_spm
+    skipped, bad = 0, []
+    for s in model.corpus:
+        if not _encodable(tok, s):
+            skipped += 1
+            continue
+        if tok.decode(tok.encode(s, add_bos=False, parse_special=ps)) != s:
+            bad.append(s)
+        if tok.is_spm and tok.decode(tok.encode(s, parse_special=False), skip_special=True) != s:  # BOS skipped
+            bad.append(s)
+    assert skipped <= len(model.corpus) // 100  # CodeShell has no token for some bytes (\x7f, \x01, ...)
+    assert not bad, f"{len(bad)} failures, first {bad[:5]!r}"
+
+
+def _stream(tok: Tokenizer, ids: list[int], skip_special: bool = False) -> list[str]:
+    dec = StreamDecoder(tok, skip_special) if skip_special else StreamDecoder(tok)
+    return [dec.feed(t) for t in ids] + [dec.flush()]
+
+
+def _clean(chunk: str) -> bool:
+    return "\ufffd" not in chunk and not any(0xD800 <= ord(c) <= 0xDFFF for c in chunk)
+
+
+def test_stream_decoder_concatenates_to_decode(model):
+    tok = model.tok
+    for s in model.corpus:
+        for ids in (tok.encode(s, add_bos=False), tok.encode(s)):
+            for skip in (False, True):
+                full = tok.decode(ids, skip_special=skip)
+                chunks = _stream(tok, ids, skip)
+                assert "".join(chunks) == full, s
+                if "\ufffd" not in full:
+                    assert all(_clean(c) for c in chunks), (s, chunks)
+    rng = random.Random(0)  # arbitrary id sequences, invalid UTF-8 included
+    for _ in range(300):
+        ids = [rng.randrange(tok.n_vocab) for _ in range(rng.randint(1, 12))]
+        assert "".join(_stream(tok, ids)) == tok.decode(ids)
+
+
+def test_stream_decoder_waits_for_whole_characters(model):
+    tok = model.tok
+    text = "你好😀👍🏽 x"
+    ids = tok.encode(text, add_bos=False)
+    byte_ids = [i for i in ids if len(tok.piece_bytes(i)) == 1 and tok.piece_bytes(i)[0] >= 0x80]
+    if model.arch in ("llama", "gpt2", "qwen2"):
+        assert byte_ids, "expected characters split across byte tokens"
+    chunks = _stream(tok, ids)
+    assert "".join(chunks) == text
+    assert all(_clean(c) for c in chunks)
+    if byte_ids:
+        assert "" in chunks[:-1]  # a token holding part of a character produced nothing yet
+    # feeding the bytes of one emoji one token at a time
+    if tok.is_spm:
+        emoji = [tok.token_to_id[f"<0x{b:02X}>"] for b in "😀".encode()]
+    else:
+        emoji = [tok.token_to_id[_BYTE_TO_CHAR[b]] for b in "😀".encode()]
+    dec = StreamDecoder(tok)
+    assert [dec.feed(t) for t in emoji] == ["", "", "", "😀"] and dec.flush() == ""
+    dec = StreamDecoder(tok)  # a truncated character at the end becomes U+FFFD only at flush
+    assert [dec.feed(t) for t in emoji[:2]] == ["", ""] and dec.flush() == "\ufffd"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pieces, specials, API details
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_piece_bytes(request, root):
+    llama = _model(request, root, "llama").tok
+    assert llama.piece_bytes(llama.token_to_id["<0x41>"]) == b"A"
+    assert llama.piece_bytes(llama.token_to_id["▁Hello"]) == b" Hello"
+    assert llama.piece_bytes(llama.token_to_id["</s>"]) == b"</s>"
+    assert llama.piece_bytes(llama.token_to_id["</s>"], special=False) == b""
+    hello = llama.encode("Hello world")
+    assert hello[0] == llama.bos_id and llama.token_text(hello[1]) == "▁Hello"  # the space prefix
+    assert llama.decode(hello[1:]) == "Hello world"  # first piece loses its leading space
+    assert llama.decode(hello) == "<s> Hello world"  # BOS rendered: the space stays, as in llama.cpp
+    assert llama.decode(hello, skip_special=True) == "Hello world"  # BOS skipped: as llama-cpp-python's detokenize
+    assert llama.encode("a", add_bos=False) == [llama.token_to_id["▁a"]]
+    gpt2 = _model(request, root, "gpt2").tok
+    assert gpt2.piece_bytes(gpt2.token_to_id["Ġthe"]) == b" the"
+    assert gpt2.piece_bytes(gpt2.token_to_id["Ċ"]) == b"\n"
+    assert gpt2.piece_bytes(gpt2.token_to_id["<|endoftext|>"]) == b"<|endoftext|>"
+    assert b"".join(gpt2.piece_bytes(t) for t in gpt2.encode("héllo 😀")) == "héllo 😀".encode()
+
+
+def test_special_token_parsing(request, root):
+    qwen = _model(request, root, "qwen2").tok
+    start, end = qwen.token_to_id["<|im_start|>"], qwen.token_to_id["<|im_end|>"]
+    ids = qwen.encode("<|im_start|>user\nhi<|im_end|>\n")
+    assert ids[0] == start and end in ids
+    literal = qwen.encode("<|im_start|>user", parse_special=False)
+    assert start not in literal and qwen.decode(literal) == "<|im_start|>user"
+    assert qwen.decode(ids, skip_special=True) == "user\nhi\n"
+    assert qwen.eog_ids >= {end, qwen.token_to_id["<|endoftext|>"]}
+    assert qwen.encode("") == [] and qwen.encode("", add_bos=True) == [qwen.bos_id]
+    llama = _model(request, root, "llama").tok
+    assert llama.encode("") == [llama.bos_id] and llama.encode("", add_bos=False) == []
+    assert llama.encode("a</s>b", add_bos=False)[1] == llama.eos_id
+    assert llama.eos_id not in llama.encode("a</s>b", add_bos=False, parse_special=False)
+
+
+def _variant(src: Path, dst: Path, **overrides) -> Path:
+    """A copy of a vocab-only GGUF with some tokenizer.ggml.* keys replaced."""
+    with GGUFFile(src) as g:
+        kvs = dict(g.kv)
+    for name, v in overrides.items():
+        key = "tokenizer.ggml." + name
+        if isinstance(v, np.ndarray):
+            kvs[key] = KV(key, GGUFValueType.ARRAY, v.astype(np.int32), GGUFValueType.INT32)
+        elif isinstance(v, bool):
+            kvs[key] = KV(key, GGUFValueType.BOOL, v)
+        else:
+            kvs[key] = KV(key, GGUFValueType.STRING, v)
+    dst.write_bytes(encode_header(list(kvs.values()), []))
+    return dst
+
+
+def test_variants_match_llama_cpp(request, root):
+    """Pre-tokenizers without a fixture of their own (default, llama-bpe, starcoder), user-defined tokens (matched
+    even without parse_special, always rendered) and SentencePiece without the space prefix."""
+    gpt2 = _model(request, root, "gpt2")
+    qwen = _model(request, root, "qwen2")
+    llama = _model(request, root, "llama")
+    with GGUFFile(qwen.gguf) as g:
+        types = np.array(g.value("tokenizer.ggml.token_type"))
+    types[qwen.tok.token_to_id["<|im_start|>"]] = 4
+    types[qwen.tok.token_to_id["name"]] = 4
+    cases = [_variant(gpt2.gguf, root / f"v-{pre}.gguf", pre=pre) for pre in ("default", "llama-bpe", "starcoder")]
+    cases.append(_variant(qwen.gguf, root / "v-user.gguf", token_type=types))
+    cases.append(_variant(llama.gguf, root / "v-noprefix.gguf", add_space_prefix=False))
+    corpus = tokenizer_corpus(600, seed=3, specials=["<|endoftext|>", "<|im_start|>", "name", "</s>"])
+    for path in cases:
+        with GGUFFile(path) as g:
+            tok = Tokenizer.from_gguf(g)
+        llm = _llama(path)
+        bad = []
+        for s in corpus:
+            for ps in (True, False):
+                ids = tok.encode(s, add_bos=False, parse_special=ps)
+                if ids != llm.tokenize(s.encode(), add_bos=False, special=ps):
+                    bad.append((ps, s))
+                if not (ids and ids[0] == tok.bos_id):
+                    for special in (True, False):
+                        if not tok.add_space_prefix and tok.decode(ids, not special) != _detokenize(llm, ids, special):
+                            bad.append(("decode", special, s))
+        assert not bad, f"{path.name}: {len(bad)} mismatches, first {bad[:5]!r}"
+
+
+def test_unsupported_vocabularies_are_refused():
+    with pytest.raises(UnsupportedTokenizer, match="pre-tokenizer"):
+        Tokenizer(model="gpt2", tokens=["a", "b"], merges=[], pre="no-such-pre")
+    with pytest.raises(UnsupportedTokenizer, match="model"):
+        Tokenizer(model="bert", tokens=["a", "b"])
+
+
+def test_encode_is_fast(model):
+    text = "\n".join(tokenizer_corpus(400, seed=5))[:10_000]
+    tok = model.tok
+    best = float("inf")
+    for _ in range(3):
+        tok._cache.clear()  # cold: no pre-token seen before
+        t0 = time.perf_counter()
+        tok.encode(text)
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.1, f"{model.arch}: {best * 1e3:.0f} ms for 10 kB"
+
+
+def test_import_does_not_pull_torch_or_transformers():
+    code = ("import sys, runtime.tokenizer; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'tokenizers', "
+            "'sentencepiece', 'llama_cpp')]; print(heavy); sys.exit(1 if heavy else 0)")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
