@@ -36,6 +36,9 @@ demo: install
 	$(VENV)/bin/toolkit convert $(DEMO)/codeshell-tiny 1
 	$(VENV)/bin/toolkit quantize $(DEMO)/codeshell-tiny/ggml-model-f16.gguf Q4_0
 	$(VENV)/bin/toolkit info $(DEMO)/codeshell-tiny/ggml-model-Q4_0.gguf
+	$(VENV)/bin/toolkit run -m $(DEMO)/codeshell-tiny/ggml-model-Q4_0.gguf -p "def fibonacci(n):" -n 24 -s 1
+	$(VENV)/bin/toolkit convert $(SHARED)/fixtures/stories260K 0 --outfile $(DEMO)/stories260K-f32.gguf
+	$(VENV)/bin/toolkit run -m $(DEMO)/stories260K-f32.gguf -p "Once upon a time" -n 60 --temp 0
 
 bench: install
 	$(PY) -m benchmarks --data $(BENCH) $(BENCH_ARGS)

@@ -6,7 +6,6 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

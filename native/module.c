@@ -31,6 +31,29 @@ static PyObject *py_convert(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* Checks shared by quantize and dequantize: a known type, whole blocks per row, contiguous buffers whose sizes fit
+   a matrix of nrows x n_per_row (float_bytes per element on the float side). Sets a Python error and returns 0. */
+static int check_matrix(int type, long long nrows, long long n_per_row, const Py_buffer *floats, int float_bytes,
+                        const Py_buffer *blocks) {
+    const struct tk_type_traits *t = tk_traits(type);
+    if (!t) {
+        PyErr_Format(PyExc_ValueError, "unknown type id %d", type);
+    } else if (n_per_row <= 0 || nrows < 0 || n_per_row % t->block_size) {
+        PyErr_Format(PyExc_ValueError, "row length %lld is not a multiple of %s's block size %lld", n_per_row,
+                     t->name, (long long)t->block_size);
+    } else if (!PyBuffer_IsContiguous(floats, 'C') || !PyBuffer_IsContiguous(blocks, 'C')) {
+        PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
+    } else if (!float_bytes) {
+        PyErr_SetString(PyExc_ValueError, "the float side must be F32, F16 or BF16");
+    } else if ((size_t)floats->len != (size_t)(nrows * n_per_row) * (size_t)float_bytes ||
+               (size_t)blocks->len != (size_t)nrows * tk_row_size(type, n_per_row)) {
+        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the matrix shape");
+    } else {
+        return 1;
+    }
+    return 0;
+}
+
 /* quantize(type, src, src_type, dst, nrows, n_per_row, nthreads) -> number of NaN/Inf values found (0 = done) */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
@@ -39,21 +62,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iy*iw*LL|i", &type, &src, &src_type, &dst, &nrows, &n_per_row, &nthreads))
         return NULL;
     PyObject *ret = NULL;
-    const struct tk_type_traits *t = tk_traits(type);
-    int ss = type_size(src_type);
-    if (!t) {
-        PyErr_Format(PyExc_ValueError, "unknown type id %d", type);
-    } else if (n_per_row <= 0 || nrows < 0 || n_per_row % t->block_size) {
-        PyErr_Format(PyExc_ValueError, "row length %lld is not a multiple of %s's block size %lld", n_per_row,
-                     t->name, (long long)t->block_size);
-    } else if (!PyBuffer_IsContiguous(&src, 'C') || !PyBuffer_IsContiguous(&dst, 'C')) {
-        PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
-    } else if (!ss) {
-        PyErr_Format(PyExc_ValueError, "source type %d is not F32, F16 or BF16", src_type);
-    } else if ((size_t)src.len != (size_t)(nrows * n_per_row) * (size_t)ss ||
-               (size_t)dst.len != (size_t)nrows * tk_row_size(type, n_per_row)) {
-        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the matrix shape");
-    } else {
+    if (check_matrix(type, nrows, n_per_row, &src, type_size(src_type), &dst)) {
         int64_t bad = 0;
         int rc;
         Py_BEGIN_ALLOW_THREADS
@@ -74,18 +83,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     long long nrows, n_per_row;
     if (!PyArg_ParseTuple(args, "iy*w*LL|i", &type, &src, &dst, &nrows, &n_per_row, &nthreads)) return NULL;
     PyObject *ret = NULL;
-    const struct tk_type_traits *t = tk_traits(type);
-    if (!t) {
-        PyErr_Format(PyExc_ValueError, "unknown type id %d", type);
-    } else if (n_per_row <= 0 || nrows < 0 || n_per_row % t->block_size) {
-        PyErr_Format(PyExc_ValueError, "row length %lld is not a multiple of %s's block size %lld", n_per_row,
-                     t->name, (long long)t->block_size);
-    } else if (!PyBuffer_IsContiguous(&src, 'C') || !PyBuffer_IsContiguous(&dst, 'C')) {
-        PyErr_SetString(PyExc_ValueError, "buffers must be C-contiguous");
-    } else if ((size_t)dst.len != (size_t)(nrows * n_per_row) * sizeof(float) ||
-               (size_t)src.len != (size_t)nrows * tk_row_size(type, n_per_row)) {
-        PyErr_SetString(PyExc_ValueError, "buffer sizes do not match the matrix shape");
-    } else {
+    if (check_matrix(type, nrows, n_per_row, &dst, sizeof(float), &src)) {
         Py_BEGIN_ALLOW_THREADS
         tk_dequantize_rows(type, src.buf, dst.buf, nrows, n_per_row, nthreads);
         Py_END_ALLOW_THREADS
