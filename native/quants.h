@@ -107,6 +107,8 @@ void dequantize_row_q4_K(const void *x, float *y, int64_t k);
 void dequantize_row_q5_K(const void *x, float *y, int64_t k);
 void dequantize_row_q6_K(const void *x, float *y, int64_t k);
 void dequantize_row_q8_K(const void *x, float *y, int64_t k);
+/* Q3_K scale quantization and packing, shared by the scalar and AVX2 quantizers */
+void q3_K_pack_scales(const float scales[QK_K / 16], block_q3_K *y);
 
 /* Rounding helpers shared by the quantizers. */
 static inline int tk_nearest_int(float fval) {

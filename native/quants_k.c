@@ -363,24 +363,20 @@ void dequantize_row_q2_K(const void *vx, float *y, int64_t k) {
    Q3_K: 16 sub-blocks of 16, symmetric x ≈ d·sc_j·q, q in −4..3, sc_j 6 bits signed
    ------------------------------------------------------------------------------------------------------------ */
 
-static void quantize_block_q3_K(const float *x, block_q3_K *y) {
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-
-    /* 1. per sub-block symmetric fit; keep the signed scale of largest magnitude */
+/* Q3_K step 2, shared with the AVX2 version: the signed scale of largest magnitude maps to -32; every sub-block
+   scale is quantized to 6 bits against it (narrowed before the clamp, as ggml) and packed: low 4 bits in
+   scales[0..7] (low then high nibbles), top 2 bits in scales[8..11]; d = its inverse. */
+void q3_K_pack_scales(const float scales[QK_K / 16], block_q3_K *y) {
     float max_scale = 0, amax = 0;
     for (int j = 0; j < QK_K / 16; ++j) {
-        scales[j] = fit_symmetric_q3(16, 4, x + 16 * j, L + 16 * j);
         float scale = fabsf(scales[j]);
         if (scale > amax) { amax = scale; max_scale = scales[j]; }
     }
-
-    /* 2. quantize the scales to 6 bits (largest maps to −32) and pack them */
     memset(y->scales, 0, sizeof y->scales);
     if (max_scale) {
         float iscale = -32.f / max_scale;
         for (int j = 0; j < QK_K / 16; ++j) {
-            int8_t l = (int8_t)tk_nearest_int(iscale * scales[j]);   /* narrowed before the clamp, as ggml */
+            int8_t l = (int8_t)tk_nearest_int(iscale * scales[j]);
             l = (int8_t)(clampi(l, -32, 31) + 32);
             if (j < 8) y->scales[j] = l & 0xF;
             else y->scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
@@ -391,6 +387,17 @@ static void quantize_block_q3_K(const float *x, block_q3_K *y) {
     } else {
         y->d = tk_fp32_to_fp16(0.f);
     }
+}
+
+static void quantize_block_q3_K(const float *x, block_q3_K *y) {
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+
+    /* 1. per sub-block symmetric fit */
+    for (int j = 0; j < QK_K / 16; ++j) scales[j] = fit_symmetric_q3(16, 4, x + 16 * j, L + 16 * j);
+
+    /* 2. quantize the scales to 6 bits and pack them */
+    q3_K_pack_scales(scales, y);
 
     /* 3. re-derive the quants from the decoded scales (stored +4: 0..7) */
     const float d_all = tk_fp16_to_fp32(y->d);

@@ -456,26 +456,7 @@ static AVX2 void quantize_block_q3_K_avx2(const float *x, block_q3_K *y) {
     _mm256_storeu_ps(scales, sc[0]);
     _mm256_storeu_ps(scales + 8, sc[1]);
 
-    float max_scale = 0, amax = 0;
-    for (int j = 0; j < 16; ++j) {
-        float scale = fabsf(scales[j]);
-        if (scale > amax) { amax = scale; max_scale = scales[j]; }
-    }
-    memset(y->scales, 0, sizeof y->scales);
-    if (max_scale) {
-        float iscale = -32.f / max_scale;
-        for (int j = 0; j < 16; ++j) {
-            int8_t l = (int8_t)tk_nearest_int(iscale * scales[j]);
-            l = (int8_t)(clampi(l, -32, 31) + 32);
-            if (j < 8) y->scales[j] = l & 0xF;
-            else y->scales[j - 8] |= (uint8_t)((l & 0xF) << 4);
-            l >>= 4;
-            y->scales[j % 4 + 8] |= (uint8_t)(l << (2 * (j / 4)));
-        }
-        y->d = tk_fp32_to_fp16(1 / iscale);
-    } else {
-        y->d = tk_fp32_to_fp16(0.f);
-    }
+    q3_K_pack_scales(scales, y);
 
     uint8_t L[QK_K];
     const float d_all = tk_fp16_to_fp32(y->d);
