@@ -7,7 +7,6 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
