@@ -131,18 +131,21 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
                     stream.write_tensor(_chunks(g, entries[c.name], c, nthreads))
                     g.release(entries[c.name])
                     if progress:
-                        detail = (f"[{i + 1:4d}/{len(choices):4d}] {c.name:<36} - {_shape_str(c.shape)}, "
-                                  f"type = {type_name(c.src_type):>6}, "
-                                  + (f"converting to {type_name(c.dst_type)} .. " if c.dst_type != c.src_type
-                                     else "size = ")
-                                  + (f"size = {entries[c.name].info.nbytes / 2**20:8.2f} MiB -> "
-                                     f"{infos[i].nbytes / 2**20:8.2f} MiB" if c.dst_type != c.src_type
-                                     else f"{infos[i].nbytes / 2**20:8.3f} MiB"))
-                        progress.advance(c.name, entries[c.name].info, detail)
+                        progress.advance(c.name, entries[c.name].info,
+                                         _log_line(i, len(choices), c, entries[c.name].info.nbytes, infos[i].nbytes))
                 stream.check_complete()
                 if progress:
                     progress.finish()
     return QuantizeResult(str(out), ft.name, choices, size_in, size_out, n_params, time.perf_counter() - t0)
+
+
+def _log_line(i: int, n: int, c: policy.Choice, size_in: int, size_out: int) -> str:
+    """llama-quantize's per-tensor line."""
+    head = f"[{i + 1:4d}/{n:4d}] {c.name:<36} - {_shape_str(c.shape)}, type = {type_name(c.src_type):>6}, "
+    if c.dst_type == c.src_type:
+        return head + f"size = {size_out / 2**20:8.3f} MiB"
+    return (head + f"converting to {type_name(c.dst_type)} .. "
+            f"size = {size_in / 2**20:8.2f} MiB -> {size_out / 2**20:8.2f} MiB")
 
 
 def _metadata(g: GGUFFile, ft: FileType) -> list[KV]:
