@@ -282,3 +282,16 @@ def test_memory_is_bounded_by_about_one_tensor(tmp_path, shared_fixtures):
     err = p.stderr
     # not a terminal: one plain progress line per tensor
     assert "[ 1/48] token_embd.weight" in err and "[48/48] output.weight" in err
+
+
+def test_info_summarises_a_file(tiny, tmp_path):
+    from tests.helpers import run_toolkit
+    out = tmp_path / "m.gguf"
+    convert_model(tiny("qwen2"), outtype="f16", outfile=out)
+    p = run_toolkit("info", out)
+    assert p.returncode == 0, p.stderr
+    assert "general.architecture" in p.stdout and "qwen2" in p.stdout and "tokenizer.ggml.tokens" in p.stdout
+    n = len(GGUFReader(out).tensors)
+    assert f"{n} tensors" in p.stdout and "bits per weight" in p.stdout
+    bad = run_toolkit("info", tmp_path / "missing.gguf")
+    assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
