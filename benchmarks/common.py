@@ -29,7 +29,8 @@ _LAUNCHER = """
 import os, sys, time
 t0 = time.perf_counter()
 pid = os.fork()
-if pid == 0:
+if pid == 0:  # the command's own stdout must not mix with the result line
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
 print(time.perf_counter() - t0, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
