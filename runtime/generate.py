@@ -1,6 +1,7 @@
 """A model session: KV cache, batched prompt evaluation, the generation loop, and llama.cpp-style timings."""
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -60,6 +61,18 @@ class Session:
         self.cache = KVCache(self.model.hp, n_ctx)
         self.tokens: list[int] = []
         self.timings = Timings(load_ms=(time.perf_counter() - t0) * 1000.0)
+        self._lock = threading.Lock()   # one forward pass at a time on the shared weights and threads
+
+    def new_slot(self, n_ctx: int | None = None) -> "Session":
+        """Another context on the same loaded model (its own KV cache, tokens and timings), as a server slot.
+        Sessions made this way may be used from different threads; their forward passes take turns."""
+        slot = object.__new__(Session)
+        slot.__dict__.update(self.__dict__)
+        slot.n_ctx = n_ctx or self.n_ctx
+        slot.cache = KVCache(self.model.hp, slot.n_ctx)
+        slot.tokens = []
+        slot.timings = Timings()
+        return slot
 
     def reset(self) -> None:
         self.cache.n = 0
@@ -76,7 +89,8 @@ class Session:
         outs = []
         for i in range(0, len(tokens), self.n_batch):
             batch = tokens[i:i + self.n_batch]
-            outs.append(self.net.forward(batch, self.cache, all_logits=all_logits))
+            with self._lock:
+                outs.append(self.net.forward(batch, self.cache, all_logits=all_logits))
             self.tokens.extend(batch)
         ms = (time.perf_counter() - t0) * 1000.0
         if len(tokens) > 1:
