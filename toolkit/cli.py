@@ -211,6 +211,35 @@ def run(
 
 
 @app.command(no_args_is_help=True)
+def serve(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="Port (0: any free port, shown in the startup line)."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens, per slot."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
+    parallel: int = typer.Option(1, "-np", "--parallel", help="Requests generating at once (slots)."),
+    queue: int = typer.Option(32, "--queue", help="Requests waiting for a slot before answering 503."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template",
+                                                help="codeshell, llama-2, chatml, Jinja text or a Jinja file."),
+    alias: Optional[str] = typer.Option(None, "-a", "--alias", help="Model name in the API (default: file name)."),
+    strict_model: bool = typer.Option(False, "--strict-model", help="Answer 404 to requests naming another model."),
+    seed: int = typer.Option(-1, "-s", "--seed", help="Seed for requests that give none (-1 = random)."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Serve a GGUF model over HTTP: OpenAI's /v1 API and llama.cpp's /completion, docs at /docs."""
+    from server import ServeOptions
+    from server import serve as run_server
+
+    setup_logging(verbose)
+    with user_errors(verbose):
+        run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
+                                n_batch=batch_size, parallel=parallel, queue=queue, api_key=api_key,
+                                chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed))
+
+
+@app.command(no_args_is_help=True)
 def info(path: Path = typer.Argument(..., help="GGUF file."), verbose: bool = VERBOSE) -> None:
     """Summarise a GGUF file: metadata, tensor types and sizes."""
     from toolkit.inspect import summary

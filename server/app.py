@@ -1,0 +1,473 @@
+"""The HTTP API on FastAPI: OpenAI's /v1/completions, /v1/chat/completions and /v1/models, llama.cpp's /completion,
+/tokenize, /detokenize and /health. Every error is an OpenAI-style body
+`{"error": {"message", "type", "param", "code"}}`; streaming is Server-Sent Events."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runtime.sampling import SamplingParams
+from server.engine import Busy, Engine, GenRequest, GenResult, Ticket
+from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, LlamaCompletionRequest, Message,
+                            OpenAIRequest, Sampling, TokenizeRequest)
+from toolkit.errors import UserError
+
+log = logging.getLogger("toolkit.server")
+
+
+@dataclass
+class AppConfig:
+    name: str                      # the model's name in responses and /v1/models (--alias, else the file name)
+    api_key: str | None = None
+    strict_model: bool = False
+    seed: int = -1
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code, self.headers = (status, message, type, param,
+                                                                                     code, headers)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers)
+
+
+def sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj, ensure_ascii=False).encode()) + b"\n\n"
+
+
+class EventStream(StreamingResponse):
+    """Server-Sent Events whose ticket is closed however the response ends — also when the client went away before
+    the body started, in which case the body's own generator never runs its `finally`."""
+
+    def __init__(self, body: AsyncIterator[bytes], ticket: Ticket):
+        super().__init__(body, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.ticket = ticket
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.ticket.close()
+
+
+# -- the response shapes: OpenAI text, OpenAI chat, llama.cpp -------------------------------------------------------
+class Shape:
+    done_marker = True
+
+    def __init__(self, name: str, kind: str, include_usage: bool = False):
+        self.name, self.kind, self.include_usage = name, kind, include_usage
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.name}
+
+    @staticmethod
+    def usage(r: GenResult) -> dict:
+        return {"prompt_tokens": r.n_prompt, "completion_tokens": r.n_predicted,
+                "total_tokens": r.n_prompt + r.n_predicted}
+
+    def start(self, slot_id: int) -> list[dict]:
+        return [self._chunk({"role": "assistant", "content": ""}, None)] if self.kind == "chat" else []
+
+    def _chunk(self, content, reason) -> dict:
+        if self.kind == "chat":
+            return {**self._head("chat.completion.chunk"),
+                    "choices": [{"index": 0, "delta": content, "logprobs": None, "finish_reason": reason}]}
+        return {**self._head("text_completion"),
+                "choices": [{"text": content, "index": 0, "logprobs": None, "finish_reason": reason}]}
+
+    def piece(self, text: str, slot_id: int) -> dict:
+        return self._chunk({"content": text} if self.kind == "chat" else text, None)
+
+    def end(self, r: GenResult) -> list[dict]:
+        out = [self._chunk({} if self.kind == "chat" else "", r.finish_reason)]
+        if self.include_usage:
+            out.append({**self._head("chat.completion.chunk" if self.kind == "chat" else "text_completion"),
+                        "choices": [], "usage": self.usage(r)})
+        return out
+
+    def whole(self, text: str, r: GenResult) -> dict:
+        if self.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                      "finish_reason": r.finish_reason}
+            return {**self._head("chat.completion"), "choices": [choice], "usage": self.usage(r),
+                    "timings": r.timings()}
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": r.finish_reason}
+        return {**self._head("text_completion"), "choices": [choice], "usage": self.usage(r), "timings": r.timings()}
+
+
+class LlamaShape(Shape):
+    """llama.cpp's /completion: `content` pieces with `stop: false`, then the final object with `stop: true`,
+    `stop_type`, `stopping_word`, token counts, `generation_settings` and `timings`; no [DONE] marker."""
+    done_marker = False
+
+    def __init__(self, name: str, body: LlamaCompletionRequest, prompt_text: str, n_ctx: int, seed: int):
+        super().__init__(name, "llama")
+        self.body, self.prompt_text, self.n_ctx, self.seed = body, prompt_text, n_ctx, seed
+
+    def start(self, slot_id):
+        return []
+
+    def piece(self, text, slot_id):
+        return {"index": 0, "content": text, "stop": False, "id_slot": slot_id}
+
+    def _final(self, text: str, r: GenResult) -> dict:
+        b = self.body
+        settings = {"n_ctx": self.n_ctx, "n_predict": b.n_predict, "model": self.name, "seed": self.seed,
+                    "temperature": b.temperature, "top_k": b.top_k, "top_p": b.top_p, "min_p": b.min_p,
+                    "repeat_penalty": b.repeat_penalty, "repeat_last_n": b.repeat_last_n, "stop": b.stop,
+                    "ignore_eos": b.ignore_eos, "stream": b.stream}
+        return {"index": 0, "content": text, "id_slot": r.slot_id, "stop": True, "model": self.name,
+                "tokens_predicted": r.n_predicted, "tokens_evaluated": r.n_prompt, "generation_settings": settings,
+                "prompt": self.prompt_text, "has_new_line": "\n" in text, "truncated": False,
+                "stop_type": r.stop_type, "stopping_word": r.stopping_word,
+                "tokens_cached": r.n_prompt + r.n_predicted, "timings": r.timings()}
+
+    def end(self, r):
+        return [self._final("", r)]
+
+    def whole(self, text, r):
+        return self._final(text, r)
+
+
+# -- the application ----------------------------------------------------------------------------------------------
+def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
+    app = FastAPI(title="toolkit serve", version="1", description=(
+        f"OpenAI- and llama.cpp-compatible API for {cfg.name}. With --api-key, every route but /health needs "
+        "`Authorization: Bearer KEY`."))
+    app.state.engine, app.state.cfg = engine, cfg
+
+    # -- errors -------------------------------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {"msg": "invalid request", "loc": ()}
+        if first.get("type") == "json_invalid":
+            return error_response(ApiError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', '')}"
+                                           .rstrip(": "), code="json_invalid"))
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        if param is None and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+            return error_response(ApiError(400, "the request body must be a JSON object", code="invalid_value"))
+        msg = f"{param}: {first['msg']}" if param else first["msg"]
+        if len(errs) > 1:
+            msg += f" (and {len(errs) - 1} more problem(s))"
+        return error_response(ApiError(400, msg, param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e: StarletteHTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return error_response(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}", kind,
+                                       headers=getattr(e, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def check_model(body: OpenAIRequest) -> None:
+        if cfg.strict_model and body.model is not None and body.model not in (cfg.name, engine.model_path):
+            raise ApiError(404, f"the model {body.model!r} does not exist; this server serves {cfg.name!r}",
+                           param="model", code="model_not_found")
+
+    def check_supported(body) -> None:
+        name = body.unsupported()
+        if name:
+            raise ApiError(400, f"{name} is not supported by this server", param=name, code="unsupported_parameter")
+
+    def check_fits(prompt: list[int], n_predict: int | None, param: str) -> None:
+        n_ctx, n = engine.n_ctx, len(prompt)
+        bad = [t for t in prompt if not 0 <= t < engine.hp.n_vocab]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{engine.hp.n_vocab - 1})",
+                           param="prompt", code="invalid_value")
+        if n >= n_ctx:
+            raise ApiError(400, f"the prompt has {n} tokens; the context holds {n_ctx} (the server's -c), with room "
+                           "for at least one generated token", param="prompt", code="context_length_exceeded")
+        if n_predict is not None and n_predict > 0 and n + n_predict > n_ctx:
+            raise ApiError(400, f"{param} {n_predict} plus the prompt's {n} tokens exceed the context of {n_ctx} "
+                           f"tokens (at most {n_ctx - n} can be generated)", param=param,
+                           code="context_length_exceeded")
+
+    def params(body: Sampling, seed: int | None) -> SamplingParams:
+        return SamplingParams(temp=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
+                              repeat_penalty=body.repeat_penalty, repeat_last_n=body.repeat_last_n,
+                              seed=cfg.seed if seed is None or seed < 0 else seed)
+
+    async def user_input(fn, *args):
+        """Tokenize or render off the event loop; the user's mistakes (a template that raises) become 400s."""
+        try:
+            return await run_in_threadpool(fn, *args)
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
+
+    def reserve() -> Ticket:
+        try:
+            return engine.reserve()
+        except Busy as e:
+            raise ApiError(503, str(e), "server_error", code="queue_full", headers={"Retry-After": "1"}) from None
+
+    async def generate(request: Request, req: GenRequest, shape: Shape, stream: bool):
+        request.state.n_prompt = len(req.prompt)
+        ticket = reserve()
+        if stream:
+            return EventStream(_events(request, ticket, req, shape), ticket)
+        try:
+            text, result = await _until_done_or_gone(request, ticket, req)
+        finally:
+            ticket.close()
+        request.state.result = result
+        return shape.whole(text, result)
+
+    async def _events(request: Request, ticket: Ticket, req: GenRequest, shape: Shape) -> AsyncIterator[bytes]:
+        started = False
+        try:
+            async for kind, value in ticket.events(req):
+                slot_id = ticket.job.slot.id
+                if not started:
+                    started = True
+                    for c in shape.start(slot_id):
+                        yield sse(c)
+                if kind == "text":
+                    yield sse(shape.piece(value, slot_id))
+                else:
+                    request.state.result = value
+                    for c in shape.end(value):
+                        yield sse(c)
+            if shape.done_marker:
+                yield sse(b"[DONE]")
+        except UserError as e:  # headers are sent: the error becomes the last event
+            yield sse(error_body(str(e), "invalid_request_error"))
+        except Exception as e:  # noqa: BLE001 — a bug, reported in the stream and the log
+            log.exception("internal error while streaming %s", request.url.path)
+            yield sse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+        finally:
+            if getattr(request.state, "result", None) is None:
+                request.state.cancelled = True
+            ticket.close()
+
+    async def _until_done_or_gone(request: Request, ticket: Ticket, req: GenRequest):
+        """The whole generation; stopped early (and nothing answered) when the client disconnects meanwhile."""
+        async def gone():
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        work = asyncio.ensure_future(ticket.run(req))
+        watch = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():
+            ticket.close()
+            request.state.cancelled = True
+            try:
+                await work
+            except asyncio.CancelledError:
+                pass
+            raise ApiError(499, "client disconnected", code="client_closed_request")
+        try:
+            return work.result()
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
+
+    def openai_prompt(prompt) -> list[int] | str:
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and all(isinstance(p, str) for p in prompt):
+            if len(prompt) != 1:
+                raise ApiError(400, "only one prompt per request is supported", param="prompt")
+            return prompt[0]
+        if prompt and all(isinstance(p, list) for p in prompt):
+            if len(prompt) != 1:
+                raise ApiError(400, "only one prompt per request is supported", param="prompt")
+            return list(prompt[0])
+        return list(prompt)
+
+    def stops(stop) -> list[str]:
+        return [s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s]
+
+    def message_dict(m: Message) -> dict:
+        if m.content is None or isinstance(m.content, str):
+            content = m.content or ""
+        else:
+            bad = [p.type for p in m.content if p.type != "text"]
+            if bad:
+                raise ApiError(400, f"content parts of type {bad[0]!r} are not supported (text only)",
+                               param="messages")
+            content = "\n".join(p.text or "" for p in m.content)
+        return {"role": "system" if m.role == "developer" else m.role, "content": content}
+
+    # -- routes -------------------------------------------------------------------------------------------------
+    @app.get("/health", summary="Liveness and slot use (needs no API key)")
+    async def health():
+        return {"status": "ok", "slots_idle": len(engine.slots) - engine.n_processing,
+                "slots_processing": engine.n_processing, "requests_waiting": engine.n_waiting}
+
+    @app.get("/v1/models", summary="The served model")
+    async def models():
+        hp = engine.hp
+        return {"object": "list", "data": [{
+            "id": cfg.name, "object": "model", "created": int(Path(engine.model_path).stat().st_mtime),
+            "owned_by": "toolkit",
+            "meta": {"path": engine.model_path, "arch": hp.arch, "n_vocab": hp.n_vocab, "n_ctx": engine.n_ctx,
+                     "n_ctx_train": hp.n_ctx_train, "n_embd": hp.n_embd, "n_layer": hp.n_layer,
+                     "n_slots": len(engine.slots)}}]}
+
+    @app.post("/v1/completions", summary="OpenAI text completion (stream: Server-Sent Events)")
+    async def completions(body: CompletionRequest, request: Request):
+        check_model(body)
+        check_supported(body)
+        prompt = openai_prompt(body.prompt)
+        tokens = await user_input(engine.prompt, prompt) if isinstance(prompt, str) else prompt
+        check_fits(tokens, body.max_tokens, "max_tokens")
+        req = GenRequest(tokens, body.max_tokens or -1, params(body, body.seed), stops(body.stop))
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await generate(request, req, Shape(cfg.name, "text", include_usage), body.stream)
+
+    @app.post("/v1/chat/completions", summary="OpenAI chat completion through the model's chat template")
+    async def chat_completions(body: ChatRequest, request: Request):
+        check_model(body)
+        check_supported(body)
+        messages = [message_dict(m) for m in body.messages]
+        tokens = await user_input(engine.chat_prompt, messages)
+        n_predict = body.max_completion_tokens or body.max_tokens
+        check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+        req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop))
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return await generate(request, req, Shape(cfg.name, "chat", include_usage), body.stream)
+
+    @app.post("/completion", summary="llama.cpp's native completion")
+    async def completion(body: LlamaCompletionRequest, request: Request):
+        if isinstance(body.prompt, str):
+            tokens, text = await user_input(engine.prompt, body.prompt), body.prompt
+        else:
+            tokens = list(body.prompt)
+            check_fits(tokens, None, "n_predict")
+            text = engine.tokenizer.decode(tokens)
+        check_fits(tokens, body.n_predict, "n_predict")
+        req = GenRequest(tokens, body.n_predict, params(body, body.seed), stops(body.stop), body.ignore_eos)
+        seed = body.seed if body.seed >= 0 else cfg.seed
+        return await generate(request, req, LlamaShape(cfg.name, body, text, engine.n_ctx, seed), body.stream)
+
+    @app.post("/tokenize", summary="Text to token ids (llama.cpp)")
+    async def tokenize(body: TokenizeRequest):
+        tokens = await user_input(engine.tokenize, body.content, body.add_special, body.parse_special)
+        if body.with_pieces:
+            tok = engine.tokenizer
+            pieces = []
+            for t in tokens:
+                raw = tok.piece_bytes(t)
+                try:
+                    piece = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    piece = list(raw)
+                pieces.append({"id": t, "piece": piece})
+            return {"tokens": pieces}
+        return {"tokens": tokens}
+
+    @app.post("/detokenize", summary="Token ids to text (llama.cpp)")
+    async def detokenize(body: DetokenizeRequest):
+        bad = [t for t in body.tokens if not 0 <= t < engine.hp.n_vocab]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{engine.hp.n_vocab - 1})",
+                           param="tokens", code="invalid_value")
+        return {"content": engine.tokenizer.decode(body.tokens)}
+
+    app.add_middleware(JsonBodyMiddleware)
+    app.add_middleware(AuthMiddleware, api_key=cfg.api_key)
+    app.add_middleware(AccessLogMiddleware)
+    return app
+
+
+class JsonBodyMiddleware:
+    """Bodies are JSON whatever their declared type, as llama.cpp's server takes them (`curl -d '{...}'` sends
+    application/x-www-form-urlencoded)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            ctype = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if not (ctype == b"application/json" or ctype.endswith(b"+json")):
+                headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+                scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        return await self.app(scope, receive, send)
+
+
+class AuthMiddleware:
+    """With an API key, every route but /health needs `Authorization: Bearer KEY`."""
+
+    def __init__(self, app, api_key: str | None):
+        self.app, self.expected = app, f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if self.expected is None or scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            return await self.app(scope, receive, send)
+        msg = "missing API key: send Authorization: Bearer KEY" if not given else "incorrect API key"
+        response = JSONResponse(error_body(msg, "invalid_request_error", code="invalid_api_key"), status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)
+
+
+class AccessLogMiddleware:
+    """One line per request once its response has ended: client, request line, status, seconds, and for
+    generations the prompt and generated token counts and the generation speed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.perf_counter(), [0]
+        state = scope.setdefault("state", {})
+
+        async def send_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            client = scope.get("client") or ("-", 0)
+            line = (f'{client[0]}:{client[1]} "{scope["method"]} {scope["path"]}" {status[0] or "-"} '
+                    f"{time.perf_counter() - t0:.3f} s")
+            r: GenResult | None = state.get("result")
+            if r is not None:
+                line += (f" prompt {r.n_prompt} tok, generated {r.n_predicted} tok, {r.tokens_per_second:.1f} tok/s"
+                         f", {r.stop_type}")
+            elif "n_prompt" in state:
+                line += f" prompt {state['n_prompt']} tok, {'cancelled' if state.get('cancelled') else 'no result'}"
+            log.info(line)

@@ -1,0 +1,275 @@
+"""The server's generation engine: one loaded model, `parallel` slots (each its own KV cache on that model), a bounded
+queue of requests waiting for a slot, and generation on worker threads so that the event loop never runs a forward
+pass.
+
+A request's life: `reserve()` on the event loop gives a `Ticket` at once (or raises `Busy` when every slot is taken
+and the queue is full); `Ticket.events()` waits for the slot, starts the job on a worker thread and yields its events;
+`Ticket.close()` (always called, also when the client went away) stops the job between two tokens or gives up the
+place in the queue. The worker thread itself hands the slot back when the job has ended, so a slot is never reused
+while its previous job still runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from runtime.chat import ChatFormat, chat_format, prompt_tokens
+from runtime.generate import Session, Timings
+from runtime.sampling import SamplingParams
+from runtime.tokenizer import StreamDecoder
+
+
+class Busy(Exception):
+    """Every slot is generating and the queue is full."""
+
+
+@dataclass
+class GenRequest:
+    prompt: list[int]
+    n_predict: int                      # -1: until an end-of-generation token or the context is full
+    params: SamplingParams
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass
+class GenResult:
+    stop_type: str                      # llama.cpp's: "eos", "word", "limit"; ours: "cancelled"
+    stopping_word: str
+    n_prompt: int
+    n_predicted: int
+    prompt_ms: float                    # from the start to the first sampled token (prompt evaluation)
+    predicted_ms: float                 # from the first sampled token to the last
+    slot_id: int
+
+    @property
+    def finish_reason(self) -> str:
+        return "length" if self.stop_type == "limit" else "stop"
+
+    @property
+    def tokens_per_second(self) -> float:
+        return 1000.0 * self.n_predicted / self.predicted_ms if self.predicted_ms > 0 else 0.0
+
+    def timings(self) -> dict:
+        """llama.cpp's `timings` object."""
+        def per(ms, n):
+            return (ms / n if n else 0.0), (1000.0 * n / ms if ms > 0 else 0.0)
+        ppt, pps = per(self.prompt_ms, self.n_prompt)
+        gpt, gps = per(self.predicted_ms, self.n_predicted)
+        return {"prompt_n": self.n_prompt, "prompt_ms": self.prompt_ms, "prompt_per_token_ms": ppt,
+                "prompt_per_second": pps, "predicted_n": self.n_predicted, "predicted_ms": self.predicted_ms,
+                "predicted_per_token_ms": gpt, "predicted_per_second": gps}
+
+
+@dataclass
+class Slot:
+    id: int
+    session: Session
+
+
+def generate(slot: Slot, req: GenRequest, emit: Callable[[str], None], cancelled: Callable[[], bool]) -> GenResult:
+    """Run one request on a slot (on a worker thread): text pieces go to `emit` as they are decoded. Text that could
+    be the start of a stop string is held back until it cannot match any more; a matched stop string ends the
+    generation and is not emitted. `cancelled` is polled between tokens."""
+    session = slot.session
+    session.reset()
+    session.timings = Timings()
+    t0 = time.perf_counter()
+    t_first = t_last = None
+    decoder, pending, n = StreamDecoder(session.tokenizer), "", 0
+    stop_type, word = None, ""
+    tokens = session.generate(req.prompt, req.n_predict, req.params, ignore_eos=req.ignore_eos)
+    try:
+        for token in tokens:
+            t_last = time.perf_counter()
+            if t_first is None:
+                t_first = t_last
+            n += 1
+            pending += decoder.feed(token)
+            hits = sorted((i, s) for s in req.stop if (i := pending.find(s)) >= 0)
+            if hits:
+                (at, word), stop_type = hits[0], "word"
+                if at:
+                    emit(pending[:at])
+                pending = ""
+                break
+            held = max((k for s in req.stop for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
+            if len(pending) > held:
+                emit(pending[:len(pending) - held])
+                pending = pending[len(pending) - held:]
+            if cancelled():
+                stop_type = "cancelled"
+                break
+    finally:
+        tokens.close()
+    if stop_type is None:
+        tail = pending + decoder.flush()
+        if tail:
+            emit(tail)
+        room = session.n_ctx - len(req.prompt)
+        limit = room if req.n_predict < 0 else min(req.n_predict, room)
+        stop_type = "limit" if n >= limit else "eos"
+    if t_first is None:
+        t_first = t_last = time.perf_counter()
+    return GenResult(stop_type=stop_type, stopping_word=word, n_prompt=len(req.prompt), n_predicted=n,
+                     prompt_ms=(t_first - t0) * 1000.0, predicted_ms=(t_last - t_first) * 1000.0, slot_id=slot.id)
+
+
+class Engine:
+    def __init__(self, model_path: str, n_ctx: int = 512, n_threads: int | None = None, parallel: int = 1,
+                 queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512):
+        base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+        self.base = base
+        self.model_path = str(model_path)
+        self.n_ctx, self.n_threads, self.queue_size = n_ctx, base.n_threads, queue_size
+        self.tokenizer = base.tokenizer
+        self.hp = base.model.hp
+        self.chat: ChatFormat = chat_format(self.hp.arch, base.model.gguf.value("tokenizer.chat_template"),
+                                            chat_template)
+        self.slots = [Slot(0, base)] + [Slot(i, base.new_slot()) for i in range(1, parallel)]
+        self._free: deque[Slot] = deque(self.slots)
+        self._waiting: deque[asyncio.Future] = deque()
+        self._executor = ThreadPoolExecutor(parallel, thread_name_prefix="slot")
+        self._jobs: set[Job] = set()
+
+    # -- prompts --------------------------------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=add_bos and self.tokenizer.add_bos, parse_special=special)
+
+    def prompt(self, text: str) -> list[int]:
+        """A completion prompt as `toolkit run` tokenizes it (BOS alone for an empty prompt, when the model has one)."""
+        tokens = self.tokenize(text)
+        if not tokens and self.tokenizer.bos_id is not None:
+            tokens = [self.tokenizer.bos_id]
+        return tokens
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        return prompt_tokens(self.chat, self.tokenizer, messages)
+
+    # -- slots and the queue (event loop only) --------------------------------------------------------------------
+    @property
+    def n_processing(self) -> int:
+        return len(self.slots) - len(self._free)
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self._waiting)
+
+    def reserve(self) -> "Ticket":
+        fut = asyncio.get_running_loop().create_future()
+        if self._free and not self._waiting:
+            fut.set_result(self._free.popleft())
+        elif len(self._waiting) >= self.queue_size:
+            raise Busy(f"the server is busy: {len(self.slots)} slot(s) generating and {len(self._waiting)} "
+                       f"request(s) waiting (queue size {self.queue_size}); retry later")
+        else:
+            self._waiting.append(fut)
+        return Ticket(self, fut)
+
+    def _release(self, slot: Slot) -> None:
+        while self._waiting:
+            fut = self._waiting.popleft()
+            if not fut.done():
+                fut.set_result(slot)
+                return
+        self._free.append(slot)
+
+    def _abandon(self, fut: asyncio.Future) -> None:
+        """A request leaves before its job started: give back the slot it was handed, or its place in the queue."""
+        if fut.done() and not fut.cancelled():
+            self._release(fut.result())
+            return
+        fut.cancel()
+        try:
+            self._waiting.remove(fut)
+        except ValueError:
+            pass
+
+    def close(self) -> None:
+        """Stop every job, wait for the worker threads, then close the model (only the original session owns it)."""
+        for job in list(self._jobs):
+            job.cancel.set()
+        self._executor.shutdown(wait=True)
+        self.base.close()
+
+
+class Job:
+    """One generation on a worker thread; its events reach the event loop through an asyncio queue."""
+
+    def __init__(self, engine: Engine, slot: Slot, req: GenRequest):
+        self.engine, self.slot, self.req = engine, slot, req
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.cancel = threading.Event()
+
+    def _send(self, event: tuple) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: the server is shutting down
+            pass
+
+    def run(self) -> None:
+        try:
+            result = generate(self.slot, self.req, lambda text: self._send(("text", text)), self.cancel.is_set)
+            self._send(("done", result))
+        except BaseException as e:  # noqa: BLE001 — handed to the request, which answers with an error
+            self._send(("error", e))
+        finally:
+            try:
+                self.loop.call_soon_threadsafe(self._finished)
+            except RuntimeError:
+                pass
+
+    def _finished(self) -> None:
+        self.engine._jobs.discard(self)
+        self.engine._release(self.slot)
+
+
+class Ticket:
+    """A request's place: first in the queue, then on a slot."""
+
+    def __init__(self, engine: Engine, fut: asyncio.Future):
+        self.engine, self._fut = engine, fut
+        self.job: Job | None = None
+        self.closed = False
+
+    async def events(self, req: GenRequest) -> AsyncIterator[tuple]:
+        """("text", str) events, then ("done", GenResult); a failure in the job is raised here."""
+        slot = await self._fut
+        if self.closed:
+            return
+        self.job = Job(self.engine, slot, req)
+        self.engine._jobs.add(self.job)
+        self.engine._executor.submit(self.job.run)
+        while True:
+            kind, value = await self.job.events.get()
+            if kind == "error":
+                raise value
+            yield kind, value
+            if kind == "done":
+                return
+
+    async def run(self, req: GenRequest) -> tuple[str, GenResult]:
+        """The whole text and the result."""
+        parts = []
+        async for kind, value in self.events(req):
+            if kind == "text":
+                parts.append(value)
+            else:
+                return "".join(parts), value
+        raise asyncio.CancelledError
+
+    def close(self) -> None:
+        """Idempotent; safe whether the request waits, generates or has finished."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.job is not None:
+            self.job.cancel.set()
+        else:
+            self.engine._abandon(self._fut)

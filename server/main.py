@@ -1,0 +1,139 @@
+"""`toolkit serve`: bind the socket, load the model into its slots, then run the FastAPI app on uvicorn until
+interrupted. The socket is bound first (a port in use fails at once, before a long model load) and the startup line is
+printed once the server accepts connections; `--port 0` picks a free port, which that line gives."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import UserError
+
+
+@dataclass
+class ServeOptions:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    n_ctx: int = 512
+    n_threads: int | None = None
+    n_batch: int = 512
+    parallel: int = 1
+    queue: int = 32
+    api_key: str | None = None
+    chat_template: str | None = None
+    alias: str | None = None
+    strict_model: bool = False
+    seed: int = -1
+
+
+def validate(o: ServeOptions) -> None:
+    for name, value, low in (("-c", o.n_ctx, 1), ("-b", o.n_batch, 1), ("--parallel", o.parallel, 1),
+                             ("--queue", o.queue, 0), ("--port", o.port, 0)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, got {value}")
+    if o.port > 65535:
+        raise UserError(f"--port must be at most 65535, got {o.port}")
+    if o.n_threads is not None and o.n_threads < 1:
+        raise UserError(f"-t must be at least 1, got {o.n_threads}")
+    if not Path(o.model).is_file():
+        raise UserError(f"model file {o.model} does not exist")
+    if o.api_key is not None and not o.api_key.strip():
+        raise UserError("--api-key must not be empty")
+
+
+def chat_template_arg(value: str | None) -> str | None:
+    """--chat-template NAME|FILE: a file's text (a Jinja template), else the value itself (a built-in name or an
+    inline Jinja template)."""
+    if value and not any(c in value for c in "{}\n") and Path(value).is_file():
+        return Path(value).read_text(encoding="utf-8")
+    return value
+
+
+def bind(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise UserError(f"cannot resolve --host {host}: {e.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _logger() -> logging.Logger:
+    """Plain lines on stderr, one per event (rich's handler wraps long lines off a terminal)."""
+    log = logging.getLogger("toolkit.server")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
+
+
+def serve(o: ServeOptions) -> None:
+    validate(o)  # before the imports and the model load: a wrong flag or a busy port fails at once
+    template = chat_template_arg(o.chat_template)
+    sock = bind(o.host, o.port)
+    try:
+        _serve(o, template, sock)
+    finally:
+        sock.close()
+
+
+def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
+    import uvicorn
+
+    from server.app import AppConfig, create_app
+    from server.engine import Engine
+
+    log = _logger()
+    engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
+                    chat_template=template, n_batch=o.n_batch)
+    try:
+        name = o.alias or Path(o.model).name
+        app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed))
+        host, port = sock.getsockname()[:2]
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        hp = engine.hp
+        line = (f"toolkit serve: listening on {url} (docs {url}/docs) · model {o.model} ({hp.arch}, "
+                f"{hp.n_layer} layers, as {name!r}) · context {engine.n_ctx} tokens per slot · {o.parallel} slot(s), "
+                f"queue {o.queue} · {engine.n_threads} threads" + (" · API key required" if o.api_key else ""))
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None):
+                await super().startup(sockets=sockets)
+                if self.started:
+                    log.info(line)
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                """Ctrl-C or SIGTERM: shut down gracefully and exit 0 (uvicorn would raise the signal again)."""
+                if threading.current_thread() is not threading.main_thread():
+                    yield
+                    return
+                previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3,
+                                lifespan="off")
+        Server(config).run(sockets=[sock])
+        log.info("toolkit serve: stopped")
+    finally:
+        engine.close()

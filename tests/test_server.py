@@ -1,0 +1,446 @@
+"""`toolkit serve` as a client sees it: one server process (stories260K, a real trained model, f32), the official
+`openai` client and httpx against it. Oracles: `toolkit run` in its own process for every generated text (greedy and
+seeded sampling), sentencepiece for /tokenize, and the server's own /health for slot use under load and after
+disconnects."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from converter.convert import convert_model
+from tests.helpers import REPO, TOOLKIT
+
+KEY = "sk-test-1234"
+NAME = "stories"
+N_CTX = 2048
+PROMPT = "Once upon a time"
+CHAT = "Tell me a story about a cat"
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, shared_fixtures):
+    path = tmp_path_factory.mktemp("serve") / "stories260K-f32.gguf"
+    convert_model(shared_fixtures / "stories260K", outtype="f32", outfile=path)
+    return path
+
+
+def _run(model, *args, stdin=None) -> subprocess.Popen:
+    cmd = [*TOOLKIT, "run", "-m", str(model), "-c", str(N_CTX), "-t", "1", "-s", str(SEED), *map(str, args)]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO, env={k: v for k, v in os.environ.items() if k != "COLUMNS"})
+
+
+@pytest.fixture(scope="module")
+def expected(model):
+    """What `toolkit run` generates (the prompt it echoes removed), computed in parallel processes."""
+    procs = {
+        "greedy48": (_run(model, "-p", PROMPT, "-n", 48, "--temp", 0), None),
+        "greedy160": (_run(model, "-p", PROMPT, "-n", 160, "--temp", 0), None),
+        "sampled": (_run(model, "-p", PROMPT, "-n", 40, "--temp", 0.8), None),
+        "chat": (_run(model, "-cnv", "-n", 32, "--temp", 0), CHAT + "\n"),
+    }
+    out = {}
+    for name, (p, stdin) in procs.items():
+        stdout, stderr = p.communicate(stdin, timeout=120)
+        assert p.returncode == 0, stderr
+        if name == "chat":  # "\n> " reply "\n> " (end of input) "\n"
+            assert stdout.startswith("\n> ") and stdout.endswith("\n> \n"), stdout
+            out[name] = stdout[3:-4]
+        else:
+            assert stdout.startswith(PROMPT) and stdout.endswith("\n")
+            out[name] = stdout[len(PROMPT):-1]
+    assert len(out["greedy48"]) > 100 and out["greedy160"].startswith(out["greedy48"][:100])
+    return out
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, log_path):
+        self.proc, self.url, self.log_path = proc, url, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def client(self, key: str | None = KEY, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"} if key else {},
+                            timeout=60, **kw)
+
+    def health(self) -> dict:
+        r = httpx.get(self.url + "/health", timeout=5)
+        assert r.status_code == 200
+        return r.json()
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen([*TOOLKIT, "serve", "-m", str(model), "--port", "0", "-c", str(N_CTX), "-t", "1",
+                                 "--parallel", "2", "--queue", "3", "--api-key", KEY, "--alias", NAME,
+                                 "--strict-model"], stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+    url = None
+    deadline = time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()
+        for line in log_path.read_text().splitlines():
+            if "listening on http://" in line:
+                url = line.split("listening on ")[1].split()[0]
+        time.sleep(0.05)
+    assert url, log_path.read_text()
+    srv = Server(proc, url, log_path)
+    assert srv.health()["status"] == "ok"
+    yield srv
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=20) == 0, srv.log()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in srv.log() and "internal error" not in srv.log(), srv.log()
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def sse_events(lines) -> list[str]:
+    return [line[len("data: "):] for line in lines if line.startswith("data: ")]
+
+
+# -- the OpenAI client: same text as `toolkit run` ---------------------------------------------------------------------
+def test_openai_text_completion(oai, expected):
+    r = oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=48, temperature=0, seed=SEED)
+    assert r.choices[0].text == expected["greedy48"]
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 48 and r.usage.prompt_tokens == 5  # BOS + 4 (checked in test_tokenize)
+    assert r.model == NAME and r.object == "text_completion"
+    chunks = list(oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=48, temperature=0, seed=SEED,
+                                         stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == expected["greedy48"]
+    assert len([c for c in chunks if c.choices]) > 10  # streamed piece by piece, not in one chunk
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 48
+
+
+def test_openai_chat_completion(oai, expected):
+    messages = [{"role": "user", "content": CHAT}]
+    r = oai.chat.completions.create(model=NAME, messages=messages, max_tokens=32, temperature=0, seed=SEED)
+    assert r.choices[0].message.content == expected["chat"] and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason in ("stop", "length")
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    stream = oai.chat.completions.create(model=NAME, messages=messages, max_tokens=32, temperature=0, seed=SEED,
+                                         stream=True)
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected["chat"]
+    assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
+
+
+def test_openai_client_errors(server, oai):
+    with pytest.raises(openai.NotFoundError):  # --strict-model
+        oai.completions.create(model="gpt-4", prompt=PROMPT, max_tokens=4)
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    assert [m.id for m in oai.models.list()] == [NAME]
+
+
+# -- llama.cpp's native routes ----------------------------------------------------------------------------------------
+def test_completion_native(server, expected):
+    with server.client() as c:
+        r = c.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0, "seed": SEED})
+        assert r.status_code == 200
+        body = r.json()
+        assert body["content"] == expected["greedy48"]
+        assert body["stop"] is True and body["stop_type"] == "limit" and body["stopping_word"] == ""
+        assert body["tokens_predicted"] == 48 and body["tokens_evaluated"] == 5
+        t = body["timings"]
+        assert t["predicted_n"] == 48 and t["prompt_n"] == 5 and t["predicted_per_second"] > 0
+        assert body["generation_settings"]["n_ctx"] == N_CTX and body["model"] == NAME
+
+        with c.stream("POST", "/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0,
+                                                   "stream": True}) as s:
+            assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(e) for e in sse_events(s.iter_lines())]  # no [DONE] on llama.cpp's route
+        assert all(e["stop"] is False for e in events[:-1]) and events[-1]["stop"] is True
+        assert "".join(e["content"] for e in events) == expected["greedy48"]
+        assert events[-1]["tokens_predicted"] == 48 and events[-1]["stop_type"] == "limit"
+
+        # seeded sampling gives `toolkit run -s 7 --temp 0.8`'s text too (same sampler defaults)
+        r = c.post("/completion", json={"prompt": PROMPT, "n_predict": 40, "temperature": 0.8, "seed": SEED})
+        assert r.json()["content"] == expected["sampled"]
+
+
+def test_stop_strings(server, oai, expected):
+    text = expected["greedy48"]
+    word = next(w for w in text.split() if len(w) > 3 and text.index(w) > 10)
+    cut = text[:text.index(word)]
+    with server.client() as c:
+        body = c.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0,
+                                           "stop": [word, "zzzz"]}).json()
+        assert body["content"] == cut and body["stop_type"] == "word" and body["stopping_word"] == word
+    r = oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=48, temperature=0, stop=word)
+    assert r.choices[0].text == cut and r.choices[0].finish_reason == "stop"
+    chunks = list(oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=48, temperature=0, stop=[word],
+                                         stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == cut
+
+
+def test_tokenize_detokenize(server, shared_fixtures):
+    import sentencepiece
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(shared_fixtures / "stories260K" / "tokenizer.model"))
+    text = "Once upon a time, Lily saw a big dog."
+    with server.client() as c:
+        plain = c.post("/tokenize", json={"content": text}).json()["tokens"]
+        assert plain == sp.encode(text)
+        assert c.post("/tokenize", json={"content": text, "add_special": True}).json()["tokens"] == [sp.bos_id()] + plain
+        assert len(c.post("/tokenize", json={"content": PROMPT, "add_special": True}).json()["tokens"]) == 5
+        pieces = c.post("/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
+        assert [p["id"] for p in pieces] == plain and all(isinstance(p["piece"], (str, list)) for p in pieces)
+        assert c.post("/detokenize", json={"tokens": plain}).json()["content"].strip() == text
+
+
+def test_health_models_docs(server):
+    assert server.health() == {"status": "ok", "slots_idle": 2, "slots_processing": 0, "requests_waiting": 0}
+    with server.client() as c:
+        data = c.get("/v1/models").json()["data"]
+        assert [m["id"] for m in data] == [NAME] and data[0]["meta"]["n_ctx"] == N_CTX
+        assert "swagger" in c.get("/docs").text.lower()
+        paths = c.get("/openapi.json").json()["paths"]
+        for p in ("/health", "/v1/models", "/v1/completions", "/v1/chat/completions", "/completion", "/tokenize",
+                  "/detokenize"):
+            assert p in paths
+
+
+@pytest.mark.parametrize("route", ["/v1/models", "/docs", "/completion", "/v1/chat/completions", "/tokenize"])
+@pytest.mark.parametrize("key", [None, "sk-wrong", KEY[:-1]])
+def test_auth(server, route, key):
+    with server.client(key) as c:
+        r = c.get(route) if route in ("/v1/models", "/docs") else c.post(route, json={"prompt": "x"})
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key" and r.json()["error"]["message"]
+    assert httpx.get(server.url + "/health").status_code == 200  # the one open route
+
+
+TOO_LONG = "dog " * (N_CTX + 100)
+BAD = [
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}', 400, "json_invalid"),
+    ("/completion", b"{prompt: 'hi'}", 400, "json_invalid"),
+    ("/completion", b"[1, 2]", 400, None),
+    ("/completion", {"prompt": 5}, 400, None),
+    ("/completion", {"prompt": "hi", "n_predict": "many"}, 400, None),
+    ("/completion", {"prompt": "hi", "temperature": "hot"}, 400, None),
+    ("/completion", {"prompt": "hi", "stop": 3}, 400, None),
+    ("/completion", {"prompt": "hi", "n_predict": -5}, 400, None),
+    ("/completion", {"prompt": "hi", "top_p": 1.5}, 400, None),
+    ("/completion", {"prompt": [1, 99999]}, 400, None),
+    ("/completion", {}, 400, None),
+    ("/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 2.5}, 400, None),
+    ("/v1/completions", {"model": NAME, "prompt": "hi", "n": 2}, 400, "unsupported_parameter"),
+    ("/v1/completions", {"model": NAME, "prompt": ["a", "b"]}, 400, None),
+    ("/v1/chat/completions", {"model": NAME, "messages": "hi"}, 400, None),
+    ("/v1/chat/completions", {"model": NAME, "messages": []}, 400, None),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "wizard", "content": "hi"}]}, 400, None),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": 5}]}, 400, None),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "stream": "maybe"},
+     400, None),
+    # unknown model name (the server runs with --strict-model)
+    ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404,
+     "model_not_found"),
+    ("/v1/completions", {"model": "llama-70b", "prompt": "hi"}, 404, "model_not_found"),
+    # a prompt longer than the context; max_tokens beyond the context (streamed too: refused before streaming)
+    ("/v1/completions", {"model": NAME, "prompt": TOO_LONG}, 400, "context_length_exceeded"),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": TOO_LONG}], "stream": True},
+     400, "context_length_exceeded"),
+    ("/completion", {"prompt": TOO_LONG, "stream": True}, 400, "context_length_exceeded"),
+    ("/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": N_CTX}, 400, "context_length_exceeded"),
+    ("/v1/chat/completions", {"model": NAME, "messages": [{"role": "user", "content": "hi"}],
+                              "max_tokens": 10 * N_CTX, "stream": True}, 400, "context_length_exceeded"),
+    ("/completion", {"prompt": "hi", "n_predict": N_CTX}, 400, "context_length_exceeded"),
+    ("/detokenize", {"tokens": [-1]}, 400, None),
+    ("/detokenize", {"tokens": "abc"}, 400, None),
+    ("/tokenize", {"content": None}, 400, None),
+    ("/v1/nothing", {}, 404, None),
+]
+
+
+@pytest.mark.parametrize("route,body,status,code", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
+def test_bad_requests(server, route, body, status, code):
+    with server.client() as c:
+        r = c.post(route, content=body) if isinstance(body, bytes) else c.post(route, json=body)
+        assert r.status_code == status, r.text
+        assert r.headers["content-type"].startswith("application/json")
+        err = r.json()["error"]
+        assert isinstance(err["message"], str) and err["message"] and err["type"]
+        if code:
+            assert err["code"] == code, err
+    assert server.health() == {"status": "ok", "slots_idle": 2, "slots_processing": 0, "requests_waiting": 0}
+
+
+# -- load, queue, disconnects -----------------------------------------------------------------------------------------
+async def _stream_completion(client: httpx.AsyncClient, body: dict):
+    async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        if r.status_code != 200:
+            return r.status_code, json.loads(await r.aread())
+        events = sse_events([line async for line in r.aiter_lines()])
+        done = events[-1] == "[DONE]"
+        text = "".join(json.loads(e)["choices"][0]["text"] for e in events if e != "[DONE]")
+        return 200, (text, done)
+
+
+def test_load_40_concurrent_streams(server, expected):
+    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 160, "temperature": 0}
+    health = []
+
+    async def main():
+        finished = asyncio.Event()
+
+        async def poll():
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as h:
+                while not finished.is_set():
+                    t = time.perf_counter()
+                    r = await h.get("/health")
+                    health.append((r.status_code, time.perf_counter() - t, r.json()))
+                    await asyncio.sleep(0.02)
+
+        poller = asyncio.create_task(poll())
+        async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120,
+                                     limits=httpx.Limits(max_connections=50)) as c:
+            results = await asyncio.gather(*(_stream_completion(c, body) for _ in range(40)))
+        finished.set()
+        await poller
+        return results
+
+    results = asyncio.run(main())
+    statuses = [s for s, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    ok = [v for s, v in results if s == 200]
+    busy = [v for s, v in results if s == 503]
+    assert all(v == (expected["greedy160"], True) for v in ok)  # each slot its own context: no cross-talk
+    assert len(ok) >= 5 and busy, statuses  # 2 slots + a queue of 3 admitted at once; the rest refused
+    assert all(b["error"]["code"] == "queue_full" and "busy" in b["error"]["message"] for b in busy)
+    assert health and all(s == 200 and dt < 2.0 for s, dt, _ in health), health
+    assert max(h["slots_processing"] for _, _, h in health) == 2
+    assert max(h["requests_waiting"] for _, _, h in health) <= 3
+    time.sleep(0.2)
+    assert server.health()["slots_processing"] == 0
+
+
+def _wait_for(server, pred, timeout=5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        h = server.health()
+        if pred(h) or time.monotonic() > deadline:
+            return h
+        time.sleep(0.01)
+
+
+def test_disconnect_frees_the_slot(server, expected):
+    """Two endless streams fill both slots; a third request waits. Cutting one stream off lets the third run (and
+    finish) while the other stream still generates; cutting the other one off idles the server at once, although
+    generating the rest of its context would take seconds."""
+    endless = {"prompt": PROMPT, "n_predict": -1, "ignore_eos": True, "temperature": 0, "stream": True}
+    a_client, b_client = server.client(), server.client()
+    a = a_client.send(a_client.build_request("POST", "/completion", json=endless), stream=True)
+    b = b_client.send(b_client.build_request("POST", "/completion", json=endless), stream=True)
+    a_lines, b_lines = (x for x in a.iter_lines() if x), (x for x in b.iter_lines() if x)
+    assert next(a_lines).startswith("data: ") and next(b_lines).startswith("data: ")
+    assert server.health()["slots_processing"] == 2
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, server.client() as c:
+        third = pool.submit(c.post, "/v1/completions", json={"model": NAME, "prompt": PROMPT, "max_tokens": 48,
+                                                             "temperature": 0})
+        assert _wait_for(server, lambda h: h["requests_waiting"] == 1)["requests_waiting"] == 1
+        time.sleep(0.2)
+        assert not third.done()  # no slot for it while both streams run
+        a.close()
+        a_client.close()
+        r = third.result(timeout=30)
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == expected["greedy48"]
+    assert next(b_lines).startswith("data: ")  # the other stream still runs
+    assert server.health()["slots_processing"] == 1
+    b.close()
+    b_client.close()
+    t = time.monotonic()
+    h = _wait_for(server, lambda h: h["slots_processing"] == 0, timeout=1.0)
+    assert h == {"status": "ok", "slots_idle": 2, "slots_processing": 0, "requests_waiting": 0}, h
+    assert time.monotonic() - t < 1.0
+    _log_line(server, '"POST /completion" 200', "cancelled")
+
+
+def test_non_streamed_client_gone(server):
+    """A non-streamed request whose client gives up stops generating too."""
+    with server.client() as c:
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/completion", json={"prompt": PROMPT, "n_predict": -1, "ignore_eos": True, "temperature": 0},
+                   timeout=0.5)
+    h = _wait_for(server, lambda h: h["slots_processing"] == 0, timeout=1.5)
+    assert h["slots_processing"] == 0
+
+
+def _log_line(server, *parts, timeout=5.0) -> str:
+    """The access-log line with every part (written once the response has ended, so perhaps just after)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [x for x in server.log().splitlines() if all(p in x for p in parts)]
+        if lines or time.monotonic() > deadline:
+            assert lines, (parts, server.log())
+            return lines[-1]
+        time.sleep(0.02)
+
+
+def test_startup_and_access_log(server):
+    first = server.log().splitlines()[0]
+    for part in (f"listening on {server.url}", "stories260K-f32.gguf", f"context {N_CTX}", "1 threads", "2 slot(s)"):
+        assert part in first, first
+    with server.client() as c:
+        assert c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 17, "temperature": 0}).status_code == 200
+        assert c.post("/completion", json={"prompt": 3}).status_code == 400
+    with server.client(None) as c:
+        assert c.get("/v1/models").status_code == 401
+    line = _log_line(server, '"POST /v1/completions" 200', "generated 17 tok")
+    assert "prompt 5 tok" in line and "tok/s" in line
+    _log_line(server, '"GET /v1/models" 401')
+    _log_line(server, '"POST /completion" 400')
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+def test_cli_errors(model, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cases = [(["-m", tmp_path / "missing.gguf"], "does not exist"),
+                 (["-m", model, "--port", busy.getsockname()[1]], "cannot listen on 127.0.0.1"),
+                 (["-m", model, "--parallel", "0"], "--parallel must be at least 1"),
+                 (["-m", model, "--chat-template", "nonsense", "--port", "0"], "unknown chat template")]
+        procs = [subprocess.Popen([*TOOLKIT, "serve", *map(str, args)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, cwd=REPO) for args, _ in cases]
+        for p, (_, text) in zip(procs, cases):
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 1 and text in err and "Traceback" not in err, err
+
+
+def test_chat_template_file(tmp_path):
+    from server.main import chat_template_arg
+    f = tmp_path / "t.jinja"
+    f.write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    assert chat_template_arg(str(f)) == f.read_text()
+    assert chat_template_arg("chatml") == "chatml"
+
+
+def test_serve_does_not_import_torch():
+    code = ("import sys, toolkit.cli, server.app, server.main, server.engine\n"
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\nassert not bad, bad\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
