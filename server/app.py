@@ -209,6 +209,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         if bad:
             raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{engine.hp.n_vocab - 1})",
                            param="prompt", code="invalid_value")
+        if n == 0:
+            raise ApiError(400, "the prompt is empty (no tokens)", param="prompt", code="invalid_value")
         if n >= n_ctx:
             raise ApiError(400, f"the prompt has {n} tokens; the context holds {n_ctx} (the server's -c), with room "
                            "for at least one generated token", param="prompt", code="context_length_exceeded")
@@ -468,6 +470,6 @@ class AccessLogMiddleware:
             if r is not None:
                 line += (f" prompt {r.n_prompt} tok, generated {r.n_predicted} tok, {r.tokens_per_second:.1f} tok/s"
                          f", {r.stop_type}")
-            elif "n_prompt" in state:
-                line += f" prompt {state['n_prompt']} tok, {'cancelled' if state.get('cancelled') else 'no result'}"
+            elif state.get("cancelled"):
+                line += f" prompt {state.get('n_prompt', 0)} tok, cancelled (client gone)"
             log.info(line)

@@ -246,6 +246,7 @@ BAD = [
     ("/completion", {"prompt": "hi", "n_predict": -5}, 400, None),
     ("/completion", {"prompt": "hi", "top_p": 1.5}, 400, None),
     ("/completion", {"prompt": [1, 99999]}, 400, None),
+    ("/completion", {"prompt": []}, 400, None),
     ("/completion", {}, 400, None),
     ("/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 2.5}, 400, None),
     ("/v1/completions", {"model": NAME, "prompt": "hi", "n": 2}, 400, "unsupported_parameter"),
