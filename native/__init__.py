@@ -98,3 +98,29 @@ def activations(wtype: int, x: np.ndarray) -> tuple[int, np.ndarray]:
     n, cols = x.shape
     at, data = _core.activations(wtype, x, n, cols)
     return at, np.frombuffer(data, dtype=np.uint8).reshape(n, -1)
+
+
+# -- the forward pass (engine.c) -----------------------------------------------------------------------------------
+NORM = {"rms": 0, "layer": 1}
+ROPE = {None: 0, "norm": 1, "neox": 2}
+FFN = {"swiglu": 0, "gelu": 1}
+
+
+def engine_new(kinds: tuple[str, str | None, str], sizes: tuple[int, ...], floats: tuple[float, float, float],
+               tensors: list[tuple[str, np.ndarray, int, int, int]]):
+    """The native forward pass over GGUF tensors given as (name, array, ggml type, rows, cols). The arrays must stay
+    alive as long as the engine (the runtime keeps the memory-mapped file open). Raises ValueError for a model the
+    engine cannot run (missing tensors, shapes)."""
+    norm, rope, ffn = kinds
+    desc = [(name, a.ctypes.data, t, rows, cols) for name, a, t, rows, cols in tensors]
+    return _core.engine_new((NORM[norm], ROPE[rope], FFN[ffn]), sizes, floats, desc)
+
+
+def kv_new(engine, n_ctx: int, type_id: int):
+    """A KV cache of n_ctx positions stored as F32 or F16."""
+    return _core.kv_new(engine, n_ctx, type_id)
+
+
+def forward(engine, kv, tokens: np.ndarray, pos0: int, out: np.ndarray, all_logits: bool, nthreads: int) -> None:
+    """Evaluate int32 `tokens` at positions pos0.. into `out` (float32 logits, one row per token or the last)."""
+    _core.forward(engine, kv, tokens, pos0, out, all_logits, nthreads)

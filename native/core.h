@@ -43,8 +43,15 @@ int tk_convert(const void *src, enum tk_type src_type, void *dst, enum tk_type d
 /* Number of NaN/Inf elements among n values of type t (F32, F16, BF16); -1 for other types. */
 int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n);
 
-/* Run fn(arg, i, n) for i in 0..n-1 on n threads (the calling thread runs i = 0). */
+/* Run fn(arg, i, n) for i in 0..n-1 on n concurrent threads of the core's persistent pool (the calling thread runs
+   i = 0); n is nthreads, or fewer when threads cannot be had. Returns n. */
 typedef void (*tk_task_fn)(void *arg, int i, int n);
-void tk_parallel(tk_task_fn fn, void *arg, int nthreads);
+int tk_parallel(tk_task_fn fn, void *arg, int nthreads);
+
+/* Spin barrier for the n threads of one tk_parallel call (n as the task was told). */
+#include <stdatomic.h>
+struct tk_barrier { atomic_int count; atomic_int phase; };
+void tk_barrier_init(struct tk_barrier *b);
+void tk_barrier_wait(struct tk_barrier *b, int n);
 
 #endif

@@ -363,7 +363,7 @@ static void quantize_act_q8_1(const float *x, void *vy, int64_t k) {
 }
 
 /* One activation row into the vec_dot_type. */
-static void convert_activation(int at, const float *x, void *dst, int64_t k) {
+void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     switch (at) {
     case TK_F16: tk_convert(x, TK_F32, dst, TK_F16, (size_t)k, 1); break;
     case TK_BF16: tk_convert(x, TK_F32, dst, TK_BF16, (size_t)k, 1); break;
@@ -381,7 +381,7 @@ int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, v
     const struct tk_type_traits *at = d ? tk_traits(d->vec_dot_type) : NULL;
     if (!at || cols <= 0 || n < 0 || cols % at->block_size) return -1;
     const size_t arow = tk_row_size(d->vec_dot_type, cols);
-    for (int64_t j = 0; j < n; j++) convert_activation(d->vec_dot_type, x + j * cols, (char *)dst + j * arow, cols);
+    for (int64_t j = 0; j < n; j++) tk_convert_activation_row(d->vec_dot_type, x + j * cols, (char *)dst + j * arow, cols);
     return 0;
 }
 
@@ -408,7 +408,7 @@ static void convert_run(void *p, int i, int nt) {
     int64_t a, b;
     split(job->n, i, nt, &a, &b);
     for (int64_t j = a; j < b; j++)
-        convert_activation(job->atype, job->x + j * job->cols, (char *)job->a + j * job->arow, job->cols);
+        tk_convert_activation_row(job->atype, job->x + j * job->cols, (char *)job->a + j * job->arow, job->cols);
 }
 
 static void matmul_run(void *p, int i, int nt) {

@@ -3,6 +3,7 @@
 #include <Python.h>
 #include "core.h"
 #include "quants.h"
+#include "engine.h"
 
 static int type_size(int t) { return t == TK_F32 ? 4 : (t == TK_F16 || t == TK_BF16) ? 2 : 0; }
 
@@ -199,6 +200,95 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* ---- the forward pass: an Engine capsule (the caller keeps the tensor memory alive) and KV cache capsules ---- */
+
+static void engine_destroy(PyObject *cap) { tk_engine_free(PyCapsule_GetPointer(cap, "tk_engine")); }
+static void kv_destroy(PyObject *cap) { tk_kv_free(PyCapsule_GetPointer(cap, "tk_kv")); }
+
+/* engine_new((norm, rope, ffn), (n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot),
+              (rope_base, rope_freq_scale, eps), [(name, address, type, rows, cols), ...]) -> capsule */
+static PyObject *py_engine_new(PyObject *self, PyObject *args) {
+    struct tk_hparams hp;
+    PyObject *tensors;
+    long long v[8];
+    if (!PyArg_ParseTuple(args, "(iii)(LLLLLLLL)(fff)O!", &hp.norm, &hp.rope, &hp.ffn, &v[0], &v[1], &v[2], &v[3],
+                          &v[4], &v[5], &v[6], &v[7], &hp.rope_base, &hp.rope_freq_scale, &hp.eps, &PyList_Type,
+                          &tensors))
+        return NULL;
+    hp.n_vocab = v[0]; hp.n_embd = v[1]; hp.n_layer = v[2]; hp.n_head = v[3];
+    hp.n_head_kv = v[4]; hp.head_dim = v[5]; hp.n_ff = v[6]; hp.n_rot = v[7];
+    const Py_ssize_t nt = PyList_GET_SIZE(tensors);
+    struct tk_tensor_desc *d = PyMem_Calloc((size_t)nt + 1, sizeof *d);
+    if (!d) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < nt; i++) {
+        unsigned long long addr;
+        long long rows, cols;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(tensors, i), "sKiLL", &d[i].name, &addr, &d[i].type, &rows, &cols)) {
+            PyMem_Free(d);
+            return NULL;
+        }
+        d[i].data = (const void *)(uintptr_t)addr;
+        d[i].rows = rows;
+        d[i].cols = cols;
+    }
+    char err[256] = "";
+    struct tk_engine *e = tk_engine_new(&hp, d, (int)nt, err, sizeof err);
+    PyMem_Free(d);
+    if (!e) {
+        PyErr_SetString(PyExc_ValueError, err);
+        return NULL;
+    }
+    return PyCapsule_New(e, "tk_engine", engine_destroy);
+}
+
+/* kv_new(engine, n_ctx, type) -> capsule */
+static PyObject *py_kv_new(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    long long n_ctx;
+    int type;
+    if (!PyArg_ParseTuple(args, "OLi", &cap, &n_ctx, &type)) return NULL;
+    struct tk_engine *e = PyCapsule_GetPointer(cap, "tk_engine");
+    if (!e) return NULL;
+    struct tk_kv *kv = tk_kv_new(e, n_ctx, type);
+    if (!kv) {
+        if (n_ctx <= 0 || (type != TK_F32 && type != TK_F16)) PyErr_SetString(PyExc_ValueError, "bad cache size or type");
+        else PyErr_NoMemory();
+        return NULL;
+    }
+    return PyCapsule_New(kv, "tk_kv", kv_destroy);
+}
+
+/* forward(engine, kv, tokens_int32, pos0, logits_f32, all_logits, nthreads) */
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    PyObject *ecap, *kcap;
+    Py_buffer tok, out;
+    long long pos0;
+    int all, nthreads;
+    if (!PyArg_ParseTuple(args, "OOy*Lw*pi", &ecap, &kcap, &tok, &pos0, &out, &all, &nthreads)) return NULL;
+    PyObject *ret = NULL;
+    struct tk_engine *e = PyCapsule_GetPointer(ecap, "tk_engine");
+    struct tk_kv *kv = e ? PyCapsule_GetPointer(kcap, "tk_kv") : NULL;
+    const int64_t n = tok.len / 4;
+    if (!e || !kv) {
+        /* error set by PyCapsule_GetPointer */
+    } else if (!PyBuffer_IsContiguous(&tok, 'C') || !PyBuffer_IsContiguous(&out, 'C') || tok.len % 4) {
+        PyErr_SetString(PyExc_ValueError, "tokens must be contiguous int32, logits contiguous float32");
+    } else if ((size_t)out.len < sizeof(float) * (size_t)((all ? n : 1) * tk_engine_vocab(e))) {
+        PyErr_SetString(PyExc_ValueError, "logits buffer too small");
+    } else {
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = tk_engine_forward(e, kv, tok.buf, n, pos0, out.buf, all, nthreads);
+        Py_END_ALLOW_THREADS
+        if (rc == -3) PyErr_NoMemory();
+        else if (rc) PyErr_SetString(PyExc_ValueError, "bad forward arguments (tokens, positions or context)");
+        else { ret = Py_None; Py_INCREF(ret); }
+    }
+    PyBuffer_Release(&tok);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS,
      "convert(src, src_type, dst, dst_type, nthreads=1): convert elements between F32, F16 and BF16 (ggml type ids)."},
@@ -216,6 +306,12 @@ static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] . W[rows][cols]^T, W stored "
      "as wtype, activations converted to its vec_dot_type as ggml does."},
+    {"engine_new", py_engine_new, METH_VARARGS,
+     "engine_new(kinds, sizes, floats, tensors) -> engine: the forward pass over memory-mapped GGUF tensors given as "
+     "(name, address, type, rows, cols); the caller keeps that memory alive."},
+    {"kv_new", py_kv_new, METH_VARARGS, "kv_new(engine, n_ctx, type) -> KV cache (F32 or F16)."},
+    {"forward", py_forward, METH_VARARGS,
+     "forward(engine, kv, tokens_i32, pos0, logits_f32, all_logits, nthreads): evaluate tokens at positions pos0..."},
     {NULL, NULL, 0, NULL},
 };
 

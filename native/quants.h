@@ -144,6 +144,8 @@ tk_vec_dot_fn tk_vec_dot(int wtype);
 /* Convert n activation rows of cols floats to wtype's vec_dot_type (rows of tk_row_size(vec_dot_type, cols) bytes
    in dst; nothing to do for F32). Returns 0 or -1. */
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst);
+/* One activation row (k elements, whole blocks) into the vec_dot_type at, as llama.cpp's CPU backend converts it. */
+void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k);
 
 /* fp16 -> f32 for all 65536 values (filled at load time), as ggml's ggml_table_f32_f16 */
 extern float tk_fp16_table[1 << 16];

@@ -18,9 +18,16 @@ from toolkit.errors import UserError
 
 class Llama:
     def __init__(self, model_path: str, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
-                 seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False):
+                 seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False,
+                 type_k: int | None = None, type_v: int | None = None):
         self.model_path = str(model_path)
-        self.session = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+        # KV cache element type as llama-cpp-python takes it (ggml type ids, 0 = F32, 1 = F16; F16 by default); one
+        # type serves keys and values here
+        kinds = {None: "f16", 0: "f32", 1: "f16"}
+        if type_k not in kinds or type_v not in kinds or kinds[type_k] != kinds[type_v]:
+            raise UserError("type_k and type_v must both be 0 (F32) or 1 (F16)")
+        self.session = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+                               cache_type=kinds[type_k])
         self.tokenizer = self.session.tokenizer
         self.seed = seed
         self.verbose = verbose

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 
 import native
-from runtime.arch import KVCache, build
+from runtime.arch import build
 from runtime.model import Model
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import Tokenizer
@@ -49,7 +49,8 @@ class Timings:
 class Session:
     """One model, one context: tokens evaluated so far and their KV cache."""
 
-    def __init__(self, model_path, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None):
+    def __init__(self, model_path, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
+                 cache_type: str = "f16"):
         t0 = time.perf_counter()
         if n_ctx < 1 or n_batch < 1:
             raise UserError("n_ctx and n_batch must be positive")
@@ -58,7 +59,8 @@ class Session:
         self.n_threads = n_threads or native.default_threads()
         self.net = build(self.model, self.n_threads)
         self.n_ctx, self.n_batch = n_ctx, n_batch
-        self.cache = KVCache(self.model.hp, n_ctx)
+        self.cache_type = cache_type
+        self.cache = self.net.new_cache(n_ctx, cache_type)
         self.tokens: list[int] = []
         self.timings = Timings(load_ms=(time.perf_counter() - t0) * 1000.0)
         self._lock = threading.Lock()   # one forward pass at a time on the shared weights and threads
@@ -69,7 +71,7 @@ class Session:
         slot = object.__new__(Session)
         slot.__dict__.update(self.__dict__)
         slot.n_ctx = n_ctx or self.n_ctx
-        slot.cache = KVCache(self.model.hp, slot.n_ctx)
+        slot.cache = self.net.new_cache(slot.n_ctx, self.cache_type)
         slot.tokens = []
         slot.timings = Timings()
         return slot

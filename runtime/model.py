@@ -1,5 +1,5 @@
-"""A GGUF model opened for inference: hyper-parameters and weights, memory-mapped (no copy, no dequantized copy).
-Every matrix product runs in the native core on the stored type."""
+"""A GGUF model opened for inference: hyper-parameters and weights, memory-mapped (no copy, no dequantized copy);
+the native engine (runtime/arch) reads the tensors in place."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,20 +31,6 @@ class Weight:
     @property
     def cols(self) -> int:
         return self.shape[-1]
-
-    def matmul(self, x: np.ndarray, nthreads: int) -> np.ndarray:
-        """x [n, cols] float32 → x · Wᵀ [n, rows]."""
-        return native.matmul(int(self.type), self.data, self.rows, self.cols, x, nthreads)
-
-    def get_rows(self, ids) -> np.ndarray:
-        """Selected rows as float32 (embedding lookup), dequantizing only those rows."""
-        row_bytes = self.data.size // self.rows
-        picked = self.data.reshape(self.rows, row_bytes)[np.asarray(ids, dtype=np.int64)]
-        return native.dequantize(int(self.type), picked, self.cols, 1)
-
-    def f32(self) -> np.ndarray:
-        """The whole tensor as float32 (used for the small 1-D norms and biases, read once at load)."""
-        return native.dequantize(int(self.type), self.data, self.cols, 1).reshape(self.shape)
 
 
 @dataclass(frozen=True)
@@ -102,29 +88,6 @@ class Model:
         for t in self.weights.values():
             if int(t.type) not in native.TRAITS:
                 raise UserError(f"tensor {t.name} has type {t.type.name}, which the runtime does not support")
-
-    def weight(self, name: str) -> Weight:
-        w = self.weights.get(name)
-        if w is None:
-            raise UserError(f"{self.path.name}: missing tensor {name}")
-        return w
-
-    def optional(self, name: str) -> Weight | None:
-        return self.weights.get(name)
-
-    def vector(self, name: str) -> np.ndarray | None:
-        """A 1-D tensor (norm weight or bias) as float32, or None when absent."""
-        w = self.weights.get(name)
-        return None if w is None else w.f32().reshape(-1)
-
-    @property
-    def output(self) -> Weight:
-        """The output projection: `output`, or the token embeddings when the model ties them."""
-        return self.weights.get("output.weight") or self.weight("token_embd.weight")
-
-    @property
-    def token_embd(self) -> Weight:
-        return self.weights.get("token_embd.weight") or self.weight("output.weight")
 
     def close(self) -> None:
         self.weights.clear()

@@ -1,9 +1,7 @@
 """codeshell: GPT-2-style blocks (LayerNorm with bias, fused qkv with bias, GELU) with grouped-query attention and
 NEOX rope over the whole head."""
-from runtime.arch.base import Transformer, layer_norm, rope_neox
+from runtime.arch.base import Transformer
 
 
 class CodeShell(Transformer):
-    norm = staticmethod(layer_norm)
-    rope = staticmethod(rope_neox)
-    ffn_kind = "gelu"
+    norm, rope, ffn = "layer", "neox", "gelu"

@@ -1,8 +1,6 @@
 """gpt2: LayerNorm with bias, fused qkv with bias, learned absolute positions (no rope), GELU feed-forward."""
-from runtime.arch.base import Transformer, layer_norm
+from runtime.arch.base import Transformer
 
 
 class GPT2(Transformer):
-    norm = staticmethod(layer_norm)
-    rope = None
-    ffn_kind = "gelu"
+    norm, rope, ffn = "layer", None, "gelu"

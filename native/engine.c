@@ -1,0 +1,859 @@
+/* The forward pass (see engine.h). One tk_parallel call per batch; every step splits its work across the threads
+   and ends at a barrier. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "engine.h"
+#include "quants.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TK_X86 1
+#endif
+
+struct tk_mat { const void *data; int type; int64_t rows, cols; size_t row_bytes; int vtype; };
+
+struct tk_layer {
+    const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
+    const float *bqkv, *bq, *bk, *bv, *bo, *b_up, *b_down;
+    struct tk_mat wqkv, wq, wk, wv, wo, gate, up, down;
+};
+
+struct tk_engine {
+    struct tk_hparams hp;
+    struct tk_mat tok_embd, pos_embd, output;
+    const float *out_norm, *out_norm_b;
+    struct tk_layer *layers;
+    float **owned;       /* f32 copies of the 1-D tensors */
+    int nowned;
+    float rope_theta_scale;
+};
+
+struct tk_kv { int type; int64_t n_ctx, n_layer, kv_dim; void *k, *v; };
+
+/* ------------------------------------------------------------------------------------------------ description */
+
+enum { F_ATTN_NORM, F_ATTN_NORM_B, F_FFN_NORM, F_FFN_NORM_B, F_BQKV, F_BQ, F_BK, F_BV, F_BO, F_B_UP, F_B_DOWN,
+       F_WQKV, F_WQ, F_WK, F_WV, F_WO, F_GATE, F_UP, F_DOWN };
+
+static const struct { const char *suffix; int field; } LAYER_TENSORS[] = {
+    {"attn_norm.weight", F_ATTN_NORM}, {"attn_norm.bias", F_ATTN_NORM_B}, {"ffn_norm.weight", F_FFN_NORM},
+    {"ffn_norm.bias", F_FFN_NORM_B}, {"attn_qkv.bias", F_BQKV}, {"attn_q.bias", F_BQ}, {"attn_k.bias", F_BK},
+    {"attn_v.bias", F_BV}, {"attn_output.bias", F_BO}, {"ffn_up.bias", F_B_UP}, {"ffn_down.bias", F_B_DOWN},
+    {"attn_qkv.weight", F_WQKV}, {"attn_q.weight", F_WQ}, {"attn_k.weight", F_WK}, {"attn_v.weight", F_WV},
+    {"attn_output.weight", F_WO}, {"ffn_gate.weight", F_GATE}, {"ffn_up.weight", F_UP},
+    {"ffn_down.weight", F_DOWN},
+};
+
+static const float **vec_field(struct tk_layer *L, int f) {
+    switch (f) {
+    case F_ATTN_NORM: return &L->attn_norm;
+    case F_ATTN_NORM_B: return &L->attn_norm_b;
+    case F_FFN_NORM: return &L->ffn_norm;
+    case F_FFN_NORM_B: return &L->ffn_norm_b;
+    case F_BQKV: return &L->bqkv;
+    case F_BQ: return &L->bq;
+    case F_BK: return &L->bk;
+    case F_BV: return &L->bv;
+    case F_BO: return &L->bo;
+    case F_B_UP: return &L->b_up;
+    default: return &L->b_down;
+    }
+}
+
+static struct tk_mat *mat_field(struct tk_layer *L, int f) {
+    switch (f) {
+    case F_WQKV: return &L->wqkv;
+    case F_WQ: return &L->wq;
+    case F_WK: return &L->wk;
+    case F_WV: return &L->wv;
+    case F_WO: return &L->wo;
+    case F_GATE: return &L->gate;
+    case F_UP: return &L->up;
+    default: return &L->down;
+    }
+}
+
+static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, int errlen) {
+    const struct tk_dot_traits *dt = tk_dot_traits(d->type);
+    const struct tk_type_traits *tt = tk_traits(d->type);
+    if (!dt || !tt || d->cols % tt->block_size || d->cols % tk_traits(dt->vec_dot_type)->block_size) {
+        snprintf(err, errlen, "tensor %s: type %d with rows of %lld cannot be multiplied", d->name, d->type,
+                 (long long)d->cols);
+        return -1;
+    }
+    *m = (struct tk_mat){d->data, d->type, d->rows, d->cols, tk_row_size(d->type, d->cols), dt->vec_dot_type};
+    return 0;
+}
+
+static float *own_f32(struct tk_engine *e, const struct tk_tensor_desc *d) {
+    float *v = malloc(sizeof(float) * (size_t)(d->rows * d->cols));
+    if (!v) return NULL;
+    if (tk_dequantize_rows(d->type, d->data, v, d->rows, d->cols, 1) != 0) { free(v); return NULL; }
+    e->owned[e->nowned++] = v;
+    return v;
+}
+
+static int check_mat(const struct tk_mat *m, const char *what, int64_t rows, int64_t cols, char *err, int errlen) {
+    if (!m->data) { snprintf(err, errlen, "missing tensor %s", what); return -1; }
+    if (m->rows != rows || m->cols != cols) {
+        snprintf(err, errlen, "tensor %s has shape %lldx%lld, expected %lldx%lld", what, (long long)m->rows,
+                 (long long)m->cols, (long long)rows, (long long)cols);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_vec(const float *v, const struct tk_tensor_desc *d, int64_t n, char *err, int errlen) {
+    (void)v;
+    if (d->rows * d->cols != n) {
+        snprintf(err, errlen, "tensor %s has %lld elements, expected %lld", d->name, (long long)(d->rows * d->cols),
+                 (long long)n);
+        return -1;
+    }
+    return 0;
+}
+
+void tk_engine_free(struct tk_engine *e) {
+    if (!e) return;
+    for (int i = 0; i < e->nowned; i++) free(e->owned[i]);
+    free(e->owned);
+    free(e->layers);
+    free(e);
+}
+
+struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_tensor_desc *t, int nt, char *err,
+                                int errlen) {
+    struct tk_engine *e = calloc(1, sizeof *e);
+    if (!e) { snprintf(err, errlen, "out of memory"); return NULL; }
+    e->hp = *hp;
+    const int64_t d = hp->n_embd, hd = hp->head_dim, nl = hp->n_layer;
+    if (d <= 0 || nl <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hd <= 0 ||
+        hp->n_ff <= 0 || hp->n_vocab <= 0 || hp->n_rot < 0 || hp->n_rot > hd || hp->n_rot % 2) {
+        snprintf(err, errlen, "inconsistent hyper-parameters");
+        goto fail;
+    }
+    if (hd % 8) {
+        snprintf(err, errlen, "head size %lld is not a multiple of 8, which the attention kernels need", (long long)hd);
+        goto fail;
+    }
+    e->layers = calloc((size_t)nl, sizeof *e->layers);
+    e->owned = calloc((size_t)nt + 1, sizeof *e->owned);
+    if (!e->layers || !e->owned) { snprintf(err, errlen, "out of memory"); goto fail; }
+    for (int i = 0; i < nt; i++) {
+        const struct tk_tensor_desc *x = &t[i];
+        int layer = -1, used = 0;
+        const char *suffix = NULL;
+        if (sscanf(x->name, "blk.%d.", &layer) == 1 && layer >= 0) {
+            suffix = strchr(x->name + 4, '.');
+            suffix = suffix ? suffix + 1 : NULL;
+            if (layer >= nl) { snprintf(err, errlen, "tensor %s: layer beyond block_count", x->name); goto fail; }
+        }
+        if (suffix) {
+            for (size_t k = 0; k < sizeof LAYER_TENSORS / sizeof *LAYER_TENSORS; k++) {
+                if (strcmp(suffix, LAYER_TENSORS[k].suffix)) continue;
+                int f = LAYER_TENSORS[k].field;
+                struct tk_layer *L = &e->layers[layer];
+                if (f >= F_WQKV) {
+                    if (set_mat(mat_field(L, f), x, err, errlen)) goto fail;
+                } else {
+                    const float *v = own_f32(e, x);
+                    if (!v) { snprintf(err, errlen, "tensor %s: cannot read", x->name); goto fail; }
+                    *vec_field(L, f) = v;
+                }
+                used = 1;
+            }
+        } else if (!strcmp(x->name, "token_embd.weight")) {
+            if (set_mat(&e->tok_embd, x, err, errlen)) goto fail;
+        } else if (!strcmp(x->name, "position_embd.weight")) {
+            if (set_mat(&e->pos_embd, x, err, errlen)) goto fail;
+        } else if (!strcmp(x->name, "output.weight")) {
+            if (set_mat(&e->output, x, err, errlen)) goto fail;
+        } else if (!strcmp(x->name, "output_norm.weight") || !strcmp(x->name, "output_norm.bias")) {
+            const float *v = own_f32(e, x);
+            if (!v || check_vec(v, x, d, err, errlen)) { if (!v) snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
+            if (x->name[12] == 'w') e->out_norm = v; else e->out_norm_b = v;
+        }
+        (void)used;
+    }
+    /* tied embeddings: either one stands for the other */
+    if (!e->output.data) e->output = e->tok_embd;
+    if (!e->tok_embd.data) e->tok_embd = e->output;
+    if (check_mat(&e->tok_embd, "token_embd.weight", hp->n_vocab, d, err, errlen)) goto fail;
+    if (check_mat(&e->output, "output.weight", hp->n_vocab, d, err, errlen)) goto fail;
+    if (!e->out_norm) { snprintf(err, errlen, "missing tensor output_norm.weight"); goto fail; }
+    if (hp->rope == TK_ROPE_NONE && check_mat(&e->pos_embd, "position_embd.weight", e->pos_embd.rows ? e->pos_embd.rows : 1, d, err, errlen)) goto fail;
+    const int64_t qd = hp->n_head * hd, kvd = hp->n_head_kv * hd;
+    for (int64_t l = 0; l < nl; l++) {
+        struct tk_layer *L = &e->layers[l];
+        char name[64];
+#define NEED_MAT(m, what, r, c) do { snprintf(name, sizeof name, "blk.%lld." what, (long long)l); \
+            if (check_mat(&L->m, name, r, c, err, errlen)) goto fail; } while (0)
+#define NEED_VEC(v, what) do { if (!L->v) { snprintf(err, errlen, "missing tensor blk.%lld." what, (long long)l); \
+            goto fail; } } while (0)
+        NEED_VEC(attn_norm, "attn_norm.weight");
+        NEED_VEC(ffn_norm, "ffn_norm.weight");
+        if (L->wqkv.data) {
+            NEED_MAT(wqkv, "attn_qkv.weight", qd + 2 * kvd, d);
+        } else {
+            NEED_MAT(wq, "attn_q.weight", qd, d);
+            NEED_MAT(wk, "attn_k.weight", kvd, d);
+            NEED_MAT(wv, "attn_v.weight", kvd, d);
+        }
+        NEED_MAT(wo, "attn_output.weight", d, qd);
+        if (hp->ffn == TK_FFN_SWIGLU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
+        NEED_MAT(up, "ffn_up.weight", hp->n_ff, d);
+        NEED_MAT(down, "ffn_down.weight", d, hp->n_ff);
+        if (hp->norm == TK_NORM_LAYER) {
+            NEED_VEC(attn_norm_b, "attn_norm.bias");
+            NEED_VEC(ffn_norm_b, "ffn_norm.bias");
+        }
+#undef NEED_MAT
+#undef NEED_VEC
+    }
+    if (hp->norm == TK_NORM_LAYER && !e->out_norm_b) { snprintf(err, errlen, "missing tensor output_norm.bias"); goto fail; }
+    e->rope_theta_scale = hp->n_rot ? powf(hp->rope_base, -2.0f / (float)hp->n_rot) : 1.0f;
+    return e;
+fail:
+    tk_engine_free(e);
+    return NULL;
+}
+
+int64_t tk_engine_vocab(const struct tk_engine *e) { return e->hp.n_vocab; }
+
+/* ------------------------------------------------------------------------------------------------ KV cache */
+
+struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type) {
+    if (n_ctx <= 0 || (type != TK_F32 && type != TK_F16)) return NULL;
+    struct tk_kv *kv = calloc(1, sizeof *kv);
+    if (!kv) return NULL;
+    kv->type = type;
+    kv->n_ctx = n_ctx;
+    kv->n_layer = e->hp.n_layer;
+    kv->kv_dim = e->hp.n_head_kv * e->hp.head_dim;
+    const size_t bytes = (size_t)(kv->n_layer * n_ctx * kv->kv_dim) * (type == TK_F32 ? 4 : 2);
+    kv->k = calloc(1, bytes);
+    kv->v = calloc(1, bytes);
+    if (!kv->k || !kv->v) { tk_kv_free(kv); return NULL; }
+    return kv;
+}
+
+void tk_kv_free(struct tk_kv *kv) {
+    if (!kv) return;
+    free(kv->k);
+    free(kv->v);
+    free(kv);
+}
+
+int64_t tk_kv_size(const struct tk_kv *kv) { return kv->n_ctx; }
+
+/* ------------------------------------------------------------------------------------------------ float kernels */
+
+/* exp as ggml's vectorised expf computes it (the Arm optimized-routines algorithm: 2^n · poly(b), max error
+   ~1.5 ulp), lane by lane; the AVX2 version below gives the same bits. */
+static inline float bits2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t f2bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static float exp_lane(float x) {
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const uint32_t e = f2bits(z) << 23;
+    const float k = bits2f(e + f2bits(1.0f));
+    const int c = fabsf(n) > 126.0f;
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)),
+                         u, 0x1.ffffecp-1f * b);
+    if (!c) return fmaf(j, k, k);
+    const uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = bits2f(g + 0x7f000000u), s2 = bits2f(e - g);
+    if (fabsf(n) > 192.0f) return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+/* sum of 8 lanes in the order of ggml's/tinyBLAS's horizontal add: ((0+4)+(2+6)) + ((1+5)+(3+7)) */
+static inline float hsum_lanes(const float a[8]) {
+    const float s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+/* ggml's F32 dot product (ggml_vec_dot_f32 on AVX2): 4 accumulators of 8 lanes, element i in accumulator
+   (i mod 32) / 8, lane i mod 8, added with FMA over steps of 32; the 32 partial sums reduced as its REDUCE macro
+   does; leftover elements added in float. */
+static inline float reduce32(const float a[32]) {
+    float t[8], u[4];
+    for (int l = 0; l < 8; l++) t[l] = (a[l] + a[16 + l]) + (a[8 + l] + a[24 + l]);
+    for (int l = 0; l < 4; l++) u[l] = t[l] + t[l + 4];
+    return (u[0] + u[1]) + (u[2] + u[3]);
+}
+
+static float dot_ggml(const float *x, const void *y, int y_f16, int64_t n) {
+    float acc[32] = {0};
+    const int64_t np = n & ~(int64_t)31;
+    for (int64_t i = 0; i < np; i += 32)
+        for (int k = 0; k < 32; k++)
+            acc[k] = fmaf(x[i + k], y_f16 ? tk_fp16_table[((const uint16_t *)y)[i + k]] : ((const float *)y)[i + k],
+                          acc[k]);
+    float s = reduce32(acc);
+    for (int64_t i = np; i < n; i++) s += x[i] * (y_f16 ? tk_fp16_table[((const uint16_t *)y)[i]] : ((const float *)y)[i]);
+    return s;
+}
+
+#ifdef TK_X86
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline float hsum256(__m256 x) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+AVX2 static inline __m256 exp256(__m256 x) {
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1))));
+    const __m256 absn = _mm256_andnot_ps(_mm256_set1_ps(-0.f), n);
+    const __m256 c = _mm256_cmp_ps(absn, _mm256_set1_ps(126), _CMP_GT_OQ);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f)), u,
+                        _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f))),
+        u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    if (!_mm256_movemask_ps(c)) return _mm256_fmadd_ps(j, k, k);
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 d = _mm256_cmp_ps(absn, _mm256_set1_ps(192), _CMP_GT_OQ);
+    return _mm256_or_ps(_mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+                        _mm256_andnot_ps(d, _mm256_or_ps(_mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                                                         _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)))));
+}
+
+AVX2 static inline __m256 load8(const void *y, int y_f16, int64_t i) {
+    return y_f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)y + i)))
+                 : _mm256_loadu_ps((const float *)y + i);
+}
+
+AVX2 static float dot_ggml_avx2(const float *x, const void *y, int y_f16, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t np = n & ~(int64_t)31;
+    for (int64_t i = 0; i < np; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), load8(y, y_f16, i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), load8(y, y_f16, i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 16), load8(y, y_f16, i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 24), load8(y, y_f16, i + 24), a3);
+    }
+    a0 = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+    const __m128 t1 = _mm_hadd_ps(t0, t0);
+    float s = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    for (int64_t i = np; i < n; i++) s += x[i] * (y_f16 ? tk_fp16_table[((const uint16_t *)y)[i]] : ((const float *)y)[i]);
+    return s;
+}
+
+/* s[j] = exp(s[j] - mx) for j < Tp (a multiple of 8); returns the sum in llama.cpp's order */
+AVX2 static double softmax_exp_avx2(float *s, int64_t Tp, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    double sum = 0;
+    for (int64_t j = 0; j < Tp; j += 8) {
+        __m256 v = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+        _mm256_storeu_ps(s + j, v);
+        sum += (double)hsum256(v);
+    }
+    return sum;
+}
+
+/* a[d] = fma(v[d], p, a[d]) for d < hd (a multiple of 8); v F32 or F16 */
+AVX2 static void axpy_avx2(float *a, float p, const void *v, int64_t hd, int f16) {
+    const __m256 pv = _mm256_set1_ps(p);
+    for (int64_t d = 0; d < hd; d += 8)
+        _mm256_storeu_ps(a + d, _mm256_fmadd_ps(load8(v, f16, d), pv, _mm256_loadu_ps(a + d)));
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------------ attention */
+
+/* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v, in the order of llama.cpp's
+   one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps).
+   s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats. */
+static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t T,
+                   float scale, float *s, float *acc, float *out, int simd) {
+    const int64_t kvd = kv->kv_dim;
+    const int f16 = kv->type == TK_F16;
+    const size_t es = f16 ? 2 : 4;
+    const char *kbase = (const char *)kv->k + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
+    const char *vbase = (const char *)kv->v + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
+    const int64_t Tp = (T + 7) & ~(int64_t)7;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < T; j++) {
+        const void *kj = kbase + (size_t)(j * kvd) * es;
+        float d;
+#ifdef TK_X86
+        if (simd) d = dot_ggml_avx2(q, kj, f16, hd);
+        else
+#endif
+            d = dot_ggml(q, kj, f16, hd);
+        s[j] = d * scale;
+        if (s[j] > mx) mx = s[j];
+    }
+    for (int64_t j = T; j < Tp; j++) s[j] = -INFINITY;
+    double sum = 0;
+#ifdef TK_X86
+    if (simd) sum = softmax_exp_avx2(s, Tp, mx);
+    else
+#endif
+    {
+        for (int64_t j = 0; j < Tp; j += 8) {
+            for (int l = 0; l < 8; l++) s[j + l] = exp_lane(s[j + l] - mx);
+            sum += (double)hsum_lanes(s + j);
+        }
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < T; j++) s[j] *= inv;
+    /* out[d] = Σ_j p_j v_j[d]: position j in partial sum j mod 32, accumulated with FMA, then reduced */
+    memset(acc, 0, sizeof(float) * 32 * (size_t)hd);
+    for (int64_t j = 0; j < T; j++) {
+        float *a = acc + (j & 31) * hd;
+        const float p = s[j];
+        const void *vj = vbase + (size_t)(j * kvd) * es;
+#ifdef TK_X86
+        if (simd) { axpy_avx2(a, p, vj, hd, f16); continue; }
+#endif
+        for (int64_t d = 0; d < hd; d++) {
+            const float x = f16 ? tk_fp16_table[((const uint16_t *)vj)[d]] : ((const float *)vj)[d];
+            a[d] = fmaf(x, p, a[d]);
+        }
+    }
+    for (int64_t d = 0; d < hd; d++) {
+        float l32[32];
+        for (int k = 0; k < 32; k++) l32[k] = acc[k * hd + d];
+        out[d] = reduce32(l32);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------ element-wise */
+
+static void swiglu_lanes(float *y, const float *g, const float *u, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + exp_lane(-g[i])) * u[i];
+}
+
+#ifdef TK_X86
+AVX2 static void swiglu_avx2(float *y, const float *g, const float *u, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
+        const __m256 s = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+    }
+    swiglu_lanes(y + i, g + i, u + i, n - i);
+}
+#endif
+
+static void gelu_row(float *y, const float *x, int64_t n) {
+    const float c = 0.7978845608028654f, a = 0.044715f;
+    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + tanhf(c * x[i] * (1.0f + a * x[i] * x[i])));
+}
+
+/* ------------------------------------------------------------------------------------------------ the pass */
+
+#define MAX_ACT 3
+
+struct fwd {
+    struct tk_engine *e;
+    struct tk_kv *kv;
+    const int32_t *tokens;
+    int64_t n, pos0;
+    float *logits;
+    int all_logits, simd;
+    struct tk_barrier bar;
+    float *x, *h, *q, *k, *v, *att, *f1, *f2, *scratch;
+    int64_t scratch_per_thread;
+    char *act_buf[MAX_ACT];  /* activations converted for the next products, one buffer per vec_dot type */
+    size_t act_cap;
+};
+
+/* The activations of the next products: source rows and the vec_dot types they are converted to (every thread
+   computes the same plan). */
+struct acts { const float *src; int64_t cols; int type[MAX_ACT], n; size_t row[MAX_ACT]; };
+
+/* One product: y[j][r] (+)= W[r] · act[j] (+ bias[r]) for j < n tokens. */
+struct mm { const struct tk_mat *w; const float *bias; float *y; int64_t ldy; int add; int64_t n; };
+
+static void split_range(int64_t total, int i, int n, int64_t *a, int64_t *b) {
+    int64_t per = total / n, extra = total % n;
+    *a = per * i + (i < extra ? i : extra);
+    *b = *a + per + (i < extra);
+}
+
+/* Work items of a row-wise step: with fewer rows than threads, every row is cut into nth segments aligned to
+   `align` elements, so all threads work. Calls fn(f, row, e0, e1). */
+static int64_t act_align(const struct acts *A);
+
+typedef void (*row_fn)(struct fwd *f, const struct acts *A, int64_t row, int64_t e0, int64_t e1, void *ctx);
+
+static void for_rows(struct fwd *f, const struct acts *A, int64_t nrows, int64_t len, int ith, int nth, row_fn fn,
+                     void *ctx) {
+    const int64_t align = act_align(A);
+    if (nrows >= nth || len <= align) {
+        int64_t a, b;
+        split_range(nrows, ith, nth, &a, &b);
+        for (int64_t r = a; r < b; r++) fn(f, A, r, 0, len, ctx);
+        return;
+    }
+    const int64_t units = len / align;
+    for (int64_t r = 0; r < nrows; r++) {
+        int64_t a, b;
+        split_range(units, ith, nth, &a, &b);
+        if (a < b) fn(f, A, r, a * align, b == units ? len : b * align, ctx);
+    }
+}
+
+/* Which vec_dot types the next products need (their activations are converted once per type). */
+static struct acts plan_acts(const float *src, int64_t cols, const struct mm *g, int ng) {
+    struct acts A = {src, cols, {0}, 0, {0}};
+    for (int i = 0; i < ng; i++) {
+        int t = g[i].w->vtype, seen = 0;
+        for (int j = 0; j < A.n; j++) seen |= A.type[j] == t;
+        if (!seen) {
+            A.type[A.n] = t;
+            A.row[A.n] = tk_row_size(t, cols);
+            A.n++;
+        }
+    }
+    return A;
+}
+
+/* segments of a row are cut at whole blocks of every type */
+static int64_t act_align(const struct acts *A) {
+    int64_t a = 32;
+    for (int j = 0; j < A->n; j++) {
+        const int64_t b = tk_traits(A->type[j])->block_size;
+        if (b > a) a = b;
+    }
+    return a;
+}
+
+/* convert elements [e0, e1) of activation row r to every planned type */
+static void convert_acts(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1) {
+    const float *x = A->src + r * A->cols + e0;
+    for (int j = 0; j < A->n; j++) {
+        const int t = A->type[j];
+        if (t == TK_F32) continue;
+        char *dst = f->act_buf[j] + (size_t)r * A->row[j] + tk_row_size(t, e0);
+        tk_convert_activation_row(t, x, dst, e1 - e0);
+    }
+}
+
+static const char *act_for(const struct fwd *f, const struct acts *A, int type, size_t *row) {
+    for (int j = 0; j < A->n; j++) {
+        if (A->type[j] != type) continue;
+        if (type == TK_F32) { *row = (size_t)A->cols * 4; return (const char *)A->src; }
+        *row = A->row[j];
+        return f->act_buf[j];
+    }
+    return NULL;
+}
+
+/* y rows [r0, r1) of one product, all tokens */
+static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *m, int64_t r0, int64_t r1) {
+    const struct tk_mat *w = m->w;
+    size_t arow = 0;
+    const char *act = act_for(f, A, w->vtype, &arow);
+    tk_vec_dot_fn dot = tk_vec_dot(w->type);
+    const int64_t n = m->n;
+    const char *wd = w->data;
+    int64_t tile = n == 1 ? r1 - r0 : (int64_t)(32768 / w->row_bytes);
+    if (tile < 1) tile = 1;
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+        const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
+        for (int64_t j = 0; j < n; j++) {
+            const char *a = act + (size_t)j * arow;
+            float *y = m->y + j * m->ldy;
+            for (int64_t r = t0; r < t1; r++) {
+                float s;
+                dot(w->cols, &s, wd + (size_t)r * w->row_bytes, a);
+                if (m->bias) s += m->bias[r];
+                y[r] = m->add ? y[r] + s : s;
+            }
+        }
+    }
+}
+
+/* the products of a group, their rows (in chunks of 16) split across threads */
+static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int ng, int ith, int nth) {
+    int64_t total = 0;
+    for (int i = 0; i < ng; i++) total += (g[i].w->rows + 15) / 16;
+    int64_t a, b;
+    split_range(total, ith, nth, &a, &b);
+    int64_t base = 0;
+    for (int i = 0; i < ng && a < b; i++) {
+        const int64_t chunks = (g[i].w->rows + 15) / 16;
+        const int64_t lo = a > base ? a : base, hi = b < base + chunks ? b : base + chunks;
+        if (lo < hi) {
+            const int64_t r0 = (lo - base) * 16, r1 = hi - base == chunks ? g[i].w->rows : (hi - base) * 16;
+            mm_rows(f, A, &g[i], r0, r1);
+        }
+        base += chunks;
+    }
+}
+
+/* norm of x's row r into h, then h's segment converted for the next products */
+struct norm_ctx { const float *w, *b; const float *src; float *dst; int64_t src_row; };
+
+static void norm_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1, void *p) {
+    const struct norm_ctx *c = p;
+    const struct tk_hparams *hp = &f->e->hp;
+    const int64_t d = hp->n_embd;
+    const float *x = c->src + (c->src_row >= 0 ? c->src_row : r) * d;
+    float *y = c->dst + r * d;
+    if (hp->norm == TK_NORM_RMS) {
+        double sum = 0;
+        for (int64_t i = 0; i < d; i++) sum += (double)(x[i] * x[i]);
+        const float mean = (float)(sum / (double)d);
+        const float scale = 1.0f / sqrtf(mean + hp->eps);
+        for (int64_t i = e0; i < e1; i++) y[i] = x[i] * scale * c->w[i];
+    } else {
+        double sum = 0;
+        for (int64_t i = 0; i < d; i++) sum += (double)x[i];
+        const float mean = (float)(sum / (double)d);
+        double sum2 = 0;
+        for (int64_t i = 0; i < d; i++) {
+            const float v = x[i] - mean;
+            sum2 += (double)(v * v);
+        }
+        const float variance = (float)(sum2 / (double)d);
+        const float scale = 1.0f / sqrtf(variance + hp->eps);
+        for (int64_t i = e0; i < e1; i++) y[i] = (x[i] - mean) * scale * c->w[i] + c->b[i];
+    }
+    convert_acts(f, A, r, e0, e1);
+}
+
+static void ffn_act_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1, void *p) {
+    (void)p;
+    const int64_t nf = f->e->hp.n_ff;
+    float *y = f->f1 + r * nf + e0;
+    if (f->e->hp.ffn == TK_FFN_SWIGLU) {
+#ifdef TK_X86
+        if (f->simd) swiglu_avx2(y, y, f->f2 + r * nf + e0, e1 - e0);
+        else
+#endif
+            swiglu_lanes(y, y, f->f2 + r * nf + e0, e1 - e0);
+    } else {
+        gelu_row(y, f->f2 + r * nf + e0, e1 - e0);
+    }
+    convert_acts(f, A, r, e0, e1);
+}
+
+static void convert_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1, void *p) {
+    (void)p;
+    convert_acts(f, A, r, e0, e1);
+}
+
+/* rope as ggml computes it: pairs (2i, 2i+1) for NORM, (i, i + n_rot/2) for NEOX, rotated with the first product of
+   each line fused (as GCC contracts ggml's expressions) */
+static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
+    const struct tk_hparams *hp = &e->hp;
+    const int64_t half = hp->n_rot / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float c = cs[2 * i], s = cs[2 * i + 1];
+        const int64_t i0 = hp->rope == TK_ROPE_NEOX ? i : 2 * i, i1 = hp->rope == TK_ROPE_NEOX ? i + half : 2 * i + 1;
+        const float x0 = x[i0], x1 = x[i1];
+        x[i0] = fmaf(x0, c, -(x1 * s));
+        x[i1] = fmaf(x0, s, x1 * c);
+    }
+}
+
+/* cos/sin for position pos: theta_i = pos · theta_scale^i built by repeated float multiplication, angle
+   freq_scale · theta_i (ggml_rope_cache_init without YaRN) */
+static void rope_cache(const struct tk_engine *e, int64_t pos, float *cs) {
+    const struct tk_hparams *hp = &e->hp;
+    float theta = (float)pos;
+    for (int64_t i = 0; i < hp->n_rot / 2; i++) {
+        const float angle = hp->rope_freq_scale * theta;
+        cs[2 * i] = cosf(angle);
+        cs[2 * i + 1] = sinf(angle);
+        theta *= e->rope_theta_scale;
+    }
+}
+
+static void store_kv(struct tk_kv *kv, void *base, int64_t layer, int64_t pos, const float *src) {
+    const size_t off = (size_t)((layer * kv->n_ctx + pos) * kv->kv_dim);
+    if (kv->type == TK_F32) {
+        memcpy((float *)base + off, src, sizeof(float) * (size_t)kv->kv_dim);
+    } else {
+        tk_convert(src, TK_F32, (uint16_t *)base + off, TK_F16, (size_t)kv->kv_dim, 1);
+    }
+}
+
+static void forward_task(void *p, int ith, int nth) {
+    struct fwd *f = p;
+    struct tk_engine *e = f->e;
+    const struct tk_hparams *hp = &e->hp;
+    const int64_t n = f->n, d = hp->n_embd, hd = hp->head_dim, H = hp->n_head, Hkv = hp->n_head_kv;
+    const int64_t qd = H * hd, kvd = Hkv * hd, nf = hp->n_ff;
+    struct tk_barrier *bar = &f->bar;
+
+    /* embeddings */
+    {
+        int64_t a, b;
+        split_range(n, ith, nth, &a, &b);
+        for (int64_t t = a; t < b; t++) {
+            const struct tk_mat *te = &e->tok_embd;
+            tk_dequantize_rows(te->type, (const char *)te->data + (size_t)f->tokens[t] * te->row_bytes, f->x + t * d,
+                               1, d, 1);
+            if (hp->rope == TK_ROPE_NONE) {
+                float tmp[d];
+                const struct tk_mat *pe = &e->pos_embd;
+                tk_dequantize_rows(pe->type, (const char *)pe->data + (size_t)(f->pos0 + t) * pe->row_bytes, tmp, 1,
+                                   d, 1);
+                for (int64_t i = 0; i < d; i++) f->x[t * d + i] += tmp[i];
+            }
+        }
+    }
+    tk_barrier_wait(bar, nth);
+
+    for (int64_t il = 0; il < hp->n_layer; il++) {
+        const struct tk_layer *L = &e->layers[il];
+        struct mm qkv[3];
+        int nq;
+        if (L->wqkv.data) {
+            qkv[0] = (struct mm){&L->wqkv, L->bqkv, f->q, qd + 2 * kvd, 0, n};
+            nq = 1;
+        } else {
+            qkv[0] = (struct mm){&L->wq, L->bq, f->q, qd + 2 * kvd, 0, n};
+            qkv[1] = (struct mm){&L->wk, L->bk, f->q + qd, qd + 2 * kvd, 0, n};
+            qkv[2] = (struct mm){&L->wv, L->bv, f->q + qd + kvd, qd + 2 * kvd, 0, n};
+            nq = 3;
+        }
+        /* q, k, v land side by side in f->q: [n][qd + 2 kvd] */
+        struct acts A = plan_acts(f->h, d, qkv, nq);
+        struct norm_ctx nc = {L->attn_norm, L->attn_norm_b, f->x, f->h, -1};
+        for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
+        tk_barrier_wait(bar, nth);
+        matmuls(f, &A, qkv, nq, ith, nth);
+        tk_barrier_wait(bar, nth);
+
+        /* rope, then k and v into the cache */
+        {
+            const int64_t per = H + Hkv;
+            int64_t a, b;
+            split_range(n * per, ith, nth, &a, &b);
+            float cs[hp->n_rot + 2];
+            int64_t cs_token = -1;
+            for (int64_t u = a; u < b && hp->rope != TK_ROPE_NONE; u++) {
+                const int64_t t = u / per, h = u % per;
+                float *row = f->q + t * (qd + 2 * kvd);
+                if (t != cs_token) {
+                    rope_cache(e, f->pos0 + t, cs);
+                    cs_token = t;
+                }
+                rope_vec(e, h < H ? row + h * hd : row + qd + (h - H) * hd, cs);
+            }
+            tk_barrier_wait(bar, nth);
+            split_range(n, ith, nth, &a, &b);
+            for (int64_t t = a; t < b; t++) {
+                const float *row = f->q + t * (qd + 2 * kvd);
+                store_kv(f->kv, f->kv->k, il, f->pos0 + t, row + qd);
+                store_kv(f->kv, f->kv->v, il, f->pos0 + t, row + qd + kvd);
+            }
+        }
+        tk_barrier_wait(bar, nth);
+
+        /* attention: one (token, head) at a time */
+        {
+            int64_t a, b;
+            split_range(n * H, ith, nth, &a, &b);
+            float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->kv->n_ctx + 32;
+            const float scale = 1.0f / sqrtf((float)hd);
+            for (int64_t u = a; u < b; u++) {
+                const int64_t t = u / H, h = u % H;
+                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->kv, il, h / (H / Hkv), hd, f->pos0 + t + 1, scale, s,
+                       acc, f->att + t * qd + h * hd, f->simd);
+            }
+        }
+        struct mm wo = {&L->wo, L->bo, f->x, d, 1, n};
+        A = plan_acts(f->att, qd, &wo, 1);
+        tk_barrier_wait(bar, nth);
+        for_rows(f, &A, n, qd, ith, nth, convert_row, NULL);
+        tk_barrier_wait(bar, nth);
+        matmuls(f, &A, &wo, 1, ith, nth);
+        tk_barrier_wait(bar, nth);
+
+        /* feed-forward */
+        struct mm up[2];
+        int nu = 0;
+        if (hp->ffn == TK_FFN_SWIGLU) up[nu++] = (struct mm){&L->gate, NULL, f->f1, nf, 0, n};
+        up[nu++] = (struct mm){&L->up, L->b_up, f->f2, nf, 0, n};
+        A = plan_acts(f->h, d, up, nu);
+        nc = (struct norm_ctx){L->ffn_norm, L->ffn_norm_b, f->x, f->h, -1};
+        for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
+        tk_barrier_wait(bar, nth);
+        matmuls(f, &A, up, nu, ith, nth);
+        struct mm down = {&L->down, L->b_down, f->x, d, 1, n};
+        tk_barrier_wait(bar, nth);
+        A = plan_acts(f->f1, nf, &down, 1);
+        for_rows(f, &A, n, nf, ith, nth, ffn_act_row, NULL);
+        tk_barrier_wait(bar, nth);
+        matmuls(f, &A, &down, 1, ith, nth);
+        tk_barrier_wait(bar, nth);
+    }
+
+    /* output norm and logits, for the last token or all */
+    const int64_t nout = f->all_logits ? n : 1;
+    struct mm out = {&e->output, NULL, f->logits, hp->n_vocab, 0, nout};
+    struct acts A = plan_acts(f->h, d, &out, 1);
+    struct norm_ctx nc = {e->out_norm, e->out_norm_b, f->x, f->h, f->all_logits ? -1 : n - 1};
+    for_rows(f, &A, nout, d, ith, nth, norm_row, &nc);
+    tk_barrier_wait(bar, nth);
+    matmuls(f, &A, &out, 1, ith, nth);
+}
+
+int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
+                      float *logits, int all_logits, int nthreads) {
+    const struct tk_hparams *hp = &e->hp;
+    if (n <= 0 || pos0 < 0 || pos0 + n > kv->n_ctx || kv->n_layer != hp->n_layer) return -1;
+    for (int64_t t = 0; t < n; t++)
+        if (tokens[t] < 0 || tokens[t] >= hp->n_vocab) return -1;
+    if (hp->rope == TK_ROPE_NONE && pos0 + n > e->pos_embd.rows) return -1;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > 64) nthreads = 64;
+    const int64_t d = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    const int64_t nf = hp->n_ff, widest = nf > qd ? (nf > d ? nf : d) : (qd > d ? qd : d);
+    struct fwd f = {.e = e, .kv = kv, .tokens = tokens, .n = n, .pos0 = pos0, .logits = logits,
+                    .all_logits = all_logits, .simd = tk_use_simd()};
+    f.scratch_per_thread = kv->n_ctx + 32 + 32 * hp->head_dim;
+    const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf) +
+                          (size_t)nthreads * (size_t)f.scratch_per_thread;
+    float *mem = malloc(sizeof(float) * floats);
+    /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16 */
+    f.act_cap = (size_t)n * ((size_t)widest * 2 + 64);
+    int ok = mem != NULL;
+    for (int j = 0; j < MAX_ACT; j++) ok = ok && (f.act_buf[j] = malloc(f.act_cap)) != NULL;
+    if (!ok) {
+        free(mem);
+        for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
+        return -3;
+    }
+    float *p = mem;
+    f.x = p; p += n * d;
+    f.h = p; p += n * d;
+    f.q = p; p += n * (qd + 2 * kvd);
+    f.att = p; p += n * qd;
+    f.f1 = p; p += n * nf;
+    f.f2 = p; p += n * nf;
+    f.scratch = p;
+    tk_barrier_init(&f.bar);
+    tk_parallel(forward_task, &f, nthreads);
+    free(mem);
+    for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
+    return 0;
+}

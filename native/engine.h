@@ -1,0 +1,46 @@
+/* The runtime's forward pass in the core: one call evaluates a batch of tokens through every layer.
+
+   The model is described once (hyper-parameters, the architecture's choices of norm/rope/feed-forward, and the
+   GGUF tensors by name, memory-mapped by the caller); each call runs on the persistent pool with barriers between
+   steps, so Python pays one call per batch. Matrix products run on the stored weight types with activations
+   converted to their vec_dot_type as llama.cpp's CPU backend does; attention and softmax follow llama.cpp's float
+   order (8-lane FMA sums, ggml-style exp, double-precision softmax sum). */
+#ifndef TOOLKIT_ENGINE_H
+#define TOOLKIT_ENGINE_H
+
+#include <stdint.h>
+
+enum tk_norm_kind { TK_NORM_RMS = 0, TK_NORM_LAYER = 1 };
+enum tk_rope_kind { TK_ROPE_NONE = 0, TK_ROPE_NORM = 1, TK_ROPE_NEOX = 2 };
+enum tk_ffn_kind { TK_FFN_SWIGLU = 0, TK_FFN_GELU = 1 };
+
+struct tk_hparams {
+    int norm, rope, ffn;
+    int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    float rope_base, rope_freq_scale, eps;
+};
+
+struct tk_engine;
+struct tk_kv;
+
+/* A tensor of the file: name as in GGUF, data (kept alive by the caller), ggml type, rows x cols (rows = 1 for 1-D). */
+struct tk_tensor_desc { const char *name; const void *data; int type; int64_t rows, cols; };
+
+/* NULL on error, with a message in err (size errlen). */
+struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_tensor_desc *t, int nt, char *err,
+                                int errlen);
+void tk_engine_free(struct tk_engine *e);
+int64_t tk_engine_vocab(const struct tk_engine *e);
+
+/* KV cache of n_ctx positions, F32 or F16. */
+struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type);
+void tk_kv_free(struct tk_kv *kv);
+int64_t tk_kv_size(const struct tk_kv *kv);
+
+/* Evaluate tokens[0..n) at positions pos0..pos0+n-1 (the cache must hold pos0 valid positions). logits receives
+   n_vocab floats per token (all_logits) or for the last token only. Returns 0, -1 for bad arguments, -3 when memory
+   ran out. */
+int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
+                      float *logits, int all_logits, int nthreads);
+
+#endif
