@@ -23,10 +23,20 @@ static int scalar_forced(void) {
 
 int tk_use_simd(void) { return !scalar_forced() && tk_cpu_has_f16c(); }
 
+int tk_use_vnni(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    static int vnni = -1;
+    if (vnni < 0) vnni = __builtin_cpu_supports("avxvnni") && getenv("TOOLKIT_NO_VNNI") == NULL;
+    return vnni && tk_use_simd();
+#else
+    return 0;
+#endif
+}
+
 int tk_cpu_has_f16c(void) {
 #ifdef TK_X86
     __builtin_cpu_init();
-    return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+    return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif
@@ -169,4 +179,33 @@ int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n) {
         return -1;
     }
     return bad;
+}
+
+/* Read n bytes (a multiple of 64) with nthreads threads, as a memory-bandwidth probe for the benchmarks; returns a
+   checksum so the reads cannot be optimised away. */
+struct read_job { const uint64_t *p; size_t words; uint64_t sums[256]; };
+
+static void read_run(void *arg, int i, int n) {
+    struct read_job *job = arg;
+    const size_t per = job->words / (size_t)n / 8 * 8;
+    const size_t a = per * (size_t)i, b = i == n - 1 ? job->words : a + per;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t k = a; k + 4 <= b; k += 4) {
+        s0 ^= job->p[k];
+        s1 ^= job->p[k + 1];
+        s2 ^= job->p[k + 2];
+        s3 ^= job->p[k + 3];
+    }
+    job->sums[i] = s0 ^ s1 ^ s2 ^ s3;
+}
+
+uint64_t tk_read_bytes(const void *p, size_t n, int nthreads) {
+    static struct read_job job;
+    job.p = p;
+    job.words = n / 8;
+    if (nthreads > 256) nthreads = 256;
+    const int used = tk_parallel(read_run, &job, nthreads);
+    uint64_t s = 0;
+    for (int i = 0; i < used; i++) s ^= job.sums[i];
+    return s;
 }

@@ -48,6 +48,9 @@ int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n);
 typedef void (*tk_task_fn)(void *arg, int i, int n);
 int tk_parallel(tk_task_fn fn, void *arg, int nthreads);
 
+/* Read n bytes with nthreads threads (memory-bandwidth probe); returns a checksum. */
+uint64_t tk_read_bytes(const void *p, size_t n, int nthreads);
+
 /* Spin barrier for the n threads of one tk_parallel call (n as the task was told). */
 #include <stdatomic.h>
 struct tk_barrier { atomic_int count; atomic_int phase; };

@@ -4,7 +4,7 @@
    partner (its vec_dot_type: Q8_0, Q8_1, Q8_K, F16, BF16 or F32 itself), then every output is one vec_dot of a
    weight row with an activation row. The scalar vec_dots below follow ggml's reference (ggml_vec_dot_*_generic):
    exact integer sums inside each block, then the same float operations in the same order, so results track
-   llama.cpp closely. AVX2 versions (dot_avx2.c) are used when tk_use_simd(); they agree within float rounding
+   llama.cpp closely (the legacy types follow ggml's AVX2 order instead, so their scalar and SIMD results are equal). AVX2 versions (dot_avx2.c) are used when tk_use_simd(); they agree within float rounding
    (their float sums run in vector lanes). */
 #include <stdlib.h>
 #include <string.h>
@@ -67,86 +67,52 @@ static void dot_bf16(int64_t n, float *s, const void *vx, const void *vy) {
 }
 
 /* ---------------------------------------------------------------------------------------------- legacy types */
-
-static void dot_q4_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q4_0 *x = vx;
-    const block_q8_0 *y = vy;
-    float sum = 0;
-    for (int64_t b = 0; b < n / QK; b++) {
-        int lo = 0, hi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            lo += ((x[b].qs[j] & 0x0F) - 8) * y[b].qs[j];
-            hi += ((x[b].qs[j] >> 4) - 8) * y[b].qs[j + QK / 2];
-        }
-        sum += (float)(lo + hi) * H2F(x[b].d) * H2F(y[b].d);
+/* The float order of ggml's AVX2 kernels (which dot_avx2.c has too), in scalar code: per block, eight integer sums of
+   four consecutive products, each added into its own float lane with one fused multiply-add by d_x·d_y; the lanes
+   summed at the end as the vector code does. Scalar and SIMD paths thus give the same bits. */
+static inline void lanes_fma(float acc[8], float d, const int w[QK], const int8_t *a) {
+    for (int l = 0; l < 8; l++) {
+        const int isum = w[4 * l] * a[4 * l] + w[4 * l + 1] * a[4 * l + 1] + w[4 * l + 2] * a[4 * l + 2] +
+                         w[4 * l + 3] * a[4 * l + 3];
+        acc[l] = fmaf(d, (float)isum, acc[l]);
     }
-    *s = sum;
 }
 
-static void dot_q4_1_q8_1(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q4_1 *x = vx;
-    const block_q8_1 *y = vy;
-    float sum = 0;
-    for (int64_t b = 0; b < n / QK; b++) {
-        int lo = 0, hi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            lo += (x[b].qs[j] & 0x0F) * y[b].qs[j];
-            hi += (x[b].qs[j] >> 4) * y[b].qs[j + QK / 2];
-        }
-        sum += (H2F(x[b].d) * H2F(y[b].d)) * (float)(lo + hi) + H2F(x[b].m) * H2F(y[b].s);
-    }
-    *s = sum;
+static inline float lanes_sum(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
-static void dot_q5_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q5_0 *x = vx;
-    const block_q8_0 *y = vy;
-    float sum = 0;
-    for (int64_t b = 0; b < n / QK; b++) {
-        uint32_t qh;
-        memcpy(&qh, x[b].qh, 4);
-        int lo = 0, hi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            int v0 = ((x[b].qs[j] & 0x0F) | (((qh >> j) & 1) << 4)) - 16;
-            int v1 = ((x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16;
-            lo += v0 * y[b].qs[j];
-            hi += v1 * y[b].qs[j + QK / 2];
-        }
-        sum += (H2F(x[b].d) * H2F(y[b].d)) * (float)(lo + hi);
+/* block weights in element order: low nibbles are elements 0..15, high nibbles 16..31; the fifth bit from qh */
+static inline void nibbles(const uint8_t qs[QK / 2], const uint8_t *qh, int offset, int w[QK]) {
+    uint32_t h = 0;
+    if (qh) memcpy(&h, qh, 4);
+    for (int j = 0; j < QK / 2; j++) {
+        w[j] = (int)((qs[j] & 0x0F) | (((h >> j) & 1) << 4)) - offset;
+        w[j + QK / 2] = (int)((qs[j] >> 4) | (((h >> (j + 16)) & 1) << 4)) - offset;
     }
-    *s = sum;
 }
 
-static void dot_q5_1_q8_1(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q5_1 *x = vx;
-    const block_q8_1 *y = vy;
-    float sum = 0;
-    for (int64_t b = 0; b < n / QK; b++) {
-        uint32_t qh;
-        memcpy(&qh, x[b].qh, 4);
-        int lo = 0, hi = 0;
-        for (int j = 0; j < QK / 2; j++) {
-            int v0 = (x[b].qs[j] & 0x0F) | (((qh >> j) & 1) << 4);
-            int v1 = (x[b].qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-            lo += v0 * y[b].qs[j];
-            hi += v1 * y[b].qs[j + QK / 2];
-        }
-        sum += (H2F(x[b].d) * H2F(y[b].d)) * (float)(lo + hi) + H2F(x[b].m) * H2F(y[b].s);
+#define LEGACY_SCALAR(NAME, XT, YT, WEIGHTS, MIN)                                                \
+    static void NAME(int64_t n, float *s, const void *vx, const void *vy) {                     \
+        const XT *x = vx;                                                                        \
+        const YT *y = vy;                                                                        \
+        float acc[8] = {0}, summ = 0;                                                            \
+        int w[QK];                                                                               \
+        for (int64_t b = 0; b < n / QK; b++) {                                                   \
+            WEIGHTS;                                                                             \
+            lanes_fma(acc, H2F(x[b].d) * H2F(y[b].d), w, y[b].qs);                               \
+            MIN;                                                                                 \
+        }                                                                                        \
+        *s = lanes_sum(acc) + summ;                                                              \
     }
-    *s = sum;
-}
 
-static void dot_q8_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q8_0 *x = vx;
-    const block_q8_0 *y = vy;
-    float sum = 0;
-    for (int64_t b = 0; b < n / QK; b++) {
-        int isum = 0;
-        for (int j = 0; j < QK; j++) isum += x[b].qs[j] * y[b].qs[j];
-        sum += (float)isum * (H2F(x[b].d) * H2F(y[b].d));
-    }
-    *s = sum;
-}
+LEGACY_SCALAR(dot_q4_0_q8_0, block_q4_0, block_q8_0, nibbles(x[b].qs, NULL, 8, w), (void)0)
+LEGACY_SCALAR(dot_q4_1_q8_1, block_q4_1, block_q8_1, nibbles(x[b].qs, NULL, 0, w),
+              summ += H2F(x[b].m) * H2F(y[b].s))
+LEGACY_SCALAR(dot_q5_0_q8_0, block_q5_0, block_q8_0, nibbles(x[b].qs, x[b].qh, 16, w), (void)0)
+LEGACY_SCALAR(dot_q5_1_q8_1, block_q5_1, block_q8_1, nibbles(x[b].qs, x[b].qh, 0, w),
+              summ += H2F(x[b].m) * H2F(y[b].s))
+LEGACY_SCALAR(dot_q8_0_q8_0, block_q8_0, block_q8_0, for (int j = 0; j < QK; j++) w[j] = x[b].qs[j], (void)0)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -181,27 +147,30 @@ static inline void lanes_add(float sums[8], float d, const int8_t *a, const int8
     for (int l = 0; l < 8; l++) sums[l] += d * (float)lane[l];
 }
 
+/* Q2_K in the AVX2 kernel's order: the mins into 8 float lanes (pairs of the 16 groups), then per lane the scaled
+   sums of bytes 4l..4l+3 of every 32-quant row (scales of the low/high half of the row), one FMA each. */
 static void dot_q2_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q2_K *x = vx;
     const block_q8_K *y = vy;
-    float sum = 0;
+    float acc[8] = {0};
     for (int64_t b = 0; b < n / QK_K; b++) {
         const uint8_t *sc = x[b].scales;
-        int summs = 0;
-        for (int j = 0; j < 16; j++) summs += y[b].bsums[j] * (sc[j] >> 4);
-        const float dall = y[b].d * h2f(x[b].d);
-        const float dmin = y[b].d * h2f(x[b].dmin);
-        int isum = 0;
-        for (int e = 0; e < QK_K; e += 16) {  /* group of 16: scale index e/16, bits at (e/32 % 4)·2 */
-            const uint8_t *q2 = x[b].qs + (e / 128) * 32 + (e % 32);
-            const int shift = 2 * ((e / 32) % 4);
-            int part = 0;
-            for (int l = 0; l < 16; l++) part += y[b].qs[e + l] * ((q2[l] >> shift) & 3);
-            isum += (sc[e / 16] & 0x0F) * part;
+        const float dall = y[b].d * h2f(x[b].d), dmin = y[b].d * h2f(x[b].dmin);
+        for (int l = 0; l < 8; l++) {
+            const int summ = y[b].bsums[2 * l] * (sc[2 * l] >> 4) + y[b].bsums[2 * l + 1] * (sc[2 * l + 1] >> 4);
+            acc[l] = fmaf(-dmin, (float)summ, acc[l]);
         }
-        sum += dall * (float)isum - dmin * (float)summs;
+        int sumi[8] = {0};
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < 4; j++) {
+                const int m = 4 * k + j;
+                const int8_t *q8 = y[b].qs + 128 * k + 32 * j;
+                for (int i = 0; i < 32; i++)
+                    sumi[i / 4] += (sc[2 * m + (i >= 16)] & 0x0F) * ((x[b].qs[32 * k + i] >> (2 * j)) & 3) * q8[i];
+            }
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(dall, (float)sumi[l], acc[l]);
     }
-    *s = sum;
+    *s = lanes_sum(acc);
 }
 
 static void dot_q3_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
@@ -255,10 +224,12 @@ static void dot_q4_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
     *s = sum;
 }
 
+/* Q5_K in the AVX2 kernel's order: per lane l, Σ over the 8 sub-blocks of scale · (bytes 4l..4l+3), one FMA per
+   super-block; the mins summed exactly and added in one float. */
 static void dot_q5_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q5_K *x = vx;
     const block_q8_K *y = vy;
-    float sums[8] = {0}, sum = 0;
+    float acc[8] = {0}, summs = 0;
     int8_t a[QK_K];
     for (int64_t b = 0; b < n / QK_K; b++) {
         for (int j = 0; j < QK_K / 64; j++)
@@ -267,10 +238,18 @@ static void dot_q5_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
                 a[64 * j + l] = (int8_t)((x[b].qs[32 * j + l] & 0x0F) | (((h >> (2 * j)) & 1) << 4));
                 a[64 * j + 32 + l] = (int8_t)((x[b].qs[32 * j + l] >> 4) | (((h >> (2 * j + 1)) & 1) << 4));
             }
-        k4_superblock(sums, &sum, a, x[b].d, x[b].dmin, x[b].scales, &y[b]);
+        uint8_t sc[8], mn[8];
+        tk_unpack_scales_k4(x[b].scales, sc, mn);
+        const float d = y[b].d * h2f(x[b].d), dmin = y[b].d * h2f(x[b].dmin);
+        int summ = 0;
+        for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];
+        summs += -dmin * (float)summ;
+        int sumi[8] = {0};
+        for (int sb = 0; sb < 8; sb++)
+            for (int i = 0; i < 32; i++) sumi[i / 4] += sc[sb] * a[32 * sb + i] * y[b].qs[32 * sb + i];
+        for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)sumi[l], acc[l]);
     }
-    for (int l = 0; l < 8; l++) sum += sums[l];
-    *s = sum;
+    *s = lanes_sum(acc) + summs;
 }
 
 static void dot_q6_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
@@ -300,22 +279,25 @@ static void dot_q6_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
 
 /* ---------------------------------------------------------------------------------------------- the table */
 
-#define DOT(id, at, f, fs) [id] = {at, f, fs}
+#define DOT(id, at, f, fs) [id] = {at, f, fs, NULL, NULL}
+#define DOT2(id, at, f, fs, f2, f2v) [id] = {at, f, fs, SIMD(f2), SIMD(f2v)}
 
 static const struct tk_dot_traits DOTS[TK_TYPE_COUNT] = {
     DOT(TK_F32, TK_F32, dot_f32, SIMD(tk_vec_dot_f32_avx2)),
     DOT(TK_F16, TK_F16, dot_f16, SIMD(tk_vec_dot_f16_avx2)),
     DOT(TK_BF16, TK_BF16, dot_bf16, SIMD(tk_vec_dot_bf16_avx2)),
-    DOT(TK_Q4_0, TK_Q8_0, dot_q4_0_q8_0, SIMD(tk_vec_dot_q4_0_q8_0_avx2)),
+    DOT2(TK_Q4_0, TK_Q8_0, dot_q4_0_q8_0, SIMD(tk_vec_dot_q4_0_q8_0_avx2), tk_vec_dot2_q4_0_q8_0_avx2,
+         tk_vec_dot2_q4_0_q8_0_vnni),
     DOT(TK_Q4_1, TK_Q8_1, dot_q4_1_q8_1, SIMD(tk_vec_dot_q4_1_q8_1_avx2)),
     DOT(TK_Q5_0, TK_Q8_0, dot_q5_0_q8_0, SIMD(tk_vec_dot_q5_0_q8_0_avx2)),
     DOT(TK_Q5_1, TK_Q8_1, dot_q5_1_q8_1, SIMD(tk_vec_dot_q5_1_q8_1_avx2)),
-    DOT(TK_Q8_0, TK_Q8_0, dot_q8_0_q8_0, SIMD(tk_vec_dot_q8_0_q8_0_avx2)),
+    DOT2(TK_Q8_0, TK_Q8_0, dot_q8_0_q8_0, SIMD(tk_vec_dot_q8_0_q8_0_avx2), tk_vec_dot2_q8_0_q8_0_avx2,
+         tk_vec_dot2_q8_0_q8_0_vnni),
     DOT(TK_Q2_K, TK_Q8_K, dot_q2_K_q8_K, SIMD(tk_vec_dot_q2_K_q8_K_avx2)),
     DOT(TK_Q3_K, TK_Q8_K, dot_q3_K_q8_K, SIMD(tk_vec_dot_q3_K_q8_K_avx2)),
-    DOT(TK_Q4_K, TK_Q8_K, dot_q4_K_q8_K, SIMD(tk_vec_dot_q4_K_q8_K_avx2)),
+    DOT2(TK_Q4_K, TK_Q8_K, dot_q4_K_q8_K, SIMD(tk_vec_dot_q4_K_q8_K_avx2), tk_vec_dot2_q4_K_q8_K_avx2, NULL),
     DOT(TK_Q5_K, TK_Q8_K, dot_q5_K_q8_K, SIMD(tk_vec_dot_q5_K_q8_K_avx2)),
-    DOT(TK_Q6_K, TK_Q8_K, dot_q6_K_q8_K, SIMD(tk_vec_dot_q6_K_q8_K_avx2)),
+    DOT2(TK_Q6_K, TK_Q8_K, dot_q6_K_q8_K, SIMD(tk_vec_dot_q6_K_q8_K_avx2), tk_vec_dot2_q6_K_q8_K_avx2, NULL),
 };
 
 const struct tk_dot_traits *tk_dot_traits(int type) {
@@ -327,6 +309,12 @@ tk_vec_dot_fn tk_vec_dot(int type) {
     const struct tk_dot_traits *t = tk_dot_traits(type);
     if (!t) return NULL;
     return t->vec_dot_simd && tk_use_simd() ? t->vec_dot_simd : t->vec_dot;
+}
+
+tk_vec_dot2_fn tk_vec_dot2(int type) {
+    const struct tk_dot_traits *t = tk_dot_traits(type);
+    if (!t || !tk_use_simd()) return NULL;
+    return t->vec_dot2_vnni && tk_use_vnni() ? t->vec_dot2_vnni : t->vec_dot2_simd;
 }
 
 /* Activations into Q8_0 / Q8_1 as llama.cpp's CPU backend does it (its x86 from_float, not the file quantizer):
@@ -388,7 +376,7 @@ int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, v
 /* ---------------------------------------------------------------------------------------------- the driver */
 
 struct mm_job {
-    tk_vec_dot_fn dot;
+    int wtype;
     const char *w, *a;     /* weight rows; activation rows in the vec_dot_type */
     size_t wrow, arow;     /* bytes per row */
     const float *x;        /* activation conversion phase: source rows */
@@ -415,15 +403,38 @@ static void matmul_run(void *p, int i, int nt) {
     struct mm_job *job = p;
     int64_t a, b;
     split(job->rows, i, nt, &a, &b);
+    tk_matmul_rows(job->wtype, job->w, job->cols, a, b, job->a, job->arow, job->n, job->y, job->rows, NULL, 0);
+}
+
+void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
+                    int64_t n, float *y, int64_t ldy, const float *bias, int add) {
+    tk_vec_dot_fn dot = tk_vec_dot(wtype);
+    tk_vec_dot2_fn dot2 = tk_vec_dot2(wtype);
+    const size_t wrow = tk_row_size(wtype, cols);
+    const char *wd = w, *ad = act;
     /* tiles of weight rows that stay in cache while every activation row passes over them */
-    int64_t tile = job->n == 1 ? b - a : (int64_t)(65536 / job->wrow);
-    if (tile < 1) tile = 1;
-    for (int64_t r0 = a; r0 < b; r0 += tile) {
-        const int64_t r1 = r0 + tile < b ? r0 + tile : b;
-        for (int64_t j = 0; j < job->n; j++) {
-            const char *act = job->a + j * job->arow;
-            float *y = job->y + j * job->rows;
-            for (int64_t r = r0; r < r1; r++) job->dot(job->cols, &y[r], job->w + r * job->wrow, act);
+    int64_t tile = n == 1 ? r1 - r0 : (int64_t)(32768 / wrow) & ~(int64_t)1;
+    if (tile < 2) tile = 2;
+    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+        const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
+        for (int64_t j = 0; j < n; j++) {
+            const char *a = ad + (size_t)j * arow;
+            float *yj = y + j * ldy;
+            for (int64_t r = t0; r < t1;) {
+                float s[2];
+                int nr = 1;
+                if (dot2 && r + 1 < t1) {
+                    dot2(cols, s, wd + (size_t)r * wrow, wrow, a);
+                    nr = 2;
+                } else {
+                    dot(cols, s, wd + (size_t)r * wrow, a);
+                }
+                for (int k = 0; k < nr; k++, r++) {
+                    float v = s[k];
+                    if (bias) v += bias[r];
+                    yj[r] = add ? yj[r] + v : v;
+                }
+            }
         }
     }
 }
@@ -439,7 +450,7 @@ int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float 
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 256) nthreads = 256;
 
-    struct mm_job job = {.dot = tk_vec_dot(wtype), .w = w, .wrow = tk_row_size(wtype, cols),
+    struct mm_job job = {.wtype = wtype, .w = w, .wrow = tk_row_size(wtype, cols),
                          .arow = tk_row_size(d->vec_dot_type, cols), .x = x, .atype = d->vec_dot_type,
                          .rows = rows, .cols = cols, .n = n, .y = y};
     void *buf = NULL;

@@ -215,10 +215,60 @@ static inline AVX2 __m256 block_q8_0_q8_0(const block_q8_0 *x, const block_q8_0 
     }
 
 LEGACY_DOT(tk_vec_dot_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0)
+LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
+
+/* weights are read once per token, straight from the mapped file: fetch them 4 KiB ahead, across the page
+   boundaries where the hardware prefetcher stops */
+#define PREFETCH 4096
+
+/* Two weight rows (at x and x + bx) against one activation row: two independent accumulation chains sharing the
+   activation loads; each row's float operations are exactly those of the one-row kernel. */
+#define LEGACY_DOT2(NAME, XT, YT, BLOCK, ATTR)                                                  \
+    ATTR void NAME(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {            \
+        const XT *x0 = vx, *x1 = (const XT *)((const char *)vx + bx);                           \
+        const YT *y = vy;                                                                       \
+        const int64_t nb = n / QK;                                                              \
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;                                         \
+        float summ0 = 0, summ1 = 0;                                                             \
+        for (int64_t b = 0; b < nb; b++) {                                                      \
+            _mm_prefetch((const char *)&x0[b] + PREFETCH, _MM_HINT_T0);                       \
+            _mm_prefetch((const char *)&x1[b] + PREFETCH, _MM_HINT_T0);                       \
+            acc0 = BLOCK(&x0[b], &y[b], acc0, &summ0);                                          \
+            acc1 = BLOCK(&x1[b], &y[b], acc1, &summ1);                                          \
+        }                                                                                       \
+        s[0] = hsum8(acc0) + summ0;                                                             \
+        s[1] = hsum8(acc1) + summ1;                                                             \
+    }
+
+LEGACY_DOT2(tk_vec_dot2_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0, AVX2)
+LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0, AVX2)
+
+/* AVX-VNNI (vpdpbusd: 4 unsigned x signed byte products summed into each int32 lane), same lanes as the AVX2 code:
+   Q4_0's (q - 8)·y as q·y - 8·y; Q8_0's x·y as |x|·sign(y, x). */
+#define VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+
+static inline VNNI __m256i dpbusd(__m256i u, __m256i s) {
+    return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
+}
+
+static inline VNNI __m256 block_q4_0_q8_0_vnni(const block_q4_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    const __m256i qy = load32(y->qs);
+    const __m256i isum = _mm256_sub_epi32(dpbusd(nibbles32(x->qs), qy), dpbusd(_mm256_set1_epi8(8), qy));
+    return scaled(isum, x->d, y->d, acc);
+}
+
+static inline VNNI __m256 block_q8_0_q8_0_vnni(const block_q8_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
+    (void)summ;
+    const __m256i qx = load32(x->qs);
+    return scaled(dpbusd(_mm256_abs_epi8(qx), _mm256_sign_epi8(load32(y->qs), qx)), x->d, y->d, acc);
+}
+
+LEGACY_DOT2(tk_vec_dot2_q4_0_q8_0_vnni, block_q4_0, block_q8_0, block_q4_0_q8_0_vnni, VNNI)
+LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_vnni, block_q8_0, block_q8_0, block_q8_0_q8_0_vnni, VNNI)
 LEGACY_DOT(tk_vec_dot_q4_1_q8_1_avx2, block_q4_1, block_q8_1, block_q4_1_q8_1)
 LEGACY_DOT(tk_vec_dot_q5_0_q8_0_avx2, block_q5_0, block_q8_0, block_q5_0_q8_0)
 LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
-LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -327,6 +377,19 @@ AVX2 void tk_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx, const v
     *s = hsum8(acc) + hsum4(accm);
 }
 
+AVX2 void tk_vec_dot2_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
+    const block_q4_K *x0 = vx, *x1 = (const block_q4_K *)((const char *)vx + bx);
+    const block_q8_K *y = vy;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    __m128 accm0 = _mm_setzero_ps(), accm1 = accm0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        dot_k4(&y[b], x0[b].qs, NULL, x0[b].d, x0[b].dmin, x0[b].scales, &acc0, &accm0, NULL);
+        dot_k4(&y[b], x1[b].qs, NULL, x1[b].d, x1[b].dmin, x1[b].scales, &acc1, &accm1, NULL);
+    }
+    s[0] = hsum8(acc0) + hsum4(accm0);
+    s[1] = hsum8(acc1) + hsum4(accm1);
+}
+
 AVX2 void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q5_K *x = vx;
     const block_q8_K *y = vy;
@@ -338,39 +401,54 @@ AVX2 void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *vx, const v
     *s = hsum8(acc) + summs;
 }
 
+/* one Q6_K super-block: acc + d · (integer sums in 8 lanes) */
+static inline AVX2 __m256 super_q6_K(const block_q6_K *x, const block_q8_K *y, __m256 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    const float d = y->d * h2f(x->d);
+    const __m128i sc = _mm_loadu_si128((const __m128i *)x->scales);
+    /* the quants are stored plus 32: take 32·Σ scale·(sum of its 16 activations) off at the end */
+    const __m256i offset = _mm256_madd_epi16(load32(y->bsums), _mm256_cvtepi8_epi16(sc));
+    const struct scales16 sc16 = scales16(sc);
+    __m256i sumi = _mm256_setzero_si256();
+    const uint8_t *ql = x->ql, *qh = x->qh;
+    const int8_t *q8 = y->qs;
+    for (int h = 0; h < 2; h++, ql += 64, qh += 32, q8 += 128) {
+        const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);
+        __m256i q[4];
+        q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
+        q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
+        q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
+        q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                               _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
+        for (int k = 0; k < 4; k++) {
+            __m256i p = _mm256_maddubs_epi16(q[k], load32(q8 + 32 * k));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(&sc16, 4 * h + k)));
+        }
+    }
+    sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
+    return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+}
+
 AVX2 void tk_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q6_K *x = vx;
     const block_q8_K *y = vy;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
     __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const float d = y[b].d * h2f(x[b].d);
-        const __m128i sc = _mm_loadu_si128((const __m128i *)x[b].scales);
-        /* the quants are stored plus 32: take 32·Σ scale·(sum of its 16 activations) off at the end */
-        const __m256i offset = _mm256_madd_epi16(load32(y[b].bsums), _mm256_cvtepi8_epi16(sc));
-        const struct scales16 sc16 = scales16(sc);
-        __m256i sumi = _mm256_setzero_si256();
-        const uint8_t *ql = x[b].ql, *qh = x[b].qh;
-        const int8_t *q8 = y[b].qs;
-        for (int h = 0; h < 2; h++, ql += 64, qh += 32, q8 += 128) {
-            const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);
-            __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                   _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));
-            for (int k = 0; k < 4; k++) {
-                __m256i p = _mm256_maddubs_epi16(q[k], load32(q8 + 32 * k));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scale_pair(&sc16, 4 * h + k)));
-            }
-        }
-        sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(offset, 5));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
-    }
+    for (int64_t b = 0; b < n / QK_K; b++) acc = super_q6_K(&x[b], &y[b], acc);
     *s = hsum8(acc);
+}
+
+AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
+    const block_q6_K *x0 = vx, *x1 = (const block_q6_K *)((const char *)vx + bx);
+    const block_q8_K *y = vy;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        acc0 = super_q6_K(&x0[b], &y[b], acc0);
+        acc1 = super_q6_K(&x1[b], &y[b], acc1);
+    }
+    s[0] = hsum8(acc0);
+    s[1] = hsum8(acc1);
 }
 
 #endif

@@ -565,27 +565,9 @@ static const char *act_for(const struct fwd *f, const struct acts *A, int type, 
 
 /* y rows [r0, r1) of one product, all tokens */
 static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *m, int64_t r0, int64_t r1) {
-    const struct tk_mat *w = m->w;
     size_t arow = 0;
-    const char *act = act_for(f, A, w->vtype, &arow);
-    tk_vec_dot_fn dot = tk_vec_dot(w->type);
-    const int64_t n = m->n;
-    const char *wd = w->data;
-    int64_t tile = n == 1 ? r1 - r0 : (int64_t)(32768 / w->row_bytes);
-    if (tile < 1) tile = 1;
-    for (int64_t t0 = r0; t0 < r1; t0 += tile) {
-        const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
-        for (int64_t j = 0; j < n; j++) {
-            const char *a = act + (size_t)j * arow;
-            float *y = m->y + j * m->ldy;
-            for (int64_t r = t0; r < t1; r++) {
-                float s;
-                dot(w->cols, &s, wd + (size_t)r * w->row_bytes, a);
-                if (m->bias) s += m->bias[r];
-                y[r] = m->add ? y[r] + s : s;
-            }
-        }
-    }
+    const char *act = act_for(f, A, m->w->vtype, &arow);
+    tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act, arow, m->n, m->y, m->ldy, m->bias, m->add);
 }
 
 /* the products of a group, their rows (in chunks of 16) split across threads */

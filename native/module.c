@@ -289,6 +289,19 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* read_bytes(buffer, nthreads) -> checksum: the benchmarks' memory-bandwidth probe */
+static PyObject *py_read_bytes(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    int nthreads;
+    if (!PyArg_ParseTuple(args, "y*i", &b, &nthreads)) return NULL;
+    uint64_t s;
+    Py_BEGIN_ALLOW_THREADS
+    s = tk_read_bytes(b.buf, (size_t)b.len & ~(size_t)63, nthreads);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLongLong(s);
+}
+
 static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS,
      "convert(src, src_type, dst, dst_type, nthreads=1): convert elements between F32, F16 and BF16 (ggml type ids)."},
@@ -306,6 +319,7 @@ static PyMethodDef methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] . W[rows][cols]^T, W stored "
      "as wtype, activations converted to its vec_dot_type as ggml does."},
+    {"read_bytes", py_read_bytes, METH_VARARGS, "read_bytes(buffer, nthreads): read it all (bandwidth probe)."},
     {"engine_new", py_engine_new, METH_VARARGS,
      "engine_new(kinds, sizes, floats, tensors) -> engine: the forward pass over memory-mapped GGUF tensors given as "
      "(name, address, type, rows, cols); the caller keeps that memory alive."},

@@ -128,19 +128,33 @@ static inline int tk_nearest_int(float fval) {
    or a bad shape (cols not a multiple of the block sizes), -3 when memory ran out. */
 int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n, float *y, int nthreads);
 
+/* Rows [r0, r1) of y[j][r] = (y[j][r] if add) + W[r] · act[j] (+ bias[r]) for j < n: W of wtype with rows of cols
+   elements, act rows of arow bytes in its vec_dot_type, y rows ldy floats apart (bias may be NULL). The kernel of
+   tk_matmul and of the forward pass: pairs of rows through the two-row kernels, weight tiles kept in cache across
+   the activation rows. */
+void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
+                    int64_t n, float *y, int64_t ldy, const float *bias, int add);
+
 /* *s = dot(x, y) over n elements: x one weight row of the type, y one activation row of its vec_dot_type. */
 typedef void (*tk_vec_dot_fn)(int64_t n, float *s, const void *x, const void *y);
+
+/* s[0], s[1] = dots of the weight rows at x and x + bx with the activation row y: the same results as two vec_dots */
+typedef void (*tk_vec_dot2_fn)(int64_t n, float *s, const void *x, size_t bx, const void *y);
 
 struct tk_dot_traits {
     int vec_dot_type;          /* type the activations are converted to */
     tk_vec_dot_fn vec_dot;     /* scalar, following ggml's reference (ggml_vec_dot_*_generic) */
     tk_vec_dot_fn vec_dot_simd; /* AVX2 version (same integer sums, float sums in lanes), or NULL */
+    tk_vec_dot2_fn vec_dot2_simd; /* two rows at once, same results as vec_dot_simd, or NULL */
+    tk_vec_dot2_fn vec_dot2_vnni; /* the same with AVX-VNNI, or NULL */
 };
 
 /* The one table of matrix-product kernels: NULL for types without one. */
 const struct tk_dot_traits *tk_dot_traits(int wtype);
 /* The vec_dot matmul uses for wtype now (SIMD when tk_use_simd()), NULL when none. */
 tk_vec_dot_fn tk_vec_dot(int wtype);
+/* The two-row kernel to use with it, or NULL (then pairs of rows take two vec_dots). */
+tk_vec_dot2_fn tk_vec_dot2(int wtype);
 /* Convert n activation rows of cols floats to wtype's vec_dot_type (rows of tk_row_size(vec_dot_type, cols) bytes
    in dst; nothing to do for F32). Returns 0 or -1. */
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst);
@@ -168,6 +182,14 @@ void tk_vec_dot_q3_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y
 void tk_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot2_q4_0_q8_0_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
+void tk_vec_dot2_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
+void tk_vec_dot2_q4_0_q8_0_vnni(int64_t n, float *s, const void *x, size_t bx, const void *y);
+void tk_vec_dot2_q8_0_q8_0_vnni(int64_t n, float *s, const void *x, size_t bx, const void *y);
+void tk_vec_dot2_q4_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
+void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
+/* AVX-VNNI present (and SIMD not forced off) */
+int tk_use_vnni(void);
 /* ==== end of matrix products ===================================================================================== */
 
 #endif

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import native
+
 from converter.convert import convert_model
 from fixtures import load_hf_model, make_checkpoint
 from quantizer.quantize import quantize_file
@@ -57,9 +59,17 @@ def our_logits(path, steps=16):
     return llm.scores, tokens
 
 
+@pytest.fixture(params=["simd", "scalar"])
+def kernels(request):
+    """The tests below run on the SIMD kernels (AVX2, AVX-VNNI where present) and again on the portable scalar ones."""
+    native.set_force_scalar(request.param == "scalar")
+    yield request.param
+    native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 @pytest.mark.parametrize("outtype,tol", [("f32", 1e-4), ("f16", 1e-2)])
-def test_logits_match_reference(files, arch, outtype, tol):
+def test_logits_match_reference(files, arch, outtype, tol, kernels):
     ours, tokens = our_logits(files[arch, outtype])
     ref = reference(arch, files[arch, "folder"], tokens)
     assert ours.shape == ref.shape
@@ -91,7 +101,7 @@ TOLERANCE = 1e-2
 
 
 @pytest.mark.parametrize("type_name", TYPES)
-def test_against_llama_cpp(llama256, type_name):
+def test_against_llama_cpp(llama256, type_name, kernels):
     root, f32 = llama256
     path = f32 if type_name == "F32" else root / f"{type_name}.gguf"
     if type_name != "F32":
