@@ -16,6 +16,11 @@ from runtime.tokenizer import Tokenizer
 from toolkit.errors import UserError
 
 
+def _peak_rss_mib() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 @dataclass
 class Timings:
     load_ms: float = 0.0
@@ -27,8 +32,9 @@ class Timings:
     n_eval: int = 0
     started: float = field(default_factory=time.perf_counter)
 
-    def report(self) -> str:
-        """The timings block as llama.cpp prints it (llama_perf_sampler_print / llama_perf_context_print)."""
+    def report(self, peak_rss: bool = False) -> str:
+        """The timings block as llama.cpp prints it (llama_perf_sampler_print / llama_perf_context_print), with the
+        process's peak resident memory after it when asked (-v)."""
         def rate(ms, n):
             per = ms / n if n else 0.0
             tps = 1000.0 * n / ms if ms > 0 else 0.0
@@ -43,7 +49,7 @@ class Timings:
             f"llama_perf_context_print:        eval time = {self.eval_ms:10.2f} ms / {self.n_eval:5d} runs   "
             + rate(self.eval_ms, self.n_eval),
             f"llama_perf_context_print:       total time = {total:10.2f} ms / {self.n_prompt + self.n_eval:5d} tokens",
-        ])
+        ] + ([f"llama_perf_context_print:    peak memory = {_peak_rss_mib():10.2f} MiB (resident)"] if peak_rss else []))
 
 
 class Session:

@@ -24,6 +24,8 @@ class RunOptions:
     n_ctx: int = 512
     n_batch: int = 512
     n_threads: int | None = None
+    cache_type: str = "f16"
+    verbose: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     ignore_eos: bool = False
     escape: bool = True
@@ -43,7 +45,8 @@ def unescape(text: str) -> str:
 class Runner:
     def __init__(self, opts: RunOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, inp: TextIO = sys.stdin):
         self.opts, self.out, self.err, self.inp = opts, out, err, inp
-        self.session = Session(opts.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=opts.n_threads)
+        self.session = Session(opts.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=opts.n_threads,
+                               cache_type=opts.cache_type)
         self.tok = self.session.tokenizer
         self.sampler = Sampler(opts.sampling)
 
@@ -109,7 +112,7 @@ class Runner:
                     break
                 self._generate(self.tok.encode(line, add_bos=False, parse_special=True), limit, o.reverse_prompts)
         self._write("\n")
-        print(self.session.timings.report(), file=self.err)
+        print(self.session.timings.report(peak_rss=self.opts.verbose), file=self.err)
 
     def _read_user(self) -> str | None:
         self._write("\n> " if self.opts.chat else "", None)

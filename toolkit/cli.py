@@ -160,6 +160,7 @@ def run(
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
     batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
+    cache_type: str = typer.Option("f16", "--cache-type", "-ctk", help="KV cache element type: f16 or f32."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Random seed (-1 = random)."),
     temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
     top_k: int = typer.Option(40, "--top-k", help="Top-k sampling (0 = off)."),
@@ -197,8 +198,10 @@ def run(
             raise UserError(f"-t must be at least 1, got {threads}")
         if not 0.0 <= top_p <= 1.0 or not 0.0 <= min_p <= 1.0 or temp < 0 or repeat_penalty <= 0:
             raise UserError("--top-p and --min-p must be in [0, 1], --temp >= 0, --repeat-penalty > 0")
+        if cache_type not in ("f16", "f32"):
+            raise UserError(f"--cache-type must be f16 or f32, got {cache_type!r}")
         opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
-                          n_threads=threads, sampling=SamplingParams(temp, top_k, top_p, min_p, repeat_penalty,
+                          n_threads=threads, cache_type=cache_type, verbose=verbose, sampling=SamplingParams(temp, top_k, top_p, min_p, repeat_penalty,
                                                                      repeat_last_n, seed),
                           ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
                           interactive=interactive, chat=instruct or conversation,
