@@ -122,8 +122,8 @@ def generate(slot: Slot, req: GenRequest, emit: Callable[[str], None], cancelled
 
 class Engine:
     def __init__(self, model_path: str, n_ctx: int = 512, n_threads: int | None = None, parallel: int = 1,
-                 queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512):
-        base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads)
+                 queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512, cache_type: str = "f16"):
+        base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type)
         self.base = base
         self.model_path = str(model_path)
         self.n_ctx, self.n_threads, self.queue_size = n_ctx, base.n_threads, queue_size

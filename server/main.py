@@ -23,6 +23,7 @@ class ServeOptions:
     n_ctx: int = 512
     n_threads: int | None = None
     n_batch: int = 512
+    cache_type: str = "f16"
     parallel: int = 1
     queue: int = 32
     api_key: str | None = None
@@ -39,6 +40,8 @@ def validate(o: ServeOptions) -> None:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if o.port > 65535:
         raise UserError(f"--port must be at most 65535, got {o.port}")
+    if o.cache_type not in ("f16", "f32"):
+        raise UserError(f"--cache-type must be f16 or f32, got {o.cache_type!r}")
     if o.n_threads is not None and o.n_threads < 1:
         raise UserError(f"-t must be at least 1, got {o.n_threads}")
     if not Path(o.model).is_file():
@@ -101,7 +104,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
 
     log = _logger()
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
-                    chat_template=template, n_batch=o.n_batch)
+                    chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type)
     try:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed))
@@ -109,7 +112,8 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         hp = engine.hp
         line = (f"toolkit serve: listening on {url} (docs {url}/docs) · model {o.model} ({hp.arch}, "
-                f"{hp.n_layer} layers, as {name!r}) · context {engine.n_ctx} tokens per slot · {o.parallel} slot(s), "
+                f"{hp.n_layer} layers, as {name!r}) · context {engine.n_ctx} tokens per slot "
+                f"({o.cache_type} KV) · {o.parallel} slot(s), "
                 f"queue {o.queue} · {engine.n_threads} threads" + (" · API key required" if o.api_key else ""))
 
         class Server(uvicorn.Server):

@@ -221,6 +221,7 @@ def serve(
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens, per slot."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
     batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
+    cache_type: str = typer.Option("f16", "--cache-type", "-ctk", help="KV cache element type: f16 or f32."),
     parallel: int = typer.Option(1, "-np", "--parallel", help="Requests generating at once (slots)."),
     queue: int = typer.Option(32, "--queue", help="Requests waiting for a slot before answering 503."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY."),
@@ -238,7 +239,7 @@ def serve(
     setup_logging(verbose)
     with user_errors(verbose):
         run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
-                                n_batch=batch_size, parallel=parallel, queue=queue, api_key=api_key,
+                                n_batch=batch_size, cache_type=cache_type, parallel=parallel, queue=queue, api_key=api_key,
                                 chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed))
 
 
