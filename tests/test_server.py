@@ -23,7 +23,8 @@ from tests.helpers import REPO, TOOLKIT
 
 KEY = "sk-test-1234"
 NAME = "stories"
-N_CTX = 2048
+N_CTX = 4096  # endless requests (n_predict -1) then take seconds: the disconnect tests need that
+LONG = 1000   # tokens per load-test request: long enough that 40 requests arrive while the first ones run
 PROMPT = "Once upon a time"
 CHAT = "Tell me a story about a cat"
 SEED = 7
@@ -47,7 +48,7 @@ def expected(model):
     """What `toolkit run` generates (the prompt it echoes removed), computed in parallel processes."""
     procs = {
         "greedy48": (_run(model, "-p", PROMPT, "-n", 48, "--temp", 0), None),
-        "greedy160": (_run(model, "-p", PROMPT, "-n", 160, "--temp", 0), None),
+        "long": (_run(model, "-p", PROMPT, "-n", LONG, "--temp", 0), None),
         "sampled": (_run(model, "-p", PROMPT, "-n", 40, "--temp", 0.8), None),
         "chat": (_run(model, "-cnv", "-n", 32, "--temp", 0), CHAT + "\n"),
     }
@@ -61,7 +62,7 @@ def expected(model):
         else:
             assert stdout.startswith(PROMPT) and stdout.endswith("\n")
             out[name] = stdout[len(PROMPT):-1]
-    assert len(out["greedy48"]) > 100 and out["greedy160"].startswith(out["greedy48"][:100])
+    assert len(out["greedy48"]) > 100 and out["long"].startswith(out["greedy48"][:100])
     return out
 
 
@@ -302,7 +303,7 @@ async def _stream_completion(client: httpx.AsyncClient, body: dict):
 
 
 def test_load_40_concurrent_streams(server, expected):
-    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 160, "temperature": 0}
+    body = {"model": NAME, "prompt": PROMPT, "max_tokens": LONG, "temperature": 0}
     health = []
 
     async def main():
@@ -329,7 +330,7 @@ def test_load_40_concurrent_streams(server, expected):
     assert set(statuses) <= {200, 503}, statuses
     ok = [v for s, v in results if s == 200]
     busy = [v for s, v in results if s == 503]
-    assert all(v == (expected["greedy160"], True) for v in ok)  # each slot its own context: no cross-talk
+    assert all(v == (expected["long"], True) for v in ok)  # each slot its own context: no cross-talk
     assert len(ok) >= 5 and busy, statuses  # 2 slots + a queue of 3 admitted at once; the rest refused
     assert all(b["error"]["code"] == "queue_full" and "busy" in b["error"]["message"] for b in busy)
     assert health and all(s == 200 and dt < 2.0 for s, dt, _ in health), health
