@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import convert, quantize, run
+from benchmarks import convert, quantize, run, serve
 
 
 def main() -> None:
@@ -12,7 +12,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("bench-data"), help="where checkpoints and outputs go")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the 16 GB CodeShell-7B-shaped conversion")
-    ap.add_argument("--only", choices=["convert", "quantize", "run"], help="run one benchmark")
+    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve"], help="run one benchmark")
     ap.add_argument("--llama-cpp-codeshell", action="store_true",
                     help="also run llama.cpp's converter on the CodeShell-7B-shaped checkpoint (slow, needs ~16 GB RAM)")
     args = ap.parse_args()
@@ -23,6 +23,8 @@ def main() -> None:
         quantize.run(args.data, repeat=args.repeat)
     if args.only in (None, "run"):
         run.run(args.data, repeat=args.repeat)
+    if args.only in (None, "serve"):
+        serve.run(args.data, repeat=args.repeat)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class GenResult:
     n_prompt: int
     n_predicted: int
     prompt_ms: float                    # from the start to the first sampled token (prompt evaluation)
-    predicted_ms: float                 # from the first sampled token to the last
+    predicted_ms: float                 # from the first sampled token to the last: n_predicted - 1 steps
     slot_id: int
 
     @property
@@ -53,14 +53,15 @@ class GenResult:
 
     @property
     def tokens_per_second(self) -> float:
-        return 1000.0 * self.n_predicted / self.predicted_ms if self.predicted_ms > 0 else 0.0
+        """Generation speed: the steps between the first and the last token over their time."""
+        return 1000.0 * (self.n_predicted - 1) / self.predicted_ms if self.predicted_ms > 0 else 0.0
 
     def timings(self) -> dict:
         """llama.cpp's `timings` object."""
         def per(ms, n):
             return (ms / n if n else 0.0), (1000.0 * n / ms if ms > 0 else 0.0)
         ppt, pps = per(self.prompt_ms, self.n_prompt)
-        gpt, gps = per(self.predicted_ms, self.n_predicted)
+        gpt, gps = per(self.predicted_ms, max(self.n_predicted - 1, 0))
         return {"prompt_n": self.n_prompt, "prompt_ms": self.prompt_ms, "prompt_per_token_ms": ppt,
                 "prompt_per_second": pps, "predicted_n": self.n_predicted, "predicted_ms": self.predicted_ms,
                 "predicted_per_token_ms": gpt, "predicted_per_second": gps}
