@@ -350,9 +350,9 @@ def _wait_for(server, pred, timeout=5.0) -> dict:
 
 
 def test_disconnect_frees_the_slot(server, expected):
-    """Two endless streams fill both slots; a third request waits. Cutting one stream off lets the third run (and
-    finish) while the other stream still generates; cutting the other one off idles the server at once, although
-    generating the rest of its context would take seconds."""
+    """Two endless streams fill both slots; a third request waits (two more join the queue and give up). Cutting one
+    stream off lets the third run (and finish) while the other stream still generates; cutting the other one off
+    idles the server at once, although generating the rest of its context would take seconds."""
     endless = {"prompt": PROMPT, "n_predict": -1, "ignore_eos": True, "temperature": 0, "stream": True}
     a_client, b_client = server.client(), server.client()
     a = a_client.send(a_client.build_request("POST", "/completion", json=endless), stream=True)
@@ -364,7 +364,16 @@ def test_disconnect_frees_the_slot(server, expected):
         third = pool.submit(c.post, "/v1/completions", json={"model": NAME, "prompt": PROMPT, "max_tokens": 48,
                                                              "temperature": 0})
         assert _wait_for(server, lambda h: h["requests_waiting"] == 1)["requests_waiting"] == 1
-        time.sleep(0.2)
+        # clients that give up while queued leave the queue: one streamed (its 200 and headers come at once), one not
+        d_client = server.client()
+        d = d_client.send(d_client.build_request("POST", "/completion", json={**endless, "n_predict": 8}), stream=True)
+        assert d.status_code == 200 and _wait_for(server, lambda h: h["requests_waiting"] == 2)["requests_waiting"] == 2
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/completion", json={"prompt": PROMPT, "n_predict": 8}, timeout=0.5)
+        assert _wait_for(server, lambda h: h["requests_waiting"] == 2)["requests_waiting"] == 2
+        d.close()
+        d_client.close()
+        assert _wait_for(server, lambda h: h["requests_waiting"] == 1)["requests_waiting"] == 1
         assert not third.done()  # no slot for it while both streams run
         a.close()
         a_client.close()
