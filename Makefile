@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install native test demo bench lint clean
+.PHONY: install native test test-sanitize demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,38 @@ native: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The native core built with AddressSanitizer + UndefinedBehaviorSanitizer into $(SAN_DIR)/native (the package's .py
+# files beside the sanitized _core; the in-place native/_core*.so of `make test` is left alone), then the kernel tests
+# for every weight type and the in-process forward-pass tests (which run both kernel paths themselves) on it, and the
+# kernel tests again with the scalar path forced. Python is not ASan-built, so the sanitizer runtimes are preloaded;
+# CPython never frees some memory by design, so no leak check. A report aborts the test process and fails the target;
+# --capture=sys leaves the C-level stderr alone so that the report is seen. pytest is started from `python -c` so that
+# the recipe checks afterwards, in the process that ran the tests, that the `native._core` they used is the sanitized
+# one ($(SAN_DIR) comes first on sys.path: pytest's `pythonpath` setting is overridden with it and the repo root).
+# SAN_ARGS: more pytest arguments (e.g. -x, --deselect). The timeout turns a hang (a thread pool that loses a wake-up
+# under the sanitizers' slower timing) into a failure.
+SAN_CC      ?= gcc
+SAN_TIMEOUT ?= 1200
+SAN_ARGS    ?=
+SAN_DIR     := build/sanitize
+SAN_ENV      = env LD_PRELOAD="$$($(SAN_CC) -print-file-name=libasan.so) $$($(SAN_CC) -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+SAN_PYTEST   = timeout $(SAN_TIMEOUT) $(SAN_ENV) $(PY) -c 'import sys, pytest; rc = pytest.main(sys.argv[1:]); \
+	core = sys.modules["native._core"].__file__; print("tests ran on", core); \
+	sys.exit(rc or (0 if core.startswith("$(CURDIR)/$(SAN_DIR)/native/") else "not the sanitized build"))' \
+	-q --capture=sys -p no:cacheprovider -o pythonpath="$(CURDIR)/$(SAN_DIR) ." $(SAN_ARGS)
+SAN_KERNELS := tests/test_native_convert.py tests/test_quants_legacy.py tests/test_quants_k_oracle.py \
+	tests/test_quants_simd.py tests/test_matmul.py
+SAN_FORWARD := tests/test_runtime.py::test_logits_match_reference tests/test_runtime.py::test_against_llama_cpp \
+	tests/test_runtime.py::test_api_shapes
+
+test-sanitize: install
+	CC=$(SAN_CC) TOOLKIT_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib $(SAN_DIR) --build-temp $(SAN_DIR)-tmp
+	cp native/*.py $(SAN_DIR)/native/
+	$(SAN_PYTEST) $(SAN_KERNELS) $(SAN_FORWARD)
+	TOOLKIT_FORCE_SCALAR=1 $(SAN_PYTEST) $(SAN_KERNELS)
 
 demo: install
 	$(PY) -m fixtures tiny codeshell $(DEMO)/codeshell-tiny --n-layer 4 --dtype bfloat16
