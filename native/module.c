@@ -1,9 +1,21 @@
 /* The Python binding of the native core: thin argument parsing around core.h, GIL released during work. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdlib.h>
+#include <string.h>
 #include "core.h"
 #include "quants.h"
 #include "engine.h"
+
+/* The kernels read blocks and f16/f32 values through typed pointers, which C requires to be aligned; a buffer
+   that is not (a slice of a byte blob at an odd offset) is copied first. GGUF tensor data is always aligned. */
+static const void *aligned(const Py_buffer *b, void **copy) {
+    *copy = NULL;
+    if (((uintptr_t)b->buf & 15) == 0) return b->buf;
+    *copy = malloc(b->len ? (size_t)b->len : 1);
+    if (*copy) memcpy(*copy, b->buf, (size_t)b->len);
+    return *copy;
+}
 
 static int type_size(int t) { return t == TK_F32 ? 4 : (t == TK_F16 || t == TK_BF16) ? 2 : 0; }
 
@@ -85,11 +97,16 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iy*w*LL|i", &type, &src, &dst, &nrows, &n_per_row, &nthreads)) return NULL;
     PyObject *ret = NULL;
     if (check_matrix(type, nrows, n_per_row, &dst, sizeof(float), &src)) {
+        int oom;
         Py_BEGIN_ALLOW_THREADS
-        tk_dequantize_rows(type, src.buf, dst.buf, nrows, n_per_row, nthreads);
+        void *copy;
+        const void *sd = aligned(&src, &copy);
+        if (sd) tk_dequantize_rows(type, sd, dst.buf, nrows, n_per_row, nthreads);
+        free(copy);
+        oom = sd == NULL;
         Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
+        if (oom) PyErr_NoMemory();
+        else { ret = Py_None; Py_INCREF(ret); }
     }
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
@@ -188,7 +205,10 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
     } else {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = tk_matmul(wtype, w.buf, rows, cols, (const float *)x.buf, n, (float *)y.buf, nthreads);
+        void *copy;
+        const void *wd = aligned(&w, &copy);
+        rc = wd ? tk_matmul(wtype, wd, rows, cols, (const float *)x.buf, n, (float *)y.buf, nthreads) : -3;
+        free(copy);
         Py_END_ALLOW_THREADS
         if (rc == -3) PyErr_NoMemory();
         else if (rc) PyErr_SetString(PyExc_ValueError, "matmul: unsupported type or shape");
