@@ -1,6 +1,7 @@
 /* The forward pass (see engine.h). One tk_parallel call per batch; every step splits its work across the threads
    and ends at a barrier. */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,46 +35,20 @@ struct tk_kv { int type; int64_t n_ctx, n_layer, kv_dim; void *k, *v; };
 
 /* ------------------------------------------------------------------------------------------------ description */
 
-enum { F_ATTN_NORM, F_ATTN_NORM_B, F_FFN_NORM, F_FFN_NORM_B, F_BQKV, F_BQ, F_BK, F_BV, F_BO, F_B_UP, F_B_DOWN,
-       F_WQKV, F_WQ, F_WK, F_WV, F_WO, F_GATE, F_UP, F_DOWN };
-
-static const struct { const char *suffix; int field; } LAYER_TENSORS[] = {
-    {"attn_norm.weight", F_ATTN_NORM}, {"attn_norm.bias", F_ATTN_NORM_B}, {"ffn_norm.weight", F_FFN_NORM},
-    {"ffn_norm.bias", F_FFN_NORM_B}, {"attn_qkv.bias", F_BQKV}, {"attn_q.bias", F_BQ}, {"attn_k.bias", F_BK},
-    {"attn_v.bias", F_BV}, {"attn_output.bias", F_BO}, {"ffn_up.bias", F_B_UP}, {"ffn_down.bias", F_B_DOWN},
-    {"attn_qkv.weight", F_WQKV}, {"attn_q.weight", F_WQ}, {"attn_k.weight", F_WK}, {"attn_v.weight", F_WV},
-    {"attn_output.weight", F_WO}, {"ffn_gate.weight", F_GATE}, {"ffn_up.weight", F_UP},
-    {"ffn_down.weight", F_DOWN},
+/* The per-layer tensors by GGUF name suffix: where each goes in struct tk_layer, and whether it is a matrix (kept
+   in place, stored type) or a 1-D norm weight/bias (read once into f32). */
+#define VEC(suffix, field) {suffix, offsetof(struct tk_layer, field), 0}
+#define MAT(suffix, field) {suffix, offsetof(struct tk_layer, field), 1}
+static const struct { const char *suffix; size_t offset; int matrix; } LAYER_TENSORS[] = {
+    VEC("attn_norm.weight", attn_norm), VEC("attn_norm.bias", attn_norm_b), VEC("ffn_norm.weight", ffn_norm),
+    VEC("ffn_norm.bias", ffn_norm_b), VEC("attn_qkv.bias", bqkv), VEC("attn_q.bias", bq), VEC("attn_k.bias", bk),
+    VEC("attn_v.bias", bv), VEC("attn_output.bias", bo), VEC("ffn_up.bias", b_up), VEC("ffn_down.bias", b_down),
+    MAT("attn_qkv.weight", wqkv), MAT("attn_q.weight", wq), MAT("attn_k.weight", wk), MAT("attn_v.weight", wv),
+    MAT("attn_output.weight", wo), MAT("ffn_gate.weight", gate), MAT("ffn_up.weight", up),
+    MAT("ffn_down.weight", down),
 };
-
-static const float **vec_field(struct tk_layer *L, int f) {
-    switch (f) {
-    case F_ATTN_NORM: return &L->attn_norm;
-    case F_ATTN_NORM_B: return &L->attn_norm_b;
-    case F_FFN_NORM: return &L->ffn_norm;
-    case F_FFN_NORM_B: return &L->ffn_norm_b;
-    case F_BQKV: return &L->bqkv;
-    case F_BQ: return &L->bq;
-    case F_BK: return &L->bk;
-    case F_BV: return &L->bv;
-    case F_BO: return &L->bo;
-    case F_B_UP: return &L->b_up;
-    default: return &L->b_down;
-    }
-}
-
-static struct tk_mat *mat_field(struct tk_layer *L, int f) {
-    switch (f) {
-    case F_WQKV: return &L->wqkv;
-    case F_WQ: return &L->wq;
-    case F_WK: return &L->wk;
-    case F_WV: return &L->wv;
-    case F_WO: return &L->wo;
-    case F_GATE: return &L->gate;
-    case F_UP: return &L->up;
-    default: return &L->down;
-    }
-}
+#undef VEC
+#undef MAT
 
 static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, int errlen) {
     const struct tk_dot_traits *dt = tk_dot_traits(d->type);
@@ -143,7 +118,7 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     if (!e->layers || !e->owned) { snprintf(err, errlen, "out of memory"); goto fail; }
     for (int i = 0; i < nt; i++) {
         const struct tk_tensor_desc *x = &t[i];
-        int layer = -1, used = 0;
+        int layer = -1;
         const char *suffix = NULL;
         if (sscanf(x->name, "blk.%d.", &layer) == 1 && layer >= 0) {
             suffix = strchr(x->name + 4, '.');
@@ -153,16 +128,14 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
         if (suffix) {
             for (size_t k = 0; k < sizeof LAYER_TENSORS / sizeof *LAYER_TENSORS; k++) {
                 if (strcmp(suffix, LAYER_TENSORS[k].suffix)) continue;
-                int f = LAYER_TENSORS[k].field;
-                struct tk_layer *L = &e->layers[layer];
-                if (f >= F_WQKV) {
-                    if (set_mat(mat_field(L, f), x, err, errlen)) goto fail;
+                char *field = (char *)&e->layers[layer] + LAYER_TENSORS[k].offset;
+                if (LAYER_TENSORS[k].matrix) {
+                    if (set_mat((struct tk_mat *)field, x, err, errlen)) goto fail;
                 } else {
                     const float *v = own_f32(e, x);
                     if (!v) { snprintf(err, errlen, "tensor %s: cannot read", x->name); goto fail; }
-                    *vec_field(L, f) = v;
+                    *(const float **)field = v;
                 }
-                used = 1;
             }
         } else if (!strcmp(x->name, "token_embd.weight")) {
             if (set_mat(&e->tok_embd, x, err, errlen)) goto fail;
@@ -175,7 +148,6 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             if (!v || check_vec(v, x, d, err, errlen)) { if (!v) snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
             if (x->name[12] == 'w') e->out_norm = v; else e->out_norm_b = v;
         }
-        (void)used;
     }
     /* tied embeddings: either one stands for the other */
     if (!e->output.data) e->output = e->tok_embd;

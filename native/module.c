@@ -17,6 +17,16 @@ static const void *aligned(const Py_buffer *b, void **copy) {
     return *copy;
 }
 
+/* A core call's return code as the binding's result: None, MemoryError for -3, ValueError(message) otherwise. */
+static PyObject *none_or_error(int rc, const char *message) {
+    if (rc == -3) return PyErr_NoMemory();
+    if (rc) {
+        PyErr_SetString(PyExc_ValueError, message);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static int type_size(int t) { return t == TK_F32 ? 4 : (t == TK_F16 || t == TK_BF16) ? 2 : 0; }
 
 static PyObject *py_convert(PyObject *self, PyObject *args) {
@@ -105,8 +115,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
         free(copy);
         oom = sd == NULL;
         Py_END_ALLOW_THREADS
-        if (oom) PyErr_NoMemory();
-        else { ret = Py_None; Py_INCREF(ret); }
+        ret = none_or_error(oom ? -3 : 0, "");
     }
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
@@ -210,9 +219,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
         rc = wd ? tk_matmul(wtype, wd, rows, cols, (const float *)x.buf, n, (float *)y.buf, nthreads) : -3;
         free(copy);
         Py_END_ALLOW_THREADS
-        if (rc == -3) PyErr_NoMemory();
-        else if (rc) PyErr_SetString(PyExc_ValueError, "matmul: unsupported type or shape");
-        else { ret = Py_None; Py_INCREF(ret); }
+        ret = none_or_error(rc, "matmul: unsupported type or shape");
     }
     PyBuffer_Release(&w);
     PyBuffer_Release(&x);
@@ -300,9 +307,7 @@ static PyObject *py_forward(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         rc = tk_engine_forward(e, kv, tok.buf, n, pos0, out.buf, all, nthreads);
         Py_END_ALLOW_THREADS
-        if (rc == -3) PyErr_NoMemory();
-        else if (rc) PyErr_SetString(PyExc_ValueError, "bad forward arguments (tokens, positions or context)");
-        else { ret = Py_None; Py_INCREF(ret); }
+        ret = none_or_error(rc, "bad forward arguments (tokens, positions or context)");
     }
     PyBuffer_Release(&tok);
     PyBuffer_Release(&out);
