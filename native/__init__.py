@@ -67,6 +67,7 @@ def dequantize(type_id: int, data: np.ndarray, n_per_row: int, nthreads: int | N
 
 cpu_features = _core.cpu_features
 set_force_scalar = _core.set_force_scalar
+set_isa_limit = _core.set_isa_limit
 
 
 def count_nonfinite(data: np.ndarray, type_id: int) -> int:

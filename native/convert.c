@@ -13,6 +13,11 @@ static int force_scalar = -1;
 
 void tk_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
 
+/* highest instruction-set level the kernels may use: 1 AVX2, 2 + AVX-VNNI, 3 + AVX512-VNNI (tests lower it) */
+static int isa_limit = 3;
+
+void tk_set_isa_limit(int level) { isa_limit = level < 1 ? 1 : level > 3 ? 3 : level; }
+
 static int scalar_forced(void) {
     if (force_scalar < 0) {
         const char *e = getenv("TOOLKIT_FORCE_SCALAR");
@@ -27,7 +32,20 @@ int tk_use_vnni(void) {
 #if defined(__x86_64__) || defined(__i386__)
     static int vnni = -1;
     if (vnni < 0) vnni = __builtin_cpu_supports("avxvnni") && getenv("TOOLKIT_NO_VNNI") == NULL;
-    return vnni && tk_use_simd();
+    return vnni && isa_limit >= 2 && tk_use_simd();
+#else
+    return 0;
+#endif
+}
+
+int tk_use_avx512(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    static int avx512 = -1;
+    if (avx512 < 0)
+        avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+                 getenv("TOOLKIT_NO_AVX512") == NULL;
+    return avx512 && isa_limit >= 3 && tk_use_simd();
 #else
     return 0;
 #endif

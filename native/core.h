@@ -35,6 +35,8 @@ uint16_t tk_fp32_to_bf16(float f);
 int tk_cpu_has_f16c(void);
 /* Force the portable scalar paths (also set by TOOLKIT_FORCE_SCALAR=1 in the environment). */
 void tk_set_force_scalar(int on);
+/* Cap the SIMD kernels at 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI (the default: the best the CPU has). */
+void tk_set_isa_limit(int level);
 
 /* Convert n elements between F32, F16 and BF16 using up to nthreads threads. Returns 0, or -1 for an
    unsupported pair of types. */

@@ -317,6 +317,16 @@ tk_vec_dot2_fn tk_vec_dot2(int type) {
     return t->vec_dot2_vnni && tk_use_vnni() ? t->vec_dot2_vnni : t->vec_dot2_simd;
 }
 
+const struct tk_gemm *tk_gemm(int type) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (!tk_use_simd()) return NULL;
+    return tk_gemm_x86(type, tk_use_avx512() ? 2 : tk_use_vnni() ? 1 : 0);
+#else
+    (void)type;
+    return NULL;
+#endif
+}
+
 /* Activations into Q8_0 / Q8_1 as llama.cpp's CPU backend does it (its x86 from_float, not the file quantizer):
    id = 127/amax and round half to even. The file quantizers (quants_legacy.c) use 1/d and roundf; on models that
    amplify activation rounding the difference shows, so the runtime follows the engine it is compared with. */
@@ -406,18 +416,22 @@ static void matmul_run(void *p, int i, int nt) {
     tk_matmul_rows(job->wtype, job->w, job->cols, a, b, job->a, job->arow, job->n, job->y, job->rows, NULL, 0);
 }
 
-void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
-                    int64_t n, float *y, int64_t ldy, const float *bias, int add) {
+static inline void put(float *y, int64_t r, float v, const float *bias, int add) {
+    if (bias) v += bias[r];
+    y[r] = add ? y[r] + v : v;
+}
+
+/* rows [r0, r1) × tokens [j0, j1) by vec_dots, two rows at a time where there is a two-row kernel */
+static void rows_by_dots(int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0, int64_t r1, const char *ad,
+                         size_t arow, int64_t j0, int64_t j1, float *y, int64_t ldy, const float *bias, int add) {
     tk_vec_dot_fn dot = tk_vec_dot(wtype);
     tk_vec_dot2_fn dot2 = tk_vec_dot2(wtype);
-    const size_t wrow = tk_row_size(wtype, cols);
-    const char *wd = w, *ad = act;
     /* tiles of weight rows that stay in cache while every activation row passes over them */
-    int64_t tile = n == 1 ? r1 - r0 : (int64_t)(32768 / wrow) & ~(int64_t)1;
+    int64_t tile = j1 - j0 == 1 ? r1 - r0 : (int64_t)(32768 / wrow) & ~(int64_t)1;
     if (tile < 2) tile = 2;
     for (int64_t t0 = r0; t0 < r1; t0 += tile) {
         const int64_t t1 = t0 + tile < r1 ? t0 + tile : r1;
-        for (int64_t j = 0; j < n; j++) {
+        for (int64_t j = j0; j < j1; j++) {
             const char *a = ad + (size_t)j * arow;
             float *yj = y + j * ldy;
             for (int64_t r = t0; r < t1;) {
@@ -429,14 +443,33 @@ void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t 
                 } else {
                     dot(cols, s, wd + (size_t)r * wrow, a);
                 }
-                for (int k = 0; k < nr; k++, r++) {
-                    float v = s[k];
-                    if (bias) v += bias[r];
-                    yj[r] = add ? yj[r] + v : v;
-                }
+                for (int k = 0; k < nr; k++, r++) put(yj, r, s[k], bias, add);
             }
         }
     }
+}
+
+void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
+                    int64_t n, float *y, int64_t ldy, const float *bias, int add) {
+    const size_t wrow = tk_row_size(wtype, cols);
+    const char *wd = w, *ad = act;
+    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
+    if (!g || n < g->cols || r1 - r0 < g->rows) {
+        rows_by_dots(wtype, wd, wrow, cols, r0, r1, ad, arow, 0, n, y, ldy, bias, add);
+        return;
+    }
+    /* whole tiles: each tile's weight rows stay in L1 while all activation rows (in L2) pass over them */
+    const int64_t nt = n - n % g->cols, rt = r0 + (r1 - r0) / g->rows * g->rows;
+    float s[TK_GEMM_MAX_TILE * TK_GEMM_MAX_TILE];
+    for (int64_t r = r0; r < rt; r += g->rows)
+        for (int64_t j = 0; j < nt; j += g->cols) {
+            g->fn(cols, s, (size_t)g->cols, wd + (size_t)r * wrow, wrow, ad + (size_t)j * arow, arow);
+            for (int k = 0; k < g->rows; k++)
+                for (int t = 0; t < g->cols; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
+        }
+    /* the rest: tokens past the last whole tile, rows past the last whole tile */
+    if (nt < n) rows_by_dots(wtype, wd, wrow, cols, r0, rt, ad, arow, nt, n, y, ldy, bias, add);
+    if (rt < r1) rows_by_dots(wtype, wd, wrow, cols, rt, r1, ad, arow, 0, n, y, ldy, bias, add);
 }
 
 int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n, float *y,

@@ -270,6 +270,85 @@ LEGACY_DOT(tk_vec_dot_q4_1_q8_1_avx2, block_q4_1, block_q8_1, block_q4_1_q8_1)
 LEGACY_DOT(tk_vec_dot_q5_0_q8_0_avx2, block_q5_0, block_q8_0, block_q5_0_q8_0)
 LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
 
+/* ---------------------------------------------------------------------------------------------- tiles */
+/* Matrix-matrix tiles for prompt processing: RM weight rows × RN activation rows at once. Every (row, token) pair
+   keeps its own accumulator, fed block by block with exactly the float operations of the one-row kernel above, so
+   every result is bit for bit that kernel's (and llama.cpp's one-token vec_dot's); what the tile saves is work per
+   pair: each weight block is unpacked once for RN tokens, each activation block loaded once for RM rows. Three
+   builds of each: AVX2 (sign trick per pair), AVX-VNNI and AVX512-VNNI (vpdpbusd on 256-bit vectors; the EVEX
+   encoding brings 32 registers, hence the larger tile). Integer sums per lane are exact in every build:
+     Q4_0: (q - 8)·y = q·y - 8·Σy, the -8·Σy lanes made once per token and fed to vpdpbusd as its start value;
+     Q8_0: x·y = (y + 128)·x - 128·Σx, the -128·Σx lanes made once per row (|y| ≤ 127, so y + 128 is a byte). */
+
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
+static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
+
+/* per-block preparation of the weight side (w, c) and of the activation side (a, e), then one pair's int32 lanes */
+#define Q4_0_X_AVX2(x, w, c) (w = _mm256_sub_epi8(nibbles32((x)->qs), _mm256_set1_epi8(8)), c = w)
+#define Q4_0_Y_AVX2(y, a, e) (a = load32((y)->qs), e = a)
+#define Q4_0_DOT_AVX2(w, c, a, e) dot_s8(w, a)
+#define Q8_0_X_AVX2(x, w, c) (w = load32((x)->qs), c = w)
+#define Q8_0_DOT_AVX2 Q4_0_DOT_AVX2
+#define Q4_0_X_VNNI(x, w, c, DP) (w = nibbles32((x)->qs), c = w)
+#define Q4_0_Y_VNNI(y, a, e, DP) \
+    (a = load32((y)->qs), e = _mm256_sub_epi32(_mm256_setzero_si256(), DP(_mm256_setzero_si256(), _mm256_set1_epi8(8), a)))
+#define Q4_0_DOT_VNNI(w, c, a, e, DP) DP(e, w, a)
+#define Q8_0_X_VNNI(x, w, c, DP) \
+    (w = load32((x)->qs), c = _mm256_sub_epi32(_mm256_setzero_si256(), DP(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w)))
+#define Q8_0_Y_VNNI(y, a, e, DP) (a = _mm256_xor_si256(load32((y)->qs), _mm256_set1_epi8((char)0x80)), e = a)
+#define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
+
+#define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, ATTR)                                                   \
+    ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        const int64_t nb = n / QK;                                                                         \
+        __m256 acc[RM][RN];                                                                                \
+        for (int r = 0; r < RM; r++)                                                                       \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                  \
+        for (int64_t b = 0; b < nb; b++) {                                                                 \
+            __m256i w[RM], c[RM];                                                                          \
+            __m256 dx[RM];                                                                                 \
+            (void)c;                                                                                       \
+            for (int r = 0; r < RM; r++) {                                                                 \
+                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                \
+                PX(x, w[r], c[r]);                                                                         \
+                dx[r] = _mm256_broadcast_ss(&tk_fp16_table[x->d]);                                         \
+            }                                                                                              \
+            for (int t = 0; t < RN; t++) {                                                                 \
+                const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;              \
+                __m256i a, e;                                                                              \
+                PY(y, a, e);                                                                               \
+                (void)e;                                                                                   \
+                const __m256 dy = _mm256_broadcast_ss(&tk_fp16_table[y->d]);                               \
+                for (int r = 0; r < RM; r++)                                                               \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy),                                  \
+                                                _mm256_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);     \
+            }                                                                                              \
+        }                                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                       \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                 \
+    }
+
+LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q4_0_Y_AVX2, Q4_0_DOT_AVX2, AVX2)
+LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q4_0_Y_AVX2, Q8_0_DOT_AVX2, AVX2)
+#define Q4_0_X_V(x, w, c) Q4_0_X_VNNI(x, w, c, dpbusd_vex)
+#define Q4_0_Y_V(y, a, e) Q4_0_Y_VNNI(y, a, e, dpbusd_vex)
+#define Q4_0_DOT_V(w, c, a, e) Q4_0_DOT_VNNI(w, c, a, e, dpbusd_vex)
+#define Q8_0_X_V(x, w, c) Q8_0_X_VNNI(x, w, c, dpbusd_vex)
+#define Q8_0_Y_V(y, a, e) Q8_0_Y_VNNI(y, a, e, dpbusd_vex)
+#define Q8_0_DOT_V(w, c, a, e) Q8_0_DOT_VNNI(w, c, a, e, dpbusd_vex)
+LEGACY_TILE(tile_q4_0_vnni, block_q4_0, 4, 2, Q4_0_X_V, Q4_0_Y_V, Q4_0_DOT_V, VNNI)
+LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_V, Q8_0_Y_V, Q8_0_DOT_V, VNNI)
+#define Q4_0_X_E(x, w, c) Q4_0_X_VNNI(x, w, c, dpbusd_evex)
+#define Q4_0_Y_E(y, a, e) Q4_0_Y_VNNI(y, a, e, dpbusd_evex)
+#define Q4_0_DOT_E(w, c, a, e) Q4_0_DOT_VNNI(w, c, a, e, dpbusd_evex)
+#define Q8_0_X_E(x, w, c) Q8_0_X_VNNI(x, w, c, dpbusd_evex)
+#define Q8_0_Y_E(y, a, e) Q8_0_Y_VNNI(y, a, e, dpbusd_evex)
+#define Q8_0_DOT_E(w, c, a, e) Q8_0_DOT_VNNI(w, c, a, e, dpbusd_evex)
+LEGACY_TILE(tile_q4_0_avx512, block_q4_0, 4, 3, Q4_0_X_E, Q4_0_Y_E, Q4_0_DOT_E, AVX512)
+LEGACY_TILE(tile_q8_0_avx512, block_q8_0, 4, 4, Q8_0_X_E, Q8_0_Y_E, Q8_0_DOT_E, AVX512)
+
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
 AVX2 void tk_vec_dot_q2_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
@@ -449,6 +528,138 @@ AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
     }
     s[0] = hsum8(acc0);
     s[1] = hsum8(acc1);
+}
+
+/* Q4_K tiles: per super-block, each row's scales and mins unpacked once, each token's bsums paired once; the float
+   operations per (row, token) are dot_k4's (Q4_K form: mins into 4 float lanes). */
+#define Q4_K_TILE(NAME, RM, RN, ATTR)                                                                         \
+    ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
+        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                           \
+        __m256 acc[RM][RN];                                                                                  \
+        __m128 accm[RM][RN];                                                                                 \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps(), accm[r][t] = _mm_setzero_ps();     \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q4_K *x[RM];                                                                         \
+            const block_q8_K *y[RN];                                                                         \
+            __m256i sc[RM], sumi[RM][RN];                                                                    \
+            __m128i mins[RM];                                                                                \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                x[r] = (const block_q4_K *)((const char *)vx + r * bx) + b;                                 \
+                const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x[r]->scales));                       \
+                mins[r] = _mm256_extracti128_si256(sm, 1);                                                   \
+                sc[r] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));                             \
+            }                                                                                                \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                                 \
+                const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y[t]->bsums),             \
+                                                  _mm_loadu_si128((const __m128i *)(y[t]->bsums + 8)));      \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    const float dmin = y[t]->d * h2f(x[r]->dmin);                                            \
+                    accm[r][t] = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(_mm_madd_epi16(bs, mins[r])), \
+                                              accm[r][t]);                                                   \
+                    sumi[r][t] = _mm256_setzero_si256();                                                     \
+                }                                                                                            \
+            }                                                                                                \
+            for (int j = 0; j < 4; j++) {                                                                    \
+                __m256i lo[RM], hi[RM], scl[RM], sch[RM];                                                    \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    const __m256i q = load32(x[r]->qs + 32 * j);                                             \
+                    lo[r] = _mm256_and_si256(q, m4);                                                         \
+                    hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);                                   \
+                    scl[r] = _mm256_shuffle_epi8(sc[r], _mm256_set1_epi16((short)((4 * j + 1) << 8 | (4 * j)))); \
+                    sch[r] = _mm256_shuffle_epi8(sc[r], _mm256_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2)))); \
+                }                                                                                            \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256i qa = load32(y[t]->qs + 64 * j), qb = load32(y[t]->qs + 64 * j + 32);       \
+                    for (int r = 0; r < RM; r++) {                                                           \
+                        const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], qa), scl[r]);       \
+                        const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], qb), sch[r]);       \
+                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_add_epi32(pl, ph));                 \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const float d = y[t]->d * h2f(x[r]->d);                                                  \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]); \
+                }                                                                                            \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]) + hsum4(accm[r][t]);               \
+    }
+
+Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2)
+Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512)
+
+/* Q6_K tiles: super_q6_K per (row, token), each row's quants and scales unpacked once per half super-block */
+#define Q6_K_TILE(NAME, RM, RN, ATTR)                                                                         \
+    ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);                                 \
+        __m256 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q6_K *x[RM];                                                                         \
+            const block_q8_K *y[RN];                                                                         \
+            struct scales16 sc16[RM];                                                                        \
+            __m256i sumi[RM][RN];                                                                            \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                x[r] = (const block_q6_K *)((const char *)vx + r * bx) + b;                                 \
+                const __m128i sc = _mm_loadu_si128((const __m128i *)x[r]->scales);                          \
+                sc16[r] = scales16(sc);                                                                      \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    if (r == 0) y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                 \
+                    /* -32·Σ scale·bsum, as super_q6_K takes it off at the end (integers: order is free) */  \
+                    sumi[r][t] = _mm256_sub_epi32(_mm256_setzero_si256(),                                    \
+                        _mm256_slli_epi32(_mm256_madd_epi16(load32(y[t]->bsums), _mm256_cvtepi8_epi16(sc)), 5)); \
+                }                                                                                            \
+            }                                                                                                \
+            for (int h = 0; h < 2; h++) {                                                                    \
+                __m256i q[RM][4];                                                                            \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    const uint8_t *ql = x[r]->ql + 64 * h, *qh = x[r]->qh + 32 * h;                          \
+                    const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);                    \
+                    q[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4)); \
+                    q[r][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),                                      \
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));               \
+                    q[r][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),                \
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));               \
+                    q[r][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),                \
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));               \
+                }                                                                                            \
+                for (int k = 0; k < 4; k++)                                                                  \
+                    for (int t = 0; t < RN; t++) {                                                           \
+                        const __m256i q8 = load32(y[t]->qs + 128 * h + 32 * k);                              \
+                        for (int r = 0; r < RM; r++)                                                         \
+                            sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(                     \
+                                _mm256_maddubs_epi16(q[r][k], q8), scale_pair(&sc16[r], 4 * h + k)));        \
+                    }                                                                                        \
+            }                                                                                                \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const float d = y[t]->d * h2f(x[r]->d);                                                  \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]); \
+                }                                                                                            \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
+    }
+
+Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2)
+Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512)
+
+/* ---------------------------------------------------------------------------------------------- tile table */
+
+const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
+    static const struct tk_gemm T[][3] = {
+        [TK_Q4_0] = {{tile_q4_0_avx2, 4, 2}, {tile_q4_0_vnni, 4, 2}, {tile_q4_0_avx512, 4, 3}},
+        [TK_Q8_0] = {{tile_q8_0_avx2, 4, 2}, {tile_q8_0_vnni, 4, 2}, {tile_q8_0_avx512, 4, 4}},
+        [TK_Q4_K] = {{tile_q4_K_avx2, 2, 2}, {tile_q4_K_avx2, 2, 2}, {tile_q4_K_avx512, 2, 4}},
+        [TK_Q6_K] = {{tile_q6_K_avx2, 2, 2}, {tile_q6_K_avx2, 2, 2}, {tile_q6_K_avx512, 2, 4}},
+    };
+    if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 2) return NULL;
+    return T[wtype][level].fn ? &T[wtype][level] : NULL;
 }
 
 #endif

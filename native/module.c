@@ -182,7 +182,19 @@ static PyObject *py_activations(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
-    return Py_BuildValue("{s:O}", "f16c_avx2", tk_cpu_has_f16c() ? Py_True : Py_False);
+    const int simd = tk_use_simd();
+    tk_set_force_scalar(0);
+    PyObject *r = Py_BuildValue("{s:O,s:O,s:O}", "f16c_avx2", tk_cpu_has_f16c() ? Py_True : Py_False, "avxvnni",
+                                tk_use_vnni() ? Py_True : Py_False, "avx512vnni", tk_use_avx512() ? Py_True : Py_False);
+    tk_set_force_scalar(!simd);
+    return r;
+}
+
+static PyObject *py_set_isa_limit(PyObject *self, PyObject *arg) {
+    const long level = PyLong_AsLong(arg);
+    if (level == -1 && PyErr_Occurred()) return NULL;
+    tk_set_isa_limit((int)level);
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_set_force_scalar(PyObject *self, PyObject *arg) {
@@ -341,6 +353,7 @@ static PyMethodDef methods[] = {
      "activations(wtype, x_f32, n, cols) -> (vec_dot_type, bytes): activations as the matmul converts them."},
     {"cpu_features", py_cpu_features, METH_NOARGS, "SIMD features detected on this CPU."},
     {"set_force_scalar", py_set_force_scalar, METH_O, "Force the portable scalar code paths."},
+    {"set_isa_limit", py_set_isa_limit, METH_O, "Cap the SIMD kernels: 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] . W[rows][cols]^T, W stored "
      "as wtype, activations converted to its vec_dot_type as ggml does."},

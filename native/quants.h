@@ -190,6 +190,18 @@ void tk_vec_dot2_q4_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, c
 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
 /* AVX-VNNI present (and SIMD not forced off) */
 int tk_use_vnni(void);
+/* AVX512 F/VL/BW/VNNI present (and SIMD not forced off, TOOLKIT_NO_AVX512 unset) */
+int tk_use_avx512(void);
+
+/* A tile of a matrix product: s[r·ls + t] = dot of weight row r (at x + r·bx) with activation row t (at y + t·by)
+   for r < rows, t < cols, over n elements; bit for bit the results of the type's SIMD vec_dot. */
+typedef void (*tk_gemm_fn)(int64_t n, float *s, size_t ls, const void *x, size_t bx, const void *y, size_t by);
+struct tk_gemm { tk_gemm_fn fn; int rows, cols; };
+#define TK_GEMM_MAX_TILE 16
+/* The tile kernel for wtype on this CPU (NULL when none, or the scalar path is forced). */
+const struct tk_gemm *tk_gemm(int wtype);
+/* x86 builds: level 0 AVX2, 1 AVX-VNNI, 2 AVX512-VNNI */
+const struct tk_gemm *tk_gemm_x86(int wtype, int level);
 /* ==== end of matrix products ===================================================================================== */
 
 #endif

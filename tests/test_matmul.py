@@ -194,6 +194,31 @@ def test_rows_are_independent_of_batch():
             assert np.array_equal(matmul(t, wq, 45, 512, x[j:j + 1])[0], full[j])
 
 
+def _isa_levels():
+    f = native.cpu_features()
+    return [1] * bool(f.get("f16c_avx2")) + [2] * bool(f.get("avxvnni")) + [3] * bool(f.get("avx512vnni"))
+
+
+@pytest.mark.skipif(not HAS_SIMD, reason="CPU without AVX2/F16C")
+@pytest.mark.parametrize("level", _isa_levels(), ids=lambda v: {1: "avx2", 2: "avxvnni", 3: "avx512vnni"}[v])
+@pytest.mark.parametrize("t", TYPES, ids=[NAMES[t] for t in TYPES])
+def test_tiles_match_one_token_kernels(t, level):
+    """Prompt processing runs tiles (several weight rows × several tokens at once) where the type has them; every
+    output must still be bit for bit the one-token kernel's, on each instruction-set level the CPU offers. Shapes
+    leave partial tiles on both sides."""
+    native.set_isa_limit(level)
+    try:
+        for rows, cols, n in [(37, min_cols(t) * 2, 11), (8, min_cols(t), 4), (130, 2048, 9)]:
+            wq, _ = weights(t, rows, cols, 5 + t)
+            x = activations(n, cols, 5 + t)
+            full = matmul(t, wq, rows, cols, x, simd=True)
+            for j in range(n):
+                one = matmul(t, wq, rows, cols, x[j:j + 1], nthreads=1, simd=True)[0]
+                assert np.array_equal(one, full[j]), f"{NAMES[t]} {rows}x{cols}, token {j} of {n}"
+    finally:
+        native.set_isa_limit(3)
+
+
 def test_weight_buffers():
     """Weights may come as any buffer: uint8 rows, a flat slice of a bigger buffer (as an mmap'd GGUF tensor),
     bytes, float16 / float32 arrays, BF16 as uint16."""
