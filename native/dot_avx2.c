@@ -649,10 +649,79 @@ Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512)
 Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2)
 Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512)
 
+/* F16 tiles: per (row, token) the four accumulators of tk_vec_dot_f16_avx2 over steps of 32 elements, then its tail.
+   The AVX512 build holds accumulators 0|1 and 2|3 of a pair in two 512-bit registers: lane for lane the same fused
+   multiply-adds, two at once. */
+static inline AVX2 float f16_finish(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const tk_half *x, const tk_half *y,
+                                    int64_t i, int64_t n) {
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
+    return sum;
+}
+
+#define F16_ROW(v, b, r) ((const tk_half *)((const char *)(v) + (r) * (b)))
+
+#define F16_TILE(NAME, RM, RN)                                                                                \
+    AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
+        __m256 acc[RM][RN][4];                                                                               \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++)                                                                     \
+                for (int k = 0; k < 4; k++) acc[r][t][k] = _mm256_setzero_ps();                              \
+        int64_t i = 0;                                                                                       \
+        for (; i + 32 <= n; i += 32)                                                                         \
+            for (int k = 0; k < 4; k++) {                                                                    \
+                __m256 w[RM];                                                                                \
+                for (int r = 0; r < RM; r++) w[r] = load_f16(F16_ROW(vx, bx, r) + i + 8 * k);                    \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256 a = load_f16(F16_ROW(vy, by, t) + i + 8 * k);                                   \
+                    for (int r = 0; r < RM; r++) acc[r][t][k] = _mm256_fmadd_ps(w[r], a, acc[r][t][k]);      \
+                }                                                                                            \
+            }                                                                                                \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++)                                                                     \
+                s[r * ls + t] = f16_finish(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3],           \
+                                           F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
+    }
+
+static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+static inline AVX512 __m512 load16_f16(const tk_half *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+#define F16_TILE_512(NAME, RM, RN)                                                                            \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        __m512 lo[RM][RN], hi[RM][RN];                                                                       \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) lo[r][t] = hi[r][t] = _mm512_setzero_ps();                          \
+        int64_t i = 0;                                                                                       \
+        for (; i + 32 <= n; i += 32) {                                                                       \
+            __m512 wl[RM], wh[RM];                                                                           \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                wl[r] = load16_f16(F16_ROW(vx, bx, r) + i);                                                      \
+                wh[r] = load16_f16(F16_ROW(vx, bx, r) + i + 16);                                                 \
+            }                                                                                                \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const __m512 al = load16_f16(F16_ROW(vy, by, t) + i), ah = load16_f16(F16_ROW(vy, by, t) + i + 16);  \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    lo[r][t] = _mm512_fmadd_ps(wl[r], al, lo[r][t]);                                         \
+                    hi[r][t] = _mm512_fmadd_ps(wh[r], ah, hi[r][t]);                                         \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++)                                                                     \
+                s[r * ls + t] = f16_finish(_mm512_castps512_ps256(lo[r][t]), upper8(lo[r][t]),               \
+                                           _mm512_castps512_ps256(hi[r][t]), upper8(hi[r][t]),               \
+                                           F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
+    }
+
+F16_TILE(tile_f16_avx2, 1, 3)
+F16_TILE_512(tile_f16_avx512, 2, 4)
+
 /* ---------------------------------------------------------------------------------------------- tile table */
 
 const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
     static const struct tk_gemm T[][3] = {
+        [TK_F16] = {{tile_f16_avx2, 1, 3}, {tile_f16_avx2, 1, 3}, {tile_f16_avx512, 2, 4}},
         [TK_Q4_0] = {{tile_q4_0_avx2, 4, 2}, {tile_q4_0_vnni, 4, 2}, {tile_q4_0_avx512, 4, 3}},
         [TK_Q8_0] = {{tile_q8_0_avx2, 4, 2}, {tile_q8_0_vnni, 4, 2}, {tile_q8_0_avx512, 4, 4}},
         [TK_Q4_K] = {{tile_q4_K_avx2, 2, 2}, {tile_q4_K_avx2, 2, 2}, {tile_q4_K_avx512, 2, 4}},

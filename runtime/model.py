@@ -75,7 +75,7 @@ def _hparams(g: GGUFFile, arch: str, n_vocab: int) -> HParams:
 class Model:
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.gguf = GGUFFile(self.path)
+        self.gguf = GGUFFile(self.path, populate=True)
         arch = self.gguf.value("general.architecture")
         if arch not in SUPPORTED_ARCHS:
             self.gguf.close()

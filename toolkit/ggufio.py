@@ -205,7 +205,9 @@ class TensorEntry:
 class GGUFFile:
     """A GGUF file opened read-only: `kv` (key → KV, in file order), `tensors` (in file order), `data(entry)` views."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, populate: bool = False):
+        """populate: read the whole file into the page cache and map it now (as llama.cpp maps a model), so that
+        the first use of the weights does not fault them in page by page."""
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path} does not exist")
@@ -213,7 +215,10 @@ class GGUFFile:
         if size < 24:
             raise UserError(f"{self.path} is not a GGUF file (too short)")
         with open(self.path, "rb") as f:
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            if populate and hasattr(mmap, "MAP_POPULATE"):
+                self._mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            else:
+                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._buf = memoryview(self._mm)
         try:
             self._parse(size)
