@@ -119,6 +119,15 @@ AVX2 void tk_vec_dot_f32_avx2(int64_t n, float *s, const void *vx, const void *v
 
 static inline AVX2 __m256 load_f16(const tk_half *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
+/* the end of tk_vec_dot_f16_avx2: the 8-element steps into a0, the lanes summed, the scalar tail */
+static inline AVX2 float f16_finish(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const tk_half *x, const tk_half *y,
+                                    int64_t i, int64_t n) {
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
+    return sum;
+}
+
 AVX2 void tk_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const tk_half *x = vx, *y = vy;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -129,10 +138,28 @@ AVX2 void tk_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *v
         a2 = _mm256_fmadd_ps(load_f16(x + i + 16), load_f16(y + i + 16), a2);
         a3 = _mm256_fmadd_ps(load_f16(x + i + 24), load_f16(y + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
-    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
-    *s = sum;
+    *s = f16_finish(a0, a1, a2, a3, x, y, i, n);
+}
+
+
+/* two rows against one activation row, each with tk_vec_dot_f16_avx2's operations; the weights fetched ahead */
+AVX2 void tk_vec_dot2_f16_avx2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
+    const tk_half *x0 = vx, *x1 = (const tk_half *)((const char *)vx + bx), *y = vy;
+    __m256 a[2][4];
+    for (int r = 0; r < 2; r++)
+        for (int k = 0; k < 4; k++) a[r][k] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm_prefetch((const char *)(x0 + i) + 4096, _MM_HINT_T0);
+        _mm_prefetch((const char *)(x1 + i) + 4096, _MM_HINT_T0);
+        for (int k = 0; k < 4; k++) {
+            const __m256 yk = load_f16(y + i + 8 * k);
+            a[0][k] = _mm256_fmadd_ps(load_f16(x0 + i + 8 * k), yk, a[0][k]);
+            a[1][k] = _mm256_fmadd_ps(load_f16(x1 + i + 8 * k), yk, a[1][k]);
+        }
+    }
+    s[0] = f16_finish(a[0][0], a[0][1], a[0][2], a[0][3], x0, y, i, n);
+    s[1] = f16_finish(a[1][0], a[1][1], a[1][2], a[1][3], x1, y, i, n);
 }
 
 static inline AVX2 __m256 load_bf16(const uint16_t *p) {
@@ -239,6 +266,11 @@ LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
         s[0] = hsum8(acc0) + summ0;                                                             \
         s[1] = hsum8(acc1) + summ1;                                                             \
     }
+
+/* the cache lines of one (super-)block, PREFETCH bytes ahead */
+static inline void prefetch_block(const void *p, size_t size) {
+    for (size_t o = 0; o < size; o += 64) _mm_prefetch((const char *)p + PREFETCH + o, _MM_HINT_T0);
+}
 
 LEGACY_DOT2(tk_vec_dot2_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0, AVX2)
 LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0, AVX2)
@@ -462,6 +494,8 @@ AVX2 void tk_vec_dot2_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
     __m128 accm0 = _mm_setzero_ps(), accm1 = accm0;
     for (int64_t b = 0; b < n / QK_K; b++) {
+        prefetch_block(&x0[b], sizeof x0[b]);
+        prefetch_block(&x1[b], sizeof x1[b]);
         dot_k4(&y[b], x0[b].qs, NULL, x0[b].d, x0[b].dmin, x0[b].scales, &acc0, &accm0, NULL);
         dot_k4(&y[b], x1[b].qs, NULL, x1[b].d, x1[b].dmin, x1[b].scales, &acc1, &accm1, NULL);
     }
@@ -523,6 +557,8 @@ AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
     const block_q8_K *y = vy;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
     for (int64_t b = 0; b < n / QK_K; b++) {
+        prefetch_block(&x0[b], sizeof x0[b]);
+        prefetch_block(&x1[b], sizeof x1[b]);
         acc0 = super_q6_K(&x0[b], &y[b], acc0);
         acc1 = super_q6_K(&x1[b], &y[b], acc1);
     }
@@ -530,9 +566,16 @@ AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
     s[1] = hsum8(acc1);
 }
 
+/* acc + the int16 pairs of p times those of s, summed in pairs: vpdpwssd where there is VNNI, same integers */
+static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i p, __m256i s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
+}
+static inline VNNI __m256i madd_add_vex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_avx_epi32(acc, p, s); }
+static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_epi32(acc, p, s); }
+
 /* Q4_K tiles: per super-block, each row's scales and mins unpacked once, each token's bsums paired once; the float
    operations per (row, token) are dot_k4's (Q4_K form: mins into 4 float lanes). */
-#define Q4_K_TILE(NAME, RM, RN, ATTR)                                                                         \
+#define Q4_K_TILE(NAME, RM, RN, ATTR, MADD_ADD)                                                                       \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
         const __m256i m4 = _mm256_set1_epi8(0x0F);                                                           \
         __m256 acc[RM][RN];                                                                                  \
@@ -573,9 +616,8 @@ AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
                 for (int t = 0; t < RN; t++) {                                                               \
                     const __m256i qa = load32(y[t]->qs + 64 * j), qb = load32(y[t]->qs + 64 * j + 32);       \
                     for (int r = 0; r < RM; r++) {                                                           \
-                        const __m256i pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo[r], qa), scl[r]);       \
-                        const __m256i ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi[r], qb), sch[r]);       \
-                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_add_epi32(pl, ph));                 \
+                        sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(lo[r], qa), scl[r]);          \
+                        sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(hi[r], qb), sch[r]);          \
                     }                                                                                        \
                 }                                                                                            \
             }                                                                                                \
@@ -589,11 +631,12 @@ AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]) + hsum4(accm[r][t]);               \
     }
 
-Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2)
-Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512)
+Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, madd_add_avx2)
+Q4_K_TILE(tile_q4_K_vnni, 2, 2, VNNI, madd_add_vex)
+Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512, madd_add_evex)
 
 /* Q6_K tiles: super_q6_K per (row, token), each row's quants and scales unpacked once per half super-block */
-#define Q6_K_TILE(NAME, RM, RN, ATTR)                                                                         \
+#define Q6_K_TILE(NAME, RM, RN, ATTR, MADD_ADD)                                                                       \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
         const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);                                 \
         __m256 acc[RM][RN];                                                                                  \
@@ -632,8 +675,8 @@ Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512)
                     for (int t = 0; t < RN; t++) {                                                           \
                         const __m256i q8 = load32(y[t]->qs + 128 * h + 32 * k);                              \
                         for (int r = 0; r < RM; r++)                                                         \
-                            sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(                     \
-                                _mm256_maddubs_epi16(q[r][k], q8), scale_pair(&sc16[r], 4 * h + k)));        \
+                            sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(q[r][k], q8),             \
+                                                  scale_pair(&sc16[r], 4 * h + k));                          \
                     }                                                                                        \
             }                                                                                                \
             for (int r = 0; r < RM; r++)                                                                     \
@@ -646,19 +689,13 @@ Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512)
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
     }
 
-Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2)
-Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512)
+Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2)
+Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex)
+Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex)
 
 /* F16 tiles: per (row, token) the four accumulators of tk_vec_dot_f16_avx2 over steps of 32 elements, then its tail.
    The AVX512 build holds accumulators 0|1 and 2|3 of a pair in two 512-bit registers: lane for lane the same fused
    multiply-adds, two at once. */
-static inline AVX2 float f16_finish(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const tk_half *x, const tk_half *y,
-                                    int64_t i, int64_t n) {
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
-    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
-    return sum;
-}
 
 #define F16_ROW(v, b, r) ((const tk_half *)((const char *)(v) + (r) * (b)))
 
@@ -724,8 +761,8 @@ const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
         [TK_F16] = {{tile_f16_avx2, 1, 3}, {tile_f16_avx2, 1, 3}, {tile_f16_avx512, 2, 4}},
         [TK_Q4_0] = {{tile_q4_0_avx2, 4, 2}, {tile_q4_0_vnni, 4, 2}, {tile_q4_0_avx512, 4, 3}},
         [TK_Q8_0] = {{tile_q8_0_avx2, 4, 2}, {tile_q8_0_vnni, 4, 2}, {tile_q8_0_avx512, 4, 4}},
-        [TK_Q4_K] = {{tile_q4_K_avx2, 2, 2}, {tile_q4_K_avx2, 2, 2}, {tile_q4_K_avx512, 2, 4}},
-        [TK_Q6_K] = {{tile_q6_K_avx2, 2, 2}, {tile_q6_K_avx2, 2, 2}, {tile_q6_K_avx512, 2, 4}},
+        [TK_Q4_K] = {{tile_q4_K_avx2, 2, 2}, {tile_q4_K_vnni, 2, 2}, {tile_q4_K_avx512, 2, 4}},
+        [TK_Q6_K] = {{tile_q6_K_avx2, 2, 2}, {tile_q6_K_vnni, 2, 2}, {tile_q6_K_avx512, 2, 4}},
     };
     if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 2) return NULL;
     return T[wtype][level].fn ? &T[wtype][level] : NULL;

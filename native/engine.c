@@ -447,6 +447,7 @@ struct fwd {
     float *logits;
     int all_logits, simd;
     struct tk_barrier bar;
+    atomic_llong next_chunk[2]; /* chunk counters of the matmul steps (see matmuls) */
     float *x, *h, *q, *k, *v, *att, *f1, *f2, *scratch;
     int64_t scratch_per_thread;
     char *act_buf[MAX_ACT];  /* activations converted for the next products, one buffer per vec_dot type */
@@ -542,21 +543,24 @@ static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *
     tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act, arow, m->n, m->y, m->ldy, m->bias, m->add);
 }
 
-/* the products of a group, their rows (in chunks of 16) split across threads */
-static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int ng, int ith, int nth) {
-    int64_t total = 0;
-    for (int i = 0; i < ng; i++) total += (g[i].w->rows + 15) / 16;
-    int64_t a, b;
-    split_range(total, ith, nth, &a, &b);
-    int64_t base = 0;
-    for (int i = 0; i < ng && a < b; i++) {
-        const int64_t chunks = (g[i].w->rows + 15) / 16;
-        const int64_t lo = a > base ? a : base, hi = b < base + chunks ? b : base + chunks;
-        if (lo < hi) {
-            const int64_t r0 = (lo - base) * 16, r1 = hi - base == chunks ? g[i].w->rows : (hi - base) * 16;
-            mm_rows(f, A, &g[i], r0, r1);
-        }
-        base += chunks;
+/* The products of a group, their rows in chunks handed out on demand: a thread that the machine slows down takes
+   fewer chunks instead of holding the others at the next barrier. Some 8 chunks per thread (multiples of 16 rows,
+   so that tiles stay whole); matmul step k counts on next_chunk[k % 2], which thread 0 clears for step k + 1 once
+   every thread is past step k - 1 (a barrier follows every step). */
+static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int ng, int ith, int nth, int *step) {
+    atomic_llong *next = &f->next_chunk[*step & 1];
+    if (ith == 0) atomic_store(&f->next_chunk[(*step + 1) & 1], 0);
+    (*step)++;
+    int64_t units = 0;
+    for (int i = 0; i < ng; i++) units += (g[i].w->rows + 15) / 16;
+    const int64_t per = (units + 8 * nth - 1) / (8 * nth), rows = 16 * per;
+    int64_t chunks[3] = {0}, total = 0;
+    for (int i = 0; i < ng; i++) total += chunks[i] = (g[i].w->rows + rows - 1) / rows;
+    for (int64_t c; (c = atomic_fetch_add(next, 1)) < total;) {
+        int i = 0;
+        while (c >= chunks[i]) c -= chunks[i++];
+        const int64_t r0 = c * rows, r1 = r0 + rows < g[i].w->rows ? r0 + rows : g[i].w->rows;
+        mm_rows(f, A, &g[i], r0, r1);
     }
 }
 
@@ -655,6 +659,7 @@ static void forward_task(void *p, int ith, int nth) {
     const int64_t n = f->n, d = hp->n_embd, hd = hp->head_dim, H = hp->n_head, Hkv = hp->n_head_kv;
     const int64_t qd = H * hd, kvd = Hkv * hd, nf = hp->n_ff;
     struct tk_barrier *bar = &f->bar;
+    int step = 0;
 
     /* embeddings */
     {
@@ -693,7 +698,7 @@ static void forward_task(void *p, int ith, int nth) {
         struct norm_ctx nc = {L->attn_norm, L->attn_norm_b, f->x, f->h, -1};
         for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
         tk_barrier_wait(bar, nth);
-        matmuls(f, &A, qkv, nq, ith, nth);
+        matmuls(f, &A, qkv, nq, ith, nth, &step);
         tk_barrier_wait(bar, nth);
 
         /* rope, then k and v into the cache */
@@ -739,7 +744,7 @@ static void forward_task(void *p, int ith, int nth) {
         tk_barrier_wait(bar, nth);
         for_rows(f, &A, n, qd, ith, nth, convert_row, NULL);
         tk_barrier_wait(bar, nth);
-        matmuls(f, &A, &wo, 1, ith, nth);
+        matmuls(f, &A, &wo, 1, ith, nth, &step);
         tk_barrier_wait(bar, nth);
 
         /* feed-forward */
@@ -751,13 +756,13 @@ static void forward_task(void *p, int ith, int nth) {
         nc = (struct norm_ctx){L->ffn_norm, L->ffn_norm_b, f->x, f->h, -1};
         for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
         tk_barrier_wait(bar, nth);
-        matmuls(f, &A, up, nu, ith, nth);
+        matmuls(f, &A, up, nu, ith, nth, &step);
         struct mm down = {&L->down, L->b_down, f->x, d, 1, n};
         tk_barrier_wait(bar, nth);
         A = plan_acts(f->f1, nf, &down, 1);
         for_rows(f, &A, n, nf, ith, nth, ffn_act_row, NULL);
         tk_barrier_wait(bar, nth);
-        matmuls(f, &A, &down, 1, ith, nth);
+        matmuls(f, &A, &down, 1, ith, nth, &step);
         tk_barrier_wait(bar, nth);
     }
 
@@ -768,7 +773,7 @@ static void forward_task(void *p, int ith, int nth) {
     struct norm_ctx nc = {e->out_norm, e->out_norm_b, f->x, f->h, f->all_logits ? -1 : n - 1};
     for_rows(f, &A, nout, d, ith, nth, norm_row, &nc);
     tk_barrier_wait(bar, nth);
-    matmuls(f, &A, &out, 1, ith, nth);
+    matmuls(f, &A, &out, 1, ith, nth, &step);
 }
 
 int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
@@ -806,6 +811,8 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     f.f2 = p; p += n * nf;
     f.scratch = p;
     tk_barrier_init(&f.bar);
+    atomic_init(&f.next_chunk[0], 0);
+    atomic_init(&f.next_chunk[1], 0);
     tk_parallel(forward_task, &f, nthreads);
     free(mem);
     for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
