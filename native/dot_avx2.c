@@ -317,18 +317,20 @@ LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
 static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
 static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
+#define NEG32(v) _mm256_sub_epi32(_mm256_setzero_si256(), v)
+
 /* per-block preparation of the weight side (w, c) and of the activation side (a, e), then one pair's int32 lanes */
 #define Q4_0_X_AVX2(x, w, c) (w = _mm256_sub_epi8(nibbles32((x)->qs), _mm256_set1_epi8(8)), c = w)
-#define Q4_0_Y_AVX2(y, a, e) (a = load32((y)->qs), e = a)
+#define Q8_Y_AVX2(y, a, e) (a = load32((y)->qs), e = a)
 #define Q4_0_DOT_AVX2(w, c, a, e) dot_s8(w, a)
 #define Q8_0_X_AVX2(x, w, c) (w = load32((x)->qs), c = w)
 #define Q8_0_DOT_AVX2 Q4_0_DOT_AVX2
 #define Q4_0_X_VNNI(x, w, c, DP) (w = nibbles32((x)->qs), c = w)
 #define Q4_0_Y_VNNI(y, a, e, DP) \
-    (a = load32((y)->qs), e = _mm256_sub_epi32(_mm256_setzero_si256(), DP(_mm256_setzero_si256(), _mm256_set1_epi8(8), a)))
+    (a = load32((y)->qs), e = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8(8), a)))
 #define Q4_0_DOT_VNNI(w, c, a, e, DP) DP(e, w, a)
 #define Q8_0_X_VNNI(x, w, c, DP) \
-    (w = load32((x)->qs), c = _mm256_sub_epi32(_mm256_setzero_si256(), DP(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w)))
+    (w = load32((x)->qs), c = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w)))
 #define Q8_0_Y_VNNI(y, a, e, DP) (a = _mm256_xor_si256(load32((y)->qs), _mm256_set1_epi8((char)0x80)), e = a)
 #define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
 
@@ -362,8 +364,8 @@ static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { re
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                 \
     }
 
-LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q4_0_Y_AVX2, Q4_0_DOT_AVX2, AVX2)
-LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q4_0_Y_AVX2, Q8_0_DOT_AVX2, AVX2)
+LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, Q4_0_DOT_AVX2, AVX2)
+LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, Q8_0_DOT_AVX2, AVX2)
 #define Q4_0_X_V(x, w, c) Q4_0_X_VNNI(x, w, c, dpbusd_vex)
 #define Q4_0_Y_V(y, a, e) Q4_0_Y_VNNI(y, a, e, dpbusd_vex)
 #define Q4_0_DOT_V(w, c, a, e) Q4_0_DOT_VNNI(w, c, a, e, dpbusd_vex)
@@ -663,7 +665,8 @@ Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512, madd_add_evex)
                 for (int r = 0; r < RM; r++) {                                                               \
                     const uint8_t *ql = x[r]->ql + 64 * h, *qh = x[r]->qh + 32 * h;                          \
                     const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);                    \
-                    q[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4)); \
+                    q[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4),                                      \
+                        _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));                                     \
                     q[r][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),                                      \
                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));               \
                     q[r][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),                \
@@ -722,7 +725,9 @@ Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex)
     }
 
 static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
-static inline AVX512 __m512 load16_f16(const tk_half *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+static inline AVX512 __m512 load16_f16(const tk_half *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
 
 #define F16_TILE_512(NAME, RM, RN)                                                                            \
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
