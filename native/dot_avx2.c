@@ -319,22 +319,21 @@ static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { re
 
 #define NEG32(v) _mm256_sub_epi32(_mm256_setzero_si256(), v)
 
-/* per-block preparation of the weight side (w, c) and of the activation side (a, e), then one pair's int32 lanes */
-#define Q4_0_X_AVX2(x, w, c) (w = _mm256_sub_epi8(nibbles32((x)->qs), _mm256_set1_epi8(8)), c = w)
-#define Q8_Y_AVX2(y, a, e) (a = load32((y)->qs), e = a)
-#define Q4_0_DOT_AVX2(w, c, a, e) dot_s8(w, a)
-#define Q8_0_X_AVX2(x, w, c) (w = load32((x)->qs), c = w)
-#define Q8_0_DOT_AVX2 Q4_0_DOT_AVX2
+/* per-block preparation of the weight side (w, c) and of the activation side (a, e), then one pair's int32 lanes;
+   DP is the vpdpbusd of the build (unused by the AVX2 ones) */
+#define Q4_0_X_AVX2(x, w, c, DP) (w = _mm256_sub_epi8(nibbles32((x)->qs), _mm256_set1_epi8(8)), c = w)
+#define Q8_0_X_AVX2(x, w, c, DP) (w = load32((x)->qs), c = w)
+#define Q8_Y_AVX2(y, a, e, DP) (a = load32((y)->qs), e = a)
+#define DOT_AVX2(w, c, a, e, DP) dot_s8(w, a)
 #define Q4_0_X_VNNI(x, w, c, DP) (w = nibbles32((x)->qs), c = w)
-#define Q4_0_Y_VNNI(y, a, e, DP) \
-    (a = load32((y)->qs), e = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8(8), a)))
+#define Q4_0_Y_VNNI(y, a, e, DP) (a = load32((y)->qs), e = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8(8), a)))
 #define Q4_0_DOT_VNNI(w, c, a, e, DP) DP(e, w, a)
 #define Q8_0_X_VNNI(x, w, c, DP) \
     (w = load32((x)->qs), c = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w)))
 #define Q8_0_Y_VNNI(y, a, e, DP) (a = _mm256_xor_si256(load32((y)->qs), _mm256_set1_epi8((char)0x80)), e = a)
 #define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
 
-#define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, ATTR)                                                   \
+#define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, DP, ATTR)                                                 \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         const int64_t nb = n / QK;                                                                         \
         __m256 acc[RM][RN];                                                                                \
@@ -346,42 +345,32 @@ static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { re
             (void)c;                                                                                       \
             for (int r = 0; r < RM; r++) {                                                                 \
                 const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                \
-                PX(x, w[r], c[r]);                                                                         \
+                PX(x, w[r], c[r], DP);                                                                      \
                 dx[r] = _mm256_broadcast_ss(&tk_fp16_table[x->d]);                                         \
             }                                                                                              \
             for (int t = 0; t < RN; t++) {                                                                 \
                 const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;              \
                 __m256i a, e;                                                                              \
-                PY(y, a, e);                                                                               \
+                PY(y, a, e, DP);                                                                            \
                 (void)e;                                                                                   \
                 const __m256 dy = _mm256_broadcast_ss(&tk_fp16_table[y->d]);                               \
                 for (int r = 0; r < RM; r++)                                                               \
                     acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(dx[r], dy),                                  \
-                                                _mm256_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);     \
+                                                _mm256_cvtepi32_ps(DOT(w[r], c[r], a, e, DP)), acc[r][t]); \
             }                                                                                              \
         }                                                                                                  \
         for (int r = 0; r < RM; r++)                                                                       \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                 \
-    }
+    }                                                                                                                 \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
 
-LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, Q4_0_DOT_AVX2, AVX2)
-LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, Q8_0_DOT_AVX2, AVX2)
-#define Q4_0_X_V(x, w, c) Q4_0_X_VNNI(x, w, c, dpbusd_vex)
-#define Q4_0_Y_V(y, a, e) Q4_0_Y_VNNI(y, a, e, dpbusd_vex)
-#define Q4_0_DOT_V(w, c, a, e) Q4_0_DOT_VNNI(w, c, a, e, dpbusd_vex)
-#define Q8_0_X_V(x, w, c) Q8_0_X_VNNI(x, w, c, dpbusd_vex)
-#define Q8_0_Y_V(y, a, e) Q8_0_Y_VNNI(y, a, e, dpbusd_vex)
-#define Q8_0_DOT_V(w, c, a, e) Q8_0_DOT_VNNI(w, c, a, e, dpbusd_vex)
-LEGACY_TILE(tile_q4_0_vnni, block_q4_0, 4, 2, Q4_0_X_V, Q4_0_Y_V, Q4_0_DOT_V, VNNI)
-LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_V, Q8_0_Y_V, Q8_0_DOT_V, VNNI)
-#define Q4_0_X_E(x, w, c) Q4_0_X_VNNI(x, w, c, dpbusd_evex)
-#define Q4_0_Y_E(y, a, e) Q4_0_Y_VNNI(y, a, e, dpbusd_evex)
-#define Q4_0_DOT_E(w, c, a, e) Q4_0_DOT_VNNI(w, c, a, e, dpbusd_evex)
-#define Q8_0_X_E(x, w, c) Q8_0_X_VNNI(x, w, c, dpbusd_evex)
-#define Q8_0_Y_E(y, a, e) Q8_0_Y_VNNI(y, a, e, dpbusd_evex)
-#define Q8_0_DOT_E(w, c, a, e) Q8_0_DOT_VNNI(w, c, a, e, dpbusd_evex)
-LEGACY_TILE(tile_q4_0_avx512, block_q4_0, 4, 3, Q4_0_X_E, Q4_0_Y_E, Q4_0_DOT_E, AVX512)
-LEGACY_TILE(tile_q8_0_avx512, block_q8_0, 4, 4, Q8_0_X_E, Q8_0_Y_E, Q8_0_DOT_E, AVX512)
+LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
+LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
+LEGACY_TILE(tile_q4_0_vnni, block_q4_0, 4, 2, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
+LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
+LEGACY_TILE(tile_q4_0_avx512, block_q4_0, 4, 4, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_evex, AVX512)
+LEGACY_TILE(tile_q8_0_avx512, block_q8_0, 4, 4, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_evex, AVX512)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -631,7 +620,9 @@ static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { 
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]) + hsum4(accm[r][t]);               \
-    }
+    }                                                                                                                 \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
 
 Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, madd_add_avx2)
 Q4_K_TILE(tile_q4_K_vnni, 2, 2, VNNI, madd_add_vex)
@@ -690,7 +681,9 @@ Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512, madd_add_evex)
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
-    }
+    }                                                                                                                 \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
 
 Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2)
 Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex)
@@ -722,7 +715,9 @@ Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex)
             for (int t = 0; t < RN; t++)                                                                     \
                 s[r * ls + t] = f16_finish(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3],           \
                                            F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
-    }
+    }                                                                                                                 \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
 
 static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 static inline AVX512 __m512 load16_f16(const tk_half *p) {
@@ -754,7 +749,9 @@ static inline AVX512 __m512 load16_f16(const tk_half *p) {
                 s[r * ls + t] = f16_finish(_mm512_castps512_ps256(lo[r][t]), upper8(lo[r][t]),               \
                                            _mm512_castps512_ps256(hi[r][t]), upper8(hi[r][t]),               \
                                            F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
-    }
+    }                                                                                                                 \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
 
 F16_TILE(tile_f16_avx2, 1, 3)
 F16_TILE_512(tile_f16_avx512, 2, 4)
@@ -762,15 +759,15 @@ F16_TILE_512(tile_f16_avx512, 2, 4)
 /* ---------------------------------------------------------------------------------------------- tile table */
 
 const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
-    static const struct tk_gemm T[][3] = {
-        [TK_F16] = {{tile_f16_avx2, 1, 3}, {tile_f16_avx2, 1, 3}, {tile_f16_avx512, 2, 4}},
-        [TK_Q4_0] = {{tile_q4_0_avx2, 4, 2}, {tile_q4_0_vnni, 4, 2}, {tile_q4_0_avx512, 4, 3}},
-        [TK_Q8_0] = {{tile_q8_0_avx2, 4, 2}, {tile_q8_0_vnni, 4, 2}, {tile_q8_0_avx512, 4, 4}},
-        [TK_Q4_K] = {{tile_q4_K_avx2, 2, 2}, {tile_q4_K_vnni, 2, 2}, {tile_q4_K_avx512, 2, 4}},
-        [TK_Q6_K] = {{tile_q6_K_avx2, 2, 2}, {tile_q6_K_vnni, 2, 2}, {tile_q6_K_avx512, 2, 4}},
+    static const struct tk_gemm *const T[][3] = {
+        [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile, &tile_f16_avx512_tile},
+        [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile, &tile_q4_0_avx512_tile},
+        [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile, &tile_q8_0_avx512_tile},
+        [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile, &tile_q4_K_avx512_tile},
+        [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile, &tile_q6_K_avx512_tile},
     };
     if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 2) return NULL;
-    return T[wtype][level].fn ? &T[wtype][level] : NULL;
+    return T[wtype][level];
 }
 
 #endif
