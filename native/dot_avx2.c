@@ -333,6 +333,11 @@ static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { re
 #define Q8_0_Y_VNNI(y, a, e, DP) (a = _mm256_xor_si256(load32((y)->qs), _mm256_set1_epi8((char)0x80)), e = a)
 #define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
 
+/* the tile's entry for the table (its shape stated once) */
+#define TILE_ENTRY(NAME, RM, RN)                                                                              \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+
 #define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, DP, ATTR)                                                 \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         const int64_t nb = n / QK;                                                                         \
@@ -362,8 +367,7 @@ static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { re
         for (int r = 0; r < RM; r++)                                                                       \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                 \
     }                                                                                                                 \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+    TILE_ENTRY(NAME, RM, RN)
 
 LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
@@ -564,6 +568,14 @@ static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i p, __m256i s) {
 static inline VNNI __m256i madd_add_vex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_avx_epi32(acc, p, s); }
 static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_epi32(acc, p, s); }
 
+/* end of a K-quant super-block: acc + y.d · x.d · (the pair's integer sums), as the one-row kernels */
+#define K_TILE_SCALE(RM, RN)                                                                                  \
+    for (int r = 0; r < RM; r++)                                                                             \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            const float d = y[t]->d * h2f(x[r]->d);                                                          \
+            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);       \
+        }
+
 /* Q4_K tiles: per super-block, each row's scales and mins unpacked once, each token's bsums paired once; the float
    operations per (row, token) are dot_k4's (Q4_K form: mins into 4 float lanes). */
 #define Q4_K_TILE(NAME, RM, RN, ATTR, MADD_ADD)                                                                       \
@@ -612,17 +624,12 @@ static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { 
                     }                                                                                        \
                 }                                                                                            \
             }                                                                                                \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const float d = y[t]->d * h2f(x[r]->d);                                                  \
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]); \
-                }                                                                                            \
+            K_TILE_SCALE(RM, RN)                                                                             \
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]) + hsum4(accm[r][t]);               \
     }                                                                                                                 \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+    TILE_ENTRY(NAME, RM, RN)
 
 Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, madd_add_avx2)
 Q4_K_TILE(tile_q4_K_vnni, 2, 2, VNNI, madd_add_vex)
@@ -673,17 +680,12 @@ Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512, madd_add_evex)
                                                   scale_pair(&sc16[r], 4 * h + k));                          \
                     }                                                                                        \
             }                                                                                                \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const float d = y[t]->d * h2f(x[r]->d);                                                  \
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]); \
-                }                                                                                            \
+            K_TILE_SCALE(RM, RN)                                                                             \
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
     }                                                                                                                 \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+    TILE_ENTRY(NAME, RM, RN)
 
 Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2)
 Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex)
@@ -716,8 +718,7 @@ Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex)
                 s[r * ls + t] = f16_finish(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3],           \
                                            F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
     }                                                                                                                 \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+    TILE_ENTRY(NAME, RM, RN)
 
 static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 static inline AVX512 __m512 load16_f16(const tk_half *p) {
@@ -750,8 +751,7 @@ static inline AVX512 __m512 load16_f16(const tk_half *p) {
                                            _mm512_castps512_ps256(hi[r][t]), upper8(hi[r][t]),               \
                                            F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
     }                                                                                                                 \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                   \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+    TILE_ENTRY(NAME, RM, RN)
 
 F16_TILE(tile_f16_avx2, 1, 3)
 F16_TILE_512(tile_f16_avx512, 2, 4)
