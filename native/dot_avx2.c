@@ -307,15 +307,16 @@ LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
    keeps its own accumulator, fed block by block with exactly the float operations of the one-row kernel above, so
    every result is bit for bit that kernel's (and llama.cpp's one-token vec_dot's); what the tile saves is work per
    pair: each weight block is unpacked once for RN tokens, each activation block loaded once for RM rows. Three
-   builds of each: AVX2 (sign trick per pair), AVX-VNNI and AVX512-VNNI (vpdpbusd on 256-bit vectors; the EVEX
-   encoding brings 32 registers, hence the larger tile). Integer sums per lane are exact in every build:
+   builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, below).
+   Integer sums per lane are exact in every build:
      Q4_0: (q - 8)·y = q·y - 8·Σy, the -8·Σy lanes made once per token and fed to vpdpbusd as its start value;
      Q8_0: x·y = (y + 128)·x - 128·Σx, the -128·Σx lanes made once per row (|y| ≤ 127, so y + 128 is a byte). */
 
 #define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
+static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
 static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
-static inline AVX512 __m256i dpbusd_evex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_epi32(acc, u, s); }
 
 #define NEG32(v) _mm256_sub_epi32(_mm256_setzero_si256(), v)
 
@@ -373,8 +374,63 @@ LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, 
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
 LEGACY_TILE(tile_q4_0_vnni, block_q4_0, 4, 2, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
 LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
-LEGACY_TILE(tile_q4_0_avx512, block_q4_0, 4, 4, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_evex, AVX512)
-LEGACY_TILE(tile_q8_0_avx512, block_q8_0, 4, 4, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_evex, AVX512)
+
+/* The AVX512 legacy tiles hold two tokens' accumulators in one 512-bit register (token 2k in lanes 0-7, 2k + 1 in
+   lanes 8-15): lane for lane the operations of the 256-bit code, half the instructions. The weight block is broadcast
+   to both halves; the scale vector is [d_x·d_y(2k) ×8 | d_x·d_y(2k+1) ×8]. */
+static inline AVX512 __m512i dpbusd_zmm(__m512i acc, __m512i u, __m512i s) { return _mm512_dpbusd_epi32(acc, u, s); }
+static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
+}
+#define NEG512(v) _mm512_sub_epi32(_mm512_setzero_si512(), v)
+#define Q4_0_X_512(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
+#define Q4_0_Y_512(y0, y1, a, e) \
+    (a = two_blocks((y0)->qs, (y1)->qs), e = NEG512(dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
+#define Q4_0_DOT_512(w, c, a, e) dpbusd_zmm(e, w, a)
+#define Q8_0_X_512(x, w, c) \
+    (w = _mm512_broadcast_i64x4(load32((x)->qs)), \
+     c = NEG512(dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
+#define Q8_0_Y_512(y0, y1, a, e) (a = _mm512_xor_si512(two_blocks((y0)->qs, (y1)->qs), _mm512_set1_epi8((char)0x80)), e = a)
+#define Q8_0_DOT_512(w, c, a, e) dpbusd_zmm(c, a, w)
+
+#define LEGACY_TILE_512(NAME, XT, RM, RN, PX, PY, DOT)                                                        \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        const int64_t nb = n / QK;                                                                           \
+        __m512 acc[RM][RN / 2];                                                                              \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN / 2; t++) acc[r][t] = _mm512_setzero_ps();                                \
+        for (int64_t b = 0; b < nb; b++) {                                                                   \
+            __m512i w[RM], c[RM];                                                                            \
+            __m512 dx[RM];                                                                                   \
+            (void)c;                                                                                         \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                  \
+                PX(x, w[r], c[r]);                                                                           \
+                dx[r] = _mm512_set1_ps(tk_fp16_table[x->d]);                                                 \
+            }                                                                                                \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;            \
+                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                         \
+                __m512i a, e;                                                                                \
+                PY(y0, y1, a, e);                                                                            \
+                (void)e;                                                                                     \
+                const __m512 dy = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(tk_fp16_table[y0->d]),          \
+                                                       _mm512_set1_ps(tk_fp16_table[y1->d]));                \
+                for (int r = 0; r < RM; r++)                                                                 \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
+                                                _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                s[r * ls + 2 * t] = hsum8(_mm512_castps512_ps256(acc[r][t]));                                \
+                s[r * ls + 2 * t + 1] = hsum8(upper8(acc[r][t]));                                            \
+            }                                                                                                \
+    }                                                                                                        \
+    TILE_ENTRY(NAME, RM, RN)
+
+LEGACY_TILE_512(tile_q4_0_zmm, block_q4_0, 4, 8, Q4_0_X_512, Q4_0_Y_512, Q4_0_DOT_512)
+LEGACY_TILE_512(tile_q8_0_zmm, block_q8_0, 4, 8, Q8_0_X_512, Q8_0_Y_512, Q8_0_DOT_512)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -720,7 +776,6 @@ Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex)
     }                                                                                                                 \
     TILE_ENTRY(NAME, RM, RN)
 
-static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 static inline AVX512 __m512 load16_f16(const tk_half *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
@@ -761,8 +816,8 @@ F16_TILE_512(tile_f16_avx512, 2, 4)
 const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
     static const struct tk_gemm *const T[][3] = {
         [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile, &tile_f16_avx512_tile},
-        [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile, &tile_q4_0_avx512_tile},
-        [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile, &tile_q8_0_avx512_tile},
+        [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile, &tile_q4_0_zmm_tile},
+        [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile, &tile_q8_0_zmm_tile},
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile, &tile_q4_K_avx512_tile},
         [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile, &tile_q6_K_avx512_tile},
     };
