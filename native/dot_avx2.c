@@ -339,6 +339,18 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
     static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                \
     _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
 
+/* block b of each of a legacy tile's RM weight rows, prepared by PX (w, c), and its scale d_x in every lane of a
+   VF register: the same for both register widths */
+#define LEGACY_ROWS(XT, RM, PX, DP, VI, VF, SET1)                                                             \
+    VI w[RM], c[RM];                                                                                         \
+    VF dx[RM];                                                                                               \
+    (void)c;                                                                                                 \
+    for (int r = 0; r < RM; r++) {                                                                           \
+        const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                          \
+        PX(x, w[r], c[r], DP);                                                                               \
+        dx[r] = SET1(tk_fp16_table[x->d]);                                                                   \
+    }
+
 #define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, DP, ATTR)                                                 \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         const int64_t nb = n / QK;                                                                         \
@@ -346,14 +358,7 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
         for (int r = 0; r < RM; r++)                                                                       \
             for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                  \
         for (int64_t b = 0; b < nb; b++) {                                                                 \
-            __m256i w[RM], c[RM];                                                                          \
-            __m256 dx[RM];                                                                                 \
-            (void)c;                                                                                       \
-            for (int r = 0; r < RM; r++) {                                                                 \
-                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                \
-                PX(x, w[r], c[r], DP);                                                                      \
-                dx[r] = _mm256_broadcast_ss(&tk_fp16_table[x->d]);                                         \
-            }                                                                                              \
+            LEGACY_ROWS(XT, RM, PX, DP, __m256i, __m256, _mm256_set1_ps)                                 \
             for (int t = 0; t < RN; t++) {                                                                 \
                 const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;              \
                 __m256i a, e;                                                                              \
@@ -383,14 +388,15 @@ static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
 }
 #define NEG512(v) _mm512_sub_epi32(_mm512_setzero_si512(), v)
-#define Q4_0_X_512(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
+#define Q4_0_X_512(x, w, c, DP) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
 #define Q4_0_Y_512(y0, y1, a, e) \
     (a = two_blocks((y0)->qs, (y1)->qs), e = NEG512(dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
 #define Q4_0_DOT_512(w, c, a, e) dpbusd_zmm(e, w, a)
-#define Q8_0_X_512(x, w, c) \
+#define Q8_0_X_512(x, w, c, DP) \
     (w = _mm512_broadcast_i64x4(load32((x)->qs)), \
-     c = NEG512(dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
-#define Q8_0_Y_512(y0, y1, a, e) (a = _mm512_xor_si512(two_blocks((y0)->qs, (y1)->qs), _mm512_set1_epi8((char)0x80)), e = a)
+     c = NEG512(DP(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
+#define Q8_0_Y_512(y0, y1, a, e) \
+    (a = _mm512_xor_si512(two_blocks((y0)->qs, (y1)->qs), _mm512_set1_epi8((char)0x80)), e = a)
 #define Q8_0_DOT_512(w, c, a, e) dpbusd_zmm(c, a, w)
 
 #define LEGACY_TILE_512(NAME, XT, RM, RN, PX, PY, DOT)                                                        \
@@ -400,14 +406,7 @@ static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN / 2; t++) acc[r][t] = _mm512_setzero_ps();                                \
         for (int64_t b = 0; b < nb; b++) {                                                                   \
-            __m512i w[RM], c[RM];                                                                            \
-            __m512 dx[RM];                                                                                   \
-            (void)c;                                                                                         \
-            for (int r = 0; r < RM; r++) {                                                                   \
-                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                  \
-                PX(x, w[r], c[r]);                                                                           \
-                dx[r] = _mm512_set1_ps(tk_fp16_table[x->d]);                                                 \
-            }                                                                                                \
+            LEGACY_ROWS(XT, RM, PX, dpbusd_zmm, __m512i, __m512, _mm512_set1_ps)                           \
             for (int t = 0; t < RN / 2; t++) {                                                               \
                 const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;            \
                 const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                         \
