@@ -23,6 +23,7 @@ enum tk_type {
     TK_Q8_K = 15,
     TK_BF16 = 30,
     TK_TYPE_COUNT = 31,
+    TK_Q8_KX = 64, /* internal, never a file's type: the activations of the Q4_K tiles (quants.h) */
 };
 
 /* Scalar conversions (round to nearest even, as ggml and numpy do). */

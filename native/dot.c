@@ -361,6 +361,32 @@ static void quantize_act_q8_1(const float *x, void *vy, int64_t k) {
 }
 
 /* One activation row into the vec_dot_type. */
+/* qs[32s + 4l + i] of the Q8_KX block = qs[32l + 4s + i] of the Q8_K one (the same permutation both ways) */
+static void swap_sub_blocks(const int8_t *src, int8_t *dst) {
+    for (int s = 0; s < 8; s++)
+        for (int l = 0; l < 8; l++) memcpy(dst + 32 * s + 4 * l, src + 32 * l + 4 * s, 4);
+}
+
+void tk_quantize_row_q8_KX(const float *x, void *vy, int64_t k) {
+    block_q8_KX *y = vy;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        block_q8_K t;
+        quantize_row_q8_K_ref(x + b * QK_K, &t, QK_K);
+        y[b].d = t.d;
+        swap_sub_blocks(t.qs, y[b].qs);
+        for (int l = 0; l < 8; l++) y[b].yb[l] = t.d * (float)(t.bsums[2 * l] + t.bsums[2 * l + 1]);
+    }
+}
+
+void tk_dequantize_row_q8_KX(const void *vx, float *y, int64_t k) {
+    const block_q8_KX *x = vx;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        int8_t q[QK_K];
+        swap_sub_blocks(x[b].qs, q);
+        for (int i = 0; i < QK_K; i++) y[b * QK_K + i] = x[b].d * q[i];
+    }
+}
+
 void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     switch (at) {
     case TK_F16: tk_convert(x, TK_F32, dst, TK_F16, (size_t)k, 1); break;
@@ -372,6 +398,13 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
         (t->quantize_row_simd && tk_use_simd() ? t->quantize_row_simd : t->quantize_row)(x, dst, k);
     }
     }
+}
+
+int tk_act_type(int wtype, int64_t n) {
+    const struct tk_dot_traits *d = tk_dot_traits(wtype);
+    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
+    if (!d) return -1;
+    return g && g->pack && n >= g->cols ? g->act_type : d->vec_dot_type;
 }
 
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst) {
@@ -393,6 +426,8 @@ struct mm_job {
     int atype;
     int64_t rows, cols, n;
     float *y;
+    char *work;            /* tk_matmul_work bytes per thread */
+    size_t work_size;
 };
 
 static void split(int64_t total, int i, int n, int64_t *a, int64_t *b) {
@@ -413,7 +448,8 @@ static void matmul_run(void *p, int i, int nt) {
     struct mm_job *job = p;
     int64_t a, b;
     split(job->rows, i, nt, &a, &b);
-    tk_matmul_rows(job->wtype, job->w, job->cols, a, b, job->a, job->arow, job->n, job->y, job->rows, NULL, 0);
+    tk_matmul_rows(job->wtype, job->w, job->cols, a, b, job->a, job->arow, job->n, job->y, job->rows, NULL, 0,
+                   job->work + (size_t)i * job->work_size);
 }
 
 static inline void put(float *y, int64_t r, float v, const float *bias, int add) {
@@ -449,12 +485,49 @@ static void rows_by_dots(int wtype, const char *wd, size_t wrow, int64_t cols, i
     }
 }
 
+/* Packed tiles: each tile's weight rows are repacked once into work (past r1: zero rows, whose results are dropped)
+   and meet every token; the last, partial token tile reads a zero-padded copy of its rows. */
+static void packed_tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
+                         int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
+                         int add, char *work) {
+    const size_t prow = (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size;
+    char *packed = work, *tail = work + (size_t)g->rows * prow;
+    const int64_t nt = n - n % g->cols;
+    if (nt < n) {
+        memcpy(tail, ad + (size_t)nt * arow, (size_t)(n - nt) * arow);
+        memset(tail + (size_t)(n - nt) * arow, 0, (size_t)(g->cols - (n - nt)) * arow);
+    }
+    float s[TK_GEMM_MAX_TILE * TK_GEMM_MAX_TILE];
+    for (int64_t r = r0; r < r1; r += g->rows) {
+        const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
+        for (int k = 0; k < g->rows; k++) {
+            if (k < rm) g->pack(wd + (size_t)(r + k) * wrow, packed + k * prow, cols);
+            else memset(packed + k * prow, 0, prow);
+        }
+        for (int64_t j = 0; j < n; j += g->cols) {
+            const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
+            g->fn(cols, s, (size_t)g->cols, packed, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
+            for (int k = 0; k < rm; k++)
+                for (int t = 0; t < rn; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
+        }
+    }
+}
+
+size_t tk_matmul_work(int64_t cols) {
+    const size_t blocks = (size_t)(cols / QK_K + 1);
+    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
+}
+
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
-                    int64_t n, float *y, int64_t ldy, const float *bias, int add) {
+                    int64_t n, float *y, int64_t ldy, const float *bias, int add, void *work) {
     const size_t wrow = tk_row_size(wtype, cols);
     const char *wd = w, *ad = act;
     const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
-    if (!g || n < g->cols || r1 - r0 < g->rows) {
+    if (g && g->pack && n >= g->cols) {
+        packed_tiles(g, wtype, wd, wrow, cols, r0, r1, ad, arow, n, y, ldy, bias, add, work);
+        return;
+    }
+    if (!g || g->pack || n < g->cols || r1 - r0 < g->rows) {
         rows_by_dots(wtype, wd, wrow, cols, r0, r1, ad, arow, 0, n, y, ldy, bias, add);
         return;
     }
@@ -477,17 +550,16 @@ int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float 
     const struct tk_dot_traits *d = tk_dot_traits(wtype);
     const struct tk_type_traits *wt = tk_traits(wtype);
     if (!d || !wt || rows < 0 || n < 0 || cols <= 0 || cols % wt->block_size) return -1;
-    const struct tk_type_traits *at = tk_traits(d->vec_dot_type);
-    if (cols % at->block_size) return -1;
+    const int at = tk_act_type(wtype, n);
+    if (cols % tk_traits(at)->block_size) return -1;
     if (rows == 0 || n == 0) return 0;
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 256) nthreads = 256;
 
-    struct mm_job job = {.wtype = wtype, .w = w, .wrow = tk_row_size(wtype, cols),
-                         .arow = tk_row_size(d->vec_dot_type, cols), .x = x, .atype = d->vec_dot_type,
-                         .rows = rows, .cols = cols, .n = n, .y = y};
+    struct mm_job job = {.wtype = wtype, .w = w, .wrow = tk_row_size(wtype, cols), .arow = tk_row_size(at, cols),
+                         .x = x, .atype = at, .rows = rows, .cols = cols, .n = n, .y = y};
     void *buf = NULL;
-    if (d->vec_dot_type == TK_F32) {
+    if (at == TK_F32) {
         job.a = (const char *)x;
     } else {
         buf = malloc(job.arow * (size_t)n);
@@ -504,7 +576,14 @@ int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float 
     int nt = nthreads;
     if (nt > cap) nt = cap > 1 ? (int)cap : 1;
     if (nt > rows) nt = (int)rows;
+    job.work_size = tk_matmul_work(cols);
+    job.work = malloc(job.work_size * (size_t)nt);
+    if (!job.work) {
+        free(buf);
+        return -3;
+    }
     tk_parallel(matmul_run, &job, nt);
+    free(job.work);
     free(buf);
     return 0;
 }

@@ -335,9 +335,11 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
 #define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
 
 /* the tile's entry for the table (its shape stated once) */
-#define TILE_ENTRY(NAME, RM, RN)                                                                              \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN};                                                \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+#define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0)
+#define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE)                                            \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE};                     \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds"); \
+    _Static_assert(PACK_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
 /* block b of each of a legacy tile's RM weight rows, prepared by PX (w, c), and its scale d_x in every lane of a
    VF register: the same for both register widths */
@@ -489,36 +491,29 @@ AVX2 void tk_vec_dot_q3_K_q8_K_avx2(int64_t n, float *s, const void *vx, const v
     *s = hsum8(acc);
 }
 
-/* Q4_K and Q5_K share everything but the fifth bit. The mins' sums go to 4 float lanes (accm) for Q4_K, to one
-   float (summs, when given) for Q5_K: the orders of ggml's AVX2 kernels, whose results these reproduce. */
-static inline AVX2 void dot_k4(const block_q8_K *y, const uint8_t *qs, const uint8_t *qh, tk_half xd, tk_half xdmin,
-                               const uint8_t scales[K_SCALE_SIZE], __m256 *acc, __m128 *accm, float *summs) {
+/* Q5_K: per super-block the integer sums in 8 lanes (scale of each sub-block as int16 pairs), the mins' sums to one
+   float: the order of ggml's AVX2 kernel, whose results this reproduces. */
+static inline AVX2 void dot_q5_K(const block_q5_K *x, const block_q8_K *y, __m256 *acc, float *summs) {
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
-    const float d = y->d * h2f(xd), dmin = y->d * h2f(xdmin);
-    const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(scales));  /* int16 [sc0..sc7 | m0..m7] */
+    const float d = y->d * h2f(x->d), dmin = y->d * h2f(x->dmin);
+    const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x->scales));  /* int16 [sc0..sc7 | m0..m7] */
     /* mins: 16 sums of 16 activations, paired to the 8 sub-blocks */
     const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
                                       _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
-    const __m128i prod = _mm_madd_epi16(bs, _mm256_extracti128_si256(sm, 1));
-    if (summs) {
-        __m128i t = _mm_add_epi32(prod, _mm_unpackhi_epi64(prod, prod));
-        t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
-        *summs += -dmin * (float)_mm_cvtsi128_si32(t);
-    } else {
-        *accm = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(prod), *accm);
-    }
+    __m128i t = _mm_madd_epi16(bs, _mm256_extracti128_si256(sm, 1));
+    t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
+    *summs += -dmin * (float)_mm_cvtsi128_si32(t);
     const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
-    __m256i h = qh ? load32(qh) : _mm256_setzero_si256();
+    __m256i h = load32(x->qh);
     __m256i sumi = _mm256_setzero_si256();
     const int8_t *q8 = y->qs;
     for (int j = 0; j < 4; j++, q8 += 64) {
-        const __m256i q = load32(qs + 32 * j);
+        const __m256i q = load32(x->qs + 32 * j);
         __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        if (qh) {
-            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, one), 4));
-            hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4));
-            h = _mm256_srli_epi16(h, 2);
-        }
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4));
+        h = _mm256_srli_epi16(h, 2);
         /* int16 scale of sub-block k in every lane: bytes 2k, 2k+1 of sc */
         const __m256i scl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((4 * j + 1) << 8 | (4 * j))));
         const __m256i sch = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2))));
@@ -529,38 +524,75 @@ static inline AVX2 void dot_k4(const block_q8_K *y, const uint8_t *qs, const uin
     *acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), *acc);
 }
 
+/* Q4_K works per sub-block: lane l of a super-block holds D_l, the exact integer dot of sub-block l's 32 quants
+   with their activations, and each super-block adds
+       acc = fma(d_y · xs, D, acc),  acc = fnmadd(xm, yb, acc)
+   with xs_l = d_x · scale_l, xm_l = dmin_x · min_l and yb_l = d_y · (sum of sub-block l's activation quants); the
+   result is hsum8(acc). The one-token kernels get D from the file's layout (8 lane-wise dots, then summed across
+   lanes); the tiles further down get it straight from rows repacked so that a lane meets one sub-block (and Q8_KX
+   activations), which costs one vpdpbusd per 32 products and no scale shuffles. Same D, same float operations: a
+   token's results are the same alone or in a batch. (ggml's AVX2 kernel orders the float sums otherwise; the
+   integer parts are the same.) */
+static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm) {
+    const __m128i sm = k4_scales_mins(x->scales);  /* bytes [sc0..sc7, m0..m7] */
+    *xs = _mm256_mul_ps(_mm256_set1_ps(h2f(x->d)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
+    *xm = _mm256_mul_ps(_mm256_set1_ps(h2f(x->dmin)),
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm))));
+}
+
+/* lane l = the sum of r[l]'s lanes */
+static inline AVX2 __m256i sum_lanes8(const __m256i r[8]) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(r[4], r[5]), _mm256_hadd_epi32(r[6], r[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+static inline AVX2 __m256 super_q4_K(const block_q4_K *x, const block_q8_K *y, __m256 acc) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i r[8];
+    for (int j = 0; j < 4; j++) {
+        const __m256i q = load32(x->qs + 32 * j);
+        r[2 * j] = dot_u8(_mm256_and_si256(q, m4), load32(y->qs + 64 * j));
+        r[2 * j + 1] = dot_u8(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), load32(y->qs + 64 * j + 32));
+    }
+    __m256 xs, xm;
+    q4_K_factors(x, &xs, &xm);
+    const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                      _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+    const __m256 yd = _mm256_set1_ps(y->d);
+    const __m256 yb = _mm256_mul_ps(yd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(bs)));
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, xs), _mm256_cvtepi32_ps(sum_lanes8(r)), acc);
+    return _mm256_fnmadd_ps(xm, yb, acc);
+}
+
 AVX2 void tk_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q4_K *x = vx;
     const block_q8_K *y = vy;
     __m256 acc = _mm256_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
-    for (int64_t b = 0; b < n / QK_K; b++) dot_k4(&y[b], x[b].qs, NULL, x[b].d, x[b].dmin, x[b].scales, &acc, &accm, NULL);
-    *s = hsum8(acc) + hsum4(accm);
+    for (int64_t b = 0; b < n / QK_K; b++) acc = super_q4_K(&x[b], &y[b], acc);
+    *s = hsum8(acc);
 }
 
 AVX2 void tk_vec_dot2_q4_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
     const block_q4_K *x0 = vx, *x1 = (const block_q4_K *)((const char *)vx + bx);
     const block_q8_K *y = vy;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    __m128 accm0 = _mm_setzero_ps(), accm1 = accm0;
     for (int64_t b = 0; b < n / QK_K; b++) {
         prefetch_block(&x0[b], sizeof x0[b]);
         prefetch_block(&x1[b], sizeof x1[b]);
-        dot_k4(&y[b], x0[b].qs, NULL, x0[b].d, x0[b].dmin, x0[b].scales, &acc0, &accm0, NULL);
-        dot_k4(&y[b], x1[b].qs, NULL, x1[b].d, x1[b].dmin, x1[b].scales, &acc1, &accm1, NULL);
+        acc0 = super_q4_K(&x0[b], &y[b], acc0);
+        acc1 = super_q4_K(&x1[b], &y[b], acc1);
     }
-    s[0] = hsum8(acc0) + hsum4(accm0);
-    s[1] = hsum8(acc1) + hsum4(accm1);
+    s[0] = hsum8(acc0);
+    s[1] = hsum8(acc1);
 }
 
 AVX2 void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_q5_K *x = vx;
     const block_q8_K *y = vy;
     __m256 acc = _mm256_setzero_ps();
-    __m128 unused = _mm_setzero_ps();
     float summs = 0;
-    for (int64_t b = 0; b < n / QK_K; b++)
-        dot_k4(&y[b], x[b].qs, x[b].qh, x[b].d, x[b].dmin, x[b].scales, &acc, &unused, &summs);
+    for (int64_t b = 0; b < n / QK_K; b++) dot_q5_K(&x[b], &y[b], &acc, &summs);
     *s = hsum8(acc) + summs;
 }
 
@@ -631,64 +663,131 @@ static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { 
             acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);       \
         }
 
-/* Q4_K tiles: per super-block, each row's scales and mins unpacked once, each token's bsums paired once; the float
-   operations per (row, token) are dot_k4's (Q4_K form: mins into 4 float lanes). */
-#define Q4_K_TILE(NAME, RM, RN, ATTR, MADD_ADD)                                                                       \
+/* Q4_K tiles (see super_q4_K): rows repacked per super-block into the quants as bytes, reordered as Q8_KX orders
+   the activations' (q[32s + 4l + i] = quant 4s + i of sub-block l), and xs, xm; then step s of a (row, token) pair is
+   one vpdpbusd whose lane l gathers sub-block l, and D is ready after 8 steps. The AVX512 build holds two tokens
+   per 512-bit register (lane for lane the 256-bit operations). */
+typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
+
+/* v[s] = the 32-bit elements s of v[0..7] (an 8 × 8 transpose) */
+static inline AVX2 void transpose8_epi32(__m256i v[8]) {
+    __m256i t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_epi32(v[k], v[k + 1]);
+        t[k + 1] = _mm256_unpackhi_epi32(v[k], v[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_unpacklo_epi64(t[k], t[k + 2]);
+        u[k + 1] = _mm256_unpackhi_epi64(t[k], t[k + 2]);
+        u[k + 2] = _mm256_unpacklo_epi64(t[k + 1], t[k + 3]);
+        u[k + 3] = _mm256_unpackhi_epi64(t[k + 1], t[k + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        v[c] = _mm256_permute2x128_si256(u[c], u[c + 4], 0x20);
+        v[c + 4] = _mm256_permute2x128_si256(u[c], u[c + 4], 0x31);
+    }
+}
+
+static AVX2 void pack_q4_K(const void *vx, void *dst, int64_t n) {
+    const block_q4_K *x = vx;
+    block_q4_K_packed *p = dst;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        __m256i v[8];
+        for (int j = 0; j < 4; j++) {
+            const __m256i q = load32(x[b].qs + 32 * j);
+            v[2 * j] = _mm256_and_si256(q, m4);
+            v[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        }
+        transpose8_epi32(v);
+        for (int k = 0; k < 8; k++) _mm256_storeu_si256((__m256i *)(p[b].q + 32 * k), v[k]);
+        __m256 xs, xm;
+        q4_K_factors(&x[b], &xs, &xm);
+        _mm256_storeu_ps(p[b].xs, xs);
+        _mm256_storeu_ps(p[b].xm, xm);
+    }
+}
+
+static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { return _mm256_add_epi32(acc, dot_u8(u, s)); }
+
+#define Q4_K_ROW(r, b) ((const block_q4_K_packed *)((const char *)vx + (r) * bx) + (b))
+#define Q8_KX_ROW(t, b) ((const block_q8_KX *)((const char *)vy + (t) * by) + (b))
+
+#define Q4_K_TILE(NAME, RM, RN, ATTR, DP)                                                                     \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
-        const __m256i m4 = _mm256_set1_epi8(0x0F);                                                           \
         __m256 acc[RM][RN];                                                                                  \
-        __m128 accm[RM][RN];                                                                                 \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps(), accm[r][t] = _mm_setzero_ps();     \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            const block_q4_K *x[RM];                                                                         \
-            const block_q8_K *y[RN];                                                                         \
-            __m256i sc[RM], sumi[RM][RN];                                                                    \
-            __m128i mins[RM];                                                                                \
-            for (int r = 0; r < RM; r++) {                                                                   \
-                x[r] = (const block_q4_K *)((const char *)vx + r * bx) + b;                                 \
-                const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x[r]->scales));                       \
-                mins[r] = _mm256_extracti128_si256(sm, 1);                                                   \
-                sc[r] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));                             \
+            __m256i D[RM][RN];                                                                               \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) D[r][t] = _mm256_setzero_si256();                               \
+            for (int st = 0; st < 8; st++) {                                                                 \
+                __m256i w[RM];                                                                               \
+                for (int r = 0; r < RM; r++) w[r] = load32(Q4_K_ROW(r, b)->q + 32 * st);                     \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256i a = load32(Q8_KX_ROW(t, b)->qs + 32 * st);                                 \
+                    for (int r = 0; r < RM; r++) D[r][t] = DP(D[r][t], w[r], a);                             \
+                }                                                                                            \
             }                                                                                                \
             for (int t = 0; t < RN; t++) {                                                                   \
-                y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                                 \
-                const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y[t]->bsums),             \
-                                                  _mm_loadu_si128((const __m128i *)(y[t]->bsums + 8)));      \
+                const __m256 yd = _mm256_broadcast_ss(&Q8_KX_ROW(t, b)->d), yb = _mm256_loadu_ps(Q8_KX_ROW(t, b)->yb); \
                 for (int r = 0; r < RM; r++) {                                                               \
-                    const float dmin = y[t]->d * h2f(x[r]->dmin);                                            \
-                    accm[r][t] = _mm_fmadd_ps(_mm_set1_ps(-dmin), _mm_cvtepi32_ps(_mm_madd_epi16(bs, mins[r])), \
-                                              accm[r][t]);                                                   \
-                    sumi[r][t] = _mm256_setzero_si256();                                                     \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(yd, _mm256_loadu_ps(Q4_K_ROW(r, b)->xs)),      \
+                                                _mm256_cvtepi32_ps(D[r][t]), acc[r][t]);                     \
+                    acc[r][t] = _mm256_fnmadd_ps(_mm256_loadu_ps(Q4_K_ROW(r, b)->xm), yb, acc[r][t]);        \
                 }                                                                                            \
             }                                                                                                \
-            for (int j = 0; j < 4; j++) {                                                                    \
-                __m256i lo[RM], hi[RM], scl[RM], sch[RM];                                                    \
-                for (int r = 0; r < RM; r++) {                                                               \
-                    const __m256i q = load32(x[r]->qs + 32 * j);                                             \
-                    lo[r] = _mm256_and_si256(q, m4);                                                         \
-                    hi[r] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);                                   \
-                    scl[r] = _mm256_shuffle_epi8(sc[r], _mm256_set1_epi16((short)((4 * j + 1) << 8 | (4 * j)))); \
-                    sch[r] = _mm256_shuffle_epi8(sc[r], _mm256_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2)))); \
-                }                                                                                            \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const __m256i qa = load32(y[t]->qs + 64 * j), qb = load32(y[t]->qs + 64 * j + 32);       \
-                    for (int r = 0; r < RM; r++) {                                                           \
-                        sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(lo[r], qa), scl[r]);          \
-                        sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(hi[r], qb), sch[r]);          \
-                    }                                                                                        \
-                }                                                                                            \
-            }                                                                                                \
-            K_TILE_SCALE(RM, RN)                                                                             \
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]) + hsum4(accm[r][t]);               \
-    }                                                                                                                 \
-    TILE_ENTRY(NAME, RM, RN)
+            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
+    }                                                                                                        \
+    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX)
 
-Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, madd_add_avx2)
-Q4_K_TILE(tile_q4_K_vnni, 2, 2, VNNI, madd_add_vex)
-Q4_K_TILE(tile_q4_K_avx512, 2, 4, AVX512, madd_add_evex)
+static inline AVX512 __m512 two_halves(__m256 a, __m256 b) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+}
+static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
+
+#define Q4_K_TILE_512(NAME, RM, RN)                                                                           \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        __m512 acc[RM][RN / 2];                                                                              \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN / 2; t++) acc[r][t] = _mm512_setzero_ps();                                \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m512i D[RM][RN / 2];                                                                           \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN / 2; t++) D[r][t] = _mm512_setzero_si512();                           \
+            for (int st = 0; st < 8; st++) {                                                                 \
+                __m512i w[RM];                                                                               \
+                for (int r = 0; r < RM; r++) w[r] = _mm512_broadcast_i64x4(load32(Q4_K_ROW(r, b)->q + 32 * st)); \
+                for (int t = 0; t < RN / 2; t++) {                                                           \
+                    const __m512i a = two_blocks(Q8_KX_ROW(2 * t, b)->qs + 32 * st, Q8_KX_ROW(2 * t + 1, b)->qs + 32 * st); \
+                    for (int r = 0; r < RM; r++) D[r][t] = dpbusd_zmm(D[r][t], w[r], a);                     \
+                }                                                                                            \
+            }                                                                                                \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                const block_q8_KX *y0 = Q8_KX_ROW(2 * t, b), *y1 = Q8_KX_ROW(2 * t + 1, b);                  \
+                const __m512 yd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(y0->d), _mm512_set1_ps(y1->d));  \
+                const __m512 yb = two_halves(_mm256_loadu_ps(y0->yb), _mm256_loadu_ps(y1->yb));              \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(yd, both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xs))), \
+                                                _mm512_cvtepi32_ps(D[r][t]), acc[r][t]);                     \
+                    acc[r][t] = _mm512_fnmadd_ps(both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xm)), yb, acc[r][t]); \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                s[r * ls + 2 * t] = hsum8(_mm512_castps512_ps256(acc[r][t]));                                \
+                s[r * ls + 2 * t + 1] = hsum8(upper8(acc[r][t]));                                            \
+            }                                                                                                \
+    }                                                                                                        \
+    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX)
+
+Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, dpbusd_avx2)
+Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, dpbusd_vex)
+Q4_K_TILE_512(tile_q4_K_zmm, 4, 6)
 
 /* Q6_K tiles: super_q6_K per (row, token), each row's quants and scales unpacked once per half super-block */
 #define Q6_K_TILE(NAME, RM, RN, ATTR, MADD_ADD)                                                                       \
@@ -817,7 +916,7 @@ const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
         [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile, &tile_f16_avx512_tile},
         [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile, &tile_q4_0_zmm_tile},
         [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile, &tile_q8_0_zmm_tile},
-        [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile, &tile_q4_K_avx512_tile},
+        [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile, &tile_q4_K_zmm_tile},
         [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile, &tile_q6_K_avx512_tile},
     };
     if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 2) return NULL;

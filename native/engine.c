@@ -13,7 +13,7 @@
 #define TK_X86 1
 #endif
 
-struct tk_mat { const void *data; int type; int64_t rows, cols; size_t row_bytes; int vtype; };
+struct tk_mat { const void *data; int type; int64_t rows, cols; size_t row_bytes; };
 
 struct tk_layer {
     const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
@@ -58,7 +58,7 @@ static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, 
                  (long long)d->cols);
         return -1;
     }
-    *m = (struct tk_mat){d->data, d->type, d->rows, d->cols, tk_row_size(d->type, d->cols), dt->vec_dot_type};
+    *m = (struct tk_mat){d->data, d->type, d->rows, d->cols, tk_row_size(d->type, d->cols)};
     return 0;
 }
 
@@ -452,6 +452,8 @@ struct fwd {
     int64_t scratch_per_thread;
     char *act_buf[MAX_ACT];  /* activations converted for the next products, one buffer per vec_dot type */
     size_t act_cap;
+    char *work;              /* tk_matmul_rows' work memory, work_size bytes per thread */
+    size_t work_size;
 };
 
 /* The activations of the next products: source rows and the vec_dot types they are converted to (every thread
@@ -494,7 +496,7 @@ static void for_rows(struct fwd *f, const struct acts *A, int64_t nrows, int64_t
 static struct acts plan_acts(const float *src, int64_t cols, const struct mm *g, int ng) {
     struct acts A = {src, cols, {0}, 0, {0}};
     for (int i = 0; i < ng; i++) {
-        int t = g[i].w->vtype, seen = 0;
+        int t = tk_act_type(g[i].w->type, g[i].n), seen = 0;
         for (int j = 0; j < A.n; j++) seen |= A.type[j] == t;
         if (!seen) {
             A.type[A.n] = t;
@@ -537,10 +539,11 @@ static const char *act_for(const struct fwd *f, const struct acts *A, int type, 
 }
 
 /* y rows [r0, r1) of one product, all tokens */
-static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *m, int64_t r0, int64_t r1) {
+static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *m, int64_t r0, int64_t r1, int ith) {
     size_t arow = 0;
-    const char *act = act_for(f, A, m->w->vtype, &arow);
-    tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act, arow, m->n, m->y, m->ldy, m->bias, m->add);
+    const char *act = act_for(f, A, tk_act_type(m->w->type, m->n), &arow);
+    tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act, arow, m->n, m->y, m->ldy, m->bias, m->add,
+                   f->work + (size_t)ith * f->work_size);
 }
 
 /* The products of a group, their rows in chunks handed out on demand: a thread that the machine slows down takes
@@ -560,7 +563,7 @@ static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int
         int i = 0;
         while (c >= chunks[i]) c -= chunks[i++];
         const int64_t r0 = c * rows, r1 = r0 + rows < g[i].w->rows ? r0 + rows : g[i].w->rows;
-        mm_rows(f, A, &g[i], r0, r1);
+        mm_rows(f, A, &g[i], r0, r1, ith);
     }
 }
 
@@ -795,10 +798,13 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     float *mem = malloc(sizeof(float) * floats);
     /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16 */
     f.act_cap = (size_t)n * ((size_t)widest * 2 + 64);
-    int ok = mem != NULL;
+    f.work_size = tk_matmul_work(widest);
+    f.work = malloc(f.work_size * (size_t)nthreads);
+    int ok = mem != NULL && f.work != NULL;
     for (int j = 0; j < MAX_ACT; j++) ok = ok && (f.act_buf[j] = malloc(f.act_cap)) != NULL;
     if (!ok) {
         free(mem);
+        free(f.work);
         for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
         return -3;
     }
@@ -815,6 +821,7 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     atomic_init(&f.next_chunk[1], 0);
     tk_parallel(forward_task, &f, nthreads);
     free(mem);
+    free(f.work);
     for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
     return 0;
 }

@@ -26,6 +26,10 @@ typedef struct { tk_half d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K 
 typedef struct { tk_half d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; tk_half d; } block_q6_K;
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+/* TK_Q8_KX, the activations of the Q4_K tiles: a Q8_K block with its quants reordered so that bytes 32s..32s+31 hold
+   elements 4s..4s+3 of each of the 8 sub-blocks of 32 (qs[32s + 4l + i] = element 4s + i of sub-block l), and in
+   place of bsums yb[l] = d · (sum of sub-block l's quants). */
+typedef struct { float d; int8_t qs[QK_K]; float yb[QK_K / 32]; } block_q8_KX;
 
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
 static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
@@ -39,6 +43,7 @@ static_assert(sizeof(block_q4_K) == 144, "block_q4_K layout");
 static_assert(sizeof(block_q5_K) == 176, "block_q5_K layout");
 static_assert(sizeof(block_q6_K) == 210, "block_q6_K layout");
 static_assert(sizeof(block_q8_K) == 292, "block_q8_K layout");
+static_assert(sizeof(block_q8_KX) == 292, "block_q8_KX layout");
 
 /* k is the number of elements, a multiple of the type's block size. */
 typedef void (*tk_quantize_row_fn)(const float *x, void *y, int64_t k);
@@ -133,7 +138,12 @@ int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float 
    tk_matmul and of the forward pass: pairs of rows through the two-row kernels, weight tiles kept in cache across
    the activation rows. */
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
-                    int64_t n, float *y, int64_t ldy, const float *bias, int add);
+                    int64_t n, float *y, int64_t ldy, const float *bias, int add, void *work);
+/* The type n activation rows are converted to for a product with wtype weights: the vec_dot_type, or the activation
+   type of the type's packed tile when n is at least the tile's width (-1 for a type without products). */
+int tk_act_type(int wtype, int64_t n);
+/* Bytes of work memory tk_matmul_rows may need (for any weight type) with rows of cols elements. */
+size_t tk_matmul_work(int64_t cols);
 
 /* *s = dot(x, y) over n elements: x one weight row of the type, y one activation row of its vec_dot_type. */
 typedef void (*tk_vec_dot_fn)(int64_t n, float *s, const void *x, const void *y);
@@ -160,6 +170,9 @@ tk_vec_dot2_fn tk_vec_dot2(int wtype);
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst);
 /* One activation row (k elements, whole blocks) into the vec_dot_type at, as llama.cpp's CPU backend converts it. */
 void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k);
+/* TK_Q8_KX rows: quantized as Q8_K, then reordered */
+void tk_quantize_row_q8_KX(const float *x, void *dst, int64_t k);
+void tk_dequantize_row_q8_KX(const void *x, float *y, int64_t k);
 
 /* fp16 -> f32 for all 65536 values (filled at load time), as ggml's ggml_table_f32_f16 */
 extern float tk_fp16_table[1 << 16];
@@ -195,10 +208,14 @@ int tk_use_vnni(void);
 int tk_use_avx512(void);
 
 /* A tile of a matrix product: s[r·ls + t] = dot of weight row r (at x + r·bx) with activation row t (at y + t·by)
-   for r < rows, t < cols, over n elements; bit for bit the results of the type's SIMD vec_dot. */
+   for r < rows, t < cols, over n elements; bit for bit the results of the type's SIMD vec_dot.
+   A packed tile reads its weight rows repacked by pack (pack_size bytes per block of the weight type) and its
+   activations in act_type; the others read the file's rows and the vec_dot_type (pack NULL, act_type 0). */
 typedef void (*tk_gemm_fn)(int64_t n, float *s, size_t ls, const void *x, size_t bx, const void *y, size_t by);
-struct tk_gemm { tk_gemm_fn fn; int rows, cols; };
+typedef void (*tk_pack_fn)(const void *x, void *dst, int64_t n);
+struct tk_gemm { tk_gemm_fn fn; int rows, cols; tk_pack_fn pack; size_t pack_size; int act_type; };
 #define TK_GEMM_MAX_TILE 16
+#define TK_GEMM_MAX_PACK 320 /* bytes per weight block of a packed tile, at most */
 /* The tile kernel for wtype on this CPU (NULL when none, or the scalar path is forced). */
 const struct tk_gemm *tk_gemm(int wtype);
 /* x86 builds: level 0 AVX2, 1 AVX-VNNI, 2 AVX512-VNNI */

@@ -30,7 +30,12 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_Q8_K, "q8_K", QK_K, sizeof(block_q8_K), quantize_row_q8_K_ref, dequantize_row_q8_K, NULL),
 };
 
+/* not in the table: no file holds it */
+static const struct tk_type_traits Q8_KX_TRAITS = {"q8_KX", QK_K, sizeof(block_q8_KX), tk_quantize_row_q8_KX,
+                                                   tk_dequantize_row_q8_KX, NULL};
+
 const struct tk_type_traits *tk_traits(int type) {
+    if (type == TK_Q8_KX) return &Q8_KX_TRAITS;
     if (type < 0 || type >= TK_TYPE_COUNT || TRAITS[type].name == NULL) return NULL;
     return &TRAITS[type];
 }
