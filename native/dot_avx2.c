@@ -540,20 +540,23 @@ static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm
                         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm))));
 }
 
-/* lane l = the sum of r[l]'s lanes */
-static inline AVX2 __m256i sum_lanes8(const __m256i r[8]) {
-    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(r[0], r[1]), _mm256_hadd_epi32(r[2], r[3]));
-    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(r[4], r[5]), _mm256_hadd_epi32(r[6], r[7]));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
+/* lane l = the sum of p[l]'s 16 int16 lanes (pair sums of maddubs: 16 products of a nibble and an activation in
+   any 8 of them stay within int16, so three rounds of hadd are exact before the two halves are added as int32) */
+static inline AVX2 __m256i sum_lanes8(const __m256i p[8]) {
+    const __m256i a = _mm256_hadd_epi16(_mm256_hadd_epi16(p[0], p[1]), _mm256_hadd_epi16(p[2], p[3]));
+    const __m256i b = _mm256_hadd_epi16(_mm256_hadd_epi16(p[4], p[5]), _mm256_hadd_epi16(p[6], p[7]));
+    const __m256i c = _mm256_hadd_epi16(a, b);
+    return _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(c)),
+                            _mm256_cvtepi16_epi32(_mm256_extracti128_si256(c, 1)));
 }
 
 static inline AVX2 __m256 super_q4_K(const block_q4_K *x, const block_q8_K *y, __m256 acc) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m256i r[8];
+    __m256i p[8];
     for (int j = 0; j < 4; j++) {
         const __m256i q = load32(x->qs + 32 * j);
-        r[2 * j] = dot_u8(_mm256_and_si256(q, m4), load32(y->qs + 64 * j));
-        r[2 * j + 1] = dot_u8(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), load32(y->qs + 64 * j + 32));
+        p[2 * j] = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), load32(y->qs + 64 * j));
+        p[2 * j + 1] = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), load32(y->qs + 64 * j + 32));
     }
     __m256 xs, xm;
     q4_K_factors(x, &xs, &xm);
@@ -561,7 +564,7 @@ static inline AVX2 __m256 super_q4_K(const block_q4_K *x, const block_q8_K *y, _
                                       _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
     const __m256 yd = _mm256_set1_ps(y->d);
     const __m256 yb = _mm256_mul_ps(yd, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(bs)));
-    acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, xs), _mm256_cvtepi32_ps(sum_lanes8(r)), acc);
+    acc = _mm256_fmadd_ps(_mm256_mul_ps(yd, xs), _mm256_cvtepi32_ps(sum_lanes8(p)), acc);
     return _mm256_fnmadd_ps(xm, yb, acc);
 }
 
