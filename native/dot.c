@@ -360,7 +360,6 @@ static void quantize_act_q8_1(const float *x, void *vy, int64_t k) {
     }
 }
 
-/* One activation row into the vec_dot_type. */
 /* qs[32s + 4l + i] of the Q8_KX block = qs[32l + 4s + i] of the Q8_K one (the same permutation both ways) */
 static void swap_sub_blocks(const int8_t *src, int8_t *dst) {
     for (int s = 0; s < 8; s++)
@@ -387,6 +386,7 @@ void tk_dequantize_row_q8_KX(const void *vx, float *y, int64_t k) {
     }
 }
 
+/* One activation row into the vec_dot_type. */
 void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     switch (at) {
     case TK_F16: tk_convert(x, TK_F32, dst, TK_F16, (size_t)k, 1); break;

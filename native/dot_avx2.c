@@ -910,7 +910,7 @@ static inline AVX512 __m512 load16_f16(const tk_half *p) {
     TILE_ENTRY(NAME, RM, RN)
 
 F16_TILE(tile_f16_avx2, 1, 3)
-F16_TILE_512(tile_f16_avx512, 2, 4)
+F16_TILE_512(tile_f16_avx512, 3, 4)
 
 /* ---------------------------------------------------------------------------------------------- tile table */
 

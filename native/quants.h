@@ -127,8 +127,9 @@ static inline int tk_nearest_int(float fval) {
 /* ==== Matrix products (dot.c, dot_avx2.c) ========================================================================
    y[n][rows] = x[n][cols] · W[rows][cols]ᵀ, W stored row-major as wtype (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
    Q2_K..Q6_K), x and y float32. As in ggml, the activations are converted once per call to the weight type's
-   vec_dot_type (Q4_0/Q5_0/Q8_0 -> Q8_0, Q4_1/Q5_1 -> Q8_1, K-quants -> Q8_K, F16/BF16/F32 -> themselves), then each
-   output is vec_dot(weight row, activation row). Weight rows are split across up to nthreads threads (fewer when
+   vec_dot_type (Q4_0/Q5_0/Q8_0 -> Q8_0, Q4_1/Q5_1 -> Q8_1, K-quants -> Q8_K, F16/BF16/F32 -> themselves; Q8_KX, the
+   same quants reordered, for batches that go through the Q4_K tiles), then each output is vec_dot(weight row,
+   activation row) or a tile's equal result. Weight rows are split across up to nthreads threads (fewer when
    the product is small); the result does not depend on the number of threads. Returns 0, -1 for an unsupported type
    or a bad shape (cols not a multiple of the block sizes), -3 when memory ran out. */
 int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float *x, int64_t n, float *y, int nthreads);
