@@ -1,7 +1,8 @@
 /* AVX2 versions of the vec_dots of dot.c (chosen when tk_use_simd()). Integer products within blocks are exact, as
    in the scalar code; the float sums run in 8 vector lanes (FMA), in the order of ggml's AVX2 kernels
    (ggml-cpu/arch/x86/quants.c), whose results the quantized types reproduce bit for bit given the same activation
-   bytes; they differ from the scalar ones only by float rounding. Activations are what dot.c's conversion makes:
+   bytes (Q4_K excepted: its float sums run per sub-block, see super_q4_K); they differ from the scalar ones only by
+   float rounding. Activations are what dot.c's conversion makes:
    Q8_0/Q8_1 quants lie in [-127, 127], which the sign trick of the signed × signed products needs; Q8_K quants may
    reach -128, and are only ever multiplied with unsigned weights (maddubs). */
 #include <string.h>
@@ -305,9 +306,9 @@ LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
 /* ---------------------------------------------------------------------------------------------- tiles */
 /* Matrix-matrix tiles for prompt processing: RM weight rows × RN activation rows at once. Every (row, token) pair
    keeps its own accumulator, fed block by block with exactly the float operations of the one-row kernel above, so
-   every result is bit for bit that kernel's (and llama.cpp's one-token vec_dot's); what the tile saves is work per
-   pair: each weight block is unpacked once for RN tokens, each activation block loaded once for RM rows. Three
-   builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, below).
+   every result is bit for bit that kernel's (and, Q4_K aside, llama.cpp's one-token vec_dot's); what the tile saves
+   is work per pair: each weight block is unpacked once for RN tokens, each activation block loaded once for RM rows.
+   Three builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, below).
    Integer sums per lane are exact in every build:
      Q4_0: (q - 8)·y = q·y - 8·Σy, the -8·Σy lanes made once per token and fed to vpdpbusd as its start value;
      Q8_0: x·y = (y + 128)·x - 128·Σx, the -128·Σx lanes made once per row (|y| ≤ 127, so y + 128 is a byte). */
