@@ -390,6 +390,21 @@ static inline AVX512 __m512i dpbusd_zmm(__m512i acc, __m512i u, __m512i s) { ret
 static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
 }
+/* a tile's 512-bit accumulators acc[RM][RN / 2] (token 2t in lanes 0-7, 2t + 1 in lanes 8-15): cleared; summed into
+   s[r·ls + token] */
+#define ZMM_PAIRS_ZERO(acc, RM, RN)                                                                           \
+    for (int r_ = 0; r_ < RM; r_++)                                                                          \
+        for (int t_ = 0; t_ < RN / 2; t_++) acc[r_][t_] = _mm512_setzero_ps()
+#define ZMM_PAIRS_STORE(acc, RM, RN, s, ls)                                                                   \
+    for (int r_ = 0; r_ < RM; r_++)                                                                          \
+        for (int t_ = 0; t_ < RN / 2; t_++) {                                                                \
+            (s)[r_ * (ls) + 2 * t_] = hsum8(_mm512_castps512_ps256(acc[r_][t_]));                            \
+            (s)[r_ * (ls) + 2 * t_ + 1] = hsum8(upper8(acc[r_][t_]));                                        \
+        }
+/* [a ×8 | b ×8]: the scales of two tokens */
+static inline AVX512 __m512 two_scalars(float a, float b) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
 #define NEG512(v) _mm512_sub_epi32(_mm512_setzero_si512(), v)
 #define Q4_0_X_512(x, w, c, DP) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
 #define Q4_0_Y_512(y0, y1, a, e) \
@@ -406,8 +421,7 @@ static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         const int64_t nb = n / QK;                                                                           \
         __m512 acc[RM][RN / 2];                                                                              \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN / 2; t++) acc[r][t] = _mm512_setzero_ps();                                \
+        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
         for (int64_t b = 0; b < nb; b++) {                                                                   \
             LEGACY_ROWS(XT, RM, PX, dpbusd_zmm, __m512i, __m512, _mm512_set1_ps)                           \
             for (int t = 0; t < RN / 2; t++) {                                                               \
@@ -416,18 +430,13 @@ static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
                 __m512i a, e;                                                                                \
                 PY(y0, y1, a, e);                                                                            \
                 (void)e;                                                                                     \
-                const __m512 dy = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(tk_fp16_table[y0->d]),          \
-                                                       _mm512_set1_ps(tk_fp16_table[y1->d]));                \
+                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                           \
                 for (int r = 0; r < RM; r++)                                                                 \
                     acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
                                                 _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
             }                                                                                                \
         }                                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN / 2; t++) {                                                               \
-                s[r * ls + 2 * t] = hsum8(_mm512_castps512_ps256(acc[r][t]));                                \
-                s[r * ls + 2 * t + 1] = hsum8(upper8(acc[r][t]));                                            \
-            }                                                                                                \
+        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
     }                                                                                                        \
     TILE_ENTRY(NAME, RM, RN)
 
@@ -756,8 +765,7 @@ static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
 #define Q4_K_TILE_512(NAME, RM, RN)                                                                           \
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         __m512 acc[RM][RN / 2];                                                                              \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN / 2; t++) acc[r][t] = _mm512_setzero_ps();                                \
+        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
             __m512i D[RM][RN / 2];                                                                           \
             for (int r = 0; r < RM; r++)                                                                     \
@@ -772,7 +780,7 @@ static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
             }                                                                                                \
             for (int t = 0; t < RN / 2; t++) {                                                               \
                 const block_q8_KX *y0 = Q8_KX_ROW(2 * t, b), *y1 = Q8_KX_ROW(2 * t + 1, b);                  \
-                const __m512 yd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(y0->d), _mm512_set1_ps(y1->d));  \
+                const __m512 yd = two_scalars(y0->d, y1->d);                                                         \
                 const __m512 yb = two_halves(_mm256_loadu_ps(y0->yb), _mm256_loadu_ps(y1->yb));              \
                 for (int r = 0; r < RM; r++) {                                                               \
                     acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(yd, both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xs))), \
@@ -781,11 +789,7 @@ static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
                 }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN / 2; t++) {                                                               \
-                s[r * ls + 2 * t] = hsum8(_mm512_castps512_ps256(acc[r][t]));                                \
-                s[r * ls + 2 * t + 1] = hsum8(upper8(acc[r][t]));                                            \
-            }                                                                                                \
+        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX)
 
