@@ -13,15 +13,40 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install native test test-sanitize demo bench lint clean
+.PHONY: install oracle native test test-sanitize demo bench lint clean
 
 install: $(VENV)/.installed
 
-# torch first, pinned to the CPU build on disk; then the package (editable: the native core is built in place, so
-# `import native` works from the source tree too) with its test extra.
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard native/*.c native/*.h)
+# The oracle's wheel, built once with CMAKE_ARGS into a folder named after the version and a hash of those flags, and
+# installed from there. pip's wheel cache is keyed by the sdist alone, not by CMAKE_ARGS: a llama-cpp-python built
+# earlier on this machine with other flags (natively, with AVX512) would otherwise be installed silently, and the
+# tolerances of the oracle tests hold for the build made here (tests/oracle.py checks it at session start).
+ORACLE     := llama-cpp-python==0.3.36
+ORACLE_KEY := $(shell printf '%s' '$(ORACLE) $(CMAKE_ARGS)' | sha256sum | cut -c1-12)
+ORACLE_DIR := build/wheels/$(subst ==,-,$(ORACLE))-$(ORACLE_KEY)
+
+ORACLE_INSTALL = $(PIP) install -q --disable-pip-version-check --no-deps --force-reinstall $(ORACLE_DIR)/*.whl
+
+# the oracle's wheel (built if missing) installed over whatever build of llama-cpp-python the venv holds
+oracle: $(ORACLE_DIR)/.built
+	$(ORACLE_INSTALL)
+
+$(ORACLE_DIR)/.built:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -rf $(ORACLE_DIR) $(ORACLE_DIR).tmp
+	$(PIP) wheel -q --disable-pip-version-check --no-cache-dir --no-deps --no-binary llama-cpp-python \
+		-w $(ORACLE_DIR).tmp '$(ORACLE)'
+	printf '%s\n' '$(CMAKE_ARGS)' > $(ORACLE_DIR).tmp/CMAKE_ARGS
+	touch $(ORACLE_DIR).tmp/.built
+	mv $(ORACLE_DIR).tmp $(ORACLE_DIR)
+
+# torch first, pinned to the CPU build on disk; then the oracle from its own wheel (--force-reinstall: whatever build of
+# the same version the venv held before is replaced); then the package (editable: the native core is built in place, so
+# `import native` works from the source tree too) with its test extra, which finds the oracle's version installed.
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard native/*.c native/*.h) $(ORACLE_DIR)/.built
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(ORACLE_INSTALL)
 	$(PIP) install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
@@ -63,14 +88,17 @@ test-sanitize: install
 	$(SAN_PYTEST) $(SAN_KERNELS) $(SAN_FORWARD)
 	TOOLKIT_FORCE_SCALAR=1 $(SAN_PYTEST) $(SAN_KERNELS)
 
+# Real text first (stories260K, a trained tiny Llama), then the seed's workflow on a CodeShell-shaped model whose
+# weights are random (so its text is noise, and the demo says so before printing it).
 demo: install
+	$(VENV)/bin/toolkit convert $(SHARED)/fixtures/stories260K 0 --outfile $(DEMO)/stories260K-f32.gguf
+	$(VENV)/bin/toolkit run -m $(DEMO)/stories260K-f32.gguf -p "Once upon a time" -n 60 --temp 0
 	$(PY) -m fixtures tiny codeshell $(DEMO)/codeshell-tiny --n-layer 4 --dtype bfloat16
 	$(VENV)/bin/toolkit convert $(DEMO)/codeshell-tiny 1
 	$(VENV)/bin/toolkit quantize $(DEMO)/codeshell-tiny/ggml-model-f16.gguf Q4_0
 	$(VENV)/bin/toolkit info $(DEMO)/codeshell-tiny/ggml-model-Q4_0.gguf
+	@echo "The CodeShell-shaped demo model has random weights: the text below is noise, it shows the workflow runs."
 	$(VENV)/bin/toolkit run -m $(DEMO)/codeshell-tiny/ggml-model-Q4_0.gguf -p "def fibonacci(n):" -n 24 -s 1
-	$(VENV)/bin/toolkit convert $(SHARED)/fixtures/stories260K 0 --outfile $(DEMO)/stories260K-f32.gguf
-	$(VENV)/bin/toolkit run -m $(DEMO)/stories260K-f32.gguf -p "Once upon a time" -n 60 --temp 0
 
 bench: install
 	$(PY) -m benchmarks --data $(BENCH) $(BENCH_ARGS)
@@ -79,4 +107,5 @@ lint:
 	$(PY) -m pyflakes toolkit converter native fixtures tests benchmarks 2>/dev/null || true
 
 clean:
-	rm -rf build *.egg-info native/*.so $(DEMO)
+	find build -mindepth 1 -maxdepth 1 ! -name wheels -exec rm -rf {} + 2>/dev/null || true  # the oracle's wheels stay
+	rm -rf *.egg-info native/*.so $(DEMO)

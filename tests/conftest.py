@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import oracle
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
 
 
@@ -17,3 +19,14 @@ def shared_fixtures() -> Path:
             pytest.fail(f"shared fixtures missing at {SHARED} (required in CI)")
         pytest.skip(f"shared fixtures missing at {SHARED}")
     return SHARED
+
+
+def pytest_configure(config):
+    """Stop at once, with one line, when llama-cpp-python is not the build the oracle tests were calibrated for."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return  # the oracle tests skip (CI, where it is required, fails them)
+    why = oracle.problem(llama_cpp.__version__, llama_cpp.llama_print_system_info().decode(errors="replace"))
+    if why:
+        raise pytest.UsageError(f"wrong llama.cpp oracle: {why}; fix: {oracle.FIX}")

@@ -22,7 +22,9 @@ SIMD (AVX2) and scalar kernels agree within SIMD_RTOL · ‖x_j‖ · ‖w_r‖ 
 any thread count gives bit-identical results. Where llama-cpp-python is installed, every row is also compared with
 ggml's own vec_dot functions (libggml-cpu) on the same quantized activations (tolerance 1e-6; with the AVX2 build of
 llama-cpp-python 0.3.36 the SIMD results are bit-identical, the scalar ones differ from ggml's *_generic only where
-that build contracts to FMA).
+that build contracts to FMA). Both sides get bytes made here (native.quantize, native.activations), never by the
+oracle build. That build must be the AVX2 one `make install` makes (checked at session start, tests/oracle.py): in a
+build with AVX512-VNNI, GCC 12 miscompiles ggml_vec_dot_q5_0_q8_0_generic (0.985 relative error here).
 """
 from __future__ import annotations
 
