@@ -91,6 +91,7 @@ test-sanitize: install
 # Real text first (stories260K, a trained tiny Llama), then the seed's workflow on a CodeShell-shaped model whose
 # weights are random (so its text is noise, and the demo says so before printing it).
 demo: install
+	mkdir -p $(DEMO)
 	$(VENV)/bin/toolkit convert $(SHARED)/fixtures/stories260K 0 --outfile $(DEMO)/stories260K-f32.gguf
 	$(VENV)/bin/toolkit run -m $(DEMO)/stories260K-f32.gguf -p "Once upon a time" -n 60 --temp 0
 	$(PY) -m fixtures tiny codeshell $(DEMO)/codeshell-tiny --n-layer 4 --dtype bfloat16

@@ -89,6 +89,10 @@ def plan_tensors(model: Architecture, ckpt: Checkpoint, outtype: str) -> list[Pl
     available = set(ckpt.tensors)
     plan, used = [], set()
     for spec in model.tensors(available):
+        if spec.values is not None:  # computed from the config
+            plan.append(Planned(spec, computed_tensor(spec), TensorInfo(spec.gguf, spec.out_shape,
+                                                                        GGMLQuantizationType.F32)))
+            continue
         src = ckpt.tensors.get(spec.hf)
         if src is None:
             why = " (listed in the index json but present in no shard)" if spec.hf in ckpt.phantom else ""
@@ -104,6 +108,11 @@ def plan_tensors(model: Architecture, ckpt: Checkpoint, outtype: str) -> list[Pl
         more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
         log.warning(f"ignoring {len(ignored)} tensor(s) not used by {model.gguf_arch}: {', '.join(ignored[:5])}{more}")
     return plan
+
+
+def computed_tensor(spec: TensorSpec) -> SourceTensor:
+    values = np.ascontiguousarray(spec.values, dtype=np.float32)
+    return SourceTensor(spec.gguf, values.shape, "F32", Path("config.json"), lambda: values, _mapped=False)
 
 
 def metadata(model: Architecture, folder: Path, outtype: str, name: str | None, vocab_kv: dict) -> list[KV]:
@@ -164,7 +173,7 @@ def tensor_chunks(p: Planned) -> Iterator[np.ndarray]:
 
 
 def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | None = None,
-                  vocab_only: bool = False, model_name: str | None = None,
+                  vocab_only: bool = False, model_name: str | None = None, tokenizer_pre: str | None = None,
                   progress: Progress | None = None, info: Callable[[str], None] = log.info) -> ConvertResult:
     t0 = time.perf_counter()
     if outtype not in OUTTYPES:
@@ -182,7 +191,7 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
             if Path(dest).resolve() in inputs:
                 raise UserError(f"output {dest} would overwrite an input file")
         plan = [] if ckpt is None else plan_tensors(model, ckpt, outtype)
-        vocab = load_vocab(folder, model.vocab_size, model.bpe_pre)
+        vocab = load_vocab(folder, model.vocab_size, tokenizer_pre)
         kvs = metadata(model, folder, outtype, model_name, vocab.kv())
         infos = [p.info for p in plan]
         total = sum(i.nbytes for i in infos)

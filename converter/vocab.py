@@ -73,17 +73,22 @@ def _pad_to(tokens: list, types: list, scores: list | None, vocab_size: int) -> 
             scores.append(-1000.0)
 
 
-def load_vocab(folder: Path, vocab_size: int, bpe_pre: str) -> Vocab:
+def load_vocab(folder: Path, vocab_size: int, tokenizer_pre: str | None = None) -> Vocab:
+    """The folder's tokenizer as GGUF metadata; `tokenizer_pre` names the BPE pre-tokenizer instead of detecting it."""
     tok_json = _read_json(folder / "tokenizer.json")
     if (folder / "tokenizer.model").is_file():
         vocab = _sentencepiece(folder, tok_json, vocab_size)
     elif tok_json.get("model", {}).get("type") == "BPE":
-        vocab = _bpe(tok_json, vocab_size, bpe_pre)
+        from converter.bpe_pre import detect
+
+        vocab = _bpe(tok_json, vocab_size, tokenizer_pre or detect(folder, tok_json))
+    elif not tok_json and any(folder.glob("*.tiktoken")):
+        vocab = _tiktoken(folder, vocab_size)
     elif tok_json:
         raise UserError(f"tokenizer.json has model type {tok_json.get('model', {}).get('type')!r}; "
                         "supported: BPE, or a SentencePiece tokenizer.model")
     else:
-        raise UserError(f"no tokenizer in {folder}: expected tokenizer.json or tokenizer.model")
+        raise UserError(f"no tokenizer in {folder}: expected tokenizer.json, tokenizer.model or a *.tiktoken file")
     _special_tokens(folder, tok_json, vocab)
     return vocab
 
@@ -112,6 +117,18 @@ def _bpe(tok_json: dict, vocab_size: int, pre: str) -> Vocab:
     _pad_to(tokens, types, None, vocab_size)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return Vocab("gpt2", tokens, [int(t) for t in types], merges=merges, pre=pre)
+
+
+def _tiktoken(folder: Path, vocab_size: int) -> Vocab:
+    from converter.vocab_tiktoken import tiktoken_vocab
+
+    tokens, types, merges, pre, specials = tiktoken_vocab(folder, vocab_size)
+    vocab = Vocab("gpt2", tokens, types, merges=merges, pre=pre)
+    # as llama.cpp's converter: the end-of-text token stands for unknown (and for bos/eos when config.json names none)
+    eot = specials.get("<|endoftext|>")
+    if eot is not None:
+        vocab.special["unk"] = eot
+    return vocab
 
 
 def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int) -> Vocab:

@@ -18,6 +18,7 @@ struct tk_mat { const void *data; int type; int64_t rows, cols; size_t row_bytes
 struct tk_layer {
     const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
     const float *bqkv, *bq, *bk, *bv, *bo, *b_up, *b_down;
+    const float *q_norm, *k_norm;  /* RMS norm weights of every q / k head (head_dim), or NULL */
     struct tk_mat wqkv, wq, wk, wv, wo, gate, up, down;
 };
 
@@ -25,6 +26,7 @@ struct tk_engine {
     struct tk_hparams hp;
     struct tk_mat tok_embd, pos_embd, output;
     const float *out_norm, *out_norm_b;
+    const float *rope_freqs;  /* llama3 frequency factors, one per rotated pair (NULL: none) */
     struct tk_layer *layers;
     float **owned;       /* f32 copies of the 1-D tensors */
     int nowned;
@@ -43,6 +45,7 @@ static const struct { const char *suffix; size_t offset; int matrix; } LAYER_TEN
     VEC("attn_norm.weight", attn_norm), VEC("attn_norm.bias", attn_norm_b), VEC("ffn_norm.weight", ffn_norm),
     VEC("ffn_norm.bias", ffn_norm_b), VEC("attn_qkv.bias", bqkv), VEC("attn_q.bias", bq), VEC("attn_k.bias", bk),
     VEC("attn_v.bias", bv), VEC("attn_output.bias", bo), VEC("ffn_up.bias", b_up), VEC("ffn_down.bias", b_down),
+    VEC("attn_q_norm.weight", q_norm), VEC("attn_k_norm.weight", k_norm),
     MAT("attn_qkv.weight", wqkv), MAT("attn_q.weight", wq), MAT("attn_k.weight", wk), MAT("attn_v.weight", wv),
     MAT("attn_output.weight", wo), MAT("ffn_gate.weight", gate), MAT("ffn_up.weight", up),
     MAT("ffn_down.weight", down),
@@ -134,6 +137,9 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                 } else {
                     const float *v = own_f32(e, x);
                     if (!v) { snprintf(err, errlen, "tensor %s: cannot read", x->name); goto fail; }
+                    if ((LAYER_TENSORS[k].offset == offsetof(struct tk_layer, q_norm) ||
+                         LAYER_TENSORS[k].offset == offsetof(struct tk_layer, k_norm)) &&
+                        check_vec(v, x, hd, err, errlen)) goto fail;
                     *(const float **)field = v;
                 }
             }
@@ -143,6 +149,11 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             if (set_mat(&e->pos_embd, x, err, errlen)) goto fail;
         } else if (!strcmp(x->name, "output.weight")) {
             if (set_mat(&e->output, x, err, errlen)) goto fail;
+        } else if (!strcmp(x->name, "rope_freqs.weight")) {
+            const float *v = own_f32(e, x);
+            if (!v) { snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
+            if (check_vec(v, x, hp->n_rot / 2, err, errlen)) goto fail;
+            e->rope_freqs = v;
         } else if (!strcmp(x->name, "output_norm.weight") || !strcmp(x->name, "output_norm.bias")) {
             const float *v = own_f32(e, x);
             if (!v || check_vec(v, x, d, err, errlen)) { if (!v) snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
@@ -164,6 +175,10 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             if (check_mat(&L->m, name, r, c, err, errlen)) goto fail; } while (0)
 #define NEED_VEC(v, what) do { if (!L->v) { snprintf(err, errlen, "missing tensor blk.%lld." what, (long long)l); \
             goto fail; } } while (0)
+        if (!L->q_norm != !L->k_norm) {
+            snprintf(err, errlen, "layer %lld has only one of attn_q_norm / attn_k_norm", (long long)l);
+            goto fail;
+        }
         NEED_VEC(attn_norm, "attn_norm.weight");
         NEED_VEC(ffn_norm, "ffn_norm.weight");
         if (L->wqkv.data) {
@@ -619,6 +634,14 @@ static void convert_row(struct fwd *f, const struct acts *A, int64_t r, int64_t 
     convert_acts(f, A, r, e0, e1);
 }
 
+/* x ← RMS-normed x times w, in ggml_rms_norm's order (sum of squares in double, then x · scale, then · w) */
+static void rms_norm_vec(float *x, const float *w, int64_t n, float eps) {
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const float scale = 1.0f / sqrtf((float)(sum / (double)n) + eps);
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] * scale * w[i];
+}
+
 /* rope as ggml computes it: pairs (2i, 2i+1) for NORM, (i, i + n_rot/2) for NEOX, rotated with the first product of
    each line fused (as GCC contracts ggml's expressions) */
 static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
@@ -634,12 +657,13 @@ static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
 }
 
 /* cos/sin for position pos: theta_i = pos · theta_scale^i built by repeated float multiplication, angle
-   freq_scale · theta_i (ggml_rope_cache_init without YaRN) */
+   freq_scale · theta_i / ff_i with the frequency factors ff of rope_freqs.weight when the file has them
+   (ggml_rope_cache_init without YaRN) */
 static void rope_cache(const struct tk_engine *e, int64_t pos, float *cs) {
     const struct tk_hparams *hp = &e->hp;
     float theta = (float)pos;
     for (int64_t i = 0; i < hp->n_rot / 2; i++) {
-        const float angle = hp->rope_freq_scale * theta;
+        const float angle = hp->rope_freq_scale * (e->rope_freqs ? theta / e->rope_freqs[i] : theta);
         cs[2 * i] = cosf(angle);
         cs[2 * i + 1] = sinf(angle);
         theta *= e->rope_theta_scale;
@@ -704,21 +728,23 @@ static void forward_task(void *p, int ith, int nth) {
         matmuls(f, &A, qkv, nq, ith, nth, &step);
         tk_barrier_wait(bar, nth);
 
-        /* rope, then k and v into the cache */
+        /* q/k head norms and rope, then k and v into the cache */
         {
             const int64_t per = H + Hkv;
             int64_t a, b;
             split_range(n * per, ith, nth, &a, &b);
             float cs[hp->n_rot + 2];
             int64_t cs_token = -1;
-            for (int64_t u = a; u < b && hp->rope != TK_ROPE_NONE; u++) {
+            for (int64_t u = a; u < b && (hp->rope != TK_ROPE_NONE || L->q_norm); u++) {
                 const int64_t t = u / per, h = u % per;
-                float *row = f->q + t * (qd + 2 * kvd);
+                float *head = f->q + t * (qd + 2 * kvd) + (h < H ? h * hd : qd + (h - H) * hd);
+                if (L->q_norm) rms_norm_vec(head, h < H ? L->q_norm : L->k_norm, hd, hp->eps);
+                if (hp->rope == TK_ROPE_NONE) continue;
                 if (t != cs_token) {
                     rope_cache(e, f->pos0 + t, cs);
                     cs_token = t;
                 }
-                rope_vec(e, h < H ? row + h * hd : row + qd + (h - H) * hd, cs);
+                rope_vec(e, head, cs);
             }
             tk_barrier_wait(bar, nth);
             split_range(n, ith, nth, &a, &b);

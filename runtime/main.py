@@ -49,6 +49,10 @@ class Runner:
                                cache_type=opts.cache_type)
         self.tok = self.session.tokenizer
         self.sampler = Sampler(opts.sampling)
+        hp = self.session.model.hp
+        pre = f", pre-tokenizer {self.tok.pre}" if self.tok.pre else ""
+        print(f"model: {hp.arch}, tokenizer {self.tok.model}{pre}, trained context {hp.n_ctx_train}, "
+              f"context {self.session.n_ctx}", file=self.err)
 
     def _write(self, text: str, color: str | None = None) -> None:
         if color and self.opts.color:

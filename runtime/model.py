@@ -12,7 +12,9 @@ import native
 from toolkit.errors import UserError
 from toolkit.ggufio import GGUFFile, TensorEntry
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "gpt2", "codeshell")
+SUPPORTED_ARCHS = ("llama", "qwen", "qwen2", "qwen3", "gpt2", "codeshell")
+# feed_forward_length counts both halves of a fused SwiGLU width (Qwen1: w1 and w2 are each half of it, as llama.cpp reads it)
+FFN_HALVED = ("qwen",)
 
 
 class Weight:
@@ -68,7 +70,7 @@ def _hparams(g: GGUFFile, arch: str, n_vocab: int) -> HParams:
     return HParams(
         arch=arch, n_vocab=n_vocab, n_ctx_train=int(get("context_length")), n_embd=n_embd,
         n_layer=int(get("block_count")), n_head=n_head, n_head_kv=int(get("attention.head_count_kv", n_head)),
-        n_ff=int(get("feed_forward_length")), head_dim=head_dim, n_rot=int(get("rope.dimension_count", head_dim)),
+        n_ff=int(get("feed_forward_length")) // (2 if arch in FFN_HALVED else 1), head_dim=head_dim, n_rot=int(get("rope.dimension_count", head_dim)),
         rope_base=float(get("rope.freq_base", 10000.0)), rope_freq_scale=scale, eps=float(eps))
 
 

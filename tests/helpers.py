@@ -34,3 +34,26 @@ def tensors(reader: GGUFReader) -> dict:
             data = data.view(np.uint16)
         out[t.name] = (shape, t.tensor_type.name, data.reshape(shape) if data.size else data)
     return out
+
+
+def quantized(f32: Path, folder: Path, type_name: str) -> Path:
+    """`f32` itself for F32, else the file quantized to `type_name` in `folder`."""
+    if type_name == "F32":
+        return f32
+    from quantizer.quantize import quantize_file
+    from quantizer.types import parse_file_type
+    out = folder / f"{type_name}.gguf"
+    quantize_file(f32, out, parse_file_type(type_name), info=lambda m: None, warn=lambda m: None)
+    return out
+
+
+def llama_cpp_logit_diff(llama_cpp, path: Path, prompt: list[int]) -> float:
+    """Max-abs difference of all logits over `prompt`, ours against llama.cpp's on the same file (one token per batch
+    there, f32 KV caches on both sides)."""
+    from runtime.api import Llama
+    ref = llama_cpp.Llama(str(path), n_ctx=128, n_batch=1, n_ubatch=1, logits_all=True, verbose=False, n_threads=2,
+                          type_k=0, type_v=0)
+    ref.eval(prompt)
+    ours = Llama(str(path), n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)
+    ours.eval(prompt)
+    return float(np.abs(ours.scores - np.array(ref.scores[:len(prompt)])).max())

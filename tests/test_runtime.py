@@ -20,11 +20,11 @@ from quantizer.types import parse_file_type
 from runtime.api import Llama
 from runtime.sampling import SamplingParams
 from tests.codeshell_reference import codeshell_logits
-from tests.helpers import REPO, run_toolkit
+from tests.helpers import REPO, llama_cpp_logit_diff, quantized, run_toolkit
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
-ARCHES = ["codeshell", "llama", "qwen2", "gpt2"]
+ARCHES = ["codeshell", "llama", "qwen2", "qwen3", "gpt2"]
 PROMPT = [int(t) for t in np.random.default_rng(0).integers(3, 500, 64)]
 
 
@@ -124,6 +124,13 @@ def test_against_llama_cpp(llama256, type_name, kernels):
     ours_tokens = list(Llama(str(path), n_ctx=128, verbose=False, type_k=0, type_v=0).session.generate(
         PROMPT[:8], 32, SamplingParams(temp=0.0), ignore_eos=True))
     assert ours_tokens == theirs_tokens
+
+
+@pytest.mark.parametrize("type_name", ["F32", "F16", "Q8_0", "Q4_K"])
+def test_qwen3_against_llama_cpp(files, tmp_path, type_name):
+    """Qwen3's q/k head norms (and a head size apart from hidden/heads) as llama.cpp evaluates them."""
+    path = quantized(files["qwen3", "f32"], tmp_path, type_name)
+    assert llama_cpp_logit_diff(llama_cpp, path, PROMPT[:32]) < 2e-3
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16", "Q8_0"])

@@ -380,3 +380,32 @@ def test_import_does_not_pull_torch_or_transformers():
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ llama.cpp's test set
+
+def _vocab_cases():
+    from tests.conftest import SHARED
+    folder = SHARED / "llama-vocab"
+    names = sorted(p.name[len("ggml-vocab-"):-len(".gguf.inp")] for p in folder.glob("ggml-vocab-*.gguf.inp"))
+    return names or ["(missing)"]
+
+
+# tokenizer models the runtime does not implement yet (issue 12): strict, so that implementing one turns this red
+_NOT_YET = {"bert-bge": "WPM (bert) tokenizer model", "gemma-4": "gemma4 tokenizer model"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=_NOT_YET[n], strict=True,
+                                                                           raises=UnsupportedTokenizer))
+                                  if n in _NOT_YET else n for n in _vocab_cases()])
+def test_llama_cpp_vocab_test_set(shared_fixtures, name):
+    """llama.cpp's own tokenizer test vectors (models/ggml-vocab-*.gguf with .inp/.out: add_special and parse_special
+    off): every string gives llama.cpp's ids."""
+    base = shared_fixtures / "llama-vocab" / f"ggml-vocab-{name}.gguf"
+    texts = Path(f"{base}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    expected = Path(f"{base}.out").read_text(encoding="utf-8").split("\n")
+    with GGUFFile(base) as g:
+        tok = Tokenizer.from_gguf(g)
+    bad = [(t, want) for t, want in zip(texts, expected)
+           if tok.encode(t, add_bos=False, parse_special=False) != [int(x) for x in want.split()]]
+    assert len(texts) >= 40 and not bad, f"{len(bad)} of {len(texts)} differ, first {bad[:1]!r}"

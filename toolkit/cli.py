@@ -38,6 +38,8 @@ def convert(
                                           "(default: ggml-model-<type>.gguf in the model folder)."),
     vocab_only: bool = typer.Option(False, "--vocab-only", help="Write only the metadata and the tokenizer."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="general.name (default: the folder name)."),
+    tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre", help="tokenizer.ggml.pre of a BPE tokenizer "
+                                                "(default: detected from the tokenizer as llama.cpp's converter does)."),
     verbose: bool = VERBOSE,
 ) -> None:
     """Convert a Hugging Face checkpoint to an f32/f16/bf16 GGUF file, streaming tensor by tensor."""
@@ -52,7 +54,8 @@ def convert(
         if outtype and ftype is not None and FTYPE_NAMES[ftype] != chosen:
             raise UserError(f"ftype {ftype} ({FTYPE_NAMES[ftype]}) contradicts --outtype {outtype}")
         result = convert_model(model_dir, outtype=chosen, outfile=outfile, vocab_only=vocab_only,
-                               model_name=model_name, progress=TensorProgress("converting"),
+                               model_name=model_name, tokenizer_pre=tokenizer_pre,
+                               progress=TensorProgress("converting"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True))
         rate = result.n_bytes / 2**20 / result.seconds if result.seconds > 0 else 0.0
         console.print(f"wrote {result.path}: {result.arch}, {result.n_tensors} tensors, "

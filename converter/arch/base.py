@@ -2,6 +2,7 @@
 from config.json (so a checkpoint that contradicts its config is caught before anything is written)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -31,10 +32,37 @@ class TensorSpec:
     rows: np.ndarray | None = None
     transpose: bool = False
     keep_f32: bool = False  # stays F32 whatever the output type (1-D tensors always do)
+    values: np.ndarray | None = None  # computed from the config rather than read (then `hf` is only a label)
 
     @property
     def out_shape(self) -> tuple[int, ...]:
         return tuple(reversed(self.shape)) if self.transpose else self.shape
+
+
+# rope types the converter understands → the keys of their entry besides rope_type/rope_theta
+ROPE_KEYS: dict[str, frozenset[str]] = {
+    "default": frozenset(),
+    "linear": frozenset({"factor"}),
+    "llama3": frozenset({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
+}
+
+
+def llama3_rope_factors(rope: dict[str, object], head_dim: int) -> np.ndarray:
+    """Llama 3.1's frequency factors (`rope_freqs.weight`, one per rotated pair): wavelengths shorter than
+    original_max_position_embeddings / high_freq_factor keep their frequency, longer than .../low_freq_factor are
+    divided by `factor`, those between are blended smoothly (as transformers' _compute_llama3_parameters)."""
+    factor = rope["factor"]
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_ctx = rope.get("original_max_position_embeddings", 8192.0)
+    if high <= low:
+        raise UserError("config.json: llama3 rope needs high_freq_factor > low_freq_factor")
+    f32 = np.float32
+    freqs = f32(1.0) / (f32(rope["theta"]) ** (np.arange(0, head_dim, 2, dtype=f32) / f32(head_dim)))
+    wavelen = f32(2 * math.pi) / freqs  # float32 throughout, as llama.cpp's converter computes them
+    smooth = (f32(old_ctx) / wavelen - f32(low)) / f32(high - low)
+    blended = f32(1.0) / ((f32(1.0) - smooth) / f32(factor) + smooth)
+    out = np.where(wavelen < f32(old_ctx / high), f32(1.0), np.where(wavelen > f32(old_ctx / low), f32(factor), blended))
+    return out.astype(np.float32)
 
 
 def rope_permutation(n_head: int, rows: int) -> np.ndarray:
@@ -49,7 +77,6 @@ def rope_permutation(n_head: int, rows: int) -> np.ndarray:
 class Architecture:
     hf_classes: tuple[str, ...] = ()
     gguf_arch: str = ""
-    bpe_pre: str = "default"  # tokenizer.ggml.pre for byte-level BPE vocabularies
     spm_ok: bool = True  # SentencePiece vocabularies are accepted
     # checkpoint entries that are not weights (buffers) and are never converted
     skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq",)
@@ -77,17 +104,57 @@ class Architecture:
             raise UserError(f"config.json: {what} ({a}) is not a multiple of {b}")
         return a // b
 
-    def rope_scaling(self) -> dict[str, object]:
-        """GGUF rope-scaling keys for a Hugging Face `rope_scaling` entry (linear only; none when absent)."""
-        rs = self.config.get("rope_scaling")
-        if not rs:
-            return {}
-        kind = rs.get("rope_type", rs.get("type"))
-        if kind == "linear":
-            return {"rope.scaling.type": "linear", "rope.scaling.factor": float(rs["factor"])}
-        if kind == "default":
-            return {}
-        raise UserError(f"rope_scaling type {kind!r} is not supported (supported: linear)")
+    def rope(self, default_theta: float = 10000.0) -> dict[str, object]:
+        """The rope settings in one form, read from either form transformers writes: transformers 4's top-level
+        `rope_theta` with a `rope_scaling` dict (or null), transformers 5's `rope_parameters` (`rope_theta`,
+        `rope_type` and the type's factors). Both present must agree. A rope type, or a key of its entry, that is not
+        understood is an error: a default would convert silently wrong."""
+        legacy = self.config.get("rope_scaling") or {}
+        params = self.config.get("rope_parameters")
+        if not isinstance(legacy, dict) or (params is not None and not isinstance(params, dict)):
+            raise UserError("config.json: rope_scaling / rope_parameters must be objects")
+        if params and any(isinstance(v, dict) for v in params.values()):
+            raise UserError(f"config.json: per-layer-type rope_parameters ({', '.join(params)}) are not supported "
+                            f"for {self.gguf_arch}")
+        merged: dict[str, object] = {}
+        if self.config.get("rope_theta") is not None:
+            merged["rope_theta"] = self.config["rope_theta"]
+        for source in (legacy, params or {}):
+            for key, value in source.items():
+                key = "rope_type" if key == "type" else key
+                if key in merged and merged[key] != value:
+                    raise UserError(f"config.json: {key} is {merged[key]!r} in one place and {value!r} in another")
+                merged[key] = value
+        kind = merged.pop("rope_type", "default")
+        allowed = ROPE_KEYS.get(kind)
+        if allowed is None:
+            raise UserError(f"config.json: rope type {kind!r} is not supported for {self.gguf_arch} "
+                            f"(supported: {', '.join(ROPE_KEYS)})")
+        unknown = sorted(set(merged) - allowed - {"rope_theta"})
+        if unknown:
+            raise UserError(f"config.json: rope parameter(s) {', '.join(unknown)} of rope type {kind!r} "
+                            f"are not understood")
+        theta = merged.get("rope_theta", default_theta)
+        if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+            raise UserError(f"config.json: rope_theta must be a positive number, got {theta!r}")
+        out = {"type": kind, "theta": float(theta)}
+        for key in allowed:
+            if key in merged:
+                v = merged[key]
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                    raise UserError(f"config.json: rope parameter {key} must be a positive number, got {v!r}")
+                out[key] = float(v)
+        if kind != "default" and "factor" not in out:
+            raise UserError(f"config.json: rope type {kind!r} needs a factor")
+        return out
+
+    def rope_hparams(self, rope: dict[str, object]) -> dict[str, object]:
+        """GGUF keys (without the arch prefix) for rope settings from rope(): llama3 adds a tensor, not keys."""
+        hp: dict[str, object] = {"rope.freq_base": rope["theta"]}
+        if rope["type"] == "linear":
+            hp["rope.scaling.type"] = "linear"
+            hp["rope.scaling.factor"] = rope["factor"]
+        return hp
 
     # -- what subclasses provide ----------------------------------------------------------------------------------
     def hparams(self) -> dict[str, object]:

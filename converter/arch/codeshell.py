@@ -15,7 +15,6 @@ log = logging.getLogger("toolkit")
 class CodeShell(Architecture):
     hf_classes = ("CodeShellForCausalLM",)
     gguf_arch = "codeshell"
-    bpe_pre = "codeshell"
 
     def __init__(self, config: dict):
         super().__init__(config)

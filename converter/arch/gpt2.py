@@ -10,7 +10,6 @@ from converter.arch.base import Architecture, TensorSpec, register
 class GPT2(Architecture):
     hf_classes = ("GPT2LMHeadModel",)
     gguf_arch = "gpt2"
-    bpe_pre = "gpt-2"
     skip_suffixes = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
 
     def __init__(self, config: dict):

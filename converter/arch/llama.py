@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from converter.arch.base import Architecture, TensorSpec, register, rope_permutation
+from converter.arch.base import Architecture, TensorSpec, llama3_rope_factors, register, rope_permutation
 
 
 @register
 class Llama(Architecture):
     hf_classes = ("LlamaForCausalLM", "MistralForCausalLM")
     gguf_arch = "llama"
-    bpe_pre = "llama-bpe"
     permute_qk = True      # llama.cpp's NORM rope wants adjacent pairs
     qkv_bias_default = False
+    qk_norm = False        # RMS norms of q and k per head (Qwen3)
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -25,6 +25,7 @@ class Llama(Architecture):
         self.divides(self.n_head, self.n_head_kv, "num_attention_heads")
         self.qkv_bias = bool(self.get("attention_bias", default=self.qkv_bias_default, required=False))
         self.tied = bool(self.get("tie_word_embeddings", default=False, required=False))
+        self.rope_settings = self.rope()
 
     def hparams(self) -> dict[str, object]:
         hp = {
@@ -37,11 +38,10 @@ class Llama(Architecture):
             "attention.head_count": self.n_head,
             "attention.head_count_kv": self.n_head_kv,
             "attention.layer_norm_rms_epsilon": float(self.get("rms_norm_eps")),
-            "rope.freq_base": float(self.get("rope_theta", default=10000.0)),
         }
+        hp.update(self.rope_hparams(self.rope_settings))
         if self.head_dim != self.n_embd // self.n_head:
             hp["attention.key_length"] = hp["attention.value_length"] = self.head_dim
-        hp.update(self.rope_scaling())
         return hp
 
     def tensors(self, available: set[str]) -> Iterator[TensorSpec]:
@@ -49,6 +49,9 @@ class Llama(Architecture):
         q, kv = self.n_head * hd, self.n_head_kv * hd
         perm_q = rope_permutation(self.n_head, q) if self.permute_qk else None
         perm_k = rope_permutation(self.n_head_kv, kv) if self.permute_qk else None
+        if self.rope_settings["type"] == "llama3":  # first, as llama.cpp's converter writes it
+            yield TensorSpec("rope_freqs.weight", "(llama3 rope factors)", (hd // 2,),
+                             values=llama3_rope_factors(self.rope_settings, hd))
         yield TensorSpec("token_embd.weight", "model.embed_tokens.weight", (V, E))
         for i in range(self.n_layer):
             p, b = f"model.layers.{i}.", f"blk.{i}."
@@ -60,6 +63,9 @@ class Llama(Architecture):
                 yield TensorSpec(b + "attn_q.bias", p + "self_attn.q_proj.bias", (q,), rows=perm_q)
                 yield TensorSpec(b + "attn_k.bias", p + "self_attn.k_proj.bias", (kv,), rows=perm_k)
                 yield TensorSpec(b + "attn_v.bias", p + "self_attn.v_proj.bias", (kv,))
+            if self.qk_norm:
+                yield TensorSpec(b + "attn_q_norm.weight", p + "self_attn.q_norm.weight", (hd,))
+                yield TensorSpec(b + "attn_k_norm.weight", p + "self_attn.k_norm.weight", (hd,))
             yield TensorSpec(b + "attn_output.weight", p + "self_attn.o_proj.weight", (E, q))
             yield TensorSpec(b + "ffn_norm.weight", p + "post_attention_layernorm.weight", (E,))
             yield TensorSpec(b + "ffn_gate.weight", p + "mlp.gate_proj.weight", (F, E))

@@ -9,7 +9,6 @@ from converter.arch.llama import Llama
 class Qwen2(Llama):
     hf_classes = ("Qwen2ForCausalLM",)
     gguf_arch = "qwen2"
-    bpe_pre = "qwen2"
     permute_qk = False
     qkv_bias_default = True
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from runtime.arch.base import KVCache, Transformer
 from runtime.arch.codeshell import CodeShell
 from runtime.arch.gpt2 import GPT2
-from runtime.arch.llama import Llama, Qwen2
+from runtime.arch.llama import Llama, Qwen, Qwen2
 from runtime.model import Model
 
-ARCHITECTURES: dict[str, type[Transformer]] = {"llama": Llama, "qwen2": Qwen2, "gpt2": GPT2, "codeshell": CodeShell}
+ARCHITECTURES: dict[str, type[Transformer]] = {"llama": Llama, "qwen": Qwen, "qwen2": Qwen2, "qwen3": Qwen2, "gpt2": GPT2, "codeshell": CodeShell}
 
 
 def build(model: Model, nthreads: int) -> Transformer:

@@ -1,5 +1,6 @@
 """llama (Llama, Mistral): RMSNorm, separate q/k/v, rope on adjacent pairs (the converter permuted q/k), SwiGLU.
-qwen2: the same with q/k/v biases and NEOX rope."""
+qwen2: the same with q/k/v biases and NEOX rope; qwen (Qwen1): NEOX rope, fused q/k/v with bias; qwen3: NEOX rope and
+RMS norms of q and k per head (from the tensors the file has)."""
 from runtime.arch.base import Transformer
 
 
@@ -8,4 +9,8 @@ class Llama(Transformer):
 
 
 class Qwen2(Llama):
+    rope = "neox"
+
+
+class Qwen(Llama):
     rope = "neox"
