@@ -31,7 +31,7 @@ def f16_input(data: Path) -> Path:
 def same_bytes(a: Path, b: Path) -> bool:
     import numpy as np
 
-    from toolkit.ggufio import GGUFFile
+    from common.ggufio import GGUFFile
     with GGUFFile(a) as x, GGUFFile(b) as y:
         return [e.info for e in x.tensors] == [e.info for e in y.tensors] and all(
             np.array_equal(x.data(ea), y.data(eb)) for ea, eb in zip(x.tensors, y.tensors))

@@ -18,7 +18,7 @@ import numpy as np
 import native
 from benchmarks.common import PY, console, table
 from benchmarks.quantize import f16_input
-from toolkit.ggufio import GGUFFile
+from common.ggufio import GGUFFile
 
 TYPES = os.environ.get("BENCH_RUN_TYPES", "Q4_0,Q8_0,Q4_K_M,F16").split(",")
 N_PROMPT, N_GEN = 128, 32

@@ -166,7 +166,7 @@ def run(data: Path, repeat: int = 3) -> None:
 
 
 def _eos_id(path: Path) -> int:
-    from toolkit.ggufio import GGUFFile
+    from common.ggufio import GGUFFile
     with GGUFFile(path) as g:
         return int(g.value("tokenizer.ggml.eos_token_id"))
 

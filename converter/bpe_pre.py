@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from converter.bpe_fingerprints import FINGERPRINTS, PROBE
-from toolkit.errors import UserError
+from common.errors import UserError
 
 # split regexes as Hugging Face tokenizers write them → the pre-tokenizer llama.cpp implements with that split
 _SPLITS = {

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from toolkit.errors import UserError
+from common.errors import UserError
 
 # Source element types we convert from; BF16 is carried as uint16 (numpy has no bfloat16).
 NUMPY_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}

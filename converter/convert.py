@@ -17,12 +17,12 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 import native
-from converter import arch as arches
-from converter.arch.base import Architecture, TensorSpec
+import archs as arches
+from archs.base import Architecture, TensorSpec
 from converter.checkpoint import Checkpoint, SourceTensor
 from converter.vocab import load_vocab
-from toolkit.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
-from toolkit.errors import UserError
+from common.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
+from common.errors import UserError
 
 log = logging.getLogger("toolkit")
 
@@ -93,21 +93,47 @@ def plan_tensors(model: Architecture, ckpt: Checkpoint, outtype: str) -> list[Pl
             plan.append(Planned(spec, computed_tensor(spec), TensorInfo(spec.gguf, spec.out_shape,
                                                                         GGMLQuantizationType.F32)))
             continue
-        src = ckpt.tensors.get(spec.hf)
-        if src is None:
-            why = " (listed in the index json but present in no shard)" if spec.hf in ckpt.phantom else ""
-            raise UserError(f"checkpoint has no tensor {spec.hf}{why}")
-        src.require_supported_dtype()
-        if src.shape != spec.shape:
-            raise UserError(f"tensor {spec.hf} has shape {list(src.shape)} but config.json implies {list(spec.shape)}")
+        parts = [source_tensor(ckpt, name, spec.shape) for name in (spec.stack or (spec.hf,))]
+        src = stacked_tensor(spec, parts) if spec.stack else parts[0]
         ttype = GGMLQuantizationType.F32 if len(spec.shape) == 1 or spec.keep_f32 else wtype
         plan.append(Planned(spec, src, TensorInfo(spec.gguf, spec.out_shape, ttype)))
-        used.add(spec.hf)
+        used.update(spec.stack or (spec.hf,))
     ignored = sorted(n for n in available - used if not model.skipped(n))
     if ignored:
         more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
         log.warning(f"ignoring {len(ignored)} tensor(s) not used by {model.gguf_arch}: {', '.join(ignored[:5])}{more}")
     return plan
+
+
+def source_tensor(ckpt: Checkpoint, name: str, shape: tuple[int, ...]) -> SourceTensor:
+    src = ckpt.tensors.get(name)
+    if src is None:
+        why = " (listed in the index json but present in no shard)" if name in ckpt.phantom else ""
+        raise UserError(f"checkpoint has no tensor {name}{why}")
+    src.require_supported_dtype()
+    if src.shape != shape:
+        raise UserError(f"tensor {name} has shape {list(src.shape)} but config.json implies {list(shape)}")
+    return src
+
+
+def stacked_tensor(spec: TensorSpec, parts: list[SourceTensor]) -> SourceTensor:
+    """The parts (the experts of a layer) as one tensor: read together when it is converted, released together."""
+    dtypes = {p.dtype for p in parts}
+    if len(dtypes) != 1:
+        raise UserError(f"the parts of {spec.gguf} ({spec.hf}) have different dtypes: {', '.join(sorted(dtypes))}")
+
+    released = []
+
+    class Stacked(SourceTensor):
+        def release(self, arr: np.ndarray) -> None:
+            # the stack is a copy: the parts' pages can go as soon as it is made (once)
+            if not released:
+                released.append(True)
+                for p in parts:
+                    p.release(p.array())
+
+    return Stacked(spec.gguf, (len(parts), *spec.shape), parts[0].dtype, parts[0].file,
+                   lambda: np.stack([p.array() for p in parts]), _mapped=False)
 
 
 def computed_tensor(spec: TensorSpec) -> SourceTensor:
@@ -123,7 +149,7 @@ def metadata(model: Architecture, folder: Path, outtype: str, name: str | None, 
         "general.file_type": int(OUTTYPES[outtype][1]),
         "general.quantization_version": GGML_QUANT_VERSION,
     }
-    entries.update({f"{model.gguf_arch}.{k}": v for k, v in model.hparams().items()})
+    entries.update({k.format(arch=model.gguf_arch): v for k, v in model.hparams().items()})
     entries.update(vocab_kv)
     return [_kv(k, v) for k, v in entries.items()]
 

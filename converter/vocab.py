@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gguf import TokenType
 
-from toolkit.errors import UserError
+from common.errors import UserError
 
 SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from gguf import TokenType
 
 from converter.pyliterals import assigned_values
-from toolkit.errors import UserError
+from common.errors import UserError
 
 # the split regexes llama.cpp implements, as tokenizer code writes them → tokenizer.ggml.pre
 KNOWN_PATTERNS = {

@@ -102,19 +102,24 @@ def activations(wtype: int, x: np.ndarray) -> tuple[int, np.ndarray]:
 
 
 # -- the forward pass (engine.c) -----------------------------------------------------------------------------------
-NORM = {"rms": 0, "layer": 1}
-ROPE = {None: 0, "norm": 1, "neox": 2}
-FFN = {"swiglu": 0, "gelu": 1}
+# the parts engine.c composes, by the names archs.Recipe uses → its enum values (engine.h)
+PARTS = {"norm": {"rms": 0, "layer": 1}, "rope": {None: 0, "norm": 1, "neox": 2}, "ffn": {"swiglu": 0, "gelu": 1}}
 
 
-def engine_new(kinds: tuple[str, str | None, str], sizes: tuple[int, ...], floats: tuple[float, float, float],
-               tensors: list[tuple[str, np.ndarray, int, int, int]]):
-    """The native forward pass over GGUF tensors given as (name, array, ggml type, rows, cols). The arrays must stay
-    alive as long as the engine (the runtime keeps the memory-mapped file open). Raises ValueError for a model the
-    engine cannot run (missing tensors, shapes)."""
-    norm, rope, ffn = kinds
+def engine_new(description: dict[str, object], tensors: list[tuple[str, np.ndarray, int, int, int]]):
+    """The native forward pass over GGUF tensors given as (name, array, ggml type, rows, cols). `description` names
+    every field of engine.h's struct tk_hparams (the parts by their names in PARTS, sizes and floats by value); a
+    part the engine does not have, or a missing or unknown field, is a ValueError. The arrays must stay alive as long
+    as the engine (the runtime keeps the memory-mapped file open). Raises ValueError for a model the engine cannot run
+    (missing tensors, shapes)."""
+    fields = dict(description)
+    for part, values in PARTS.items():
+        if fields.get(part) not in values:
+            raise ValueError(f"the engine has no {part} {fields.get(part)!r} (it has: "
+                             f"{', '.join(str(v) for v in values)})")
+        fields[part] = values[fields[part]]
     desc = [(name, a.ctypes.data, t, rows, cols) for name, a, t, rows, cols in tensors]
-    return _core.engine_new((NORM[norm], ROPE[rope], FFN[ffn]), sizes, floats, desc)
+    return _core.engine_new(fields, desc)
 
 
 def kv_new(engine, n_ctx: int, type_id: int):

@@ -20,6 +20,7 @@ struct tk_layer {
     const float *bqkv, *bq, *bk, *bv, *bo, *b_up, *b_down;
     const float *q_norm, *k_norm;  /* RMS norm weights of every q / k head (head_dim), or NULL */
     struct tk_mat wqkv, wq, wk, wv, wo, gate, up, down;
+    struct tk_mat gate_inp, gate_exps, up_exps, down_exps;  /* mixture of experts: router, experts stacked */
 };
 
 struct tk_engine {
@@ -48,7 +49,8 @@ static const struct { const char *suffix; size_t offset; int matrix; } LAYER_TEN
     VEC("attn_q_norm.weight", q_norm), VEC("attn_k_norm.weight", k_norm),
     MAT("attn_qkv.weight", wqkv), MAT("attn_q.weight", wq), MAT("attn_k.weight", wk), MAT("attn_v.weight", wv),
     MAT("attn_output.weight", wo), MAT("ffn_gate.weight", gate), MAT("ffn_up.weight", up),
-    MAT("ffn_down.weight", down),
+    MAT("ffn_down.weight", down), MAT("ffn_gate_inp.weight", gate_inp), MAT("ffn_gate_exps.weight", gate_exps),
+    MAT("ffn_up_exps.weight", up_exps), MAT("ffn_down_exps.weight", down_exps),
 };
 #undef VEC
 #undef MAT
@@ -107,6 +109,12 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     if (!e) { snprintf(err, errlen, "out of memory"); return NULL; }
     e->hp = *hp;
     const int64_t d = hp->n_embd, hd = hp->head_dim, nl = hp->n_layer;
+    if ((hp->norm != TK_NORM_RMS && hp->norm != TK_NORM_LAYER) || hp->rope < TK_ROPE_NONE || hp->rope > TK_ROPE_NEOX ||
+        (hp->ffn != TK_FFN_SWIGLU && hp->ffn != TK_FFN_GELU)) {
+        snprintf(err, errlen, "unknown part in the engine description (norm %d, rope %d, ffn %d)", hp->norm, hp->rope,
+                 hp->ffn);
+        goto fail;
+    }
     if (d <= 0 || nl <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hd <= 0 ||
         hp->n_ff <= 0 || hp->n_vocab <= 0 || hp->n_rot < 0 || hp->n_rot > hd || hp->n_rot % 2) {
         snprintf(err, errlen, "inconsistent hyper-parameters");
@@ -189,9 +197,23 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             NEED_MAT(wv, "attn_v.weight", kvd, d);
         }
         NEED_MAT(wo, "attn_output.weight", d, qd);
-        if (hp->ffn == TK_FFN_SWIGLU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
-        NEED_MAT(up, "ffn_up.weight", hp->n_ff, d);
-        NEED_MAT(down, "ffn_down.weight", d, hp->n_ff);
+        if (L->gate_inp.data) {  /* experts: each a SwiGLU of width n_ff_exp, stacked in one tensor per matrix */
+            const int64_t ne = hp->n_expert, fe = hp->n_ff_exp;
+            if (ne <= 0 || ne > 1024 || hp->n_expert_used <= 0 || hp->n_expert_used > ne || fe <= 0 ||
+                hp->ffn != TK_FFN_SWIGLU) {
+                snprintf(err, errlen, "layer %lld has experts but the expert counts or widths are missing or "
+                         "inconsistent", (long long)l);
+                goto fail;
+            }
+            NEED_MAT(gate_inp, "ffn_gate_inp.weight", ne, d);
+            NEED_MAT(gate_exps, "ffn_gate_exps.weight", ne * fe, d);
+            NEED_MAT(up_exps, "ffn_up_exps.weight", ne * fe, d);
+            NEED_MAT(down_exps, "ffn_down_exps.weight", ne * d, fe);
+        } else {
+            if (hp->ffn == TK_FFN_SWIGLU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
+            NEED_MAT(up, "ffn_up.weight", hp->n_ff, d);
+            NEED_MAT(down, "ffn_down.weight", d, hp->n_ff);
+        }
         if (hp->norm == TK_NORM_LAYER) {
             NEED_VEC(attn_norm_b, "attn_norm.bias");
             NEED_VEC(ffn_norm_b, "ffn_norm.bias");
@@ -368,29 +390,10 @@ AVX2 static void axpy_avx2(float *a, float p, const void *v, int64_t hd, int f16
 
 /* ------------------------------------------------------------------------------------------------ attention */
 
-/* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v, in the order of llama.cpp's
-   one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps).
-   s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats. */
-static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t T,
-                   float scale, float *s, float *acc, float *out, int simd) {
-    const int64_t kvd = kv->kv_dim;
-    const int f16 = kv->type == TK_F16;
-    const size_t es = f16 ? 2 : 4;
-    const char *kbase = (const char *)kv->k + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
-    const char *vbase = (const char *)kv->v + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
+/* s[0..T) ← softmax(s) with s's maximum mx, as ggml_soft_max computes it (exp lane by lane, the sum in double over
+   8-lane groups, then one scale by the float reciprocal); s has room for T rounded up to 8 */
+static void softmax(float *s, int64_t T, float mx, int simd) {
     const int64_t Tp = (T + 7) & ~(int64_t)7;
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < T; j++) {
-        const void *kj = kbase + (size_t)(j * kvd) * es;
-        float d;
-#ifdef TK_X86
-        if (simd) d = dot_ggml_avx2(q, kj, f16, hd);
-        else
-#endif
-            d = dot_ggml(q, kj, f16, hd);
-        s[j] = d * scale;
-        if (s[j] > mx) mx = s[j];
-    }
     for (int64_t j = T; j < Tp; j++) s[j] = -INFINITY;
     double sum = 0;
 #ifdef TK_X86
@@ -405,6 +408,31 @@ static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_
     }
     const float inv = (float)(1.0 / sum);
     for (int64_t j = 0; j < T; j++) s[j] *= inv;
+}
+
+/* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v, in the order of llama.cpp's
+   one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps).
+   s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats. */
+static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t T,
+                   float scale, float *s, float *acc, float *out, int simd) {
+    const int64_t kvd = kv->kv_dim;
+    const int f16 = kv->type == TK_F16;
+    const size_t es = f16 ? 2 : 4;
+    const char *kbase = (const char *)kv->k + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
+    const char *vbase = (const char *)kv->v + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < T; j++) {
+        const void *kj = kbase + (size_t)(j * kvd) * es;
+        float d;
+#ifdef TK_X86
+        if (simd) d = dot_ggml_avx2(q, kj, f16, hd);
+        else
+#endif
+            d = dot_ggml(q, kj, f16, hd);
+        s[j] = d * scale;
+        if (s[j] > mx) mx = s[j];
+    }
+    softmax(s, T, mx, simd);
     /* out[d] = Σ_j p_j v_j[d]: position j in partial sum j mod 32, accumulated with FMA, then reduced */
     memset(acc, 0, sizeof(float) * 32 * (size_t)hd);
     for (int64_t j = 0; j < T; j++) {
@@ -452,7 +480,7 @@ static void gelu_row(float *y, const float *x, int64_t n) {
 
 /* ------------------------------------------------------------------------------------------------ the pass */
 
-#define MAX_ACT 3
+#define MAX_ACT 4
 
 struct fwd {
     struct tk_engine *e;
@@ -465,6 +493,13 @@ struct fwd {
     atomic_llong next_chunk[2]; /* chunk counters of the matmul steps (see matmuls) */
     float *x, *h, *q, *k, *v, *att, *f1, *f2, *scratch;
     int64_t scratch_per_thread;
+    /* mixture of experts: router logits [n][n_expert]; each token's experts and weights [n][n_expert_used]; the
+       (token, expert) pairs grouped by expert: pairs of expert e are rows estart[e]..estart[e+1] of xe (their
+       inputs), e1/e2 (gate, up) and ye (outputs); pair_row[t*k + j] is the row of token t's j-th expert,
+       row_token[r] the token of row r */
+    float *router, *wgt, *xe, *e1, *e2, *ye;
+    int32_t *sel, *pair_row, *row_token;
+    int64_t *estart;
     char *act_buf[MAX_ACT];  /* activations converted for the next products, one buffer per vec_dot type */
     size_t act_cap;
     char *work;              /* tk_matmul_rows' work memory, work_size bytes per thread */
@@ -475,8 +510,8 @@ struct fwd {
    computes the same plan). */
 struct acts { const float *src; int64_t cols; int type[MAX_ACT], n; size_t row[MAX_ACT]; };
 
-/* One product: y[j][r] (+)= W[r] · act[j] (+ bias[r]) for j < n tokens. */
-struct mm { const struct tk_mat *w; const float *bias; float *y; int64_t ldy; int add; int64_t n; };
+/* One product: y[j][r] (+)= W[r] · act[t0 + j] (+ bias[r]) for j < n tokens. */
+struct mm { const struct tk_mat *w; const float *bias; float *y; int64_t ldy; int add; int64_t n; int64_t t0; };
 
 static void split_range(int64_t total, int i, int n, int64_t *a, int64_t *b) {
     int64_t per = total / n, extra = total % n;
@@ -514,6 +549,7 @@ static struct acts plan_acts(const float *src, int64_t cols, const struct mm *g,
         int t = tk_act_type(g[i].w->type, g[i].n), seen = 0;
         for (int j = 0; j < A.n; j++) seen |= A.type[j] == t;
         if (!seen) {
+            if (A.n == MAX_ACT) abort();  /* every weight type needs at most two activation types */
             A.type[A.n] = t;
             A.row[A.n] = tk_row_size(t, cols);
             A.n++;
@@ -557,8 +593,8 @@ static const char *act_for(const struct fwd *f, const struct acts *A, int type, 
 static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *m, int64_t r0, int64_t r1, int ith) {
     size_t arow = 0;
     const char *act = act_for(f, A, tk_act_type(m->w->type, m->n), &arow);
-    tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act, arow, m->n, m->y, m->ldy, m->bias, m->add,
-                   f->work + (size_t)ith * f->work_size);
+    tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act + (size_t)m->t0 * arow, arow, m->n, m->y, m->ldy,
+                   m->bias, m->add, f->work + (size_t)ith * f->work_size);
 }
 
 /* The products of a group, their rows in chunks handed out on demand: a thread that the machine slows down takes
@@ -572,7 +608,7 @@ static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int
     int64_t units = 0;
     for (int i = 0; i < ng; i++) units += (g[i].w->rows + 15) / 16;
     const int64_t per = (units + 8 * nth - 1) / (8 * nth), rows = 16 * per;
-    int64_t chunks[3] = {0}, total = 0;
+    int64_t chunks[ng], total = 0;
     for (int i = 0; i < ng; i++) total += chunks[i] = (g[i].w->rows + rows - 1) / rows;
     for (int64_t c; (c = atomic_fetch_add(next, 1)) < total;) {
         int i = 0;
@@ -613,18 +649,21 @@ static void norm_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0,
     convert_acts(f, A, r, e0, e1);
 }
 
+/* the feed-forward activation of row r: g ← silu(g) · u (SwiGLU) or g ← gelu(u), rows of `width` floats */
+struct act_ctx { float *g; const float *u; int64_t width; };
+
 static void ffn_act_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1, void *p) {
-    (void)p;
-    const int64_t nf = f->e->hp.n_ff;
-    float *y = f->f1 + r * nf + e0;
+    const struct act_ctx *c = p;
+    float *y = c->g + r * c->width + e0;
+    const float *u = c->u + r * c->width + e0;
     if (f->e->hp.ffn == TK_FFN_SWIGLU) {
 #ifdef TK_X86
-        if (f->simd) swiglu_avx2(y, y, f->f2 + r * nf + e0, e1 - e0);
+        if (f->simd) swiglu_avx2(y, y, u, e1 - e0);
         else
 #endif
-            swiglu_lanes(y, y, f->f2 + r * nf + e0, e1 - e0);
+            swiglu_lanes(y, y, u, e1 - e0);
     } else {
-        gelu_row(y, f->f2 + r * nf + e0, e1 - e0);
+        gelu_row(y, u, e1 - e0);
     }
     convert_acts(f, A, r, e0, e1);
 }
@@ -677,6 +716,126 @@ static void store_kv(struct tk_kv *kv, void *base, int64_t layer, int64_t pos, c
     } else {
         tk_convert(src, TK_F32, (uint16_t *)base + off, TK_F16, (size_t)kv->kv_dim, 1);
     }
+}
+
+/* ------------------------------------------------------------------------------------------------ experts */
+
+/* A token's experts as llama.cpp's build_moe_ffn picks them: softmax over the router logits, the n_used most
+   probable (in decreasing order), their probabilities divided by their float sum (summed in double). */
+static void route(const float *logits, int64_t ne, int64_t k, float *scratch, int32_t *sel, float *w, int simd) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < ne; i++) {
+        scratch[i] = logits[i];
+        if (logits[i] > mx) mx = logits[i];
+    }
+    softmax(scratch, ne, mx, simd);
+    double sum = 0;
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t i = 0; i < ne; i++) {
+            int taken = 0;
+            for (int64_t q = 0; q < j; q++) taken |= sel[q] == i;
+            if (!taken && (best < 0 || scratch[i] > scratch[best])) best = i;
+        }
+        sel[j] = (int32_t)best;
+        w[j] = scratch[best];
+        sum += (double)w[j];
+    }
+    const float total = (float)sum;
+    for (int64_t j = 0; j < k; j++) w[j] = w[j] / total;
+}
+
+/* row r of the gathered expert inputs: its token's normed activations, converted for the experts' products */
+static void gather_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1, void *p) {
+    (void)p;
+    const int64_t d = f->e->hp.n_embd;
+    memcpy(f->xe + r * d + e0, f->h + (int64_t)f->row_token[r] * d + e0, sizeof(float) * (size_t)(e1 - e0));
+    convert_acts(f, A, r, e0, e1);
+}
+
+/* rows [r0, r0 + rows) of a stacked expert tensor, as a matrix of its own */
+static struct tk_mat expert_rows(const struct tk_mat *m, int64_t r0, int64_t rows) {
+    return (struct tk_mat){(const char *)m->data + (size_t)r0 * m->row_bytes, m->type, rows, m->cols, m->row_bytes};
+}
+
+/* The feed-forward of an expert layer: the router's products, each token's experts, then the (token, expert) pairs
+   grouped by expert so that an expert's matrices are read once for all its tokens, and only the experts some token
+   routes to are read at all; finally x[t] += Σ_j w_tj · expert_j(h[t]) (the experts summed first, in the order of
+   selection, as llama.cpp adds them). */
+static void moe_ffn(struct fwd *f, const struct tk_layer *L, int ith, int nth, int *step) {
+    const struct tk_hparams *hp = &f->e->hp;
+    const int64_t n = f->n, d = hp->n_embd, ne = hp->n_expert, k = hp->n_expert_used, fe = hp->n_ff_exp;
+    struct tk_barrier *bar = &f->bar;
+
+    struct mm router = {&L->gate_inp, NULL, f->router, ne, 0, n, 0};
+    struct acts A = plan_acts(f->h, d, &router, 1);
+    struct norm_ctx nc = {L->ffn_norm, L->ffn_norm_b, f->x, f->h, -1};
+    for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
+    tk_barrier_wait(bar, nth);
+    matmuls(f, &A, &router, 1, ith, nth, step);
+    tk_barrier_wait(bar, nth);
+    {
+        int64_t a, b;
+        split_range(n, ith, nth, &a, &b);
+        float *scratch = f->scratch + ith * f->scratch_per_thread;
+        for (int64_t t = a; t < b; t++) route(f->router + t * ne, ne, k, scratch, f->sel + t * k, f->wgt + t * k,
+                                              f->simd);
+    }
+    tk_barrier_wait(bar, nth);
+    if (ith == 0) {  /* counting sort of the pairs by expert */
+        memset(f->estart, 0, sizeof(int64_t) * (size_t)(ne + 1));
+        for (int64_t p = 0; p < n * k; p++) f->estart[f->sel[p] + 1]++;
+        for (int64_t e = 0; e < ne; e++) f->estart[e + 1] += f->estart[e];
+        for (int64_t p = 0; p < n * k; p++) {
+            const int64_t r = f->estart[f->sel[p]]++;
+            f->pair_row[p] = (int32_t)r;
+            f->row_token[r] = (int32_t)(p / k);
+        }
+        for (int64_t e = ne; e > 0; e--) f->estart[e] = f->estart[e - 1];
+        f->estart[0] = 0;
+    }
+    tk_barrier_wait(bar, nth);
+
+    /* the products of the experts in use: gate and up over their rows of xe, then down */
+    struct tk_mat views[3 * ne];
+    struct mm gu[2 * ne], down[ne];
+    int ngu = 0, nd = 0;
+    for (int64_t e = 0; e < ne; e++) {
+        const int64_t r0 = f->estart[e], cnt = f->estart[e + 1] - r0;
+        if (!cnt) continue;
+        views[3 * e] = expert_rows(&L->gate_exps, e * fe, fe);
+        views[3 * e + 1] = expert_rows(&L->up_exps, e * fe, fe);
+        views[3 * e + 2] = expert_rows(&L->down_exps, e * d, d);
+        gu[ngu++] = (struct mm){&views[3 * e], NULL, f->e1 + r0 * fe, fe, 0, cnt, r0};
+        gu[ngu++] = (struct mm){&views[3 * e + 1], NULL, f->e2 + r0 * fe, fe, 0, cnt, r0};
+        down[nd++] = (struct mm){&views[3 * e + 2], NULL, f->ye + r0 * d, d, 0, cnt, r0};
+    }
+    A = plan_acts(f->xe, d, gu, ngu);
+    for_rows(f, &A, n * k, d, ith, nth, gather_row, NULL);
+    tk_barrier_wait(bar, nth);
+    matmuls(f, &A, gu, ngu, ith, nth, step);
+    tk_barrier_wait(bar, nth);
+    A = plan_acts(f->e1, fe, down, nd);
+    struct act_ctx ac = {f->e1, f->e2, fe};
+    for_rows(f, &A, n * k, fe, ith, nth, ffn_act_row, &ac);
+    tk_barrier_wait(bar, nth);
+    matmuls(f, &A, down, nd, ith, nth, step);
+    tk_barrier_wait(bar, nth);
+    {
+        int64_t a, b;
+        split_range(n, ith, nth, &a, &b);
+        for (int64_t t = a; t < b; t++) {
+            float *x = f->x + t * d;
+            const float *w = f->wgt + t * k;
+            const int32_t *rows = f->pair_row + t * k;
+            for (int64_t i = 0; i < d; i++) {
+                float acc = w[0] * f->ye[(int64_t)rows[0] * d + i];
+                for (int64_t j = 1; j < k; j++) acc += w[j] * f->ye[(int64_t)rows[j] * d + i];
+                x[i] += acc;
+            }
+        }
+    }
+    tk_barrier_wait(bar, nth);
 }
 
 static void forward_task(void *p, int ith, int nth) {
@@ -777,6 +936,10 @@ static void forward_task(void *p, int ith, int nth) {
         tk_barrier_wait(bar, nth);
 
         /* feed-forward */
+        if (L->gate_inp.data) {
+            moe_ffn(f, L, ith, nth, &step);
+            continue;
+        }
         struct mm up[2];
         int nu = 0;
         if (hp->ffn == TK_FFN_SWIGLU) up[nu++] = (struct mm){&L->gate, NULL, f->f1, nf, 0, n};
@@ -789,7 +952,8 @@ static void forward_task(void *p, int ith, int nth) {
         struct mm down = {&L->down, L->b_down, f->x, d, 1, n};
         tk_barrier_wait(bar, nth);
         A = plan_acts(f->f1, nf, &down, 1);
-        for_rows(f, &A, n, nf, ith, nth, ffn_act_row, NULL);
+        struct act_ctx ac = {f->f1, f->f2, nf};
+        for_rows(f, &A, n, nf, ith, nth, ffn_act_row, &ac);
         tk_barrier_wait(bar, nth);
         matmuls(f, &A, &down, 1, ith, nth, &step);
         tk_barrier_wait(bar, nth);
@@ -815,21 +979,32 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
     const int64_t d = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
-    const int64_t nf = hp->n_ff, widest = nf > qd ? (nf > d ? nf : d) : (qd > d ? qd : d);
+    const int64_t ne = hp->n_expert, k = ne ? hp->n_expert_used : 0, fe = ne ? hp->n_ff_exp : 0, nk = n * k;
+    int64_t widest = hp->n_ff;
+    if (qd > widest) widest = qd;
+    if (d > widest) widest = d;
+    if (fe > widest) widest = fe;
+    const int64_t nf = hp->n_ff;
     struct fwd f = {.e = e, .kv = kv, .tokens = tokens, .n = n, .pos0 = pos0, .logits = logits,
                     .all_logits = all_logits, .simd = tk_use_simd()};
     f.scratch_per_thread = kv->n_ctx + 32 + 32 * hp->head_dim;
-    const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf) +
-                          (size_t)nthreads * (size_t)f.scratch_per_thread;
+    if (f.scratch_per_thread < ne + 8) f.scratch_per_thread = ne + 8;  /* a token's router probabilities */
+    const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf + ne + k) +
+                          (size_t)nk * (size_t)(2 * d + 2 * fe) + (size_t)nthreads * (size_t)f.scratch_per_thread;
     float *mem = malloc(sizeof(float) * floats);
-    /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16 */
-    f.act_cap = (size_t)n * ((size_t)widest * 2 + 64);
+    int32_t *ints = malloc(sizeof(int32_t) * (size_t)(3 * nk + 1));
+    f.estart = malloc(sizeof(int64_t) * (size_t)(ne + 1));
+    /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16, for every
+       token (every token-expert pair in expert layers) */
+    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + 64);
     f.work_size = tk_matmul_work(widest);
     f.work = malloc(f.work_size * (size_t)nthreads);
-    int ok = mem != NULL && f.work != NULL;
+    int ok = mem != NULL && ints != NULL && f.estart != NULL && f.work != NULL;
     for (int j = 0; j < MAX_ACT; j++) ok = ok && (f.act_buf[j] = malloc(f.act_cap)) != NULL;
     if (!ok) {
         free(mem);
+        free(ints);
+        free(f.estart);
         free(f.work);
         for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
         return -3;
@@ -841,12 +1016,23 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     f.att = p; p += n * qd;
     f.f1 = p; p += n * nf;
     f.f2 = p; p += n * nf;
+    f.router = p; p += n * ne;
+    f.wgt = p; p += n * k;
+    f.xe = p; p += nk * d;
+    f.ye = p; p += nk * d;
+    f.e1 = p; p += nk * fe;
+    f.e2 = p; p += nk * fe;
     f.scratch = p;
+    f.sel = ints;
+    f.pair_row = ints + nk;
+    f.row_token = ints + 2 * nk;
     tk_barrier_init(&f.bar);
     atomic_init(&f.next_chunk[0], 0);
     atomic_init(&f.next_chunk[1], 0);
     tk_parallel(forward_task, &f, nthreads);
     free(mem);
+    free(ints);
+    free(f.estart);
     free(f.work);
     for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
     return 0;

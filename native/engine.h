@@ -14,9 +14,12 @@ enum tk_norm_kind { TK_NORM_RMS = 0, TK_NORM_LAYER = 1 };
 enum tk_rope_kind { TK_ROPE_NONE = 0, TK_ROPE_NORM = 1, TK_ROPE_NEOX = 2 };
 enum tk_ffn_kind { TK_FFN_SWIGLU = 0, TK_FFN_GELU = 1 };
 
+/* The model as the engine composes it; Python fills it by field name (module.c: HPARAM_FIELDS), from the
+   architecture's recipe (archs/) and the file's hyper-parameters. */
 struct tk_hparams {
     int norm, rope, ffn;
     int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    int64_t n_expert, n_expert_used, n_ff_exp;  /* mixture of experts (0, 0, 0 for a dense model) */
     float rope_base, rope_freq_scale, eps;
 };
 

@@ -1,6 +1,7 @@
 /* The Python binding of the native core: thin argument parsing around core.h, GIL released during work. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "core.h"
@@ -244,18 +245,50 @@ static PyObject *py_matmul(PyObject *self, PyObject *args) {
 static void engine_destroy(PyObject *cap) { tk_engine_free(PyCapsule_GetPointer(cap, "tk_engine")); }
 static void kv_destroy(PyObject *cap) { tk_kv_free(PyCapsule_GetPointer(cap, "tk_kv")); }
 
-/* engine_new((norm, rope, ffn), (n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot),
-              (rope_base, rope_freq_scale, eps), [(name, address, type, rows, cols), ...]) -> capsule */
+/* The fields of struct tk_hparams by name: engine_new takes them as a dict with exactly these keys. */
+#define HP_FIELD(name, kind) {#name, offsetof(struct tk_hparams, name), kind}
+static const struct { const char *name; size_t offset; char kind; } HPARAM_FIELDS[] = {
+    HP_FIELD(norm, 'e'), HP_FIELD(rope, 'e'), HP_FIELD(ffn, 'e'),
+    HP_FIELD(n_vocab, 'L'), HP_FIELD(n_embd, 'L'), HP_FIELD(n_layer, 'L'), HP_FIELD(n_head, 'L'),
+    HP_FIELD(n_head_kv, 'L'), HP_FIELD(head_dim, 'L'), HP_FIELD(n_ff, 'L'), HP_FIELD(n_rot, 'L'),
+    HP_FIELD(n_expert, 'L'), HP_FIELD(n_expert_used, 'L'), HP_FIELD(n_ff_exp, 'L'),
+    HP_FIELD(rope_base, 'f'), HP_FIELD(rope_freq_scale, 'f'), HP_FIELD(eps, 'f'),
+};
+#undef HP_FIELD
+
+static int parse_hparams(PyObject *dict, struct tk_hparams *hp) {
+    const size_t nf = sizeof HPARAM_FIELDS / sizeof *HPARAM_FIELDS;
+    if ((size_t)PyDict_Size(dict) != nf) {
+        PyErr_Format(PyExc_ValueError, "engine description has %zd fields, the engine takes %zu", PyDict_Size(dict), nf);
+        return -1;
+    }
+    for (size_t i = 0; i < nf; i++) {
+        PyObject *v = PyDict_GetItemString(dict, HPARAM_FIELDS[i].name);
+        if (!v) {
+            PyErr_Format(PyExc_ValueError, "engine description lacks %s", HPARAM_FIELDS[i].name);
+            return -1;
+        }
+        char *field = (char *)hp + HPARAM_FIELDS[i].offset;
+        if (HPARAM_FIELDS[i].kind == 'f') {
+            const double x = PyFloat_AsDouble(v);
+            if (x == -1.0 && PyErr_Occurred()) return -1;
+            *(float *)field = (float)x;
+        } else {
+            const long long x = PyLong_AsLongLong(v);
+            if (x == -1 && PyErr_Occurred()) return -1;
+            if (HPARAM_FIELDS[i].kind == 'e') *(int *)field = (int)x;
+            else *(int64_t *)field = (int64_t)x;
+        }
+    }
+    return 0;
+}
+
+/* engine_new({field: value, ...} (struct tk_hparams by name), [(name, address, type, rows, cols), ...]) -> capsule */
 static PyObject *py_engine_new(PyObject *self, PyObject *args) {
     struct tk_hparams hp;
-    PyObject *tensors;
-    long long v[8];
-    if (!PyArg_ParseTuple(args, "(iii)(LLLLLLLL)(fff)O!", &hp.norm, &hp.rope, &hp.ffn, &v[0], &v[1], &v[2], &v[3],
-                          &v[4], &v[5], &v[6], &v[7], &hp.rope_base, &hp.rope_freq_scale, &hp.eps, &PyList_Type,
-                          &tensors))
-        return NULL;
-    hp.n_vocab = v[0]; hp.n_embd = v[1]; hp.n_layer = v[2]; hp.n_head = v[3];
-    hp.n_head_kv = v[4]; hp.head_dim = v[5]; hp.n_ff = v[6]; hp.n_rot = v[7];
+    PyObject *fields, *tensors;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &fields, &PyList_Type, &tensors)) return NULL;
+    if (parse_hparams(fields, &hp)) return NULL;
     const Py_ssize_t nt = PyList_GET_SIZE(tensors);
     struct tk_tensor_desc *d = PyMem_Calloc((size_t)nt + 1, sizeof *d);
     if (!d) return PyErr_NoMemory();

@@ -15,8 +15,8 @@ from gguf import GGUFValueType
 import native
 from quantizer import policy
 from quantizer.types import FileType, is_quantized, type_name
-from toolkit.errors import UserError
-from toolkit.ggufio import KV, GGUFFile, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
+from common.errors import UserError
+from common.ggufio import KV, GGUFFile, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
 
 GGML_QUANT_VERSION = 2
 CHUNK_ELEMENTS = 4 << 20  # f32 elements converted and quantized at a time

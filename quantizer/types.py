@@ -8,7 +8,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import LlamaFileType as FT
 
 import native
-from toolkit.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from runtime.chat import chat_format, prompt_tokens
 from runtime.generate import Session
 from runtime.sampling import SamplingParams
 from runtime.tokenizer import StreamDecoder
-from toolkit.errors import UserError
+from common.errors import UserError
 
 
 class Llama:

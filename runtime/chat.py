@@ -1,10 +1,11 @@
 """Chat prompts: the model's own `tokenizer.chat_template` (Jinja, sandboxed) when it has one, otherwise a built-in
-format chosen by architecture (or by name): CodeShell's `## human:`/`## assistant:` turns, Llama-2 `[INST]`, ChatML."""
+format chosen by the architecture's recipe (or by name): CodeShell's `## human:`/`## assistant:` turns, Llama-2 `[INST]`, ChatML."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from toolkit.errors import UserError
+import archs
+from common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,6 @@ BUILTIN = {
     "llama-2": Llama2Format("llama-2", ("</s>",)),
     "chatml": ChatMLFormat("chatml", ("<|im_end|>", "<|endoftext|>")),
 }
-BY_ARCH = {"codeshell": "codeshell", "llama": "llama-2", "qwen2": "chatml", "gpt2": "chatml"}
 
 
 def chat_format(arch: str, template: str | None, name: str | None = None) -> ChatFormat:
@@ -90,7 +90,7 @@ def chat_format(arch: str, template: str | None, name: str | None = None) -> Cha
         raise UserError(f"unknown chat template {name!r}; built-in: {', '.join(BUILTIN)}")
     if template:
         return JinjaFormat(template, ("<|im_end|>", "</s>", "<|endoftext|>", "<|eot_id|>"))
-    return BUILTIN[BY_ARCH.get(arch, "chatml")]
+    return BUILTIN[archs.BY_GGUF[arch].recipe.chat_format if arch in archs.BY_GGUF else "chatml"]
 
 
 def prompt_tokens(fmt: ChatFormat, tok, messages: list[dict]) -> list[int]:

@@ -13,7 +13,7 @@ from runtime.arch import build
 from runtime.model import Model
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import Tokenizer
-from toolkit.errors import UserError
+from common.errors import UserError
 
 
 def _peak_rss_mib() -> float:

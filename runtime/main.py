@@ -11,7 +11,7 @@ from runtime.chat import chat_format, prompt_tokens
 from runtime.generate import Session
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import StreamDecoder
-from toolkit.errors import UserError
+from common.errors import UserError
 
 COLOR_PROMPT, COLOR_USER, COLOR_RESET = "\033[33m", "\033[1;32m", "\033[0m"
 

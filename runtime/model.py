@@ -1,5 +1,5 @@
-"""A GGUF model opened for inference: hyper-parameters and weights, memory-mapped (no copy, no dequantized copy);
-the native engine (runtime/arch) reads the tensors in place."""
+"""A GGUF model opened for inference: its architecture's recipe (archs/), hyper-parameters and weights, memory-mapped
+(no copy, no dequantized copy); the native engine (runtime/arch) reads the tensors in place."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
+from gguf import Keys
 
+import archs
 import native
-from toolkit.errors import UserError
-from toolkit.ggufio import GGUFFile, TensorEntry
-
-SUPPORTED_ARCHS = ("llama", "qwen", "qwen2", "qwen3", "gpt2", "codeshell")
-# feed_forward_length counts both halves of a fused SwiGLU width (Qwen1: w1 and w2 are each half of it, as llama.cpp reads it)
-FFN_HALVED = ("qwen",)
+from common.errors import UserError
+from common.ggufio import GGUFFile, TensorEntry
 
 
 class Weight:
@@ -28,7 +26,8 @@ class Weight:
 
     @property
     def rows(self) -> int:
-        return self.shape[0] if len(self.shape) > 1 else 1
+        """Rows of the matrix the engine sees: a 3-D tensor (experts stacked) is its experts' rows one after the other."""
+        return int(np.prod(self.shape[:-1], dtype=np.int64)) if len(self.shape) > 1 else 1
 
     @property
     def cols(self) -> int:
@@ -50,43 +49,57 @@ class HParams:
     rope_base: float
     rope_freq_scale: float
     eps: float
+    n_expert: int = 0        # mixture of experts: experts per layer, used per token, width of one
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
 
 
-def _hparams(g: GGUFFile, arch: str, n_vocab: int) -> HParams:
-    def get(key, default=None):
-        v = g.value(f"{arch}.{key}", default)
+def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HParams:
+    """The hyper-parameters, by gguf-py's key names for `arch`."""
+    def get(key: str, default=None):
+        v = g.value(key.format(arch=arch), default)
         if v is None:
-            raise UserError(f"{g.path.name}: missing {arch}.{key}")
+            raise UserError(f"{g.path.name}: missing {key.format(arch=arch)}")
         return v.item() if isinstance(v, np.generic) else v
 
-    n_embd, n_head = int(get("embedding_length")), int(get("attention.head_count"))
-    head_dim = int(get("attention.key_length", n_embd // n_head))
+    n_embd, n_head = int(get(Keys.LLM.EMBEDDING_LENGTH)), int(get(Keys.Attention.HEAD_COUNT))
+    head_dim = int(get(Keys.Attention.KEY_LENGTH, n_embd // n_head))
     scale = 1.0
-    if g.value(f"{arch}.rope.scaling.type") == "linear":
-        scale = 1.0 / float(get("rope.scaling.factor", 1.0))
-    eps = g.value(f"{arch}.attention.layer_norm_rms_epsilon", g.value(f"{arch}.attention.layer_norm_epsilon"))
+    if g.value(Keys.Rope.SCALING_TYPE.format(arch=arch)) == "linear":
+        scale = 1.0 / float(get(Keys.Rope.SCALING_FACTOR, 1.0))
+    eps = g.value(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch),
+                  g.value(Keys.Attention.LAYERNORM_EPS.format(arch=arch)))
     if eps is None:
         raise UserError(f"{g.path.name}: missing the norm epsilon of {arch}")
+    n_ff = int(get(Keys.LLM.FEED_FORWARD_LENGTH))
+    n_expert = int(get(Keys.LLM.EXPERT_COUNT, 0))
+    experts = {}
+    if n_expert:
+        experts = dict(n_expert=n_expert, n_expert_used=int(get(Keys.LLM.EXPERT_USED_COUNT)),
+                       n_ff_exp=int(get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, n_ff)))
     return HParams(
-        arch=arch, n_vocab=n_vocab, n_ctx_train=int(get("context_length")), n_embd=n_embd,
-        n_layer=int(get("block_count")), n_head=n_head, n_head_kv=int(get("attention.head_count_kv", n_head)),
-        n_ff=int(get("feed_forward_length")) // (2 if arch in FFN_HALVED else 1), head_dim=head_dim, n_rot=int(get("rope.dimension_count", head_dim)),
-        rope_base=float(get("rope.freq_base", 10000.0)), rope_freq_scale=scale, eps=float(eps))
+        arch=arch, n_vocab=n_vocab, n_ctx_train=int(get(Keys.LLM.CONTEXT_LENGTH)), n_embd=n_embd,
+        n_layer=int(get(Keys.LLM.BLOCK_COUNT)), n_head=n_head, n_head_kv=int(get(Keys.Attention.HEAD_COUNT_KV, n_head)),
+        n_ff=n_ff // 2 if recipe.ffn_halved else n_ff, head_dim=head_dim,
+        n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=float(get(Keys.Rope.FREQ_BASE, 10000.0)),
+        rope_freq_scale=scale, eps=float(eps), **experts)
 
 
 class Model:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.gguf = GGUFFile(self.path, populate=True)
-        arch = self.gguf.value("general.architecture")
-        if arch not in SUPPORTED_ARCHS:
+        arch = self.gguf.value(Keys.General.ARCHITECTURE)
+        try:
+            self.recipe = archs.recipe(arch)
+        except UserError:
             self.gguf.close()
-            raise UserError(f"unsupported architecture {arch!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
-        tokens = self.gguf.value("tokenizer.ggml.tokens")
+            raise
+        tokens = self.gguf.value(Keys.Tokenizer.LIST)
         if tokens is None:
             raise UserError(f"{self.path.name} has no tokenizer (tokenizer.ggml.tokens)")
         self.weights = {e.info.name: Weight(self.gguf, e) for e in self.gguf.tensors}
-        self.hp = _hparams(self.gguf, arch, len(tokens))
+        self.hp = _hparams(self.gguf, arch, self.recipe, len(tokens))
         for t in self.weights.values():
             if int(t.type) not in native.TRAITS:
                 raise UserError(f"tensor {t.name} has type {t.type.name}, which the runtime does not support")

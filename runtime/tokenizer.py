@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import regex
 
 if TYPE_CHECKING:  # pragma: no cover
-    from toolkit.ggufio import GGUFFile
+    from common.ggufio import GGUFFile
 
 __all__ = ["Tokenizer", "StreamDecoder", "UnsupportedTokenizer"]
 

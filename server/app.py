@@ -23,7 +23,7 @@ from runtime.sampling import SamplingParams
 from server.engine import Busy, Engine, GenRequest, GenResult, Ticket
 from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, LlamaCompletionRequest, Message,
                             OpenAIRequest, Sampling, TokenizeRequest)
-from toolkit.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger("toolkit.server")
 

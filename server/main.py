@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.errors import UserError
+from common.errors import UserError
 
 
 @dataclass

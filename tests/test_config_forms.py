@@ -13,7 +13,7 @@ from converter.convert import convert_model
 from fixtures import load_hf_model, make_checkpoint
 from runtime.api import Llama
 from tests.helpers import fields, llama_cpp_logit_diff, quantized, run_toolkit, tensors
-from toolkit.errors import UserError
+from common.errors import UserError
 
 LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 64}
@@ -71,7 +71,7 @@ def test_llama3_rope_factors_follow_transformers(llama31):
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from converter.arch.base import llama3_rope_factors
+    from archs.base import llama3_rope_factors
     cfg = LlamaConfig.from_pretrained(llama31)
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
     cfg_plain = LlamaConfig.from_pretrained(llama31)

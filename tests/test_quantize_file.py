@@ -18,7 +18,7 @@ from quantizer.policy import Options
 from quantizer.quantize import quantize_file
 from quantizer.types import FILE_TYPES, parse_file_type
 from tests.helpers import REPO, TOOLKIT, run_toolkit
-from toolkit.ggufio import GGUFFile
+from common.ggufio import GGUFFile
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 

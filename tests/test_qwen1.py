@@ -17,7 +17,7 @@ from runtime.sampling import SamplingParams
 from runtime.tokenizer import Tokenizer
 from tests.helpers import fields, llama_cpp_logit_diff, quantized, tensors
 from tests.qwen_reference import qwen1_logits
-from toolkit.ggufio import GGUFFile
+from common.ggufio import GGUFFile
 
 PROMPT = [int(t) for t in np.random.default_rng(7).integers(0, 151643, 64)]
 CHATML = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

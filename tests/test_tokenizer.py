@@ -19,7 +19,7 @@ from gguf import GGUFValueType
 from converter.convert import convert_model
 from fixtures import REPO_ROOT, make_checkpoint, tokenizer_corpus
 from runtime.tokenizer import _BYTE_TO_CHAR, StreamDecoder, Tokenizer, UnsupportedTokenizer
-from toolkit.ggufio import KV, GGUFFile, encode_header
+from common.ggufio import KV, GGUFFile, encode_header
 
 ARCHES = ("codeshell", "llama", "gpt2", "qwen2")
 NEEDS_SHARED = ("codeshell", "llama")  # real tokenizer files from ../shared/fixtures

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
-from toolkit.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
-from toolkit.errors import UserError
+from common.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
+from common.errors import UserError
 
 
 def _write(path, kvs, tensors, data):
@@ -90,7 +90,7 @@ def test_missing_folder_is_a_user_error(tmp_path):
 
 def test_full_disk_is_reported(tmp_path):
     # /dev/full answers every write with ENOSPC: stage to it via standard output.
-    code = ("import sys\nfrom toolkit.ggufio import atomic_output\n"
+    code = ("import sys\nfrom common.ggufio import atomic_output\n"
             "with atomic_output('-') as f:\n    f.write(b'x' * 100)\n")
     env = dict(os.environ, TMPDIR=str(tmp_path))
     with open("/dev/full", "wb") as full:

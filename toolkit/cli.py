@@ -47,7 +47,7 @@ def convert(
 
     setup_logging(verbose)
     with user_errors(verbose):
-        from toolkit.errors import UserError
+        from common.errors import UserError
         if ftype is not None and ftype not in FTYPE_NAMES:
             raise UserError(f"ftype must be 0 (f32) or 1 (f16), got {ftype}")
         chosen = outtype.lower() if outtype else FTYPE_NAMES.get(ftype, "f16")
@@ -100,7 +100,7 @@ def quantize(
 
 def _quantize_positionals(args: list[str]):
     from quantizer import types
-    from toolkit.errors import UserError
+    from common.errors import UserError
 
     if len(args) < 2:
         raise UserError("usage: toolkit quantize IN [OUT] TYPE [NTHREADS] (toolkit quantize --list for the types)")
@@ -186,7 +186,7 @@ def run(
     """Generate text with a GGUF model, like llama.cpp's main."""
     from runtime.main import RunOptions, Runner
     from runtime.sampling import SamplingParams
-    from toolkit.errors import UserError
+    from common.errors import UserError
 
     setup_logging(verbose)
     with user_errors(verbose):

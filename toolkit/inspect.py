@@ -8,7 +8,7 @@ import numpy as np
 from gguf import GGUFValueType
 from rich.table import Table
 
-from toolkit.ggufio import GGUFFile
+from common.ggufio import GGUFFile
 
 
 def _short(kv) -> str:

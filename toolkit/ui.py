@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.progress import (BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
-from toolkit.errors import UserError
+from common.errors import UserError
 
 console = Console(stderr=True, highlight=False)
 

@@ -1,10 +1,10 @@
-"""The decoder-only forward pass shared by every architecture, described to the native core.
+"""The decoder-only forward pass, described to the native core by name.
 
-An architecture subclass only declares what differs: the norm (RMS or LayerNorm), the rope layout (adjacent pairs,
-NEOX halves, or none with learned positions) and the feed-forward block (SwiGLU or GELU). Fused or separate q/k/v,
-biases and tied embeddings follow from the tensors the file has. The whole pass — norms, matrix products on the
-stored weight types, rope, attention over the KV cache, activations — runs in one native call per batch
-(native/engine.c); Python only hands over the token ids and gets the logits back.
+What differs between architectures is the model's recipe (archs/: the norm, the rope layout, the feed-forward block);
+fused or separate q/k/v, biases, q/k norms, rope frequency factors and tied embeddings follow from the tensors the file
+has. The whole pass — norms, matrix products on the stored weight types, rope, attention over the KV cache,
+activations — runs in one native call per batch (native/engine.c); Python only hands over the token ids and gets the
+logits back.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 import native
 from runtime.model import Model
-from toolkit.errors import UserError
+from common.errors import UserError
 
 CACHE_TYPES = {"f32": native.F32, "f16": native.F16}
 
@@ -32,19 +32,19 @@ class KVCache:
 
 
 class Transformer:
-    norm = "rms"        # or "layer"
-    rope = "norm"       # llama.cpp's NORM (adjacent pairs), "neox" (halves), or None (learned positions)
-    ffn = "swiglu"      # or "gelu"
-
     def __init__(self, model: Model, nthreads: int):
         self.model, self.hp, self.nthreads = model, model.hp, nthreads
-        hp = self.hp
+        hp, recipe = self.hp, model.recipe
+        description = {
+            "norm": recipe.norm, "rope": recipe.rope, "ffn": recipe.ffn,
+            "n_vocab": hp.n_vocab, "n_embd": hp.n_embd, "n_layer": hp.n_layer, "n_head": hp.n_head,
+            "n_head_kv": hp.n_head_kv, "head_dim": hp.head_dim, "n_ff": hp.n_ff, "n_rot": hp.n_rot,
+            "rope_base": hp.rope_base, "rope_freq_scale": hp.rope_freq_scale, "eps": hp.eps,
+            "n_expert": hp.n_expert, "n_expert_used": hp.n_expert_used, "n_ff_exp": hp.n_ff_exp,
+        }
         tensors = [(w.name, w.data, int(w.type), w.rows, w.cols) for w in model.weights.values()]
         try:
-            self.engine = native.engine_new(
-                (self.norm, self.rope, self.ffn),
-                (hp.n_vocab, hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff, hp.n_rot),
-                (hp.rope_base, hp.rope_freq_scale, hp.eps), tensors)
+            self.engine = native.engine_new(description, tensors)
         except ValueError as e:
             raise UserError(f"{model.path.name}: {e}") from None
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Iterator
 
-from converter.arch.base import Architecture, TensorSpec, register
-from toolkit.errors import UserError
+from gguf import Keys as K
+
+from archs.base import Architecture, Recipe, T, TensorSpec, register, tn
+from common.errors import UserError
 
 log = logging.getLogger("toolkit")
 
@@ -15,6 +17,7 @@ log = logging.getLogger("toolkit")
 class CodeShell(Architecture):
     hf_classes = ("CodeShellForCausalLM",)
     gguf_arch = "codeshell"
+    recipe = Recipe(norm="layer", rope="neox", ffn="gelu", chat_format="codeshell")
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -30,21 +33,21 @@ class CodeShell(Architecture):
 
     def hparams(self) -> dict[str, object]:
         hp = {
-            "context_length": self.get_int("n_positions"),
-            "embedding_length": self.n_embd,
-            "feed_forward_length": self.n_ff,
-            "block_count": self.n_layer,
-            "attention.head_count": self.n_head,
-            "attention.head_count_kv": self.n_head_kv,
-            "attention.layer_norm_epsilon": float(self.get("layer_norm_epsilon")),
-            "rope.freq_base": 10000.0,
-            "rope.scaling.type": "linear",
-            "rope.scaling.factor": 1.0,
+            K.LLM.CONTEXT_LENGTH: self.get_int("n_positions"),
+            K.LLM.EMBEDDING_LENGTH: self.n_embd,
+            K.LLM.FEED_FORWARD_LENGTH: self.n_ff,
+            K.LLM.BLOCK_COUNT: self.n_layer,
+            K.Attention.HEAD_COUNT: self.n_head,
+            K.Attention.HEAD_COUNT_KV: self.n_head_kv,
+            K.Attention.LAYERNORM_EPS: float(self.get("layer_norm_epsilon")),
+            K.Rope.FREQ_BASE: 10000.0,
+            K.Rope.SCALING_TYPE: "linear",
+            K.Rope.SCALING_FACTOR: 1.0,
         }
         rs = self.config.get("rope_scaling") or {}
         kind = rs.get("type", rs.get("rope_type"))
         if kind == "linear":
-            hp["rope.scaling.factor"] = float(rs["factor"])
+            hp[K.Rope.SCALING_FACTOR] = float(rs["factor"])
         elif kind == "dynamic":
             # Dynamic NTK only changes positions beyond n_positions, which llama.cpp does not model.
             log.warning("rope_scaling 'dynamic' is not supported by llama.cpp; positions beyond the training "
@@ -60,24 +63,24 @@ class CodeShell(Architecture):
         # CodeShell-7B ships lm_head and not wte (which its index still lists): llama.cpp requires `output` and
         # reuses it for the token embeddings when token_embd is absent. The reverse case duplicates wte as output.
         if has_wte or not has_head:
-            yield TensorSpec("token_embd.weight", "transformer.wte.weight", (V, E))
+            yield TensorSpec(tn(T.TOKEN_EMBD), "transformer.wte.weight", (V, E))
         if self.learned_pos:
-            yield TensorSpec("position_embd.weight", "transformer.wpe.weight",
+            yield TensorSpec(tn(T.POS_EMBD), "transformer.wpe.weight",
                              (self.get_int("n_positions"), E), keep_f32=True)
         for i in range(self.n_layer):
-            p, b = f"transformer.h.{i}.", f"blk.{i}."
-            yield TensorSpec(b + "attn_norm.weight", p + "ln_1.weight", (E,))
-            yield TensorSpec(b + "attn_norm.bias", p + "ln_1.bias", (E,))
-            yield TensorSpec(b + "attn_qkv.weight", p + "attn.c_attn.weight", (qkv, E))
-            yield TensorSpec(b + "attn_qkv.bias", p + "attn.c_attn.bias", (qkv,))
-            yield TensorSpec(b + "attn_output.weight", p + "attn.c_proj.weight", (E, E))
-            yield TensorSpec(b + "attn_output.bias", p + "attn.c_proj.bias", (E,))
-            yield TensorSpec(b + "ffn_norm.weight", p + "ln_2.weight", (E,))
-            yield TensorSpec(b + "ffn_norm.bias", p + "ln_2.bias", (E,))
-            yield TensorSpec(b + "ffn_up.weight", p + "mlp.c_fc.weight", (F, E))
-            yield TensorSpec(b + "ffn_up.bias", p + "mlp.c_fc.bias", (F,))
-            yield TensorSpec(b + "ffn_down.weight", p + "mlp.c_proj.weight", (E, F))
-            yield TensorSpec(b + "ffn_down.bias", p + "mlp.c_proj.bias", (E,))
-        yield TensorSpec("output_norm.weight", "transformer.ln_f.weight", (E,))
-        yield TensorSpec("output_norm.bias", "transformer.ln_f.bias", (E,))
-        yield TensorSpec("output.weight", "lm_head.weight" if has_head else "transformer.wte.weight", (V, E))
+            p = f"transformer.h.{i}."
+            yield TensorSpec(tn(T.ATTN_NORM, i), p + "ln_1.weight", (E,))
+            yield TensorSpec(tn(T.ATTN_NORM, i, "bias"), p + "ln_1.bias", (E,))
+            yield TensorSpec(tn(T.ATTN_QKV, i), p + "attn.c_attn.weight", (qkv, E))
+            yield TensorSpec(tn(T.ATTN_QKV, i, "bias"), p + "attn.c_attn.bias", (qkv,))
+            yield TensorSpec(tn(T.ATTN_OUT, i), p + "attn.c_proj.weight", (E, E))
+            yield TensorSpec(tn(T.ATTN_OUT, i, "bias"), p + "attn.c_proj.bias", (E,))
+            yield TensorSpec(tn(T.FFN_NORM, i), p + "ln_2.weight", (E,))
+            yield TensorSpec(tn(T.FFN_NORM, i, "bias"), p + "ln_2.bias", (E,))
+            yield TensorSpec(tn(T.FFN_UP, i), p + "mlp.c_fc.weight", (F, E))
+            yield TensorSpec(tn(T.FFN_UP, i, "bias"), p + "mlp.c_fc.bias", (F,))
+            yield TensorSpec(tn(T.FFN_DOWN, i), p + "mlp.c_proj.weight", (E, F))
+            yield TensorSpec(tn(T.FFN_DOWN, i, "bias"), p + "mlp.c_proj.bias", (E,))
+        yield TensorSpec(tn(T.OUTPUT_NORM), "transformer.ln_f.weight", (E,))
+        yield TensorSpec(tn(T.OUTPUT_NORM, None, "bias"), "transformer.ln_f.bias", (E,))
+        yield TensorSpec(tn(T.OUTPUT), "lm_head.weight" if has_head else "transformer.wte.weight", (V, E))

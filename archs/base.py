@@ -1,5 +1,7 @@
-"""What every architecture module provides: its GGUF hyper-parameters and the tensors it expects, with shapes derived
-from config.json (so a checkpoint that contradicts its config is caught before anything is written)."""
+"""What every architecture module provides, read by the converter and the runtime alike: the Hugging Face classes it
+converts and the GGUF architecture it writes; its GGUF hyper-parameters and the tensors it expects, with shapes derived
+from config.json (so a checkpoint that contradicts its config is caught before anything is written); and its block
+recipe, the parts the native engine composes the forward pass from."""
 from __future__ import annotations
 
 import math
@@ -7,16 +9,48 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+from gguf import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+from gguf import Keys as K
+from gguf import MODEL_TENSOR as T
 
-from toolkit.errors import UserError
+from common.errors import UserError
 
-REGISTRY: dict[str, type["Architecture"]] = {}
+REGISTRY: dict[str, type["Architecture"]] = {}       # Hugging Face class name → description
+BY_GGUF: dict[str, type["Architecture"]] = {}        # general.architecture → description
+
+
+def tn(tensor: T, bid: int | None = None, suffix: str = "weight") -> str:
+    """A GGUF tensor name by gguf-py's table: tn(T.ATTN_Q, 3) is 'blk.3.attn_q.weight'."""
+    return f"{TENSOR_NAMES[tensor].format(bid=bid)}.{suffix}"
+
+
+def gguf_tensors(gguf_arch: str) -> frozenset[str]:
+    """The tensor name templates gguf-py lists for an architecture ('blk.{bid}.attn_q', 'output', ...)."""
+    arch = next(a for a, name in MODEL_ARCH_NAMES.items() if name == gguf_arch)
+    return frozenset(TENSOR_NAMES[t] for t in MODEL_TENSORS[arch])
 
 
 def register(cls: type["Architecture"]) -> type["Architecture"]:
+    if cls.gguf_arch not in MODEL_ARCH_NAMES.values():
+        raise RuntimeError(f"{cls.__name__}: {cls.gguf_arch!r} is not an architecture gguf-py knows")
     for name in cls.hf_classes:
         REGISTRY[name] = cls
+    if cls.gguf_arch in BY_GGUF and BY_GGUF[cls.gguf_arch] is not cls:
+        raise RuntimeError(f"two descriptions of GGUF architecture {cls.gguf_arch}")
+    BY_GGUF[cls.gguf_arch] = cls
     return cls
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The block as data: what the engine composes (native/engine.c), named as native.engine_new takes them.
+    Fused or separate q/k/v, biases, q/k norms, tied output and rope frequency factors follow from the tensors a file
+    has; everything else that differs between architectures is here."""
+    norm: str                     # "rms" or "layer" (LayerNorm with bias)
+    rope: str | None              # "norm" (adjacent pairs), "neox" (halves) or None (learned absolute positions)
+    ffn: str                      # "swiglu" (gate and up) or "gelu" (up only)
+    ffn_halved: bool = False      # feed_forward_length counts both halves of the gate/up width (Qwen1)
+    chat_format: str = "chatml"   # the built-in chat format when a file carries no template
 
 
 @dataclass(frozen=True)
@@ -33,9 +67,14 @@ class TensorSpec:
     transpose: bool = False
     keep_f32: bool = False  # stays F32 whatever the output type (1-D tensors always do)
     values: np.ndarray | None = None  # computed from the config rather than read (then `hf` is only a label)
+    # several checkpoint tensors (one per expert) stacked along a new first axis; `shape` is then one part's shape,
+    # and `hf` a label for messages
+    stack: tuple[str, ...] = ()
 
     @property
     def out_shape(self) -> tuple[int, ...]:
+        if self.stack:
+            return (len(self.stack), *self.shape)
         return tuple(reversed(self.shape)) if self.transpose else self.shape
 
 
@@ -61,7 +100,8 @@ def llama3_rope_factors(rope: dict[str, object], head_dim: int) -> np.ndarray:
     wavelen = f32(2 * math.pi) / freqs  # float32 throughout, as llama.cpp's converter computes them
     smooth = (f32(old_ctx) / wavelen - f32(low)) / f32(high - low)
     blended = f32(1.0) / ((f32(1.0) - smooth) / f32(factor) + smooth)
-    out = np.where(wavelen < f32(old_ctx / high), f32(1.0), np.where(wavelen > f32(old_ctx / low), f32(factor), blended))
+    out = np.where(wavelen < f32(old_ctx / high), f32(1.0),
+                   np.where(wavelen > f32(old_ctx / low), f32(factor), blended))
     return out.astype(np.float32)
 
 
@@ -77,6 +117,7 @@ def rope_permutation(n_head: int, rows: int) -> np.ndarray:
 class Architecture:
     hf_classes: tuple[str, ...] = ()
     gguf_arch: str = ""
+    recipe: Recipe
     spm_ok: bool = True  # SentencePiece vocabularies are accepted
     # checkpoint entries that are not weights (buffers) and are never converted
     skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq",)
@@ -98,6 +139,17 @@ class Architecture:
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise UserError(f"config.json: {keys[0]} must be a positive integer, got {v!r}")
         return v
+
+    def standard_sizes(self) -> None:
+        """The block sizes under transformers' standard config names: n_embd, n_layer, n_head, n_head_kv (grouped-query
+        attention), n_ff and head_dim (hidden_size / heads unless set)."""
+        self.n_embd = self.get_int("hidden_size")
+        self.n_layer = self.get_int("num_hidden_layers")
+        self.n_head = self.get_int("num_attention_heads")
+        self.n_head_kv = self.get_int("num_key_value_heads", default=self.n_head)
+        self.n_ff = self.get_int("intermediate_size")
+        self.head_dim = self.get_int("head_dim", default=self.divides(self.n_embd, self.n_head, "hidden_size"))
+        self.divides(self.n_head, self.n_head_kv, "num_attention_heads")
 
     def divides(self, a: int, b: int, what: str) -> int:
         if a % b:
@@ -149,16 +201,17 @@ class Architecture:
         return out
 
     def rope_hparams(self, rope: dict[str, object]) -> dict[str, object]:
-        """GGUF keys (without the arch prefix) for rope settings from rope(): llama3 adds a tensor, not keys."""
-        hp: dict[str, object] = {"rope.freq_base": rope["theta"]}
+        """GGUF keys (gguf-py templates) for rope settings from rope(): llama3 adds a tensor, not keys."""
+        hp: dict[str, object] = {K.Rope.FREQ_BASE: rope["theta"]}
         if rope["type"] == "linear":
-            hp["rope.scaling.type"] = "linear"
-            hp["rope.scaling.factor"] = rope["factor"]
+            hp[K.Rope.SCALING_TYPE] = "linear"
+            hp[K.Rope.SCALING_FACTOR] = rope["factor"]
         return hp
 
     # -- what subclasses provide ----------------------------------------------------------------------------------
     def hparams(self) -> dict[str, object]:
-        """GGUF keys without the '{arch}.' prefix -> value (int → uint32, float → float32, str → string)."""
+        """gguf-py key templates ('{arch}.context_length', ...) -> value (int → uint32, float → float32,
+        str → string)."""
         raise NotImplementedError
 
     def tensors(self, available: set[str]) -> Iterator[TensorSpec]:

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from converter.arch.base import Architecture, TensorSpec, register
-from toolkit.errors import UserError
+from gguf import Keys as K
+
+from archs.base import Architecture, Recipe, T, TensorSpec, register, tn
+from common.errors import UserError
 
 
 @register
 class Qwen(Architecture):
     hf_classes = ("QWenLMHeadModel",)
     gguf_arch = "qwen"
+    recipe = Recipe(norm="rms", rope="neox", ffn="swiglu", ffn_halved=True)
 
     def __init__(self, config: dict):
         super().__init__(config)
@@ -36,27 +39,27 @@ class Qwen(Architecture):
 
     def hparams(self) -> dict[str, object]:
         return {
-            "context_length": self.get_int("max_position_embeddings", "n_positions"),
-            "embedding_length": self.n_embd,
-            "block_count": self.n_layer,
-            "feed_forward_length": self.n_ff,
-            "rope.freq_base": self.rope_settings["theta"],
-            "attention.head_count": self.n_head,
-            "attention.layer_norm_rms_epsilon": float(self.get("layer_norm_epsilon")),
+            K.LLM.CONTEXT_LENGTH: self.get_int("max_position_embeddings", "n_positions"),
+            K.LLM.EMBEDDING_LENGTH: self.n_embd,
+            K.LLM.BLOCK_COUNT: self.n_layer,
+            K.LLM.FEED_FORWARD_LENGTH: self.n_ff,
+            K.Rope.FREQ_BASE: self.rope_settings["theta"],
+            K.Attention.HEAD_COUNT: self.n_head,
+            K.Attention.LAYERNORM_RMS_EPS: float(self.get("layer_norm_epsilon")),
         }
 
     def tensors(self, available: set[str]) -> Iterator[TensorSpec]:
         E, V, F = self.n_embd, self.vocab_size, self.n_ff // 2
-        yield TensorSpec("token_embd.weight", "transformer.wte.weight", (V, E))
+        yield TensorSpec(tn(T.TOKEN_EMBD), "transformer.wte.weight", (V, E))
         for i in range(self.n_layer):
-            p, b = f"transformer.h.{i}.", f"blk.{i}."
-            yield TensorSpec(b + "attn_norm.weight", p + "ln_1.weight", (E,))
-            yield TensorSpec(b + "attn_qkv.weight", p + "attn.c_attn.weight", (3 * E, E))
-            yield TensorSpec(b + "attn_qkv.bias", p + "attn.c_attn.bias", (3 * E,))
-            yield TensorSpec(b + "attn_output.weight", p + "attn.c_proj.weight", (E, E))
-            yield TensorSpec(b + "ffn_norm.weight", p + "ln_2.weight", (E,))
-            yield TensorSpec(b + "ffn_up.weight", p + "mlp.w1.weight", (F, E))
-            yield TensorSpec(b + "ffn_gate.weight", p + "mlp.w2.weight", (F, E))
-            yield TensorSpec(b + "ffn_down.weight", p + "mlp.c_proj.weight", (E, F))
-        yield TensorSpec("output_norm.weight", "transformer.ln_f.weight", (E,))
-        yield TensorSpec("output.weight", "lm_head.weight", (V, E))
+            p = f"transformer.h.{i}."
+            yield TensorSpec(tn(T.ATTN_NORM, i), p + "ln_1.weight", (E,))
+            yield TensorSpec(tn(T.ATTN_QKV, i), p + "attn.c_attn.weight", (3 * E, E))
+            yield TensorSpec(tn(T.ATTN_QKV, i, "bias"), p + "attn.c_attn.bias", (3 * E,))
+            yield TensorSpec(tn(T.ATTN_OUT, i), p + "attn.c_proj.weight", (E, E))
+            yield TensorSpec(tn(T.FFN_NORM, i), p + "ln_2.weight", (E,))
+            yield TensorSpec(tn(T.FFN_UP, i), p + "mlp.w1.weight", (F, E))
+            yield TensorSpec(tn(T.FFN_GATE, i), p + "mlp.w2.weight", (F, E))
+            yield TensorSpec(tn(T.FFN_DOWN, i), p + "mlp.c_proj.weight", (E, F))
+        yield TensorSpec(tn(T.OUTPUT_NORM), "transformer.ln_f.weight", (E,))
+        yield TensorSpec(tn(T.OUTPUT), "lm_head.weight", (V, E))

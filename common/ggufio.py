@@ -26,7 +26,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGML_QUANT_SIZES
 
-from toolkit.errors import UserError
+from common.errors import UserError
 
 GGUF_MAGIC = 0x46554747
 GGUF_VERSION = 3

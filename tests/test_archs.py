@@ -1,0 +1,82 @@
+"""The architecture descriptions (archs/): registered once by Hugging Face class and GGUF name, tensor names from
+gguf-py's table for that architecture, recipes made of parts the engine has, and the engine description handed to C by
+field name (a missing, unknown or extra field, or a part the engine lacks, is an error at load)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import archs
+import native
+from archs.base import gguf_tensors
+from common.errors import UserError
+from fixtures import make_checkpoint
+from fixtures.qwen1 import make_qwen1_checkpoint
+
+FAMILIES = {"llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+            "qwen3moe": "qwen3moe", "starcoder2": "starcoder2", "gpt2": "gpt2", "codeshell": "codeshell", "qwen": "qwen"}
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory, shared_fixtures):
+    root = tmp_path_factory.mktemp("archs")
+    out = {}
+    for fixture in FAMILIES:
+        folder = (make_qwen1_checkpoint(root / fixture, vocab_size=1024) if fixture == "qwen"
+                  else make_checkpoint(fixture, root / fixture))
+        out[fixture] = json.loads((folder / "config.json").read_text())
+    return out
+
+
+@pytest.mark.parametrize("fixture", FAMILIES)
+def test_tensor_names_are_gguf_pys_for_the_architecture(configs, fixture):
+    model = archs.for_config(configs[fixture])
+    assert model.gguf_arch == FAMILIES[fixture]
+    allowed = gguf_tensors(model.gguf_arch)
+    names = [spec.gguf for spec in model.tensors(set())]
+    assert names and len(names) == len(set(names))
+    for name in names:
+        stem, _, suffix = name.rpartition(".")
+        template = stem.replace(stem.split(".")[1], "{bid}", 1) if stem.startswith("blk.") else stem
+        assert suffix in ("weight", "bias") and template in allowed, name
+
+
+def test_every_gguf_architecture_has_one_description_and_a_recipe_the_engine_can_run():
+    assert archs.gguf_names() == ["codeshell", "gpt2", "llama", "qwen", "qwen2", "qwen3", "qwen3moe", "starcoder2"]
+    for name in archs.gguf_names():
+        recipe = archs.recipe(name)
+        for part, values in native.PARTS.items():
+            assert getattr(recipe, part) in values, (name, part)
+    with pytest.raises(UserError, match="unsupported architecture 'mamba'; supported: codeshell, gpt2, llama"):
+        archs.recipe("mamba")
+
+
+def _description(**changes):
+    d = dict(norm="rms", rope="neox", ffn="swiglu", n_vocab=8, n_embd=8, n_layer=1, n_head=1, n_head_kv=1,
+             head_dim=8, n_ff=8, n_rot=8, rope_base=1e4, rope_freq_scale=1.0, eps=1e-5, n_expert=0, n_expert_used=0,
+             n_ff_exp=0)
+    d.update(changes)
+    return d
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(rope="yarn"), "the engine has no rope 'yarn'"),
+    (dict(ffn="geglu"), "the engine has no ffn 'geglu'"),
+    (dict(sliding_window=4), "has 18 fields, the engine takes 17"),
+])
+def test_engine_description_errors(change, message):
+    with pytest.raises(ValueError, match=message):
+        native.engine_new(_description(**change), [])
+
+
+def test_engine_description_by_name_in_c():
+    fields = _description(norm=0, rope=2, ffn=0)
+    del fields["eps"]
+    fields["epsilon"] = 1e-5
+    with pytest.raises(ValueError, match="lacks eps"):
+        native._core.engine_new(fields, [])
+    with pytest.raises(ValueError, match="unknown part"):
+        native._core.engine_new(_description(norm=0, rope=2, ffn=9), [])
+    with pytest.raises(ValueError, match="missing tensor"):  # a complete description gets as far as the tensors
+        native._core.engine_new(_description(norm=0, rope=2, ffn=0), [])
