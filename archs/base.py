@@ -43,7 +43,8 @@ def register(cls: type["Architecture"]) -> type["Architecture"]:
 
 @dataclass(frozen=True)
 class Recipe:
-    """The block as data: what the engine composes (native/engine.c), named as native.engine_new takes them.
+    """The block as data: what the engine composes (native/engine.c), named as native.engine_new takes them:
+    norm, rope and ffn (GGUF files also carry post-norms, q/k norms and biases as tensors; sliding windows as keys).
     Fused or separate q/k/v, biases, q/k norms, tied output and rope frequency factors follow from the tensors a file
     has; everything else that differs between architectures is here."""
     norm: str                     # "rms" or "layer" (LayerNorm with bias)
@@ -51,6 +52,8 @@ class Recipe:
     ffn: str                      # "swiglu" (gate and up) or "gelu" (up only)
     ffn_halved: bool = False      # feed_forward_length counts both halves of the gate/up width (Qwen1)
     chat_format: str = "chatml"   # the built-in chat format when a file carries no template
+    embd_scaled: bool = False     # token embeddings multiplied by sqrt(n_embd) (Gemma)
+    swa_period: int = 0           # sliding-window layers when the file names no pattern: all but every n-th
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class TensorSpec:
     transpose: bool = False
     keep_f32: bool = False  # stays F32 whatever the output type (1-D tensors always do)
     values: np.ndarray | None = None  # computed from the config rather than read (then `hf` is only a label)
+    shift: float = 0.0  # added to every value (written F32): Gemma's norms scale by 1 + w, llama.cpp stores 1 + w
     # several checkpoint tensors (one per expert) stacked along a new first axis; `shape` is then one part's shape,
     # and `hf` a label for messages
     stack: tuple[str, ...] = ()
@@ -118,6 +122,7 @@ class Architecture:
     hf_classes: tuple[str, ...] = ()
     gguf_arch: str = ""
     recipe: Recipe
+    spm_space_prefix: bool | None = None  # written for SentencePiece vocabularies when set (Gemma: no space prefix)
     spm_ok: bool = True  # SentencePiece vocabularies are accepted
     # checkpoint entries that are not weights (buffers) and are never converted
     skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq",)
@@ -156,21 +161,28 @@ class Architecture:
             raise UserError(f"config.json: {what} ({a}) is not a multiple of {b}")
         return a // b
 
-    def rope(self, default_theta: float = 10000.0) -> dict[str, object]:
+    def rope(self, default_theta: float = 10000.0, layer_type: str | None = None) -> dict[str, object]:
         """The rope settings in one form, read from either form transformers writes: transformers 4's top-level
         `rope_theta` with a `rope_scaling` dict (or null), transformers 5's `rope_parameters` (`rope_theta`,
         `rope_type` and the type's factors). Both present must agree. A rope type, or a key of its entry, that is not
-        understood is an error: a default would convert silently wrong."""
+        understood is an error: a default would convert silently wrong. `layer_type` ("full_attention",
+        "sliding_attention") picks one entry of per-layer-type settings: transformers 5 nests them in
+        rope_parameters; transformers 4 gave the sliding layers `rope_local_base_freq` and no scaling."""
         legacy = self.config.get("rope_scaling") or {}
         params = self.config.get("rope_parameters")
         if not isinstance(legacy, dict) or (params is not None and not isinstance(params, dict)):
             raise UserError("config.json: rope_scaling / rope_parameters must be objects")
         if params and any(isinstance(v, dict) for v in params.values()):
-            raise UserError(f"config.json: per-layer-type rope_parameters ({', '.join(params)}) are not supported "
-                            f"for {self.gguf_arch}")
+            if layer_type is None or not isinstance(params.get(layer_type), dict):
+                raise UserError(f"config.json: per-layer-type rope_parameters ({', '.join(params)}) are not "
+                                f"supported for {self.gguf_arch}")
+            params = params[layer_type]
         merged: dict[str, object] = {}
-        if self.config.get("rope_theta") is not None:
-            merged["rope_theta"] = self.config["rope_theta"]
+        theta_key = "rope_local_base_freq" if layer_type == "sliding_attention" else "rope_theta"
+        if layer_type == "sliding_attention":
+            legacy = {}
+        if self.config.get(theta_key) is not None:
+            merged["rope_theta"] = self.config[theta_key]
         for source in (legacy, params or {}):
             for key, value in source.items():
                 key = "rope_type" if key == "type" else key

@@ -50,8 +50,8 @@ class Llama(Architecture):
             K.Attention.LAYERNORM_RMS_EPS: float(self.get("rms_norm_eps")),
         }
         hp.update(self.rope_hparams(self.rope_settings))
-        if self.head_dim != self.n_embd // self.n_head:
-            hp[K.Attention.KEY_LENGTH] = hp[K.Attention.VALUE_LENGTH] = self.head_dim
+        if self.head_dim != self.n_embd // self.n_head or self.config.get("head_dim") is not None:
+            hp[K.Attention.KEY_LENGTH] = hp[K.Attention.VALUE_LENGTH] = self.head_dim  # as llama.cpp writes them
         if self.n_expert:
             hp[K.LLM.EXPERT_COUNT] = self.n_expert
             hp[K.LLM.EXPERT_USED_COUNT] = self.n_expert_used

@@ -95,7 +95,7 @@ def plan_tensors(model: Architecture, ckpt: Checkpoint, outtype: str) -> list[Pl
             continue
         parts = [source_tensor(ckpt, name, spec.shape) for name in (spec.stack or (spec.hf,))]
         src = stacked_tensor(spec, parts) if spec.stack else parts[0]
-        ttype = GGMLQuantizationType.F32 if len(spec.shape) == 1 or spec.keep_f32 else wtype
+        ttype = GGMLQuantizationType.F32 if len(spec.shape) == 1 or spec.keep_f32 or spec.shift else wtype
         plan.append(Planned(spec, src, TensorInfo(spec.gguf, spec.out_shape, ttype)))
         used.update(spec.stack or (spec.hf,))
     ignored = sorted(n for n in available - used if not model.skipped(n))
@@ -192,6 +192,8 @@ def tensor_chunks(p: Planned) -> Iterator[np.ndarray]:
         part = np.ascontiguousarray(view[rows]).reshape(-1)
         out = buf[: part.size]
         native.convert_into(part, src_t, out, dst_t)
+        if p.spec.shift:
+            out += np.float32(p.spec.shift)
         if in_order:  # source rows read in order: their pages can go right away
             p.source.release(view[rows])
         yield out
@@ -218,6 +220,8 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
                 raise UserError(f"output {dest} would overwrite an input file")
         plan = [] if ckpt is None else plan_tensors(model, ckpt, outtype)
         vocab = load_vocab(folder, model.vocab_size, tokenizer_pre)
+        if vocab.model == "llama":
+            vocab.add_space_prefix = model.spm_space_prefix
         kvs = metadata(model, folder, outtype, model_name, vocab.kv())
         infos = [p.info for p in plan]
         total = sum(i.nbytes for i in infos)

@@ -25,6 +25,7 @@ class Vocab:
     special: dict[str, int] = field(default_factory=dict)
     add_bos: bool | None = None
     add_eos: bool | None = None
+    add_space_prefix: bool | None = None  # SentencePiece: whether a space is put before the text (absent: yes)
     chat_template: str | None = None
 
     def kv(self) -> dict[str, object]:
@@ -46,6 +47,8 @@ class Vocab:
             out["tokenizer.ggml.add_bos_token"] = self.add_bos
         if self.add_eos is not None:
             out["tokenizer.ggml.add_eos_token"] = self.add_eos
+        if self.add_space_prefix is not None:
+            out["tokenizer.ggml.add_space_prefix"] = self.add_space_prefix
         if self.chat_template:
             out["tokenizer.chat_template"] = self.chat_template
         return out
@@ -166,7 +169,7 @@ def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int) -> Vocab:
     if len(tokens) > vocab_size:
         raise UserError(f"the tokenizer has {len(tokens)} tokens but config.json says vocab_size {vocab_size}")
     _pad_to(tokens, types, scores, vocab_size)
-    return Vocab("llama", tokens, [int(t) for t in types], scores=scores)
+    return Vocab("llama", tokens, [int(t) for t in types], scores=scores, pre="default")  # as llama.cpp writes it
 
 
 def _token_text(value) -> str | None:

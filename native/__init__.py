@@ -67,6 +67,7 @@ def dequantize(type_id: int, data: np.ndarray, n_per_row: int, nthreads: int | N
 
 cpu_features = _core.cpu_features
 set_force_scalar = _core.set_force_scalar
+set_gelu_fp16 = _core.set_gelu_fp16  # GELU through ggml's fp16 table, for comparisons with llama.cpp
 set_isa_limit = _core.set_isa_limit
 
 
@@ -103,7 +104,8 @@ def activations(wtype: int, x: np.ndarray) -> tuple[int, np.ndarray]:
 
 # -- the forward pass (engine.c) -----------------------------------------------------------------------------------
 # the parts engine.c composes, by the names archs.Recipe uses → its enum values (engine.h)
-PARTS = {"norm": {"rms": 0, "layer": 1}, "rope": {None: 0, "norm": 1, "neox": 2}, "ffn": {"swiglu": 0, "gelu": 1}}
+PARTS = {"norm": {"rms": 0, "layer": 1}, "rope": {None: 0, "norm": 1, "neox": 2},
+         "ffn": {"swiglu": 0, "gelu": 1, "geglu": 2}}
 
 
 def engine_new(description: dict[str, object], tensors: list[tuple[str, np.ndarray, int, int, int]]):

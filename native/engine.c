@@ -19,6 +19,7 @@ struct tk_layer {
     const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
     const float *bqkv, *bq, *bk, *bv, *bo, *b_up, *b_down;
     const float *q_norm, *k_norm;  /* RMS norm weights of every q / k head (head_dim), or NULL */
+    const float *attn_post_norm, *ffn_post_norm;  /* RMS norms of the attention / feed-forward output, or NULL */
     struct tk_mat wqkv, wq, wk, wv, wo, gate, up, down;
     struct tk_mat gate_inp, gate_exps, up_exps, down_exps;  /* mixture of experts: router, experts stacked */
 };
@@ -31,8 +32,13 @@ struct tk_engine {
     struct tk_layer *layers;
     float **owned;       /* f32 copies of the 1-D tensors */
     int nowned;
-    float rope_theta_scale;
+    float rope_theta_scale, rope_theta_scale_swa;
 };
+
+/* llama.cpp's standard pattern: every layer but each swa_period-th slides (swa_period 0: all of them) */
+static int is_swa(const struct tk_hparams *hp, int64_t il) {
+    return hp->n_swa > 0 && (hp->swa_period == 0 || il % hp->swa_period < hp->swa_period - 1);
+}
 
 struct tk_kv { int type; int64_t n_ctx, n_layer, kv_dim; void *k, *v; };
 
@@ -47,6 +53,7 @@ static const struct { const char *suffix; size_t offset; int matrix; } LAYER_TEN
     VEC("ffn_norm.bias", ffn_norm_b), VEC("attn_qkv.bias", bqkv), VEC("attn_q.bias", bq), VEC("attn_k.bias", bk),
     VEC("attn_v.bias", bv), VEC("attn_output.bias", bo), VEC("ffn_up.bias", b_up), VEC("ffn_down.bias", b_down),
     VEC("attn_q_norm.weight", q_norm), VEC("attn_k_norm.weight", k_norm),
+    VEC("post_attention_norm.weight", attn_post_norm), VEC("post_ffw_norm.weight", ffn_post_norm),
     MAT("attn_qkv.weight", wqkv), MAT("attn_q.weight", wq), MAT("attn_k.weight", wk), MAT("attn_v.weight", wv),
     MAT("attn_output.weight", wo), MAT("ffn_gate.weight", gate), MAT("ffn_up.weight", up),
     MAT("ffn_down.weight", down), MAT("ffn_gate_inp.weight", gate_inp), MAT("ffn_gate_exps.weight", gate_exps),
@@ -110,7 +117,8 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     e->hp = *hp;
     const int64_t d = hp->n_embd, hd = hp->head_dim, nl = hp->n_layer;
     if ((hp->norm != TK_NORM_RMS && hp->norm != TK_NORM_LAYER) || hp->rope < TK_ROPE_NONE || hp->rope > TK_ROPE_NEOX ||
-        (hp->ffn != TK_FFN_SWIGLU && hp->ffn != TK_FFN_GELU)) {
+        (hp->ffn != TK_FFN_SWIGLU && hp->ffn != TK_FFN_GELU && hp->ffn != TK_FFN_GEGLU) || hp->n_swa < 0 ||
+        hp->swa_period < 0 || !(hp->embd_scale > 0) || !(hp->rope_base_swa > 0)) {
         snprintf(err, errlen, "unknown part in the engine description (norm %d, rope %d, ffn %d)", hp->norm, hp->rope,
                  hp->ffn);
         goto fail;
@@ -145,9 +153,11 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                 } else {
                     const float *v = own_f32(e, x);
                     if (!v) { snprintf(err, errlen, "tensor %s: cannot read", x->name); goto fail; }
-                    if ((LAYER_TENSORS[k].offset == offsetof(struct tk_layer, q_norm) ||
-                         LAYER_TENSORS[k].offset == offsetof(struct tk_layer, k_norm)) &&
+                    const size_t off = LAYER_TENSORS[k].offset;
+                    if ((off == offsetof(struct tk_layer, q_norm) || off == offsetof(struct tk_layer, k_norm)) &&
                         check_vec(v, x, hd, err, errlen)) goto fail;
+                    if ((off == offsetof(struct tk_layer, attn_post_norm) ||
+                         off == offsetof(struct tk_layer, ffn_post_norm)) && check_vec(v, x, d, err, errlen)) goto fail;
                     *(const float **)field = v;
                 }
             }
@@ -210,7 +220,7 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             NEED_MAT(up_exps, "ffn_up_exps.weight", ne * fe, d);
             NEED_MAT(down_exps, "ffn_down_exps.weight", ne * d, fe);
         } else {
-            if (hp->ffn == TK_FFN_SWIGLU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
+            if (hp->ffn != TK_FFN_GELU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
             NEED_MAT(up, "ffn_up.weight", hp->n_ff, d);
             NEED_MAT(down, "ffn_down.weight", d, hp->n_ff);
         }
@@ -223,6 +233,7 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     }
     if (hp->norm == TK_NORM_LAYER && !e->out_norm_b) { snprintf(err, errlen, "missing tensor output_norm.bias"); goto fail; }
     e->rope_theta_scale = hp->n_rot ? powf(hp->rope_base, -2.0f / (float)hp->n_rot) : 1.0f;
+    e->rope_theta_scale_swa = hp->n_rot ? powf(hp->rope_base_swa, -2.0f / (float)hp->n_rot) : 1.0f;
     return e;
 fail:
     tk_engine_free(e);
@@ -413,15 +424,16 @@ static void softmax(float *s, int64_t T, float mx, int simd) {
 /* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v, in the order of llama.cpp's
    one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps).
    s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats. */
-static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t T,
-                   float scale, float *s, float *acc, float *out, int simd) {
+static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t first,
+                   int64_t T, float scale, float *s, float *acc, float *out, int simd) {
     const int64_t kvd = kv->kv_dim;
     const int f16 = kv->type == TK_F16;
     const size_t es = f16 ? 2 : 4;
     const char *kbase = (const char *)kv->k + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
     const char *vbase = (const char *)kv->v + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
     float mx = -INFINITY;
-    for (int64_t j = 0; j < T; j++) {
+    for (int64_t j = 0; j < first; j++) s[j] = -INFINITY;  /* outside a sliding window: masked, as llama.cpp does */
+    for (int64_t j = first; j < T; j++) {
         const void *kj = kbase + (size_t)(j * kvd) * es;
         float d;
 #ifdef TK_X86
@@ -435,7 +447,7 @@ static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_
     softmax(s, T, mx, simd);
     /* out[d] = Σ_j p_j v_j[d]: position j in partial sum j mod 32, accumulated with FMA, then reduced */
     memset(acc, 0, sizeof(float) * 32 * (size_t)hd);
-    for (int64_t j = 0; j < T; j++) {
+    for (int64_t j = first; j < T; j++) {
         float *a = acc + (j & 31) * hd;
         const float p = s[j];
         const void *vj = vbase + (size_t)(j * kvd) * es;
@@ -473,9 +485,34 @@ AVX2 static void swiglu_avx2(float *y, const float *g, const float *u, int64_t n
 }
 #endif
 
-static void gelu_row(float *y, const float *x, int64_t n) {
+/* GELU (tanh form), exact in float as transformers computes it; or, with tk_set_gelu_fp16(1), as ggml's CPU backend
+   does: the input rounded to fp16 and the result read from a table of fp16 values (0 below -10, x above 10). The
+   table form exists to show that, GELU aside, the engine computes what llama.cpp computes (tests/test_runtime.py). */
+static int gelu_fp16;
+
+void tk_set_gelu_fp16(int on) { gelu_fp16 = on != 0; }
+
+static inline float gelu_exact(float x) {
     const float c = 0.7978845608028654f, a = 0.044715f;
-    for (int64_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + tanhf(c * x[i] * (1.0f + a * x[i] * x[i])));
+    return 0.5f * x * (1.0f + tanhf(c * x * (1.0f + a * x * x)));
+}
+
+static void gelu_row(float *y, const float *x, int64_t n) {
+    if (!gelu_fp16) {
+        for (int64_t i = 0; i < n; i++) y[i] = gelu_exact(x[i]);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        tk_half h;
+        if (x[i] <= -10.0f || x[i] >= 10.0f) {
+            y[i] = x[i] <= -10.0f ? 0.0f : x[i];
+            continue;
+        }
+        tk_convert(&x[i], TK_F32, &h, TK_F16, 1, 1);
+        const float g = gelu_exact(tk_fp16_table[h]);
+        tk_convert(&g, TK_F32, &h, TK_F16, 1, 1);
+        y[i] = tk_fp16_table[h];
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------ the pass */
@@ -662,6 +699,9 @@ static void ffn_act_row(struct fwd *f, const struct acts *A, int64_t r, int64_t 
         else
 #endif
             swiglu_lanes(y, y, u, e1 - e0);
+    } else if (f->e->hp.ffn == TK_FFN_GEGLU) {
+        gelu_row(y, y, e1 - e0);
+        for (int64_t i = 0; i < e1 - e0; i++) y[i] *= u[i];
     } else {
         gelu_row(y, u, e1 - e0);
     }
@@ -681,6 +721,21 @@ static void rms_norm_vec(float *x, const float *w, int64_t n, float eps) {
     for (int64_t i = 0; i < n; i++) x[i] = x[i] * scale * w[i];
 }
 
+/* x[t] ← RMS-norm(h[t]) · w + x[t] for every token: a post-norm (attention or feed-forward output in h) added to the
+   residual stream, as llama.cpp's build_norm then ggml_add */
+static void post_norm_add(struct fwd *f, const float *w, int ith, int nth) {
+    const struct tk_hparams *hp = &f->e->hp;
+    const int64_t d = hp->n_embd;
+    int64_t a, b;
+    split_range(f->n, ith, nth, &a, &b);
+    for (int64_t t = a; t < b; t++) {
+        float *h = f->h + t * d, *x = f->x + t * d;
+        rms_norm_vec(h, w, d, hp->eps);
+        for (int64_t i = 0; i < d; i++) x[i] = h[i] + x[i];
+    }
+    tk_barrier_wait(&f->bar, nth);
+}
+
 /* rope as ggml computes it: pairs (2i, 2i+1) for NORM, (i, i + n_rot/2) for NEOX, rotated with the first product of
    each line fused (as GCC contracts ggml's expressions) */
 static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
@@ -698,14 +753,14 @@ static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
 /* cos/sin for position pos: theta_i = pos · theta_scale^i built by repeated float multiplication, angle
    freq_scale · theta_i / ff_i with the frequency factors ff of rope_freqs.weight when the file has them
    (ggml_rope_cache_init without YaRN) */
-static void rope_cache(const struct tk_engine *e, int64_t pos, float *cs) {
+static void rope_cache(const struct tk_engine *e, int64_t pos, float theta_scale, float *cs) {
     const struct tk_hparams *hp = &e->hp;
     float theta = (float)pos;
     for (int64_t i = 0; i < hp->n_rot / 2; i++) {
         const float angle = hp->rope_freq_scale * (e->rope_freqs ? theta / e->rope_freqs[i] : theta);
         cs[2 * i] = cosf(angle);
         cs[2 * i + 1] = sinf(angle);
-        theta *= e->rope_theta_scale;
+        theta *= theta_scale;
     }
 }
 
@@ -862,6 +917,8 @@ static void forward_task(void *p, int ith, int nth) {
                                    d, 1);
                 for (int64_t i = 0; i < d; i++) f->x[t * d + i] += tmp[i];
             }
+            if (hp->embd_scale != 1.0f)
+                for (int64_t i = 0; i < d; i++) f->x[t * d + i] *= hp->embd_scale;
         }
     }
     tk_barrier_wait(bar, nth);
@@ -900,7 +957,7 @@ static void forward_task(void *p, int ith, int nth) {
                 if (L->q_norm) rms_norm_vec(head, h < H ? L->q_norm : L->k_norm, hd, hp->eps);
                 if (hp->rope == TK_ROPE_NONE) continue;
                 if (t != cs_token) {
-                    rope_cache(e, f->pos0 + t, cs);
+                    rope_cache(e, f->pos0 + t, is_swa(hp, il) ? e->rope_theta_scale_swa : e->rope_theta_scale, cs);
                     cs_token = t;
                 }
                 rope_vec(e, head, cs);
@@ -922,18 +979,22 @@ static void forward_task(void *p, int ith, int nth) {
             float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->kv->n_ctx + 32;
             const float scale = 1.0f / sqrtf((float)hd);
             for (int64_t u = a; u < b; u++) {
-                const int64_t t = u / H, h = u % H;
-                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->kv, il, h / (H / Hkv), hd, f->pos0 + t + 1, scale, s,
-                       acc, f->att + t * qd + h * hd, f->simd);
+                const int64_t t = u / H, h = u % H, T = f->pos0 + t + 1;
+                const int64_t first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
+                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->kv, il, h / (H / Hkv), hd, first, T, scale, s, acc,
+                       f->att + t * qd + h * hd, f->simd);
             }
         }
-        struct mm wo = {&L->wo, L->bo, f->x, d, 1, n};
+        /* the attention output added to x, RMS-normed first where the block has a post-attention norm (into h,
+           free since the q/k/v products) */
+        struct mm wo = {&L->wo, L->bo, L->attn_post_norm ? f->h : f->x, d, !L->attn_post_norm, n};
         A = plan_acts(f->att, qd, &wo, 1);
         tk_barrier_wait(bar, nth);
         for_rows(f, &A, n, qd, ith, nth, convert_row, NULL);
         tk_barrier_wait(bar, nth);
         matmuls(f, &A, &wo, 1, ith, nth, &step);
         tk_barrier_wait(bar, nth);
+        if (L->attn_post_norm) post_norm_add(f, L->attn_post_norm, ith, nth);
 
         /* feed-forward */
         if (L->gate_inp.data) {
@@ -942,14 +1003,14 @@ static void forward_task(void *p, int ith, int nth) {
         }
         struct mm up[2];
         int nu = 0;
-        if (hp->ffn == TK_FFN_SWIGLU) up[nu++] = (struct mm){&L->gate, NULL, f->f1, nf, 0, n};
+        if (hp->ffn != TK_FFN_GELU) up[nu++] = (struct mm){&L->gate, NULL, f->f1, nf, 0, n};
         up[nu++] = (struct mm){&L->up, L->b_up, f->f2, nf, 0, n};
         A = plan_acts(f->h, d, up, nu);
         nc = (struct norm_ctx){L->ffn_norm, L->ffn_norm_b, f->x, f->h, -1};
         for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
         tk_barrier_wait(bar, nth);
         matmuls(f, &A, up, nu, ith, nth, &step);
-        struct mm down = {&L->down, L->b_down, f->x, d, 1, n};
+        struct mm down = {&L->down, L->b_down, L->ffn_post_norm ? f->h : f->x, d, !L->ffn_post_norm, n};
         tk_barrier_wait(bar, nth);
         A = plan_acts(f->f1, nf, &down, 1);
         struct act_ctx ac = {f->f1, f->f2, nf};
@@ -957,6 +1018,7 @@ static void forward_task(void *p, int ith, int nth) {
         tk_barrier_wait(bar, nth);
         matmuls(f, &A, &down, 1, ith, nth, &step);
         tk_barrier_wait(bar, nth);
+        if (L->ffn_post_norm) post_norm_add(f, L->ffn_post_norm, ith, nth);
     }
 
     /* output norm and logits, for the last token or all */

@@ -12,7 +12,7 @@
 
 enum tk_norm_kind { TK_NORM_RMS = 0, TK_NORM_LAYER = 1 };
 enum tk_rope_kind { TK_ROPE_NONE = 0, TK_ROPE_NORM = 1, TK_ROPE_NEOX = 2 };
-enum tk_ffn_kind { TK_FFN_SWIGLU = 0, TK_FFN_GELU = 1 };
+enum tk_ffn_kind { TK_FFN_SWIGLU = 0, TK_FFN_GELU = 1, TK_FFN_GEGLU = 2 };
 
 /* The model as the engine composes it; Python fills it by field name (module.c: HPARAM_FIELDS), from the
    architecture's recipe (archs/) and the file's hyper-parameters. */
@@ -20,6 +20,9 @@ struct tk_hparams {
     int norm, rope, ffn;
     int64_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
     int64_t n_expert, n_expert_used, n_ff_exp;  /* mixture of experts (0, 0, 0 for a dense model) */
+    int64_t n_swa, swa_period;  /* sliding-window layers (n_swa > 0): all but every swa_period-th (0: all) */
+    float embd_scale;           /* token embeddings multiplied by it (1: none) */
+    float rope_base_swa;        /* rope base of the sliding-window layers */
     float rope_base, rope_freq_scale, eps;
 };
 
@@ -34,6 +37,9 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                                 int errlen);
 void tk_engine_free(struct tk_engine *e);
 int64_t tk_engine_vocab(const struct tk_engine *e);
+
+/* GELU as ggml's CPU backend computes it (through an fp16 table) instead of exactly: for comparisons with llama.cpp. */
+void tk_set_gelu_fp16(int on);
 
 /* KV cache of n_ctx positions, F32 or F16. */
 struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type);

@@ -198,6 +198,13 @@ static PyObject *py_set_isa_limit(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_set_gelu_fp16(PyObject *self, PyObject *arg) {
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    tk_set_gelu_fp16(on);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_force_scalar(PyObject *self, PyObject *arg) {
     int on = PyObject_IsTrue(arg);
     if (on < 0) return NULL;
@@ -252,6 +259,7 @@ static const struct { const char *name; size_t offset; char kind; } HPARAM_FIELD
     HP_FIELD(n_vocab, 'L'), HP_FIELD(n_embd, 'L'), HP_FIELD(n_layer, 'L'), HP_FIELD(n_head, 'L'),
     HP_FIELD(n_head_kv, 'L'), HP_FIELD(head_dim, 'L'), HP_FIELD(n_ff, 'L'), HP_FIELD(n_rot, 'L'),
     HP_FIELD(n_expert, 'L'), HP_FIELD(n_expert_used, 'L'), HP_FIELD(n_ff_exp, 'L'),
+    HP_FIELD(n_swa, 'L'), HP_FIELD(swa_period, 'L'), HP_FIELD(embd_scale, 'f'), HP_FIELD(rope_base_swa, 'f'),
     HP_FIELD(rope_base, 'f'), HP_FIELD(rope_freq_scale, 'f'), HP_FIELD(eps, 'f'),
 };
 #undef HP_FIELD
@@ -386,6 +394,7 @@ static PyMethodDef methods[] = {
      "activations(wtype, x_f32, n, cols) -> (vec_dot_type, bytes): activations as the matmul converts them."},
     {"cpu_features", py_cpu_features, METH_NOARGS, "SIMD features detected on this CPU."},
     {"set_force_scalar", py_set_force_scalar, METH_O, "Force the portable scalar code paths."},
+    {"set_gelu_fp16", py_set_gelu_fp16, METH_O, "GELU through ggml's fp16 table (True) or exact (False)."},
     {"set_isa_limit", py_set_isa_limit, METH_O, "Cap the SIMD kernels: 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] . W[rows][cols]^T, W stored "

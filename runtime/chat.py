@@ -1,5 +1,6 @@
 """Chat prompts: the model's own `tokenizer.chat_template` (Jinja, sandboxed) when it has one, otherwise a built-in
-format chosen by the architecture's recipe (or by name): CodeShell's `## human:`/`## assistant:` turns, Llama-2 `[INST]`, ChatML."""
+format chosen by the architecture's recipe (or by name): CodeShell's `## human:`/`## assistant:` turns, Llama-2 `[INST]`, ChatML,
+Gemma's `<start_of_turn>`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,6 +50,23 @@ class ChatMLFormat(ChatFormat):
         return body + "<|im_start|>assistant\n"
 
 
+class GemmaFormat(ChatFormat):
+    """Gemma's turns: <start_of_turn>user / model ... <end_of_turn>; a system message opens the first user turn."""
+
+    def render(self, messages, bos, eos):
+        out, system = bos, ""
+        for m in messages:
+            if m["role"] == "system":
+                system = m["content"] + "\n\n"
+                continue
+            role = "model" if m["role"] == "assistant" else "user"
+            content = m["content"]
+            if role == "user":
+                content, system = system + content, ""
+            out += f"<start_of_turn>{role}\n{content}<end_of_turn>\n"
+        return out + "<start_of_turn>model\n"
+
+
 class JinjaFormat(ChatFormat):
     def __init__(self, template: str, stop: tuple[str, ...]):
         object.__setattr__(self, "name", "jinja")
@@ -77,6 +95,7 @@ BUILTIN = {
     "codeshell": CodeShellFormat("codeshell", ("|<end>|", "|end|", "<|endoftext|>", "## human")),
     "llama-2": Llama2Format("llama-2", ("</s>",)),
     "chatml": ChatMLFormat("chatml", ("<|im_end|>", "<|endoftext|>")),
+    "gemma": GemmaFormat("gemma", ("<end_of_turn>", "<eos>")),
 }
 
 

@@ -52,6 +52,9 @@ class HParams:
     n_expert: int = 0        # mixture of experts: experts per layer, used per token, width of one
     n_expert_used: int = 0
     n_ff_exp: int = 0
+    n_swa: int = 0           # sliding window of the sliding layers (0: none), their period, their rope base
+    swa_period: int = 0
+    rope_base_swa: float = 0.0
 
 
 def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HParams:
@@ -73,16 +76,24 @@ def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HPar
         raise UserError(f"{g.path.name}: missing the norm epsilon of {arch}")
     n_ff = int(get(Keys.LLM.FEED_FORWARD_LENGTH))
     n_expert = int(get(Keys.LLM.EXPERT_COUNT, 0))
-    experts = {}
+    extra: dict[str, int] = {}
     if n_expert:
-        experts = dict(n_expert=n_expert, n_expert_used=int(get(Keys.LLM.EXPERT_USED_COUNT)),
+        extra = dict(n_expert=n_expert, n_expert_used=int(get(Keys.LLM.EXPERT_USED_COUNT)),
                        n_ff_exp=int(get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, n_ff)))
+    n_swa = int(get(Keys.Attention.SLIDING_WINDOW, 0))
+    if n_swa:
+        pattern = g.value(Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), recipe.swa_period)
+        if not isinstance(pattern, (int, np.integer)):
+            raise UserError(f"{g.path.name}: a per-layer sliding-window pattern is not supported")
+        extra.update(n_swa=n_swa, swa_period=int(pattern))
+    rope_base = float(get(Keys.Rope.FREQ_BASE, 10000.0))
     return HParams(
         arch=arch, n_vocab=n_vocab, n_ctx_train=int(get(Keys.LLM.CONTEXT_LENGTH)), n_embd=n_embd,
         n_layer=int(get(Keys.LLM.BLOCK_COUNT)), n_head=n_head, n_head_kv=int(get(Keys.Attention.HEAD_COUNT_KV, n_head)),
         n_ff=n_ff // 2 if recipe.ffn_halved else n_ff, head_dim=head_dim,
-        n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=float(get(Keys.Rope.FREQ_BASE, 10000.0)),
-        rope_freq_scale=scale, eps=float(eps), **experts)
+        n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=rope_base,
+        rope_base_swa=float(get(Keys.Rope.FREQ_BASE_SWA, rope_base)), rope_freq_scale=scale, eps=float(eps),
+        **extra)
 
 
 class Model:

@@ -41,6 +41,8 @@ class Transformer:
             "n_head_kv": hp.n_head_kv, "head_dim": hp.head_dim, "n_ff": hp.n_ff, "n_rot": hp.n_rot,
             "rope_base": hp.rope_base, "rope_freq_scale": hp.rope_freq_scale, "eps": hp.eps,
             "n_expert": hp.n_expert, "n_expert_used": hp.n_expert_used, "n_ff_exp": hp.n_ff_exp,
+            "n_swa": hp.n_swa, "swa_period": hp.swa_period, "rope_base_swa": hp.rope_base_swa,
+            "embd_scale": float(np.sqrt(np.float32(hp.n_embd))) if recipe.embd_scaled else 1.0,
         }
         tensors = [(w.name, w.data, int(w.type), w.rows, w.cols) for w in model.weights.values()]
         try:

@@ -1,0 +1,67 @@
+"""Our files against those llama.cpp's own converter writes on the same checkpoint (convert_hf_to_gguf.py of the
+llama.cpp that llama-cpp-python 0.3.36 vendors, fetched by `make install` into build/): the same tensors (names, shapes,
+types) and the same metadata, but for the differences listed in ONLY_OURS / ONLY_THEIRS. Byte-level BPE checkpoints
+carry CodeShell's real tokenizer (one whose fingerprint llama.cpp's converter knows; it refuses the tiny trained ones).
+Qwen1 is checked against that converter's output by hand in tests/test_qwen1.py (its tokenizer code does not load in
+transformers 5, and the file that converter writes for it does not load in llama.cpp)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from gguf import GGUFReader
+
+from converter.convert import convert_model
+from fixtures import make_checkpoint
+from tests.helpers import REPO
+
+CONVERTER = REPO / "build" / "llama-cpp-python-0.3.36-converter"
+BPE = {"qwen2", "qwen3", "qwen3moe", "starcoder2"}
+# keys we write and llama.cpp's converter does not: the model's name (it writes a size label instead), and add_bos /
+# add_eos, which we always state (llama.cpp only when the tokenizer's post-processor or config says)
+ONLY_OURS = {"general.name", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token"}
+# keys it writes and we do not: its size label, add_sep_token (false; absent means the same)
+ONLY_THEIRS = {"general.size_label", "tokenizer.ggml.add_sep_token"}
+
+
+@pytest.fixture(scope="module")
+def converter(shared_fixtures):
+    if not (CONVERTER / "convert_hf_to_gguf.py").is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"llama.cpp's converter missing at {CONVERTER} (make install fetches it)")
+        pytest.skip(f"llama.cpp's converter missing at {CONVERTER}: run make install")
+    return CONVERTER
+
+
+def _read(path):
+    r = GGUFReader(path)
+    keys = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    tensors = {t.name: (tuple(int(x) for x in t.shape), t.tensor_type.name) for t in r.tensors}
+    return keys, tensors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("arch", ["llama", "mixtral", "gemma3", "qwen2", "qwen3", "qwen3moe", "starcoder2"])
+def test_same_file_as_llama_cpps_converter(converter, shared_fixtures, tmp_path, arch, outtype):
+    if arch in BPE:
+        folder = make_checkpoint(arch, tmp_path / arch, vocab_size=70144)
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(shared_fixtures / "codeshell" / name, folder / name)
+    else:
+        folder = make_checkpoint(arch, tmp_path / arch)
+    theirs_path, ours_path = tmp_path / "theirs.gguf", tmp_path / "ours.gguf"
+    run = subprocess.run([sys.executable, str(converter / "convert_hf_to_gguf.py"), str(folder), "--outtype", outtype,
+                          "--outfile", str(theirs_path)], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(converter / "gguf-py")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    convert_model(folder, outtype=outtype, outfile=ours_path, info=lambda m: None)
+    ours, ours_t = _read(ours_path)
+    theirs, theirs_t = _read(theirs_path)
+    assert ours_t == theirs_t
+    assert set(ours) - set(theirs) <= ONLY_OURS and set(theirs) - set(ours) <= ONLY_THEIRS
+    differ = {k: (ours[k], theirs[k]) for k in set(ours) & set(theirs) if ours[k] != theirs[k]}
+    assert not differ
