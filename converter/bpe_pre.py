@@ -2,8 +2,8 @@
 
 First the fingerprint llama.cpp's converter takes (converter/bpe_fingerprints.py): a tokenizer it knows gets the same
 name. A tokenizer it does not know (a newly trained one) is recognised only when its pre_tokenizer section is exactly
-one of the splits the runtime implements; anything else is an error that names what was found, and `--tokenizer-pre`
-sets the name by hand."""
+one of the splits the runtime implements (and it normalizes nothing but NFC, as llama.cpp's pre-tokenizers assume);
+anything else is an error that names what was found, and `--tokenizer-pre` sets the name by hand."""
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +56,9 @@ def _by_structure(pre: object) -> str | None:
 def detect(folder: Path, tok_json: dict) -> str:
     path = folder / "tokenizer.json"
     digest = fingerprint(path)
-    name = FINGERPRINTS.get(digest) or _by_structure(tok_json.get("pre_tokenizer"))
+    normalizer = tok_json.get("normalizer")
+    plain = normalizer is None or (isinstance(normalizer, dict) and normalizer.get("type") == "NFC")
+    name = FINGERPRINTS.get(digest) or (_by_structure(tok_json.get("pre_tokenizer")) if plain else None)
     if name is None:
         section = json.dumps(tok_json.get("pre_tokenizer"), ensure_ascii=True)
         if len(section) > 160:

@@ -123,6 +123,13 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                  hp->ffn);
         goto fail;
     }
+    if (hp->n_expert ? (hp->n_expert < 0 || hp->n_expert > 1024 || hp->n_expert_used <= 0 ||
+                        hp->n_expert_used > hp->n_expert || hp->n_ff_exp <= 0)
+                     : (hp->n_expert_used != 0 || hp->n_ff_exp != 0)) {
+        snprintf(err, errlen, "inconsistent expert counts (experts %lld, used %lld, width %lld)",
+                 (long long)hp->n_expert, (long long)hp->n_expert_used, (long long)hp->n_ff_exp);
+        goto fail;
+    }
     if (d <= 0 || nl <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hd <= 0 ||
         hp->n_ff <= 0 || hp->n_vocab <= 0 || hp->n_rot < 0 || hp->n_rot > hd || hp->n_rot % 2) {
         snprintf(err, errlen, "inconsistent hyper-parameters");
@@ -209,10 +216,10 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
         NEED_MAT(wo, "attn_output.weight", d, qd);
         if (L->gate_inp.data) {  /* experts: each a SwiGLU of width n_ff_exp, stacked in one tensor per matrix */
             const int64_t ne = hp->n_expert, fe = hp->n_ff_exp;
-            if (ne <= 0 || ne > 1024 || hp->n_expert_used <= 0 || hp->n_expert_used > ne || fe <= 0 ||
-                hp->ffn != TK_FFN_SWIGLU) {
-                snprintf(err, errlen, "layer %lld has experts but the expert counts or widths are missing or "
-                         "inconsistent", (long long)l);
+            if (ne == 0 || hp->ffn != TK_FFN_SWIGLU || L->ffn_post_norm || L->gate.data || L->up.data ||
+                L->down.data) {
+                snprintf(err, errlen, "layer %lld: experts without expert counts, with a feed-forward other than "
+                         "SwiGLU, or beside a dense feed-forward or its post-norm", (long long)l);
                 goto fail;
             }
             NEED_MAT(gate_inp, "ffn_gate_inp.weight", ne, d);
@@ -753,11 +760,11 @@ static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
 /* cos/sin for position pos: theta_i = pos · theta_scale^i built by repeated float multiplication, angle
    freq_scale · theta_i / ff_i with the frequency factors ff of rope_freqs.weight when the file has them
    (ggml_rope_cache_init without YaRN) */
-static void rope_cache(const struct tk_engine *e, int64_t pos, float theta_scale, float *cs) {
+static void rope_cache(const struct tk_engine *e, int64_t pos, float theta_scale, float freq_scale, float *cs) {
     const struct tk_hparams *hp = &e->hp;
     float theta = (float)pos;
     for (int64_t i = 0; i < hp->n_rot / 2; i++) {
-        const float angle = hp->rope_freq_scale * (e->rope_freqs ? theta / e->rope_freqs[i] : theta);
+        const float angle = freq_scale * (e->rope_freqs ? theta / e->rope_freqs[i] : theta);
         cs[2 * i] = cosf(angle);
         cs[2 * i + 1] = sinf(angle);
         theta *= theta_scale;
@@ -957,7 +964,9 @@ static void forward_task(void *p, int ith, int nth) {
                 if (L->q_norm) rms_norm_vec(head, h < H ? L->q_norm : L->k_norm, hd, hp->eps);
                 if (hp->rope == TK_ROPE_NONE) continue;
                 if (t != cs_token) {
-                    rope_cache(e, f->pos0 + t, is_swa(hp, il) ? e->rope_theta_scale_swa : e->rope_theta_scale, cs);
+                    /* sliding layers: their own base, no frequency scaling (llama.cpp's *_train_swa defaults) */
+                    if (is_swa(hp, il)) rope_cache(e, f->pos0 + t, e->rope_theta_scale_swa, 1.0f, cs);
+                    else rope_cache(e, f->pos0 + t, e->rope_theta_scale, hp->rope_freq_scale, cs);
                     cs_token = t;
                 }
                 rope_vec(e, head, cs);

@@ -80,7 +80,16 @@ def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HPar
     if n_expert:
         extra = dict(n_expert=n_expert, n_expert_used=int(get(Keys.LLM.EXPERT_USED_COUNT)),
                        n_ff_exp=int(get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, n_ff)))
-    n_swa = int(get(Keys.Attention.SLIDING_WINDOW, 0))
+    for key in (Keys.LLM.FINAL_LOGIT_SOFTCAPPING, Keys.LLM.ATTN_LOGIT_SOFTCAPPING):
+        if g.value(key.format(arch=arch)) is not None:
+            raise UserError(f"{g.path.name}: {key.format(arch=arch)} (logit soft-capping) is not supported")
+    scaling = g.value(Keys.Rope.SCALING_TYPE.format(arch=arch))
+    if scaling not in (None, "none", "linear"):
+        raise UserError(f"{g.path.name}: rope scaling {scaling!r} is not supported (supported: linear)")
+    if n_expert < 0 or n_expert > 1024:
+        raise UserError(f"{g.path.name}: expert_count {n_expert} is out of range")
+    # sliding windows only where the architecture has sliding layers (llama.cpp ignores the key elsewhere)
+    n_swa = int(get(Keys.Attention.SLIDING_WINDOW, 0)) if recipe.swa_period else 0
     if n_swa:
         pattern = g.value(Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), recipe.swa_period)
         if not isinstance(pattern, (int, np.integer)):
@@ -92,7 +101,7 @@ def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HPar
         n_layer=int(get(Keys.LLM.BLOCK_COUNT)), n_head=n_head, n_head_kv=int(get(Keys.Attention.HEAD_COUNT_KV, n_head)),
         n_ff=n_ff // 2 if recipe.ffn_halved else n_ff, head_dim=head_dim,
         n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=rope_base,
-        rope_base_swa=float(get(Keys.Rope.FREQ_BASE_SWA, rope_base)), rope_freq_scale=scale, eps=float(eps),
+        rope_base_swa=float(get(Keys.Rope.FREQ_BASE_SWA, 10000.0)), rope_freq_scale=scale, eps=float(eps),
         **extra)
 
 

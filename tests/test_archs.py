@@ -82,3 +82,7 @@ def test_engine_description_by_name_in_c():
         native._core.engine_new(_description(norm=0, rope=2, ffn=9), [])
     with pytest.raises(ValueError, match="missing tensor"):  # a complete description gets as far as the tensors
         native._core.engine_new(_description(norm=0, rope=2, ffn=0), [])
+    for experts in (dict(n_expert=8, n_expert_used=2, n_ff_exp=-30000), dict(n_expert=8, n_expert_used=9, n_ff_exp=8),
+                    dict(n_expert=0, n_expert_used=2, n_ff_exp=0), dict(n_expert=5000, n_expert_used=2, n_ff_exp=8)):
+        with pytest.raises(ValueError, match="inconsistent expert counts"):  # sizes of the forward's buffers
+            native._core.engine_new(_description(norm=0, rope=2, ffn=0, **experts), [])
