@@ -293,5 +293,6 @@ def test_info_summarises_a_file(tiny, tmp_path):
     assert "general.architecture" in p.stdout and "qwen2" in p.stdout and "tokenizer.ggml.tokens" in p.stdout
     n = len(GGUFReader(out).tensors)
     assert f"{n} tensors" in p.stdout and "bits per weight" in p.stdout
+    assert "qwen2, tokenizer gpt2 (pre-tokenizer qwen2), trained context 256;" in p.stdout
     bad = run_toolkit("info", tmp_path / "missing.gguf")
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

@@ -256,7 +256,7 @@ def info(path: Path = typer.Argument(..., help="GGUF file."), verbose: bool = VE
         out = Console()
         out.print(meta)
         out.print(types)
-        out.print(line)
+        out.print(line, markup=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFValueType
+from gguf import GGUFValueType, Keys
 from rich.table import Table
 
 from common.ggufio import GGUFFile
@@ -18,8 +18,18 @@ def _short(kv) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def model_line(g: GGUFFile) -> str:
+    """The architecture, the tokenizer (model, pre-tokenizer) and the context the model was trained for."""
+    arch = g.value(Keys.General.ARCHITECTURE) or "?"
+    pre = g.value(Keys.Tokenizer.PRE)
+    ctx = g.value(Keys.LLM.CONTEXT_LENGTH.format(arch=arch))
+    return (f"{arch}, tokenizer {g.value(Keys.Tokenizer.MODEL) or 'none'}"
+            f"{f' (pre-tokenizer {pre})' if pre else ''}, trained context {ctx if ctx is not None else '?'}")
+
+
 def summary(path: Path) -> tuple[Table, Table, str]:
     with GGUFFile(path) as g:
+        model = model_line(g)
         meta = Table("key", "value", title=f"{path.name}: metadata", title_justify="left")
         for key, kv in g.kv.items():
             meta.add_row(key, _short(kv))
@@ -36,6 +46,6 @@ def summary(path: Path) -> tuple[Table, Table, str]:
         types.add_row(name, str(n), f"{sizes[name] / 2**20:.2f}")
     total = sum(sizes.values())
     bpw = 8 * total / n_params if n_params else 0.0
-    line = (f"{n_tensors} tensors, {n_params / 1e6:.2f} M parameters, {total / 2**20:.2f} MiB "
+    line = (f"{model}; {n_tensors} tensors, {n_params / 1e6:.2f} M parameters, {total / 2**20:.2f} MiB "
             f"({bpw:.2f} bits per weight)")
     return meta, types, line
