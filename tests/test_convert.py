@@ -296,3 +296,27 @@ def test_info_summarises_a_file(tiny, tmp_path):
     assert "qwen2, tokenizer gpt2 (pre-tokenizer qwen2), trained context 256;" in p.stdout
     bad = run_toolkit("info", tmp_path / "missing.gguf")
     assert bad.returncode == 1 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("arch,dtype", [("qwen", "float32"), ("qwen3moe", "float32"), ("qwen3moe", "bfloat16")])
+def test_layouts_give_identical_data_for_stacked_experts_and_tiktoken(tmp_path, shared_fixtures, arch, dtype):
+    """The same for Qwen1 (its tiktoken vocabulary, its own tensor names) and Qwen3-MoE, whose experts are stacked
+    into one tensor per matrix from tensors that the shards split among themselves; the stack holds every expert's
+    stored values in order."""
+    from fixtures.qwen1 import make_qwen1_checkpoint
+    files = []
+    for fmt, shards in LAYOUTS:
+        folder = tmp_path / f"{fmt}{shards}"
+        if arch == "qwen":
+            make_qwen1_checkpoint(folder, dtype=dtype, fmt=fmt, shards=shards)
+        else:
+            make_checkpoint(arch, folder, dtype=dtype, fmt=fmt, shards=shards)
+        convert_model(folder, outtype="f32", outfile=tmp_path / f"{fmt}{shards}.gguf", model_name="same",
+                      info=lambda m: None)
+        files.append((tmp_path / f"{fmt}{shards}.gguf").read_bytes())
+    assert all(f == files[0] for f in files[1:])
+    if arch == "qwen3moe":
+        got = tensors(GGUFReader(tmp_path / "safetensors1.gguf"))["blk.1.ffn_down_exps.weight"][2]
+        state = source_state(tmp_path / "safetensors1")
+        want = np.stack([state[f"model.layers.1.mlp.experts.{j}.down_proj.weight"] for j in range(8)])
+        assert got.tobytes() == want.astype(np.float32).tobytes()
