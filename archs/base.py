@@ -156,6 +156,15 @@ class Architecture:
         self.head_dim = self.get_int("head_dim", default=self.divides(self.n_embd, self.n_head, "hidden_size"))
         self.divides(self.n_head, self.n_head_kv, "num_attention_heads")
 
+    def gpt2_sizes(self) -> None:
+        """The block sizes under GPT-2's config names (GPT-2 and its descendants, CodeShell): n_embd, n_layer, n_head,
+        n_ff (n_inner, 4 × n_embd unless set); n_embd must be a multiple of n_head."""
+        self.n_embd = self.get_int("n_embd")
+        self.n_layer = self.get_int("n_layer")
+        self.n_head = self.get_int("n_head")
+        self.n_ff = self.get_int("n_inner", default=4 * self.n_embd)
+        self.head_dim = self.divides(self.n_embd, self.n_head, "n_embd")
+
     def divides(self, a: int, b: int, what: str) -> int:
         if a % b:
             raise UserError(f"config.json: {what} ({a}) is not a multiple of {b}")

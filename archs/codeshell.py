@@ -21,13 +21,9 @@ class CodeShell(Architecture):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        self.n_embd = self.get_int("n_embd")
-        self.n_layer = self.get_int("n_layer")
-        self.n_head = self.get_int("n_head")
-        self.n_ff = self.get_int("n_inner", default=4 * self.n_embd)
+        self.gpt2_sizes()
         gqa = bool(self.get("group_query_attention", default=False, required=False))
         self.n_head_kv = self.get_int("num_query_groups") if gqa else self.n_head
-        self.head_dim = self.divides(self.n_embd, self.n_head, "n_embd")
         self.divides(self.n_head, self.n_head_kv, "n_head")
         self.learned_pos = self.get("position_embedding_type", default="rope", required=False) == "learned_absolute"
 

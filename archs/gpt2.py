@@ -17,12 +17,8 @@ class GPT2(Architecture):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        self.n_embd = self.get_int("n_embd")
-        self.n_layer = self.get_int("n_layer")
-        self.n_head = self.get_int("n_head")
-        self.n_ff = self.get_int("n_inner", default=4 * self.n_embd)
+        self.gpt2_sizes()
         self.n_ctx = self.get_int("n_positions", "n_ctx")
-        self.divides(self.n_embd, self.n_head, "n_embd")
 
     def hparams(self) -> dict[str, object]:
         return {

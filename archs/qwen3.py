@@ -2,7 +2,7 @@
 and a head size set apart from hidden_size / heads."""
 from __future__ import annotations
 
-from archs.base import Recipe, register
+from archs.base import register
 from archs.qwen2 import Qwen2
 
 
@@ -10,6 +10,5 @@ from archs.qwen2 import Qwen2
 class Qwen3(Qwen2):
     hf_classes = ("Qwen3ForCausalLM",)
     gguf_arch = "qwen3"
-    recipe = Recipe(norm="rms", rope="neox", ffn="swiglu")
     qkv_bias_default = False
     qk_norm = True

@@ -3,7 +3,7 @@ mixture of experts in every layer: a router over num_experts, num_experts_per_to
 SwiGLU of width moe_intermediate_size; the experts stacked into 3-D tensors as llama.cpp stores them."""
 from __future__ import annotations
 
-from archs.base import Recipe, register
+from archs.base import register
 from archs.qwen3 import Qwen3
 from common.errors import UserError
 
@@ -12,7 +12,6 @@ from common.errors import UserError
 class Qwen3Moe(Qwen3):
     hf_classes = ("Qwen3MoeForCausalLM",)
     gguf_arch = "qwen3moe"
-    recipe = Recipe(norm="rms", rope="neox", ffn="swiglu")
     moe_module, expert_names = "mlp", ("gate_proj", "up_proj", "down_proj")
     expert_width_key = "moe_intermediate_size"
 
