@@ -1,14 +1,20 @@
 """Runtime tokenizer built from GGUF metadata alone, token-for-token equal to llama.cpp's tokenizer.
 
-Two vocabulary kinds are supported:
+Four vocabulary kinds (``tokenizer.ggml.model``) are supported:
 
-* ``tokenizer.ggml.model == "gpt2"``: byte-level BPE. The text is split by the pre-tokenizer regexes of
-  ``tokenizer.ggml.pre`` (applied one after the other, each to the pieces of the previous one, as llama.cpp does), every
-  piece is mapped to the GPT-2 byte alphabet and merged by rank (lowest rank first, leftmost first on ties).
-* ``tokenizer.ggml.model == "llama"``: SentencePiece as llama.cpp runs it: a space is prepended to each text fragment
-  that starts the text or follows a special token (``add_space_prefix``, default true), spaces become ``▁``, then
-  adjacent symbols are merged greedily by vocabulary score; characters that end up as no token fall back to ``<0xXX>``
-  byte tokens.
+* ``"gpt2"``: byte-level BPE. The text is split by the pre-tokenizer regexes of ``tokenizer.ggml.pre`` (applied one
+  after the other, each to the pieces of the previous one, as llama.cpp does), every piece is mapped to the GPT-2 byte
+  alphabet and merged by rank (lowest rank first, leftmost first on ties).
+* ``"gemma4"``: BPE over the raw UTF-8 text (no byte alphabet): spaces become ``▁``, the text is split only into runs
+  of newlines and runs of other characters, each run is merged by rank; characters that end up as no token fall back
+  to ``<0xXX>`` byte tokens.
+* ``"llama"``: SentencePiece as llama.cpp runs it: a space is prepended to each text fragment that starts the text or
+  follows a special token (``add_space_prefix``, default true), spaces become ``▁``, then adjacent symbols are merged
+  greedily by vocabulary score; characters that end up as no token fall back to ``<0xXX>`` byte tokens.
+* ``"bert"``: WordPiece (llama.cpp's WPM): the text is lower-cased and stripped of accents (BERT's normalizer), split
+  at whitespace, punctuation and CJK ideographs, and each word, prefixed with ``▁``, is cut into the longest tokens
+  from the left; a word that cannot be cut becomes the unknown token. (The GGUF stores word-initial pieces as
+  ``▁piece`` and BERT's ``##piece`` continuations as ``piece``.) With ``add_bos`` the ids are framed by [CLS] ... [SEP].
 
 Special tokens (control, user-defined, unknown) written in the text are matched first, longest first, and the text is
 split around them (``parse_special``; user-defined tokens are matched even without it, as in llama.cpp).
@@ -21,8 +27,9 @@ from __future__ import annotations
 
 import codecs
 import heapq
+import unicodedata
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import regex
 
@@ -94,19 +101,32 @@ _DEEPSEEK_LETTERS = (
     "\U0001e900-\U0001e943")
 _DEEPSEEK_PUNCT = "!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002"
 
-# pre-tokenizer family → (regex stages, ignore_merges)
-_PRE_FAMILIES: dict[str, tuple[tuple[str, ...], bool]] = {
-    "default": (("[\\p{P}$+<=>^~|]+", _GPT2, "\\p{N}+", "[0-9][0-9][0-9]"), False),
-    "gpt2": ((_GPT2,), False),
-    "codeshell": (("\\p{N}", _GPT2), False),   # also starcoder, refact, command-r, smollm, ...
-    "qwen2": ((_QWEN2,), False),
-    "llama3": ((_LLAMA3,), True),
-    "qwen35": ((_QWEN35,), False),
-    "deepseek-coder": (("[\\r\\n]", f"{_S}?\\p{{L}}+", f"{_S}?\\p{{P}}+", _CJK, "\\p{N}"), False),
-    "deepseek-llm": (("[\\r\\n]", f"{_S}?[{_DEEPSEEK_LETTERS}]+", f"{_S}?[{_DEEPSEEK_PUNCT}]+", f"{_S}+\\Z", _CJK,
-                      "\\p{N}+"), False),
-    "falcon": (("[\\p{P}$+<=>^~|`]+", f"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{{L}}+| ?\\p{{N}}+| ?{_OTHER}+|{_S}+(?!{_NS})",
-                "[0-9][0-9][0-9]"), False),
+
+class _PreTokenizer(NamedTuple):
+    """How a BPE vocabulary cuts the text into words before merging (llama.cpp's llm_tokenizer_bpe settings)."""
+    regexes: tuple[str, ...]       # applied one after the other, each to the pieces of the previous one
+    ignore_merges: bool = False    # a word that is a token is that token, whatever the merges say
+    byte_level: bool = True        # words are written in the GPT-2 byte alphabet; else raw text, <0xXX> byte tokens
+    escape_spaces: bool = False    # spaces are written as ▁ (in the tokens too: decoding turns ▁ back into spaces)
+    newline_runs: bool = False     # a word of newlines only is one token when the vocabulary has it (Gemma 4)
+
+
+# pre-tokenizer family → its settings
+_PRE_FAMILIES: dict[str, _PreTokenizer] = {
+    "default": _PreTokenizer(("[\\p{P}$+<=>^~|]+", _GPT2, "\\p{N}+", "[0-9][0-9][0-9]")),
+    "gpt2": _PreTokenizer((_GPT2,)),
+    "codeshell": _PreTokenizer(("\\p{N}", _GPT2)),   # also starcoder, refact, command-r, smollm, ...
+    "qwen2": _PreTokenizer((_QWEN2,)),
+    "llama3": _PreTokenizer((_LLAMA3,), ignore_merges=True),
+    "qwen35": _PreTokenizer((_QWEN35,)),
+    "deepseek-coder": _PreTokenizer(("[\\r\\n]", f"{_S}?\\p{{L}}+", f"{_S}?\\p{{P}}+", _CJK, "\\p{N}")),
+    "deepseek-llm": _PreTokenizer(("[\\r\\n]", f"{_S}?[{_DEEPSEEK_LETTERS}]+", f"{_S}?[{_DEEPSEEK_PUNCT}]+",
+                                   f"{_S}+\\Z", _CJK, "\\p{N}+")),
+    "falcon": _PreTokenizer(("[\\p{P}$+<=>^~|`]+",
+                             f"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{{L}}+| ?\\p{{N}}+| ?{_OTHER}+|{_S}+(?!{_NS})",
+                             "[0-9][0-9][0-9]")),
+    # SentencePiece-style BPE: whole lines are merged, newlines apart
+    "gemma4": _PreTokenizer(("[^\\n]+|[\\n]+",), byte_level=False, escape_spaces=True, newline_runs=True),
 }
 
 # tokenizer.ggml.pre → family (the names llama.cpp maps to the same regexes)
@@ -120,6 +140,7 @@ _PRE_NAMES: dict[str, str] = {
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan",
                      "solar-open"), "qwen2"),
     "qwen35": "qwen35", "deepseek-coder": "deepseek-coder", "deepseek-llm": "deepseek-llm", "falcon": "falcon",
+    "gemma4": "gemma4", "granite-embed-multi-311m": "gemma4",
     **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
                      "jina-v5-nano"), "llama3"),
 }
@@ -184,19 +205,134 @@ def _hex_byte(text: str) -> int:
         return 0
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# WordPiece (tokenizer.ggml.model == "bert"; llama.cpp's WPM)
+# ----------------------------------------------------------------------------------------------------------------------
+# llama.cpp's whitespace (its own fixed set, see _WS) ends a word; other control and format characters are dropped
+_WPM_SPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
+                       + "".join(map(chr, range(0x2000, 0x200B))))
+_WPM_DROP = regex.compile("[\\x00\ufffd\\p{Cc}\\p{Cf}\\p{Co}\\p{Cs}]")
+_WPM_MARK = regex.compile("\\p{M}")
+_WPM_ALONE = regex.compile("\\p{P}|[\\x00-\\x7e&&\\p{S}]", regex.V1)  # punctuation; ASCII symbols
+# the CJK ideograph blocks BERT splits into one-character words (as in llama.cpp and HF, 0x2B920 not 0x2B820)
+_WPM_CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+            (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+# what a character does to the word being built
+_WPM_BREAK, _WPM_SKIP, _WPM_SINGLE, _WPM_APPEND = range(4)
+
+
+def _simple_lower(c: str) -> str:
+    """The one-character lower case of c (Unicode's simple mapping, as llama.cpp's table: İ → i)."""
+    low = c.lower()
+    return low if len(low) == 1 else low[0]
+
+
+def _is_cjk(c: str) -> bool:
+    cp = ord(c)
+    return any(lo <= cp <= hi for lo, hi in _WPM_CJK)
+
+
+class _WordPiece:
+    """llama.cpp's WPM tokenizer: BERT's normalization and word split, then greedy longest-match from the left.
+
+    The normalization is llama.cpp's, not HF's: "stripping accents" replaces each character by the first character of
+    its canonical decomposition (é → e, 한 → ᄒ) and drops combining marks; \\x1c-\\x1f are control characters
+    (dropped), not spaces.
+    """
+
+    def __init__(self, tokens: list[str], unk_id: int | None, lowercase: bool, strip_accents: bool):
+        self.unk_id = unk_id
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.vocab: dict[bytes, int] = {_raw(t): i for i, t in enumerate(tokens)}  # later duplicates win
+        self.max_len = max((len(b) for b in self.vocab), default=0)  # in bytes, as llama.cpp
+        self._chars: dict[str, tuple[int, str]] = {}
+
+    def split(self, text: str) -> list[str]:
+        """The normalized words of the text: whitespace ends a word, punctuation and CJK ideographs are words alone."""
+        words: list[str] = []
+        word: list[str] = []
+        for c in text:
+            action, s = self._char(c)
+            if action == _WPM_APPEND:
+                word.append(s)
+            elif action != _WPM_SKIP:
+                if word:
+                    words.append("".join(word))
+                    word = []
+                if action == _WPM_SINGLE:
+                    words.append(s)
+        if word:
+            words.append("".join(word))
+        return words
+
+    def _char(self, c: str) -> tuple[int, str]:
+        """What the character does (one of _WPM_BREAK/SKIP/SINGLE/APPEND) and its normalized text (cached)."""
+        got = self._chars.get(c)
+        if got is None:
+            got = self._chars[c] = self._classify(c)
+        return got
+
+    def _classify(self, c: str) -> tuple[int, str]:
+        if self.strip_accents:
+            c = unicodedata.normalize("NFD", c)[0]
+        if c in _WPM_SPACE:
+            return _WPM_BREAK, ""
+        if _WPM_DROP.match(c) or (self.strip_accents and _WPM_MARK.match(c)):
+            return _WPM_SKIP, ""
+        s = _simple_lower(c) if self.lowercase else c
+        if _WPM_ALONE.match(c) or _is_cjk(c):
+            return _WPM_SINGLE, s
+        return _WPM_APPEND, s
+
+    def word_ids(self, word: str) -> tuple[int, ...]:
+        """▁word cut into the longest tokens from the left (on bytes, as llama.cpp); the unknown token when some
+        position starts no token."""
+        data = _raw(SPM_SPACE + word)
+        vocab, n = self.vocab, len(data)
+        ids: list[int] = []
+        i = 0
+        while i < n:
+            for j in range(min(n, i + self.max_len + 1), i, -1):
+                tid = vocab.get(data[i:j])
+                if tid is not None:
+                    ids.append(tid)
+                    i = j
+                    break
+            else:
+                if self.unk_id is None:
+                    raise ValueError(f"no token for {word!r} and no unknown token")
+                return (self.unk_id,)
+        return tuple(ids)
+
+
+# tokenizer.ggml.model → llama.cpp's default special ids (bos, eos, unk, sep, pad) when the GGUF names none
+_MODEL_DEFAULT_IDS: dict[str, tuple[int | None, ...]] = {
+    "llama": (1, 2, 0, None, None),
+    "bert": (101, None, 100, 102, 0),
+    "gpt2": (11, 11, None, None, None),
+    "gemma4": (None, None, None, None, None),
+}
+
+
 class Tokenizer:
-    """llama.cpp-compatible tokenizer for byte-level BPE ("gpt2") and SentencePiece ("llama") GGUF vocabularies."""
+    """llama.cpp-compatible tokenizer for byte-level BPE ("gpt2"), raw-text BPE ("gemma4"), SentencePiece ("llama")
+    and WordPiece ("bert") GGUF vocabularies."""
 
     def __init__(self, *, model: str, tokens: list[str], token_types: Iterable[int] | None = None,
                  scores: Iterable[float] | None = None, merges: Iterable[str] | None = None, pre: str | None = None,
                  bos_id: int | None = None, eos_id: int | None = None, unk_id: int | None = None,
-                 pad_id: int | None = None, add_bos: bool | None = None, add_eos: bool | None = None,
-                 add_space_prefix: bool | None = None, special_ids: dict[str, int] | None = None):
-        if model not in ("gpt2", "llama"):
-            raise UnsupportedTokenizer(f"tokenizer model {model!r} is not supported (only 'gpt2' byte-level BPE and "
-                                       f"'llama' SentencePiece)")
+                 pad_id: int | None = None, sep_id: int | None = None, add_bos: bool | None = None,
+                 add_eos: bool | None = None, add_space_prefix: bool | None = None,
+                 special_ids: dict[str, int] | None = None, lowercase: bool | None = None,
+                 strip_accents: bool | None = None):
+        if model not in _MODEL_DEFAULT_IDS:
+            raise UnsupportedTokenizer(f"tokenizer model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
+                                       f"'gemma4' BPE, 'llama' SentencePiece, 'bert' WordPiece)")
         self.model = model
         self.is_spm = model == "llama"
+        self.is_wpm = model == "bert"
         n = len(tokens)
         self.n_vocab = n
         # token texts; llama.cpp replaces empty ones so that every text is unique-ish and non-empty
@@ -216,56 +352,70 @@ class Tokenizer:
         def _valid(i):
             return int(i) if i is not None and 0 <= int(i) < n else None
 
-        # defaults as in llama.cpp when the GGUF has no ids
-        if self.is_spm:
-            d_bos, d_eos, d_unk = 1, 2, 0
-        else:
-            d_bos, d_eos, d_unk = 11, 11, None
+        d_bos, d_eos, d_unk, d_sep, d_pad = _MODEL_DEFAULT_IDS[model]
         self.bos_id: int | None = _valid(d_bos if bos_id is None else bos_id)
         self.eos_id: int | None = _valid(d_eos if eos_id is None else eos_id)
         self.unk_id: int | None = _valid(d_unk if unk_id is None else unk_id)
-        self.pad_id: int | None = _valid(pad_id)
-        self.add_bos: bool = bool(self.is_spm if add_bos is None else add_bos)
+        self.sep_id: int | None = _valid(d_sep if sep_id is None else sep_id)
+        self.pad_id: int | None = _valid(d_pad if pad_id is None else pad_id)
+        self.add_bos: bool = bool(self.is_spm or self.is_wpm if add_bos is None else add_bos)
         self.add_eos: bool = bool(False if add_eos is None else add_eos)
         self.add_space_prefix: bool = bool(self.is_spm if add_space_prefix is None else add_space_prefix)
 
         self._init_special(dict(special_ids or {}))
 
+        self.pre: str | None = None
+        self._pre = _PreTokenizer(())
         if self.is_spm:
-            self.pre = None
-            self._stages: list = []
-            self._ignore_merges = False
-            # adjacent character pairs occurring inside any token: a boundary between two characters that form no
-            # such pair can never be merged across, so the text can be cut there and the pieces cached
-            pairs = set()
-            for t in self.token_to_id:
-                for k in range(len(t) - 1):
-                    pairs.add(t[k:k + 2])
-            self._spm_pairs = frozenset(pairs)
-            self._byte_ids: list[int | None] = []
-            for b in range(256):
-                tid = self.token_to_id.get(f"<0x{b:02X}>")
-                if tid is None:
-                    tid = self.token_to_id.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
-                if tid is None:
-                    tid = self.unk_id
-                self._byte_ids.append(tid)
+            self._init_spm()
+        elif self.is_wpm:
+            low = True if lowercase is None else bool(lowercase)
+            self._wpm = _WordPiece(self.tokens, self.unk_id, low, low if strip_accents is None else bool(strip_accents))
         else:
-            name = pre or "default"
-            family = _PRE_NAMES.get(name)
-            if family is None:
-                raise UnsupportedTokenizer(f"pre-tokenizer {name!r} is not supported; supported: "
-                                           f"{', '.join(sorted(_PRE_NAMES))}")
-            self.pre = name
-            regexes, self._ignore_merges = _PRE_FAMILIES[family]
-            self._stages = [regex.compile(r) for r in regexes]
-            self._ranks: dict[tuple[str, str], int] = {}
-            for rank, m in enumerate(merges or ()):
-                pos = m.find(" ", 1)
-                first, second = (m[:pos], m[pos + 1:]) if pos >= 0 else ("", "")
-                self._ranks.setdefault((first, second), rank)  # the first occurrence wins (std::map::emplace)
+            self._init_bpe("gemma4" if model == "gemma4" else pre or "default", merges)
+        # spaces are stored as ▁ in the tokens
+        self._escaped_spaces = self.is_spm or self.is_wpm or self._pre.escape_spaces
         self._cache: dict[str, tuple[int, ...]] = {}
         self._pieces: dict[tuple[int, bool], bytes] = {}
+
+    def _init_spm(self) -> None:
+        # adjacent character pairs occurring inside any token: a boundary between two characters that form no such
+        # pair can never be merged across, so the text can be cut there and the pieces cached
+        pairs = set()
+        for t in self.token_to_id:
+            for k in range(len(t) - 1):
+                pairs.add(t[k:k + 2])
+        self._spm_pairs = frozenset(pairs)
+        self._byte_ids: list[int | None] = []
+        for b in range(256):
+            tid = self.token_to_id.get(f"<0x{b:02X}>")
+            if tid is None:
+                tid = self.token_to_id.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
+            if tid is None:
+                tid = self.unk_id
+            self._byte_ids.append(tid)
+
+    def _init_bpe(self, name: str, merges: Iterable[str] | None) -> None:
+        family = _PRE_NAMES.get(name)
+        if family is None:
+            raise UnsupportedTokenizer(f"pre-tokenizer {name!r} is not supported; supported: "
+                                       f"{', '.join(sorted(_PRE_NAMES))}")
+        self.pre = name
+        self._pre = _PRE_FAMILIES[family]
+        self._stages = [regex.compile(r) for r in self._pre.regexes]
+        if self._pre.newline_runs and not self.add_bos:
+            self.add_bos = True  # llama.cpp always adds BOS for Gemma 4
+        self._ranks: dict[tuple[str, str], int] = {}
+        for rank, m in enumerate(merges or ()):
+            pos = m.find(" ", 1)
+            first, second = (m[:pos], m[pos + 1:]) if pos >= 0 else ("", "")
+            self._ranks.setdefault((first, second), rank)  # the first occurrence wins (std::map::emplace)
+        # a symbol that is no token is written as the tokens of its bytes (any missing one is dropped)
+        if self._pre.byte_level:  # the byte's own one-character token (the GGUF reader keeps bytes ≥ 0x80 escaped)
+            texts = [chr(b) if b < 0x80 else chr(0xDC00 + b) for b in range(256)]
+        else:
+            texts = [f"<0x{b:02X}>" for b in range(256)]
+        self._byte_fallback: list[int | None] = [self.token_to_id.get(t) for t in texts]
 
     # -- construction ----------------------------------------------------------------------------------------------
     @classmethod
@@ -293,9 +443,12 @@ class Tokenizer:
             scores=g.value("tokenizer.ggml.scores"), merges=g.value("tokenizer.ggml.merges"),
             pre=g.value("tokenizer.ggml.pre"), bos_id=g.value("tokenizer.ggml.bos_token_id"),
             eos_id=g.value("tokenizer.ggml.eos_token_id"), unk_id=g.value("tokenizer.ggml.unknown_token_id"),
-            pad_id=g.value("tokenizer.ggml.padding_token_id"), add_bos=_opt_bool("tokenizer.ggml.add_bos_token"),
-            add_eos=_opt_bool("tokenizer.ggml.add_eos_token"),
-            add_space_prefix=_opt_bool("tokenizer.ggml.add_space_prefix"), special_ids=special_ids)
+            pad_id=g.value("tokenizer.ggml.padding_token_id"),
+            sep_id=g.value("tokenizer.ggml.seperator_token_id"),  # sic: the GGUF key's spelling
+            add_bos=_opt_bool("tokenizer.ggml.add_bos_token"), add_eos=_opt_bool("tokenizer.ggml.add_eos_token"),
+            add_space_prefix=_opt_bool("tokenizer.ggml.add_space_prefix"), special_ids=special_ids,
+            lowercase=_opt_bool("tokenizer.ggml.normalizer.lowercase"),
+            strip_accents=_opt_bool("tokenizer.ggml.normalizer.strip_accents"))
 
     def _init_special(self, ids: dict[str, int]) -> None:
         n = self.n_vocab
@@ -389,6 +542,7 @@ class Tokenizer:
 
         ``add_bos``: None uses the model's default (``tokenizer.ggml.add_bos_token``); ``add_eos``: None appends EOS
         only when the model asks for it (``add_eos_token``) and ``add_bos`` is not False (llama.cpp's add_special).
+        WordPiece ("bert") frames the text as BERT does: with ``add_bos``, [CLS] before it and [SEP] after it.
         ``parse_special``: control tokens written in the text become their ids (user-defined ones always do).
         """
         if add_bos is None:
@@ -401,29 +555,38 @@ class Tokenizer:
                 raise ValueError("this model has no BOS token")
             out.append(self.bos_id)
         if text:
-            frags = self._partition(text, parse_special)
-            if self.is_spm:
-                prev_special = True
-                for f in frags:
-                    if isinstance(f, int):
-                        out.append(f)
-                        prev_special = True
-                    else:
-                        if self.add_space_prefix and prev_special:
-                            f = " " + f
-                        self._spm_encode(f.replace(" ", SPM_SPACE), out)
-                        prev_special = False
-            else:
-                for f in frags:
-                    if isinstance(f, int):
-                        out.append(f)
-                    else:
-                        self._bpe_encode(f, out)
+            self._encode_fragments(self._partition(text, parse_special), out)
+        if add_bos and self.is_wpm:
+            if self.sep_id is None:
+                raise ValueError("this model has no SEP token")
+            out.append(self.sep_id)
         if add_eos:
             if self.eos_id is None:
                 raise ValueError("this model has no EOS token")
             out.append(self.eos_id)
         return out
+
+    def _encode_fragments(self, frags: list[str | int], out: list[int]) -> None:
+        """The ids of text fragments and special tokens (ids already) in order, by the vocabulary's model."""
+        if self.is_spm:
+            prev_special = True
+            for f in frags:
+                if isinstance(f, int):
+                    out.append(f)
+                    prev_special = True
+                else:
+                    if self.add_space_prefix and prev_special:
+                        f = " " + f
+                    self._spm_encode(f.replace(" ", SPM_SPACE), out)
+                    prev_special = False
+            return
+        for f in frags:
+            if isinstance(f, int):
+                out.append(f)
+            elif self.is_wpm:
+                self._wpm_encode(f, out)
+            else:
+                self._bpe_encode(f.replace(" ", SPM_SPACE) if self._pre.escape_spaces else f, out)
 
     def _remember(self, key: str, ids: tuple[int, ...]) -> None:
         if len(self._cache) >= 200_000:
@@ -453,13 +616,17 @@ class Tokenizer:
         for word in self._pretokenize(text):
             ids = cache.get(word)
             if ids is None:
-                ids = self._bpe_word(word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTELEVEL))
+                ids = self._bpe_word(word)
                 self._remember(word, ids)
             out.extend(ids)
 
     def _bpe_word(self, word: str) -> tuple[int, ...]:
+        pre = self._pre
+        if pre.byte_level:
+            word = word.encode("utf-8").decode("latin-1").translate(_LATIN1_TO_BYTELEVEL)
         vocab = self.token_to_id
-        if self._ignore_merges and word in vocab:
+        whole = pre.ignore_merges or (pre.newline_runs and not word.strip("\n"))
+        if whole and word in vocab:
             return (vocab[word],)
         syms = list(word)
         n = len(syms)
@@ -502,12 +669,22 @@ class Tokenizer:
             if tid is not None:
                 ids.append(tid)
                 continue
-            # no such token: llama.cpp looks up each UTF-8 byte of the symbol as a one-byte token
-            for b in s.encode("utf-8"):
-                tid = vocab.get(chr(b) if b < 0x80 else chr(0xDC00 + b))
+            # no such token: llama.cpp writes each UTF-8 byte of the symbol as its byte token, if there is one
+            for b in _raw(s):
+                tid = self._byte_fallback[b]
                 if tid is not None:
                     ids.append(tid)
         return tuple(ids)
+
+    # WordPiece
+    def _wpm_encode(self, text: str, out: list[int]) -> None:
+        cache = self._cache
+        for word in self._wpm.split(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._wpm.word_ids(word)
+                self._remember(word, ids)
+            out.extend(ids)
 
     # SentencePiece
     def _spm_encode(self, text: str, out: list[int]) -> None:
@@ -601,7 +778,7 @@ class Tokenizer:
         if attr & ATTR_USER_DEFINED:
             return _raw(text)
         if attr & ATTR_NORMAL:
-            if self.is_spm:
+            if self._escaped_spaces:
                 return _raw(text.replace(SPM_SPACE, " "))
             out = bytearray()
             for c in text:

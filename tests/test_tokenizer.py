@@ -1,6 +1,8 @@
 """The runtime tokenizer (runtime/tokenizer.py), built from GGUF metadata alone, against independent oracles:
 HF `tokenizers` (codeshell, gpt2, qwen2), `sentencepiece` (llama) and llama.cpp itself (all four, plus variants of the
-vocabularies with other pre-tokenizers, user-defined tokens and no space prefix)."""
+vocabularies with other pre-tokenizers, user-defined tokens and no space prefix; plus llama.cpp's own vocabularies of
+the tokenizer models no converter of ours writes: WordPiece `bert` and Gemma 4's BPE), and llama.cpp's own test
+vectors for every vocabulary of its test set."""
 from __future__ import annotations
 
 import os
@@ -23,11 +25,16 @@ from common.ggufio import KV, GGUFFile, encode_header
 
 ARCHES = ("codeshell", "llama", "gpt2", "qwen2")
 NEEDS_SHARED = ("codeshell", "llama")  # real tokenizer files from ../shared/fixtures
+# llama.cpp's vocabulary files (../shared/fixtures/llama-vocab) for tokenizer models we never convert to
+LLAMA_VOCABS = ("bert-bge", "gemma-4")
 SPECIALS = {
     "codeshell": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|end|>"],
     "llama": ["<s>", "</s>", "<unk>"],
     "gpt2": ["<|endoftext|>"],
     "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    "bert-bge": ["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]", "[unused0]"],
+    # control, user-defined (<|"|>, <|tool_response>: end of generation) and a normal </s>
+    "gemma-4": ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|\"|>", "<|tool_response>", "</s>", "<unused0>"],
 }
 
 
@@ -56,6 +63,8 @@ _MODELS: dict[str, Model] = {}
 
 
 def _model(request, root: Path, arch: str) -> Model:
+    if arch in LLAMA_VOCABS:
+        return _llama_vocab_model(request.getfixturevalue("shared_fixtures"), arch)
     if arch in NEEDS_SHARED:
         request.getfixturevalue("shared_fixtures")
     if arch not in _MODELS:
@@ -68,8 +77,24 @@ def _model(request, root: Path, arch: str) -> Model:
     return _MODELS[arch]
 
 
+def _llama_vocab_model(shared: Path, name: str) -> Model:
+    if name not in _MODELS:
+        gguf = shared / "llama-vocab" / f"ggml-vocab-{name}.gguf"
+        with GGUFFile(gguf) as g:
+            tok = Tokenizer.from_gguf(g)
+        _MODELS[name] = Model(name, gguf.parent, gguf, tok, tokenizer_corpus(2000, specials=SPECIALS[name]))
+    return _MODELS[name]
+
+
 @pytest.fixture(scope="module", params=ARCHES)
 def model(request, root) -> Model:
+    """A vocabulary our converter wrote from a checkpoint (with its tokenizer files for the HF oracles)."""
+    yield _model(request, root, request.param)
+
+
+@pytest.fixture(scope="module", params=ARCHES + LLAMA_VOCABS)
+def any_model(request, root) -> Model:
+    """Every tokenizer model: ours converted, and llama.cpp's own files of the models we do not convert to."""
     yield _model(request, root, request.param)
 
 
@@ -87,7 +112,8 @@ def _encodable(tok: Tokenizer, s: str) -> bool:
     """False when the vocabulary cannot represent some byte of s (llama.cpp then drops it, so no round trip)."""
     if tok.is_spm:
         return True
-    return all(_BYTE_TO_CHAR[b] in tok.token_to_id for b in s.encode("utf-8"))
+    byte_token = (lambda b: f"<0x{b:02X}>") if tok.model == "gemma4" else _BYTE_TO_CHAR.__getitem__
+    return all(byte_token(b) in tok.token_to_id for b in s.encode("utf-8"))
 
 
 def _detokenize(llm, ids: list[int], special: bool) -> str:
@@ -134,7 +160,8 @@ def test_encode_matches_hf_tokenizers_or_sentencepiece(model):
     assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
 
 
-def test_encode_matches_llama_cpp(model):
+def test_encode_matches_llama_cpp(any_model):
+    model = any_model
     llm = _llama(model.gguf)
     tok = model.tok
     bad = []
@@ -149,33 +176,47 @@ def test_encode_matches_llama_cpp(model):
     assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
 
 
-def test_decode_matches_llama_cpp(model):
+def test_decode_matches_llama_cpp(any_model):
+    model = any_model
     llm = _llama(model.gguf)
     tok = model.tok
-    bad = []
+    bad, compared = [], 0
     for s in model.corpus:
-        ids = tok.encode(s)  # SPM: with BOS, as the model wants
-        if ids and ids[0] == tok.bos_id and not tok.is_spm:
-            continue  # llama-cpp-python strips a space after a leading BOS even for BPE; llama.cpp itself does not
+        # SPM: with BOS, as the model wants; the others without (llama-cpp-python strips a space after a leading BOS
+        # even for them; llama.cpp itself does not)
+        ids = tok.encode(s) if tok.is_spm else tok.encode(s, add_bos=False)
+        if ids[:1] == [tok.bos_id] and not tok.is_spm:
+            continue  # the text starts with the BOS token's text
+        compared += 1
         for special in (True, False):
             if tok.decode(ids, skip_special=not special) != _detokenize(llm, ids, special):
                 bad.append((special, s))
+    assert compared >= len(model.corpus) * 0.9
     assert not bad, f"{len(bad)} mismatches, first {bad[:5]!r}"
 
 
-def test_special_ids_and_eog_match_llama_cpp(model):
+def test_special_ids_and_eog_match_llama_cpp(any_model):
     llama_cpp = _llama_cpp()
-    llm = _llama(model.gguf)
+    llm = _llama(any_model.gguf)
     vocab = llm._model.vocab
-    tok = model.tok
+    tok = any_model.tok
+
+    def ours(tid):  # llama.cpp's "no such token" is -1
+        return -1 if tid is None else tid
+
     assert tok.n_vocab == llm.n_vocab()
-    assert tok.bos_id == llm.token_bos() and tok.eos_id == llm.token_eos()
+    assert ours(tok.bos_id) == llm.token_bos() and ours(tok.eos_id) == llm.token_eos()
+    assert ours(tok.sep_id) == llama_cpp.llama_vocab_sep(vocab)
     assert tok.add_bos == bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+    assert tok.add_eos == bool(llama_cpp.llama_vocab_get_add_eos(vocab))
     assert tok.eog_ids == {i for i in range(tok.n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, i)}
-    assert tok.eos_id in tok.eog_ids
+    assert tok.eos_id is None or tok.eos_id in tok.eog_ids
+    assert tok.eog_ids  # every model can stop (BERT: [PAD], llama.cpp's FIM pad)
+    special = [i for i in range(tok.n_vocab) if tok.is_special(i)]
+    assert special == [i for i in range(tok.n_vocab) if llama_cpp.llama_vocab_get_attr(vocab, i) & 0b1001]
 
 
-def test_fuzz_matches_llama_cpp(model):
+def test_fuzz_matches_llama_cpp(any_model):
     """Short random strings over characters that separate the pre-tokenizer classes: llama.cpp's whitespace set
     (not \\x1c-\\x1f), ASCII-only case-insensitive contractions, non-ASCII numbers and letters, unassigned code points,
     special-token and byte-token look-alikes."""
@@ -184,7 +225,10 @@ def test_fuzz_matches_llama_cpp(model):
         "\u3000", "\u200b", "!", "?", ".", ",", ";", "$", "+", "<", "=", ">", "^", "~", "|", "`", "_", "٣", "²", "½",
         "Ⅻ", "１", "é", "ß", "ſ", "\u212a", "İ", "ǅ", "\u0301", "中", "文", "😀", "👍🏽", "\ue000", "\u0378",
         "\U000e0080", "\x00", "\x7f", "\U00011f04", "ʼ", "’", "ﬁ", "▁", "<0x41>", "Ġ", "1234", "hello", "The",
-    ] + SPECIALS[model.arch]
+        "한", "Å", "\u0345", "\u00ad", "\ufffd", "\U0002b81f", "\U0002b820", "Σ", "ς", "\u1e9e", "€", "©", "¨", "ⅰ",
+        "unaffable", "##able",
+    ] + SPECIALS[any_model.arch]
+    model = any_model
     rng = random.Random(1)
     strings = ["".join(rng.choice(palette) for _ in range(rng.randint(1, 24))) for _ in range(800)]
     strings += ["it'ſa", "'ſ'K", "'S'RE'Ve'LL", "\x1c\x1c a \x1f", "a\x85\x85b", "x \u2028\u2028y", "٣٣٣٣ 12345 ²²",
@@ -201,7 +245,9 @@ def test_fuzz_matches_llama_cpp(model):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_decode_encode_round_trip(model):
+@pytest.mark.parametrize("arch", ARCHES + ("gemma-4",))  # WordPiece loses case, accents and spaces: no round trip
+def test_decode_encode_round_trip(request, root, arch):
+    model = _model(request, root, arch)
     tok = model.tok
     # SentencePiece puts a "▁" after every special token (llama.cpp does not remove it when decoding): the round trip
     # holds for text read literally
@@ -228,7 +274,8 @@ def _clean(chunk: str) -> bool:
     return "\ufffd" not in chunk and not any(0xD800 <= ord(c) <= 0xDFFF for c in chunk)
 
 
-def test_stream_decoder_concatenates_to_decode(model):
+def test_stream_decoder_concatenates_to_decode(any_model):
+    model = any_model
     tok = model.tok
     for s in model.corpus:
         for ids in (tok.encode(s, add_bos=False), tok.encode(s)):
@@ -307,6 +354,41 @@ def test_special_token_parsing(request, root):
     assert llama.eos_id not in llama.encode("a</s>b", add_bos=False, parse_special=False)
 
 
+def test_wordpiece(request, root):
+    """BERT's WordPiece as llama.cpp runs it: lower case without accents (İ → i, 한 → its first jamo), punctuation
+    and CJK ideographs as words of their own, continuation pieces, [UNK] for a word that cannot be cut, llama.cpp's
+    control characters (\\x1c) dropped and its whitespace (U+3000) between words, [CLS] ... [SEP] around the text;
+    pieces decode with their word-initial space."""
+    tok = _model(request, root, "bert-bge").tok
+    ids = tok.encode("Unaffable Äpfel, 中文 😀")
+    assert [tok.token_text(i) for i in ids] == ["[CLS]", "▁una", "ffa", "ble", "▁ap", "fe", "l", "▁,", "▁中", "▁文",
+                                                "[UNK]", "[SEP]"]
+    assert tok.decode(ids[1:-1]) == " unaffable apfel , 中 文[UNK]"
+    assert tok.decode(ids, skip_special=True) == " unaffable apfel , 中 文"
+    assert tok.encode("a\x1cb", add_bos=False) == [tok.token_to_id["▁ab"]]
+    assert tok.encode("a\u3000b", add_bos=False) == [tok.token_to_id["▁a"], tok.token_to_id["▁b"]]
+    assert [tok.token_text(i) for i in tok.encode("İstanbul 한국", add_bos=False)] == ["▁istanbul", "▁ᄒ", "ᄀ"]
+    assert tok.encode("[CLS]x", add_bos=False) == [tok.bos_id, tok.token_to_id["▁x"]]
+    assert tok.encode("[CLS]x", add_bos=False, parse_special=False)[:3] == [tok.token_to_id["▁["],
+                                                                           tok.token_to_id["▁cl"],
+                                                                           tok.token_to_id["s"]]
+    assert tok.encode("", add_bos=True) == [tok.bos_id, tok.sep_id] and tok.encode("", add_bos=False) == []
+
+
+def test_gemma4_spaces_newlines_and_bytes(request, root):
+    """Gemma 4's BPE: spaces are ▁ in the tokens, a run of newlines is one token, a character without a token is
+    written as <0xXX> byte tokens; BOS is always added."""
+    tok = _model(request, root, "gemma-4").tok
+    assert tok.add_bos and tok.encode("a")[0] == tok.bos_id
+    ids = tok.encode("Hello world\n\n\nbye", add_bos=False)
+    assert [tok.token_text(i) for i in ids] == ["Hello", "▁world", "\n\n\n", "bye"]
+    assert tok.decode(ids) == "Hello world\n\n\nbye"
+    rare = "\U000e0080"  # a tag character: no token of its own
+    ids = tok.encode(rare, add_bos=False)
+    assert [tok.token_text(i) for i in ids] == [f"<0x{b:02X}>" for b in rare.encode()]
+    assert tok.decode(ids) == rare
+
+
 def _variant(src: Path, dst: Path, **overrides) -> Path:
     """A copy of a vocab-only GGUF with some tokenizer.ggml.* keys replaced."""
     with GGUFFile(src) as g:
@@ -317,6 +399,8 @@ def _variant(src: Path, dst: Path, **overrides) -> Path:
             kvs[key] = KV(key, GGUFValueType.ARRAY, v.astype(np.int32), GGUFValueType.INT32)
         elif isinstance(v, bool):
             kvs[key] = KV(key, GGUFValueType.BOOL, v)
+        elif isinstance(v, list):
+            kvs[key] = KV(key, GGUFValueType.ARRAY, v, GGUFValueType.STRING)
         else:
             kvs[key] = KV(key, GGUFValueType.STRING, v)
     dst.write_bytes(encode_header(list(kvs.values()), []))
@@ -325,10 +409,14 @@ def _variant(src: Path, dst: Path, **overrides) -> Path:
 
 def test_variants_match_llama_cpp(request, root):
     """Pre-tokenizers without a fixture of their own (default, llama-bpe, starcoder), user-defined tokens (matched
-    even without parse_special, always rendered) and SentencePiece without the space prefix."""
+    even without parse_special, always rendered), SentencePiece without the space prefix, and Gemma 4 without the
+    merges that join newlines (a run of newlines is still its token, as in llama.cpp)."""
     gpt2 = _model(request, root, "gpt2")
     qwen = _model(request, root, "qwen2")
     llama = _model(request, root, "llama")
+    gemma = _model(request, root, "gemma-4")
+    with GGUFFile(gemma.gguf) as g:
+        merges = [m for m in g.value("tokenizer.ggml.merges") if m.strip("\n ")]
     with GGUFFile(qwen.gguf) as g:
         types = np.array(g.value("tokenizer.ggml.token_type"))
     types[qwen.tok.token_to_id["<|im_start|>"]] = 4
@@ -336,6 +424,7 @@ def test_variants_match_llama_cpp(request, root):
     cases = [_variant(gpt2.gguf, root / f"v-{pre}.gguf", pre=pre) for pre in ("default", "llama-bpe", "starcoder")]
     cases.append(_variant(qwen.gguf, root / "v-user.gguf", token_type=types))
     cases.append(_variant(llama.gguf, root / "v-noprefix.gguf", add_space_prefix=False))
+    cases.append(_variant(gemma.gguf, root / "v-gemma4-newlines.gguf", merges=merges))
     corpus = tokenizer_corpus(600, seed=3, specials=["<|endoftext|>", "<|im_start|>", "name", "</s>"])
     for path in cases:
         with GGUFFile(path) as g:
@@ -357,11 +446,13 @@ def test_variants_match_llama_cpp(request, root):
 def test_unsupported_vocabularies_are_refused():
     with pytest.raises(UnsupportedTokenizer, match="pre-tokenizer"):
         Tokenizer(model="gpt2", tokens=["a", "b"], merges=[], pre="no-such-pre")
-    with pytest.raises(UnsupportedTokenizer, match="model"):
-        Tokenizer(model="bert", tokens=["a", "b"])
+    for model in ("t5", "rwkv", "no-such-model"):  # llama.cpp's UGM and RWKV models are not implemented
+        with pytest.raises(UnsupportedTokenizer, match=f"tokenizer model '{model}' is not supported"):
+            Tokenizer(model=model, tokens=["a", "b"])
 
 
-def test_encode_is_fast(model):
+def test_encode_is_fast(any_model):
+    model = any_model
     text = "\n".join(tokenizer_corpus(400, seed=5))[:10_000]
     tok = model.tok
     best = float("inf")
@@ -391,13 +482,7 @@ def _vocab_cases():
     return names or ["(missing)"]
 
 
-# tokenizer models the runtime does not implement yet (issue 12): strict, so that implementing one turns this red
-_NOT_YET = {"bert-bge": "WPM (bert) tokenizer model", "gemma-4": "gemma4 tokenizer model"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(reason=_NOT_YET[n], strict=True,
-                                                                           raises=UnsupportedTokenizer))
-                                  if n in _NOT_YET else n for n in _vocab_cases()])
+@pytest.mark.parametrize("name", _vocab_cases())
 def test_llama_cpp_vocab_test_set(shared_fixtures, name):
     """llama.cpp's own tokenizer test vectors (models/ggml-vocab-*.gguf with .inp/.out: add_special and parse_special
     off): every string gives llama.cpp's ids."""
