@@ -54,6 +54,18 @@ class Recipe:
     chat_format: str = "chatml"   # the built-in chat format when a file carries no template
     embd_scaled: bool = False     # token embeddings multiplied by sqrt(n_embd) (Gemma)
     swa_period: int = 0           # sliding-window layers when the file names no pattern: all but every n-th
+    swa_rope_shared: bool = False  # sliding layers rotate as the others unless the file says (else base 10000, scale 1)
+    # soft-capping c · tanh(x / c) of attention scores / logits: the default when the file has no key (0: none);
+    # None: the architecture has none (a file that asks for it is refused)
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    query_scale_by_width_at: int = 0  # with this many layers q·k is scaled by sqrt(n_head / n_embd), not
+    #                                   1/sqrt(head_dim) (Gemma's 27B models, as llama.cpp decides it)
+
+    def query_scale_dim(self, n_layer: int, n_embd: int, n_head: int, head_dim: int) -> int:
+        """The number whose inverse square root scales q·k: head_dim, or n_embd / n_head for the models named by
+        query_scale_by_width_at."""
+        return n_embd // n_head if n_layer == self.query_scale_by_width_at else head_dim
 
 
 @dataclass(frozen=True)

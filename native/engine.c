@@ -29,6 +29,7 @@ struct tk_engine {
     struct tk_mat tok_embd, pos_embd, output;
     const float *out_norm, *out_norm_b;
     const float *rope_freqs;  /* llama3 frequency factors, one per rotated pair (NULL: none) */
+    const float *rope_long, *rope_short;  /* LongRoPE's factors for long / short contexts (Phi-3; NULL: none) */
     struct tk_layer *layers;
     float **owned;       /* f32 copies of the 1-D tensors */
     int nowned;
@@ -72,6 +73,11 @@ static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, 
     }
     *m = (struct tk_mat){d->data, d->type, d->rows, d->cols, tk_row_size(d->type, d->cols)};
     return 0;
+}
+
+/* rows r0..r0+rows-1 of m, in place */
+static struct tk_mat mat_rows(const struct tk_mat *m, int64_t r0, int64_t rows) {
+    return (struct tk_mat){(const char *)m->data + (size_t)r0 * m->row_bytes, m->type, rows, m->cols, m->row_bytes};
 }
 
 static float *own_f32(struct tk_engine *e, const struct tk_tensor_desc *d) {
@@ -118,8 +124,10 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     const int64_t d = hp->n_embd, hd = hp->head_dim, nl = hp->n_layer;
     if ((hp->norm != TK_NORM_RMS && hp->norm != TK_NORM_LAYER) || hp->rope < TK_ROPE_NONE || hp->rope > TK_ROPE_NEOX ||
         (hp->ffn != TK_FFN_SWIGLU && hp->ffn != TK_FFN_GELU && hp->ffn != TK_FFN_GEGLU) || hp->n_swa < 0 ||
-        hp->swa_period < 0 || !(hp->embd_scale > 0) || !(hp->rope_base_swa > 0)) {
-        snprintf(err, errlen, "unknown part in the engine description (norm %d, rope %d, ffn %d)", hp->norm, hp->rope,
+        hp->swa_period < 0 || !(hp->embd_scale > 0) || !(hp->rope_base_swa > 0) || !(hp->rope_freq_scale_swa > 0) ||
+        !(hp->rope_attn_factor > 0) || hp->n_ctx_orig < 0 || !(hp->attn_scale > 0) || !(hp->attn_softcap >= 0) ||
+        !(hp->final_softcap >= 0) || !(hp->rope_base > 0) || !(hp->rope_freq_scale > 0) || !(hp->eps > 0)) {
+        snprintf(err, errlen, "unknown part in the engine description, or a number out of range (norm %d, rope %d, ffn %d)", hp->norm, hp->rope,
                  hp->ffn);
         goto fail;
     }
@@ -174,11 +182,13 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             if (set_mat(&e->pos_embd, x, err, errlen)) goto fail;
         } else if (!strcmp(x->name, "output.weight")) {
             if (set_mat(&e->output, x, err, errlen)) goto fail;
-        } else if (!strcmp(x->name, "rope_freqs.weight")) {
+        } else if (!strcmp(x->name, "rope_freqs.weight") || !strcmp(x->name, "rope_factors_long.weight") ||
+                   !strcmp(x->name, "rope_factors_short.weight")) {
             const float *v = own_f32(e, x);
             if (!v) { snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
             if (check_vec(v, x, hp->n_rot / 2, err, errlen)) goto fail;
-            e->rope_freqs = v;
+            const float **slot = x->name[5] == 'r' ? &e->rope_freqs : x->name[13] == 'l' ? &e->rope_long : &e->rope_short;
+            *slot = v;
         } else if (!strcmp(x->name, "output_norm.weight") || !strcmp(x->name, "output_norm.bias")) {
             const float *v = own_f32(e, x);
             if (!v || check_vec(v, x, d, err, errlen)) { if (!v) snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
@@ -191,6 +201,10 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     if (check_mat(&e->tok_embd, "token_embd.weight", hp->n_vocab, d, err, errlen)) goto fail;
     if (check_mat(&e->output, "output.weight", hp->n_vocab, d, err, errlen)) goto fail;
     if (!e->out_norm) { snprintf(err, errlen, "missing tensor output_norm.weight"); goto fail; }
+    if (!e->rope_long != !e->rope_short || (e->rope_long && e->rope_freqs)) {
+        snprintf(err, errlen, "rope factors: rope_factors_long and rope_factors_short go together, without rope_freqs");
+        goto fail;
+    }
     if (hp->rope == TK_ROPE_NONE && check_mat(&e->pos_embd, "position_embd.weight", e->pos_embd.rows ? e->pos_embd.rows : 1, d, err, errlen)) goto fail;
     const int64_t qd = hp->n_head * hd, kvd = hp->n_head_kv * hd;
     for (int64_t l = 0; l < nl; l++) {
@@ -227,6 +241,11 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             NEED_MAT(up_exps, "ffn_up_exps.weight", ne * fe, d);
             NEED_MAT(down_exps, "ffn_down_exps.weight", ne * d, fe);
         } else {
+            if (hp->ffn != TK_FFN_GELU && !L->gate.data && L->up.rows == 2 * hp->n_ff && !L->b_up) {
+                /* gate and up fused in ffn_up (Phi-3): the gate is its first n_ff rows, as ggml_swiglu splits it */
+                L->gate = mat_rows(&L->up, 0, hp->n_ff);
+                L->up = mat_rows(&L->up, hp->n_ff, hp->n_ff);
+            }
             if (hp->ffn != TK_FFN_GELU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
             NEED_MAT(up, "ffn_up.weight", hp->n_ff, d);
             NEED_MAT(down, "ffn_down.weight", d, hp->n_ff);
@@ -428,11 +447,12 @@ static void softmax(float *s, int64_t T, float mx, int simd) {
     for (int64_t j = 0; j < T; j++) s[j] *= inv;
 }
 
-/* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v, in the order of llama.cpp's
+/* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v (the scores soft-capped first
+   when softcap > 0), in the order of llama.cpp's
    one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps).
    s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats. */
 static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t first,
-                   int64_t T, float scale, float *s, float *acc, float *out, int simd) {
+                   int64_t T, float scale, float softcap, float *s, float *acc, float *out, int simd) {
     const int64_t kvd = kv->kv_dim;
     const int f16 = kv->type == TK_F16;
     const size_t es = f16 ? 2 : 4;
@@ -449,6 +469,7 @@ static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_
 #endif
             d = dot_ggml(q, kj, f16, hd);
         s[j] = d * scale;
+        if (softcap > 0) s[j] = softcap * tanhf(s[j] * (1.0f / softcap));  /* Gemma 2, as llama.cpp caps kq */
         if (s[j] > mx) mx = s[j];
     }
     softmax(s, T, mx, simd);
@@ -533,6 +554,7 @@ struct fwd {
     int64_t n, pos0;
     float *logits;
     int all_logits, simd;
+    const float *rope_ff;    /* the rope frequency factors of this cache's context (NULL: none) */
     struct tk_barrier bar;
     atomic_llong next_chunk[2]; /* chunk counters of the matmul steps (see matmuls) */
     float *x, *h, *q, *k, *v, *att, *f1, *f2, *scratch;
@@ -758,15 +780,17 @@ static void rope_vec(const struct tk_engine *e, float *x, const float *cs) {
 }
 
 /* cos/sin for position pos: theta_i = pos · theta_scale^i built by repeated float multiplication, angle
-   freq_scale · theta_i / ff_i with the frequency factors ff of rope_freqs.weight when the file has them
+   freq_scale · theta_i / ff_i with frequency factors ff (NULL: none), both times the attention factor
    (ggml_rope_cache_init without YaRN) */
-static void rope_cache(const struct tk_engine *e, int64_t pos, float theta_scale, float freq_scale, float *cs) {
+static void rope_cache(const struct tk_engine *e, int64_t pos, float theta_scale, float freq_scale, const float *ff,
+                       float *cs) {
     const struct tk_hparams *hp = &e->hp;
+    const float mscale = hp->rope_attn_factor;
     float theta = (float)pos;
     for (int64_t i = 0; i < hp->n_rot / 2; i++) {
-        const float angle = freq_scale * (e->rope_freqs ? theta / e->rope_freqs[i] : theta);
-        cs[2 * i] = cosf(angle);
-        cs[2 * i + 1] = sinf(angle);
+        const float angle = freq_scale * (ff ? theta / ff[i] : theta);
+        cs[2 * i] = cosf(angle) * mscale;
+        cs[2 * i + 1] = sinf(angle) * mscale;
         theta *= theta_scale;
     }
 }
@@ -816,10 +840,6 @@ static void gather_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e
 }
 
 /* rows [r0, r0 + rows) of a stacked expert tensor, as a matrix of its own */
-static struct tk_mat expert_rows(const struct tk_mat *m, int64_t r0, int64_t rows) {
-    return (struct tk_mat){(const char *)m->data + (size_t)r0 * m->row_bytes, m->type, rows, m->cols, m->row_bytes};
-}
-
 /* The feed-forward of an expert layer: the router's products, each token's experts, then the (token, expert) pairs
    grouped by expert so that an expert's matrices are read once for all its tokens, and only the experts some token
    routes to are read at all; finally x[t] += Σ_j w_tj · expert_j(h[t]) (the experts summed first, in the order of
@@ -865,9 +885,9 @@ static void moe_ffn(struct fwd *f, const struct tk_layer *L, int ith, int nth, i
     for (int64_t e = 0; e < ne; e++) {
         const int64_t r0 = f->estart[e], cnt = f->estart[e + 1] - r0;
         if (!cnt) continue;
-        views[3 * e] = expert_rows(&L->gate_exps, e * fe, fe);
-        views[3 * e + 1] = expert_rows(&L->up_exps, e * fe, fe);
-        views[3 * e + 2] = expert_rows(&L->down_exps, e * d, d);
+        views[3 * e] = mat_rows(&L->gate_exps, e * fe, fe);
+        views[3 * e + 1] = mat_rows(&L->up_exps, e * fe, fe);
+        views[3 * e + 2] = mat_rows(&L->down_exps, e * d, d);
         gu[ngu++] = (struct mm){&views[3 * e], NULL, f->e1 + r0 * fe, fe, 0, cnt, r0};
         gu[ngu++] = (struct mm){&views[3 * e + 1], NULL, f->e2 + r0 * fe, fe, 0, cnt, r0};
         down[nd++] = (struct mm){&views[3 * e + 2], NULL, f->ye + r0 * d, d, 0, cnt, r0};
@@ -964,9 +984,9 @@ static void forward_task(void *p, int ith, int nth) {
                 if (L->q_norm) rms_norm_vec(head, h < H ? L->q_norm : L->k_norm, hd, hp->eps);
                 if (hp->rope == TK_ROPE_NONE) continue;
                 if (t != cs_token) {
-                    /* sliding layers: their own base, no frequency scaling (llama.cpp's *_train_swa defaults) */
-                    if (is_swa(hp, il)) rope_cache(e, f->pos0 + t, e->rope_theta_scale_swa, 1.0f, cs);
-                    else rope_cache(e, f->pos0 + t, e->rope_theta_scale, hp->rope_freq_scale, cs);
+                    if (is_swa(hp, il))
+                        rope_cache(e, f->pos0 + t, e->rope_theta_scale_swa, hp->rope_freq_scale_swa, f->rope_ff, cs);
+                    else rope_cache(e, f->pos0 + t, e->rope_theta_scale, hp->rope_freq_scale, f->rope_ff, cs);
                     cs_token = t;
                 }
                 rope_vec(e, head, cs);
@@ -986,12 +1006,11 @@ static void forward_task(void *p, int ith, int nth) {
             int64_t a, b;
             split_range(n * H, ith, nth, &a, &b);
             float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->kv->n_ctx + 32;
-            const float scale = 1.0f / sqrtf((float)hd);
             for (int64_t u = a; u < b; u++) {
                 const int64_t t = u / H, h = u % H, T = f->pos0 + t + 1;
                 const int64_t first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
-                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->kv, il, h / (H / Hkv), hd, first, T, scale, s, acc,
-                       f->att + t * qd + h * hd, f->simd);
+                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->kv, il, h / (H / Hkv), hd, first, T, hp->attn_scale,
+                       hp->attn_softcap, s, acc, f->att + t * qd + h * hd, f->simd);
             }
         }
         /* the attention output added to x, RMS-normed first where the block has a post-attention norm (into h,
@@ -1038,6 +1057,13 @@ static void forward_task(void *p, int ith, int nth) {
     for_rows(f, &A, nout, d, ith, nth, norm_row, &nc);
     tk_barrier_wait(bar, nth);
     matmuls(f, &A, &out, 1, ith, nth, &step);
+    if (hp->final_softcap > 0) {  /* Gemma 2: logits soft-capped as llama.cpp does (scale, tanh, scale) */
+        const float c = hp->final_softcap;
+        tk_barrier_wait(bar, nth);
+        int64_t a, b;
+        split_range(nout * hp->n_vocab, ith, nth, &a, &b);
+        for (int64_t i = a; i < b; i++) f->logits[i] = tanhf(f->logits[i] * (1.0f / c)) * c;
+    }
 }
 
 int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
@@ -1058,6 +1084,8 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     const int64_t nf = hp->n_ff;
     struct fwd f = {.e = e, .kv = kv, .tokens = tokens, .n = n, .pos0 = pos0, .logits = logits,
                     .all_logits = all_logits, .simd = tk_use_simd()};
+    /* LongRoPE: the long factors once the context exceeds the trained one, as llama.cpp picks them by n_ctx */
+    f.rope_ff = e->rope_freqs ? e->rope_freqs : kv->n_ctx > hp->n_ctx_orig ? e->rope_long : e->rope_short;
     f.scratch_per_thread = kv->n_ctx + 32 + 32 * hp->head_dim;
     if (f.scratch_per_thread < ne + 8) f.scratch_per_thread = ne + 8;  /* a token's router probabilities */
     const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf + ne + k) +

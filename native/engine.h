@@ -22,8 +22,12 @@ struct tk_hparams {
     int64_t n_expert, n_expert_used, n_ff_exp;  /* mixture of experts (0, 0, 0 for a dense model) */
     int64_t n_swa, swa_period;  /* sliding-window layers (n_swa > 0): all but every swa_period-th (0: all) */
     float embd_scale;           /* token embeddings multiplied by it (1: none) */
-    float rope_base_swa;        /* rope base of the sliding-window layers */
+    float rope_base_swa, rope_freq_scale_swa;  /* rope base and frequency scale of the sliding-window layers */
     float rope_base, rope_freq_scale, eps;
+    float rope_attn_factor;     /* cos and sin multiplied by it (LongRoPE's attention factor; 1: none) */
+    int64_t n_ctx_orig;         /* rope_factors_long rotate when the cache holds more positions than this */
+    float attn_scale;           /* q·k multiplied by it (1/sqrt(head_dim) unless the architecture says) */
+    float attn_softcap, final_softcap;  /* c · tanh(x / c) of attention scores / logits (0: none) */
 };
 
 struct tk_engine;

@@ -260,7 +260,9 @@ static const struct { const char *name; size_t offset; char kind; } HPARAM_FIELD
     HP_FIELD(n_head_kv, 'L'), HP_FIELD(head_dim, 'L'), HP_FIELD(n_ff, 'L'), HP_FIELD(n_rot, 'L'),
     HP_FIELD(n_expert, 'L'), HP_FIELD(n_expert_used, 'L'), HP_FIELD(n_ff_exp, 'L'),
     HP_FIELD(n_swa, 'L'), HP_FIELD(swa_period, 'L'), HP_FIELD(embd_scale, 'f'), HP_FIELD(rope_base_swa, 'f'),
-    HP_FIELD(rope_base, 'f'), HP_FIELD(rope_freq_scale, 'f'), HP_FIELD(eps, 'f'),
+    HP_FIELD(rope_freq_scale_swa, 'f'), HP_FIELD(rope_base, 'f'), HP_FIELD(rope_freq_scale, 'f'), HP_FIELD(eps, 'f'),
+    HP_FIELD(rope_attn_factor, 'f'), HP_FIELD(n_ctx_orig, 'L'), HP_FIELD(attn_scale, 'f'), HP_FIELD(attn_softcap, 'f'),
+    HP_FIELD(final_softcap, 'f'),
 };
 #undef HP_FIELD
 

@@ -52,9 +52,15 @@ class HParams:
     n_expert: int = 0        # mixture of experts: experts per layer, used per token, width of one
     n_expert_used: int = 0
     n_ff_exp: int = 0
-    n_swa: int = 0           # sliding window of the sliding layers (0: none), their period, their rope base
+    n_swa: int = 0           # sliding window of the sliding layers (0: none), their period, their rope base and scale
     swa_period: int = 0
-    rope_base_swa: float = 0.0
+    rope_base_swa: float = 10000.0
+    rope_freq_scale_swa: float = 1.0
+    rope_attn_factor: float = 1.0  # cos/sin scale (LongRoPE), and the context beyond which its long factors apply
+    n_ctx_orig: int = 0
+    attn_scale: float = 0.0  # q·k scale
+    attn_softcap: float = 0.0  # soft-capping of attention scores and of logits (0: none)
+    final_softcap: float = 0.0
 
 
 def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HParams:
@@ -76,13 +82,18 @@ def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HPar
         raise UserError(f"{g.path.name}: missing the norm epsilon of {arch}")
     n_ff = int(get(Keys.LLM.FEED_FORWARD_LENGTH))
     n_expert = int(get(Keys.LLM.EXPERT_COUNT, 0))
-    extra: dict[str, int] = {}
+    extra: dict[str, object] = {}
     if n_expert:
         extra = dict(n_expert=n_expert, n_expert_used=int(get(Keys.LLM.EXPERT_USED_COUNT)),
                        n_ff_exp=int(get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, n_ff)))
-    for key in (Keys.LLM.FINAL_LOGIT_SOFTCAPPING, Keys.LLM.ATTN_LOGIT_SOFTCAPPING):
-        if g.value(key.format(arch=arch)) is not None:
-            raise UserError(f"{g.path.name}: {key.format(arch=arch)} (logit soft-capping) is not supported")
+    for field, key, default in (("attn_softcap", Keys.LLM.ATTN_LOGIT_SOFTCAPPING, recipe.attn_softcap),
+                                ("final_softcap", Keys.LLM.FINAL_LOGIT_SOFTCAPPING, recipe.final_softcap)):
+        if default is None and g.value(key.format(arch=arch)) is not None:
+            raise UserError(f"{g.path.name}: {key.format(arch=arch)} (logit soft-capping) is not supported for {arch}")
+        cap = float(get(key, default)) if default is not None else 0.0
+        if not 0.0 <= cap < float("inf"):
+            raise UserError(f"{g.path.name}: {key.format(arch=arch)} must be a finite number ≥ 0, got {cap}")
+        extra[field] = cap
     scaling = g.value(Keys.Rope.SCALING_TYPE.format(arch=arch))
     if scaling not in (None, "none", "linear"):
         raise UserError(f"{g.path.name}: rope scaling {scaling!r} is not supported (supported: linear)")
@@ -96,13 +107,19 @@ def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HPar
             raise UserError(f"{g.path.name}: a per-layer sliding-window pattern is not supported")
         extra.update(n_swa=n_swa, swa_period=int(pattern))
     rope_base = float(get(Keys.Rope.FREQ_BASE, 10000.0))
+    # sliding layers rotate as the others, or with llama.cpp's defaults for them (base 10000, no frequency scaling)
+    swa_base, swa_scale = (rope_base, scale) if recipe.swa_rope_shared else (10000.0, 1.0)
+    n_ctx_train, n_layer = int(get(Keys.LLM.CONTEXT_LENGTH)), int(get(Keys.LLM.BLOCK_COUNT))
+    query_dim = recipe.query_scale_dim(n_layer, n_embd, n_head, head_dim)
     return HParams(
-        arch=arch, n_vocab=n_vocab, n_ctx_train=int(get(Keys.LLM.CONTEXT_LENGTH)), n_embd=n_embd,
-        n_layer=int(get(Keys.LLM.BLOCK_COUNT)), n_head=n_head, n_head_kv=int(get(Keys.Attention.HEAD_COUNT_KV, n_head)),
+        arch=arch, n_vocab=n_vocab, n_ctx_train=n_ctx_train, n_embd=n_embd,
+        n_layer=n_layer, n_head=n_head, n_head_kv=int(get(Keys.Attention.HEAD_COUNT_KV, n_head)),
         n_ff=n_ff // 2 if recipe.ffn_halved else n_ff, head_dim=head_dim,
-        n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=rope_base,
-        rope_base_swa=float(get(Keys.Rope.FREQ_BASE_SWA, 10000.0)), rope_freq_scale=scale, eps=float(eps),
-        **extra)
+        n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=rope_base, rope_freq_scale=scale,
+        rope_base_swa=float(get(Keys.Rope.FREQ_BASE_SWA, swa_base)), rope_freq_scale_swa=swa_scale,
+        eps=float(eps), rope_attn_factor=float(get(Keys.Rope.SCALING_ATTN_FACTOR, 1.0)),
+        n_ctx_orig=int(get(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train)),
+        attn_scale=float(1.0 / np.sqrt(np.float32(query_dim))) if query_dim > 0 else 0.0, **extra)
 
 
 class Model:

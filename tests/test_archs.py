@@ -16,7 +16,7 @@ from fixtures.qwen1 import make_qwen1_checkpoint
 
 FAMILIES = {"llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
             "qwen3moe": "qwen3moe", "starcoder2": "starcoder2", "gpt2": "gpt2", "codeshell": "codeshell", "qwen": "qwen",
-            "gemma3": "gemma3"}
+            "gemma2": "gemma2", "gemma3": "gemma3"}
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +44,21 @@ def test_tensor_names_are_gguf_pys_for_the_architecture(configs, fixture):
 
 
 def test_every_gguf_architecture_has_one_description_and_a_recipe_the_engine_can_run():
-    assert archs.gguf_names() == ["codeshell", "gemma3", "gpt2", "llama", "qwen", "qwen2", "qwen3", "qwen3moe",
+    assert archs.gguf_names() == ["codeshell", "gemma2", "gemma3", "gpt2", "llama", "qwen", "qwen2", "qwen3", "qwen3moe",
                                   "starcoder2"]
     for name in archs.gguf_names():
         recipe = archs.recipe(name)
         for part, values in native.PARTS.items():
             assert getattr(recipe, part) in values, (name, part)
-    with pytest.raises(UserError, match="unsupported architecture 'mamba'; supported: codeshell, gemma3, gpt2, llama"):
+    with pytest.raises(UserError, match="unsupported architecture 'mamba'; supported: codeshell, gemma2, gemma3, gpt2, llama"):
         archs.recipe("mamba")
 
 
 def _description(**changes):
     d = dict(norm="rms", rope="neox", ffn="swiglu", n_vocab=8, n_embd=8, n_layer=1, n_head=1, n_head_kv=1,
              head_dim=8, n_ff=8, n_rot=8, rope_base=1e4, rope_freq_scale=1.0, eps=1e-5, n_expert=0, n_expert_used=0,
-             n_ff_exp=0, n_swa=0, swa_period=0, embd_scale=1.0, rope_base_swa=1e4)
+             n_ff_exp=0, n_swa=0, swa_period=0, embd_scale=1.0, rope_base_swa=1e4, rope_freq_scale_swa=1.0,
+             rope_attn_factor=1.0, n_ctx_orig=0, attn_scale=8 ** -0.5, attn_softcap=0.0, final_softcap=0.0)
     d.update(changes)
     return d
 
@@ -65,7 +66,7 @@ def _description(**changes):
 @pytest.mark.parametrize("change,message", [
     (dict(rope="yarn"), "the engine has no rope 'yarn'"),
     (dict(ffn="reglu"), "the engine has no ffn 'reglu'"),
-    (dict(sliding_window=4), "has 22 fields, the engine takes 21"),
+    (dict(sliding_window=4), "has 28 fields, the engine takes 27"),
 ])
 def test_engine_description_errors(change, message):
     with pytest.raises(ValueError, match=message):
@@ -80,6 +81,10 @@ def test_engine_description_by_name_in_c():
         native._core.engine_new(fields, [])
     with pytest.raises(ValueError, match="unknown part"):
         native._core.engine_new(_description(norm=0, rope=2, ffn=9), [])
+    for bad in (dict(attn_softcap=-1.0), dict(final_softcap=float("nan")), dict(attn_scale=0.0),
+                dict(rope_attn_factor=float("inf") * 0), dict(rope_freq_scale_swa=-1.0), dict(n_ctx_orig=-1)):
+        with pytest.raises(ValueError, match="unknown part"):
+            native._core.engine_new(_description(norm=0, rope=2, ffn=0, **bad), [])
     with pytest.raises(ValueError, match="missing tensor"):  # a complete description gets as far as the tensors
         native._core.engine_new(_description(norm=0, rope=2, ffn=0), [])
     for experts in (dict(n_expert=8, n_expert_used=2, n_ff_exp=-30000), dict(n_expert=8, n_expert_used=9, n_ff_exp=8),

@@ -27,8 +27,12 @@ def _rewrite(folder, edit):
 
 
 def as_transformers4(cfg):
-    """The config as transformers 4 saved it: rope_theta and rope_scaling at the top, no rope_parameters."""
+    """The config as transformers 4 saved it: rope_theta and rope_scaling at the top, no rope_parameters (Gemma 3's
+    sliding layers: rope_local_base_freq)."""
     params = dict(cfg.pop("rope_parameters"))
+    if "sliding_attention" in params:
+        cfg["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
+        params = dict(params["full_attention"])
     cfg["rope_theta"] = params.pop("rope_theta")
     cfg["rope_scaling"] = params if params.get("rope_type", "default") != "default" else None
 
@@ -64,6 +68,21 @@ def test_both_config_forms_give_the_same_file(llama31, tmp_path):
     assert "llama.rope.scaling.type" not in f       # llama3 scaling is a tensor, as llama.cpp's converter writes it
     shape, type_name, _ = tensors(r)["rope_freqs.weight"]
     assert shape == (8,) and type_name == "F32"
+
+
+@pytest.mark.parametrize("arch", ["mistral", "mixtral", "qwen2", "qwen3", "qwen3moe", "starcoder2", "gemma2", "gemma3"])
+def test_every_family_reads_both_config_forms(tmp_path, shared_fixtures, arch):
+    """Each family's checkpoint with its config as transformers 5 writes it and as transformers 4 wrote it: the same
+    file."""
+    import shutil
+    t5 = make_checkpoint(arch, tmp_path / arch)
+    _rewrite(t5, as_transformers5)
+    t4 = tmp_path / "t4"
+    shutil.copytree(t5, t4)
+    _rewrite(t4, as_transformers4)
+    for folder in (t5, t4):
+        convert_model(folder, outtype="f32", outfile=tmp_path / f"{folder.name}.gguf", model_name=arch)
+    assert (tmp_path / f"{arch}.gguf").read_bytes() == (tmp_path / "t4.gguf").read_bytes()
 
 
 def test_llama3_rope_factors_follow_transformers(llama31):

@@ -42,6 +42,9 @@ class Transformer:
             "rope_base": hp.rope_base, "rope_freq_scale": hp.rope_freq_scale, "eps": hp.eps,
             "n_expert": hp.n_expert, "n_expert_used": hp.n_expert_used, "n_ff_exp": hp.n_ff_exp,
             "n_swa": hp.n_swa, "swa_period": hp.swa_period, "rope_base_swa": hp.rope_base_swa,
+            "rope_freq_scale_swa": hp.rope_freq_scale_swa, "rope_attn_factor": hp.rope_attn_factor,
+            "n_ctx_orig": hp.n_ctx_orig, "attn_scale": hp.attn_scale, "attn_softcap": hp.attn_softcap,
+            "final_softcap": hp.final_softcap,
             "embd_scale": float(np.sqrt(np.float32(hp.n_embd))) if recipe.embd_scaled else 1.0,
         }
         tensors = [(w.name, w.data, int(w.type), w.rows, w.cols) for w in model.weights.values()]
