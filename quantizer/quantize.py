@@ -2,6 +2,7 @@
 native core in row chunks, output written tensor by tensor under a temporary name and renamed on success."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -36,6 +37,15 @@ class QuantizeResult:
     @property
     def n_fallback(self) -> int:
         return sum(c.fallback is not None for c in self.choices)
+
+    @property
+    def bpw_in(self) -> float:
+        """Bits per weight of the input (n_params > 0: quantize_file refuses a file without weights)."""
+        return 8 * self.size_in / self.n_params
+
+    @property
+    def bpw_out(self) -> float:
+        return 8 * self.size_out / self.n_params
 
 
 def default_output(inp: Path, ft: FileType) -> Path:
@@ -90,8 +100,11 @@ def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: in
 
 def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
                   allow_requantize: bool = False, opts: policy.Options | None = None, dry_run: bool = False,
-                  progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print
-                  ) -> QuantizeResult:
+                  progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+                  report: Callable[[QuantizeResult], None] | None = None) -> QuantizeResult:
+    """Quantize `inp` into `out` (default: named after the type, next to the input). A file without weights is
+    refused before any output is created; `report` gets the result before the output is renamed into place, so that
+    nothing, the summary included, can fail once the file has appeared."""
     t0 = time.perf_counter()
     opts = opts or policy.Options()
     nthreads = nthreads or native.default_threads()
@@ -103,40 +116,63 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
         if not out.resolve().parent.is_dir():
             raise UserError(f"output folder {out.parent} does not exist")
     with GGUFFile(inp) as g:
-        facts = model_facts(g)
-        entries = {e.info.name: e for e in g.tensors}
-        choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, facts, opts)
-        for c in choices:
-            if c.dst_type != c.src_type:
-                if is_quantized(c.src_type) and not allow_requantize:
-                    raise UserError(f"requantizing from type {type_name(c.src_type)} is disabled "
-                                    f"(tensor {c.name}); use --allow-requantize")
-                if c.src_type not in _SOURCE_TYPES and int(c.src_type) not in native.TRAITS:
-                    raise UserError(f"tensor {c.name} is {c.src_type.name}, which cannot be requantized")
-            if c.fallback:
-                warn(c.fallback)
+        n_params = sum(math.prod(e.info.shape) for e in g.tensors)
+        if n_params == 0:
+            what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
+            raise UserError(f"{inp} has {what}: nothing to quantize")
+        choices = _plan(g, ft, allow_requantize, opts, warn)
         infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
-        kvs = _metadata(g, ft)
         size_in = sum(e.info.nbytes for e in g.tensors)
-        size_out = sum(i.nbytes for i in infos)
-        n_params = sum(int(np.prod(e.info.shape, dtype=np.int64)) for e in g.tensors)
-        if not dry_run:
-            info(f"quantizing {inp.name} to {ft.name} with {nthreads} thread(s) → {out}")
-            with atomic_output(out) as f:
-                f.write(encode_header(kvs, infos))
-                stream = TensorStream(f, infos)
-                if progress:
-                    progress.start(len(choices), size_in)
-                for i, c in enumerate(choices):
-                    stream.write_tensor(_chunks(g, entries[c.name], c, nthreads))
-                    g.release(entries[c.name])
-                    if progress:
-                        progress.advance(c.name, entries[c.name].info,
-                                         _log_line(i, len(choices), c, entries[c.name].info.nbytes, infos[i].nbytes))
-                stream.check_complete()
-                if progress:
-                    progress.finish()
-    return QuantizeResult(str(out), ft.name, choices, size_in, size_out, n_params, time.perf_counter() - t0)
+
+        def finish() -> QuantizeResult:
+            r = QuantizeResult(str(out), ft.name, choices, size_in, sum(i.nbytes for i in infos), n_params,
+                               time.perf_counter() - t0)
+            if report:
+                report(r)
+            return r
+
+        if dry_run:
+            return finish()
+        info(f"quantizing {inp.name} to {ft.name} with {nthreads} thread(s) → {out}")
+        with atomic_output(out) as f:
+            _write(f, g, ft, choices, infos, nthreads, progress)
+            return finish()  # inside the block: the file is renamed into place only after this returned
+
+
+def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Options,
+          warn: Callable[[str], None]) -> list[policy.Choice]:
+    """Each tensor's new type, checked for what the native core can convert."""
+    choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, model_facts(g),
+                          opts)
+    for c in choices:
+        if c.dst_type != c.src_type:
+            if is_quantized(c.src_type) and not allow_requantize:
+                raise UserError(f"requantizing from type {type_name(c.src_type)} is disabled "
+                                f"(tensor {c.name}); use --allow-requantize")
+            if c.src_type not in _SOURCE_TYPES and int(c.src_type) not in native.TRAITS:
+                raise UserError(f"tensor {c.name} is {c.src_type.name}, which cannot be requantized")
+        if c.fallback:
+            warn(c.fallback)
+    return choices
+
+
+def _write(f, g: GGUFFile, ft: FileType, choices: list[policy.Choice], infos: list[TensorInfo], nthreads: int,
+           progress) -> None:
+    """The new file: header, then each tensor converted in turn."""
+    entries = {e.info.name: e for e in g.tensors}
+    f.write(encode_header(_metadata(g, ft), infos))
+    stream = TensorStream(f, infos)
+    if progress:
+        progress.start(len(choices), sum(e.info.nbytes for e in g.tensors))
+    for i, c in enumerate(choices):
+        entry = entries[c.name]
+        stream.write_tensor(_chunks(g, entry, c, nthreads))
+        g.release(entry)
+        if progress:
+            progress.advance(c.name, entry.info, _log_line(i, len(choices), c, entry.info.nbytes, infos[i].nbytes))
+    stream.check_complete()
+    if progress:
+        progress.finish()
 
 
 def _log_line(i: int, n: int, c: policy.Choice, size_in: int, size_out: int) -> str:

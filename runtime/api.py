@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.chat import chat_format, prompt_tokens
 from runtime.generate import Session
-from runtime.sampling import SamplingParams
+from runtime.sampling import SamplingParams, check
 from runtime.tokenizer import StreamDecoder
 from common.errors import UserError
 
@@ -72,6 +72,11 @@ class Llama:
 
     # -- completions ----------------------------------------------------------------------------------------------
     def _params(self, temperature, top_k, top_p, min_p, repeat_penalty, seed) -> SamplingParams:
+        """Checked against sampling.RANGES under the argument names (UserError naming the first one out of range)."""
+        for field, name, value in (("temp", "temperature", temperature), ("top_k", "top_k", top_k),
+                                   ("top_p", "top_p", top_p), ("min_p", "min_p", min_p),
+                                   ("repeat_penalty", "repeat_penalty", repeat_penalty)):
+            check(field, value, name)
         return SamplingParams(temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                               seed=self.seed if seed is None else seed)
 
@@ -100,9 +105,7 @@ class Llama:
 
     def _run(self, kind: str, prompt_tokens: list[int], max_tokens, stop, stream: bool, sampling: dict):
         """Shared by both completion kinds: generate, then shape the result as OpenAI does (`kind` = text or chat)."""
-        params = SamplingParams(temp=sampling["temperature"], top_k=sampling["top_k"], top_p=sampling["top_p"],
-                                min_p=sampling["min_p"], repeat_penalty=sampling["repeat_penalty"],
-                                seed=self.seed if sampling["seed"] is None else sampling["seed"])
+        params = self._params(**sampling)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         if kind == "chat":
             stop += list(self.chat.stop)

@@ -13,7 +13,7 @@ from runtime.arch import build
 from runtime.model import Model
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import Tokenizer
-from common.errors import UserError
+from common.errors import DamagedModel, UserError
 
 
 def _peak_rss_mib() -> float:
@@ -122,7 +122,10 @@ class Session:
                 logits = logits.copy()
                 for t in self.tokenizer.eog_ids:
                     logits[t] = -np.inf
-            token = sampler.sample(logits, self.tokens)
+            try:
+                token = sampler.sample(logits, self.tokens)
+            except DamagedModel as e:
+                raise DamagedModel(f"{self.model.path.name}: {e}") from None
             self.timings.sample_ms += (time.perf_counter() - t0) * 1000.0
             self.timings.n_sample += 1
             if not ignore_eos and token in self.tokenizer.eog_ids:

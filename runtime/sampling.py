@@ -1,11 +1,67 @@
 """Token sampling in llama.cpp's default chain order: repetition penalty → top-k → top-p → min-p → temperature →
-random draw. `temp <= 0` is greedy. A seed makes the draws reproducible."""
+random draw. `temp <= 0` is greedy. A seed makes the draws reproducible.
+
+Sampling is total: every setting is checked against `RANGES` (the one definition of what each accepts, also used by
+the command line, the Python API and the server's request schemas), and any setting in range gives a token:
+- a temperature so small that logits/temp overflows (1e-310) samples the limit of the distribution as temp → 0,
+  i.e. greedily (the largest logit; ties shared), because the logits are scaled after the largest is subtracted;
+- a penalty so small or so large that the penalized logits overflow clamps them to the largest (or lowest) finite
+  float: with a tiny penalty a repeated token with a positive logit wins, as at the limit, with a huge one it loses;
+- logits that are NaN or +inf, or that leave every token masked (-inf), come from a damaged model: `DamagedModel`
+  (llama.cpp would sample garbage from them; we refuse, naming the model)."""
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from dataclasses import dataclass
 
 import numpy as np
+
+from common.errors import DamagedModel, UserError
+
+_FLOAT_MAX = np.finfo(np.float64).max
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a sampling setting accepts: a finite number (a whole one when `whole`) from `low` (excluded when
+    `low_open`) to `high`."""
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    whole: bool = False
+
+    def describe(self) -> str:
+        low = f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        high = f" and <= {self.high:g}" if self.high < math.inf else ""
+        return f"{'an integer' if self.whole else 'a finite number'} {low}{high}"
+
+    def contains(self, value) -> bool:
+        kind = numbers.Integral if self.whole else numbers.Real
+        return (isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+                and (value > self.low if self.low_open else value >= self.low) and value <= self.high)
+
+    def bounds(self) -> dict:
+        """The same range as pydantic Field constraints (finiteness: the schema's allow_inf_nan=False)."""
+        return {"gt" if self.low_open else "ge": self.low, **({"le": self.high} if self.high < math.inf else {})}
+
+
+# SamplingParams field → what it accepts
+RANGES: dict[str, Range] = {
+    "temp": Range(0.0),                           # 0 = greedy
+    "top_k": Range(0, whole=True),                # 0 = off
+    "top_p": Range(0.0, 1.0),                     # 1 = off
+    "min_p": Range(0.0, 1.0),                     # 0 = off
+    "repeat_penalty": Range(0.0, low_open=True),  # 1 = off
+    "repeat_last_n": Range(-1, whole=True),       # -1 = the whole context, 0 = off
+}
+
+
+def check(field: str, value, name: str | None = None) -> None:
+    """UserError unless `value` is in RANGES[field]; the message calls the setting `name` (a flag, a JSON field)."""
+    if not RANGES[field].contains(value):
+        raise UserError(f"{name or field} must be {RANGES[field].describe()}, got {value!r}")
 
 
 @dataclass
@@ -18,6 +74,10 @@ class SamplingParams:
     repeat_last_n: int = 64
     seed: int = -1  # -1: random
 
+    def __post_init__(self):
+        for field in RANGES:
+            check(field, getattr(self, field))
+
 
 class Sampler:
     def __init__(self, params: SamplingParams):
@@ -29,11 +89,11 @@ class Sampler:
     def sample(self, logits: np.ndarray, history: list[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
+        _check_logits(logits)
         if p.repeat_penalty != 1.0 and p.repeat_last_n != 0 and history:
             recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history
             ids = np.unique(np.asarray(recent, dtype=np.int64))
-            vals = logits[ids]
-            logits[ids] = np.where(vals > 0, vals / p.repeat_penalty, vals * p.repeat_penalty)
+            logits[ids] = _penalized(logits[ids], p.repeat_penalty)
         if p.temp <= 0:
             return int(np.argmax(logits))
         ids = np.arange(logits.size)
@@ -50,10 +110,30 @@ class Sampler:
             probs = _softmax(logits)
             keep = probs >= p.min_p * probs[0]
             ids, logits = ids[keep], logits[keep]
-        probs = _softmax(logits / p.temp)
+        probs = _softmax(logits, p.temp)
         return int(ids[self.rng.choice(probs.size, p=probs)])
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
+def _check_logits(logits: np.ndarray) -> None:
+    """-inf marks a masked token; NaN, +inf or nothing left to draw from is the model's fault."""
+    bad = np.isnan(logits) | np.isposinf(logits)
+    if bad.any() or not np.isfinite(logits).any():
+        what = f"{int(bad.sum())} NaN or infinite logit(s)" if bad.any() else "no finite logit"
+        raise DamagedModel(f"the model computed {what} (of {logits.size}): the model file is damaged or its weights "
+                           "overflow")
+
+
+def _penalized(vals: np.ndarray, penalty: float) -> np.ndarray:
+    """llama.cpp's repetition penalty (positive logits divided, negative ones multiplied), clamped to finite floats:
+    an extreme penalty cannot make a logit infinite, and a masked (-inf) token stays masked."""
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.where(vals > 0, vals / penalty, vals * penalty)
+    return np.where(np.isneginf(vals), vals, np.clip(out, -_FLOAT_MAX, _FLOAT_MAX))
+
+
+def _softmax(x: np.ndarray, temp: float = 1.0) -> np.ndarray:
+    """softmax(x / temp), total for any temp > 0 and finite max(x): the scaled differences are <= 0, so exp never
+    overflows; where they underflow to -inf (a subnormal temp) only the largest logits keep any probability."""
+    with np.errstate(over="ignore", under="ignore"):
+        e = np.exp((x - x.max()) / temp)
     return e / e.sum()

@@ -1,6 +1,9 @@
 """The HTTP API on FastAPI: OpenAI's /v1/completions, /v1/chat/completions and /v1/models, llama.cpp's /completion,
 /tokenize, /detokenize and /health. Every error is an OpenAI-style body
-`{"error": {"message", "type", "param", "code"}}`; streaming is Server-Sent Events."""
+`{"error": {"message", "type", "param", "code"}}` (schemas.ErrorResponse) with a status the OpenAPI document
+declares for the route (ERRORS): a request the server cannot take is a 4xx — a body that fails validation is a 400,
+not FastAPI's 422 — and a 5xx is the server's own condition (503: busy; 500: a damaged model, or a bug, logged);
+streaming is Server-Sent Events, where an error after the first event is the last event."""
 from __future__ import annotations
 
 import asyncio
@@ -15,15 +18,15 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.sampling import SamplingParams
 from server.engine import Busy, Engine, GenRequest, GenResult, Ticket
-from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, LlamaCompletionRequest, Message,
-                            OpenAIRequest, Sampling, TokenizeRequest)
-from common.errors import UserError
+from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, LlamaCompletionRequest,
+                            Message, OpenAIRequest, Sampling, TokenizeRequest)
+from common.errors import DamagedModel, UserError
 
 log = logging.getLogger("toolkit.server")
 
@@ -48,8 +51,53 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers)
+def error_json(message: str, type: str, param: str | None = None, code: str | None = None) -> bytes:
+    """ASCII JSON (non-ASCII escaped), so that any message can be sent, even one quoting text that is not Unicode."""
+    return json.dumps(error_body(message, type, param, code)).encode()
+
+
+def error_response(e: ApiError) -> Response:
+    return Response(error_json(e.message, e.type, e.param, e.code), status_code=e.status, headers=e.headers,
+                    media_type="application/json")
+
+
+def model_damaged(e: DamagedModel) -> ApiError:
+    """Not the request's fault: a 500 with its own code, logged as one line (no traceback); the server stays up."""
+    log.error("model damaged: %s", e)
+    return ApiError(500, str(e), "server_error", code="model_damaged")
+
+
+# the statuses each kind of route answers besides 200, as the OpenAPI document states them
+_STATUS_TEXT = {400: "Invalid request: a field fails validation (non-finite number, value out of range, text that is "
+                     "not Unicode, too many or too long stop strings), an unsupported parameter, or a prompt and "
+                     "max_tokens that do not fit the context",
+                401: "Missing or incorrect API key (with --api-key)",
+                404: "The model named is not this server's (with --strict-model)",
+                500: "The model is damaged (it computed NaN or infinite logits): code model_damaged",
+                503: "Every slot is generating and the queue is full: retry later (Retry-After)"}
+
+
+def _errors(*statuses: int) -> dict:
+    return {s: {"model": ErrorResponse, "description": _STATUS_TEXT[s]} for s in statuses}
+
+
+ERRORS = {"models": _errors(401), "openai": _errors(400, 401, 404, 500, 503), "llama": _errors(400, 401, 500, 503),
+          "tokens": _errors(400, 401)}
+_UNION_TAGS = {"str", "int", "float", "bool", "none"}
+
+
+def validation_param(loc) -> str | None:
+    """The field a validation error is about as a dotted path (`messages.0.content`): without FastAPI's `body` and
+    pydantic's union-branch tags (`str`, `list[int]`, `function-before[...]`)."""
+    parts = [str(p) for p in loc if p != "body" and (isinstance(p, int) or p.isidentifier() and p not in _UNION_TAGS)]
+    return ".".join(parts) or None
+
+
+def _telling(error: dict) -> tuple:
+    """Of the errors pydantic reports for a union (one per branch), the one that says the most: a value wrong for
+    the branch it fits (too long, not Unicode, out of range) before a type mismatch (`string_type`: another
+    branch), then the branch that got deepest."""
+    return not error.get("type", "").endswith("_type"), len(error.get("loc", ()))
 
 
 def sse(obj) -> bytes:
@@ -168,12 +216,11 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
         errs = e.errors()
-        first = errs[0] if errs else {"msg": "invalid request", "loc": ()}
+        first = max(errs, key=_telling, default={"msg": "invalid request", "loc": ()})
         if first.get("type") == "json_invalid":
             return error_response(ApiError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', '')}"
                                            .rstrip(": "), code="json_invalid"))
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
+        param = validation_param(first.get("loc", ()))
         if param is None and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
             return error_response(ApiError(400, "the request body must be a JSON object", code="invalid_value"))
         msg = f"{param}: {first['msg']}" if param else first["msg"]
@@ -190,7 +237,22 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
     @app.exception_handler(Exception)
     async def _bug(request, e: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
+
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document without the 422 it adds to every route with a body: validation errors are 400s
+        (declared per route through ERRORS)."""
+        doc = fastapi_openapi()
+        for operations in doc.get("paths", {}).values():
+            for op in operations.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        return doc
+
+    app.openapi = openapi
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def check_model(body: OpenAIRequest) -> None:
@@ -266,15 +328,23 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                         yield sse(c)
             if shape.done_marker:
                 yield sse(b"[DONE]")
-        except UserError as e:  # headers are sent: the error becomes the last event
-            yield sse(error_body(str(e), "invalid_request_error"))
-        except Exception as e:  # noqa: BLE001 — a bug, reported in the stream and the log
-            log.exception("internal error while streaming %s", request.url.path)
-            yield sse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"))
+        except Exception as e:  # noqa: BLE001 — headers are sent: the error becomes the last event
+            a = stream_error(request, e)
+            request.state.failed = a.code or a.type
+            yield sse(error_json(a.message, a.type, code=a.code))
         finally:
-            if getattr(request.state, "result", None) is None:
+            if getattr(request.state, "result", None) is None and not getattr(request.state, "failed", None):
                 request.state.cancelled = True
             ticket.close()
+
+    def stream_error(request: Request, e: Exception) -> ApiError:
+        """What a non-streamed request would have answered (a bug is logged with its traceback)."""
+        if isinstance(e, DamagedModel):
+            return model_damaged(e)
+        if isinstance(e, UserError):
+            return ApiError(400, str(e))
+        log.exception("internal error while streaming %s", request.url.path)
+        return ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error")
 
     async def _until_done_or_gone(request: Request, ticket: Ticket, req: GenRequest):
         """The whole generation; stopped early (and nothing answered) when the client disconnects meanwhile."""
@@ -297,6 +367,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
             raise ApiError(499, "client disconnected", code="client_closed_request")
         try:
             return work.result()
+        except DamagedModel as e:
+            raise model_damaged(e) from None
         except UserError as e:
             raise ApiError(400, str(e)) from None
 
@@ -333,7 +405,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         return {"status": "ok", "slots_idle": len(engine.slots) - engine.n_processing,
                 "slots_processing": engine.n_processing, "requests_waiting": engine.n_waiting}
 
-    @app.get("/v1/models", summary="The served model")
+    @app.get("/v1/models", summary="The served model", responses=ERRORS["models"])
     async def models():
         hp = engine.hp
         return {"object": "list", "data": [{
@@ -343,7 +415,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                      "n_ctx_train": hp.n_ctx_train, "n_embd": hp.n_embd, "n_layer": hp.n_layer,
                      "n_slots": len(engine.slots)}}]}
 
-    @app.post("/v1/completions", summary="OpenAI text completion (stream: Server-Sent Events)")
+    @app.post("/v1/completions", summary="OpenAI text completion (stream: Server-Sent Events)",
+              responses=ERRORS["openai"])
     async def completions(body: CompletionRequest, request: Request):
         check_model(body)
         check_supported(body)
@@ -354,7 +427,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await generate(request, req, Shape(cfg.name, "text", include_usage), body.stream)
 
-    @app.post("/v1/chat/completions", summary="OpenAI chat completion through the model's chat template")
+    @app.post("/v1/chat/completions", summary="OpenAI chat completion through the model's chat template",
+              responses=ERRORS["openai"])
     async def chat_completions(body: ChatRequest, request: Request):
         check_model(body)
         check_supported(body)
@@ -366,7 +440,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return await generate(request, req, Shape(cfg.name, "chat", include_usage), body.stream)
 
-    @app.post("/completion", summary="llama.cpp's native completion")
+    @app.post("/completion", summary="llama.cpp's native completion", responses=ERRORS["llama"])
     async def completion(body: LlamaCompletionRequest, request: Request):
         if isinstance(body.prompt, str):
             tokens, text = await user_input(engine.prompt, body.prompt), body.prompt
@@ -379,7 +453,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         seed = body.seed if body.seed >= 0 else cfg.seed
         return await generate(request, req, LlamaShape(cfg.name, body, text, engine.n_ctx, seed), body.stream)
 
-    @app.post("/tokenize", summary="Text to token ids (llama.cpp)")
+    @app.post("/tokenize", summary="Text to token ids (llama.cpp)", responses=ERRORS["tokens"])
     async def tokenize(body: TokenizeRequest):
         tokens = await user_input(engine.tokenize, body.content, body.add_special, body.parse_special)
         if body.with_pieces:
@@ -395,7 +469,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
             return {"tokens": pieces}
         return {"tokens": tokens}
 
-    @app.post("/detokenize", summary="Token ids to text (llama.cpp)")
+    @app.post("/detokenize", summary="Token ids to text (llama.cpp)", responses=ERRORS["tokens"])
     async def detokenize(body: DetokenizeRequest):
         bad = [t for t in body.tokens if not 0 <= t < engine.hp.n_vocab]
         if bad:
@@ -438,14 +512,14 @@ class AuthMiddleware:
         if hmac.compare_digest(given, self.expected):
             return await self.app(scope, receive, send)
         msg = "missing API key: send Authorization: Bearer KEY" if not given else "incorrect API key"
-        response = JSONResponse(error_body(msg, "invalid_request_error", code="invalid_api_key"), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+        response = error_response(ApiError(401, msg, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
         await response(scope, receive, send)
 
 
 class AccessLogMiddleware:
     """One line per request once its response has ended: client, request line, status, seconds, and for
-    generations the prompt and generated token counts and the generation speed."""
+    generations the prompt and generated token counts and the generation speed. An exception that escapes the app
+    is answered 500 by Starlette's outermost middleware, so it is logged as 500."""
 
     def __init__(self, app):
         self.app = app
@@ -462,6 +536,9 @@ class AccessLogMiddleware:
             await send(message)
         try:
             await self.app(scope, receive, send_status)
+        except Exception:
+            status[0] = status[0] or 500
+            raise
         finally:
             client = scope.get("client") or ("-", 0)
             line = (f'{client[0]}:{client[1]} "{scope["method"]} {scope["path"]}" {status[0] or "-"} '
@@ -470,6 +547,8 @@ class AccessLogMiddleware:
             if r is not None:
                 line += (f" prompt {r.n_prompt} tok, generated {r.n_predicted} tok, {r.tokens_per_second:.1f} tok/s"
                          f", {r.stop_type}")
+            elif state.get("failed"):
+                line += f" prompt {state.get('n_prompt', 0)} tok, failed while streaming: {state['failed']}"
             elif state.get("cancelled"):
                 line += f" prompt {state.get('n_prompt', 0)} tok, cancelled (client gone)"
             log.info(line)

@@ -1,31 +1,60 @@
 """Request bodies: OpenAI's (/v1/completions, /v1/chat/completions) and llama.cpp's native ones (/completion,
-/tokenize, /detokenize). Unknown fields are ignored, as both servers do; fields we do not implement are declared so
-that a request that relies on them is refused (see `unsupported`) instead of silently answered otherwise."""
+/tokenize, /detokenize), and the one error body. Unknown fields are ignored, as both servers do; fields we do not
+implement are declared so that a request that relies on them is refused (see `unsupported`) instead of silently
+answered otherwise.
+
+Validation refuses, with a 400 naming the field (never a 500 later on):
+- non-finite numbers (`1e309`, `Infinity`, `NaN`) in every float field (`allow_inf_nan=False`);
+- sampling settings outside `runtime.sampling.RANGES` (the one definition, shared with `toolkit run` and the API);
+- text with a lone surrogate (`"a\\ud800b"`, valid JSON but not Unicode text): refused rather than replaced, because
+  replacing would silently change what the model is asked (a prompt, a stop string);
+- more than MAX_STOP stop strings, or one longer than MAX_STOP_CHARS characters (each generated token is checked
+  against every stop string, so these bound the work a request can ask for per token; OpenAI allows 4 strings)."""
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from runtime.sampling import RANGES, SamplingParams
 
 # `toolkit run`'s defaults, so that a request without sampling fields samples as `toolkit run` does
-TEMPERATURE, TOP_K, TOP_P, MIN_P, REPEAT_PENALTY, REPEAT_LAST_N = 0.8, 40, 0.95, 0.05, 1.0, 64
+RUN = SamplingParams()
+MAX_STOP, MAX_STOP_CHARS = 16, 256
 
-Stop = Union[str, list[str], None]
+
+def _unicode(value):
+    """Before pydantic's own str checks, which would call the same fault 'unable to parse raw data'."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PydanticCustomError("lone_surrogate", "text must be valid Unicode: lone surrogate U+{code} at "
+                                      "character {at}", {"code": f"{ord(value[e.start]):04X}", "at": e.start}) from None
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_unicode)]
+StopText = Annotated[str, Field(max_length=MAX_STOP_CHARS), BeforeValidator(_unicode)]
+StopList = Annotated[list[StopText], Field(max_length=MAX_STOP)]
+Stop = Union[StopText, StopList, None]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Sampling(Body):
-    temperature: float = Field(TEMPERATURE, ge=0.0, description="0 = greedy")
-    top_p: float = Field(TOP_P, ge=0.0, le=1.0)
-    top_k: int = Field(TOP_K, ge=0, description="0 = off")
-    min_p: float = Field(MIN_P, ge=0.0, le=1.0)
-    repeat_penalty: float = Field(REPEAT_PENALTY, gt=0.0, description="1.0 = off")
-    repeat_last_n: int = Field(REPEAT_LAST_N, ge=-1)
+    temperature: float = Field(RUN.temp, **RANGES["temp"].bounds(), description="0 = greedy")
+    top_p: float = Field(RUN.top_p, **RANGES["top_p"].bounds())
+    top_k: int = Field(RUN.top_k, **RANGES["top_k"].bounds(), description="0 = off")
+    min_p: float = Field(RUN.min_p, **RANGES["min_p"].bounds())
+    repeat_penalty: float = Field(RUN.repeat_penalty, **RANGES["repeat_penalty"].bounds(), description="1.0 = off")
+    repeat_last_n: int = Field(RUN.repeat_last_n, **RANGES["repeat_last_n"].bounds())
     seed: int | None = Field(None, description="none or -1: the server's seed (random unless --seed)")
-    stop: Stop = Field(None, description="a string or a list of strings that end the generation")
+    stop: Stop = Field(None, description=f"a string or a list of strings that end the generation (at most {MAX_STOP}"
+                       f" of at most {MAX_STOP_CHARS} characters)")
 
 
 class StreamOptions(Body):
@@ -33,7 +62,7 @@ class StreamOptions(Body):
 
 
 class OpenAIRequest(Sampling):
-    model: str | None = Field(None, description="the served model's name (any name unless --strict-model)")
+    model: Text | None = Field(None, description="the served model's name (any name unless --strict-model)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, description="only 1 is supported")
@@ -58,14 +87,14 @@ class OpenAIRequest(Sampling):
         return None
 
 
-Prompt = Union[str, list[int], list[str], list[list[int]]]
+Prompt = Union[Text, list[Text], list[int], list[list[int]]]
 
 
 class CompletionRequest(OpenAIRequest):
     prompt: Prompt = Field("", description="text or token ids (one prompt)")
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate; null: until the context is full")
     echo: bool = False
-    suffix: str | None = None
+    suffix: Text | None = None
     best_of: int | None = None
 
     def unsupported(self) -> str | None:
@@ -79,13 +108,13 @@ class CompletionRequest(OpenAIRequest):
 
 
 class ContentPart(Body):
-    type: str
-    text: str | None = None
+    type: Text
+    text: Text | None = None
 
 
 class Message(Body):
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
 
 class ChatRequest(OpenAIRequest):
@@ -96,16 +125,16 @@ class ChatRequest(OpenAIRequest):
 
 class LlamaCompletionRequest(Sampling):
     """llama.cpp's /completion."""
-    prompt: str | list[int] = Field(..., description="text or token ids")
+    prompt: Text | list[int] = Field(..., description="text or token ids")
     n_predict: int = Field(-1, ge=-1, description="tokens to generate; -1: until the context is full")
-    stop: list[str] = Field(default_factory=list)
+    stop: StopList = Field(default_factory=list)
     seed: int = -1
     stream: bool = False
     ignore_eos: bool = False
 
 
 class TokenizeRequest(Body):
-    content: str
+    content: Text
     add_special: bool = Field(False, description="add BOS as the model does")
     parse_special: bool = Field(True, description="special tokens written as text become their ids")
     with_pieces: bool = False
@@ -113,3 +142,15 @@ class TokenizeRequest(Body):
 
 class DetokenizeRequest(Body):
     tokens: list[int]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, not_found_error or server_error")
+    param: str | None = Field(None, description="the request field at fault, as a dotted path")
+    code: str | None = Field(None, description="e.g. invalid_value, context_length_exceeded, queue_full")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the server answers, in OpenAI's shape."""
+    error: ErrorDetail

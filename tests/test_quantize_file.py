@@ -201,3 +201,26 @@ def test_write_failure_leaves_nothing(f16_models, tmp_path):
                        capture_output=True, text=True, cwd=REPO, preexec_fn=limit)
     assert p.returncode == 1 and "File too large" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert list(out.iterdir()) == []
+
+
+def test_file_without_tensors_is_refused_before_any_output(tmp_path):
+    """Issue 18: a GGUF with 0 tensors used to be renamed into place, then fail in the summary (ZeroDivisionError)."""
+    from gguf import GGUFValueType
+    from common.ggufio import KV, encode_header
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(encode_header([KV("general.architecture", GGUFValueType.STRING, "llama")], []))
+    _fails([empty, tmp_path / "out.gguf", "Q8_0"], "has no tensors: nothing to quantize", tmp_path)
+    _fails([empty, "Q8_0"], "has no tensors", tmp_path)  # the default output name is not taken either
+
+
+def test_output_appears_only_after_the_report(f16_models, tmp_path):
+    """The summary runs before the rename: when it fails, no output is left behind."""
+    out = tmp_path / "q.gguf"
+
+    def report(r):
+        assert r.bpw_out < r.bpw_in and not out.exists()
+        raise RuntimeError("summary failed")
+    with pytest.raises(RuntimeError, match="summary failed"):
+        quantize_file(f16_models["llama256"], out, parse_file_type("Q8_0"), nthreads=2, info=lambda m: None,
+                      report=report)
+    assert list(tmp_path.iterdir()) == []

@@ -222,7 +222,7 @@ def test_errors(files, tmp_path):
         (["-m", tmp_path / "missing.gguf", "-p", "x"], "does not exist"),
         (["-m", path, "-p", "word " * 600, "-c", "64"], "prompt is too long"),
         (["-m", path, "-p", "x", "-c", "0"], "-c must be at least 1"),
-        (["-m", path, "-p", "x", "--top-p", "2"], "--top-p and --min-p must be in [0, 1]"),
+        (["-m", path, "-p", "x", "--top-p", "2"], "--top-p must be a finite number >= 0 and <= 1, got 2.0"),
     ]:
         p = run_toolkit("run", *args)
         assert p.returncode != 0 and "Traceback" not in p.stderr and text in p.stderr, p.stderr

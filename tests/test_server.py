@@ -15,9 +15,11 @@ import sys
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
+from common.ggufio import GGUFFile
 from converter.convert import convert_model
 from tests.helpers import REPO, TOOLKIT
 
@@ -83,13 +85,11 @@ class Server:
         return r.json()
 
 
-@pytest.fixture(scope="module")
-def server(model, tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
+def _serve(model, log_path, *args) -> Server:
+    """`toolkit serve` on a free port, once it accepts connections."""
     with open(log_path, "w") as err:
-        proc = subprocess.Popen([*TOOLKIT, "serve", "-m", str(model), "--port", "0", "-c", str(N_CTX), "-t", "1",
-                                 "--parallel", "2", "--queue", "3", "--api-key", KEY, "--alias", NAME,
-                                 "--strict-model"], stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        proc = subprocess.Popen([*TOOLKIT, "serve", "-m", str(model), "--port", "0", "-t", "1", *map(str, args)],
+                                stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
     url = None
     deadline = time.monotonic() + 60
     while url is None and time.monotonic() < deadline:
@@ -101,14 +101,26 @@ def server(model, tmp_path_factory):
     assert url, log_path.read_text()
     srv = Server(proc, url, log_path)
     assert srv.health()["status"] == "ok"
-    yield srv
-    proc.send_signal(signal.SIGINT)
+    return srv
+
+
+def _stop(srv: Server) -> None:
+    """Ctrl-C: exit 0, and no traceback or internal error logged on the way."""
+    srv.proc.send_signal(signal.SIGINT)
     try:
-        assert proc.wait(timeout=20) == 0, srv.log()
+        assert srv.proc.wait(timeout=20) == 0, srv.log()
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if srv.proc.poll() is None:
+            srv.proc.kill()
     assert "Traceback" not in srv.log() and "internal error" not in srv.log(), srv.log()
+
+
+@pytest.fixture(scope="module")
+def server(model, tmp_path_factory):
+    srv = _serve(model, tmp_path_factory.mktemp("serve-log") / "stderr.txt", "-c", N_CTX, "--parallel", 2,
+                 "--queue", 3, "--api-key", KEY, "--alias", NAME, "--strict-model")
+    yield srv
+    _stop(srv)
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +290,14 @@ BAD = [
 ]
 
 
+@pytest.fixture(scope="module")
+def openapi(server) -> dict:
+    with server.client() as c:
+        return c.get("/openapi.json").json()
+
+
 @pytest.mark.parametrize("route,body,status,code", BAD, ids=[f"{i}-{b[0]}" for i, b in enumerate(BAD)])
-def test_bad_requests(server, route, body, status, code):
+def test_bad_requests(server, openapi, route, body, status, code):
     with server.client() as c:
         r = c.post(route, content=body) if isinstance(body, bytes) else c.post(route, json=body)
         assert r.status_code == status, r.text
@@ -288,7 +306,142 @@ def test_bad_requests(server, route, body, status, code):
         assert isinstance(err["message"], str) and err["message"] and err["type"]
         if code:
             assert err["code"] == code, err
+    if route in openapi["paths"]:  # the status is one the OpenAPI document states for the route
+        assert str(status) in openapi["paths"][route]["post"]["responses"], (route, status)
     assert server.health() == {"status": "ok", "slots_idle": 2, "slots_processing": 0, "requests_waiting": 0}
+
+
+# issue 18: each of these answered 500 (a lone surrogate: UnicodeEncodeError; a non-finite number: the echoed
+# generation_settings could not be serialized) or held a slot (100 stop strings of 10,000 characters); now a 400
+# naming the field
+SURROGATE = "a\ud800b"
+CHAT_HI = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+REJECTED = [
+    ("/completion", {"prompt": SURROGATE}, "prompt", "lone surrogate U+D800 at character 1"),
+    ("/completion", {"prompt": "hi", "stop": ["ok", SURROGATE]}, "stop.1", "lone surrogate"),
+    ("/v1/completions", {"model": NAME, "prompt": SURROGATE}, "prompt", "lone surrogate"),
+    ("/v1/completions", {"model": NAME, "prompt": [SURROGATE]}, "prompt.0", "lone surrogate"),
+    ("/v1/completions", {"model": NAME, "prompt": "hi", "stop": SURROGATE}, "stop", "lone surrogate"),
+    ("/v1/chat/completions", {**CHAT_HI, "messages": [{"role": "user", "content": SURROGATE}]},
+     "messages.0.content", "lone surrogate"),
+    ("/v1/chat/completions", {**CHAT_HI, "messages": [{"role": "user", "content": [{"type": "text",
+                                                                                    "text": SURROGATE}]}]},
+     "messages.0.content.0.text", "lone surrogate"),
+    ("/v1/chat/completions", {**CHAT_HI, "model": SURROGATE}, "model", "lone surrogate"),
+    ("/tokenize", {"content": SURROGATE}, "content", "lone surrogate"),
+    ("/completion", b'{"prompt": "hi", "temperature": 1e309}', "temperature", "finite number"),
+    ("/completion", b'{"prompt": "hi", "repeat_penalty": Infinity}', "repeat_penalty", "finite number"),
+    ("/completion", b'{"prompt": "hi", "top_p": NaN}', "top_p", "finite number"),
+    ("/v1/completions", b'{"prompt": "hi", "temperature": -Infinity}', "temperature", "finite number"),
+    ("/v1/completions", b'{"prompt": "hi", "frequency_penalty": NaN}', "frequency_penalty", "finite number"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "min_p": 1e999}', "min_p",
+     "finite number"),
+    ("/completion", {"prompt": "hi", "repeat_penalty": 0}, "repeat_penalty", "greater than 0"),
+    ("/completion", {"prompt": "hi", "stop": ["x"] * 17}, "stop", "at most 16 items"),
+    ("/completion", {"prompt": "hi", "stop": ["x" * 257]}, "stop.0", "at most 256 characters"),
+    ("/v1/completions", {"model": NAME, "prompt": "hi", "stop": "x" * 257}, "stop", "at most 256 characters"),
+    ("/v1/chat/completions", {**CHAT_HI, "stop": ["x" * 10000] * 100}, "stop", "at most 16 items"),
+]
+
+
+@pytest.mark.parametrize("route,body,param,text", REJECTED, ids=[f"{i}-{r[2]}" for i, r in enumerate(REJECTED)])
+def test_rejected_fields(server, route, body, param, text):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()  # \ud800 as a JSON escape
+    with server.client() as c:
+        r = c.post(route, content=raw)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["code"] == "invalid_value" and err["type"] == "invalid_request_error", err
+    assert err["message"].startswith(f"{param}: ") and text in err["message"], err
+    _log_line(server, f'"POST {route}" 400')
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 1e-310}, {"temperature": 5e-324},
+                                      {"repeat_penalty": 1e-320, "top_k": 0, "top_p": 1.0, "min_p": 0.0}])
+def test_extreme_sampling_settings(server, expected, settings):
+    """Issue 18: these answered 500 ("Probabilities contain NaN", a zero-size reduction). A subnormal temperature
+    samples at its limit, greedily; a subnormal penalty makes the repeated tokens win (and the text differs)."""
+    with server.client() as c:
+        r = c.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "seed": SEED, **settings})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tokens_predicted"] == 48
+    assert (body["content"] == expected["greedy48"]) == ("temperature" in settings), body["content"]
+
+
+def test_openapi_states_the_statuses(openapi):
+    """Validation errors are 400s in the document too (FastAPI's default says 422), in the one error shape."""
+    assert "422" not in json.dumps({p: {m: op["responses"] for m, op in ops.items()}
+                                    for p, ops in openapi["paths"].items()})
+    assert "HTTPValidationError" not in openapi["components"]["schemas"]
+    for route in ("/v1/completions", "/v1/chat/completions", "/completion", "/tokenize", "/detokenize"):
+        responses = openapi["paths"][route]["post"]["responses"]
+        assert {"200", "400", "401"} <= set(responses), (route, responses)
+        assert responses["400"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"}
+    assert openapi["components"]["schemas"]["ErrorResponse"]["properties"]["error"] == {
+        "$ref": "#/components/schemas/ErrorDetail"}
+    temperature = openapi["components"]["schemas"]["LlamaCompletionRequest"]["properties"]["temperature"]
+    assert temperature["minimum"] == 0
+
+
+# -- a damaged model: the server's fault, answered without a traceback, and the server stays up ------------------------
+@pytest.fixture(scope="module")
+def damaged_server(model, tmp_path_factory):
+    """The model with output_norm.weight all NaN: every logit is NaN."""
+    root = tmp_path_factory.mktemp("damaged")
+    path = root / "damaged.gguf"
+    path.write_bytes(model.read_bytes())
+    with GGUFFile(path) as g:
+        entry = next(e for e in g.tensors if e.info.name == "output_norm.weight")
+    with open(path, "r+b") as f:
+        f.seek(entry.offset)
+        f.write(np.full(entry.info.nbytes // 4, np.nan, np.float32).tobytes())
+    srv = _serve(path, root / "stderr.txt", "-c", 256)
+    yield srv
+    _stop(srv)
+
+
+def test_damaged_model(damaged_server, openapi):
+    srv = damaged_server
+    message = "damaged.gguf: the model computed 512 NaN or infinite logit(s) (of 512): the model file is damaged"
+    with srv.client(None) as c:
+        r = c.post("/completion", json={"prompt": PROMPT, "n_predict": 4})
+        assert r.status_code == 500 and "500" in openapi["paths"]["/completion"]["post"]["responses"]
+        err = r.json()["error"]
+        assert err["code"] == "model_damaged" and err["type"] == "server_error" and err["message"].startswith(message)
+        with c.stream("POST", "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                            "stream": True}) as s:
+            events = sse_events(s.iter_lines())  # headers went out before the first token: the error is an event
+        assert json.loads(events[-1])["error"]["code"] == "model_damaged", events
+    assert srv.health()["slots_processing"] == 0
+    _log_line(srv, '"POST /completion" 500')
+    _log_line(srv, '"POST /v1/chat/completions" 200', "failed while streaming: model_damaged")
+    assert srv.log().count("model damaged: " + message) == 2
+
+
+def test_access_log_shows_the_500_of_a_bug():
+    """An exception that escapes the app is answered 500 by Starlette's outermost middleware: logged as 500, not -."""
+    import logging
+    from server.app import AccessLogMiddleware
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("a bug")
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    log = logging.getLogger("toolkit.server")
+    log.addHandler(handler)
+    level, log.level = log.level, logging.INFO
+    try:
+        with pytest.raises(RuntimeError):
+            asyncio.run(AccessLogMiddleware(broken)({"type": "http", "method": "POST", "path": "/completion",
+                                                     "client": ("10.0.0.1", 5)}, None, None))
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    assert len(lines) == 1 and lines[0].startswith('10.0.0.1:5 "POST /completion" 500 '), lines
 
 
 # -- load, queue, disconnects -----------------------------------------------------------------------------------------

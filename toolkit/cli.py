@@ -94,8 +94,10 @@ def quantize(
         result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
                                dry_run=dry_run, progress=TensorProgress("quantizing"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True),
-                               warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True))
-        _print_quantize_summary(result, dry_run)
+                               warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True),
+                               report=lambda r: _print_quantize_summary(r, dry_run))
+        if not dry_run:
+            console.print(f"wrote {result.path}", markup=False, soft_wrap=True)
 
 
 def _quantize_positionals(args: list[str]):
@@ -136,6 +138,7 @@ def _print_types() -> None:
 
 
 def _print_quantize_summary(r, dry_run: bool) -> None:
+    """Printed before the output is renamed into place (quantize_file's `report`)."""
     from rich.table import Table
 
     if dry_run:
@@ -143,15 +146,13 @@ def _print_quantize_summary(r, dry_run: bool) -> None:
         for c in r.choices:
             t.add_row(c.name, str(list(reversed(c.shape))), c.src_type.name, c.dst_type.name, "")
         Console().print(t)
-    bpw_in, bpw_out = 8 * r.size_in / r.n_params, 8 * r.size_out / r.n_params
-    console.print(f"model size  = {r.size_in / 2**20:10.2f} MiB ({bpw_in:.2f} BPW)", markup=False)
-    console.print(f"quant size  = {r.size_out / 2**20:10.2f} MiB ({bpw_out:.2f} BPW)", markup=False)
+    console.print(f"model size  = {r.size_in / 2**20:10.2f} MiB ({r.bpw_in:.2f} BPW)", markup=False)
+    console.print(f"quant size  = {r.size_out / 2**20:10.2f} MiB ({r.bpw_out:.2f} BPW)", markup=False)
     if r.n_fallback:
         console.print(f"WARNING: {r.n_fallback} of {len(r.choices)} tensor(s) required fallback quantization",
                       markup=False)
     if not dry_run:
         console.print(f"quantize time = {r.seconds * 1000:10.2f} ms", markup=False)
-        console.print(f"wrote {r.path}", markup=False, soft_wrap=True)
 
 
 @app.command(no_args_is_help=True, context_settings={"ignore_unknown_options": False})
@@ -184,8 +185,8 @@ def run(
     verbose: bool = VERBOSE,
 ) -> None:
     """Generate text with a GGUF model, like llama.cpp's main."""
+    from runtime import sampling
     from runtime.main import RunOptions, Runner
-    from runtime.sampling import SamplingParams
     from common.errors import UserError
 
     setup_logging(verbose)
@@ -194,18 +195,20 @@ def run(
             if not file.is_file():
                 raise UserError(f"prompt file {file} does not exist")
             prompt = file.read_text(encoding="utf-8")
-        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("--top-k", top_k, 0)):
+        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1)):
             if value < low:
                 raise UserError(f"{name} must be at least {low}, got {value}")
         if threads is not None and threads < 1:
             raise UserError(f"-t must be at least 1, got {threads}")
-        if not 0.0 <= top_p <= 1.0 or not 0.0 <= min_p <= 1.0 or temp < 0 or repeat_penalty <= 0:
-            raise UserError("--top-p and --min-p must be in [0, 1], --temp >= 0, --repeat-penalty > 0")
+        for flag, field, value in (("--temp", "temp", temp), ("--top-k", "top_k", top_k), ("--top-p", "top_p", top_p),
+                                   ("--min-p", "min_p", min_p), ("--repeat-penalty", "repeat_penalty", repeat_penalty),
+                                   ("--repeat-last-n", "repeat_last_n", repeat_last_n)):
+            sampling.check(field, value, flag)
         if cache_type not in ("f16", "f32"):
             raise UserError(f"--cache-type must be f16 or f32, got {cache_type!r}")
+        params = sampling.SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
         opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
-                          n_threads=threads, cache_type=cache_type, verbose=verbose, sampling=SamplingParams(temp, top_k, top_p, min_p, repeat_penalty,
-                                                                     repeat_last_n, seed),
+                          n_threads=threads, cache_type=cache_type, verbose=verbose, sampling=params,
                           ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
                           interactive=interactive, chat=instruct or conversation,
                           reverse_prompts=list(reverse_prompt or []), chat_template=chat_template)
