@@ -1,6 +1,6 @@
 """Runtime tokenizer built from GGUF metadata alone, token-for-token equal to llama.cpp's tokenizer.
 
-Four vocabulary kinds (``tokenizer.ggml.model``) are supported:
+Five vocabulary kinds (``tokenizer.ggml.model``) are supported:
 
 * ``"gpt2"``: byte-level BPE. The text is split by the pre-tokenizer regexes of ``tokenizer.ggml.pre`` (applied one
   after the other, each to the pieces of the previous one, as llama.cpp does), every piece is mapped to the GPT-2 byte
@@ -15,22 +15,28 @@ Four vocabulary kinds (``tokenizer.ggml.model``) are supported:
   at whitespace, punctuation and CJK ideographs, and each word, prefixed with ``▁``, is cut into the longest tokens
   from the left; a word that cannot be cut becomes the unknown token. (The GGUF stores word-initial pieces as
   ``▁piece`` and BERT's ``##piece`` continuations as ``piece``.) With ``add_bos`` the ids are framed by [CLS] ... [SEP].
+* ``"t5"``: Unigram (llama.cpp's UGM; T5, XLM-RoBERTa): the text is normalized by SentencePiece's precompiled
+  character map (``tokenizer.ggml.precompiled_charsmap``), spaces become ``▁`` (runs of them merged with
+  ``remove_extra_whitespaces``, one prepended with ``add_space_prefix``), and the tokenization with the highest total
+  token score is found by a Viterbi search; characters no token covers become the unknown token (a run of them one).
 
 Special tokens (control, user-defined, unknown) written in the text are matched first, longest first, and the text is
 split around them (``parse_special``; user-defined tokens are matched even without it, as in llama.cpp).
 
-Only numpy (through the GGUF reader), the ``regex`` module and the standard library are used: importing this module
-never imports torch or transformers.
+Only numpy, the ``regex`` module and the standard library are used: importing this module never imports torch,
+transformers or sentencepiece.
 """
 
 from __future__ import annotations
 
 import codecs
 import heapq
+import sys
 import unicodedata
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import regex
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -307,18 +313,305 @@ class _WordPiece:
         return tuple(ids)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Unigram (tokenizer.ggml.model == "t5"; llama.cpp's UGM)
+# ----------------------------------------------------------------------------------------------------------------------
+_UGM_SPACE = SPM_SPACE.encode()  # spaces are always escaped as ▁ (llama.cpp: escape_whitespaces)
+_UGM_REPLACEMENT = "\ufffd".encode()  # what a byte that starts no valid UTF-8 sequence becomes
+_UGM_UNKNOWN_PENALTY = 10.0  # the unknown token scores this much below the lowest normal token
+_UGM_NO_SCORE = -sys.float_info.max  # a position not reached yet
+_UTF8_LEAD_LEN = (1,) * 12 + (2, 2, 3, 4)  # a sequence's length by its first byte's high nibble, unchecked
+# per character of a text, the tokens the search can take there: (index of the character after it, id, score)
+_Edges = tuple[tuple[tuple[int, int, float], ...], ...]
+
+
+def _utf8_steps(data: bytes) -> list[int]:
+    """The byte offsets llama.cpp's Unigram search moves through: one character on, by its first byte alone (clipped
+    at the end), starting at 0 and ending at len(data)."""
+    bounds = [0]
+    i, n = 0, len(data)
+    while i < n:
+        i = min(i + _UTF8_LEAD_LEN[data[i] >> 4], n)
+        bounds.append(i)
+    return bounds
+
+
+def _utf8_sequence_len(data: bytes, i: int) -> int:
+    """The length of the valid UTF-8 sequence at data[i] (lead byte and continuation bytes checked only, as llama.cpp's
+    unicode_cpt_from_utf8), 0 when there is none."""
+    b = data[i]
+    if b < 0x80:
+        return 1
+    if b < 0xC0 or b >= 0xF8:
+        return 0
+    n = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+    if i + n > len(data) or any(c & 0xC0 != 0x80 for c in data[i + 1:i + n]):
+        return 0
+    return n
+
+
+class _CharsMap:
+    """SentencePiece's precompiled normalization map (``tokenizer.ggml.precompiled_charsmap``): a little-endian uint32
+    blob size, an XOR-compressed compact double array (XCDA) trie over byte strings, then NUL-terminated replacement
+    strings. Each entry packs BASE (bits 10-30, shifted left by 8 when bit 9 is set), the LEAF flag (bit 8) and LCHECK
+    (the byte label, bits 0-7; bit 31 marks an entry holding a replacement offset)."""
+
+    def __init__(self, blob: bytes):
+        if len(blob) < 4:
+            raise ValueError("precompiled_charsmap too small for its size header")
+        size = int.from_bytes(blob[:4], "little")
+        if size + 4 >= len(blob):
+            raise ValueError("precompiled_charsmap: the trie overruns the map")
+        self.nodes: list[int] = np.frombuffer(blob, dtype="<u4", count=size // 4, offset=4).tolist()
+        self.strings = blob[4 + size:]
+        self._replacements: dict[int, bytes] = {}  # by offset, once read
+
+    def longest_match(self, data: bytes, start: int) -> tuple[int, bytes]:
+        """The longest key that data[start:] begins with: (its length in bytes, its replacement); (0, b"") for none.
+        A NUL byte ends the search."""
+        nodes = self.nodes
+        length = offset = 0
+        try:
+            node = nodes[0]
+            index = (node >> 10) << ((node & 0x200) >> 6)  # the root's BASE
+            for pos in range(start, len(data)):
+                c = data[pos]
+                if c == 0:
+                    break
+                index ^= c
+                node = nodes[index]
+                if node & 0x800000FF != c:  # LCHECK: no child labelled c
+                    break
+                index ^= (node >> 10) << ((node & 0x200) >> 6)
+                if node & 0x100:  # LEAF: the node at BASE holds the replacement's offset
+                    length = pos - start + 1
+                    offset = nodes[index] & 0x7FFFFFFF
+        except IndexError:
+            raise ValueError("precompiled_charsmap: trie index out of bounds") from None
+        if not length:
+            return 0, b""
+        return length, self._replacement(offset)
+
+    def _replacement(self, offset: int) -> bytes:
+        got = self._replacements.get(offset)
+        if got is None:
+            end = self.strings.find(b"\0", offset)
+            if offset >= len(self.strings) or end < 0:
+                raise ValueError("precompiled_charsmap: replacement string out of bounds or unterminated")
+            got = self._replacements[offset] = self.strings[offset:end]
+        return got
+
+
+class _Unigram:
+    """llama.cpp's UGM tokenizer (T5, XLM-RoBERTa): SentencePiece normalization, then the Viterbi search for the
+    tokenization with the highest total score.
+
+    Normalization, on the UTF-8 bytes: at each position, a prefix that follows a path of the user-defined token trie
+    is kept as is (llama.cpp keeps the deepest path walked, a whole token or not), else the longest key of the
+    precompiled charsmap is replaced, else one valid UTF-8 character is kept, else one byte becomes U+FFFD. Then spaces
+    become ``▁``: with ``remove_extra_whitespaces`` every run of non-spaces is prefixed by one ``▁`` and the spaces
+    themselves are dropped; otherwise each space is a ``▁`` and ``add_space_prefix`` puts one more before the first
+    non-space.
+
+    Viterbi, moving one character at a time: every normal, user-defined or unused token that starts at the position
+    extends the best tokenization there by its score (user-defined tokens score 0); when no token is exactly the
+    character, the unknown token covers it with the lowest normal score minus 10. Runs of unknown tokens in the result
+    become one.
+    """
+
+    def __init__(self, tokens: list[bytes], type_attrs: list[int], attrs: list[int], scores: list[float],
+                 unk_id: int | None, charsmap: bytes | None, add_space_prefix: bool, remove_extra_whitespaces: bool,
+                 cache: dict):
+        """``type_attrs``: the attributes of the GGUF's token types, which choose the tokens the search uses (llama.cpp
+        builds its tries before it marks special tokens by name); ``attrs``: the final ones (user-defined tokens
+        score 0). ``cache``: where the edges of words are kept (the Tokenizer's cache)."""
+        self.unk = -1 if unk_id is None else unk_id  # llama.cpp's "no token" when the vocabulary has no unknown token
+        self.add_space_prefix = add_space_prefix
+        self.merge_spaces = remove_extra_whitespaces
+        self.charsmap = _CharsMap(charsmap) if charsmap else None
+        self.cache: dict[bytes, _Edges] = cache
+        self._index_tokens(tokens, type_attrs, attrs, scores)
+        normal = [s for s, a in zip(scores, type_attrs) if a & ATTR_NORMAL]
+        lowest = np.float32(min(normal) if normal else np.finfo(np.float32).max)
+        self.unknown_score = float(lowest - np.float32(_UGM_UNKNOWN_PENALTY))  # in float32, as llama.cpp
+        # every prefix of a user-defined token (their trie's paths) and the bytes they start with
+        user = [t for i, t in enumerate(tokens) if type_attrs[i] & ATTR_USER_DEFINED]
+        self.user_paths = frozenset(t[:k] for t in user for k in range(1, len(t) + 1))
+        self.user_first = frozenset(t[0] for t in user)
+
+    def _index_tokens(self, tokens: list[bytes], type_attrs: list[int], attrs: list[int], scores: list[float]) -> None:
+        """The normal, user-defined and unused tokens (later duplicates win) with their ids and scores; per first
+        character, the most characters such a token has; whether a ▁ ever follows a token's start."""
+        usable = ATTR_NORMAL | ATTR_USER_DEFINED | ATTR_UNUSED
+        ids = {t: i for i, t in enumerate(tokens) if type_attrs[i] & usable}
+        self.vocab: dict[bytes, tuple[int, float]] = {
+            t: (i, 0.0 if attrs[i] & ATTR_USER_DEFINED else scores[i]) for t, i in ids.items()}
+        self.max_chars: dict[bytes, int] = {}
+        for t in self.vocab:
+            bounds = _utf8_steps(t)
+            first = t[:bounds[1]]
+            self.max_chars[first] = max(self.max_chars.get(first, 0), len(bounds) - 1)
+        self.split_words = not any(t.find(_UGM_SPACE, 1) >= 0 for t in self.vocab)
+
+    # -- normalization ---------------------------------------------------------------------------------------------
+    def normalize(self, text: str) -> bytes:
+        """The text as the search sees it: normalized UTF-8 with spaces escaped as ▁."""
+        data = _raw(text)
+        out: list[bytes] = []
+        kept = 0  # data[kept:i] is kept as is, not yet copied
+        i = 0
+        while i < len(data):
+            replacement, used = self._normalize_prefix(data, i)
+            if replacement is not None:
+                out.append(data[kept:i])
+                out.append(replacement)
+                kept = i + used
+            i += used
+        out.append(data[kept:])
+        return self._place_spaces(b"".join(out))
+
+    def _normalize_prefix(self, data: bytes, i: int) -> tuple[bytes | None, int]:
+        """How data[i:] begins normalized: (replacement, bytes consumed); replacement None keeps those bytes."""
+        if data[i] in self.user_first:
+            end = i + 1
+            while end < len(data) and data[i:end + 1] in self.user_paths:
+                end += 1
+            return None, end - i
+        if self.charsmap is not None:
+            length, replacement = self.charsmap.longest_match(data, i)
+            if length:
+                return replacement, length
+        n = _utf8_sequence_len(data, i)
+        return (None, n) if n else (_UGM_REPLACEMENT, 1)
+
+    def _place_spaces(self, data: bytes) -> bytes:
+        if self.merge_spaces:
+            return b"".join(_UGM_SPACE + word for word in data.split(b" ") if word)
+        rest = data.lstrip(b" ")
+        prefix = _UGM_SPACE if self.add_space_prefix and rest else b""
+        return _UGM_SPACE * (len(data) - len(rest)) + prefix + rest.replace(b" ", _UGM_SPACE)
+
+    # -- search ----------------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """The ids of the best tokenization of the normalized text."""
+        data = self.normalize(text)
+        if not data:
+            return []
+        return self._best_path([self._word_edges(w) for w in self._words(data)])
+
+    def _words(self, data: bytes) -> list[bytes]:
+        """The text cut before each ▁ when no token holds a ▁ after its start: every tokenization then has a token
+        boundary there, so the words can be searched apart (and their tokens cached). Text that is not valid UTF-8 is
+        not cut: the search's steps of one character could straddle a ▁."""
+        if not self.split_words:
+            return [data]
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return [data]
+        head, *rest = data.split(_UGM_SPACE)
+        words = [_UGM_SPACE + w for w in rest]
+        if head:
+            words.insert(0, head)
+        return words
+
+    def _word_edges(self, word: bytes) -> _Edges:
+        got = self.cache.get(word)
+        if got is None:
+            if len(self.cache) >= 200_000:
+                self.cache.clear()
+            got = self.cache[word] = self._edges(word)
+        return got
+
+    def _edges(self, data: bytes) -> _Edges:
+        """For each character of data, the tokens that start there, shortest first, as (index of the character after
+        the token, id, score); then the unknown token, covering the character, when no token is that character
+        alone."""
+        bounds = _utf8_steps(data)
+        out = []
+        for k in range(len(bounds) - 1):
+            found = list(self._matches(data, bounds, k))
+            if not found or found[0][0] != k + 1:
+                found.append((k + 1, self.unk, self.unknown_score))
+            out.append(tuple(found))
+        return tuple(out)
+
+    def _matches(self, data: bytes, bounds: list[int], k: int) -> Iterator[tuple[int, int, float]]:
+        """The tokens data[bounds[k]:] begins with, shortest first: (index of the character after it, id, score)."""
+        begin = bounds[k]
+        longest = self.max_chars.get(data[begin:bounds[k + 1]], 0)
+        vocab = self.vocab
+        for end in range(k + 1, min(k + longest + 1, len(bounds))):
+            got = vocab.get(data[begin:bounds[end]])
+            if got is not None:
+                yield end, got[0], got[1]
+
+    def _best_path(self, words: list[_Edges]) -> list[int]:
+        """Viterbi over the characters of the words in order: the tokenization with the highest total score (ties: the
+        first found, as llama.cpp), a run of unknown tokens as one."""
+        n = sum(map(len, words)) + 1
+        best = [_UGM_NO_SCORE] * n  # the best score of a tokenization of the first k characters
+        last = [self.unk] * n       # its last token
+        start = [0] * n             # the character index where that token starts
+        best[0] = 0.0
+        k = 0
+        for edges in words:
+            first = k
+            for char_edges in edges:
+                base = best[k]
+                for end, tid, score in char_edges:
+                    end += first
+                    s = base + score
+                    if s > best[end]:
+                        best[end], last[end], start[end] = s, tid, k
+                k += 1
+        return self._backtrack(last, start)
+
+    def _backtrack(self, last: list[int], start: list[int]) -> list[int]:
+        """The tokens of the best tokenization, from its end back, a run of unknown tokens as one."""
+        unk = self.unk
+        ids: list[int] = []
+        k = len(last) - 1
+        while k > 0:
+            tid = last[k]
+            if not (tid == unk and ids and ids[-1] == unk):
+                ids.append(tid)
+            k = start[k]
+        if unk == -1 and -1 in ids:
+            raise ValueError("the text needs the unknown token and the vocabulary has none")
+        ids.reverse()
+        return ids
+
+
 # tokenizer.ggml.model → llama.cpp's default special ids (bos, eos, unk, sep, pad) when the GGUF names none
 _MODEL_DEFAULT_IDS: dict[str, tuple[int | None, ...]] = {
     "llama": (1, 2, 0, None, None),
     "bert": (101, None, 100, 102, 0),
     "gpt2": (11, 11, None, None, None),
     "gemma4": (None, None, None, None, None),
+    "t5": (None, 1, 2, None, 0),
+}
+
+
+class _ModelFlags(NamedTuple):
+    """llama.cpp's defaults for a tokenizer model when the GGUF does not say (tokenizer.ggml.add_*)."""
+    add_bos: bool = False
+    add_eos: bool = False
+    add_space_prefix: bool = False
+
+
+_MODEL_DEFAULT_FLAGS: dict[str, _ModelFlags] = {
+    "llama": _ModelFlags(add_bos=True, add_space_prefix=True),
+    "bert": _ModelFlags(add_bos=True),
+    "gpt2": _ModelFlags(),
+    "gemma4": _ModelFlags(),
+    "t5": _ModelFlags(add_eos=True),
 }
 
 
 class Tokenizer:
-    """llama.cpp-compatible tokenizer for byte-level BPE ("gpt2"), raw-text BPE ("gemma4"), SentencePiece ("llama")
-    and WordPiece ("bert") GGUF vocabularies."""
+    """llama.cpp-compatible tokenizer for byte-level BPE ("gpt2"), raw-text BPE ("gemma4"), SentencePiece ("llama"),
+    WordPiece ("bert") and Unigram ("t5") GGUF vocabularies."""
 
     def __init__(self, *, model: str, tokens: list[str], token_types: Iterable[int] | None = None,
                  scores: Iterable[float] | None = None, merges: Iterable[str] | None = None, pre: str | None = None,
@@ -326,13 +619,15 @@ class Tokenizer:
                  pad_id: int | None = None, sep_id: int | None = None, add_bos: bool | None = None,
                  add_eos: bool | None = None, add_space_prefix: bool | None = None,
                  special_ids: dict[str, int] | None = None, lowercase: bool | None = None,
-                 strip_accents: bool | None = None):
+                 strip_accents: bool | None = None, charsmap: bytes | None = None,
+                 remove_extra_whitespaces: bool | None = None):
         if model not in _MODEL_DEFAULT_IDS:
             raise UnsupportedTokenizer(f"tokenizer model {model!r} is not supported (supported: 'gpt2' byte-level BPE, "
-                                       f"'gemma4' BPE, 'llama' SentencePiece, 'bert' WordPiece)")
+                                       f"'gemma4' BPE, 'llama' SentencePiece, 'bert' WordPiece, 't5' Unigram)")
         self.model = model
         self.is_spm = model == "llama"
         self.is_wpm = model == "bert"
+        self.is_ugm = model == "t5"
         n = len(tokens)
         self.n_vocab = n
         # token texts; llama.cpp replaces empty ones so that every text is unique-ish and non-empty
@@ -358,11 +653,15 @@ class Tokenizer:
         self.unk_id: int | None = _valid(d_unk if unk_id is None else unk_id)
         self.sep_id: int | None = _valid(d_sep if sep_id is None else sep_id)
         self.pad_id: int | None = _valid(d_pad if pad_id is None else pad_id)
-        self.add_bos: bool = bool(self.is_spm or self.is_wpm if add_bos is None else add_bos)
-        self.add_eos: bool = bool(False if add_eos is None else add_eos)
-        self.add_space_prefix: bool = bool(self.is_spm if add_space_prefix is None else add_space_prefix)
+        flags = _MODEL_DEFAULT_FLAGS[model]
+        self.add_bos: bool = bool(flags.add_bos if add_bos is None else add_bos)
+        self.add_eos: bool = bool(flags.add_eos if add_eos is None else add_eos)
+        self.add_space_prefix: bool = bool(flags.add_space_prefix if add_space_prefix is None else add_space_prefix)
 
+        type_attrs = list(self.attrs)  # before the special tokens found by name are marked
         self._init_special(dict(special_ids or {}))
+        # per pre-token: its ids (BPE, SentencePiece, WordPiece); per ▁-word: its search edges (Unigram)
+        self._cache: dict = {}
 
         self.pre: str | None = None
         self._pre = _PreTokenizer(())
@@ -371,11 +670,13 @@ class Tokenizer:
         elif self.is_wpm:
             low = True if lowercase is None else bool(lowercase)
             self._wpm = _WordPiece(self.tokens, self.unk_id, low, low if strip_accents is None else bool(strip_accents))
+        elif self.is_ugm:
+            self._ugm = _Unigram([_raw(t) for t in self.tokens], type_attrs, self.attrs, self.scores, self.unk_id,
+                                 charsmap, self.add_space_prefix, bool(remove_extra_whitespaces), self._cache)
         else:
             self._init_bpe("gemma4" if model == "gemma4" else pre or "default", merges)
         # spaces are stored as ▁ in the tokens
-        self._escaped_spaces = self.is_spm or self.is_wpm or self._pre.escape_spaces
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._escaped_spaces = self.is_spm or self.is_wpm or self.is_ugm or self._pre.escape_spaces
         self._pieces: dict[tuple[int, bool], bytes] = {}
 
     def _init_spm(self) -> None:
@@ -438,6 +739,10 @@ class Tokenizer:
             v = g.value(key)
             return None if v is None else bool(v)
 
+        charsmap = g.value("tokenizer.ggml.precompiled_charsmap")
+        if charsmap is not None:  # int8 or uint8 values
+            charsmap = np.asarray(charsmap).astype(np.uint8).tobytes()
+
         return cls(
             model=str(model), tokens=list(tokens), token_types=g.value("tokenizer.ggml.token_type"),
             scores=g.value("tokenizer.ggml.scores"), merges=g.value("tokenizer.ggml.merges"),
@@ -448,7 +753,8 @@ class Tokenizer:
             add_bos=_opt_bool("tokenizer.ggml.add_bos_token"), add_eos=_opt_bool("tokenizer.ggml.add_eos_token"),
             add_space_prefix=_opt_bool("tokenizer.ggml.add_space_prefix"), special_ids=special_ids,
             lowercase=_opt_bool("tokenizer.ggml.normalizer.lowercase"),
-            strip_accents=_opt_bool("tokenizer.ggml.normalizer.strip_accents"))
+            strip_accents=_opt_bool("tokenizer.ggml.normalizer.strip_accents"), charsmap=charsmap,
+            remove_extra_whitespaces=_opt_bool("tokenizer.ggml.remove_extra_whitespaces"))
 
     def _init_special(self, ids: dict[str, int]) -> None:
         n = self.n_vocab
@@ -545,10 +851,10 @@ class Tokenizer:
         WordPiece ("bert") frames the text as BERT does: with ``add_bos``, [CLS] before it and [SEP] after it.
         ``parse_special``: control tokens written in the text become their ids (user-defined ones always do).
         """
-        if add_bos is None:
-            add_bos = self.add_bos
         if add_eos is None:
             add_eos = self.add_eos and add_bos is not False
+        if add_bos is None:
+            add_bos = self.add_bos
         out: list[int] = []
         if add_bos:
             if self.bos_id is None:
@@ -585,6 +891,8 @@ class Tokenizer:
                 out.append(f)
             elif self.is_wpm:
                 self._wpm_encode(f, out)
+            elif self.is_ugm:
+                out.extend(self._ugm.encode(f))
             else:
                 self._bpe_encode(f.replace(" ", SPM_SPACE) if self._pre.escape_spaces else f, out)
 

@@ -1,8 +1,9 @@
 """The runtime tokenizer (runtime/tokenizer.py), built from GGUF metadata alone, against independent oracles:
 HF `tokenizers` (codeshell, gpt2, qwen2), `sentencepiece` (llama) and llama.cpp itself (all four, plus variants of the
 vocabularies with other pre-tokenizers, user-defined tokens and no space prefix; plus llama.cpp's own vocabularies of
-the tokenizer models no converter of ours writes: WordPiece `bert` and Gemma 4's BPE), and llama.cpp's own test
-vectors for every vocabulary of its test set."""
+the tokenizer models no converter of ours writes: WordPiece `bert`, Gemma 4's BPE and the Unigram `t5` of
+nomic-bert-moe, with variants of its normalization flags), and llama.cpp's own test vectors for every vocabulary of its
+test set."""
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ from common.ggufio import KV, GGUFFile, encode_header
 ARCHES = ("codeshell", "llama", "gpt2", "qwen2")
 NEEDS_SHARED = ("codeshell", "llama")  # real tokenizer files from ../shared/fixtures
 # llama.cpp's vocabulary files (../shared/fixtures/llama-vocab) for tokenizer models we never convert to
-LLAMA_VOCABS = ("bert-bge", "gemma-4")
+LLAMA_VOCABS = ("bert-bge", "gemma-4", "nomic-bert-moe")
 SPECIALS = {
     "codeshell": ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<|end|>"],
     "llama": ["<s>", "</s>", "<unk>"],
@@ -35,6 +36,9 @@ SPECIALS = {
     "bert-bge": ["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]", "[unused0]"],
     # control, user-defined (<|"|>, <|tool_response>: end of generation) and a normal </s>
     "gemma-4": ["<bos>", "<eos>", "<|turn>", "<turn|>", "<|\"|>", "<|tool_response>", "</s>", "<unused0>"],
+    # control, unknown and unused tokens; <mask> strips the spaces before it in llama.cpp (invisible after UGM's
+    # space merging)
+    "nomic-bert-moe": ["<s>", "</s>", "<pad>", "<unk>", "<mask>", "[PAD250001]"],
 }
 
 
@@ -182,10 +186,11 @@ def test_decode_matches_llama_cpp(any_model):
     tok = model.tok
     bad, compared = [], 0
     for s in model.corpus:
-        # SPM: with BOS, as the model wants; the others without (llama-cpp-python strips a space after a leading BOS
-        # even for them; llama.cpp itself does not)
-        ids = tok.encode(s) if tok.is_spm else tok.encode(s, add_bos=False)
-        if ids[:1] == [tok.bos_id] and not tok.is_spm:
+        # with a space prefix (SentencePiece, Unigram): with BOS, as the model wants (llama-cpp-python removes the
+        # prefix's space only after a leading BOS; llama.cpp and we, from any first piece); the others without
+        # (llama-cpp-python strips a space after a leading BOS even for them; llama.cpp itself does not)
+        ids = tok.encode(s) if tok.add_space_prefix else tok.encode(s, add_bos=False)
+        if ids[:1] == [tok.bos_id] and not tok.add_space_prefix:
             continue  # the text starts with the BOS token's text
         compared += 1
         for special in (True, False):
@@ -245,7 +250,8 @@ def test_fuzz_matches_llama_cpp(any_model):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ARCHES + ("gemma-4",))  # WordPiece loses case, accents and spaces: no round trip
+# WordPiece loses case, accents and spaces, Unigram normalizes (see test_unigram_decode_encode_is_stable): no round trip
+@pytest.mark.parametrize("arch", ARCHES + ("gemma-4",))
 def test_decode_encode_round_trip(request, root, arch):
     model = _model(request, root, arch)
     tok = model.tok
@@ -262,6 +268,28 @@ def test_decode_encode_round_trip(request, root, arch):
         if tok.is_spm and tok.decode(tok.encode(s, parse_special=False), skip_special=True) != s:  # BOS skipped
             bad.append(s)
     assert skipped <= len(model.corpus) // 100  # CodeShell has no token for some bytes (\x7f, \x01, ...)
+    assert not bad, f"{len(bad)} failures, first {bad[:5]!r}"
+
+
+def test_unigram_decode_encode_is_stable(request, root):
+    """Unigram's normalization (NFKC-like map, merged spaces) loses the original text, but what decoding gives is
+    normalized already: it encodes to the same ids. Text that is normal already (printable ASCII, single spaces, read
+    literally) comes back unchanged."""
+    model = _model(request, root, "nomic-bert-moe")
+    tok = model.tok
+    skipped, plain, bad = 0, 0, []
+    for s in model.corpus:
+        ids = tok.encode(s, add_bos=False)
+        if tok.unk_id in ids:  # <unk> decodes as its text, not as the characters it stood for
+            skipped += 1
+            continue
+        if tok.encode(tok.decode(ids), add_bos=False) != ids:
+            bad.append(s)
+        if s.isascii() and s.isprintable() and s == " ".join(s.split()):
+            plain += 1
+            if tok.decode(tok.encode(s, add_bos=False, parse_special=False)) != s:
+                bad.append(("plain", s))
+    assert skipped <= len(model.corpus) // 10 and plain >= len(model.corpus) // 5
     assert not bad, f"{len(bad)} failures, first {bad[:5]!r}"
 
 
@@ -375,6 +403,77 @@ def test_wordpiece(request, root):
     assert tok.encode("", add_bos=True) == [tok.bos_id, tok.sep_id] and tok.encode("", add_bos=False) == []
 
 
+def test_unigram(request, root):
+    """Unigram (XLM-RoBERTa's vocabulary in nomic-bert-moe): the charsmap normalizes (full-width letters, ligatures,
+    Roman numerals, zero-width space), runs of whitespace become one ▁ before each word and whitespace alone is no
+    token; a run of characters without a token is one <unk>; the model adds <s> ... </s>. Decoding gives ▁ back as
+    spaces, the first space removed."""
+    tok = _model(request, root, "nomic-bert-moe").tok
+    assert tok.is_ugm and tok.add_bos and tok.add_eos and tok.add_space_prefix
+
+    def texts(s, **kw):
+        return [tok.token_text(i) for i in tok.encode(s, add_bos=False, **kw)]
+
+    assert texts("Hello  world") == texts(" Hello\t\n world ") == ["▁Hello", "▁world"]
+    assert texts("ＨＥＬＬＯ ﬁx Ⅻ") == texts("HELLO fix XII")
+    assert texts("a\u200bb") == ["▁a", "▁b"]
+    assert texts("e\u0301") == ["▁é"]  # composed
+    assert tok.encode("\t\n ", add_bos=False) == []
+    assert texts("a 𓀀𓀁 b") == ["▁a", "▁", "<unk>", "▁b"]  # two unknown characters, one <unk>
+    assert texts("<s>x</s>") == ["<s>", "▁x", "</s>"]
+    assert "<s>" not in texts("<s>x", parse_special=False)
+    ids = tok.encode("Hello  world")
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    assert tok.decode(ids) == "<s> Hello world</s>"
+    assert tok.decode(ids, skip_special=True) == "Hello world"
+    assert tok.decode(ids[1:-1]) == "Hello world"
+    assert tok.encode("", add_bos=False) == [] and tok.encode("") == [tok.bos_id, tok.eos_id]
+
+
+def test_unigram_variants_match_llama_cpp(request, root):
+    """Unigram with the flags and tokens nomic-bert-moe does not have: spaces kept (no remove_extra_whitespaces) with
+    and without the space prefix, no charsmap at all, and user-defined tokens (unused ones renamed) that llama.cpp keeps
+    unnormalized as far as the text follows any of them, and one holding a ▁ after its start (no cut at ▁)."""
+    model = _model(request, root, "nomic-bert-moe")
+    with GGUFFile(model.gguf) as g:
+        tokens = list(g.value("tokenizer.ggml.tokens"))
+        types = np.array(g.value("tokenizer.ggml.token_type"))
+    user = ["ｱｲ", "e\u0301x", "ab c", "Ⅻ!", "a▁b", "\u3000\u3000"]
+    first = model.tok.token_to_id["[PAD250001]"]
+    for k, text in enumerate(user):
+        tokens[first + k] = text
+        types[first + k] = 4
+    cases = [_variant(model.gguf, root / "u-spaces.gguf", remove_extra_whitespaces=False),
+             _variant(model.gguf, root / "u-spaces-noprefix.gguf", remove_extra_whitespaces=False,
+                      add_space_prefix=False),
+             _variant(model.gguf, root / "u-nomap.gguf", precompiled_charsmap=None),
+             _variant(model.gguf, root / "u-user.gguf", tokens=tokens, token_type=types)]
+    corpus = tokenizer_corpus(500, seed=3, specials=user + ["<s>", "<mask>"])
+    corpus += ["ｱｳ ｱｲ ｱ", "e\u0301y e\u0301x", "ab cd ab c", "Ⅻ? Ⅻ! Ⅻ", "a b a▁b", "x\u3000\u3000\u3000y", "ＡＢ  ｶﾞ",
+               "  lead and trail  ", "\t\ttabs\n\nnewlines"]
+    for path in cases:
+        with GGUFFile(path) as g:
+            tok = Tokenizer.from_gguf(g)
+        llm = _llama(path)
+        bad = []
+        for s in corpus:
+            for ps in (True, False):
+                ids = tok.encode(s, add_bos=False, parse_special=ps)
+                if ids != llm.tokenize(s.encode(), add_bos=False, special=ps):
+                    bad.append((ps, s))
+            ids = tok.encode(s)
+            if ids != llm.tokenize(s.encode(), add_bos=True, special=True):
+                bad.append(("default", s))
+            if not tok.add_space_prefix:  # llama-cpp-python strips a space after a leading BOS, llama.cpp does not
+                ids = tok.encode(s, add_bos=False)
+                if ids[:1] == [tok.bos_id]:
+                    continue
+            for special in (True, False):
+                if tok.decode(ids, not special) != _detokenize(llm, ids, special):
+                    bad.append(("decode", special, s))
+        assert not bad, f"{path.name}: {len(bad)} mismatches, first {bad[:5]!r}"
+
+
 def test_gemma4_spaces_newlines_and_bytes(request, root):
     """Gemma 4's BPE: spaces are ▁ in the tokens, a run of newlines is one token, a character without a token is
     written as <0xXX> byte tokens; BOS is always added."""
@@ -390,12 +489,14 @@ def test_gemma4_spaces_newlines_and_bytes(request, root):
 
 
 def _variant(src: Path, dst: Path, **overrides) -> Path:
-    """A copy of a vocab-only GGUF with some tokenizer.ggml.* keys replaced."""
+    """A copy of a vocab-only GGUF with some tokenizer.ggml.* keys replaced (None: removed)."""
     with GGUFFile(src) as g:
         kvs = dict(g.kv)
     for name, v in overrides.items():
         key = "tokenizer.ggml." + name
-        if isinstance(v, np.ndarray):
+        if v is None:
+            del kvs[key]
+        elif isinstance(v, np.ndarray):
             kvs[key] = KV(key, GGUFValueType.ARRAY, v.astype(np.int32), GGUFValueType.INT32)
         elif isinstance(v, bool):
             kvs[key] = KV(key, GGUFValueType.BOOL, v)
@@ -446,7 +547,7 @@ def test_variants_match_llama_cpp(request, root):
 def test_unsupported_vocabularies_are_refused():
     with pytest.raises(UnsupportedTokenizer, match="pre-tokenizer"):
         Tokenizer(model="gpt2", tokens=["a", "b"], merges=[], pre="no-such-pre")
-    for model in ("t5", "rwkv", "no-such-model"):  # llama.cpp's UGM and RWKV models are not implemented
+    for model in ("rwkv", "no-such-model"):  # llama.cpp's RWKV model is not implemented
         with pytest.raises(UnsupportedTokenizer, match=f"tokenizer model '{model}' is not supported"):
             Tokenizer(model=model, tokens=["a", "b"])
 
