@@ -99,7 +99,15 @@ ROPE_KEYS: dict[str, frozenset[str]] = {
     "default": frozenset(),
     "linear": frozenset({"factor"}),
     "llama3": frozenset({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
+    "longrope": frozenset({"long_factor", "short_factor", "original_max_position_embeddings", "factor",
+                           "attention_factor"}),
 }
+ROPE_ALIASES = {"su": "longrope"}  # Phi-3's first configs, as transformers renames it
+ROPE_LISTS = frozenset({"long_factor", "short_factor"})  # one number per rotated pair
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
 
 
 def llama3_rope_factors(rope: dict[str, object], head_dim: int) -> np.ndarray:
@@ -136,6 +144,7 @@ class Architecture:
     recipe: Recipe
     spm_space_prefix: bool | None = None  # written for SentencePiece vocabularies when set (Gemma: no space prefix)
     spm_ok: bool = True  # SentencePiece vocabularies are accepted
+    partial_rotary: bool = False  # rope may turn only part of each head (partial_rotary_factor < 1)
     # checkpoint entries that are not weights (buffers) and are never converted
     skip_suffixes: tuple[str, ...] = (".rotary_emb.inv_freq",)
 
@@ -211,11 +220,12 @@ class Architecture:
                     raise UserError(f"config.json: {key} is {merged[key]!r} in one place and {value!r} in another")
                 merged[key] = value
         kind = merged.pop("rope_type", "default")
+        kind = ROPE_ALIASES.get(kind, kind)
         allowed = ROPE_KEYS.get(kind)
         if allowed is None:
             raise UserError(f"config.json: rope type {kind!r} is not supported for {self.gguf_arch} "
                             f"(supported: {', '.join(ROPE_KEYS)})")
-        unknown = sorted(set(merged) - allowed - {"rope_theta"})
+        unknown = sorted(set(merged) - allowed - {"rope_theta", "partial_rotary_factor"})
         if unknown:
             raise UserError(f"config.json: rope parameter(s) {', '.join(unknown)} of rope type {kind!r} "
                             f"are not understood")
@@ -226,11 +236,24 @@ class Architecture:
         for key in allowed:
             if key in merged:
                 v = merged[key]
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                if key in ROPE_LISTS:
+                    if not isinstance(v, list) or not v or not all(_positive(x) for x in v):
+                        raise UserError(f"config.json: rope parameter {key} must be a list of positive numbers")
+                    out[key] = tuple(float(x) for x in v)
+                elif not _positive(v):
                     raise UserError(f"config.json: rope parameter {key} must be a positive number, got {v!r}")
-                out[key] = float(v)
-        if kind != "default" and "factor" not in out:
-            raise UserError(f"config.json: rope type {kind!r} needs a factor")
+                else:
+                    out[key] = float(v)
+        need = {"linear": ("factor",), "llama3": ("factor",), "longrope": ("long_factor", "short_factor")}
+        for key in need.get(kind, ()):
+            if key not in out:
+                raise UserError(f"config.json: rope type {kind!r} needs a {key}")
+        partial = merged.get("partial_rotary_factor", self.config.get("partial_rotary_factor", 1.0))
+        if not _positive(partial) or partial > 1:
+            raise UserError(f"config.json: partial_rotary_factor must be in (0, 1], got {partial!r}")
+        if partial != 1 and not self.partial_rotary:
+            raise UserError(f"config.json: partial rotary embeddings are not supported for {self.gguf_arch}")
+        out["partial"] = float(partial)
         return out
 
     def rope_hparams(self, rope: dict[str, object]) -> dict[str, object]:

@@ -178,6 +178,36 @@ def _token_text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _post_processor_adds(tok_json: dict, bos: str | None, eos: str | None) -> dict[str, bool]:
+    """Whether tokenizer.json's post-processor puts BOS in front of / EOS after a single text: a template of more than
+    the text itself that starts / ends with that special token (Roberta's always does both; ByteLevel adds none).
+    Only what a processor states is returned."""
+    post = tok_json.get("post_processor")
+    if not isinstance(post, dict):
+        return {}
+    out: dict[str, bool] = {}
+    for proc in post.get("processors", [post]):
+        if not isinstance(proc, dict):
+            continue
+        kind = proc.get("type")
+        if kind == "ByteLevel":
+            out.setdefault("bos", False)
+            out.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            out.update(bos=True, eos=True)
+        elif kind == "TemplateProcessing":
+            single = proc.get("single")
+            if not isinstance(single, list) or len(single) < 2:
+                continue
+            ends = [item.get("SpecialToken", {}).get("id") if isinstance(item, dict) else None
+                    for item in (single[0], single[-1])]
+            if ends[0] is not None:
+                out["bos"] = ends[0] == bos
+            if ends[1] is not None:
+                out["eos"] = ends[1] == eos
+    return out
+
+
 def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
     """Special ids from tokenizer_config.json / special_tokens_map.json, falling back to config.json's *_token_id."""
     cfg = _read_json(folder / "tokenizer_config.json")
@@ -192,9 +222,13 @@ def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
             vocab.special[kind] = ids[text]
         elif isinstance(model_cfg.get(f"{kind}_token_id"), int) and model_cfg[f"{kind}_token_id"] < len(vocab.tokens):
             vocab.special[kind] = model_cfg[f"{kind}_token_id"]
-    # Defaults as the Hugging Face tokenizer classes have them: LlamaTokenizer adds BOS, GPT2Tokenizer does not.
-    vocab.add_bos = bool(cfg.get("add_bos_token", vocab.model == "llama"))
-    vocab.add_eos = bool(cfg.get("add_eos_token", False))
+    # What tokenizer.json's post-processor adds wins (as transformers 5 and llama.cpp's converter decide); else
+    # tokenizer_config.json; else the Hugging Face classes' defaults: LlamaTokenizer adds BOS, GPT2Tokenizer does not.
+    bos_text = vocab.tokens[vocab.special["bos"]] if "bos" in vocab.special else None
+    eos_text = vocab.tokens[vocab.special["eos"]] if "eos" in vocab.special else None
+    declared = _post_processor_adds(tok_json, bos_text, eos_text)
+    vocab.add_bos = declared.get("bos", bool(cfg.get("add_bos_token", vocab.model == "llama")))
+    vocab.add_eos = declared.get("eos", bool(cfg.get("add_eos_token", False)))
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)

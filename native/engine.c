@@ -187,7 +187,9 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             const float *v = own_f32(e, x);
             if (!v) { snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
             if (check_vec(v, x, hp->n_rot / 2, err, errlen)) goto fail;
-            const float **slot = x->name[5] == 'r' ? &e->rope_freqs : x->name[13] == 'l' ? &e->rope_long : &e->rope_short;
+            const float **slot = !strcmp(x->name, "rope_freqs.weight")        ? &e->rope_freqs
+                                 : !strcmp(x->name, "rope_factors_long.weight") ? &e->rope_long
+                                                                                : &e->rope_short;
             *slot = v;
         } else if (!strcmp(x->name, "output_norm.weight") || !strcmp(x->name, "output_norm.bias")) {
             const float *v = own_f32(e, x);

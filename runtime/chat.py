@@ -1,6 +1,6 @@
 """Chat prompts: the model's own `tokenizer.chat_template` (Jinja, sandboxed) when it has one, otherwise a built-in
 format chosen by the architecture's recipe (or by name): CodeShell's `## human:`/`## assistant:` turns, Llama-2 `[INST]`, ChatML,
-Gemma's `<start_of_turn>`."""
+Gemma's `<start_of_turn>`, Phi-3's `<|user|>`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -67,6 +67,14 @@ class GemmaFormat(ChatFormat):
         return out + "<start_of_turn>model\n"
 
 
+class Phi3Format(ChatFormat):
+    """Phi-3's turns, as llama.cpp writes them: <|role|>\ncontent<|end|>\n for every message, then <|assistant|>."""
+
+    def render(self, messages, bos, eos):
+        body = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages)
+        return body + "<|assistant|>\n"
+
+
 class JinjaFormat(ChatFormat):
     def __init__(self, template: str, stop: tuple[str, ...]):
         object.__setattr__(self, "name", "jinja")
@@ -96,6 +104,7 @@ BUILTIN = {
     "llama-2": Llama2Format("llama-2", ("</s>",)),
     "chatml": ChatMLFormat("chatml", ("<|im_end|>", "<|endoftext|>")),
     "gemma": GemmaFormat("gemma", ("<end_of_turn>", "<eos>")),
+    "phi3": Phi3Format("phi3", ("<|end|>", "<|endoftext|>")),
 }
 
 

@@ -16,7 +16,7 @@ from fixtures.qwen1 import make_qwen1_checkpoint
 
 FAMILIES = {"llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
             "qwen3moe": "qwen3moe", "starcoder2": "starcoder2", "gpt2": "gpt2", "codeshell": "codeshell", "qwen": "qwen",
-            "gemma2": "gemma2", "gemma3": "gemma3"}
+            "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_tensor_names_are_gguf_pys_for_the_architecture(configs, fixture):
 
 
 def test_every_gguf_architecture_has_one_description_and_a_recipe_the_engine_can_run():
-    assert archs.gguf_names() == ["codeshell", "gemma2", "gemma3", "gpt2", "llama", "qwen", "qwen2", "qwen3", "qwen3moe",
+    assert archs.gguf_names() == ["codeshell", "gemma2", "gemma3", "gpt2", "llama", "phi3", "qwen", "qwen2", "qwen3", "qwen3moe",
                                   "starcoder2"]
     for name in archs.gguf_names():
         recipe = archs.recipe(name)

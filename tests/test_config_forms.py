@@ -70,7 +70,8 @@ def test_both_config_forms_give_the_same_file(llama31, tmp_path):
     assert shape == (8,) and type_name == "F32"
 
 
-@pytest.mark.parametrize("arch", ["mistral", "mixtral", "qwen2", "qwen3", "qwen3moe", "starcoder2", "gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ["mistral", "mixtral", "qwen2", "qwen3", "qwen3moe", "starcoder2", "gemma2", "gemma3",
+                                  "phi3"])
 def test_every_family_reads_both_config_forms(tmp_path, shared_fixtures, arch):
     """Each family's checkpoint with its config as transformers 5 writes it and as transformers 4 wrote it: the same
     file."""

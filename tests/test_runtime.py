@@ -24,8 +24,8 @@ from tests.helpers import REPO, llama_cpp_logit_diff, quantized, run_toolkit
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
-ARCHES = ["codeshell", "llama", "qwen2", "qwen3", "starcoder2", "gpt2", "mixtral", "qwen3moe", "gemma2", "gemma3"]
-NEWER = ["qwen3", "starcoder2", "mixtral", "qwen3moe", "gemma2", "gemma3"]  # compared with llama.cpp one by one
+ARCHES = ["codeshell", "llama", "qwen2", "qwen3", "starcoder2", "gpt2", "mixtral", "qwen3moe", "gemma2", "gemma3", "phi3"]
+NEWER = ["qwen3", "starcoder2", "mixtral", "qwen3moe", "gemma2", "gemma3", "phi3"]  # compared with llama.cpp one by one
 PROMPT = [int(t) for t in np.random.default_rng(0).integers(3, 500, 64)]
 
 
@@ -127,6 +127,24 @@ def test_against_llama_cpp(llama256, type_name, kernels):
     ours_tokens = list(Llama(str(path), n_ctx=128, verbose=False, type_k=0, type_v=0).session.generate(
         PROMPT[:8], 32, SamplingParams(temp=0.0), ignore_eos=True))
     assert ours_tokens == theirs_tokens
+
+
+def test_phi3_longrope_long_factors_beyond_the_trained_context(files):
+    """LongRoPE: a context beyond the trained one (256 positions) rotates with the long factors, as transformers does
+    for a sequence that long and llama.cpp for a context that large (within it, the short ones: the tests above, n_ctx
+    128); the long factors move these logits far from the short ones'."""
+    path = files["phi3", "f32"]
+    ids = [int(t) for t in np.random.default_rng(1).integers(3, 500, 300)]
+    llm = Llama(str(path), n_ctx=512, logits_all=True, verbose=False, type_k=0, type_v=0)
+    llm.eval(ids)
+    ref = reference("phi3", files["phi3", "folder"], ids)
+    assert np.abs(llm.scores - ref).max() / np.abs(ref).max() < 1e-4
+    short = reference("phi3", files["phi3", "folder"], ids[:48])
+    assert np.abs(llm.scores[:48] - short).max() / np.abs(short).max() > 1e-2
+    theirs = llama_cpp.Llama(str(path), n_ctx=512, n_batch=512, logits_all=True, verbose=False, n_threads=2,
+                             type_k=0, type_v=0)
+    theirs.eval(ids)
+    assert np.abs(llm.scores - np.array(theirs.scores[:len(ids)])).max() < 2e-3
 
 
 @pytest.fixture(scope="module")
