@@ -86,14 +86,15 @@ class Gemma2(Architecture):
     def tensors(self, available: set[str]) -> Iterator[TensorSpec]:
         E, V, F, hd = self.n_embd, self.vocab_size, self.n_ff, self.head_dim
         q, kv = self.n_head * hd, self.n_head_kv * hd
-        yield TensorSpec(tn(T.TOKEN_EMBD), "model.embed_tokens.weight", (V, E))
+        m = self.text_model(available)
+        yield TensorSpec(tn(T.TOKEN_EMBD), m + "embed_tokens.weight", (V, E))
         norms = [(T.ATTN_NORM, "input_layernorm", E)]
         if self.qk_norm:
             norms += [(T.ATTN_Q_NORM, "self_attn.q_norm", hd), (T.ATTN_K_NORM, "self_attn.k_norm", hd)]
         norms += [(T.ATTN_POST_NORM, "post_attention_layernorm", E), (T.FFN_NORM, "pre_feedforward_layernorm", E),
                   (T.FFN_POST_NORM, "post_feedforward_layernorm", E)]
         for i in range(self.n_layer):
-            p = f"model.layers.{i}."
+            p = f"{m}layers.{i}."
             for tensor, hf, size in norms:
                 yield TensorSpec(tn(tensor, i), p + hf + ".weight", (size,), shift=1.0)
             yield TensorSpec(tn(T.ATTN_Q, i), p + "self_attn.q_proj.weight", (q, E))
@@ -103,4 +104,8 @@ class Gemma2(Architecture):
             yield TensorSpec(tn(T.FFN_GATE, i), p + "mlp.gate_proj.weight", (F, E))
             yield TensorSpec(tn(T.FFN_UP, i), p + "mlp.up_proj.weight", (F, E))
             yield TensorSpec(tn(T.FFN_DOWN, i), p + "mlp.down_proj.weight", (E, F))
-        yield TensorSpec(tn(T.OUTPUT_NORM), "model.norm.weight", (E,), shift=1.0)
+        yield TensorSpec(tn(T.OUTPUT_NORM), m + "norm.weight", (E,), shift=1.0)
+
+    def text_model(self, available: set[str]) -> str:
+        """The prefix of the text model's tensors."""
+        return "model."

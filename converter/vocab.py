@@ -213,6 +213,8 @@ def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
     cfg = _read_json(folder / "tokenizer_config.json")
     smap = _read_json(folder / "special_tokens_map.json")
     model_cfg = _read_json(folder / "config.json")
+    if isinstance(model_cfg.get("text_config"), dict):  # a multimodal model: its text model's ids
+        model_cfg = {**model_cfg, **model_cfg["text_config"]}
     ids = {t: i for i, t in enumerate(vocab.tokens)}
     for a in tok_json.get("added_tokens", []):
         ids[a["content"]] = a["id"]

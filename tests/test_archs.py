@@ -16,7 +16,8 @@ from fixtures.qwen1 import make_qwen1_checkpoint
 
 FAMILIES = {"llama": "llama", "mistral": "llama", "mixtral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
             "qwen3moe": "qwen3moe", "starcoder2": "starcoder2", "gpt2": "gpt2", "codeshell": "codeshell", "qwen": "qwen",
-            "gemma2": "gemma2", "gemma3": "gemma3", "phi3": "phi3"}
+            "gemma2": "gemma2", "gemma3": "gemma3", "gemma3mm": "gemma3",
+            "phi3": "phi3"}
 
 
 @pytest.fixture(scope="module")

@@ -320,3 +320,27 @@ def test_layouts_give_identical_data_for_stacked_experts_and_tiktoken(tmp_path, 
         state = source_state(tmp_path / "safetensors1")
         want = np.stack([state[f"model.layers.1.mlp.experts.{j}.down_proj.weight"] for j in range(8)])
         assert got.tobytes() == want.astype(np.float32).tobytes()
+
+
+def test_gemma3_multimodal_text_model_under_both_transformers_names(tmp_path, shared_fixtures, caplog):
+    """Gemma3ForConditionalGeneration (Gemma 3 4B-27B): its text model as transformers 5 saves it (model.language_model.*,
+    lm_head) and as transformers 4 did (language_model.model.*, language_model.lm_head): the same file, the vision tower
+    and projector left out without a warning, the text config's settings (linear rope scaling on the global layers)."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+    t5 = make_checkpoint("gemma3mm", tmp_path / "t5")
+    t4 = tmp_path / "t4"
+    shutil.copytree(t5, t4)
+    state = load_file(str(t4 / "model.safetensors"))
+    renamed = {("language_model.model." + k[len("model.language_model."):]) if k.startswith("model.language_model.")
+               else k[len("model."):] if k.startswith("model.") else "language_model." + k: v for k, v in state.items()}
+    assert any(k.startswith("vision_tower.") for k in renamed)
+    save_file(renamed, str(t4 / "model.safetensors"))
+    for folder in (t5, t4):
+        convert_model(folder, outtype="f32", outfile=tmp_path / f"{folder.name}.gguf", model_name="same",
+                      info=lambda m: None)
+    assert (tmp_path / "t5.gguf").read_bytes() == (tmp_path / "t4.gguf").read_bytes()
+    f = fields(GGUFReader(tmp_path / "t5.gguf"))
+    assert f["gemma3.rope.scaling.type"] == "linear" and f["gemma3.rope.scaling.factor"] == 8.0
+    assert "ignoring" not in caplog.text

@@ -45,7 +45,7 @@ def _read(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["f32", "f16"])
-@pytest.mark.parametrize("arch", ["llama", "mixtral", "gemma2", "gemma3", "phi3", "qwen2", "qwen3", "qwen3moe", "starcoder2"])
+@pytest.mark.parametrize("arch", ["llama", "mixtral", "gemma2", "gemma3", "gemma3mm", "phi3", "qwen2", "qwen3", "qwen3moe", "starcoder2"])
 def test_same_file_as_llama_cpps_converter(converter, shared_fixtures, tmp_path, arch, outtype):
     if arch in BPE:
         folder = make_checkpoint(arch, tmp_path / arch, vocab_size=70144)
