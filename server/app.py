@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.sampling import SamplingParams
 from server.engine import Busy, Engine, GenRequest, GenResult, Ticket
+from server.limits import Limits
 from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, LlamaCompletionRequest,
                             Message, OpenAIRequest, Sampling, TokenizeRequest)
 from common.errors import DamagedModel, UserError
@@ -37,12 +38,16 @@ class AppConfig:
     api_key: str | None = None
     strict_model: bool = False
     seed: int = -1
+    limits: Limits = field(default_factory=Limits)
 
 
-class ApiError(Exception):
+class ApiError(StarletteHTTPException):
+    """An error answered in the API's shape. An HTTPException, so that one raised while FastAPI reads the body
+    (RequestLimits' 413 and 408) reaches its handler as it is, not as "There was an error parsing the body"."""
+
     def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
                  code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
+        super().__init__(status, message, headers)
         self.status, self.message, self.type, self.param, self.code, self.headers = (status, message, type, param,
                                                                                      code, headers)
 
@@ -68,7 +73,9 @@ def model_damaged(e: DamagedModel) -> ApiError:
 
 
 # the statuses each kind of route answers besides 200, as the OpenAPI document states them
-_STATUS_TEXT = {400: "Invalid request: a field fails validation (non-finite number, value out of range, text that is "
+_STATUS_TEXT = {408: "The request body was not received within the server's --timeout",
+                413: "The request body is larger than the server's limit",
+                400: "Invalid request: a field fails validation (non-finite number, value out of range, text that is "
                      "not Unicode, too many or too long stop strings), an unsupported parameter, or a prompt and "
                      "max_tokens that do not fit the context",
                 401: "Missing or incorrect API key (with --api-key)",
@@ -81,8 +88,13 @@ def _errors(*statuses: int) -> dict:
     return {s: {"model": ErrorResponse, "description": _STATUS_TEXT[s]} for s in statuses}
 
 
-ERRORS = {"models": _errors(401), "openai": _errors(400, 401, 404, 500, 503), "llama": _errors(400, 401, 500, 503),
-          "tokens": _errors(400, 401)}
+# a generation answers JSON, or with `stream: true` Server-Sent Events, described one event at a time
+_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
+    "type": "string", "description": "a JSON object: a piece, the end, or an error; the OpenAI routes end with [DONE]"}}}
+STREAMED = {200: {"description": "The generation: JSON, or with `stream: true` Server-Sent Events",
+                  "content": {"text/event-stream": {"schema": _EVENT}}}}
+ERRORS = {"models": _errors(401), "openai": {**STREAMED, **_errors(400, 401, 404, 408, 413, 500, 503)},
+          "llama": {**STREAMED, **_errors(400, 401, 408, 413, 500, 503)}, "tokens": _errors(400, 401, 408, 413)}
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}
 
 
@@ -207,52 +219,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         f"OpenAI- and llama.cpp-compatible API for {cfg.name}. With --api-key, every route but /health needs "
         "`Authorization: Bearer KEY`."))
     app.state.engine, app.state.cfg = engine, cfg
-
-    # -- errors -------------------------------------------------------------------------------------------------
-    @app.exception_handler(ApiError)
-    async def _api_error(request, e: ApiError):
-        return error_response(e)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        errs = e.errors()
-        first = max(errs, key=_telling, default={"msg": "invalid request", "loc": ()})
-        if first.get("type") == "json_invalid":
-            return error_response(ApiError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', '')}"
-                                           .rstrip(": "), code="json_invalid"))
-        param = validation_param(first.get("loc", ()))
-        if param is None and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
-            return error_response(ApiError(400, "the request body must be a JSON object", code="invalid_value"))
-        msg = f"{param}: {first['msg']}" if param else first["msg"]
-        if len(errs) > 1:
-            msg += f" (and {len(errs) - 1} more problem(s))"
-        return error_response(ApiError(400, msg, param=param, code="invalid_value"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request, e: StarletteHTTPException):
-        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return error_response(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}", kind,
-                                       headers=getattr(e, "headers", None)))
-
-    @app.exception_handler(Exception)
-    async def _bug(request, e: Exception):
-        log.exception("internal error on %s %s", request.method, request.url.path)
-        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
-
-    fastapi_openapi = app.openapi
-
-    def openapi() -> dict:
-        """FastAPI's document without the 422 it adds to every route with a body: validation errors are 400s
-        (declared per route through ERRORS)."""
-        doc = fastapi_openapi()
-        for operations in doc.get("paths", {}).values():
-            for op in operations.values():
-                op.get("responses", {}).pop("422", None)
-        for name in ("HTTPValidationError", "ValidationError"):
-            doc.get("components", {}).get("schemas", {}).pop(name, None)
-        return doc
-
-    app.openapi = openapi
+    install_error_handlers(app)
+    app.openapi = without_422(app.openapi)
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def check_model(body: OpenAIRequest) -> None:
@@ -477,10 +445,65 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                            param="tokens", code="invalid_value")
         return {"content": engine.tokenizer.decode(body.tokens)}
 
+    add_middleware(app, cfg)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error in the one shape (ErrorResponse): ours, validation (400, not 422), Starlette's (404, 405) and bugs
+    (500, logged with the traceback)."""
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return error_response(e)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        errs = e.errors()
+        first = max(errs, key=_telling, default={"msg": "invalid request", "loc": ()})
+        if first.get("type") == "json_invalid":
+            return error_response(ApiError(400, f"malformed JSON body: {first.get('ctx', {}).get('error', '')}"
+                                           .rstrip(": "), code="json_invalid"))
+        param = validation_param(first.get("loc", ()))
+        if param is None and first.get("type") in ("model_attributes_type", "dict_type", "missing"):
+            return error_response(ApiError(400, "the request body must be a JSON object", code="invalid_value"))
+        msg = f"{param}: {first['msg']}" if param else first["msg"]
+        if len(errs) > 1:
+            msg += f" (and {len(errs) - 1} more problem(s))"
+        return error_response(ApiError(400, msg, param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e: StarletteHTTPException):
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return error_response(ApiError(e.status_code, f"{request.method} {request.url.path}: {e.detail}", kind,
+                                       headers=getattr(e, "headers", None)))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, e: Exception):
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return error_response(ApiError(500, f"internal error: {type(e).__name__}: {e}", "server_error"))
+
+
+def without_422(fastapi_openapi):
+    """FastAPI's document without the 422 it adds to every route with a body: validation errors are 400s (declared
+    per route through ERRORS)."""
+    def openapi() -> dict:
+        doc = fastapi_openapi()
+        for operations in doc.get("paths", {}).values():
+            for op in operations.values():
+                op.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        return doc
+    return openapi
+
+
+def add_middleware(app: FastAPI, cfg: AppConfig) -> None:
+    """Each added around the previous ones: from the outside in, the access log (it sees every answer), the request
+    limits, the API key, JSON bodies."""
     app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(AuthMiddleware, api_key=cfg.api_key)
+    app.add_middleware(RequestLimits, limits=cfg.limits)
     app.add_middleware(AccessLogMiddleware)
-    return app
 
 
 class JsonBodyMiddleware:
@@ -497,6 +520,61 @@ class JsonBodyMiddleware:
                 headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
                 scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
         return await self.app(scope, receive, send)
+
+
+class RequestLimits:
+    """A request's own limits (server.limits.Limits), answered in the API's shape before any route runs or while it
+    reads the body: a head over max_header_bytes (431: h11 bounds a head that arrives in pieces, one that came in a
+    single read reaches here), a declared body length over max_body_bytes (413 before a byte of it is read, so a
+    client waiting for `100 Continue` sends nothing), a body that grows past it (413) or is not all there `timeout`
+    seconds after the head (408). The connection then ends (server.connections lingers, then closes)."""
+
+    def __init__(self, app, limits: Limits):
+        self.app, self.limits = app, limits
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            return await error_response(refusal)(scope, receive, send)
+        return await self.app(scope, self.limited(receive), send)
+
+    def refusal(self, scope) -> ApiError | None:
+        limit = self.limits.max_header_bytes
+        head = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(k) + len(v) + 4 for k, v in
+                                                                         scope["headers"])
+        if head > limit:
+            return ApiError(431, f"the request head (request line and headers) is larger than {limit} bytes",
+                            code="headers_too_large")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            return self.too_large(f"declares {int(declared)} bytes")
+        return None
+
+    def too_large(self, what: str) -> ApiError:
+        return ApiError(413, f"the request body {what}; the server takes at most {self.limits.max_body_bytes} bytes",
+                        code="body_too_large")
+
+    def limited(self, receive):
+        deadline = time.monotonic() + self.limits.timeout
+        size, done = 0, False
+
+        async def receive_within_limits():
+            nonlocal size, done
+            if done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body was not received within {self.limits.timeout:g} s "
+                               f"({size} bytes came)", code="request_timeout") from None
+            size += len(message.get("body", b""))
+            done = message["type"] != "http.request" or not message.get("more_body", False)
+            if size > self.limits.max_body_bytes:
+                raise self.too_large(f"is larger than {self.limits.max_body_bytes} bytes")
+            return message
+        return receive_within_limits
 
 
 class AuthMiddleware:
@@ -551,4 +629,7 @@ class AccessLogMiddleware:
                 line += f" prompt {state.get('n_prompt', 0)} tok, failed while streaming: {state['failed']}"
             elif state.get("cancelled"):
                 line += f" prompt {state.get('n_prompt', 0)} tok, cancelled (client gone)"
-            log.info(line)
+            # floods of failures are rate-limited by kind: route and status (server.logs.RateLimit)
+            path = "*" if status[0] == 404 else scope["path"]  # a flood of 404s with random paths is one kind
+            log.info(line, extra={"kind": f'access {scope["method"]} {path} {status[0]}'} if not 0 < status[0] < 400
+                     else None)

@@ -1,18 +1,19 @@
 """`toolkit serve`: bind the socket, load the model into its slots, then run the FastAPI app on uvicorn until
 interrupted. The socket is bound first (a port in use fails at once, before a long model load) and the startup line is
-printed once the server accepts connections; `--port 0` picks a free port, which that line gives."""
+printed once the server accepts connections; `--port 0` picks a free port, which that line gives. Connections are
+served by server.connections' protocol under server.limits' limits (the cap fitted to the open-file limit)."""
 from __future__ import annotations
 
 import contextlib
-import logging
+import math
 import signal
 import socket
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from server.limits import Limits
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ServeOptions:
     alias: str | None = None
     strict_model: bool = False
     seed: int = -1
+    timeout: float = Limits.timeout
 
 
 def validate(o: ServeOptions) -> None:
@@ -46,6 +48,10 @@ def validate(o: ServeOptions) -> None:
         raise UserError(f"-t must be at least 1, got {o.n_threads}")
     if not Path(o.model).is_file():
         raise UserError(f"model file {o.model} does not exist")
+    from runtime.generate import check_context_memory  # the model's header only: its KV cache bytes per position
+    check_context_memory(o.model, o.n_ctx, o.cache_type, o.parallel, f"-c {o.n_ctx} × --parallel {o.parallel}")
+    if not (math.isfinite(o.timeout) and o.timeout > 0):
+        raise UserError(f"--timeout must be a positive number of seconds, got {o.timeout}")
     if o.api_key is not None and not o.api_key.strip():
         raise UserError("--api-key must not be empty")
 
@@ -75,17 +81,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _logger() -> logging.Logger:
-    """Plain lines on stderr, one per event (rich's handler wraps long lines off a terminal)."""
-    log = logging.getLogger("toolkit.server")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
-
-
 def serve(o: ServeOptions) -> None:
     validate(o)  # before the imports and the model load: a wrong flag or a busy port fails at once
     template = chat_template_arg(o.chat_template)
@@ -100,14 +95,18 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     import uvicorn
 
     from server.app import AppConfig, create_app
+    from server.connections import guarded_protocol
     from server.engine import Engine
+    from server.logs import server_logger
 
-    log = _logger()
+    log = server_logger()
+    limits = Limits(timeout=o.timeout).within_open_files()
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
                     chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type)
     try:
         name = o.alias or Path(o.model).name
-        app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed))
+        app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,
+                                           limits=limits))
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         hp = engine.hp
@@ -135,8 +134,9 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
                     for sig, handler in previous.items():
                         signal.signal(sig, handler)
 
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3,
-                                lifespan="off")
+        config = uvicorn.Config(app, http=guarded_protocol(limits), log_config=None, access_log=False,
+                                timeout_graceful_shutdown=3, lifespan="off", timeout_keep_alive=limits.keep_alive,
+                                backlog=limits.backlog, h11_max_incomplete_event_size=limits.max_header_bytes)
         Server(config).run(sockets=[sock])
         log.info("toolkit serve: stopped")
     finally:

@@ -7,7 +7,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from server.limits import Limits
 from toolkit.ui import TensorProgress, console, setup_logging, user_errors
+
+SERVE_LIMITS = Limits()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert Hugging Face checkpoints to GGUF, quantize, run and serve them.")
@@ -219,7 +222,12 @@ def run(
             runner.close()
 
 
-@app.command(no_args_is_help=True)
+SERVE_HELP = ("Serve a GGUF model over HTTP: OpenAI's /v1 API and llama.cpp's /completion, docs at /docs.\n\n"
+              f"Limits per client: {SERVE_LIMITS.describe()} (the connection cap lowered to fit a low open-file "
+              "limit; beyond it the longest idle connection is closed to make room, else 503).")
+
+
+@app.command(no_args_is_help=True, help=SERVE_HELP)
 def serve(
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
@@ -236,9 +244,10 @@ def serve(
     alias: Optional[str] = typer.Option(None, "-a", "--alias", help="Model name in the API (default: file name)."),
     strict_model: bool = typer.Option(False, "--strict-model", help="Answer 404 to requests naming another model."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Seed for requests that give none (-1 = random)."),
+    timeout: float = typer.Option(SERVE_LIMITS.timeout, "-to", "--timeout",
+                                  help="Seconds a client has to send a request's head, and again its body (else 408)."),
     verbose: bool = VERBOSE,
 ) -> None:
-    """Serve a GGUF model over HTTP: OpenAI's /v1 API and llama.cpp's /completion, docs at /docs."""
     from server import ServeOptions
     from server import serve as run_server
 
@@ -246,7 +255,8 @@ def serve(
     with user_errors(verbose):
         run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
                                 n_batch=batch_size, cache_type=cache_type, parallel=parallel, queue=queue, api_key=api_key,
-                                chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed))
+                                chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed,
+                                timeout=timeout))
 
 
 @app.command(no_args_is_help=True)
