@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import convert, quantize, run, serve
+from benchmarks import convert, models, quantize, run, serve
 
 
 def main() -> None:
@@ -12,7 +12,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("bench-data"), help="where checkpoints and outputs go")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the 16 GB CodeShell-7B-shaped conversion")
-    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve"], help="run one benchmark")
+    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve", "models"], help="run one benchmark")
+    ap.add_argument("--moe-layers", type=int, default=16,
+                    help="layers of the Qwen3-30B-A3B-shaped model in the models benchmark (48: the whole model)")
     ap.add_argument("--llama-cpp-codeshell", action="store_true",
                     help="also run llama.cpp's converter on the CodeShell-7B-shaped checkpoint (slow, needs ~16 GB RAM)")
     args = ap.parse_args()
@@ -25,6 +27,8 @@ def main() -> None:
         run.run(args.data, repeat=args.repeat)
     if args.only in (None, "serve"):
         serve.run(args.data, repeat=args.repeat)
+    if args.only in (None, "models"):
+        models.run(args.data, repeat=args.repeat, moe_layers=args.moe_layers)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Measurement helpers: wall time and peak RSS of a child process, medians, the ratio table."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -78,6 +79,29 @@ def llama_cpp_source(data: Path) -> Path:
                     members.append(m)
         tar.extractall(root, members=members, filter="data")
     return root
+
+
+BUILD_SCRIPT = Path(__file__).resolve().parent.parent.parent / "shared" / "tools" / "build-llama-cpp.sh"
+
+
+def llama_cpp_tools(data: Path) -> Path:
+    """The binaries of llama.cpp b11434 built for this CPU's best SIMD level (never AMX) by
+    ../shared/tools/build-llama-cpp.sh into DATA/llama.cpp, built on first use (about 11 minutes)."""
+    dest = data / "llama.cpp"
+    if not (dest / "bin" / "llama-bench").is_file():
+        console.print(f"building llama.cpp b11434 into {dest} (about 11 minutes, once)")
+        subprocess.run(["bash", str(BUILD_SCRIPT), str(dest)], check=True)
+    return dest / "bin"
+
+
+def llama_bench(bin_dir: Path, path: Path, n_prompt: int, n_gen: int, threads: int = 2) -> tuple[float, float]:
+    """llama-bench's prompt tokens/s (n_prompt tokens at depth 0) and generation tokens/s (n_gen tokens after a
+    prompt of n_prompt, as ours are measured), one repetition each after its warm-up."""
+    def tps(*args: str) -> float:
+        p = subprocess.run([str(bin_dir / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
+                            *args], check=True, capture_output=True, text=True)
+        return float(json.loads(p.stdout)[0]["avg_ts"])
+    return tps("-p", str(n_prompt), "-n", "0"), tps("-p", "0", "-n", str(n_gen), "-d", str(n_prompt))
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -1,8 +1,8 @@
-"""Inference: prompt (128 tokens) and generation tokens/s on the TinyLlama-1.1B-shaped model for Q4_0, Q8_0, Q4_K_M
-and F16, ours (`runtime`, 2 threads) and llama.cpp's (llama-cpp-python 0.3.36, 2 threads) in the same run, each in
-its own process, alternating so that both see the same machine. Also the memory read bandwidth, generation as a
-fraction of its roofline (weights read once per token), and the peak RSS of each process for the same file and
-context."""
+"""Inference: prompt (128 tokens) and generation (64 tokens after it) tokens/s on the TinyLlama-1.1B-shaped model for
+Q4_0, Q8_0, Q4_K_M and F16, ours (`runtime`, 2 threads) against llama.cpp b11434's own `llama-bench` built for this
+CPU (2 threads), and against llama-cpp-python 0.3.36 (the tests' AVX2 oracle) as a second column, in the same run,
+each in its own process, alternating so that all see the same machine. Also the memory read bandwidth, generation as a
+fraction of its roofline (weights read once per token), and our peak RSS."""
 from __future__ import annotations
 
 import json
@@ -11,18 +11,19 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import native
-from benchmarks.common import PY, console, table
+from benchmarks.common import PY, console, llama_bench, llama_cpp_tools, table
 from benchmarks.quantize import f16_input
 from common.ggufio import GGUFFile
 
 TYPES = os.environ.get("BENCH_RUN_TYPES", "Q4_0,Q8_0,Q4_K_M,F16").split(",")
-N_PROMPT, N_GEN = 128, 32
-# Each child evaluates the same 128-token prompt, then 32 greedy tokens one at a time, timing every call; it writes
+N_PROMPT, N_GEN = 128, 64  # as llama-bench -p 128 -n 64
+# Each child evaluates the same 128-token prompt, then 64 greedy tokens one at a time, timing every call; it writes
 # [prompt seconds, [token seconds...], peak RSS KiB] to the file named by argv[2].
 _COMMON = """
 import json, resource, sys, time, numpy as np
@@ -64,17 +65,69 @@ def bandwidth(nthreads: int = 2, size: int = 1 << 30) -> float:
     return size / best / 1e9
 
 
-def bytes_per_token(path: Path) -> int:
-    """Weight bytes a generated token reads: every matrix but the token embeddings (unless they are the output)."""
+def bytes_per_token(path: Path, moe_active: bool = False) -> int:
+    """Weight bytes a generated token reads: every matrix but the token embeddings (unless they are the output); with
+    `moe_active`, of a layer's stacked experts only the share its router picks (expert_used_count / expert_count)."""
     g = GGUFFile(path)
     try:
+        arch = g.value("general.architecture")
+        share = 1.0
+        if moe_active and g.value(f"{arch}.expert_count"):
+            share = int(g.value(f"{arch}.expert_used_count")) / int(g.value(f"{arch}.expert_count"))
         names = {e.info.name for e in g.tensors}
-        return sum(e.info.nbytes for e in g.tensors if e.info.name != "token_embd.weight" or "output.weight" not in names)
+        return int(sum(e.info.nbytes * (share if "_exps." in e.info.name else 1.0) for e in g.tensors
+                       if e.info.name != "token_embd.weight" or "output.weight" not in names))
     finally:
         g.close()
 
 
+@dataclass
+class Figures:
+    """Tokens/s of one file: ours and llama.cpp's (llama-bench b11434), medians of alternating runs; llama-cpp-python's
+    (0.3.36, the test oracle, an AVX2 build) when asked for; peak RSS of our process."""
+    prompt: float
+    gen: float
+    prompt_llama: float
+    gen_llama: float
+    rss_mb: float
+    prompt_lcp: float | None = None
+    gen_lcp: float | None = None
+
+
+def measure(path: Path, bin_dir: Path, repeat: int, with_lcp: bool = False) -> Figures:
+    """Ours, llama-bench and (optionally) llama-cpp-python on one file, alternating so a slow spell hits all."""
+    ours, bench, lcp = [], [], []
+    for _ in range(repeat):
+        ours.append(_once(_OURS, path))
+        bench.append(llama_bench(bin_dir, path, N_PROMPT, N_GEN))
+        if with_lcp:
+            lcp.append(_once(_LLAMA_CPP, path))
+
+    def rates(runs):
+        return (N_PROMPT / statistics.median(r[0] for r in runs), 1.0 / statistics.median(t for r in runs for t in r[1]))
+    prompt, gen = rates(ours)
+    fig = Figures(prompt, gen, statistics.median(b[0] for b in bench), statistics.median(b[1] for b in bench),
+                  max(r[2] for r in ours))
+    if with_lcp:
+        fig.prompt_lcp, fig.gen_lcp = rates(lcp)
+    return fig
+
+
+def row(label: list[str], f: Figures, roofline: float) -> list[str]:
+    out = [*label, f"{f.prompt:.1f}", f"{f.prompt_llama:.1f}", f"{f.prompt / f.prompt_llama:.2f}×", f"{f.gen:.2f}",
+           f"{f.gen_llama:.2f}", f"{f.gen / f.gen_llama:.2f}×", f"{f.gen / roofline:.0%}",
+           f"{f.gen_llama / roofline:.0%}"]
+    if f.prompt_lcp is not None:
+        out += [f"{f.prompt / f.prompt_lcp:.2f}×", f"{f.gen / f.gen_lcp:.2f}×"]
+    return out + [f"{f.rss_mb:.0f}"]
+
+
+COLUMNS = ["prompt ours", "prompt llama.cpp", "ratio", "gen ours", "gen llama.cpp", "ratio", "gen/roofline ours",
+           "gen/roofline llama.cpp"]
+
+
 def run(data: Path, repeat: int = 3) -> None:
+    bin_dir = llama_cpp_tools(data)
     f16 = f16_input(data)
     bw = bandwidth()
     console.print(f"[bold]run[/bold]: memory read bandwidth {bw:.1f} GB/s (2 threads)")
@@ -85,20 +138,9 @@ def run(data: Path, repeat: int = 3) -> None:
             subprocess.run([PY, "-m", "toolkit", "quantize", str(f16), str(path), name, "2"], check=True,
                            capture_output=True)
         console.print(f"[bold]run[/bold]: {name}")
-        res = {"ours": [], "llama.cpp": []}
-        for _ in range(repeat):  # alternate, so a slow spell of the machine hits both
-            res["ours"].append(_once(_OURS, path))
-            res["llama.cpp"].append(_once(_LLAMA_CPP, path))
-        fig = {}
-        for who, runs in res.items():
-            prompt = N_PROMPT / statistics.median(r[0] for r in runs)
-            gen = 1.0 / statistics.median(t for r in runs for t in r[1])
-            fig[who] = (prompt, gen, max(r[2] for r in runs))
-        (op, og, orss), (lp, lg, lrss) = fig["ours"], fig["llama.cpp"]
-        roof = bw * 1e9 / bytes_per_token(path)
-        rows.append([name, f"{op:.1f}", f"{lp:.1f}", f"{op / lp:.2f}×", f"{og:.1f}", f"{lg:.1f}", f"{og / lg:.2f}×",
-                     f"{og / roof:.0%}", f"{orss:.0f}", f"{lrss:.0f}"])
-    table(f"run TinyLlama-1.1B, 2 threads, {repeat} alternating runs each (tokens/s: prompt {N_PROMPT} = median of "
-          f"runs, generation {N_GEN} = 1 / median token time; roofline = bandwidth / weight bytes per token)",
-          ["type", "prompt ours", "prompt llama.cpp", "ratio", "gen ours", "gen llama.cpp", "ratio",
-           "gen/roofline", "RSS ours MB", "RSS llama.cpp MB"], rows)
+        fig = measure(path, bin_dir, repeat, with_lcp=True)
+        rows.append(row([name], fig, bw * 1e9 / bytes_per_token(path)))
+    table(f"run TinyLlama-1.1B, 2 threads, {repeat} alternating runs each, tokens/s: prompt {N_PROMPT} (median of "
+          f"runs), generation {N_GEN} after it (1 / median token time); llama.cpp = b11434's llama-bench built for "
+          "this CPU; roofline = bandwidth / weight bytes per token; llama-cpp-python 0.3.36 (AVX2) as a second opponent",
+          ["type", *COLUMNS, "prompt vs lcp", "gen vs lcp", "RSS ours MB"], rows)

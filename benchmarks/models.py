@@ -1,0 +1,59 @@
+"""The models people deploy, against today's llama.cpp built for this CPU: prompt (128 tokens) and generation (64 tokens
+after that prompt) tokens/s, ours (runtime, 2 threads) and llama.cpp b11434's own `llama-bench` (2 threads), as
+benchmarks/run.py measures them. Shapes: Qwen-7B-Chat (the real config, random weights) and Qwen3-30B-A3B (the real
+widths and experts; --moe-layers of its 48 layers, 16 by default: the whole model's f16 source (61 GB) does not fit
+this machine's disk beside its Q4_K_M file), each Q4_0 and Q4_K_M.
+
+Set-up per shape, once: a random bf16 checkpoint, `toolkit convert` to f16, `toolkit quantize` to each type; the bf16
+and f16 files are deleted once the quantized ones exist (Qwen-7B: 15 GB each, ~4 minutes; the MoE shape at 16 layers:
+21 GB each, ~6 minutes)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from benchmarks.common import PY, console, llama_cpp_tools, table
+from benchmarks.run import COLUMNS, bandwidth, bytes_per_token, measure, row
+from fixtures import make_random_checkpoint
+
+TYPES = ("Q4_0", "Q4_K_M")
+
+
+def _toolkit(*args: str) -> None:
+    subprocess.run([PY, "-m", "toolkit", *args], check=True, capture_output=True)
+
+
+def prepare(data: Path, kind: str, **overrides) -> dict[str, Path]:
+    """The shape's quantized files, made once: random bf16 checkpoint → f16 → each type; the big intermediates go."""
+    stem = kind + "".join(f"-{k}{v}" for k, v in overrides.items())
+    out = {t: data / f"{stem}-{t}.gguf" for t in TYPES}
+    if all(p.is_file() for p in out.values()):
+        return out
+    f16 = data / f"{stem}-f16.gguf"
+    if not f16.is_file():
+        console.print(f"[bold]models[/bold]: writing a random {stem} checkpoint and converting it to f16")
+        ckpt = make_random_checkpoint(kind, data / f"{stem}-bf16", **overrides)
+        _toolkit("convert", str(ckpt), "1", "--outfile", str(f16))
+        subprocess.run(["rm", "-rf", str(ckpt)], check=True)
+    for t, path in out.items():
+        if not path.is_file():
+            console.print(f"[bold]models[/bold]: quantizing {stem} to {t}")
+            _toolkit("quantize", str(f16), str(path), t, "2")
+    f16.unlink()
+    return out
+
+
+def run(data: Path, repeat: int = 3, moe_layers: int = 16) -> None:
+    bin_dir = llama_cpp_tools(data)
+    shapes = {"Qwen-7B-Chat": prepare(data, "qwen7b"),
+              f"Qwen3-30B-A3B ({moe_layers}/48 layers)": prepare(data, "qwen3moe", num_hidden_layers=moe_layers)}
+    bw = bandwidth()
+    console.print(f"[bold]models[/bold]: memory read bandwidth {bw:.1f} GB/s (2 threads)")
+    rows = []
+    for shape, files in shapes.items():
+        for t, path in files.items():
+            console.print(f"[bold]models[/bold]: {shape} {t}")
+            rows.append(row([shape, t], measure(path, bin_dir, repeat), bw * 1e9 / bytes_per_token(path, True)))
+    table(f"models: tokens/s, 2 threads, {repeat} alternating runs, medians (prompt 128; generation 64 after it; "
+          "llama.cpp = b11434's llama-bench; roofline = bandwidth / weight bytes a token reads, experts it routes to)",
+          ["model", "type", *COLUMNS, "RSS ours MB"], rows)
