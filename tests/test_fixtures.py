@@ -349,3 +349,21 @@ def test_cli_tiny(tmp_path, capsys):
     assert str(tmp_path) in capsys.readouterr().out
     assert json.loads((tmp_path / "config.json").read_text())["n_layer"] == 3
     assert (tmp_path / "pytorch_model.bin.index.json").is_file()
+
+
+@pytest.mark.parametrize("kind,sizes", [
+    ("qwen7b", dict(hidden_size=64, num_attention_heads=4, kv_channels=16, intermediate_size=256, num_hidden_layers=2)),
+    ("qwen3moe", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128,
+                      moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, num_hidden_layers=2)),
+])
+def test_benchmark_shapes_convert_and_run(tmp_path, shared_fixtures, kind, sizes):
+    """The benchmark's Qwen checkpoints, written from the architecture description (shrunk here), are what the converter
+    expects: they convert (Qwen's tiktoken vocabulary, the real vocab_size) and the runtime evaluates them."""
+    from converter.convert import convert_model
+    from runtime.api import Llama
+    folder = bigmodels.make_random_checkpoint(kind, tmp_path / kind, **sizes)
+    out = tmp_path / f"{kind}.gguf"
+    convert_model(folder, outtype="f16", outfile=out, info=lambda m: None)
+    llm = Llama(str(out), n_ctx=32, verbose=False)
+    llm.eval([1, 2, 3])
+    assert np.isfinite(llm.scores[-1]).all() and llm.scores.shape[1] == 151936
