@@ -57,3 +57,14 @@ def llama_cpp_logit_diff(llama_cpp, path: Path, prompt: list[int]) -> float:
     ours = Llama(str(path), n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)
     ours.eval(prompt)
     return float(np.abs(ours.scores - np.array(ref.scores[:len(prompt)])).max())
+
+
+def greedy_tokens(llama_cpp, path: Path, prompt: list[int], steps: int = 32) -> tuple[list[int], list[int]]:
+    """`steps` greedy tokens after `prompt`, ours and llama.cpp's on the same file (f32 KV caches on both sides)."""
+    from runtime.api import Llama
+    from runtime.sampling import SamplingParams
+    ref = llama_cpp.Llama(str(path), n_ctx=128, n_threads=2, verbose=False, type_k=0, type_v=0)
+    theirs = [t for t, _ in zip(ref.generate(prompt, temp=0.0, top_k=1), range(steps))]
+    ours = list(Llama(str(path), n_ctx=128, verbose=False, type_k=0, type_v=0).session.generate(
+        prompt, steps, SamplingParams(temp=0.0), ignore_eos=True))
+    return ours, theirs

@@ -18,9 +18,8 @@ from fixtures import load_hf_model, make_checkpoint
 from quantizer.quantize import quantize_file
 from quantizer.types import parse_file_type
 from runtime.api import Llama
-from runtime.sampling import SamplingParams
 from tests.codeshell_reference import codeshell_logits
-from tests.helpers import REPO, llama_cpp_logit_diff, quantized, run_toolkit
+from tests.helpers import REPO, greedy_tokens, llama_cpp_logit_diff, quantized, run_toolkit
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
@@ -122,11 +121,7 @@ def test_against_llama_cpp(llama256, type_name, kernels):
     ours_llm = Llama(str(path), n_ctx=128, logits_all=True, verbose=False, type_k=0, type_v=0)
     ours_llm.eval(PROMPT[:32])
     assert np.abs(ours_llm.scores - theirs).max() < TOLERANCE
-    # greedy generation: identical tokens for 32 steps
-    ref.reset()
-    theirs_tokens = [t for t, _ in zip(ref.generate(PROMPT[:8], temp=0.0, top_k=1), range(32))]
-    ours_tokens = list(Llama(str(path), n_ctx=128, verbose=False, type_k=0, type_v=0).session.generate(
-        PROMPT[:8], 32, SamplingParams(temp=0.0), ignore_eos=True))
+    ours_tokens, theirs_tokens = greedy_tokens(llama_cpp, path, PROMPT[:8])  # identical for 32 steps
     assert ours_tokens == theirs_tokens
 
 
@@ -190,6 +185,8 @@ def test_newer_architectures_against_llama_cpp(small_weights, tmp_path, arch, ty
     # post-norms carry that to 4.5e-3
     bound = 1e-2 if arch.startswith("gemma") and type_name == "F16" else 2e-3
     assert llama_cpp_logit_diff(llama_cpp, path, PROMPT[:32]) < bound
+    ours, theirs = greedy_tokens(llama_cpp, path, PROMPT[:8])  # identical for 32 steps
+    assert ours == theirs
 
 
 @pytest.mark.parametrize("outtype", ["f32", "f16", "Q8_0"])
