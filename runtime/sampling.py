@@ -86,10 +86,13 @@ class Sampler:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, logits: np.ndarray, history: list[int]) -> int:
+    def sample(self, logits: np.ndarray, history: list[int], constraint=None) -> int:
+        """One token; `constraint` (a runtime.grammar.GrammarConstraint) first masks the tokens it does not allow."""
         p = self.params
         logits = np.asarray(logits, dtype=np.float64).reshape(-1).copy()
         _check_logits(logits)
+        if constraint is not None:
+            constraint.apply(logits)
         if p.repeat_penalty != 1.0 and p.repeat_last_n != 0 and history:
             recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history
             ids = np.unique(np.asarray(recent, dtype=np.int64))
