@@ -260,6 +260,47 @@ def serve(
 
 
 @app.command(no_args_is_help=True)
+def perplexity(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
+    file: Optional[Path] = typer.Option(None, "-f", "--file", help="Text to score (not used with --kl-divergence)."),
+    ctx_size: Optional[int] = typer.Option(None, "-c", "--ctx-size", help="Tokens per chunk (default 512; with "
+                                           "--kl-divergence, the base file's)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per batch (at most -c)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    chunks: int = typer.Option(-1, "--chunks", help="Score at most this many chunks (-1 = all)."),
+    kl_divergence_base: Optional[Path] = typer.Option(None, "--kl-divergence-base", "--save-all-logits",
+                                                      help="Base log-probabilities file: written (llama-perplexity's "
+                                                      "format), or read with --kl-divergence."),
+    kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare this model with the one that wrote "
+                                       "--kl-divergence-base, over its tokens: KLD, Δp, same top token."),
+    cache_type: str = typer.Option("f16", "--cache-type", "-ctk", help="KV cache element type: f16 or f32."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Perplexity of a model over a text, and KL divergence from a base model, as llama-perplexity computes them."""
+    from common.errors import UserError
+    from toolkit import ppl
+
+    setup_logging(verbose)
+    with user_errors(verbose):
+        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1)):
+            if value is not None and value < low:
+                raise UserError(f"{name} must be at least {low}, got {value}")
+        if cache_type not in ("f16", "f32"):
+            raise UserError(f"--cache-type must be f16 or f32, got {cache_type!r}")
+        if kl_divergence:
+            if kl_divergence_base is None:
+                raise UserError("--kl-divergence needs --kl-divergence-base FILE (written by a run without "
+                                "--kl-divergence)")
+            if file is not None:
+                console.print(f"note: {file} is not read: the tokens come from {kl_divergence_base}", markup=False)
+            ppl.kl_divergence(model, kl_divergence_base, ctx_size, batch_size, threads, chunks, cache_type)
+            return
+        if file is None:
+            raise UserError("give the text to score with -f FILE")
+        ppl.perplexity(model, file, ctx_size or 512, batch_size, threads, chunks, cache_type, kl_divergence_base)
+
+
+@app.command(no_args_is_help=True)
 def info(path: Path = typer.Argument(..., help="GGUF file."), verbose: bool = VERBOSE) -> None:
     """Summarise a GGUF file: metadata, tensor types and sizes."""
     from toolkit.inspect import summary

@@ -92,3 +92,27 @@ class TensorProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class ChunkProgress:
+    """Progress over chunks of a text (perplexity, KL divergence): a rich bar with a note (the running estimate) on a
+    terminal, nothing otherwise (the caller prints its own lines)."""
+
+    def __init__(self, description: str, total: int):
+        self.live = console.is_terminal
+        self._bar: Progress | None = None
+        if self.live:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[note]}"), console=console,
+                                 redirect_stdout=False, redirect_stderr=False)
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, note="")
+
+    def advance(self, note: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, note=note)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -1,0 +1,135 @@
+"""`toolkit perplexity`'s two runs on the terminal: the figures on stdout in llama-perplexity's format (the running
+estimates, the final estimate, the KL-divergence table and statistics), progress and information on stderr."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from common.errors import UserError
+from runtime import perplexity as P
+from toolkit.ui import ChunkProgress, console
+
+
+def _info(message: str) -> None:
+    console.print(message, markup=False, soft_wrap=True, highlight=False)
+
+
+class _Output:
+    """Pieces of stdout written as they come, unless stdout is the terminal the progress bar is drawn on: then kept
+    until the bar is gone."""
+
+    def __init__(self, progress: ChunkProgress):
+        self.hold = progress.live and sys.stdout.isatty()
+        self.held: list[str] = []
+
+    def write(self, text: str) -> None:
+        if self.hold:
+            self.held.append(text)
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def release(self) -> None:
+        sys.stdout.write("".join(self.held))
+        sys.stdout.flush()
+        self.held = []
+
+
+def _open_session(model: Path, n_ctx: int, n_batch: int, threads: int | None, cache_type: str):
+    from runtime.generate import Session
+    if not Path(model).is_file():
+        raise UserError(f"model file {model} does not exist")
+    session = Session(str(model), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads, cache_type=cache_type)
+    hp = session.model.hp
+    _info(f"perplexity: {Path(model).name}: {hp.arch}, n_vocab = {hp.n_vocab}, n_ctx_train = {hp.n_ctx_train}, "
+          f"n_threads = {session.n_threads}")
+    if n_ctx > hp.n_ctx_train:
+        _info(f"warning: model was trained on only {hp.n_ctx_train} context tokens ({n_ctx} specified)")
+    return session
+
+
+def _timings(session) -> None:
+    """llama.cpp's context timings (the sampler's line says nothing here)."""
+    _info("\n".join(line for line in session.timings.report().splitlines() if "sampler" not in line))
+
+
+def _first_chunk_note(done: P.ChunkDone) -> None:
+    if done.index == 1:
+        _info(f"perplexity: {done.seconds:.2f} seconds per pass - ETA {done.seconds * done.n_chunk / 60:.2f} minutes")
+
+
+def _run_chunks(description: str, n_chunk: int, run, line, note):
+    """Run `run(on_chunk)` under a progress bar; each chunk's `line(done, stats)` goes to stdout."""
+    progress = ChunkProgress(description, n_chunk)
+    out = _Output(progress)
+
+    def on_chunk(done, stats):
+        _first_chunk_note(done)
+        out.write(line(done, stats))
+        progress.advance(note(stats))
+    try:
+        return run(on_chunk), out
+    finally:
+        progress.finish()
+        out.release()
+
+
+def perplexity(model: Path, text_file: Path, n_ctx: int, n_batch: int, threads: int | None, max_chunks: int,
+               cache_type: str, save_base: Path | None) -> None:
+    if not Path(text_file).is_file():
+        raise UserError(f"text file {text_file} does not exist")
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    session = _open_session(model, n_ctx, n_batch, threads, cache_type)
+    try:
+        _info("perplexity: tokenizing the input ..")
+        tokens = P.tokenize_text(session.tokenizer, text)
+        chunks = P.plan_chunks(len(tokens), n_ctx, max_chunks)
+        _info(f"perplexity: calculating perplexity over {chunks.n_chunk} chunks, n_ctx={n_ctx}, "
+              f"batch_size={session.n_batch} ({len(tokens)} tokens)")
+        writer = None
+        if save_base is not None:
+            writer = P.BaseLogitsWriter(save_base, chunks, session.model.hp.n_vocab, tokens)
+            _info(f"perplexity: saving the scored log-probabilities to {save_base}")
+        try:
+            stats, out = _run_chunks("perplexity", chunks.n_chunk,
+                                     lambda cb: P.perplexity(session, tokens, chunks, writer, cb),
+                                     lambda d, s: P.chunk_estimate(d.index, s), lambda s: f"PPL {s.ppl:.4f}")
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        if writer is not None:
+            writer.commit()
+        print()
+        print(P.final_estimate(stats))
+        _timings(session)
+    finally:
+        session.close()
+
+
+def kl_divergence(model: Path, base_file: Path, n_ctx: int | None, n_batch: int, threads: int | None,
+                  max_chunks: int, cache_type: str) -> None:
+    base = P.BaseLogits.open(base_file)
+    if n_ctx is not None and n_ctx != base.chunks.n_ctx:
+        raise UserError(f"{base_file} was computed with -c {base.chunks.n_ctx}; drop -c or give -c "
+                        f"{base.chunks.n_ctx}")
+    session = _open_session(model, base.chunks.n_ctx, n_batch, threads, cache_type)
+    try:
+        P.check_base_matches(base, session.model.hp.n_vocab)
+        n_chunk = min(max_chunks, base.chunks.n_chunk) if max_chunks > 0 else base.chunks.n_chunk
+        _info(f"kl_divergence: computing over {n_chunk} chunks, n_ctx={base.chunks.n_ctx}, "
+              f"batch_size={session.n_batch}")
+        print(P.KLD_HEADER, flush=True)
+        stats, _ = _run_chunks("KL divergence", n_chunk,
+                               lambda cb: P.kl_divergence(session, base, max_chunks, cb),
+                               lambda d, s: P.kld_chunk_row(d.index, s) + "\n",
+                               lambda s: f"KLD {s.kld()[0]:.5f}")
+        print()
+        summary = P.kld_summary(stats)
+        if summary:
+            print("\n".join(summary))
+        else:
+            _info(f"kl_divergence: {stats.count} tokens scored; no summary statistics under {P.MIN_KLD_SUMMARY}")
+        _timings(session)
+    finally:
+        session.close()
