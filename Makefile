@@ -73,8 +73,10 @@ test: install
 # The native core built with AddressSanitizer + UndefinedBehaviorSanitizer into $(SAN_DIR)/native (the package's .py
 # files beside the sanitized _core; the in-place native/_core*.so of `make test` is left alone), then the kernel tests
 # for every weight type and the in-process forward-pass tests (which run both kernel paths themselves) on it, and the
-# kernel tests again with the scalar path forced. Python is not ASan-built, so the sanitizer runtimes are preloaded;
-# CPython never frees some memory by design, so no leak check. A report aborts the test process and fails the target;
+# kernel tests again with the scalar path forced; issue 18's in-process tests of the engine on damaged tensors and sizes
+# run with the forward-pass ones. Python is not ASan-built, so the sanitizer runtimes are preloaded; CPython never frees
+# some memory by design, so no leak check; an allocation that cannot be had returns NULL as it does without ASan (the
+# engine reports it) instead of aborting. A report aborts the test process and fails the target;
 # --capture=sys leaves the C-level stderr alone so that the report is seen. pytest is started from `python -c` so that
 # the recipe checks afterwards, in the process that ran the tests, that the `native._core` they used is the sanitized
 # one ($(SAN_DIR) comes first on sys.path: pytest's `pythonpath` setting is overridden with it and the repo root).
@@ -85,7 +87,7 @@ SAN_TIMEOUT ?= 1200
 SAN_ARGS    ?=
 SAN_DIR     := build/sanitize
 SAN_ENV      = env LD_PRELOAD="$$($(SAN_CC) -print-file-name=libasan.so) $$($(SAN_CC) -print-file-name=libubsan.so)" \
-	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=1 \
+	ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=1:allocator_may_return_null=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 SAN_PYTEST   = timeout $(SAN_TIMEOUT) $(SAN_ENV) $(PY) -c 'import sys, pytest; rc = pytest.main(sys.argv[1:]); \
 	core = sys.modules["native._core"].__file__; print("tests ran on", core); \
@@ -94,7 +96,9 @@ SAN_PYTEST   = timeout $(SAN_TIMEOUT) $(SAN_ENV) $(PY) -c 'import sys, pytest; r
 SAN_KERNELS := tests/test_native_convert.py tests/test_quants_legacy.py tests/test_quants_k_oracle.py \
 	tests/test_quants_simd.py tests/test_matmul.py
 SAN_FORWARD := tests/test_runtime.py::test_logits_match_reference tests/test_runtime.py::test_against_llama_cpp \
-	tests/test_runtime.py::test_api_shapes
+	tests/test_runtime.py::test_api_shapes $(addprefix tests/test_hardening.py::,test_engine_takes_the_good_file \
+	test_engine_rejects_bad_tensors test_engine_rejects_a_huge_layer_number test_engine_rejects_sizes_out_of_range \
+	test_kv_cache_size_overflow test_damaged_files_in_process)
 
 test-sanitize: install
 	CC=$(SAN_CC) TOOLKIT_SANITIZE=1 $(PY) setup.py -q build_ext --build-lib $(SAN_DIR) --build-temp $(SAN_DIR)-tmp

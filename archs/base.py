@@ -129,13 +129,35 @@ def llama3_rope_factors(rope: dict[str, object], head_dim: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def rope_permutation(n_head: int, rows: int) -> np.ndarray:
+def rope_permutation(n_head: int, rows: int) -> "RopePermutation":
     """Row order that turns Hugging Face's rotate-half q/k layout into llama.cpp's adjacent-pairs layout.
 
     Within each head the rows are (first half, second half); llama.cpp wants them interleaved: 0, h/2, 1, h/2+1, ...
     """
-    head_dim = rows // n_head
-    return np.arange(rows).reshape(n_head, 2, head_dim // 2).swapaxes(1, 2).reshape(-1)
+    return RopePermutation(n_head, rows)
+
+
+class RopePermutation:
+    """rope_permutation's row order, computed a slice at a time when the tensor is converted: its length comes from
+    config.json, so nothing is allocated for it before the checkpoint's shapes have been checked against the config."""
+
+    def __init__(self, n_head: int, rows: int):
+        if rows % n_head or (rows // n_head) % 2:
+            raise UserError(f"config.json: {rows} q/k rows do not split into {n_head} heads of an even size")
+        self.half, self.rows = rows // n_head // 2, rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        """Output rows `index` → their source rows: output h·hd + 2p + k is source h·hd + k·hd/2 + p."""
+        r = np.arange(*index.indices(self.rows))
+        head, within = np.divmod(r, 2 * self.half)
+        return head * 2 * self.half + (within % 2) * self.half + within // 2
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 class Architecture:

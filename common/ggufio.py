@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import mmap
 import os
 import shutil
@@ -31,6 +32,7 @@ from common.errors import UserError
 GGUF_MAGIC = 0x46554747
 GGUF_VERSION = 3
 ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
 
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -62,8 +64,7 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         block, size = GGML_QUANT_SIZES[self.ggml_type]
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return n // block * size
+        return math.prod(self.shape) // block * size  # Python integers: no wrap-around
 
 
 def _string(s: str) -> bytes:
@@ -240,8 +241,11 @@ class GGUFFile:
             raise ValueError("impossible tensor or key count")
         self._pos = 24
         self.kv: dict[str, KV] = {}
+        self._names: set[str] = set()
         for _ in range(n_kv):
             key = self._str()
+            if key in self.kv:
+                raise UserError(f"{self.path}: metadata key {key} is listed twice")
             vtype = GGUFValueType(self._u32())
             if vtype == GGUFValueType.ARRAY:
                 etype = GGUFValueType(self._u32())
@@ -249,28 +253,66 @@ class GGUFFile:
                 self.kv[key] = KV(key, vtype, self._array(etype, count), etype)
             else:
                 self.kv[key] = KV(key, vtype, self._scalar(vtype))
-        alignment = ALIGNMENT
-        if "general.alignment" in self.kv:
-            alignment = int(self.kv["general.alignment"].value)
+        alignment = self._alignment()
         infos = []
         for _ in range(n_tensors):
             name = self._str()
             n_dims = self._u32()
-            if n_dims > 4:
-                raise ValueError(f"tensor {name} has {n_dims} dimensions")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise UserError(f"{self.path}: tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
             dims = struct.unpack_from(f"<{n_dims}Q", self._buf, self._pos)
             self._pos += 8 * n_dims
             ttype = GGMLQuantizationType(self._u32())
             offset = self._u64()
-            infos.append((TensorInfo(name, tuple(reversed(dims)), ttype), offset))
+            infos.append((self._tensor_info(name, dims, ttype), offset))
         data_start = self._pos + (-self._pos) % alignment
-        self.tensors: list[TensorEntry] = []
+        self.tensors = self._place(infos, data_start, alignment, size)
+
+    def _alignment(self) -> int:
+        """general.alignment: an unsigned 32-bit power of two, as llama.cpp requires (32 when absent)."""
+        kv = self.kv.get("general.alignment")
+        if kv is None:
+            return ALIGNMENT
+        if kv.vtype != GGUFValueType.UINT32 or kv.value == 0 or kv.value & (kv.value - 1):
+            raise UserError(f"{self.path}: general.alignment must be a power of two stored as uint32, got "
+                            f"{kv.value!r} ({kv.vtype.name})")
+        return int(kv.value)
+
+    def _tensor_info(self, name: str, dims: tuple[int, ...], ttype: GGMLQuantizationType) -> TensorInfo:
+        """A tensor's declared shape (GGUF order `dims`) checked before any use: every dimension at least 1 and below
+        2^63, the element count below 2^63 and its rows whole blocks of its type."""
+        if name in self._names:
+            raise UserError(f"{self.path}: tensor {name} is listed twice")
+        self._names.add(name)
+        if any(not 1 <= d < 2**63 for d in dims) or math.prod(dims) >= 2**63:
+            raise UserError(f"{self.path}: tensor {name} has an impossible shape {list(reversed(dims))} "
+                            "(every dimension must be at least 1, the element count below 2^63)")
+        if ttype not in GGML_QUANT_SIZES:
+            raise UserError(f"{self.path}: tensor {name} has type {ttype.name}, which has no known block size")
+        block = GGML_QUANT_SIZES[ttype][0]
+        if dims[0] % block:
+            raise UserError(f"{self.path}: tensor {name} has rows of {dims[0]} elements, not whole {ttype.name} "
+                            f"blocks of {block}")
+        return TensorInfo(name, tuple(reversed(dims)), ttype)
+
+    def _place(self, infos: list[tuple[TensorInfo, int]], data_start: int, alignment: int,
+               size: int) -> list[TensorEntry]:
+        """The tensors at their offsets, each aligned, inside the file and inside its own slot (no two overlap)."""
+        entries = []
         for info, offset in infos:
+            if offset % alignment:
+                raise UserError(f"{self.path}: tensor {info.name} is at offset {offset}, not a multiple of the "
+                                f"alignment {alignment}")
             entry = TensorEntry(info, data_start + offset)
             if entry.offset + info.nbytes > size:
                 raise UserError(f"{self.path} is truncated: tensor {info.name} ends at byte "
                                 f"{entry.offset + info.nbytes} but the file has {size} bytes")
-            self.tensors.append(entry)
+            entries.append(entry)
+        in_order = sorted(entries, key=lambda e: e.offset)
+        for a, b in zip(in_order, in_order[1:]):
+            if a.offset + a.info.nbytes > b.offset:
+                raise UserError(f"{self.path}: the data of tensors {a.info.name} and {b.info.name} overlap")
+        return entries
 
     # -- primitive readers ---------------------------------------------------------------------------------------
     def _u32(self) -> int:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import mmap
 import os
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
@@ -56,7 +57,7 @@ class SourceTensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * NUMPY_DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * NUMPY_DTYPES[self.dtype].itemsize
 
     def require_supported_dtype(self) -> None:
         if self.dtype not in NUMPY_DTYPES:
@@ -109,15 +110,26 @@ class Checkpoint:
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
             assert isinstance(weight_map, dict)
-        except (ValueError, KeyError, TypeError, AssertionError):
+        except (ValueError, KeyError, TypeError, AssertionError, RecursionError):
             raise UserError(f"{index.name} is not a valid index (no weight_map)") from None
         shards = list(dict.fromkeys(weight_map.values()))
         for shard in shards:
-            path = self.folder / shard
+            path = self._shard_path(shard, index.name)
             if not path.is_file():
                 raise UserError(f"shard {shard} listed in {index.name} is missing")
             self._open_file(path)
         self.phantom = {name for name in weight_map if name not in self.tensors}
+
+    def _shard_path(self, shard, index_name: str) -> Path:
+        """A shard named by the index: a relative path below the model folder (no absolute path, no `..`), nothing
+        else. The name is confined, not the file: a shard that is a symbolic link (as in a Hugging Face cache, whose
+        snapshot files link to ../../blobs) is followed, as model.safetensors itself would be."""
+        if not isinstance(shard, str) or not shard or "\0" in shard:
+            raise UserError(f"{index_name}: weight_map values must be file names, got {shard!r}")
+        name = PurePosixPath(shard)
+        if name.is_absolute() or ".." in name.parts or "\\" in shard or not name.name:
+            raise UserError(f"{index_name}: shard {shard!r} is outside the model folder")
+        return self.folder / name
 
     def _open_file(self, path: Path) -> None:
         if path.suffix == ".safetensors":
@@ -139,7 +151,7 @@ class Checkpoint:
                 header = json.loads(fh.read(n))
                 if not isinstance(header, dict):
                     raise ValueError
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 raise UserError(f"{path.name}: corrupt safetensors header (not a JSON object)") from None
             data_start, data_len = 8 + n, size - 8 - n
             mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if size else None
@@ -149,19 +161,7 @@ class Checkpoint:
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
-            try:
-                dtype, shape, (begin, end) = entry["dtype"], tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
-                begin, end = int(begin), int(end)
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{path.name}: corrupt safetensors header entry for {name}") from None
-            itemsize = NUMPY_DTYPES[dtype].itemsize if dtype in NUMPY_DTYPES else _OTHER_SIZES.get(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
-            if begin < 0 or end < begin or (itemsize and end - begin != count * itemsize):
-                raise UserError(f"{path.name}: corrupt safetensors header: {name} has {end - begin} bytes "
-                                f"for shape {list(shape)} of {dtype}")
-            if end > data_len:
-                raise UserError(f"{path.name} is truncated: {name} ends at byte {data_start + end} "
-                                f"but the file has {size} bytes")
+            dtype, shape, begin, end = _header_entry(path, name, entry, data_len)
             out.append(SourceTensor(name, shape, dtype, path, _mmap_loader(mm, data_start + begin, dtype, shape)))
         return out
 
@@ -176,9 +176,9 @@ class Checkpoint:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=not legacy)
         except pickle.UnpicklingError as e:
             raise UserError(f"{path.name}: refusing to load, it contains objects other than tensors "
-                            f"(only weights_only loading is allowed): {str(e).splitlines()[0]}") from None
+                            f"(only weights_only loading is allowed): {_first_line(e)}") from None
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
-            raise UserError(f"{path.name}: cannot read PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+            raise UserError(f"{path.name}: cannot read PyTorch checkpoint: {_first_line(e)}") from None
         if not isinstance(state, dict):
             raise UserError(f"{path.name}: expected a dict of tensors, found {type(state).__name__}")
         names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -227,6 +227,35 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's message on one line (its type when it has none, as EOFError from an empty file)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63
+
+
+def _header_entry(path: Path, name: str, entry, data_len: int) -> tuple[str, tuple[int, ...], int, int]:
+    """One tensor of a safetensors header, checked as its format defines it: {"dtype": str, "shape": [int ≥ 0, ...],
+    "data_offsets": [begin, end]}, its bytes those of its shape and dtype, inside the data section."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or \
+            not isinstance(entry.get("shape"), list) or not all(_is_count(d) for d in entry["shape"]) or \
+            not isinstance(entry.get("data_offsets"), list) or len(entry["data_offsets"]) != 2 or \
+            not all(_is_count(o) for o in entry["data_offsets"]):
+        raise UserError(f"{path.name}: corrupt safetensors header entry for {name} (expected dtype, shape and "
+                        "data_offsets)")
+    dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+    itemsize = NUMPY_DTYPES[dtype].itemsize if dtype in NUMPY_DTYPES else _OTHER_SIZES.get(dtype)
+    if end < begin or (itemsize and end - begin != math.prod(shape) * itemsize):
+        raise UserError(f"{path.name}: corrupt safetensors header: {name} has {end - begin} bytes "
+                        f"for shape {list(shape)} of {dtype}")
+    if end > data_len:
+        raise UserError(f"{path.name} is truncated: {name} ends at byte {end} of its data but the data has "
+                        f"{data_len} bytes")
+    return dtype, shape, begin, end
 
 
 def _mmap_loader(mm: mmap.mmap | None, offset: int, dtype: str, shape: tuple[int, ...]) -> Callable[[], np.ndarray]:

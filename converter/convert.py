@@ -73,7 +73,7 @@ def read_config(folder: Path) -> dict:
         raise UserError(f"no config.json in {folder}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{path} is not valid JSON") from None
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a JSON object")
@@ -219,7 +219,7 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
             if Path(dest).resolve() in inputs:
                 raise UserError(f"output {dest} would overwrite an input file")
         plan = [] if ckpt is None else plan_tensors(model, ckpt, outtype)
-        vocab = load_vocab(folder, model.vocab_size, tokenizer_pre)
+        vocab = load_vocab(folder, model.vocab_size, tokenizer_pre, weights=ckpt is not None)
         if vocab.model == "llama":
             vocab.add_space_prefix = model.spm_space_prefix
         kvs = metadata(model, folder, outtype, model_name, vocab.kv())

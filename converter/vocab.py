@@ -12,6 +12,7 @@ from gguf import TokenType
 from common.errors import UserError
 
 SPECIAL_KINDS = ("bos", "eos", "unk", "pad")
+PAD_LIMIT = 1 << 16  # placeholders always allowed beyond the tokenizer's own tokens when no weights confirm vocab_size
 
 
 @dataclass
@@ -59,7 +60,7 @@ def _read_json(path: Path) -> dict:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise UserError(f"{path.name} is not valid JSON") from None
     return data if isinstance(data, dict) else {}
 
@@ -68,7 +69,36 @@ def _looks_special(token: str) -> bool:
     return (token.startswith("<|") and token.endswith("|>")) or token in ("<pad>", "<mask>", "<s>", "</s>", "<unk>")
 
 
-def _pad_to(tokens: list, types: list, scores: list | None, vocab_size: int) -> None:
+def _added_tokens(tok_json: dict, vocab_size: int) -> list[dict]:
+    """tokenizer.json's added_tokens, each checked: an object with an integer id in 0..vocab_size-1 and its text."""
+    added = tok_json.get("added_tokens", [])
+    if not isinstance(added, list):
+        raise UserError("tokenizer.json: added_tokens must be a list")
+    for a in added:
+        if not isinstance(a, dict) or not isinstance(a.get("content"), str):
+            raise UserError(f"tokenizer.json: each added token needs a text (content), got {str(a)[:80]}")
+        _check_id(a.get("id"), a["content"], vocab_size, "tokenizer.json")
+    return added
+
+
+def _check_id(i, text: str, vocab_size: int, where: str) -> None:
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+        raise UserError(f"{where}: token {text[:40]!r} has id {i!r}; ids must be integers from 0 to "
+                        f"{vocab_size - 1} (config.json's vocab_size {vocab_size})")
+
+
+def check_padding(n_tokens: int, vocab_size: int, bounded: bool) -> None:
+    """Refuse to pad n_tokens to vocab_size with more `[PAD{i}]` entries than there are tokens (or 65536), unless the
+    checkpoint's embedding rows confirmed vocab_size (`bounded` False). llama.cpp's converters pad to any vocab_size;
+    without weights a typo in config.json would otherwise make a file of 10^8 padding tokens."""
+    if bounded and vocab_size - n_tokens > max(n_tokens, PAD_LIMIT):
+        raise UserError(f"config.json's vocab_size {vocab_size} would pad the tokenizer's {n_tokens} tokens with "
+                        f"{vocab_size - n_tokens} placeholders (at most {max(n_tokens, PAD_LIMIT)} without weights "
+                        "whose embedding rows confirm it)")
+
+
+def _pad_to(tokens: list, types: list, scores: list | None, vocab_size: int, bounded: bool) -> None:
+    check_padding(len(tokens), vocab_size, bounded)
     for i in range(len(tokens), vocab_size):
         tokens.append(f"[PAD{i}]")
         types.append(TokenType.UNUSED)
@@ -76,17 +106,20 @@ def _pad_to(tokens: list, types: list, scores: list | None, vocab_size: int) -> 
             scores.append(-1000.0)
 
 
-def load_vocab(folder: Path, vocab_size: int, tokenizer_pre: str | None = None) -> Vocab:
-    """The folder's tokenizer as GGUF metadata; `tokenizer_pre` names the BPE pre-tokenizer instead of detecting it."""
+def load_vocab(folder: Path, vocab_size: int, tokenizer_pre: str | None = None, weights: bool = False) -> Vocab:
+    """The folder's tokenizer as GGUF metadata; `tokenizer_pre` names the BPE pre-tokenizer instead of detecting it.
+    `weights`: the checkpoint's embedding rows have been checked to be vocab_size (else its padding is bounded)."""
     tok_json = _read_json(folder / "tokenizer.json")
+    if not isinstance(tok_json.get("model", {}), dict):
+        raise UserError("tokenizer.json: model must be an object")
     if (folder / "tokenizer.model").is_file():
-        vocab = _sentencepiece(folder, tok_json, vocab_size)
+        vocab = _sentencepiece(folder, tok_json, vocab_size, not weights)
     elif tok_json.get("model", {}).get("type") == "BPE":
         from converter.bpe_pre import detect
 
-        vocab = _bpe(tok_json, vocab_size, tokenizer_pre or detect(folder, tok_json))
+        vocab = _bpe(tok_json, vocab_size, tokenizer_pre or detect(folder, tok_json), not weights)
     elif not tok_json and any(folder.glob("*.tiktoken")):
-        vocab = _tiktoken(folder, vocab_size)
+        vocab = _tiktoken(folder, vocab_size, not weights)
     elif tok_json:
         raise UserError(f"tokenizer.json has model type {tok_json.get('model', {}).get('type')!r}; "
                         "supported: BPE, or a SentencePiece tokenizer.model")
@@ -96,10 +129,14 @@ def load_vocab(folder: Path, vocab_size: int, tokenizer_pre: str | None = None) 
     return vocab
 
 
-def _bpe(tok_json: dict, vocab_size: int, pre: str) -> Vocab:
+def _bpe(tok_json: dict, vocab_size: int, pre: str, bounded: bool) -> Vocab:
     model = tok_json["model"]
+    if not isinstance(model.get("vocab"), dict):
+        raise UserError("tokenizer.json: model.vocab must be an object of token → id")
+    for t, i in model["vocab"].items():
+        _check_id(i, t, vocab_size, "tokenizer.json")
     by_id: dict[int, str] = {i: t for t, i in model["vocab"].items()}
-    added = {a["id"]: a for a in tok_json.get("added_tokens", [])}
+    added = {a["id"]: a for a in _added_tokens(tok_json, vocab_size)}
     for i, a in added.items():
         by_id[i] = a["content"]
     n = max(by_id) + 1 if by_id else 0
@@ -117,15 +154,19 @@ def _bpe(tok_json: dict, vocab_size: int, pre: str) -> Vocab:
         else:
             tokens.append(by_id[i])
             types.append(TokenType.NORMAL)
-    _pad_to(tokens, types, None, vocab_size)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    _pad_to(tokens, types, None, vocab_size, bounded)
+    merges = model.get("merges", [])
+    if not isinstance(merges, list) or not all(isinstance(m, str) or (isinstance(m, list) and len(m) == 2 and
+                                                                    all(isinstance(p, str) for p in m)) for m in merges):
+        raise UserError("tokenizer.json: model.merges must be a list of \"a b\" strings or [a, b] pairs")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
     return Vocab("gpt2", tokens, [int(t) for t in types], merges=merges, pre=pre)
 
 
-def _tiktoken(folder: Path, vocab_size: int) -> Vocab:
+def _tiktoken(folder: Path, vocab_size: int, bounded: bool) -> Vocab:
     from converter.vocab_tiktoken import tiktoken_vocab
 
-    tokens, types, merges, pre, specials = tiktoken_vocab(folder, vocab_size)
+    tokens, types, merges, pre, specials = tiktoken_vocab(folder, vocab_size, bounded)
     vocab = Vocab("gpt2", tokens, types, merges=merges, pre=pre)
     # as llama.cpp's converter: the end-of-text token stands for unknown (and for bos/eos when config.json names none)
     eot = specials.get("<|endoftext|>")
@@ -134,7 +175,7 @@ def _tiktoken(folder: Path, vocab_size: int) -> Vocab:
     return vocab
 
 
-def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int) -> Vocab:
+def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int, bounded: bool) -> Vocab:
     from sentencepiece import SentencePieceProcessor
 
     sp = SentencePieceProcessor()
@@ -150,9 +191,10 @@ def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int) -> Vocab:
                      else TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i)
                      else TokenType.NORMAL)
     # Tokens added on top of the SentencePiece model (added_tokens.json / tokenizer.json) keep their ids.
-    extra = {a["id"]: (a["content"], bool(a.get("special"))) for a in tok_json.get("added_tokens", [])}
+    extra = {a["id"]: (a["content"], bool(a.get("special"))) for a in _added_tokens(tok_json, vocab_size)}
     for content, i in _read_json(folder / "added_tokens.json").items():
-        extra.setdefault(int(i), (content, False))
+        _check_id(i, content, vocab_size, "added_tokens.json")
+        extra.setdefault(i, (content, False))
     for i, (content, special) in sorted(extra.items()):
         if i < len(tokens):
             if tokens[i] == content:
@@ -161,14 +203,14 @@ def _sentencepiece(folder: Path, tok_json: dict, vocab_size: int) -> Vocab:
         else:
             if i >= vocab_size:
                 raise UserError(f"added token {content!r} has id {i}, beyond vocab_size {vocab_size}")
-            _pad_to(tokens, types, scores, i)
+            _pad_to(tokens, types, scores, i, bounded)
             tokens.append(content)
             scores.append(-1000.0)
             types.append(TokenType.UNUSED)
         types[i] = TokenType.CONTROL if special or _looks_special(content) else TokenType.USER_DEFINED
     if len(tokens) > vocab_size:
         raise UserError(f"the tokenizer has {len(tokens)} tokens but config.json says vocab_size {vocab_size}")
-    _pad_to(tokens, types, scores, vocab_size)
+    _pad_to(tokens, types, scores, vocab_size, bounded)
     return Vocab("llama", tokens, [int(t) for t in types], scores=scores, pre="default")  # as llama.cpp writes it
 
 
@@ -216,7 +258,7 @@ def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
     if isinstance(model_cfg.get("text_config"), dict):  # a multimodal model: its text model's ids
         model_cfg = {**model_cfg, **model_cfg["text_config"]}
     ids = {t: i for i, t in enumerate(vocab.tokens)}
-    for a in tok_json.get("added_tokens", []):
+    for a in _added_tokens(tok_json, len(vocab.tokens)):
         ids[a["content"]] = a["id"]
     for kind in SPECIAL_KINDS:
         text = _token_text(cfg.get(f"{kind}_token")) or _token_text(smap.get(f"{kind}_token"))

@@ -96,8 +96,11 @@ def _pattern(code: Path) -> str:
     raise UserError(f"{code.name}: no split regex (PAT_STR) found")
 
 
-def tiktoken_vocab(folder: Path, vocab_size: int):
-    """(tokens, token types, merges, pre-tokenizer name, special token ids by text) for the folder's *.tiktoken."""
+def tiktoken_vocab(folder: Path, vocab_size: int, bounded: bool):
+    """(tokens, token types, merges, pre-tokenizer name, special token ids by text) for the folder's *.tiktoken;
+    `bounded`: the padding up to vocab_size is limited (vocab.check_padding)."""
+    from converter.vocab import check_padding
+
     files = sorted(folder.glob("*.tiktoken"))
     code = folder / "tokenization_qwen.py"
     if not code.is_file():
@@ -114,6 +117,7 @@ def tiktoken_vocab(folder: Path, vocab_size: int):
         by_id[i] = (text, TokenType.CONTROL)
     if max(by_id) >= vocab_size:
         raise UserError(f"the tokenizer has {max(by_id) + 1} tokens but config.json says vocab_size {vocab_size}")
+    check_padding(len(by_id), vocab_size, bounded)
     tokens, types = [], []
     for i in range(vocab_size):
         text, kind = by_id.get(i, (f"[PAD{i}]", TokenType.UNUSED))

@@ -113,14 +113,18 @@ def engine_new(description: dict[str, object], tensors: list[tuple[str, np.ndarr
     every field of engine.h's struct tk_hparams (the parts by their names in PARTS, sizes and floats by value); a
     part the engine does not have, or a missing or unknown field, is a ValueError. The arrays must stay alive as long
     as the engine (the runtime keeps the memory-mapped file open). Raises ValueError for a model the engine cannot run
-    (missing tensors, shapes)."""
+    (missing tensors, shapes, a shape or type that does not fit the array's bytes)."""
     fields = dict(description)
     for part, values in PARTS.items():
         if fields.get(part) not in values:
             raise ValueError(f"the engine has no {part} {fields.get(part)!r} (it has: "
                              f"{', '.join(str(v) for v in values)})")
         fields[part] = values[fields[part]]
-    desc = [(name, a.ctypes.data, t, rows, cols) for name, a, t, rows, cols in tensors]
+    desc = []
+    for name, a, t, rows, cols in tensors:
+        if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+            raise ValueError(f"tensor {name}: the data must be a contiguous numpy array")
+        desc.append((name, a.ctypes.data, a.nbytes, t, rows, cols))
     return _core.engine_new(fields, desc)
 
 

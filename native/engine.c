@@ -2,6 +2,7 @@
    and ends at a barrier. */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,15 +47,18 @@ struct tk_kv { int type; int64_t n_ctx, n_layer, kv_dim; void *k, *v; };
 /* ------------------------------------------------------------------------------------------------ description */
 
 /* The per-layer tensors by GGUF name suffix: where each goes in struct tk_layer, and whether it is a matrix (kept
-   in place, stored type) or a 1-D norm weight/bias (read once into f32). */
-#define VEC(suffix, field) {suffix, offsetof(struct tk_layer, field), 0}
-#define MAT(suffix, field) {suffix, offsetof(struct tk_layer, field), 1}
-static const struct { const char *suffix; size_t offset; int matrix; } LAYER_TENSORS[] = {
-    VEC("attn_norm.weight", attn_norm), VEC("attn_norm.bias", attn_norm_b), VEC("ffn_norm.weight", ffn_norm),
-    VEC("ffn_norm.bias", ffn_norm_b), VEC("attn_qkv.bias", bqkv), VEC("attn_q.bias", bq), VEC("attn_k.bias", bk),
-    VEC("attn_v.bias", bv), VEC("attn_output.bias", bo), VEC("ffn_up.bias", b_up), VEC("ffn_down.bias", b_down),
-    VEC("attn_q_norm.weight", q_norm), VEC("attn_k_norm.weight", k_norm),
-    VEC("post_attention_norm.weight", attn_post_norm), VEC("post_ffw_norm.weight", ffn_post_norm),
+   in place, stored type) or a 1-D norm weight/bias (read once into f32) and then of which length. */
+enum vec_len { MATRIX = 0, LEN_EMBD, LEN_HEAD, LEN_Q, LEN_KV, LEN_QKV, LEN_FF };
+#define VEC(suffix, field, len) {suffix, offsetof(struct tk_layer, field), len}
+#define MAT(suffix, field) {suffix, offsetof(struct tk_layer, field), MATRIX}
+static const struct { const char *suffix; size_t offset; enum vec_len len; } LAYER_TENSORS[] = {
+    VEC("attn_norm.weight", attn_norm, LEN_EMBD), VEC("attn_norm.bias", attn_norm_b, LEN_EMBD),
+    VEC("ffn_norm.weight", ffn_norm, LEN_EMBD), VEC("ffn_norm.bias", ffn_norm_b, LEN_EMBD),
+    VEC("attn_qkv.bias", bqkv, LEN_QKV), VEC("attn_q.bias", bq, LEN_Q), VEC("attn_k.bias", bk, LEN_KV),
+    VEC("attn_v.bias", bv, LEN_KV), VEC("attn_output.bias", bo, LEN_EMBD), VEC("ffn_up.bias", b_up, LEN_FF),
+    VEC("ffn_down.bias", b_down, LEN_EMBD), VEC("attn_q_norm.weight", q_norm, LEN_HEAD),
+    VEC("attn_k_norm.weight", k_norm, LEN_HEAD), VEC("post_attention_norm.weight", attn_post_norm, LEN_EMBD),
+    VEC("post_ffw_norm.weight", ffn_post_norm, LEN_EMBD),
     MAT("attn_qkv.weight", wqkv), MAT("attn_q.weight", wq), MAT("attn_k.weight", wk), MAT("attn_v.weight", wv),
     MAT("attn_output.weight", wo), MAT("ffn_gate.weight", gate), MAT("ffn_up.weight", up),
     MAT("ffn_down.weight", down), MAT("ffn_gate_inp.weight", gate_inp), MAT("ffn_gate_exps.weight", gate_exps),
@@ -62,6 +66,36 @@ static const struct { const char *suffix; size_t offset; int matrix; } LAYER_TEN
 };
 #undef VEC
 #undef MAT
+
+/* the length a 1-D layer tensor must have (its matrix's rows for a bias) */
+static int64_t vec_len(const struct tk_hparams *hp, enum vec_len len) {
+    const int64_t qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
+    switch (len) {
+    case LEN_HEAD: return hp->head_dim;
+    case LEN_Q: return qd;
+    case LEN_KV: return kvd;
+    case LEN_QKV: return qd + 2 * kvd;
+    case LEN_FF: return hp->n_ff;
+    default: return hp->n_embd;
+    }
+}
+
+/* A tensor as described: a name, data, a known type, at least one row of whole blocks, and rows x cols that fit the
+   bytes given (computed without overflow). */
+static int check_desc(const struct tk_tensor_desc *d, char *err, int errlen) {
+    if (!d->name) { snprintf(err, errlen, "a tensor has no name"); return -1; }
+    const struct tk_type_traits *tt = tk_traits(d->type);
+    if (!tt) { snprintf(err, errlen, "tensor %s: unknown type %d", d->name, d->type); return -1; }
+    size_t row, bytes;  /* (cols / block size) x block bytes x rows, each product checked: tk_row_size would wrap */
+    if (!d->data || d->rows < 1 || d->cols < 1 || d->cols % tt->block_size ||
+        __builtin_mul_overflow((size_t)(d->cols / tt->block_size), (size_t)tt->type_size, &row) ||
+        __builtin_mul_overflow((size_t)d->rows, row, &bytes) || bytes > d->nbytes) {
+        snprintf(err, errlen, "tensor %s: %lld x %lld of type %s does not fit its %zu bytes of data", d->name,
+                 (long long)d->rows, (long long)d->cols, tt->name, d->nbytes);
+        return -1;
+    }
+    return 0;
+}
 
 static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, int errlen) {
     const struct tk_dot_traits *dt = tk_dot_traits(d->type);
@@ -98,14 +132,22 @@ static int check_mat(const struct tk_mat *m, const char *what, int64_t rows, int
     return 0;
 }
 
-static int check_vec(const float *v, const struct tk_tensor_desc *d, int64_t n, char *err, int errlen) {
-    (void)v;
-    if (d->rows * d->cols != n) {
-        snprintf(err, errlen, "tensor %s has %lld elements, expected %lld", d->name, (long long)(d->rows * d->cols),
-                 (long long)n);
+static int check_vec(const struct tk_tensor_desc *d, int64_t n, char *err, int errlen) {
+    int64_t count;
+    if (__builtin_mul_overflow(d->rows, d->cols, &count) || count != n) {
+        snprintf(err, errlen, "tensor %s has %lld x %lld elements, expected %lld", d->name, (long long)d->rows,
+                 (long long)d->cols, (long long)n);
         return -1;
     }
     return 0;
+}
+
+/* a 1-D tensor of n elements, read into f32 */
+static const float *read_vec(struct tk_engine *e, const struct tk_tensor_desc *d, int64_t n, char *err, int errlen) {
+    if (check_vec(d, n, err, errlen)) return NULL;
+    const float *v = own_f32(e, d);
+    if (!v) snprintf(err, errlen, "tensor %s: cannot read", d->name);
+    return v;
 }
 
 void tk_engine_free(struct tk_engine *e) {
@@ -138,9 +180,14 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                  (long long)hp->n_expert, (long long)hp->n_expert_used, (long long)hp->n_ff_exp);
         goto fail;
     }
-    if (d <= 0 || nl <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hd <= 0 ||
-        hp->n_ff <= 0 || hp->n_vocab <= 0 || hp->n_rot < 0 || hp->n_rot > hd || hp->n_rot % 2) {
-        snprintf(err, errlen, "inconsistent hyper-parameters");
+    if (d <= 0 || d > TK_MAX_WIDTH || nl <= 0 || nl > TK_MAX_LAYERS || hp->n_head <= 0 || hp->n_head > TK_MAX_WIDTH ||
+        hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv || hd <= 0 || hd > TK_MAX_WIDTH || hp->n_ff <= 0 ||
+        hp->n_ff > TK_MAX_WIDTH || hp->n_ff_exp > TK_MAX_WIDTH || hp->n_vocab <= 0 || hp->n_vocab > INT32_MAX ||
+        hp->n_rot < 0 || hp->n_rot > hd || hp->n_rot % 2) {
+        snprintf(err, errlen, "inconsistent hyper-parameters (n_embd %lld, n_layer %lld, n_head %lld, n_head_kv %lld, "
+                 "head_dim %lld, n_ff %lld, n_vocab %lld, n_rot %lld)", (long long)d, (long long)nl,
+                 (long long)hp->n_head, (long long)hp->n_head_kv, (long long)hd, (long long)hp->n_ff,
+                 (long long)hp->n_vocab, (long long)hp->n_rot);
         goto fail;
     }
     if (hd % 8) {
@@ -152,27 +199,29 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
     if (!e->layers || !e->owned) { snprintf(err, errlen, "out of memory"); goto fail; }
     for (int i = 0; i < nt; i++) {
         const struct tk_tensor_desc *x = &t[i];
-        int layer = -1;
+        if (check_desc(x, err, errlen)) goto fail;
+        int64_t layer = -1;
         const char *suffix = NULL;
-        if (sscanf(x->name, "blk.%d.", &layer) == 1 && layer >= 0) {
-            suffix = strchr(x->name + 4, '.');
-            suffix = suffix ? suffix + 1 : NULL;
-            if (layer >= nl) { snprintf(err, errlen, "tensor %s: layer beyond block_count", x->name); goto fail; }
+        if (!strncmp(x->name, "blk.", 4) && x->name[4] >= '0' && x->name[4] <= '9') {
+            /* blk.<decimal>.<suffix>, the number read without overflow (sscanf's %d is undefined past INT_MAX) */
+            const char *c = x->name + 4;
+            layer = 0;
+            for (; *c >= '0' && *c <= '9'; c++)
+                if ((layer = layer * 10 + (*c - '0')) >= nl) {
+                    snprintf(err, errlen, "tensor %s: layer beyond block_count", x->name);
+                    goto fail;
+                }
+            suffix = *c == '.' ? c + 1 : NULL;
         }
         if (suffix) {
             for (size_t k = 0; k < sizeof LAYER_TENSORS / sizeof *LAYER_TENSORS; k++) {
                 if (strcmp(suffix, LAYER_TENSORS[k].suffix)) continue;
                 char *field = (char *)&e->layers[layer] + LAYER_TENSORS[k].offset;
-                if (LAYER_TENSORS[k].matrix) {
+                if (LAYER_TENSORS[k].len == MATRIX) {
                     if (set_mat((struct tk_mat *)field, x, err, errlen)) goto fail;
                 } else {
-                    const float *v = own_f32(e, x);
-                    if (!v) { snprintf(err, errlen, "tensor %s: cannot read", x->name); goto fail; }
-                    const size_t off = LAYER_TENSORS[k].offset;
-                    if ((off == offsetof(struct tk_layer, q_norm) || off == offsetof(struct tk_layer, k_norm)) &&
-                        check_vec(v, x, hd, err, errlen)) goto fail;
-                    if ((off == offsetof(struct tk_layer, attn_post_norm) ||
-                         off == offsetof(struct tk_layer, ffn_post_norm)) && check_vec(v, x, d, err, errlen)) goto fail;
+                    const float *v = read_vec(e, x, vec_len(hp, LAYER_TENSORS[k].len), err, errlen);
+                    if (!v) goto fail;
                     *(const float **)field = v;
                 }
             }
@@ -184,16 +233,15 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
             if (set_mat(&e->output, x, err, errlen)) goto fail;
         } else if (!strcmp(x->name, "rope_freqs.weight") || !strcmp(x->name, "rope_factors_long.weight") ||
                    !strcmp(x->name, "rope_factors_short.weight")) {
-            const float *v = own_f32(e, x);
-            if (!v) { snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
-            if (check_vec(v, x, hp->n_rot / 2, err, errlen)) goto fail;
+            const float *v = read_vec(e, x, hp->n_rot / 2, err, errlen);
+            if (!v) goto fail;
             const float **slot = !strcmp(x->name, "rope_freqs.weight")        ? &e->rope_freqs
                                  : !strcmp(x->name, "rope_factors_long.weight") ? &e->rope_long
                                                                                 : &e->rope_short;
             *slot = v;
         } else if (!strcmp(x->name, "output_norm.weight") || !strcmp(x->name, "output_norm.bias")) {
-            const float *v = own_f32(e, x);
-            if (!v || check_vec(v, x, d, err, errlen)) { if (!v) snprintf(err, errlen, "cannot read %s", x->name); goto fail; }
+            const float *v = read_vec(e, x, d, err, errlen);
+            if (!v) goto fail;
             if (x->name[12] == 'w') e->out_norm = v; else e->out_norm_b = v;
         }
     }
@@ -280,7 +328,13 @@ struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type) {
     kv->n_ctx = n_ctx;
     kv->n_layer = e->hp.n_layer;
     kv->kv_dim = e->hp.n_head_kv * e->hp.head_dim;
-    const size_t bytes = (size_t)(kv->n_layer * n_ctx * kv->kv_dim) * (type == TK_F32 ? 4 : 2);
+    size_t bytes;  /* n_layer x n_ctx x kv_dim elements, every product checked (n_ctx comes from the user) */
+    if (__builtin_mul_overflow((size_t)kv->n_layer, (size_t)n_ctx, &bytes) ||
+        __builtin_mul_overflow(bytes, (size_t)kv->kv_dim * (type == TK_F32 ? 4 : 2), &bytes) ||
+        bytes > (size_t)PTRDIFF_MAX) {
+        free(kv);
+        return NULL;
+    }
     kv->k = calloc(1, bytes);
     kv->v = calloc(1, bytes);
     if (!kv->k || !kv->v) { tk_kv_free(kv); return NULL; }
@@ -1071,7 +1125,9 @@ static void forward_task(void *p, int ith, int nth) {
 int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
                       float *logits, int all_logits, int nthreads) {
     const struct tk_hparams *hp = &e->hp;
-    if (n <= 0 || pos0 < 0 || pos0 + n > kv->n_ctx || kv->n_layer != hp->n_layer) return -1;
+    if (n <= 0 || pos0 < 0 || pos0 > kv->n_ctx || n > kv->n_ctx - pos0 || kv->n_layer != hp->n_layer ||
+        kv->kv_dim != hp->n_head_kv * hp->head_dim)
+        return -1;
     for (int64_t t = 0; t < n; t++)
         if (tokens[t] < 0 || tokens[t] >= hp->n_vocab) return -1;
     if (hp->rope == TK_ROPE_NONE && pos0 + n > e->pos_embd.rows) return -1;

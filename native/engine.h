@@ -8,6 +8,7 @@
 #ifndef TOOLKIT_ENGINE_H
 #define TOOLKIT_ENGINE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum tk_norm_kind { TK_NORM_RMS = 0, TK_NORM_LAYER = 1 };
@@ -33,10 +34,17 @@ struct tk_hparams {
 struct tk_engine;
 struct tk_kv;
 
-/* A tensor of the file: name as in GGUF, data (kept alive by the caller), ggml type, rows x cols (rows = 1 for 1-D). */
-struct tk_tensor_desc { const char *name; const void *data; int type; int64_t rows, cols; };
+/* A tensor of the file: name as in GGUF, data (kept alive by the caller) and its size in bytes, ggml type, rows x cols
+   (rows = 1 for 1-D). */
+struct tk_tensor_desc { const char *name; const void *data; size_t nbytes; int type; int64_t rows, cols; };
 
-/* NULL on error, with a message in err (size errlen). */
+/* Largest width (n_embd, n_ff, head size, heads, experts' width) and layer count the engine takes: far above any real
+   model, small enough that every product of sizes the engine forms fits in 64 bits. */
+#define TK_MAX_WIDTH ((int64_t)1 << 24)
+#define TK_MAX_LAYERS ((int64_t)1 << 16)
+
+/* NULL on error, with a message in err (size errlen). Every tensor is checked against its declared size (shape,
+   type, bytes) and, for the ones the engine uses, against the shape the hyper-parameters give it, before it is read. */
 struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_tensor_desc *t, int nt, char *err,
                                 int errlen);
 void tk_engine_free(struct tk_engine *e);
@@ -45,7 +53,7 @@ int64_t tk_engine_vocab(const struct tk_engine *e);
 /* GELU as ggml's CPU backend computes it (through an fp16 table) instead of exactly: for comparisons with llama.cpp. */
 void tk_set_gelu_fp16(int on);
 
-/* KV cache of n_ctx positions, F32 or F16. */
+/* KV cache of n_ctx positions, F32 or F16; NULL for a bad size or type, a size whose bytes overflow, or no memory. */
 struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type);
 void tk_kv_free(struct tk_kv *kv);
 int64_t tk_kv_size(const struct tk_kv *kv);

@@ -293,7 +293,8 @@ static int parse_hparams(PyObject *dict, struct tk_hparams *hp) {
     return 0;
 }
 
-/* engine_new({field: value, ...} (struct tk_hparams by name), [(name, address, type, rows, cols), ...]) -> capsule */
+/* engine_new({field: value, ...} (struct tk_hparams by name), [(name, address, nbytes, type, rows, cols), ...])
+   -> capsule */
 static PyObject *py_engine_new(PyObject *self, PyObject *args) {
     struct tk_hparams hp;
     PyObject *fields, *tensors;
@@ -303,13 +304,20 @@ static PyObject *py_engine_new(PyObject *self, PyObject *args) {
     struct tk_tensor_desc *d = PyMem_Calloc((size_t)nt + 1, sizeof *d);
     if (!d) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < nt; i++) {
-        unsigned long long addr;
+        unsigned long long addr, nbytes;
         long long rows, cols;
-        if (!PyArg_ParseTuple(PyList_GET_ITEM(tensors, i), "sKiLL", &d[i].name, &addr, &d[i].type, &rows, &cols)) {
+        PyObject *item = PyList_GET_ITEM(tensors, i);
+        if (!PyTuple_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "each tensor must be a tuple (name, address, nbytes, type, rows, cols)");
+            PyMem_Free(d);
+            return NULL;
+        }
+        if (!PyArg_ParseTuple(item, "sKKiLL", &d[i].name, &addr, &nbytes, &d[i].type, &rows, &cols)) {
             PyMem_Free(d);
             return NULL;
         }
         d[i].data = (const void *)(uintptr_t)addr;
+        d[i].nbytes = (size_t)nbytes;
         d[i].rows = rows;
         d[i].cols = cols;
     }
@@ -334,7 +342,7 @@ static PyObject *py_kv_new(PyObject *self, PyObject *args) {
     struct tk_kv *kv = tk_kv_new(e, n_ctx, type);
     if (!kv) {
         if (n_ctx <= 0 || (type != TK_F32 && type != TK_F16)) PyErr_SetString(PyExc_ValueError, "bad cache size or type");
-        else PyErr_NoMemory();
+        else PyErr_Format(PyExc_MemoryError, "a KV cache of %lld positions cannot be allocated", n_ctx);
         return NULL;
     }
     return PyCapsule_New(kv, "tk_kv", kv_destroy);
@@ -404,7 +412,7 @@ static PyMethodDef methods[] = {
     {"read_bytes", py_read_bytes, METH_VARARGS, "read_bytes(buffer, nthreads): read it all (bandwidth probe)."},
     {"engine_new", py_engine_new, METH_VARARGS,
      "engine_new(kinds, sizes, floats, tensors) -> engine: the forward pass over memory-mapped GGUF tensors given as "
-     "(name, address, type, rows, cols); the caller keeps that memory alive."},
+     "(name, address, nbytes, type, rows, cols); the caller keeps that memory alive."},
     {"kv_new", py_kv_new, METH_VARARGS, "kv_new(engine, n_ctx, type) -> KV cache (F32 or F16)."},
     {"forward", py_forward, METH_VARARGS,
      "forward(engine, kv, tokens_i32, pos0, logits_f32, all_logits, nthreads): evaluate tokens at positions pos0..."},

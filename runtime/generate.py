@@ -1,6 +1,8 @@
 """A model session: KV cache, batched prompt evaluation, the generation loop, and llama.cpp-style timings."""
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -10,10 +12,52 @@ import numpy as np
 
 import native
 from runtime.arch import build
-from runtime.model import Model
+from runtime.arch.base import kv_cache_bytes
+from runtime.model import HParams, Model
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import Tokenizer
 from common.errors import DamagedModel, UserError
+
+
+def memory_available() -> int:
+    """The bytes of memory a new allocation can have now: Linux's MemAvailable (free plus reclaimable), else the
+    machine's RAM; less under a cgroup (v2) limit."""
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            have = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    with contextlib.suppress(OSError, ValueError):
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            have = min(have, int(f.read()) - int(g.read()))  # "max" (no limit) is a ValueError
+    return have
+
+
+def size_text(n: float) -> str:
+    """Bytes as people read them: 512 B, 1.5 KiB, ..., 12.2 TiB, 4.0 EiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"
+
+
+def check_kv_memory(hp: HParams, n_ctx: int, cache_type: str, slots: int, what: str) -> None:
+    """Refuse, before anything is allocated, `slots` KV caches of n_ctx positions that do not fit in memory; `what`
+    names the numbers the user gave (e.g. "-c 100000000")."""
+    need = slots * kv_cache_bytes(hp, n_ctx, cache_type)
+    have = memory_available()
+    if need > have:
+        raise UserError(f"{what} needs a KV cache of {size_text(need)} ({cache_type}), more than the "
+                        f"{size_text(have)} of memory available; lower it")
+
+
+def check_context_memory(model_path, n_ctx: int, cache_type: str, slots: int, what: str) -> None:
+    """check_kv_memory for a model file not loaded yet (its header is read, its weights are not touched)."""
+    model = Model(model_path, populate=False)
+    try:
+        check_kv_memory(model.hp, n_ctx, cache_type, slots, what)
+    finally:
+        model.close()
 
 
 def _peak_rss_mib() -> float:
@@ -56,11 +100,17 @@ class Session:
     """One model, one context: tokens evaluated so far and their KV cache."""
 
     def __init__(self, model_path, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
-                 cache_type: str = "f16"):
+                 cache_type: str = "f16", ctx_name: str = "n_ctx"):
+        """ctx_name: what the caller calls n_ctx (the command line's -c), for the message when it is too large."""
         t0 = time.perf_counter()
         if n_ctx < 1 or n_batch < 1:
             raise UserError("n_ctx and n_batch must be positive")
         self.model = Model(model_path)
+        try:
+            check_kv_memory(self.model.hp, n_ctx, cache_type, 1, f"{ctx_name} {n_ctx}")
+        except UserError:
+            self.model.close()
+            raise
         self.tokenizer = Tokenizer.from_gguf(self.model.gguf)
         self.n_threads = n_threads or native.default_threads()
         self.net = build(self.model, self.n_threads)

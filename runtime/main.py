@@ -46,7 +46,7 @@ class Runner:
     def __init__(self, opts: RunOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, inp: TextIO = sys.stdin):
         self.opts, self.out, self.err, self.inp = opts, out, err, inp
         self.session = Session(opts.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=opts.n_threads,
-                               cache_type=opts.cache_type)
+                               cache_type=opts.cache_type, ctx_name="-c")
         self.tok = self.session.tokenizer
         self.sampler = Sampler(opts.sampling)
         hp = self.session.model.hp

@@ -2,6 +2,7 @@
 (no copy, no dequantized copy); the native engine (runtime/arch) reads the tensors in place."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,83 +64,174 @@ class HParams:
     final_softcap: float = 0.0
 
 
-def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HParams:
-    """The hyper-parameters, by gguf-py's key names for `arch`."""
-    def get(key: str, default=None):
-        v = g.value(key.format(arch=arch), default)
-        if v is None:
-            raise UserError(f"{g.path.name}: missing {key.format(arch=arch)}")
+MAX_WIDTH = 1 << 24    # any width of a block (n_embd, n_ff, head size, heads): far above every real model
+MAX_LAYERS = 1 << 16
+MAX_CONTEXT = 1 << 40
+
+
+class _Keys:
+    """One file's hyper-parameters by gguf-py's key templates for `arch`, read with their type and range checked: an
+    integer key holds an integer (not a bool, string or array), a float key a finite number."""
+
+    def __init__(self, g: GGUFFile, arch: str):
+        self.g, self.arch = g, arch
+
+    def name(self, key: str) -> str:
+        return key.format(arch=self.arch)
+
+    def raw(self, key: str):
+        v = self.g.value(self.name(key))
         return v.item() if isinstance(v, np.generic) else v
 
-    n_embd, n_head = int(get(Keys.LLM.EMBEDDING_LENGTH)), int(get(Keys.Attention.HEAD_COUNT))
-    head_dim = int(get(Keys.Attention.KEY_LENGTH, n_embd // n_head))
-    scale = 1.0
-    if g.value(Keys.Rope.SCALING_TYPE.format(arch=arch)) == "linear":
-        scale = 1.0 / float(get(Keys.Rope.SCALING_FACTOR, 1.0))
-    eps = g.value(Keys.Attention.LAYERNORM_RMS_EPS.format(arch=arch),
-                  g.value(Keys.Attention.LAYERNORM_EPS.format(arch=arch)))
-    if eps is None:
-        raise UserError(f"{g.path.name}: missing the norm epsilon of {arch}")
-    n_ff = int(get(Keys.LLM.FEED_FORWARD_LENGTH))
-    n_expert = int(get(Keys.LLM.EXPERT_COUNT, 0))
+    def _fail(self, key: str, what: str, v) -> UserError:
+        shown = f"an array of {len(v)}" if isinstance(v, (list, np.ndarray)) else repr(v)
+        return UserError(f"{self.g.path.name}: {self.name(key)} must be {what}, got {shown}")
+
+    def int(self, key: str, default=None, low: int = 1, high: int = MAX_WIDTH) -> int:
+        v = self.raw(key)
+        if v is None:
+            if default is None:
+                raise UserError(f"{self.g.path.name}: missing {self.name(key)}")
+            v = default
+        if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+            raise self._fail(key, f"an integer from {low} to {high}", v)
+        return v
+
+    def float(self, key: str, default: float | None = None, positive: bool = True) -> float:
+        v = self.raw(key)
+        if v is None:
+            if default is None:
+                raise UserError(f"{self.g.path.name}: missing {self.name(key)}")
+            v = default
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+                (v <= 0 if positive else v < 0):
+            raise self._fail(key, "a finite number " + ("> 0" if positive else "≥ 0"), v)
+        return float(v)
+
+
+def _hparams(g: GGUFFile, arch: str, recipe: archs.Recipe, n_vocab: int) -> HParams:
+    """The hyper-parameters, by gguf-py's key names for `arch`, each checked for type and range and against the
+    others (heads divide the width, kv heads divide the heads, the rotated part fits a head) before the engine sees
+    any of them."""
+    k, where = _Keys(g, arch), g.path.name
+    n_embd, n_head = k.int(Keys.LLM.EMBEDDING_LENGTH), k.int(Keys.Attention.HEAD_COUNT)
+    if k.raw(Keys.Attention.KEY_LENGTH) is None and n_embd % n_head:
+        raise UserError(f"{where}: {k.name(Keys.LLM.EMBEDDING_LENGTH)} ({n_embd}) is not a multiple of "
+                        f"{k.name(Keys.Attention.HEAD_COUNT)} ({n_head})")
+    head_dim = k.int(Keys.Attention.KEY_LENGTH, n_embd // n_head)
+    if k.int(Keys.Attention.VALUE_LENGTH, head_dim) != head_dim:
+        raise UserError(f"{where}: value heads of another size than key heads are not supported")
+    n_head_kv = k.int(Keys.Attention.HEAD_COUNT_KV, n_head)
+    if n_head % n_head_kv:
+        raise UserError(f"{where}: {k.name(Keys.Attention.HEAD_COUNT)} ({n_head}) is not a multiple of "
+                        f"{k.name(Keys.Attention.HEAD_COUNT_KV)} ({n_head_kv})")
+    n_rot = k.int(Keys.Rope.DIMENSION_COUNT, head_dim, low=0, high=head_dim)
+    if n_rot % 2:
+        raise UserError(f"{where}: {k.name(Keys.Rope.DIMENSION_COUNT)} must be even, got {n_rot}")
+    scaling = k.raw(Keys.Rope.SCALING_TYPE)
+    if scaling not in (None, "none", "linear"):
+        raise UserError(f"{where}: rope scaling {scaling!r} is not supported (supported: linear)")
+    scale = 1.0 / k.float(Keys.Rope.SCALING_FACTOR, 1.0) if scaling == "linear" else 1.0
+    eps_key = Keys.Attention.LAYERNORM_RMS_EPS if k.raw(Keys.Attention.LAYERNORM_RMS_EPS) is not None \
+        else Keys.Attention.LAYERNORM_EPS
+    if k.raw(eps_key) is None:
+        raise UserError(f"{where}: missing the norm epsilon of {arch}")
+    eps = k.float(eps_key)
+    n_ff = k.int(Keys.LLM.FEED_FORWARD_LENGTH)
+    if recipe.ffn_halved and n_ff % 2:
+        raise UserError(f"{where}: {k.name(Keys.LLM.FEED_FORWARD_LENGTH)} must be even for {arch}, got {n_ff}")
+    n_expert = k.int(Keys.LLM.EXPERT_COUNT, 0, low=0, high=1024)
     extra: dict[str, object] = {}
     if n_expert:
-        extra = dict(n_expert=n_expert, n_expert_used=int(get(Keys.LLM.EXPERT_USED_COUNT)),
-                       n_ff_exp=int(get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, n_ff)))
+        extra = dict(n_expert=n_expert, n_expert_used=k.int(Keys.LLM.EXPERT_USED_COUNT, high=n_expert),
+                     n_ff_exp=k.int(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, n_ff))
     for field, key, default in (("attn_softcap", Keys.LLM.ATTN_LOGIT_SOFTCAPPING, recipe.attn_softcap),
                                 ("final_softcap", Keys.LLM.FINAL_LOGIT_SOFTCAPPING, recipe.final_softcap)):
-        if default is None and g.value(key.format(arch=arch)) is not None:
-            raise UserError(f"{g.path.name}: {key.format(arch=arch)} (logit soft-capping) is not supported for {arch}")
-        cap = float(get(key, default)) if default is not None else 0.0
-        if not 0.0 <= cap < float("inf"):
-            raise UserError(f"{g.path.name}: {key.format(arch=arch)} must be a finite number ≥ 0, got {cap}")
-        extra[field] = cap
-    scaling = g.value(Keys.Rope.SCALING_TYPE.format(arch=arch))
-    if scaling not in (None, "none", "linear"):
-        raise UserError(f"{g.path.name}: rope scaling {scaling!r} is not supported (supported: linear)")
-    if n_expert < 0 or n_expert > 1024:
-        raise UserError(f"{g.path.name}: expert_count {n_expert} is out of range")
+        if default is None and k.raw(key) is not None:
+            raise UserError(f"{where}: {k.name(key)} (logit soft-capping) is not supported for {arch}")
+        extra[field] = k.float(key, default, positive=False) if default is not None else 0.0
     # sliding windows only where the architecture has sliding layers (llama.cpp ignores the key elsewhere)
-    n_swa = int(get(Keys.Attention.SLIDING_WINDOW, 0)) if recipe.swa_period else 0
+    n_swa = k.int(Keys.Attention.SLIDING_WINDOW, 0, low=0, high=MAX_CONTEXT) if recipe.swa_period else 0
     if n_swa:
-        pattern = g.value(Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=arch), recipe.swa_period)
-        if not isinstance(pattern, (int, np.integer)):
-            raise UserError(f"{g.path.name}: a per-layer sliding-window pattern is not supported")
-        extra.update(n_swa=n_swa, swa_period=int(pattern))
-    rope_base = float(get(Keys.Rope.FREQ_BASE, 10000.0))
+        if isinstance(k.raw(Keys.Attention.SLIDING_WINDOW_PATTERN), (list, np.ndarray)):
+            raise UserError(f"{where}: a per-layer sliding-window pattern is not supported")
+        extra.update(n_swa=n_swa, swa_period=k.int(Keys.Attention.SLIDING_WINDOW_PATTERN, recipe.swa_period,
+                                                   low=0, high=MAX_LAYERS))
+    rope_base = k.float(Keys.Rope.FREQ_BASE, 10000.0)
     # sliding layers rotate as the others, or with llama.cpp's defaults for them (base 10000, no frequency scaling)
     swa_base, swa_scale = (rope_base, scale) if recipe.swa_rope_shared else (10000.0, 1.0)
-    n_ctx_train, n_layer = int(get(Keys.LLM.CONTEXT_LENGTH)), int(get(Keys.LLM.BLOCK_COUNT))
+    n_ctx_train, n_layer = k.int(Keys.LLM.CONTEXT_LENGTH, high=MAX_CONTEXT), k.int(Keys.LLM.BLOCK_COUNT, high=MAX_LAYERS)
+    vocab_key = k.raw(Keys.LLM.VOCAB_SIZE)
+    if vocab_key is not None and k.int(Keys.LLM.VOCAB_SIZE, high=2**31 - 1) != n_vocab:
+        raise UserError(f"{where}: {k.name(Keys.LLM.VOCAB_SIZE)} is {vocab_key} but the tokenizer has {n_vocab} tokens")
     query_dim = recipe.query_scale_dim(n_layer, n_embd, n_head, head_dim)
     return HParams(
         arch=arch, n_vocab=n_vocab, n_ctx_train=n_ctx_train, n_embd=n_embd,
-        n_layer=n_layer, n_head=n_head, n_head_kv=int(get(Keys.Attention.HEAD_COUNT_KV, n_head)),
+        n_layer=n_layer, n_head=n_head, n_head_kv=n_head_kv,
         n_ff=n_ff // 2 if recipe.ffn_halved else n_ff, head_dim=head_dim,
-        n_rot=int(get(Keys.Rope.DIMENSION_COUNT, head_dim)), rope_base=rope_base, rope_freq_scale=scale,
-        rope_base_swa=float(get(Keys.Rope.FREQ_BASE_SWA, swa_base)), rope_freq_scale_swa=swa_scale,
-        eps=float(eps), rope_attn_factor=float(get(Keys.Rope.SCALING_ATTN_FACTOR, 1.0)),
-        n_ctx_orig=int(get(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train)),
+        n_rot=n_rot, rope_base=rope_base, rope_freq_scale=scale,
+        rope_base_swa=k.float(Keys.Rope.FREQ_BASE_SWA, swa_base), rope_freq_scale_swa=swa_scale,
+        eps=eps, rope_attn_factor=k.float(Keys.Rope.SCALING_ATTN_FACTOR, 1.0),
+        n_ctx_orig=k.int(Keys.Rope.SCALING_ORIG_CTX_LEN, n_ctx_train, low=0, high=MAX_CONTEXT),
         attn_scale=float(1.0 / np.sqrt(np.float32(query_dim))) if query_dim > 0 else 0.0, **extra)
 
 
+def vector_lengths(hp: HParams) -> dict[str, int]:
+    """The length of every 1-D tensor the engine reads (norm weights and biases, matrix biases, q/k norms, rope
+    factors), by name with a layer's `blk.N.` left out; native/engine.c's LAYER_TENSORS checks the same again."""
+    qd, kvd = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    embd = ("attn_norm.weight", "attn_norm.bias", "ffn_norm.weight", "ffn_norm.bias", "attn_output.bias",
+            "ffn_down.bias", "post_attention_norm.weight", "post_ffw_norm.weight", "output_norm.weight",
+            "output_norm.bias")
+    return {**dict.fromkeys(embd, hp.n_embd), "attn_qkv.bias": qd + 2 * kvd, "attn_q.bias": qd, "attn_k.bias": kvd,
+            "attn_v.bias": kvd, "ffn_up.bias": hp.n_ff, "attn_q_norm.weight": hp.head_dim,
+            "attn_k_norm.weight": hp.head_dim,
+            **dict.fromkeys(("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"),
+                            hp.n_rot // 2)}
+
+
+def _layer_suffix(name: str) -> str:
+    """`blk.3.attn_norm.weight` → `attn_norm.weight`; other names as they are."""
+    head, _, rest = name.partition(".")
+    if head == "blk" and rest.partition(".")[0].isdigit():
+        return rest.partition(".")[2]
+    return name
+
+
 class Model:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, populate: bool = True):
+        """populate: read the weights into memory now (as for inference); False reads only the header."""
         self.path = Path(path)
-        self.gguf = GGUFFile(self.path, populate=True)
-        arch = self.gguf.value(Keys.General.ARCHITECTURE)
+        self.gguf = GGUFFile(self.path, populate=populate)
+        self.weights: dict[str, Weight] = {}
         try:
-            self.recipe = archs.recipe(arch)
-        except UserError:
-            self.gguf.close()
+            self._load()
+        except BaseException:
+            self.close()
             raise
+
+    def _load(self) -> None:
+        arch = self.gguf.value(Keys.General.ARCHITECTURE)
+        if not isinstance(arch, str):
+            raise UserError(f"{self.path.name}: {Keys.General.ARCHITECTURE} must be a string, got {arch!r}")
+        self.recipe = archs.recipe(arch)
         tokens = self.gguf.value(Keys.Tokenizer.LIST)
         if tokens is None:
             raise UserError(f"{self.path.name} has no tokenizer (tokenizer.ggml.tokens)")
-        self.weights = {e.info.name: Weight(self.gguf, e) for e in self.gguf.tensors}
+        if not isinstance(tokens, list) or not tokens or len(tokens) >= 2**31:
+            raise UserError(f"{self.path.name}: tokenizer.ggml.tokens must be a non-empty array of strings "
+                            "(fewer than 2^31)")
         self.hp = _hparams(self.gguf, arch, self.recipe, len(tokens))
-        for t in self.weights.values():
-            if int(t.type) not in native.TRAITS:
-                raise UserError(f"tensor {t.name} has type {t.type.name}, which the runtime does not support")
+        lengths = vector_lengths(self.hp)
+        for e in self.gguf.tensors:
+            if int(e.info.ggml_type) not in native.TRAITS:
+                raise UserError(f"tensor {e.info.name} has type {e.info.ggml_type.name}, which the runtime does "
+                                "not support")
+            n = lengths.get(_layer_suffix(e.info.name))
+            if n is not None and e.info.shape != (n,):
+                raise UserError(f"{self.path.name}: tensor {e.info.name} has shape {list(e.info.shape)}, expected "
+                                f"[{n}] from the hyper-parameters")
+            self.weights[e.info.name] = Weight(self.gguf, e)
 
     def close(self) -> None:
         self.weights.clear()

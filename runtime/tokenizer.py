@@ -39,14 +39,17 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import regex
 
+from common.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     from common.ggufio import GGUFFile
 
 __all__ = ["Tokenizer", "StreamDecoder", "UnsupportedTokenizer"]
 
 
-class UnsupportedTokenizer(ValueError):
-    """The GGUF's tokenizer model or pre-tokenizer is not one this runtime implements."""
+class UnsupportedTokenizer(UserError, ValueError):
+    """The GGUF's tokenizer (its model, pre-tokenizer or special ids) is not one this runtime can use: a user's
+    error (one line), still a ValueError for the callers that catch that."""
 
 
 # token attributes (llama.cpp's llama_token_attr bits)
@@ -644,15 +647,19 @@ class Tokenizer:
             if len(self.scores) < n:
                 raise ValueError(f"scores has {len(self.scores)} entries for {n} tokens")
 
-        def _valid(i):
-            return int(i) if i is not None and 0 <= int(i) < n else None
+        def _valid(given, default):
+            """The id given, else (none, or out of range: llama.cpp warns "bad special token") the default."""
+            for i in (given, default):
+                if i is not None and 0 <= int(i) < n:
+                    return int(i)
+            return None
 
         d_bos, d_eos, d_unk, d_sep, d_pad = _MODEL_DEFAULT_IDS[model]
-        self.bos_id: int | None = _valid(d_bos if bos_id is None else bos_id)
-        self.eos_id: int | None = _valid(d_eos if eos_id is None else eos_id)
-        self.unk_id: int | None = _valid(d_unk if unk_id is None else unk_id)
-        self.sep_id: int | None = _valid(d_sep if sep_id is None else sep_id)
-        self.pad_id: int | None = _valid(d_pad if pad_id is None else pad_id)
+        self.bos_id: int | None = _valid(bos_id, d_bos)
+        self.eos_id: int | None = _valid(eos_id, d_eos)
+        self.unk_id: int | None = _valid(unk_id, d_unk)
+        self.sep_id: int | None = _valid(sep_id, d_sep)
+        self.pad_id: int | None = _valid(pad_id, d_pad)
         flags = _MODEL_DEFAULT_FLAGS[model]
         self.add_bos: bool = bool(flags.add_bos if add_bos is None else add_bos)
         self.add_eos: bool = bool(flags.add_eos if add_eos is None else add_eos)
@@ -725,15 +732,23 @@ class Tokenizer:
         if tokens is None:
             raise UnsupportedTokenizer(f"{getattr(g, 'path', 'GGUF')} has no tokenizer (tokenizer.ggml.tokens)")
         model = g.value("tokenizer.ggml.model", "llama")
+
+        def _id(key: str) -> int | None:
+            """A special token id: an integer (its range is checked against the vocabulary later), or None."""
+            v = g.value(f"tokenizer.ggml.{key}_token_id")
+            v = v.item() if isinstance(v, np.generic) else v
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                shown = f"an array of {len(v)}" if isinstance(v, (list, np.ndarray)) else repr(v)[:40]
+                raise UnsupportedTokenizer(f"tokenizer.ggml.{key}_token_id must be an integer, got {shown}")
+            return v
+
         special_ids = {}
         for key in ("eot", "eom", "fim_pre", "fim_suf", "fim_mid", "fim_pad", "fim_rep", "fim_sep"):
-            v = g.value(f"tokenizer.ggml.{key}_token_id")
-            if v is not None:
-                special_ids[key] = int(v)
+            if (v := _id(key)) is not None:
+                special_ids[key] = v
         for old, new in (("prefix", "fim_pre"), ("suffix", "fim_suf"), ("middle", "fim_mid")):
-            v = g.value(f"tokenizer.ggml.{old}_token_id")
-            if v is not None:
-                special_ids[new] = int(v)
+            if (v := _id(old)) is not None:
+                special_ids[new] = v
 
         def _opt_bool(key):
             v = g.value(key)
@@ -746,10 +761,8 @@ class Tokenizer:
         return cls(
             model=str(model), tokens=list(tokens), token_types=g.value("tokenizer.ggml.token_type"),
             scores=g.value("tokenizer.ggml.scores"), merges=g.value("tokenizer.ggml.merges"),
-            pre=g.value("tokenizer.ggml.pre"), bos_id=g.value("tokenizer.ggml.bos_token_id"),
-            eos_id=g.value("tokenizer.ggml.eos_token_id"), unk_id=g.value("tokenizer.ggml.unknown_token_id"),
-            pad_id=g.value("tokenizer.ggml.padding_token_id"),
-            sep_id=g.value("tokenizer.ggml.seperator_token_id"),  # sic: the GGUF key's spelling
+            pre=g.value("tokenizer.ggml.pre"), bos_id=_id("bos"), eos_id=_id("eos"), unk_id=_id("unknown"),
+            pad_id=_id("padding"), sep_id=_id("seperator"),  # sic: the GGUF key's spelling
             add_bos=_opt_bool("tokenizer.ggml.add_bos_token"), add_eos=_opt_bool("tokenizer.ggml.add_eos_token"),
             add_space_prefix=_opt_bool("tokenizer.ggml.add_space_prefix"), special_ids=special_ids,
             lowercase=_opt_bool("tokenizer.ggml.normalizer.lowercase"),
@@ -858,7 +871,7 @@ class Tokenizer:
         out: list[int] = []
         if add_bos:
             if self.bos_id is None:
-                raise ValueError("this model has no BOS token")
+                raise UnsupportedTokenizer("this model asks for a BOS token but has none")
             out.append(self.bos_id)
         if text:
             self._encode_fragments(self._partition(text, parse_special), out)

@@ -11,19 +11,30 @@ from __future__ import annotations
 import numpy as np
 
 import native
-from runtime.model import Model
+from runtime.model import HParams, Model
 from common.errors import UserError
 
 CACHE_TYPES = {"f32": native.F32, "f16": native.F16}
+CACHE_BYTES = {"f32": 4, "f16": 2}
+
+
+def kv_cache_bytes(hp: HParams, n_ctx: int, cache_type: str) -> int:
+    """The bytes of a KV cache of n_ctx positions: keys and values of every layer (Python integers: no overflow)."""
+    if cache_type not in CACHE_TYPES:
+        raise UserError(f"unknown cache type {cache_type!r}; use one of: {', '.join(CACHE_TYPES)}")
+    return 2 * hp.n_layer * n_ctx * hp.n_head_kv * hp.head_dim * CACHE_BYTES[cache_type]
 
 
 class KVCache:
     """Keys and values of every layer for positions 0..n_ctx-1, stored as f32 or f16; `n` positions are filled."""
 
     def __init__(self, net: "Transformer", n_ctx: int, cache_type: str = "f16"):
-        if cache_type not in CACHE_TYPES:
-            raise UserError(f"unknown cache type {cache_type!r}; use one of: {', '.join(CACHE_TYPES)}")
-        self.kv = native.kv_new(net.engine, n_ctx, CACHE_TYPES[cache_type])
+        nbytes = kv_cache_bytes(net.hp, n_ctx, cache_type)
+        try:
+            self.kv = native.kv_new(net.engine, n_ctx, CACHE_TYPES[cache_type])
+        except MemoryError:
+            raise UserError(f"a KV cache of {n_ctx} positions ({nbytes / 2**30:.1f} GiB) cannot be allocated: "
+                            "out of memory") from None
         self.n_ctx, self.cache_type = n_ctx, cache_type
         self.n = 0
 
@@ -31,25 +42,33 @@ class KVCache:
         self.n = min(self.n, n)
 
 
+def engine_description(model: Model) -> dict[str, object]:
+    """The model's recipe and hyper-parameters as native.engine_new takes them (engine.h's struct tk_hparams)."""
+    hp, recipe = model.hp, model.recipe
+    return {
+        "norm": recipe.norm, "rope": recipe.rope, "ffn": recipe.ffn,
+        "n_vocab": hp.n_vocab, "n_embd": hp.n_embd, "n_layer": hp.n_layer, "n_head": hp.n_head,
+        "n_head_kv": hp.n_head_kv, "head_dim": hp.head_dim, "n_ff": hp.n_ff, "n_rot": hp.n_rot,
+        "rope_base": hp.rope_base, "rope_freq_scale": hp.rope_freq_scale, "eps": hp.eps,
+        "n_expert": hp.n_expert, "n_expert_used": hp.n_expert_used, "n_ff_exp": hp.n_ff_exp,
+        "n_swa": hp.n_swa, "swa_period": hp.swa_period, "rope_base_swa": hp.rope_base_swa,
+        "rope_freq_scale_swa": hp.rope_freq_scale_swa, "rope_attn_factor": hp.rope_attn_factor,
+        "n_ctx_orig": hp.n_ctx_orig, "attn_scale": hp.attn_scale, "attn_softcap": hp.attn_softcap,
+        "final_softcap": hp.final_softcap,
+        "embd_scale": float(np.sqrt(np.float32(hp.n_embd))) if recipe.embd_scaled else 1.0,
+    }
+
+
+def engine_tensors(model: Model) -> list[tuple[str, np.ndarray, int, int, int]]:
+    """The model's tensors as native.engine_new takes them: (name, data, ggml type, rows, cols)."""
+    return [(w.name, w.data, int(w.type), w.rows, w.cols) for w in model.weights.values()]
+
+
 class Transformer:
     def __init__(self, model: Model, nthreads: int):
         self.model, self.hp, self.nthreads = model, model.hp, nthreads
-        hp, recipe = self.hp, model.recipe
-        description = {
-            "norm": recipe.norm, "rope": recipe.rope, "ffn": recipe.ffn,
-            "n_vocab": hp.n_vocab, "n_embd": hp.n_embd, "n_layer": hp.n_layer, "n_head": hp.n_head,
-            "n_head_kv": hp.n_head_kv, "head_dim": hp.head_dim, "n_ff": hp.n_ff, "n_rot": hp.n_rot,
-            "rope_base": hp.rope_base, "rope_freq_scale": hp.rope_freq_scale, "eps": hp.eps,
-            "n_expert": hp.n_expert, "n_expert_used": hp.n_expert_used, "n_ff_exp": hp.n_ff_exp,
-            "n_swa": hp.n_swa, "swa_period": hp.swa_period, "rope_base_swa": hp.rope_base_swa,
-            "rope_freq_scale_swa": hp.rope_freq_scale_swa, "rope_attn_factor": hp.rope_attn_factor,
-            "n_ctx_orig": hp.n_ctx_orig, "attn_scale": hp.attn_scale, "attn_softcap": hp.attn_softcap,
-            "final_softcap": hp.final_softcap,
-            "embd_scale": float(np.sqrt(np.float32(hp.n_embd))) if recipe.embd_scaled else 1.0,
-        }
-        tensors = [(w.name, w.data, int(w.type), w.rows, w.cols) for w in model.weights.values()]
         try:
-            self.engine = native.engine_new(description, tensors)
+            self.engine = native.engine_new(engine_description(model), engine_tensors(model))
         except ValueError as e:
             raise UserError(f"{model.path.name}: {e}") from None
 
