@@ -11,8 +11,10 @@ import numpy as np
 
 from runtime.chat import chat_format, prompt_tokens
 from runtime.generate import Session
-from runtime.sampling import SamplingParams, check
-from runtime.tokenizer import StreamDecoder
+from runtime.logprobs import ProbsFormat, token_logprob
+from runtime.sampling import SamplingParams, check, check_bias
+from runtime.stops import StopScanner
+from runtime.structured import one_constraint
 from common.errors import UserError
 
 
@@ -71,95 +73,125 @@ class Llama:
         return len(self.session.tokens)
 
     # -- completions ----------------------------------------------------------------------------------------------
-    def _params(self, temperature, top_k, top_p, min_p, repeat_penalty, seed) -> SamplingParams:
+    def _params(self, temperature, top_k, top_p, min_p, repeat_penalty, seed, presence_penalty=0.0,
+                frequency_penalty=0.0, logit_bias=None) -> SamplingParams:
         """Checked against sampling.RANGES under the argument names (UserError naming the first one out of range)."""
-        for field, name, value in (("temp", "temperature", temperature), ("top_k", "top_k", top_k),
-                                   ("top_p", "top_p", top_p), ("min_p", "min_p", min_p),
-                                   ("repeat_penalty", "repeat_penalty", repeat_penalty)):
-            check(field, value, name)
+        for field, value in (("temp", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
+                             ("repeat_penalty", repeat_penalty), ("presence_penalty", presence_penalty),
+                             ("frequency_penalty", frequency_penalty)):
+            check(field, value, "temperature" if field == "temp" else field)
+        bias = {}
+        for key, value in (logit_bias or {}).items():  # llama-cpp-python's {token id: bias}; "id" keys as JSON has
+            token = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
+            check_bias(token, value, "logit_bias")
+            bias[token] = float(value)
         return SamplingParams(temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
-                              seed=self.seed if seed is None else seed)
+                              seed=self.seed if seed is None else seed, presence_penalty=presence_penalty,
+                              frequency_penalty=frequency_penalty, logit_bias=bias)
 
-    def _stream(self, prompt_tokens: list[int], max_tokens: int | None, params: SamplingParams,
-                stop: list[str]) -> Iterator[tuple[str, str | None]]:
-        """(text piece, finish_reason or None); text that could be the start of a stop string is held back until
-        it cannot match any more, and a matched stop string ends the generation without being returned."""
+    def _stream(self, prompt_tokens: list[int], max_tokens: int | None, params: SamplingParams, stop: list[str],
+                grammar, n_top: int | None) -> Iterator[tuple[str, str | None, list]]:
+        """(text piece, finish_reason or None, log-probabilities of the tokens it starts when n_top is not None);
+        stop strings as runtime.stops.StopScanner handles them."""
         self.reset()
         if len(prompt_tokens) >= self.session.n_ctx:
             raise UserError(f"the prompt has {len(prompt_tokens)} tokens; the context holds {self.session.n_ctx}")
         room = self.session.n_ctx - len(prompt_tokens)
         limit = room if max_tokens is None or max_tokens <= 0 else max_tokens
-        decoder, pending, n = StreamDecoder(self.tokenizer), "", 0
-        for token in self.session.generate(prompt_tokens, limit, params):
+        scanner, n = StopScanner(self.tokenizer, stop), 0
+        for step in self.session.steps(prompt_tokens, limit, params, grammar=grammar):
             n += 1
-            pending += decoder.feed(token)
-            hits = [i for i in (pending.find(s) for s in stop) if i >= 0]
-            if hits:
-                yield pending[:min(hits)], "stop"
+            item = token_logprob(step.token, step.logits, n_top) if n_top is not None else None
+            text, items = scanner.feed(step.token, item)
+            if scanner.word is not None:
+                yield text, "stop", items
                 return
-            held = max((k for s in stop for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
-            if len(pending) > held:
-                yield pending[:len(pending) - held], None
-                pending = pending[len(pending) - held:]
-        yield pending + decoder.flush(), "length" if n >= limit else "stop"
+            if text or items:
+                yield text, None, items
+        text, items = scanner.flush()
+        yield text, "length" if n >= limit else "stop", items
 
-    def _run(self, kind: str, prompt_tokens: list[int], max_tokens, stop, stream: bool, sampling: dict):
-        """Shared by both completion kinds: generate, then shape the result as OpenAI does (`kind` = text or chat)."""
+    def _run(self, kind: str, prompt_tokens: list[int], max_tokens, stop, stream: bool, sampling: dict,
+             grammar=None, probs: ProbsFormat | None = None):
+        """Shared by both completion kinds: generate, then shape the result as OpenAI does (`kind` = text or chat);
+        `probs` shapes the log-probabilities (with the number of top tokens in `probs.n_top`)."""
         params = self._params(**sampling)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         if kind == "chat":
             stop += list(self.chat.stop)
-        pieces = self._stream(prompt_tokens, max_tokens, params, stop)
+        pieces = self._stream(prompt_tokens, max_tokens, params, stop, grammar, probs.n_top if probs else None)
         cid, created = (f"chatcmpl-{uuid.uuid4()}" if kind == "chat" else f"cmpl-{uuid.uuid4()}"), int(time.time())
         head = {"id": cid, "created": created, "model": self.model_path}
         if stream:
-            return self._chunks(kind, head, pieces)
-        text, reason = "", None
-        for piece, reason in pieces:
+            return self._chunks(kind, head, pieces, probs)
+        text, reason, entries = "", None, []
+        for piece, reason, items in pieces:
             text += piece
+            entries += items
+        logprobs = probs(entries) if probs else None
         n_out = len(self.session.tokens) - len(prompt_tokens) + (1 if reason == "stop" else 0)
         usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_out,
                  "total_tokens": len(prompt_tokens) + n_out}
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                       "finish_reason": reason}
             return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
-        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason}
         return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
 
     @staticmethod
-    def _chunks(kind, head, pieces):
+    def _chunks(kind, head, pieces, probs):
+        def logprobs(items):
+            return probs(items) if probs else None
         if kind == "text":
-            for piece, reason in pieces:
-                if piece or reason:
-                    yield {**head, "object": "text_completion",
-                           "choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": reason}]}
+            for piece, reason, items in pieces:
+                if piece or reason or items:
+                    yield {**head, "object": "text_completion", "choices": [
+                        {"text": piece, "index": 0, "logprobs": logprobs(items), "finish_reason": reason}]}
             return
-        def chunk(delta, reason):
+        def chunk(delta, reason, items=None):
             return {**head, "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+                    "choices": [{"index": 0, "delta": delta, "logprobs": logprobs(items) if items else None,
+                                 "finish_reason": reason}]}
         yield chunk({"role": "assistant"}, None)
-        for piece, reason in pieces:
-            if piece:
-                yield chunk({"content": piece}, None)
+        for piece, reason, items in pieces:
+            if piece or items:
+                yield chunk({"content": piece}, None, items)
             if reason:
                 yield chunk({}, reason)
 
     def create_completion(self, prompt: str, max_tokens: int | None = 16, temperature: float = 0.8,
                           top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
-                          stop: str | list[str] | None = None, seed: int | None = None, stream: bool = False):
+                          stop: str | list[str] | None = None, seed: int | None = None, stream: bool = False,
+                          logprobs: int | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                          logit_bias: dict | None = None, grammar=None):
+        """grammar: GBNF text or a runtime.grammar.Grammar; logprobs: N gives OpenAI's legacy logprobs (the N most
+        likely tokens at each step, as llama-cpp-python returns them)."""
         tokens = self.tokenize(prompt, add_bos=True, special=True)
+        probs = ProbsFormat("text", self.tokenizer, len(prompt), n_top=logprobs) if logprobs is not None else None
         return self._run("text", tokens, max_tokens, stop, stream, dict(
-            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed))
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias),
+            one_constraint(grammar=grammar), probs)
 
     __call__ = create_completion
 
     def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None, temperature: float = 0.8,
                                top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
                                repeat_penalty: float = 1.0, stop: str | list[str] | None = None,
-                               seed: int | None = None, stream: bool = False):
+                               seed: int | None = None, stream: bool = False, response_format: dict | None = None,
+                               grammar=None, logprobs: bool = False, top_logprobs: int | None = None,
+                               presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                               logit_bias: dict | None = None):
+        """response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}};
+        logprobs/top_logprobs: OpenAI's chat logprobs."""
+        if top_logprobs is not None and not logprobs:
+            raise UserError("top_logprobs requires logprobs=True")
+        probs = ProbsFormat("chat", self.tokenizer, n_top=top_logprobs or 0) if logprobs else None
         return self._run("chat", prompt_tokens(self.chat, self.tokenizer, messages), max_tokens, stop, stream, dict(
-            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed))
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias),
+            one_constraint(grammar=grammar, response_format=response_format), probs)
 
     def close(self) -> None:
         self.session.close()

@@ -13,6 +13,7 @@ import numpy as np
 import native
 from runtime.arch import build
 from runtime.arch.base import kv_cache_bytes
+from runtime.grammar import Grammar, GrammarConstraint
 from runtime.model import HParams, Model
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import Tokenizer
@@ -96,6 +97,19 @@ class Timings:
         ] + ([f"llama_perf_context_print:    peak memory = {_peak_rss_mib():10.2f} MiB (resident)"] if peak_rss else []))
 
 
+@dataclass
+class Step:
+    """A generated token and the model's logits it was sampled from (before any sampling filter)."""
+    token: int
+    logits: np.ndarray
+
+
+def _only_end_allowed(constraint: GrammarConstraint) -> bool:
+    """The grammar is complete and allows no other token: the generation is over (llama.cpp would sample the
+    end-of-generation token)."""
+    return constraint.is_complete() and not (constraint.mask() & ~constraint.eog).any()
+
+
 class Session:
     """One model, one context: tokens evaluated so far and their KV cache."""
 
@@ -160,31 +174,49 @@ class Session:
         return np.vstack(outs) if all_logits else outs[-1][-1]
 
     def generate(self, prompt: list[int], n_predict: int, params: SamplingParams, ignore_eos: bool = False,
-                 sampler: Sampler | None = None) -> Iterator[int]:
-        """Yield sampled tokens after evaluating `prompt`; stops at an end-of-generation token (unless ignore_eos),
-        after n_predict tokens (-1: until the context is full), or when the context is full."""
+                 sampler: Sampler | None = None, grammar: Grammar | None = None) -> Iterator[int]:
+        """The tokens of `steps` (the same arguments)."""
+        steps = self.steps(prompt, n_predict, params, ignore_eos, sampler, grammar)
+        try:
+            for step in steps:
+                yield step.token
+        finally:
+            steps.close()
+
+    def steps(self, prompt: list[int], n_predict: int, params: SamplingParams, ignore_eos: bool = False,
+              sampler: Sampler | None = None, grammar: Grammar | None = None) -> Iterator["Step"]:
+        """Yield each sampled token with the logits it was drawn from, after evaluating `prompt`; stops at an
+        end-of-generation token (unless ignore_eos), after n_predict tokens (-1: until the context is full), when
+        the context is full, or when `grammar` is complete and allows nothing but end-of-generation."""
         sampler = sampler or Sampler(params)
+        constraint = GrammarConstraint(grammar, self.tokenizer) if grammar is not None else None
         logits = self.eval(prompt) if prompt else None
         produced = 0
         while logits is not None and (n_predict < 0 or produced < n_predict) and len(self.tokens) < self.n_ctx:
             t0 = time.perf_counter()
-            if ignore_eos:
-                logits = logits.copy()
-                for t in self.tokenizer.eog_ids:
-                    logits[t] = -np.inf
-            try:
-                token = sampler.sample(logits, self.tokens)
-            except DamagedModel as e:
-                raise DamagedModel(f"{self.model.path.name}: {e}") from None
+            if constraint is not None and _only_end_allowed(constraint):
+                return
+            token = self._sample(sampler, logits, ignore_eos, constraint)
             self.timings.sample_ms += (time.perf_counter() - t0) * 1000.0
             self.timings.n_sample += 1
             if not ignore_eos and token in self.tokenizer.eog_ids:
                 return
+            if constraint is not None:
+                constraint.accept(token)
             produced += 1
-            yield token
+            yield Step(token, logits)
             if len(self.tokens) >= self.n_ctx:
                 return
             logits = self.eval([token])
+
+    def _sample(self, sampler: Sampler, logits: np.ndarray, ignore_eos: bool, constraint) -> int:
+        if ignore_eos:
+            logits = logits.copy()
+            logits[list(self.tokenizer.eog_ids)] = -np.inf
+        try:
+            return sampler.sample(logits, self.tokens, constraint=constraint)
+        except DamagedModel as e:
+            raise DamagedModel(f"{self.model.path.name}: {e}") from None
 
     def close(self) -> None:
         self.model.close()

@@ -9,6 +9,7 @@ from typing import TextIO
 
 from runtime.chat import chat_format, prompt_tokens
 from runtime.generate import Session
+from runtime.grammar import Grammar
 from runtime.sampling import Sampler, SamplingParams
 from runtime.tokenizer import StreamDecoder
 from common.errors import UserError
@@ -35,6 +36,7 @@ class RunOptions:
     chat: bool = False
     reverse_prompts: list[str] = field(default_factory=list)
     chat_template: str | None = None
+    grammar: Grammar | None = None      # every generation follows it (--grammar, --grammar-file, -j)
 
 
 def unescape(text: str) -> str:
@@ -82,7 +84,7 @@ class Runner:
         (reverse prompt / chat stop, which is printed for reverse prompts as llama.cpp does), or `limit` tokens."""
         decoder, text = StreamDecoder(self.tok), ""
         for token in self.session.generate(new_tokens, limit, self.opts.sampling, self.opts.ignore_eos,
-                                           sampler=self.sampler):
+                                           sampler=self.sampler, grammar=self.opts.grammar):
             piece = decoder.feed(token)
             text += piece
             self._write(piece)

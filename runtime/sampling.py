@@ -1,5 +1,6 @@
-"""Token sampling in llama.cpp's default chain order: repetition penalty → top-k → top-p → min-p → temperature →
-random draw. `temp <= 0` is greedy. A seed makes the draws reproducible.
+"""Token sampling in llama.cpp's default chain order: grammar mask → logit bias → penalties (repetition, frequency,
+presence) → top-k → top-p → min-p → temperature → random draw. `temp <= 0` is greedy. A seed makes the draws
+reproducible.
 
 Sampling is total: every setting is checked against `RANGES` (the one definition of what each accepts, also used by
 the command line, the Python API and the server's request schemas), and any setting in range gives a token:
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,13 +56,30 @@ RANGES: dict[str, Range] = {
     "min_p": Range(0.0, 1.0),                     # 0 = off
     "repeat_penalty": Range(0.0, low_open=True),  # 1 = off
     "repeat_last_n": Range(-1, whole=True),       # -1 = the whole context, 0 = off
+    "presence_penalty": Range(-2.0, 2.0),         # 0 = off (OpenAI's range)
+    "frequency_penalty": Range(-2.0, 2.0),        # 0 = off (OpenAI's range)
+    "logit_bias": Range(-100.0, 100.0),           # each bias (OpenAI's range); -100 bans the token
 }
 
 
 def check(field: str, value, name: str | None = None) -> None:
     """UserError unless `value` is in RANGES[field]; the message calls the setting `name` (a flag, a JSON field)."""
+    if field == "logit_bias":
+        for token, bias in dict(value).items():
+            check_bias(token, bias, name)
+        return
     if not RANGES[field].contains(value):
         raise UserError(f"{name or field} must be {RANGES[field].describe()}, got {value!r}")
+
+
+def check_bias(token, bias, name: str | None = None) -> None:
+    """One logit_bias entry: a token id (an integer >= 0) and a bias in RANGES["logit_bias"] or -inf (a ban, as
+    llama-server's `false`)."""
+    where = name or "logit_bias"
+    if not isinstance(token, numbers.Integral) or isinstance(token, bool) or token < 0:
+        raise UserError(f"{where}: token ids must be integers >= 0, got {token!r}")
+    if not (RANGES["logit_bias"].contains(bias) or (isinstance(bias, float) and bias == -math.inf)):
+        raise UserError(f"{where}[{token}] must be {RANGES['logit_bias'].describe()}, got {bias!r}")
 
 
 @dataclass
@@ -73,10 +91,19 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
     seed: int = -1  # -1: random
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit; -100 or -inf bans
 
     def __post_init__(self):
-        for field in RANGES:
-            check(field, getattr(self, field))
+        for name in RANGES:
+            check(name, getattr(self, name))
+
+    @property
+    def penalizes(self) -> bool:
+        """Whether the penalties sampler does anything (llama.cpp's is_disabled, negated)."""
+        return self.repeat_last_n != 0 and (self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0
+                                            or self.presence_penalty != 0.0)
 
 
 class Sampler:
@@ -93,10 +120,10 @@ class Sampler:
         _check_logits(logits)
         if constraint is not None:
             constraint.apply(logits)
-        if p.repeat_penalty != 1.0 and p.repeat_last_n != 0 and history:
-            recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history
-            ids = np.unique(np.asarray(recent, dtype=np.int64))
-            logits[ids] = _penalized(logits[ids], p.repeat_penalty)
+        if p.logit_bias:
+            apply_logit_bias(logits, p.logit_bias)
+        if p.penalizes and history:
+            apply_penalties(logits, history, p)
         if p.temp <= 0:
             return int(np.argmax(logits))
         ids = np.arange(logits.size)
@@ -124,6 +151,28 @@ def _check_logits(logits: np.ndarray) -> None:
         what = f"{int(bad.sum())} NaN or infinite logit(s)" if bad.any() else "no finite logit"
         raise DamagedModel(f"the model computed {what} (of {logits.size}): the model file is damaged or its weights "
                            "overflow")
+
+
+def apply_logit_bias(logits: np.ndarray, bias: dict[int, float]) -> None:
+    """llama.cpp's logit-bias sampler (in place): each bias added to its token's logit; -100 (OpenAI's ban) and
+    -inf (llama-server's `false`) mask the token. Ids outside the vocabulary are ignored, as llama.cpp does."""
+    for token, b in bias.items():
+        if 0 <= token < logits.size:
+            logits[token] = -np.inf if b <= -100 else logits[token] + b
+
+
+def apply_penalties(logits: np.ndarray, history: list[int], p: SamplingParams) -> None:
+    """llama.cpp's penalties sampler (in place) over the last repeat_last_n tokens (-1: all of them): a token seen
+    `count` times has its logit divided by repeat_penalty (multiplied when <= 0), then lowered by
+    count * frequency_penalty + presence_penalty."""
+    recent = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history
+    ids, counts = np.unique(np.asarray(recent, dtype=np.int64), return_counts=True)
+    keep = (ids >= 0) & (ids < logits.size)
+    ids, counts = ids[keep], counts[keep]
+    vals = _penalized(logits[ids], p.repeat_penalty) if p.repeat_penalty != 1.0 else logits[ids]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = vals - (counts * p.frequency_penalty + p.presence_penalty)
+    logits[ids] = np.where(np.isneginf(vals), vals, np.clip(out, -_FLOAT_MAX, _FLOAT_MAX))
 
 
 def _penalized(vals: np.ndarray, penalty: float) -> np.ndarray:

@@ -22,8 +22,10 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.logprobs import ProbsFormat
 from runtime.sampling import SamplingParams
-from server.engine import Busy, Engine, GenRequest, GenResult, Ticket
+from server.engine import Busy, Engine, GenRequest, GenResult, Piece, Ticket
+from server.features import chat_top, completion_top, llama_grammar, openai_grammar, sampling_params
 from server.limits import Limits
 from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, LlamaCompletionRequest,
                             Message, OpenAIRequest, Sampling, TokenizeRequest)
@@ -136,8 +138,9 @@ class EventStream(StreamingResponse):
 class Shape:
     done_marker = True
 
-    def __init__(self, name: str, kind: str, include_usage: bool = False):
-        self.name, self.kind, self.include_usage = name, kind, include_usage
+    def __init__(self, name: str, kind: str, include_usage: bool = False, probs: ProbsFormat | None = None):
+        """probs: how to show the tokens' log-probabilities (None: `logprobs: null`)."""
+        self.name, self.kind, self.include_usage, self.probs = name, kind, include_usage, probs
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -152,15 +155,16 @@ class Shape:
     def start(self, slot_id: int) -> list[dict]:
         return [self._chunk({"role": "assistant", "content": ""}, None)] if self.kind == "chat" else []
 
-    def _chunk(self, content, reason) -> dict:
+    def _chunk(self, content, reason, probs: list | None = None) -> dict:
+        logprobs = self.probs(probs) if self.probs is not None and probs is not None else None
         if self.kind == "chat":
             return {**self._head("chat.completion.chunk"),
-                    "choices": [{"index": 0, "delta": content, "logprobs": None, "finish_reason": reason}]}
+                    "choices": [{"index": 0, "delta": content, "logprobs": logprobs, "finish_reason": reason}]}
         return {**self._head("text_completion"),
-                "choices": [{"text": content, "index": 0, "logprobs": None, "finish_reason": reason}]}
+                "choices": [{"text": content, "index": 0, "logprobs": logprobs, "finish_reason": reason}]}
 
-    def piece(self, text: str, slot_id: int) -> dict:
-        return self._chunk({"content": text} if self.kind == "chat" else text, None)
+    def piece(self, piece: Piece, slot_id: int) -> dict:
+        return self._chunk({"content": piece.text} if self.kind == "chat" else piece.text, None, piece.probs)
 
     def end(self, r: GenResult) -> list[dict]:
         out = [self._chunk({} if self.kind == "chat" else "", r.finish_reason)]
@@ -170,12 +174,13 @@ class Shape:
         return out
 
     def whole(self, text: str, r: GenResult) -> dict:
+        logprobs = self.probs(r.probs) if self.probs is not None else None
         if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                       "finish_reason": r.finish_reason}
             return {**self._head("chat.completion"), "choices": [choice], "usage": self.usage(r),
                     "timings": r.timings()}
-        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": r.finish_reason}
+        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": r.finish_reason}
         return {**self._head("text_completion"), "choices": [choice], "usage": self.usage(r), "timings": r.timings()}
 
 
@@ -184,33 +189,37 @@ class LlamaShape(Shape):
     `stop_type`, `stopping_word`, token counts, `generation_settings` and `timings`; no [DONE] marker."""
     done_marker = False
 
-    def __init__(self, name: str, body: LlamaCompletionRequest, prompt_text: str, n_ctx: int, seed: int):
-        super().__init__(name, "llama")
+    def __init__(self, name: str, body: LlamaCompletionRequest, prompt_text: str, n_ctx: int, seed: int,
+                 probs: ProbsFormat | None = None):
+        super().__init__(name, "llama", probs=probs)
         self.body, self.prompt_text, self.n_ctx, self.seed = body, prompt_text, n_ctx, seed
 
     def start(self, slot_id):
         return []
 
-    def piece(self, text, slot_id):
-        return {"index": 0, "content": text, "stop": False, "id_slot": slot_id}
+    def piece(self, piece, slot_id):
+        out = {"index": 0, "content": piece.text, "stop": False, "id_slot": slot_id}
+        return {**out, "completion_probabilities": self.probs(piece.probs)} if self.probs is not None else out
 
-    def _final(self, text: str, r: GenResult) -> dict:
+    def _final(self, text: str, r: GenResult, probs: list) -> dict:
         b = self.body
         settings = {"n_ctx": self.n_ctx, "n_predict": b.n_predict, "model": self.name, "seed": self.seed,
                     "temperature": b.temperature, "top_k": b.top_k, "top_p": b.top_p, "min_p": b.min_p,
                     "repeat_penalty": b.repeat_penalty, "repeat_last_n": b.repeat_last_n, "stop": b.stop,
-                    "ignore_eos": b.ignore_eos, "stream": b.stream}
-        return {"index": 0, "content": text, "id_slot": r.slot_id, "stop": True, "model": self.name,
+                    "ignore_eos": b.ignore_eos, "stream": b.stream, "n_probs": b.n_probs,
+                    "presence_penalty": b.presence_penalty, "frequency_penalty": b.frequency_penalty}
+        extra = {"completion_probabilities": self.probs(probs)} if self.probs is not None else {}
+        return {**extra, "index": 0, "content": text, "id_slot": r.slot_id, "stop": True, "model": self.name,
                 "tokens_predicted": r.n_predicted, "tokens_evaluated": r.n_prompt, "generation_settings": settings,
                 "prompt": self.prompt_text, "has_new_line": "\n" in text, "truncated": False,
                 "stop_type": r.stop_type, "stopping_word": r.stopping_word,
                 "tokens_cached": r.n_prompt + r.n_predicted, "timings": r.timings()}
 
     def end(self, r):
-        return [self._final("", r)]
+        return [self._final("", r, [])]
 
     def whole(self, text, r):
-        return self._final(text, r)
+        return self._final(text, r, r.probs)
 
 
 # -- the application ----------------------------------------------------------------------------------------------
@@ -250,9 +259,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                            code="context_length_exceeded")
 
     def params(body: Sampling, seed: int | None) -> SamplingParams:
-        return SamplingParams(temp=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
-                              repeat_penalty=body.repeat_penalty, repeat_last_n=body.repeat_last_n,
-                              seed=cfg.seed if seed is None or seed < 0 else seed)
+        return sampling_params(body, cfg.seed if seed is None or seed < 0 else seed, engine.tokenizer)
 
     async def user_input(fn, *args):
         """Tokenize or render off the event loop; the user's mistakes (a template that raises) become 400s."""
@@ -340,33 +347,6 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         except UserError as e:
             raise ApiError(400, str(e)) from None
 
-    def openai_prompt(prompt) -> list[int] | str:
-        if isinstance(prompt, str):
-            return prompt
-        if prompt and all(isinstance(p, str) for p in prompt):
-            if len(prompt) != 1:
-                raise ApiError(400, "only one prompt per request is supported", param="prompt")
-            return prompt[0]
-        if prompt and all(isinstance(p, list) for p in prompt):
-            if len(prompt) != 1:
-                raise ApiError(400, "only one prompt per request is supported", param="prompt")
-            return list(prompt[0])
-        return list(prompt)
-
-    def stops(stop) -> list[str]:
-        return [s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s]
-
-    def message_dict(m: Message) -> dict:
-        if m.content is None or isinstance(m.content, str):
-            content = m.content or ""
-        else:
-            bad = [p.type for p in m.content if p.type != "text"]
-            if bad:
-                raise ApiError(400, f"content parts of type {bad[0]!r} are not supported (text only)",
-                               param="messages")
-            content = "\n".join(p.text or "" for p in m.content)
-        return {"role": "system" if m.role == "developer" else m.role, "content": content}
-
     # -- routes -------------------------------------------------------------------------------------------------
     @app.get("/health", summary="Liveness and slot use (needs no API key)")
     async def health():
@@ -391,9 +371,12 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         prompt = openai_prompt(body.prompt)
         tokens = await user_input(engine.prompt, prompt) if isinstance(prompt, str) else prompt
         check_fits(tokens, body.max_tokens, "max_tokens")
-        req = GenRequest(tokens, body.max_tokens or -1, params(body, body.seed), stops(body.stop))
+        req = GenRequest(tokens, body.max_tokens or -1, params(body, body.seed), stops(body.stop),
+                         grammar=openai_grammar(body), n_probs=completion_top(body))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await generate(request, req, Shape(cfg.name, "text", include_usage), body.stream)
+        probs = ProbsFormat("text", engine.tokenizer, len(prompt) if isinstance(prompt, str) else 0)
+        return await generate(request, req, Shape(cfg.name, "text", include_usage, probs if req.n_probs is not None
+                                                  else None), body.stream)
 
     @app.post("/v1/chat/completions", summary="OpenAI chat completion through the model's chat template",
               responses=ERRORS["openai"])
@@ -404,9 +387,11 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         tokens = await user_input(engine.chat_prompt, messages)
         n_predict = body.max_completion_tokens or body.max_tokens
         check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
-        req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop))
+        req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop),
+                         grammar=openai_grammar(body), n_probs=chat_top(body))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await generate(request, req, Shape(cfg.name, "chat", include_usage), body.stream)
+        probs = ProbsFormat("chat", engine.tokenizer) if req.n_probs is not None else None
+        return await generate(request, req, Shape(cfg.name, "chat", include_usage, probs), body.stream)
 
     @app.post("/completion", summary="llama.cpp's native completion", responses=ERRORS["llama"])
     async def completion(body: LlamaCompletionRequest, request: Request):
@@ -417,9 +402,11 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
             check_fits(tokens, None, "n_predict")
             text = engine.tokenizer.decode(tokens)
         check_fits(tokens, body.n_predict, "n_predict")
-        req = GenRequest(tokens, body.n_predict, params(body, body.seed), stops(body.stop), body.ignore_eos)
+        req = GenRequest(tokens, body.n_predict, params(body, body.seed), stops(body.stop), body.ignore_eos,
+                         grammar=llama_grammar(body), n_probs=body.n_probs or None)
         seed = body.seed if body.seed >= 0 else cfg.seed
-        return await generate(request, req, LlamaShape(cfg.name, body, text, engine.n_ctx, seed), body.stream)
+        probs = ProbsFormat("llama", engine.tokenizer) if body.n_probs else None
+        return await generate(request, req, LlamaShape(cfg.name, body, text, engine.n_ctx, seed, probs), body.stream)
 
     @app.post("/tokenize", summary="Text to token ids (llama.cpp)", responses=ERRORS["tokens"])
     async def tokenize(body: TokenizeRequest):
@@ -449,12 +436,48 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
     return app
 
 
+# -- reading requests -----------------------------------------------------------------------------------------
+def openai_prompt(prompt) -> list[int] | str:
+    if isinstance(prompt, str):
+        return prompt
+    if prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise ApiError(400, "only one prompt per request is supported", param="prompt")
+        return prompt[0]
+    if prompt and all(isinstance(p, list) for p in prompt):
+        if len(prompt) != 1:
+            raise ApiError(400, "only one prompt per request is supported", param="prompt")
+        return list(prompt[0])
+    return list(prompt)
+
+
+def stops(stop) -> list[str]:
+    return [s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s]
+
+
+def message_dict(m: Message) -> dict:
+    if m.content is None or isinstance(m.content, str):
+        content = m.content or ""
+    else:
+        bad = [p.type for p in m.content if p.type != "text"]
+        if bad:
+            raise ApiError(400, f"content parts of type {bad[0]!r} are not supported (text only)",
+                           param="messages")
+        content = "\n".join(p.text or "" for p in m.content)
+    return {"role": "system" if m.role == "developer" else m.role, "content": content}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error in the one shape (ErrorResponse): ours, validation (400, not 422), Starlette's (404, 405) and bugs
     (500, logged with the traceback)."""
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
         return error_response(e)
+
+    @app.exception_handler(UserError)
+    async def _user_error(request, e: UserError):
+        """Raised while a route reads its request (a bad grammar, schema or logit_bias): the request's fault."""
+        return error_response(model_damaged(e) if isinstance(e, DamagedModel) else ApiError(400, str(e)))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):

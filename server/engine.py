@@ -20,8 +20,10 @@ from typing import AsyncIterator, Callable
 
 from runtime.chat import ChatFormat, chat_format, prompt_tokens
 from runtime.generate import Session, Timings
+from runtime.grammar import Grammar
+from runtime.logprobs import TokenLogprob, token_logprob
 from runtime.sampling import SamplingParams
-from runtime.tokenizer import StreamDecoder
+from runtime.stops import StopScanner
 
 
 class Busy(Exception):
@@ -35,6 +37,15 @@ class GenRequest:
     params: SamplingParams
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    grammar: Grammar | None = None      # constrained sampling (runtime.structured)
+    n_probs: int | None = None          # log-probabilities of each token and its n_probs most likely (None: off)
+
+
+@dataclass
+class Piece:
+    """Generated text as it is released, with the log-probabilities of the tokens it starts."""
+    text: str
+    probs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
@@ -46,6 +57,7 @@ class GenResult:
     prompt_ms: float                    # from the start to the first sampled token (prompt evaluation)
     predicted_ms: float                 # from the first sampled token to the last: n_predicted - 1 steps
     slot_id: int
+    probs: list[TokenLogprob] = field(default_factory=list)   # of the tokens whose text was returned (n_probs)
 
     @property
     def finish_reason(self) -> str:
@@ -73,52 +85,49 @@ class Slot:
     session: Session
 
 
-def generate(slot: Slot, req: GenRequest, emit: Callable[[str], None], cancelled: Callable[[], bool]) -> GenResult:
-    """Run one request on a slot (on a worker thread): text pieces go to `emit` as they are decoded. Text that could
-    be the start of a stop string is held back until it cannot match any more; a matched stop string ends the
-    generation and is not emitted. `cancelled` is polled between tokens."""
+def generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancelled: Callable[[], bool]) -> GenResult:
+    """Run one request on a slot (on a worker thread): text pieces (with their tokens' log-probabilities when asked)
+    go to `emit` as they are decoded; stop strings as runtime.stops.StopScanner handles them. `cancelled` is polled
+    between tokens."""
     session = slot.session
     session.reset()
     session.timings = Timings()
     t0 = time.perf_counter()
     t_first = t_last = None
-    decoder, pending, n = StreamDecoder(session.tokenizer), "", 0
-    stop_type, word = None, ""
-    tokens = session.generate(req.prompt, req.n_predict, req.params, ignore_eos=req.ignore_eos)
+    scanner, n, probs = StopScanner(session.tokenizer, req.stop), 0, []
+    stop_type = None
+    steps = session.steps(req.prompt, req.n_predict, req.params, ignore_eos=req.ignore_eos, grammar=req.grammar)
+
+    def release(text: str, items: list) -> None:
+        probs.extend(items)
+        if text or items:
+            emit(Piece(text, items))
     try:
-        for token in tokens:
+        for step in steps:
             t_last = time.perf_counter()
             if t_first is None:
                 t_first = t_last
             n += 1
-            pending += decoder.feed(token)
-            hits = sorted((i, s) for s in req.stop if (i := pending.find(s)) >= 0)
-            if hits:
-                (at, word), stop_type = hits[0], "word"
-                if at:
-                    emit(pending[:at])
-                pending = ""
+            item = token_logprob(step.token, step.logits, req.n_probs) if req.n_probs is not None else None
+            release(*scanner.feed(step.token, item))
+            if scanner.word is not None:
+                stop_type = "word"
                 break
-            held = max((k for s in req.stop for k in range(1, len(s)) if pending.endswith(s[:k])), default=0)
-            if len(pending) > held:
-                emit(pending[:len(pending) - held])
-                pending = pending[len(pending) - held:]
             if cancelled():
                 stop_type = "cancelled"
                 break
     finally:
-        tokens.close()
+        steps.close()
     if stop_type is None:
-        tail = pending + decoder.flush()
-        if tail:
-            emit(tail)
+        release(*scanner.flush())
         room = session.n_ctx - len(req.prompt)
         limit = room if req.n_predict < 0 else min(req.n_predict, room)
         stop_type = "limit" if n >= limit else "eos"
     if t_first is None:
         t_first = t_last = time.perf_counter()
-    return GenResult(stop_type=stop_type, stopping_word=word, n_prompt=len(req.prompt), n_predicted=n,
-                     prompt_ms=(t_first - t0) * 1000.0, predicted_ms=(t_last - t_first) * 1000.0, slot_id=slot.id)
+    return GenResult(stop_type=stop_type, stopping_word=scanner.word or "", n_prompt=len(req.prompt), n_predicted=n,
+                     prompt_ms=(t_first - t0) * 1000.0, predicted_ms=(t_last - t_first) * 1000.0, slot_id=slot.id,
+                     probs=probs)
 
 
 class Engine:
@@ -216,7 +225,7 @@ class Job:
 
     def run(self) -> None:
         try:
-            result = generate(self.slot, self.req, lambda text: self._send(("text", text)), self.cancel.is_set)
+            result = generate(self.slot, self.req, lambda piece: self._send(("text", piece)), self.cancel.is_set)
             self._send(("done", result))
         except BaseException as e:  # noqa: BLE001 — handed to the request, which answers with an error
             self._send(("error", e))
@@ -240,7 +249,7 @@ class Ticket:
         self.closed = False
 
     async def events(self, req: GenRequest) -> AsyncIterator[tuple]:
-        """("text", str) events, then ("done", GenResult); a failure in the job is raised here."""
+        """("text", Piece) events, then ("done", GenResult); a failure in the job is raised here."""
         slot = await self._fut
         if self.closed:
             return
@@ -260,7 +269,7 @@ class Ticket:
         parts = []
         async for kind, value in self.events(req):
             if kind == "text":
-                parts.append(value)
+                parts.append(value.text)
             else:
                 return "".join(parts), value
         raise asyncio.CancelledError

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from runtime.logprobs import MAX_TOP
 from runtime.sampling import RANGES, SamplingParams
 
 # `toolkit run`'s defaults, so that a request without sampling fields samples as `toolkit run` does
@@ -41,6 +42,9 @@ StopList = Annotated[list[StopText], Field(max_length=MAX_STOP)]
 Stop = Union[StopText, StopList, None]
 
 
+LogitBias = Union[dict[Text, Union[float, bool]], list[tuple[Union[int, Text], Union[float, bool]]], None]
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -55,6 +59,14 @@ class Sampling(Body):
     seed: int | None = Field(None, description="none or -1: the server's seed (random unless --seed)")
     stop: Stop = Field(None, description=f"a string or a list of strings that end the generation (at most {MAX_STOP}"
                        f" of at most {MAX_STOP_CHARS} characters)")
+    presence_penalty: float = Field(RUN.presence_penalty, **RANGES["presence_penalty"].bounds(),
+                                    description="subtracted from the logit of each token in the last repeat_last_n")
+    frequency_penalty: float = Field(RUN.frequency_penalty, **RANGES["frequency_penalty"].bounds(),
+                                     description="times its count, subtracted from each token's logit")
+    logit_bias: LogitBias = Field(None, description='{"token id": bias} (-100 bans) or llama.cpp\'s [[token or text, '
+                                  'bias or false], ...]')
+    response_format: dict | None = Field(None, description='{"type": "text" | "json_object" | "json_schema", '
+                                         '"json_schema": {"schema": {...}}}')
 
 
 class StreamOptions(Body):
@@ -66,24 +78,13 @@ class OpenAIRequest(Sampling):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, description="only 1 is supported")
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict | None = None
-    logprobs: int | bool | None = None
     tools: list | None = None
-    response_format: dict | None = None
 
     def unsupported(self) -> str | None:
         if self.n != 1:
             return "n"
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                return name
-        for name in ("logit_bias", "logprobs", "tools"):
-            if getattr(self, name):
-                return name
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            return "response_format"
+        if self.tools:
+            return "tools"
         return None
 
 
@@ -93,6 +94,8 @@ Prompt = Union[Text, list[Text], list[int], list[list[int]]]
 class CompletionRequest(OpenAIRequest):
     prompt: Prompt = Field("", description="text or token ids (one prompt)")
     max_tokens: int | None = Field(16, ge=1, description="tokens to generate; null: until the context is full")
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP, description="the log-probabilities of each token and of "
+                                 "the N most likely")
     echo: bool = False
     suffix: Text | None = None
     best_of: int | None = None
@@ -121,6 +124,8 @@ class ChatRequest(OpenAIRequest):
     messages: list[Message] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate; null: until the context is full")
     max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
+    logprobs: bool = Field(False, description="the log-probability of each generated token")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP, description="with logprobs: the N most likely tokens")
 
 
 class LlamaCompletionRequest(Sampling):
@@ -131,6 +136,9 @@ class LlamaCompletionRequest(Sampling):
     seed: int = -1
     stream: bool = False
     ignore_eos: bool = False
+    grammar: Text | None = Field(None, description="a GBNF grammar (llama.cpp's format) the output follows")
+    json_schema: dict | bool | None = Field(None, description="a JSON Schema the output follows")
+    n_probs: int = Field(0, ge=0, le=MAX_TOP, description="the log-probabilities of each token and the N most likely")
 
 
 class TokenizeRequest(Body):

@@ -175,6 +175,14 @@ def run(
     min_p: float = typer.Option(0.05, "--min-p", help="Min-p sampling (0.0 = off)."),
     repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Repetition penalty (1.0 = off)."),
     repeat_last_n: int = typer.Option(64, "--repeat-last-n", help="Tokens considered by the penalty (-1 = context)."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Presence penalty (0.0 = off)."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Frequency penalty (0.0 = off)."),
+    logit_bias: Optional[list[str]] = typer.Option(None, "--logit-bias", "-l",
+                                                   help="TOKEN_ID(+/-)BIAS, e.g. 15043+1 or 15043-inf (repeatable)."),
+    grammar: Optional[str] = typer.Option(None, "--grammar", help="GBNF grammar the output follows."),
+    grammar_file: Optional[Path] = typer.Option(None, "--grammar-file", help="File with a GBNF grammar."),
+    json_schema: Optional[str] = typer.Option(None, "-j", "--json-schema",
+                                              help="JSON Schema the output follows (JSON text)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-generation tokens."),
     escape: bool = typer.Option(True, "-e/--no-escape", "--escape", help="Process escapes (\\n, \\t) in the prompt."),
     color: bool = typer.Option(False, "--color", help="Colour the prompt and user input."),
@@ -205,21 +213,58 @@ def run(
             raise UserError(f"-t must be at least 1, got {threads}")
         for flag, field, value in (("--temp", "temp", temp), ("--top-k", "top_k", top_k), ("--top-p", "top_p", top_p),
                                    ("--min-p", "min_p", min_p), ("--repeat-penalty", "repeat_penalty", repeat_penalty),
-                                   ("--repeat-last-n", "repeat_last_n", repeat_last_n)):
+                                   ("--repeat-last-n", "repeat_last_n", repeat_last_n),
+                                   ("--presence-penalty", "presence_penalty", presence_penalty),
+                                   ("--frequency-penalty", "frequency_penalty", frequency_penalty)):
             sampling.check(field, value, flag)
+        constraint = run_grammar(grammar, grammar_file, json_schema)
         if cache_type not in ("f16", "f32"):
             raise UserError(f"--cache-type must be f16 or f32, got {cache_type!r}")
-        params = sampling.SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed)
+        params = sampling.SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
+                                         presence_penalty, frequency_penalty, parse_logit_biases(logit_bias or []))
         opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
                           n_threads=threads, cache_type=cache_type, verbose=verbose, sampling=params,
                           ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
                           interactive=interactive, chat=instruct or conversation,
-                          reverse_prompts=list(reverse_prompt or []), chat_template=chat_template)
+                          reverse_prompts=list(reverse_prompt or []), chat_template=chat_template,
+                          grammar=constraint)
         runner = Runner(opts)
         try:
             runner.run()
         finally:
             runner.close()
+
+
+def run_grammar(grammar: str | None, grammar_file: Path | None, json_schema: str | None):
+    """The one grammar --grammar, --grammar-file or -j gives (None: free text)."""
+    from runtime.grammar import load_grammar
+    from runtime.structured import one_constraint
+    from common.errors import UserError
+
+    given = [flag for flag, v in (("--grammar", grammar), ("--grammar-file", grammar_file), ("-j", json_schema))
+             if v is not None]
+    if len(given) > 1:
+        raise UserError(f"give one of {' / '.join(given)}, not several")
+    if grammar_file is not None:
+        return load_grammar(path=str(grammar_file))
+    return one_constraint(grammar=grammar, json_schema=json_schema)
+
+
+def parse_logit_biases(values: list[str]) -> dict[int, float]:
+    """llama.cpp's --logit-bias TOKEN_ID(+/-)BIAS ("15043+1", "15043-1", "15043-inf" bans)."""
+    import re
+    from runtime import sampling
+    from common.errors import UserError
+
+    out = {}
+    for v in values:
+        m = re.fullmatch(r"\s*(\d+)\s*([+-])\s*(inf|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)\s*", v)
+        if not m:
+            raise UserError(f"--logit-bias must be TOKEN_ID(+/-)BIAS, e.g. 15043+1 or 15043-inf, got {v!r}")
+        token, bias = int(m.group(1)), float(m.group(2) + m.group(3))
+        sampling.check_bias(token, bias, "--logit-bias")
+        out[token] = bias
+    return out
 
 
 SERVE_HELP = ("Serve a GGUF model over HTTP: OpenAI's /v1 API and llama.cpp's /completion, docs at /docs.\n\n"
