@@ -150,6 +150,12 @@ class Session:
         self.cache.n = 0
         self.tokens = []
 
+    def rewind(self, n: int) -> None:
+        """Keep only the first n tokens of the context (their KV entries stay; later ones are overwritten), e.g. to
+        sample another continuation of an evaluated prompt."""
+        self.cache.truncate(n)
+        del self.tokens[n:]
+
     def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
         """Evaluate tokens after those already in the context, in batches of n_batch; the last (or all) logits."""
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -184,13 +190,15 @@ class Session:
             steps.close()
 
     def steps(self, prompt: list[int], n_predict: int, params: SamplingParams, ignore_eos: bool = False,
-              sampler: Sampler | None = None, grammar: Grammar | None = None) -> Iterator["Step"]:
-        """Yield each sampled token with the logits it was drawn from, after evaluating `prompt`; stops at an
-        end-of-generation token (unless ignore_eos), after n_predict tokens (-1: until the context is full), when
-        the context is full, or when `grammar` is complete and allows nothing but end-of-generation."""
+              sampler: Sampler | None = None, grammar: Grammar | None = None,
+              start: np.ndarray | None = None) -> Iterator["Step"]:
+        """Yield each sampled token with the logits it was drawn from, after evaluating `prompt` (or, with `start`,
+        from these logits of the context already evaluated); stops at an end-of-generation token (unless
+        ignore_eos), after n_predict tokens (-1: until the context is full), when the context is full, or when
+        `grammar` is complete and allows nothing but end-of-generation."""
         sampler = sampler or Sampler(params)
         constraint = GrammarConstraint(grammar, self.tokenizer) if grammar is not None else None
-        logits = self.eval(prompt) if prompt else None
+        logits = start if start is not None else self.eval(prompt) if prompt else None
         produced = 0
         while logits is not None and (n_predict < 0 or produced < n_predict) and len(self.tokens) < self.n_ctx:
             t0 = time.perf_counter()

@@ -84,19 +84,20 @@ def llama_probabilities(entries: list[TokenLogprob], tokenizer) -> list[dict]:
 
 class ProbsFormat:
     """The log-probabilities of released pieces in a route's shape; for OpenAI's legacy completions, character
-    offsets continue from piece to piece (starting after the prompt text, as llama-cpp-python counts them)."""
+    offsets continue from piece to piece of a choice (starting after the prompt text, as llama-cpp-python counts
+    them)."""
 
     def __init__(self, kind: str, tokenizer, offset: int = 0, n_top: int = 0):
         """n_top: how many most likely tokens each entry lists (kept here for the code that computes them)."""
-        self.kind, self.tokenizer, self.offset, self.n_top = kind, tokenizer, offset, n_top
+        self.kind, self.tokenizer, self.start, self.n_top = kind, tokenizer, offset, n_top
+        self.offsets: dict[int, int] = {}   # choice -> where its next token starts
 
-    def __call__(self, probs: list):
+    def __call__(self, probs: list, index: int = 0):
         if self.kind == "chat":
             return chat_logprobs(probs, self.tokenizer)
         if self.kind == "llama":
             return llama_probabilities(probs, self.tokenizer)
-        out = completion_logprobs(probs, self.tokenizer, self.offset)
+        out = completion_logprobs(probs, self.tokenizer, self.offsets.get(index, self.start))
         if out["tokens"]:
-            self.offset = out["text_offset"][-1] + len(out["tokens"][-1])
+            self.offsets[index] = out["text_offset"][-1] + len(out["tokens"][-1])
         return out
-

@@ -138,9 +138,10 @@ class EventStream(StreamingResponse):
 class Shape:
     done_marker = True
 
-    def __init__(self, name: str, kind: str, include_usage: bool = False, probs: ProbsFormat | None = None):
-        """probs: how to show the tokens' log-probabilities (None: `logprobs: null`)."""
-        self.name, self.kind, self.include_usage, self.probs = name, kind, include_usage, probs
+    def __init__(self, name: str, kind: str, include_usage: bool = False, probs: ProbsFormat | None = None,
+                 n: int = 1):
+        """probs: how to show the tokens' log-probabilities (None: `logprobs: null`); n: the number of choices."""
+        self.name, self.kind, self.include_usage, self.probs, self.n = name, kind, include_usage, probs, n
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -153,35 +154,42 @@ class Shape:
                 "total_tokens": r.n_prompt + r.n_predicted}
 
     def start(self, slot_id: int) -> list[dict]:
-        return [self._chunk({"role": "assistant", "content": ""}, None)] if self.kind == "chat" else []
+        if self.kind != "chat":
+            return []
+        return [self._chunk({"role": "assistant", "content": ""}, None, index=i) for i in range(self.n)]
 
-    def _chunk(self, content, reason, probs: list | None = None) -> dict:
-        logprobs = self.probs(probs) if self.probs is not None and probs is not None else None
+    def _chunk(self, content, reason, probs: list | None = None, index: int = 0) -> dict:
+        logprobs = self.probs(probs, index) if self.probs is not None and probs is not None else None
         if self.kind == "chat":
             return {**self._head("chat.completion.chunk"),
-                    "choices": [{"index": 0, "delta": content, "logprobs": logprobs, "finish_reason": reason}]}
+                    "choices": [{"index": index, "delta": content, "logprobs": logprobs, "finish_reason": reason}]}
         return {**self._head("text_completion"),
-                "choices": [{"text": content, "index": 0, "logprobs": logprobs, "finish_reason": reason}]}
+                "choices": [{"text": content, "index": index, "logprobs": logprobs, "finish_reason": reason}]}
 
     def piece(self, piece: Piece, slot_id: int) -> dict:
-        return self._chunk({"content": piece.text} if self.kind == "chat" else piece.text, None, piece.probs)
+        return self._chunk({"content": piece.text} if self.kind == "chat" else piece.text, None, piece.probs,
+                           piece.index)
 
     def end(self, r: GenResult) -> list[dict]:
-        out = [self._chunk({} if self.kind == "chat" else "", r.finish_reason)]
+        out = [self._chunk({} if self.kind == "chat" else "", c.finish_reason, index=c.index)
+               for c in r.choices or [r]]
         if self.include_usage:
             out.append({**self._head("chat.completion.chunk" if self.kind == "chat" else "text_completion"),
                         "choices": [], "usage": self.usage(r)})
         return out
 
-    def whole(self, text: str, r: GenResult) -> dict:
-        logprobs = self.probs(r.probs) if self.probs is not None else None
+    def _choice(self, text: str, r: GenResult) -> dict:
+        logprobs = self.probs(r.probs, r.index) if self.probs is not None else None
         if self.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": r.finish_reason}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": self.usage(r),
-                    "timings": r.timings()}
-        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": r.finish_reason}
-        return {**self._head("text_completion"), "choices": [choice], "usage": self.usage(r), "timings": r.timings()}
+            return {"index": r.index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                    "finish_reason": r.finish_reason}
+        return {"text": text, "index": r.index, "logprobs": logprobs, "finish_reason": r.finish_reason}
+
+    def whole(self, text: str, r: GenResult) -> dict:
+        """`text`: the one choice's (with n > 1, each choice's text is in its result)."""
+        choices = [self._choice(c.text, c) for c in r.choices] if r.choices else [self._choice(text, r)]
+        obj = "chat.completion" if self.kind == "chat" else "text_completion"
+        return {**self._head(obj), "choices": choices, "usage": self.usage(r), "timings": r.timings()}
 
 
 class LlamaShape(Shape):
@@ -372,11 +380,11 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         tokens = await user_input(engine.prompt, prompt) if isinstance(prompt, str) else prompt
         check_fits(tokens, body.max_tokens, "max_tokens")
         req = GenRequest(tokens, body.max_tokens or -1, params(body, body.seed), stops(body.stop),
-                         grammar=openai_grammar(body), n_probs=completion_top(body))
+                         grammar=openai_grammar(body), n_probs=completion_top(body), n=body.n)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("text", engine.tokenizer, len(prompt) if isinstance(prompt, str) else 0)
         return await generate(request, req, Shape(cfg.name, "text", include_usage, probs if req.n_probs is not None
-                                                  else None), body.stream)
+                                                  else None, body.n), body.stream)
 
     @app.post("/v1/chat/completions", summary="OpenAI chat completion through the model's chat template",
               responses=ERRORS["openai"])
@@ -388,10 +396,10 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         n_predict = body.max_completion_tokens or body.max_tokens
         check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop),
-                         grammar=openai_grammar(body), n_probs=chat_top(body))
+                         grammar=openai_grammar(body), n_probs=chat_top(body), n=body.n)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("chat", engine.tokenizer) if req.n_probs is not None else None
-        return await generate(request, req, Shape(cfg.name, "chat", include_usage, probs), body.stream)
+        return await generate(request, req, Shape(cfg.name, "chat", include_usage, probs, body.n), body.stream)
 
     @app.post("/completion", summary="llama.cpp's native completion", responses=ERRORS["llama"])
     async def completion(body: LlamaCompletionRequest, request: Request):

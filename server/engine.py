@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Callable
 
 from runtime.chat import ChatFormat, chat_format, prompt_tokens
@@ -39,6 +39,7 @@ class GenRequest:
     ignore_eos: bool = False
     grammar: Grammar | None = None      # constrained sampling (runtime.structured)
     n_probs: int | None = None          # log-probabilities of each token and its n_probs most likely (None: off)
+    n: int = 1                          # choices: continuations of the prompt, evaluated once
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Piece:
     """Generated text as it is released, with the log-probabilities of the tokens it starts."""
     text: str
     probs: list[TokenLogprob] = field(default_factory=list)
+    index: int = 0                      # the choice it belongs to
 
 
 @dataclass
@@ -58,6 +60,9 @@ class GenResult:
     predicted_ms: float                 # from the first sampled token to the last: n_predicted - 1 steps
     slot_id: int
     probs: list[TokenLogprob] = field(default_factory=list)   # of the tokens whose text was returned (n_probs)
+    index: int = 0                                            # the choice
+    text: str = ""                                            # the choice's whole text
+    choices: list["GenResult"] = field(default_factory=list)  # with n > 1: each choice's result
 
     @property
     def finish_reason(self) -> str:
@@ -85,23 +90,56 @@ class Slot:
     session: Session
 
 
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice `index`'s sampling: llama-server's n_cmpl children take the seed + index (a random seed stays random,
+    drawn afresh for each choice)."""
+    return replace(params, seed=(params.seed + index) % 2**32 if params.seed >= 0 else -1)
+
+
 def generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancelled: Callable[[], bool]) -> GenResult:
-    """Run one request on a slot (on a worker thread): text pieces (with their tokens' log-probabilities when asked)
-    go to `emit` as they are decoded; stop strings as runtime.stops.StopScanner handles them. `cancelled` is polled
-    between tokens."""
+    """Run one request on a slot (on a worker thread): the prompt is evaluated once, then each of the n choices
+    continues it (the context rewound to the prompt, whose KV entries stay). Text pieces (with their tokens'
+    log-probabilities when asked) go to `emit` as they are decoded; stop strings as runtime.stops.StopScanner handles
+    them. `cancelled` is polled between tokens. The result: the one choice's, or for n > 1 their sum with each
+    choice's own in `choices`."""
     session = slot.session
     session.reset()
     session.timings = Timings()
     t0 = time.perf_counter()
-    t_first = t_last = None
-    scanner, n, probs = StopScanner(session.tokenizer, req.stop), 0, []
-    stop_type = None
-    steps = session.steps(req.prompt, req.n_predict, req.params, ignore_eos=req.ignore_eos, grammar=req.grammar)
+    logits = session.eval(req.prompt)
+    t_prompt = time.perf_counter()
+    results = []
+    for index in range(req.n):
+        session.rewind(len(req.prompt))
+        results.append(_one_choice(slot, req, index, logits, emit, cancelled))
+        if results[-1].stop_type == "cancelled":
+            break
+    prompt_ms = (t_prompt - t0) * 1000.0
+    if len(results) == 1:
+        return replace(results[0], prompt_ms=prompt_ms + results[0].prompt_ms)
+    last = results[-1]
+    return GenResult(stop_type=last.stop_type, stopping_word=last.stopping_word, n_prompt=len(req.prompt),
+                     n_predicted=sum(r.n_predicted for r in results), prompt_ms=prompt_ms,
+                     predicted_ms=sum(r.prompt_ms + r.predicted_ms for r in results), slot_id=slot.id,
+                     choices=results)
 
-    def release(text: str, items: list) -> None:
+
+def _one_choice(slot: Slot, req: GenRequest, index: int, logits, emit: Callable[[Piece], None],
+                cancelled: Callable[[], bool]) -> GenResult:
+    """One continuation of the evaluated prompt, from its last logits."""
+    session = slot.session
+    t0 = time.perf_counter()
+    t_first = t_last = None
+    scanner, n, probs, text = StopScanner(session.tokenizer, req.stop), 0, [], []
+    stop_type = None
+    steps = session.steps([], req.n_predict, choice_params(req.params, index), ignore_eos=req.ignore_eos,
+                          grammar=req.grammar, start=logits)
+
+    def release(piece: str, items: list) -> None:
         probs.extend(items)
-        if text or items:
-            emit(Piece(text, items))
+        text.append(piece)
+        if piece or items:
+            emit(Piece(piece, items, index))
     try:
         for step in steps:
             t_last = time.perf_counter()
@@ -127,7 +165,7 @@ def generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancell
         t_first = t_last = time.perf_counter()
     return GenResult(stop_type=stop_type, stopping_word=scanner.word or "", n_prompt=len(req.prompt), n_predicted=n,
                      prompt_ms=(t_first - t0) * 1000.0, predicted_ms=(t_last - t_first) * 1000.0, slot_id=slot.id,
-                     probs=probs)
+                     probs=probs, index=index, text="".join(text))
 
 
 class Engine:

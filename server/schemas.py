@@ -23,6 +23,7 @@ from runtime.sampling import RANGES, SamplingParams
 # `toolkit run`'s defaults, so that a request without sampling fields samples as `toolkit run` does
 RUN = SamplingParams()
 MAX_STOP, MAX_STOP_CHARS = 16, 256
+MAX_CHOICES = 16  # n: each choice is generated in turn on the request's slot
 
 
 def _unicode(value):
@@ -77,12 +78,11 @@ class OpenAIRequest(Sampling):
     model: Text | None = Field(None, description="the served model's name (any name unless --strict-model)")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, description="only 1 is supported")
+    n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices: continuations of the prompt (evaluated once), "
+                   "choice i sampled with the seed + i as llama-server's n_cmpl")
     tools: list | None = None
 
     def unsupported(self) -> str | None:
-        if self.n != 1:
-            return "n"
         if self.tools:
             return "tools"
         return None

@@ -412,3 +412,51 @@ def test_run_penalty_and_bias_flags(model, api):
                         (["--logit-bias", "12+101"], "--logit-bias")):
         bad = run_toolkit("run", "-m", model, "-p", PROMPT, "-n", 1, *args)
         assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and words in bad.stderr
+
+
+# -- n > 1 -------------------------------------------------------------------------------------------------------------
+def test_n_choices_equal_separate_requests_with_llama_cpp_seeds(oai):
+    """Choice i is sampled with the seed + i (llama-server's n_cmpl children), from the prompt evaluated once."""
+    r = oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=24, n=3, seed=40, temperature=1.0)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    singles = [oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=24, seed=40 + i, temperature=1.0)
+               for i in range(3)]
+    assert [c.text for c in r.choices] == [s.choices[0].text for s in singles]
+    assert len({c.text for c in r.choices}) > 1
+    assert r.usage.prompt_tokens == singles[0].usage.prompt_tokens
+    assert r.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    again = oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=24, n=3, seed=40, temperature=1.0)
+    assert [c.text for c in again.choices] == [c.text for c in r.choices]
+
+
+def test_n_chat_streamed_carries_the_choice_index(oai):
+    kw = dict(model=NAME, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=16, n=3, seed=8,
+              logprobs=True, top_logprobs=1)
+    whole = oai.chat.completions.create(**kw)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    texts, probs, reasons = ["", "", ""], [[], [], []], [None] * 3
+    for chunk in oai.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            probs[c.index] += [x.logprob for x in (c.logprobs.content if c.logprobs else [])]
+            reasons[c.index] = c.finish_reason or reasons[c.index]
+    assert texts == [c.message.content for c in whole.choices]
+    assert probs == [[x.logprob for x in c.logprobs.content] for c in whole.choices]
+    assert reasons == [c.finish_reason for c in whole.choices]
+    single = oai.chat.completions.create(**{**kw, "n": 1, "seed": 10})
+    assert single.choices[0].message.content == whole.choices[2].message.content
+
+
+def test_n_with_json_schema_and_legacy_offsets(oai):
+    r = oai.completions.create(model=NAME, prompt=PROMPT, max_tokens=300, n=2, seed=3, logprobs=1, extra_body={
+        "response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMAS[3]}}})
+    for c in r.choices:
+        jsonschema_rs.validate(SCHEMAS[3], json.loads(c.text))
+        assert c.logprobs.text_offset[0] == len(PROMPT)  # each choice counts from the prompt's end
+
+
+@pytest.mark.parametrize("n", [0, 17, -1])
+def test_n_out_of_range_is_400(server, n):
+    with server.client() as c:
+        r = c.post("/v1/completions", json={"prompt": PROMPT, "n": n})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
