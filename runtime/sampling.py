@@ -122,6 +122,8 @@ class Sampler:
             constraint.apply(logits)
         if p.logit_bias:
             apply_logit_bias(logits, p.logit_bias)
+            if not np.isfinite(logits).any():
+                raise UserError("logit_bias bans every token the model (and the grammar) allows here")
         if p.penalizes and history:
             apply_penalties(logits, history, p)
         if p.temp <= 0:

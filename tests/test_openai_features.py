@@ -460,3 +460,17 @@ def test_n_out_of_range_is_400(server, n):
     with server.client() as c:
         r = c.post("/v1/completions", json={"prompt": PROMPT, "n": n})
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+
+
+def test_banning_every_allowed_token_is_a_clear_error(server, api):
+    """Banning every token a grammar allows leaves nothing to sample: a 400 naming logit_bias, not a NaN draw or a
+    500."""
+    from runtime.grammar import GrammarConstraint
+    allowed = GrammarConstraint(Grammar.parse('root ::= "a" | "b"'), api.tokenizer).allowed()
+    assert 0 < len(allowed) < 10
+    banned = [[int(t), False] for t in allowed]
+    with server.client() as c:
+        for temperature in (0, 0.8):
+            r = c.post("/completion", json={"prompt": PROMPT, "grammar": 'root ::= "a" | "b"', "n_predict": 2,
+                                            "temperature": temperature, "logit_bias": banned})
+            assert r.status_code == 400 and "logit_bias" in r.json()["error"]["message"], r.text
