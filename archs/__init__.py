@@ -20,6 +20,8 @@ def supported() -> list[str]:
 
 def for_config(config: dict) -> Architecture:
     names = config.get("architectures") or []
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise UserError(f"config.json: 'architectures' must be a list of class names, got {names!r}")
     if not names:
         raise UserError(f"config.json has no 'architectures' entry; supported: {', '.join(supported())}")
     for name in names:

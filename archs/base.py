@@ -188,6 +188,13 @@ class Architecture:
             raise UserError(f"config.json: {keys[0]} must be a positive integer, got {v!r}")
         return v
 
+    def get_float(self, *keys: str, default=None) -> float:
+        """A positive, finite number (an epsilon, a factor) from config.json."""
+        v = self.get(*keys, default=default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+            raise UserError(f"config.json: {keys[0]} must be a positive number, got {v!r}")
+        return float(v)
+
     def standard_sizes(self) -> None:
         """The block sizes under transformers' standard config names: n_embd, n_layer, n_head, n_head_kv (grouped-query
         attention), n_ff and head_dim (hidden_size / heads unless set)."""
@@ -242,6 +249,8 @@ class Architecture:
                     raise UserError(f"config.json: {key} is {merged[key]!r} in one place and {value!r} in another")
                 merged[key] = value
         kind = merged.pop("rope_type", "default")
+        if not isinstance(kind, str):
+            raise UserError(f"config.json: rope_type must be a string, got {kind!r}")
         kind = ROPE_ALIASES.get(kind, kind)
         allowed = ROPE_KEYS.get(kind)
         if allowed is None:

@@ -35,7 +35,7 @@ class CodeShell(Architecture):
             K.LLM.BLOCK_COUNT: self.n_layer,
             K.Attention.HEAD_COUNT: self.n_head,
             K.Attention.HEAD_COUNT_KV: self.n_head_kv,
-            K.Attention.LAYERNORM_EPS: float(self.get("layer_norm_epsilon")),
+            K.Attention.LAYERNORM_EPS: self.get_float("layer_norm_epsilon"),
             K.Rope.FREQ_BASE: 10000.0,
             K.Rope.SCALING_TYPE: "linear",
             K.Rope.SCALING_FACTOR: 1.0,

@@ -74,7 +74,7 @@ class Gemma2(Architecture):
             K.Attention.HEAD_COUNT_KV: self.n_head_kv,
             K.Attention.KEY_LENGTH: self.head_dim,
             K.Attention.VALUE_LENGTH: self.head_dim,
-            K.Attention.LAYERNORM_RMS_EPS: float(self.get("rms_norm_eps", default=1e-6)),
+            K.Attention.LAYERNORM_RMS_EPS: self.get_float("rms_norm_eps", default=1e-6),
             K.Attention.SLIDING_WINDOW: self.n_swa,
             **self.caps,
             **self.rope_keys(),

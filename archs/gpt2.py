@@ -27,7 +27,7 @@ class GPT2(Architecture):
             K.LLM.FEED_FORWARD_LENGTH: self.n_ff,
             K.LLM.BLOCK_COUNT: self.n_layer,
             K.Attention.HEAD_COUNT: self.n_head,
-            K.Attention.LAYERNORM_EPS: float(self.get("layer_norm_epsilon")),
+            K.Attention.LAYERNORM_EPS: self.get_float("layer_norm_epsilon"),
         }
 
     def tensors(self, available: set[str]) -> Iterator[TensorSpec]:

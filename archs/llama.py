@@ -47,7 +47,7 @@ class Llama(Architecture):
             K.Rope.DIMENSION_COUNT: self.head_dim,
             K.Attention.HEAD_COUNT: self.n_head,
             K.Attention.HEAD_COUNT_KV: self.n_head_kv,
-            K.Attention.LAYERNORM_RMS_EPS: float(self.get("rms_norm_eps")),
+            K.Attention.LAYERNORM_RMS_EPS: self.get_float("rms_norm_eps"),
         }
         hp.update(self.rope_hparams(self.rope_settings))
         if self.head_dim != self.n_embd // self.n_head or self.config.get("head_dim") is not None:

@@ -62,7 +62,7 @@ class Phi3(Architecture):
             K.LLM.BLOCK_COUNT: self.n_layer,
             K.Attention.HEAD_COUNT: self.n_head,
             K.Attention.HEAD_COUNT_KV: self.n_head_kv,
-            K.Attention.LAYERNORM_RMS_EPS: float(self.get("rms_norm_eps")),
+            K.Attention.LAYERNORM_RMS_EPS: self.get_float("rms_norm_eps"),
             K.Rope.DIMENSION_COUNT: self.n_rot,
             K.Rope.FREQ_BASE: self.rope_settings["theta"],
             K.Attention.SLIDING_WINDOW: int(self.get("sliding_window", default=0, required=False)),

@@ -45,7 +45,7 @@ class Qwen(Architecture):
             K.LLM.FEED_FORWARD_LENGTH: self.n_ff,
             K.Rope.FREQ_BASE: self.rope_settings["theta"],
             K.Attention.HEAD_COUNT: self.n_head,
-            K.Attention.LAYERNORM_RMS_EPS: float(self.get("layer_norm_epsilon")),
+            K.Attention.LAYERNORM_RMS_EPS: self.get_float("layer_norm_epsilon"),
         }
 
     def tensors(self, available: set[str]) -> Iterator[TensorSpec]:

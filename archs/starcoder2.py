@@ -38,7 +38,7 @@ class StarCoder2(Architecture):
             K.LLM.BLOCK_COUNT: self.n_layer,
             K.Attention.HEAD_COUNT: self.n_head,
             K.Attention.HEAD_COUNT_KV: self.n_head_kv,
-            K.Attention.LAYERNORM_EPS: float(self.get("norm_epsilon", "layer_norm_epsilon")),
+            K.Attention.LAYERNORM_EPS: self.get_float("norm_epsilon", "layer_norm_epsilon"),
         }
         hp.update(self.rope_hparams(self.rope_settings))
         return hp

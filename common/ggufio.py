@@ -33,6 +33,7 @@ GGUF_MAGIC = 0x46554747
 GGUF_VERSION = 3
 ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME = 64  # GGML_MAX_NAME: a tensor name's bytes and its NUL
 
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -245,7 +246,7 @@ class GGUFFile:
         for _ in range(n_kv):
             key = self._str()
             if key in self.kv:
-                raise UserError(f"{self.path}: metadata key {key} is listed twice")
+                raise UserError(f"{self.path}: metadata key {key!r} is listed twice")
             vtype = GGUFValueType(self._u32())
             if vtype == GGUFValueType.ARRAY:
                 etype = GGUFValueType(self._u32())
@@ -257,6 +258,7 @@ class GGUFFile:
         infos = []
         for _ in range(n_tensors):
             name = self._str()
+            self._check_tensor_name(name)
             n_dims = self._u32()
             if not 1 <= n_dims <= MAX_DIMS:
                 raise UserError(f"{self.path}: tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} allowed)")
@@ -294,6 +296,13 @@ class GGUFFile:
             raise UserError(f"{self.path}: tensor {name} has rows of {dims[0]} elements, not whole {ttype.name} "
                             f"blocks of {block}")
         return TensorInfo(name, tuple(reversed(dims)), ttype)
+
+    def _check_tensor_name(self, name: str) -> None:
+        """UTF-8 without NUL, shorter than llama.cpp's GGML_MAX_NAME (64 bytes): the name the engine is handed."""
+        raw = name.encode("utf-8", "surrogateescape")
+        if len(raw) >= MAX_NAME or "\0" in name or raw != name.encode("utf-8", "replace"):
+            raise UserError(f"{self.path}: tensor name {raw[:80]!r} is not a name (UTF-8 without NUL, under "
+                            f"{MAX_NAME} bytes)")
 
     def _place(self, infos: list[tuple[TensorInfo, int]], data_start: int, alignment: int,
                size: int) -> list[TensorEntry]:
@@ -348,6 +357,8 @@ class GGUFFile:
         if etype == GGUFValueType.ARRAY:
             raise ValueError("nested arrays are not supported")
         dt = np.dtype(_NUMPY_DTYPES[etype])
+        if count > (len(self._buf) - self._pos) // dt.itemsize:
+            raise ValueError(f"an array of {count} {etype.name} values runs past the end of the file")
         arr = np.frombuffer(self._buf, dtype=dt, count=count, offset=self._pos).copy()
         self._pos += dt.itemsize * count
         return arr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,12 +167,32 @@ def _scalar_type(v: object) -> GGUFValueType:
     raise TypeError(f"no GGUF type for {type(v).__name__}")
 
 
+_INT_RANGES = {GGUFValueType.UINT32: (0, 2**32 - 1), GGUFValueType.INT32: (-2**31, 2**31 - 1)}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_fits(key: str, value: object, vtype: GGUFValueType) -> None:
+    """A value from config.json that the GGUF type chosen for it cannot hold (a count of 10^19 as uint32, 1e300 as
+    float32) is the user's to fix, named here rather than failing in the writer."""
+    lo, hi = _INT_RANGES.get(vtype, (None, None))
+    if lo is not None and isinstance(value, int) and not lo <= value <= hi:
+        raise UserError(f"{key} is {value}, outside the range of the {vtype.name.lower()} GGUF stores it in "
+                        f"({lo} to {hi}); check config.json")
+    if vtype == GGUFValueType.FLOAT32 and isinstance(value, float) and math.isfinite(value) \
+            and abs(value) > _FLOAT32_MAX:
+        raise UserError(f"{key} is {value}, too large for the float32 GGUF stores it in; check config.json")
+
+
 def _kv(key: str, value: object) -> KV:
     if isinstance(value, list):
         first = value[0] if value else ""
         etype = GGUFValueType.INT32 if isinstance(first, int) else _scalar_type(first)
+        for item in value:
+            _check_fits(key, item, etype)
         return KV(key, GGUFValueType.ARRAY, value, etype)
-    return KV(key, _scalar_type(value), value)
+    vtype = _scalar_type(value)
+    _check_fits(key, value, vtype)
+    return KV(key, vtype, value)
 
 
 def tensor_chunks(p: Planned) -> Iterator[np.ndarray]:

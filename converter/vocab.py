@@ -250,6 +250,12 @@ def _post_processor_adds(tok_json: dict, bos: str | None, eos: str | None) -> di
     return out
 
 
+def _token_id_in(value: object, n_vocab: int) -> bool:
+    """config.json's *_token_id names a token of the vocabulary (-1, as old Llama configs give pad_token_id, does
+    not: it is skipped like an id beyond the vocabulary)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n_vocab
+
+
 def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
     """Special ids from tokenizer_config.json / special_tokens_map.json, falling back to config.json's *_token_id."""
     cfg = _read_json(folder / "tokenizer_config.json")
@@ -264,7 +270,7 @@ def _special_tokens(folder: Path, tok_json: dict, vocab: Vocab) -> None:
         text = _token_text(cfg.get(f"{kind}_token")) or _token_text(smap.get(f"{kind}_token"))
         if text is not None and text in ids:
             vocab.special[kind] = ids[text]
-        elif isinstance(model_cfg.get(f"{kind}_token_id"), int) and model_cfg[f"{kind}_token_id"] < len(vocab.tokens):
+        elif _token_id_in(model_cfg.get(f"{kind}_token_id"), len(vocab.tokens)):
             vocab.special[kind] = model_cfg[f"{kind}_token_id"]
     # What tokenizer.json's post-processor adds wins (as transformers 5 and llama.cpp's converter decide); else
     # tokenizer_config.json; else the Hugging Face classes' defaults: LlamaTokenizer adds BOS, GPT2Tokenizer does not.

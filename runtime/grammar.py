@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from common.errors import UserError
+from common.textfile import read_text
 
 # element kinds (llama.cpp's llama_gretype)
 END, ALT, RULE_REF, CHAR, CHAR_NOT, CHAR_RNG_UPPER, CHAR_ALT, CHAR_ANY, TOKEN, TOKEN_NOT = range(10)
@@ -987,8 +988,7 @@ def load_grammar(text: str | None = None, path: str | None = None, root: str = "
     """A grammar from its text or a file (`--grammar` / `--grammar-file`)."""
     if path is not None:
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            text = read_text(path, "grammar file")
         except OSError as e:
             raise GrammarError(f"cannot read {path}: {e.strerror}") from None
     if text is None:

@@ -40,6 +40,7 @@ import numpy as np
 import regex
 
 from common.errors import UserError
+from common.textfile import require_utf8
 
 if TYPE_CHECKING:  # pragma: no cover
     from common.ggufio import GGUFFile
@@ -868,6 +869,7 @@ class Tokenizer:
             add_eos = self.add_eos and add_bos is not False
         if add_bos is None:
             add_bos = self.add_bos
+        require_utf8(text, "the text to tokenize")
         out: list[int] = []
         if add_bos:
             if self.bos_id is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
+from common.textfile import read_text
 from server.limits import Limits
 
 
@@ -60,7 +61,7 @@ def chat_template_arg(value: str | None) -> str | None:
     """--chat-template NAME|FILE: a file's text (a Jinja template), else the value itself (a built-in name or an
     inline Jinja template)."""
     if value and not any(c in value for c in "{}\n") and Path(value).is_file():
-        return Path(value).read_text(encoding="utf-8")
+        return read_text(value, "--chat-template file")
     return value
 
 

@@ -205,7 +205,8 @@ def run(
         if file is not None:
             if not file.is_file():
                 raise UserError(f"prompt file {file} does not exist")
-            prompt = file.read_text(encoding="utf-8")
+            from common.textfile import read_text
+            prompt = read_text(file, "prompt file")
         for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1)):
             if value < low:
                 raise UserError(f"{name} must be at least {low}, got {value}")
