@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install oracle native test test-sanitize demo bench lint clean
+.PHONY: install oracle native test test-sanitize fuzz demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -105,6 +105,34 @@ test-sanitize: install
 	cp native/*.py $(SAN_DIR)/native/
 	$(SAN_PYTEST) $(SAN_KERNELS) $(SAN_FORWARD)
 	TOOLKIT_FORCE_SCALAR=1 $(SAN_PYTEST) $(SAN_KERNELS)
+
+# Issue 18's fuzz targets, each for FUZZ_SECONDS: atheris on the Python readers (tests/fuzz/fuzz_python.py: GGUF,
+# safetensors, config.json, tokenizer.json, the model loader with the engine) from seed corpora written from the tiny
+# fixtures, then libFuzzer with ASan/UBSan on the C entry points (tests/fuzz/fuzz_native.c: tk_engine_new over
+# descriptors, a forward pass, the quantize/dequantize rows; convert.c is built by gcc without instrumentation: clang
+# 14 does not know its avxvnni check). clang comes from apt when missing. A finding fails the target and leaves its
+# input in build/fuzz/findings/: keep it in tests/fuzz-corpus/<target>/ once fixed (those inputs are replayed first).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= gguf safetensors config tokenizer model
+FUZZ_DIR     := build/fuzz
+FUZZ_FLAGS    = -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 -print_final_stats=1
+
+fuzz: install
+	command -v clang >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang)
+	$(PY) -c 'import atheris' 2>/dev/null || $(PIP) install -q --disable-pip-version-check atheris
+	mkdir -p $(FUZZ_DIR)/findings
+	test -d $(FUZZ_DIR)/tokenizer-seed || $(PY) -m tests.fuzz.seeds $(FUZZ_DIR)
+	for t in $(FUZZ_TARGETS); do mkdir -p tests/fuzz-corpus/$$t; \
+		FUZZ_TOKENIZER_SEED=$(FUZZ_DIR)/tokenizer-seed $(PY) tests/fuzz/fuzz_python.py $$t $(FUZZ_FLAGS) \
+			-max_len=524288 -artifact_prefix=$(FUZZ_DIR)/findings/$$t- $(FUZZ_DIR)/corpus-$$t tests/fuzz-corpus/$$t \
+			|| exit 1; done
+	gcc -std=c11 -O2 -g -ffp-contract=off -c native/convert.c -o $(FUZZ_DIR)/convert.o
+	clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -ffp-contract=off \
+		-Inative tests/fuzz/fuzz_native.c $(filter-out native/module.c native/convert.c,$(wildcard native/*.c)) \
+		$(FUZZ_DIR)/convert.o -lm -pthread -o $(FUZZ_DIR)/fuzz_native
+	mkdir -p $(FUZZ_DIR)/corpus-native tests/fuzz-corpus/native
+	$(FUZZ_DIR)/fuzz_native $(FUZZ_FLAGS) -max_len=8192 -artifact_prefix=$(FUZZ_DIR)/findings/native- \
+		$(FUZZ_DIR)/corpus-native tests/fuzz-corpus/native
 
 # Real text first (stories260K, a trained tiny Llama), then the seed's workflow on a CodeShell-shaped model whose
 # weights are random (so its text is noise, and the demo says so before printing it).
