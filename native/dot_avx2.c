@@ -405,67 +405,37 @@ static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
 static inline AVX512 __m512 two_scalars(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
 }
-#define NEG512(v) _mm512_sub_epi32(_mm512_setzero_si512(), v)
-#define Q4_0_X_512(x, w, c, DP) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
-#define Q4_0_Y_512(y0, y1, a, e) \
-    (a = two_blocks((y0)->qs, (y1)->qs), e = NEG512(dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
-#define Q4_0_DOT_512(w, c, a, e) dpbusd_zmm(e, w, a)
-#define Q8_0_X_512(x, w, c, DP) \
-    (w = _mm512_broadcast_i64x4(load32((x)->qs)), \
-     c = NEG512(DP(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
-#define Q8_0_Y_512(y0, y1, a, e) \
-    (a = _mm512_xor_si512(two_blocks((y0)->qs, (y1)->qs), _mm512_set1_epi8((char)0x80)), e = a)
-#define Q8_0_DOT_512(w, c, a, e) dpbusd_zmm(c, a, w)
 
-#define LEGACY_TILE_512(NAME, XT, RM, RN, PX, PY, DOT)                                                        \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        const int64_t nb = n / QK;                                                                           \
-        __m512 acc[RM][RN / 2];                                                                              \
-        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
-        for (int64_t b = 0; b < nb; b++) {                                                                   \
-            LEGACY_ROWS(XT, RM, PX, dpbusd_zmm, __m512i, __m512, _mm512_set1_ps)                           \
-            for (int t = 0; t < RN / 2; t++) {                                                               \
-                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;            \
-                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                         \
-                __m512i a, e;                                                                                \
-                PY(y0, y1, a, e);                                                                            \
-                (void)e;                                                                                     \
-                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                           \
-                for (int r = 0; r < RM; r++)                                                                 \
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
-                                                _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
-            }                                                                                                \
-        }                                                                                                    \
-        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
-    }                                                                                                        \
-    TILE_ENTRY(NAME, RM, RN)
+/* The AVX512 Q4_0 and Q8_0 tiles read their rows repacked (packed_tiles, once per row tile for all its tokens): each
+   block's weights as signed bytes (Q4_0: q - 8), their -128·Σ lanes and the scale as a float. A (row, token) lane is
+   then (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, so the results are its bits, while a
+   row's block costs three broadcast loads instead of an unpacking (and, for Q4_0, a token pair's -8·Σy) per token
+   group. */
+typedef struct { int8_t q[QK]; int32_t c[8]; float d; } block_s8_packed;
 
-LEGACY_TILE_512(tile_q8_0_zmm, block_q8_0, 4, 8, Q8_0_X_512, Q8_0_Y_512, Q8_0_DOT_512)
-
-/* The AVX512 Q4_0 tile reads its rows repacked (packed_tiles, once per row tile for all its tokens) as Q8_0's tile
-   reads its own: each block's weights q - 8 as signed bytes, their -128·Σ lanes and the scale as a float; a (row,
-   token) lane is then (y + 128)·(q - 8) - 128·Σ(q - 8) = Σ (q - 8)·y, the very integer the one-token kernel sums, so
-   the results are its bits, while a row's block costs three broadcast loads instead of an unpacking per token group
-   and a token pair's no -8·Σy. */
-typedef struct { int8_t q[QK]; int32_t c[8]; float d; } block_q4_0_packed;
+/* w's -128·Σ lanes of four (128·(w0 + w1) fits 16 bits for any signed bytes), w and d stored */
+static inline AVX2 void store_s8_packed(block_s8_packed *p, __m256i w, uint16_t d) {
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), w);
+    const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    _mm256_storeu_si256((__m256i *)p->q, w);
+    _mm256_storeu_si256((__m256i *)p->c, c);
+    p->d = tk_fp16_table[d];
+}
 
 static AVX2 void pack_q4_0(const void *vx, void *dst, int64_t n) {
     const block_q4_0 *x = vx;
-    block_q4_0_packed *p = dst;
-    for (int64_t b = 0; b < n / QK; b++) {
-        const __m256i w = _mm256_sub_epi8(nibbles32(x[b].qs), _mm256_set1_epi8(8));
-        /* 128·(w0 + w1) in 16 bits (|w| <= 8: no saturation), then lanes of four */
-        const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), w);
-        const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-        _mm256_storeu_si256((__m256i *)p[b].q, w);
-        _mm256_storeu_si256((__m256i *)p[b].c, c);
-        p[b].d = tk_fp16_table[x[b].d];
-    }
+    for (int64_t b = 0; b < n / QK; b++)
+        store_s8_packed((block_s8_packed *)dst + b, _mm256_sub_epi8(nibbles32(x[b].qs), _mm256_set1_epi8(8)), x[b].d);
 }
 
-#define Q4_0_PACKED_ROW(r, b) ((const block_q4_0_packed *)((const char *)vx + (r) * bx) + (b))
+static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t b = 0; b < n / QK; b++) store_s8_packed((block_s8_packed *)dst + b, load32(x[b].qs), x[b].d);
+}
 
-AVX512 void tile_q4_0_zmm(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {
+#define S8_PACKED_ROW(r, b) ((const block_s8_packed *)((const char *)vx + (r) * bx) + (b))
+
+AVX512 void tile_s8_packed_zmm(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {
     enum { RM = 4, RN = 8 };
     __m512 acc[RM][RN / 2];
     ZMM_PAIRS_ZERO(acc, RM, RN);
@@ -473,7 +443,7 @@ AVX512 void tile_q4_0_zmm(int64_t n, float *s, size_t ls, const void *vx, size_t
         __m512i w[RM], c[RM];
         __m512 dx[RM];
         for (int r = 0; r < RM; r++) {
-            const block_q4_0_packed *x = Q4_0_PACKED_ROW(r, b);
+            const block_s8_packed *x = S8_PACKED_ROW(r, b);
             w[r] = _mm512_broadcast_i64x4(load32((const int8_t *)x->q));
             c[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x->c));
             dx[r] = _mm512_set1_ps(x->d);
@@ -481,18 +451,17 @@ AVX512 void tile_q4_0_zmm(int64_t n, float *s, size_t ls, const void *vx, size_t
         for (int t = 0; t < RN / 2; t++) {
             const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;
             const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);
-            __m512i a, e;
-            Q8_0_Y_512(y0, y1, a, e);
-            (void)e;
+            const __m512i a = _mm512_xor_si512(two_blocks(y0->qs, y1->qs), _mm512_set1_epi8((char)0x80));
             const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);
             for (int r = 0; r < RM; r++)
-                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), _mm512_cvtepi32_ps(Q8_0_DOT_512(w[r], c[r], a, e)),
+                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), _mm512_cvtepi32_ps(dpbusd_zmm(c[r], a, w[r])),
                                             acc[r][t]);
         }
     }
     ZMM_PAIRS_STORE(acc, RM, RN, s, ls);
 }
-PACKED_TILE_ENTRY(tile_q4_0_zmm, 4, 8, pack_q4_0, sizeof(block_q4_0_packed), TK_Q8_0)
+static const struct tk_gemm tile_q4_0_zmm_tile = {tile_s8_packed_zmm, 4, 8, pack_q4_0, sizeof(block_s8_packed), TK_Q8_0};
+static const struct tk_gemm tile_q8_0_zmm_tile = {tile_s8_packed_zmm, 4, 8, pack_q8_0, sizeof(block_s8_packed), TK_Q8_0};
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
