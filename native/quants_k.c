@@ -310,7 +310,9 @@ static void quantize_block_q2_K(const float *x, block_q2_K *y) {
     }
     if (max_min > 0) {
         float iscale = q4scale / max_min;
-        for (int j = 0; j < QK_K / 16; ++j) y->scales[j] |= (uint8_t)(tk_nearest_int(iscale * mins[j]) << 4);
+        /* shifted unsigned: a min rounded below 0 (rows with non-finite values) is no undefined behaviour */
+        for (int j = 0; j < QK_K / 16; ++j)
+            y->scales[j] |= (uint8_t)((unsigned)tk_nearest_int(iscale * mins[j]) << 4);
         y->dmin = tk_fp32_to_fp16(max_min / q4scale);
     } else {
         y->dmin = tk_fp32_to_fp16(0.f);
