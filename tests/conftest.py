@@ -21,6 +21,26 @@ def shared_fixtures() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def qwen2(shared_fixtures):
+    """llama.cpp's Qwen2 test vocabulary (151,936 tokens): its path and our tokenizer of it."""
+    from common.ggufio import GGUFFile
+    from runtime.tokenizer import Tokenizer
+    path = shared_fixtures / "llama-vocab" / "ggml-vocab-qwen2.gguf"
+    with GGUFFile(path) as g:
+        return path, Tokenizer.from_gguf(g)
+
+
+@pytest.fixture(scope="module")
+def llama_vocab(qwen2):
+    """The same vocabulary loaded by llama.cpp (the grammar oracle, tests/grammar_oracle.py)."""
+    pytest.importorskip("llama_cpp")
+    from tests.grammar_oracle import LlamaVocab
+    v = LlamaVocab(qwen2[0])
+    yield v
+    v.close()
+
+
 def pytest_configure(config):
     """Stop at once, with one line, when llama-cpp-python is not the build the oracle tests were calibrated for."""
     try:

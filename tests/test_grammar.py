@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.ggufio import GGUFFile
 from runtime.grammar import Grammar, GrammarConstraint, GrammarError
 from runtime.sampling import Sampler, SamplingParams
-from runtime.tokenizer import Tokenizer
-from tests.grammar_oracle import LlamaVocab, byte_tokens, llama_accepts
+from tests.grammar_oracle import byte_tokens, llama_accepts
 
 GRAMMARS = Path(__file__).resolve().parent.parent / "bench-data" / "llama.cpp" / "src" / "grammars"
 SAMPLE_GRAMMARS = sorted(GRAMMARS.glob("*.gbnf"))
@@ -40,21 +38,6 @@ SYNTAX_GRAMMARS = [  # repetitions, escapes, classes, comments, groups
     ('root ::= . . "!"', ["ab!", "日本!", "a!", "abc!"]),
     ('root ::= ( "a" | ) ( "b" )* "c"?', ["", "a", "abbb", "abc", "c", "ca", "aa"]),
 ]
-
-
-@pytest.fixture(scope="module")
-def qwen2(shared_fixtures):
-    path = shared_fixtures / "llama-vocab" / "ggml-vocab-qwen2.gguf"
-    with GGUFFile(path) as g:
-        return path, Tokenizer.from_gguf(g)
-
-
-@pytest.fixture(scope="module")
-def llama_vocab(qwen2):
-    pytest.importorskip("llama_cpp")
-    v = LlamaVocab(qwen2[0])
-    yield v
-    v.close()
 
 
 @pytest.fixture(scope="module")

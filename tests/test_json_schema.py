@@ -8,12 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from common.ggufio import GGUFFile
 from runtime.grammar import Grammar, GrammarConstraint
 from runtime.json_schema import JsonSchemaError, json_object_grammar, schema_to_grammar
 from runtime.sampling import Sampler, SamplingParams
-from runtime.tokenizer import Tokenizer
-from tests.grammar_oracle import LlamaVocab, byte_tokens, llama_accepts
+from tests.grammar_oracle import byte_tokens, llama_accepts
 
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
 
@@ -42,21 +40,6 @@ CORPUS = [  # (schema, candidate instances: valid and invalid ones)
     ({"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"],
       "additionalProperties": {"type": "string"}}, [{"id": 1}, {"id": 1, "x": "y"}, {"id": 1, "x": 2}, {"x": "y"}]),
 ]
-
-
-@pytest.fixture(scope="module")
-def qwen2(shared_fixtures):
-    path = shared_fixtures / "llama-vocab" / "ggml-vocab-qwen2.gguf"
-    with GGUFFile(path) as g:
-        return path, Tokenizer.from_gguf(g)
-
-
-@pytest.fixture(scope="module")
-def llama_vocab(qwen2):
-    pytest.importorskip("llama_cpp")
-    v = LlamaVocab(qwen2[0])
-    yield v
-    v.close()
 
 
 @pytest.mark.parametrize("schema,instances", CORPUS, ids=[str(i) for i in range(len(CORPUS))])
