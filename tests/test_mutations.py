@@ -8,10 +8,8 @@ exit codes and messages are the command line's. The corpora are generated from f
 mutation id and can be replayed with `mutation_job`. The findings this corpus made are regression cases below."""
 from __future__ import annotations
 
-import json
 import random
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
