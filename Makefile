@@ -40,24 +40,26 @@ $(ORACLE_DIR)/.built:
 	touch $(ORACLE_DIR).tmp/.built
 	mv $(ORACLE_DIR).tmp $(ORACLE_DIR)
 
-# The oracle's converter (convert_hf_to_gguf.py, conversion/, gguf-py/ of the llama.cpp it vendors), taken from its
-# source package: the tests compare the files we write with the ones it writes on the same checkpoints.
+# The oracle's converter (convert_hf_to_gguf.py, conversion/, gguf-py/ of the llama.cpp it vendors) and its sample
+# grammars (grammars/), taken from its source package: the tests compare the files we write with the ones it writes on
+# the same checkpoints, and our grammar engine with its on those grammars. The marker names what was extracted.
 ORACLE_SRC := build/$(subst ==,-,$(ORACLE))-converter
 
-$(ORACLE_SRC)/.done:
+$(ORACLE_SRC)/.done-with-grammars:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	rm -rf $(ORACLE_SRC) $(ORACLE_SRC).tmp
 	$(PIP) download -q --disable-pip-version-check --no-deps --no-binary :all: -d $(ORACLE_SRC).tmp '$(ORACLE)'
 	tar -xzf $(ORACLE_SRC).tmp/*.tar.gz -C $(ORACLE_SRC).tmp --strip-components=3 --wildcards \
-		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py'
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion' '*/vendor/llama.cpp/gguf-py' \
+		'*/vendor/llama.cpp/grammars'
 	rm $(ORACLE_SRC).tmp/*.tar.gz
-	touch $(ORACLE_SRC).tmp/.done
+	touch $(ORACLE_SRC).tmp/.done-with-grammars
 	mv $(ORACLE_SRC).tmp $(ORACLE_SRC)
 
 # torch first, pinned to the CPU build on disk; then the oracle from its own wheel (--force-reinstall: whatever build of
 # the same version the venv held before is replaced); then the package (editable: the native core is built in place, so
 # `import native` works from the source tree too) with its test extra, which finds the oracle's version installed.
-$(VENV)/.installed: pyproject.toml setup.py $(wildcard native/*.c native/*.h) $(ORACLE_DIR)/.built $(ORACLE_SRC)/.done
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard native/*.c native/*.h) $(ORACLE_DIR)/.built $(ORACLE_SRC)/.done-with-grammars
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(ORACLE_INSTALL)

@@ -546,12 +546,30 @@ def worker_main() -> None:
             results.write(json.dumps({"start": job["id"]}) + "\n")
             work = Path(tmp) / "job"
             work.mkdir()
+            reset_peak_rss()
             try:
                 outcome = run_job(job, work, seeds)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            results.write(json.dumps({"done": job["id"], "results": outcome, "max_rss": rss}) + "\n")
+            results.write(json.dumps({"done": job["id"], "results": outcome, "max_rss": peak_rss()}) + "\n")
+
+
+def reset_peak_rss() -> None:
+    """Start the process's peak resident set (VmHWM) afresh, so that it measures the next job alone (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    """Bytes: the peak resident set since reset_peak_rss (the whole process's lifetime where it cannot be reset)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 # ------------------------------------------------------------------------------------------------ the pool

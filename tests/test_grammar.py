@@ -13,8 +13,14 @@ from runtime.grammar import Grammar, GrammarConstraint, GrammarError
 from runtime.sampling import Sampler, SamplingParams
 from tests.grammar_oracle import byte_tokens, llama_accepts
 
-GRAMMARS = Path(__file__).resolve().parent.parent / "bench-data" / "llama.cpp" / "src" / "grammars"
+# llama.cpp's sample grammars, from the sources of the llama.cpp that llama-cpp-python 0.3.36 vendors (make install)
+GRAMMARS = Path(__file__).resolve().parent.parent / "build" / "llama-cpp-python-0.3.36-converter" / "grammars"
 SAMPLE_GRAMMARS = sorted(GRAMMARS.glob("*.gbnf"))
+
+
+def test_sample_grammars_are_there():
+    """The parametrized tests below run over them: none must silently be an empty set."""
+    assert len(SAMPLE_GRAMMARS) >= 8, f"llama.cpp's sample grammars missing in {GRAMMARS}: run make install"
 
 # strings meant to be in (the first ones) or out of each sample grammar's language; which is which is llama.cpp's call
 EXAMPLES = {
