@@ -185,8 +185,11 @@ def test_interrupt_removes_staging(model, tmp_path):
     """Ctrl-C while the staged file is being copied to a pipe nobody reads: exit 130, nothing left in TMPDIR."""
     stage = tmp_path / "stage"
     stage.mkdir()
+    # Ctrl-C as a terminal delivers it: Python turns SIGINT into KeyboardInterrupt only when it starts with SIGINT's
+    # default action, and a test run started in the background by a non-interactive shell (as CI may) ignores SIGINT
     proc = subprocess.Popen([*TOOLKIT, "convert", str(model), "--outfile", "-"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=REPO, env=dict(os.environ, TMPDIR=str(stage)))
+                            stderr=subprocess.PIPE, cwd=REPO, env=dict(os.environ, TMPDIR=str(stage)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline:  # the output is larger than a pipe buffer: the copy blocks on the full pipe
         files = list(stage.iterdir())
