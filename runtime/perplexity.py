@@ -384,26 +384,26 @@ def kld_summary(s: KLDStats) -> list[str]:
              ""]
     kv = s.sorted_kld()
     kld, dkld = s.kld()
-    lines += ["====== KL divergence statistics ======",
-              f"Mean    KLD: {kld:10.6f} ± {dkld:10.6f}",
-              f"Maximum KLD: {float(kv[-1]):10.6f}"]
-    lines += [f"{_percent_label(f)}   KLD: {percentile(kv, f):10.6f}" for f in KLD_PERCENTILES]
-    lines.append(f"Median  KLD: {median(kv):10.6f}")
-    lines += [f"{_percent_label(f)}   KLD: {percentile(kv, f):10.6f}" for f in KLD_LOW_PERCENTILES]
-    lines += [f"Minimum KLD: {float(kv[0]):10.6f}", ""]
+    lines += ["====== KL divergence statistics ======", f"Mean    KLD: {kld:10.6f} ± {dkld:10.6f}"]
+    lines += _spread("KLD", kv, KLD_PERCENTILES, KLD_LOW_PERCENTILES, lambda x: f"{x:10.6f}") + [""]
     pv = s.sorted_p_diff()
     dp, ddp = s.p_diff()
-    lines += ["====== Token probability statistics ======",
-              f"Mean    Δp: {100 * dp:6.3f} ± {100 * ddp:5.3f} %",
-              f"Maximum Δp: {100 * float(pv[-1]):6.3f}%"]
-    lines += [f"{_percent_label(f)}   Δp: {100 * percentile(pv, f):6.3f}%" for f in P_DIFF_PERCENTILES]
-    lines.append(f"Median  Δp: {100 * median(pv):6.3f}%")
-    lines += [f"{_percent_label(f)}   Δp: {100 * percentile(pv, f):6.3f}%" for f in P_DIFF_LOW_PERCENTILES]
-    lines.append(f"Minimum Δp: {100 * float(pv[0]):6.3f}%")
+    lines += ["====== Token probability statistics ======", f"Mean    Δp: {100 * dp:6.3f} ± {100 * ddp:5.3f} %"]
+    lines += _spread("Δp", pv, P_DIFF_PERCENTILES, P_DIFF_LOW_PERCENTILES, lambda x: f"{100 * x:6.3f}%")
     (rms, drms), (top, dtop) = s.p_diff_rms(), s.same_top()
     lines += [f"RMS Δp    : {100 * rms:6.3f} ± {100 * drms:5.3f} %",
               f"Same top p: {100 * top:6.3f} ± {100 * dtop:5.3f} %"]
     return lines
+
+
+def _spread(name: str, v, high, low, fmt) -> list[str]:
+    """A sorted distribution's maximum, upper percentiles, median, lower percentiles and minimum, as llama-perplexity
+    prints them (`fmt` formats a value)."""
+    return ([f"Maximum {name}: {fmt(float(v[-1]))}"]
+            + [f"{_percent_label(f)}   {name}: {fmt(percentile(v, f))}" for f in high]
+            + [f"Median  {name}: {fmt(median(v))}"]
+            + [f"{_percent_label(f)}   {name}: {fmt(percentile(v, f))}" for f in low]
+            + [f"Minimum {name}: {fmt(float(v[0]))}"])
 
 
 # -- the base-logits file -----------------------------------------------------------------------------------------

@@ -21,6 +21,15 @@ def shared_fixtures() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def stories260k_f32(tmp_path_factory, shared_fixtures) -> Path:
+    """stories260K (a real trained tiny Llama) converted to f32 once for every test module that serves or runs it."""
+    from converter.convert import convert_model
+    path = tmp_path_factory.mktemp("stories") / "stories260K-f32.gguf"
+    convert_model(shared_fixtures / "stories260K", outtype="f32", outfile=path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def qwen2(shared_fixtures):
     """llama.cpp's Qwen2 test vocabulary (151,936 tokens): its path and our tokenizer of it."""

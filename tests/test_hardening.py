@@ -100,6 +100,16 @@ def _tensor_info_at(data: bytes, name: str) -> int:
     return data.index(struct.pack("<Q", len(key)) + key) + 8 + len(key)
 
 
+def _with_offset(path: Path, tensor: int, offset) -> bytes:
+    """The file's bytes with tensor number `tensor`'s data offset replaced by offset(old offset)."""
+    data = bytearray(path.read_bytes())
+    with GGUFFile(path) as g:
+        at = _tensor_info_at(data, g.tensors[tensor].info.name)
+    off_at = at + 4 + 8 * struct.unpack_from("<I", data, at)[0] + 4  # after n_dims, the dims and the type
+    struct.pack_into("<Q", data, off_at, offset(struct.unpack_from("<Q", data, off_at)[0]))
+    return bytes(data)
+
+
 def test_dimension_beyond_int64(base_gguf, tmp_path):
     data = bytearray(base_gguf.read_bytes())
     at = _tensor_info_at(data, NORM)
@@ -174,25 +184,14 @@ def test_bos_token_id_mistyped(base_gguf, tmp_path):
 
 def test_misaligned_tensor_offset(base_gguf, tmp_path):
     """A tensor whose offset is not a multiple of the alignment (here: of the data's 32 bytes, moved by 4)."""
-    data = bytearray(base_gguf.read_bytes())
-    with GGUFFile(base_gguf) as g:
-        at = _tensor_info_at(data, g.tensors[1].info.name)
-    n_dims = struct.unpack_from("<I", data, at)[0]
-    off_at = at + 4 + 8 * n_dims + 4
-    struct.pack_into("<Q", data, off_at, struct.unpack_from("<Q", data, off_at)[0] + 4)
     bad = tmp_path / "misaligned.gguf"
-    bad.write_bytes(bytes(data))
+    bad.write_bytes(_with_offset(base_gguf, 1, lambda off: off + 4))
     run_fails(bad, contains="not a multiple of the alignment")
 
 
 def test_overlapping_tensors(base_gguf, tmp_path):
-    data = bytearray(base_gguf.read_bytes())
-    with GGUFFile(base_gguf) as g:
-        at = _tensor_info_at(data, g.tensors[1].info.name)
-    n_dims = struct.unpack_from("<I", data, at)[0]
-    struct.pack_into("<Q", data, at + 4 + 8 * n_dims + 4, 0)  # the second tensor placed on the first one
     bad = tmp_path / "overlap.gguf"
-    bad.write_bytes(bytes(data))
+    bad.write_bytes(_with_offset(base_gguf, 1, lambda off: 0))  # the second tensor placed on the first one
     run_fails(bad, contains="overlap")
 
 

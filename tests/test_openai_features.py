@@ -16,7 +16,6 @@ import numpy as np
 import openai
 import pytest
 
-from converter.convert import convert_model
 from runtime.api import Llama
 from runtime.generate import Session
 from runtime.grammar import Grammar
@@ -45,10 +44,8 @@ GBNF = 'root ::= answer " " word\nanswer ::= "yes" | "no" | "maybe"\nword ::= [a
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, shared_fixtures):
-    path = tmp_path_factory.mktemp("features") / "stories260K-f32.gguf"
-    convert_model(shared_fixtures / "stories260K", outtype="f32", outfile=path)
-    return path
+def model(stories260k_f32):
+    return stories260k_f32
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import openai
 import pytest
 
 from common.ggufio import GGUFFile
-from converter.convert import convert_model
 from tests.helpers import REPO, TOOLKIT
 
 KEY = "sk-test-1234"
@@ -33,10 +32,8 @@ SEED = 7
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, shared_fixtures):
-    path = tmp_path_factory.mktemp("serve") / "stories260K-f32.gguf"
-    convert_model(shared_fixtures / "stories260K", outtype="f32", outfile=path)
-    return path
+def model(stories260k_f32):
+    return stories260k_f32
 
 
 def _run(model, *args, stdin=None) -> subprocess.Popen:

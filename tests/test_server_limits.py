@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from converter.convert import convert_model
 from server.logs import RateLimit
 from tests.test_server import PROMPT, _serve, _stop
 
@@ -25,10 +24,8 @@ TIMEOUT = 1  # the servers' --timeout: seconds for a head, then for a body
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, shared_fixtures):
-    path = tmp_path_factory.mktemp("limits-model") / "stories260K-f32.gguf"
-    convert_model(shared_fixtures / "stories260K", outtype="f32", outfile=path)
-    return path
+def model(stories260k_f32):
+    return stories260k_f32
 
 
 @pytest.fixture(scope="module")

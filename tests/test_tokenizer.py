@@ -452,15 +452,10 @@ def test_unigram_variants_match_llama_cpp(request, root):
     corpus += ["ｱｳ ｱｲ ｱ", "e\u0301y e\u0301x", "ab cd ab c", "Ⅻ? Ⅻ! Ⅻ", "a b a▁b", "x\u3000\u3000\u3000y", "ＡＢ  ｶﾞ",
                "  lead and trail  ", "\t\ttabs\n\nnewlines"]
     for path in cases:
-        with GGUFFile(path) as g:
-            tok = Tokenizer.from_gguf(g)
-        llm = _llama(path)
+        tok, llm = _both(path)
         bad = []
         for s in corpus:
-            for ps in (True, False):
-                ids = tok.encode(s, add_bos=False, parse_special=ps)
-                if ids != llm.tokenize(s.encode(), add_bos=False, special=ps):
-                    bad.append((ps, s))
+            bad += _encode_mismatches(tok, llm, s)
             ids = tok.encode(s)
             if ids != llm.tokenize(s.encode(), add_bos=True, special=True):
                 bad.append(("default", s))
@@ -528,20 +523,30 @@ def test_variants_match_llama_cpp(request, root):
     cases.append(_variant(gemma.gguf, root / "v-gemma4-newlines.gguf", merges=merges))
     corpus = tokenizer_corpus(600, seed=3, specials=["<|endoftext|>", "<|im_start|>", "name", "</s>"])
     for path in cases:
-        with GGUFFile(path) as g:
-            tok = Tokenizer.from_gguf(g)
-        llm = _llama(path)
+        tok, llm = _both(path)
         bad = []
         for s in corpus:
+            bad += _encode_mismatches(tok, llm, s)
             for ps in (True, False):
                 ids = tok.encode(s, add_bos=False, parse_special=ps)
-                if ids != llm.tokenize(s.encode(), add_bos=False, special=ps):
-                    bad.append((ps, s))
                 if not (ids and ids[0] == tok.bos_id):
                     for special in (True, False):
                         if not tok.add_space_prefix and tok.decode(ids, not special) != _detokenize(llm, ids, special):
                             bad.append(("decode", special, s))
         assert not bad, f"{path.name}: {len(bad)} mismatches, first {bad[:5]!r}"
+
+
+def _both(path: Path):
+    """A vocabulary file as our tokenizer and as llama.cpp's."""
+    with GGUFFile(path) as g:
+        tok = Tokenizer.from_gguf(g)
+    return tok, _llama(path)
+
+
+def _encode_mismatches(tok, llm, s: str) -> list:
+    """(parse_special, s) for each way of parsing special tokens in which our ids differ from llama.cpp's."""
+    return [(ps, s) for ps in (True, False)
+            if tok.encode(s, add_bos=False, parse_special=ps) != llm.tokenize(s.encode(), add_bos=False, special=ps)]
 
 
 def test_unsupported_vocabularies_are_refused():
