@@ -578,23 +578,23 @@ class Grammar:
     def complete(stacks: Stacks) -> bool:
         return () in stacks
 
-    def accepts(self, text: str) -> bool:
-        """Whether the whole of `text` is in the grammar's language."""
+    def _after(self, text: str) -> Stacks | None:
+        """The parser's stacks after `text` from the start, or None once no stack survives a character."""
         stacks = self.initial
         for c in text:
             stacks = self.accept_char(stacks, ord(c))
             if not stacks:
-                return False
-        return self.complete(stacks)
+                return None
+        return stacks
+
+    def accepts(self, text: str) -> bool:
+        """Whether the whole of `text` is in the grammar's language."""
+        stacks = self._after(text)
+        return stacks is not None and self.complete(stacks)
 
     def accepts_prefix(self, text: str) -> bool:
         """Whether `text` can be continued into a sentence of the grammar."""
-        stacks = self.initial
-        for c in text:
-            stacks = self.accept_char(stacks, ord(c))
-            if not stacks:
-                return False
-        return True
+        return self._after(text) is not None
 
 
 # ---------------------------------------------------------------------------------------------------------------
