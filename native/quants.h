@@ -114,6 +114,20 @@ void dequantize_row_q6_K(const void *x, float *y, int64_t k);
 void dequantize_row_q8_K(const void *x, float *y, int64_t k);
 /* Q3_K scale quantization and packing, shared by the scalar and AVX2 quantizers */
 void q3_K_pack_scales(const float scales[QK_K / 16], block_q3_K *y);
+/* The steps after the sub-block fits, shared by the reference and the imatrix quantizers (quants_k.c): packings,
+   and the quants re-derived from the decoded scales */
+void pack_2bit(const uint8_t *L, uint8_t *qs);
+void pack_scale_min_k4(int j, uint8_t ls, uint8_t lm, uint8_t *scales);
+void q2_K_finish(const float *x, uint8_t L[QK_K], block_q2_K *y);
+void q3_K_finish(const float *x, int8_t L[QK_K], block_q3_K *y);
+void k4_requantize(const float *x, int nmax, const uint8_t scales[K_SCALE_SIZE], tk_half d16, tk_half dmin16,
+                   uint8_t L[QK_K]);
+void q4_K_pack_quants(const uint8_t L[QK_K], block_q4_K *y);
+void q5_K_pack_quants(const uint8_t L[QK_K], block_q5_K *y);
+void q6_K_finish(const float *x, const float scales[QK_K / 16], float max_scale, float max_abs_scale,
+                 int8_t L[QK_K], block_q6_K *y);
+/* Q5_0/Q5_1: low nibbles as Q4, bit 4 of element j in bit j of the 32-bit qh word (quants_legacy.c) */
+void pack_q5(const uint8_t q[QK], uint8_t qs[QK / 2], uint8_t qh_bytes[4]);
 
 /* Rounding helpers shared by the quantizers. */
 static inline int tk_nearest_int(float fval) {

@@ -238,7 +238,7 @@ static float fit_symmetric_rmse(int nmax, const float *x, int8_t *L) {
 /* Q4_K/Q5_K: eight 6-bit (scale, min) pairs in 12 bytes. Sub-blocks 0..3 sit in the low 6 bits of bytes 0..3
    (scale) and 4..7 (min); sub-blocks 4..7 keep their low nibbles in bytes 8..11 and their top two bits in bits
    6..7 of bytes 0..3 (scale) and 4..7 (min). `scales` must be zeroed before packing sub-blocks 4..7. */
-static inline void pack_scale_min_k4(int j, uint8_t ls, uint8_t lm, uint8_t *scales) {
+void pack_scale_min_k4(int j, uint8_t ls, uint8_t lm, uint8_t *scales) {
     if (j < 4) {
         scales[j] = ls;
         scales[j + 4] = lm;
@@ -270,7 +270,7 @@ static inline int unpack_q3_scale(int j, const uint8_t *scales) {
 
 /* Q2_K/Q3_K low bits: per 128-element half h, byte 32h + l holds elements 128h + l, +32, +64, +96 (2 bits each,
    at bit 0, 2, 4, 6). L must already be in 0..3. */
-static inline void pack_2bit(const uint8_t *L, uint8_t *qs) {
+void pack_2bit(const uint8_t *L, uint8_t *qs) {
     for (int j = 0; j < QK_K; j += 128) {
         for (int l = 0; l < 32; ++l) {
             qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
@@ -281,6 +281,21 @@ static inline void pack_2bit(const uint8_t *L, uint8_t *qs) {
 /* ------------------------------------------------------------------------------------------------------------
    Q2_K: 16 sub-blocks of 16, x ≈ d·sc_j·q − dmin·m_j, q in 0..3, sc_j and m_j 4 bits each
    ------------------------------------------------------------------------------------------------------------ */
+
+/* Steps 3-4 (also of the imatrix quantizer): re-derive the quants from the decoded fp16 scales (sub-blocks whose
+   scale decodes to 0 keep L), then pack them. */
+void q2_K_finish(const float *x, uint8_t L[QK_K], block_q2_K *y) {
+    const float d_all = tk_fp16_to_fp32(y->d), dmin_all = tk_fp16_to_fp32(y->dmin);
+    for (int j = 0; j < QK_K / 16; ++j) {
+        const float d = d_all * (y->scales[j] & 0xF);
+        if (!d) continue;
+        const float dm = dmin_all * (y->scales[j] >> 4);
+        for (int ii = 0; ii < 16; ++ii) {
+            L[16 * j + ii] = (uint8_t)clampi(tk_nearest_int((x[16 * j + ii] + dm) / d), 0, 3);
+        }
+    }
+    pack_2bit(L, y->qs);
+}
 
 static void quantize_block_q2_K(const float *x, block_q2_K *y) {
     uint8_t L[QK_K];
@@ -318,19 +333,7 @@ static void quantize_block_q2_K(const float *x, block_q2_K *y) {
         y->dmin = tk_fp32_to_fp16(0.f);
     }
 
-    /* 3. re-derive the quants from the decoded fp16 scales */
-    const float d_all = tk_fp16_to_fp32(y->d), dmin_all = tk_fp16_to_fp32(y->dmin);
-    for (int j = 0; j < QK_K / 16; ++j) {
-        const float d = d_all * (y->scales[j] & 0xF);
-        if (!d) continue;
-        const float dm = dmin_all * (y->scales[j] >> 4);
-        for (int ii = 0; ii < 16; ++ii) {
-            L[16 * j + ii] = (uint8_t)clampi(tk_nearest_int((x[16 * j + ii] + dm) / d), 0, 3);
-        }
-    }
-
-    /* 4. pack */
-    pack_2bit(L, y->qs);
+    q2_K_finish(x, L, y);
 }
 
 void quantize_row_q2_K_ref(const float *x, void *vy, int64_t k) {
@@ -391,17 +394,10 @@ void q3_K_pack_scales(const float scales[QK_K / 16], block_q3_K *y) {
     }
 }
 
-static void quantize_block_q3_K(const float *x, block_q3_K *y) {
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-
-    /* 1. per sub-block symmetric fit */
-    for (int j = 0; j < QK_K / 16; ++j) scales[j] = fit_symmetric_q3(16, 4, x + 16 * j, L + 16 * j);
-
-    /* 2. quantize the scales to 6 bits and pack them */
-    q3_K_pack_scales(scales, y);
-
-    /* 3. re-derive the quants from the decoded scales (stored +4: 0..7) */
+/* Steps 3-4 (also of the imatrix quantizer), with y->d and y->scales set: re-derive the quants from the decoded
+   scales (stored +4: 0..7; sub-blocks whose scale decodes to 0 keep L), then put the high bit of element e into
+   hmask[e % 32] bit e / 32 and pack the low two bits like Q2_K. */
+void q3_K_finish(const float *x, int8_t L[QK_K], block_q3_K *y) {
     const float d_all = tk_fp16_to_fp32(y->d);
     for (int j = 0; j < QK_K / 16; ++j) {
         const float d = d_all * unpack_q3_scale(j, y->scales);
@@ -410,8 +406,6 @@ static void quantize_block_q3_K(const float *x, block_q3_K *y) {
             L[16 * j + ii] = (int8_t)(clampi(tk_nearest_int(x[16 * j + ii] / d), -4, 3) + 4);
         }
     }
-
-    /* 4. high bit of element e into hmask[e % 32] bit e / 32, low two bits packed like Q2_K */
     memset(y->hmask, 0, sizeof y->hmask);
     uint8_t low[QK_K];
     for (int e = 0; e < QK_K; ++e) {
@@ -423,6 +417,19 @@ static void quantize_block_q3_K(const float *x, block_q3_K *y) {
         low[e] = (uint8_t)l;
     }
     pack_2bit(low, y->qs);
+}
+
+static void quantize_block_q3_K(const float *x, block_q3_K *y) {
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+
+    /* 1. per sub-block symmetric fit */
+    for (int j = 0; j < QK_K / 16; ++j) scales[j] = fit_symmetric_q3(16, 4, x + 16 * j, L + 16 * j);
+
+    /* 2. quantize the scales to 6 bits and pack them */
+    q3_K_pack_scales(scales, y);
+
+    q3_K_finish(x, L, y);
 }
 
 void quantize_row_q3_K_ref(const float *x, void *vy, int64_t k) {
@@ -461,6 +468,23 @@ void dequantize_row_q3_K(const void *vx, float *y, int64_t k) {
    Q4_K / Q5_K: 8 sub-blocks of 32, x ≈ d·sc_j·q − dmin·m_j, sc_j and m_j 6 bits each
    ------------------------------------------------------------------------------------------------------------ */
 
+/* Q4_K/Q5_K step 3 (also of the imatrix quantizers): re-derive the quants (0..nmax) from the decoded scales and
+   mins; sub-blocks whose scale decodes to 0 keep L. */
+void k4_requantize(const float *x, int nmax, const uint8_t scales[K_SCALE_SIZE], tk_half d16, tk_half dmin16,
+                   uint8_t L[QK_K]) {
+    const float d_all = tk_fp16_to_fp32(d16), dmin_all = tk_fp16_to_fp32(dmin16);
+    for (int j = 0; j < QK_K / 32; ++j) {
+        uint8_t sc, m;
+        unpack_scale_min_k4(j, scales, &sc, &m);
+        const float d = d_all * sc;
+        if (!d) continue;
+        const float dm = dmin_all * m;
+        for (int ii = 0; ii < 32; ++ii) {
+            L[32 * j + ii] = (uint8_t)clampi(tk_nearest_int((x[32 * j + ii] + dm) / d), 0, nmax);
+        }
+    }
+}
+
 /* Steps shared by Q4_K and Q5_K: fit each sub-block, quantize and pack the 6-bit scales/mins, store d/dmin,
    and leave the final quants (0..nmax) in L. */
 static void quantize_scales_mins_k4(const float *x, int nmax, float rmin, int nstep, uint8_t scales_out[K_SCALE_SIZE],
@@ -496,29 +520,22 @@ static void quantize_scales_mins_k4(const float *x, int nmax, float rmin, int ns
     *d_out = tk_fp32_to_fp16(max_scale / 63.f);
     *dmin_out = tk_fp32_to_fp16(max_min / 63.f);
 
-    /* 3. re-derive the quants from the decoded scales */
-    const float d_all = tk_fp16_to_fp32(*d_out), dmin_all = tk_fp16_to_fp32(*dmin_out);
-    for (int j = 0; j < QK_K / 32; ++j) {
-        uint8_t sc, m;
-        unpack_scale_min_k4(j, scales_out, &sc, &m);
-        const float d = d_all * sc;
-        if (!d) continue;
-        const float dm = dmin_all * m;
-        for (int ii = 0; ii < 32; ++ii) {
-            L[32 * j + ii] = (uint8_t)clampi(tk_nearest_int((x[32 * j + ii] + dm) / d), 0, nmax);
-        }
+    k4_requantize(x, nmax, scales_out, *d_out, *dmin_out, L);
+}
+
+/* per 64-element chunk: low nibble element l (sub-block 2c), high nibble element 32 + l (sub-block 2c+1) */
+void q4_K_pack_quants(const uint8_t L[QK_K], block_q4_K *y) {
+    uint8_t *q = y->qs;
+    for (int j = 0; j < QK_K; j += 64) {
+        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+        q += 32;
     }
 }
 
 static void quantize_block_q4_K(const float *x, block_q4_K *y) {
     uint8_t L[QK_K];
     quantize_scales_mins_k4(x, 15, -1.f, 20, y->scales, &y->d, &y->dmin, L);
-    /* per 64-element chunk: low nibble element l (sub-block 2c), high nibble element 32 + l (sub-block 2c+1) */
-    uint8_t *q = y->qs;
-    for (int j = 0; j < QK_K; j += 64) {
-        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-        q += 32;
-    }
+    q4_K_pack_quants(L, y);
 }
 
 void quantize_row_q4_K_ref(const float *x, void *vy, int64_t k) {
@@ -550,7 +567,11 @@ void dequantize_row_q4_K(const void *vx, float *y, int64_t k) {
 static void quantize_block_q5_K(const float *x, block_q5_K *y) {
     uint8_t L[QK_K];
     quantize_scales_mins_k4(x, 31, -0.5f, 15, y->scales, &y->d, &y->dmin, L);
-    /* low nibbles as Q4_K; bit 4 of element c·64 + l into qh[l] bit 2c, of c·64 + 32 + l into bit 2c+1 */
+    q5_K_pack_quants(L, y);
+}
+
+/* low nibbles as Q4_K; bit 4 of element c·64 + l into qh[l] bit 2c, of c·64 + 32 + l into bit 2c+1 */
+void q5_K_pack_quants(const uint8_t L[QK_K], block_q5_K *y) {
     uint8_t *ql = y->qs, *qh = y->qh;
     memset(qh, 0, sizeof y->qh);
     uint8_t m1 = 1, m2 = 2;
@@ -600,18 +621,10 @@ void dequantize_row_q5_K(const void *vx, float *y, int64_t k) {
    Q6_K: 16 sub-blocks of 16, symmetric x ≈ d·sc_j·q, q in −32..31, sc_j int8
    ------------------------------------------------------------------------------------------------------------ */
 
-static void quantize_block_q6_K(const float *x, block_q6_K *y) {
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-
-    /* 1. per sub-block symmetric fit; keep the signed scale of largest magnitude */
-    float max_scale = 0, max_abs_scale = 0;
-    for (int ib = 0; ib < QK_K / 16; ++ib) {
-        const float scale = fit_symmetric_rmse(32, x + 16 * ib, L + 16 * ib);
-        scales[ib] = scale;
-        const float abs_scale = fabsf(scale);
-        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scale; }
-    }
+/* Steps 2-4 (also of the imatrix quantizer) from the sub-block scales and their signed maximum: int8 scales,
+   the quants re-derived from the decoded scales (sub-blocks whose scale decodes to 0 keep L), packed. */
+void q6_K_finish(const float *x, const float scales[QK_K / 16], float max_scale, float max_abs_scale,
+                 int8_t L[QK_K], block_q6_K *y) {
     if (max_abs_scale < GROUP_MAX_EPS) {  /* whole block (nearly) zero */
         memset(y, 0, sizeof *y);
         y->d = tk_fp32_to_fp16(0.f);
@@ -648,6 +661,21 @@ static void quantize_block_q6_K(const float *x, block_q6_K *y) {
         ql += 64;
         qh += 32;
     }
+}
+
+static void quantize_block_q6_K(const float *x, block_q6_K *y) {
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+
+    /* 1. per sub-block symmetric fit; keep the signed scale of largest magnitude */
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < QK_K / 16; ++ib) {
+        const float scale = fit_symmetric_rmse(32, x + 16 * ib, L + 16 * ib);
+        scales[ib] = scale;
+        const float abs_scale = fabsf(scale);
+        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scale; }
+    }
+    q6_K_finish(x, scales, max_scale, max_abs_scale, L, y);
 }
 
 void quantize_row_q6_K_ref(const float *x, void *vy, int64_t k) {

@@ -74,7 +74,7 @@ void quantize_row_q4_1_ref(const float *x, void *vy, int64_t k) {
 }
 
 /* Q5: low nibbles as Q4, bit 4 of element j in bit j of the 32-bit qh word. */
-static void pack_q5(const uint8_t q[QK], uint8_t qs[QK / 2], uint8_t qh_bytes[4]) {
+void pack_q5(const uint8_t q[QK], uint8_t qs[QK / 2], uint8_t qh_bytes[4]) {
     uint32_t qh = 0;
     for (int j = 0; j < QK / 2; j++) {
         qs[j] = (uint8_t)((q[j] & 0x0F) | ((q[j + QK / 2] & 0x0F) << 4));
