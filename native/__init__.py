@@ -38,15 +38,19 @@ def row_size(type_id: int, n_per_row: int) -> int:
 _SRC_TYPE = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}
 
 
-def quantize(type_id: int, x: np.ndarray, nthreads: int | None = None, src_type: int | None = None) -> np.ndarray:
+def quantize(type_id: int, x: np.ndarray, nthreads: int | None = None, src_type: int | None = None,
+             imatrix: np.ndarray | None = None) -> np.ndarray:
     """Quantize the rows (last axis) of an F32, F16 or BF16 (uint16 with src_type=BF16) matrix with ggml's reference
-    algorithm; returns uint8 bytes shaped (rows, bytes per row). Raises NonFiniteError for NaN/Inf input."""
+    algorithm, or with `imatrix` (one float32 importance weight per column) as ggml quantizes with quant_weights (the
+    types whose ggml quantizer ignores them ignore them too); returns uint8 bytes shaped (rows, bytes per row).
+    Raises NonFiniteError for NaN/Inf input."""
     x = np.ascontiguousarray(x)
     src_type = _SRC_TYPE[x.dtype] if src_type is None else src_type
     n_per_row = x.shape[-1]
     nrows = x.size // n_per_row if n_per_row else 0
     out = np.empty((nrows, row_size(type_id, n_per_row)), dtype=np.uint8)
-    bad = _core.quantize(type_id, x, src_type, out, nrows, n_per_row, nthreads or default_threads())
+    qw = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    bad = _core.quantize(type_id, x, src_type, out, nrows, n_per_row, nthreads or default_threads(), qw)
     if bad:
         raise NonFiniteError(bad)
     return out

@@ -78,25 +78,29 @@ static int check_matrix(int type, long long nrows, long long n_per_row, const Py
     return 0;
 }
 
-/* quantize(type, src, src_type, dst, nrows, n_per_row, nthreads) -> number of NaN/Inf values found (0 = done) */
+/* quantize(type, src, src_type, dst, nrows, n_per_row, nthreads, imatrix=None) -> number of NaN/Inf values found
+   (0 = done); imatrix: n_per_row float32 importance weights */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
-    Py_buffer src, dst;
+    Py_buffer src, dst, qw = {0};
     int type, src_type, nthreads = 1;
     long long nrows, n_per_row;
-    if (!PyArg_ParseTuple(args, "iy*iw*LL|i", &type, &src, &src_type, &dst, &nrows, &n_per_row, &nthreads))
+    if (!PyArg_ParseTuple(args, "iy*iw*LL|iz*", &type, &src, &src_type, &dst, &nrows, &n_per_row, &nthreads, &qw))
         return NULL;
     PyObject *ret = NULL;
-    if (check_matrix(type, nrows, n_per_row, &src, type_size(src_type), &dst)) {
+    if (qw.buf && (size_t)qw.len != (size_t)n_per_row * sizeof(float)) {
+        PyErr_SetString(PyExc_ValueError, "the importance matrix must hold n_per_row float32 values");
+    } else if (check_matrix(type, nrows, n_per_row, &src, type_size(src_type), &dst)) {
         int64_t bad = 0;
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = tk_quantize_rows_from(type, src.buf, src_type, dst.buf, nrows, n_per_row, nthreads, &bad);
+        rc = tk_quantize_rows_imatrix(type, src.buf, src_type, dst.buf, nrows, n_per_row, nthreads, qw.buf, &bad);
         Py_END_ALLOW_THREADS
         if (rc == -3) PyErr_NoMemory();
         else ret = PyLong_FromLongLong(bad);
     }
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
+    if (qw.obj) PyBuffer_Release(&qw);
     return ret;
 }
 
@@ -394,8 +398,9 @@ static PyMethodDef methods[] = {
     {"convert", py_convert, METH_VARARGS,
      "convert(src, src_type, dst, dst_type, nthreads=1): convert elements between F32, F16 and BF16 (ggml type ids)."},
     {"quantize", py_quantize, METH_VARARGS,
-     "quantize(type, src, src_type, dst, nrows, n_per_row, nthreads=1): quantize F32/F16/BF16 rows with ggml's "
-     "reference algorithm; returns the number of NaN/Inf values found (nothing is trusted in dst then)."},
+     "quantize(type, src, src_type, dst, nrows, n_per_row, nthreads=1, imatrix=None): quantize F32/F16/BF16 rows "
+     "with ggml's reference algorithm (given importance weights, ggml's imatrix one); returns the number of "
+     "NaN/Inf values found (nothing is trusted in dst then)."},
     {"dequantize", py_dequantize, METH_VARARGS,
      "dequantize(type, src, dst_f32, nrows, n_per_row, nthreads=1): dequantize rows to f32."},
     {"type_traits", py_type_traits, METH_NOARGS, "{ggml type id: (name, block size, bytes per block)}"},

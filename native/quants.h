@@ -73,6 +73,14 @@ int tk_quantize_rows_from(int type, const void *src, int src_type, void *dst, in
                           int nthreads, int64_t *nonfinite);
 int tk_dequantize_rows(int type, const void *src, float *dst, int64_t nrows, int64_t n_per_row, int nthreads);
 
+/* Importance-matrix quantizers (quants_imatrix.c): one row of n elements with one weight per column in qw, as ggml's
+   quantize_*_impl with quant_weights. NULL for types whose ggml quantizer ignores the weights. */
+typedef void (*tk_quantize_row_imatrix_fn)(const float *x, void *y, int64_t n, const float *qw);
+tk_quantize_row_imatrix_fn tk_quantize_row_imatrix(int type);
+/* As tk_quantize_rows_from, each row quantized with the weights qw (n_per_row floats; NULL: as without them). */
+int tk_quantize_rows_imatrix(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
+                             int nthreads, const float *qw, int64_t *nonfinite);
+
 /* Legacy types (quants_legacy.c) */
 void quantize_row_q4_0_ref(const float *x, void *y, int64_t k);
 void quantize_row_q4_1_ref(const float *x, void *y, int64_t k);
@@ -217,6 +225,9 @@ void tk_vec_dot2_q4_0_q8_0_vnni(int64_t n, float *s, const void *x, size_t bx, c
 void tk_vec_dot2_q8_0_q8_0_vnni(int64_t n, float *s, const void *x, size_t bx, const void *y);
 void tk_vec_dot2_q4_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
+/* ARM64 kernels (dot_neon.c): the vec_dot for wtype at level 1 NEON or 2 dotprod and above (tk_arm_level), NULL when
+   there is none; bit for bit the scalar kernel's for the quantized types */
+tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level);
 /* AVX-VNNI present (and SIMD not forced off) */
 int tk_use_vnni(void);
 /* AVX512 F/VL/BW/VNNI present (and SIMD not forced off, TOOLKIT_NO_AVX512 unset) */

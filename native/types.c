@@ -49,6 +49,7 @@ struct rows_job {
     const struct tk_type_traits *t;
     const void *src;
     int src_type;           /* quantize: element type of src (F32, F16, BF16) */
+    const float *imatrix;   /* quantize: per-column importance weights, or NULL */
     void *dst;
     int64_t nrows, n_per_row;
     int quantize;
@@ -77,6 +78,8 @@ static void rows_run(void *p, int i, int n) {
     if (job->src_type != TK_F32 && !buf) { job->failed[i] = 1; return; }
     tk_quantize_row_fn quantize_row =
         job->t->quantize_row_simd && tk_use_simd() ? job->t->quantize_row_simd : job->t->quantize_row;
+    tk_quantize_row_imatrix_fn quantize_row_w =
+        job->imatrix ? tk_quantize_row_imatrix((int)(job->t - TRAITS)) : NULL;
     int64_t bad = 0;
     for (int64_t r = a; r < b; r++) {
         const void *src = (const char *)job->src + r * srow;
@@ -87,7 +90,8 @@ static void rows_run(void *p, int i, int n) {
             tk_convert(src, (enum tk_type)job->src_type, buf, TK_F32, (size_t)job->n_per_row, 1);
             x = buf;
         }
-        quantize_row(x, (char *)job->dst + r * qrow, job->n_per_row);
+        if (quantize_row_w) quantize_row_w(x, (char *)job->dst + r * qrow, job->n_per_row, job->imatrix);
+        else quantize_row(x, (char *)job->dst + r * qrow, job->n_per_row);
     }
     job->nonfinite[i] = bad;
     free(buf);
@@ -105,16 +109,21 @@ static int run_rows(struct rows_job *job, int nthreads) {
     return 0;
 }
 
-int tk_quantize_rows_from(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
-                          int nthreads, int64_t *nonfinite) {
+int tk_quantize_rows_imatrix(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
+                             int nthreads, const float *qw, int64_t *nonfinite) {
     if (src_type != TK_F32 && src_type != TK_F16 && src_type != TK_BF16) return -1;
-    struct rows_job job = {.t = tk_traits(type), .src = src, .src_type = src_type, .dst = dst, .nrows = nrows,
-                           .n_per_row = n_per_row, .quantize = 1};
+    struct rows_job job = {.t = tk_traits(type), .src = src, .src_type = src_type, .imatrix = qw, .dst = dst,
+                           .nrows = nrows, .n_per_row = n_per_row, .quantize = 1};
     int rc = run_rows(&job, nthreads);
     int64_t bad = 0;
     for (int i = 0; i < 256; i++) bad += job.nonfinite[i];
     if (nonfinite) *nonfinite = bad;
     return rc ? rc : bad ? -2 : 0;
+}
+
+int tk_quantize_rows_from(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
+                          int nthreads, int64_t *nonfinite) {
+    return tk_quantize_rows_imatrix(type, src, src_type, dst, nrows, n_per_row, nthreads, NULL, nonfinite);
 }
 
 int tk_quantize_rows(int type, const float *src, void *dst, int64_t nrows, int64_t n_per_row, int nthreads) {
