@@ -6,6 +6,7 @@ by name at run time.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -137,6 +138,23 @@ def kv_new(engine, n_ctx: int, type_id: int):
     return _core.kv_new(engine, n_ctx, type_id)
 
 
+@dataclass
+class Seq:
+    """One sequence of a batched forward pass (engine.h's struct tk_seq, read by name): int32 `tokens` at positions
+    pos0.. of the KV cache `kv`, their float32 `logits` (one row per token with all_logits, else the last token's)."""
+    kv: object
+    tokens: np.ndarray
+    pos0: int
+    logits: np.ndarray
+    all_logits: bool = False
+
+
+def forward_batch(engine, seqs: list[Seq], nthreads: int) -> None:
+    """Evaluate every sequence in one pass: the products once over all their tokens, each token attending to its own
+    sequence's cache only; each token's logits are the bits a pass of its own sequence alone gives."""
+    _core.forward_batch(engine, seqs, nthreads)
+
+
 def forward(engine, kv, tokens: np.ndarray, pos0: int, out: np.ndarray, all_logits: bool, nthreads: int) -> None:
     """Evaluate int32 `tokens` at positions pos0.. into `out` (float32 logits, one row per token or the last)."""
-    _core.forward(engine, kv, tokens, pos0, out, all_logits, nthreads)
+    forward_batch(engine, [Seq(kv, tokens, pos0, out, all_logits)], nthreads)

@@ -605,12 +605,15 @@ static void gelu_row(float *y, const float *x, int64_t n) {
 
 struct fwd {
     struct tk_engine *e;
-    struct tk_kv *kv;
-    const int32_t *tokens;
-    int64_t n, pos0;
-    float *logits;
-    int all_logits, simd;
-    const float *rope_ff;    /* the rope frequency factors of this cache's context (NULL: none) */
+    const struct tk_seq *seqs;
+    int nseq, simd;
+    /* the batch's tokens, every sequence's one after the other: token t is id tok[t] at position pos[t] of sequence
+       seq[t]; the logits rows are those of tokens out_tok[0..nout), written to out (n_vocab floats per row) */
+    int64_t n, nout, max_ctx;
+    const int32_t *tok, *seq;
+    const int64_t *pos, *out_tok;
+    float *out;
+    const float **rope_ff;   /* per sequence: the rope frequency factors of its cache's context (NULL: none) */
     struct tk_barrier bar;
     atomic_llong next_chunk[2]; /* chunk counters of the matmul steps (see matmuls) */
     float *x, *h, *q, *k, *v, *att, *f1, *f2, *scratch;
@@ -741,13 +744,13 @@ static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int
 }
 
 /* norm of x's row r into h, then h's segment converted for the next products */
-struct norm_ctx { const float *w, *b; const float *src; float *dst; int64_t src_row; };
+struct norm_ctx { const float *w, *b; const float *src; float *dst; const int64_t *src_rows; };
 
 static void norm_row(struct fwd *f, const struct acts *A, int64_t r, int64_t e0, int64_t e1, void *p) {
     const struct norm_ctx *c = p;
     const struct tk_hparams *hp = &f->e->hp;
     const int64_t d = hp->n_embd;
-    const float *x = c->src + (c->src_row >= 0 ? c->src_row : r) * d;
+    const float *x = c->src + (c->src_rows ? c->src_rows[r] : r) * d;
     float *y = c->dst + r * d;
     if (hp->norm == TK_NORM_RMS) {
         double sum = 0;
@@ -907,7 +910,7 @@ static void moe_ffn(struct fwd *f, const struct tk_layer *L, int ith, int nth, i
 
     struct mm router = {&L->gate_inp, NULL, f->router, ne, 0, n, 0};
     struct acts A = plan_acts(f->h, d, &router, 1);
-    struct norm_ctx nc = {L->ffn_norm, L->ffn_norm_b, f->x, f->h, -1};
+    struct norm_ctx nc = {L->ffn_norm, L->ffn_norm_b, f->x, f->h, NULL};
     for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
     tk_barrier_wait(bar, nth);
     matmuls(f, &A, &router, 1, ith, nth, step);
@@ -991,12 +994,12 @@ static void forward_task(void *p, int ith, int nth) {
         split_range(n, ith, nth, &a, &b);
         for (int64_t t = a; t < b; t++) {
             const struct tk_mat *te = &e->tok_embd;
-            tk_dequantize_rows(te->type, (const char *)te->data + (size_t)f->tokens[t] * te->row_bytes, f->x + t * d,
+            tk_dequantize_rows(te->type, (const char *)te->data + (size_t)f->tok[t] * te->row_bytes, f->x + t * d,
                                1, d, 1);
             if (hp->rope == TK_ROPE_NONE) {
                 float tmp[d];
                 const struct tk_mat *pe = &e->pos_embd;
-                tk_dequantize_rows(pe->type, (const char *)pe->data + (size_t)(f->pos0 + t) * pe->row_bytes, tmp, 1,
+                tk_dequantize_rows(pe->type, (const char *)pe->data + (size_t)f->pos[t] * pe->row_bytes, tmp, 1,
                                    d, 1);
                 for (int64_t i = 0; i < d; i++) f->x[t * d + i] += tmp[i];
             }
@@ -1021,7 +1024,7 @@ static void forward_task(void *p, int ith, int nth) {
         }
         /* q, k, v land side by side in f->q: [n][qd + 2 kvd] */
         struct acts A = plan_acts(f->h, d, qkv, nq);
-        struct norm_ctx nc = {L->attn_norm, L->attn_norm_b, f->x, f->h, -1};
+        struct norm_ctx nc = {L->attn_norm, L->attn_norm_b, f->x, f->h, NULL};
         for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
         tk_barrier_wait(bar, nth);
         matmuls(f, &A, qkv, nq, ith, nth, &step);
@@ -1041,8 +1044,9 @@ static void forward_task(void *p, int ith, int nth) {
                 if (hp->rope == TK_ROPE_NONE) continue;
                 if (t != cs_token) {
                     if (is_swa(hp, il))
-                        rope_cache(e, f->pos0 + t, e->rope_theta_scale_swa, hp->rope_freq_scale_swa, f->rope_ff, cs);
-                    else rope_cache(e, f->pos0 + t, e->rope_theta_scale, hp->rope_freq_scale, f->rope_ff, cs);
+                        rope_cache(e, f->pos[t], e->rope_theta_scale_swa, hp->rope_freq_scale_swa,
+                                   f->rope_ff[f->seq[t]], cs);
+                    else rope_cache(e, f->pos[t], e->rope_theta_scale, hp->rope_freq_scale, f->rope_ff[f->seq[t]], cs);
                     cs_token = t;
                 }
                 rope_vec(e, head, cs);
@@ -1051,8 +1055,9 @@ static void forward_task(void *p, int ith, int nth) {
             split_range(n, ith, nth, &a, &b);
             for (int64_t t = a; t < b; t++) {
                 const float *row = f->q + t * (qd + 2 * kvd);
-                store_kv(f->kv, f->kv->k, il, f->pos0 + t, row + qd);
-                store_kv(f->kv, f->kv->v, il, f->pos0 + t, row + qd + kvd);
+                struct tk_kv *kv = f->seqs[f->seq[t]].kv;
+                store_kv(kv, kv->k, il, f->pos[t], row + qd);
+                store_kv(kv, kv->v, il, f->pos[t], row + qd + kvd);
             }
         }
         tk_barrier_wait(bar, nth);
@@ -1061,11 +1066,11 @@ static void forward_task(void *p, int ith, int nth) {
         {
             int64_t a, b;
             split_range(n * H, ith, nth, &a, &b);
-            float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->kv->n_ctx + 32;
+            float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->max_ctx + 32;
             for (int64_t u = a; u < b; u++) {
-                const int64_t t = u / H, h = u % H, T = f->pos0 + t + 1;
+                const int64_t t = u / H, h = u % H, T = f->pos[t] + 1;
                 const int64_t first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
-                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->kv, il, h / (H / Hkv), hd, first, T, hp->attn_scale,
+                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->seqs[f->seq[t]].kv, il, h / (H / Hkv), hd, first, T, hp->attn_scale,
                        hp->attn_softcap, s, acc, f->att + t * qd + h * hd, f->simd);
             }
         }
@@ -1090,7 +1095,7 @@ static void forward_task(void *p, int ith, int nth) {
         if (hp->ffn != TK_FFN_GELU) up[nu++] = (struct mm){&L->gate, NULL, f->f1, nf, 0, n};
         up[nu++] = (struct mm){&L->up, L->b_up, f->f2, nf, 0, n};
         A = plan_acts(f->h, d, up, nu);
-        nc = (struct norm_ctx){L->ffn_norm, L->ffn_norm_b, f->x, f->h, -1};
+        nc = (struct norm_ctx){L->ffn_norm, L->ffn_norm_b, f->x, f->h, NULL};
         for_rows(f, &A, n, d, ith, nth, norm_row, &nc);
         tk_barrier_wait(bar, nth);
         matmuls(f, &A, up, nu, ith, nth, &step);
@@ -1105,11 +1110,11 @@ static void forward_task(void *p, int ith, int nth) {
         if (L->ffn_post_norm) post_norm_add(f, L->ffn_post_norm, ith, nth);
     }
 
-    /* output norm and logits, for the last token or all */
-    const int64_t nout = f->all_logits ? n : 1;
-    struct mm out = {&e->output, NULL, f->logits, hp->n_vocab, 0, nout};
+    /* output norm and logits, for the tokens that want them */
+    const int64_t nout = f->nout;
+    struct mm out = {&e->output, NULL, f->out, hp->n_vocab, 0, nout};
     struct acts A = plan_acts(f->h, d, &out, 1);
-    struct norm_ctx nc = {e->out_norm, e->out_norm_b, f->x, f->h, f->all_logits ? -1 : n - 1};
+    struct norm_ctx nc = {e->out_norm, e->out_norm_b, f->x, f->h, f->out_tok};
     for_rows(f, &A, nout, d, ith, nth, norm_row, &nc);
     tk_barrier_wait(bar, nth);
     matmuls(f, &A, &out, 1, ith, nth, &step);
@@ -1118,19 +1123,43 @@ static void forward_task(void *p, int ith, int nth) {
         tk_barrier_wait(bar, nth);
         int64_t a, b;
         split_range(nout * hp->n_vocab, ith, nth, &a, &b);
-        for (int64_t i = a; i < b; i++) f->logits[i] = tanhf(f->logits[i] * (1.0f / c)) * c;
+        for (int64_t i = a; i < b; i++) f->out[i] = tanhf(f->out[i] * (1.0f / c)) * c;
     }
+}
+
+/* The sequences' arguments, checked: each its own cache of this engine, positions inside it, tokens in the
+   vocabulary. Returns the batch's token count, or -1. */
+static int64_t check_seqs(const struct tk_engine *e, const struct tk_seq *seqs, int nseq) {
+    const struct tk_hparams *hp = &e->hp;
+    if (nseq < 1) return -1;
+    int64_t total = 0;
+    for (int s = 0; s < nseq; s++) {
+        const struct tk_seq *q = &seqs[s];
+        const struct tk_kv *kv = q->kv;
+        if (!kv || !q->tokens || q->n <= 0 || q->pos0 < 0 || q->pos0 > kv->n_ctx || q->n > kv->n_ctx - q->pos0 ||
+            kv->n_layer != hp->n_layer || kv->kv_dim != hp->n_head_kv * hp->head_dim)
+            return -1;
+        if (hp->rope == TK_ROPE_NONE && q->pos0 + q->n > e->pos_embd.rows) return -1;
+        for (int r = 0; r < s; r++)
+            if (seqs[r].kv == kv) return -1;  /* two sequences writing one cache */
+        for (int64_t t = 0; t < q->n; t++)
+            if (q->tokens[t] < 0 || q->tokens[t] >= hp->n_vocab) return -1;
+        if (q->n > TK_MAX_BATCH - total) return -1;
+        total += q->n;
+    }
+    return total;
 }
 
 int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
                       float *logits, int all_logits, int nthreads) {
+    const struct tk_seq seq = {kv, tokens, n, pos0, logits, all_logits};
+    return tk_engine_forward_batch(e, &seq, 1, nthreads);
+}
+
+int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int nseq, int nthreads) {
     const struct tk_hparams *hp = &e->hp;
-    if (n <= 0 || pos0 < 0 || pos0 > kv->n_ctx || n > kv->n_ctx - pos0 || kv->n_layer != hp->n_layer ||
-        kv->kv_dim != hp->n_head_kv * hp->head_dim)
-        return -1;
-    for (int64_t t = 0; t < n; t++)
-        if (tokens[t] < 0 || tokens[t] >= hp->n_vocab) return -1;
-    if (hp->rope == TK_ROPE_NONE && pos0 + n > e->pos_embd.rows) return -1;
+    const int64_t n = check_seqs(e, seqs, nseq);
+    if (n < 0) return -1;
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
     const int64_t d = hp->n_embd, qd = hp->n_head * hp->head_dim, kvd = hp->n_head_kv * hp->head_dim;
@@ -1140,57 +1169,83 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
     if (d > widest) widest = d;
     if (fe > widest) widest = fe;
     const int64_t nf = hp->n_ff;
-    struct fwd f = {.e = e, .kv = kv, .tokens = tokens, .n = n, .pos0 = pos0, .logits = logits,
-                    .all_logits = all_logits, .simd = tk_use_simd()};
-    /* LongRoPE: the long factors once the context exceeds the trained one, as llama.cpp picks them by n_ctx */
-    f.rope_ff = e->rope_freqs ? e->rope_freqs : kv->n_ctx > hp->n_ctx_orig ? e->rope_long : e->rope_short;
-    f.scratch_per_thread = kv->n_ctx + 32 + 32 * hp->head_dim;
+    int64_t nout = 0, max_ctx = 0;
+    for (int s = 0; s < nseq; s++) {
+        nout += seqs[s].all_logits ? seqs[s].n : 1;
+        if (seqs[s].kv->n_ctx > max_ctx) max_ctx = seqs[s].kv->n_ctx;
+    }
+    struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd(), .n = n, .nout = nout,
+                    .max_ctx = max_ctx};
+    f.scratch_per_thread = max_ctx + 32 + 32 * hp->head_dim;
     if (f.scratch_per_thread < ne + 8) f.scratch_per_thread = ne + 8;  /* a token's router probabilities */
     const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf + ne + k) +
                           (size_t)nk * (size_t)(2 * d + 2 * fe) + (size_t)nthreads * (size_t)f.scratch_per_thread;
     float *mem = malloc(sizeof(float) * floats);
-    int32_t *ints = malloc(sizeof(int32_t) * (size_t)(3 * nk + 1));
-    f.estart = malloc(sizeof(int64_t) * (size_t)(ne + 1));
+    int32_t *ints = malloc(sizeof(int32_t) * (size_t)(3 * nk + 2 * n + 1));
+    int64_t *longs = malloc(sizeof(int64_t) * (size_t)(ne + 1 + 2 * n));
+    const float **ff = malloc(sizeof(float *) * (size_t)nseq);
+    /* one sequence writes its logits in place; several share a buffer, copied out at the end */
+    float *out = nseq == 1 ? seqs[0].logits : malloc(sizeof(float) * (size_t)nout * (size_t)hp->n_vocab);
     /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16, for every
        token (every token-expert pair in expert layers) */
     f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + 64);
     f.work_size = tk_matmul_work(widest);
     f.work = malloc(f.work_size * (size_t)nthreads);
-    int ok = mem != NULL && ints != NULL && f.estart != NULL && f.work != NULL;
+    int ok = mem != NULL && ints != NULL && longs != NULL && ff != NULL && out != NULL && f.work != NULL;
     for (int j = 0; j < MAX_ACT; j++) ok = ok && (f.act_buf[j] = malloc(f.act_cap)) != NULL;
-    if (!ok) {
-        free(mem);
-        free(ints);
-        free(f.estart);
-        free(f.work);
-        for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
-        return -3;
+    if (ok) {
+        float *p = mem;
+        f.x = p; p += n * d;
+        f.h = p; p += n * d;
+        f.q = p; p += n * (qd + 2 * kvd);
+        f.att = p; p += n * qd;
+        f.f1 = p; p += n * nf;
+        f.f2 = p; p += n * nf;
+        f.router = p; p += n * ne;
+        f.wgt = p; p += n * k;
+        f.xe = p; p += nk * d;
+        f.ye = p; p += nk * d;
+        f.e1 = p; p += nk * fe;
+        f.e2 = p; p += nk * fe;
+        f.scratch = p;
+        f.sel = ints;
+        f.pair_row = ints + nk;
+        f.row_token = ints + 2 * nk;
+        int32_t *tok = ints + 3 * nk, *seq = tok + n;
+        f.estart = longs;
+        int64_t *pos = longs + ne + 1, *out_tok = pos + n;
+        int64_t t = 0, o = 0;
+        for (int s = 0; s < nseq; s++) {
+            const struct tk_seq *q = &seqs[s];
+            /* LongRoPE: the long factors once the context exceeds the trained one, as llama.cpp picks them by n_ctx */
+            ff[s] = e->rope_freqs ? e->rope_freqs : q->kv->n_ctx > hp->n_ctx_orig ? e->rope_long : e->rope_short;
+            for (int64_t i = 0; i < q->n; i++, t++) {
+                tok[t] = q->tokens[i];
+                seq[t] = s;
+                pos[t] = q->pos0 + i;
+                if (q->all_logits || i == q->n - 1) out_tok[o++] = t;
+            }
+        }
+        f.tok = tok, f.seq = seq, f.pos = pos, f.out_tok = out_tok, f.out = out, f.rope_ff = ff;
+        tk_barrier_init(&f.bar);
+        atomic_init(&f.next_chunk[0], 0);
+        atomic_init(&f.next_chunk[1], 0);
+        tk_parallel(forward_task, &f, nthreads);
+        if (nseq > 1) {
+            const float *src = out;
+            for (int s = 0; s < nseq; s++) {
+                const size_t rows = (size_t)(seqs[s].all_logits ? seqs[s].n : 1);
+                memcpy(seqs[s].logits, src, sizeof(float) * rows * (size_t)hp->n_vocab);
+                src += rows * (size_t)hp->n_vocab;
+            }
+        }
     }
-    float *p = mem;
-    f.x = p; p += n * d;
-    f.h = p; p += n * d;
-    f.q = p; p += n * (qd + 2 * kvd);
-    f.att = p; p += n * qd;
-    f.f1 = p; p += n * nf;
-    f.f2 = p; p += n * nf;
-    f.router = p; p += n * ne;
-    f.wgt = p; p += n * k;
-    f.xe = p; p += nk * d;
-    f.ye = p; p += nk * d;
-    f.e1 = p; p += nk * fe;
-    f.e2 = p; p += nk * fe;
-    f.scratch = p;
-    f.sel = ints;
-    f.pair_row = ints + nk;
-    f.row_token = ints + 2 * nk;
-    tk_barrier_init(&f.bar);
-    atomic_init(&f.next_chunk[0], 0);
-    atomic_init(&f.next_chunk[1], 0);
-    tk_parallel(forward_task, &f, nthreads);
     free(mem);
     free(ints);
-    free(f.estart);
+    free(longs);
+    free(ff);
+    if (nseq > 1) free(out);
     free(f.work);
     for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
-    return 0;
+    return ok ? 0 : -3;
 }

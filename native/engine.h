@@ -64,4 +64,22 @@ int64_t tk_kv_size(const struct tk_kv *kv);
 int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *tokens, int64_t n, int64_t pos0,
                       float *logits, int all_logits, int nthreads);
 
+/* One sequence of a batch: tokens[0..n) at positions pos0.. of its own cache kv, its logits as tk_engine_forward
+   gives them. */
+struct tk_seq {
+    struct tk_kv *kv;
+    const int32_t *tokens;
+    int64_t n, pos0;
+    float *logits;
+    int all_logits;
+};
+
+/* Most tokens one batch takes (all sequences together). */
+#define TK_MAX_BATCH ((int64_t)1 << 20)
+
+/* Several sequences in one pass: the matrix products run once over all their tokens (each token's result is the
+   same bits as in a pass of its own), every token attends only to its own sequence's cache. Two sequences may not
+   share a cache. Returns as tk_engine_forward. */
+int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int nseq, int nthreads);
+
 #endif

@@ -352,32 +352,81 @@ static PyObject *py_kv_new(PyObject *self, PyObject *args) {
     return PyCapsule_New(kv, "tk_kv", kv_destroy);
 }
 
-/* forward(engine, kv, tokens_int32, pos0, logits_f32, all_logits, nthreads) */
-static PyObject *py_forward(PyObject *self, PyObject *args) {
-    PyObject *ecap, *kcap;
-    Py_buffer tok, out;
-    long long pos0;
-    int all, nthreads;
-    if (!PyArg_ParseTuple(args, "OOy*Lw*pi", &ecap, &kcap, &tok, &pos0, &out, &all, &nthreads)) return NULL;
-    PyObject *ret = NULL;
-    struct tk_engine *e = PyCapsule_GetPointer(ecap, "tk_engine");
-    struct tk_kv *kv = e ? PyCapsule_GetPointer(kcap, "tk_kv") : NULL;
-    const int64_t n = tok.len / 4;
-    if (!e || !kv) {
-        /* error set by PyCapsule_GetPointer */
-    } else if (!PyBuffer_IsContiguous(&tok, 'C') || !PyBuffer_IsContiguous(&out, 'C') || tok.len % 4) {
+/* One sequence of forward_batch, read from an object by attribute name (runtime's native.Seq): kv (capsule), tokens
+   (contiguous int32), pos0, logits (contiguous float32, writable), all_logits. Buffers are released by release_seq. */
+struct seq_bufs { Py_buffer tok, out; int have_tok, have_out; };
+
+static int get_attr_ll(PyObject *o, const char *name, long long *v) {
+    PyObject *a = PyObject_GetAttrString(o, name);
+    if (!a) return -1;
+    *v = PyLong_AsLongLong(a);
+    Py_DECREF(a);
+    return *v == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int read_seq(PyObject *o, const struct tk_engine *e, struct tk_seq *q, struct seq_bufs *b) {
+    long long pos0, all;
+    PyObject *kcap = PyObject_GetAttrString(o, "kv");
+    if (!kcap) return -1;
+    q->kv = PyCapsule_GetPointer(kcap, "tk_kv");
+    Py_DECREF(kcap);  /* the sequence object keeps the capsule alive */
+    if (!q->kv || get_attr_ll(o, "pos0", &pos0) || get_attr_ll(o, "all_logits", &all)) return -1;
+    PyObject *tok = PyObject_GetAttrString(o, "tokens");
+    if (!tok) return -1;
+    b->have_tok = PyObject_GetBuffer(tok, &b->tok, PyBUF_C_CONTIGUOUS) == 0;
+    Py_DECREF(tok);
+    if (!b->have_tok) return -1;
+    PyObject *out = PyObject_GetAttrString(o, "logits");
+    if (!out) return -1;
+    b->have_out = PyObject_GetBuffer(out, &b->out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) == 0;
+    Py_DECREF(out);
+    if (!b->have_out) return -1;
+    const int64_t n = b->tok.len / 4;
+    if (b->tok.len % 4 || b->tok.itemsize != 4 || b->out.itemsize != 4) {
         PyErr_SetString(PyExc_ValueError, "tokens must be contiguous int32, logits contiguous float32");
-    } else if ((size_t)out.len < sizeof(float) * (size_t)((all ? n : 1) * tk_engine_vocab(e))) {
+        return -1;
+    }
+    if ((size_t)b->out.len < sizeof(float) * (size_t)((all ? n : 1) * tk_engine_vocab(e))) {
         PyErr_SetString(PyExc_ValueError, "logits buffer too small");
-    } else {
+        return -1;
+    }
+    *q = (struct tk_seq){q->kv, b->tok.buf, n, pos0, b->out.buf, all != 0};
+    return 0;
+}
+
+static void release_seq(struct seq_bufs *b) {
+    if (b->have_tok) PyBuffer_Release(&b->tok);
+    if (b->have_out) PyBuffer_Release(&b->out);
+}
+
+/* forward_batch(engine, [seq, ...], nthreads): every sequence's tokens in one pass (engine.h) */
+static PyObject *py_forward_batch(PyObject *self, PyObject *args) {
+    PyObject *ecap, *list;
+    int nthreads;
+    if (!PyArg_ParseTuple(args, "OO!i", &ecap, &PyList_Type, &list, &nthreads)) return NULL;
+    struct tk_engine *e = PyCapsule_GetPointer(ecap, "tk_engine");
+    if (!e) return NULL;
+    const Py_ssize_t ns = PyList_GET_SIZE(list);
+    if (ns < 1 || ns > 4096) {
+        PyErr_SetString(PyExc_ValueError, "forward_batch takes 1 to 4096 sequences");
+        return NULL;
+    }
+    struct tk_seq *seqs = PyMem_Calloc((size_t)ns, sizeof *seqs);
+    struct seq_bufs *bufs = PyMem_Calloc((size_t)ns, sizeof *bufs);
+    PyObject *ret = NULL;
+    int ok = seqs && bufs;
+    if (!ok) PyErr_NoMemory();
+    for (Py_ssize_t i = 0; ok && i < ns; i++) ok = read_seq(PyList_GET_ITEM(list, i), e, &seqs[i], &bufs[i]) == 0;
+    if (ok) {
         int rc;
         Py_BEGIN_ALLOW_THREADS
-        rc = tk_engine_forward(e, kv, tok.buf, n, pos0, out.buf, all, nthreads);
+        rc = tk_engine_forward_batch(e, seqs, (int)ns, nthreads);
         Py_END_ALLOW_THREADS
-        ret = none_or_error(rc, "bad forward arguments (tokens, positions or context)");
+        ret = none_or_error(rc, "bad forward arguments (tokens, positions or caches)");
     }
-    PyBuffer_Release(&tok);
-    PyBuffer_Release(&out);
+    for (Py_ssize_t i = 0; bufs && i < ns; i++) release_seq(&bufs[i]);
+    PyMem_Free(seqs);
+    PyMem_Free(bufs);
     return ret;
 }
 
@@ -419,8 +468,9 @@ static PyMethodDef methods[] = {
      "engine_new(kinds, sizes, floats, tensors) -> engine: the forward pass over memory-mapped GGUF tensors given as "
      "(name, address, nbytes, type, rows, cols); the caller keeps that memory alive."},
     {"kv_new", py_kv_new, METH_VARARGS, "kv_new(engine, n_ctx, type) -> KV cache (F32 or F16)."},
-    {"forward", py_forward, METH_VARARGS,
-     "forward(engine, kv, tokens_i32, pos0, logits_f32, all_logits, nthreads): evaluate tokens at positions pos0..."},
+    {"forward_batch", py_forward_batch, METH_VARARGS,
+     "forward_batch(engine, [seq, ...], nthreads): sequences (attributes kv, tokens_i32, pos0, logits_f32, "
+     "all_logits) evaluated in one pass, each against its own cache."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -13,6 +12,7 @@ import numpy as np
 import native
 from runtime.arch import build
 from runtime.arch.base import kv_cache_bytes
+from runtime.batching import Batcher
 from runtime.grammar import Grammar, GrammarConstraint
 from runtime.model import HParams, Model
 from runtime.sampling import Sampler, SamplingParams
@@ -133,11 +133,12 @@ class Session:
         self.cache = self.net.new_cache(n_ctx, cache_type)
         self.tokens: list[int] = []
         self.timings = Timings(load_ms=(time.perf_counter() - t0) * 1000.0)
-        self._lock = threading.Lock()   # one forward pass at a time on the shared weights and threads
+        # the forward passes of this session and of its slots (new_slot), batched together when they coincide
+        self.batcher = Batcher(self.net, n_ubatch=n_batch)
 
     def new_slot(self, n_ctx: int | None = None) -> "Session":
         """Another context on the same loaded model (its own KV cache, tokens and timings), as a server slot.
-        Sessions made this way may be used from different threads; their forward passes take turns."""
+        Sessions made this way may be used from different threads; their forward passes run batched together."""
         slot = object.__new__(Session)
         slot.__dict__.update(self.__dict__)
         slot.n_ctx = n_ctx or self.n_ctx
@@ -156,6 +157,18 @@ class Session:
         self.cache.truncate(n)
         del self.tokens[n:]
 
+    def reuse_prefix(self, prompt: list[int]) -> int:
+        """Keep the longest prefix of the context that `prompt` starts with (llama.cpp's cache_prompt), but not the
+        whole prompt: its last token is evaluated again for the logits. Returns the tokens kept; the caller evaluates
+        prompt[kept:]."""
+        kept = 0
+        for a, b in zip(self.tokens, prompt[:-1]):
+            if a != b:
+                break
+            kept += 1
+        self.rewind(kept)
+        return kept
+
     def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
         """Evaluate tokens after those already in the context, in batches of n_batch; the last (or all) logits."""
         if len(self.tokens) + len(tokens) > self.n_ctx:
@@ -167,8 +180,7 @@ class Session:
         outs = []
         for i in range(0, len(tokens), self.n_batch):
             batch = tokens[i:i + self.n_batch]
-            with self._lock:
-                outs.append(self.net.forward(batch, self.cache, all_logits=all_logits))
+            outs.append(self.batcher.forward(batch, self.cache, all_logits=all_logits))
             self.tokens.extend(batch)
         ms = (time.perf_counter() - t0) * 1000.0
         if len(tokens) > 1:
@@ -198,6 +210,10 @@ class Session:
         `grammar` is complete and allows nothing but end-of-generation."""
         sampler = sampler or Sampler(params)
         constraint = GrammarConstraint(grammar, self.tokenizer) if grammar is not None else None
+        with self.batcher.member(self.cache):
+            yield from self._steps(prompt, n_predict, sampler, ignore_eos, constraint, start)
+
+    def _steps(self, prompt, n_predict, sampler, ignore_eos, constraint, start) -> Iterator["Step"]:
         logits = start if start is not None else self.eval(prompt) if prompt else None
         produced = 0
         while logits is not None and (n_predict < 0 or produced < n_predict) and len(self.tokens) < self.n_ctx:

@@ -380,7 +380,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         tokens = await user_input(engine.prompt, prompt) if isinstance(prompt, str) else prompt
         check_fits(tokens, body.max_tokens, "max_tokens")
         req = GenRequest(tokens, body.max_tokens or -1, params(body, body.seed), stops(body.stop),
-                         grammar=openai_grammar(body), n_probs=completion_top(body), n=body.n)
+                         grammar=openai_grammar(body), n_probs=completion_top(body), n=body.n,
+                         cache_prompt=body.cache_prompt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("text", engine.tokenizer, len(prompt) if isinstance(prompt, str) else 0)
         return await generate(request, req, Shape(cfg.name, "text", include_usage, probs if req.n_probs is not None
@@ -396,7 +397,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         n_predict = body.max_completion_tokens or body.max_tokens
         check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop),
-                         grammar=openai_grammar(body), n_probs=chat_top(body), n=body.n)
+                         grammar=openai_grammar(body), n_probs=chat_top(body), n=body.n,
+                         cache_prompt=body.cache_prompt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("chat", engine.tokenizer) if req.n_probs is not None else None
         return await generate(request, req, Shape(cfg.name, "chat", include_usage, probs, body.n), body.stream)
@@ -411,7 +413,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
             text = engine.tokenizer.decode(tokens)
         check_fits(tokens, body.n_predict, "n_predict")
         req = GenRequest(tokens, body.n_predict, params(body, body.seed), stops(body.stop), body.ignore_eos,
-                         grammar=llama_grammar(body), n_probs=body.n_probs or None)
+                         grammar=llama_grammar(body), n_probs=body.n_probs or None, cache_prompt=body.cache_prompt)
         seed = body.seed if body.seed >= 0 else cfg.seed
         probs = ProbsFormat("llama", engine.tokenizer) if body.n_probs else None
         return await generate(request, req, LlamaShape(cfg.name, body, text, engine.n_ctx, seed, probs), body.stream)

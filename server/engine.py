@@ -40,6 +40,7 @@ class GenRequest:
     grammar: Grammar | None = None      # constrained sampling (runtime.structured)
     n_probs: int | None = None          # log-probabilities of each token and its n_probs most likely (None: off)
     n: int = 1                          # choices: continuations of the prompt, evaluated once
+    cache_prompt: bool = True           # reuse the slot's KV cache for the prompt's common prefix
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Piece:
 class GenResult:
     stop_type: str                      # llama.cpp's: "eos", "word", "limit"; ours: "cancelled"
     stopping_word: str
-    n_prompt: int
+    n_prompt: int                       # the prompt's tokens
     n_predicted: int
     prompt_ms: float                    # from the start to the first sampled token (prompt evaluation)
     predicted_ms: float                 # from the first sampled token to the last: n_predicted - 1 steps
@@ -63,6 +64,7 @@ class GenResult:
     index: int = 0                                            # the choice
     text: str = ""                                            # the choice's whole text
     choices: list["GenResult"] = field(default_factory=list)  # with n > 1: each choice's result
+    n_cached: int = 0                                         # prompt tokens taken from the slot's cache
 
     @property
     def finish_reason(self) -> str:
@@ -77,9 +79,10 @@ class GenResult:
         """llama.cpp's `timings` object."""
         def per(ms, n):
             return (ms / n if n else 0.0), (1000.0 * n / ms if ms > 0 else 0.0)
-        ppt, pps = per(self.prompt_ms, self.n_prompt)
+        n_eval = self.n_prompt - self.n_cached  # what was really evaluated
+        ppt, pps = per(self.prompt_ms, n_eval)
         gpt, gps = per(self.predicted_ms, max(self.n_predicted - 1, 0))
-        return {"prompt_n": self.n_prompt, "prompt_ms": self.prompt_ms, "prompt_per_token_ms": ppt,
+        return {"prompt_n": n_eval, "prompt_ms": self.prompt_ms, "prompt_per_token_ms": ppt,
                 "prompt_per_second": pps, "predicted_n": self.n_predicted, "predicted_ms": self.predicted_ms,
                 "predicted_per_token_ms": gpt, "predicted_per_second": gps}
 
@@ -97,16 +100,27 @@ def choice_params(params: SamplingParams, index: int) -> SamplingParams:
 
 
 def generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancelled: Callable[[], bool]) -> GenResult:
-    """Run one request on a slot (on a worker thread): the prompt is evaluated once, then each of the n choices
-    continues it (the context rewound to the prompt, whose KV entries stay). Text pieces (with their tokens'
-    log-probabilities when asked) go to `emit` as they are decoded; stop strings as runtime.stops.StopScanner handles
-    them. `cancelled` is polled between tokens. The result: the one choice's, or for n > 1 their sum with each
-    choice's own in `choices`."""
+    """Run one request on a slot (on a worker thread): the prompt is evaluated once — after the prefix it shares with
+    the slot's previous context, kept in the cache (cache_prompt) — then each of the n choices continues it (the
+    context rewound to the prompt, whose KV entries stay). The slot's forward passes are batched with the other
+    slots' (runtime.batching). Text pieces (with their tokens' log-probabilities when asked) go to `emit` as they are
+    decoded; stop strings as runtime.stops.StopScanner handles them. `cancelled` is polled between tokens. The
+    result: the one choice's, or for n > 1 their sum with each choice's own in `choices`."""
     session = slot.session
-    session.reset()
+    with session.batcher.member(session.cache):
+        return _generate(slot, req, emit, cancelled)
+
+
+def _generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancelled: Callable[[], bool]) -> GenResult:
+    session = slot.session
+    if req.cache_prompt:
+        cached = session.reuse_prefix(req.prompt)
+    else:
+        session.reset()
+        cached = 0
     session.timings = Timings()
     t0 = time.perf_counter()
-    logits = session.eval(req.prompt)
+    logits = session.eval(req.prompt[cached:])
     t_prompt = time.perf_counter()
     results = []
     for index in range(req.n):
@@ -116,12 +130,12 @@ def generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancell
             break
     prompt_ms = (t_prompt - t0) * 1000.0
     if len(results) == 1:
-        return replace(results[0], prompt_ms=prompt_ms + results[0].prompt_ms)
+        return replace(results[0], prompt_ms=prompt_ms + results[0].prompt_ms, n_cached=cached)
     last = results[-1]
     return GenResult(stop_type=last.stop_type, stopping_word=last.stopping_word, n_prompt=len(req.prompt),
                      n_predicted=sum(r.n_predicted for r in results), prompt_ms=prompt_ms,
                      predicted_ms=sum(r.prompt_ms + r.predicted_ms for r in results), slot_id=slot.id,
-                     choices=results)
+                     choices=results, n_cached=cached)
 
 
 def _one_choice(slot: Slot, req: GenRequest, index: int, logits, emit: Callable[[Piece], None],
@@ -227,6 +241,19 @@ class Engine:
                 return
         self._free.append(slot)
 
+    def _best_slot(self, held: Slot, prompt: list[int]) -> Slot:
+        """The slot for a prompt: of the one it was handed and the free ones, the one whose cached context shares the
+        longest prefix with it (the held slot when none shares more); the other goes back to the free ones."""
+        def shared(slot: Slot) -> int:
+            return next((i for i, (a, b) in enumerate(zip(slot.session.tokens, prompt)) if a != b),
+                        min(len(slot.session.tokens), len(prompt)))
+        best = max(self._free, key=shared, default=held)
+        if shared(best) <= shared(held):
+            return held
+        self._free.remove(best)
+        self._free.append(held)
+        return best
+
     def _abandon(self, fut: asyncio.Future) -> None:
         """A request leaves before its job started: give back the slot it was handed, or its place in the queue."""
         if fut.done() and not fut.cancelled():
@@ -291,6 +318,8 @@ class Ticket:
         slot = await self._fut
         if self.closed:
             return
+        if req.cache_prompt:
+            slot = self.engine._best_slot(slot, req.prompt)
         self.job = Job(self.engine, slot, req)
         self.engine._jobs.add(self.job)
         self.engine._executor.submit(self.job.run)

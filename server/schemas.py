@@ -68,6 +68,8 @@ class Sampling(Body):
                                   'bias or false], ...]')
     response_format: dict | None = Field(None, description='{"type": "text" | "json_object" | "json_schema", '
                                          '"json_schema": {"schema": {...}}}')
+    cache_prompt: bool = Field(True, description="reuse the KV cache of the slot's previous request for the prompt's "
+                               "common prefix (llama.cpp's default); false evaluates the whole prompt")
 
 
 class StreamOptions(Body):

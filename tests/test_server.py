@@ -170,7 +170,8 @@ def test_openai_client_errors(server, oai):
 # -- llama.cpp's native routes ----------------------------------------------------------------------------------------
 def test_completion_native(server, expected):
     with server.client() as c:
-        r = c.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0, "seed": SEED})
+        r = c.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0, "seed": SEED,
+                                        "cache_prompt": False})
         assert r.status_code == 200
         body = r.json()
         assert body["content"] == expected["greedy48"]
@@ -178,6 +179,10 @@ def test_completion_native(server, expected):
         assert body["tokens_predicted"] == 48 and body["tokens_evaluated"] == 5
         t = body["timings"]
         assert t["predicted_n"] == 48 and t["prompt_n"] == 5 and t["predicted_per_second"] > 0
+        # the same prompt again: only its last token is evaluated (the rest is in the slot's cache), same text
+        again = c.post("/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0}).json()
+        assert again["content"] == expected["greedy48"] and again["timings"]["prompt_n"] == 1
+        assert again["tokens_evaluated"] == 5
         assert body["generation_settings"]["n_ctx"] == N_CTX and body["model"] == NAME
 
         with c.stream("POST", "/completion", json={"prompt": PROMPT, "n_predict": 48, "temperature": 0,

@@ -77,11 +77,19 @@ class Transformer:
 
     def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run `tokens` at positions cache.n.. ; returns logits [n, vocab] (or [1, vocab] for the last token)."""
-        n, pos0 = len(tokens), cache.n
-        if pos0 + n > cache.n_ctx:
-            raise ValueError(f"context full: {pos0} + {n} tokens > n_ctx {cache.n_ctx}")
-        ids = np.ascontiguousarray(tokens, dtype=np.int32)
-        out = np.empty((n if all_logits else 1, self.hp.n_vocab), dtype=np.float32)
-        native.forward(self.engine, cache.kv, ids, pos0, out, all_logits, self.nthreads)
-        cache.n = pos0 + n
-        return out
+        return self.forward_batch([(tokens, cache, all_logits)])[0]
+
+    def forward_batch(self, batch: list[tuple[list[int], KVCache, bool]]) -> list[np.ndarray]:
+        """Several sequences in one native pass, each (tokens, its own cache, all_logits) as `forward` takes them; the
+        products read the weights once for all, and each sequence's logits are the bits `forward` alone gives."""
+        seqs = []
+        for tokens, cache, all_logits in batch:
+            n, pos0 = len(tokens), cache.n
+            if pos0 + n > cache.n_ctx:
+                raise ValueError(f"context full: {pos0} + {n} tokens > n_ctx {cache.n_ctx}")
+            out = np.empty((n if all_logits else 1, self.hp.n_vocab), dtype=np.float32)
+            seqs.append(native.Seq(cache.kv, np.ascontiguousarray(tokens, dtype=np.int32), pos0, out, all_logits))
+        native.forward_batch(self.engine, seqs, self.nthreads)
+        for (tokens, cache, _), seq in zip(batch, seqs):
+            cache.n = seq.pos0 + len(tokens)
+        return [seq.logits for seq in seqs]
