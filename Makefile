@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install oracle native test test-sanitize fuzz demo bench lint clean
+.PHONY: install oracle native test test-sanitize test-kernels test-arm64 fuzz demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -107,6 +107,30 @@ test-sanitize: install
 	cp native/*.py $(SAN_DIR)/native/
 	$(SAN_PYTEST) $(SAN_KERNELS) $(SAN_FORWARD)
 	TOOLKIT_FORCE_SCALAR=1 $(SAN_PYTEST) $(SAN_KERNELS)
+
+# The native core's kernel checks without Python (tests/native/kernel_check.c): every SIMD kernel at every
+# instruction-set level the CPU has against the scalar reference (see the file). test-kernels builds and runs it on
+# this machine; test-arm64 cross-compiles it for ARM64 (static, Debian's gcc-aarch64-linux-gnu; apt-get installs it
+# and qemu-user when missing) and runs it under qemu-aarch64 twice: -cpu max (NEON, dotprod, i8mm: all three levels)
+# and -cpu cortex-a53 (ARMv8.0: the NEON baseline alone). Same flags as setup.py's (no FP contraction).
+KC_CFLAGS  := -std=c11 -O2 -ffp-contract=off -fno-math-errno -Wall -Wno-unused-function -Inative
+KC_SOURCES  = tests/native/kernel_check.c $(filter-out native/module.c,$(wildcard native/*.c))
+ARM64_CC   ?= aarch64-linux-gnu-gcc
+QEMU_ARM64 ?= qemu-aarch64
+ARM64_CPUS ?= max cortex-a53
+
+test-kernels:
+	mkdir -p build/native
+	$(CC) $(KC_CFLAGS) $(KC_SOURCES) -lm -pthread -o build/native/kernel_check
+	build/native/kernel_check
+
+test-arm64:
+	command -v $(ARM64_CC) >/dev/null && command -v $(QEMU_ARM64) >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
+	mkdir -p build/arm64
+	$(ARM64_CC) -static $(KC_CFLAGS) $(KC_SOURCES) -lm -pthread -o build/arm64/kernel_check
+	for cpu in $(ARM64_CPUS); do echo "== qemu-aarch64 -cpu $$cpu"; \
+		$(QEMU_ARM64) -cpu $$cpu build/arm64/kernel_check || exit 1; done
 
 # Issue 18's fuzz targets, each for FUZZ_SECONDS: atheris on the Python readers (tests/fuzz/fuzz_python.py: GGUF,
 # safetensors, config.json, tokenizer.json, the model loader with the engine) from seed corpora written from the tiny

@@ -1,4 +1,5 @@
-/* F32 / F16 / BF16 element conversion: scalar reference plus an F16C/AVX2 path chosen at run time. */
+/* F32 / F16 / BF16 element conversion: scalar reference plus an F16C/AVX2 (x86) or NEON (ARM64, convert_neon.c) path
+   chosen at run time; the run-time choice of instruction-set level for all kernels. */
 #include <stdlib.h>
 #include <string.h>
 #include "core.h"
@@ -9,11 +10,23 @@
 #define TK_X86 1
 #endif
 
+#if defined(__aarch64__)
+#define TK_ARM64 1
+#if defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+#else
+#define TK_ARM64 0
+#endif
+
 static int force_scalar = -1;
 
 void tk_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
 
-/* highest instruction-set level the kernels may use: 1 AVX2, 2 + AVX-VNNI, 3 + AVX512-VNNI (tests lower it) */
+/* highest instruction-set level the kernels may use (tests lower it): 1 AVX2, 2 + AVX-VNNI, 3 + AVX512-VNNI on x86;
+   1 NEON, 2 + dotprod, 3 + i8mm on ARM64 */
 static int isa_limit = 3;
 
 void tk_set_isa_limit(int level) { isa_limit = level < 1 ? 1 : level > 3 ? 3 : level; }
@@ -26,7 +39,37 @@ static int scalar_forced(void) {
     return force_scalar;
 }
 
-int tk_use_simd(void) { return !scalar_forced() && tk_cpu_has_f16c(); }
+/* ARM64: NEON is part of every ARM64 CPU, so the SIMD paths are always there */
+int tk_use_simd(void) { return !scalar_forced() && (TK_ARM64 || tk_cpu_has_f16c()); }
+
+#if TK_ARM64
+/* 1 NEON, 2 + dotprod (sdot/udot, FEAT_DotProd), 3 + i8mm (smmla, FEAT_I8MM), from the kernel's hardware capabilities
+   (Linux) or sysctl (macOS); NEON alone elsewhere */
+static int arm_cpu_level(void) {
+    static int level = 0;
+    if (level) return level;
+    int dp = 0, mm = 0;
+#if defined(__linux__)
+    dp = (getauxval(AT_HWCAP) >> 20) & 1;  /* HWCAP_ASIMDDP */
+    mm = (getauxval(AT_HWCAP2) >> 13) & 1; /* HWCAP2_I8MM */
+#elif defined(__APPLE__)
+    int v = 0;
+    size_t size = sizeof v;
+    dp = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &size, NULL, 0) == 0 && v;
+    v = 0;
+    size = sizeof v;
+    mm = sysctlbyname("hw.optional.arm.FEAT_I8MM", &v, &size, NULL, 0) == 0 && v;
+#endif
+    level = 1 + dp + (dp && mm);
+    return level;
+}
+
+int tk_arm_level(void) {
+    if (scalar_forced()) return 0;
+    const int cpu = arm_cpu_level();
+    return cpu < isa_limit ? cpu : isa_limit;
+}
+#endif
 
 int tk_use_vnni(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -164,6 +207,14 @@ static void cvt_run(void *p, int i, int n) {
 #ifdef TK_X86
     if (t->simd) { cvt_avx2(s, t->st, d, t->dt, b - a); return; }
 #endif
+#if TK_ARM64
+    if (t->simd) {
+        const size_t done = tk_convert_neon(s, t->st, d, t->dt, b - a);
+        s = (const char *)s + done * ss;
+        d = (char *)d + done * ds;
+        a += done;
+    }
+#endif
     cvt_scalar(s, t->st, d, t->dt, b - a);
 }
 
@@ -172,7 +223,7 @@ static int known(enum tk_type t) { return t == TK_F32 || t == TK_F16 || t == TK_
 int tk_convert(const void *src, enum tk_type st, void *dst, enum tk_type dt, size_t n, int nthreads) {
     if (!known(st) || !known(dt)) return -1;
     if (st == dt) { memcpy(dst, src, n * (st == TK_F32 ? 4 : 2)); return 0; }
-    struct cvt_task t = {src, st, dst, dt, n, !scalar_forced() && tk_cpu_has_f16c()};
+    struct cvt_task t = {src, st, dst, dt, n, tk_use_simd()};
     size_t min_per_thread = 1 << 16;
     if (nthreads < 1) nthreads = 1;
     if ((size_t)nthreads > n / min_per_thread) nthreads = (int)(n / min_per_thread) ? (int)(n / min_per_thread) : 1;

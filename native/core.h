@@ -36,12 +36,18 @@ uint16_t tk_fp32_to_bf16(float f);
 int tk_cpu_has_f16c(void);
 /* Force the portable scalar paths (also set by TOOLKIT_FORCE_SCALAR=1 in the environment). */
 void tk_set_force_scalar(int on);
-/* Cap the SIMD kernels at 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI (the default: the best the CPU has). */
+/* Cap the SIMD kernels at 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI on x86, 1 NEON, 2 dotprod, 3 i8mm on ARM64 (the default:
+   the best the CPU has). */
 void tk_set_isa_limit(int level);
+/* ARM64 builds: the level the kernels use now, 1 NEON, 2 + dotprod, 3 + i8mm (the CPU's, capped by tk_set_isa_limit),
+   0 when the scalar paths are forced */
+int tk_arm_level(void);
 
 /* Convert n elements between F32, F16 and BF16 using up to nthreads threads. Returns 0, or -1 for an
    unsupported pair of types. */
 int tk_convert(const void *src, enum tk_type src_type, void *dst, enum tk_type dst_type, size_t n, int nthreads);
+/* ARM64 builds (convert_neon.c): the scalar loop's bits for the first elements of n, four at a time; returns how many */
+size_t tk_convert_neon(const void *src, enum tk_type src_type, void *dst, enum tk_type dst_type, size_t n);
 
 /* Number of NaN/Inf elements among n values of type t (F32, F16, BF16); -1 for other types. */
 int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n);

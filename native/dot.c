@@ -5,7 +5,8 @@
    weight row with an activation row. The scalar vec_dots below follow ggml's reference (ggml_vec_dot_*_generic):
    exact integer sums inside each block, then the same float operations in the same order, so results track
    llama.cpp closely (the legacy types follow ggml's AVX2 order instead, so their scalar and SIMD results are equal). AVX2 versions (dot_avx2.c) are used when tk_use_simd(); they agree within float rounding
-   (their float sums run in vector lanes). */
+   (their float sums run in vector lanes). On ARM64 the NEON/dotprod versions (dot_neon.c) give the scalar bits for
+   every quantized type. */
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
@@ -308,6 +309,10 @@ const struct tk_dot_traits *tk_dot_traits(int type) {
 tk_vec_dot_fn tk_vec_dot(int type) {
     const struct tk_dot_traits *t = tk_dot_traits(type);
     if (!t) return NULL;
+#if defined(__aarch64__)
+    const tk_vec_dot_fn neon = tk_use_simd() ? tk_vec_dot_neon(type, tk_arm_level()) : NULL;
+    if (neon) return neon;
+#endif
     return t->vec_dot_simd && tk_use_simd() ? t->vec_dot_simd : t->vec_dot;
 }
 
