@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.logprobs import ProbsFormat
 from runtime.sampling import SamplingParams
+from server.api_key import api_key_bytes
 from server.engine import Busy, Engine, GenRequest, GenResult, Piece, Ticket
 from server.features import chat_top, completion_top, llama_grammar, openai_grammar, sampling_params
 from server.limits import Limits
@@ -41,6 +42,10 @@ class AppConfig:
     strict_model: bool = False
     seed: int = -1
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self):
+        if self.api_key is not None:
+            api_key_bytes(self.api_key)  # a key no header can carry is refused here, not on the first request
 
 
 class ApiError(StarletteHTTPException):
@@ -614,7 +619,7 @@ class AuthMiddleware:
     """With an API key, every route but /health needs `Authorization: Bearer KEY`."""
 
     def __init__(self, app, api_key: str | None):
-        self.app, self.expected = app, f"Bearer {api_key}".encode() if api_key else None
+        self.app, self.expected = app, b"Bearer " + api_key_bytes(api_key) if api_key else None
 
     async def __call__(self, scope, receive, send):
         if self.expected is None or scope["type"] != "http" or scope["path"] == "/health":

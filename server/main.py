@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.textfile import read_text
+from server.api_key import api_key_bytes
 from server.limits import Limits
 
 
@@ -53,8 +54,8 @@ def validate(o: ServeOptions) -> None:
     check_context_memory(o.model, o.n_ctx, o.cache_type, o.parallel, f"-c {o.n_ctx} × --parallel {o.parallel}")
     if not (math.isfinite(o.timeout) and o.timeout > 0):
         raise UserError(f"--timeout must be a positive number of seconds, got {o.timeout}")
-    if o.api_key is not None and not o.api_key.strip():
-        raise UserError("--api-key must not be empty")
+    if o.api_key is not None:
+        api_key_bytes(o.api_key)
 
 
 def chat_template_arg(value: str | None) -> str | None:
