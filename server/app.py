@@ -290,6 +290,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
     async def generate(request: Request, req: GenRequest, shape: Shape, stream: bool):
         request.state.n_prompt = len(req.prompt)
         ticket = reserve()
+        request.state.ticket = ticket  # /slots (server.observability) reads its job while it runs
         if stream:
             return EventStream(_events(request, ticket, req, shape), ticket)
         try:
@@ -634,7 +635,8 @@ class AuthMiddleware:
 
 class AccessLogMiddleware:
     """One line per request once its response has ended: client, request line, status, seconds, and for
-    generations the prompt and generated token counts and the generation speed. An exception that escapes the app
+    generations the timings: prompt tokens (and how many came from the slot's cache), its evaluation time and speed,
+    generated tokens, their time and speed (llama.cpp's `timings`), the stop type. An exception that escapes the app
     is answered 500 by Starlette's outermost middleware, so it is logged as 500."""
 
     def __init__(self, app):
@@ -661,8 +663,10 @@ class AccessLogMiddleware:
                     f"{time.perf_counter() - t0:.3f} s")
             r: GenResult | None = state.get("result")
             if r is not None:
-                line += (f" prompt {r.n_prompt} tok, generated {r.n_predicted} tok, {r.tokens_per_second:.1f} tok/s"
-                         f", {r.stop_type}")
+                t = r.timings()
+                line += (f" prompt {r.n_prompt} tok, {r.n_prompt - t['prompt_n']} cached, {t['prompt_ms']:.1f} ms "
+                         f"({t['prompt_per_second']:.1f} tok/s) · generated {r.n_predicted} tok, "
+                         f"{t['predicted_ms']:.1f} ms ({t['predicted_per_second']:.1f} tok/s) · {r.stop_type}")
             elif state.get("failed"):
                 line += f" prompt {state.get('n_prompt', 0)} tok, failed while streaming: {state['failed']}"
             elif state.get("cancelled"):

@@ -35,6 +35,8 @@ class ServeOptions:
     strict_model: bool = False
     seed: int = -1
     timeout: float = Limits.timeout
+    metrics: bool = False   # GET /metrics (llama-server's --metrics)
+    slots: bool = True      # GET /slots (llama-server's --slots / --no-slots)
 
 
 def validate(o: ServeOptions) -> None:
@@ -100,6 +102,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     from server.connections import guarded_protocol
     from server.engine import Engine
     from server.logs import server_logger
+    from server.observability import add_observability
 
     log = server_logger()
     limits = Limits(timeout=o.timeout).within_open_files()
@@ -109,6 +112,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,
                                            limits=limits))
+        add_observability(app, metrics_endpoint=o.metrics, slots_endpoint=o.slots)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         hp = engine.hp

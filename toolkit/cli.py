@@ -292,6 +292,8 @@ def serve(
     seed: int = typer.Option(-1, "-s", "--seed", help="Seed for requests that give none (-1 = random)."),
     timeout: float = typer.Option(SERVE_LIMITS.timeout, "-to", "--timeout",
                                   help="Seconds a client has to send a request's head, and again its body (else 408)."),
+    metrics: bool = typer.Option(False, "--metrics", help="Serve GET /metrics (Prometheus text, llama-server's names)."),
+    slots: bool = typer.Option(True, "--slots/--no-slots", help="Serve GET /slots (each slot's state)."),
     verbose: bool = VERBOSE,
 ) -> None:
     from server import ServeOptions
@@ -302,7 +304,7 @@ def serve(
         run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
                                 n_batch=batch_size, cache_type=cache_type, parallel=parallel, queue=queue, api_key=api_key,
                                 chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed,
-                                timeout=timeout))
+                                timeout=timeout, metrics=metrics, slots=slots))
 
 
 @app.command(no_args_is_help=True)
