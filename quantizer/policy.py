@@ -41,6 +41,9 @@ class Choice:
     fallback: str | None = None  # the warning when the shape forced a fallback type
 
 
+# llama.cpp's tensor_name_match_token_embd
+TOKEN_EMBD_NAMES = ("token_embd.weight", "per_layer_token_embd.weight")
+
 _NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", "attn_rel_b.weight", ".position_embd",
                   ".patch_embd", "time_mix_first.weight")
 
@@ -66,7 +69,7 @@ def allows_quantization(name: str, shape: tuple[int, ...], arch: str, opts: Opti
 def category(name: str) -> str:
     if name == "output.weight":
         return "output"
-    if name == "token_embd.weight":
+    if name in TOKEN_EMBD_NAMES:
         return "token_embd"
     for cat in ("attn_qkv.weight", "attn_kv_b.weight", "attn_v.weight", "attn_k.weight", "attn_q.weight",
                 "attn_output.weight", "ffn_up", "ffn_gate", "ffn_down"):
@@ -80,10 +83,13 @@ def use_more_bits(i: int, n: int) -> bool:
 
 
 class _Mixture:
-    """llama_tensor_get_type_impl for the k-quant and legacy file types (no imatrix, no IQ types)."""
+    """llama_tensor_get_type_impl for the k-quant and legacy file types (no IQ types); has_imatrix: quantizing with
+    an importance matrix."""
 
-    def __init__(self, ft: FileType, facts: ModelFacts, tied: bool, n_attn_v: int, opts: Options):
+    def __init__(self, ft: FileType, facts: ModelFacts, tied: bool, n_attn_v: int, opts: Options,
+                 has_imatrix: bool = False):
         self.ft, self.facts, self.tied, self.n_attn_v, self.opts = ft.name, facts, tied, n_attn_v, opts
+        self.has_imatrix = has_imatrix
         self.i_attn_v = 0
         self.i_ffn_down = 0
 
@@ -134,6 +140,9 @@ class _Mixture:
                 t = T.Q6_K
             elif f == "Q4_K_S" and not falcon and i < n // 8:
                 t = T.Q5_K
+            elif f in ("Q4_0", "Q5_0") and self.has_imatrix and i < n // 8:
+                # llama.cpp guards the first ffn_down layers only when an imatrix is given
+                t = T.Q4_1 if f == "Q4_0" else T.Q5_1
             self.i_ffn_down += 1
         elif cat == "attn_output":
             if not falcon:
@@ -166,13 +175,13 @@ def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
 
 
 def plan(tensors: list[tuple[str, tuple[int, ...], T]], ft: FileType, facts: ModelFacts,
-         opts: Options) -> list[Choice]:
+         opts: Options, has_imatrix: bool = False) -> list[Choice]:
     """Target types for (name, numpy-order shape, current type) tensors, returned in llama.cpp's order."""
     by_name = {n: (s, t) for n, s, t in tensors}
     order = llama_order(list(by_name))
     tied = "output.weight" not in by_name
     n_attn_v = sum(category(n) in ("attn_v", "attn_qkv", "attn_kv_b") for n in order)
-    mix = _Mixture(ft, facts, tied, n_attn_v, opts)
+    mix = _Mixture(ft, facts, tied, n_attn_v, opts, has_imatrix)
     out = []
     for name in order:
         shape, cur = by_name[name]

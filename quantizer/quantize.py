@@ -15,6 +15,8 @@ from gguf import GGUFValueType
 
 import native
 from quantizer import policy
+from quantizer.imatrix import ImportanceMatrix
+from quantizer.imatrix import metadata as imatrix_metadata
 from quantizer.types import FileType, is_quantized, type_name
 from common.errors import UserError
 from common.ggufio import KV, GGUFFile, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
@@ -70,9 +72,11 @@ def _shape_str(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(f"{d:5d}" for d in reversed(shape)) + "]"
 
 
-def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: int) -> Iterator[np.ndarray]:
+def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: int,
+            qw: np.ndarray | None = None) -> Iterator[np.ndarray]:
     """The new tensor's bytes in row chunks: copied when the type is unchanged, otherwise widened, checked and
-    quantized (or cast) by the native core, row by row in cache."""
+    quantized (or cast) by the native core, row by row in cache; with importance weights qw (one slice of ncols per
+    expert of a stacked expert tensor), each row with its expert's slice."""
     raw = g.data(entry)
     if choice.dst_type == choice.src_type:
         for start in range(0, raw.size, 64 << 20):
@@ -87,12 +91,18 @@ def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: in
         src_t = native.F32
         src = raw.reshape(nrows, -1)
     step = max(1, CHUNK_ELEMENTS // ncols)
-    for start in range(0, nrows, step):
-        rows = src[start:start + step]
+    rows_per_expert = choice.shape[-2] if len(choice.shape) > 1 else nrows
+    start = 0
+    while start < nrows:
+        expert = start // rows_per_expert
+        end = min(start + step, nrows, (expert + 1) * rows_per_expert) if qw is not None else min(start + step, nrows)
+        rows = src[start:end]
         if choice.src_type not in _SOURCE_TYPES:
             rows = native.dequantize(int(choice.src_type), rows, ncols, nthreads)
+        weights = None if qw is None else qw[expert * ncols:(expert + 1) * ncols]
+        start = end
         try:
-            yield native.quantize(int(choice.dst_type), rows, nthreads, src_type=src_t)
+            yield native.quantize(int(choice.dst_type), rows, nthreads, src_type=src_t, imatrix=weights)
         except native.NonFiniteError as e:
             raise UserError(f"tensor {choice.name} contains NaN/Inf value(s) (at least {e.args[0]}); "
                             "refusing to quantize it") from None
@@ -100,13 +110,16 @@ def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: in
 
 def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
                   allow_requantize: bool = False, opts: policy.Options | None = None, dry_run: bool = False,
+                  imatrix: ImportanceMatrix | None = None,
                   progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                   report: Callable[[QuantizeResult], None] | None = None) -> QuantizeResult:
     """Quantize `inp` into `out` (default: named after the type, next to the input). A file without weights is
     refused before any output is created; `report` gets the result before the output is renamed into place, so that
-    nothing, the summary included, can fail once the file has appeared."""
+    nothing, the summary included, can fail once the file has appeared. `imatrix`: importance weights (an empty one
+    counts as none, as in llama-quantize)."""
     t0 = time.perf_counter()
     opts = opts or policy.Options()
+    imatrix = imatrix if imatrix is not None and imatrix.weights else None
     nthreads = nthreads or native.default_threads()
     inp = Path(inp)
     out = Path(out) if out is not None else default_output(inp, ft)
@@ -120,7 +133,8 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
         if n_params == 0:
             what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
             raise UserError(f"{inp} has {what}: nothing to quantize")
-        choices = _plan(g, ft, allow_requantize, opts, warn)
+        choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None)
+        weights = _weights(choices, imatrix, info)
         infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
         size_in = sum(e.info.nbytes for e in g.tensors)
 
@@ -135,15 +149,15 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
             return finish()
         info(f"quantizing {inp.name} to {ft.name} with {nthreads} thread(s) → {out}")
         with atomic_output(out) as f:
-            _write(f, g, ft, choices, infos, nthreads, progress)
+            _write(f, g, ft, choices, infos, nthreads, progress, weights, imatrix)
             return finish()  # inside the block: the file is renamed into place only after this returned
 
 
 def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Options,
-          warn: Callable[[str], None]) -> list[policy.Choice]:
+          warn: Callable[[str], None], has_imatrix: bool = False) -> list[policy.Choice]:
     """Each tensor's new type, checked for what the native core can convert."""
     choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, model_facts(g),
-                          opts)
+                          opts, has_imatrix)
     for c in choices:
         if c.dst_type != c.src_type:
             if is_quantized(c.src_type) and not allow_requantize:
@@ -156,17 +170,41 @@ def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Option
     return choices
 
 
+def _weights(choices: list[policy.Choice], imatrix: ImportanceMatrix | None,
+             info: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """Each converted tensor's importance weights, as llama-quantize pairs them: by name, ncols per expert; a tensor
+    the matrix does not cover is quantized without (and said so); a size mismatch is an error, except for the token
+    embeddings, which go without."""
+    out: dict[str, np.ndarray] = {}
+    if imatrix is None:
+        return out
+    for c in choices:
+        if c.dst_type == c.src_type:
+            continue
+        w = imatrix.for_tensor(c.name)
+        if w is None:
+            info(f"did not find importance weights for {c.name}")
+            continue
+        expected = c.shape[-1] * (c.shape[-3] if len(c.shape) >= 3 else 1)
+        if w.size == expected:
+            out[c.name] = w
+        elif c.name not in policy.TOKEN_EMBD_NAMES:
+            raise UserError(f"imatrix size {w.size} is different from tensor size {expected} for {c.name}")
+    return out
+
+
 def _write(f, g: GGUFFile, ft: FileType, choices: list[policy.Choice], infos: list[TensorInfo], nthreads: int,
-           progress) -> None:
+           progress, weights: dict[str, np.ndarray] | None = None, imatrix: ImportanceMatrix | None = None) -> None:
     """The new file: header, then each tensor converted in turn."""
     entries = {e.info.name: e for e in g.tensors}
-    f.write(encode_header(_metadata(g, ft), infos))
+    weights = weights or {}
+    f.write(encode_header(_metadata(g, ft, imatrix), infos))
     stream = TensorStream(f, infos)
     if progress:
         progress.start(len(choices), sum(e.info.nbytes for e in g.tensors))
     for i, c in enumerate(choices):
         entry = entries[c.name]
-        stream.write_tensor(_chunks(g, entry, c, nthreads))
+        stream.write_tensor(_chunks(g, entry, c, nthreads, weights.get(c.name)))
         g.release(entry)
         if progress:
             progress.advance(c.name, entry.info, _log_line(i, len(choices), c, entry.info.nbytes, infos[i].nbytes))
@@ -184,11 +222,16 @@ def _log_line(i: int, n: int, c: policy.Choice, size_in: int, size_out: int) -> 
             f"size = {size_in / 2**20:8.2f} MiB -> {size_out / 2**20:8.2f} MiB")
 
 
-def _metadata(g: GGUFFile, ft: FileType) -> list[KV]:
-    """The input's keys with split keys dropped, then general.quantization_version and general.file_type (llama.cpp
-    removes and re-appends the keys it sets, in this order)."""
+def _metadata(g: GGUFFile, ft: FileType, imatrix: ImportanceMatrix | None = None) -> list[KV]:
+    """The input's keys with split keys dropped, then general.quantization_version and general.file_type, then the
+    quantize.imatrix.* keys when quantizing with a matrix (llama.cpp removes and re-appends the keys it sets, in this
+    order)."""
     kvs = {k: kv for k, kv in g.kv.items()
            if not k.startswith("split.") and k not in ("general.quantization_version", "general.file_type")}
     kvs["general.quantization_version"] = KV("general.quantization_version", GGUFValueType.UINT32, GGML_QUANT_VERSION)
     kvs["general.file_type"] = KV("general.file_type", GGUFValueType.UINT32, int(ft.ftype))
+    for key, value in imatrix_metadata(imatrix) if imatrix is not None else []:
+        kvs.pop(key, None)
+        kvs[key] = (KV(key, GGUFValueType.STRING, value) if isinstance(value, str)
+                    else KV(key, GGUFValueType.UINT32, value))
     return list(kvs.values())

@@ -76,6 +76,11 @@ def quantize(
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type",
                                                        help="Type for token_embd.weight."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (llama-imatrix's GGUF or .dat)."),
+    include_weights: Optional[list[str]] = typer.Option(None, "--include-weights",
+                                                        help="Use the matrix only for tensors whose name has this."),
+    exclude_weights: Optional[list[str]] = typer.Option(None, "--exclude-weights",
+                                                        help="Do not use the matrix for tensors whose name has this."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the per-tensor types and sizes; write nothing."),
     list_types: bool = typer.Option(False, "--list", help="List the quantization types."),
     verbose: bool = VERBOSE,
@@ -91,16 +96,39 @@ def quantize(
             _print_types()
             return
         inp, out, ft, nthreads = _quantize_positionals(args or [])
+        matrix = _importance_matrix(imatrix, include_weights or [], exclude_weights or [])
         opts = Options(leave_output_tensor, pure,
                        types.parse_tensor_type(output_tensor_type) if output_tensor_type else None,
                        types.parse_tensor_type(token_embedding_type) if token_embedding_type else None)
         result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
-                               dry_run=dry_run, progress=TensorProgress("quantizing"),
+                               dry_run=dry_run, imatrix=matrix, progress=TensorProgress("quantizing"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True),
                                warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True),
                                report=lambda r: _print_quantize_summary(r, dry_run))
         if not dry_run:
             console.print(f"wrote {result.path}", markup=False, soft_wrap=True)
+
+
+def _importance_matrix(path: Path | None, include: list[str], exclude: list[str]):
+    """The matrix --imatrix names, filtered by --include-weights/--exclude-weights, with llama-quantize's lines."""
+    from common.errors import UserError
+    from quantizer import imatrix
+
+    if path is None:
+        if include or exclude:
+            raise UserError("--include-weights/--exclude-weights need --imatrix")
+        return None
+    if include and exclude:
+        raise UserError("--include-weights and --exclude-weights cannot be used together")
+    m = imatrix.load(path)
+    say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    if m.datasets:
+        say("imatrix datasets=[" + ", ".join(f"'{d}'" for d in m.datasets) + "]")
+    say(f"loaded {len(m.weights)} importance matrix entries from {path} computed on {m.chunk_count} chunks")
+    m = imatrix.select(m, include, exclude)
+    if m.weights:
+        say(f"have {len(m.weights)} importance matrix entries")
+    return m
 
 
 def _quantize_positionals(args: list[str]):
