@@ -319,6 +319,9 @@ tk_vec_dot_fn tk_vec_dot(int type) {
 tk_vec_dot2_fn tk_vec_dot2(int type) {
     const struct tk_dot_traits *t = tk_dot_traits(type);
     if (!t || !tk_use_simd()) return NULL;
+#if defined(__aarch64__)
+    return tk_vec_dot2_neon(type, tk_arm_level());
+#endif
     return t->vec_dot2_vnni && tk_use_vnni() ? t->vec_dot2_vnni : t->vec_dot2_simd;
 }
 

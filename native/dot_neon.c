@@ -8,7 +8,9 @@
    adds) and, where a lane is four consecutive bytes, ARMv8.2 dotprod (sdot), compiled per function with a target
    attribute so that one binary runs on every ARM64 CPU. The mod-8 lane types keep the NEON kernel at the dotprod
    level (sdot would need a byte shuffle of both operands per block to meet those lanes). F32, F16 and BF16 sum in
-   four float vectors with FMA, so they differ from the scalar kernels (which sum in double) by float rounding. */
+   four float vectors with FMA, so they differ from the scalar kernels (which sum in double) by float rounding. Each
+   kernel has a two-row form for tk_matmul_rows (one activation block read for two weight rows) with the one-row
+   kernel's bits. */
 #include <string.h>
 #include "quants.h"
 
@@ -33,7 +35,16 @@ static inline int32x4_t lanes4_neon(int8x16_t w, int8x16_t a) {
     return vpaddq_s32(p0, p1);
 }
 
+#if defined(__clang__) && !defined(__ARM_FEATURE_DOTPROD)
+/* clang before 16 declares vdotq_s32 only when the whole file is built for dotprod: the instruction itself */
+DOTPROD static inline int32x4_t lanes4_dot(int8x16_t w, int8x16_t a) {
+    int32x4_t r = vdupq_n_s32(0);
+    __asm__(".arch armv8.2-a+dotprod\n\tsdot %0.4s, %1.16b, %2.16b" : "+w"(r) : "w"(w), "w"(a));
+    return r;
+}
+#else
 DOTPROD static inline int32x4_t lanes4_dot(int8x16_t w, int8x16_t a) { return vdotq_s32(vdupq_n_s32(0), w, a); }
+#endif
 
 /* the scalar code's lanes_sum: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), lanes 0..3 in lo, 4..7 in hi */
 static inline float lanes_sum8(float32x4_t lo, float32x4_t hi) {
@@ -91,26 +102,40 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
     *w1 = vld1q_s8(x->qs + 16);
 }
 
+/* Every kernel is written once for nr = 1 or 2 weight rows against one activation row (always inlined, so each
+   row's operations are exactly the one-row kernel's): the two-row kernels of tk_matmul_rows give vec_dot's bits. */
+#define INLINE static inline __attribute__((always_inline))
+#define ROWS(NAME, ATTR)                                                                                         \
+    ATTR static void NAME(int64_t n, float *s, const void *vx, const void *vy) { NAME##_rows(n, s, vx, 0, vy, 1); } \
+    ATTR static void NAME##2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {                   \
+        NAME##_rows(n, s, vx, bx, vy, 2);                                                                       \
+    }
+#define ROW_PTR(T, vx, bx, r) ((const T *)((const char *)(vx) + (size_t)(r) * (bx)))
+
 /* dot.c's LEGACY_SCALAR: per block, lane l += d_x·d_y · (four products) with one FMA; lanes summed at the end */
 #define LEGACY(NAME, ATTR, LANES4, XT, YT, WEIGHTS, MIN)                                                         \
-    ATTR static void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                 \
-        const XT *x = vx;                                                                                       \
+    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
         const YT *y = vy;                                                                                       \
-        float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;                                                            \
-        float summ = 0;                                                                                         \
+        float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};                     \
+        float summ[2] = {0, 0};                                                                                 \
         for (int64_t b = 0; b < n / QK; b++) {                                                                  \
-            int8x16_t w0, w1;                                                                                   \
-            WEIGHTS(&x[b], &w0, &w1);                                                                           \
-            const float d = H2F(x[b].d) * H2F(y[b].d);                                                          \
-            lo = vfmaq_n_f32(lo, vcvtq_f32_s32(LANES4(w0, vld1q_s8(y[b].qs))), d);                              \
-            hi = vfmaq_n_f32(hi, vcvtq_f32_s32(LANES4(w1, vld1q_s8(y[b].qs + 16))), d);                         \
-            MIN;                                                                                                \
+            const int8x16_t a0 = vld1q_s8(y[b].qs), a1 = vld1q_s8(y[b].qs + 16);                                \
+            for (int r = 0; r < nr; r++) {                                                                      \
+                const XT *x = ROW_PTR(XT, vx, bx, r) + b;                                                        \
+                int8x16_t w0, w1;                                                                               \
+                WEIGHTS(x, &w0, &w1);                                                                           \
+                const float d = H2F(x->d) * H2F(y[b].d);                                                        \
+                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(LANES4(w0, a0)), d);                                   \
+                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(LANES4(w1, a1)), d);                                   \
+                MIN;                                                                                            \
+            }                                                                                                   \
         }                                                                                                       \
-        *s = lanes_sum8(lo, hi) + summ;                                                                         \
-    }
+        for (int r = 0; r < nr; r++) s[r] = lanes_sum8(lo[r], hi[r]) + summ[r];                                 \
+    }                                                                                                           \
+    ROWS(NAME, ATTR)
 
 #define MIN_NONE (void)0
-#define MIN_Q8_1 summ += H2F(x[b].m) * H2F(y[b].s)
+#define MIN_Q8_1 summ[r] += H2F(x->m) * H2F(y[b].s)
 
 #define LEGACY_BOTH(T, YT, MIN)                                                                                  \
     LEGACY(dot_##T##_neon, NEON, lanes4_neon, block_##T, YT, w_##T, MIN)                                          \
@@ -126,77 +151,82 @@ LEGACY_BOTH(q8_0, block_q8_0, MIN_NONE)
 /* lanes of four consecutive products within each 32-quant row: dot.c's AVX2-order kernels */
 
 #define Q2_K(NAME, ATTR, LANES4)                                                                                 \
-    ATTR static void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                 \
-        const block_q2_K *x = vx;                                                                               \
+    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
         const block_q8_K *y = vy;                                                                               \
-        float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;                                                            \
+        float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};                     \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                                \
-            const uint8_t *sc = x[b].scales;                                                                    \
-            const float dall = y[b].d * H2F(x[b].d), dmin = y[b].d * H2F(x[b].dmin);                            \
-            /* mins: lane l = bsums[2l]·m[2l] + bsums[2l+1]·m[2l+1] (|bsum·m| <= 2048·15 fits int16) */           \
-            const uint8x16_t m = vshrq_n_u8(vld1q_u8(sc), 4);                                                   \
-            const int16x8_t m0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m)));                               \
-            const int16x8_t m1 = vreinterpretq_s16_u16(vmovl_high_u8(m));                                        \
-            const int32x4_t s0 = vpaddlq_s16(vmulq_s16(vld1q_s16(y[b].bsums), m0));                             \
-            const int32x4_t s1 = vpaddlq_s16(vmulq_s16(vld1q_s16(y[b].bsums + 8), m1));                         \
-            lo = vfmaq_n_f32(lo, vcvtq_f32_s32(s0), -dmin);                                                     \
-            hi = vfmaq_n_f32(hi, vcvtq_f32_s32(s1), -dmin);                                                     \
-            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                             \
-            for (int k = 0; k < 2; k++) {                                                                       \
-                const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * k), q1 = vld1q_u8(x[b].qs + 32 * k + 16);         \
-                for (int j = 0; j < 4; j++) {                                                                   \
-                    const int mi = 4 * k + j;                                                                   \
-                    const int8x16_t sh = vdupq_n_s8((int8_t)(-2 * j));                                          \
-                    const int8x16_t a0 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3)));       \
-                    const int8x16_t a1 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3)));       \
-                    const int8_t *q8 = y[b].qs + 128 * k + 32 * j;                                              \
-                    i0 = vmlaq_n_s32(i0, LANES4(a0, vld1q_s8(q8)), sc[2 * mi] & 0x0F);                          \
-                    i1 = vmlaq_n_s32(i1, LANES4(a1, vld1q_s8(q8 + 16)), sc[2 * mi + 1] & 0x0F);                 \
+            const int16x8_t bs0 = vld1q_s16(y[b].bsums), bs1 = vld1q_s16(y[b].bsums + 8);                       \
+            for (int r = 0; r < nr; r++) {                                                                      \
+                const block_q2_K *x = ROW_PTR(block_q2_K, vx, bx, r) + b;                                        \
+                const uint8_t *sc = x->scales;                                                                  \
+                const float dall = y[b].d * H2F(x->d), dmin = y[b].d * H2F(x->dmin);                            \
+                /* mins: lane l = bsums[2l]·m[2l] + bsums[2l+1]·m[2l+1] (|bsum·m| <= 2048·15 fits int16) */       \
+                const uint8x16_t m = vshrq_n_u8(vld1q_u8(sc), 4);                                               \
+                const int16x8_t m0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m)));                           \
+                const int16x8_t m1 = vreinterpretq_s16_u16(vmovl_high_u8(m));                                    \
+                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(vpaddlq_s16(vmulq_s16(bs0, m0))), -dmin);              \
+                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(vpaddlq_s16(vmulq_s16(bs1, m1))), -dmin);              \
+                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                         \
+                for (int k = 0; k < 2; k++) {                                                                   \
+                    const uint8x16_t q0 = vld1q_u8(x->qs + 32 * k), q1 = vld1q_u8(x->qs + 32 * k + 16);         \
+                    for (int j = 0; j < 4; j++) {                                                               \
+                        const int mi = 4 * k + j;                                                               \
+                        const int8x16_t sh = vdupq_n_s8((int8_t)(-2 * j));                                      \
+                        const int8x16_t w0 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3)));   \
+                        const int8x16_t w1 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3)));   \
+                        const int8_t *q8 = y[b].qs + 128 * k + 32 * j;                                          \
+                        i0 = vmlaq_n_s32(i0, LANES4(w0, vld1q_s8(q8)), sc[2 * mi] & 0x0F);                      \
+                        i1 = vmlaq_n_s32(i1, LANES4(w1, vld1q_s8(q8 + 16)), sc[2 * mi + 1] & 0x0F);             \
+                    }                                                                                           \
                 }                                                                                               \
+                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(i0), dall);                                            \
+                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(i1), dall);                                            \
             }                                                                                                   \
-            lo = vfmaq_n_f32(lo, vcvtq_f32_s32(i0), dall);                                                      \
-            hi = vfmaq_n_f32(hi, vcvtq_f32_s32(i1), dall);                                                      \
         }                                                                                                       \
-        *s = lanes_sum8(lo, hi);                                                                                \
-    }
+        for (int r = 0; r < nr; r++) s[r] = lanes_sum8(lo[r], hi[r]);                                           \
+    }                                                                                                           \
+    ROWS(NAME, ATTR)
 
 Q2_K(dot_q2_K_neon, NEON, lanes4_neon)
 Q2_K(dot_q2_K_dot, DOTPROD, lanes4_dot)
 
 #define Q5_K(NAME, ATTR, LANES4)                                                                                 \
-    ATTR static void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                 \
-        const block_q5_K *x = vx;                                                                               \
+    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
         const block_q8_K *y = vy;                                                                               \
-        float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;                                                            \
-        float summs = 0;                                                                                        \
+        float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};                     \
+        float summs[2] = {0, 0};                                                                                \
+        const uint8x16_t s16 = vdupq_n_u8(0x10), m4 = vdupq_n_u8(0x0F);                                         \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                                \
-            uint8_t sc[8], mn[8];                                                                               \
-            tk_unpack_scales_k4(x[b].scales, sc, mn);                                                           \
-            const float d = y[b].d * H2F(x[b].d), dmin = y[b].d * H2F(x[b].dmin);                               \
-            int summ = 0;                                                                                       \
-            for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];                                     \
-            summs += -dmin * (float)summ;                                                                       \
-            const uint8x16_t h0 = vld1q_u8(x[b].qh), h1 = vld1q_u8(x[b].qh + 16);                               \
-            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                             \
-            for (int j = 0; j < 4; j++) {                                                                       \
-                const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * j), q1 = vld1q_u8(x[b].qs + 32 * j + 16);         \
-                const uint8x16_t bl = vdupq_n_u8((uint8_t)(1 << (2 * j))), bh = vdupq_n_u8((uint8_t)(2 << (2 * j))); \
-                const uint8x16_t s16 = vdupq_n_u8(0x10), m4 = vdupq_n_u8(0x0F);                                 \
-                const int8x16_t l0 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q0, m4), vandq_u8(vtstq_u8(h0, bl), s16))); \
-                const int8x16_t l1 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q1, m4), vandq_u8(vtstq_u8(h1, bl), s16))); \
-                const int8x16_t u0 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q0, 4), vandq_u8(vtstq_u8(h0, bh), s16))); \
-                const int8x16_t u1 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q1, 4), vandq_u8(vtstq_u8(h1, bh), s16))); \
-                const int8_t *q8 = y[b].qs + 64 * j;                                                            \
-                i0 = vmlaq_n_s32(i0, LANES4(l0, vld1q_s8(q8)), sc[2 * j]);                                      \
-                i1 = vmlaq_n_s32(i1, LANES4(l1, vld1q_s8(q8 + 16)), sc[2 * j]);                                 \
-                i0 = vmlaq_n_s32(i0, LANES4(u0, vld1q_s8(q8 + 32)), sc[2 * j + 1]);                             \
-                i1 = vmlaq_n_s32(i1, LANES4(u1, vld1q_s8(q8 + 48)), sc[2 * j + 1]);                             \
+            for (int r = 0; r < nr; r++) {                                                                      \
+                const block_q5_K *x = ROW_PTR(block_q5_K, vx, bx, r) + b;                                        \
+                uint8_t sc[8], mn[8];                                                                           \
+                tk_unpack_scales_k4(x->scales, sc, mn);                                                         \
+                const float d = y[b].d * H2F(x->d), dmin = y[b].d * H2F(x->dmin);                               \
+                int summ = 0;                                                                                   \
+                for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];                                 \
+                summs[r] += -dmin * (float)summ;                                                                \
+                const uint8x16_t h0 = vld1q_u8(x->qh), h1 = vld1q_u8(x->qh + 16);                               \
+                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                         \
+                for (int j = 0; j < 4; j++) {                                                                   \
+                    const uint8x16_t q0 = vld1q_u8(x->qs + 32 * j), q1 = vld1q_u8(x->qs + 32 * j + 16);         \
+                    const uint8x16_t bl = vdupq_n_u8((uint8_t)(1 << (2 * j))), bh = vdupq_n_u8((uint8_t)(2 << (2 * j))); \
+                    const int8x16_t l0 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q0, m4), vandq_u8(vtstq_u8(h0, bl), s16))); \
+                    const int8x16_t l1 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q1, m4), vandq_u8(vtstq_u8(h1, bl), s16))); \
+                    const int8x16_t u0 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q0, 4), vandq_u8(vtstq_u8(h0, bh), s16))); \
+                    const int8x16_t u1 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q1, 4), vandq_u8(vtstq_u8(h1, bh), s16))); \
+                    const int8_t *q8 = y[b].qs + 64 * j;                                                        \
+                    i0 = vmlaq_n_s32(i0, LANES4(l0, vld1q_s8(q8)), sc[2 * j]);                                  \
+                    i1 = vmlaq_n_s32(i1, LANES4(l1, vld1q_s8(q8 + 16)), sc[2 * j]);                             \
+                    i0 = vmlaq_n_s32(i0, LANES4(u0, vld1q_s8(q8 + 32)), sc[2 * j + 1]);                         \
+                    i1 = vmlaq_n_s32(i1, LANES4(u1, vld1q_s8(q8 + 48)), sc[2 * j + 1]);                         \
+                }                                                                                               \
+                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(i0), d);                                               \
+                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(i1), d);                                               \
             }                                                                                                   \
-            lo = vfmaq_n_f32(lo, vcvtq_f32_s32(i0), d);                                                         \
-            hi = vfmaq_n_f32(hi, vcvtq_f32_s32(i1), d);                                                         \
         }                                                                                                       \
-        *s = lanes_sum8(lo, hi) + summs;                                                                        \
-    }
+        for (int r = 0; r < nr; r++) s[r] = lanes_sum8(lo[r], hi[r]) + summs[r];                                \
+    }                                                                                                           \
+    ROWS(NAME, ATTR)
 
 Q5_K(dot_q5_K_neon, NEON, lanes4_neon)
 Q5_K(dot_q5_K_dot, DOTPROD, lanes4_dot)
@@ -222,119 +252,136 @@ static inline void float_lanes(float32x4_t *lo, float32x4_t *hi, float d, int32x
     *hi = vaddq_f32(*hi, vmulq_n_f32(vcvtq_f32_s32(i1), d));
 }
 
-NEON static void dot_q3_K_neon(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q3_K *x = vx;
+NEON INLINE void dot_q3_K_neon_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {
     const block_q8_K *y = vy;
-    float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        int8_t sc[16];
-        tk_unpack_scales_q3_K(x[b].scales, sc);
-        const uint8x16_t hm0 = vld1q_u8(x[b].hmask), hm1 = vld1q_u8(x[b].hmask + 16);
-        int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
-        for (int h = 0; h < 2; h++) {
-            const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * h), q1 = vld1q_u8(x[b].qs + 32 * h + 16);
-            for (int k = 0; k < 4; k++) {
-                /* elements 128h + 32k + l: bits 2k of qs[32h + l], minus 4 where bit 4h + k of hmask[l] is clear */
-                const int8x16_t sh = vdupq_n_s8((int8_t)(-2 * k));
-                const uint8x16_t bit = vdupq_n_u8((uint8_t)(1 << (4 * h + k))), four = vdupq_n_u8(4);
-                const int8x16_t a0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3))),
-                                              vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm0, bit))));
-                const int8x16_t a1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3))),
-                                              vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm1, bit))));
-                const int8_t *q8 = y[b].qs + 128 * h + 32 * k;
-                const int g = 8 * h + 2 * k;
-                add_group(&i0, &i1, prod16(a0, vld1q_s8(q8)), sc[g]);
-                add_group(&i0, &i1, prod16(a1, vld1q_s8(q8 + 16)), sc[g + 1]);
-            }
-        }
-        float_lanes(&lo, &hi, H2F(x[b].d) * y[b].d, i0, i1);
-    }
-    *s = lanes_seq8(0.0f, lo, hi);
-}
-
-NEON static void dot_q4_K_neon(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q4_K *x = vx;
-    const block_q8_K *y = vy;
-    float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;
-    float sum = 0;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        uint8_t sc[8], mn[8];
-        tk_unpack_scales_k4(x[b].scales, sc, mn);
-        int summ = 0;
-        for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];
-        int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
-        for (int j = 0; j < 4; j++) {
-            const uint8x16_t q0 = vld1q_u8(x[b].qs + 32 * j), q1 = vld1q_u8(x[b].qs + 32 * j + 16);
-            const int8_t *q8 = y[b].qs + 64 * j;
-            const uint8x16_t m4 = vdupq_n_u8(0x0F);
-            /* four products per lane: |a·q| <= 15·128, at most 7680 */
-            int16x8_t p = prod16(vreinterpretq_s8_u8(vandq_u8(q0, m4)), vld1q_s8(q8));
-            p = vaddq_s16(p, prod16(vreinterpretq_s8_u8(vandq_u8(q1, m4)), vld1q_s8(q8 + 16)));
-            add_group(&i0, &i1, p, sc[2 * j]);
-            p = prod16(vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), vld1q_s8(q8 + 32));
-            p = vaddq_s16(p, prod16(vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)), vld1q_s8(q8 + 48)));
-            add_group(&i0, &i1, p, sc[2 * j + 1]);
-        }
-        float_lanes(&lo, &hi, H2F(x[b].d) * y[b].d, i0, i1);
-        sum -= H2F(x[b].dmin) * y[b].d * (float)summ;
-    }
-    *s = lanes_seq8(sum, lo, hi);
-}
-
-NEON static void dot_q6_K_neon(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_q6_K *x = vx;
-    const block_q8_K *y = vy;
-    float32x4_t lo = vdupq_n_f32(0.0f), hi = lo;
-    const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
-    const int8x16_t off = vdupq_n_s8(32);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
-        const int8_t *sc = x[b].scales;
-        for (int h = 0; h < 2; h++) {
-            const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
-            const int8_t *q8 = y[b].qs + 128 * h;
-            for (int c = 0; c < 2; c++) {  /* l = 16c .. 16c + 15 */
-                const uint8x16_t la = vld1q_u8(ql + 16 * c), lb = vld1q_u8(ql + 32 + 16 * c);
-                const uint8x16_t hb = vld1q_u8(qh + 16 * c);
-                const uint8x16_t e[4] = {
-                    vorrq_u8(vandq_u8(la, m4), vshlq_n_u8(vandq_u8(hb, m3), 4)),
-                    vorrq_u8(vandq_u8(lb, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 2), m3), 4)),
-                    vorrq_u8(vshrq_n_u8(la, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 4), m3), 4)),
-                    vorrq_u8(vshrq_n_u8(lb, 4), vshlq_n_u8(vshrq_n_u8(hb, 6), 4)),
-                };
-                for (int k = 0; k < 4; k++) {  /* elements 128h + 32k + 16c + (0..15): group 8h + 2k + c */
-                    const int8x16_t a = vsubq_s8(vreinterpretq_s8_u8(e[k]), off);
-                    add_group(&i0, &i1, prod16(a, vld1q_s8(q8 + 32 * k + 16 * c)), sc[8 * h + 2 * k + c]);
+    float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};
+    for (int64_t b = 0; b < n / QK_K; b++)
+        for (int r = 0; r < nr; r++) {
+            const block_q3_K *x = ROW_PTR(block_q3_K, vx, bx, r) + b;
+            int8_t sc[16];
+            tk_unpack_scales_q3_K(x->scales, sc);
+            const uint8x16_t hm0 = vld1q_u8(x->hmask), hm1 = vld1q_u8(x->hmask + 16);
+            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+            for (int h = 0; h < 2; h++) {
+                const uint8x16_t q0 = vld1q_u8(x->qs + 32 * h), q1 = vld1q_u8(x->qs + 32 * h + 16);
+                for (int k = 0; k < 4; k++) {
+                    /* elements 128h + 32k + l: bits 2k of qs[32h + l], minus 4 where bit 4h + k of hmask[l] is clear */
+                    const int8x16_t sh = vdupq_n_s8((int8_t)(-2 * k));
+                    const uint8x16_t bit = vdupq_n_u8((uint8_t)(1 << (4 * h + k))), four = vdupq_n_u8(4);
+                    const int8x16_t a0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3))),
+                                                  vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm0, bit))));
+                    const int8x16_t a1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3))),
+                                                  vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm1, bit))));
+                    const int8_t *q8 = y[b].qs + 128 * h + 32 * k;
+                    const int g = 8 * h + 2 * k;
+                    add_group(&i0, &i1, prod16(a0, vld1q_s8(q8)), sc[g]);
+                    add_group(&i0, &i1, prod16(a1, vld1q_s8(q8 + 16)), sc[g + 1]);
                 }
             }
+            float_lanes(&lo[r], &hi[r], H2F(x->d) * y[b].d, i0, i1);
         }
-        float_lanes(&lo, &hi, H2F(x[b].d) * y[b].d, i0, i1);
-    }
-    *s = lanes_seq8(0.0f, lo, hi);
+    for (int r = 0; r < nr; r++) s[r] = lanes_seq8(0.0f, lo[r], hi[r]);
 }
+ROWS(dot_q3_K_neon, NEON)
+
+NEON INLINE void dot_q4_K_neon_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {
+    const block_q8_K *y = vy;
+    float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};
+    float sum[2] = {0, 0};
+    const uint8x16_t m4 = vdupq_n_u8(0x0F);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        int8x16_t a[16];  /* the super-block's activations, shared by the rows */
+        for (int i = 0; i < 16; i++) a[i] = vld1q_s8(y[b].qs + 16 * i);
+        for (int r = 0; r < nr; r++) {
+            const block_q4_K *x = ROW_PTR(block_q4_K, vx, bx, r) + b;
+            uint8_t sc[8], mn[8];
+            tk_unpack_scales_k4(x->scales, sc, mn);
+            int summ = 0;
+            for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];
+            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+            for (int j = 0; j < 4; j++) {
+                const uint8x16_t q0 = vld1q_u8(x->qs + 32 * j), q1 = vld1q_u8(x->qs + 32 * j + 16);
+                /* four products per lane: |a·q| <= 15·128, at most 7680 */
+                int16x8_t p = prod16(vreinterpretq_s8_u8(vandq_u8(q0, m4)), a[4 * j]);
+                p = vaddq_s16(p, prod16(vreinterpretq_s8_u8(vandq_u8(q1, m4)), a[4 * j + 1]));
+                add_group(&i0, &i1, p, sc[2 * j]);
+                p = prod16(vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), a[4 * j + 2]);
+                p = vaddq_s16(p, prod16(vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)), a[4 * j + 3]));
+                add_group(&i0, &i1, p, sc[2 * j + 1]);
+            }
+            float_lanes(&lo[r], &hi[r], H2F(x->d) * y[b].d, i0, i1);
+            sum[r] -= H2F(x->dmin) * y[b].d * (float)summ;
+        }
+    }
+    for (int r = 0; r < nr; r++) s[r] = lanes_seq8(sum[r], lo[r], hi[r]);
+}
+ROWS(dot_q4_K_neon, NEON)
+
+NEON INLINE void dot_q6_K_neon_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {
+    const block_q8_K *y = vy;
+    float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};
+    const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
+    const int8x16_t off = vdupq_n_s8(32);
+    for (int64_t b = 0; b < n / QK_K; b++)
+        for (int r = 0; r < nr; r++) {
+            const block_q6_K *x = ROW_PTR(block_q6_K, vx, bx, r) + b;
+            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+            for (int h = 0; h < 2; h++) {
+                const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
+                const int8_t *q8 = y[b].qs + 128 * h;
+                for (int c = 0; c < 2; c++) {  /* l = 16c .. 16c + 15 */
+                    const uint8x16_t la = vld1q_u8(ql + 16 * c), lb = vld1q_u8(ql + 32 + 16 * c);
+                    const uint8x16_t hb = vld1q_u8(qh + 16 * c);
+                    const uint8x16_t e[4] = {
+                        vorrq_u8(vandq_u8(la, m4), vshlq_n_u8(vandq_u8(hb, m3), 4)),
+                        vorrq_u8(vandq_u8(lb, m4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 2), m3), 4)),
+                        vorrq_u8(vshrq_n_u8(la, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 4), m3), 4)),
+                        vorrq_u8(vshrq_n_u8(lb, 4), vshlq_n_u8(vshrq_n_u8(hb, 6), 4)),
+                    };
+                    for (int k = 0; k < 4; k++) {  /* elements 128h + 32k + 16c + (0..15): group 8h + 2k + c */
+                        const int8x16_t a = vsubq_s8(vreinterpretq_s8_u8(e[k]), off);
+                        add_group(&i0, &i1, prod16(a, vld1q_s8(q8 + 32 * k + 16 * c)), x->scales[8 * h + 2 * k + c]);
+                    }
+                }
+            }
+            float_lanes(&lo[r], &hi[r], H2F(x->d) * y[b].d, i0, i1);
+        }
+    for (int r = 0; r < nr; r++) s[r] = lanes_seq8(0.0f, lo[r], hi[r]);
+}
+ROWS(dot_q6_K_neon, NEON)
 
 /* ---------------------------------------------------------------------------------------------- float types */
-/* 16 elements per step in four FMA accumulators; the tail in float */
+/* 16 elements per step in four FMA accumulators per row; the tail in float */
 
 static inline float hsum4x4(float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
     return vaddvq_f32(vaddq_f32(vaddq_f32(a, b), vaddq_f32(c, d)));
 }
 
 #define FLOAT_DOT(NAME, T, LOAD, ONE)                                                                            \
-    NEON static void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                 \
-        const T *x = vx, *y = vy;                                                                               \
-        float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;                                          \
+    NEON INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
+        const T *y = vy;                                                                                        \
+        float32x4_t acc[2][4];                                                                                  \
+        for (int r = 0; r < 2; r++)                                                                             \
+            for (int k = 0; k < 4; k++) acc[r][k] = vdupq_n_f32(0.0f);                                          \
         int64_t i = 0;                                                                                          \
         for (; i + 16 <= n; i += 16) {                                                                          \
-            a0 = vfmaq_f32(a0, LOAD(x + i), LOAD(y + i));                                                       \
-            a1 = vfmaq_f32(a1, LOAD(x + i + 4), LOAD(y + i + 4));                                               \
-            a2 = vfmaq_f32(a2, LOAD(x + i + 8), LOAD(y + i + 8));                                               \
-            a3 = vfmaq_f32(a3, LOAD(x + i + 12), LOAD(y + i + 12));                                             \
+            const float32x4_t y0 = LOAD(y + i), y1 = LOAD(y + i + 4), y2 = LOAD(y + i + 8), y3 = LOAD(y + i + 12); \
+            for (int r = 0; r < nr; r++) {                                                                      \
+                const T *x = ROW_PTR(T, vx, bx, r);                                                              \
+                acc[r][0] = vfmaq_f32(acc[r][0], LOAD(x + i), y0);                                              \
+                acc[r][1] = vfmaq_f32(acc[r][1], LOAD(x + i + 4), y1);                                          \
+                acc[r][2] = vfmaq_f32(acc[r][2], LOAD(x + i + 8), y2);                                          \
+                acc[r][3] = vfmaq_f32(acc[r][3], LOAD(x + i + 12), y3);                                         \
+            }                                                                                                   \
         }                                                                                                       \
-        float sum = hsum4x4(a0, a1, a2, a3);                                                                    \
-        for (; i < n; i++) sum += ONE(x[i]) * ONE(y[i]);                                                        \
-        *s = sum;                                                                                               \
-    }
+        for (int r = 0; r < nr; r++) {                                                                          \
+            const T *x = ROW_PTR(T, vx, bx, r);                                                                  \
+            float sum = hsum4x4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);                                    \
+            for (int64_t k = i; k < n; k++) sum += ONE(x[k]) * ONE(y[k]);                                       \
+            s[r] = sum;                                                                                         \
+        }                                                                                                       \
+    }                                                                                                           \
+    ROWS(NAME, NEON)
 
 static inline float32x4_t load_f16(const tk_half *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 static inline float32x4_t load_bf16(const uint16_t *p) {
@@ -349,28 +396,28 @@ FLOAT_DOT(dot_bf16_neon, uint16_t, load_bf16, one_bf16)
 
 /* ---------------------------------------------------------------------------------------------- the table */
 
-struct neon_dots { tk_vec_dot_fn neon, dot; };
+struct neon_dots { tk_vec_dot_fn neon, dot; tk_vec_dot2_fn neon2, dot2; };
+
+#define BOTH(T) {dot_##T##_neon, dot_##T##_dot, dot_##T##_neon2, dot_##T##_dot2}
+#define NEON_ONLY(T) {dot_##T##_neon, NULL, dot_##T##_neon2, NULL}
 
 static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
-    [TK_F32] = {dot_f32_neon, NULL},
-    [TK_F16] = {dot_f16_neon, NULL},
-    [TK_BF16] = {dot_bf16_neon, NULL},
-    [TK_Q4_0] = {dot_q4_0_neon, dot_q4_0_dot},
-    [TK_Q4_1] = {dot_q4_1_neon, dot_q4_1_dot},
-    [TK_Q5_0] = {dot_q5_0_neon, dot_q5_0_dot},
-    [TK_Q5_1] = {dot_q5_1_neon, dot_q5_1_dot},
-    [TK_Q8_0] = {dot_q8_0_neon, dot_q8_0_dot},
-    [TK_Q2_K] = {dot_q2_K_neon, dot_q2_K_dot},
-    [TK_Q3_K] = {dot_q3_K_neon, NULL},
-    [TK_Q4_K] = {dot_q4_K_neon, NULL},
-    [TK_Q5_K] = {dot_q5_K_neon, dot_q5_K_dot},
-    [TK_Q6_K] = {dot_q6_K_neon, NULL},
+    [TK_F32] = NEON_ONLY(f32),   [TK_F16] = NEON_ONLY(f16),   [TK_BF16] = NEON_ONLY(bf16), [TK_Q4_0] = BOTH(q4_0),
+    [TK_Q4_1] = BOTH(q4_1),      [TK_Q5_0] = BOTH(q5_0),      [TK_Q5_1] = BOTH(q5_1),      [TK_Q8_0] = BOTH(q8_0),
+    [TK_Q2_K] = BOTH(q2_K),      [TK_Q3_K] = NEON_ONLY(q3_K), [TK_Q4_K] = NEON_ONLY(q4_K), [TK_Q5_K] = BOTH(q5_K),
+    [TK_Q6_K] = NEON_ONLY(q6_K),
 };
 
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level) {
     if (wtype < 0 || wtype >= TK_TYPE_COUNT || level < 1) return NULL;
     const struct neon_dots *d = &NEON_DOTS[wtype];
     return level >= 2 && d->dot ? d->dot : d->neon;
+}
+
+tk_vec_dot2_fn tk_vec_dot2_neon(int wtype, int level) {
+    if (wtype < 0 || wtype >= TK_TYPE_COUNT || level < 1) return NULL;
+    const struct neon_dots *d = &NEON_DOTS[wtype];
+    return level >= 2 && d->dot2 ? d->dot2 : d->neon2;
 }
 
 #endif
