@@ -26,6 +26,9 @@ typedef struct { tk_half d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K 
 typedef struct { tk_half d, dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8]; uint8_t qs[QK_K / 2]; } block_q5_K;
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; tk_half d; } block_q6_K;
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;
+/* IQ4_NL / IQ4_XS: 4-bit indices into tk_iq4nl_values (quants_iq.c), per block of 32 / super-block of 256 */
+typedef struct { tk_half d; uint8_t qs[QK / 2]; } block_iq4_nl;
+typedef struct { tk_half d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; } block_iq4_xs;
 /* TK_Q8_KX, the activations of the Q4_K tiles: a Q8_K block with its quants reordered so that bytes 32s..32s+31 hold
    elements 4s..4s+3 of each of the 8 sub-blocks of 32 (qs[32s + 4l + i] = element 4s + i of sub-block l), and in
    place of bsums yb[l] = d · (sum of sub-block l's quants). */
@@ -44,6 +47,8 @@ static_assert(sizeof(block_q5_K) == 176, "block_q5_K layout");
 static_assert(sizeof(block_q6_K) == 210, "block_q6_K layout");
 static_assert(sizeof(block_q8_K) == 292, "block_q8_K layout");
 static_assert(sizeof(block_q8_KX) == 292, "block_q8_KX layout");
+static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl layout");
+static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs layout");
 
 /* k is the number of elements, a multiple of the type's block size. */
 typedef void (*tk_quantize_row_fn)(const float *x, void *y, int64_t k);
@@ -136,6 +141,20 @@ void q6_K_finish(const float *x, const float scales[QK_K / 16], float max_scale,
                  int8_t L[QK_K], block_q6_K *y);
 /* Q5_0/Q5_1: low nibbles as Q4, bit 4 of element j in bit j of the 32-bit qh word (quants_legacy.c) */
 void pack_q5(const uint8_t q[QK], uint8_t qs[QK / 2], uint8_t qh_bytes[4]);
+
+/* IQ4_NL / IQ4_XS (quants_iq.c, quants_iq_avx2.c): quantizers as ggml_quantize_chunk runs them (the _imatrix ones
+   with importance weights qw, or NULL), dequantizers, dot products with Q8_0 / Q8_K activations */
+extern const int8_t tk_iq4nl_values[16];
+void quantize_row_iq4_nl(const float *x, void *y, int64_t k);
+void quantize_row_iq4_xs(const float *x, void *y, int64_t k);
+void quantize_row_iq4_nl_imatrix(const float *x, void *y, int64_t k, const float *qw);
+void quantize_row_iq4_xs_imatrix(const float *x, void *y, int64_t k, const float *qw);
+void dequantize_row_iq4_nl(const void *x, float *y, int64_t k);
+void dequantize_row_iq4_xs(const void *x, float *y, int64_t k);
+void tk_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq4_xs_q8_K(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 
 /* Rounding helpers shared by the quantizers. */
 static inline int tk_nearest_int(float fval) {

@@ -28,6 +28,8 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_Q5_K, "q5_K", QK_K, sizeof(block_q5_K), quantize_row_q5_K_ref, dequantize_row_q5_K, quantize_row_q5_K_avx2),
     ROW(TK_Q6_K, "q6_K", QK_K, sizeof(block_q6_K), quantize_row_q6_K_ref, dequantize_row_q6_K, quantize_row_q6_K_avx2),
     ROW(TK_Q8_K, "q8_K", QK_K, sizeof(block_q8_K), quantize_row_q8_K_ref, dequantize_row_q8_K, NULL),
+    ROW(TK_IQ4_NL, "iq4_nl", QK, sizeof(block_iq4_nl), quantize_row_iq4_nl, dequantize_row_iq4_nl, NULL),
+    ROW(TK_IQ4_XS, "iq4_xs", QK_K, sizeof(block_iq4_xs), quantize_row_iq4_xs, dequantize_row_iq4_xs, NULL),
 };
 
 /* not in the table: no file holds it */

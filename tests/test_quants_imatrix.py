@@ -1,7 +1,7 @@
 """Quantization with an importance matrix (llama-quantize --imatrix) against ggml itself, bit for bit.
 
 Oracle: libggml-base.so shipped with llama-cpp-python (ggml_quantize_chunk given quant_weights). Every type whose
-ggml quantizer takes the weights (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K), and Q8_0, which ignores them, on random and
+ggml quantizer takes the weights (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS), and Q8_0, which ignores them, on random and
 adversarial rows with random, sparse, constant and extreme weights; through native.quantize on whichever path the CPU
 selects and on several threads.
 """
@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as T
 import native
 from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix, ggml  # noqa: F401 (ggml: fixture)
 
-TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 
 
 def ggml_quantize(lib, t: int, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:

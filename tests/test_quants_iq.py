@@ -1,0 +1,46 @@
+"""IQ4_NL and IQ4_XS of the native core against ggml, bit for bit: quantized bytes without an importance matrix
+(ggml_quantize_chunk, as llama-quantize runs it; with one: tests/test_quants_imatrix.py) on random and adversarial
+rows, and dequantized values against ggml's dequantize_row_iq4_* and gguf-py's numpy dequantizers. The matrix
+kernels are in tests/test_matmul.py (against ggml's vec_dots)."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+
+import native
+from tests.test_quants_imatrix import ggml_quantize
+from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix, ggml  # noqa: F401 (ggml: fixture)
+
+TYPES = [T.IQ4_NL, T.IQ4_XS]
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_random_and_adversarial_rows_equal_ggml(ggml, t):
+    x, cases = adversarial_matrix()
+    x = np.concatenate([np.random.default_rng(9).standard_normal((64, N_PER_ROW), dtype=np.float32), x])
+    cases = ["random"] * 64 + cases
+    ours, theirs = native.quantize(int(t), x, 3), ggml_quantize(ggml.lib, t, x, None)
+    bad = [cases[i] for i in np.flatnonzero((ours != theirs).any(axis=1))]
+    assert not bad, f"{t.name}: rows differ from ggml: {bad[:10]}"
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize_equals_ggml_and_gguf_py(ggml, t):
+    x, _ = adversarial_matrix()
+    q = ggml_quantize(ggml.lib, t, x, None)
+    fn = getattr(ggml.lib, f"dequantize_row_{t.name.lower()}")
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    want = np.empty(x.shape, np.float32)
+    fn(q.ctypes.data, want.ctypes.data, want.size)
+    ours = native.dequantize(int(t), q, N_PER_ROW, 2)
+    np.testing.assert_array_equal(ours, want)
+    np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(x.shape))
+
+
+def test_table_rows():
+    assert native.TRAITS[int(T.IQ4_NL)] == ("iq4_nl", 32, 18)
+    assert native.TRAITS[int(T.IQ4_XS)] == ("iq4_xs", 256, 136)
