@@ -410,11 +410,21 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     }
 }
 
+/* The tile for n tokens, NULL for the one-token kernels: the type's tile when n fills it; for fewer tokens than a
+   narrower variant takes (a few sequences' next tokens batched), the narrowest such variant, one tile of tokens
+   padded. */
+static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
+    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
+    if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols ? g : NULL;
+    do g = g->narrow; while (g->narrow && n <= g->narrow->cols);
+    return g;
+}
+
 int tk_act_type(int wtype, int64_t n) {
     const struct tk_dot_traits *d = tk_dot_traits(wtype);
-    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
+    const struct tk_gemm *g = gemm_for(wtype, n);
     if (!d) return -1;
-    return g && g->pack && n >= g->cols ? g->act_type : d->vec_dot_type;
+    return g && g->pack ? g->act_type : d->vec_dot_type;
 }
 
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst) {
@@ -495,13 +505,14 @@ static void rows_by_dots(int wtype, const char *wd, size_t wrow, int64_t cols, i
     }
 }
 
-/* Packed tiles: each tile's weight rows are repacked once into work (past r1: zero rows, whose results are dropped)
-   and meet every token; the last, partial token tile reads a zero-padded copy of its rows. */
-static void packed_tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
-                         int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
-                         int add, char *work) {
-    const size_t prow = (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size;
-    char *packed = work, *tail = work + (size_t)g->rows * prow;
+/* Tiles: each tile's weight rows — the file's, or repacked once into work when the tile reads them packed (past r1:
+   zero rows, whose results are dropped) — stay in L1 while every token meets them; the last, partial token tile reads
+   a zero-padded copy of its rows. Unpacked, [r0, r1) must be whole row tiles. */
+static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
+                  int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
+                  int add, char *work) {
+    const size_t prow = g->pack ? (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size : wrow;
+    char *packed = work, *tail = work + (g->pack ? (size_t)g->rows * prow : 0);
     const int64_t nt = n - n % g->cols;
     if (nt < n) {
         memcpy(tail, ad + (size_t)nt * arow, (size_t)(n - nt) * arow);
@@ -510,13 +521,17 @@ static void packed_tiles(const struct tk_gemm *g, int wtype, const char *wd, siz
     float s[TK_GEMM_MAX_TILE * TK_GEMM_MAX_TILE];
     for (int64_t r = r0; r < r1; r += g->rows) {
         const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
-        for (int k = 0; k < g->rows; k++) {
-            if (k < rm) g->pack(wd + (size_t)(r + k) * wrow, packed + k * prow, cols);
-            else memset(packed + k * prow, 0, prow);
+        const char *rows = wd + (size_t)r * wrow;
+        if (g->pack) {
+            for (int k = 0; k < g->rows; k++) {
+                if (k < rm) g->pack(rows + (size_t)k * wrow, packed + k * prow, cols);
+                else memset(packed + k * prow, 0, prow);
+            }
+            rows = packed;
         }
         for (int64_t j = 0; j < n; j += g->cols) {
             const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
-            g->fn(cols, s, (size_t)g->cols, packed, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
+            g->fn(cols, s, (size_t)g->cols, rows, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
             for (int k = 0; k < rm; k++)
                 for (int t = 0; t < rn; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
         }
@@ -532,26 +547,14 @@ void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t 
                     int64_t n, float *y, int64_t ldy, const float *bias, int add, void *work) {
     const size_t wrow = tk_row_size(wtype, cols);
     const char *wd = w, *ad = act;
-    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
-    if (g && g->pack && n >= g->cols) {
-        packed_tiles(g, wtype, wd, wrow, cols, r0, r1, ad, arow, n, y, ldy, bias, add, work);
-        return;
-    }
-    if (!g || g->pack || n < g->cols || r1 - r0 < g->rows) {
+    const struct tk_gemm *g = gemm_for(wtype, n);
+    if (!g || (!g->pack && r1 - r0 < g->rows)) {
         rows_by_dots(wtype, wd, wrow, cols, r0, r1, ad, arow, 0, n, y, ldy, bias, add);
         return;
     }
-    /* whole tiles: each tile's weight rows stay in L1 while all activation rows (in L2) pass over them */
-    const int64_t nt = n - n % g->cols, rt = r0 + (r1 - r0) / g->rows * g->rows;
-    float s[TK_GEMM_MAX_TILE * TK_GEMM_MAX_TILE];
-    for (int64_t r = r0; r < rt; r += g->rows)
-        for (int64_t j = 0; j < nt; j += g->cols) {
-            g->fn(cols, s, (size_t)g->cols, wd + (size_t)r * wrow, wrow, ad + (size_t)j * arow, arow);
-            for (int k = 0; k < g->rows; k++)
-                for (int t = 0; t < g->cols; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
-        }
-    /* the rest: tokens past the last whole tile, rows past the last whole tile */
-    if (nt < n) rows_by_dots(wtype, wd, wrow, cols, r0, rt, ad, arow, nt, n, y, ldy, bias, add);
+    /* whole row tiles (all rows when packed), then the rows past the last whole tile */
+    const int64_t rt = g->pack ? r1 : r0 + (r1 - r0) / g->rows * g->rows;
+    tiles(g, wtype, wd, wrow, cols, r0, rt, ad, arow, n, y, ldy, bias, add, work);
     if (rt < r1) rows_by_dots(wtype, wd, wrow, cols, rt, r1, ad, arow, 0, n, y, ldy, bias, add);
 }
 

@@ -336,9 +336,9 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
 #define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
 
 /* the tile's entry for the table (its shape stated once) */
-#define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0)
-#define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE)                                            \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE};                     \
+#define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NULL)
+#define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW)                                    \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW};             \
     _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds"); \
     _Static_assert(PACK_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
@@ -435,33 +435,97 @@ static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
 
 #define S8_PACKED_ROW(r, b) ((const block_s8_packed *)((const char *)vx + (r) * bx) + (b))
 
-AVX512 void tile_s8_packed_zmm(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {
-    enum { RM = 4, RN = 8 };
-    __m512 acc[RM][RN / 2];
-    ZMM_PAIRS_ZERO(acc, RM, RN);
-    for (int64_t b = 0; b < n / QK; b++) {
-        __m512i w[RM], c[RM];
-        __m512 dx[RM];
-        for (int r = 0; r < RM; r++) {
-            const block_s8_packed *x = S8_PACKED_ROW(r, b);
-            w[r] = _mm512_broadcast_i64x4(load32((const int8_t *)x->q));
-            c[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x->c));
-            dx[r] = _mm512_set1_ps(x->d);
-        }
-        for (int t = 0; t < RN / 2; t++) {
-            const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;
-            const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);
-            const __m512i a = _mm512_xor_si512(two_blocks(y0->qs, y1->qs), _mm512_set1_epi8((char)0x80));
-            const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);
-            for (int r = 0; r < RM; r++)
-                acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy), _mm512_cvtepi32_ps(dpbusd_zmm(c[r], a, w[r])),
-                                            acc[r][t]);
-        }
+/* RN tokens (2, 4 or 8: the narrower ones for small batches, e.g. the next tokens of a few generating sequences) */
+#define S8_PACKED_TILE_ZMM(NAME, RN)                                                                          \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        enum { RM = 4 };                                                                                     \
+        __m512 acc[RM][RN / 2];                                                                              \
+        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            __m512i w[RM], c[RM];                                                                            \
+            __m512 dx[RM];                                                                                   \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                const block_s8_packed *x = S8_PACKED_ROW(r, b);                                              \
+                w[r] = _mm512_broadcast_i64x4(load32((const int8_t *)x->q));                                 \
+                c[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x->c));                    \
+                dx[r] = _mm512_set1_ps(x->d);                                                                \
+            }                                                                                                \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
+                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
+                const __m512i a = _mm512_xor_si512(two_blocks(y0->qs, y1->qs), _mm512_set1_epi8((char)0x80)); \
+                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
+                for (int r = 0; r < RM; r++)                                                                 \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
+                                                _mm512_cvtepi32_ps(dpbusd_zmm(c[r], a, w[r])), acc[r][t]);   \
+            }                                                                                                \
+        }                                                                                                    \
+        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
     }
-    ZMM_PAIRS_STORE(acc, RM, RN, s, ls);
-}
-static const struct tk_gemm tile_q4_0_zmm_tile = {tile_s8_packed_zmm, 4, 8, pack_q4_0, sizeof(block_s8_packed), TK_Q8_0};
-static const struct tk_gemm tile_q8_0_zmm_tile = {tile_s8_packed_zmm, 4, 8, pack_q8_0, sizeof(block_s8_packed), TK_Q8_0};
+
+S8_PACKED_TILE_ZMM(tile_s8_packed_zmm, 8)
+
+/* The same tiles on the file's rows, for a few tokens (the next tokens of a few generating sequences): each row's
+   block unpacked in registers once for all RN tokens costs less than packing it for them. The lanes are the packed
+   tile's integers (Q4_0: Σ w·y - 8·Σy; Q8_0: Σ (y + 128)·w - 128·Σw), so the bits are the one-token kernel's. */
+#define LEGACY_RAW_TILE_ZMM(NAME, XT, RN, PREP_X, PREP_Y)                                                      \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        enum { RM = 4 };                                                                                     \
+        __m512 acc[RM][RN / 2];                                                                              \
+        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            __m512i w[RM], c[RM];                                                                            \
+            __m512 dx[RM];                                                                                   \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                   \
+                PREP_X(x, w[r], c[r]);                                                                       \
+                dx[r] = _mm512_set1_ps(tk_fp16_table[x->d]);                                                 \
+            }                                                                                                \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
+                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
+                __m512i a, e;                                                                                \
+                PREP_Y(two_blocks(y0->qs, y1->qs), a, e);                                                    \
+                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
+                for (int r = 0; r < RM; r++)                                                                 \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
+                                                _mm512_cvtepi32_ps(RAW_DOT(w[r], c[r], a, e)), acc[r][t]);   \
+            }                                                                                                \
+        }                                                                                                    \
+        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
+    }
+/* Q4_0: w the unsigned nibbles, e = -8·Σy lanes per token pair, lane = e + Σ w·y */
+#define Q4_0_RAW_X(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
+#define Q4_0_RAW_Y(y, a, e)                                                                                   \
+    (a = (y), e = _mm512_sub_epi32(_mm512_setzero_si512(),                                                    \
+                                   dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
+/* Q8_0: c = -128·Σw lanes per row, a = y + 128 (unsigned), lane = c + Σ (y + 128)·w */
+#define Q8_0_RAW_X(x, w, c)                                                                                   \
+    (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
+     c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
+#define Q8_0_RAW_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
+#define RAW_DOT(w, c, a, e) (RAW_IS_Q4 ? dpbusd_zmm(e, w, a) : dpbusd_zmm(c, a, w))
+
+#define RAW_IS_Q4 1
+LEGACY_RAW_TILE_ZMM(tile_q4_0_raw8, block_q4_0, 8, Q4_0_RAW_X, Q4_0_RAW_Y)
+LEGACY_RAW_TILE_ZMM(tile_q4_0_raw4, block_q4_0, 4, Q4_0_RAW_X, Q4_0_RAW_Y)
+LEGACY_RAW_TILE_ZMM(tile_q4_0_raw2, block_q4_0, 2, Q4_0_RAW_X, Q4_0_RAW_Y)
+#undef RAW_IS_Q4
+#define RAW_IS_Q4 0
+LEGACY_RAW_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, Q8_0_RAW_Y)
+LEGACY_RAW_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, Q8_0_RAW_Y)
+LEGACY_RAW_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, Q8_0_RAW_Y)
+#undef RAW_IS_Q4
+
+/* the packed tile for many tokens; for at most its width, the raw tiles, widest first */
+#define S8_TILE_ENTRIES(T, PACK)                                                                              \
+    static const struct tk_gemm T##_raw2_tile = {T##_raw2, 4, 2, NULL, 0, 0, NULL};                           \
+    static const struct tk_gemm T##_raw4_tile = {T##_raw4, 4, 4, NULL, 0, 0, &T##_raw2_tile};                 \
+    static const struct tk_gemm T##_raw8_tile = {T##_raw8, 4, 8, NULL, 0, 0, &T##_raw4_tile};                 \
+    static const struct tk_gemm T##_zmm_tile = {tile_s8_packed_zmm, 4, 8, PACK, sizeof(block_s8_packed), TK_Q8_0, \
+                                                &T##_raw8_tile};
+S8_TILE_ENTRIES(tile_q4_0, pack_q4_0)
+S8_TILE_ENTRIES(tile_q8_0, pack_q8_0)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -775,14 +839,14 @@ static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { retu
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
     }                                                                                                        \
-    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX)
+    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX, NULL)
 
 static inline AVX512 __m512 two_halves(__m256 a, __m256 b) {
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
 }
 static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
 
-#define Q4_K_TILE_512(NAME, RM, RN)                                                                           \
+#define Q4_K_TILE_512(NAME, RM, RN, NARROW)                                                                   \
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         __m512 acc[RM][RN / 2];                                                                              \
         ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
@@ -811,14 +875,16 @@ static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
         }                                                                                                    \
         ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
     }                                                                                                        \
-    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX)
+    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX, NARROW)
 
 Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, dpbusd_avx2)
 Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, dpbusd_vex)
-Q4_K_TILE_512(tile_q4_K_zmm, 4, 6)
+Q4_K_TILE_512(tile_q4_K_zmm2, 4, 2, NULL)
+Q4_K_TILE_512(tile_q4_K_zmm4, 4, 4, &tile_q4_K_zmm2_tile)  /* for a few tokens */
+Q4_K_TILE_512(tile_q4_K_zmm, 4, 6, &tile_q4_K_zmm4_tile)
 
 /* Q6_K tiles: super_q6_K per (row, token), each row's quants and scales unpacked once per half super-block */
-#define Q6_K_TILE(NAME, RM, RN, ATTR, MADD_ADD)                                                                       \
+#define Q6_K_TILE(NAME, RM, RN, ATTR, MADD_ADD, NARROW)                                                                 \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
         const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);                                 \
         __m256 acc[RM][RN];                                                                                  \
@@ -867,11 +933,12 @@ Q4_K_TILE_512(tile_q4_K_zmm, 4, 6)
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
     }                                                                                                                 \
-    TILE_ENTRY(NAME, RM, RN)
+    PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NARROW)
 
-Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2)
-Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex)
-Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex)
+Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2, NULL)
+Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
+Q6_K_TILE(tile_q6_K_avx512_2, 2, 2, AVX512, madd_add_evex, NULL)  /* for a few tokens */
+Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex, &tile_q6_K_avx512_2_tile)
 
 /* F16 tiles: per (row, token) the four accumulators of tk_vec_dot_f16_avx2 over steps of 32 elements, then its tail.
    The AVX512 build holds accumulators 0|1 and 2|3 of a pair in two 512-bit registers: lane for lane the same fused

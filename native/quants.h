@@ -260,7 +260,16 @@ int tk_use_avx512(void);
    activations in act_type; the others read the file's rows and the vec_dot_type (pack NULL, act_type 0). */
 typedef void (*tk_gemm_fn)(int64_t n, float *s, size_t ls, const void *x, size_t bx, const void *y, size_t by);
 typedef void (*tk_pack_fn)(const void *x, void *dst, int64_t n);
-struct tk_gemm { tk_gemm_fn fn; int rows, cols; tk_pack_fn pack; size_t pack_size; int act_type; };
+/* narrow: the variant for fewer tokens than the tile takes (a few generating sequences batched; same bits per (row,
+   token)), NULL when none */
+struct tk_gemm {
+    tk_gemm_fn fn;
+    int rows, cols;
+    tk_pack_fn pack;
+    size_t pack_size;
+    int act_type;
+    const struct tk_gemm *narrow;
+};
 #define TK_GEMM_MAX_TILE 16
 #define TK_GEMM_MAX_PACK 320 /* bytes per weight block of a packed tile, at most */
 /* The tile kernel for wtype on this CPU (NULL when none, or the scalar path is forced). */

@@ -5,8 +5,9 @@ instead of N times.
 Sessions call `Batcher.forward` from their own threads. Each request waits until a pass is free; the first waiting
 thread that finds the pass free becomes the leader, takes the waiting requests (one-token steps first, then prompt
 chunks while the batch has room) and runs them; the others get their logits when it is done. So that the sequences of
-a step meet in one pass, a leader waits a moment (`gather_s`) for the members that are still sampling their next token
-— at most until every member has asked. Requests join between passes and leave when they are answered; each one's
+a step meet in one pass, a leader waits a moment for the members that are still sampling their next token — at most
+until every member has asked, or a quarter of the last pass's time (at least `gather_s`): a member that comes later
+costs less than a pass of its own. Requests join between passes and leave when they are answered; each one's
 logits are the same bits as in a pass of its own (the engine's guarantee), so what a request generates does not depend
 on what runs beside it.
 """
@@ -35,10 +36,12 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, net: Transformer, n_ubatch: int = 512, gather_s: float = 0.004):
-        """n_ubatch: tokens a pass takes (at least one request always goes); gather_s: how long a leader waits for the
-        members that have not asked yet."""
+    def __init__(self, net: Transformer, n_ubatch: int = 512, gather_s: float = 0.002):
+        """n_ubatch: tokens a pass takes (at least one request always goes); gather_s: the least time a leader waits
+        for the members that have not asked yet."""
         self.net, self.n_ubatch, self.gather_s = net, n_ubatch, gather_s
+        self._last_pass_s = 0.0
+        self._free_since = 0.0              # when the last pass ended
         self._cv = threading.Condition()
         self._waiting: list[_Request] = []
         self._running = False
@@ -92,7 +95,10 @@ class Batcher:
         caches = {id(r.cache) for r in self._waiting}
         if all(key in caches for key in self._members):
             return 0
-        left = self._waiting[0].since + self.gather_s - time.perf_counter()
+        # the window opens when the first request waits for a free pass: a request that waited through a pass
+        # gives the members answered by it the time to sample and ask again
+        opened = max(self._waiting[0].since, self._free_since)
+        left = opened + max(self.gather_s, self._last_pass_s / 4) - time.perf_counter()
         return 0 if left <= 0 else left
 
     def _take(self) -> list[_Request]:
@@ -111,6 +117,7 @@ class Batcher:
         return batch
 
     def _run(self, batch: list[_Request]) -> None:
+        t0 = time.perf_counter()
         try:
             outs = self.net.forward_batch([(r.tokens, r.cache, r.all_logits) for r in batch])
             for r, out in zip(batch, outs):
@@ -119,5 +126,7 @@ class Batcher:
             for r in batch:
                 r.error = e
         self.n_passes += 1
+        self._free_since = time.perf_counter()
+        self._last_pass_s = self._free_since - t0
         for r in batch:
             r.done = True

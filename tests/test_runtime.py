@@ -321,28 +321,30 @@ def test_a_token_reads_only_the_experts_it_routes_to(files, tmp_path, arch):
 @pytest.mark.parametrize("arch", ARCHES)
 def test_sequences_batched_give_the_bits_of_each_alone(files, tmp_path, arch):
     """Continuous batching: three sequences at different points (one generating its next token, one evaluating a
-    prompt chunk, one starting with all logits) in one native pass give, bit for bit, the logits of each run alone —
-    for every architecture, F32 and Q8_0."""
+    prompt chunk, one starting with all logits; or three generating) in one native pass give, bit for bit, the logits
+    of each run alone — for every architecture, F32, Q8_0 and Q4_0."""
     from runtime.arch import build
     from runtime.model import Model
     history = [PROMPT[:23], PROMPT[30:37], []]
-    now = [[PROMPT[23]], PROMPT[37:42], PROMPT[50:59]]
-    all_logits = [False, False, True]
-    for path in (files[arch, "f32"], quantized(files[arch, "f32"], tmp_path, "Q8_0")):
+    steps = {"mixed": ([[PROMPT[23]], PROMPT[37:42], PROMPT[50:59]], [False, False, True]),
+             "generating": ([[PROMPT[23]], [PROMPT[37]], [PROMPT[50]]], [False, False, False])}  # few-token tiles
+    for path in (files[arch, "f32"], quantized(files[arch, "f32"], tmp_path, "Q8_0"),
+                 quantized(files[arch, "f32"], tmp_path, "Q4_0")):
         model = Model(path)
         try:
             net = build(model, 2)
-            alone, caches = [], []
-            for past, toks, every in zip(history, now, all_logits):
-                cache = net.new_cache(64, "f16")
-                if past:
-                    net.forward(past, cache)
-                alone.append(net.forward(toks, cache, all_logits=every))
-                cache.n = len(past)  # rewound: the same history, evaluated again below in the batch's own caches
-                caches.append(cache)
-            batched = net.forward_batch(list(zip(now, caches, all_logits)))
-            for i, (a, b) in enumerate(zip(alone, batched)):
-                assert a.shape == b.shape and np.array_equal(a, b), f"{arch} {path.name}: sequence {i}"
-            assert [c.n for c in caches] == [len(p) + len(t) for p, t in zip(history, now)]
+            for what, (now, all_logits) in steps.items():
+                alone, caches = [], []
+                for past, toks, every in zip(history, now, all_logits):
+                    cache = net.new_cache(64, "f16")
+                    if past:
+                        net.forward(past, cache)
+                    alone.append(net.forward(toks, cache, all_logits=every))
+                    cache.n = len(past)  # rewound: the same history, evaluated again below in one batch
+                    caches.append(cache)
+                batched = net.forward_batch(list(zip(now, caches, all_logits)))
+                for i, (a, b) in enumerate(zip(alone, batched)):
+                    assert a.shape == b.shape and np.array_equal(a, b), f"{arch} {path.name} {what}: sequence {i}"
+                assert [c.n for c in caches] == [len(p) + len(t) for p, t in zip(history, now)]
         finally:
             model.close()
