@@ -190,6 +190,82 @@ def vector_lengths(hp: HParams) -> dict[str, int]:
                             hp.n_rot // 2)}
 
 
+# the types a weight may have: those the engine multiplies (native/dot.c's table; q8_1 and q8_K are only the types
+# of the activations, which llama.cpp never stores either)
+WEIGHT_TYPES = frozenset(t for t, (name, _, _) in native.TRAITS.items() if name not in ("q8_1", "q8_K"))
+
+
+def check_tensors(weights: dict, hp: HParams, recipe) -> None:
+    """The tensors the engine needs for this recipe and these hyper-parameters, with their shapes, as
+    native/engine.c's tk_engine_new checks them again: layer numbers below block_count, token embeddings and/or
+    output [n_vocab x n_embd], the output norm, rope factors that go together, learned positions without rope, and in
+    each layer its norms, q/k/v (fused or not), the output projection and the feed-forward (dense, Phi-3's fused
+    gate/up, or experts). Raises a message without the file's name."""
+    qd, kvd, d = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim, hp.n_embd
+    for name in weights:
+        head, _, rest = name.partition(".")
+        number = rest.partition(".")[0]
+        if head == "blk" and number.isdigit() and int(number) >= hp.n_layer:
+            raise UserError(f"tensor {name}: layer beyond block_count")
+
+    def matrix(name: str, rows: int, cols: int, required: bool = True) -> bool:
+        w = weights.get(name)
+        if w is None:
+            if required:
+                raise UserError(f"missing tensor {name}")
+            return False
+        if (w.rows, w.cols) != (rows, cols):
+            raise UserError(f"tensor {name} has shape {w.rows}x{w.cols}, expected {rows}x{cols}")
+        return True
+
+    def need(name: str) -> None:
+        if name not in weights:
+            raise UserError(f"missing tensor {name}")
+    if not (matrix("token_embd.weight", hp.n_vocab, d, False) | matrix("output.weight", hp.n_vocab, d, False)):
+        raise UserError("missing tensor token_embd.weight")  # either stands for the other (tied)
+    need("output_norm.weight")
+    if recipe.norm == "layer":
+        need("output_norm.bias")
+    if ("rope_factors_long.weight" in weights) != ("rope_factors_short.weight" in weights) or (
+            "rope_factors_long.weight" in weights and "rope_freqs.weight" in weights):
+        raise UserError("rope factors: rope_factors_long and rope_factors_short go together, without rope_freqs")
+    if recipe.rope is None:
+        pos = weights.get("position_embd.weight")
+        matrix("position_embd.weight", pos.rows if pos is not None else 1, d)
+    for layer in range(hp.n_layer):
+        def has(suffix: str) -> bool:
+            return f"blk.{layer}.{suffix}" in weights
+
+        def mat(suffix: str, rows: int, cols: int) -> bool:
+            return matrix(f"blk.{layer}.{suffix}", rows, cols)
+        if has("attn_q_norm.weight") != has("attn_k_norm.weight"):
+            raise UserError(f"layer {layer} has only one of attn_q_norm / attn_k_norm")
+        for suffix in ("attn_norm.weight", "ffn_norm.weight") + (
+                ("attn_norm.bias", "ffn_norm.bias") if recipe.norm == "layer" else ()):
+            need(f"blk.{layer}.{suffix}")
+        if has("attn_qkv.weight"):
+            mat("attn_qkv.weight", qd + 2 * kvd, d)
+        else:
+            mat("attn_q.weight", qd, d), mat("attn_k.weight", kvd, d), mat("attn_v.weight", kvd, d)
+        mat("attn_output.weight", d, qd)
+        if has("ffn_gate_inp.weight"):
+            ne, fe = hp.n_expert, hp.n_ff_exp
+            if not ne or recipe.ffn != "swiglu" or any(has(s) for s in ("post_ffw_norm.weight", "ffn_gate.weight",
+                                                                        "ffn_up.weight", "ffn_down.weight")):
+                raise UserError(f"layer {layer}: experts without expert counts, with a feed-forward other than "
+                                "SwiGLU, or beside a dense feed-forward or its post-norm")
+            mat("ffn_gate_inp.weight", ne, d), mat("ffn_gate_exps.weight", ne * fe, d)
+            mat("ffn_up_exps.weight", ne * fe, d), mat("ffn_down_exps.weight", ne * d, fe)
+            continue
+        up = weights.get(f"blk.{layer}.ffn_up.weight")
+        fused = (recipe.ffn != "gelu" and not has("ffn_gate.weight") and up is not None and up.rows == 2 * hp.n_ff
+                 and not has("ffn_up.bias"))   # Phi-3: gate and up in one matrix, the gate its first n_ff rows
+        if recipe.ffn != "gelu" and not fused:
+            mat("ffn_gate.weight", hp.n_ff, d)
+        mat("ffn_up.weight", 2 * hp.n_ff if fused else hp.n_ff, d)
+        mat("ffn_down.weight", d, hp.n_ff)
+
+
 def _layer_suffix(name: str) -> str:
     """`blk.3.attn_norm.weight` → `attn_norm.weight`; other names as they are."""
     head, _, rest = name.partition(".")
@@ -224,7 +300,7 @@ class Model:
         self.hp = _hparams(self.gguf, arch, self.recipe, len(tokens))
         lengths = vector_lengths(self.hp)
         for e in self.gguf.tensors:
-            if int(e.info.ggml_type) not in native.TRAITS:
+            if int(e.info.ggml_type) not in WEIGHT_TYPES:
                 raise UserError(f"tensor {e.info.name} has type {e.info.ggml_type.name}, which the runtime does "
                                 "not support")
             n = lengths.get(_layer_suffix(e.info.name))
@@ -232,6 +308,10 @@ class Model:
                 raise UserError(f"{self.path.name}: tensor {e.info.name} has shape {list(e.info.shape)}, expected "
                                 f"[{n}] from the hyper-parameters")
             self.weights[e.info.name] = Weight(self.gguf, e)
+        try:
+            check_tensors(self.weights, self.hp, self.recipe)
+        except UserError as e:
+            raise UserError(f"{self.path.name}: {e}") from None
 
     def close(self) -> None:
         self.weights.clear()

@@ -46,21 +46,25 @@ def model(llama_src, tmp_path):
 
 
 def rewrite(src: Path, dst: Path, kvs: dict[str, KV | None] | None = None,
-            tensors: dict[str, tuple[tuple[int, ...], bytes]] | None = None) -> Path:
-    """`src` written again to `dst` through encode_header/TensorStream, with metadata `kvs` replaced (None: removed)
-    and `tensors` given a new shape (numpy order) and data."""
-    kvs, tensors = kvs or {}, tensors or {}
+            tensors: dict[str, tuple[tuple[int, ...], bytes]] | None = None,
+            names: dict[str, str | None] | None = None) -> Path:
+    """`src` written again to `dst` through encode_header/TensorStream, with metadata `kvs` replaced (None: removed),
+    `tensors` given a new shape (numpy order) and data, and tensors renamed by `names` (None: removed)."""
+    kvs, tensors, names = kvs or {}, tensors or {}, names or {}
     with GGUFFile(src) as g:
         meta = [kvs.get(k, kv) for k, kv in g.kv.items() if kvs.get(k, kv) is not None]
         meta += [kv for k, kv in kvs.items() if kv is not None and k not in g.kv]
         infos, datas = [], []
         for e in g.tensors:
+            name = names.get(e.info.name, e.info.name)
+            if name is None:
+                continue
             if e.info.name in tensors:
                 shape, data = tensors[e.info.name]
-                infos.append(TensorInfo(e.info.name, shape, e.info.ggml_type))
+                infos.append(TensorInfo(name, shape, e.info.ggml_type))
                 datas.append(data)
             else:
-                infos.append(e.info)
+                infos.append(TensorInfo(name, e.info.shape, e.info.ggml_type))
                 datas.append(bytes(g.data(e)))
     with open(dst, "wb") as f:
         f.write(encode_header(meta, infos))
@@ -290,6 +294,39 @@ def test_engine_rejects_a_huge_layer_number(engine_inputs):
     renamed = _replace(tensors, NORM, name="blk.99999999999999999999.attn_norm.weight")
     with pytest.raises(ValueError, match="layer beyond block_count"):
         native.engine_new(desc, renamed)
+
+
+# structural faults of a file (tensors missing, renamed, beyond block_count, of the wrong shape), given as
+# (renamed or removed, reshaped: name -> transposed); the first is the model fuzz target's first finding
+STRUCTURE = {"embeddings renamed": ({"token_embd.weight": "token_embd\u0648eight", "output.weight": None}, ()),
+             "gate removed": ({"blk.1.ffn_gate.weight": None}, ()),
+             "norm beyond block_count": ({NORM: "blk.7.attn_norm.weight"}, ()),
+             "up transposed": ({}, ("blk.0.ffn_up.weight",)),
+             "down transposed": ({}, ("blk.1.ffn_down.weight",))}
+
+
+@pytest.mark.parametrize("case", STRUCTURE)
+def test_loader_refuses_what_the_engine_refuses(base_gguf, tmp_path, monkeypatch, case):
+    """The loader's check (runtime.model.check_tensors) refuses each fault with the engine's own message, which the
+    engine itself gives when the loader's check is skipped: the C engine is the oracle."""
+    import runtime.model
+    from runtime.arch.base import engine_description, engine_tensors
+
+    names, transposed = STRUCTURE[case]
+    with GGUFFile(base_gguf) as g:
+        reshaped = {e.info.name: (tuple(reversed(e.info.shape)), bytes(g.data(e))) for e in g.tensors
+                    if e.info.name in transposed}
+    bad = rewrite(base_gguf, tmp_path / "bad.gguf", tensors=reshaped, names=names)
+    with pytest.raises(UserError) as refused:
+        runtime.model.Model(bad)
+    monkeypatch.setattr(runtime.model, "check_tensors", lambda *args: None)
+    model = runtime.model.Model(bad)
+    try:
+        with pytest.raises(ValueError) as engine:
+            native.engine_new(engine_description(model), engine_tensors(model))
+    finally:
+        model.close()
+    assert str(refused.value) == f"bad.gguf: {engine.value}"
 
 
 @pytest.mark.parametrize("field,value", [("n_embd", 2**40), ("n_layer", 2**40), ("head_dim", 2**40),
