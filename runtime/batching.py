@@ -47,6 +47,7 @@ class Batcher:
         self._running = False
         self._members: dict[int, int] = {}   # id(cache) → nesting depth of `member`
         self.n_passes = 0                    # native passes run (llama-server's n_decode_total)
+        self.n_sequences = 0                 # sequences over all passes (/ n_passes: n_busy_slots_per_decode)
 
     @contextlib.contextmanager
     def member(self, cache: KVCache) -> Iterator[None]:
@@ -126,6 +127,7 @@ class Batcher:
             for r in batch:
                 r.error = e
         self.n_passes += 1
+        self.n_sequences += len(batch)
         self._free_since = time.perf_counter()
         self._last_pass_s = self._free_since - t0
         for r in batch:

@@ -1,0 +1,111 @@
+"""Continuous batching (runtime.batching): sequences generating at the same time on one model share native passes,
+and what each generates is what it generates alone — greedy and seeded, started at different times, with prompts and
+lengths of their own, on F32 and Q8_0 files. The oracle for each sequence is the same request run alone, before any
+other; the batching itself is checked from the batcher's own counts (passes, sequences per pass)."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from runtime.generate import Session
+from runtime.sampling import SamplingParams
+from tests.helpers import quantized
+
+# (prompt, tokens to generate, sampling): different lengths, greedy and seeded
+REQUESTS = [("Once upon a time", 40, SamplingParams(temp=0)),
+            ("The little dog", 25, SamplingParams(temp=0.8, seed=3)),
+            ("Lily and Tom went to the park", 33, SamplingParams(temp=0.9, top_k=20, seed=11)),
+            ("One day", 12, SamplingParams(temp=0))]
+
+
+@pytest.fixture(scope="module", params=["F32", "Q8_0"])
+def model_file(request, stories260k_f32, tmp_path_factory):
+    return quantized(stories260k_f32, tmp_path_factory.mktemp("batching"), request.param)
+
+
+def _generate(session: Session, prompt: str, n: int, params: SamplingParams, start: threading.Event | None = None,
+              out: list | None = None) -> list[int]:
+    if start is not None:
+        start.wait(10)
+    session.reset()
+    tokens = list(session.generate(session.tokenizer.encode(prompt, add_bos=True), n, params, ignore_eos=True))
+    if out is not None:
+        out.append(tokens)
+    return tokens
+
+
+def test_sequences_generate_alone_what_they_generate_together(model_file):
+    base = Session(model_file, n_ctx=128, n_threads=2)
+    try:
+        alone = [_generate(base, *r) for r in REQUESTS]
+        assert base.batcher.n_sequences == base.batcher.n_passes  # alone: one sequence per pass
+        slots = [base] + [base.new_slot() for _ in REQUESTS[1:]]
+        passes0, seqs0 = base.batcher.n_passes, base.batcher.n_sequences
+        # the sequences join at different steps: each starts when the one before has generated a few tokens
+        outs = [[] for _ in REQUESTS]
+        starts = [threading.Event() for _ in REQUESTS]
+        threads = [threading.Thread(target=_generate, args=(s, *r, e, o))
+                   for s, r, e, o in zip(slots, REQUESTS, starts, outs)]
+        for t in threads:
+            t.start()
+        for i, e in enumerate(starts):
+            e.set()
+            if i + 1 < len(starts):  # let this one run a few passes before the next joins
+                target = base.batcher.n_passes + 3
+                while base.batcher.n_passes < target and threads[i].is_alive():
+                    threading.Event().wait(0.001)
+        for t in threads:
+            t.join(60)
+        together = [o[0] for o in outs]
+        for i, (a, b) in enumerate(zip(alone, together)):
+            assert a == b, f"request {i}: alone {a} vs batched {b}"
+        passes, seqs = base.batcher.n_passes - passes0, base.batcher.n_sequences - seqs0
+        # every token of every request went through a pass, and passes carried several sequences
+        assert seqs >= sum(n for _, n, _ in REQUESTS)
+        assert passes < 0.7 * seqs, (passes, seqs)
+    finally:
+        base.close()
+
+
+def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on(stories260k_f32):
+    base = Session(stories260k_f32, n_ctx=16, n_threads=1)
+    try:
+        with pytest.raises(ValueError, match="context full"):
+            base.batcher.forward(list(range(3, 30)), base.cache)
+        assert base.eval([1, 2, 3]).shape == (base.model.hp.n_vocab,)
+    finally:
+        base.close()
+
+
+# -- the server: prompt cache through the openai client --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(stories260k_f32, tmp_path_factory):
+    from tests.test_server import _serve, _stop
+    srv = _serve(stories260k_f32, tmp_path_factory.mktemp("batching-log") / "stderr.txt", "-c", 1024,
+                 "--parallel", 2)
+    yield srv
+    _stop(srv)
+
+
+def test_a_chat_evaluates_only_each_turns_new_tokens(server):
+    """An 8-turn conversation re-sent whole each turn: from turn 2 on, the tokens evaluated (`timings.prompt_n`) are
+    only those after the part the slot has cached — at most the tokens the prompt grew by; with cache_prompt false,
+    all of them, and the same reply."""
+    import openai
+    oai = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    messages, previous = [], 0
+    for turn in range(8):
+        messages.append({"role": "user", "content": f"Tell me part {turn + 1} of the story about the cat."})
+        r = oai.chat.completions.create(model="any", messages=messages, max_tokens=12, temperature=0)
+        prompt, evaluated = r.usage.prompt_tokens, r.model_extra["timings"]["prompt_n"]
+        if turn == 0:
+            assert evaluated == prompt
+        else:
+            assert 1 <= evaluated <= prompt - previous, (turn, evaluated, prompt, previous)
+        previous = prompt
+        messages.append({"role": "assistant", "content": r.choices[0].message.content})
+    whole = oai.chat.completions.create(model="any", messages=messages[:-1], max_tokens=12, temperature=0,
+                                        extra_body={"cache_prompt": False})
+    assert whole.model_extra["timings"]["prompt_n"] == whole.usage.prompt_tokens == previous
+    assert whole.choices[0].message.content == messages[-1]["content"]
