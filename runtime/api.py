@@ -15,6 +15,7 @@ from runtime.logprobs import ProbsFormat, token_logprob
 from runtime.sampling import SamplingParams, check, check_bias
 from runtime.stops import StopScanner
 from runtime.structured import one_constraint
+from runtime.tools import ToolPlan
 from common.errors import UserError
 
 
@@ -112,9 +113,10 @@ class Llama:
         yield text, "length" if n >= limit else "stop", items
 
     def _run(self, kind: str, prompt_tokens: list[int], max_tokens, stop, stream: bool, sampling: dict,
-             grammar=None, probs: ProbsFormat | None = None):
+             grammar=None, probs: ProbsFormat | None = None, tools: ToolPlan | None = None):
         """Shared by both completion kinds: generate, then shape the result as OpenAI does (`kind` = text or chat);
-        `probs` shapes the log-probabilities (with the number of top tokens in `probs.n_top`)."""
+        `probs` shapes the log-probabilities (with the number of top tokens in `probs.n_top`); `tools` reads a chat's
+        answer back into tool calls."""
         params = self._params(**sampling)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         if kind == "chat":
@@ -123,7 +125,7 @@ class Llama:
         cid, created = (f"chatcmpl-{uuid.uuid4()}" if kind == "chat" else f"cmpl-{uuid.uuid4()}"), int(time.time())
         head = {"id": cid, "created": created, "model": self.model_path}
         if stream:
-            return self._chunks(kind, head, pieces, probs)
+            return self._chunks(kind, head, pieces, probs, tools)
         text, reason, entries = "", None, []
         for piece, reason, items in pieces:
             text += piece
@@ -133,14 +135,14 @@ class Llama:
         usage = {"prompt_tokens": len(prompt_tokens), "completion_tokens": n_out,
                  "total_tokens": len(prompt_tokens) + n_out}
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                      "finish_reason": reason}
+            message, reason = tools.message(text, reason) if tools else ({"role": "assistant", "content": text}, reason)
+            choice = {"index": 0, "message": message, "logprobs": logprobs, "finish_reason": reason}
             return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
         choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": reason}
         return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
 
     @staticmethod
-    def _chunks(kind, head, pieces, probs):
+    def _chunks(kind, head, pieces, probs, tools=None):
         def logprobs(items):
             return probs(items) if probs else None
         if kind == "text":
@@ -154,10 +156,14 @@ class Llama:
                     "choices": [{"index": 0, "delta": delta, "logprobs": logprobs(items) if items else None,
                                  "finish_reason": reason}]}
         yield chunk({"role": "assistant"}, None)
+        calls = tools.stream() if tools else None
         for piece, reason, items in pieces:
-            if piece or items:
-                yield chunk({"content": piece}, None, items)
+            deltas = calls.feed(piece) if calls else [{"content": piece}] if piece or items else []
+            for i, delta in enumerate(deltas or ([{}] if items else [])):
+                yield chunk(delta, None, items if i == 0 else None)
             if reason:
+                last, reason = calls.end(reason) if calls else ([], reason)
+                yield from (chunk(delta, None) for delta in last)
                 yield chunk({}, reason)
 
     def create_completion(self, prompt: str, max_tokens: int | None = 16, temperature: float = 0.8,
@@ -182,16 +188,22 @@ class Llama:
                                seed: int | None = None, stream: bool = False, response_format: dict | None = None,
                                grammar=None, logprobs: bool = False, top_logprobs: int | None = None,
                                presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                               logit_bias: dict | None = None):
+                               logit_bias: dict | None = None, tools: list[dict] | None = None,
+                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True):
         """response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}};
-        logprobs/top_logprobs: OpenAI's chat logprobs."""
+        logprobs/top_logprobs: OpenAI's chat logprobs; tools/tool_choice/parallel_tool_calls: OpenAI's tool calls
+        (runtime.tools), answered with `tool_calls` and finish_reason "tool_calls" as the server answers."""
         if top_logprobs is not None and not logprobs:
             raise UserError("top_logprobs requires logprobs=True")
         probs = ProbsFormat("chat", self.tokenizer, n_top=top_logprobs or 0) if logprobs else None
-        return self._run("chat", prompt_tokens(self.chat, self.tokenizer, messages), max_tokens, stop, stream, dict(
+        plan = ToolPlan(self.chat, tools, tool_choice, parallel_tool_calls)
+        tokens = plan.prompt_tokens(self.tokenizer, messages) if plan.needed(messages) else \
+            prompt_tokens(self.chat, self.tokenizer, messages)
+        return self._run("chat", tokens, max_tokens, stop, stream, dict(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias),
-            one_constraint(grammar=grammar, response_format=response_format), probs)
+            one_constraint(grammar=grammar, response_format=response_format, tool_choice=plan.grammar()), probs,
+            plan if plan.active else None)
 
     def close(self) -> None:
         self.session.close()

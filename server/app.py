@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -24,9 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from runtime.logprobs import ProbsFormat
 from runtime.sampling import SamplingParams
+from runtime.tools import ToolPlan
 from server.api_key import api_key_bytes
 from server.engine import Busy, Engine, GenRequest, GenResult, Piece, Ticket
-from server.features import chat_top, completion_top, llama_grammar, openai_grammar, sampling_params
+from server.features import chat_top, completion_top, llama_grammar, openai_grammar, sampling_params, tool_plan
 from server.limits import Limits
 from server.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, ErrorResponse, LlamaCompletionRequest,
                             Message, OpenAIRequest, Sampling, TokenizeRequest)
@@ -171,17 +173,23 @@ class Shape:
         return {**self._head("text_completion"),
                 "choices": [{"text": content, "index": index, "logprobs": logprobs, "finish_reason": reason}]}
 
+    def pieces(self, piece: Piece, slot_id: int) -> list[dict]:
+        return [self.piece(piece, slot_id)]
+
     def piece(self, piece: Piece, slot_id: int) -> dict:
         return self._chunk({"content": piece.text} if self.kind == "chat" else piece.text, None, piece.probs,
                            piece.index)
 
     def end(self, r: GenResult) -> list[dict]:
-        out = [self._chunk({} if self.kind == "chat" else "", c.finish_reason, index=c.index)
+        out = [self._chunk({} if self.kind == "chat" else "", self.finish_reason(c), index=c.index)
                for c in r.choices or [r]]
         if self.include_usage:
             out.append({**self._head("chat.completion.chunk" if self.kind == "chat" else "text_completion"),
                         "choices": [], "usage": self.usage(r)})
         return out
+
+    def finish_reason(self, r: GenResult) -> str:
+        return r.finish_reason
 
     def _choice(self, text: str, r: GenResult) -> dict:
         logprobs = self.probs(r.probs, r.index) if self.probs is not None else None
@@ -195,6 +203,35 @@ class Shape:
         choices = [self._choice(c.text, c) for c in r.choices] if r.choices else [self._choice(text, r)]
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
         return {**self._head(obj), "choices": choices, "usage": self.usage(r), "timings": r.timings()}
+
+
+class ToolShape(Shape):
+    """A chat with tools: each choice's text read back into `tool_calls` (runtime.tools.ToolPlan), streamed as OpenAI
+    streams them (a runtime.tools.ToolStream per choice)."""
+
+    def __init__(self, plan: ToolPlan, *args):
+        super().__init__(*args)
+        self.plan, self.streams, self.reasons = plan, {}, {}
+
+    def pieces(self, piece, slot_id):
+        stream = self.streams.setdefault(piece.index, self.plan.stream())
+        deltas = stream.feed(piece.text) or ([{}] if piece.probs else [])
+        return [self._chunk(d, None, piece.probs if i == 0 else None, piece.index) for i, d in enumerate(deltas)]
+
+    def end(self, r):
+        out = []
+        for c in r.choices or [r]:
+            deltas, self.reasons[c.index] = self.streams.setdefault(c.index, self.plan.stream()).end(c.finish_reason)
+            out += [self._chunk(d, None, index=c.index) for d in deltas]
+        return out + super().end(r)
+
+    def finish_reason(self, r):
+        return self.reasons.get(r.index, r.finish_reason)
+
+    def _choice(self, text, r):
+        out = super()._choice(text, r)
+        out["message"], out["finish_reason"] = self.plan.message(text, r.finish_reason)
+        return out
 
 
 class LlamaShape(Shape):
@@ -310,7 +347,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                     for c in shape.start(slot_id):
                         yield sse(c)
                 if kind == "text":
-                    yield sse(shape.piece(value, slot_id))
+                    for c in shape.pieces(value, slot_id):
+                        yield sse(c)
                 else:
                     request.state.result = value
                     for c in shape.end(value):
@@ -398,16 +436,25 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
     async def chat_completions(body: ChatRequest, request: Request):
         check_model(body)
         check_supported(body)
-        messages = [message_dict(m) for m in body.messages]
-        tokens = await user_input(engine.chat_prompt, messages)
+        plan, messages = tool_plan(body, engine.chat), [message_dict(m) for m in body.messages]
+        render = partial(plan.prompt_tokens, engine.tokenizer) if plan.needed(messages) else engine.chat_prompt
+        tokens = await user_input(render, messages)
         n_predict = body.max_completion_tokens or body.max_tokens
         check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop),
-                         grammar=openai_grammar(body), n_probs=chat_top(body), n=body.n,
+                         grammar=openai_grammar(body, plan), n_probs=chat_top(body), n=body.n,
                          cache_prompt=body.cache_prompt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("chat", engine.tokenizer) if req.n_probs is not None else None
-        return await generate(request, req, Shape(cfg.name, "chat", include_usage, probs, body.n), body.stream)
+        shape = ToolShape(plan, cfg.name, "chat", include_usage, probs, body.n) if plan.active else \
+            Shape(cfg.name, "chat", include_usage, probs, body.n)
+        return await generate(request, req, shape, body.stream)
+
+    @app.post("/apply-template", summary="The prompt a chat request renders (llama-server's), tools included",
+              responses=ERRORS["tokens"])
+    async def apply_template(body: ChatRequest):
+        plan, messages = tool_plan(body, engine.chat), [message_dict(m) for m in body.messages]
+        return {"prompt": await user_input(partial(plan.prompt_text, engine.tokenizer), messages)}
 
     @app.post("/completion", summary="llama.cpp's native completion", responses=ERRORS["llama"])
     async def completion(body: LlamaCompletionRequest, request: Request):
@@ -480,7 +527,9 @@ def message_dict(m: Message) -> dict:
             raise ApiError(400, f"content parts of type {bad[0]!r} are not supported (text only)",
                            param="messages")
         content = "\n".join(p.text or "" for p in m.content)
-    return {"role": "system" if m.role == "developer" else m.role, "content": content}
+    calls = [c.model_dump() for c in m.tool_calls] if m.tool_calls else None
+    return {"role": "system" if m.role == "developer" else m.role, "content": content, **{
+        k: v for k, v in (("tool_calls", calls), ("tool_call_id", m.tool_call_id), ("name", m.name)) if v is not None}}
 
 
 def install_error_handlers(app: FastAPI) -> None:

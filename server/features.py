@@ -9,6 +9,7 @@ import math
 from runtime.grammar import Grammar
 from runtime.sampling import SamplingParams, check_bias
 from runtime.structured import one_constraint
+from runtime.tools import ToolPlan
 from common.errors import UserError
 
 
@@ -50,8 +51,15 @@ def _bias_tokens(key, tokenizer) -> list[int]:
     return tokenizer.encode(str(key), add_bos=False, parse_special=False)
 
 
-def openai_grammar(body) -> Grammar | None:
-    return one_constraint(response_format=body.response_format)
+def openai_grammar(body, tools: ToolPlan | None = None) -> Grammar | None:
+    """`response_format`, llama-server's `grammar`, or the tool calls' grammar (tool_choice required or a function)."""
+    return one_constraint(response_format=body.response_format, grammar=body.grammar or None,
+                          tool_choice=tools.grammar() if tools else None)
+
+
+def tool_plan(body, chat) -> ToolPlan:
+    """/v1/chat/completions: `tools`, `tool_choice`, `parallel_tool_calls` for the served chat format."""
+    return ToolPlan(chat, body.tools, body.tool_choice, body.parallel_tool_calls)
 
 
 def llama_grammar(body) -> Grammar | None:

@@ -82,11 +82,9 @@ class OpenAIRequest(Sampling):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices: continuations of the prompt (evaluated once), "
                    "choice i sampled with the seed + i as llama-server's n_cmpl")
-    tools: list | None = None
+    grammar: Text | None = Field(None, description="llama-server's extension: a GBNF grammar the output follows")
 
     def unsupported(self) -> str | None:
-        if self.tools:
-            return "tools"
         return None
 
 
@@ -101,8 +99,11 @@ class CompletionRequest(OpenAIRequest):
     echo: bool = False
     suffix: Text | None = None
     best_of: int | None = None
+    tools: list | None = None
 
     def unsupported(self) -> str | None:
+        if self.tools:
+            return "tools"
         if self.echo:
             return "echo"
         if self.suffix:
@@ -117,9 +118,23 @@ class ContentPart(Body):
     text: Text | None = None
 
 
+class FunctionCall(Body):
+    name: Text
+    arguments: Text | dict = Field("{}", description="JSON text (OpenAI's form) or an object")
+
+
+class ToolCall(Body):
+    id: Text | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
+    tool_call_id: Text | None = Field(None, description="a tool message: the call it answers")
+    name: Text | None = None
 
 
 class ChatRequest(OpenAIRequest):
@@ -128,6 +143,11 @@ class ChatRequest(OpenAIRequest):
     max_completion_tokens: int | None = Field(None, ge=1, description="the newer name of max_tokens")
     logprobs: bool = Field(False, description="the log-probability of each generated token")
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP, description="with logprobs: the N most likely tokens")
+    tools: list[dict] | None = Field(None, description='[{"type": "function", "function": {"name", "description", '
+                                     '"parameters": JSON Schema}}]')
+    tool_choice: Text | dict | None = Field(None, description='auto (with tools), none, required, or {"type": '
+                                            '"function", "function": {"name": ...}}')
+    parallel_tool_calls: bool = Field(True, description="whether the answer may call several tools")
 
 
 class LlamaCompletionRequest(Sampling):
