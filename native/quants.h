@@ -60,7 +60,8 @@ struct tk_type_traits {
     size_t type_size;                   /* bytes per block */
     tk_quantize_row_fn quantize_row;     /* reference quantizer, bit-exact with ggml's (no imatrix) */
     tk_dequantize_row_fn dequantize_row;
-    tk_quantize_row_fn quantize_row_simd; /* AVX2 version giving the same bytes, or NULL; used when tk_use_simd() */
+    tk_quantize_row_fn quantize_row_simd; /* AVX2 (x86) or NEON (ARM64, legacy types) version giving the same bytes,
+                                             or NULL; used when tk_use_simd() */
 };
 
 /* The SIMD paths are used when the CPU has AVX2 and F16C and TOOLKIT_FORCE_SCALAR is not set. */
@@ -111,6 +112,13 @@ void quantize_row_q3_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_avx2(const float *x, void *y, int64_t k);
+
+/* NEON versions (quants_legacy_neon.c; ARM64 only): same bytes as the reference */
+void quantize_row_q4_0_neon(const float *x, void *y, int64_t k);
+void quantize_row_q4_1_neon(const float *x, void *y, int64_t k);
+void quantize_row_q5_0_neon(const float *x, void *y, int64_t k);
+void quantize_row_q5_1_neon(const float *x, void *y, int64_t k);
+void quantize_row_q8_0_neon(const float *x, void *y, int64_t k);
 
 /* k-quants (quants_k.c) */
 void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);

@@ -11,16 +11,22 @@ static void dequantize_row_f16(const void *x, float *y, int64_t k) { tk_convert(
 static void dequantize_row_bf16(const void *x, float *y, int64_t k) { tk_convert(x, TK_BF16, y, TK_F32, (size_t)k, 1); }
 
 #define ROW(id, nm, bs, sz, q, dq, qs) [id] = {nm, bs, sz, q, dq, qs}
+/* the SIMD legacy quantizers: NEON on ARM64 (quants_legacy_neon.c), AVX2 elsewhere (the reference off x86) */
+#if defined(__aarch64__)
+#define LEGACY_SIMD(t) quantize_row_##t##_neon
+#else
+#define LEGACY_SIMD(t) quantize_row_##t##_avx2
+#endif
 
 static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_F32, "f32", 1, 4, quantize_row_f32, dequantize_row_f32, NULL),
     ROW(TK_F16, "f16", 1, 2, quantize_row_f16, dequantize_row_f16, NULL),
     ROW(TK_BF16, "bf16", 1, 2, quantize_row_bf16, dequantize_row_bf16, NULL),
-    ROW(TK_Q4_0, "q4_0", QK, sizeof(block_q4_0), quantize_row_q4_0_ref, dequantize_row_q4_0, quantize_row_q4_0_avx2),
-    ROW(TK_Q4_1, "q4_1", QK, sizeof(block_q4_1), quantize_row_q4_1_ref, dequantize_row_q4_1, quantize_row_q4_1_avx2),
-    ROW(TK_Q5_0, "q5_0", QK, sizeof(block_q5_0), quantize_row_q5_0_ref, dequantize_row_q5_0, quantize_row_q5_0_avx2),
-    ROW(TK_Q5_1, "q5_1", QK, sizeof(block_q5_1), quantize_row_q5_1_ref, dequantize_row_q5_1, quantize_row_q5_1_avx2),
-    ROW(TK_Q8_0, "q8_0", QK, sizeof(block_q8_0), quantize_row_q8_0_ref, dequantize_row_q8_0, quantize_row_q8_0_avx2),
+    ROW(TK_Q4_0, "q4_0", QK, sizeof(block_q4_0), quantize_row_q4_0_ref, dequantize_row_q4_0, LEGACY_SIMD(q4_0)),
+    ROW(TK_Q4_1, "q4_1", QK, sizeof(block_q4_1), quantize_row_q4_1_ref, dequantize_row_q4_1, LEGACY_SIMD(q4_1)),
+    ROW(TK_Q5_0, "q5_0", QK, sizeof(block_q5_0), quantize_row_q5_0_ref, dequantize_row_q5_0, LEGACY_SIMD(q5_0)),
+    ROW(TK_Q5_1, "q5_1", QK, sizeof(block_q5_1), quantize_row_q5_1_ref, dequantize_row_q5_1, LEGACY_SIMD(q5_1)),
+    ROW(TK_Q8_0, "q8_0", QK, sizeof(block_q8_0), quantize_row_q8_0_ref, dequantize_row_q8_0, LEGACY_SIMD(q8_0)),
     ROW(TK_Q8_1, "q8_1", QK, sizeof(block_q8_1), quantize_row_q8_1_ref, dequantize_row_q8_1, NULL),
     ROW(TK_Q2_K, "q2_K", QK_K, sizeof(block_q2_K), quantize_row_q2_K_ref, dequantize_row_q2_K, quantize_row_q2_K_avx2),
     ROW(TK_Q3_K, "q3_K", QK_K, sizeof(block_q3_K), quantize_row_q3_K_ref, dequantize_row_q3_K, quantize_row_q3_K_avx2),

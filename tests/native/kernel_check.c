@@ -153,12 +153,14 @@ static int exact_type(int t) {
 #define F16C_QUIETS_NAN 1
 #endif
 
-/* ARM64 has no SIMD quantizers yet: the table's SIMD slots point at the reference there */
+/* ARM64 has NEON quantizers for the legacy types only: the table's other SIMD slots point at the reference there */
+static int has_simd_quantizer(int t) {
 #if defined(__aarch64__)
-#define HAS_SIMD_QUANTIZERS 0
+    return t == TK_Q4_0 || t == TK_Q4_1 || t == TK_Q5_0 || t == TK_Q5_1 || t == TK_Q8_0;
 #else
-#define HAS_SIMD_QUANTIZERS 1
+    return tk_traits(t)->quantize_row_simd != NULL;
 #endif
+}
 
 static int same_float(float a, float b) { return memcmp(&a, &b, 4) == 0 || (isnan(a) && isnan(b)); }
 
@@ -359,7 +361,7 @@ static void check_quantizer(int t, int level) {
     const size_t rb = tk_row_size(t, cols);
     uint8_t *q0 = malloc(rb * rows), *q1 = malloc(rb * rows);
     int64_t bad = 0;
-    for (int kind = 0; kind < 6; kind++) {
+    for (int kind = 0; kind < 7; kind++) {
         random_floats(x, rows, cols);
         for (int64_t i = 0; i < rows * cols; i++) {
             const int64_t r = i / cols, c = i % cols;
@@ -369,6 +371,7 @@ static void check_quantizer(int t, int level) {
             case 3: x[i] = (float)((c * 7 + r) % 33) - 16.0f; break;                    /* exact grid values */
             case 4: x[i] = x[i] * 1e-30f; break;                                        /* tiny */
             case 5: x[i] = (float)((c * 13 + r * 3) % 31) * 0.5f + 0.25f; break;        /* grid midpoints */
+            case 6: x[i] = x[i] * 1e-41f; break;                          /* subnormal: 1/d overflows */
             default: break;
             }
         }
@@ -379,9 +382,9 @@ static void check_quantizer(int t, int level) {
         for (int64_t r = 0; r < rows; r++) bad += memcmp(q0 + r * rb, q1 + r * rb, rb) != 0;
     }
     char msg[160];
-    snprintf(msg, sizeof msg, "%lld rows (random, constant, outliers, grid, tiny, midpoints): %lld differ%s",
-             (long long)(6 * rows), (long long)bad,
-             !tr->quantize_row_simd || !HAS_SIMD_QUANTIZERS ? " (no SIMD quantizer: reference both ways)" : "");
+    snprintf(msg, sizeof msg, "%lld rows (random, constant, outliers, grid, tiny, midpoints, subnormal): %lld differ%s",
+             (long long)(7 * rows), (long long)bad,
+             has_simd_quantizer(t) ? "" : " (no SIMD quantizer: reference both ways)");
     report(bad == 0, "quantize", tr->name, lv, msg);
     free(x), free(q0), free(q1);
 }
