@@ -113,12 +113,13 @@ void quantize_row_q4_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_avx2(const float *x, void *y, int64_t k);
 
-/* NEON versions (quants_legacy_neon.c; ARM64 only): same bytes as the reference */
+/* NEON versions (quants_legacy_neon.c, quants_k_neon.c; ARM64 only): same bytes as the reference */
 void quantize_row_q4_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q4_1_neon(const float *x, void *y, int64_t k);
 void quantize_row_q5_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_0_neon(const float *x, void *y, int64_t k);
+void quantize_row_q8_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 
 /* k-quants (quants_k.c) */
 void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);

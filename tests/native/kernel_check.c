@@ -153,10 +153,11 @@ static int exact_type(int t) {
 #define F16C_QUIETS_NAN 1
 #endif
 
-/* ARM64 has NEON quantizers for the legacy types only: the table's other SIMD slots point at the reference there */
+/* ARM64 has NEON quantizers for the legacy types and Q8_K only: the table's other SIMD slots point at the reference
+   there */
 static int has_simd_quantizer(int t) {
 #if defined(__aarch64__)
-    return t == TK_Q4_0 || t == TK_Q4_1 || t == TK_Q5_0 || t == TK_Q5_1 || t == TK_Q8_0;
+    return t == TK_Q4_0 || t == TK_Q4_1 || t == TK_Q5_0 || t == TK_Q5_1 || t == TK_Q8_0 || t == TK_Q8_K;
 #else
     return tk_traits(t)->quantize_row_simd != NULL;
 #endif
