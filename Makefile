@@ -13,7 +13,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=O
 	-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
 
-.PHONY: install oracle native test test-sanitize test-kernels test-arm64 fuzz demo bench lint clean
+.PHONY: install oracle native test test-sanitize test-kernels test-arm64 insns-arm64 fuzz demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -131,6 +131,11 @@ test-arm64:
 	$(ARM64_CC) -static $(KC_CFLAGS) $(KC_SOURCES) -lm -pthread -o build/arm64/kernel_check
 	for cpu in $(ARM64_CPUS); do echo "== qemu-aarch64 -cpu $$cpu"; \
 		$(QEMU_ARM64) -cpu $$cpu build/arm64/kernel_check || exit 1; done
+
+# Guest instructions per weight of one-token products under qemu-aarch64 (scalar, NEON, dotprod; a TCG plugin counts
+# them): a measurement, not a test, and not wall-clock speed on ARM hardware. Needs what test-arm64 installs.
+insns-arm64:
+	tests/native/insn_counts.sh build/arm64
 
 # Issue 18's fuzz targets, each for FUZZ_SECONDS: atheris on the Python readers (tests/fuzz/fuzz_python.py: GGUF,
 # safetensors, config.json, tokenizer.json, the model loader with the engine) from seed corpora written from the tiny
