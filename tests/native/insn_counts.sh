@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Guest instructions per weight of a one-token matrix product (generation) under qemu-aarch64, for the scalar path
 # (TOOLKIT_FORCE_SCALAR=1), the NEON baseline (-cpu cortex-a53) and dotprod (-cpu max), from the difference of 3 and 1
-# repetitions of a 2048x2048 product, built with -O3 as setup.py builds the core (tests/native/matmul_bench.c; instructions counted by tests/native/insn_plugin.c).
+# repetitions of a 2048x2048 product, built with -O3 as setup.py builds the core (tests/native/matmul_bench.c;
+# instructions counted by tests/native/insn_plugin.c).
 # Instruction counts, not speed: wall-clock on real ARM hardware is not measured by this. Usage: insn_counts.sh OUTDIR
 set -euo pipefail
 out=${1:-build/arm64}
