@@ -32,11 +32,13 @@ class Task:
     result: GenResult | None = None
 
 
-def add_observability(app: FastAPI, metrics_endpoint: bool = False, slots_endpoint: bool = True) -> Metrics:
-    """Register the three routes and the recording on an app made by server.app.create_app (before it serves)."""
+def add_observability(app: FastAPI, metrics_endpoint: bool = False, slots_endpoint: bool = True,
+                      metrics: Metrics | None = None) -> Metrics:
+    """Register the three routes and the recording on an app made by server.app.create_app (before it serves).
+    `metrics`: one the engine also reports to (its forward passes), else a new one."""
     engine: Engine = app.state.engine
     cfg = app.state.cfg
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     tasks = TaskBook()
     app.state.metrics = metrics
     app.add_middleware(RecordGenerations, metrics=metrics, tasks=tasks)
