@@ -107,7 +107,8 @@ class Metrics:
                  gauges.kv_cache_tokens / gauges.kv_cache_capacity if gauges.kv_cache_capacity else 0.0),
                 ("kv_cache_tokens", "KV-cache tokens.", gauges.kv_cache_tokens)]
             if self.n_decode is not None:
-                counters.append(("n_decode_total", "Total number of llama_decode() calls", self.n_decode))
+                counters.append(("n_decode_total", "Total number of llama_decode() calls, excluding speculative "
+                                 "decoding and multimodal decoding", self.n_decode))
                 gauge_items.append(("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
                                     self.n_busy_slots / max(self.n_decode, 1)))
             self.prompt_window, self.predict_window = Bucket(), Bucket()

@@ -57,7 +57,9 @@ def add_observability(app: FastAPI, metrics_endpoint: bool = False, slots_endpoi
                         headers={"Process-Start-Time-Unix": str(int(metrics.t_start))})
 
     @app.get("/slots", summary="Each slot's state (llama-server's; off with --no-slots)",
-             responses={**ERRORS["models"], **_501, 503: ERRORS["openai"][503]}, include_in_schema=slots_endpoint)
+             responses={**ERRORS["models"], **_501, 503: {"model": ErrorResponse, "description":
+                                                          "fail_on_no_slot was given and no slot is idle"}},
+             include_in_schema=slots_endpoint)
     async def get_slots(fail_on_no_slot: str = ""):
         """fail_on_no_slot: any value answers 503 when no slot is idle (llama-server's test is "not empty")."""
         if not slots_endpoint:
