@@ -83,8 +83,8 @@ def use_more_bits(i: int, n: int) -> bool:
 
 
 class _Mixture:
-    """llama_tensor_get_type_impl for the k-quant and legacy file types (no IQ types); has_imatrix: quantizing with
-    an importance matrix."""
+    """llama_tensor_get_type_impl for the k-quant, legacy and IQ4 file types; has_imatrix: quantizing with an
+    importance matrix."""
 
     def __init__(self, ft: FileType, facts: ModelFacts, tied: bool, n_attn_v: int, opts: Options,
                  has_imatrix: bool = False):
@@ -111,6 +111,8 @@ class _Mixture:
                 t = T.Q5_K if self.i_attn_v < 2 else T.Q4_K
             elif f == "Q3_K_L":
                 t = T.Q5_K
+            elif f in ("IQ4_NL", "IQ4_XS") and facts.n_gqa >= 4:
+                t = T.Q5_K
             elif f in ("Q4_K_M", "Q5_K_M") and use_more_bits(self.i_attn_v, self.n_attn_v):
                 t = T.Q6_K
             elif f == "Q4_K_S" and self.i_attn_v < 4:
@@ -136,6 +138,8 @@ class _Mixture:
                     t = T.Q6_K if i < n // 16 else T.Q5_K if use_more_bits(i, n) else T.Q4_K
                 elif use_more_bits(i, n):
                     t = T.Q6_K
+            elif f in ("IQ4_NL", "IQ4_XS") and i < n // 8 and not self.has_imatrix:
+                t = T.Q5_K
             elif f == "Q5_K_M" and use_more_bits(i, n):
                 t = T.Q6_K
             elif f == "Q4_K_S" and not falcon and i < n // 8:
@@ -147,7 +151,7 @@ class _Mixture:
         elif cat == "attn_output":
             if not falcon:
                 if facts.n_expert == 8:
-                    if f in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
+                    if f in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "IQ4_NL", "IQ4_XS"):
                         t = T.Q5_K
                 elif f == "Q2_K":
                     t = T.Q3_K
@@ -160,7 +164,7 @@ class _Mixture:
         return t
 
 
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}
 
 
 def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:

@@ -29,6 +29,8 @@ FILE_TYPES: list[FileType] = [
     FileType("Q3_K_S", FT.MOSTLY_Q3_K_S, T.Q3_K, 3.4375, "3.41G, +1.6321 ppl @ Llama-3-8B"),
     FileType("Q3_K_M", FT.MOSTLY_Q3_K_M, T.Q3_K, 3.4375, "3.74G, +0.6569 ppl @ Llama-3-8B"),
     FileType("Q3_K_L", FT.MOSTLY_Q3_K_L, T.Q3_K, 3.4375, "4.03G, +0.5562 ppl @ Llama-3-8B"),
+    FileType("IQ4_NL", FT.MOSTLY_IQ4_NL, T.IQ4_NL, 4.5, "4.50 bpw non-linear quantization"),
+    FileType("IQ4_XS", FT.MOSTLY_IQ4_XS, T.IQ4_XS, 4.25, "4.25 bpw non-linear quantization"),
     FileType("Q4_K_S", FT.MOSTLY_Q4_K_S, T.Q4_K, 4.5, "4.37G, +0.2689 ppl @ Llama-3-8B"),
     FileType("Q4_K_M", FT.MOSTLY_Q4_K_M, T.Q4_K, 4.5, "4.58G, +0.1754 ppl @ Llama-3-8B"),
     FileType("Q5_K_S", FT.MOSTLY_Q5_K_S, T.Q5_K, 5.5, "5.21G, +0.1049 ppl @ Llama-3-8B"),
@@ -45,7 +47,7 @@ _BY_ID = {int(f.ftype): f for f in FILE_TYPES}
 
 # Tensor types accepted by --output-tensor-type / --token-embedding-type (ggml type names, as llama-quantize)
 TENSOR_TYPES = {t.name.lower(): t for t in (T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
-                                            T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)}
+                                            T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS)}
 
 
 def valid_names() -> str:

@@ -79,7 +79,8 @@ def test_logits_match_reference(files, arch, outtype, tol, kernels):
     assert np.abs(ours - ref).max() / np.abs(ref).max() < tol
 
 
-TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
+         "IQ4_XS"]
 
 
 @pytest.fixture(scope="module")
@@ -244,11 +245,13 @@ def test_errors(files, tmp_path):
     for args, text in [
         (["-m", tmp_path / "missing.gguf", "-p", "x"], "does not exist"),
         (["-m", path, "-p", "word " * 600, "-c", "64"], "prompt is too long"),
-        (["-m", path, "-p", "x", "-c", "0"], "-c must be at least 1"),
+        (["-m", path, "-p", "x", "-c", "-1"], "-c must be at least 0, got -1"),
         (["-m", path, "-p", "x", "--top-p", "2"], "--top-p must be a finite number >= 0 and <= 1, got 2.0"),
     ]:
         p = run_toolkit("run", *args)
         assert p.returncode != 0 and "Traceback" not in p.stderr and text in p.stderr, p.stderr
+    p = run_toolkit("run", "-m", path, "-p", "x", "-n", "2", "-c", "0")  # -c 0: the context the model was trained for
+    assert p.returncode == 0 and "trained context 256, context 256" in p.stderr, p.stderr
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 40)
     p = run_toolkit("run", "-m", bad, "-p", "x")
