@@ -8,6 +8,9 @@
 - `mistral`: Mistral Nemo: `[TOOL_CALLS][{"name": ..., "arguments": {...}, "id": ...}, ...]`; `mistral-args`: Mistral
   Small 3.2, Devstral, Ministral 3: `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` per call (`[CALL_ID]id` when the
   template writes it); the model's call ids are kept (Mistral's templates want them back: 9 letters or digits);
+- `functionary-v3.1`: `<function=name>{...}</function>` per call, `<|python_tag|>` code for the python tool;
+  `functionary-v3.2`: after the prompt's `>>>`, `name\n{...}` per call and `all\ntext` for the content, joined by
+  `>>>` (its template takes each call's arguments as OpenAI's JSON text);
 - `generic`: for a template that does not show tools (and the built-in formats): a system prompt listing the tools and
   the answer `{"tool_calls": [{"name": ..., "arguments": {...}}]}` (as llama-server's generic format), or text.
 
@@ -81,22 +84,26 @@ def check_choice(choice, tools: list[dict]) -> str | dict:
 
 
 # -- the conversation, as templates take it ------------------------------------------------------------------------
-def template_messages(messages: list[dict]) -> list[dict]:
+def template_messages(messages: list[dict], text_arguments: bool = False) -> list[dict]:
     """OpenAI's messages in transformers' shape: fields that are None dropped, but `content` always there (OpenAI's
     null content of a message that only calls tools is "": templates such as Qwen3's read it), each tool call's
-    `arguments` a JSON object (OpenAI sends it as JSON text; text that is not JSON stays text)."""
+    `arguments` a JSON object (OpenAI sends it as JSON text; text that is not JSON stays text) unless the template
+    takes `text_arguments`."""
     out = []
     for m in messages:
         m = {"content": "", **{k: v for k, v in m.items() if v is not None}}
         if m.get("tool_calls"):
-            m["tool_calls"] = [_template_call(c) for c in m["tool_calls"]]
+            m["tool_calls"] = [_template_call(c, text_arguments) for c in m["tool_calls"]]
         out.append(m)
     return out
 
 
-def _template_call(call: dict) -> dict:
+def _template_call(call: dict, text_arguments: bool) -> dict:
     fn = dict(call.get("function") or {})
-    if isinstance(fn.get("arguments"), str):
+    if text_arguments:
+        if not isinstance(fn.get("arguments"), str):
+            fn["arguments"] = json.dumps(fn.get("arguments", {}), ensure_ascii=False)
+    elif isinstance(fn.get("arguments"), str):
         try:
             fn["arguments"] = json.loads(fn["arguments"])
         except json.JSONDecodeError:
@@ -141,6 +148,8 @@ class ToolFormat:
     markers: tuple[str, ...] = ()   # text that starts a call
     json_start: bool = False        # a call may also be the whole answer, as a JSON object
     call_id: bool = False           # each call carries its id (Mistral's, 9 letters or digits)
+    hold_all: bool = False          # the answer is only known at its end (functionary v3.2's recipients)
+    text_arguments: bool = False    # the template takes a call's arguments as JSON text, not as an object
 
     def parse(self, text: str, names: set[str]) -> tuple[str | None, list[tuple]] | None:
         """(content, [(name, arguments, the model's id or None)]) when `text` holds calls of declared functions,
@@ -155,7 +164,7 @@ class ToolFormat:
 
     def hold(self, text: str) -> int:
         """Where a call starts or may start in `text` (its length when none can): streamed content stops there."""
-        if self.json_start and (not text.strip() or text.lstrip().startswith("{")):
+        if self.hold_all or self.json_start and (not text.strip() or text.lstrip().startswith("{")):
             return 0
         at = len(text)
         for marker in self.markers:
@@ -174,6 +183,8 @@ FORMATS = {"hermes": ToolFormat("hermes", ("<tool_call>",)),
            "llama3": ToolFormat("llama3", ("<|python_tag|>",), json_start=True),
            "mistral": ToolFormat("mistral", ("[TOOL_CALLS]",), call_id=True),
            "mistral-args": ToolFormat("mistral-args", ("[TOOL_CALLS]",)),
+           "functionary-v3.1": ToolFormat("functionary-v3.1", ("<function=", "<|python_tag|>")),
+           "functionary-v3.2": ToolFormat("functionary-v3.2", hold_all=True, text_arguments=True),
            "generic": ToolFormat("generic", json_start=True)}
 
 
@@ -182,6 +193,10 @@ def tool_format(fmt: ChatFormat) -> ToolFormat:
     source = getattr(fmt, "source", "") if fmt.supports_tools else ""
     if "<tool_call>" in source:
         return FORMATS["hermes"]
+    if "<function=" in source:
+        return FORMATS["functionary-v3.1"]
+    if ">>>" in source and "recipient" in source:
+        return FORMATS["functionary-v3.2"]
     if "[TOOL_CALLS]" in source:
         if "[ARGS]" in source:
             return replace(FORMATS["mistral-args"], call_id="[CALL_ID]" in source)
@@ -247,10 +262,7 @@ def parse_llama3(text: str, names: set[str]):
     if not tag:
         calls = _calls(_objects(text, ";"), names) if text.lstrip().startswith("{") else None
         return (None, calls) if calls else None
-    calls = _calls(_objects(tail, ";"), names) or _builtin_call(tail.strip(), names)
-    if calls is None:
-        python = next((n for n in PYTHON_TOOLS if n in names), None)
-        calls = [(python, {"code": tail.strip()}, None)] if python else None
+    calls = _calls(_objects(tail, ";"), names) or _builtin_call(tail.strip(), names) or _python_call(tail, names)
     return (_content(head), calls) if calls else None
 
 
@@ -287,6 +299,41 @@ def parse_mistral_args(text: str, names: set[str]):
     return (_content(parts[0]), calls) if calls else None
 
 
+def _python_call(code: str, names: set[str]):
+    python = next((n for n in PYTHON_TOOLS if n in names), None)
+    return [(python, {"code": code.strip()}, None)] if python else None
+
+
+def parse_functionary_v31(text: str, names: set[str]):
+    head, tag, tail = text.partition("<|python_tag|>")
+    blocks = list(re.finditer(r"<function=([^>]*)>(.*?)(?:</function>|$)", head, re.S))
+    calls = [_call({"name": b.group(1), "arguments": o[0] if o and len(o) == 1 else None}, names)
+             for b in blocks for o in [_objects(b.group(2))]]
+    if tag:
+        calls += _python_call(tail, names) or [None]
+    if not calls or not all(calls):
+        return None
+    return _content(re.sub(r"<function=[^>]*>.*?(?:</function>|$)", "", head, flags=re.S)), calls
+
+
+def parse_functionary_v32(text: str, names: set[str]):
+    """The answer after the prompt's `>>>`: `recipient\nbody` parts joined by `>>>`; recipient `all` is content."""
+    content, calls = [], []
+    for part in text.split(">>>"):
+        recipient, _, body = part.partition("\n")
+        recipient = recipient.strip()
+        if recipient == "all":
+            content.append(body)
+            continue
+        objs = _objects(body)
+        call = _call({"name": recipient, "arguments": objs[0]}, names) if objs and len(objs) == 1 else None
+        call = call or (_python_call(body, {recipient}) if recipient in PYTHON_TOOLS and recipient in names else None)
+        if call is None:
+            return None
+        calls += call if isinstance(call, list) else [call]
+    return _content(*content), calls
+
+
 def parse_generic(text: str, names: set[str]):
     objs = _objects(text) if text.lstrip().startswith("{") else None
     if not objs or len(objs) != 1 or not isinstance(objs[0], dict):
@@ -302,10 +349,16 @@ def parse_generic(text: str, names: set[str]):
 
 
 PARSERS = {"hermes": parse_hermes, "llama3": parse_llama3, "mistral": parse_mistral,
-           "mistral-args": parse_mistral_args, "generic": parse_generic}
+           "mistral-args": parse_mistral_args, "functionary-v3.1": parse_functionary_v31,
+           "functionary-v3.2": parse_functionary_v32, "generic": parse_generic}
 
 
 # -- constrained calls --------------------------------------------------------------------------------------------
+NAMED_OUTSIDE = {"mistral-args": '{name}{call_id} "[ARGS]" {args}',
+                 "functionary-v3.1": '"<function=" {name} ">" {args} "</function>"',
+                 "functionary-v3.2": '{name} "\\n" {args}'}
+
+
 def call_grammar(fmt: ToolFormat, tools: list[dict], only: str | None, parallel: bool) -> Grammar:
     """The grammar of an answer that is nothing but calls in `fmt` (one, or with `parallel` one or more) of the
     declared functions (or of `only`), their arguments valid for the declared parameters."""
@@ -316,9 +369,10 @@ def call_grammar(fmt: ToolFormat, tools: list[dict], only: str | None, parallel:
     for fn in chosen:
         params = fn.get("parameters") or {"type": "object"}
         conv.root_schema = params  # `$ref`s resolve within the function's own parameters
-        if fmt.name == "mistral-args":
+        if fmt.name in NAMED_OUTSIDE:  # the name written before the arguments' JSON
+            name, args = literal(fn["name"]), conv.visit(params, fn["name"] + "-args")
             call_id = ' "[CALL_ID]" [a-zA-Z0-9]{9}' if fmt.call_id else ""
-            alternatives.append(f'{literal(fn["name"])}{call_id} "[ARGS]" {conv.visit(params, fn["name"] + "-args")}')
+            alternatives.append(NAMED_OUTSIDE[fmt.name].format(name=name, call_id=call_id, args=args))
             continue
         properties = {"name": {"const": fn["name"]}, args_key: params}
         if fmt.call_id:
@@ -328,10 +382,11 @@ def call_grammar(fmt: ToolFormat, tools: list[dict], only: str | None, parallel:
         conv.root_schema = schema
         alternatives.append(conv.visit(schema, fn["name"] + "-call"))
     conv.rules["any-tool-call"] = " | ".join(f"( {a} )" for a in alternatives)
-    one = {"hermes": '"<tool_call>\\n" any-tool-call "</tool_call>"', "llama3": "any-tool-call",
-           "mistral": "any-tool-call", "mistral-args": '"[TOOL_CALLS]" any-tool-call', "generic": "any-tool-call"}
-    sep = {"hermes": '"\\n"', "mistral": '"," space', "generic": '"," space'}.get(fmt.name, "")
-    calls = f"{one[fmt.name]} ( {sep} {one[fmt.name]} )*" if parallel and fmt.name != "llama3" else one[fmt.name]
+    one = {"hermes": '"<tool_call>\\n" any-tool-call "</tool_call>"',
+           "mistral-args": '"[TOOL_CALLS]" any-tool-call'}.get(fmt.name, "any-tool-call")
+    sep = {"hermes": '"\\n"', "mistral": '"," space', "generic": '"," space', "functionary-v3.2": '">>>"'
+           }.get(fmt.name, "")
+    calls = f"{one} ( {sep} {one} )*" if parallel and fmt.name != "llama3" else one
     conv.rules["root"] = {"mistral": f'"[TOOL_CALLS]" "[" {calls} "]"',
                           "generic": f'"{{" space "\\"tool_calls\\"" space ":" space "[" space {calls} "]" space "}}"'
                           }.get(fmt.name, calls)
@@ -377,7 +432,7 @@ class ToolPlan:
         """The messages and tools the chat format is given."""
         tools = self.tools if self.active else None
         if self.chat.supports_tools:
-            return template_messages(messages), tools
+            return template_messages(messages, self.format.text_arguments), tools
         return generic_messages(messages, tools or []), None
 
     def grammar(self) -> Grammar | None:
@@ -388,7 +443,7 @@ class ToolPlan:
         return call_grammar(self.format, self.tools, only, self.parallel)
 
     def parse(self, text: str) -> tuple[str | None, list[dict]]:
-        """(content, OpenAI tool_calls): no calls when inactive or when the text holds none."""
+        """(content, OpenAI tool_calls): the text itself and no calls when inactive or when it holds none."""
         found = self.format.parse(text, self.names) if self.active else None
         if not found:
             return text, []
@@ -401,7 +456,7 @@ class ToolPlan:
         """The assistant message and the finish reason ("tool_calls" when it calls tools)."""
         content, calls = self.parse(text)
         if not calls:
-            return {"role": "assistant", "content": text}, finish_reason
+            return {"role": "assistant", "content": content or ""}, finish_reason
         return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
 
     def stream(self) -> "ToolStream":
@@ -434,12 +489,10 @@ class ToolStream:
     def end(self, finish_reason: str) -> tuple[list[dict], str]:
         """The last deltas and the finish reason."""
         content, calls = self.plan.parse(self.text)
+        sent, content = self.text[:self.sent], content or ""  # the content not streamed yet comes now
+        deltas = [{"content": content[len(sent):]}] if content.startswith(sent) and content != sent else []
         if not calls:
-            rest = self.text[self.sent:]
-            return ([{"content": rest}] if rest else []), finish_reason
-        sent = self.text[:self.sent]  # the content after the calls, if any, comes now
-        deltas = [{"content": content[len(sent):]}] if content and content.startswith(sent) and content != sent \
-            else []
+            return deltas, finish_reason
         for i, call in enumerate(calls):
             fn = call["function"]
             deltas.append({"tool_calls": [{"index": i, "id": call["id"], "type": "function",

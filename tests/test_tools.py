@@ -49,7 +49,9 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 # must show the tools and a tool result (not refuse the conversation)
 SERVED = {"hermes": "Qwen-Qwen2.5-7B-Instruct.jinja", "llama3": "meta-llama-Llama-3.3-70B-Instruct.jinja",
           "mistral": "mistralai-Mistral-Nemo-Instruct-2407.jinja",
-          "mistral-args": "Mistral-Small-3.2-24B-Instruct-2506.jinja", "generic": None}
+          "mistral-args": "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+          "functionary-v3.1": "meetkai-functionary-medium-v3.1.jinja",
+          "functionary-v3.2": "meetkai-functionary-medium-v3.2.jinja", "generic": None}
 MAIN_TEMPLATES = {"Qwen-Qwen2.5-7B-Instruct.jinja": "hermes", "Qwen-Qwen3-0.6B.jinja": "hermes",
                   "Qwen-QwQ-32B.jinja": "hermes", "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": "hermes",
                   "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": "hermes",
@@ -57,7 +59,11 @@ MAIN_TEMPLATES = {"Qwen-Qwen2.5-7B-Instruct.jinja": "hermes", "Qwen-Qwen3-0.6B.j
                   "meta-llama-Llama-3.3-70B-Instruct.jinja": "llama3",
                   "mistralai-Mistral-Nemo-Instruct-2407.jinja": "mistral",
                   "Mistral-Small-3.2-24B-Instruct-2506.jinja": "mistral-args",
-                  "mistralai-Ministral-3-14B-Reasoning-2512.jinja": "mistral-args"}
+                  "mistralai-Ministral-3-14B-Reasoning-2512.jinja": "mistral-args",
+                  "meetkai-functionary-medium-v3.1.jinja": "functionary-v3.1",
+                  "meetkai-functionary-medium-v3.2.jinja": "functionary-v3.2"}
+# templates that take a call's arguments as JSON text (as OpenAI sends them), not as an object
+TEXT_ARGUMENTS = {"meetkai-functionary-medium-v3.2.jinja"}
 
 
 def openai_call(id_: str, name: str, args: dict) -> dict:
@@ -82,12 +88,13 @@ CONVERSATIONS = {
 }
 
 
-def transformers_shape(messages: list[dict]) -> list[dict]:
-    """The same conversation as transformers documents it: a call's arguments an object, content text."""
+def transformers_shape(messages: list[dict], text_arguments: bool = False) -> list[dict]:
+    """The same conversation as transformers documents it: a call's arguments an object (JSON text for a template
+    that concatenates them), content text."""
     out = []
     for m in messages:
         m = {**m, "content": m["content"] or ""}
-        if "tool_calls" in m:
+        if "tool_calls" in m and not text_arguments:
             m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
                                for c in m["tool_calls"]]
         out.append(m)
@@ -109,9 +116,9 @@ def hf_tokenizer():
                                    bos_token="<s>", eos_token="</s>")
 
 
-def transformers_render(hf_tokenizer, template: str, messages: list[dict], tools=TOOLS) -> str:
-    return hf_tokenizer.apply_chat_template(transformers_shape(messages), tools=tools, chat_template=template,
-                                            tokenize=False, add_generation_prompt=True)
+def transformers_render(hf_tokenizer, file, messages: list[dict], tools=TOOLS) -> str:
+    return hf_tokenizer.apply_chat_template(transformers_shape(messages, file.name in TEXT_ARGUMENTS), tools=tools,
+                                            chat_template=file.read_text(), tokenize=False, add_generation_prompt=True)
 
 
 def tool_templates() -> list[str]:
@@ -133,7 +140,7 @@ def test_template_renders_tools_as_transformers(templates, hf_tokenizer, file, c
     text = (templates / file).read_text()
     messages = CONVERSATIONS[conversation]
     try:
-        expected = transformers_render(hf_tokenizer, text, messages)
+        expected = transformers_render(hf_tokenizer, templates / file, messages)
     except Exception as e:  # noqa: BLE001 — the template's own refusal
         # (Llama 3.x templates take one call per message)
         assert file not in MAIN_TEMPLATES or conversation != "one-call", f"transformers refuses {file}: {e}"
@@ -241,6 +248,11 @@ SCRIPTS = {
     "mistral-args": ("mistral-args", '[TOOL_CALLS]get_weather[CALL_ID]x1y2z3w4v[ARGS]{"city": "Paris"}[TOOL_CALLS]'
                      'get_time[CALL_ID]Q9R8S7T6U[ARGS]{"zone": "CET", "hours": 2}', None,
                      [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "CET", "hours": 2})]),
+    "functionary-v3.1": ("functionary-v3.1", 'Sure.<function=get_weather>{"city": "Paris"}</function>', "Sure.",
+                         [("get_weather", {"city": "Paris"})]),
+    "functionary-v3.2": ("functionary-v3.2", 'all\nChecking.>>>get_weather\n{"city": "Paris"}>>>get_time\n'
+                         '{"zone": "UTC", "hours": 3}', "Checking.",
+                         [("get_weather", {"city": "Paris"}), ("get_time", {"zone": "UTC", "hours": 3})]),
     "generic": ("generic", '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "f"}}]}',
                 None, [("get_weather", {"city": "Paris", "unit": "f"})]),
 }
@@ -272,6 +284,12 @@ def test_text_that_is_no_call_stays_content(servers, stream):
                       ("llama3", '{"name": "get_weather", "parameters": {"city": "Par'),
                       ("mistral-args", "[TOOL_CALLS]get_weather[ARGS]{oops}"), ("generic", '{"answer": 42}')]:
         assert answer(servers[fmt], text, stream) == (text, [], "stop"), (fmt, text)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_functionary_answer_to_all_is_content(servers, stream):
+    """Functionary v3.2 addresses its text to `all`: that is the content, without the recipient."""
+    assert answer(servers["functionary-v3.2"], "all\nIt is sunny.", stream) == ("It is sunny.", [], "stop")
 
 
 def test_parallel_tool_calls_false_keeps_one_call(servers):
@@ -308,13 +326,13 @@ def test_required_gives_valid_calls(servers, fmt):
             check_calls(calls, set(SCHEMAS))
 
 
-@pytest.mark.parametrize("script", ["hermes-two", "mistral", "mistral-args"])
+@pytest.mark.parametrize("script", ["hermes-two", "mistral", "mistral-args", "functionary-v3.2"])
 def test_call_grammar_takes_the_declared_calls(templates, script):
     """The grammar of required calls: the scripted answers with several calls only when parallel calls are allowed;
     a call of an undeclared function, or arguments that break the declared schema, never."""
     from runtime.tools import call_grammar
     fmt, text, content, _ = SCRIPTS[script]
-    text = text.removeprefix("Let me check.\n")
+    text = text.removeprefix("Let me check.\n").removeprefix("all\nChecking.>>>")
     fmt = tool_format(JinjaFormat((templates / SERVED[fmt]).read_text(), ()))
     parallel, single = (call_grammar(fmt, TOOLS, None, p) for p in (True, False))
     assert parallel.accepts(text) and not single.accepts(text)
@@ -353,20 +371,20 @@ def test_named_function_is_called(servers):
 
 
 # -- the round trip: a tool result sent back ------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", ["hermes", "llama3", "mistral", "mistral-args"])
+@pytest.mark.parametrize("fmt", sorted(set(SERVED) - {"generic"}))
 def test_round_trip_renders_as_transformers(servers, templates, hf_tokenizer, fmt):
     """The conversation with the call and its result, sent by the openai client: the server's prompt
     (/apply-template, llama-server's route) is transformers' rendering, and it is the prompt the chat completion
     evaluates (its usage counts that text's tokens)."""
-    srv, text = servers[fmt], (templates / SERVED[fmt]).read_text()
+    srv = servers[fmt]
     for name, messages in CONVERSATIONS.items():
         try:
-            expected = transformers_render(hf_tokenizer, text, messages)
+            expected = transformers_render(hf_tokenizer, templates / SERVED[fmt], messages)
         except Exception as e:  # noqa: BLE001 — Llama 3.x templates take one call per message: so do we (400)
-            assert fmt == "llama3" and name == "two-calls", e
+            assert fmt in ("llama3", "functionary-v3.1") and name == "two-calls", e
             with srv.client() as c:
                 r = c.post("/apply-template", json={"messages": messages, "tools": TOOLS})
-            assert r.status_code == 400 and "single tool-calls" in r.json()["error"]["message"]
+            assert r.status_code == 400 and "chat template failed" in r.json()["error"]["message"]
             continue
         with srv.client() as c:
             prompt = c.post("/apply-template", json={"messages": messages, "tools": TOOLS}).json()["prompt"]
