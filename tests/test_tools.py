@@ -343,6 +343,23 @@ def test_call_grammar_takes_the_declared_calls(templates, script):
             assert not parallel.accepts(text.replace(good, bad)), bad
 
 
+def test_required_with_n_choices(servers):
+    """n = 2: each choice is read back on its own (its index), streamed as whole."""
+    oai = client(servers["hermes"])
+    kw = dict(model=NAME, messages=[{"role": "user", "content": "Hi"}], tools=TOOLS, tool_choice="required", seed=4,
+              n=2, max_tokens=300, parallel_tool_calls=False)
+    whole = oai.chat.completions.create(**kw).choices
+    assert [c.index for c in whole] == [0, 1] and {c.finish_reason for c in whole} == {"tool_calls"}
+    streamed = {0: "", 1: ""}
+    for chunk in oai.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            streamed[c.index] += "".join(t.function.arguments or "" for t in c.delta.tool_calls or [])
+    for c in whole:
+        check_calls([(t.function.name, json.loads(t.function.arguments), t.id, t.type) for t in c.message.tool_calls],
+                    set(SCHEMAS))
+        assert streamed[c.index] == c.message.tool_calls[0].function.arguments
+
+
 def answer_of(oai, kw, stream):
     """(content, calls, finish_reason) of a request without a forced output."""
     if not stream:
