@@ -137,8 +137,8 @@ def generic_messages(messages: list[dict], tools: list[dict]) -> list[dict]:
 def generic_prompt(tools: list[dict]) -> str:
     listed = "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
     return ("You can call these tools (JSON Schema of each function's parameters):\n" + listed + "\n\nTo call tools,"
-            ' answer with JSON only: {"tool_calls": [{"name": "<function name>", "arguments": {...}}]}. Otherwise answer'
-            ' in plain text.')
+            ' answer with JSON only: {"tool_calls": [{"name": "<function name>", "arguments": {...}}]}. Otherwise'
+            ' answer in plain text.')
 
 
 # -- formats ------------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import concurrent.futures
 import json
 import re
 
-import httpx
 import jsonschema_rs
 import openai
 import pytest
@@ -55,7 +54,8 @@ SERVED = {"hermes": "Qwen-Qwen2.5-7B-Instruct.jinja", "llama3": "meta-llama-Llam
 MAIN_TEMPLATES = {"Qwen-Qwen2.5-7B-Instruct.jinja": "hermes", "Qwen-Qwen3-0.6B.jinja": "hermes",
                   "Qwen-QwQ-32B.jinja": "hermes", "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja": "hermes",
                   "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja": "hermes",
-                  "meta-llama-Llama-3.1-8B-Instruct.jinja": "llama3", "meta-llama-Llama-3.2-3B-Instruct.jinja": "llama3",
+                  "meta-llama-Llama-3.1-8B-Instruct.jinja": "llama3",
+                  "meta-llama-Llama-3.2-3B-Instruct.jinja": "llama3",
                   "meta-llama-Llama-3.3-70B-Instruct.jinja": "llama3",
                   "mistralai-Mistral-Nemo-Instruct-2407.jinja": "mistral",
                   "Mistral-Small-3.2-24B-Instruct-2506.jinja": "mistral-args",
@@ -416,7 +416,8 @@ def test_generic_prompt_for_a_template_without_tools(servers):
     """stories260K's built-in format cannot show tools: they are described in the system message, earlier calls are
     the JSON the model is asked for, tool results user turns."""
     with servers["generic"].client() as c:
-        prompt = c.post("/apply-template", json={"messages": CONVERSATIONS["one-call"], "tools": TOOLS}).json()["prompt"]
+        body = {"messages": CONVERSATIONS["one-call"], "tools": TOOLS}
+        prompt = c.post("/apply-template", json=body).json()["prompt"]
     assert json.dumps(TOOLS[0]["function"]) in prompt and '"tool_calls"' in prompt
     assert '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}]}' in prompt
     assert '{"temp": 21}' in prompt
@@ -457,7 +458,8 @@ def test_python_api_returns_what_the_server_returns(api, servers):
     kw = dict(messages=[{"role": "user", "content": "Weather in Paris, time in Oslo?"}], tools=TOOLS, max_tokens=400,
               seed=3)
     with servers[fmt].client() as c:
-        for extra in (dict(grammar=forced(text)), dict(tool_choice="required", temperature=1.0, parallel_tool_calls=False)):
+        for extra in (dict(grammar=forced(text)),
+                      dict(tool_choice="required", temperature=1.0, parallel_tool_calls=False)):
             served = c.post("/v1/chat/completions", json={**kw, **extra}).json()
             ours = api.create_chat_completion(**kw, **extra)
             assert without_ids(ours["choices"]) == without_ids(served["choices"]), extra
