@@ -7,11 +7,12 @@ group by name)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
+from common.errors import UserError
 from quantizer.types import FileType, is_quantized, type_name
 
 
@@ -21,6 +22,8 @@ class Options:
     pure: bool = False
     output_tensor_type: T | None = None
     token_embedding_type: T | None = None
+    # --tensor-type PATTERN=TYPE, in order: the first pattern found (re.search) in a tensor's name gives its type
+    tensor_types: list[tuple[str, T]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,20 @@ def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
                  f"-> falling back to {type_name(new)}")
 
 
+def _manual_types(patterns: list[tuple[str, T]]):
+    """name -> the type of the first --tensor-type pattern found in it (None when none is)."""
+    compiled = []
+    for pattern, t in patterns:
+        try:
+            compiled.append((re.compile(pattern), t))
+        except re.error as e:
+            raise UserError(f"--tensor-type: {pattern!r} is not a regular expression ({e})") from None
+
+    def manual(name: str) -> T | None:
+        return next((t for rx, t in compiled if rx.search(name)), None)
+    return manual
+
+
 def plan(tensors: list[tuple[str, tuple[int, ...], T]], ft: FileType, facts: ModelFacts,
          opts: Options, has_imatrix: bool = False) -> list[Choice]:
     """Target types for (name, numpy-order shape, current type) tensors, returned in llama.cpp's order."""
@@ -186,20 +203,27 @@ def plan(tensors: list[tuple[str, tuple[int, ...], T]], ft: FileType, facts: Mod
     tied = "output.weight" not in by_name
     n_attn_v = sum(category(n) in ("attn_v", "attn_qkv", "attn_kv_b") for n in order)
     mix = _Mixture(ft, facts, tied, n_attn_v, opts, has_imatrix)
+    manual = _manual_types(opts.tensor_types)
     out = []
     for name in order:
         shape, cur = by_name[name]
         choice = Choice(name, shape, cur, cur)
         if allows_quantization(name, shape, facts.arch, opts):
             ncols = shape[-1]
-            if opts.token_embedding_type is not None and category(name) == "token_embd":
+            if (opts.token_embedding_type is not None and category(name) == "token_embd"
+                    # a pattern naming per_layer_token_embd wins over --token-embedding-type (a large table apart)
+                    and not (name == "per_layer_token_embd.weight" and manual(name) is not None)):
                 new = opts.token_embedding_type
             elif opts.output_tensor_type is not None and category(name) == "output":
                 new = opts.output_tensor_type
             else:
                 new = ft.default
                 if is_quantized(new):
-                    if not opts.pure:
+                    # a manual type skips the mixture, whose counters then do not count this tensor (as llama.cpp)
+                    forced = manual(name)
+                    if forced is not None:
+                        new = forced
+                    elif not opts.pure:
                         new = mix.choose(name, ncols, new)
                     new, choice.fallback = shape_fallback(name, ncols, new)
             choice.dst_type = new

@@ -72,6 +72,18 @@ def parse_tensor_type(text: str) -> T:
     return t
 
 
+def parse_tensor_type_option(text: str) -> tuple[str, T]:
+    """llama-quantize's --tensor-type NAME=TYPE: (the name pattern lowercased, the tensor type)."""
+    pattern, eq, type_text = text.partition("=")
+    if not eq:
+        raise UserError(f"--tensor-type {text!r}: expected PATTERN=TYPE")
+    if not pattern:
+        raise UserError(f"--tensor-type {text!r}: missing tensor name")
+    if not type_text:
+        raise UserError(f"--tensor-type {text!r}: missing quantization type")
+    return pattern.lower(), parse_tensor_type(type_text)
+
+
 def type_name(t: T) -> str:
     """ggml's name of a tensor type (q4_K, f16, ...), from the native core's table."""
     return native.TRAITS[int(t)][0] if int(t) in native.TRAITS else t.name.lower()

@@ -76,6 +76,10 @@ def quantize(
     output_tensor_type: Optional[str] = typer.Option(None, "--output-tensor-type", help="Type for output.weight."),
     token_embedding_type: Optional[str] = typer.Option(None, "--token-embedding-type",
                                                        help="Type for token_embd.weight."),
+    tensor_type: Optional[list[str]] = typer.Option(None, "--tensor-type", help="PATTERN=TYPE: tensors whose name "
+                                                    "matches the regular expression get TYPE (repeatable)."),
+    tensor_type_file: Optional[Path] = typer.Option(None, "--tensor-type-file",
+                                                    help="A file of PATTERN=TYPE items (separated by white space)."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (llama-imatrix's GGUF or .dat)."),
     include_weights: Optional[list[str]] = typer.Option(None, "--include-weights",
                                                         help="Use the matrix only for tensors whose name has this."),
@@ -99,7 +103,8 @@ def quantize(
         matrix = _importance_matrix(imatrix, include_weights or [], exclude_weights or [])
         opts = Options(leave_output_tensor, pure,
                        types.parse_tensor_type(output_tensor_type) if output_tensor_type else None,
-                       types.parse_tensor_type(token_embedding_type) if token_embedding_type else None)
+                       types.parse_tensor_type(token_embedding_type) if token_embedding_type else None,
+                       _tensor_types(tensor_type or [], tensor_type_file))
         result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
                                dry_run=dry_run, imatrix=matrix, progress=TensorProgress("quantizing"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True),
@@ -107,6 +112,19 @@ def quantize(
                                report=lambda r: _print_quantize_summary(r, dry_run))
         if not dry_run:
             console.print(f"wrote {result.path}", markup=False, soft_wrap=True)
+
+
+def _tensor_types(items: list[str], path: Path | None):
+    """--tensor-type items, then --tensor-type-file's, as llama-quantize reads them (in order, first match wins)."""
+    from common.errors import UserError
+    from common.textfile import read_text
+    from quantizer import types
+
+    if path is not None:
+        if not path.is_file():
+            raise UserError(f"--tensor-type-file {path} does not exist")
+        items = items + read_text(path, "--tensor-type-file").split()
+    return [types.parse_tensor_type_option(item) for item in items]
 
 
 def _importance_matrix(path: Path | None, include: list[str], exclude: list[str]):
