@@ -133,9 +133,10 @@ def engine_new(description: dict[str, object], tensors: list[tuple[str, np.ndarr
     return _core.engine_new(fields, desc)
 
 
-def kv_new(engine, n_ctx: int, type_id: int):
-    """A KV cache of n_ctx positions stored as F32 or F16."""
-    return _core.kv_new(engine, n_ctx, type_id)
+def kv_new(engine, n_ctx: int, type_k: int, type_v: int | None = None):
+    """A KV cache of n_ctx positions, keys stored as type_k and values as type_v (default: type_k): F32, F16, or
+    Q8_0 / Q4_0 when the head size is a multiple of 32."""
+    return _core.kv_new(engine, n_ctx, type_k, type_k if type_v is None else type_v)
 
 
 @dataclass

@@ -42,7 +42,8 @@ static int is_swa(const struct tk_hparams *hp, int64_t il) {
     return hp->n_swa > 0 && (hp->swa_period == 0 || il % hp->swa_period < hp->swa_period - 1);
 }
 
-struct tk_kv { int type; int64_t n_ctx, n_layer, kv_dim; void *k, *v; };
+/* keys and values of each (layer, position): a row of kv_dim elements of type_k / type_v, row_k / row_v bytes */
+struct tk_kv { int type_k, type_v; int64_t n_ctx, n_layer, kv_dim; size_t row_k, row_v; void *k, *v; };
 
 /* ------------------------------------------------------------------------------------------------ description */
 
@@ -320,23 +321,31 @@ int64_t tk_engine_vocab(const struct tk_engine *e) { return e->hp.n_vocab; }
 
 /* ------------------------------------------------------------------------------------------------ KV cache */
 
-struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type) {
-    if (n_ctx <= 0 || (type != TK_F32 && type != TK_F16)) return NULL;
+/* a cache element type for heads of hd elements: F32, F16, or Q8_0 / Q4_0 blocks that tile a head */
+static int kv_type_ok(int type, int64_t hd) {
+    return type == TK_F32 || type == TK_F16 || ((type == TK_Q8_0 || type == TK_Q4_0) && hd % QK == 0);
+}
+
+struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type_k, int type_v) {
+    if (n_ctx <= 0 || !kv_type_ok(type_k, e->hp.head_dim) || !kv_type_ok(type_v, e->hp.head_dim)) return NULL;
     struct tk_kv *kv = calloc(1, sizeof *kv);
     if (!kv) return NULL;
-    kv->type = type;
+    kv->type_k = type_k;
+    kv->type_v = type_v;
     kv->n_ctx = n_ctx;
     kv->n_layer = e->hp.n_layer;
     kv->kv_dim = e->hp.n_head_kv * e->hp.head_dim;
-    size_t bytes;  /* n_layer x n_ctx x kv_dim elements, every product checked (n_ctx comes from the user) */
-    if (__builtin_mul_overflow((size_t)kv->n_layer, (size_t)n_ctx, &bytes) ||
-        __builtin_mul_overflow(bytes, (size_t)kv->kv_dim * (type == TK_F32 ? 4 : 2), &bytes) ||
-        bytes > (size_t)PTRDIFF_MAX) {
+    kv->row_k = tk_row_size(type_k, kv->kv_dim);
+    kv->row_v = tk_row_size(type_v, kv->kv_dim);
+    size_t rows, bytes_k, bytes_v;  /* n_layer x n_ctx rows, every product checked (n_ctx comes from the user) */
+    if (__builtin_mul_overflow((size_t)kv->n_layer, (size_t)n_ctx, &rows) ||
+        __builtin_mul_overflow(rows, kv->row_k, &bytes_k) || __builtin_mul_overflow(rows, kv->row_v, &bytes_v) ||
+        bytes_k > (size_t)PTRDIFF_MAX || bytes_v > (size_t)PTRDIFF_MAX) {
         free(kv);
         return NULL;
     }
-    kv->k = calloc(1, bytes);
-    kv->v = calloc(1, bytes);
+    kv->k = calloc(1, bytes_k);
+    kv->v = calloc(1, bytes_v);
     if (!kv->k || !kv->v) { tk_kv_free(kv); return NULL; }
     return kv;
 }
@@ -504,26 +513,29 @@ static void softmax(float *s, int64_t T, float mx, int simd) {
 }
 
 /* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v (the scores soft-capped first
-   when softcap > 0), in the order of llama.cpp's
-   one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps).
-   s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats. */
+   when softcap > 0), in the order of llama.cpp's one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of
+   p·v padded with zeros to whole steps). A quantized cache (Q8_0, Q4_0) is read as llama.cpp's CPU flash attention
+   reads it: q·k as the type's vec_dot with q converted to its vec_dot type, v rows dequantized to f32.
+   s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats; tmp: head_dim floats and a converted q. */
 static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t first,
-                   int64_t T, float scale, float softcap, float *s, float *acc, float *out, int simd) {
-    const int64_t kvd = kv->kv_dim;
-    const int f16 = kv->type == TK_F16;
-    const size_t es = f16 ? 2 : 4;
-    const char *kbase = (const char *)kv->k + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
-    const char *vbase = (const char *)kv->v + ((size_t)(layer * kv->n_ctx * kvd) + (size_t)(kvh * hd)) * es;
+                   int64_t T, float scale, float softcap, float *s, float *acc, float *tmp, float *out, int simd) {
+    const int tk = kv->type_k, tv = kv->type_v;
+    const char *kbase = (const char *)kv->k + (size_t)(layer * kv->n_ctx) * kv->row_k + tk_row_size(tk, kvh * hd);
+    const char *vbase = (const char *)kv->v + (size_t)(layer * kv->n_ctx) * kv->row_v + tk_row_size(tv, kvh * hd);
+    const int k_float = tk == TK_F32 || tk == TK_F16, v_float = tv == TK_F32 || tv == TK_F16;
+    tk_vec_dot_fn kdot = k_float ? NULL : tk_vec_dot(tk);
+    char *qq = (char *)(tmp + hd);
+    if (!k_float) tk_convert_activation_row(tk_dot_traits(tk)->vec_dot_type, q, qq, hd);
     float mx = -INFINITY;
     for (int64_t j = 0; j < first; j++) s[j] = -INFINITY;  /* outside a sliding window: masked, as llama.cpp does */
     for (int64_t j = first; j < T; j++) {
-        const void *kj = kbase + (size_t)(j * kvd) * es;
+        const void *kj = kbase + (size_t)j * kv->row_k;
         float d;
+        if (kdot) kdot(hd, &d, kj, qq);
 #ifdef TK_X86
-        if (simd) d = dot_ggml_avx2(q, kj, f16, hd);
-        else
+        else if (simd) d = dot_ggml_avx2(q, kj, tk == TK_F16, hd);
 #endif
-            d = dot_ggml(q, kj, f16, hd);
+        else d = dot_ggml(q, kj, tk == TK_F16, hd);
         s[j] = d * scale;
         if (softcap > 0) s[j] = softcap * tanhf(s[j] * (1.0f / softcap));  /* Gemma 2, as llama.cpp caps kq */
         if (s[j] > mx) mx = s[j];
@@ -534,7 +546,12 @@ static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_
     for (int64_t j = first; j < T; j++) {
         float *a = acc + (j & 31) * hd;
         const float p = s[j];
-        const void *vj = vbase + (size_t)(j * kvd) * es;
+        const void *vj = vbase + (size_t)j * kv->row_v;
+        if (!v_float) {
+            tk_traits(tv)->dequantize_row(vj, tmp, hd);
+            vj = tmp;
+        }
+        const int f16 = tv == TK_F16;
 #ifdef TK_X86
         if (simd) { axpy_avx2(a, p, vj, hd, f16); continue; }
 #endif
@@ -854,13 +871,14 @@ static void rope_cache(const struct tk_engine *e, int64_t pos, float theta_scale
     }
 }
 
-static void store_kv(struct tk_kv *kv, void *base, int64_t layer, int64_t pos, const float *src) {
-    const size_t off = (size_t)((layer * kv->n_ctx + pos) * kv->kv_dim);
-    if (kv->type == TK_F32) {
-        memcpy((float *)base + off, src, sizeof(float) * (size_t)kv->kv_dim);
-    } else {
-        tk_convert(src, TK_F32, (uint16_t *)base + off, TK_F16, (size_t)kv->kv_dim, 1);
-    }
+/* one (layer, position) row of keys or values, converted to the cache's type (quantized as llama.cpp's CPU backend
+   quantizes activations) */
+static void store_kv(const struct tk_kv *kv, void *base, int type, size_t row, int64_t layer, int64_t pos,
+                     const float *src) {
+    char *dst = (char *)base + (size_t)(layer * kv->n_ctx + pos) * row;
+    if (type == TK_F32) memcpy(dst, src, sizeof(float) * (size_t)kv->kv_dim);
+    else if (type == TK_F16) tk_convert(src, TK_F32, dst, TK_F16, (size_t)kv->kv_dim, 1);
+    else tk_convert_activation_row(type, src, dst, kv->kv_dim);
 }
 
 /* ------------------------------------------------------------------------------------------------ experts */
@@ -1056,8 +1074,8 @@ static void forward_task(void *p, int ith, int nth) {
             for (int64_t t = a; t < b; t++) {
                 const float *row = f->q + t * (qd + 2 * kvd);
                 struct tk_kv *kv = f->seqs[f->seq[t]].kv;
-                store_kv(kv, kv->k, il, f->pos[t], row + qd);
-                store_kv(kv, kv->v, il, f->pos[t], row + qd + kvd);
+                store_kv(kv, kv->k, kv->type_k, kv->row_k, il, f->pos[t], row + qd);
+                store_kv(kv, kv->v, kv->type_v, kv->row_v, il, f->pos[t], row + qd + kvd);
             }
         }
         tk_barrier_wait(bar, nth);
@@ -1066,12 +1084,12 @@ static void forward_task(void *p, int ith, int nth) {
         {
             int64_t a, b;
             split_range(n * H, ith, nth, &a, &b);
-            float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->max_ctx + 32;
+            float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->max_ctx + 32, *tmp = acc + 32 * hd;
             for (int64_t u = a; u < b; u++) {
                 const int64_t t = u / H, h = u % H, T = f->pos[t] + 1;
                 const int64_t first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
                 attend(f->q + t * (qd + 2 * kvd) + h * hd, f->seqs[f->seq[t]].kv, il, h / (H / Hkv), hd, first, T, hp->attn_scale,
-                       hp->attn_softcap, s, acc, f->att + t * qd + h * hd, f->simd);
+                       hp->attn_softcap, s, acc, tmp, f->att + t * qd + h * hd, f->simd);
             }
         }
         /* the attention output added to x, RMS-normed first where the block has a post-attention norm (into h,
@@ -1176,7 +1194,8 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
     }
     struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd(), .n = n, .nout = nout,
                     .max_ctx = max_ctx};
-    f.scratch_per_thread = max_ctx + 32 + 32 * hp->head_dim;
+    /* attention: scores, 32 partial sums of a head, a dequantized value row and q converted for a quantized cache */
+    f.scratch_per_thread = max_ctx + 32 + 34 * hp->head_dim + 64;
     if (f.scratch_per_thread < ne + 8) f.scratch_per_thread = ne + 8;  /* a token's router probabilities */
     const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf + ne + k) +
                           (size_t)nk * (size_t)(2 * d + 2 * fe) + (size_t)nthreads * (size_t)f.scratch_per_thread;

@@ -53,8 +53,10 @@ int64_t tk_engine_vocab(const struct tk_engine *e);
 /* GELU as ggml's CPU backend computes it (through an fp16 table) instead of exactly: for comparisons with llama.cpp. */
 void tk_set_gelu_fp16(int on);
 
-/* KV cache of n_ctx positions, F32 or F16; NULL for a bad size or type, a size whose bytes overflow, or no memory. */
-struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type);
+/* KV cache of n_ctx positions, keys stored as type_k and values as type_v: F32, F16, or Q8_0 / Q4_0 when the head
+   size is a multiple of their 32-element blocks; NULL for a bad size or type, a size whose bytes overflow, or no
+   memory. */
+struct tk_kv *tk_kv_new(const struct tk_engine *e, int64_t n_ctx, int type_k, int type_v);
 void tk_kv_free(struct tk_kv *kv);
 int64_t tk_kv_size(const struct tk_kv *kv);
 

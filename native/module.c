@@ -335,18 +335,20 @@ static PyObject *py_engine_new(PyObject *self, PyObject *args) {
     return PyCapsule_New(e, "tk_engine", engine_destroy);
 }
 
-/* kv_new(engine, n_ctx, type) -> capsule */
+/* kv_new(engine, n_ctx, type_k, type_v) -> capsule */
 static PyObject *py_kv_new(PyObject *self, PyObject *args) {
     PyObject *cap;
     long long n_ctx;
-    int type;
-    if (!PyArg_ParseTuple(args, "OLi", &cap, &n_ctx, &type)) return NULL;
+    int type_k, type_v;
+    if (!PyArg_ParseTuple(args, "OLii", &cap, &n_ctx, &type_k, &type_v)) return NULL;
     struct tk_engine *e = PyCapsule_GetPointer(cap, "tk_engine");
     if (!e) return NULL;
-    struct tk_kv *kv = tk_kv_new(e, n_ctx, type);
+    struct tk_kv *kv = tk_kv_new(e, n_ctx, type_k, type_v);
     if (!kv) {
-        if (n_ctx <= 0 || (type != TK_F32 && type != TK_F16)) PyErr_SetString(PyExc_ValueError, "bad cache size or type");
+        struct tk_kv *probe = n_ctx > 0 ? tk_kv_new(e, 1, type_k, type_v) : NULL;  /* the types alone are fine? */
+        if (!probe) PyErr_SetString(PyExc_ValueError, "bad cache size or type");
         else PyErr_Format(PyExc_MemoryError, "a KV cache of %lld positions cannot be allocated", n_ctx);
+        tk_kv_free(probe);
         return NULL;
     }
     return PyCapsule_New(kv, "tk_kv", kv_destroy);
@@ -467,7 +469,8 @@ static PyMethodDef methods[] = {
     {"engine_new", py_engine_new, METH_VARARGS,
      "engine_new(kinds, sizes, floats, tensors) -> engine: the forward pass over memory-mapped GGUF tensors given as "
      "(name, address, nbytes, type, rows, cols); the caller keeps that memory alive."},
-    {"kv_new", py_kv_new, METH_VARARGS, "kv_new(engine, n_ctx, type) -> KV cache (F32 or F16)."},
+    {"kv_new", py_kv_new, METH_VARARGS,
+     "kv_new(engine, n_ctx, type_k, type_v) -> KV cache (F32, F16, Q8_0 or Q4_0 keys and values)."},
     {"forward_batch", py_forward_batch, METH_VARARGS,
      "forward_batch(engine, [seq, ...], nthreads): sequences (attributes kv, tokens_i32, pos0, logits_f32, "
      "all_logits) evaluated in one pass, each against its own cache."},

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import numpy as np
 
+from runtime.arch.base import CACHE_TYPES
 from runtime.chat import chat_format, prompt_tokens
 from runtime.generate import Session
 from runtime.logprobs import ProbsFormat, token_logprob
@@ -24,13 +25,14 @@ class Llama:
                  seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False,
                  type_k: int | None = None, type_v: int | None = None):
         self.model_path = str(model_path)
-        # KV cache element type as llama-cpp-python takes it (ggml type ids, 0 = F32, 1 = F16; F16 by default); one
-        # type serves keys and values here
-        kinds = {None: "f16", 0: "f32", 1: "f16"}
-        if type_k not in kinds or type_v not in kinds or kinds[type_k] != kinds[type_v]:
-            raise UserError("type_k and type_v must both be 0 (F32) or 1 (F16)")
+        # KV cache element types as llama-cpp-python takes them (ggml type ids; F16 by default)
+        kinds = {None: "f16", **{t: name for name, t in CACHE_TYPES.items()}}
+        for what, t in (("type_k", type_k), ("type_v", type_v)):
+            if t not in kinds:
+                raise UserError(f"{what} must be one of the ggml type ids "
+                                f"{', '.join(f'{t} ({n.upper()})' for n, t in CACHE_TYPES.items())}, got {t!r}")
         self.session = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                               cache_type=kinds[type_k])
+                               cache_type=kinds[type_k], cache_type_v=kinds[type_v])
         self.tokenizer = self.session.tokenizer
         self.seed = seed
         self.verbose = verbose

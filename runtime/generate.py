@@ -42,21 +42,41 @@ def size_text(n: float) -> str:
     return f"{n:.1f} EiB"
 
 
-def check_kv_memory(hp: HParams, n_ctx: int, cache_type: str, slots: int, what: str) -> None:
-    """Refuse, before anything is allocated, `slots` KV caches of n_ctx positions that do not fit in memory; `what`
-    names the numbers the user gave (e.g. "-c 100000000")."""
-    need = slots * kv_cache_bytes(hp, n_ctx, cache_type)
+def check_kv_memory(hp: HParams, n_ctx: int, cache_type: str, slots: int, what: str,
+                    cache_type_v: str | None = None) -> None:
+    """Refuse, before anything is allocated, `slots` KV caches of n_ctx positions that do not fit in memory (keys
+    stored as cache_type, values as cache_type_v, default the same); `what` names the numbers the user gave (e.g.
+    "-c 100000000")."""
+    need = slots * kv_cache_bytes(hp, n_ctx, cache_type, cache_type_v)
     have = memory_available()
     if need > have:
-        raise UserError(f"{what} needs a KV cache of {size_text(need)} ({cache_type}), more than the "
+        types = cache_type if cache_type_v in (None, cache_type) else f"{cache_type}/{cache_type_v}"
+        raise UserError(f"{what} needs a KV cache of {size_text(need)} ({types}), more than the "
                         f"{size_text(have)} of memory available; lower it")
 
 
-def check_context_memory(model_path, n_ctx: int, cache_type: str, slots: int, what: str) -> None:
-    """check_kv_memory for a model file not loaded yet (its header is read, its weights are not touched)."""
+def context_size(hp: HParams, n_ctx: int, slots: int, cache_type: str, cache_type_v: str | None = None) -> int:
+    """The context per slot: n_ctx as given; with n_ctx 0 (llama.cpp's default) the model's training context shared by
+    the slots (as llama.cpp divides -c among its sequences), lowered in steps of 256 positions — not below 256 —
+    while all the slots' caches would take more than half of the memory available."""
+    if n_ctx:
+        return n_ctx
+    per_slot = max(1, hp.n_ctx_train // slots)
+    budget = memory_available() // 2
+    while per_slot > 256 and slots * kv_cache_bytes(hp, per_slot, cache_type, cache_type_v) > budget:
+        per_slot = max(256, (per_slot - 1) // 256 * 256)
+    return per_slot
+
+
+def check_context_memory(model_path, n_ctx: int, cache_type: str, slots: int, what: str,
+                         cache_type_v: str | None = None) -> int:
+    """The context per slot (context_size) for a model file not loaded yet, its caches checked against the memory
+    available (check_kv_memory): the file's header is read, its weights are not touched."""
     model = Model(model_path, populate=False)
     try:
-        check_kv_memory(model.hp, n_ctx, cache_type, slots, what)
+        n_ctx = context_size(model.hp, n_ctx, slots, cache_type, cache_type_v)
+        check_kv_memory(model.hp, n_ctx, cache_type, slots, what, cache_type_v)
+        return n_ctx
     finally:
         model.close()
 
@@ -114,14 +134,21 @@ class Session:
     """One model, one context: tokens evaluated so far and their KV cache."""
 
     def __init__(self, model_path, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
-                 cache_type: str = "f16", ctx_name: str = "n_ctx"):
-        """ctx_name: what the caller calls n_ctx (the command line's -c), for the message when it is too large."""
+                 cache_type: str = "f16", ctx_name: str = "n_ctx", cache_type_v: str | None = None,
+                 n_ubatch: int | None = None):
+        """cache_type / cache_type_v: the KV cache's key and value types (f32, f16, q8_0, q4_0; values default to
+        the keys' type); ctx_name: what the caller calls n_ctx (the command line's -c), for the message when it is
+        too large; n_ubatch: the most tokens a native pass takes (default n_batch), prompts evaluated in pieces of
+        that size."""
         t0 = time.perf_counter()
-        if n_ctx < 1 or n_batch < 1:
-            raise UserError("n_ctx and n_batch must be positive")
+        if n_ubatch is not None and n_ubatch >= 1:
+            n_batch = min(n_batch, n_ubatch)
+        if n_ctx < 0 or n_batch < 1:
+            raise UserError("n_ctx must be 0 (the model's) or positive, n_batch positive")
         self.model = Model(model_path)
         try:
-            check_kv_memory(self.model.hp, n_ctx, cache_type, 1, f"{ctx_name} {n_ctx}")
+            n_ctx = context_size(self.model.hp, n_ctx, 1, cache_type, cache_type_v)
+            check_kv_memory(self.model.hp, n_ctx, cache_type, 1, f"{ctx_name} {n_ctx}", cache_type_v)
         except UserError:
             self.model.close()
             raise
@@ -129,8 +156,8 @@ class Session:
         self.n_threads = n_threads or native.default_threads()
         self.net = build(self.model, self.n_threads)
         self.n_ctx, self.n_batch = n_ctx, n_batch
-        self.cache_type = cache_type
-        self.cache = self.net.new_cache(n_ctx, cache_type)
+        self.cache_type, self.cache_type_v = cache_type, cache_type_v or cache_type
+        self.cache = self.net.new_cache(n_ctx, cache_type, cache_type_v)
         self.tokens: list[int] = []
         self.timings = Timings(load_ms=(time.perf_counter() - t0) * 1000.0)
         # the forward passes of this session and of its slots (new_slot), batched together when they coincide
@@ -142,7 +169,7 @@ class Session:
         slot = object.__new__(Session)
         slot.__dict__.update(self.__dict__)
         slot.n_ctx = n_ctx or self.n_ctx
-        slot.cache = self.net.new_cache(slot.n_ctx, self.cache_type)
+        slot.cache = self.net.new_cache(slot.n_ctx, self.cache_type, self.cache_type_v)
         slot.tokens = []
         slot.timings = Timings()
         return slot

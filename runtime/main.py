@@ -26,6 +26,7 @@ class RunOptions:
     n_batch: int = 512
     n_threads: int | None = None
     cache_type: str = "f16"
+    cache_type_v: str | None = None     # values' type (default: the keys')
     verbose: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     ignore_eos: bool = False
@@ -48,7 +49,7 @@ class Runner:
     def __init__(self, opts: RunOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, inp: TextIO = sys.stdin):
         self.opts, self.out, self.err, self.inp = opts, out, err, inp
         self.session = Session(opts.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=opts.n_threads,
-                               cache_type=opts.cache_type, ctx_name="-c")
+                               cache_type=opts.cache_type, cache_type_v=opts.cache_type_v, ctx_name="-c")
         self.tok = self.session.tokenizer
         self.sampler = Sampler(opts.sampling)
         hp = self.session.model.hp

@@ -184,11 +184,18 @@ def _one_choice(slot: Slot, req: GenRequest, index: int, logits, emit: Callable[
 
 class Engine:
     def __init__(self, model_path: str, n_ctx: int = 512, n_threads: int | None = None, parallel: int = 1,
-                 queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512, cache_type: str = "f16"):
-        base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type)
+                 queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512, cache_type: str = "f16",
+                 cache_type_v: str | None = None, n_ubatch: int | None = None):
+        """n_ctx: per slot (0: the model's training context shared by the slots, as runtime.generate.context_size
+        gives it); the slots' forward passes run batched (runtime.batching), n_ubatch tokens at most."""
+        if n_ctx == 0:
+            from runtime.generate import check_context_memory
+            n_ctx = check_context_memory(model_path, 0, cache_type, parallel, "-c 0", cache_type_v)
+        base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type,
+                       cache_type_v=cache_type_v, n_ubatch=n_ubatch)
         self.base = base
         self.model_path = str(model_path)
-        self.n_ctx, self.n_threads, self.queue_size = n_ctx, base.n_threads, queue_size
+        self.n_ctx, self.n_threads, self.queue_size = base.n_ctx, base.n_threads, queue_size
         self.tokenizer = base.tokenizer
         self.hp = base.model.hp
         self.chat: ChatFormat = chat_format(self.hp.arch, base.model.gguf.value("tokenizer.chat_template"),

@@ -23,11 +23,13 @@ class ServeOptions:
     model: str
     host: str = "127.0.0.1"
     port: int = 8080
-    n_ctx: int = 512
+    n_ctx: int = 0          # per slot; 0: the model's training context shared by the slots (resolved by validate)
     n_threads: int | None = None
-    n_batch: int = 512
+    n_batch: int = 2048
+    n_ubatch: int = 512
     cache_type: str = "f16"
-    parallel: int = 1
+    cache_type_v: str | None = None  # values' type (default: the keys')
+    parallel: int = 4
     queue: int = 32
     api_key: str | None = None
     chat_template: str | None = None
@@ -40,20 +42,20 @@ class ServeOptions:
 
 
 def validate(o: ServeOptions) -> None:
-    for name, value, low in (("-c", o.n_ctx, 1), ("-b", o.n_batch, 1), ("--parallel", o.parallel, 1),
-                             ("--queue", o.queue, 0), ("--port", o.port, 0)):
+    """Check every option before anything is loaded; resolves -c 0 into the context per slot."""
+    for name, value, low in (("-c", o.n_ctx, 0), ("-b", o.n_batch, 1), ("-ub", o.n_ubatch, 1),
+                             ("--parallel", o.parallel, 1), ("--queue", o.queue, 0), ("--port", o.port, 0)):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if o.port > 65535:
         raise UserError(f"--port must be at most 65535, got {o.port}")
-    if o.cache_type not in ("f16", "f32"):
-        raise UserError(f"--cache-type must be f16 or f32, got {o.cache_type!r}")
     if o.n_threads is not None and o.n_threads < 1:
         raise UserError(f"-t must be at least 1, got {o.n_threads}")
     if not Path(o.model).is_file():
         raise UserError(f"model file {o.model} does not exist")
     from runtime.generate import check_context_memory  # the model's header only: its KV cache bytes per position
-    check_context_memory(o.model, o.n_ctx, o.cache_type, o.parallel, f"-c {o.n_ctx} × --parallel {o.parallel}")
+    o.n_ctx = check_context_memory(o.model, o.n_ctx, o.cache_type, o.parallel,
+                                   f"-c {o.n_ctx} × --parallel {o.parallel}", o.cache_type_v)
     if not (math.isfinite(o.timeout) and o.timeout > 0):
         raise UserError(f"--timeout must be a positive number of seconds, got {o.timeout}")
     if o.api_key is not None:
@@ -107,7 +109,8 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     log = server_logger()
     limits = Limits(timeout=o.timeout).within_open_files()
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
-                    chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type)
+                    chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type, cache_type_v=o.cache_type_v,
+                    n_ubatch=o.n_ubatch)
     try:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,
@@ -117,8 +120,9 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         hp = engine.hp
         line = (f"toolkit serve: listening on {url} (docs {url}/docs) · model {o.model} ({hp.arch}, "
-                f"{hp.n_layer} layers, as {name!r}) · context {engine.n_ctx} tokens per slot "
-                f"({o.cache_type} KV) · {o.parallel} slot(s), "
+                f"{hp.n_layer} layers, as {name!r}) · context {engine.n_ctx} tokens per slot, "
+                f"{engine.n_ctx * o.parallel} in all (trained {hp.n_ctx_train}; {o.cache_type}/"
+                f"{o.cache_type_v or o.cache_type} KV) · {o.parallel} slot(s) batched, "
                 f"queue {o.queue} · {engine.n_threads} threads" + (" · API key required" if o.api_key else ""))
 
         class Server(uvicorn.Server):

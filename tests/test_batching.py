@@ -109,3 +109,9 @@ def test_a_chat_evaluates_only_each_turns_new_tokens(server):
                                         extra_body={"cache_prompt": False})
     assert whole.model_extra["timings"]["prompt_n"] == whole.usage.prompt_tokens == previous
     assert whole.choices[0].message.content == messages[-1]["content"]
+
+
+def test_a_quantized_cache_needs_whole_blocks_per_head(stories260k_f32):
+    from common.errors import UserError
+    with pytest.raises(UserError, match="a q8_0 KV cache needs heads of a multiple of 32 elements; this model's have 8"):
+        Session(stories260k_f32, n_ctx=16, cache_type="q8_0")

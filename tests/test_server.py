@@ -592,7 +592,7 @@ def test_cli_errors(model, tmp_path):
         cases = [(["-m", tmp_path / "missing.gguf"], "does not exist"),
                  (["-m", model, "--port", busy.getsockname()[1]], "cannot listen on 127.0.0.1"),
                  (["-m", model, "--parallel", "0"], "--parallel must be at least 1"),
-                 (["-m", model, "--cache-type", "q8"], "--cache-type must be f16 or f32"),
+                 (["-m", model, "--cache-type", "q8"], "unknown KV cache type 'q8' (-ctk/-ctv)"),
                  (["-m", model, "--chat-template", "nonsense", "--port", "0"], "unknown chat template")]
         procs = [subprocess.Popen([*TOOLKIT, "serve", *map(str, args)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, cwd=REPO) for args, _ in cases]

@@ -210,10 +210,14 @@ def run(
     prompt: str = typer.Option("", "-p", "--prompt", help="Prompt (the system prompt in chat mode)."),
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Read the prompt from a file."),
     n_predict: int = typer.Option(-1, "-n", "--n-predict", help="Tokens to generate (-1 = until end or full context)."),
-    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens (0: the model's training "
+                                 "context, lowered to fit half of the memory available)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
     batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
-    cache_type: str = typer.Option("f16", "--cache-type", "-ctk", help="KV cache element type: f16 or f32."),
+    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
+                                   help="KV cache type of the keys: f32, f16, q8_0, q4_0."),
+    cache_type_v: Optional[str] = typer.Option(None, "-ctv", "--cache-type-v",
+                                               help="KV cache type of the values (default: the keys')."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Random seed (-1 = random)."),
     temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
     top_k: int = typer.Option(40, "--top-k", help="Top-k sampling (0 = off)."),
@@ -253,7 +257,7 @@ def run(
                 raise UserError(f"prompt file {file} does not exist")
             from common.textfile import read_text
             prompt = read_text(file, "prompt file")
-        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1)):
+        for name, value, low in (("-c", ctx_size, 0), ("-b", batch_size, 1)):
             if value < low:
                 raise UserError(f"{name} must be at least {low}, got {value}")
         if threads is not None and threads < 1:
@@ -265,12 +269,11 @@ def run(
                                    ("--frequency-penalty", "frequency_penalty", frequency_penalty)):
             sampling.check(field, value, flag)
         constraint = run_grammar(grammar, grammar_file, json_schema)
-        if cache_type not in ("f16", "f32"):
-            raise UserError(f"--cache-type must be f16 or f32, got {cache_type!r}")
         params = sampling.SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
                                          presence_penalty, frequency_penalty, parse_logit_biases(logit_bias or []))
         opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
-                          n_threads=threads, cache_type=cache_type, verbose=verbose, sampling=params,
+                          n_threads=threads, cache_type=cache_type, cache_type_v=cache_type_v, verbose=verbose,
+                          sampling=params,
                           ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
                           interactive=interactive, chat=instruct or conversation,
                           reverse_prompts=list(reverse_prompt or []), chat_template=chat_template,
@@ -324,11 +327,18 @@ def serve(
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="Port (0: any free port, shown in the startup line)."),
-    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Context size in tokens, per slot."),
+    ctx_size: int = typer.Option(0, "-c", "--ctx-size", help="Context size in tokens, per slot (0: the model's "
+                                 "training context shared by the slots, lowered to fit half of the memory available)."),
     threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
-    batch_size: int = typer.Option(512, "-b", "--batch-size", help="Prompt tokens evaluated per batch."),
-    cache_type: str = typer.Option("f16", "--cache-type", "-ctk", help="KV cache element type: f16 or f32."),
-    parallel: int = typer.Option(1, "-np", "--parallel", help="Requests generating at once (slots)."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Logical batch: prompt tokens per request step."),
+    ubatch_size: int = typer.Option(512, "-ub", "--ubatch-size", help="Physical batch: tokens per native pass, "
+                                    "all slots together."),
+    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
+                                   help="KV cache type of the keys: f32, f16, q8_0, q4_0."),
+    cache_type_v: Optional[str] = typer.Option(None, "-ctv", "--cache-type-v",
+                                               help="KV cache type of the values (default: the keys')."),
+    parallel: int = typer.Option(4, "-np", "--parallel", help="Requests generating at once (slots), their tokens "
+                                 "evaluated together."),
     queue: int = typer.Option(32, "--queue", help="Requests waiting for a slot before answering 503."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY."),
     chat_template: Optional[str] = typer.Option(None, "--chat-template",
@@ -348,7 +358,8 @@ def serve(
     setup_logging(verbose)
     with user_errors(verbose):
         run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
-                                n_batch=batch_size, cache_type=cache_type, parallel=parallel, queue=queue, api_key=api_key,
+                                n_batch=batch_size, n_ubatch=ubatch_size, cache_type=cache_type,
+                                cache_type_v=cache_type_v, parallel=parallel, queue=queue, api_key=api_key,
                                 chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed,
                                 timeout=timeout, metrics=metrics, slots=slots))
 
@@ -367,7 +378,8 @@ def perplexity(
                                                       "format), or read with --kl-divergence."),
     kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare this model with the one that wrote "
                                        "--kl-divergence-base, over its tokens: KLD, Δp, same top token."),
-    cache_type: str = typer.Option("f16", "--cache-type", "-ctk", help="KV cache element type: f16 or f32."),
+    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
+                                   help="KV cache type (keys and values): f32, f16, q8_0, q4_0."),
     verbose: bool = VERBOSE,
 ) -> None:
     """Perplexity of a model over a text, and KL divergence from a base model, as llama-perplexity computes them."""
@@ -379,8 +391,6 @@ def perplexity(
         for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1)):
             if value is not None and value < low:
                 raise UserError(f"{name} must be at least {low}, got {value}")
-        if cache_type not in ("f16", "f32"):
-            raise UserError(f"--cache-type must be f16 or f32, got {cache_type!r}")
         if kl_divergence:
             if kl_divergence_base is None:
                 raise UserError("--kl-divergence needs --kl-divergence-base FILE (written by a run without "

@@ -14,28 +14,42 @@ import native
 from runtime.model import HParams, Model
 from common.errors import UserError
 
-CACHE_TYPES = {"f32": native.F32, "f16": native.F16}
-CACHE_BYTES = {"f32": 4, "f16": 2}
+# the KV cache's element types by llama.cpp's names (-ctk / -ctv) → their ggml type ids in the core's type table
+CACHE_TYPES = {name: t for t, (name, _, _) in native.TRAITS.items() if name in ("f32", "f16", "q8_0", "q4_0")}
 
 
-def kv_cache_bytes(hp: HParams, n_ctx: int, cache_type: str) -> int:
-    """The bytes of a KV cache of n_ctx positions: keys and values of every layer (Python integers: no overflow)."""
-    if cache_type not in CACHE_TYPES:
-        raise UserError(f"unknown cache type {cache_type!r}; use one of: {', '.join(CACHE_TYPES)}")
-    return 2 * hp.n_layer * n_ctx * hp.n_head_kv * hp.head_dim * CACHE_BYTES[cache_type]
+def check_cache_types(hp: HParams, *types: str) -> None:
+    """Refuse a cache type the engine does not have, or a quantized one whose 32-element blocks do not tile a head."""
+    for t in types:
+        if t not in CACHE_TYPES:
+            raise UserError(f"unknown KV cache type {t!r} (-ctk/-ctv); use one of: {', '.join(CACHE_TYPES)}")
+        if t.startswith("q") and hp.head_dim % 32:
+            raise UserError(f"a {t} KV cache needs heads of a multiple of 32 elements; this model's have "
+                            f"{hp.head_dim}: use f16 or f32")
+
+
+def kv_cache_bytes(hp: HParams, n_ctx: int, cache_type: str, cache_type_v: str | None = None) -> int:
+    """The bytes of a KV cache of n_ctx positions: keys (cache_type) and values (cache_type_v, default the same) of
+    every layer (Python integers: no overflow)."""
+    check_cache_types(hp, cache_type, cache_type_v or cache_type)
+    kv_dim = hp.n_head_kv * hp.head_dim
+    row = native.row_size(CACHE_TYPES[cache_type], kv_dim) + native.row_size(CACHE_TYPES[cache_type_v or cache_type],
+                                                                            kv_dim)
+    return hp.n_layer * n_ctx * row
 
 
 class KVCache:
-    """Keys and values of every layer for positions 0..n_ctx-1, stored as f32 or f16; `n` positions are filled."""
+    """Keys and values of every layer for positions 0..n_ctx-1, stored as f32, f16, q8_0 or q4_0 (keys and values each
+    their own); `n` positions are filled."""
 
-    def __init__(self, net: "Transformer", n_ctx: int, cache_type: str = "f16"):
-        nbytes = kv_cache_bytes(net.hp, n_ctx, cache_type)
+    def __init__(self, net: "Transformer", n_ctx: int, cache_type: str = "f16", cache_type_v: str | None = None):
+        nbytes = kv_cache_bytes(net.hp, n_ctx, cache_type, cache_type_v)
         try:
-            self.kv = native.kv_new(net.engine, n_ctx, CACHE_TYPES[cache_type])
+            self.kv = native.kv_new(net.engine, n_ctx, CACHE_TYPES[cache_type], CACHE_TYPES[cache_type_v or cache_type])
         except MemoryError:
             raise UserError(f"a KV cache of {n_ctx} positions ({nbytes / 2**30:.1f} GiB) cannot be allocated: "
                             "out of memory") from None
-        self.n_ctx, self.cache_type = n_ctx, cache_type
+        self.n_ctx, self.cache_type, self.cache_type_v = n_ctx, cache_type, cache_type_v or cache_type
         self.n = 0
 
     def truncate(self, n: int) -> None:
@@ -72,8 +86,8 @@ class Transformer:
         except ValueError as e:
             raise UserError(f"{model.path.name}: {e}") from None
 
-    def new_cache(self, n_ctx: int, cache_type: str = "f16") -> KVCache:
-        return KVCache(self, n_ctx, cache_type)
+    def new_cache(self, n_ctx: int, cache_type: str = "f16", cache_type_v: str | None = None) -> KVCache:
+        return KVCache(self, n_ctx, cache_type, cache_type_v)
 
     def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
         """Run `tokens` at positions cache.n.. ; returns logits [n, vocab] (or [1, vocab] for the last token)."""

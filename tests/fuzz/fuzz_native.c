@@ -106,7 +106,9 @@ static void fuzz_engine(struct input *in) {
     char err[512];
     struct tk_engine *e = tk_engine_new(&hp, t, nt, err, sizeof err);
     if (e) {
-        struct tk_kv *kv = tk_kv_new(e, 8, (int)(take(in, 1) % 2));
+        static const int KV_TYPES[4] = {TK_F32, TK_F16, TK_Q8_0, TK_Q4_0};
+        const int kv_type = KV_TYPES[take(in, 1) % 4];
+        struct tk_kv *kv = tk_kv_new(e, 8, kv_type, kv_type);
         if (kv) {
             int32_t tokens[3];
             for (int i = 0; i < 3; i++) tokens[i] = (int32_t)take(in, 4);
