@@ -120,6 +120,7 @@ void quantize_row_q5_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
+void quantize_row_q6_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 
 /* k-quants (quants_k.c) */
 void quantize_row_q2_K_ref(const float *x, void *y, int64_t k);

@@ -1,7 +1,14 @@
-/* ARM64 NEON version of the Q8_K quantizer (the activations of every k-quant product), byte for byte the reference's
-   (quants_k.c): the same first element of largest magnitude, the same iscale, tk_nearest_int's mantissa trick lane by
-   lane, exact 16-quant sums. The k-quant file quantizers (Q2_K..Q6_K) have no NEON version yet: ARM64 runs their
-   reference. */
+/* ARM64 NEON versions of k-quant quantizers, byte for byte the reference's (quants_k.c):
+
+   * Q8_K (the activations of every k-quant product): the same first element of largest magnitude, the same iscale,
+     tk_nearest_int's mantissa trick lane by lane, exact 16-quant sums;
+   * Q6_K: as quants_k_avx2.c does it, the vectors run ACROSS sub-blocks (lane j of a vector = sub-block 4g + j, the
+     super-block transposed once), so that every lane performs exactly the reference's float operations of
+     fit_symmetric_rmse in its order (same grouping, sums left to right from the same start, divisions kept, no FMA:
+     the core is built with -ffp-contract=off), branches as masks with the same predicates; steps 2-4 are the
+     reference's own q6_K_finish.
+
+   Q2_K..Q5_K have no NEON version yet: ARM64 runs their reference. */
 #include <math.h>
 #include <string.h>
 #include "quants.h"
@@ -41,6 +48,112 @@ static void quantize_block_q8_K_neon(const float *x, block_q8_K *y) {
 void quantize_row_q8_K_neon(const float *x, void *vy, int64_t k) {
     block_q8_K *y = vy;
     for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q8_K_neon(x + i * QK_K, y + i);
+}
+
+/* ---------------------------------------------------------------------------------------------- Q6_K */
+
+#define GROUP_MAX_EPS 1e-15f  /* quants_k.c's */
+#define SUB 16                /* elements per sub-block */
+
+/* clamp(tk_nearest_int(v), lo, hi) as a float, for lanes with |v| < 2^22 (there (v + 1.5·2^23) − 1.5·2^23 is that
+   integer); other lanes are never used */
+static inline float32x4_t round_clamp_small(float32x4_t v, float lo, float hi) {
+    const float32x4_t magic = vdupq_n_f32(12582912.f);
+    const float32x4_t r = vsubq_f32(vaddq_f32(v, magic), magic);
+    return vminq_f32(vmaxq_f32(r, vdupq_n_f32(lo)), vdupq_n_f32(hi));
+}
+
+static inline float32x4_t blend(float32x4_t a, float32x4_t b, uint32x4_t take_b) { return vbslq_f32(take_b, b, a); }
+
+/* xt[i] lane j = element i of sub-block 4g + j (16-element sub-blocks of the super-block at x) */
+static inline void transpose_group(const float *x, int g, float32x4_t xt[SUB]) {
+    for (int i0 = 0; i0 < SUB; i0 += 4) {
+        const float *p = x + SUB * 4 * g + i0;
+        const float32x4_t r0 = vld1q_f32(p), r1 = vld1q_f32(p + SUB), r2 = vld1q_f32(p + 2 * SUB), r3 = vld1q_f32(p + 3 * SUB);
+        const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
+        const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
+        xt[i0] = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
+        xt[i0 + 1] = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
+        xt[i0 + 2] = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
+        xt[i0 + 3] = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+    }
+}
+
+/* fit_symmetric_rmse of quants_k.c on the 4 sub-blocks of xt (lane j = sub-block j): L[i] = quant + nmax as a float
+   (0 in all-small lanes); returns the scales */
+static float32x4_t fit_rmse4(const int nmax, const float32x4_t x[SUB], float32x4_t L[SUB]) {
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    /* signed element of largest magnitude, the first on ties (strict >, from 0) */
+    float32x4_t am = zero, max = zero;
+    for (int i = 0; i < SUB; ++i) {
+        const float32x4_t ax = vabsq_f32(x[i]);
+        const uint32x4_t gt = vcgtq_f32(ax, am);
+        am = blend(am, ax, gt);
+        max = blend(max, x[i], gt);
+    }
+    const uint32x4_t small = vcltq_f32(am, vdupq_n_f32(GROUP_MAX_EPS));
+    float32x4_t w[SUB], wx[SUB];
+    for (int i = 0; i < SUB; ++i) {
+        w[i] = vmulq_f32(x[i], x[i]);
+        wx[i] = vmulq_f32(w[i], x[i]);
+    }
+    const float lo = (float)-nmax, hi = (float)(nmax - 1);
+    float32x4_t iscale = vdivq_f32(vdupq_n_f32((float)-nmax), max);
+    float32x4_t sumlx = zero, suml2 = zero;
+    for (int i = 0; i < SUB; ++i) {
+        L[i] = round_clamp_small(vmulq_f32(iscale, x[i]), lo, hi);
+        sumlx = vaddq_f32(sumlx, vmulq_f32(wx[i], L[i]));
+        suml2 = vaddq_f32(suml2, vmulq_f32(vmulq_f32(w[i], L[i]), L[i]));
+    }
+    /* scale = suml2 ? sumlx / suml2 : 0 (NaN counts as true) */
+    float32x4_t scale = blend(zero, vdivq_f32(sumlx, suml2), vmvnq_u32(vceqq_f32(suml2, zero)));
+    float32x4_t best = vmulq_f32(scale, sumlx);
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = vdivq_f32(vdupq_n_f32(-((float)nmax + 0.1f * (float)is)), max);
+        float32x4_t l[SUB], slx = zero, sl2 = zero;
+        for (int i = 0; i < SUB; ++i) {
+            l[i] = round_clamp_small(vmulq_f32(iscale, x[i]), lo, hi);
+            slx = vaddq_f32(slx, vmulq_f32(wx[i], l[i]));
+            sl2 = vaddq_f32(sl2, vmulq_f32(vmulq_f32(w[i], l[i]), l[i]));
+        }
+        const uint32x4_t upd = vandq_u32(vcgtq_f32(sl2, zero), vcgtq_f32(vmulq_f32(slx, slx), vmulq_f32(best, sl2)));
+        if (vmaxvq_u32(upd)) {
+            for (int i = 0; i < SUB; ++i) L[i] = blend(L[i], l[i], upd);
+            scale = blend(scale, vdivq_f32(slx, sl2), upd);
+            best = blend(best, vmulq_f32(scale, slx), upd);
+        }
+    }
+    const float32x4_t off = vdupq_n_f32((float)nmax);
+    for (int i = 0; i < SUB; ++i) L[i] = blend(vaddq_f32(L[i], off), zero, small);
+    return blend(scale, zero, small);
+}
+
+static void quantize_block_q6_K_neon(const float *x, block_q6_K *y) {
+    int8_t L[QK_K];
+    float scales[QK_K / SUB];
+    for (int g = 0; g < QK_K / SUB / 4; ++g) {
+        float32x4_t xt[SUB], Lt[SUB];
+        transpose_group(x, g, xt);
+        vst1q_f32(scales + 4 * g, fit_rmse4(32, xt, Lt));
+        for (int i = 0; i < SUB; ++i) {
+            int32_t q[4];
+            vst1q_s32(q, vcvtq_s32_f32(Lt[i]));
+            for (int j = 0; j < 4; ++j) L[SUB * (4 * g + j) + i] = (int8_t)q[j];
+        }
+    }
+    /* the signed scale of largest magnitude, the first on ties, as the reference scans them */
+    float max_scale = 0, max_abs_scale = 0;
+    for (int ib = 0; ib < QK_K / SUB; ++ib) {
+        const float abs_scale = fabsf(scales[ib]);
+        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scales[ib]; }
+    }
+    q6_K_finish(x, scales, max_scale, max_abs_scale, L, y);
+}
+
+void quantize_row_q6_K_neon(const float *x, void *vy, int64_t k) {
+    block_q6_K *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q6_K_neon(x + i * QK_K, y + i);
 }
 
 #endif
