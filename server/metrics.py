@@ -11,9 +11,9 @@ The calls, from whoever sees the event (thread-safe):
 - on_prompt_cached(n): n prompt tokens reused from a slot's cache;
 - on_generated(n, seconds): one request's n generated tokens, `seconds` from the first to the last (n - 1 decode
   steps: the first token comes from the prompt's logits), as llama-server's metrics_on_prediction;
-- on_sequence(n): a slot holds a sequence of n tokens (prompt and generated);
-- on_decode(n_busy_slots): one forward pass over the batch of `n_busy_slots` slots. Until the engine reports its
-  passes, `llamacpp:n_decode_total` and `llamacpp:n_busy_slots_per_decode` are left out rather than shown as 0."""
+- on_sequence(n): a slot holds a sequence of n tokens (prompt and generated).
+The forward passes (`llamacpp:n_decode_total`) and the sequences they carried (`llamacpp:n_busy_slots_per_decode`)
+are the batcher's own counts (runtime.batching), read at rendering with the gauges."""
 from __future__ import annotations
 
 import math
@@ -43,11 +43,13 @@ class Bucket:
 @dataclass
 class Gauges:
     """What the server reads when it renders: requests generating and waiting, tokens in the slots' KV caches and
-    their capacity."""
+    their capacity, the forward passes run and the sequences they carried in all."""
     requests_processing: int
     requests_deferred: int
     kv_cache_tokens: int
     kv_cache_capacity: int
+    n_decode: int = 0
+    n_decode_sequences: int = 0
 
 
 class Metrics:
@@ -58,8 +60,6 @@ class Metrics:
         self.prompt_window, self.predict_window = Bucket(), Bucket()    # since the last rendering (the rates)
         self.n_prompt_cached = 0
         self.n_tokens_max = 0
-        self.n_decode: int | None = None   # None: the engine does not report its forward passes
-        self.n_busy_slots = 0
 
     def on_prompt(self, n_tokens: int, seconds: float) -> None:
         with self._lock:
@@ -80,11 +80,6 @@ class Metrics:
         with self._lock:
             self.n_tokens_max = max(self.n_tokens_max, n_tokens)
 
-    def on_decode(self, n_busy_slots: int) -> None:
-        with self._lock:
-            self.n_decode = (self.n_decode or 0) + 1
-            self.n_busy_slots += n_busy_slots
-
     def render(self, gauges: Gauges) -> str:
         """The Prometheus text (format 0.0.4): llama-server's counters, then its gauges and the KV cache's; the rates
         cover the time since the previous rendering, whose windows this one starts afresh."""
@@ -96,7 +91,9 @@ class Metrics:
                 ("prompt_seconds_total", "Total time spent processing prompts", self.prompt.seconds),
                 ("tokens_predicted_total", "Number of generation tokens processed", self.predict.count),
                 ("tokens_predicted_seconds_total", "Total time spent generating tokens", self.predict.seconds),
-                ("n_tokens_max", "Largest observed sequence length (prompt + generation)", self.n_tokens_max)]
+                ("n_tokens_max", "Largest observed sequence length (prompt + generation)", self.n_tokens_max),
+                ("n_decode_total", "Total number of llama_decode() calls, excluding speculative decoding and "
+                 "multimodal decoding", gauges.n_decode)]
             gauge_items = [
                 ("prompt_tokens_seconds", "Average prompt throughput in tokens/s", self.prompt_window.per_second()),
                 ("predicted_tokens_seconds", "Average generation throughput in tokens/s",
@@ -105,12 +102,9 @@ class Metrics:
                 ("requests_deferred", "Number of requests deferred", gauges.requests_deferred),
                 ("kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.",
                  gauges.kv_cache_tokens / gauges.kv_cache_capacity if gauges.kv_cache_capacity else 0.0),
-                ("kv_cache_tokens", "KV-cache tokens.", gauges.kv_cache_tokens)]
-            if self.n_decode is not None:
-                counters.append(("n_decode_total", "Total number of llama_decode() calls, excluding speculative "
-                                 "decoding and multimodal decoding", self.n_decode))
-                gauge_items.append(("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
-                                    self.n_busy_slots / max(self.n_decode, 1)))
+                ("kv_cache_tokens", "KV-cache tokens.", gauges.kv_cache_tokens),
+                ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
+                 gauges.n_decode_sequences / max(gauges.n_decode, 1))]
             self.prompt_window, self.predict_window = Bucket(), Bucket()
         lines = []
         for kind, items in (("counter", counters), ("gauge", gauge_items)):

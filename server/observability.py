@@ -52,7 +52,9 @@ def add_observability(app: FastAPI, metrics_endpoint: bool = False, slots_endpoi
             raise ApiError(501, _OFF["metrics"], "not_supported_error")
         text = metrics.render(Gauges(requests_processing=engine.n_processing, requests_deferred=engine.n_waiting,
                                      kv_cache_tokens=sum(len(s.session.tokens) for s in engine.slots),
-                                     kv_cache_capacity=sum(s.session.n_ctx for s in engine.slots)))
+                                     kv_cache_capacity=sum(s.session.n_ctx for s in engine.slots),
+                                     n_decode=engine.base.batcher.n_passes,
+                                     n_decode_sequences=engine.base.batcher.n_sequences))
         return Response(text, media_type="text/plain; version=0.0.4",
                         headers={"Process-Start-Time-Unix": str(int(metrics.t_start))})
 

@@ -82,7 +82,8 @@ def test_metrics_grow_by_the_tokens_served(server):
         slots = c.get("/slots").json()
     assert again["llamacpp:kv_cache_tokens"] == sum(s.get("n_prompt_tokens", 0) for s in slots) > 0
     assert again["llamacpp:kv_cache_usage_ratio"] == pytest.approx(again["llamacpp:kv_cache_tokens"] / 1024)
-    assert "llamacpp:n_decode_total" not in again  # left out until the engine reports its forward passes
+    # the batcher's passes: one client at a time, so one sequence per pass, and at least a pass per token generated
+    assert grew("n_decode_total") >= 16 + 9 + 14 and after["llamacpp:n_busy_slots_per_decode"] == 1
 
 
 def test_slots_while_generating_and_after(server):
@@ -163,7 +164,7 @@ def test_endpoints_off_answer_501(quiet_server):
 
 def test_metrics_rates_and_windows():
     """In-process: llama-server's bucket rates (decode steps over time: a request's first token is free), the
-    windows reset by each rendering, the counters not; the decode counters appear once the engine reports them."""
+    windows reset by each rendering, the counters not; the decode counters as the gauges give them."""
     m = Metrics()
     gauges = Gauges(requests_processing=1, requests_deferred=2, kv_cache_tokens=30, kv_cache_capacity=120)
 
@@ -178,9 +179,8 @@ def test_metrics_rates_and_windows():
     assert first["llamacpp:prompt_tokens_total"] == 10 and first["llamacpp:prompt_tokens_cached_total"] == 4
     assert first["llamacpp:tokens_predicted_total"] == 11 and first["llamacpp:n_tokens_max_total"] == 25
     assert first["llamacpp:requests_deferred"] == 2 and first["llamacpp:kv_cache_usage_ratio"] == 0.25
-    assert "llamacpp:n_decode_total" not in first
-    m.on_decode(2)
-    m.on_decode(1)
+    assert first["llamacpp:n_decode_total"] == 0
+    gauges.n_decode, gauges.n_decode_sequences = 2, 3
     second = render()
     assert second["llamacpp:prompt_tokens_seconds"] == 0 and second["llamacpp:tokens_predicted_total"] == 11
     assert second["llamacpp:n_decode_total"] == 2 and second["llamacpp:n_busy_slots_per_decode"] == 1.5
