@@ -159,6 +159,9 @@ class Session:
         self.cache_type, self.cache_type_v = cache_type, cache_type_v or cache_type
         self.cache = self.net.new_cache(n_ctx, cache_type, cache_type_v)
         self.tokens: list[int] = []
+        # a full context during generation: stop (False), or drop half of what follows the first n_keep tokens and
+        # go on (llama.cpp's --context-shift / --keep)
+        self.context_shift, self.n_keep = False, 0
         self.timings = Timings(load_ms=(time.perf_counter() - t0) * 1000.0)
         # the forward passes of this session and of its slots (new_slot), batched together when they coincide
         self.batcher = Batcher(self.net, n_ubatch=n_batch)
@@ -195,6 +198,16 @@ class Session:
             kept += 1
         self.rewind(kept)
         return kept
+
+    def shift_context(self) -> None:
+        """Make room as llama.cpp's context shift does: keep the first n_keep tokens, drop half of the n_left after
+        them (the older half), the rest moves down. The kept tokens are evaluated again at their new positions (exact,
+        where llama.cpp rotates the cached keys by the shift)."""
+        keep = min(max(self.n_keep, 0), len(self.tokens) - 1)
+        discard = (len(self.tokens) - keep) // 2
+        kept = self.tokens[:keep] + self.tokens[keep + discard:]
+        self.reset()
+        self.eval(kept)
 
     def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
         """Evaluate tokens after those already in the context, in batches of n_batch; the last (or all) logits."""
@@ -233,8 +246,9 @@ class Session:
               start: np.ndarray | None = None) -> Iterator["Step"]:
         """Yield each sampled token with the logits it was drawn from, after evaluating `prompt` (or, with `start`,
         from these logits of the context already evaluated); stops at an end-of-generation token (unless
-        ignore_eos), after n_predict tokens (-1: until the context is full), when the context is full, or when
-        `grammar` is complete and allows nothing but end-of-generation."""
+        ignore_eos), after n_predict tokens (-1: until the context is full), when the context is full (unless
+        context_shift: then it is shifted, see shift_context), or when `grammar` is complete and allows nothing but
+        end-of-generation."""
         sampler = sampler or Sampler(params)
         constraint = GrammarConstraint(grammar, self.tokenizer) if grammar is not None else None
         with self.batcher.member(self.cache):
@@ -243,7 +257,8 @@ class Session:
     def _steps(self, prompt, n_predict, sampler, ignore_eos, constraint, start) -> Iterator["Step"]:
         logits = start if start is not None else self.eval(prompt) if prompt else None
         produced = 0
-        while logits is not None and (n_predict < 0 or produced < n_predict) and len(self.tokens) < self.n_ctx:
+        while logits is not None and (n_predict < 0 or produced < n_predict) and (
+                self.context_shift or len(self.tokens) < self.n_ctx):
             t0 = time.perf_counter()
             if constraint is not None and _only_end_allowed(constraint):
                 return
@@ -257,7 +272,9 @@ class Session:
             produced += 1
             yield Step(token, logits)
             if len(self.tokens) >= self.n_ctx:
-                return
+                if not self.context_shift:
+                    return
+                self.shift_context()
             logits = self.eval([token])
 
     def _sample(self, sampler: Sampler, logits: np.ndarray, ignore_eos: bool, constraint) -> int:

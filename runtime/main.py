@@ -27,6 +27,8 @@ class RunOptions:
     n_threads: int | None = None
     cache_type: str = "f16"
     cache_type_v: str | None = None     # values' type (default: the keys')
+    context_shift: bool = False         # a full context: shift it and go on (--context-shift), else stop
+    n_keep: int = 0                     # tokens kept at the start when shifting (--keep; -1: the whole prompt)
     verbose: bool = False
     sampling: SamplingParams = field(default_factory=SamplingParams)
     ignore_eos: bool = False
@@ -50,6 +52,7 @@ class Runner:
         self.opts, self.out, self.err, self.inp = opts, out, err, inp
         self.session = Session(opts.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=opts.n_threads,
                                cache_type=opts.cache_type, cache_type_v=opts.cache_type_v, ctx_name="-c")
+        self.session.context_shift = opts.context_shift
         self.tok = self.session.tokenizer
         self.sampler = Sampler(opts.sampling)
         hp = self.session.model.hp
@@ -67,18 +70,6 @@ class Runner:
         if len(tokens) >= self.session.n_ctx:
             raise UserError(f"prompt is too long ({len(tokens)} tokens, max {self.session.n_ctx - 1}); "
                             "raise -c or shorten the prompt")
-
-    def _eval_prefix_reusing(self, tokens: list[int]) -> None:
-        """Make the context hold exactly `tokens`, keeping the cached prefix it shares with them."""
-        common = 0
-        for a, b in zip(self.session.tokens, tokens):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(tokens) - 1)  # at least one token is evaluated, to get fresh logits
-        self.session.cache.truncate(common)
-        del self.session.tokens[common:]
-        return tokens[common:]
 
     def _generate(self, new_tokens: list[int], limit: int, stops: list[str]) -> str:
         """Stream the continuation of the context + new_tokens until an end-of-generation token, a stop string
@@ -107,6 +98,7 @@ class Runner:
             if not tokens:
                 raise UserError("empty prompt and the model has no BOS token")
             self._check_fits(tokens)
+            self._set_keep(tokens)
             if o.verbose_prompt:
                 self._show_tokens(tokens)
             self._write(prompt, COLOR_PROMPT)
@@ -120,6 +112,12 @@ class Runner:
                 self._generate(self.tok.encode(line, add_bos=False, parse_special=True), limit, o.reverse_prompts)
         self._write("\n")
         print(self.session.timings.report(peak_rss=self.opts.verbose), file=self.err)
+
+    def _set_keep(self, prompt: list[int]) -> None:
+        """--keep as llama.cpp's main counts it: -1 (or more than the prompt) keeps the whole prompt, else N tokens
+        after the BOS."""
+        n, bos = self.opts.n_keep, int(bool(prompt) and prompt[0] == self.tok.bos_id)
+        self.session.n_keep = len(prompt) if n < 0 or n > len(prompt) else n + bos
 
     def _read_user(self) -> str | None:
         self._write("\n> " if self.opts.chat else "", None)
@@ -142,7 +140,8 @@ class Runner:
             messages.append({"role": "user", "content": line})
             tokens = prompt_tokens(fmt, self.tok, messages)
             self._check_fits(tokens)
-            reply = self._generate(self._eval_prefix_reusing(tokens), self.opts.n_predict, list(fmt.stop))
+            new = tokens[self.session.reuse_prefix(tokens):]  # the conversation so far stays in the cache
+            reply = self._generate(new, self.opts.n_predict, list(fmt.stop))
             for s in fmt.stop:
                 if reply.endswith(s):
                     reply = reply[: -len(s)]

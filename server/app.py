@@ -303,7 +303,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         if n >= n_ctx:
             raise ApiError(400, f"the prompt has {n} tokens; the context holds {n_ctx} (the server's -c), with room "
                            "for at least one generated token", param="prompt", code="context_length_exceeded")
-        if n_predict is not None and n_predict > 0 and n + n_predict > n_ctx:
+        if n_predict is not None and n_predict > 0 and n + n_predict > n_ctx and not engine.context_shift:
             raise ApiError(400, f"{param} {n_predict} plus the prompt's {n} tokens exceed the context of {n_ctx} "
                            f"tokens (at most {n_ctx - n} can be generated)", param=param,
                            code="context_length_exceeded")

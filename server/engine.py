@@ -172,7 +172,7 @@ def _one_choice(slot: Slot, req: GenRequest, index: int, logits, emit: Callable[
         steps.close()
     if stop_type is None:
         release(*scanner.flush())
-        room = session.n_ctx - len(req.prompt)
+        room = float("inf") if session.context_shift else session.n_ctx - len(req.prompt)
         limit = room if req.n_predict < 0 else min(req.n_predict, room)
         stop_type = "limit" if n >= limit else "eos"
     if t_first is None:
@@ -185,7 +185,8 @@ def _one_choice(slot: Slot, req: GenRequest, index: int, logits, emit: Callable[
 class Engine:
     def __init__(self, model_path: str, n_ctx: int = 512, n_threads: int | None = None, parallel: int = 1,
                  queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512, cache_type: str = "f16",
-                 cache_type_v: str | None = None, n_ubatch: int | None = None):
+                 cache_type_v: str | None = None, n_ubatch: int | None = None, context_shift: bool = False,
+                 n_keep: int = 0):
         """n_ctx: per slot (0: the model's training context shared by the slots, as runtime.generate.context_size
         gives it); the slots' forward passes run batched (runtime.batching), n_ubatch tokens at most."""
         if n_ctx == 0:
@@ -193,7 +194,10 @@ class Engine:
             n_ctx = check_context_memory(model_path, 0, cache_type, parallel, "-c 0", cache_type_v)
         base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type,
                        cache_type_v=cache_type_v, n_ubatch=n_ubatch)
+        # the slots below copy them; --keep counts the tokens after the BOS, as llama-server does
+        base.context_shift, base.n_keep = context_shift, n_keep + int(base.tokenizer.add_bos)
         self.base = base
+        self.context_shift = context_shift
         self.model_path = str(model_path)
         self.n_ctx, self.n_threads, self.queue_size = base.n_ctx, base.n_threads, queue_size
         self.tokenizer = base.tokenizer

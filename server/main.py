@@ -30,6 +30,8 @@ class ServeOptions:
     cache_type: str = "f16"
     cache_type_v: str | None = None  # values' type (default: the keys')
     parallel: int = 4
+    context_shift: bool = False     # a full context during generation: shift it (llama-server's --context-shift)
+    n_keep: int = 0                 # tokens kept at the start when shifting (--keep; BOS counted as llama.cpp does)
     queue: int = 32
     api_key: str | None = None
     chat_template: str | None = None
@@ -44,7 +46,8 @@ class ServeOptions:
 def validate(o: ServeOptions) -> None:
     """Check every option before anything is loaded; resolves -c 0 into the context per slot."""
     for name, value, low in (("-c", o.n_ctx, 0), ("-b", o.n_batch, 1), ("-ub", o.n_ubatch, 1),
-                             ("--parallel", o.parallel, 1), ("--queue", o.queue, 0), ("--port", o.port, 0)):
+                             ("--parallel", o.parallel, 1), ("--queue", o.queue, 0), ("--port", o.port, 0),
+                             ("--keep", o.n_keep, 0)):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
     if o.port > 65535:
@@ -110,7 +113,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     limits = Limits(timeout=o.timeout).within_open_files()
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
                     chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type, cache_type_v=o.cache_type_v,
-                    n_ubatch=o.n_ubatch)
+                    n_ubatch=o.n_ubatch, context_shift=o.context_shift, n_keep=o.n_keep)
     try:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,

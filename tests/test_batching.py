@@ -1,11 +1,14 @@
 """Continuous batching (runtime.batching): sequences generating at the same time on one model share native passes,
 and what each generates is what it generates alone — greedy and seeded, started at different times, with prompts and
 lengths of their own, on F32 and Q8_0 files. The oracle for each sequence is the same request run alone, before any
-other; the batching itself is checked from the batcher's own counts (passes, sequences per pass)."""
+other; the batching itself is checked from the batcher's own counts (passes, sequences per pass). Also here: the
+slots' prompt cache through the openai client, the quantized cache's head-size rule, and the context shift (against
+llama.cpp's rule, replayed)."""
 from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
 from runtime.generate import Session
@@ -115,3 +118,48 @@ def test_a_quantized_cache_needs_whole_blocks_per_head(stories260k_f32):
     from common.errors import UserError
     with pytest.raises(UserError, match="a q8_0 KV cache needs heads of a multiple of 32 elements; this model's have 8"):
         Session(stories260k_f32, n_ctx=16, cache_type="q8_0")
+
+
+# -- context shift -----------------------------------------------------------------------------------------------------
+def shifted(context: list[int], n_ctx: int, n_keep: int, generated: list[int]) -> list[int]:
+    """llama.cpp's context shift rule, replayed: before a token that does not fit, keep the first n_keep tokens and
+    drop half of the n_left that follow them (the older half)."""
+    ctx = list(context)
+    for t in generated:
+        if len(ctx) >= n_ctx:
+            n_left = len(ctx) - n_keep
+            ctx = ctx[:n_keep] + ctx[n_keep + n_left // 2:]
+        ctx.append(t)
+    return ctx
+
+
+def test_context_shift_keeps_what_llama_cpps_rule_keeps(stories260k_f32):
+    """A 2000-token generation in a 64-token context: the context after it is the one llama.cpp's shift rule gives,
+    and the last token was sampled from the logits a fresh context holding the same tokens gives."""
+    from runtime.arch import build
+    s = Session(stories260k_f32, n_ctx=64, n_threads=1)
+    try:
+        s.context_shift, s.n_keep = True, 5
+        prompt = s.tokenizer.encode("Once upon a time, there was a little girl", add_bos=True)
+        steps = list(s.steps(prompt, 2000, SamplingParams(temp=0), ignore_eos=True))
+        generated = [st.token for st in steps]
+        assert len(generated) == 2000
+        expected = shifted(prompt, 64, 5, generated)
+        assert s.tokens == expected[:len(s.tokens)] and len(s.tokens) == len(expected)
+        fresh = build(s.model, 1)
+        cache = fresh.new_cache(64)
+        logits = fresh.forward(expected[:-1], cache)[-1]
+        assert np.array_equal(logits, steps[-1].logits)
+    finally:
+        s.close()
+
+
+def test_run_with_context_shift(stories260k_f32):
+    from tests.helpers import run_toolkit
+    p = run_toolkit("run", "-m", stories260k_f32, "-p", "Once upon a time", "-n", 600, "-c", 64, "--temp", 0,
+                    "--ignore-eos", "--context-shift", "--keep", -1)
+    assert p.returncode == 0, p.stderr
+    assert "sampling time" in p.stderr and "/   600 runs" in p.stderr, p.stderr
+    p = run_toolkit("run", "-m", stories260k_f32, "-p", "Once upon a time", "-n", 600, "-c", 64, "--temp", 0,
+                    "--ignore-eos")
+    assert p.returncode == 0 and "/    59 runs" in p.stderr, p.stderr  # no shift: stops when the context is full

@@ -218,6 +218,11 @@ def run(
                                    help="KV cache type of the keys: f32, f16, q8_0, q4_0."),
     cache_type_v: Optional[str] = typer.Option(None, "-ctv", "--cache-type-v",
                                                help="KV cache type of the values (default: the keys')."),
+    context_shift: bool = typer.Option(False, "--context-shift/--no-context-shift",
+                                       help="When the context fills while generating, drop the older half of what "
+                                       "follows the kept tokens and go on (else stop)."),
+    keep: int = typer.Option(0, "--keep", help="Tokens kept at the start of the context when it shifts (after the "
+                             "BOS; -1: the whole prompt)."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Random seed (-1 = random)."),
     temp: float = typer.Option(0.8, "--temp", help="Temperature; 0 = greedy."),
     top_k: int = typer.Option(40, "--top-k", help="Top-k sampling (0 = off)."),
@@ -273,7 +278,7 @@ def run(
                                          presence_penalty, frequency_penalty, parse_logit_biases(logit_bias or []))
         opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
                           n_threads=threads, cache_type=cache_type, cache_type_v=cache_type_v, verbose=verbose,
-                          sampling=params,
+                          sampling=params, context_shift=context_shift, n_keep=keep,
                           ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
                           interactive=interactive, chat=instruct or conversation,
                           reverse_prompts=list(reverse_prompt or []), chat_template=chat_template,
@@ -339,6 +344,11 @@ def serve(
                                                help="KV cache type of the values (default: the keys')."),
     parallel: int = typer.Option(4, "-np", "--parallel", help="Requests generating at once (slots), their tokens "
                                  "evaluated together."),
+    context_shift: bool = typer.Option(False, "--context-shift/--no-context-shift",
+                                       help="When the context fills while generating, drop the older half of what "
+                                       "follows the kept tokens and go on (else stop)."),
+    keep: int = typer.Option(0, "--keep", help="Tokens kept at the start of the context when it shifts (after the "
+                             "BOS)."),
     queue: int = typer.Option(32, "--queue", help="Requests waiting for a slot before answering 503."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY."),
     chat_template: Optional[str] = typer.Option(None, "--chat-template",
@@ -360,6 +370,7 @@ def serve(
         run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
                                 n_batch=batch_size, n_ubatch=ubatch_size, cache_type=cache_type,
                                 cache_type_v=cache_type_v, parallel=parallel, queue=queue, api_key=api_key,
+                                context_shift=context_shift, n_keep=keep,
                                 chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed,
                                 timeout=timeout, metrics=metrics, slots=slots))
 
