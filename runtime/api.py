@@ -95,14 +95,17 @@ class Llama:
     def _stream(self, prompt_tokens: list[int], max_tokens: int | None, params: SamplingParams, stop: list[str],
                 grammar, n_top: int | None) -> Iterator[tuple[str, str | None, list]]:
         """(text piece, finish_reason or None, log-probabilities of the tokens it starts when n_top is not None);
-        stop strings as runtime.stops.StopScanner handles them."""
-        self.reset()
+        stop strings as runtime.stops.StopScanner handles them. The prefix the prompt shares with the context left by
+        the previous call stays in the cache (as llama-cpp-python's generate reuses it): a chat re-sent each turn
+        evaluates only its new tokens."""
         if len(prompt_tokens) >= self.session.n_ctx:
             raise UserError(f"the prompt has {len(prompt_tokens)} tokens; the context holds {self.session.n_ctx}")
+        self._scores = []
+        kept = self.session.reuse_prefix(prompt_tokens)
         room = self.session.n_ctx - len(prompt_tokens)
         limit = room if max_tokens is None or max_tokens <= 0 else max_tokens
         scanner, n = StopScanner(self.tokenizer, stop), 0
-        for step in self.session.steps(prompt_tokens, limit, params, grammar=grammar):
+        for step in self.session.steps(prompt_tokens[kept:], limit, params, grammar=grammar):
             n += 1
             item = token_logprob(step.token, step.logits, n_top) if n_top is not None else None
             text, items = scanner.feed(step.token, item)

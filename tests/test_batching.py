@@ -163,3 +163,23 @@ def test_run_with_context_shift(stories260k_f32):
     p = run_toolkit("run", "-m", stories260k_f32, "-p", "Once upon a time", "-n", 600, "-c", 64, "--temp", 0,
                     "--ignore-eos")
     assert p.returncode == 0 and "/    59 runs" in p.stderr, p.stderr  # no shift: stops when the context is full
+
+
+def test_python_api_reuses_the_conversation(stories260k_f32):
+    """Llama.create_chat_completion re-sent with the whole conversation evaluates only the new turn's tokens (the
+    session's prompt-eval count), and answers what a fresh model answers."""
+    from runtime.api import Llama
+    llm, fresh = Llama(str(stories260k_f32), verbose=False), Llama(str(stories260k_f32), verbose=False)
+    try:
+        messages = [{"role": "user", "content": "Tell me a story about a cat."}]
+        first = llm.create_chat_completion(messages, max_tokens=16, temperature=0)
+        messages += [first["choices"][0]["message"], {"role": "user", "content": "And then?"}]
+        before = llm.session.timings.n_prompt + llm.session.timings.n_eval
+        second = llm.create_chat_completion(messages, max_tokens=16, temperature=0)
+        evaluated = llm.session.timings.n_prompt + llm.session.timings.n_eval - before
+        # at most the tokens the prompt grew by, plus one evaluation per generated token (all 73 + 16 without reuse)
+        assert evaluated <= second["usage"]["prompt_tokens"] - first["usage"]["prompt_tokens"] + 16
+        assert second["choices"] == fresh.create_chat_completion(messages, max_tokens=16, temperature=0)["choices"]
+    finally:
+        llm.close()
+        fresh.close()
