@@ -23,8 +23,10 @@ enum tk_type {
     TK_Q8_K = 15,
     TK_IQ4_NL = 20,
     TK_IQ4_XS = 23,
+    TK_TQ1_0 = 34,
+    TK_TQ2_0 = 35,
     TK_BF16 = 30,
-    TK_TYPE_COUNT = 31,
+    TK_TYPE_COUNT = 36,
     TK_Q8_KX = 64, /* internal, never a file's type: the activations of the Q4_K tiles (quants.h) */
 };
 

@@ -301,6 +301,8 @@ static const struct tk_dot_traits DOTS[TK_TYPE_COUNT] = {
     DOT2(TK_Q6_K, TK_Q8_K, dot_q6_K_q8_K, SIMD(tk_vec_dot_q6_K_q8_K_avx2), tk_vec_dot2_q6_K_q8_K_avx2, NULL),
     DOT(TK_IQ4_NL, TK_Q8_0, tk_vec_dot_iq4_nl_q8_0, SIMD(tk_vec_dot_iq4_nl_q8_0_avx2)),
     DOT(TK_IQ4_XS, TK_Q8_K, tk_vec_dot_iq4_xs_q8_K, SIMD(tk_vec_dot_iq4_xs_q8_K_avx2)),
+    DOT(TK_TQ1_0, TK_Q8_K, tk_vec_dot_tq1_0_q8_K, SIMD(tk_vec_dot_tq1_0_q8_K_avx2)),
+    DOT(TK_TQ2_0, TK_Q8_K, tk_vec_dot_tq2_0_q8_K, SIMD(tk_vec_dot_tq2_0_q8_K_avx2)),
 };
 
 const struct tk_dot_traits *tk_dot_traits(int type) {

@@ -29,6 +29,9 @@ typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_
 /* IQ4_NL / IQ4_XS: 4-bit indices into tk_iq4nl_values (quants_iq.c), per block of 32 / super-block of 256 */
 typedef struct { tk_half d; uint8_t qs[QK / 2]; } block_iq4_nl;
 typedef struct { tk_half d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; } block_iq4_xs;
+/* TQ1_0 / TQ2_0: ternary weights (quants_ternary.c), five trits per byte / four 2-bit trits per byte */
+typedef struct { uint8_t qs[(QK_K - 4 * QK_K / 64) / 5]; uint8_t qh[QK_K / 64]; tk_half d; } block_tq1_0;
+typedef struct { uint8_t qs[QK_K / 4]; tk_half d; } block_tq2_0;
 /* TK_Q8_KX, the activations of the Q4_K tiles: a Q8_K block with its quants reordered so that bytes 32s..32s+31 hold
    elements 4s..4s+3 of each of the 8 sub-blocks of 32 (qs[32s + 4l + i] = element 4s + i of sub-block l), and in
    place of bsums yb[l] = d · (sum of sub-block l's quants). */
@@ -49,6 +52,8 @@ static_assert(sizeof(block_q8_K) == 292, "block_q8_K layout");
 static_assert(sizeof(block_q8_KX) == 292, "block_q8_KX layout");
 static_assert(sizeof(block_iq4_nl) == 18, "block_iq4_nl layout");
 static_assert(sizeof(block_iq4_xs) == 136, "block_iq4_xs layout");
+static_assert(sizeof(block_tq1_0) == 54, "block_tq1_0 layout");
+static_assert(sizeof(block_tq2_0) == 66, "block_tq2_0 layout");
 
 /* k is the number of elements, a multiple of the type's block size. */
 typedef void (*tk_quantize_row_fn)(const float *x, void *y, int64_t k);
@@ -165,6 +170,17 @@ void tk_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq4_xs_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+
+/* TQ1_0 / TQ2_0 (quants_ternary.c, quants_ternary_avx2.c): quantizers (ggml's reference; no importance matrix),
+   dequantizers, dot products with Q8_K activations */
+void quantize_row_tq1_0(const float *x, void *y, int64_t k);
+void quantize_row_tq2_0(const float *x, void *y, int64_t k);
+void dequantize_row_tq1_0(const void *x, float *y, int64_t k);
+void dequantize_row_tq2_0(const void *x, float *y, int64_t k);
+void tk_vec_dot_tq1_0_q8_K(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_tq2_0_q8_K(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_tq1_0_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_tq2_0_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 
 /* Rounding helpers shared by the quantizers. */
 static inline int tk_nearest_int(float fval) {

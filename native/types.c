@@ -41,6 +41,8 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_Q8_K, "q8_K", QK_K, sizeof(block_q8_K), quantize_row_q8_K_ref, dequantize_row_q8_K, Q8_K_SIMD),
     ROW(TK_IQ4_NL, "iq4_nl", QK, sizeof(block_iq4_nl), quantize_row_iq4_nl, dequantize_row_iq4_nl, NULL),
     ROW(TK_IQ4_XS, "iq4_xs", QK_K, sizeof(block_iq4_xs), quantize_row_iq4_xs, dequantize_row_iq4_xs, NULL),
+    ROW(TK_TQ1_0, "tq1_0", QK_K, sizeof(block_tq1_0), quantize_row_tq1_0, dequantize_row_tq1_0, NULL),
+    ROW(TK_TQ2_0, "tq2_0", QK_K, sizeof(block_tq2_0), quantize_row_tq2_0, dequantize_row_tq2_0, NULL),
 };
 
 /* not in the table: no file holds it */

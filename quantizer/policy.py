@@ -86,7 +86,7 @@ def use_more_bits(i: int, n: int) -> bool:
 
 
 class _Mixture:
-    """llama_tensor_get_type_impl for the k-quant, legacy and IQ4 file types; has_imatrix: quantizing with an
+    """llama_tensor_get_type_impl for the k-quant, legacy, IQ4 and ternary file types; has_imatrix: quantizing with an
     importance matrix."""
 
     def __init__(self, ft: FileType, facts: ModelFacts, tied: bool, n_attn_v: int, opts: Options,
@@ -106,7 +106,9 @@ class _Mixture:
                 return T.Q8_0
             return t if t == T.Q8_0 else T.Q6_K
         if cat == "token_embd":
-            return self.opts.token_embedding_type or t
+            if self.opts.token_embedding_type is not None:
+                return self.opts.token_embedding_type
+            return T.Q4_K if f in ("TQ1_0", "TQ2_0") else t
         if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
             if f == "Q2_K":
                 t = T.Q4_K if facts.n_gqa >= 4 else T.Q3_K
@@ -167,7 +169,8 @@ class _Mixture:
         return t
 
 
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL}
+_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0}
 
 
 def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:

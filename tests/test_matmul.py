@@ -38,10 +38,11 @@ import native
 F32, F16, BF16 = 0, 1, 30
 Q8_0, Q8_1, Q8_K = 8, 9, 15
 NAMES = {F32: "F32", F16: "F16", BF16: "BF16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", Q8_0: "Q8_0",
-         10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS"}
+         10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS",
+         34: "TQ1_0", 35: "TQ2_0"}
 TYPES = list(NAMES)
 VEC_DOT_TYPE = {F32: F32, F16: F16, BF16: BF16, 2: Q8_0, 3: Q8_1, 6: Q8_0, 7: Q8_1, 8: Q8_0,
-                10: Q8_K, 11: Q8_K, 12: Q8_K, 13: Q8_K, 14: Q8_K, 20: Q8_0, 23: Q8_K}
+                10: Q8_K, 11: Q8_K, 12: Q8_K, 13: Q8_K, 14: Q8_K, 20: Q8_0, 23: Q8_K, 34: Q8_K, 35: Q8_K}
 BLOCK = {t: native.TRAITS[t][1] for t in TYPES}
 
 FLOAT_RTOL = 1e-5
@@ -297,7 +298,7 @@ def ggml_cpu():
 
 _GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8: "q8_0_q8_0",
                10: "q2_K_q8_K", 11: "q3_K_q8_K", 12: "q4_K_q8_K", 13: "q5_K_q8_K", 14: "q6_K_q8_K",
-               20: "iq4_nl_q8_0", 23: "iq4_xs_q8_K"}
+               20: "iq4_nl_q8_0", 23: "iq4_xs_q8_K", 34: "tq1_0_q8_K", 35: "tq2_0_q8_K"}
 
 
 @pytest.mark.parametrize("t", list(_GGML_NAMES), ids=[NAMES[t] for t in _GGML_NAMES])

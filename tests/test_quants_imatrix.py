@@ -1,9 +1,9 @@
 """Quantization with an importance matrix (llama-quantize --imatrix) against ggml itself, bit for bit.
 
 Oracle: libggml-base.so shipped with llama-cpp-python (ggml_quantize_chunk given quant_weights). Every type whose
-ggml quantizer takes the weights (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS), and Q8_0, which ignores them, on random and
-adversarial rows with random, sparse, constant and extreme weights; through native.quantize on whichever path the CPU
-selects and on several threads.
+ggml quantizer takes the weights (Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, IQ4_NL, IQ4_XS), and Q8_0, TQ1_0 and TQ2_0,
+whose quantizers ignore them, on random and adversarial rows with random, sparse, constant and extreme weights;
+through native.quantize on whichever path the CPU selects and on several threads.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from gguf import GGMLQuantizationType as T
 import native
 from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix, ggml  # noqa: F401 (ggml: fixture)
 
-TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
+TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.TQ1_0,
+         T.TQ2_0]
 
 
 def ggml_quantize(lib, t: int, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
@@ -68,7 +69,7 @@ def test_weights_change_the_result_only_for_types_that_use_them():
     qw = weights("lognormal", 512)
     for t in TYPES:
         changed = not np.array_equal(native.quantize(int(t), x, 1, imatrix=qw), native.quantize(int(t), x, 1))
-        assert changed == (t != T.Q8_0), t.name
+        assert changed == (t not in (T.Q8_0, T.TQ1_0, T.TQ2_0)), t.name
 
 
 def test_imatrix_length_is_checked():

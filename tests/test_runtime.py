@@ -80,7 +80,7 @@ def test_logits_match_reference(files, arch, outtype, tol, kernels):
 
 
 TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
-         "IQ4_XS"]
+         "IQ4_XS", "TQ1_0", "TQ2_0"]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""IQ4_NL and IQ4_XS of the native core against ggml, bit for bit: quantized bytes without an importance matrix
-(ggml_quantize_chunk, as llama-quantize runs it; with one: tests/test_quants_imatrix.py) on random and adversarial
-rows, and dequantized values against ggml's dequantize_row_iq4_* and gguf-py's numpy dequantizers. The matrix
-kernels are in tests/test_matmul.py (against ggml's vec_dots)."""
+"""IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0 of the native core against ggml, bit for bit: quantized bytes without an
+importance matrix (ggml_quantize_chunk, as llama-quantize runs it; with one: tests/test_quants_imatrix.py) on random
+and adversarial rows, and dequantized values against ggml's dequantize_row_* and gguf-py's numpy dequantizers. The
+matrix kernels are in tests/test_matmul.py (against ggml's vec_dots)."""
 from __future__ import annotations
 
 import ctypes
@@ -15,7 +15,7 @@ import native
 from tests.test_quants_imatrix import ggml_quantize
 from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix, ggml  # noqa: F401 (ggml: fixture)
 
-TYPES = [T.IQ4_NL, T.IQ4_XS]
+TYPES = [T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0]
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
@@ -37,10 +37,12 @@ def test_dequantize_equals_ggml_and_gguf_py(ggml, t):
     want = np.empty(x.shape, np.float32)
     fn(q.ctypes.data, want.ctypes.data, want.size)
     ours = native.dequantize(int(t), q, N_PER_ROW, 2)
-    np.testing.assert_array_equal(ours, want)
+    np.testing.assert_array_equal(ours, want)  # NaN where a huge scale meets a zero quant, on both sides
     np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(x.shape))
 
 
 def test_table_rows():
     assert native.TRAITS[int(T.IQ4_NL)] == ("iq4_nl", 32, 18)
     assert native.TRAITS[int(T.IQ4_XS)] == ("iq4_xs", 256, 136)
+    assert native.TRAITS[int(T.TQ1_0)] == ("tq1_0", 256, 54)
+    assert native.TRAITS[int(T.TQ2_0)] == ("tq2_0", 256, 66)
