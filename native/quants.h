@@ -125,6 +125,8 @@ void quantize_row_q5_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
+void quantize_row_q4_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
+void quantize_row_q5_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 void quantize_row_q6_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 
 /* k-quants (quants_k.c) */
@@ -150,6 +152,9 @@ void q2_K_finish(const float *x, uint8_t L[QK_K], block_q2_K *y);
 void q3_K_finish(const float *x, int8_t L[QK_K], block_q3_K *y);
 void k4_requantize(const float *x, int nmax, const uint8_t scales[K_SCALE_SIZE], tk_half d16, tk_half dmin16,
                    uint8_t L[QK_K]);
+/* Q4_K/Q5_K steps 2-3 from the sub-blocks' fitted scales and mins: 6-bit scales/mins packed, d/dmin, final quants */
+void k4_finish(const float *x, int nmax, const float scales[QK_K / 32], const float mins[QK_K / 32],
+               uint8_t scales_out[K_SCALE_SIZE], tk_half *d_out, tk_half *dmin_out, uint8_t L[QK_K]);
 void q4_K_pack_quants(const uint8_t L[QK_K], block_q4_K *y);
 void q5_K_pack_quants(const uint8_t L[QK_K], block_q5_K *y);
 void q6_K_finish(const float *x, const float scales[QK_K / 16], float max_scale, float max_abs_scale,

@@ -485,23 +485,13 @@ void k4_requantize(const float *x, int nmax, const uint8_t scales[K_SCALE_SIZE],
     }
 }
 
-/* Steps shared by Q4_K and Q5_K: fit each sub-block, quantize and pack the 6-bit scales/mins, store d/dmin,
-   and leave the final quants (0..nmax) in L. */
-static void quantize_scales_mins_k4(const float *x, int nmax, float rmin, int nstep, uint8_t scales_out[K_SCALE_SIZE],
-                                    tk_half *d_out, tk_half *dmin_out, uint8_t L[QK_K]) {
-    uint8_t Laux[32];
-    float weights[32];
-    float mins[QK_K / 32];
-    float scales[QK_K / 32];
-
-    /* 1. per sub-block affine fit, weights rms(x) + |x|, squared error */
+/* Steps 2-3 shared by Q4_K and Q5_K (and their NEON versions, quants_k_neon.c): from the sub-blocks' fitted scales
+   and mins, quantize and pack the 6-bit scales/mins against their maxima, store d/dmin, and re-derive the final quants
+   (0..nmax) in L (sub-blocks whose scale decodes to 0 keep the fit's). */
+void k4_finish(const float *x, int nmax, const float scales[QK_K / 32], const float mins[QK_K / 32],
+               uint8_t scales_out[K_SCALE_SIZE], tk_half *d_out, tk_half *dmin_out, uint8_t L[QK_K]) {
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < QK_K / 32; ++j) {
-        float sum_x2 = 0;
-        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-        float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = fit_affine_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -521,6 +511,25 @@ static void quantize_scales_mins_k4(const float *x, int nmax, float rmin, int ns
     *dmin_out = tk_fp32_to_fp16(max_min / 63.f);
 
     k4_requantize(x, nmax, scales_out, *d_out, *dmin_out, L);
+}
+
+/* Steps shared by Q4_K and Q5_K: fit each sub-block, then k4_finish. */
+static void quantize_scales_mins_k4(const float *x, int nmax, float rmin, int nstep, uint8_t scales_out[K_SCALE_SIZE],
+                                    tk_half *d_out, tk_half *dmin_out, uint8_t L[QK_K]) {
+    uint8_t Laux[32];
+    float weights[32];
+    float mins[QK_K / 32];
+    float scales[QK_K / 32];
+
+    /* 1. per sub-block affine fit, weights rms(x) + |x|, squared error */
+    for (int j = 0; j < QK_K / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        float av_x = sqrtf(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + fabsf(x[32 * j + l]);
+        scales[j] = fit_affine_quants(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+    }
+    k4_finish(x, nmax, scales, mins, scales_out, d_out, dmin_out, L);
 }
 
 /* per 64-element chunk: low nibble element l (sub-block 2c), high nibble element 32 + l (sub-block 2c+1) */

@@ -2,13 +2,13 @@
 
    * Q8_K (the activations of every k-quant product): the same first element of largest magnitude, the same iscale,
      tk_nearest_int's mantissa trick lane by lane, exact 16-quant sums;
-   * Q6_K: as quants_k_avx2.c does it, the vectors run ACROSS sub-blocks (lane j of a vector = sub-block 4g + j, the
-     super-block transposed once), so that every lane performs exactly the reference's float operations of
-     fit_symmetric_rmse in its order (same grouping, sums left to right from the same start, divisions kept, no FMA:
-     the core is built with -ffp-contract=off), branches as masks with the same predicates; steps 2-4 are the
-     reference's own q6_K_finish.
+   * Q6_K, Q4_K, Q5_K: as quants_k_avx2.c does it, the vectors run ACROSS sub-blocks (lane j of a vector = sub-block
+     4g + j, the super-block transposed once), so that every lane performs exactly the reference's float operations
+     of fit_symmetric_rmse / fit_affine_quants in its order (same grouping, sums left to right from the same start,
+     divisions kept, no FMA: the core is built with -ffp-contract=off), branches as masks with the same predicates;
+     the steps after the fits are the reference's own (q6_K_finish, k4_finish and the packings).
 
-   Q2_K..Q5_K have no NEON version yet: ARM64 runs their reference. */
+   Q2_K and Q3_K have no NEON version yet: ARM64 runs their reference. */
 #include <math.h>
 #include <string.h>
 #include "quants.h"
@@ -65,17 +65,26 @@ static inline float32x4_t round_clamp_small(float32x4_t v, float lo, float hi) {
 
 static inline float32x4_t blend(float32x4_t a, float32x4_t b, uint32x4_t take_b) { return vbslq_f32(take_b, b, a); }
 
-/* xt[i] lane j = element i of sub-block 4g + j (16-element sub-blocks of the super-block at x) */
-static inline void transpose_group(const float *x, int g, float32x4_t xt[SUB]) {
-    for (int i0 = 0; i0 < SUB; i0 += 4) {
-        const float *p = x + SUB * 4 * g + i0;
-        const float32x4_t r0 = vld1q_f32(p), r1 = vld1q_f32(p + SUB), r2 = vld1q_f32(p + 2 * SUB), r3 = vld1q_f32(p + 3 * SUB);
+/* xt[i] lane j = element i of sub-block 4g + j, for sub-blocks of n elements (n a multiple of 4) */
+static inline void transpose_group(const float *x, int n, int g, float32x4_t *xt) {
+    for (int i0 = 0; i0 < n; i0 += 4) {
+        const float *p = x + n * 4 * g + i0;
+        const float32x4_t r0 = vld1q_f32(p), r1 = vld1q_f32(p + n), r2 = vld1q_f32(p + 2 * n), r3 = vld1q_f32(p + 3 * n);
         const float64x2_t t0 = vreinterpretq_f64_f32(vtrn1q_f32(r0, r1)), t1 = vreinterpretq_f64_f32(vtrn2q_f32(r0, r1));
         const float64x2_t t2 = vreinterpretq_f64_f32(vtrn1q_f32(r2, r3)), t3 = vreinterpretq_f64_f32(vtrn2q_f32(r2, r3));
         xt[i0] = vreinterpretq_f32_f64(vtrn1q_f64(t0, t2));
         xt[i0 + 1] = vreinterpretq_f32_f64(vtrn1q_f64(t1, t3));
         xt[i0 + 2] = vreinterpretq_f32_f64(vtrn2q_f64(t0, t2));
         xt[i0 + 3] = vreinterpretq_f32_f64(vtrn2q_f64(t1, t3));
+    }
+}
+
+/* lane j of the quants Lt[i] (floats holding small integers) into dst[n·(4g + j) + i] as bytes */
+static inline void untranspose_bytes(const float32x4_t *Lt, int n, int g, uint8_t *dst) {
+    for (int i = 0; i < n; ++i) {
+        int32_t q[4];
+        vst1q_s32(q, vcvtq_s32_f32(Lt[i]));
+        for (int j = 0; j < 4; ++j) dst[n * (4 * g + j) + i] = (uint8_t)q[j];
     }
 }
 
@@ -134,13 +143,9 @@ static void quantize_block_q6_K_neon(const float *x, block_q6_K *y) {
     float scales[QK_K / SUB];
     for (int g = 0; g < QK_K / SUB / 4; ++g) {
         float32x4_t xt[SUB], Lt[SUB];
-        transpose_group(x, g, xt);
+        transpose_group(x, SUB, g, xt);
         vst1q_f32(scales + 4 * g, fit_rmse4(32, xt, Lt));
-        for (int i = 0; i < SUB; ++i) {
-            int32_t q[4];
-            vst1q_s32(q, vcvtq_s32_f32(Lt[i]));
-            for (int j = 0; j < 4; ++j) L[SUB * (4 * g + j) + i] = (int8_t)q[j];
-        }
+        untranspose_bytes(Lt, SUB, g, (uint8_t *)L);
     }
     /* the signed scale of largest magnitude, the first on ties, as the reference scans them */
     float max_scale = 0, max_abs_scale = 0;
@@ -154,6 +159,118 @@ static void quantize_block_q6_K_neon(const float *x, block_q6_K *y) {
 void quantize_row_q6_K_neon(const float *x, void *vy, int64_t k) {
     block_q6_K *y = vy;
     for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q6_K_neon(x + i * QK_K, y + i);
+}
+
+/* ---------------------------------------------------------------------------------------------- Q4_K, Q5_K */
+
+#define AFF 32  /* elements per sub-block */
+
+/* clamp(tk_nearest_int(v), lo, hi) on 4 lanes, for every input (the reference's mantissa trick in integers) */
+static inline float32x4_t round_clamp(float32x4_t v, int lo, int hi) {
+    const int32x4_t i = vreinterpretq_s32_f32(vaddq_f32(v, vdupq_n_f32(12582912.f)));
+    const int32x4_t n = vsubq_s32(vandq_s32(i, vdupq_n_s32(0x007fffff)), vdupq_n_s32(0x00400000));
+    return vcvtq_f32_s32(vmaxq_s32(vdupq_n_s32(lo), vminq_s32(vdupq_n_s32(hi), n)));
+}
+
+/* fit_affine_quants of quants_k.c (use_mad 0) with its weights rms(x) + |x| on the 4 sub-blocks of x (lane j =
+   sub-block j): L[i] the quants as floats, returns the scales and the negated mins in *negmin */
+static float32x4_t fit_affine4(const int nmax, const float32x4_t x[AFF], float32x4_t L[AFF], float32x4_t *negmin,
+                               const float rmin, const int nstep) {
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    /* weights: av_x = sqrt(Σx² / 32) (sum from 0 in element order), w = av_x + |x| */
+    float32x4_t sum_x2 = zero, w[AFF];
+    for (int i = 0; i < AFF; ++i) sum_x2 = vaddq_f32(sum_x2, vmulq_f32(x[i], x[i]));
+    const float32x4_t av_x = vsqrtq_f32(vdivq_f32(sum_x2, vdupq_n_f32(32.0f)));
+    for (int i = 0; i < AFF; ++i) w[i] = vaddq_f32(av_x, vabsq_f32(x[i]));
+    /* range and weighted sums (from element 0 on) */
+    float32x4_t vmin = x[0], vmax = x[0], sum_w = w[0], sum_x = vmulq_f32(w[0], x[0]);
+    for (int i = 1; i < AFF; ++i) {
+        vmin = blend(vmin, x[i], vcltq_f32(x[i], vmin));
+        vmax = blend(vmax, x[i], vcgtq_f32(x[i], vmax));
+        sum_w = vaddq_f32(sum_w, w[i]);
+        sum_x = vaddq_f32(sum_x, vmulq_f32(w[i], x[i]));
+    }
+    vmin = blend(vmin, zero, vcgtq_f32(vmin, zero));   /* if (min > 0) min = 0 */
+    const uint32x4_t flat = vceqq_f32(vmax, vmin);      /* max == min: the reference returns at once */
+    const float32x4_t min0 = vmin;
+    float32x4_t range = vsubq_f32(vmax, vmin);
+    /* first guess */
+    const float32x4_t iscale0 = vdivq_f32(vdupq_n_f32((float)nmax), range);
+    float32x4_t scale = vdivq_f32(vdupq_n_f32(1.0f), iscale0), best = zero;
+    for (int i = 0; i < AFF; ++i) {
+        L[i] = round_clamp(vmulq_f32(iscale0, vsubq_f32(x[i], vmin)), 0, nmax);
+        const float32x4_t diff = vsubq_f32(vaddq_f32(vmulq_f32(scale, L[i]), vmin), x[i]);
+        best = vaddq_f32(best, vmulq_f32(w[i], vmulq_f32(diff, diff)));
+    }
+    /* search: each grid from the min of the best fit so far */
+    for (int is = 0; is <= nstep; ++is) {
+        const float32x4_t isc = vdivq_f32(vdupq_n_f32(rmin + 0.1f * (float)is + (float)nmax), range);
+        float32x4_t la[AFF], sl = zero, sl2 = zero, sxl = zero;
+        for (int i = 0; i < AFF; ++i) {
+            la[i] = round_clamp(vmulq_f32(isc, vsubq_f32(x[i], vmin)), 0, nmax);
+            const float32x4_t wl = vmulq_f32(w[i], la[i]);
+            sl = vaddq_f32(sl, wl);
+            sl2 = vaddq_f32(sl2, vmulq_f32(wl, la[i]));
+            sxl = vaddq_f32(sxl, vmulq_f32(wl, x[i]));
+        }
+        const float32x4_t D = vsubq_f32(vmulq_f32(sum_w, sl2), vmulq_f32(sl, sl));
+        const uint32x4_t ok = vcgtq_f32(D, zero);
+        const float32x4_t s = vdivq_f32(vsubq_f32(vmulq_f32(sum_w, sxl), vmulq_f32(sum_x, sl)), D);
+        const float32x4_t m = vdivq_f32(vsubq_f32(vmulq_f32(sl2, sum_x), vmulq_f32(sl, sxl)), D);
+        const uint32x4_t mpos = vcgtq_f32(m, zero);  /* a positive offset: refit through the origin */
+        const float32x4_t tm = blend(m, zero, mpos), ts = blend(s, vdivq_f32(sxl, sl2), mpos);
+        float32x4_t cur = zero;
+        for (int i = 0; i < AFF; ++i) {
+            const float32x4_t diff = vsubq_f32(vaddq_f32(vmulq_f32(ts, la[i]), tm), x[i]);
+            cur = vaddq_f32(cur, vmulq_f32(w[i], vmulq_f32(diff, diff)));
+        }
+        const uint32x4_t upd = vandq_u32(ok, vcltq_f32(cur, best));
+        if (vmaxvq_u32(upd)) {
+            best = blend(best, cur, upd);
+            scale = blend(scale, ts, upd);
+            vmin = blend(vmin, tm, upd);
+            range = vsubq_f32(vmax, vmin);
+            for (int i = 0; i < AFF; ++i) L[i] = blend(L[i], la[i], upd);
+        }
+    }
+    /* lanes that returned early: L = 0, scale 0, the min as it was */
+    for (int i = 0; i < AFF; ++i) L[i] = blend(L[i], zero, flat);
+    scale = blend(scale, zero, flat);
+    vmin = blend(vmin, min0, flat);
+    *negmin = vnegq_f32(vmin);
+    return scale;
+}
+
+/* quantize_scales_mins_k4 of quants_k.c: the 8 fits, then the reference's k4_finish */
+static void scales_mins_k4_neon(const float *x, int nmax, float rmin, int nstep, uint8_t scales_out[K_SCALE_SIZE],
+                                tk_half *d_out, tk_half *dmin_out, uint8_t L[QK_K]) {
+    float scales[QK_K / AFF], mins[QK_K / AFF];
+    for (int g = 0; g < QK_K / AFF / 4; ++g) {
+        float32x4_t xt[AFF], Lt[AFF], nm;
+        transpose_group(x, AFF, g, xt);
+        vst1q_f32(scales + 4 * g, fit_affine4(nmax, xt, Lt, &nm, rmin, nstep));
+        vst1q_f32(mins + 4 * g, nm);
+        untranspose_bytes(Lt, AFF, g, L);
+    }
+    k4_finish(x, nmax, scales, mins, scales_out, d_out, dmin_out, L);
+}
+
+void quantize_row_q4_K_neon(const float *x, void *vy, int64_t k) {
+    block_q4_K *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) {
+        uint8_t L[QK_K];
+        scales_mins_k4_neon(x + i * QK_K, 15, -1.f, 20, y[i].scales, &y[i].d, &y[i].dmin, L);
+        q4_K_pack_quants(L, y + i);
+    }
+}
+
+void quantize_row_q5_K_neon(const float *x, void *vy, int64_t k) {
+    block_q5_K *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) {
+        uint8_t L[QK_K];
+        scales_mins_k4_neon(x + i * QK_K, 31, -0.5f, 15, y[i].scales, &y[i].d, &y[i].dmin, L);
+        q5_K_pack_quants(L, y + i);
+    }
 }
 
 #endif

@@ -153,12 +153,10 @@ static int exact_type(int t) {
 #define F16C_QUIETS_NAN 1
 #endif
 
-/* ARM64 has NEON quantizers for the legacy types, Q6_K and Q8_K only: the table's other SIMD slots point at the
-   reference there */
+/* ARM64 has NEON quantizers for every type but Q2_K and Q3_K, whose SIMD slots point at the reference there */
 static int has_simd_quantizer(int t) {
 #if defined(__aarch64__)
-    return t == TK_Q4_0 || t == TK_Q4_1 || t == TK_Q5_0 || t == TK_Q5_1 || t == TK_Q8_0 || t == TK_Q6_K ||
-           t == TK_Q8_K;
+    return t != TK_Q2_K && t != TK_Q3_K;
 #else
     return tk_traits(t)->quantize_row_simd != NULL;
 #endif
