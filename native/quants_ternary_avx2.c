@@ -1,7 +1,8 @@
 /* AVX2 dot products of TQ1_0 / TQ2_0 weights (quants_ternary.c) with Q8_K activations. The trits (0..2) meet the
    activations by unsigned x signed byte products; Σ(t - 1)·y is Σt·y minus the activation block sums. Lane k of the
    integer sums gathers the elements e with (e mod 32) / 4 == k, as in ggml's AVX2 kernels, and each super-block adds
-   d_x·d_y times its lanes to the accumulator (multiply, then add), so the results are ggml's bit for bit. */
+   d_x·d_y times its lanes to the accumulator in one FMA (ggml's multiply-then-add, as its build contracts it), so the
+   results are ggml's bit for bit. */
 #include <string.h>
 
 #include "quants.h"
@@ -34,7 +35,7 @@ static inline AVX2 __m256 finish(__m256i s16, const block_q8_K *y, tk_half dx, _
     s16 = _mm256_sub_epi16(s16, _mm256_loadu_si256((const __m256i *)y->bsums));
     const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
     const float d = y->d * tk_fp16_table[dx];
-    return _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(d)), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_set1_ps(d), acc);
 }
 
 static inline AVX2 __m256i yload(const block_q8_K *y, int at) {
