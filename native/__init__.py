@@ -142,12 +142,15 @@ def kv_new(engine, n_ctx: int, type_k: int, type_v: int | None = None):
 @dataclass
 class Seq:
     """One sequence of a batched forward pass (engine.h's struct tk_seq, read by name): int32 `tokens` at positions
-    pos0.. of the KV cache `kv`, their float32 `logits` (one row per token with all_logits, else the last token's)."""
+    pos0.. of the KV cache `kv`, their float32 `logits` (one row per token with all_logits, else the last token's;
+    None: no logits) and, when `embd` is given, every token's hidden state after the output norm (n_embd float32
+    per token)."""
     kv: object
     tokens: np.ndarray
     pos0: int
-    logits: np.ndarray
+    logits: np.ndarray | None
     all_logits: bool = False
+    embd: np.ndarray | None = None
 
 
 def forward_batch(engine, seqs: list[Seq], nthreads: int) -> None:

@@ -318,6 +318,7 @@ fail:
 }
 
 int64_t tk_engine_vocab(const struct tk_engine *e) { return e->hp.n_vocab; }
+int64_t tk_engine_embd(const struct tk_engine *e) { return e->hp.n_embd; }
 
 /* ------------------------------------------------------------------------------------------------ KV cache */
 
@@ -625,8 +626,9 @@ struct fwd {
     const struct tk_seq *seqs;
     int nseq, simd;
     /* the batch's tokens, every sequence's one after the other: token t is id tok[t] at position pos[t] of sequence
-       seq[t]; the logits rows are those of tokens out_tok[0..nout), written to out (n_vocab floats per row) */
-    int64_t n, nout, max_ctx;
+       seq[t]; the output norm runs on tokens out_tok[0..nnorm) into rows 0..nnorm of h, the first nout of them those
+       whose logits are wanted (written to out, n_vocab floats per row), the others those whose hidden states are */
+    int64_t n, nout, nnorm, max_ctx;
     const int32_t *tok, *seq;
     const int64_t *pos, *out_tok;
     float *out;
@@ -1128,14 +1130,14 @@ static void forward_task(void *p, int ith, int nth) {
         if (L->ffn_post_norm) post_norm_add(f, L->ffn_post_norm, ith, nth);
     }
 
-    /* output norm and logits, for the tokens that want them */
+    /* output norm for the tokens that want logits or hidden states, then the logits (when any are wanted) */
     const int64_t nout = f->nout;
     struct mm out = {&e->output, NULL, f->out, hp->n_vocab, 0, nout};
-    struct acts A = plan_acts(f->h, d, &out, 1);
+    struct acts A = plan_acts(f->h, d, &out, nout > 0);
     struct norm_ctx nc = {e->out_norm, e->out_norm_b, f->x, f->h, f->out_tok};
-    for_rows(f, &A, nout, d, ith, nth, norm_row, &nc);
+    for_rows(f, &A, f->nnorm, d, ith, nth, norm_row, &nc);
     tk_barrier_wait(bar, nth);
-    matmuls(f, &A, &out, 1, ith, nth, &step);
+    if (nout > 0) matmuls(f, &A, &out, 1, ith, nth, &step);
     if (hp->final_softcap > 0) {  /* Gemma 2: logits soft-capped as llama.cpp does (scale, tanh, scale) */
         const float c = hp->final_softcap;
         tk_barrier_wait(bar, nth);
@@ -1143,6 +1145,11 @@ static void forward_task(void *p, int ith, int nth) {
         split_range(nout * hp->n_vocab, ith, nth, &a, &b);
         for (int64_t i = a; i < b; i++) f->out[i] = tanhf(f->out[i] * (1.0f / c)) * c;
     }
+}
+
+/* How many logits rows a sequence wants: every token's, the last one's, or none. */
+static int64_t seq_logit_rows(const struct tk_seq *q) {
+    return !q->logits ? 0 : q->all_logits ? q->n : 1;
 }
 
 /* The sequences' arguments, checked: each its own cache of this engine, positions inside it, tokens in the
@@ -1187,12 +1194,14 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
     if (d > widest) widest = d;
     if (fe > widest) widest = fe;
     const int64_t nf = hp->n_ff;
-    int64_t nout = 0, max_ctx = 0;
+    int64_t nout = 0, nnorm = 0, max_ctx = 0;
     for (int s = 0; s < nseq; s++) {
-        nout += seqs[s].all_logits ? seqs[s].n : 1;
+        const int64_t rows = seq_logit_rows(&seqs[s]);
+        nout += rows;
+        nnorm += seqs[s].embd ? seqs[s].n : rows;
         if (seqs[s].kv->n_ctx > max_ctx) max_ctx = seqs[s].kv->n_ctx;
     }
-    struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd(), .n = n, .nout = nout,
+    struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd(), .n = n, .nout = nout, .nnorm = nnorm,
                     .max_ctx = max_ctx};
     /* attention: scores, 32 partial sums of a head, a dequantized value row and q converted for a quantized cache */
     f.scratch_per_thread = max_ctx + 32 + 34 * hp->head_dim + 64;
@@ -1201,16 +1210,17 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
                           (size_t)nk * (size_t)(2 * d + 2 * fe) + (size_t)nthreads * (size_t)f.scratch_per_thread;
     float *mem = malloc(sizeof(float) * floats);
     int32_t *ints = malloc(sizeof(int32_t) * (size_t)(3 * nk + 2 * n + 1));
-    int64_t *longs = malloc(sizeof(int64_t) * (size_t)(ne + 1 + 2 * n));
+    int64_t *longs = malloc(sizeof(int64_t) * (size_t)(ne + 1 + 3 * n));
     const float **ff = malloc(sizeof(float *) * (size_t)nseq);
     /* one sequence writes its logits in place; several share a buffer, copied out at the end */
-    float *out = nseq == 1 ? seqs[0].logits : malloc(sizeof(float) * (size_t)nout * (size_t)hp->n_vocab);
+    float *out = nseq == 1 || nout == 0 ? seqs[0].logits : malloc(sizeof(float) * (size_t)nout * (size_t)hp->n_vocab);
     /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16, for every
        token (every token-expert pair in expert layers) */
     f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + 64);
     f.work_size = tk_matmul_work(widest);
     f.work = malloc(f.work_size * (size_t)nthreads);
-    int ok = mem != NULL && ints != NULL && longs != NULL && ff != NULL && out != NULL && f.work != NULL;
+    int ok = mem != NULL && ints != NULL && longs != NULL && ff != NULL && (out != NULL || nout == 0) &&
+             f.work != NULL;
     for (int j = 0; j < MAX_ACT; j++) ok = ok && (f.act_buf[j] = malloc(f.act_cap)) != NULL;
     if (ok) {
         float *p = mem;
@@ -1232,38 +1242,48 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
         f.row_token = ints + 2 * nk;
         int32_t *tok = ints + 3 * nk, *seq = tok + n;
         f.estart = longs;
-        int64_t *pos = longs + ne + 1, *out_tok = pos + n;
+        /* norm_of[t]: the row of h holding token t's output norm (-1: none) */
+        int64_t *pos = longs + ne + 1, *out_tok = pos + n, *norm_of = out_tok + n;
         int64_t t = 0, o = 0;
         for (int s = 0; s < nseq; s++) {
             const struct tk_seq *q = &seqs[s];
             /* LongRoPE: the long factors once the context exceeds the trained one, as llama.cpp picks them by n_ctx */
             ff[s] = e->rope_freqs ? e->rope_freqs : q->kv->n_ctx > hp->n_ctx_orig ? e->rope_long : e->rope_short;
+            const int64_t first_logit = q->n - seq_logit_rows(q);
             for (int64_t i = 0; i < q->n; i++, t++) {
                 tok[t] = q->tokens[i];
                 seq[t] = s;
                 pos[t] = q->pos0 + i;
-                if (q->all_logits || i == q->n - 1) out_tok[o++] = t;
+                norm_of[t] = -1;
+                if (i >= first_logit) norm_of[t] = o, out_tok[o++] = t;
             }
         }
+        /* the tokens whose hidden states alone are wanted: rows after the logits' */
+        for (t = 0; t < n; t++)
+            if (norm_of[t] < 0 && seqs[seq[t]].embd) norm_of[t] = o, out_tok[o++] = t;
         f.tok = tok, f.seq = seq, f.pos = pos, f.out_tok = out_tok, f.out = out, f.rope_ff = ff;
         tk_barrier_init(&f.bar);
         atomic_init(&f.next_chunk[0], 0);
         atomic_init(&f.next_chunk[1], 0);
         tk_parallel(forward_task, &f, nthreads);
-        if (nseq > 1) {
+        if (nseq > 1 && nout > 0) {
             const float *src = out;
             for (int s = 0; s < nseq; s++) {
-                const size_t rows = (size_t)(seqs[s].all_logits ? seqs[s].n : 1);
-                memcpy(seqs[s].logits, src, sizeof(float) * rows * (size_t)hp->n_vocab);
+                const size_t rows = (size_t)seq_logit_rows(&seqs[s]);
+                if (rows) memcpy(seqs[s].logits, src, sizeof(float) * rows * (size_t)hp->n_vocab);
                 src += rows * (size_t)hp->n_vocab;
             }
+        }
+        for (t = 0; t < n; t++) {
+            float *embd = seqs[seq[t]].embd;
+            if (embd) memcpy(embd + (pos[t] - seqs[seq[t]].pos0) * d, f.h + norm_of[t] * d, sizeof(float) * (size_t)d);
         }
     }
     free(mem);
     free(ints);
     free(longs);
     free(ff);
-    if (nseq > 1) free(out);
+    if (out != seqs[0].logits) free(out);
     free(f.work);
     for (int j = 0; j < MAX_ACT; j++) free(f.act_buf[j]);
     return ok ? 0 : -3;

@@ -49,6 +49,7 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                                 int errlen);
 void tk_engine_free(struct tk_engine *e);
 int64_t tk_engine_vocab(const struct tk_engine *e);
+int64_t tk_engine_embd(const struct tk_engine *e);
 
 /* GELU as ggml's CPU backend computes it (through an fp16 table) instead of exactly: for comparisons with llama.cpp. */
 void tk_set_gelu_fp16(int on);
@@ -67,13 +68,15 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
                       float *logits, int all_logits, int nthreads);
 
 /* One sequence of a batch: tokens[0..n) at positions pos0.. of its own cache kv, its logits as tk_engine_forward
-   gives them. */
+   gives them (logits NULL: none, and without any the output matrix is not run). embd, when not NULL, receives n_embd
+   floats per token for all n tokens: the hidden states after the output norm (what llama.cpp's embeddings read). */
 struct tk_seq {
     struct tk_kv *kv;
     const int32_t *tokens;
     int64_t n, pos0;
     float *logits;
     int all_logits;
+    float *embd;
 };
 
 /* Most tokens one batch takes (all sequences together). */

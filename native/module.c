@@ -355,8 +355,34 @@ static PyObject *py_kv_new(PyObject *self, PyObject *args) {
 }
 
 /* One sequence of forward_batch, read from an object by attribute name (runtime's native.Seq): kv (capsule), tokens
-   (contiguous int32), pos0, logits (contiguous float32, writable), all_logits. Buffers are released by release_seq. */
-struct seq_bufs { Py_buffer tok, out; int have_tok, have_out; };
+   (contiguous int32), pos0, logits (contiguous float32, writable; None: no logits), all_logits, and embd if the object
+   has it (contiguous float32, writable, n_embd per token: the hidden states after the output norm; None: not wanted).
+   Buffers are released by release_seq. */
+struct seq_bufs { Py_buffer tok, out, embd; int have_tok, have_out, have_embd; };
+
+/* attribute `name` of o as a writable contiguous float32 buffer of at least `floats` elements, or None (*have = 0) */
+static int get_out_buffer(PyObject *o, const char *name, Py_buffer *buf, int *have, size_t floats) {
+    PyObject *a = PyObject_GetAttrString(o, name);
+    if (!a) return -1;
+    if (a == Py_None) {
+        Py_DECREF(a);
+        return 0;
+    }
+    *have = PyObject_GetBuffer(a, buf, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT) == 0;
+    Py_DECREF(a);
+    if (!*have) return -1;
+    const char *fmt = buf->format ? buf->format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    if (buf->itemsize != 4 || strcmp(fmt, "f")) {
+        PyErr_Format(PyExc_ValueError, "%s must be contiguous float32", name);
+        return -1;
+    }
+    if ((size_t)buf->len < sizeof(float) * floats) {
+        PyErr_Format(PyExc_ValueError, "%s buffer too small", name);
+        return -1;
+    }
+    return 0;
+}
 
 static int get_attr_ll(PyObject *o, const char *name, long long *v) {
     PyObject *a = PyObject_GetAttrString(o, name);
@@ -378,27 +404,24 @@ static int read_seq(PyObject *o, const struct tk_engine *e, struct tk_seq *q, st
     b->have_tok = PyObject_GetBuffer(tok, &b->tok, PyBUF_C_CONTIGUOUS) == 0;
     Py_DECREF(tok);
     if (!b->have_tok) return -1;
-    PyObject *out = PyObject_GetAttrString(o, "logits");
-    if (!out) return -1;
-    b->have_out = PyObject_GetBuffer(out, &b->out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) == 0;
-    Py_DECREF(out);
-    if (!b->have_out) return -1;
     const int64_t n = b->tok.len / 4;
-    if (b->tok.len % 4 || b->tok.itemsize != 4 || b->out.itemsize != 4) {
-        PyErr_SetString(PyExc_ValueError, "tokens must be contiguous int32, logits contiguous float32");
+    if (b->tok.len % 4 || b->tok.itemsize != 4) {
+        PyErr_SetString(PyExc_ValueError, "tokens must be contiguous int32");
         return -1;
     }
-    if ((size_t)b->out.len < sizeof(float) * (size_t)((all ? n : 1) * tk_engine_vocab(e))) {
-        PyErr_SetString(PyExc_ValueError, "logits buffer too small");
+    if (get_out_buffer(o, "logits", &b->out, &b->have_out, (size_t)((all ? n : 1) * tk_engine_vocab(e)))) return -1;
+    if (PyObject_HasAttrString(o, "embd") &&
+        get_out_buffer(o, "embd", &b->embd, &b->have_embd, (size_t)(n * tk_engine_embd(e))))
         return -1;
-    }
-    *q = (struct tk_seq){q->kv, b->tok.buf, n, pos0, b->out.buf, all != 0};
+    *q = (struct tk_seq){q->kv, b->tok.buf, n, pos0, b->have_out ? b->out.buf : NULL, all != 0,
+                         b->have_embd ? b->embd.buf : NULL};
     return 0;
 }
 
 static void release_seq(struct seq_bufs *b) {
     if (b->have_tok) PyBuffer_Release(&b->tok);
     if (b->have_out) PyBuffer_Release(&b->out);
+    if (b->have_embd) PyBuffer_Release(&b->embd);
 }
 
 /* forward_batch(engine, [seq, ...], nthreads): every sequence's tokens in one pass (engine.h) */
@@ -472,8 +495,8 @@ static PyMethodDef methods[] = {
     {"kv_new", py_kv_new, METH_VARARGS,
      "kv_new(engine, n_ctx, type_k, type_v) -> KV cache (F32, F16, Q8_0 or Q4_0 keys and values)."},
     {"forward_batch", py_forward_batch, METH_VARARGS,
-     "forward_batch(engine, [seq, ...], nthreads): sequences (attributes kv, tokens_i32, pos0, logits_f32, "
-     "all_logits) evaluated in one pass, each against its own cache."},
+     "forward_batch(engine, [seq, ...], nthreads): sequences (attributes kv, tokens_i32, pos0, logits_f32 or None, "
+     "all_logits, optional embd_f32 or None) evaluated in one pass, each against its own cache."},
     {NULL, NULL, 0, NULL},
 };
 

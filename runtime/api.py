@@ -1,6 +1,6 @@
 """A `Llama`-like Python API over the runtime, mirroring llama-cpp-python where it makes sense on CPU:
 tokenize/detokenize, eval with logits, create_completion (streaming too) and create_chat_completion returning
-OpenAI-shaped dicts."""
+OpenAI-shaped dicts, embed and create_embedding (with embedding=True)."""
 from __future__ import annotations
 
 import time
@@ -11,6 +11,7 @@ import numpy as np
 
 from runtime.arch.base import CACHE_TYPES
 from runtime.chat import chat_format, prompt_tokens
+from runtime.embeddings import embedding as embed_tokens, pooling_type as _pooling_type
 from runtime.generate import Session
 from runtime.logprobs import ProbsFormat, token_logprob
 from runtime.sampling import SamplingParams, check, check_bias
@@ -23,7 +24,10 @@ from common.errors import UserError
 class Llama:
     def __init__(self, model_path: str, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
                  seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False,
-                 type_k: int | None = None, type_v: int | None = None):
+                 type_k: int | None = None, type_v: int | None = None, embedding: bool = False,
+                 pooling_type: int = -1):
+        """embedding, pooling_type: as llama-cpp-python takes them (llama.cpp's enum: -1 unspecified, that is the
+        model's, 0 none, 1 mean, 2 cls, 3 last)."""
         self.model_path = str(model_path)
         # KV cache element types as llama-cpp-python takes them (ggml type ids; F16 by default)
         kinds = {None: "f16", **{t: name for name, t in CACHE_TYPES.items()}}
@@ -40,6 +44,8 @@ class Llama:
         self._scores: list[np.ndarray] = []
         g = self.session.model.gguf
         self.chat = chat_format(self.session.model.hp.arch, g.value("tokenizer.chat_template"), chat_template)
+        self.embedding = embedding
+        self._pooling = _pooling_type(self.session, pooling_type)
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def n_ctx(self) -> int:
@@ -47,6 +53,12 @@ class Llama:
 
     def n_vocab(self) -> int:
         return self.session.model.hp.n_vocab
+
+    def n_embd(self) -> int:
+        return self.session.model.hp.n_embd
+
+    def pooling_type(self) -> int:
+        return int(self._pooling)
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         if isinstance(text, bytes):
@@ -209,6 +221,40 @@ class Llama:
             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias),
             one_constraint(grammar=grammar, response_format=response_format, tool_choice=plan.grammar()), probs,
             plan if plan.active else None)
+
+    # -- embeddings -----------------------------------------------------------------------------------------------
+    def embed(self, input: str | list[str] | list[int] | list[list[int]], normalize: bool = False,
+              truncate: bool = True, return_count: bool = False):
+        """llama-cpp-python's embed: one embedding per input (a list of floats; with pooling none, one per token),
+        Euclidean-normalized with normalize; inputs are texts (tokenized with BOS, special tokens as text) or token
+        ids; truncate cuts each to n_batch tokens, else a longer one is an error; return_count adds the token
+        count."""
+        if not self.embedding:
+            raise UserError("Llama model must be created with embedding=True to call this method")
+        single = isinstance(input, str) or (isinstance(input, list) and input != [] and
+                                            all(isinstance(t, int) for t in input))
+        inputs = [input] if single else list(input)
+        limit = min(self.session.n_batch, self.session.n_ctx)
+        data, total = [], 0
+        for item in inputs:
+            tokens = self.tokenize(item.encode("utf-8")) if isinstance(item, str) else [int(t) for t in item]
+            if truncate:
+                tokens = tokens[:limit]
+            if len(tokens) > limit:
+                raise UserError(f"Requested tokens ({len(tokens)}) exceed batch size of {limit}")
+            total += len(tokens)
+            data.append(embed_tokens(self.session, tokens, self._pooling, 2 if normalize else -1).tolist())
+        output = data[0] if single else data
+        return (output, total) if return_count else output
+
+    def create_embedding(self, input: str | list[str] | list[int] | list[list[int]], model: str | None = None) -> dict:
+        """llama-cpp-python's create_embedding: OpenAI's embedding list (unnormalized, as there)."""
+        single = isinstance(input, str) or (input != [] and all(isinstance(t, int) for t in input))
+        embeds, total = self.embed([input] if single else input, return_count=True)
+        return {"object": "list", "data": [{"object": "embedding", "embedding": e, "index": i}
+                                           for i, e in enumerate(embeds)],
+                "model": model if model is not None else self.model_path,
+                "usage": {"prompt_tokens": total, "total_tokens": total}}
 
     def close(self) -> None:
         self.session.close()

@@ -30,6 +30,7 @@ class _Request:
     cache: KVCache
     all_logits: bool
     since: float
+    hidden: bool = False
     result: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
@@ -64,10 +65,10 @@ class Batcher:
                     del self._members[key]
                 self._cv.notify_all()
 
-    def forward(self, tokens: list[int], cache: KVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens: list[int], cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
         """`tokens` evaluated after the cache's positions, in a pass shared with whatever else is waiting; the logits as
-        Transformer.forward returns them."""
-        req = _Request(list(tokens), cache, all_logits, time.perf_counter())
+        Transformer.forward returns them (hidden: every token's hidden state as Transformer.hidden returns them)."""
+        req = _Request(list(tokens), cache, all_logits, time.perf_counter(), hidden)
         with self._cv:
             self._waiting.append(req)
             self._cv.notify_all()
@@ -120,7 +121,7 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         t0 = time.perf_counter()
         try:
-            outs = self.net.forward_batch([(r.tokens, r.cache, r.all_logits) for r in batch])
+            outs = self.net.forward_batch([(r.tokens, r.cache, r.all_logits, r.hidden) for r in batch])
             for r, out in zip(batch, outs):
                 r.result = out
         except BaseException as e:  # noqa: BLE001 — every request of the pass gets the error

@@ -27,6 +27,7 @@ from runtime.logprobs import ProbsFormat
 from runtime.sampling import SamplingParams
 from runtime.tools import ToolPlan
 from server.api_key import api_key_bytes
+from server.embeddings import EmbeddingOptions, add_embeddings
 from server.engine import Busy, Engine, GenRequest, GenResult, Piece, Ticket
 from server.features import chat_top, completion_top, llama_grammar, openai_grammar, sampling_params, tool_plan
 from server.limits import Limits
@@ -44,6 +45,7 @@ class AppConfig:
     strict_model: bool = False
     seed: int = -1
     limits: Limits = field(default_factory=Limits)
+    embeddings: EmbeddingOptions = field(default_factory=EmbeddingOptions)
 
     def __post_init__(self):
         if self.api_key is not None:
@@ -495,6 +497,7 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                            param="tokens", code="invalid_value")
         return {"content": engine.tokenizer.decode(body.tokens)}
 
+    add_embeddings(app, engine, cfg.embeddings, cfg.name, check_model, _errors(400, 401, 404, 408, 413))
     add_middleware(app, cfg)
     return app
 

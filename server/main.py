@@ -41,6 +41,9 @@ class ServeOptions:
     timeout: float = Limits.timeout
     metrics: bool = False   # GET /metrics (llama-server's --metrics)
     slots: bool = True      # GET /slots (llama-server's --slots / --no-slots)
+    embedding: bool = False         # /v1/embeddings (llama-server's --embedding)
+    pooling: str | None = None      # --pooling none|mean|cls|last (None: the model's, else none)
+    embd_normalize: int = 2         # --embd-normalize (llama-server's: -1 none, 0 max-abs, 1 taxicab, 2 Euclidean, p)
 
 
 def validate(o: ServeOptions) -> None:
@@ -63,6 +66,11 @@ def validate(o: ServeOptions) -> None:
         raise UserError(f"--timeout must be a positive number of seconds, got {o.timeout}")
     if o.api_key is not None:
         api_key_bytes(o.api_key)
+    from runtime.embeddings import POOLINGS
+    if o.pooling is not None and o.pooling not in POOLINGS:
+        raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {o.pooling!r}")
+    if o.embd_normalize < -1:
+        raise UserError(f"--embd-normalize must be at least -1, got {o.embd_normalize}")
 
 
 def chat_template_arg(value: str | None) -> str | None:
@@ -104,6 +112,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     import uvicorn
 
     from server.app import AppConfig, create_app
+    from server.embeddings import EmbeddingOptions
     from server.connections import guarded_protocol
     from server.engine import Engine
     from server.logs import server_logger
@@ -117,7 +126,8 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     try:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,
-                                           limits=limits))
+                                           limits=limits,
+                                           embeddings=EmbeddingOptions(o.embedding, o.pooling, o.embd_normalize)))
         add_observability(app, metrics_endpoint=o.metrics, slots_endpoint=o.slots)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"

@@ -360,6 +360,12 @@ def serve(
                                   help="Seconds a client has to send a request's head, and again its body (else 408)."),
     metrics: bool = typer.Option(False, "--metrics", help="Serve GET /metrics (Prometheus text, llama-server's names)."),
     slots: bool = typer.Option(True, "--slots/--no-slots", help="Serve GET /slots (each slot's state)."),
+    embedding: bool = typer.Option(False, "--embedding", "--embeddings", help="Serve /v1/embeddings (else it "
+                                   "answers 501, as llama-server)."),
+    pooling: Optional[str] = typer.Option(None, "--pooling", help="Embeddings' pooling: none, mean, cls, last "
+                                          "(default: the model's pooling_type, else none)."),
+    embd_normalize: int = typer.Option(2, "--embd-normalize", help="Embeddings' normalization: -1 none, 0 max "
+                                       "absolute (int16 range), 1 taxicab, 2 Euclidean, p > 2 p-norm."),
     verbose: bool = VERBOSE,
 ) -> None:
     from server import ServeOptions
@@ -372,7 +378,8 @@ def serve(
                                 cache_type_v=cache_type_v, parallel=parallel, queue=queue, api_key=api_key,
                                 context_shift=context_shift, n_keep=keep,
                                 chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed,
-                                timeout=timeout, metrics=metrics, slots=slots))
+                                timeout=timeout, metrics=metrics, slots=slots, embedding=embedding, pooling=pooling,
+                                embd_normalize=embd_normalize))
 
 
 @app.command(no_args_is_help=True)

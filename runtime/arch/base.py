@@ -93,17 +93,27 @@ class Transformer:
         """Run `tokens` at positions cache.n.. ; returns logits [n, vocab] (or [1, vocab] for the last token)."""
         return self.forward_batch([(tokens, cache, all_logits)])[0]
 
-    def forward_batch(self, batch: list[tuple[list[int], KVCache, bool]]) -> list[np.ndarray]:
-        """Several sequences in one native pass, each (tokens, its own cache, all_logits) as `forward` takes them; the
-        products read the weights once for all, and each sequence's logits are the bits `forward` alone gives."""
+    def hidden(self, tokens, cache: KVCache) -> np.ndarray:
+        """Run `tokens` at positions cache.n.. ; returns every token's hidden state after the output norm [n, n_embd]
+        (what llama.cpp's embeddings read; the output matrix is not run)."""
+        return self.forward_batch([(tokens, cache, False, True)])[0]
+
+    def forward_batch(self, batch: list[tuple]) -> list[np.ndarray]:
+        """Several sequences in one native pass, each (tokens, its own cache, all_logits) as `forward` takes them, or
+        (tokens, cache, all_logits, True) for the hidden states as `hidden` returns them instead of logits; the
+        products read the weights once for all, and each sequence's results are the bits a pass of its own gives."""
         seqs = []
-        for tokens, cache, all_logits in batch:
+        for tokens, cache, all_logits, *hidden in batch:
             n, pos0 = len(tokens), cache.n
             if pos0 + n > cache.n_ctx:
                 raise ValueError(f"context full: {pos0} + {n} tokens > n_ctx {cache.n_ctx}")
-            out = np.empty((n if all_logits else 1, self.hp.n_vocab), dtype=np.float32)
-            seqs.append(native.Seq(cache.kv, np.ascontiguousarray(tokens, dtype=np.int32), pos0, out, all_logits))
+            tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+            if hidden and hidden[0]:
+                seqs.append(native.Seq(cache.kv, tokens, pos0, None, embd=np.empty((n, self.hp.n_embd), np.float32)))
+            else:
+                out = np.empty((n if all_logits else 1, self.hp.n_vocab), dtype=np.float32)
+                seqs.append(native.Seq(cache.kv, tokens, pos0, out, all_logits))
         native.forward_batch(self.engine, seqs, self.nthreads)
-        for (tokens, cache, _), seq in zip(batch, seqs):
+        for (tokens, cache, *_), seq in zip(batch, seqs):
             cache.n = seq.pos0 + len(tokens)
-        return [seq.logits for seq in seqs]
+        return [seq.logits if seq.embd is None else seq.embd for seq in seqs]

@@ -1,0 +1,89 @@
+"""Embeddings as llama.cpp computes them for a decoder-only model: the hidden states after the output norm
+(Transformer.hidden), pooled per sequence (llama_pooling_type: none, mean, cls, last) and normalized as
+common_embd_normalize does (-1 none, 0 max-abs scaled to int16, 1 taxicab, 2 Euclidean, p > 2 p-norm).
+
+The pooling a context uses when none is asked for is the model's `<arch>.pooling_type` key, else none (llama.cpp's
+hparams.pooling_type default for a causal model; llama_context takes it when the context's is unspecified)."""
+from __future__ import annotations
+
+import numpy as np
+from gguf import Keys, PoolingType
+
+from runtime.generate import Session
+from common.errors import UserError
+
+# the poolings `--pooling` names (llama.cpp's, without rank: a classifier head no decoder-only model here has)
+POOLINGS = {"none": PoolingType.NONE, "mean": PoolingType.MEAN, "cls": PoolingType.CLS, "last": PoolingType.LAST}
+DEFAULT_NORMALIZE = 2  # common_params.embd_normalize: Euclidean
+
+
+def pooling_type(session: Session, pooling: str | int | None) -> PoolingType:
+    """The pooling asked for (a name, llama.cpp's enum value, or None / -1: unspecified), else the model's key, else
+    none."""
+    if pooling is None or pooling == -1:
+        key = Keys.LLM.POOLING_TYPE.format(arch=session.model.hp.arch)
+        value = session.model.gguf.value(key)
+        if value is None:
+            return PoolingType.NONE
+        if value not in {int(p) for p in POOLINGS.values()}:
+            raise UserError(f"{session.model.path.name}: {key} = {value!r} is not a pooling this runtime has "
+                            f"({', '.join(f'{int(p)} ({n})' for n, p in POOLINGS.items())})")
+        return PoolingType(value)
+    if isinstance(pooling, str):
+        if pooling not in POOLINGS:
+            raise UserError(f"unknown pooling {pooling!r}; use one of: {', '.join(POOLINGS)}")
+        return POOLINGS[pooling]
+    if pooling not in {int(p) for p in POOLINGS.values()}:
+        raise UserError(f"pooling_type must be one of {', '.join(f'{int(p)} ({n})' for n, p in POOLINGS.items())}, "
+                        f"got {pooling!r}")
+    return PoolingType(pooling)
+
+
+def pool(hidden: np.ndarray, pooling: PoolingType) -> np.ndarray:
+    """A sequence's hidden states [n, n_embd] pooled: [n_embd] (mean, first token, last token), or all of them."""
+    if pooling == PoolingType.NONE:
+        return hidden
+    if pooling == PoolingType.MEAN:
+        return hidden.mean(axis=0, dtype=np.float32)
+    return hidden[0] if pooling == PoolingType.CLS else hidden[-1]
+
+
+def normalize(v: np.ndarray, embd_norm: int) -> np.ndarray:
+    """common_embd_normalize: v divided by its norm (summed in double), unchanged for -1, zeros when the norm is 0."""
+    x = np.asarray(v, dtype=np.float32)
+    if embd_norm == -1:
+        return x
+    if embd_norm == 0:
+        total = float(np.abs(x).max(initial=0.0)) / 32760.0
+    elif embd_norm == 2:
+        total = float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
+    else:
+        total = float(np.sum(np.abs(x.astype(np.float64)) ** embd_norm) ** (1.0 / embd_norm))
+    scale = np.float32(1.0 / total) if total > 0.0 else np.float32(0.0)
+    return x * scale
+
+
+def hidden_states(session: Session, tokens: list[int]) -> np.ndarray:
+    """Every token's hidden state after the output norm [n, n_embd], evaluated on a cache of its own (nothing of
+    the session's context is read or changed), in chunks of the session's n_batch through its batcher, so that it
+    shares passes with the session's other sequences."""
+    hp = session.model.hp
+    if not tokens:
+        raise UserError("the input is empty (no tokens)")
+    bad = [t for t in tokens if not 0 <= t < hp.n_vocab]
+    if bad:
+        raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{hp.n_vocab - 1})")
+    if len(tokens) > session.n_ctx:
+        raise UserError(f"the input has {len(tokens)} tokens; the context holds {session.n_ctx}")
+    cache = session.net.new_cache(len(tokens), session.cache_type, session.cache_type_v)
+    step = max(1, session.n_batch)
+    parts = [session.batcher.forward(tokens[i:i + step], cache, hidden=True) for i in range(0, len(tokens), step)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def embedding(session: Session, tokens: list[int], pooling: PoolingType, embd_norm: int = -1) -> np.ndarray:
+    """One input's embedding: pooled, then normalized (the pooled vector, or each token's with pooling none)."""
+    pooled = pool(hidden_states(session, tokens), pooling)
+    if pooled.ndim == 2:
+        return np.stack([normalize(row, embd_norm) for row in pooled]) if embd_norm != -1 else pooled
+    return normalize(pooled, embd_norm)

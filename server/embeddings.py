@@ -1,0 +1,100 @@
+"""OpenAI's /v1/embeddings as llama-server (b11434) answers it: `input` a text, a list of texts, token ids or a list of
+token-id lists (texts tokenized with BOS and special tokens parsed, as there); each input pooled and normalized
+(runtime.embeddings; `embd_normalize` in the body overrides --embd-normalize); `encoding_format` float or base64
+(little-endian float32 bytes); `usage` counts the tokens evaluated. Without --embedding the route answers 501
+(not_supported_error), and with pooling none 400, as llama-server does."""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Callable, Literal, Union
+
+import numpy as np
+from fastapi import FastAPI
+from gguf import PoolingType
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from runtime.embeddings import DEFAULT_NORMALIZE, embedding, pooling_type
+from server.engine import Engine
+from server.schemas import Body, Text
+from common.errors import UserError
+
+
+@dataclass
+class EmbeddingOptions:
+    enabled: bool = False                 # --embedding
+    pooling: str | None = None            # --pooling (None: the model's, else none)
+    normalize: int = DEFAULT_NORMALIZE    # --embd-normalize
+
+
+class EmbeddingRequest(Body):
+    input: Union[Text, list[Union[Text, list[int]]], list[int]] = Field(
+        ..., description="a text, a list of texts, token ids, or a list of token-id lists")
+    model: Text | None = Field(None, description="echoed in the answer (any name unless --strict-model)")
+    encoding_format: Literal["float", "base64"] = "float"
+    embd_normalize: int | None = Field(None, ge=-1, description="-1 none, 0 max-abs (int16 range), 1 taxicab, "
+                                       "2 Euclidean, p > 2 p-norm (default: the server's --embd-normalize)")
+
+
+def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name: str,
+                   check_model: Callable, errors: dict) -> None:
+    """Register POST /v1/embeddings; `name` is the model's name in answers, check_model the app's --strict-model
+    check, errors the route's error statuses for the OpenAPI document. The pooling is resolved here: a model whose
+    pooling key is not one this runtime has fails at start-up."""
+    from server.app import ApiError  # server.app registers this route: imported once it is loaded
+    pooling = pooling_type(engine.base, options.pooling)
+    responses = {**errors, 501: {"model": errors[400]["model"], "description": "The server was started without "
+                                 "--embedding"}}
+
+    def inputs(body: EmbeddingRequest) -> list[list[int]]:
+        items = body.input
+        if isinstance(items, list) and items and all(isinstance(t, int) for t in items):
+            items = [items]
+        elif isinstance(items, str):
+            items = [items]
+        if not items:
+            raise ApiError(400, '"input" must not be empty', param="input", code="invalid_value")
+        prompts = [engine.tokenize(p) if isinstance(p, str) else list(p) for p in items]
+        n_vocab = engine.hp.n_vocab
+        for i, tokens in enumerate(prompts):
+            if not tokens:
+                raise ApiError(400, f"input {i}: Input content cannot be empty", param="input", code="invalid_value")
+            bad = [t for t in tokens if not 0 <= t < n_vocab]
+            if bad:
+                raise ApiError(400, f"input {i}: token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})",
+                               param="input", code="invalid_value")
+            if len(tokens) > engine.n_ctx:
+                raise ApiError(400, f"input {i} ({len(tokens)} tokens) is larger than the max context size "
+                               f"({engine.n_ctx} tokens, the server's -c)", param="input",
+                               code="context_length_exceeded")
+        return prompts
+
+    def compute(prompts: list[list[int]], embd_norm: int) -> list[np.ndarray]:
+        return [embedding(engine.base, tokens, pooling, embd_norm) for tokens in prompts]
+
+    @app.post("/v1/embeddings", summary="OpenAI embeddings (--embedding; pooled as --pooling, normalized as "
+              "--embd-normalize)", responses=responses)
+    async def embeddings(body: EmbeddingRequest):
+        if not options.enabled:
+            raise ApiError(501, "This server does not support embeddings. Start it with `--embedding`",
+                           "not_supported_error")
+        if pooling == PoolingType.NONE:
+            raise ApiError(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type")
+        check_model(body)
+        try:
+            prompts = await run_in_threadpool(inputs, body)
+            vectors = await run_in_threadpool(compute, prompts, options.normalize if body.embd_normalize is None
+                                              else body.embd_normalize)
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
+        data = []
+        for i, v in enumerate(vectors):
+            if body.encoding_format == "base64":
+                raw = base64.b64encode(np.ascontiguousarray(v, dtype="<f4").tobytes()).decode("ascii")
+                data.append({"embedding": raw, "index": i, "object": "embedding", "encoding_format": "base64"})
+            else:
+                data.append({"embedding": v.tolist(), "index": i, "object": "embedding"})
+        n = sum(len(p) for p in prompts)
+        return {"model": body.model if body.model is not None else name, "object": "list",
+                "usage": {"prompt_tokens": n, "total_tokens": n}, "data": data}
