@@ -112,6 +112,8 @@ class _Mixture:
         if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
             if f == "Q2_K":
                 t = T.Q4_K if facts.n_gqa >= 4 else T.Q3_K
+            elif f == "Q2_K_S" and facts.n_gqa >= 4:
+                t = T.Q4_K
             elif f == "Q3_K_M":
                 t = T.Q5_K if self.i_attn_v < 2 else T.Q4_K
             elif f == "Q3_K_L":
@@ -134,6 +136,9 @@ class _Mixture:
             i, n = self.i_ffn_down, facts.n_layer
             if f == "Q2_K":
                 t = T.Q3_K
+            elif f == "Q2_K_S":
+                if i < n // 8:
+                    t = T.Q4_K
             elif f == "Q3_K_M":
                 t = T.Q5_K if i < n // 16 else T.Q4_K if (not falcon or use_more_bits(i, n)) else T.Q3_K
             elif f == "Q3_K_L":
@@ -182,6 +187,14 @@ def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
         new = T.F16
     return new, (f"{name}: ncols {ncols} not divisible by {block} (required for type {type_name(t)}) "
                  f"-> falling back to {type_name(new)}")
+
+
+def requires_imatrix(name: str, dst_type: T, ft: FileType) -> bool:
+    """llama.cpp's tensor_requires_imatrix: a type that is garbage without an importance matrix (of those we have,
+    Q2_K in a Q2_K_S file), never for the output or token embeddings."""
+    if name == "output.weight" or name in TOKEN_EMBD_NAMES:
+        return False
+    return dst_type == T.Q2_K and ft.name == "Q2_K_S"
 
 
 def _manual_types(patterns: list[tuple[str, T]]):

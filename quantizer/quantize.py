@@ -134,6 +134,7 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
             what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
             raise UserError(f"{inp} has {what}: nothing to quantize")
         choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None)
+        _check_required_imatrix(choices, ft, imatrix, dry_run, warn)
         weights = _weights(choices, imatrix, info)
         infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
         size_in = sum(e.info.nbytes for e in g.tensors)
@@ -168,6 +169,25 @@ def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Option
         if c.fallback:
             warn(c.fallback)
     return choices
+
+
+def _check_required_imatrix(choices: list[policy.Choice], ft: FileType, imatrix: ImportanceMatrix | None,
+                            dry_run: bool, warn: Callable[[str], None]) -> None:
+    """The types that need an importance matrix (llama.cpp's tensor_requires_imatrix) refuse to run without one, or
+    without weights for the tensor; a dry run only warns."""
+    needing = [c for c in choices if c.dst_type != c.src_type and policy.requires_imatrix(c.name, c.dst_type, ft)]
+    if not needing:
+        return
+    if imatrix is None:
+        if dry_run:
+            warn("actually completing this quantization will require an importance matrix (--imatrix)")
+            return
+        raise UserError(f"this quantization requires an importance matrix (--imatrix): tensor {needing[0].name} "
+                        f"becomes {type_name(needing[0].dst_type)}")
+    missing = [c for c in needing if imatrix.for_tensor(c.name) is None]
+    if missing and not dry_run:
+        raise UserError(f"the importance matrix has no weights for tensor {missing[0].name}, which type "
+                        f"{type_name(missing[0].dst_type)} cannot do without")
 
 
 def _weights(choices: list[policy.Choice], imatrix: ImportanceMatrix | None,

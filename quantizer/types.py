@@ -26,6 +26,7 @@ FILE_TYPES: list[FileType] = [
     FileType("Q5_0", FT.MOSTLY_Q5_0, T.Q5_0, 5.5, "5.21G, +0.1316 ppl @ Llama-3-8B"),
     FileType("Q5_1", FT.MOSTLY_Q5_1, T.Q5_1, 6.0, "5.65G, +0.1062 ppl @ Llama-3-8B"),
     FileType("Q2_K", FT.MOSTLY_Q2_K, T.Q2_K, 2.625, "2.96G, +3.5199 ppl @ Llama-3-8B"),
+    FileType("Q2_K_S", FT.MOSTLY_Q2_K_S, T.Q2_K, 2.625, "2.96G, +3.1836 ppl @ Llama-3-8B"),
     FileType("Q3_K_S", FT.MOSTLY_Q3_K_S, T.Q3_K, 3.4375, "3.41G, +1.6321 ppl @ Llama-3-8B"),
     FileType("Q3_K_M", FT.MOSTLY_Q3_K_M, T.Q3_K, 3.4375, "3.74G, +0.6569 ppl @ Llama-3-8B"),
     FileType("Q3_K_L", FT.MOSTLY_Q3_K_L, T.Q3_K, 3.4375, "4.03G, +0.5562 ppl @ Llama-3-8B"),

@@ -195,6 +195,24 @@ def test_command_line_errors(models, tmp_path):
         assert not (tmp_path / "o.gguf").exists()
 
 
+def test_types_that_need_a_matrix_refuse_to_run_without_one(models, tmp_path):
+    """Q2_K_S (its Q2_K tensors): llama.cpp refuses too; a dry run only warns; a matrix lacking a tensor is refused."""
+    ft = parse_file_type("Q2_K_S")
+    with pytest.raises(AssertionError):
+        llama_cpp_quantize(models["llama256"], tmp_path / "theirs.gguf", int(ft.ftype))
+    with pytest.raises(UserError, match="requires an importance matrix"):
+        quantize_file(models["llama256"], tmp_path / "o.gguf", ft, info=lambda s: None, warn=lambda s: None)
+    warnings = []
+    quantize_file(models["llama256"], None, ft, dry_run=True, info=lambda s: None, warn=warnings.append)
+    assert any("require an importance matrix" in w for w in warnings)
+    m = tmp_path / "m.imatrix.gguf"
+    write_random_imatrix({k: v for k, v in matrix_shapes(models["llama256"]).items() if "ffn_up" not in k}, m)
+    with pytest.raises(UserError, match="no weights for tensor blk.0.ffn_up.weight"):
+        quantize_file(models["llama256"], tmp_path / "o.gguf", ft, imatrix=imatrix.load(m), info=lambda s: None,
+                      warn=lambda s: None)
+    assert not (tmp_path / "o.gguf").exists()
+
+
 def test_damaged_matrices_are_refused(tmp_path):
     bad = {
         "empty.dat": (0).to_bytes(4, "little"),
