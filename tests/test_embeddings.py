@@ -17,6 +17,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+
+import native
 from gguf import GGUFValueType as V
 
 from common.ggufio import KV
@@ -122,6 +124,49 @@ def test_default_pooling_is_the_files_as_llama_cpp_takes_it(models, tmp_path, ke
     finally:
         theirs.close()
         ours.close()
+
+
+@pytest.mark.parametrize("nthreads", [1, 3])
+def test_hidden_states_beside_logits_in_one_pass(models, nthreads):
+    """The engine's guarantee holds with hidden states asked for: in one pass, a sequence that wants logits, one that
+    wants hidden states only (no output matrix) and one that wants both get the bits passes of their own give; the
+    logits are the output matrix (tied: the token embeddings) applied to the hidden states."""
+    from runtime.arch import build
+    from runtime.model import Model
+    model = Model(str(models["qwen2"]))
+    try:
+        net = build(model, nthreads)
+        rng = np.random.default_rng(0)
+        seqs = [[int(t) for t in rng.integers(0, net.hp.n_vocab, n)] for n in (7, 1, 12)]
+        alone_logits = [net.forward(s, net.new_cache(16, "f32"), all_logits=True) for s in seqs]
+        alone_hidden = [net.hidden(s, net.new_cache(16, "f32")) for s in seqs]
+        d, vocab = net.hp.n_embd, net.hp.n_vocab
+        batch = [native.Seq(net.new_cache(16, "f32").kv, np.array(seqs[0], np.int32), 0,
+                            np.empty((1, vocab), np.float32)),
+                 native.Seq(net.new_cache(16, "f32").kv, np.array(seqs[1], np.int32), 0, None,
+                            embd=np.empty((1, d), np.float32)),
+                 native.Seq(net.new_cache(16, "f32").kv, np.array(seqs[2], np.int32), 0,
+                            np.empty((12, vocab), np.float32), True, np.empty((12, d), np.float32))]
+        native.forward_batch(net.engine, batch, nthreads)
+        assert np.array_equal(batch[0].logits, alone_logits[0][-1:])
+        assert np.array_equal(batch[1].embd, alone_hidden[1])
+        assert np.array_equal(batch[2].logits, alone_logits[2]) and np.array_equal(batch[2].embd, alone_hidden[2])
+        output = model.weights.get("output.weight", model.weights["token_embd.weight"]).data
+        output = np.frombuffer(output, np.float32).reshape(vocab, d)  # an F32 file
+        assert np.abs(alone_hidden[2] @ output.T - alone_logits[2]).max() < 1e-4
+        # neither logits nor hidden states: the cache is filled all the same
+        cache = net.new_cache(16, "f32")
+        native.forward_batch(net.engine, [native.Seq(cache.kv, np.array(seqs[2][:5], np.int32), 0, None)], nthreads)
+        cache.n = 5
+        assert np.array_equal(net.forward(seqs[2][5:], cache, all_logits=True), alone_logits[2][5:])
+        with pytest.raises(ValueError, match="embd buffer too small"):
+            native.forward_batch(net.engine, [native.Seq(net.new_cache(16, "f32").kv, np.array(seqs[0], np.int32), 0,
+                                                         None, embd=np.empty((6, d), np.float32))], nthreads)
+        with pytest.raises(ValueError, match="embd must be contiguous float32"):
+            native.forward_batch(net.engine, [native.Seq(net.new_cache(16, "f32").kv, np.array(seqs[0], np.int32), 0,
+                                                         None, embd=np.empty((7, d), np.float64))], nthreads)
+    finally:
+        model.close()
 
 
 def test_embed_needs_embedding_true(models):
