@@ -435,40 +435,10 @@ static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
 
 #define S8_PACKED_ROW(r, b) ((const block_s8_packed *)((const char *)vx + (r) * bx) + (b))
 
-/* RN tokens (2, 4 or 8: the narrower ones for small batches, e.g. the next tokens of a few generating sequences) */
-#define S8_PACKED_TILE_ZMM(NAME, RN)                                                                          \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        enum { RM = 4 };                                                                                     \
-        __m512 acc[RM][RN / 2];                                                                              \
-        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
-        for (int64_t b = 0; b < n / QK; b++) {                                                               \
-            __m512i w[RM], c[RM];                                                                            \
-            __m512 dx[RM];                                                                                   \
-            for (int r = 0; r < RM; r++) {                                                                   \
-                const block_s8_packed *x = S8_PACKED_ROW(r, b);                                              \
-                w[r] = _mm512_broadcast_i64x4(load32((const int8_t *)x->q));                                 \
-                c[r] = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x->c));                    \
-                dx[r] = _mm512_set1_ps(x->d);                                                                \
-            }                                                                                                \
-            for (int t = 0; t < RN / 2; t++) {                                                               \
-                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
-                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
-                const __m512i a = _mm512_xor_si512(two_blocks(y0->qs, y1->qs), _mm512_set1_epi8((char)0x80)); \
-                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
-                for (int r = 0; r < RM; r++)                                                                 \
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
-                                                _mm512_cvtepi32_ps(dpbusd_zmm(c[r], a, w[r])), acc[r][t]);   \
-            }                                                                                                \
-        }                                                                                                    \
-        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
-    }
-
-S8_PACKED_TILE_ZMM(tile_s8_packed_zmm, 8)
-
-/* The same tiles on the file's rows, for a few tokens (the next tokens of a few generating sequences): each row's
-   block unpacked in registers once for all RN tokens costs less than packing it for them. The lanes are the packed
-   tile's integers (Q4_0: Σ w·y - 8·Σy; Q8_0: Σ (y + 128)·w - 128·Σw), so the bits are the one-token kernel's. */
-#define LEGACY_RAW_TILE_ZMM(NAME, XT, RN, PREP_X, PREP_Y)                                                      \
+/* A legacy AVX512 tile of 4 rows x RN tokens (RN even): per block, each row prepared once by PREP_X (w, its companion
+   c, its scale as a float DX), each token pair's activations by PREP_Y (a, e), then a (row, token) lane's integer is
+   DOT(w, c, a, e) and the float sum goes as the one-token kernel's. */
+#define S8_TILE_ZMM(NAME, XT, RN, PREP_X, DX, PREP_Y, DOT)                                                    \
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         enum { RM = 4 };                                                                                     \
         __m512 acc[RM][RN / 2];                                                                              \
@@ -479,8 +449,9 @@ S8_PACKED_TILE_ZMM(tile_s8_packed_zmm, 8)
             for (int r = 0; r < RM; r++) {                                                                   \
                 const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                   \
                 PREP_X(x, w[r], c[r]);                                                                       \
-                dx[r] = _mm512_set1_ps(tk_fp16_table[x->d]);                                                 \
+                dx[r] = _mm512_set1_ps(DX(x));                                                               \
             }                                                                                                \
+            (void)c; /* Q4_0 needs none */                                                                   \
             for (int t = 0; t < RN / 2; t++) {                                                               \
                 const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
                 const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
@@ -489,33 +460,43 @@ S8_PACKED_TILE_ZMM(tile_s8_packed_zmm, 8)
                 const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
                 for (int r = 0; r < RM; r++)                                                                 \
                     acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
-                                                _mm512_cvtepi32_ps(RAW_DOT(w[r], c[r], a, e)), acc[r][t]);   \
+                                                _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
+                (void)e;                                                                                     \
             }                                                                                                \
         }                                                                                                    \
         ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
     }
-/* Q4_0: w the unsigned nibbles, e = -8·Σy lanes per token pair, lane = e + Σ w·y */
+
+/* activations as unsigned bytes y + 128, the lane (y + 128)·w - 128·Σw = Σ w·y with c = -128·Σw per row */
+#define S8_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
+#define S8_DOT(w, c, a, e) dpbusd_zmm(c, a, w)
+/* packed rows: w, c and the scale stored */
+#define PACKED_X(x, W, C)                                                                                     \
+    (W = _mm512_broadcast_i64x4(load32((const int8_t *)(x)->q)),                                               \
+     C = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x)->c)))
+#define PACKED_DX(x) ((x)->d)
+S8_TILE_ZMM(tile_s8_packed_zmm, block_s8_packed, 8, PACKED_X, PACKED_DX, S8_Y, S8_DOT)
+
+/* The same tiles on the file's rows, for a few tokens (the next tokens of a few generating sequences): each row's
+   block unpacked in registers once for all RN tokens costs less than packing it for them. The lanes are the packed
+   tile's integers, so the bits are the one-token kernel's. */
+#define FP16_DX(x) tk_fp16_table[(x)->d]
+/* Q8_0: w the signed quants, c = -128·Σw computed */
+#define Q8_0_RAW_X(x, w, c)                                                                                   \
+    (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
+     c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
+/* Q4_0: w the unsigned nibbles, e = -8·Σy per token pair, the lane e + Σ w·y = Σ (w - 8)·y */
 #define Q4_0_RAW_X(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
 #define Q4_0_RAW_Y(y, a, e)                                                                                   \
     (a = (y), e = _mm512_sub_epi32(_mm512_setzero_si512(),                                                    \
                                    dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
-/* Q8_0: c = -128·Σw lanes per row, a = y + 128 (unsigned), lane = c + Σ (y + 128)·w */
-#define Q8_0_RAW_X(x, w, c)                                                                                   \
-    (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
-     c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
-#define Q8_0_RAW_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
-#define RAW_DOT(w, c, a, e) (RAW_IS_Q4 ? dpbusd_zmm(e, w, a) : dpbusd_zmm(c, a, w))
-
-#define RAW_IS_Q4 1
-LEGACY_RAW_TILE_ZMM(tile_q4_0_raw8, block_q4_0, 8, Q4_0_RAW_X, Q4_0_RAW_Y)
-LEGACY_RAW_TILE_ZMM(tile_q4_0_raw4, block_q4_0, 4, Q4_0_RAW_X, Q4_0_RAW_Y)
-LEGACY_RAW_TILE_ZMM(tile_q4_0_raw2, block_q4_0, 2, Q4_0_RAW_X, Q4_0_RAW_Y)
-#undef RAW_IS_Q4
-#define RAW_IS_Q4 0
-LEGACY_RAW_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, Q8_0_RAW_Y)
-LEGACY_RAW_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, Q8_0_RAW_Y)
-LEGACY_RAW_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, Q8_0_RAW_Y)
-#undef RAW_IS_Q4
+#define Q4_0_RAW_DOT(w, c, a, e) dpbusd_zmm(e, w, a)
+S8_TILE_ZMM(tile_q4_0_raw8, block_q4_0, 8, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
+S8_TILE_ZMM(tile_q4_0_raw4, block_q4_0, 4, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
+S8_TILE_ZMM(tile_q4_0_raw2, block_q4_0, 2, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
+S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 
 /* the packed tile for many tokens; for at most its width, the raw tiles, widest first */
 #define S8_TILE_ENTRIES(T, PACK)                                                                              \
