@@ -66,7 +66,8 @@ def normalize(v: np.ndarray, embd_norm: int) -> np.ndarray:
 def hidden_states(session: Session, tokens: list[int]) -> np.ndarray:
     """Every token's hidden state after the output norm [n, n_embd], evaluated on a cache of its own (nothing of
     the session's context is read or changed), in chunks of the session's n_batch through its batcher, so that it
-    shares passes with the session's other sequences."""
+    shares passes with the session's other sequences. The cache has the session's n_ctx positions, as llama.cpp's
+    context has (LongRoPE picks its factors by it); only the rows written take memory."""
     hp = session.model.hp
     if not tokens:
         raise UserError("the input is empty (no tokens)")
@@ -75,7 +76,7 @@ def hidden_states(session: Session, tokens: list[int]) -> np.ndarray:
         raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{hp.n_vocab - 1})")
     if len(tokens) > session.n_ctx:
         raise UserError(f"the input has {len(tokens)} tokens; the context holds {session.n_ctx}")
-    cache = session.net.new_cache(len(tokens), session.cache_type, session.cache_type_v)
+    cache = session.net.new_cache(session.n_ctx, session.cache_type, session.cache_type_v)
     step = max(1, session.n_batch)
     parts = [session.batcher.forward(tokens[i:i + step], cache, hidden=True) for i in range(0, len(tokens), step)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -39,16 +39,19 @@ LLAMA_SERVER = REPO / "bench-data" / "llama.cpp" / "bin" / "llama-server"
 
 @pytest.fixture(scope="module")
 def models(stories260k_f32, tmp_path_factory):
-    qwen2 = tmp_path_factory.mktemp("emb") / "qwen2-f32.gguf"
-    convert_model(make_checkpoint("qwen2", qwen2.parent / "qwen2"), outtype="f32", outfile=qwen2)
-    return {"stories260K": stories260k_f32, "qwen2": qwen2}
+    root = tmp_path_factory.mktemp("emb")
+    out = {"stories260K": stories260k_f32}
+    for arch in ("qwen2", "phi3"):
+        out[arch] = root / f"{arch}-f32.gguf"
+        convert_model(make_checkpoint(arch, root / arch), outtype="f32", outfile=out[arch])
+    return out
 
 
-def both(path, pooling: int, **kw):
+def both(path, pooling: int, n_ctx: int = 128, **kw):
     """llama.cpp's Llama and ours on the same file, embedding=True with `pooling`, f32 KV caches."""
-    theirs = llama_cpp.Llama(str(path), embedding=True, pooling_type=pooling, n_ctx=128, n_threads=2, verbose=False,
+    theirs = llama_cpp.Llama(str(path), embedding=True, pooling_type=pooling, n_ctx=n_ctx, n_threads=2, verbose=False,
                              type_k=0, type_v=0, **kw)
-    ours = Llama(str(path), embedding=True, pooling_type=pooling, n_ctx=128, verbose=False, type_k=0, type_v=0, **kw)
+    ours = Llama(str(path), embedding=True, pooling_type=pooling, n_ctx=n_ctx, verbose=False, type_k=0, type_v=0, **kw)
     return theirs, ours
 
 
@@ -74,6 +77,20 @@ def test_embed_equals_llama_cpp(models, name, pooling):
                 assert np.abs(g - w).max() < TOL, (normalize, np.abs(g - w).max())
             if normalize and pooling != "none":
                 assert np.allclose([np.linalg.norm(g) for g in got], 1.0, atol=1e-6)
+    finally:
+        theirs.close()
+        ours.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_ctx", [128, 512])
+def test_longrope_factors_follow_the_context_as_llama_cpps(models, n_ctx):
+    """Phi-3's LongRoPE rotates with the long factors when the context exceeds the trained one (256 here), whatever
+    the input's length: a short input's embedding depends on n_ctx, in llama.cpp and here alike."""
+    theirs, ours = both(models["phi3"], POOLINGS["mean"], n_ctx=n_ctx)
+    try:
+        got, want = np.array(ours.embed(TEXTS)), np.array(theirs.embed(TEXTS))
+        assert got.shape == want.shape and np.abs(got - want).max() < TOL
     finally:
         theirs.close()
         ours.close()
@@ -258,7 +275,7 @@ def test_refusals_as_llama_server(models, tmp_path, flags, status, kind, message
         _stop(srv)
 
 
-# -- llama.cpp b11434's llama-server (bench-data; not in CI) ------------------------------------------------------------
+# -- llama.cpp b11434's llama-server (bench-data; not in CI) --------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def llama_server(models, tmp_path_factory):
