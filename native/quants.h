@@ -125,6 +125,8 @@ void quantize_row_q5_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q5_1_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_0_neon(const float *x, void *y, int64_t k);
 void quantize_row_q8_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
+void quantize_row_q2_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
+void quantize_row_q3_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 void quantize_row_q4_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 void quantize_row_q5_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
 void quantize_row_q6_K_neon(const float *x, void *y, int64_t k);  /* quants_k_neon.c */
@@ -149,6 +151,9 @@ void q3_K_pack_scales(const float scales[QK_K / 16], block_q3_K *y);
 void pack_2bit(const uint8_t *L, uint8_t *qs);
 void pack_scale_min_k4(int j, uint8_t ls, uint8_t lm, uint8_t *scales);
 void q2_K_finish(const float *x, uint8_t L[QK_K], block_q2_K *y);
+/* Q2_K steps 2-4 from the sub-blocks' fitted scales and mins: 4-bit scales/mins, d/dmin, q2_K_finish */
+void q2_K_scales_finish(const float *x, const float scales[QK_K / 16], const float mins[QK_K / 16], uint8_t L[QK_K],
+                        block_q2_K *y);
 void q3_K_finish(const float *x, int8_t L[QK_K], block_q3_K *y);
 void k4_requantize(const float *x, int nmax, const uint8_t scales[K_SCALE_SIZE], tk_half d16, tk_half dmin16,
                    uint8_t L[QK_K]);

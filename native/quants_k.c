@@ -297,19 +297,13 @@ void q2_K_finish(const float *x, uint8_t L[QK_K], block_q2_K *y) {
     pack_2bit(L, y->qs);
 }
 
-static void quantize_block_q2_K(const float *x, block_q2_K *y) {
-    uint8_t L[QK_K];
-    uint8_t Laux[16];
-    float weights[16];
-    float mins[QK_K / 16];
-    float scales[QK_K / 16];
+/* Steps 2-4 (also of the NEON quantizer, quants_k_neon.c): the sub-block scales (low nibbles) and mins (high
+   nibbles) quantized to 4 bits against their maxima, d/dmin, then q2_K_finish. */
+void q2_K_scales_finish(const float *x, const float scales[QK_K / 16], const float mins[QK_K / 16], uint8_t L[QK_K],
+                        block_q2_K *y) {
     const float q4scale = 15.f;
-
-    /* 1. per sub-block affine fit, weights |x| and absolute error */
     float max_scale = 0, max_min = 0;     /* both non-negative as the min is subtracted */
     for (int j = 0; j < QK_K / 16; ++j) {
-        for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16 * j + l]);
-        scales[j] = fit_affine_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -334,6 +328,21 @@ static void quantize_block_q2_K(const float *x, block_q2_K *y) {
     }
 
     q2_K_finish(x, L, y);
+}
+
+static void quantize_block_q2_K(const float *x, block_q2_K *y) {
+    uint8_t L[QK_K];
+    uint8_t Laux[16];
+    float weights[16];
+    float mins[QK_K / 16];
+    float scales[QK_K / 16];
+
+    /* 1. per sub-block affine fit, weights |x| and absolute error */
+    for (int j = 0; j < QK_K / 16; ++j) {
+        for (int l = 0; l < 16; ++l) weights[l] = fabsf(x[16 * j + l]);
+        scales[j] = fit_affine_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+    }
+    q2_K_scales_finish(x, scales, mins, L, y);
 }
 
 void quantize_row_q2_K_ref(const float *x, void *vy, int64_t k) {

@@ -2,13 +2,12 @@
 
    * Q8_K (the activations of every k-quant product): the same first element of largest magnitude, the same iscale,
      tk_nearest_int's mantissa trick lane by lane, exact 16-quant sums;
-   * Q6_K, Q4_K, Q5_K: as quants_k_avx2.c does it, the vectors run ACROSS sub-blocks (lane j of a vector = sub-block
+   * Q2_K..Q6_K: as quants_k_avx2.c does it, the vectors run ACROSS sub-blocks (lane j of a vector = sub-block
      4g + j, the super-block transposed once), so that every lane performs exactly the reference's float operations
-     of fit_symmetric_rmse / fit_affine_quants in its order (same grouping, sums left to right from the same start,
-     divisions kept, no FMA: the core is built with -ffp-contract=off), branches as masks with the same predicates;
-     the steps after the fits are the reference's own (q6_K_finish, k4_finish and the packings).
-
-   Q2_K and Q3_K have no NEON version yet: ARM64 runs their reference. */
+     of fit_affine_quants / fit_symmetric_q3 / fit_symmetric_rmse in its order (same grouping, sums left to right
+     from the same start, divisions kept, no FMA: the core is built with -ffp-contract=off), branches as masks with
+     the same predicates; the steps after the fits are the reference's own (q2_K_scales_finish, q3_K_pack_scales and
+     q3_K_finish, k4_finish, q6_K_finish, the packings). */
 #include <math.h>
 #include <string.h>
 #include "quants.h"
@@ -172,19 +171,14 @@ static inline float32x4_t round_clamp(float32x4_t v, int lo, int hi) {
     return vcvtq_f32_s32(vmaxq_s32(vdupq_n_s32(lo), vminq_s32(vdupq_n_s32(hi), n)));
 }
 
-/* fit_affine_quants of quants_k.c (use_mad 0) with its weights rms(x) + |x| on the 4 sub-blocks of x (lane j =
-   sub-block j): L[i] the quants as floats, returns the scales and the negated mins in *negmin */
-static float32x4_t fit_affine4(const int nmax, const float32x4_t x[AFF], float32x4_t L[AFF], float32x4_t *negmin,
-                               const float rmin, const int nstep) {
+/* fit_affine_quants of quants_k.c on the 4 sub-blocks of n elements in x (lane j = sub-block j) with weights w:
+   L[i] the quants as floats, returns the scales and the negated mins in *negmin */
+static float32x4_t fit_affine4(const int n, const int nmax, const float32x4_t *x, const float32x4_t *w, float32x4_t *L,
+                               float32x4_t *negmin, const float rmin, const int nstep, const int use_mad) {
     const float32x4_t zero = vdupq_n_f32(0.0f);
-    /* weights: av_x = sqrt(Σx² / 32) (sum from 0 in element order), w = av_x + |x| */
-    float32x4_t sum_x2 = zero, w[AFF];
-    for (int i = 0; i < AFF; ++i) sum_x2 = vaddq_f32(sum_x2, vmulq_f32(x[i], x[i]));
-    const float32x4_t av_x = vsqrtq_f32(vdivq_f32(sum_x2, vdupq_n_f32(32.0f)));
-    for (int i = 0; i < AFF; ++i) w[i] = vaddq_f32(av_x, vabsq_f32(x[i]));
     /* range and weighted sums (from element 0 on) */
     float32x4_t vmin = x[0], vmax = x[0], sum_w = w[0], sum_x = vmulq_f32(w[0], x[0]);
-    for (int i = 1; i < AFF; ++i) {
+    for (int i = 1; i < n; ++i) {
         vmin = blend(vmin, x[i], vcltq_f32(x[i], vmin));
         vmax = blend(vmax, x[i], vcgtq_f32(x[i], vmax));
         sum_w = vaddq_f32(sum_w, w[i]);
@@ -197,16 +191,16 @@ static float32x4_t fit_affine4(const int nmax, const float32x4_t x[AFF], float32
     /* first guess */
     const float32x4_t iscale0 = vdivq_f32(vdupq_n_f32((float)nmax), range);
     float32x4_t scale = vdivq_f32(vdupq_n_f32(1.0f), iscale0), best = zero;
-    for (int i = 0; i < AFF; ++i) {
+    for (int i = 0; i < n; ++i) {
         L[i] = round_clamp(vmulq_f32(iscale0, vsubq_f32(x[i], vmin)), 0, nmax);
         const float32x4_t diff = vsubq_f32(vaddq_f32(vmulq_f32(scale, L[i]), vmin), x[i]);
-        best = vaddq_f32(best, vmulq_f32(w[i], vmulq_f32(diff, diff)));
+        best = vaddq_f32(best, vmulq_f32(w[i], use_mad ? vabsq_f32(diff) : vmulq_f32(diff, diff)));
     }
     /* search: each grid from the min of the best fit so far */
     for (int is = 0; is <= nstep; ++is) {
         const float32x4_t isc = vdivq_f32(vdupq_n_f32(rmin + 0.1f * (float)is + (float)nmax), range);
         float32x4_t la[AFF], sl = zero, sl2 = zero, sxl = zero;
-        for (int i = 0; i < AFF; ++i) {
+        for (int i = 0; i < n; ++i) {
             la[i] = round_clamp(vmulq_f32(isc, vsubq_f32(x[i], vmin)), 0, nmax);
             const float32x4_t wl = vmulq_f32(w[i], la[i]);
             sl = vaddq_f32(sl, wl);
@@ -220,9 +214,9 @@ static float32x4_t fit_affine4(const int nmax, const float32x4_t x[AFF], float32
         const uint32x4_t mpos = vcgtq_f32(m, zero);  /* a positive offset: refit through the origin */
         const float32x4_t tm = blend(m, zero, mpos), ts = blend(s, vdivq_f32(sxl, sl2), mpos);
         float32x4_t cur = zero;
-        for (int i = 0; i < AFF; ++i) {
+        for (int i = 0; i < n; ++i) {
             const float32x4_t diff = vsubq_f32(vaddq_f32(vmulq_f32(ts, la[i]), tm), x[i]);
-            cur = vaddq_f32(cur, vmulq_f32(w[i], vmulq_f32(diff, diff)));
+            cur = vaddq_f32(cur, vmulq_f32(w[i], use_mad ? vabsq_f32(diff) : vmulq_f32(diff, diff)));
         }
         const uint32x4_t upd = vandq_u32(ok, vcltq_f32(cur, best));
         if (vmaxvq_u32(upd)) {
@@ -230,11 +224,11 @@ static float32x4_t fit_affine4(const int nmax, const float32x4_t x[AFF], float32
             scale = blend(scale, ts, upd);
             vmin = blend(vmin, tm, upd);
             range = vsubq_f32(vmax, vmin);
-            for (int i = 0; i < AFF; ++i) L[i] = blend(L[i], la[i], upd);
+            for (int i = 0; i < n; ++i) L[i] = blend(L[i], la[i], upd);
         }
     }
     /* lanes that returned early: L = 0, scale 0, the min as it was */
-    for (int i = 0; i < AFF; ++i) L[i] = blend(L[i], zero, flat);
+    for (int i = 0; i < n; ++i) L[i] = blend(L[i], zero, flat);
     scale = blend(scale, zero, flat);
     vmin = blend(vmin, min0, flat);
     *negmin = vnegq_f32(vmin);
@@ -246,9 +240,14 @@ static void scales_mins_k4_neon(const float *x, int nmax, float rmin, int nstep,
                                 tk_half *d_out, tk_half *dmin_out, uint8_t L[QK_K]) {
     float scales[QK_K / AFF], mins[QK_K / AFF];
     for (int g = 0; g < QK_K / AFF / 4; ++g) {
-        float32x4_t xt[AFF], Lt[AFF], nm;
+        float32x4_t xt[AFF], w[AFF], Lt[AFF], nm;
         transpose_group(x, AFF, g, xt);
-        vst1q_f32(scales + 4 * g, fit_affine4(nmax, xt, Lt, &nm, rmin, nstep));
+        /* weights rms(x) + |x|: av_x = sqrt(Σx² / 32), the sum from 0 in element order */
+        float32x4_t sum_x2 = vdupq_n_f32(0.0f);
+        for (int i = 0; i < AFF; ++i) sum_x2 = vaddq_f32(sum_x2, vmulq_f32(xt[i], xt[i]));
+        const float32x4_t av_x = vsqrtq_f32(vdivq_f32(sum_x2, vdupq_n_f32(32.0f)));
+        for (int i = 0; i < AFF; ++i) w[i] = vaddq_f32(av_x, vabsq_f32(xt[i]));
+        vst1q_f32(scales + 4 * g, fit_affine4(AFF, nmax, xt, w, Lt, &nm, rmin, nstep, 0));
         vst1q_f32(mins + 4 * g, nm);
         untranspose_bytes(Lt, AFF, g, L);
     }
@@ -271,6 +270,95 @@ void quantize_row_q5_K_neon(const float *x, void *vy, int64_t k) {
         scales_mins_k4_neon(x + i * QK_K, 31, -0.5f, 15, y[i].scales, &y[i].d, &y[i].dmin, L);
         q5_K_pack_quants(L, y + i);
     }
+}
+
+/* ---------------------------------------------------------------------------------------------- Q2_K, Q3_K */
+
+static void quantize_block_q2_K_neon(const float *x, block_q2_K *y) {
+    uint8_t L[QK_K];
+    float scales[QK_K / SUB], mins[QK_K / SUB];
+    for (int g = 0; g < QK_K / SUB / 4; ++g) {
+        float32x4_t xt[SUB], w[SUB], Lt[SUB], nm;
+        transpose_group(x, SUB, g, xt);
+        for (int i = 0; i < SUB; ++i) w[i] = vabsq_f32(xt[i]);  /* weights |x|, absolute error */
+        vst1q_f32(scales + 4 * g, fit_affine4(SUB, 3, xt, w, Lt, &nm, -0.5f, 15, 1));
+        vst1q_f32(mins + 4 * g, nm);
+        untranspose_bytes(Lt, SUB, g, L);
+    }
+    q2_K_scales_finish(x, scales, mins, L, y);
+}
+
+void quantize_row_q2_K_neon(const float *x, void *vy, int64_t k) {
+    block_q2_K *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q2_K_neon(x + i * QK_K, y + i);
+}
+
+/* fit_symmetric_q3 of quants_k.c on the 4 sub-blocks of xt (lane j = sub-block j): L[i] = quant + nmax as a float
+   (0 in all-small lanes); returns the scales. A lane whose pass changes nothing is at a fixed point (further passes
+   leave it as it is), so passes until no lane changes (at most 5) equal the reference's per-sub-block early exit. */
+static float32x4_t fit_q3_4(const int nmax, const float32x4_t x[SUB], float32x4_t L[SUB]) {
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    float32x4_t am = zero, max = zero;
+    for (int i = 0; i < SUB; ++i) {
+        const float32x4_t ax = vabsq_f32(x[i]);
+        const uint32x4_t gt = vcgtq_f32(ax, am);
+        am = blend(am, ax, gt);
+        max = blend(max, x[i], gt);
+    }
+    const uint32x4_t small = vcltq_f32(am, vdupq_n_f32(GROUP_MAX_EPS));
+    const float32x4_t iscale = vdivq_f32(vdupq_n_f32((float)-nmax), max);
+    float32x4_t w[SUB], wx[SUB], sumlx = zero, suml2 = zero;
+    for (int i = 0; i < SUB; ++i) {
+        L[i] = round_clamp(vmulq_f32(iscale, x[i]), -nmax, nmax - 1);
+        w[i] = vmulq_f32(x[i], x[i]);
+        wx[i] = vmulq_f32(w[i], x[i]);
+        sumlx = vaddq_f32(sumlx, vmulq_f32(wx[i], L[i]));
+        suml2 = vaddq_f32(suml2, vmulq_f32(vmulq_f32(w[i], L[i]), L[i]));
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        uint32x4_t changed = vdupq_n_u32(0);
+        for (int i = 0; i < SUB; ++i) {
+            float32x4_t slx = vsubq_f32(sumlx, vmulq_f32(wx[i], L[i]));
+            const uint32x4_t m1 = vcgtq_f32(slx, zero);
+            if (!vmaxvq_u32(m1)) continue;
+            float32x4_t sl2 = vsubq_f32(suml2, vmulq_f32(vmulq_f32(w[i], L[i]), L[i]));
+            const float32x4_t nl = round_clamp(vdivq_f32(vmulq_f32(x[i], sl2), slx), -nmax, nmax - 1);
+            const uint32x4_t m2 = vandq_u32(m1, vmvnq_u32(vceqq_f32(nl, L[i])));
+            if (!vmaxvq_u32(m2)) continue;
+            slx = vaddq_f32(slx, vmulq_f32(wx[i], nl));
+            sl2 = vaddq_f32(sl2, vmulq_f32(vmulq_f32(w[i], nl), nl));
+            const uint32x4_t better = vcgtq_f32(vmulq_f32(vmulq_f32(slx, slx), suml2),
+                                                vmulq_f32(vmulq_f32(sumlx, sumlx), sl2));
+            const uint32x4_t m3 = vandq_u32(vandq_u32(m2, vcgtq_f32(sl2, zero)), better);
+            L[i] = blend(L[i], nl, m3);
+            sumlx = blend(sumlx, slx, m3);
+            suml2 = blend(suml2, sl2, m3);
+            changed = vorrq_u32(changed, m3);
+        }
+        if (!vmaxvq_u32(changed)) break;
+    }
+    const float32x4_t off = vdupq_n_f32((float)nmax);
+    for (int i = 0; i < SUB; ++i) L[i] = blend(vaddq_f32(L[i], off), zero, small);
+    const float32x4_t scale = blend(zero, vdivq_f32(sumlx, suml2), vcgtq_f32(suml2, zero));
+    return blend(scale, zero, small);
+}
+
+static void quantize_block_q3_K_neon(const float *x, block_q3_K *y) {
+    int8_t L[QK_K];
+    float scales[QK_K / SUB];
+    for (int g = 0; g < QK_K / SUB / 4; ++g) {
+        float32x4_t xt[SUB], Lt[SUB];
+        transpose_group(x, SUB, g, xt);
+        vst1q_f32(scales + 4 * g, fit_q3_4(4, xt, Lt));
+        untranspose_bytes(Lt, SUB, g, (uint8_t *)L);
+    }
+    q3_K_pack_scales(scales, y);
+    q3_K_finish(x, L, y);
+}
+
+void quantize_row_q3_K_neon(const float *x, void *vy, int64_t k) {
+    block_q3_K *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q3_K_neon(x + i * QK_K, y + i);
 }
 
 #endif

@@ -12,7 +12,7 @@ static void dequantize_row_bf16(const void *x, float *y, int64_t k) { tk_convert
 
 #define ROW(id, nm, bs, sz, q, dq, qs) [id] = {nm, bs, sz, q, dq, qs}
 /* the SIMD legacy quantizers: NEON on ARM64 (quants_legacy_neon.c), AVX2 elsewhere (the reference off x86); Q8_K's
-   (the k-quants' activations), Q4_K's, Q5_K's and Q6_K's: NEON on ARM64 (quants_k_neon.c) */
+   (the k-quants' activations) and the k-quants': NEON on ARM64 (quants_k_neon.c) */
 #if defined(__aarch64__)
 #define LEGACY_SIMD(t) quantize_row_##t##_neon
 #define Q8_K_SIMD quantize_row_q8_K_neon
@@ -33,8 +33,8 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_Q5_1, "q5_1", QK, sizeof(block_q5_1), quantize_row_q5_1_ref, dequantize_row_q5_1, LEGACY_SIMD(q5_1)),
     ROW(TK_Q8_0, "q8_0", QK, sizeof(block_q8_0), quantize_row_q8_0_ref, dequantize_row_q8_0, LEGACY_SIMD(q8_0)),
     ROW(TK_Q8_1, "q8_1", QK, sizeof(block_q8_1), quantize_row_q8_1_ref, dequantize_row_q8_1, NULL),
-    ROW(TK_Q2_K, "q2_K", QK_K, sizeof(block_q2_K), quantize_row_q2_K_ref, dequantize_row_q2_K, quantize_row_q2_K_avx2),
-    ROW(TK_Q3_K, "q3_K", QK_K, sizeof(block_q3_K), quantize_row_q3_K_ref, dequantize_row_q3_K, quantize_row_q3_K_avx2),
+    ROW(TK_Q2_K, "q2_K", QK_K, sizeof(block_q2_K), quantize_row_q2_K_ref, dequantize_row_q2_K, K_SIMD(q2_K)),
+    ROW(TK_Q3_K, "q3_K", QK_K, sizeof(block_q3_K), quantize_row_q3_K_ref, dequantize_row_q3_K, K_SIMD(q3_K)),
     ROW(TK_Q4_K, "q4_K", QK_K, sizeof(block_q4_K), quantize_row_q4_K_ref, dequantize_row_q4_K, K_SIMD(q4_K)),
     ROW(TK_Q5_K, "q5_K", QK_K, sizeof(block_q5_K), quantize_row_q5_K_ref, dequantize_row_q5_K, K_SIMD(q5_K)),
     ROW(TK_Q6_K, "q6_K", QK_K, sizeof(block_q6_K), quantize_row_q6_K_ref, dequantize_row_q6_K, K_SIMD(q6_K)),

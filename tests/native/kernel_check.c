@@ -153,14 +153,8 @@ static int exact_type(int t) {
 #define F16C_QUIETS_NAN 1
 #endif
 
-/* ARM64 has NEON quantizers for every type but Q2_K and Q3_K, whose SIMD slots point at the reference there */
-static int has_simd_quantizer(int t) {
-#if defined(__aarch64__)
-    return t != TK_Q2_K && t != TK_Q3_K;
-#else
-    return tk_traits(t)->quantize_row_simd != NULL;
-#endif
-}
+/* every type but Q8_K has a SIMD quantizer on x86; ARM64 has NEON ones for all */
+static int has_simd_quantizer(int t) { return tk_traits(t)->quantize_row_simd != NULL; }
 
 static int same_float(float a, float b) { return memcmp(&a, &b, 4) == 0 || (isnan(a) && isnan(b)); }
 
