@@ -10,7 +10,7 @@ import numpy as np
 from gguf import Keys, PoolingType
 
 from runtime.generate import Session
-from common.errors import UserError
+from common.errors import DamagedModel, UserError
 
 # the poolings `--pooling` names (llama.cpp's, without rank: a classifier head no decoder-only model here has)
 POOLINGS = {"none": PoolingType.NONE, "mean": PoolingType.MEAN, "cls": PoolingType.CLS, "last": PoolingType.LAST}
@@ -79,7 +79,12 @@ def hidden_states(session: Session, tokens: list[int]) -> np.ndarray:
     cache = session.net.new_cache(session.n_ctx, session.cache_type, session.cache_type_v)
     step = max(1, session.n_batch)
     parts = [session.batcher.forward(tokens[i:i + step], cache, hidden=True) for i in range(0, len(tokens), step)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    hidden = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    bad = int(np.count_nonzero(~np.isfinite(hidden)))
+    if bad:
+        raise DamagedModel(f"{session.model.path.name}: the model computed {bad} NaN or infinite hidden state "
+                           f"value(s) (of {hidden.size}): the model file is damaged")
+    return hidden
 
 
 def embedding(session: Session, tokens: list[int], pooling: PoolingType, embd_norm: int = -1) -> np.ndarray:

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from runtime.embeddings import DEFAULT_NORMALIZE, embedding, pooling_type
 from server.engine import Engine
 from server.schemas import Body, Text
-from common.errors import UserError
+from common.errors import DamagedModel, UserError
 
 
 @dataclass
@@ -42,10 +42,12 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
     """Register POST /v1/embeddings; `name` is the model's name in answers, check_model the app's --strict-model
     check, errors the route's error statuses for the OpenAPI document. The pooling is resolved here: a model whose
     pooling key is not one this runtime has fails at start-up."""
-    from server.app import ApiError  # server.app registers this route: imported once it is loaded
+    from server.app import ApiError, model_damaged  # server.app registers this route: imported once it is loaded
     pooling = pooling_type(engine.base, options.pooling)
     responses = {**errors, 501: {"model": errors[400]["model"], "description": "The server was started without "
-                                 "--embedding"}}
+                                 "--embedding"},
+                 500: {"model": errors[400]["model"], "description": "The model is damaged (it computed NaN or "
+                       "infinite hidden states): code model_damaged"}}
 
     def inputs(body: EmbeddingRequest) -> list[list[int]]:
         items = body.input
@@ -86,6 +88,8 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
             prompts = await run_in_threadpool(inputs, body)
             vectors = await run_in_threadpool(compute, prompts, options.normalize if body.embd_normalize is None
                                               else body.embd_normalize)
+        except DamagedModel as e:
+            raise model_damaged(e) from None
         except UserError as e:
             raise ApiError(400, str(e)) from None
         data = []

@@ -21,7 +21,7 @@ import pytest
 import native
 from gguf import GGUFValueType as V
 
-from common.ggufio import KV
+from common.ggufio import KV, GGUFFile
 from converter.convert import convert_model
 from fixtures import make_checkpoint
 from runtime.api import Llama
@@ -271,6 +271,24 @@ def test_refusals_as_llama_server(models, tmp_path, flags, status, kind, message
     try:
         r = httpx.post(srv.url + "/v1/embeddings", json={"input": "Lily"}, timeout=60)
         assert r.status_code == status and r.json()["error"]["type"] == kind and message in r.json()["error"]["message"]
+    finally:
+        _stop(srv)
+
+
+def test_damaged_model_is_a_500(models, tmp_path):
+    """output_norm.weight all NaN: every hidden state is NaN, the server's fault (500, model_damaged), as for logits."""
+    path = tmp_path / "damaged.gguf"
+    with GGUFFile(models["stories260K"]) as g:
+        entry = next(e for e in g.tensors if e.info.name == "output_norm.weight")
+    path.write_bytes(models["stories260K"].read_bytes())
+    with open(path, "r+b") as f:
+        f.seek(entry.offset)
+        f.write(np.full(entry.info.nbytes // 4, np.nan, np.float32).tobytes())
+    srv = _serve(path, tmp_path / "stderr.txt", "-c", 64, "--embedding", "--pooling", "last")
+    try:
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": "Lily"}, timeout=60)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "model_damaged", r.text
+        assert "NaN or infinite hidden state" in r.json()["error"]["message"]
     finally:
         _stop(srv)
 
