@@ -22,7 +22,7 @@ import archs as arches
 from archs.base import Architecture, TensorSpec
 from converter.checkpoint import Checkpoint, SourceTensor
 from converter.vocab import load_vocab
-from common.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
+from common.ggufio import KV, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
 from common.errors import UserError
 
 log = logging.getLogger("toolkit")
@@ -221,6 +221,74 @@ def tensor_chunks(p: Planned) -> Iterator[np.ndarray]:
     p.source.release(raw)
 
 
+def check_destination(folder: Path, dest: Path | str, ckpt: Checkpoint | None) -> None:
+    """The output's folder exists and the output is none of the inputs."""
+    if str(dest) == "-":
+        return
+    if not Path(dest).resolve().parent.is_dir():
+        raise UserError(f"output folder {Path(dest).parent} does not exist")
+    if ckpt is not None:
+        inputs = {s.file.resolve() for s in ckpt.tensors.values()} | {(folder / "config.json").resolve()}
+        if Path(dest).resolve() in inputs:
+            raise UserError(f"output {dest} would overwrite an input file")
+
+
+def prepare(folder: Path, ckpt: Checkpoint | None, outtype: str, model_name: str | None,
+            tokenizer_pre: str | None) -> tuple[Architecture, list[Planned], list[KV]]:
+    """Everything checked before an output is created: the architecture, each tensor's plan, the metadata."""
+    model = arches.for_config(read_config(folder))
+    plan = [] if ckpt is None else plan_tensors(model, ckpt, outtype)
+    vocab = load_vocab(folder, model.vocab_size, tokenizer_pre, weights=ckpt is not None)
+    if vocab.model == "llama":
+        vocab.add_space_prefix = model.spm_space_prefix
+    return model, plan, metadata(model, folder, outtype, model_name, vocab.kv())
+
+
+class CheckpointTensors:
+    """A checkpoint seen as the f32 GGUF file `convert --outtype f32` writes, without writing it: its metadata (kv,
+    value()), tensor entries, and each tensor's f32 bytes made when asked (data(entry), one tensor at a time, dropped
+    by release(entry)): the reading interface of common.ggufio.GGUFFile, for quantizing straight from a checkpoint."""
+
+    def __init__(self, folder: Path | str, model_name: str | None = None, tokenizer_pre: str | None = None):
+        self.path = Path(folder)
+        self._ckpt = Checkpoint(self.path)
+        try:
+            _, plan, kvs = prepare(self.path, self._ckpt, "f32", model_name, tokenizer_pre)
+        except BaseException:
+            self._ckpt.close()
+            raise
+        self.kv = {kv.key: kv for kv in kvs}
+        self._plan = {p.info.name: p for p in plan}
+        self.tensors = [TensorEntry(p.info, 0) for p in plan]
+
+    def check_destination(self, dest: Path | str) -> None:
+        check_destination(self.path, dest, self._ckpt)
+
+    def value(self, key: str, default=None):
+        kv = self.kv.get(key)
+        return default if kv is None else kv.value
+
+    def data(self, entry: TensorEntry) -> np.ndarray:
+        out = np.empty(math.prod(entry.info.shape), np.float32)
+        at = 0
+        for chunk in tensor_chunks(self._plan[entry.info.name]):
+            out[at:at + chunk.size] = chunk
+            at += chunk.size
+        return out.view(np.uint8)
+
+    def release(self, entry: TensorEntry) -> None:
+        pass  # the bytes data() made are the caller's; the source pages go as tensor_chunks reads them
+
+    def close(self) -> None:
+        self._ckpt.close()
+
+    def __enter__(self) -> "CheckpointTensors":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | None = None,
                   vocab_only: bool = False, model_name: str | None = None, tokenizer_pre: str | None = None,
                   progress: Progress | None = None, info: Callable[[str], None] = log.info) -> ConvertResult:
@@ -228,22 +296,14 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
     if outtype not in OUTTYPES:
         raise UserError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
     folder = Path(folder)
-    config = read_config(folder)
-    model = arches.for_config(config)
+    arches.for_config(read_config(folder))  # an unknown architecture before anything else
     dest = outfile if outfile is not None else default_outfile(folder, outtype, vocab_only)
     if str(dest) != "-" and not Path(dest).resolve().parent.is_dir():
         raise UserError(f"output folder {Path(dest).parent} does not exist")
     ckpt = None if vocab_only else Checkpoint(folder)
     try:
-        if ckpt is not None and str(dest) != "-":
-            inputs = {s.file.resolve() for s in ckpt.tensors.values()} | {(folder / "config.json").resolve()}
-            if Path(dest).resolve() in inputs:
-                raise UserError(f"output {dest} would overwrite an input file")
-        plan = [] if ckpt is None else plan_tensors(model, ckpt, outtype)
-        vocab = load_vocab(folder, model.vocab_size, tokenizer_pre, weights=ckpt is not None)
-        if vocab.model == "llama":
-            vocab.add_space_prefix = model.spm_space_prefix
-        kvs = metadata(model, folder, outtype, model_name, vocab.kv())
+        check_destination(folder, dest, ckpt)
+        model, plan, kvs = prepare(folder, ckpt, outtype, model_name, tokenizer_pre)
         infos = [p.info for p in plan]
         total = sum(i.nbytes for i in infos)
         info(f"{model.gguf_arch}: {len(plan)} tensors, {total / 2**20:.1f} MiB as {outtype} → {dest}")

@@ -129,29 +129,46 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
         if not out.resolve().parent.is_dir():
             raise UserError(f"output folder {out.parent} does not exist")
     with GGUFFile(inp) as g:
-        n_params = sum(math.prod(e.info.shape) for e in g.tensors)
-        if n_params == 0:
-            what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
-            raise UserError(f"{inp} has {what}: nothing to quantize")
-        choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None)
-        _check_required_imatrix(choices, ft, imatrix, dry_run, warn)
-        weights = _weights(choices, imatrix, info)
-        infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
-        size_in = sum(e.info.nbytes for e in g.tensors)
+        return quantize_tensors(g, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
+                                dry_run=dry_run, imatrix=imatrix, progress=progress, info=info, warn=warn,
+                                report=report, t0=t0)
 
-        def finish() -> QuantizeResult:
-            r = QuantizeResult(str(out), ft.name, choices, size_in, sum(i.nbytes for i in infos), n_params,
-                               time.perf_counter() - t0)
-            if report:
-                report(r)
-            return r
 
-        if dry_run:
-            return finish()
-        info(f"quantizing {inp.name} to {ft.name} with {nthreads} thread(s) → {out}")
-        with atomic_output(out) as f:
-            _write(f, g, ft, choices, infos, nthreads, progress, weights, imatrix)
-            return finish()  # inside the block: the file is renamed into place only after this returned
+def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None = None, allow_requantize: bool = False,
+                     opts: policy.Options | None = None, dry_run: bool = False, imatrix: ImportanceMatrix | None = None,
+                     progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+                     report: Callable[[QuantizeResult], None] | None = None,
+                     t0: float | None = None) -> QuantizeResult:
+    """quantize_file's work on tensors read from `g`: a GGUFFile, or anything with its reading interface (path,
+    kv, value(), tensors, data(entry) as the stored bytes, release(entry)), such as a checkpoint seen as the f32 GGUF
+    it converts to (converter.convert.CheckpointTensors)."""
+    t0 = time.perf_counter() if t0 is None else t0
+    opts = opts or policy.Options()
+    imatrix = imatrix if imatrix is not None and imatrix.weights else None
+    nthreads = nthreads or native.default_threads()
+    n_params = sum(math.prod(e.info.shape) for e in g.tensors)
+    if n_params == 0:
+        what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
+        raise UserError(f"{g.path} has {what}: nothing to quantize")
+    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None)
+    _check_required_imatrix(choices, ft, imatrix, dry_run, warn)
+    weights = _weights(choices, imatrix, info)
+    infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
+    size_in = sum(e.info.nbytes for e in g.tensors)
+
+    def finish() -> QuantizeResult:
+        r = QuantizeResult(str(out), ft.name, choices, size_in, sum(i.nbytes for i in infos), n_params,
+                           time.perf_counter() - t0)
+        if report:
+            report(r)
+        return r
+
+    if dry_run:
+        return finish()
+    info(f"quantizing {Path(g.path).name} to {ft.name} with {nthreads} thread(s) → {out}")
+    with atomic_output(out) as f:
+        _write(f, g, ft, choices, infos, nthreads, progress, weights, imatrix)
+        return finish()  # inside the block: the file is renamed into place only after this returned
 
 
 def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Options,

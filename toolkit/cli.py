@@ -35,24 +35,37 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 @app.command(no_args_is_help=True)
 def convert(
     model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json, weights, tokenizer)."),
-    ftype: Optional[int] = typer.Argument(None, help="0 = f32, 1 = f16 (as the original convert script)."),
-    outtype: Optional[str] = typer.Option(None, "--outtype", help="Output type: f32, f16 or bf16 (default f16)."),
+    ftype: Optional[int] = typer.Argument(None, help="0 = f32, 1 = f16 (as the original convert script), or a "
+                                          "llama.cpp file type id (2 = Q4_0, 7 = Q8_0, 15 = Q4_K_M, ...)."),
+    outtype: Optional[str] = typer.Option(None, "--outtype", help="Output type: f32, f16, bf16 (default f16), or a "
+                                          "quantization type (q8_0, q4_k_m, iq4_xs, ...: quantized in one step)."),
     outfile: Optional[str] = typer.Option(None, "--outfile", help="Output path, '-' for standard output "
                                           "(default: ggml-model-<type>.gguf in the model folder)."),
     vocab_only: bool = typer.Option(False, "--vocab-only", help="Write only the metadata and the tokenizer."),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="general.name (default: the folder name)."),
     tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre", help="tokenizer.ggml.pre of a BPE tokenizer "
                                                 "(default: detected from the tokenizer as llama.cpp's converter does)."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix for a quantized --outtype."),
     verbose: bool = VERBOSE,
 ) -> None:
-    """Convert a Hugging Face checkpoint to an f32/f16/bf16 GGUF file, streaming tensor by tensor."""
-    from converter.convert import convert_model
+    """Convert a Hugging Face checkpoint to a GGUF file, streaming tensor by tensor: f32/f16/bf16, or quantized in
+    one step (the bytes `convert --outtype f32` then `quantize` would give, with no intermediate file)."""
+    from converter.convert import OUTTYPES, convert_model
 
     setup_logging(verbose)
     with user_errors(verbose):
         from common.errors import UserError
-        if ftype is not None and ftype not in FTYPE_NAMES:
-            raise UserError(f"ftype must be 0 (f32) or 1 (f16), got {ftype}")
+        from quantizer.types import parse_file_type
+        if outtype is not None and outtype.lower() not in OUTTYPES or ftype is not None and ftype not in FTYPE_NAMES:
+            ft = parse_file_type(outtype if outtype is not None else str(ftype))
+            if outtype is not None and ftype is not None and parse_file_type(str(ftype)) != ft:
+                raise UserError(f"ftype {ftype} contradicts --outtype {outtype}")
+            if vocab_only:
+                raise UserError("--vocab-only writes no weights: it takes no quantization type")
+            _convert_quantized(model_dir, ft, outfile, model_name, tokenizer_pre, imatrix)
+            return
+        if imatrix is not None:
+            raise UserError("--imatrix needs a quantized --outtype")
         chosen = outtype.lower() if outtype else FTYPE_NAMES.get(ftype, "f16")
         if outtype and ftype is not None and FTYPE_NAMES[ftype] != chosen:
             raise UserError(f"ftype {ftype} ({FTYPE_NAMES[ftype]}) contradicts --outtype {outtype}")
@@ -64,6 +77,22 @@ def convert(
         console.print(f"wrote {result.path}: {result.arch}, {result.n_tensors} tensors, "
                       f"{result.n_bytes / 2**20:.1f} MiB {result.outtype} in {result.seconds:.2f} s "
                       f"({rate:.0f} MiB/s)", markup=False, soft_wrap=True)
+
+
+def _convert_quantized(folder: Path, ft, outfile: str | None, model_name: str | None, tokenizer_pre: str | None,
+                       imatrix: Path | None) -> None:
+    """convert --outtype <quantization type>: the checkpoint seen as its f32 GGUF, quantized as `quantize` does."""
+    from converter.convert import CheckpointTensors
+    from quantizer.quantize import quantize_tensors
+
+    matrix = _importance_matrix(imatrix, [], [])
+    say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+    with CheckpointTensors(folder, model_name, tokenizer_pre) as src:
+        dest = outfile if outfile is not None else Path(folder) / f"ggml-model-{ft.name}.gguf"
+        src.check_destination(dest)
+        result = quantize_tensors(src, dest, ft, imatrix=matrix, progress=TensorProgress("converting"), info=say,
+                                  warn=lambda m: say(f"warning: {m}"), report=lambda r: _print_quantize_summary(r, False))
+    say(f"wrote {result.path}")
 
 
 @app.command(no_args_is_help=False)
