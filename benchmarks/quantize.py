@@ -3,6 +3,7 @@ ours (`toolkit quantize`) and llama.cpp's (`llama_model_quantize` from llama-cpp
 Both outputs are also compared tensor by tensor: the bench refuses to report a speed for different bytes."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from benchmarks.common import PY, console, drop_file, median_run, table
@@ -26,6 +27,16 @@ def f16_input(data: Path) -> Path:
         ckpt = make_random_checkpoint("tinyllama", data / "tinyllama-bf16")
         median_run([PY, "-m", "toolkit", "convert", str(ckpt), "1", "--outfile", str(out)], 1)
     return out
+
+
+def quantized_input(data: Path, name: str, threads: int = 2) -> Path:
+    """DATA/run-NAME.gguf: the TinyLlama-1.1B-shaped model quantized by `toolkit quantize` (made once, shared by the
+    run and serve benchmarks)."""
+    path = data / f"run-{name}.gguf"
+    if not path.is_file():
+        subprocess.run([PY, "-m", "toolkit", "quantize", str(f16_input(data)), str(path), name, str(threads)],
+                       check=True, capture_output=True)
+    return path
 
 
 def same_bytes(a: Path, b: Path) -> bool:

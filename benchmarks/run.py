@@ -18,7 +18,7 @@ import numpy as np
 
 import native
 from benchmarks.common import PY, console, llama_bench, llama_cpp_tools, table
-from benchmarks.quantize import f16_input
+from benchmarks.quantize import f16_input, quantized_input
 from common.ggufio import GGUFFile
 
 TYPES = os.environ.get("BENCH_RUN_TYPES", "Q4_0,Q8_0,Q4_K_M,F16").split(",")
@@ -133,10 +133,7 @@ def run(data: Path, repeat: int = 3) -> None:
     console.print(f"[bold]run[/bold]: memory read bandwidth {bw:.1f} GB/s (2 threads)")
     rows = []
     for name in TYPES:
-        path = f16 if name == "F16" else data / f"run-{name}.gguf"
-        if not path.is_file():
-            subprocess.run([PY, "-m", "toolkit", "quantize", str(f16), str(path), name, "2"], check=True,
-                           capture_output=True)
+        path = f16 if name == "F16" else quantized_input(data, name)
         console.print(f"[bold]run[/bold]: {name}")
         fig = measure(path, bin_dir, repeat, with_lcp=True)
         rows.append(row([name], fig, bw * 1e9 / bytes_per_token(path)))

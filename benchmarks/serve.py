@@ -25,21 +25,17 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import PY, console, table
-from benchmarks.quantize import f16_input
+from benchmarks.quantize import quantized_input
 
 N_GEN, N_CTX, THREADS = 128, 512, 2
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 
 
 def _model(data: Path) -> Path:
-    path = data / "run-Q4_0.gguf"  # shared with the run benchmark
-    if not path.is_file():
-        subprocess.run([PY, "-m", "toolkit", "quantize", str(f16_input(data)), str(path), "Q4_0", str(THREADS)],
-                       check=True, capture_output=True)
-    return path
+    return quantized_input(data, "Q4_0", THREADS)  # shared with the run benchmark
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,7 +53,7 @@ def _run_rate(path: Path) -> float:
     return 1000.0 * n_eval / (eval_ms + sample_ms)
 
 
-class _Server:
+class Server:
     def __init__(self, cmd: list[str], url: str | None = None, ready: str = "/health"):
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
@@ -130,16 +126,16 @@ def run(data: Path, repeat: int = 3) -> None:
     def openai_text(e):
         return e["choices"][0]["text"] if e.get("choices") else ""
 
-    port = _free_port()
-    theirs = _Server([PY, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1", "--port", str(port),
-                      "--n_ctx", str(N_CTX), "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
-                      "--verbose", "False"], url=f"http://127.0.0.1:{port}", ready="/v1/models")
+    port = free_port()
+    theirs = Server([PY, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1", "--port", str(port),
+                     "--n_ctx", str(N_CTX), "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
+                     "--verbose", "False"], url=f"http://127.0.0.1:{port}", ready="/v1/models")
     try:
         httpx.post(theirs.url + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 8}, timeout=600)
-        theirs_body = {**openai_body, "logit_bias": {str(_eos_id(path)): -1e9}}
+        theirs_body = {**openai_body, "logit_bias": {str(eos_id(path)): -1e9}}
         for _ in range(repeat):
-            ours = _Server([PY, "-m", "toolkit", "serve", "-m", str(path), "--port", "0", "-c", str(N_CTX),
-                            "-t", str(THREADS)])
+            ours = Server([PY, "-m", "toolkit", "serve", "-m", str(path), "--port", "0", "-c", str(N_CTX),
+                           "-t", str(THREADS)])
             try:
                 for name in (COLD, WARM):
                     rates[name].append(ours.stream_rate("/completion", native_body, lambda e: e.get("content")))
@@ -165,7 +161,7 @@ def run(data: Path, repeat: int = 3) -> None:
                   f"min {min(overhead):.4f}")
 
 
-def _eos_id(path: Path) -> int:
+def eos_id(path: Path) -> int:
     from common.ggufio import GGUFFile
     with GGUFFile(path) as g:
         return int(g.value("tokenizer.ggml.eos_token_id"))
