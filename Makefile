@@ -98,7 +98,8 @@ SAN_PYTEST   = timeout $(SAN_TIMEOUT) $(SAN_ENV) $(PY) -c 'import sys, pytest; r
 SAN_KERNELS := tests/test_native_convert.py tests/test_quants_legacy.py tests/test_quants_k_oracle.py \
 	tests/test_quants_simd.py tests/test_matmul.py
 SAN_FORWARD := tests/test_runtime.py::test_logits_match_reference tests/test_runtime.py::test_against_llama_cpp \
-	tests/test_runtime.py::test_api_shapes $(addprefix tests/test_hardening.py::,test_engine_takes_the_good_file \
+	tests/test_runtime.py::test_api_shapes tests/test_embeddings.py::test_hidden_states_beside_logits_in_one_pass \
+	$(addprefix tests/test_hardening.py::,test_engine_takes_the_good_file \
 	test_engine_rejects_bad_tensors test_engine_rejects_a_huge_layer_number test_engine_rejects_sizes_out_of_range \
 	test_kv_cache_size_overflow test_damaged_files_in_process test_quantizers_take_rows_with_non_finite_values)
 
