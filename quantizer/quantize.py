@@ -54,16 +54,20 @@ def default_output(inp: Path, ft: FileType) -> Path:
     return inp.parent / f"ggml-model-{ft.name}.gguf"
 
 
-def model_facts(g: GGUFFile) -> policy.ModelFacts:
-    arch = g.value("general.architecture")
+def model_facts(g: GGUFFile, overrides: dict[str, KV] | None = None) -> policy.ModelFacts:
+    """What the mixture rules read from the metadata (with --override-kv values, which llama.cpp's loader sees)."""
+    def value(key: str, default=None):
+        return overrides[key].value if overrides and key in overrides else g.value(key, default)
+
+    arch = value("general.architecture")
     if not isinstance(arch, str):
         raise UserError(f"{g.path} has no general.architecture")
-    n_layer = int(g.value(f"{arch}.block_count", 0))
-    n_head = g.value(f"{arch}.attention.head_count", 1)
-    n_head_kv = g.value(f"{arch}.attention.head_count_kv", n_head)
+    n_layer = int(value(f"{arch}.block_count", 0))
+    n_head = value(f"{arch}.attention.head_count", 1)
+    n_head_kv = value(f"{arch}.attention.head_count_kv", n_head)
     n_head = int(np.max(n_head)) if isinstance(n_head, np.ndarray) else int(n_head)
     n_head_kv = int(np.max(n_head_kv)) if isinstance(n_head_kv, np.ndarray) else int(n_head_kv)
-    n_expert = int(g.value(f"{arch}.expert_count", 0))
+    n_expert = int(value(f"{arch}.expert_count", 0))
     # llama.cpp's LLM_TYPE_70B for the llama architecture is the 80-layer model
     return policy.ModelFacts(arch, n_layer, n_head // max(1, n_head_kv), n_expert, arch == "llama" and n_layer == 80)
 
@@ -110,7 +114,7 @@ def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: in
 
 def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
                   allow_requantize: bool = False, opts: policy.Options | None = None, dry_run: bool = False,
-                  imatrix: ImportanceMatrix | None = None,
+                  imatrix: ImportanceMatrix | None = None, kv_overrides: list[KV] | None = None,
                   progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                   report: Callable[[QuantizeResult], None] | None = None) -> QuantizeResult:
     """Quantize `inp` into `out` (default: named after the type, next to the input). A file without weights is
@@ -130,13 +134,13 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
             raise UserError(f"output folder {out.parent} does not exist")
     with GGUFFile(inp) as g:
         return quantize_tensors(g, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
-                                dry_run=dry_run, imatrix=imatrix, progress=progress, info=info, warn=warn,
-                                report=report, t0=t0)
+                                dry_run=dry_run, imatrix=imatrix, kv_overrides=kv_overrides, progress=progress,
+                                info=info, warn=warn, report=report, t0=t0)
 
 
 def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None = None, allow_requantize: bool = False,
                      opts: policy.Options | None = None, dry_run: bool = False, imatrix: ImportanceMatrix | None = None,
-                     progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+                     kv_overrides: list[KV] | None = None, progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                      report: Callable[[QuantizeResult], None] | None = None,
                      t0: float | None = None) -> QuantizeResult:
     """quantize_file's work on tensors read from `g`: a GGUFFile, or anything with its reading interface (path,
@@ -150,7 +154,7 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
     if n_params == 0:
         what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
         raise UserError(f"{g.path} has {what}: nothing to quantize")
-    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None)
+    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None, kv_overrides)
     _check_required_imatrix(choices, ft, imatrix, dry_run, warn)
     weights = _weights(choices, imatrix, info)
     infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
@@ -167,15 +171,17 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
         return finish()
     info(f"quantizing {Path(g.path).name} to {ft.name} with {nthreads} thread(s) → {out}")
     with atomic_output(out) as f:
-        _write(f, g, ft, choices, infos, nthreads, progress, weights, imatrix)
+        _write(f, g, ft, choices, infos, nthreads, progress, weights, imatrix, kv_overrides)
         return finish()  # inside the block: the file is renamed into place only after this returned
 
 
 def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Options,
-          warn: Callable[[str], None], has_imatrix: bool = False) -> list[policy.Choice]:
+          warn: Callable[[str], None], has_imatrix: bool = False,
+          overrides: list[KV] | None = None) -> list[policy.Choice]:
     """Each tensor's new type, checked for what the native core can convert."""
-    choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, model_facts(g),
-                          opts, has_imatrix)
+    facts = model_facts(g, {kv.key: kv for kv in overrides or []})
+    choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, facts, opts,
+                          has_imatrix)
     for c in choices:
         if c.dst_type != c.src_type:
             if is_quantized(c.src_type) and not allow_requantize:
@@ -231,11 +237,12 @@ def _weights(choices: list[policy.Choice], imatrix: ImportanceMatrix | None,
 
 
 def _write(f, g: GGUFFile, ft: FileType, choices: list[policy.Choice], infos: list[TensorInfo], nthreads: int,
-           progress, weights: dict[str, np.ndarray] | None = None, imatrix: ImportanceMatrix | None = None) -> None:
+           progress, weights: dict[str, np.ndarray] | None = None, imatrix: ImportanceMatrix | None = None,
+           overrides: list[KV] | None = None) -> None:
     """The new file: header, then each tensor converted in turn."""
     entries = {e.info.name: e for e in g.tensors}
     weights = weights or {}
-    f.write(encode_header(_metadata(g, ft, imatrix), infos))
+    f.write(encode_header(_metadata(g, ft, imatrix, overrides), infos))
     stream = TensorStream(f, infos)
     if progress:
         progress.start(len(choices), sum(e.info.nbytes for e in g.tensors))
@@ -259,14 +266,45 @@ def _log_line(i: int, n: int, c: policy.Choice, size_in: int, size_out: int) -> 
             f"size = {size_in / 2**20:8.2f} MiB -> {size_out / 2**20:8.2f} MiB")
 
 
-def _metadata(g: GGUFFile, ft: FileType, imatrix: ImportanceMatrix | None = None) -> list[KV]:
+def parse_kv_override(text: str) -> KV:
+    """llama-quantize's --override-kv KEY=TYPE:VALUE (int, float, bool: true/false, str), as the key it writes: an int
+    as uint32 of its magnitude, a float as float32 (llama.cpp's choice); values that do not parse are refused rather
+    than read as 0 as atol/atof would."""
+    key, eq, rest = text.partition("=")
+    if not eq or not key or len(key) >= 128:
+        raise UserError(f"--override-kv {text!r}: expected KEY=TYPE:VALUE (a key under 128 bytes)")
+    kind, colon, value = rest.partition(":")
+    try:
+        if colon and kind == "int":
+            return KV(key, GGUFValueType.UINT32, abs(int(value)) & 0xFFFFFFFF)
+        if colon and kind == "float":
+            return KV(key, GGUFValueType.FLOAT32, float(np.float32(float(value))))
+    except ValueError:
+        raise UserError(f"--override-kv {text!r}: {value!r} is not {'an int' if kind == 'int' else 'a float'}") \
+            from None
+    if colon and kind == "bool":
+        if value not in ("true", "false"):
+            raise UserError(f"--override-kv {text!r}: a bool is true or false")
+        return KV(key, GGUFValueType.BOOL, value == "true")
+    if colon and kind == "str":
+        if len(value.encode("utf-8")) > 127:
+            raise UserError(f"--override-kv {text!r}: the value cannot exceed 127 bytes")
+        return KV(key, GGUFValueType.STRING, value)
+    raise UserError(f"--override-kv {text!r}: the type must be int, float, bool or str")
+
+
+def _metadata(g: GGUFFile, ft: FileType, imatrix: ImportanceMatrix | None = None,
+              overrides: list[KV] | None = None) -> list[KV]:
     """The input's keys with split keys dropped, then general.quantization_version and general.file_type, then the
-    quantize.imatrix.* keys when quantizing with a matrix (llama.cpp removes and re-appends the keys it sets, in this
-    order)."""
+    --override-kv keys and the quantize.imatrix.* keys when quantizing with a matrix (llama.cpp removes and re-appends
+    the keys it sets, in this order)."""
     kvs = {k: kv for k, kv in g.kv.items()
            if not k.startswith("split.") and k not in ("general.quantization_version", "general.file_type")}
     kvs["general.quantization_version"] = KV("general.quantization_version", GGUFValueType.UINT32, GGML_QUANT_VERSION)
     kvs["general.file_type"] = KV("general.file_type", GGUFValueType.UINT32, int(ft.ftype))
+    for kv in overrides or []:
+        kvs.pop(kv.key, None)
+        kvs[kv.key] = kv
     for key, value in imatrix_metadata(imatrix) if imatrix is not None else []:
         kvs.pop(key, None)
         kvs[key] = (KV(key, GGUFValueType.STRING, value) if isinstance(value, str)

@@ -109,6 +109,8 @@ def quantize(
                                                     "matches the regular expression get TYPE (repeatable)."),
     tensor_type_file: Optional[Path] = typer.Option(None, "--tensor-type-file",
                                                     help="A file of PATTERN=TYPE items (separated by white space)."),
+    override_kv: Optional[list[str]] = typer.Option(None, "--override-kv", help="KEY=TYPE:VALUE (int, float, bool, "
+                                                    "str): set this metadata key in the output (repeatable)."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (llama-imatrix's GGUF or .dat)."),
     include_weights: Optional[list[str]] = typer.Option(None, "--include-weights",
                                                         help="Use the matrix only for tensors whose name has this."),
@@ -121,7 +123,7 @@ def quantize(
     """Quantize a GGUF file, like llama-quantize: toolkit quantize IN [OUT] TYPE [NTHREADS]."""
     from quantizer import types
     from quantizer.policy import Options
-    from quantizer.quantize import quantize_file
+    from quantizer.quantize import parse_kv_override, quantize_file
 
     setup_logging(verbose)
     with user_errors(verbose):
@@ -134,8 +136,10 @@ def quantize(
                        types.parse_tensor_type(output_tensor_type) if output_tensor_type else None,
                        types.parse_tensor_type(token_embedding_type) if token_embedding_type else None,
                        _tensor_types(tensor_type or [], tensor_type_file))
+        overrides = [parse_kv_override(item) for item in override_kv or []]
         result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
-                               dry_run=dry_run, imatrix=matrix, progress=TensorProgress("quantizing"),
+                               dry_run=dry_run, imatrix=matrix, kv_overrides=overrides,
+                               progress=TensorProgress("quantizing"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True),
                                warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True),
                                report=lambda r: _print_quantize_summary(r, dry_run))
