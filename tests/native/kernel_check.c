@@ -394,6 +394,7 @@ static int current_level(void) {
 }
 
 int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);  /* one line at a time in CI logs, even when piped */
     tk_set_force_scalar(0);
     int ran = 0;
     for (int level = 1; level <= 3; level++) {
