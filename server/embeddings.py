@@ -1,8 +1,9 @@
-"""OpenAI's /v1/embeddings as llama-server (b11434) answers it: `input` a text, a list of texts, token ids or a list of
-token-id lists (texts tokenized with BOS and special tokens parsed, as there); each input pooled and normalized
-(runtime.embeddings; `embd_normalize` in the body overrides --embd-normalize); `encoding_format` float or base64
-(little-endian float32 bytes); `usage` counts the tokens evaluated. Without --embedding the route answers 501
-(not_supported_error), and with pooling none 400, as llama-server does."""
+"""OpenAI's /v1/embeddings, and llama.cpp's /embeddings, as llama-server (b11434) answers them: `input` a text, a
+list of texts, token ids or a list of token-id lists (texts tokenized with BOS and special tokens parsed, as there);
+each input pooled and normalized (runtime.embeddings; `embd_normalize` in the body overrides --embd-normalize;
+with pooling none, every token's hidden state, unnormalized, on /embeddings only); `encoding_format` float or base64
+(little-endian float32 bytes); `usage` counts the tokens evaluated. Without --embedding the routes answer 501
+(not_supported_error), and /v1/embeddings with pooling none 400, as llama-server does."""
 from __future__ import annotations
 
 import base64
@@ -28,9 +29,12 @@ class EmbeddingOptions:
     normalize: int = DEFAULT_NORMALIZE    # --embd-normalize
 
 
+Input = Union[Text, list[Union[Text, list[int]]], list[int]]
+
+
 class EmbeddingRequest(Body):
-    input: Union[Text, list[Union[Text, list[int]]], list[int]] = Field(
-        ..., description="a text, a list of texts, token ids, or a list of token-id lists")
+    input: Input | None = Field(None, description="a text, a list of texts, token ids, or a list of token-id lists")
+    content: Input | None = Field(None, description="llama.cpp's name for input (answered in llama.cpp's shape)")
     model: Text | None = Field(None, description="echoed in the answer (any name unless --strict-model)")
     encoding_format: Literal["float", "base64"] = "float"
     embd_normalize: int | None = Field(None, ge=-1, description="-1 none, 0 max-abs (int16 range), 1 taxicab, "
@@ -39,18 +43,18 @@ class EmbeddingRequest(Body):
 
 def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name: str,
                    check_model: Callable, errors: dict) -> None:
-    """Register POST /v1/embeddings; `name` is the model's name in answers, check_model the app's --strict-model
-    check, errors the route's error statuses for the OpenAPI document. The pooling is resolved here: a model whose
-    pooling key is not one this runtime has fails at start-up."""
-    from server.app import ApiError, model_damaged  # server.app registers this route: imported once it is loaded
+    """Register POST /v1/embeddings (OpenAI's shape) and llama-server's /embeddings and /embedding (its own shape: a
+    list of {index, embedding: [vector, ...]}, every token's with pooling none); `name` is the model's name in
+    answers, check_model the app's --strict-model check, errors the routes' error statuses for the OpenAPI document.
+    The pooling is resolved here: a model whose pooling key is not one this runtime has fails at start-up."""
+    from server.app import ApiError, model_damaged  # server.app registers these routes: imported once it is loaded
     pooling = pooling_type(engine.base, options.pooling)
     responses = {**errors, 501: {"model": errors[400]["model"], "description": "The server was started without "
                                  "--embedding"},
                  500: {"model": errors[400]["model"], "description": "The model is damaged (it computed NaN or "
                        "infinite hidden states): code model_damaged"}}
 
-    def inputs(body: EmbeddingRequest) -> list[list[int]]:
-        items = body.input
+    def inputs(items: Input) -> list[list[int]]:
         if isinstance(items, list) and items and all(isinstance(t, int) for t in items):
             items = [items]
         elif isinstance(items, str):
@@ -73,25 +77,32 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
         return prompts
 
     def compute(prompts: list[list[int]], embd_norm: int) -> list[np.ndarray]:
+        # llama-server normalizes only pooled embeddings
+        embd_norm = -1 if pooling == PoolingType.NONE else embd_norm
         return [embedding(engine.base, tokens, pooling, embd_norm) for tokens in prompts]
 
-    @app.post("/v1/embeddings", summary="OpenAI embeddings (--embedding; pooled as --pooling, normalized as "
-              "--embd-normalize)", responses=responses)
-    async def embeddings(body: EmbeddingRequest):
+    async def answer(body: EmbeddingRequest, oai: bool):
+        """llama-server's handle_embeddings_impl: `content` instead of `input` is answered in llama.cpp's shape."""
         if not options.enabled:
             raise ApiError(501, "This server does not support embeddings. Start it with `--embedding`",
                            "not_supported_error")
-        if pooling == PoolingType.NONE:
+        if oai and pooling == PoolingType.NONE:
             raise ApiError(400, "Pooling type 'none' is not OAI compatible. Please use a different pooling type")
-        check_model(body)
+        if body.input is None and body.content is None:
+            raise ApiError(400, '"input" or "content" must be provided', param="input", code="invalid_value")
+        oai = oai and body.input is not None
+        if oai:
+            check_model(body)
         try:
-            prompts = await run_in_threadpool(inputs, body)
+            prompts = await run_in_threadpool(inputs, body.input if body.input is not None else body.content)
             vectors = await run_in_threadpool(compute, prompts, options.normalize if body.embd_normalize is None
                                               else body.embd_normalize)
         except DamagedModel as e:
             raise model_damaged(e) from None
         except UserError as e:
             raise ApiError(400, str(e)) from None
+        if not oai:
+            return [{"index": i, "embedding": (v if v.ndim == 2 else v[None]).tolist()} for i, v in enumerate(vectors)]
         data = []
         for i, v in enumerate(vectors):
             if body.encoding_format == "base64":
@@ -102,3 +113,15 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
         n = sum(len(p) for p in prompts)
         return {"model": body.model if body.model is not None else name, "object": "list",
                 "usage": {"prompt_tokens": n, "total_tokens": n}, "data": data}
+
+    @app.post("/v1/embeddings", summary="OpenAI embeddings (--embedding; pooled as --pooling, normalized as "
+              "--embd-normalize)", responses=responses)
+    async def embeddings_oai(body: EmbeddingRequest):
+        return await answer(body, True)
+
+    @app.post("/embeddings", summary="llama.cpp's embeddings (--embedding; every token's with pooling none)",
+              responses=responses)
+    async def embeddings(body: EmbeddingRequest):
+        return await answer(body, False)
+
+    app.post("/embedding", summary="llama.cpp's embeddings (legacy name)", responses=responses)(embeddings)

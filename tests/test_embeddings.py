@@ -8,6 +8,7 @@ compared with ours field by field (every --embd-normalize kind)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import subprocess
@@ -241,6 +242,55 @@ def test_openai_client_embeddings(server, models):
     assert abs(np.linalg.norm(raw["data"][0]["embedding"]) - 1.0) > 1e-2  # unnormalized on request
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_llama_cpp_route(models, tmp_path, pooling):
+    """llama-server's own /embeddings (and /embedding): a list of {index, embedding: [vector, ...]}, every token's
+    (unnormalized) with pooling none, the pooled one normalized otherwise; `content` on /v1/embeddings answers that
+    shape too."""
+    ref = llama_cpp.Llama(str(models["stories260K"]), embedding=True, pooling_type=POOLINGS[pooling], n_ctx=64,
+                          n_threads=2, verbose=False, type_k=0, type_v=0)
+    try:
+        want = [np.array(ref.embed(t, normalize=pooling != "none")) for t in TEXTS]
+    finally:
+        ref.close()
+    srv = _serve(models["stories260K"], tmp_path / "stderr.txt", "-c", 64, "--embedding", "--pooling", pooling,
+                 "-ctk", "f32", "-ctv", "f32")
+    try:
+        for route, key in (("/embeddings", "input"), ("/embedding", "content"), ("/v1/embeddings", "content")):
+            r = httpx.post(srv.url + route, json={key: TEXTS}, timeout=60)
+            if route == "/v1/embeddings" and pooling == "none":
+                assert r.status_code == 400  # checked before the body is read, as there
+                continue
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert [g["index"] for g in got] == [0, 1, 2] and all(set(g) == {"index", "embedding"} for g in got)
+            for g, w in zip(got, want):
+                g = np.array(g["embedding"])
+                assert g.shape == (w if w.ndim == 2 else w[None]).shape and np.abs(g - w).max() < TOL, route
+    finally:
+        _stop(srv)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooling", ["mean", "none"])
+def test_llama_cpp_route_equals_llama_servers(models, tmp_path, pooling):
+    flags = ("--embedding", "--pooling", pooling)
+    srv = _serve(models["stories260K"], tmp_path / "stderr.txt", "-c", 64, "-ctk", "f32", "-ctv", "f32", *flags)
+    try:
+        with running_llama_server(models["stories260K"], tmp_path / "llama-server.txt", *flags) as url:
+            for body in ({"input": TEXTS}, {"content": TEXTS[0]}, {"input": [[1, 2, 3]]}):
+                ours = httpx.post(srv.url + "/embeddings", json=body, timeout=60).json()
+                theirs = httpx.post(url + "/embeddings", json=body, timeout=60).json()
+                assert [{k: v for k, v in o.items() if k != "embedding"} for o in ours] == \
+                    [{k: v for k, v in t.items() if k != "embedding"} for t in theirs]
+                for o, t in zip(ours, theirs):
+                    assert np.shape(o["embedding"]) == np.shape(t["embedding"])
+                    assert np.abs(np.array(o["embedding"]) - np.array(t["embedding"])).max() < TOL
+    finally:
+        _stop(srv)
+
+
 @pytest.mark.parametrize("body, status, what", [
     ({"input": []}, 400, "must not be empty"),
     ({"input": [[]]}, 400, "cannot be empty"),
@@ -295,18 +345,19 @@ def test_damaged_model_is_a_500(models, tmp_path):
 
 # -- llama.cpp b11434's llama-server (bench-data; not in CI) --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def llama_server(models, tmp_path_factory):
+@contextlib.contextmanager
+def running_llama_server(path, log, *flags):
+    """llama-server b11434 on `path` with `flags` (-c 64, one slot, f32 caches, flash attention off as in
+    llama-cpp-python), on a free port, until the block ends."""
     if not LLAMA_SERVER.is_file():
         pytest.skip(f"{LLAMA_SERVER} is absent (build it with ../shared/tools/build-llama-cpp.sh)")
-    log = tmp_path_factory.mktemp("llama-server") / "log.txt"
     with socket.socket() as s:  # a free port
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(models["stories260K"]), "--port", str(port), "-c", "64",
-                                 "-np", "1", "-t", "1", "--embedding", "--pooling", "mean", "-ctk", "f32", "-ctv",
-                                 "f32", "-fa", "off"], stdout=out, stderr=subprocess.STDOUT)  # as llama-cpp-python
+        proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(path), "--port", str(port), "-c", "64", "-np", "1",
+                                 "-t", "1", "-ctk", "f32", "-ctv", "f32", "-fa", "off", *flags],
+                                stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -322,6 +373,13 @@ def llama_server(models, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def llama_server(models, tmp_path_factory):
+    with running_llama_server(models["stories260K"], tmp_path_factory.mktemp("llama-server") / "log.txt",
+                              "--embedding", "--pooling", "mean") as url:
+        yield url
 
 
 @pytest.mark.slow
