@@ -139,6 +139,14 @@ def kv_new(engine, n_ctx: int, type_k: int, type_v: int | None = None):
     return _core.kv_new(engine, n_ctx, type_k, type_k if type_v is None else type_v)
 
 
+def engine_stats(engine, arrays: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None):
+    """Collect llama-imatrix's activation statistics (engine.h's tk_act_stats) into the arrays, one entry per tensor
+    of the engine's description (None: not collected): float32 sum2 and sum of n_expert x cols (1 x cols for a dense
+    tensor) and int64 counts of n_expert, sized by the caller from the tensor's shape. Returns the holder to keep while
+    collecting; None stops the collection."""
+    return _core.engine_stats(engine, arrays)
+
+
 @dataclass
 class Seq:
     """One sequence of a batched forward pass (engine.h's struct tk_seq, read by name): int32 `tokens` at positions

@@ -14,7 +14,10 @@
 #define TK_X86 1
 #endif
 
-struct tk_mat { const void *data; int type; int64_t rows, cols; size_t row_bytes; };
+/* a matrix of the file, or rows of one (an expert's, a fused tensor's part); id: its tensor's index in the
+   description (-1: its statistics are not collected, as for the second half of a fused gate/up), expert: its index in
+   a stacked expert tensor (-1: none) */
+struct tk_mat { const void *data; int type; int64_t rows, cols; size_t row_bytes; int id; int64_t expert; };
 
 struct tk_layer {
     const float *attn_norm, *attn_norm_b, *ffn_norm, *ffn_norm_b;
@@ -35,6 +38,7 @@ struct tk_engine {
     float **owned;       /* f32 copies of the 1-D tensors */
     int nowned;
     float rope_theta_scale, rope_theta_scale_swa;
+    struct tk_act_stats *stats;  /* activation statistics being collected (NULL: none) */
 };
 
 /* llama.cpp's standard pattern: every layer but each swa_period-th slides (swa_period 0: all of them) */
@@ -98,7 +102,7 @@ static int check_desc(const struct tk_tensor_desc *d, char *err, int errlen) {
     return 0;
 }
 
-static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, int errlen) {
+static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, int id, char *err, int errlen) {
     const struct tk_dot_traits *dt = tk_dot_traits(d->type);
     const struct tk_type_traits *tt = tk_traits(d->type);
     if (!dt || !tt || d->cols % tt->block_size || d->cols % tk_traits(dt->vec_dot_type)->block_size) {
@@ -106,13 +110,14 @@ static int set_mat(struct tk_mat *m, const struct tk_tensor_desc *d, char *err, 
                  (long long)d->cols);
         return -1;
     }
-    *m = (struct tk_mat){d->data, d->type, d->rows, d->cols, tk_row_size(d->type, d->cols)};
+    *m = (struct tk_mat){d->data, d->type, d->rows, d->cols, tk_row_size(d->type, d->cols), id, -1};
     return 0;
 }
 
 /* rows r0..r0+rows-1 of m, in place */
 static struct tk_mat mat_rows(const struct tk_mat *m, int64_t r0, int64_t rows) {
-    return (struct tk_mat){(const char *)m->data + (size_t)r0 * m->row_bytes, m->type, rows, m->cols, m->row_bytes};
+    return (struct tk_mat){(const char *)m->data + (size_t)r0 * m->row_bytes, m->type, rows, m->cols, m->row_bytes,
+                           m->id, -1};
 }
 
 static float *own_f32(struct tk_engine *e, const struct tk_tensor_desc *d) {
@@ -219,7 +224,7 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                 if (strcmp(suffix, LAYER_TENSORS[k].suffix)) continue;
                 char *field = (char *)&e->layers[layer] + LAYER_TENSORS[k].offset;
                 if (LAYER_TENSORS[k].len == MATRIX) {
-                    if (set_mat((struct tk_mat *)field, x, err, errlen)) goto fail;
+                    if (set_mat((struct tk_mat *)field, x, i, err, errlen)) goto fail;
                 } else {
                     const float *v = read_vec(e, x, vec_len(hp, LAYER_TENSORS[k].len), err, errlen);
                     if (!v) goto fail;
@@ -227,11 +232,11 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                 }
             }
         } else if (!strcmp(x->name, "token_embd.weight")) {
-            if (set_mat(&e->tok_embd, x, err, errlen)) goto fail;
+            if (set_mat(&e->tok_embd, x, i, err, errlen)) goto fail;
         } else if (!strcmp(x->name, "position_embd.weight")) {
-            if (set_mat(&e->pos_embd, x, err, errlen)) goto fail;
+            if (set_mat(&e->pos_embd, x, i, err, errlen)) goto fail;
         } else if (!strcmp(x->name, "output.weight")) {
-            if (set_mat(&e->output, x, err, errlen)) goto fail;
+            if (set_mat(&e->output, x, i, err, errlen)) goto fail;
         } else if (!strcmp(x->name, "rope_freqs.weight") || !strcmp(x->name, "rope_factors_long.weight") ||
                    !strcmp(x->name, "rope_factors_short.weight")) {
             const float *v = read_vec(e, x, hp->n_rot / 2, err, errlen);
@@ -296,6 +301,7 @@ struct tk_engine *tk_engine_new(const struct tk_hparams *hp, const struct tk_ten
                 /* gate and up fused in ffn_up (Phi-3): the gate is its first n_ff rows, as ggml_swiglu splits it */
                 L->gate = mat_rows(&L->up, 0, hp->n_ff);
                 L->up = mat_rows(&L->up, hp->n_ff, hp->n_ff);
+                L->up.id = -1;  /* one product in llama.cpp: its input counted once, with the gate's half */
             }
             if (hp->ffn != TK_FFN_GELU) NEED_MAT(gate, "ffn_gate.weight", hp->n_ff, d);
             NEED_MAT(up, "ffn_up.weight", hp->n_ff, d);
@@ -318,6 +324,8 @@ fail:
 }
 
 int64_t tk_engine_vocab(const struct tk_engine *e) { return e->hp.n_vocab; }
+
+void tk_engine_set_stats(struct tk_engine *e, struct tk_act_stats *stats) { e->stats = stats; }
 int64_t tk_engine_embd(const struct tk_engine *e) { return e->hp.n_embd; }
 
 /* ------------------------------------------------------------------------------------------------ KV cache */
@@ -745,7 +753,29 @@ static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *
    fewer chunks instead of holding the others at the next barrier. Some 8 chunks per thread (multiples of 16 rows,
    so that tiles stay whole); matmul step k counts on next_chunk[k % 2], which thread 0 clears for step k + 1 once
    every thread is past step k - 1 (a barrier follows every step). */
+/* llama-imatrix's statistics of the activations entering the products of a group (thread 0, before its share of
+   the products: the activations are ready, the others start on the products) */
+static void collect_stats(const struct fwd *f, const struct acts *A, const struct mm *g, int ng) {
+    const struct tk_act_stats *st = f->e->stats;
+    for (int i = 0; i < ng; i++) {
+        const struct tk_mat *w = g[i].w;
+        if (w->id < 0 || w->id >= st->n || !st->sum2[w->id]) continue;
+        if (w->expert < 0 && f->n < 16) continue;  /* llama-imatrix leaves out products of fewer than 16 tokens */
+        const int64_t off = (w->expert < 0 ? 0 : w->expert) * A->cols;
+        float *sum2 = st->sum2[w->id] + off, *sum = st->sum[w->id] + off;
+        for (int64_t t = g[i].t0; t < g[i].t0 + g[i].n; t++) {
+            const float *x = A->src + t * A->cols;
+            for (int64_t j = 0; j < A->cols; j++) {
+                sum2[j] += x[j] * x[j];
+                sum[j] += x[j];
+            }
+        }
+        st->count[w->id][w->expert < 0 ? 0 : w->expert] += g[i].n;
+    }
+}
+
 static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int ng, int ith, int nth, int *step) {
+    if (ith == 0 && f->e->stats) collect_stats(f, A, g, ng);
     atomic_llong *next = &f->next_chunk[*step & 1];
     if (ith == 0) atomic_store(&f->next_chunk[(*step + 1) & 1], 0);
     (*step)++;
@@ -967,6 +997,7 @@ static void moe_ffn(struct fwd *f, const struct tk_layer *L, int ith, int nth, i
         views[3 * e] = mat_rows(&L->gate_exps, e * fe, fe);
         views[3 * e + 1] = mat_rows(&L->up_exps, e * fe, fe);
         views[3 * e + 2] = mat_rows(&L->down_exps, e * d, d);
+        for (int j = 0; j < 3; j++) views[3 * e + j].expert = e;
         gu[ngu++] = (struct mm){&views[3 * e], NULL, f->e1 + r0 * fe, fe, 0, cnt, r0};
         gu[ngu++] = (struct mm){&views[3 * e + 1], NULL, f->e2 + r0 * fe, fe, 0, cnt, r0};
         down[nd++] = (struct mm){&views[3 * e + 2], NULL, f->ye + r0 * d, d, 0, cnt, r0};

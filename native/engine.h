@@ -51,6 +51,14 @@ void tk_engine_free(struct tk_engine *e);
 int64_t tk_engine_vocab(const struct tk_engine *e);
 int64_t tk_engine_embd(const struct tk_engine *e);
 
+/* Statistics of the activations entering the matrix products, as llama-imatrix collects them: for tensor i of the
+   description whose sum2[i] is not NULL, every activation row x entering a product with it adds x·x to sum2[i] and x
+   to sum[i] (cols floats each; for a stacked expert tensor, expert k's at k·cols) and 1 to count[i][k] (k = 0 for a
+   dense tensor). Dense products of fewer than 16 tokens are left out, as llama-imatrix leaves them. The arrays belong
+   to the caller; NULL stops the collection. Not for passes running concurrently on one engine. */
+struct tk_act_stats { int n; float **sum2, **sum; int64_t **count; };
+void tk_engine_set_stats(struct tk_engine *e, struct tk_act_stats *stats);
+
 /* GELU as ggml's CPU backend computes it (through an fp16 table) instead of exactly: for comparisons with llama.cpp. */
 void tk_set_gelu_fp16(int on);
 

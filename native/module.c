@@ -1,6 +1,7 @@
 /* The Python binding of the native core: thin argument parsing around core.h, GIL released during work. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -455,6 +456,83 @@ static PyObject *py_forward_batch(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* engine_stats(engine, [None | (sum2_f32, sum_f32, count_i64), ...]) -> capsule: llama-imatrix's statistics (engine.h's
+   struct tk_act_stats) collected into the given arrays, one entry per tensor of the description, from now until
+   engine_stats(engine, None); the capsule holds the arrays (the caller keeps it while collecting). The sizes are the
+   caller's to check (native.engine_stats does). */
+struct stats_holder { struct tk_act_stats st; Py_buffer *views; Py_ssize_t nviews; };
+
+static void stats_destroy(PyObject *cap) {
+    struct stats_holder *h = PyCapsule_GetPointer(cap, "tk_stats");
+    if (!h) return;
+    for (Py_ssize_t i = 0; i < h->nviews; i++) PyBuffer_Release(&h->views[i]);
+    PyMem_Free(h->views);
+    PyMem_Free(h->st.sum2);
+    PyMem_Free(h->st.sum);
+    PyMem_Free(h->st.count);
+    PyMem_Free(h);
+}
+
+static PyObject *py_engine_stats(PyObject *self, PyObject *args) {
+    PyObject *ecap, *list;
+    if (!PyArg_ParseTuple(args, "OO", &ecap, &list)) return NULL;
+    struct tk_engine *e = PyCapsule_GetPointer(ecap, "tk_engine");
+    if (!e) return NULL;
+    if (list == Py_None) {
+        tk_engine_set_stats(e, NULL);
+        Py_RETURN_NONE;
+    }
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) > INT_MAX / 4) {
+        PyErr_SetString(PyExc_TypeError, "engine_stats takes a list (one entry per tensor) or None");
+        return NULL;
+    }
+    const Py_ssize_t n = PyList_GET_SIZE(list);
+    struct stats_holder *h = PyMem_Calloc(1, sizeof *h);
+    if (!h) return PyErr_NoMemory();
+    h->st.n = (int)n;
+    h->st.sum2 = PyMem_Calloc((size_t)n + 1, sizeof(float *));
+    h->st.sum = PyMem_Calloc((size_t)n + 1, sizeof(float *));
+    h->st.count = PyMem_Calloc((size_t)n + 1, sizeof(int64_t *));
+    h->views = PyMem_Calloc(3 * (size_t)n + 1, sizeof(Py_buffer));
+    PyObject *cap = NULL;
+    if (h->st.sum2 && h->st.sum && h->st.count && h->views) cap = PyCapsule_New(h, "tk_stats", stats_destroy);
+    if (!cap) {
+        PyMem_Free(h->st.sum2);
+        PyMem_Free(h->st.sum);
+        PyMem_Free(h->st.count);
+        PyMem_Free(h->views);
+        PyMem_Free(h);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (item == Py_None) continue;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 3) {
+            PyErr_SetString(PyExc_TypeError, "each entry: None or (sum2, sum, count)");
+            Py_DECREF(cap);
+            return NULL;
+        }
+        for (int k = 0; k < 3; k++) {
+            Py_buffer *v = &h->views[h->nviews];
+            if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, k), v, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE | PyBUF_FORMAT)) {
+                Py_DECREF(cap);
+                return NULL;
+            }
+            h->nviews++;
+            if (v->itemsize != (k == 2 ? 8 : 4)) {
+                PyErr_SetString(PyExc_ValueError, "sum2 and sum must be float32, count int64");
+                Py_DECREF(cap);
+                return NULL;
+            }
+        }
+        h->st.sum2[i] = h->views[h->nviews - 3].buf;
+        h->st.sum[i] = h->views[h->nviews - 2].buf;
+        h->st.count[i] = h->views[h->nviews - 1].buf;
+    }
+    tk_engine_set_stats(e, &h->st);
+    return cap;
+}
+
 /* read_bytes(buffer, nthreads) -> checksum: the benchmarks' memory-bandwidth probe */
 static PyObject *py_read_bytes(PyObject *self, PyObject *args) {
     Py_buffer b;
@@ -494,6 +572,9 @@ static PyMethodDef methods[] = {
      "(name, address, nbytes, type, rows, cols); the caller keeps that memory alive."},
     {"kv_new", py_kv_new, METH_VARARGS,
      "kv_new(engine, n_ctx, type_k, type_v) -> KV cache (F32, F16, Q8_0 or Q4_0 keys and values)."},
+    {"engine_stats", py_engine_stats, METH_VARARGS,
+     "engine_stats(engine, [None | (sum2, sum, count), ...] | None) -> holder: collect llama-imatrix's activation "
+     "statistics into the arrays (None: stop)."},
     {"forward_batch", py_forward_batch, METH_VARARGS,
      "forward_batch(engine, [seq, ...], nthreads): sequences (attributes kv, tokens_i32, pos0, logits_f32 or None, "
      "all_logits, optional embd_f32 or None) evaluated in one pass, each against its own cache."},

@@ -79,6 +79,42 @@ def metadata(m: ImportanceMatrix) -> list[tuple[str, str | int]]:
     return out
 
 
+def save(path: str | Path, entries: dict, datasets: list[str], chunk_count: int, chunk_size: int) -> None:
+    """Write an importance matrix in llama-imatrix b11434's GGUF layout: general.type "imatrix", the imatrix.* keys,
+    then per matrix (by name) `<name>.in_sum2` (n_expert x cols), `<name>.counts` (n_expert x 1) and `<name>.in_sum`;
+    entries: {name: object with sum2, sum (float32 [n_expert, cols]) and counts (n_expert)}. The per-tensor
+    statistics llama-imatrix adds for its own reports are not written (llama-quantize does not read them). Written
+    under a temporary name, renamed when complete."""
+    from gguf import GGUFValueType as V
+    from common.ggufio import KV, TensorInfo, TensorStream, atomic_output, encode_header
+    kvs = [KV("general.type", V.STRING, "imatrix"),
+           KV(Keys.IMatrix.DATASETS, V.ARRAY, list(datasets), V.STRING),
+           KV(Keys.IMatrix.CHUNK_COUNT, V.UINT32, chunk_count),
+           KV(Keys.IMatrix.CHUNK_SIZE, V.UINT32, chunk_size)]
+    arrays = []
+    for name in sorted(entries):
+        e = entries[name]
+        n = len(e.counts)
+        arrays += [(f"{name}.in_sum2", _as_ggml(np.ascontiguousarray(e.sum2, np.float32).reshape(n, -1))),
+                   (f"{name}.counts", _as_ggml(np.asarray(e.counts, np.float32).reshape(n, 1))),
+                   (f"{name}.in_sum", _as_ggml(np.ascontiguousarray(e.sum, np.float32).reshape(n, -1)))]
+    infos = [TensorInfo(name, a.shape, T.F32) for name, a in arrays]
+    with atomic_output(path) as f:
+        f.write(encode_header(kvs, infos))
+        stream = TensorStream(f, infos)
+        for _, a in arrays:
+            stream.write_tensor([a])
+        stream.check_complete()
+
+
+def _as_ggml(a: np.ndarray) -> np.ndarray:
+    """The array with the dimensions ggml writes: outer dimensions of 1 dropped (ggml_n_dims), at least one."""
+    shape = list(a.shape)
+    while len(shape) > 1 and shape[0] == 1:
+        shape.pop(0)
+    return a.reshape(shape)
+
+
 def _load_gguf(p: Path, given: str) -> ImportanceMatrix:
     with GGUFFile(p) as g:
         if not g.tensors:

@@ -416,6 +416,32 @@ def serve(
 
 
 @app.command(no_args_is_help=True)
+def imatrix(
+    model: Path = typer.Option(..., "-m", "--model", help="GGUF model file (F32, F16 or BF16 ideally)."),
+    file: Path = typer.Option(..., "-f", "--file", help="Calibration text."),
+    output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output-file", "--output",
+                                help="Importance matrix file (llama-imatrix's GGUF layout)."),
+    ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk."),
+    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per batch (at most -c)."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    chunks: int = typer.Option(-1, "--chunks", help="Use at most this many chunks (-1 = all)."),
+    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
+                                   help="KV cache type (keys and values): f32, f16, q8_0, q4_0."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Importance matrix of a model over a calibration text, as llama-imatrix computes it (for quantize --imatrix)."""
+    from common.errors import UserError
+    from toolkit import ppl
+
+    setup_logging(verbose)
+    with user_errors(verbose):
+        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1)):
+            if value is not None and value < low:
+                raise UserError(f"{name} must be at least {low}, got {value}")
+        ppl.imatrix(model, file, output, ctx_size, batch_size, threads, chunks, cache_type)
+
+
+@app.command(no_args_is_help=True)
 def perplexity(
     model: Path = typer.Option(..., "-m", "--model", help="GGUF model file."),
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Text to score (not used with --kl-divergence)."),

@@ -1,4 +1,4 @@
-"""`toolkit perplexity`'s two runs on the terminal: the figures on stdout in llama-perplexity's format (the running
+"""`toolkit perplexity`'s two runs and `toolkit imatrix` on the terminal: the figures on stdout in llama-perplexity's format (the running
 estimates, the final estimate, the KL-divergence table and statistics), progress and information on stderr."""
 from __future__ import annotations
 
@@ -130,6 +130,33 @@ def kl_divergence(model: Path, base_file: Path, n_ctx: int | None, n_batch: int,
             print("\n".join(summary))
         else:
             _info(f"kl_divergence: {stats.count} tokens scored; no summary statistics under {P.MIN_KLD_SUMMARY}")
+        _timings(session)
+    finally:
+        session.close()
+
+
+def imatrix(model: Path, text_file: Path, out: Path, n_ctx: int, n_batch: int, threads: int | None, max_chunks: int,
+            cache_type: str) -> None:
+    """llama-imatrix: the importance matrix over the text's chunks, the perplexity estimates printed on the way,
+    written to `out` in its GGUF layout."""
+    from quantizer.imatrix import save
+    from runtime.imatrix import compute
+    if not Path(text_file).is_file():
+        raise UserError(f"text file {text_file} does not exist")
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    session = _open_session(model, n_ctx, n_batch, threads, cache_type)
+    try:
+        _info("imatrix: tokenizing the input ..")
+        tokens = P.tokenize_text(session.tokenizer, text)
+        chunks = P.plan_chunks(len(tokens), n_ctx, max_chunks)
+        _info(f"imatrix: computing over {chunks.n_chunk} chunks, n_ctx={n_ctx}, batch_size={session.n_batch} "
+              f"({len(tokens)} tokens)")
+        (entries, stats), _ = _run_chunks("imatrix", chunks.n_chunk, lambda cb: compute(session, tokens, chunks, cb),
+                                          lambda d, s: P.chunk_estimate(d.index, s), lambda s: f"PPL {s.ppl:.4f}")
+        save(out, entries, [str(text_file)], chunks.n_chunk, n_ctx)
+        print()
+        print(P.final_estimate(stats))
+        _info(f"imatrix: stored {len(entries)} matrices' statistics in {out}")
         _timings(session)
     finally:
         session.close()
