@@ -3,6 +3,7 @@ format chosen by the architecture's recipe (or by name): CodeShell's `## human:`
 Gemma's `<start_of_turn>`, Phi-3's `<|user|>`."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import archs
@@ -18,6 +19,10 @@ class ChatFormat:
 
     def render(self, messages: list[dict], bos: str, eos: str, tools: list[dict] | None = None) -> str:
         raise NotImplementedError
+
+    def with_context(self, context: dict) -> ChatFormat:
+        """The format with extra template variables (`chat_template_kwargs`); a built-in format has none to take."""
+        return self
 
 
 class CodeShellFormat(ChatFormat):
@@ -86,6 +91,7 @@ class JinjaFormat(ChatFormat):
         object.__setattr__(self, "name", "jinja")
         object.__setattr__(self, "stop", stop)
         object.__setattr__(self, "source", template)
+        object.__setattr__(self, "context", {})  # extra template variables (chat_template_kwargs, enable_thinking)
         from jinja2 import TemplateError, meta
         env = _environment()
         try:
@@ -94,11 +100,17 @@ class JinjaFormat(ChatFormat):
         except TemplateError as e:
             raise UserError(f"the chat template does not parse: {e}") from None
 
-    def render(self, messages, bos, eos, tools=None):
+    def with_context(self, context):
+        out = copy.copy(self)
+        object.__setattr__(out, "context", {**self.context, **context})
+        return out
+
+    def render(self, messages, bos, eos, tools=None, add_generation_prompt=True):
         from jinja2 import TemplateError
         try:
-            return self._template.render(messages=messages, tools=tools, documents=None, add_generation_prompt=True,
-                                         bos_token=bos, eos_token=eos)
+            return self._template.render(**{**self.context, "messages": messages, "tools": tools, "documents": None,
+                                            "add_generation_prompt": add_generation_prompt, "bos_token": bos,
+                                            "eos_token": eos})
         except (TemplateError, TypeError, ValueError, LookupError, AttributeError) as e:  # the template's own fault
             raise UserError(f"the chat template failed: {type(e).__name__}: {e}") from None
 

@@ -1,6 +1,7 @@
 """The built-in chat formats against llama.cpp's own (llama_chat_apply_template of llama-cpp-python 0.3.36, by the
 name llama.cpp gives each format) and against the models' own Jinja templates (../shared/fixtures/chat-templates): the
-same text for a conversation of several turns."""
+same text for a conversation of several turns; and every template of the fixtures rendered as transformers'
+`apply_chat_template` renders it (conversations without tools here; with tools and tool results in test_tools)."""
 from __future__ import annotations
 
 import ctypes
@@ -8,6 +9,7 @@ import os
 
 import pytest
 
+from common.errors import UserError
 from runtime.chat import BUILTIN, JinjaFormat
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
@@ -50,3 +52,52 @@ def test_builtin_formats_are_the_models_templates(shared_fixtures, name):
 
 def test_every_builtin_format_is_compared():
     assert set(BUILTIN) - set(LLAMA_CPP_NAMES) == {"codeshell", "llama-2"}  # neither has its llama.cpp name
+
+
+# -- every template of the fixtures against transformers' apply_chat_template ----------------------------------------
+# Conversations without tools (those with tools and tool results: tests/test_tools.py, for every template that shows
+# tools); a thinking template also with `enable_thinking` given (transformers passes it to the template as is).
+PLAIN = {"system": CONVERSATION, "no-system": CONVERSATION[1:], "one-turn": [CONVERSATION[1]],
+         "reasoning": [CONVERSATION[1], {"role": "assistant", "content": "Hello!", "reasoning_content": "A greeting."},
+                       CONVERSATION[3]]}
+
+
+def fixture_templates() -> list[str]:
+    from tests.conftest import SHARED
+    folder = SHARED / "chat-templates"
+    return sorted(f.name for f in folder.glob("*.jinja")) if folder.is_dir() else ["Qwen-Qwen3-0.6B.jinja"]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    """A transformers tokenizer whose only role is apply_chat_template (BOS/EOS texts <s> and </s>)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+    return PreTrainedTokenizerFast(tokenizer_object=HFTokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                                   bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("file", fixture_templates())
+def test_every_template_renders_as_transformers(shared_fixtures, hf_tokenizer, file):
+    """Character for character, or both refuse the conversation (the template raises: no system role, ...)."""
+    text = (shared_fixtures / "chat-templates" / file).read_text()
+    kwargs = [{}] + ([{"enable_thinking": True}, {"enable_thinking": False}] if "enable_thinking" in text else [])
+    rendered = 0
+    for name, messages in PLAIN.items():
+        for extra in kwargs:
+            try:
+                expected = hf_tokenizer.apply_chat_template(messages, chat_template=text, tokenize=False,
+                                                            add_generation_prompt=True, **extra)
+            except Exception:  # noqa: BLE001 — the template's own refusal: ours must refuse too
+                with pytest.raises(UserError, match="chat template failed"):
+                    JinjaFormat(text, ()).with_context(extra).render(messages, "<s>", "</s>")
+                continue
+            assert JinjaFormat(text, ()).with_context(extra).render(messages, "<s>", "</s>") == expected, (name, extra)
+            rendered += 1
+    # the templates that refuse plain chats want tools (Hermes/Command R tool-use, firefunction) or no system turn
+    assert rendered or file in NEED_TOOLS, file
+
+
+NEED_TOOLS = {"CohereForAI-c4ai-command-r-plus-tool_use.jinja", "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use.jinja",
+              "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja", "fireworks-ai-llama-3-firefunction-v2.jinja"}
