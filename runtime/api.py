@@ -14,11 +14,15 @@ from runtime.chat import chat_format, prompt_tokens
 from runtime.embeddings import embedding as embed_tokens, pooling_type as _pooling_type
 from runtime.generate import Session
 from runtime.logprobs import ProbsFormat, token_logprob
-from runtime.sampling import SamplingParams, check, check_bias
+from runtime.sampling import RANGES, SamplingParams, check, check_bias, samplers_from_chars, samplers_from_names
 from runtime.stops import StopScanner
 from runtime.structured import one_constraint
 from runtime.tools import ToolPlan
 from common.errors import UserError
+
+# llama.cpp's sampler settings llama-cpp-python has no argument for, by llama-server's names (= SamplingParams')
+EXTRA = ("top_n_sigma", "xtc_probability", "xtc_threshold", "dry_multiplier", "dry_base", "dry_allowed_length",
+         "dry_penalty_last_n", "dry_sequence_breakers", "samplers")
 
 
 class Llama:
@@ -89,12 +93,24 @@ class Llama:
 
     # -- completions ----------------------------------------------------------------------------------------------
     def _params(self, temperature, top_k, top_p, min_p, repeat_penalty, seed, presence_penalty=0.0,
-                frequency_penalty=0.0, logit_bias=None) -> SamplingParams:
-        """Checked against sampling.RANGES under the argument names (UserError naming the first one out of range)."""
+                frequency_penalty=0.0, logit_bias=None, typical_p=1.0, mirostat_mode=0, mirostat_tau=5.0,
+                mirostat_eta=0.1, **samplers) -> SamplingParams:
+        """Checked against sampling.RANGES under the argument names (UserError naming the first one out of range).
+        `samplers`: the llama.cpp settings llama-cpp-python has no argument for, by llama-server's names (EXTRA)."""
+        unknown = sorted(set(samplers) - set(EXTRA))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        extra = dict(samplers)
         for field, value in (("temp", temperature), ("top_k", top_k), ("top_p", top_p), ("min_p", min_p),
                              ("repeat_penalty", repeat_penalty), ("presence_penalty", presence_penalty),
-                             ("frequency_penalty", frequency_penalty)):
-            check(field, value, "temperature" if field == "temp" else field)
+                             ("frequency_penalty", frequency_penalty), ("typ_p", typical_p),
+                             ("mirostat", mirostat_mode), ("mirostat_tau", mirostat_tau),
+                             ("mirostat_eta", mirostat_eta), *((f, v) for f, v in extra.items() if f in RANGES)):
+            check(field, value, {"temp": "temperature", "typ_p": "typical_p", "mirostat": "mirostat_mode"}.get(
+                field, field))
+        if "samplers" in extra:
+            order = extra["samplers"]
+            extra["samplers"] = samplers_from_chars(order) if isinstance(order, str) else samplers_from_names(order)
         bias = {}
         for key, value in (logit_bias or {}).items():  # llama-cpp-python's {token id: bias}; "id" keys as JSON has
             token = int(key) if isinstance(key, str) and key.strip().lstrip("-").isdigit() else key
@@ -102,7 +118,8 @@ class Llama:
             bias[token] = float(value)
         return SamplingParams(temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
                               seed=self.seed if seed is None else seed, presence_penalty=presence_penalty,
-                              frequency_penalty=frequency_penalty, logit_bias=bias)
+                              frequency_penalty=frequency_penalty, logit_bias=bias, typ_p=typical_p,
+                              mirostat=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta, **extra)
 
     def _stream(self, prompt_tokens: list[int], max_tokens: int | None, params: SamplingParams, stop: list[str],
                 grammar, n_top: int | None) -> Iterator[tuple[str, str | None, list]]:
@@ -187,15 +204,19 @@ class Llama:
                           top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05, repeat_penalty: float = 1.0,
                           stop: str | list[str] | None = None, seed: int | None = None, stream: bool = False,
                           logprobs: int | None = None, presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                          logit_bias: dict | None = None, grammar=None):
+                          logit_bias: dict | None = None, grammar=None, typical_p: float = 1.0,
+                          mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1, **samplers):
         """grammar: GBNF text or a runtime.grammar.Grammar; logprobs: N gives OpenAI's legacy logprobs (the N most
-        likely tokens at each step, as llama-cpp-python returns them)."""
+        likely tokens at each step, as llama-cpp-python returns them); typical_p, mirostat_*: llama-cpp-python's
+        names of llama.cpp's samplers, `samplers` the others by llama-server's names (EXTRA: top_n_sigma, xtc_*,
+        dry_*, and `samplers`, the sequence as names or letters)."""
         tokens = self.tokenize(prompt, add_bos=True, special=True)
         probs = ProbsFormat("text", self.tokenizer, len(prompt), n_top=logprobs) if logprobs is not None else None
         return self._run("text", tokens, max_tokens, stop, stream, dict(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias),
-            one_constraint(grammar=grammar), probs)
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+            typical_p=typical_p, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            **samplers), one_constraint(grammar=grammar), probs)
 
     __call__ = create_completion
 
@@ -206,10 +227,13 @@ class Llama:
                                grammar=None, logprobs: bool = False, top_logprobs: int | None = None,
                                presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                                logit_bias: dict | None = None, tools: list[dict] | None = None,
-                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True):
+                               tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+                               typical_p: float = 1.0, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
+                               mirostat_eta: float = 0.1, **samplers):
         """response_format: {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}};
         logprobs/top_logprobs: OpenAI's chat logprobs; tools/tool_choice/parallel_tool_calls: OpenAI's tool calls
-        (runtime.tools), answered with `tool_calls` and finish_reason "tool_calls" as the server answers."""
+        (runtime.tools), answered with `tool_calls` and finish_reason "tool_calls" as the server answers; the
+        samplers' settings as create_completion's."""
         if top_logprobs is not None and not logprobs:
             raise UserError("top_logprobs requires logprobs=True")
         probs = ProbsFormat("chat", self.tokenizer, n_top=top_logprobs or 0) if logprobs else None
@@ -218,8 +242,10 @@ class Llama:
             prompt_tokens(self.chat, self.tokenizer, messages)
         return self._run("chat", tokens, max_tokens, stop, stream, dict(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed,
-            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias),
-            one_constraint(grammar=grammar, response_format=response_format, tool_choice=plan.grammar()), probs,
+            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+            typical_p=typical_p, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+            **samplers), one_constraint(grammar=grammar, response_format=response_format, tool_choice=plan.grammar()),
+            probs,
             plan if plan.active else None)
 
     # -- embeddings -----------------------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ class Session:
         ignore_eos), after n_predict tokens (-1: until the context is full), when the context is full (unless
         context_shift: then it is shifted, see shift_context), or when `grammar` is complete and allows nothing but
         end-of-generation."""
-        sampler = sampler or Sampler(params)
+        sampler = sampler or Sampler(params, self.tokenizer)
         constraint = GrammarConstraint(grammar, self.tokenizer) if grammar is not None else None
         with self.batcher.member(self.cache):
             yield from self._steps(prompt, n_predict, sampler, ignore_eos, constraint, start)

@@ -54,7 +54,7 @@ class Runner:
                                cache_type=opts.cache_type, cache_type_v=opts.cache_type_v, ctx_name="-c")
         self.session.context_shift = opts.context_shift
         self.tok = self.session.tokenizer
-        self.sampler = Sampler(opts.sampling)
+        self.sampler = Sampler(opts.sampling, self.tok)
         hp = self.session.model.hp
         pre = f", pre-tokenizer {self.tok.pre}" if self.tok.pre else ""
         print(f"model: {hp.arch}, tokenizer {self.tok.model}{pre}, trained context {hp.n_ctx_train}, "

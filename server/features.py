@@ -1,13 +1,13 @@
 """What a request asks of the sampler beyond the basic settings, read from the request bodies (server.schemas) into
-runtime terms: penalties and logit_bias (SamplingParams), a grammar (response_format on the OpenAI routes, grammar /
-json_schema on /completion), log-probabilities (how many top tokens, and their shape in the answer). Faults are
-UserErrors, answered 400."""
+runtime terms: penalties, logit_bias and llama.cpp's extra samplers and their sequence (SamplingParams), a grammar
+(response_format on the OpenAI routes, grammar / json_schema on /completion), log-probabilities (how many top tokens,
+and their shape in the answer). Faults are UserErrors, answered 400."""
 from __future__ import annotations
 
 import math
 
 from runtime.grammar import Grammar
-from runtime.sampling import SamplingParams, check_bias
+from runtime.sampling import SAMPLERS, SamplingParams, check_bias, samplers_from_chars, samplers_from_names
 from runtime.structured import one_constraint
 from runtime.tools import ToolPlan
 from common.errors import UserError
@@ -18,7 +18,20 @@ def sampling_params(body, seed: int, tokenizer) -> SamplingParams:
     return SamplingParams(temp=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
                           repeat_penalty=body.repeat_penalty, repeat_last_n=body.repeat_last_n, seed=seed,
                           presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                          logit_bias=logit_bias(body.logit_bias, tokenizer))
+                          logit_bias=logit_bias(body.logit_bias, tokenizer), typ_p=body.typical_p,
+                          top_n_sigma=body.top_n_sigma, xtc_probability=body.xtc_probability,
+                          xtc_threshold=body.xtc_threshold, dry_multiplier=body.dry_multiplier, dry_base=body.dry_base,
+                          dry_allowed_length=body.dry_allowed_length, dry_penalty_last_n=body.dry_penalty_last_n,
+                          dry_sequence_breakers=tuple(body.dry_sequence_breakers), mirostat=body.mirostat,
+                          mirostat_tau=body.mirostat_tau, mirostat_eta=body.mirostat_eta,
+                          samplers=sampler_sequence(body.samplers))
+
+
+def sampler_sequence(value) -> tuple[str, ...]:
+    """llama-server's `samplers`: a list of names or a string of letters; none: llama.cpp's default sequence."""
+    if value is None:
+        return SAMPLERS
+    return samplers_from_chars(value) if isinstance(value, str) else samplers_from_names(value)
 
 
 def logit_bias(value, tokenizer) -> dict[int, float]:

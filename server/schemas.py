@@ -66,6 +66,23 @@ class Sampling(Body):
                                      description="times its count, subtracted from each token's logit")
     logit_bias: LogitBias = Field(None, description='{"token id": bias} (-100 bans) or llama.cpp\'s [[token or text, '
                                   'bias or false], ...]')
+    # llama.cpp's extra samplers (llama-server takes them on every route), see runtime.sampling
+    typical_p: float = Field(RUN.typ_p, **RANGES["typ_p"].bounds(), description="locally typical sampling, 1 = off")
+    top_n_sigma: float = Field(RUN.top_n_sigma, **RANGES["top_n_sigma"].bounds(), description="<= 0 = off")
+    xtc_probability: float = Field(RUN.xtc_probability, **RANGES["xtc_probability"].bounds(), description="0 = off")
+    xtc_threshold: float = Field(RUN.xtc_threshold, **RANGES["xtc_threshold"].bounds(), description="> 0.5 = off")
+    dry_multiplier: float = Field(RUN.dry_multiplier, **RANGES["dry_multiplier"].bounds(), description="0 = off")
+    dry_base: float = Field(RUN.dry_base, **RANGES["dry_base"].bounds())
+    dry_allowed_length: int = Field(RUN.dry_allowed_length, **RANGES["dry_allowed_length"].bounds())
+    dry_penalty_last_n: int = Field(RUN.dry_penalty_last_n, **RANGES["dry_penalty_last_n"].bounds(),
+                                    description="0 = off")
+    dry_sequence_breakers: list[Text] = Field(list(RUN.dry_sequence_breakers), min_length=1)
+    mirostat: int = Field(RUN.mirostat, **RANGES["mirostat"].bounds(), description="0 = off, 1 or 2: Mirostat "
+                          "1 or 2.0 instead of the sampler sequence")
+    mirostat_tau: float = Field(RUN.mirostat_tau, **RANGES["mirostat_tau"].bounds())
+    mirostat_eta: float = Field(RUN.mirostat_eta, **RANGES["mirostat_eta"].bounds())
+    samplers: list[Text] | Text | None = Field(None, description="the sampler sequence: names (e.g. [\"top_k\", "
+                                               "\"temperature\"]) or letters (e.g. \"kt\")")
     response_format: dict | None = Field(None, description='{"type": "text" | "json_object" | "json_schema", '
                                          '"json_schema": {"schema": {...}}}')
     cache_prompt: bool = Field(True, description="reuse the KV cache of the slot's previous request for the prompt's "

@@ -267,6 +267,25 @@ def run(
     frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Frequency penalty (0.0 = off)."),
     logit_bias: Optional[list[str]] = typer.Option(None, "--logit-bias", "-l",
                                                    help="TOKEN_ID(+/-)BIAS, e.g. 15043+1 or 15043-inf (repeatable)."),
+    typical: float = typer.Option(1.0, "--typical", "--typical-p", help="Locally typical sampling (1.0 = off)."),
+    top_nsigma: float = typer.Option(-1.0, "--top-nsigma", "--top-n-sigma", help="Top-n-sigma (-1 = off)."),
+    xtc_probability: float = typer.Option(0.0, "--xtc-probability", help="XTC chance (0.0 = off)."),
+    xtc_threshold: float = typer.Option(0.1, "--xtc-threshold", help="XTC threshold (> 0.5 = off)."),
+    dry_multiplier: float = typer.Option(0.0, "--dry-multiplier", help="DRY multiplier (0.0 = off)."),
+    dry_base: float = typer.Option(1.75, "--dry-base", help="DRY base (>= 1)."),
+    dry_allowed_length: int = typer.Option(2, "--dry-allowed-length", help="DRY: repeats longer are penalized."),
+    dry_penalty_last_n: int = typer.Option(64, "--dry-penalty-last-n", help="DRY: tokens scanned (0 = off)."),
+    dry_sequence_breaker: Optional[list[str]] = typer.Option(
+        None, "--dry-sequence-breaker", help="DRY sequence breaker, replacing the defaults ('\\n', ':', '\"', "
+        "'*'); none: no breakers (repeatable)."),
+    mirostat: int = typer.Option(0, "--mirostat", help="Mirostat 1 or 2 instead of the sampler sequence (0 = off)."),
+    mirostat_lr: float = typer.Option(0.1, "--mirostat-lr", help="Mirostat learning rate, eta."),
+    mirostat_ent: float = typer.Option(5.0, "--mirostat-ent", help="Mirostat target entropy, tau."),
+    samplers: Optional[str] = typer.Option(None, "--samplers", help="The sampler sequence, names separated by ';' "
+                                           "(default: penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;"
+                                           "temperature)."),
+    sampler_seq: Optional[str] = typer.Option(None, "--sampler-seq", "--sampling-seq",
+                                              help="The sampler sequence as letters (default: edskypmxt)."),
     grammar: Optional[str] = typer.Option(None, "--grammar", help="GBNF grammar the output follows."),
     grammar_file: Optional[Path] = typer.Option(None, "--grammar-file", help="File with a GBNF grammar."),
     json_schema: Optional[str] = typer.Option(None, "-j", "--json-schema",
@@ -307,8 +326,19 @@ def run(
                                    ("--frequency-penalty", "frequency_penalty", frequency_penalty)):
             sampling.check(field, value, flag)
         constraint = run_grammar(grammar, grammar_file, json_schema)
+        extra = extra_samplers({"--typical": ("typ_p", typical), "--top-nsigma": ("top_n_sigma", top_nsigma),
+                                "--xtc-probability": ("xtc_probability", xtc_probability),
+                                "--xtc-threshold": ("xtc_threshold", xtc_threshold),
+                                "--dry-multiplier": ("dry_multiplier", dry_multiplier),
+                                "--dry-base": ("dry_base", dry_base),
+                                "--dry-allowed-length": ("dry_allowed_length", dry_allowed_length),
+                                "--dry-penalty-last-n": ("dry_penalty_last_n", dry_penalty_last_n),
+                                "--mirostat": ("mirostat", mirostat), "--mirostat-lr": ("mirostat_eta", mirostat_lr),
+                                "--mirostat-ent": ("mirostat_tau", mirostat_ent)},
+                               dry_sequence_breaker, samplers, sampler_seq)
         params = sampling.SamplingParams(temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
-                                         presence_penalty, frequency_penalty, parse_logit_biases(logit_bias or []))
+                                         presence_penalty, frequency_penalty, parse_logit_biases(logit_bias or []),
+                                         **extra)
         opts = RunOptions(model=str(model), prompt=prompt, n_predict=n_predict, n_ctx=ctx_size, n_batch=batch_size,
                           n_threads=threads, cache_type=cache_type, cache_type_v=cache_type_v, verbose=verbose,
                           sampling=params, context_shift=context_shift, n_keep=keep,
@@ -352,6 +382,32 @@ def parse_logit_biases(values: list[str]) -> dict[int, float]:
         token, bias = int(m.group(1)), float(m.group(2) + m.group(3))
         sampling.check_bias(token, bias, "--logit-bias")
         out[token] = bias
+    return out
+
+
+def extra_samplers(flags: dict[str, tuple[str, object]], breakers: list[str] | None, names: str | None,
+                   letters: str | None) -> dict:
+    """llama.cpp's extra samplers' flags as SamplingParams fields, each checked under its flag: --dry-sequence-breaker
+    replaces the default breakers ("none": no breakers), --samplers (names separated by ';') or --sampler-seq
+    (letters) set the sequence."""
+    from common.errors import UserError
+    from runtime import sampling
+
+    out = {}
+    for flag, (field, value) in flags.items():
+        sampling.check(field, value, flag)
+        out[field] = value
+    if breakers is not None:
+        kept: list[str] = []
+        for b in breakers:  # as llama.cpp: "none" drops the breakers given before it
+            kept = [] if b == "none" else kept + [b]
+        out["dry_sequence_breakers"] = tuple(kept)
+    if names is not None and letters is not None:
+        raise UserError("give --samplers or --sampler-seq, not both")
+    if names is not None:
+        out["samplers"] = sampling.samplers_from_names(names.split(";"), "--samplers")
+    if letters is not None:
+        out["samplers"] = sampling.samplers_from_chars(letters, "--sampler-seq")
     return out
 
 
