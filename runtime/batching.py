@@ -68,11 +68,17 @@ class Batcher:
     def forward(self, tokens: list[int], cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
         """`tokens` evaluated after the cache's positions, in a pass shared with whatever else is waiting; the logits as
         Transformer.forward returns them (hidden: every token's hidden state as Transformer.hidden returns them)."""
-        req = _Request(list(tokens), cache, all_logits, time.perf_counter(), hidden)
+        return self.forward_many([(tokens, cache, all_logits, hidden)])[0]
+
+    def forward_many(self, items: list[tuple[list[int], KVCache, bool, bool]]) -> list[np.ndarray]:
+        """Several sequences asked for at once, each (tokens, its own cache, all_logits, hidden) as `forward` takes
+        them: they wait together, so that a pass takes as many of them as n_ubatch allows."""
+        now = time.perf_counter()
+        reqs = [_Request(list(tokens), cache, all_logits, now, hidden) for tokens, cache, all_logits, hidden in items]
         with self._cv:
-            self._waiting.append(req)
+            self._waiting.extend(reqs)
             self._cv.notify_all()
-            while not req.done:
+            while not all(r.done for r in reqs):
                 delay = self._leader_delay()
                 if delay == 0:
                     batch = self._take()
@@ -86,9 +92,10 @@ class Batcher:
                         self._cv.notify_all()
                 else:
                     self._cv.wait(delay)
-        if req.error is not None:
-            raise req.error
-        return req.result
+        for r in reqs:
+            if r.error is not None:
+                raise r.error
+        return [r.result for r in reqs]
 
     def _leader_delay(self) -> float | None:
         """0 when a pass should start now; else how long to wait (None: until notified)."""

@@ -63,11 +63,7 @@ def normalize(v: np.ndarray, embd_norm: int) -> np.ndarray:
     return x * scale
 
 
-def hidden_states(session: Session, tokens: list[int]) -> np.ndarray:
-    """Every token's hidden state after the output norm [n, n_embd], evaluated on a cache of its own (nothing of
-    the session's context is read or changed), in chunks of the session's n_batch through its batcher, so that it
-    shares passes with the session's other sequences. The cache has the session's n_ctx positions, as llama.cpp's
-    context has (LongRoPE picks its factors by it); only the rows written take memory."""
+def check_tokens(session: Session, tokens: list[int]) -> None:
     hp = session.model.hp
     if not tokens:
         raise UserError("the input is empty (no tokens)")
@@ -76,20 +72,53 @@ def hidden_states(session: Session, tokens: list[int]) -> np.ndarray:
         raise UserError(f"token id {bad[0]} is outside the vocabulary (0..{hp.n_vocab - 1})")
     if len(tokens) > session.n_ctx:
         raise UserError(f"the input has {len(tokens)} tokens; the context holds {session.n_ctx}")
-    cache = session.net.new_cache(session.n_ctx, session.cache_type, session.cache_type_v)
-    step = max(1, session.n_batch)
-    parts = [session.batcher.forward(tokens[i:i + step], cache, hidden=True) for i in range(0, len(tokens), step)]
-    hidden = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    bad = int(np.count_nonzero(~np.isfinite(hidden)))
-    if bad:
-        raise DamagedModel(f"{session.model.path.name}: the model computed {bad} NaN or infinite hidden state "
-                           f"value(s) (of {hidden.size}): the model file is damaged")
-    return hidden
+
+
+def hidden_states(session: Session, prompts: list[list[int]]) -> list[np.ndarray]:
+    """Every token's hidden state after the output norm ([n, n_embd] per prompt), each prompt evaluated on a cache of
+    its own (nothing of the session's context is read or changed) through the session's batcher: prompts that fit
+    in its n_batch tokens together share passes (with each other and the session's other sequences), a longer one is
+    evaluated in chunks of n_batch. A cache has the session's n_ctx positions, as llama.cpp's context has (LongRoPE
+    picks its factors by it); only the rows written take memory."""
+    for tokens in prompts:
+        check_tokens(session, tokens)
+    step, out, i = max(1, session.n_batch), [], 0
+    while i < len(prompts):
+        group, total = [prompts[i]], len(prompts[i])  # consecutive prompts within n_batch tokens (one at least)
+        while i + len(group) < len(prompts) and total + len(prompts[i + len(group)]) <= step:
+            total += len(prompts[i + len(group)])
+            group.append(prompts[i + len(group)])
+        caches = [session.net.new_cache(session.n_ctx, session.cache_type, session.cache_type_v) for _ in group]
+        parts: list[list[np.ndarray]] = [[] for _ in group]
+        for start in range(0, max(len(p) for p in group), step):
+            live = [j for j, p in enumerate(group) if start < len(p)]
+            outs = session.batcher.forward_many([(group[j][start:start + step], caches[j], False, True) for j in live])
+            for j, o in zip(live, outs):
+                parts[j].append(o)
+        for chunks in parts:
+            hidden = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+            bad = int(np.count_nonzero(~np.isfinite(hidden)))
+            if bad:
+                raise DamagedModel(f"{session.model.path.name}: the model computed {bad} NaN or infinite hidden "
+                                   f"state value(s) (of {hidden.size}): the model file is damaged")
+            out.append(hidden)
+        i += len(group)
+    return out
+
+
+def embeddings(session: Session, prompts: list[list[int]], pooling: PoolingType,
+               embd_norm: int = -1) -> list[np.ndarray]:
+    """Each input's embedding: pooled, then normalized (the pooled vector, or each token's with pooling none)."""
+    out = []
+    for hidden in hidden_states(session, prompts):
+        pooled = pool(hidden, pooling)
+        if pooled.ndim == 2:
+            out.append(np.stack([normalize(row, embd_norm) for row in pooled]) if embd_norm != -1 else pooled)
+        else:
+            out.append(normalize(pooled, embd_norm))
+    return out
 
 
 def embedding(session: Session, tokens: list[int], pooling: PoolingType, embd_norm: int = -1) -> np.ndarray:
-    """One input's embedding: pooled, then normalized (the pooled vector, or each token's with pooling none)."""
-    pooled = pool(hidden_states(session, tokens), pooling)
-    if pooled.ndim == 2:
-        return np.stack([normalize(row, embd_norm) for row in pooled]) if embd_norm != -1 else pooled
-    return normalize(pooled, embd_norm)
+    """One input's embedding (see embeddings)."""
+    return embeddings(session, [tokens], pooling, embd_norm)[0]

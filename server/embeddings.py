@@ -16,7 +16,7 @@ from gguf import PoolingType
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from runtime.embeddings import DEFAULT_NORMALIZE, embedding, pooling_type
+from runtime.embeddings import DEFAULT_NORMALIZE, embeddings, pooling_type
 from server.engine import Engine
 from server.schemas import Body, Text
 from common.errors import DamagedModel, UserError
@@ -79,7 +79,7 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
     def compute(prompts: list[list[int]], embd_norm: int) -> list[np.ndarray]:
         # llama-server normalizes only pooled embeddings
         embd_norm = -1 if pooling == PoolingType.NONE else embd_norm
-        return [embedding(engine.base, tokens, pooling, embd_norm) for tokens in prompts]
+        return embeddings(engine.base, prompts, pooling, embd_norm)
 
     async def answer(body: EmbeddingRequest, oai: bool):
         """llama-server's handle_embeddings_impl: `content` instead of `input` is answered in llama.cpp's shape."""
@@ -121,7 +121,7 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
 
     @app.post("/embeddings", summary="llama.cpp's embeddings (--embedding; every token's with pooling none)",
               responses=responses)
-    async def embeddings(body: EmbeddingRequest):
+    async def embeddings_llama(body: EmbeddingRequest):
         return await answer(body, False)
 
-    app.post("/embedding", summary="llama.cpp's embeddings (legacy name)", responses=responses)(embeddings)
+    app.post("/embedding", summary="llama.cpp's embeddings (legacy name)", responses=responses)(embeddings_llama)

@@ -187,6 +187,26 @@ def test_hidden_states_beside_logits_in_one_pass(models, nthreads):
         model.close()
 
 
+def test_inputs_share_passes_and_long_ones_go_in_chunks(models):
+    """runtime.embeddings evaluates consecutive inputs that fit in n_batch tokens in one pass and a longer one in
+    chunks of n_batch; each input's hidden states are the bits of a pass of its own over the whole input."""
+    from runtime.embeddings import embeddings, hidden_states
+    llm = Llama(str(models["qwen2"]), n_ctx=64, n_batch=16, verbose=False, type_k=0, type_v=0)
+    try:
+        rng = np.random.default_rng(1)
+        prompts = [[int(t) for t in rng.integers(0, llm.n_vocab(), n)] for n in (5, 9, 40, 3, 2)]
+        session, net = llm.session, llm.session.net
+        alone = [net.hidden(p, net.new_cache(64, "f32")) for p in prompts]
+        before = session.batcher.n_passes
+        got = hidden_states(session, prompts)
+        assert session.batcher.n_passes - before == 1 + 3 + 1  # [5, 9], [40] in 16 + 16 + 8, [3, 2]
+        assert all(np.array_equal(g, a) for g, a in zip(got, alone))
+        pooled = embeddings(session, prompts, POOLINGS["last"], 2)
+        assert all(np.allclose(p, a[-1] / np.linalg.norm(a[-1]), atol=1e-6) for p, a in zip(pooled, alone))
+    finally:
+        llm.close()
+
+
 def test_embed_needs_embedding_true(models):
     llm = Llama(str(models["stories260K"]), n_ctx=64, verbose=False)
     try:
