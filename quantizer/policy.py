@@ -42,6 +42,11 @@ class Choice:
     src_type: T
     dst_type: T
     fallback: str | None = None  # the warning when the shape forced a fallback type
+    source: str | None = None    # the input tensor's name, when --prune-layers renumbered its block
+
+    @property
+    def source_name(self) -> str:
+        return self.source or self.name
 
 
 # llama.cpp's tensor_name_match_token_embd
@@ -49,6 +54,30 @@ TOKEN_EMBD_NAMES = ("token_embd.weight", "per_layer_token_embd.weight")
 
 _NOT_QUANTIZED = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", "attn_rel_b.weight", ".position_embd",
                   ".patch_embd", "time_mix_first.weight")
+
+
+def prune_renames(names: list[str], prune: list[int]) -> tuple[dict[str, str | None], int]:
+    """--prune-layers: each block tensor's new name (None: pruned) and the new block count, as llama.cpp renumbers
+    them (blocks below the first pruned one keep their number, the later kept ones follow on)."""
+    prune = sorted(set(prune))
+    mapped: dict[int, int | None] = {}
+    renames: dict[str, str | None] = {}
+    next_id = 0
+    for name in llama_order(names):
+        m = re.search(r"blk\.(\d+)\.", name)
+        if not m:
+            continue
+        blk = int(m.group(1))
+        if blk not in mapped:
+            if blk in prune:
+                mapped[blk] = None
+            elif blk < prune[0]:
+                mapped[blk], next_id = blk, blk + 1
+            else:
+                mapped[blk], next_id = next_id, next_id + 1
+        new = mapped[blk]
+        renames[name] = None if new is None else name[:m.start(1)] + str(new) + name[m.end(1):]
+    return renames, next_id
 
 
 def llama_order(names: list[str]) -> list[str]:

@@ -115,7 +115,7 @@ def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: in
 def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
                   allow_requantize: bool = False, opts: policy.Options | None = None, dry_run: bool = False,
                   imatrix: ImportanceMatrix | None = None, kv_overrides: list[KV] | None = None,
-                  progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+                  prune_layers: list[int] | None = None, progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                   report: Callable[[QuantizeResult], None] | None = None) -> QuantizeResult:
     """Quantize `inp` into `out` (default: named after the type, next to the input). A file without weights is
     refused before any output is created; `report` gets the result before the output is renamed into place, so that
@@ -134,13 +134,15 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
             raise UserError(f"output folder {out.parent} does not exist")
     with GGUFFile(inp) as g:
         return quantize_tensors(g, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
-                                dry_run=dry_run, imatrix=imatrix, kv_overrides=kv_overrides, progress=progress,
-                                info=info, warn=warn, report=report, t0=t0)
+                                dry_run=dry_run, imatrix=imatrix, kv_overrides=kv_overrides,
+                                prune_layers=prune_layers, progress=progress, info=info, warn=warn, report=report,
+                                t0=t0)
 
 
 def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None = None, allow_requantize: bool = False,
                      opts: policy.Options | None = None, dry_run: bool = False, imatrix: ImportanceMatrix | None = None,
-                     kv_overrides: list[KV] | None = None, progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
+                     kv_overrides: list[KV] | None = None, prune_layers: list[int] | None = None, progress=None,
+                     info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                      report: Callable[[QuantizeResult], None] | None = None,
                      t0: float | None = None) -> QuantizeResult:
     """quantize_file's work on tensors read from `g`: a GGUFFile, or anything with its reading interface (path,
@@ -154,7 +156,9 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
     if n_params == 0:
         what = "no tensors" if not g.tensors else f"only tensors of 0 elements ({len(g.tensors)})"
         raise UserError(f"{g.path} has {what}: nothing to quantize")
-    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None, kv_overrides)
+    renames, n_blocks = policy.prune_renames([e.info.name for e in g.tensors], prune_layers) if prune_layers \
+        else ({}, None)
+    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None, kv_overrides, renames)
     _check_required_imatrix(choices, ft, imatrix, dry_run, warn)
     weights = _weights(choices, imatrix, info)
     infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
@@ -171,18 +175,24 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
         return finish()
     info(f"quantizing {Path(g.path).name} to {ft.name} with {nthreads} thread(s) → {out}")
     with atomic_output(out) as f:
-        _write(f, g, ft, choices, infos, nthreads, progress, weights, imatrix, kv_overrides)
+        _write(f, g, ft, choices, infos, nthreads, progress, weights,
+               _metadata(g, ft, imatrix, kv_overrides, n_blocks))
         return finish()  # inside the block: the file is renamed into place only after this returned
 
 
 def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Options,
-          warn: Callable[[str], None], has_imatrix: bool = False,
-          overrides: list[KV] | None = None) -> list[policy.Choice]:
-    """Each tensor's new type, checked for what the native core can convert."""
+          warn: Callable[[str], None], has_imatrix: bool = False, overrides: list[KV] | None = None,
+          renames: dict[str, str | None] | None = None) -> list[policy.Choice]:
+    """Each tensor's new type (under its new name when --prune-layers renumbers it; pruned ones left out), checked
+    for what the native core can convert."""
     facts = model_facts(g, {kv.key: kv for kv in overrides or []})
-    choices = policy.plan([(e.info.name, e.info.shape, e.info.ggml_type) for e in g.tensors], ft, facts, opts,
-                          has_imatrix)
+    renames = renames or {}
+    kept = [(renames.get(e.info.name, e.info.name), e) for e in g.tensors]
+    sources = {new: e.info.name for new, e in kept if new is not None and new != e.info.name}
+    choices = policy.plan([(new, e.info.shape, e.info.ggml_type) for new, e in kept if new is not None], ft, facts,
+                          opts, has_imatrix)
     for c in choices:
+        c.source = sources.get(c.name)
         if c.dst_type != c.src_type:
             if is_quantized(c.src_type) and not allow_requantize:
                 raise UserError(f"requantizing from type {type_name(c.src_type)} is disabled "
@@ -207,7 +217,7 @@ def _check_required_imatrix(choices: list[policy.Choice], ft: FileType, imatrix:
             return
         raise UserError(f"this quantization requires an importance matrix (--imatrix): tensor {needing[0].name} "
                         f"becomes {type_name(needing[0].dst_type)}")
-    missing = [c for c in needing if imatrix.for_tensor(c.name) is None]
+    missing = [c for c in needing if imatrix.for_tensor(c.source_name) is None]
     if missing and not dry_run:
         raise UserError(f"the importance matrix has no weights for tensor {missing[0].name}, which type "
                         f"{type_name(missing[0].dst_type)} cannot do without")
@@ -224,7 +234,7 @@ def _weights(choices: list[policy.Choice], imatrix: ImportanceMatrix | None,
     for c in choices:
         if c.dst_type == c.src_type:
             continue
-        w = imatrix.for_tensor(c.name)
+        w = imatrix.for_tensor(c.source_name)  # the matrix knows the tensors by their names before pruning
         if w is None:
             info(f"did not find importance weights for {c.name}")
             continue
@@ -237,17 +247,15 @@ def _weights(choices: list[policy.Choice], imatrix: ImportanceMatrix | None,
 
 
 def _write(f, g: GGUFFile, ft: FileType, choices: list[policy.Choice], infos: list[TensorInfo], nthreads: int,
-           progress, weights: dict[str, np.ndarray] | None = None, imatrix: ImportanceMatrix | None = None,
-           overrides: list[KV] | None = None) -> None:
-    """The new file: header, then each tensor converted in turn."""
+           progress, weights: dict[str, np.ndarray], kvs: list[KV]) -> None:
+    """The new file: header (metadata kvs), then each tensor converted in turn."""
     entries = {e.info.name: e for e in g.tensors}
-    weights = weights or {}
-    f.write(encode_header(_metadata(g, ft, imatrix, overrides), infos))
+    f.write(encode_header(kvs, infos))
     stream = TensorStream(f, infos)
     if progress:
         progress.start(len(choices), sum(e.info.nbytes for e in g.tensors))
     for i, c in enumerate(choices):
-        entry = entries[c.name]
+        entry = entries[c.source_name]
         stream.write_tensor(_chunks(g, entry, c, nthreads, weights.get(c.name)))
         g.release(entry)
         if progress:
@@ -294,10 +302,10 @@ def parse_kv_override(text: str) -> KV:
 
 
 def _metadata(g: GGUFFile, ft: FileType, imatrix: ImportanceMatrix | None = None,
-              overrides: list[KV] | None = None) -> list[KV]:
+              overrides: list[KV] | None = None, n_blocks: int | None = None) -> list[KV]:
     """The input's keys with split keys dropped, then general.quantization_version and general.file_type, then the
-    --override-kv keys and the quantize.imatrix.* keys when quantizing with a matrix (llama.cpp removes and re-appends
-    the keys it sets, in this order)."""
+    --override-kv keys, the quantize.imatrix.* keys when quantizing with a matrix and the block count left by
+    --prune-layers (llama.cpp removes and re-appends the keys it sets, in this order)."""
     kvs = {k: kv for k, kv in g.kv.items()
            if not k.startswith("split.") and k not in ("general.quantization_version", "general.file_type")}
     kvs["general.quantization_version"] = KV("general.quantization_version", GGUFValueType.UINT32, GGML_QUANT_VERSION)
@@ -309,4 +317,8 @@ def _metadata(g: GGUFFile, ft: FileType, imatrix: ImportanceMatrix | None = None
         kvs.pop(key, None)
         kvs[key] = (KV(key, GGUFValueType.STRING, value) if isinstance(value, str)
                     else KV(key, GGUFValueType.UINT32, value))
+    if n_blocks is not None:
+        key = f"{g.value('general.architecture')}.block_count"
+        kvs.pop(key, None)
+        kvs[key] = KV(key, GGUFValueType.UINT32, n_blocks)
     return list(kvs.values())

@@ -109,6 +109,8 @@ def quantize(
                                                     "matches the regular expression get TYPE (repeatable)."),
     tensor_type_file: Optional[Path] = typer.Option(None, "--tensor-type-file",
                                                     help="A file of PATTERN=TYPE items (separated by white space)."),
+    prune_layers: Optional[str] = typer.Option(None, "--prune-layers", help="L0,L1,...: leave these layers out "
+                                               "(the later ones renumbered)."),
     override_kv: Optional[list[str]] = typer.Option(None, "--override-kv", help="KEY=TYPE:VALUE (int, float, bool, "
                                                     "str): set this metadata key in the output (repeatable)."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix (llama-imatrix's GGUF or .dat)."),
@@ -139,12 +141,23 @@ def quantize(
         overrides = [parse_kv_override(item) for item in override_kv or []]
         result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
                                dry_run=dry_run, imatrix=matrix, kv_overrides=overrides,
+                               prune_layers=_layer_list(prune_layers) if prune_layers is not None else None,
                                progress=TensorProgress("quantizing"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True),
                                warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True),
                                report=lambda r: _print_quantize_summary(r, dry_run))
         if not dry_run:
             console.print(f"wrote {result.path}", markup=False, soft_wrap=True)
+
+
+def _layer_list(text: str) -> list[int]:
+    """--prune-layers L0,L1,...: layer numbers (0 or more)."""
+    from common.errors import UserError
+
+    items = text.split(",")
+    if not all(item.strip().isdigit() for item in items):
+        raise UserError(f"--prune-layers {text!r}: expected comma-separated layer numbers")
+    return sorted({int(item) for item in items})
 
 
 def _tensor_types(items: list[str], path: Path | None):
