@@ -226,8 +226,7 @@ class Sampler:
 
     def _chain(self, logits: np.ndarray, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
         p = self.params
-        ids = np.flatnonzero(logits > -np.inf)
-        vals = logits[ids]
+        ids, vals = _unmasked(logits)
         for name in p.samplers:
             if name == "temperature":
                 if p.temp <= 0:  # llama.cpp keeps the first largest logit; the samplers after it cannot change that
@@ -258,8 +257,7 @@ class Sampler:
         """llama.cpp's mirostat chain (after the logit bias): temperature, then mirostat 1 (100 tokens for its Zipf
         estimate) or 2; mu moves towards the target surprise tau by eta times the error."""
         p = self.params
-        ids = np.flatnonzero(logits > -np.inf)
-        vals = logits[ids]
+        ids, vals = _unmasked(logits)
         if p.temp <= 0:
             ids, vals = ids[[np.argmax(vals)]], vals[[np.argmax(vals)]]
         else:
@@ -276,6 +274,15 @@ class Sampler:
 
 # -- the samplers: each takes the candidates (token ids and their logits, masked tokens already gone) and returns
 # the ones it keeps, as llama.cpp's sampler of the same name does with its llama_token_data_array ------------------
+def _unmasked(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates: every token not masked (-inf), with its logit."""
+    allowed = logits > -np.inf
+    if allowed.all():
+        return np.arange(logits.size), logits
+    ids = np.flatnonzero(allowed)
+    return ids, logits[ids]
+
+
 def _sorted(ids: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(-vals, kind="stable")
     return ids[order], vals[order]
@@ -283,6 +290,10 @@ def _sorted(ids: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _on_vocab(ids: np.ndarray, vals: np.ndarray, n_vocab: int, fn) -> np.ndarray:
     """Run `fn` (in place on a whole-vocabulary array, as apply_penalties) on the candidates' logits."""
+    if ids.size == n_vocab and np.array_equal(ids, np.arange(n_vocab)):  # none removed or moved yet
+        full = vals.copy()
+        fn(full)
+        return full
     full = np.full(n_vocab, -np.inf)
     full[ids] = vals
     fn(full)
@@ -307,7 +318,7 @@ def top_k(ids, vals, k: int):
     if k <= 0:
         return ids, vals
     if k < vals.size:
-        keep = np.argpartition(-vals, k - 1)[:k]
+        keep = np.sort(np.argpartition(-vals, k - 1)[:k])  # ties keep their order
         ids, vals = ids[keep], vals[keep]
     return _sorted(ids, vals)
 
@@ -371,10 +382,9 @@ def xtc(ids, vals, probability: float, threshold: float, rng):
 def mirostat_v1(ids, vals, mu: float, n_vocab: int, m: int = 100):
     """Mirostat 1: estimate the Zipf exponent s from the m most probable tokens, keep the k most probable with
     k = (e * 2^mu / (1 - N^-e))^(1/s), e = s - 1, N the vocabulary size (computed in log space; at least 1)."""
-    ids, vals = _sorted(ids, vals)
-    head = vals[:min(m, vals.size)]
+    head = top_k(ids, vals, m)[1]
     if head.size < 2:
-        return ids[:1], vals[:1]
+        return top_k(ids, vals, 1)
     i = np.arange(head.size - 1, dtype=np.float64)
     t = np.log((i + 2) / (i + 1))
     b = head[:-1] - head[1:]  # log(p_i / p_i+1)
@@ -382,7 +392,7 @@ def mirostat_v1(ids, vals, mu: float, n_vocab: int, m: int = 100):
     eps = s_hat - 1.0
     ln_n = math.log(n_vocab) if n_vocab > 1 else 0.0
     if ln_n == 0.0:
-        return ids[:1], vals[:1]
+        return top_k(ids, vals, 1)
     ratio = 1.0 / ln_n if abs(eps) < 1e-12 else eps / -math.expm1(-eps * ln_n)
     log_num = mu * math.log(2.0) + math.log(ratio)
     if s_hat > 0:
@@ -390,16 +400,15 @@ def mirostat_v1(ids, vals, mu: float, n_vocab: int, m: int = 100):
         k = vals.size if log_k >= math.log(vals.size) else int(math.exp(log_k))
     else:  # a flat head: k is 0 or infinite
         k = vals.size if log_num > 0 else 1
-    k = max(k, 1)
-    return ids[:k], vals[:k]
+    return top_k(ids, vals, max(k, 1))
 
 
 def mirostat_v2(ids, vals, mu: float):
     """Mirostat 2: the most probable tokens up to the first whose surprise -log2 p exceeds mu (at least one)."""
-    ids, vals = _sorted(ids, vals)
-    over = -_log_softmax(vals) / math.log(2.0) > mu
-    cut = max(int(np.argmax(over)) if over.any() else vals.size, 1)
-    return ids[:cut], vals[:cut]
+    keep = -_log_softmax(vals) / math.log(2.0) <= mu  # in sorted order, the tokens before the first one over mu
+    if not keep.any():
+        return top_k(ids, vals, 1)
+    return _sorted(ids[keep], vals[keep])
 
 
 def mirostat_mu(mu: float, logp: float, tau: float, eta: float) -> float:
@@ -488,9 +497,10 @@ def apply_dry(ids, vals, history, p: SamplingParams, breakers) -> np.ndarray:
         return vals
     max_exp = int(88.7228391 / math.log(p.dry_base)) if p.dry_base > 1.000001 else 0
     vals = vals.copy()
-    for j, tid in enumerate(ids.tolist()):
-        length = repeats.get(tid)
-        if length is None or () in breakers.get(tid, ()):
+    for j in np.flatnonzero(np.isin(ids, np.fromiter(repeats, dtype=ids.dtype))).tolist():
+        tid = int(ids[j])
+        length = repeats[tid]
+        if () in breakers.get(tid, ()):
             continue
         e = length - p.dry_allowed_length
         if max_exp > 0:
