@@ -11,7 +11,7 @@ import numpy as np
 
 from runtime.arch.base import CACHE_TYPES
 from runtime.chat import chat_format, prompt_tokens
-from runtime.embeddings import embedding as embed_tokens, pooling_type as _pooling_type
+from runtime.embeddings import embeddings, pooling_type as _pooling_type
 from runtime.generate import Session
 from runtime.logprobs import ProbsFormat, token_logprob
 from runtime.sampling import RANGES, SamplingParams, check, check_bias, samplers_from_chars, samplers_from_names
@@ -261,17 +261,17 @@ class Llama:
                                             all(isinstance(t, int) for t in input))
         inputs = [input] if single else list(input)
         limit = min(self.session.n_batch, self.session.n_ctx)
-        data, total = [], 0
+        prompts = []
         for item in inputs:
             tokens = self.tokenize(item.encode("utf-8")) if isinstance(item, str) else [int(t) for t in item]
             if truncate:
                 tokens = tokens[:limit]
             if len(tokens) > limit:
                 raise UserError(f"Requested tokens ({len(tokens)}) exceed batch size of {limit}")
-            total += len(tokens)
-            data.append(embed_tokens(self.session, tokens, self._pooling, 2 if normalize else -1).tolist())
+            prompts.append(tokens)
+        data = [e.tolist() for e in embeddings(self.session, prompts, self._pooling, 2 if normalize else -1)]
         output = data[0] if single else data
-        return (output, total) if return_count else output
+        return (output, sum(len(p) for p in prompts)) if return_count else output
 
     def create_embedding(self, input: str | list[str] | list[int] | list[list[int]], model: str | None = None) -> dict:
         """llama-cpp-python's create_embedding: OpenAI's embedding list (unnormalized, as there)."""

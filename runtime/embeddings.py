@@ -117,8 +117,3 @@ def embeddings(session: Session, prompts: list[list[int]], pooling: PoolingType,
         else:
             out.append(normalize(pooled, embd_norm))
     return out
-
-
-def embedding(session: Session, tokens: list[int], pooling: PoolingType, embd_norm: int = -1) -> np.ndarray:
-    """One input's embedding (see embeddings)."""
-    return embeddings(session, [tokens], pooling, embd_norm)[0]
