@@ -25,7 +25,7 @@ from quantizer import imatrix
 from quantizer.quantize import quantize_file
 from quantizer.types import FILE_TYPES, parse_file_type
 from tests.helpers import REPO, run_toolkit
-from tests.test_quantize_file import assert_same_file_content, llama_cpp_quantize
+from tests.test_quantize_file import llama_cpp_quantize
 from common.errors import UserError
 from common.ggufio import GGUFFile
 

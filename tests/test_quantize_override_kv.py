@@ -19,14 +19,19 @@ from tests.test_quantize_file import llama_cpp_quantize
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kvmodel")
+def llama8(tmp_path_factory):
+    """An 8-layer Llama with GQA and rows of 256, f16 (tied embeddings keep it small)."""
+    root = tmp_path_factory.mktemp("llama8")
     folder = make_checkpoint("llama", root / "llama", hidden_size=256, intermediate_size=512, num_hidden_layers=8,
                              num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=True)
     out = root / "llama-f16.gguf"
     convert_model(folder, outtype="f16", outfile=out)
     return out
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return llama8(tmp_path_factory)
 
 
 def theirs(model, out, ftype: int, items: list[str]) -> None:

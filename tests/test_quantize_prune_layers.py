@@ -15,9 +15,14 @@ from quantizer.types import parse_file_type
 from tests.helpers import run_toolkit
 from tests.test_quantize_file import llama_cpp_quantize
 from tests.test_quantize_imatrix import assert_same_but_imatrix_keys, matrix_shapes, write_random_imatrix
-from tests.test_quantize_override_kv import model  # noqa: F401 (fixture: an 8-layer Llama, f16)
+from tests.test_quantize_override_kv import llama8
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return llama8(tmp_path_factory)
 
 
 def theirs(model, out, ftype: int, layers: list[int], m: imatrix.ImportanceMatrix | None = None) -> None:
@@ -35,7 +40,7 @@ def theirs(model, out, ftype: int, layers: list[int], m: imatrix.ImportanceMatri
 
 
 @pytest.mark.parametrize("type_name,layers", [("Q4_K_M", [3]), ("Q3_K_M", [0, 5, 6]), ("Q4_0", [7])])
-def test_pruned_files_equal_llama_model_quantize(model, tmp_path, type_name, layers):  # noqa: F811
+def test_pruned_files_equal_llama_model_quantize(model, tmp_path, type_name, layers):
     ft = parse_file_type(type_name)
     quantize_file(model, tmp_path / "ours.gguf", ft, nthreads=2, prune_layers=layers, info=lambda m: None,
                   warn=lambda m: None)
@@ -46,7 +51,7 @@ def test_pruned_files_equal_llama_model_quantize(model, tmp_path, type_name, lay
     del llm
 
 
-def test_with_an_importance_matrix(model, tmp_path):  # noqa: F811
+def test_with_an_importance_matrix(model, tmp_path):
     path = tmp_path / "m.imatrix.gguf"
     write_random_imatrix(matrix_shapes(model), path)
     m = imatrix.load(path)
@@ -57,6 +62,6 @@ def test_with_an_importance_matrix(model, tmp_path):  # noqa: F811
     assert_same_but_imatrix_keys(tmp_path / "ours.gguf", tmp_path / "theirs.gguf", m)
 
 
-def test_bad_layer_list_is_one_line(model, tmp_path):  # noqa: F811
+def test_bad_layer_list_is_one_line(model, tmp_path):
     r = run_toolkit("quantize", "--prune-layers", "1,x", model, tmp_path / "x.gguf", "Q4_K_M")
     assert r.returncode == 1 and "comma-separated layer numbers" in r.stderr, r.stderr

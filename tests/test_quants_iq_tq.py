@@ -13,9 +13,14 @@ from gguf.quants import dequantize as gguf_dequantize
 
 import native
 from tests.test_quants_imatrix import ggml_quantize
-from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix, ggml  # noqa: F401 (ggml: fixture)
+from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
 TYPES = [T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0]
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    return Ggml()
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
