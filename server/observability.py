@@ -133,7 +133,11 @@ def params_json(req: GenRequest) -> dict:
     return {"seed": p.seed, "temperature": p.temp, "top_k": p.top_k, "top_p": p.top_p, "min_p": p.min_p,
             "repeat_last_n": p.repeat_last_n, "repeat_penalty": p.repeat_penalty,
             "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty,
-            "max_tokens": req.n_predict, "n_predict": req.n_predict, "ignore_eos": req.ignore_eos,
+            "top_n_sigma": p.top_n_sigma, "xtc_probability": p.xtc_probability, "xtc_threshold": p.xtc_threshold,
+            "typical_p": p.typ_p, "dry_multiplier": p.dry_multiplier, "dry_base": p.dry_base,
+            "dry_allowed_length": p.dry_allowed_length, "dry_penalty_last_n": p.dry_penalty_last_n,
+            "mirostat": p.mirostat, "mirostat_tau": p.mirostat_tau, "mirostat_eta": p.mirostat_eta,
+            "samplers": list(p.samplers), "max_tokens": req.n_predict, "n_predict": req.n_predict, "ignore_eos": req.ignore_eos,
             "n_probs": req.n_probs or 0}
 
 

@@ -9,13 +9,18 @@ deterministic parts are compared (XTC with probability 1)."""
 from __future__ import annotations
 
 import ctypes
+import socket
+import subprocess
+import time
 
+import httpx
 import numpy as np
 import pytest
 
 from runtime.sampling import (SAMPLERS, Sampler, SamplingParams, apply_dry, dry_breakers, mirostat_mu, mirostat_v1,
                               mirostat_v2, top_n_sigma, typical, xtc)
-from tests.helpers import run_toolkit
+from server.features import sampler_sequence
+from tests.helpers import REPO, run_toolkit
 from tests.test_server import KEY, _serve, _stop
 
 L = pytest.importorskip("llama_cpp")
@@ -364,3 +369,57 @@ def test_python_api_names(api):
         with pytest.raises(UserError, match=next(iter(kw))):
             api.create_completion(PROMPT, max_tokens=1, **kw)
     assert SAMPLERS == ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
+
+
+# -- llama-server's own defaults and sampler names ----------------------------------------------------------------
+LLAMA_SERVER = REPO / "bench-data" / "llama.cpp" / "bin" / "llama-server"
+SETTINGS = ("top_n_sigma", "xtc_probability", "xtc_threshold", "typical_p", "dry_multiplier", "dry_base",
+            "dry_allowed_length", "dry_penalty_last_n", "mirostat", "mirostat_tau", "mirostat_eta", "temperature",
+            "top_k", "top_p", "min_p", "repeat_last_n", "repeat_penalty", "samplers")
+
+
+@pytest.fixture(scope="module")
+def llama_server(stories260k_f32, tmp_path_factory):
+    if not LLAMA_SERVER.is_file():
+        pytest.skip(f"{LLAMA_SERVER} is absent (build it with ../shared/tools/build-llama-cpp.sh)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("llama-server-samplers") / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(stories260k_f32), "--port", str(port), "-c", "512",
+                                 "-np", "1", "-t", "1"], stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_defaults_and_order_equal_llama_server(llama_server, server):
+    """/props' default generation settings: every sampler setting and the sequence as llama-server b11434 has them."""
+    theirs = httpx.get(llama_server + "/props", timeout=10).json()["default_generation_settings"]["params"]
+    with server.client() as c:
+        ours_ = c.get("/props").json()["default_generation_settings"]["params"]
+    for key in SETTINGS:
+        assert ours_[key] == pytest.approx(theirs[key]) if key != "samplers" else ours_[key] == theirs[key], key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("samplers", ["kxt", "edskypmxt", "yt", ["top-k", "nucleus", "temp", "typ"],
+                                      ["TOP_K", "minp", "top_n_sigma", "xtc", "penalties", "dry", "typ_p"]])
+def test_sampler_names_read_as_llama_server_reads_them(llama_server, samplers):
+    r = httpx.post(llama_server + "/completion", json={"prompt": PROMPT, "n_predict": 1, "samplers": samplers},
+                   timeout=60).json()
+    assert list(sampler_sequence(samplers)) == r["generation_settings"]["samplers"]
