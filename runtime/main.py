@@ -39,6 +39,7 @@ class RunOptions:
     chat: bool = False
     reverse_prompts: list[str] = field(default_factory=list)
     chat_template: str | None = None
+    jinja: bool = True                  # the file's own Jinja template (--jinja, llama.cpp's default), else built-in
     grammar: Grammar | None = None      # every generation follows it (--grammar, --grammar-file, -j)
 
 
@@ -131,7 +132,8 @@ class Runner:
 
     def chat_loop(self, system: str) -> None:
         g = self.session.model.gguf
-        fmt = chat_format(self.session.model.hp.arch, g.value("tokenizer.chat_template"), self.opts.chat_template)
+        fmt = chat_format(self.session.model.hp.arch, g.value("tokenizer.chat_template") if self.opts.jinja else None,
+                          self.opts.chat_template)
         messages = [{"role": "system", "content": system}] if system else []
         while True:
             line = self._read_user()

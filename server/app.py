@@ -23,7 +23,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.chat import prompt_tokens
 from runtime.logprobs import ProbsFormat
+from runtime.reasoning import DEFAULT_FORMAT, Splitter, splitter, thinking_format
 from runtime.sampling import SamplingParams
 from runtime.tools import ToolPlan
 from server.api_key import api_key_bytes
@@ -46,6 +48,7 @@ class AppConfig:
     seed: int = -1
     limits: Limits = field(default_factory=Limits)
     embeddings: EmbeddingOptions = field(default_factory=EmbeddingOptions)
+    reasoning_format: str = DEFAULT_FORMAT  # --reasoning-format: a request's `reasoning_format` wins
 
     def __post_init__(self):
         if self.api_key is not None:
@@ -148,9 +151,11 @@ class Shape:
     done_marker = True
 
     def __init__(self, name: str, kind: str, include_usage: bool = False, probs: ProbsFormat | None = None,
-                 n: int = 1):
-        """probs: how to show the tokens' log-probabilities (None: `logprobs: null`); n: the number of choices."""
+                 n: int = 1, reasoning: Splitter | None = None):
+        """probs: how to show the tokens' log-probabilities (None: `logprobs: null`); n: the number of choices;
+        reasoning: how a chat answer's thought is split into `reasoning_content` (runtime.reasoning)."""
         self.name, self.kind, self.include_usage, self.probs, self.n = name, kind, include_usage, probs, n
+        self.reasoning, self.thoughts = reasoning, {}
         self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -176,6 +181,15 @@ class Shape:
                 "choices": [{"text": content, "index": index, "logprobs": logprobs, "finish_reason": reason}]}
 
     def pieces(self, piece: Piece, slot_id: int) -> list[dict]:
+        if self.reasoning is None:
+            return self.content_pieces(piece, slot_id)
+        thought, text = self.thoughts.setdefault(piece.index, self.reasoning.stream()).feed(piece.text)
+        out = [self._chunk({"reasoning_content": thought}, None, piece.probs, piece.index)] if thought else []
+        if text or not out:
+            out += self.content_pieces(Piece(text, [] if out else piece.probs, piece.index), slot_id)
+        return out
+
+    def content_pieces(self, piece: Piece, slot_id: int) -> list[dict]:
         return [self.piece(piece, slot_id)]
 
     def piece(self, piece: Piece, slot_id: int) -> dict:
@@ -183,6 +197,14 @@ class Shape:
                            piece.index)
 
     def end(self, r: GenResult) -> list[dict]:
+        out = []
+        for c in (r.choices or [r]) if self.reasoning is not None else []:  # the text a tag's beginning held back
+            thought, text = self.thoughts.setdefault(c.index, self.reasoning.stream()).end()
+            out += [self._chunk({"reasoning_content": thought}, None, index=c.index)] if thought else []
+            out += self.content_pieces(Piece(text, [], c.index), r.slot_id) if text else []
+        return out + self.closing(r)
+
+    def closing(self, r: GenResult) -> list[dict]:
         out = [self._chunk({} if self.kind == "chat" else "", self.finish_reason(c), index=c.index)
                for c in r.choices or [r]]
         if self.include_usage:
@@ -196,8 +218,9 @@ class Shape:
     def _choice(self, text: str, r: GenResult) -> dict:
         logprobs = self.probs(r.probs, r.index) if self.probs is not None else None
         if self.kind == "chat":
-            return {"index": r.index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
-                    "finish_reason": r.finish_reason}
+            thought, text = self.reasoning.split(text) if self.reasoning is not None else ("", text)
+            message = {"role": "assistant", "content": text, **({"reasoning_content": thought} if thought else {})}
+            return {"index": r.index, "message": message, "logprobs": logprobs, "finish_reason": r.finish_reason}
         return {"text": text, "index": r.index, "logprobs": logprobs, "finish_reason": r.finish_reason}
 
     def whole(self, text: str, r: GenResult) -> dict:
@@ -211,28 +234,31 @@ class ToolShape(Shape):
     """A chat with tools: each choice's text read back into `tool_calls` (runtime.tools.ToolPlan), streamed as OpenAI
     streams them (a runtime.tools.ToolStream per choice)."""
 
-    def __init__(self, plan: ToolPlan, *args):
-        super().__init__(*args)
+    def __init__(self, plan: ToolPlan, *args, **kw):
+        super().__init__(*args, **kw)
         self.plan, self.streams, self.reasons = plan, {}, {}
 
-    def pieces(self, piece, slot_id):
+    def content_pieces(self, piece, slot_id):
         stream = self.streams.setdefault(piece.index, self.plan.stream())
         deltas = stream.feed(piece.text) or ([{}] if piece.probs else [])
         return [self._chunk(d, None, piece.probs if i == 0 else None, piece.index) for i, d in enumerate(deltas)]
 
-    def end(self, r):
+    def closing(self, r):
         out = []
         for c in r.choices or [r]:
             deltas, self.reasons[c.index] = self.streams.setdefault(c.index, self.plan.stream()).end(c.finish_reason)
             out += [self._chunk(d, None, index=c.index) for d in deltas]
-        return out + super().end(r)
+        return out + super().closing(r)
 
     def finish_reason(self, r):
         return self.reasons.get(r.index, r.finish_reason)
 
     def _choice(self, text, r):
         out = super()._choice(text, r)
-        out["message"], out["finish_reason"] = self.plan.message(text, r.finish_reason)
+        thought = out["message"].get("reasoning_content")
+        out["message"], out["finish_reason"] = self.plan.message(out["message"]["content"], r.finish_reason)
+        if thought:
+            out["message"]["reasoning_content"] = thought
         return out
 
 
@@ -438,8 +464,11 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
     async def chat_completions(body: ChatRequest, request: Request):
         check_model(body)
         check_supported(body)
-        plan, messages = tool_plan(body, engine.chat), [message_dict(m) for m in body.messages]
-        render = partial(plan.prompt_tokens, engine.tokenizer) if plan.needed(messages) else engine.chat_prompt
+        chat = thinking_format(engine.chat, body.chat_template_kwargs)
+        messages = [message_dict(m) for m in body.messages]
+        plan = tool_plan(body, chat)
+        render = partial(plan.prompt_tokens, engine.tokenizer) if plan.needed(messages) else \
+            partial(prompt_tokens, chat, engine.tokenizer)
         tokens = await user_input(render, messages)
         n_predict = body.max_completion_tokens or body.max_tokens
         check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
@@ -448,14 +477,17 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
                          cache_prompt=body.cache_prompt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("chat", engine.tokenizer) if req.n_probs is not None else None
-        shape = ToolShape(plan, cfg.name, "chat", include_usage, probs, body.n) if plan.active else \
-            Shape(cfg.name, "chat", include_usage, probs, body.n)
+        thoughts = splitter(chat, body.reasoning_format or cfg.reasoning_format, messages)
+        shape = ToolShape(plan, cfg.name, "chat", include_usage, probs, body.n, reasoning=thoughts) if plan.active \
+            else Shape(cfg.name, "chat", include_usage, probs, body.n, reasoning=thoughts)
         return await generate(request, req, shape, body.stream)
 
     @app.post("/apply-template", summary="The prompt a chat request renders (llama-server's), tools included",
               responses=ERRORS["tokens"])
     async def apply_template(body: ChatRequest):
-        plan, messages = tool_plan(body, engine.chat), [message_dict(m) for m in body.messages]
+        chat = thinking_format(engine.chat, body.chat_template_kwargs)
+        messages = [message_dict(m) for m in body.messages]
+        plan = tool_plan(body, chat)
         return {"prompt": await user_input(partial(plan.prompt_text, engine.tokenizer), messages)}
 
     @app.post("/completion", summary="llama.cpp's native completion", responses=ERRORS["llama"])

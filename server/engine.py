@@ -186,8 +186,9 @@ class Engine:
     def __init__(self, model_path: str, n_ctx: int = 512, n_threads: int | None = None, parallel: int = 1,
                  queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512, cache_type: str = "f16",
                  cache_type_v: str | None = None, n_ubatch: int | None = None, context_shift: bool = False,
-                 n_keep: int = 0):
-        """n_ctx: per slot (0: the model's training context shared by the slots, as runtime.generate.context_size
+                 n_keep: int = 0, jinja: bool = True):
+        """jinja: chats rendered with the file's own template (else the architecture's built-in format).
+        n_ctx: per slot (0: the model's training context shared by the slots, as runtime.generate.context_size
         gives it); the slots' forward passes run batched (runtime.batching), n_ubatch tokens at most."""
         if n_ctx == 0:
             from runtime.generate import check_context_memory
@@ -202,8 +203,8 @@ class Engine:
         self.n_ctx, self.n_threads, self.queue_size = base.n_ctx, base.n_threads, queue_size
         self.tokenizer = base.tokenizer
         self.hp = base.model.hp
-        self.chat: ChatFormat = chat_format(self.hp.arch, base.model.gguf.value("tokenizer.chat_template"),
-                                            chat_template)
+        self.chat: ChatFormat = chat_format(
+            self.hp.arch, base.model.gguf.value("tokenizer.chat_template") if jinja else None, chat_template)
         self.slots = [Slot(0, base)] + [Slot(i, base.new_slot()) for i in range(1, parallel)]
         self._free: deque[Slot] = deque(self.slots)
         self._waiting: deque[asyncio.Future] = deque()

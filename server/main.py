@@ -35,6 +35,8 @@ class ServeOptions:
     queue: int = 32
     api_key: str | None = None
     chat_template: str | None = None
+    jinja: bool = True              # the file's own Jinja template (llama-server's --jinja, its default), else built-in
+    reasoning_format: str = "deepseek"  # --reasoning-format (runtime.reasoning.FORMATS)
     alias: str | None = None
     strict_model: bool = False
     seed: int = -1
@@ -71,6 +73,8 @@ def validate(o: ServeOptions) -> None:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {o.pooling!r}")
     if o.embd_normalize < -1:
         raise UserError(f"--embd-normalize must be at least -1, got {o.embd_normalize}")
+    from runtime.reasoning import check_format
+    check_format(o.reasoning_format)
 
 
 def chat_template_arg(value: str | None) -> str | None:
@@ -122,11 +126,11 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     limits = Limits(timeout=o.timeout).within_open_files()
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
                     chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type, cache_type_v=o.cache_type_v,
-                    n_ubatch=o.n_ubatch, context_shift=o.context_shift, n_keep=o.n_keep)
+                    n_ubatch=o.n_ubatch, context_shift=o.context_shift, n_keep=o.n_keep, jinja=o.jinja)
     try:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,
-                                           limits=limits,
+                                           limits=limits, reasoning_format=o.reasoning_format,
                                            embeddings=EmbeddingOptions(o.embedding, o.pooling, o.embd_normalize)))
         add_observability(app, metrics_endpoint=o.metrics, slots_endpoint=o.slots)
         host, port = sock.getsockname()[:2]

@@ -165,6 +165,11 @@ class ChatRequest(OpenAIRequest):
     tool_choice: Text | dict | None = Field(None, description='auto (with tools), none, required, or {"type": '
                                             '"function", "function": {"name": ...}}')
     parallel_tool_calls: bool = Field(True, description="whether the answer may call several tools")
+    reasoning_format: Literal["none", "deepseek", "deepseek-legacy", "auto"] | None = Field(
+        None, description="how the thought (<think>...</think>) is returned: none (left in content), deepseek / "
+        "deepseek-legacy / auto (in message.reasoning_content); default: the server's --reasoning-format")
+    chat_template_kwargs: dict | None = Field(None, description='extra variables for the chat template, e.g. '
+                                              '{"enable_thinking": false}')
 
 
 class LlamaCompletionRequest(Sampling):

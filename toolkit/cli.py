@@ -312,7 +312,12 @@ def run(
     conversation: bool = typer.Option(False, "-cnv", "--conversation", help="Chat with the model's template."),
     reverse_prompt: Optional[list[str]] = typer.Option(None, "-r", "--reverse-prompt",
                                                        help="Stop and hand over to the user at this text."),
-    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="codeshell, llama-2, chatml or Jinja."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template",
+                                                help="codeshell, llama-2, chatml, gemma, phi3, Jinja text or file."),
+    jinja: bool = typer.Option(True, "--jinja/--no-jinja", help="Chat with the model file's own Jinja template "
+                               "(llama.cpp's default); --no-jinja: the architecture's built-in format."),
+    chat_template_file: Optional[Path] = typer.Option(None, "--chat-template-file",
+                                                      help="A Jinja chat template file (llama.cpp's flag)."),
     verbose: bool = VERBOSE,
 ) -> None:
     """Generate text with a GGUF model, like llama.cpp's main."""
@@ -357,7 +362,8 @@ def run(
                           sampling=params, context_shift=context_shift, n_keep=keep,
                           ignore_eos=ignore_eos, escape=escape, color=color, verbose_prompt=verbose_prompt,
                           interactive=interactive, chat=instruct or conversation,
-                          reverse_prompts=list(reverse_prompt or []), chat_template=chat_template,
+                          reverse_prompts=list(reverse_prompt or []), jinja=jinja,
+                          chat_template=template_option(chat_template, chat_template_file),
                           grammar=constraint)
         runner = Runner(opts)
         try:
@@ -396,6 +402,21 @@ def parse_logit_biases(values: list[str]) -> dict[int, float]:
         sampling.check_bias(token, bias, "--logit-bias")
         out[token] = bias
     return out
+
+
+def template_option(chat_template: str | None, chat_template_file: Path | None) -> str | None:
+    """--chat-template NAME|JINJA|FILE or llama.cpp's --chat-template-file FILE: a built-in name or a template."""
+    from common.errors import UserError
+    from common.textfile import read_text
+    from server.main import chat_template_arg
+
+    if chat_template_file is None:
+        return chat_template_arg(chat_template)
+    if chat_template:
+        raise UserError("give --chat-template or --chat-template-file, not both")
+    if not chat_template_file.is_file():
+        raise UserError(f"--chat-template-file {chat_template_file} does not exist")
+    return read_text(chat_template_file, "--chat-template-file")
 
 
 def extra_samplers(flags: dict[str, tuple[str, object]], breakers: list[str] | None, names: str | None,
@@ -454,7 +475,14 @@ def serve(
     queue: int = typer.Option(32, "--queue", help="Requests waiting for a slot before answering 503."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require Authorization: Bearer KEY."),
     chat_template: Optional[str] = typer.Option(None, "--chat-template",
-                                                help="codeshell, llama-2, chatml, Jinja text or a Jinja file."),
+                                                help="codeshell, llama-2, chatml, gemma, phi3, Jinja text or file."),
+    jinja: bool = typer.Option(True, "--jinja/--no-jinja", help="Chat with the model file's own Jinja template "
+                               "(llama.cpp's default); --no-jinja: the architecture's built-in format."),
+    chat_template_file: Optional[Path] = typer.Option(None, "--chat-template-file",
+                                                      help="A Jinja chat template file (llama.cpp's flag)."),
+    reasoning_format: str = typer.Option("deepseek", "--reasoning-format", help="A chat answer's thought "
+                                         "(<think>...</think>): none (left in content), deepseek, deepseek-legacy, "
+                                         "auto (in message.reasoning_content, as llama-server)."),
     alias: Optional[str] = typer.Option(None, "-a", "--alias", help="Model name in the API (default: file name)."),
     strict_model: bool = typer.Option(False, "--strict-model", help="Answer 404 to requests naming another model."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Seed for requests that give none (-1 = random)."),
@@ -479,7 +507,8 @@ def serve(
                                 n_batch=batch_size, n_ubatch=ubatch_size, cache_type=cache_type,
                                 cache_type_v=cache_type_v, parallel=parallel, queue=queue, api_key=api_key,
                                 context_shift=context_shift, n_keep=keep,
-                                chat_template=chat_template, alias=alias, strict_model=strict_model, seed=seed,
+                                chat_template=template_option(chat_template, chat_template_file), jinja=jinja,
+                                reasoning_format=reasoning_format, alias=alias, strict_model=strict_model, seed=seed,
                                 timeout=timeout, metrics=metrics, slots=slots, embedding=embedding, pooling=pooling,
                                 embd_normalize=embd_normalize))
 
