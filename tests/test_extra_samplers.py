@@ -4,8 +4,10 @@ sampler sequence, in runtime.sampling, on the server's routes, `toolkit run` and
 Oracle: llama.cpp itself, through llama-cpp-python's low-level API — each sampler (llama_sampler_init_typical, ...) and
 llama.cpp's default chain applied with llama_sampler_apply to a llama_token_data_array built from fixed logits; the
 surviving candidates and their logits must equal ours, and mirostat's mu (read from the sampler's state) must follow
-our update for the token llama.cpp drew. The random draws are numpy's, not llama.cpp's mt19937, so only the
-deterministic parts are compared (XTC with probability 1)."""
+our update for the token llama.cpp drew. DRY's sequence breakers on stories260K's SentencePiece vocabulary and on
+byte-level BPE ones (../shared/fixtures/llama-vocab). llama-server b11434 (bench-data, skipped when absent) for the
+defaults and the sequence (/props) and for how sampler names and letters read. The random draws are numpy's, not
+llama.cpp's mt19937, so only the deterministic parts are compared (XTC with probability 1)."""
 from __future__ import annotations
 
 import ctypes
@@ -181,6 +183,42 @@ def test_dry_equals_llama_cpp(vocab, multiplier, base, allowed, last_n, breakers
         np.testing.assert_allclose(np.maximum(got, -3.4e38), np.maximum(want, -3.4e38), rtol=1e-5, err_msg=text)
         penalized += int((want != logits).any())
     assert penalized >= 2  # the comparison is not vacuous
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llama-bpe", "qwen2", "gpt-2"])
+def test_dry_breakers_of_bpe_vocabularies_equal_llama_cpp(shared_fixtures, name):
+    """Byte-level BPE pieces (a breaker inside or at the end of a token, multi-byte breakers) as llama.cpp reads
+    them: the DRY penalties after texts that repeat across breakers equal llama.cpp's."""
+    from common.ggufio import GGUFFile
+    from runtime.tokenizer import Tokenizer
+    path = shared_fixtures / "llama-vocab" / f"ggml-vocab-{name}.gguf"
+    ref = L.Llama(str(path), vocab_only=True, verbose=False)
+    with GGUFFile(path) as g:
+        tok = Tokenizer.from_gguf(g)
+    breakers = ("\n", ":", '"', "*", " said", "。", "——")
+    params = SamplingParams(dry_multiplier=0.8, dry_allowed_length=2, dry_sequence_breakers=breakers)
+    ours_breakers = dry_breakers(tok, breakers)
+    c_breakers = (ctypes.c_char_p * len(breakers))(*[b.encode() for b in breakers])
+    rng = np.random.default_rng(5)
+    penalized = 0
+    for text in DRY_TEXTS + ["他说。他说。他说。他说", "a——b a——b a——b a——b", 'x said "y" x said "y" x said']:
+        history = tok.encode(text, add_bos=False)
+        smpl = L.llama_sampler_init_dry(L.llama_model_get_vocab(ref.model), 0.8, 1.75, 2, 64, c_breakers,
+                                        len(breakers))
+        for t in history:
+            L.llama_sampler_accept(smpl, t)
+        focus = np.array(sorted(set(history)))  # the tokens DRY can touch, and some others
+        logits = (rng.normal(size=tok.n_vocab) * 3).astype(np.float32)
+        ref_out = dict((t, v) for t, v, _ in llama_apply(smpl, logits)[0])
+        L.llama_sampler_free(smpl)
+        got = apply_dry(np.arange(tok.n_vocab), logits.astype(np.float64), history, params, ours_breakers)
+        want = np.array([ref_out[t] for t in range(tok.n_vocab)])
+        np.testing.assert_allclose(got[focus], want[focus], rtol=1e-6, err_msg=text)
+        assert (got != logits).sum() == (want != logits).sum(), text
+        penalized += int((want != logits).any())
+    ref.close()
+    assert penalized >= 3
 
 
 def test_default_chain_equals_llama_cpp(vocab):
