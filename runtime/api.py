@@ -49,7 +49,12 @@ class Llama:
         g = self.session.model.gguf
         self.chat = chat_format(self.session.model.hp.arch, g.value("tokenizer.chat_template"), chat_template)
         self.embedding = embedding
-        self._pooling = _pooling_type(self.session, pooling_type)
+        # resolved now only for embeddings: a file whose pooling this runtime lacks (rank) still generates
+        try:
+            self._pooling = _pooling_type(self.session, pooling_type) if embedding else pooling_type
+        except UserError:
+            self.session.close()
+            raise
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def n_ctx(self) -> int:
@@ -62,7 +67,7 @@ class Llama:
         return self.session.model.hp.n_embd
 
     def pooling_type(self) -> int:
-        return int(self._pooling)
+        return int(_pooling_type(self.session, self._pooling))
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         if isinstance(text, bytes):

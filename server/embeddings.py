@@ -46,9 +46,10 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
     """Register POST /v1/embeddings (OpenAI's shape) and llama-server's /embeddings and /embedding (its own shape: a
     list of {index, embedding: [vector, ...]}, every token's with pooling none); `name` is the model's name in
     answers, check_model the app's --strict-model check, errors the routes' error statuses for the OpenAPI document.
-    The pooling is resolved here: a model whose pooling key is not one this runtime has fails at start-up."""
+    With --embedding the pooling is resolved here: a model whose pooling key is not one this runtime has fails at
+    start-up."""
     from server.app import ApiError, model_damaged  # server.app registers these routes: imported once it is loaded
-    pooling = pooling_type(engine.base, options.pooling)
+    pooling = pooling_type(engine.base, options.pooling) if options.enabled else None
     responses = {**errors, 501: {"model": errors[400]["model"], "description": "The server was started without "
                                  "--embedding"},
                  500: {"model": errors[400]["model"], "description": "The model is damaged (it computed NaN or "

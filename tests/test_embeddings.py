@@ -207,6 +207,24 @@ def test_inputs_share_passes_and_long_ones_go_in_chunks(models):
         llm.close()
 
 
+def test_a_pooling_this_runtime_lacks(models, tmp_path):
+    """A file whose pooling_type is rank (a classifier head): it still generates; embeddings are a one-line error."""
+    path = rewrite(models["stories260K"], tmp_path / "rank.gguf",
+                   {"llama.pooling_type": KV("llama.pooling_type", V.UINT32, 4)})
+    llm = Llama(str(path), n_ctx=64, verbose=False)
+    try:
+        assert llm.create_completion("Once", max_tokens=2, temperature=0)["choices"][0]["text"]
+    finally:
+        llm.close()
+    with pytest.raises(Exception, match="llama.pooling_type = 4 is not a pooling this runtime has"):
+        Llama(str(path), n_ctx=64, verbose=False, embedding=True)
+    llm = Llama(str(path), n_ctx=64, verbose=False, embedding=True, pooling_type=1)
+    try:
+        assert llm.pooling_type() == 1
+    finally:
+        llm.close()
+
+
 def test_embed_needs_embedding_true(models):
     llm = Llama(str(models["stories260K"]), n_ctx=64, verbose=False)
     try:
