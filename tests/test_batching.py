@@ -183,3 +183,17 @@ def test_python_api_reuses_the_conversation(stories260k_f32):
     finally:
         llm.close()
         fresh.close()
+
+
+def test_server_context_shift(stories260k_f32, tmp_path):
+    """`toolkit serve --context-shift`: a 2000-token generation in a 256-token context completes (stop type limit),
+    where without the shift the request is refused with the numbers."""
+    from tests.test_server import _serve, _stop
+    srv = _serve(stories260k_f32, tmp_path / "stderr.txt", "-c", 256, "--parallel", 1, "--context-shift", "--keep", 4)
+    try:
+        with srv.client(None) as c:
+            r = c.post("/completion", json={"prompt": "Once upon a time", "n_predict": 2000, "ignore_eos": True,
+                                            "temperature": 0}, timeout=300).json()
+        assert r["tokens_predicted"] == 2000 and r["stop_type"] == "limit", r
+    finally:
+        _stop(srv)
