@@ -64,7 +64,7 @@ def templates(shared_fixtures):
 def servers(stories260k_f32, templates, tmp_path_factory):
     """`toolkit serve` with each template (--chat-template-file, llama.cpp's flag)."""
     def start(name):
-        return _serve(stories260k_f32, tmp_path_factory.mktemp(f"reasoning-{name}") / "stderr.txt", "-c", 1024,
+        return _serve(stories260k_f32, tmp_path_factory.mktemp(f"reasoning-{name}") / "stderr.txt", "-c", 2048,
                       "--api-key", KEY, "--alias", NAME, "--chat-template-file", templates / TEMPLATES[name])
     with concurrent.futures.ThreadPoolExecutor(len(TEMPLATES)) as pool:
         started = dict(zip(TEMPLATES, pool.map(start, TEMPLATES)))
@@ -191,3 +191,68 @@ def llama_servers(stories260k_f32, templates, tmp_path_factory):
 def test_llama_server_splits_the_same(llama_servers, script, stream):
     template, text, extra, expected = SCRIPTS[script]
     assert answer(client(llama_servers[template]), text, stream, **extra) == expected
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_thought_then_tool_call(servers, stream):
+    """Qwen3 thinks, then calls a tool: the thought is the reasoning, the call is read from what follows it."""
+    from tests.test_tools import TOOLS
+    text = ('<think>\nThe weather tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": '
+            '"Paris"}}\n</tool_call>')
+    kw = dict(model=NAME, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=TOOLS, max_tokens=200,
+              extra_body={"grammar": forced(text)})
+    oai = client(servers["qwen3"].url)
+    if not stream:
+        choice = oai.chat.completions.create(**kw).choices[0]
+        message = choice.message
+        got = (message.content, message.reasoning_content,
+               [(c.function.name, c.function.arguments) for c in message.tool_calls], choice.finish_reason)
+    else:
+        reasoning, calls, reason = "", {}, None
+        content = None
+        for chunk in oai.chat.completions.create(stream=True, **kw):
+            delta, reason = chunk.choices[0].delta, chunk.choices[0].finish_reason or reason
+            reasoning += getattr(delta, "reasoning_content", None) or ""
+            content = (content or "") + delta.content if delta.content else content
+            for c in delta.tool_calls or []:
+                name, args = calls.get(c.index, ("", ""))
+                calls[c.index] = (name + (c.function.name or ""), args + (c.function.arguments or ""))
+        got = (content, reasoning, [calls[i] for i in sorted(calls)], reason)
+    assert got == (None, "The weather tool.\n", [("get_weather", '{"city": "Paris"}')], "tool_calls")
+
+
+# -- the template in the GGUF: used by default (--jinja), the architecture's built-in format with --no-jinja ---------
+@pytest.fixture(scope="module")
+def qwen3_templated(shared_fixtures, templates, tmp_path_factory):
+    """stories260K converted with Qwen3's template beside it (tokenizer.chat_template in the file)."""
+    import shutil
+    from converter.convert import convert_model
+    root = tmp_path_factory.mktemp("templated")
+    shutil.copytree(shared_fixtures / "stories260K", root / "model")
+    shutil.copy(templates / TEMPLATES["qwen3"], root / "model" / "chat_template.jinja")
+    out = root / "stories-qwen3-template.gguf"
+    convert_model(root / "model", outtype="f32", outfile=out)
+    return out
+
+
+@pytest.mark.parametrize("jinja", [True, False], ids=["jinja", "no-jinja"])
+def test_file_template_and_no_jinja(qwen3_templated, templates, hf_tokenizer, tmp_path, jinja):
+    from runtime.chat import BUILTIN
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                {"role": "user", "content": "Why?"}]
+    srv = _serve(qwen3_templated, tmp_path / "stderr.txt", "-c", 1024, "--api-key", KEY, "--alias", NAME,
+                 *([] if jinja else ["--no-jinja"]))
+    try:
+        with srv.client() as c:
+            prompt = c.post("/apply-template", json={"messages": messages}).json()["prompt"]
+        text = SCRIPTS[0][1]
+        if jinja:  # the file's template, as transformers renders it (enable_thinking true), and the thought split
+            assert prompt == hf_tokenizer.apply_chat_template(
+                messages, chat_template=(templates / TEMPLATES["qwen3"]).read_text(), tokenize=False,
+                add_generation_prompt=True, enable_thinking=True)
+            assert answer(client(srv.url), text, False) == SCRIPTS[0][3]
+        else:  # llama's built-in format (Llama-2 [INST]), which has no thinking tags
+            assert prompt == BUILTIN["llama-2"].render(messages, "<s>", "</s>")
+            assert answer(client(srv.url), text, False) == (text, None)
+    finally:
+        _stop(srv)
