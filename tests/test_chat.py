@@ -70,6 +70,10 @@ def fixture_templates() -> list[str]:
 
 @pytest.fixture(scope="module")
 def hf_tokenizer():
+    return rendering_tokenizer()
+
+
+def rendering_tokenizer():
     """A transformers tokenizer whose only role is apply_chat_template (BOS/EOS texts <s> and </s>)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers.models import WordLevel

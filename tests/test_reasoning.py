@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from tests.helpers import REPO, TOOLKIT
-from tests.test_chat import hf_tokenizer  # noqa: F401,F811 — the fixture: a tokenizer for apply_chat_template
+from tests.test_chat import rendering_tokenizer
 from tests.test_server import KEY, _serve, _stop
 from tests.test_tools import forced
 
@@ -53,6 +53,11 @@ SCRIPTS = [
     ("r1", "Just text.", OFF, ("Just text.", None)),
 ]
 IDS = [f"{t}-{i}" for i, (t, *_) in enumerate(SCRIPTS)]
+
+
+@pytest.fixture(scope="module")
+def hf_tokenizer():
+    return rendering_tokenizer()
 
 
 @pytest.fixture(scope="module")
