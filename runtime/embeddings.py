@@ -15,6 +15,7 @@ from common.errors import DamagedModel, UserError
 # the poolings `--pooling` names (llama.cpp's, without rank: a classifier head no decoder-only model here has)
 POOLINGS = {"none": PoolingType.NONE, "mean": PoolingType.MEAN, "cls": PoolingType.CLS, "last": PoolingType.LAST}
 DEFAULT_NORMALIZE = 2  # common_params.embd_normalize: Euclidean
+_KNOWN = ", ".join(f"{int(p)} ({name})" for name, p in POOLINGS.items())
 
 
 def pooling_type(session: Session, pooling: str | int | None) -> PoolingType:
@@ -25,17 +26,16 @@ def pooling_type(session: Session, pooling: str | int | None) -> PoolingType:
         value = session.model.gguf.value(key)
         if value is None:
             return PoolingType.NONE
-        if value not in {int(p) for p in POOLINGS.values()}:
+        if value not in POOLINGS.values():
             raise UserError(f"{session.model.path.name}: {key} = {value!r} is not a pooling this runtime has "
-                            f"({', '.join(f'{int(p)} ({n})' for n, p in POOLINGS.items())})")
+                            f"({_KNOWN})")
         return PoolingType(value)
     if isinstance(pooling, str):
         if pooling not in POOLINGS:
             raise UserError(f"unknown pooling {pooling!r}; use one of: {', '.join(POOLINGS)}")
         return POOLINGS[pooling]
-    if pooling not in {int(p) for p in POOLINGS.values()}:
-        raise UserError(f"pooling_type must be one of {', '.join(f'{int(p)} ({n})' for n, p in POOLINGS.items())}, "
-                        f"got {pooling!r}")
+    if pooling not in POOLINGS.values():
+        raise UserError(f"pooling_type must be one of {_KNOWN}, got {pooling!r}")
     return PoolingType(pooling)
 
 
@@ -49,18 +49,18 @@ def pool(hidden: np.ndarray, pooling: PoolingType) -> np.ndarray:
 
 
 def normalize(v: np.ndarray, embd_norm: int) -> np.ndarray:
-    """common_embd_normalize: v divided by its norm (summed in double), unchanged for -1, zeros when the norm is 0."""
+    """common_embd_normalize: v times 1 / its norm (summed in double; each element scaled in double, then rounded to
+    float), unchanged for -1, zeros when the norm is 0."""
     x = np.asarray(v, dtype=np.float32)
     if embd_norm == -1:
         return x
     if embd_norm == 0:
         total = float(np.abs(x).max(initial=0.0)) / 32760.0
     elif embd_norm == 2:
-        total = float(np.sqrt(np.sum(x.astype(np.float64) ** 2)))
+        total = float(np.sqrt(np.sum((x * x).astype(np.float64))))  # float squares, summed in double
     else:
         total = float(np.sum(np.abs(x.astype(np.float64)) ** embd_norm) ** (1.0 / embd_norm))
-    scale = np.float32(1.0 / total) if total > 0.0 else np.float32(0.0)
-    return x * scale
+    return (x.astype(np.float64) * (1.0 / total if total > 0.0 else 0.0)).astype(np.float32)
 
 
 def check_tokens(session: Session, tokens: list[int]) -> None:
