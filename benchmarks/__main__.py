@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import convert, models, quantize, run, serve, serve_concurrent
+from benchmarks import convert, grammar, models, quantize, run, serve, serve_concurrent
 
 
 def main() -> None:
@@ -12,7 +12,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("bench-data"), help="where checkpoints and outputs go")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the 16 GB CodeShell-7B-shaped conversion")
-    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve", "serve-concurrent", "models"],
+    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve", "serve-concurrent", "grammar", "models"],
                     help="run one benchmark (serve: both serving benchmarks)")
     ap.add_argument("--moe-layers", type=int, default=16,
                     help="layers of the Qwen3-30B-A3B-shaped model in the models benchmark (48: the whole model)")
@@ -32,6 +32,8 @@ def main() -> None:
         serve.run(args.data, repeat=args.repeat)
     if args.only in (None, "serve", "serve-concurrent"):
         serve_concurrent.run(args.data, repeat=args.repeat, n_gen=args.serve_tokens)
+    if args.only in (None, "grammar"):
+        grammar.run(args.data, repeat=args.repeat)
     if args.only in (None, "models"):
         models.run(args.data, repeat=args.repeat, moe_layers=args.moe_layers)
 
