@@ -21,6 +21,7 @@ import native
 import archs as arches
 from archs.base import Architecture, TensorSpec
 from converter.checkpoint import Checkpoint, SourceTensor
+from converter.sampling_defaults import sampling_kvs
 from converter.vocab import load_vocab
 from common.ggufio import KV, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
 from common.errors import UserError
@@ -72,6 +73,10 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise UserError(f"no config.json in {folder}")
+    return read_json_object(path)
+
+
+def read_json_object(path: Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -79,6 +84,12 @@ def read_config(folder: Path) -> dict:
     if not isinstance(config, dict):
         raise UserError(f"{path} is not a JSON object")
     return config
+
+
+def read_generation_config(folder: Path) -> dict:
+    """generation_config.json ({} when the folder has none)."""
+    path = folder / "generation_config.json"
+    return read_json_object(path) if path.is_file() else {}
 
 
 def default_outfile(folder: Path, outtype: str, vocab_only: bool) -> Path:
@@ -150,9 +161,10 @@ def metadata(model: Architecture, folder: Path, outtype: str, name: str | None, 
         "general.file_type": int(OUTTYPES[outtype][1]),
         "general.quantization_version": GGML_QUANT_VERSION,
     }
-    entries.update({k.format(arch=model.gguf_arch): v for k, v in model.hparams().items()})
+    general = [_kv(k, v) for k, v in entries.items()] + sampling_kvs(read_generation_config(folder))
+    entries = {k.format(arch=model.gguf_arch): v for k, v in model.hparams().items()}
     entries.update(vocab_kv)
-    return [_kv(k, v) for k, v in entries.items()]
+    return general + [_kv(k, v) for k, v in entries.items()]
 
 
 def _scalar_type(v: object) -> GGUFValueType:

@@ -68,6 +68,15 @@ def test_invalid_config(model):
     convert_fails(model, contains="not valid JSON")
 
 
+def test_invalid_generation_config(model):
+    (model / "generation_config.json").write_text('{"top_k": "forty"}')
+    convert_fails(model, contains="generation_config.json's top_k is 'forty', not a number")
+    (model / "generation_config.json").write_text('{"top_k": 2.5}')
+    convert_fails(model, contains="generation_config.json's top_k is 2.5, not a 32-bit integer")
+    (model / "generation_config.json").write_text("[1]")
+    convert_fails(model, contains="generation_config.json is not a JSON object")
+
+
 def test_missing_weights(model):
     (model / "model.safetensors").unlink()
     convert_fails(model, contains="no weights")

@@ -45,9 +45,11 @@ def tiktoken_encoding(folder):
 
 
 def test_metadata_and_tensors(qwen):
-    """The keys and tensors of llama.cpp b11434's converter on the same checkpoint, except two keys where its output
-    does not load in llama.cpp itself: the norm epsilon goes to attention.layer_norm_rms_epsilon (llama.cpp's qwen
-    reads that key) and feed_forward_length is written (from ffn_hidden_size, which its converter does not look up)."""
+    """The keys and tensors llama.cpp's converter writes for the same checkpoint (tests/test_llama_cpp_converter.py
+    compares whole files with it), except two keys where its output does not load in llama.cpp itself: the norm
+    epsilon goes to attention.layer_norm_rms_epsilon (llama.cpp's qwen reads that key) and feed_forward_length is
+    written (from ffn_hidden_size, which its converter does not look up); and the sampling defaults of
+    generation_config.json, as it writes them."""
     from gguf import GGUFReader
     r = GGUFReader(qwen["f16"])
     f = fields(r)
@@ -57,6 +59,7 @@ def test_metadata_and_tensors(qwen):
             "tokenizer.ggml.eos_token_id": 151643, "tokenizer.ggml.unknown_token_id": 151643}
     assert {k: f[k] for k in want} == want
     assert abs(f["qwen.attention.layer_norm_rms_epsilon"] - 1e-6) < 1e-12
+    assert f["general.sampling.top_k"] == 0 and abs(f["general.sampling.top_p"] - 0.8) < 1e-7
     assert not [k for k in f if k.startswith("qwen.") and k[5:] not in
                 ("block_count", "context_length", "embedding_length", "attention.head_count", "rope.freq_base",
                  "feed_forward_length", "attention.layer_norm_rms_epsilon")]
