@@ -222,5 +222,25 @@ def thinking_format(fmt, kwargs: dict | None):
     if "enable_thinking" in kwargs and not isinstance(kwargs["enable_thinking"], bool):
         raise UserError("invalid type for \"enable_thinking\" (expected boolean, got "
                         f"{type(kwargs['enable_thinking']).__name__})")
-    context = {**({"enable_thinking": True} if template_tags(fmt) else {}), **kwargs}
+    automatic = template_tags(fmt) and "enable_thinking" not in getattr(fmt, "context", {})  # not set at startup
+    context = {**({"enable_thinking": True} if automatic else {}), **kwargs}
     return fmt.with_context(context) if context else fmt
+
+
+def startup_context(kwargs_json: str | None, reasoning: str) -> dict:
+    """The template variables of `--chat-template-kwargs JSON` and `--reasoning on|off|auto` (llama-server's: on/off
+    set `enable_thinking`, auto leaves it to the template's tags)."""
+    import json
+    context = {}
+    if kwargs_json:
+        try:
+            context = json.loads(kwargs_json)
+        except ValueError as e:
+            raise UserError(f"--chat-template-kwargs must be a JSON object: {e}") from None
+        if not isinstance(context, dict):
+            raise UserError("--chat-template-kwargs must be a JSON object")
+    if reasoning not in ("on", "off", "auto"):
+        raise UserError(f"--reasoning must be on, off or auto, got {reasoning!r}")
+    if reasoning != "auto":
+        context["enable_thinking"] = reasoning == "on"
+    return context

@@ -37,6 +37,8 @@ class ServeOptions:
     chat_template: str | None = None
     jinja: bool = True              # the file's own Jinja template (llama-server's --jinja, its default), else built-in
     reasoning_format: str = "deepseek"  # --reasoning-format (runtime.reasoning.FORMATS)
+    reasoning: str = "auto"         # --reasoning on|off|auto: enable_thinking for the template (auto: by its tags)
+    chat_template_kwargs: str | None = None  # --chat-template-kwargs JSON: default template variables
     alias: str | None = None
     strict_model: bool = False
     seed: int = -1
@@ -73,8 +75,9 @@ def validate(o: ServeOptions) -> None:
         raise UserError(f"--pooling must be one of {', '.join(POOLINGS)}, got {o.pooling!r}")
     if o.embd_normalize < -1:
         raise UserError(f"--embd-normalize must be at least -1, got {o.embd_normalize}")
-    from runtime.reasoning import check_format
+    from runtime.reasoning import check_format, startup_context
     check_format(o.reasoning_format)
+    startup_context(o.chat_template_kwargs, o.reasoning)
 
 
 def chat_template_arg(value: str | None) -> str | None:
@@ -127,6 +130,8 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
                     chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type, cache_type_v=o.cache_type_v,
                     n_ubatch=o.n_ubatch, context_shift=o.context_shift, n_keep=o.n_keep, jinja=o.jinja)
+    from runtime.reasoning import startup_context
+    engine.chat = engine.chat.with_context(startup_context(o.chat_template_kwargs, o.reasoning))
     try:
         name = o.alias or Path(o.model).name
         app = create_app(engine, AppConfig(name=name, api_key=o.api_key, strict_model=o.strict_model, seed=o.seed,

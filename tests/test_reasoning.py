@@ -311,3 +311,34 @@ def test_split_of_more_templates_is_llama_servers(stories260k_f32, templates, tm
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("flags", [["--reasoning", "off"], ["--chat-template-kwargs", '{"enable_thinking": false}']],
+                         ids=["reasoning-off", "kwargs"])
+def test_thinking_off_at_startup(stories260k_f32, templates, hf_tokenizer, tmp_path, flags):
+    """--reasoning off / --chat-template-kwargs: the template's enable_thinking false for every request (R1's prompt
+    then closes the thought: all is content), unless a request's chat_template_kwargs turn it back on."""
+    srv = _serve(stories260k_f32, tmp_path / "stderr.txt", "-c", 1024, "--api-key", KEY, "--alias", NAME,
+                 "--chat-template-file", templates / TEMPLATES["r1"], *flags)
+    try:
+        messages = [{"role": "user", "content": "Why?"}]
+        with srv.client() as c:
+            prompt = c.post("/apply-template", json={"messages": messages}).json()["prompt"]
+        template = (templates / TEMPLATES["r1"]).read_text()
+        assert prompt == hf_tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                          add_generation_prompt=True, enable_thinking=False)
+        text = "Hmm.\n</think>\n\nB."
+        assert answer(client(srv.url), text, True) == (text, None)
+        on = {"enable_thinking": True}
+        assert answer(client(srv.url), text, True, chat_template_kwargs=on) == ("\n\nB.", "\nHmm.\n")
+    finally:
+        _stop(srv)
+
+
+def test_startup_flag_errors(stories260k_f32):
+    for args, match in [(["--reasoning", "maybe"], "--reasoning must be on, off or auto"),
+                        (["--chat-template-kwargs", "[1]"], "must be a JSON object"),
+                        (["--chat-template-kwargs", "{oops"], "must be a JSON object")]:
+        p = subprocess.run([*TOOLKIT, "serve", "-m", str(stories260k_f32), *args], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode != 0 and match in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

@@ -483,6 +483,11 @@ def serve(
     reasoning_format: str = typer.Option("deepseek", "--reasoning-format", help="A chat answer's thought "
                                          "(<think>...</think>): none (left in content), deepseek, deepseek-legacy, "
                                          "auto (in message.reasoning_content, as llama-server)."),
+    reasoning: str = typer.Option("auto", "-rea", "--reasoning", help="Thinking in the chat: on, off (the template's "
+                                  "enable_thinking) or auto (on when the template has thinking tags)."),
+    chat_template_kwargs: Optional[str] = typer.Option(None, "--chat-template-kwargs", help="Extra variables for "
+                                                       "the chat template, a JSON object, e.g. "
+                                                       "'{\"enable_thinking\": false}'."),
     alias: Optional[str] = typer.Option(None, "-a", "--alias", help="Model name in the API (default: file name)."),
     strict_model: bool = typer.Option(False, "--strict-model", help="Answer 404 to requests naming another model."),
     seed: int = typer.Option(-1, "-s", "--seed", help="Seed for requests that give none (-1 = random)."),
@@ -508,7 +513,9 @@ def serve(
                                 cache_type_v=cache_type_v, parallel=parallel, queue=queue, api_key=api_key,
                                 context_shift=context_shift, n_keep=keep,
                                 chat_template=template_option(chat_template, chat_template_file), jinja=jinja,
-                                reasoning_format=reasoning_format, alias=alias, strict_model=strict_model, seed=seed,
+                                reasoning_format=reasoning_format, reasoning=reasoning,
+                                chat_template_kwargs=chat_template_kwargs, alias=alias, strict_model=strict_model,
+                                seed=seed,
                                 timeout=timeout, metrics=metrics, slots=slots, embedding=embedding, pooling=pooling,
                                 embd_normalize=embd_normalize))
 
