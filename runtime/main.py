@@ -75,7 +75,7 @@ class Runner:
     def _generate(self, new_tokens: list[int], limit: int, stops: list[str]) -> str:
         """Stream the continuation of the context + new_tokens until an end-of-generation token, a stop string
         (reverse prompt / chat stop, which is printed for reverse prompts as llama.cpp does), or `limit` tokens."""
-        decoder, text = StreamDecoder(self.tok), ""
+        decoder, text = StreamDecoder(self.tok, continuation=True), ""
         for token in self.session.generate(new_tokens, limit, self.opts.sampling, self.opts.ignore_eos,
                                            sampler=self.sampler, grammar=self.opts.grammar):
             piece = decoder.feed(token)

@@ -9,7 +9,7 @@ from runtime.tokenizer import StreamDecoder
 
 class StopScanner:
     def __init__(self, tokenizer, stop: list[str]):
-        self.decoder = StreamDecoder(tokenizer)
+        self.decoder = StreamDecoder(tokenizer, continuation=True)  # generated text follows its prompt
         self.stop = [s for s in stop if s]
         self.pending = ""
         self.items: list[tuple[int, object]] = []   # (the token's first character in `pending`, its item)

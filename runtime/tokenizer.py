@@ -1163,11 +1163,15 @@ class _LeadingSpace:
 
 class StreamDecoder:
     """Streaming detokenization: ``feed`` token ids one by one; the strings returned (plus ``flush``) concatenate to
-    ``tok.decode(ids, skip_special)`` and never split a UTF-8 character (incomplete bytes wait for the next token)."""
+    ``tok.decode(ids, skip_special)`` and never split a UTF-8 character (incomplete bytes wait for the next token).
+    With ``continuation`` the tokens follow text already there (a generation after its prompt): no leading space is
+    removed from the first, as llama.cpp's token_to_piece keeps it."""
 
-    def __init__(self, tok: Tokenizer, skip_special: bool = False):
+    def __init__(self, tok: Tokenizer, skip_special: bool = False, continuation: bool = False):
         self.tok = tok
         self._pieces = _LeadingSpace(tok, skip_special)
+        if continuation:
+            self._pieces.first = self._pieces.pending = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, token_id: int) -> str:

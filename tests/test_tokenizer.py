@@ -558,16 +558,18 @@ def test_unsupported_vocabularies_are_refused():
 
 
 def test_encode_is_fast(any_model):
+    """No pathological encoder (e.g. quadratic in a word's length): 10 kB in well under a second of CPU time (the
+    process's own time, so that a busy machine does not fail it; some 20 ms here)."""
     model = any_model
     text = "\n".join(tokenizer_corpus(400, seed=5))[:10_000]
     tok = model.tok
     best = float("inf")
     for _ in range(3):
         tok._cache.clear()  # cold: no pre-token seen before
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         tok.encode(text)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.1, f"{model.arch}: {best * 1e3:.0f} ms for 10 kB"
+        best = min(best, time.process_time() - t0)
+    assert best < 0.5, f"{model.arch}: {best * 1e3:.0f} ms of CPU for 10 kB"
 
 
 def test_import_does_not_pull_torch_or_transformers():
