@@ -76,9 +76,11 @@ def test_same_file_as_llama_cpps_converter(converter, shared_fixtures, tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("outtype", ["f32", "f16"])
+@pytest.mark.parametrize("outtype", ["f16"])
 def test_qwen1_same_file_as_llama_cpps_converter(converter, shared_fixtures, tmp_path, outtype):
-    """Qwen1 through llama.cpp's converter, its remote tokenizer code stood in for by tests/qwen1_tokenizer_shim.py."""
+    """Qwen1 through llama.cpp's converter, its remote tokenizer code stood in for by tests/qwen1_tokenizer_shim.py.
+    F16 only (its types are the ones with rules; F32 names the same tensors and keys): llama.cpp's converter spends
+    some 3.5 CPU-minutes rebuilding the 151k merges from the ranks in Python."""
     folder = make_qwen1_checkpoint(tmp_path / "qwen1")
     values = assigned_values(folder / "tokenization_qwen.py")
     spec = tmp_path / "tokenizer-spec.json"
