@@ -115,14 +115,18 @@ def add_embeddings(app: FastAPI, engine: Engine, options: EmbeddingOptions, name
         return {"model": body.model if body.model is not None else name, "object": "list",
                 "usage": {"prompt_tokens": n, "total_tokens": n}, "data": data}
 
+    # without --embedding the routes answer 501 and are left out of /openapi.json, as /metrics and /slots are
+    shown = options.enabled
+
     @app.post("/v1/embeddings", summary="OpenAI embeddings (--embedding; pooled as --pooling, normalized as "
-              "--embd-normalize)", responses=responses)
+              "--embd-normalize)", responses=responses, include_in_schema=shown)
     async def embeddings_oai(body: EmbeddingRequest):
         return await answer(body, True)
 
     @app.post("/embeddings", summary="llama.cpp's embeddings (--embedding; every token's with pooling none)",
-              responses=responses)
+              responses=responses, include_in_schema=shown)
     async def embeddings_llama(body: EmbeddingRequest):
         return await answer(body, False)
 
-    app.post("/embedding", summary="llama.cpp's embeddings (legacy name)", responses=responses)(embeddings_llama)
+    app.post("/embedding", summary="llama.cpp's embeddings (legacy name)", responses=responses,
+             include_in_schema=shown)(embeddings_llama)

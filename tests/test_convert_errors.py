@@ -154,8 +154,9 @@ def test_output_may_not_overwrite_input(model):
 
 
 def test_bad_outtype_and_ftype(model):
-    convert_fails(model, "--outtype", "q9", contains="unknown output type")
-    convert_fails(model, "2", contains="ftype must be 0 (f32) or 1 (f16)")
+    """--outtype and the numeric form take the types quantize takes (llama.cpp's ftype ids for the numbers)."""
+    convert_fails(model, "--outtype", "q9", contains="unknown quantization type 'q9'; valid: Q4_0, Q4_1")
+    convert_fails(model, "99", contains="unknown quantization type '99'")
 
 
 def test_output_folder_missing(model, tmp_path):
