@@ -452,8 +452,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         tokens = await user_input(engine.prompt, prompt) if isinstance(prompt, str) else prompt
         check_fits(tokens, body.max_tokens, "max_tokens")
         req = GenRequest(tokens, body.max_tokens or -1, params(body, body.seed), stops(body.stop),
-                         grammar=openai_grammar(body), n_probs=completion_top(body), n=body.n,
-                         cache_prompt=body.cache_prompt)
+                         ignore_eos=body.ignore_eos, grammar=openai_grammar(body), n_probs=completion_top(body),
+                         n=body.n, cache_prompt=body.cache_prompt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("text", engine.tokenizer, len(prompt) if isinstance(prompt, str) else 0)
         return await generate(request, req, Shape(cfg.name, "text", include_usage, probs if req.n_probs is not None
@@ -473,8 +473,8 @@ def create_app(engine: Engine, cfg: AppConfig) -> FastAPI:
         n_predict = body.max_completion_tokens or body.max_tokens
         check_fits(tokens, n_predict, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
         req = GenRequest(tokens, n_predict or -1, params(body, body.seed), stops(body.stop) + list(engine.chat.stop),
-                         grammar=openai_grammar(body, plan), n_probs=chat_top(body), n=body.n,
-                         cache_prompt=body.cache_prompt)
+                         ignore_eos=body.ignore_eos, grammar=openai_grammar(body, plan), n_probs=chat_top(body),
+                         n=body.n, cache_prompt=body.cache_prompt)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         probs = ProbsFormat("chat", engine.tokenizer) if req.n_probs is not None else None
         thoughts = splitter(chat, body.reasoning_format or cfg.reasoning_format, messages)

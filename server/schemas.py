@@ -87,6 +87,8 @@ class Sampling(Body):
                                          '"json_schema": {"schema": {...}}}')
     cache_prompt: bool = Field(True, description="reuse the KV cache of the slot's previous request for the prompt's "
                                "common prefix (llama.cpp's default); false evaluates the whole prompt")
+    ignore_eos: bool = Field(False, description="generate past end-of-generation tokens (llama-server takes it on "
+                             "every route)")
 
 
 class StreamOptions(Body):
@@ -179,7 +181,6 @@ class LlamaCompletionRequest(Sampling):
     stop: StopList = Field(default_factory=list)
     seed: int = -1
     stream: bool = False
-    ignore_eos: bool = False
     grammar: Text | None = Field(None, description="a GBNF grammar (llama.cpp's format) the output follows")
     json_schema: dict | bool | None = Field(None, description="a JSON Schema the output follows")
     n_probs: int = Field(0, ge=0, le=MAX_TOP, description="the log-probabilities of each token and the N most likely")

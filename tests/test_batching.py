@@ -197,3 +197,16 @@ def test_server_context_shift(stories260k_f32, tmp_path):
         assert r["tokens_predicted"] == 2000 and r["stop_type"] == "limit", r
     finally:
         _stop(srv)
+
+
+def test_openai_routes_take_ignore_eos(server):
+    """llama-server's `ignore_eos` on the OpenAI routes too: an end-of-generation token made certain by logit_bias
+    ends the reply at once, unless ignored."""
+    import httpx
+    for route, body in (("/v1/completions", {"prompt": "Once upon a time"}),
+                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})):
+        base = {**body, "max_tokens": 12, "temperature": 0, "logit_bias": {"2": 50}}
+        ended = httpx.post(server.url + route, json=base, timeout=60).json()
+        ignored = httpx.post(server.url + route, json={**base, "ignore_eos": True}, timeout=60).json()
+        assert ended["usage"]["completion_tokens"] == 0 and ended["choices"][0]["finish_reason"] == "stop", ended
+        assert ignored["usage"]["completion_tokens"] == 12 and ignored["choices"][0]["finish_reason"] == "length"
