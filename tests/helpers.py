@@ -1,9 +1,12 @@
 """Shared test helpers: tiny checkpoints cached per session, conversion, reading GGUF back with gguf-py."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +71,37 @@ def greedy_tokens(llama_cpp, path: Path, prompt: list[int], steps: int = 32) -> 
     ours = list(Llama(str(path), n_ctx=128, verbose=False, type_k=0, type_v=0).session.generate(
         prompt, steps, SamplingParams(temp=0.0), ignore_eos=True))
     return ours, theirs
+
+
+LLAMA_SERVER = REPO / "bench-data" / "llama.cpp" / "bin" / "llama-server"
+
+
+@contextlib.contextmanager
+def running_llama_server(path, log, *flags):
+    """llama.cpp b11434's llama-server (bench-data; the test skips without it) on `path` with `flags`, on a free port,
+    its output in `log`, once /health answers; stopped when the block ends. Yields its URL."""
+    import httpx
+    import pytest
+    if not LLAMA_SERVER.is_file():
+        pytest.skip(f"{LLAMA_SERVER} is absent (build it with ../shared/tools/build-llama-cpp.sh)")
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(path), "--port", str(port), *map(str, flags)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, Path(log).read_text()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -8,11 +8,7 @@ compared with ours field by field (every --embd-normalize kind)."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import socket
-import subprocess
-import time
 
 import httpx
 import numpy as np
@@ -26,7 +22,7 @@ from common.ggufio import KV, GGUFFile
 from converter.convert import convert_model
 from fixtures import make_checkpoint
 from runtime.api import Llama
-from tests.helpers import REPO
+from tests.helpers import running_llama_server
 from tests.test_hardening import rewrite
 from tests.test_server import _serve, _stop
 
@@ -35,7 +31,6 @@ llama_cpp = pytest.importorskip("llama_cpp")
 TEXTS = ["Once upon a time, there was a little girl named Lily.", "The cat sat on the mat.", "Lily"]
 POOLINGS = {"none": 0, "mean": 1, "cls": 2, "last": 3}
 TOL = 1e-4
-LLAMA_SERVER = REPO / "bench-data" / "llama.cpp" / "bin" / "llama-server"
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +311,7 @@ def test_llama_cpp_route_equals_llama_servers(models, tmp_path, pooling):
     flags = ("--embedding", "--pooling", pooling)
     srv = _serve(models["stories260K"], tmp_path / "stderr.txt", "-c", 64, "-ctk", "f32", "-ctv", "f32", *flags)
     try:
-        with running_llama_server(models["stories260K"], tmp_path / "llama-server.txt", *flags) as url:
+        with llama_server_here(models["stories260K"], tmp_path / "llama-server.txt", *flags) as url:
             for body in ({"input": TEXTS}, {"content": TEXTS[0]}, {"input": [[1, 2, 3]]}):
                 ours = httpx.post(srv.url + "/embeddings", json=body, timeout=60).json()
                 theirs = httpx.post(url + "/embeddings", json=body, timeout=60).json()
@@ -383,39 +378,15 @@ def test_damaged_model_is_a_500(models, tmp_path):
 
 # -- llama.cpp b11434's llama-server (bench-data; not in CI) --------------------------------------------------------
 
-@contextlib.contextmanager
-def running_llama_server(path, log, *flags):
-    """llama-server b11434 on `path` with `flags` (-c 64, one slot, f32 caches, flash attention off as in
-    llama-cpp-python), on a free port, until the block ends."""
-    if not LLAMA_SERVER.is_file():
-        pytest.skip(f"{LLAMA_SERVER} is absent (build it with ../shared/tools/build-llama-cpp.sh)")
-    with socket.socket() as s:  # a free port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(path), "--port", str(port), "-c", "64", "-np", "1",
-                                 "-t", "1", "-ctk", "f32", "-ctv", "f32", "-fa", "off", *flags],
-                                stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+def llama_server_here(path, log, *flags):
+    """llama-server with -c 64, one slot, f32 caches and flash attention off (as llama-cpp-python), plus `flags`."""
+    return running_llama_server(path, log, "-c", "64", "-np", "1", "-t", "1", "-ctk", "f32", "-ctv", "f32",
+                                "-fa", "off", *flags)
 
 
 @pytest.fixture(scope="module")
 def llama_server(models, tmp_path_factory):
-    with running_llama_server(models["stories260K"], tmp_path_factory.mktemp("llama-server") / "log.txt",
+    with llama_server_here(models["stories260K"], tmp_path_factory.mktemp("llama-server") / "log.txt",
                               "--embedding", "--pooling", "mean") as url:
         yield url
 

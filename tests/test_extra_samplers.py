@@ -11,9 +11,6 @@ llama.cpp's mt19937, so only the deterministic parts are compared (XTC with prob
 from __future__ import annotations
 
 import ctypes
-import socket
-import subprocess
-import time
 
 import httpx
 import numpy as np
@@ -22,7 +19,7 @@ import pytest
 from runtime.sampling import (SAMPLERS, Sampler, SamplingParams, apply_dry, dry_breakers, mirostat_mu, mirostat_v1,
                               mirostat_v2, top_n_sigma, typical, xtc)
 from server.features import sampler_sequence
-from tests.helpers import REPO, run_toolkit
+from tests.helpers import run_toolkit, running_llama_server
 from tests.test_server import KEY, _serve, _stop
 
 L = pytest.importorskip("llama_cpp")
@@ -410,7 +407,6 @@ def test_python_api_names(api):
 
 
 # -- llama-server's own defaults and sampler names ----------------------------------------------------------------
-LLAMA_SERVER = REPO / "bench-data" / "llama.cpp" / "bin" / "llama-server"
 SETTINGS = ("top_n_sigma", "xtc_probability", "xtc_threshold", "typical_p", "dry_multiplier", "dry_base",
             "dry_allowed_length", "dry_penalty_last_n", "mirostat", "mirostat_tau", "mirostat_eta", "temperature",
             "top_k", "top_p", "min_p", "repeat_last_n", "repeat_penalty", "samplers")
@@ -418,30 +414,9 @@ SETTINGS = ("top_n_sigma", "xtc_probability", "xtc_threshold", "typical_p", "dry
 
 @pytest.fixture(scope="module")
 def llama_server(stories260k_f32, tmp_path_factory):
-    if not LLAMA_SERVER.is_file():
-        pytest.skip(f"{LLAMA_SERVER} is absent (build it with ../shared/tools/build-llama-cpp.sh)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("llama-server-samplers") / "log.txt"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(LLAMA_SERVER), "-m", str(stories260k_f32), "--port", str(port), "-c", "512",
-                                 "-np", "1", "-t", "1"], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+    with running_llama_server(stories260k_f32, log, "-c", "512", "-np", "1", "-t", "1") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
 
 
 @pytest.mark.slow

@@ -32,6 +32,14 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Convert Hugging Face checkpoints to GGUF, quantize, run and serve them."""
 
 
+def at_least(*checks: tuple[str, int | None, int]) -> None:
+    """(flag, value, lowest): a value below its lowest is a one-line error naming the flag (None: not given)."""
+    from common.errors import UserError
+    for name, value, low in checks:
+        if value is not None and value < low:
+            raise UserError(f"{name} must be at least {low}, got {value}")
+
+
 @app.command(no_args_is_help=True)
 def convert(
     model_dir: Path = typer.Argument(..., help="Hugging Face model folder (config.json, weights, tokenizer)."),
@@ -332,9 +340,7 @@ def run(
                 raise UserError(f"prompt file {file} does not exist")
             from common.textfile import read_text
             prompt = read_text(file, "prompt file")
-        for name, value, low in (("-c", ctx_size, 0), ("-b", batch_size, 1)):
-            if value < low:
-                raise UserError(f"{name} must be at least {low}, got {value}")
+        at_least(("-c", ctx_size, 0), ("-b", batch_size, 1))
         if threads is not None and threads < 1:
             raise UserError(f"-t must be at least 1, got {threads}")
         for flag, field, value in (("--temp", "temp", temp), ("--top-k", "top_k", top_k), ("--top-p", "top_p", top_p),
@@ -535,14 +541,11 @@ def imatrix(
     verbose: bool = VERBOSE,
 ) -> None:
     """Importance matrix of a model over a calibration text, as llama-imatrix computes it (for quantize --imatrix)."""
-    from common.errors import UserError
     from toolkit import ppl
 
     setup_logging(verbose)
     with user_errors(verbose):
-        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1)):
-            if value is not None and value < low:
-                raise UserError(f"{name} must be at least {low}, got {value}")
+        at_least(("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1))
         ppl.imatrix(model, file, output, ctx_size, batch_size, threads, chunks, cache_type)
 
 
@@ -570,9 +573,7 @@ def perplexity(
 
     setup_logging(verbose)
     with user_errors(verbose):
-        for name, value, low in (("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1)):
-            if value is not None and value < low:
-                raise UserError(f"{name} must be at least {low}, got {value}")
+        at_least(("-c", ctx_size, 1), ("-b", batch_size, 1), ("-t", threads, 1))
         if kl_divergence:
             if kl_divergence_base is None:
                 raise UserError("--kl-divergence needs --kl-divergence-base FILE (written by a run without "

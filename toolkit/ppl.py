@@ -48,6 +48,19 @@ def _open_session(model: Path, n_ctx: int, n_batch: int, threads: int | None, ca
     return session
 
 
+def _read_text(text_file: Path) -> str:
+    if not Path(text_file).is_file():
+        raise UserError(f"text file {text_file} does not exist")
+    return Path(text_file).read_text(encoding="utf-8", errors="replace")
+
+
+def _text_chunks(session, text: str, n_ctx: int, max_chunks: int, tool: str):
+    """The text's tokens and llama-perplexity's chunks of them."""
+    _info(f"{tool}: tokenizing the input ..")
+    tokens = P.tokenize_text(session.tokenizer, text)
+    return tokens, P.plan_chunks(len(tokens), n_ctx, max_chunks)
+
+
 def _timings(session) -> None:
     """llama.cpp's context timings (the sampler's line says nothing here)."""
     _info("\n".join(line for line in session.timings.report().splitlines() if "sampler" not in line))
@@ -76,14 +89,10 @@ def _run_chunks(description: str, n_chunk: int, run, line, note):
 
 def perplexity(model: Path, text_file: Path, n_ctx: int, n_batch: int, threads: int | None, max_chunks: int,
                cache_type: str, save_base: Path | None) -> None:
-    if not Path(text_file).is_file():
-        raise UserError(f"text file {text_file} does not exist")
-    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    text = _read_text(text_file)
     session = _open_session(model, n_ctx, n_batch, threads, cache_type)
     try:
-        _info("perplexity: tokenizing the input ..")
-        tokens = P.tokenize_text(session.tokenizer, text)
-        chunks = P.plan_chunks(len(tokens), n_ctx, max_chunks)
+        tokens, chunks = _text_chunks(session, text, n_ctx, max_chunks, "perplexity")
         _info(f"perplexity: calculating perplexity over {chunks.n_chunk} chunks, n_ctx={n_ctx}, "
               f"batch_size={session.n_batch} ({len(tokens)} tokens)")
         writer = None
@@ -141,14 +150,10 @@ def imatrix(model: Path, text_file: Path, out: Path, n_ctx: int, n_batch: int, t
     written to `out` in its GGUF layout."""
     from quantizer.imatrix import save
     from runtime.imatrix import compute
-    if not Path(text_file).is_file():
-        raise UserError(f"text file {text_file} does not exist")
-    text = Path(text_file).read_text(encoding="utf-8", errors="replace")
+    text = _read_text(text_file)
     session = _open_session(model, n_ctx, n_batch, threads, cache_type)
     try:
-        _info("imatrix: tokenizing the input ..")
-        tokens = P.tokenize_text(session.tokenizer, text)
-        chunks = P.plan_chunks(len(tokens), n_ctx, max_chunks)
+        tokens, chunks = _text_chunks(session, text, n_ctx, max_chunks, "imatrix")
         _info(f"imatrix: computing over {chunks.n_chunk} chunks, n_ctx={n_ctx}, batch_size={session.n_batch} "
               f"({len(tokens)} tokens)")
         (entries, stats), _ = _run_chunks("imatrix", chunks.n_chunk, lambda cb: compute(session, tokens, chunks, cb),
