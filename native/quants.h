@@ -314,4 +314,11 @@ const struct tk_gemm *tk_gemm(int wtype);
 const struct tk_gemm *tk_gemm_x86(int wtype, int level);
 /* ==== end of matrix products ===================================================================================== */
 
+/* The small helpers of the quantizers (quants_k.c and the files that follow its rules): ggml's GROUP_MAX_EPS (a group
+   whose largest magnitude is below it quantizes to zeros) and integer min / max / clamp. */
+#define GROUP_MAX_EPS 1e-15f
+static inline int imin(int a, int b) { return a < b ? a : b; }
+static inline int imax(int a, int b) { return a > b ? a : b; }
+static inline int clampi(int v, int lo, int hi) { return imax(lo, imin(hi, v)); }
+
 #endif

@@ -18,10 +18,7 @@
 
 #include "quants.h"
 
-#define GROUP_MAX_EPS 1e-15f
 
-static inline int imin(int a, int b) { return a < b ? a : b; }
-static inline int imax(int a, int b) { return a > b ? a : b; }
 
 /* Symmetric weighted fit x ≈ scale·(L − nmax), L − nmax in [−nmax, nmax−1] (make_qx_quants, rmse_type 1, weights
    w): the grid mapping the signed max to −nmax and its 18 neighbours −(nmax + 0.1·is)/max, keeping the one with the

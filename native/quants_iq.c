@@ -14,7 +14,6 @@
 
 #include "quants.h"
 
-#define GROUP_MAX_EPS 1e-15f
 #define IQ4_NTRY 7 /* scale candidates tried on each side of the first guess */
 
 const int8_t tk_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};

@@ -25,11 +25,7 @@
 
 #include "quants.h"
 
-#define GROUP_MAX_EPS 1e-15f
 
-static inline int imin(int a, int b) { return a < b ? a : b; }
-static inline int imax(int a, int b) { return a > b ? a : b; }
-static inline int clampi(int v, int lo, int hi) { return imax(lo, imin(hi, v)); }
 
 /* ------------------------------------------------------------------------------------------------------------
    Fitting helpers

@@ -23,12 +23,8 @@
 
 #define AVX2 __attribute__((target("avx2,f16c")))
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,f16c")))
-#define GROUP_MAX_EPS 1e-15f
 #define GMAX 3 /* largest number of Q6_K trial grids evaluated together */
 
-static inline int imin(int a, int b) { return a < b ? a : b; }
-static inline int imax(int a, int b) { return a > b ? a : b; }
-static inline int clampi(int v, int lo, int hi) { return imax(lo, imin(hi, v)); }
 
 /* ------------------------------------------------------------------------------------------------------------
    Vector helpers

@@ -51,7 +51,6 @@ void quantize_row_q8_K_neon(const float *x, void *vy, int64_t k) {
 
 /* ---------------------------------------------------------------------------------------------- Q6_K */
 
-#define GROUP_MAX_EPS 1e-15f  /* quants_k.c's */
 #define SUB 16                /* elements per sub-block */
 
 /* clamp(tk_nearest_int(v), lo, hi) as a float, for lanes with |v| < 2^22 (there (v + 1.5·2^23) − 1.5·2^23 is that
