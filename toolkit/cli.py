@@ -17,6 +17,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show debug output and tracebacks.")
 FTYPE_NAMES = {0: "f32", 1: "f16"}
+# the options of the commands that evaluate a text in chunks (perplexity, imatrix)
+CHUNK_BATCH = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per batch (at most -c).")
+THREADS = typer.Option(None, "-t", "--threads", help="Threads (default: all cores).")
+CHUNK_CACHE = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
+                           help="KV cache type (keys and values): f32, f16, q8_0, q4_0.")
 
 
 def _version(value: bool) -> None:
@@ -533,11 +538,10 @@ def imatrix(
     output: Path = typer.Option(Path("imatrix.gguf"), "-o", "--output-file", "--output",
                                 help="Importance matrix file (llama-imatrix's GGUF layout)."),
     ctx_size: int = typer.Option(512, "-c", "--ctx-size", help="Tokens per chunk."),
-    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per batch (at most -c)."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    batch_size: int = CHUNK_BATCH,
+    threads: Optional[int] = THREADS,
     chunks: int = typer.Option(-1, "--chunks", help="Use at most this many chunks (-1 = all)."),
-    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
-                                   help="KV cache type (keys and values): f32, f16, q8_0, q4_0."),
+    cache_type: str = CHUNK_CACHE,
     verbose: bool = VERBOSE,
 ) -> None:
     """Importance matrix of a model over a calibration text, as llama-imatrix computes it (for quantize --imatrix)."""
@@ -555,16 +559,15 @@ def perplexity(
     file: Optional[Path] = typer.Option(None, "-f", "--file", help="Text to score (not used with --kl-divergence)."),
     ctx_size: Optional[int] = typer.Option(None, "-c", "--ctx-size", help="Tokens per chunk (default 512; with "
                                            "--kl-divergence, the base file's)."),
-    batch_size: int = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per batch (at most -c)."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", help="Threads (default: all cores)."),
+    batch_size: int = CHUNK_BATCH,
+    threads: Optional[int] = THREADS,
     chunks: int = typer.Option(-1, "--chunks", help="Score at most this many chunks (-1 = all)."),
     kl_divergence_base: Optional[Path] = typer.Option(None, "--kl-divergence-base", "--save-all-logits",
                                                       help="Base log-probabilities file: written (llama-perplexity's "
                                                       "format), or read with --kl-divergence."),
     kl_divergence: bool = typer.Option(False, "--kl-divergence", help="Compare this model with the one that wrote "
                                        "--kl-divergence-base, over its tokens: KLD, Δp, same top token."),
-    cache_type: str = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
-                                   help="KV cache type (keys and values): f32, f16, q8_0, q4_0."),
+    cache_type: str = CHUNK_CACHE,
     verbose: bool = VERBOSE,
 ) -> None:
     """Perplexity of a model over a text, and KL divergence from a base model, as llama-perplexity computes them."""
