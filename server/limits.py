@@ -24,16 +24,17 @@ class Limits:
     max_body_bytes: int = 8 * MiB
 
     def within_open_files(self, soft_limit: int | None = None) -> "Limits":
-        """The connection cap and the backlog lowered to fit the process's open-file limit. The event loop accepts up
-        to `backlog` connections in one go before any of them is counted, and a connection closed to make room holds
-        its descriptor until the next turn of the loop: both come on top of the cap."""
+        """The connection cap and the backlog lowered to fit the process's open-file limit. asyncio accepts up to
+        `backlog` connections at each turn of its loop, and a connection is counted (and another closed to make room)
+        two turns after it was accepted; the descriptor of the one closed is released a turn later still. So up to
+        three turns' worth of accepted connections come on top of the cap: a fourth is kept as a margin."""
         if soft_limit is None:
             soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         if soft_limit == resource.RLIM_INFINITY:
             return self
         budget = max(soft_limit - RESERVED_FDS, 8)
-        backlog = max(min(self.backlog, budget // 4), 1)
-        return replace(self, backlog=backlog, max_connections=max(min(self.max_connections, budget - 2 * backlog), 1))
+        backlog = max(min(self.backlog, budget // 8), 1)
+        return replace(self, backlog=backlog, max_connections=max(min(self.max_connections, budget - 4 * backlog), 1))
 
     def describe(self) -> str:
         return (f"head and body each within {self.timeout:g} s, idle connections kept {self.keep_alive} s, at most "

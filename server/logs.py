@@ -2,6 +2,7 @@
 report a client's misdeeds (uvicorn's protocol errors, asyncio's accept errors), with floods rate-limited."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -53,3 +54,20 @@ def server_logger() -> logging.Logger:
         logger.setLevel(logging.INFO if name == "toolkit.server" else logging.WARNING)
         logger.propagate = False
     return logging.getLogger("toolkit.server")
+
+
+def log_accept_errors_in_one_line(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio reports a failed accept (out of descriptors or memory: it then pauses accepting for a second) with a
+    traceback through the loop's exception handler; here it is one warning line, rate-limited like the others. Every
+    other report keeps asyncio's default handling."""
+    log = logging.getLogger("asyncio")
+
+    def handler(loop, context):
+        exc = context.get("exception")
+        if str(context.get("message", "")).startswith("socket.accept() out of system resource") and \
+                isinstance(exc, OSError):
+            log.warning("new connections refused for a moment: %s", exc.strerror or exc)
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

@@ -4,6 +4,7 @@ printed once the server accepts connections; `--port 0` picks a free port, which
 served by server.connections' protocol under server.limits' limits (the cap fitted to the open-file limit)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import signal
@@ -122,7 +123,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     from server.embeddings import EmbeddingOptions
     from server.connections import guarded_protocol
     from server.engine import Engine
-    from server.logs import server_logger
+    from server.logs import log_accept_errors_in_one_line, server_logger
     from server.observability import add_observability
 
     log = server_logger()
@@ -149,6 +150,7 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
 
         class Server(uvicorn.Server):
             async def startup(self, sockets=None):
+                log_accept_errors_in_one_line(asyncio.get_running_loop())
                 await super().startup(sockets=sockets)
                 if self.started:
                     log.info(line)

@@ -244,6 +244,39 @@ def test_rate_limit_counts_what_it_leaves_out():
                                                   "10 s before]")
 
 
+def test_connection_cap_leaves_room_for_the_connections_asyncio_has_not_counted_yet():
+    """asyncio accepts up to `backlog` connections per turn of its loop and counts them two turns later; the one closed
+    to make room frees its descriptor a turn after that: cap + 4 backlogs must fit the open files left."""
+    from server.limits import RESERVED_FDS, Limits
+    for soft in (64, 256, 512, 1024, 4096, 65536):
+        lim = Limits().within_open_files(soft)
+        assert lim.max_connections >= 1 and lim.backlog >= 1
+        assert soft < 80 or lim.max_connections + 4 * lim.backlog <= soft - RESERVED_FDS, (soft, lim)
+
+
+def test_failed_accept_is_one_warning_line_without_traceback():
+    """Out of descriptors, asyncio pauses accepting for a second and, by default, logs a traceback per failure."""
+    import asyncio
+    import errno
+
+    from server.logs import log_accept_errors_in_one_line
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    loop = asyncio.new_event_loop()
+    try:
+        log_accept_errors_in_one_line(loop)
+        loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                     "exception": OSError(errno.EMFILE, "Too many open files")})
+    finally:
+        loop.close()
+        logger.removeHandler(handler)
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in records] == [
+        (logging.WARNING, "new connections refused for a moment: Too many open files", None)]
+
+
 # -- schemathesis over the OpenAPI document ---------------------------------------------------------------------------
 def test_schemathesis(server, tmp_path):
     """Every operation of /openapi.json, generated from the document (coverage and fuzzing phases, valid and invalid
