@@ -249,6 +249,45 @@ def test_command_line_errors_are_one_line(models, tmp_path):
         assert p.stderr.strip().splitlines()[-1].startswith("error: ") and message in p.stderr
 
 
+def _section(output: str, title: str = "====== Perplexity statistics ======") -> list[str]:
+    """The lines from `title` to the end of the KL-divergence summary."""
+    lines = output.splitlines()
+    start = lines.index(title)
+    end = next(i for i, line in enumerate(lines) if line.startswith("Same top p:"))
+    return lines[start:end + 1]
+
+
+def test_quantize_report_is_perplexity_run_twice_by_hand(models, tmp_path):
+    """toolkit quantize --report prints what toolkit perplexity prints run by hand on the same files: the input's
+    final estimate (with --kl-divergence-base), then the output's statistics against it (--kl-divergence), the same
+    lines to the last digit; the base file it needs lives in a temporary folder that is gone afterwards."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out, base = tmp_path / "Q8_0.gguf", tmp_path / "base.kld"
+    p = run_toolkit("quantize", models["F32"], out, "Q8_0", "2", "--report", "--report-file", models["text"],
+                    "--report-ctx", N_CTX, "--report-chunks", "-1", env={"TMPDIR": str(tmp)})
+    assert p.returncode == 0, p.stderr
+    assert "quant size" in p.stderr and os.listdir(tmp) == []
+    report = p.stdout.splitlines()
+    assert report[1] == f"====== quality report: Q8_0.gguf against F32.gguf, story.txt: 9 chunks of {N_CTX} tokens ======"
+    first = toolkit_perplexity("-m", models["F32"], "-f", models["text"], "--kl-divergence-base", base)
+    assert report[2] == "input:  " + re.search(r"^Final estimate: .*$", first, re.M).group(0)
+    second = toolkit_perplexity("-m", out, "--kl-divergence-base", base, "--kl-divergence")
+    assert _section(p.stdout) == _section(second)
+    assert 1e-4 < figure(p.stdout, "Mean    KLD") < 5e-3 and figure(p.stdout, "Same top p") > 90
+
+
+def test_quantize_report_checks_its_text_before_quantizing(models, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("Once upon a time, there was a cat.", encoding="utf-8")
+    out = tmp_path / "out.gguf"
+    for args, message in ((["--report"], "--report needs the text to score: --report-file FILE"),
+                          (["--report-file", short], "--report-file is read only with --report"),
+                          (["--report", "--report-file", short], "you need at least 1024 tokens")):
+        p = run_toolkit("quantize", models["F32"], out, "Q8_0", *args)
+        assert p.returncode == 1 and message in p.stderr.strip().splitlines()[-1] and not out.exists()
+
+
 # -- llama.cpp b11434's llama-perplexity (bench-data; not in CI) -----------------------------------------------------
 
 def needs_binary():

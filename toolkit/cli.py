@@ -22,6 +22,7 @@ CHUNK_BATCH = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated pe
 THREADS = typer.Option(None, "-t", "--threads", help="Threads (default: all cores).")
 CHUNK_CACHE = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
                            help="KV cache type (keys and values): f32, f16, q8_0, q4_0.")
+REPORT_CTX, REPORT_CHUNKS = 512, 4   # quantize --report: quick by default, 4 chunks of 512 tokens per model
 
 
 def _version(value: bool) -> None:
@@ -133,6 +134,14 @@ def quantize(
                                                         help="Do not use the matrix for tensors whose name has this."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the per-tensor types and sizes; write nothing."),
     list_types: bool = typer.Option(False, "--list", help="List the quantization types."),
+    report: bool = typer.Option(False, "--report", help="Then print the output's quality against the input over "
+                                "--report-file: perplexity of both, KL divergence, Δp, same top token (as "
+                                "toolkit perplexity --kl-divergence)."),
+    report_file: Optional[Path] = typer.Option(None, "--report-file", help="The text --report scores (required: "
+                                               "no text is built in)."),
+    report_ctx: int = typer.Option(REPORT_CTX, "--report-ctx", help="--report: tokens per chunk."),
+    report_chunks: int = typer.Option(REPORT_CHUNKS, "--report-chunks", help="--report: at most this many chunks "
+                                      "(-1 = the whole text)."),
     verbose: bool = VERBOSE,
 ) -> None:
     """Quantize a GGUF file, like llama-quantize: toolkit quantize IN [OUT] TYPE [NTHREADS]."""
@@ -146,6 +155,7 @@ def quantize(
             _print_types()
             return
         inp, out, ft, nthreads = _quantize_positionals(args or [])
+        plan = _report_plan(inp, report, report_file, report_ctx, report_chunks, dry_run)
         matrix = _importance_matrix(imatrix, include_weights or [], exclude_weights or [])
         opts = Options(leave_output_tensor, pure,
                        types.parse_tensor_type(output_tensor_type) if output_tensor_type else None,
@@ -161,6 +171,27 @@ def quantize(
                                report=lambda r: _print_quantize_summary(r, dry_run))
         if not dry_run:
             console.print(f"wrote {result.path}", markup=False, soft_wrap=True)
+        if plan is not None:
+            from toolkit import ppl
+            ppl.quality_report(inp, result.path, plan, CHUNK_BATCH.default, nthreads, CHUNK_CACHE.default)
+
+
+def _report_plan(inp: Path, report: bool, text: Path | None, n_ctx: int, max_chunks: int, dry_run: bool):
+    """quantize --report's text, tokenized and cut into chunks before quantizing (None: no report asked)."""
+    from common.errors import UserError
+    from toolkit import ppl
+
+    if not report:
+        if text is not None:
+            raise UserError("--report-file is read only with --report")
+        return None
+    if dry_run:
+        raise UserError("--report scores the written file: not with --dry-run")
+    if text is None:
+        raise UserError("--report needs the text to score: --report-file FILE (no text is built in; a few thousand "
+                        "tokens of plain text, e.g. a wiki.test.raw excerpt)")
+    at_least(("--report-ctx", n_ctx, 1))
+    return ppl.report_plan(inp, text, n_ctx, max_chunks)
 
 
 def _layer_list(text: str) -> list[int]:

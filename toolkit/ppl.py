@@ -1,8 +1,10 @@
-"""`toolkit perplexity`'s two runs and `toolkit imatrix` on the terminal: the figures on stdout in llama-perplexity's format (the running
+"""`toolkit perplexity`'s two runs, `toolkit imatrix` and `toolkit quantize --report` on the terminal: the figures on stdout in llama-perplexity's format (the running
 estimates, the final estimate, the KL-divergence table and statistics), progress and information on stderr."""
 from __future__ import annotations
 
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import UserError
@@ -165,3 +167,67 @@ def imatrix(model: Path, text_file: Path, out: Path, n_ctx: int, n_batch: int, t
         _timings(session)
     finally:
         session.close()
+
+
+# -- toolkit quantize --report ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """The text of a quantization report, tokenized with the input model's tokenizer and cut into chunks (checked
+    before quantizing, so that a text too short fails at once)."""
+    text_file: Path
+    tokens: list[int]
+    chunks: P.Chunks
+
+
+def report_plan(model: Path, text_file: Path, n_ctx: int, max_chunks: int) -> ReportPlan:
+    """Tokenize the report's text with the model file's tokenizer alone (no weights loaded) and plan its chunks."""
+    from common.ggufio import GGUFFile
+    from runtime.tokenizer import Tokenizer
+    text = _read_text(text_file)
+    if not Path(model).is_file():
+        raise UserError(f"model file {model} does not exist")
+    with GGUFFile(model) as g:
+        tokenizer = Tokenizer.from_gguf(g)
+    tokens = P.tokenize_text(tokenizer, text)
+    return ReportPlan(Path(text_file), tokens, P.plan_chunks(len(tokens), n_ctx, max_chunks))
+
+
+def quality_report(source: Path, result: Path, plan: ReportPlan, n_batch: int, threads: int | None,
+                   cache_type: str) -> None:
+    """The quantized file's quality against its input over the plan's chunks, as `toolkit perplexity` computes it run
+    twice by hand (the input with --kl-divergence-base, then the result with --kl-divergence): the input's
+    perplexity, then the KL-divergence statistics. The base log-probabilities go to a temporary folder, removed
+    whatever happens."""
+    chunks = plan.chunks
+    with tempfile.TemporaryDirectory(prefix="toolkit-report-") as tmp:
+        session = _open_session(source, chunks.n_ctx, n_batch, threads, cache_type)
+        try:
+            with P.BaseLogitsWriter(Path(tmp) / "base.kld", chunks, session.model.hp.n_vocab, plan.tokens) as writer:
+                base_stats, _ = _run_chunks("perplexity of the input", chunks.n_chunk,
+                                            lambda cb: P.perplexity(session, plan.tokens, chunks, writer, cb),
+                                            lambda d, s: "", lambda s: f"PPL {s.ppl:.4f}")
+        finally:
+            session.close()
+        base = P.BaseLogits.open(Path(tmp) / "base.kld")
+        session = _open_session(result, chunks.n_ctx, n_batch, threads, cache_type)
+        try:
+            stats, _ = _run_chunks("KL divergence of the output", chunks.n_chunk,
+                                   lambda cb: P.kl_divergence(session, base, -1, cb),
+                                   lambda d, s: "", lambda s: f"KLD {s.kld()[0]:.5f}")
+        finally:
+            session.close()
+    print()
+    print(f"====== quality report: {Path(result).name} against {Path(source).name}, {plan.text_file.name}: "
+          f"{chunks.n_chunk} chunks of {chunks.n_ctx} tokens ======")
+    print(f"input:  {P.final_estimate(base_stats)}")
+    ppl, dppl = stats.ppl()
+    print(f"output: Final estimate: PPL = {ppl:.4f} +/- {dppl:.5f}")
+    print()
+    summary = P.kld_summary(stats)
+    if summary:
+        print("\n".join(summary))
+    else:
+        _info(f"quality report: {stats.count} tokens scored; no KL-divergence statistics under {P.MIN_KLD_SUMMARY} "
+              "(give a longer text or more chunks)")
+    sys.stdout.flush()
