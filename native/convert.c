@@ -1,5 +1,5 @@
 /* F32 / F16 / BF16 element conversion: scalar reference plus an F16C/AVX2 (x86) or NEON (ARM64, convert_neon.c) path
-   chosen at run time; the run-time choice of instruction-set level for all kernels. */
+   chosen at run time (cpu.c). */
 #include <stdlib.h>
 #include <string.h>
 #include "core.h"
@@ -9,99 +9,6 @@
 #include <immintrin.h>
 #define TK_X86 1
 #endif
-
-#if defined(__aarch64__)
-#define TK_ARM64 1
-#if defined(__linux__)
-#include <sys/auxv.h>
-#elif defined(__APPLE__)
-#include <sys/sysctl.h>
-#endif
-#else
-#define TK_ARM64 0
-#endif
-
-static int force_scalar = -1;
-
-void tk_set_force_scalar(int on) { force_scalar = on ? 1 : 0; }
-
-/* highest instruction-set level the kernels may use (tests lower it): 1 AVX2, 2 + AVX-VNNI, 3 + AVX512-VNNI on x86;
-   1 NEON, 2 + dotprod, 3 + i8mm on ARM64 */
-static int isa_limit = 3;
-
-void tk_set_isa_limit(int level) { isa_limit = level < 1 ? 1 : level > 3 ? 3 : level; }
-
-static int scalar_forced(void) {
-    if (force_scalar < 0) {
-        const char *e = getenv("TOOLKIT_FORCE_SCALAR");
-        force_scalar = (e && *e && strcmp(e, "0") != 0) ? 1 : 0;
-    }
-    return force_scalar;
-}
-
-/* ARM64: NEON is part of every ARM64 CPU, so the SIMD paths are always there */
-int tk_use_simd(void) { return !scalar_forced() && (TK_ARM64 || tk_cpu_has_f16c()); }
-
-#if TK_ARM64
-/* 1 NEON, 2 + dotprod (sdot/udot, FEAT_DotProd), 3 + i8mm (smmla, FEAT_I8MM), from the kernel's hardware capabilities
-   (Linux) or sysctl (macOS); NEON alone elsewhere */
-static int arm_cpu_level(void) {
-    static int level = 0;
-    if (level) return level;
-    int dp = 0, mm = 0;
-#if defined(__linux__)
-    dp = (getauxval(AT_HWCAP) >> 20) & 1;  /* HWCAP_ASIMDDP */
-    mm = (getauxval(AT_HWCAP2) >> 13) & 1; /* HWCAP2_I8MM */
-#elif defined(__APPLE__)
-    int v = 0;
-    size_t size = sizeof v;
-    dp = sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &size, NULL, 0) == 0 && v;
-    v = 0;
-    size = sizeof v;
-    mm = sysctlbyname("hw.optional.arm.FEAT_I8MM", &v, &size, NULL, 0) == 0 && v;
-#endif
-    level = 1 + dp + (dp && mm);
-    return level;
-}
-
-int tk_arm_level(void) {
-    if (scalar_forced()) return 0;
-    const int cpu = arm_cpu_level();
-    return cpu < isa_limit ? cpu : isa_limit;
-}
-#endif
-
-int tk_use_vnni(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    static int vnni = -1;
-    if (vnni < 0) vnni = __builtin_cpu_supports("avxvnni") && getenv("TOOLKIT_NO_VNNI") == NULL;
-    return vnni && isa_limit >= 2 && tk_use_simd();
-#else
-    return 0;
-#endif
-}
-
-int tk_use_avx512(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    static int avx512 = -1;
-    if (avx512 < 0)
-        avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
-                 getenv("TOOLKIT_NO_AVX512") == NULL;
-    return avx512 && isa_limit >= 3 && tk_use_simd();
-#else
-    return 0;
-#endif
-}
-
-int tk_cpu_has_f16c(void) {
-#ifdef TK_X86
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
 
 static inline uint32_t f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
@@ -207,7 +114,7 @@ static void cvt_run(void *p, int i, int n) {
 #ifdef TK_X86
     if (t->simd) { cvt_avx2(s, t->st, d, t->dt, b - a); return; }
 #endif
-#if TK_ARM64
+#if defined(__aarch64__)
     if (t->simd) {
         const size_t done = tk_convert_neon(s, t->st, d, t->dt, b - a);
         s = (const char *)s + done * ss;
