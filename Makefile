@@ -109,29 +109,40 @@ test-sanitize: install
 	$(SAN_PYTEST) $(SAN_KERNELS) $(SAN_FORWARD)
 	TOOLKIT_FORCE_SCALAR=1 $(SAN_PYTEST) $(SAN_KERNELS)
 
-# The native core's kernel checks without Python (tests/native/kernel_check.c): every SIMD kernel at every
-# instruction-set level the CPU has against the scalar reference (see the file). test-kernels builds and runs it on
-# this machine; test-arm64 cross-compiles it for ARM64 (static, Debian's gcc-aarch64-linux-gnu; apt-get installs it
-# and qemu-user when missing) and runs it under qemu-aarch64 twice: -cpu max (NEON, dotprod, i8mm: all three levels)
-# and -cpu cortex-a53 (ARMv8.0: the NEON baseline alone). Same flags as setup.py's (no FP contraction).
+# The native core's checks without Python: tests/native/kernel_check.c (every SIMD kernel at every instruction-set
+# level the CPU has against the scalar reference) and tests/native/forward_check.c (stories260K's forward pass at every
+# level against the logits the runtime recorded on x86, in the bundle tests/native/reference_bundle.py writes into
+# $(REF_BUNDLE) when missing: our converter's and quantizer's files, checked against llama.cpp before they are kept;
+# needs `make install` and ../shared/fixtures). test-kernels builds and runs both on this machine; test-arm64
+# cross-compiles them for ARM64 (static, Debian's gcc-aarch64-linux-gnu; apt-get installs it and qemu-user when
+# missing) and runs them under qemu-aarch64 twice: -cpu max (NEON, dotprod, i8mm: all three levels) and -cpu
+# cortex-a53 (ARMv8.0: the NEON baseline alone). Same flags as setup.py's (no FP contraction).
 KC_CFLAGS  := -std=c11 -O2 -ffp-contract=off -fno-math-errno -Wall -Wno-unused-function -Inative
-KC_SOURCES  = tests/native/kernel_check.c $(filter-out native/module.c,$(wildcard native/*.c))
+CORE_C      = $(filter-out native/module.c,$(wildcard native/*.c))
+REF_BUNDLE := build/native-ref
 ARM64_CC   ?= aarch64-linux-gnu-gcc
 QEMU_ARM64 ?= qemu-aarch64
 ARM64_CPUS ?= max cortex-a53
 
-test-kernels:
-	mkdir -p build/native
-	$(CC) $(KC_CFLAGS) $(KC_SOURCES) -lm -pthread -o build/native/kernel_check
-	build/native/kernel_check
+$(REF_BUNDLE)/cases.txt: tests/native/reference_bundle.py
+	$(PY) tests/native/reference_bundle.py $(REF_BUNDLE) $(SHARED)/fixtures
 
-test-arm64:
+test-kernels: $(REF_BUNDLE)/cases.txt
+	mkdir -p build/native
+	$(CC) $(KC_CFLAGS) tests/native/kernel_check.c $(CORE_C) -lm -pthread -o build/native/kernel_check
+	$(CC) $(KC_CFLAGS) tests/native/forward_check.c $(CORE_C) -lm -pthread -o build/native/forward_check
+	build/native/kernel_check
+	build/native/forward_check $(REF_BUNDLE)
+
+test-arm64: $(REF_BUNDLE)/cases.txt
 	command -v $(ARM64_CC) >/dev/null && command -v $(QEMU_ARM64) >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
 	mkdir -p build/arm64
-	$(ARM64_CC) -static $(KC_CFLAGS) $(KC_SOURCES) -lm -pthread -o build/arm64/kernel_check
+	$(ARM64_CC) -static $(KC_CFLAGS) tests/native/kernel_check.c $(CORE_C) -lm -pthread -o build/arm64/kernel_check
+	$(ARM64_CC) -static $(KC_CFLAGS) tests/native/forward_check.c $(CORE_C) -lm -pthread -o build/arm64/forward_check
 	for cpu in $(ARM64_CPUS); do echo "== qemu-aarch64 -cpu $$cpu"; \
-		$(QEMU_ARM64) -cpu $$cpu build/arm64/kernel_check || exit 1; done
+		$(QEMU_ARM64) -cpu $$cpu build/arm64/kernel_check && \
+		$(QEMU_ARM64) -cpu $$cpu build/arm64/forward_check $(REF_BUNDLE) || exit 1; done
 
 # Guest instructions per weight of one-token products under qemu-aarch64 (scalar, NEON, dotprod; a TCG plugin counts
 # them): a measurement, not a test, and not wall-clock speed on ARM hardware. Needs what test-arm64 installs.

@@ -23,15 +23,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "quants.h"
+#include "levels.h"
 
 #define RTOL 1e-5
-
-#if defined(__aarch64__)
-static const char *LEVEL_NAMES[4] = {"scalar", "neon", "dotprod", "i8mm"};
-#else
-static const char *LEVEL_NAMES[4] = {"scalar", "avx2", "avxvnni", "avx512vnni"};
-#endif
 
 static const int DOT_TYPES[] = {TK_F32, TK_F16, TK_BF16, TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0,
                                 TK_Q2_K, TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K};
@@ -381,16 +375,6 @@ static void check_quantizer(int t, int level) {
              has_simd_quantizer(t) ? "" : " (no SIMD quantizer: reference both ways)");
     report(bad == 0, "quantize", tr->name, lv, msg);
     free(x), free(q0), free(q1);
-}
-
-/* the level the kernels use now (after tk_set_isa_limit), 0 when only the scalar paths run */
-static int current_level(void) {
-    if (!tk_use_simd()) return 0;
-#if defined(__aarch64__)
-    return tk_arm_level();
-#else
-    return tk_use_avx512() ? 3 : tk_use_vnni() ? 2 : 1;
-#endif
 }
 
 int main(void) {
