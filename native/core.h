@@ -21,10 +21,12 @@ enum tk_type {
     TK_Q5_K = 13,
     TK_Q6_K = 14,
     TK_Q8_K = 15,
+    TK_IQ1_S = 19,
     TK_IQ4_NL = 20,
     TK_IQ4_XS = 23,
     TK_TQ1_0 = 34,
     TK_TQ2_0 = 35,
+    TK_IQ1_M = 29,
     TK_BF16 = 30,
     TK_TYPE_COUNT = 36,
     TK_Q8_KX = 64, /* internal, never a file's type: the activations of the Q4_K tiles (quants.h) */

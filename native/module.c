@@ -97,6 +97,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         rc = tk_quantize_rows_imatrix(type, src.buf, src_type, dst.buf, nrows, n_per_row, nthreads, qw.buf, &bad);
         Py_END_ALLOW_THREADS
         if (rc == -3) PyErr_NoMemory();
+        else if (rc == -4) PyErr_Format(PyExc_ValueError, "%s needs an importance matrix", tk_traits(type)->name);
         else ret = PyLong_FromLongLong(bad);
     }
     PyBuffer_Release(&src);

@@ -2,6 +2,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include "quants.h"
+#include "quants_iq1.h"
 
 static void quantize_row_f32(const float *x, void *y, int64_t k) { tk_convert(x, TK_F32, y, TK_F32, (size_t)k, 1); }
 static void quantize_row_f16(const float *x, void *y, int64_t k) { tk_convert(x, TK_F32, y, TK_F16, (size_t)k, 1); }
@@ -39,6 +40,8 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_Q5_K, "q5_K", QK_K, sizeof(block_q5_K), quantize_row_q5_K_ref, dequantize_row_q5_K, K_SIMD(q5_K)),
     ROW(TK_Q6_K, "q6_K", QK_K, sizeof(block_q6_K), quantize_row_q6_K_ref, dequantize_row_q6_K, K_SIMD(q6_K)),
     ROW(TK_Q8_K, "q8_K", QK_K, sizeof(block_q8_K), quantize_row_q8_K_ref, dequantize_row_q8_K, Q8_K_SIMD),
+    ROW(TK_IQ1_S, "iq1_s", QK_K, sizeof(block_iq1_s), NULL, dequantize_row_iq1_s, NULL), /* needs weights */
+    ROW(TK_IQ1_M, "iq1_m", QK_K, sizeof(block_iq1_m), quantize_row_iq1_m, dequantize_row_iq1_m, NULL),
     ROW(TK_IQ4_NL, "iq4_nl", QK, sizeof(block_iq4_nl), quantize_row_iq4_nl, dequantize_row_iq4_nl, NULL),
     ROW(TK_IQ4_XS, "iq4_xs", QK_K, sizeof(block_iq4_xs), quantize_row_iq4_xs, dequantize_row_iq4_xs, NULL),
     ROW(TK_TQ1_0, "tq1_0", QK_K, sizeof(block_tq1_0), quantize_row_tq1_0, dequantize_row_tq1_0, NULL),
@@ -127,6 +130,7 @@ static int run_rows(struct rows_job *job, int nthreads) {
 int tk_quantize_rows_imatrix(int type, const void *src, int src_type, void *dst, int64_t nrows, int64_t n_per_row,
                              int nthreads, const float *qw, int64_t *nonfinite) {
     if (src_type != TK_F32 && src_type != TK_F16 && src_type != TK_BF16) return -1;
+    if (!qw && tk_traits(type) && !tk_traits(type)->quantize_row) return -4; /* IQ1_S: ggml's needs the weights */
     struct rows_job job = {.t = tk_traits(type), .src = src, .src_type = src_type, .imatrix = qw, .dst = dst,
                            .nrows = nrows, .n_per_row = n_per_row, .quantize = 1};
     int rc = run_rows(&job, nthreads);
