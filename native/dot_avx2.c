@@ -9,7 +9,7 @@
 #include "quants.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include "simd_x86.h"
+#include "dot_x86.h"
 
 static inline AVX2 float hsum4(__m128 s) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -17,9 +17,7 @@ static inline AVX2 float hsum4(__m128 s) {
     return _mm_cvtss_f32(s);
 }
 
-static inline AVX2 float h2f(tk_half h) { return _cvtsh_ss(h); }
 
-static inline AVX2 __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
 /* signed x · signed y (y never -128), pairs summed twice: 8 int32 */
 static inline AVX2 __m256i dot_s8(__m256i x, __m256i y) {
@@ -32,12 +30,6 @@ static inline AVX2 __m256i dot_u8(__m256i x, __m256i y) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1));
 }
 
-/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31) */
-static inline AVX2 __m256i nibbles32(const uint8_t *q) {
-    __m128i t = _mm_loadu_si128((const __m128i *)q);
-    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-}
 
 /* 32 bits (little-endian) -> 32 bytes, 0xFF where the bit is set */
 static inline AVX2 __m256i bits32(const uint8_t *p) {
@@ -50,22 +42,8 @@ static inline AVX2 __m256i bits32(const uint8_t *p) {
     return _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
 }
 
-/* Scales of groups of 16 as int16, for the products of 32 quants (two groups, one per 128-bit lane):
-   sc16[0] holds scales 0..7 in both lanes, sc16[1] scales 8..15; scale_pair gives [s[2m] x8 | s[2m+1] x8]. */
-struct scales16 { __m256i v[2]; };
 
-static inline AVX2 struct scales16 scales16(__m128i sc8) {
-    const __m256i w = _mm256_cvtepi8_epi16(sc8);
-    struct scales16 r = {{_mm256_permute2x128_si256(w, w, 0x00), _mm256_permute2x128_si256(w, w, 0x11)}};
-    return r;
-}
 
-static inline AVX2 __m256i scale_pair(const struct scales16 *s, int m) {
-    const int w0 = (2 * m) & 7, w1 = (2 * m + 1) & 7;
-    const __m256i sel = _mm256_setr_m128i(_mm_set1_epi16((short)((2 * w0 + 1) << 8 | 2 * w0)),
-                                          _mm_set1_epi16((short)((2 * w1 + 1) << 8 | 2 * w1)));
-    return _mm256_shuffle_epi8(s->v[m >> 2], sel);
-}
 
 /* Q4_K/Q5_K scales and mins, unpacked with word operations: bytes [sc0..sc7, m0..m7] */
 static inline AVX2 __m128i k4_scales_mins(const uint8_t q[K_SCALE_SIZE]) {
@@ -109,16 +87,7 @@ AVX2 void tk_vec_dot_f32_avx2(int64_t n, float *s, const void *vx, const void *v
     *s = sum;
 }
 
-static inline AVX2 __m256 load_f16(const tk_half *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* the end of tk_vec_dot_f16_avx2: the 8-element steps into a0, the lanes summed, the scalar tail */
-static inline AVX2 float f16_finish(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const tk_half *x, const tk_half *y,
-                                    int64_t i, int64_t n) {
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
-    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
-    return sum;
-}
 
 AVX2 void tk_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const tk_half *x = vx, *y = vy;
@@ -269,7 +238,6 @@ LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0,
 
 /* AVX-VNNI (vpdpbusd: 4 unsigned x signed byte products summed into each int32 lane), same lanes as the AVX2 code:
    Q4_0's (q - 8)·y as q·y - 8·y; Q8_0's x·y as |x|·sign(y, x). */
-#define VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 
 static inline VNNI __m256i dpbusd(__m256i u, __m256i s) {
     return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
@@ -299,14 +267,13 @@ LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
    keeps its own accumulator, fed block by block with exactly the float operations of the one-row kernel above, so
    every result is bit for bit that kernel's (and, Q4_K aside, llama.cpp's one-token vec_dot's); what the tile saves
    is work per pair: each weight block is unpacked once for RN tokens, each activation block loaded once for RM rows.
-   Three builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, below).
+   Three builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, in
+   dot_avx512.c).
    Integer sums per lane are exact in every build:
      Q4_0: (q - 8)·y = q·y - 8·Σy, the -8·Σy lanes made once per token and fed to vpdpbusd as its start value;
      Q8_0: x·y = (y + 128)·x - 128·Σx, the -128·Σx lanes made once per row (|y| ≤ 127, so y + 128 is a byte). */
 
-#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
-static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 
 static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
 
@@ -326,12 +293,6 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
 #define Q8_0_Y_VNNI(y, a, e, DP) (a = _mm256_xor_si256(load32((y)->qs), _mm256_set1_epi8((char)0x80)), e = a)
 #define Q8_0_DOT_VNNI(w, c, a, e, DP) DP(c, a, w)
 
-/* the tile's entry for the table (its shape stated once) */
-#define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NULL)
-#define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW)                                    \
-    static const struct tk_gemm NAME##_tile = {NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW};             \
-    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds"); \
-    _Static_assert(PACK_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
 /* block b of each of a legacy tile's RM weight rows, prepared by PX (w, c), and its scale d_x in every lane of a
    VF register: the same for both register widths */
@@ -373,131 +334,6 @@ LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, 
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
 LEGACY_TILE(tile_q4_0_vnni, block_q4_0, 4, 2, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
 LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
-
-/* The AVX512 legacy tiles hold two tokens' accumulators in one 512-bit register (token 2k in lanes 0-7, 2k + 1 in
-   lanes 8-15): lane for lane the operations of the 256-bit code, half the instructions. The weight block is broadcast
-   to both halves; the scale vector is [d_x·d_y(2k) ×8 | d_x·d_y(2k+1) ×8]. */
-static inline AVX512 __m512i dpbusd_zmm(__m512i acc, __m512i u, __m512i s) { return _mm512_dpbusd_epi32(acc, u, s); }
-static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
-}
-/* a tile's 512-bit accumulators acc[RM][RN / 2] (token 2t in lanes 0-7, 2t + 1 in lanes 8-15): cleared; summed into
-   s[r·ls + token] */
-#define ZMM_PAIRS_ZERO(acc, RM, RN)                                                                           \
-    for (int r_ = 0; r_ < RM; r_++)                                                                          \
-        for (int t_ = 0; t_ < RN / 2; t_++) acc[r_][t_] = _mm512_setzero_ps()
-#define ZMM_PAIRS_STORE(acc, RM, RN, s, ls)                                                                   \
-    for (int r_ = 0; r_ < RM; r_++)                                                                          \
-        for (int t_ = 0; t_ < RN / 2; t_++) {                                                                \
-            (s)[r_ * (ls) + 2 * t_] = hsum8(_mm512_castps512_ps256(acc[r_][t_]));                            \
-            (s)[r_ * (ls) + 2 * t_ + 1] = hsum8(upper8(acc[r_][t_]));                                        \
-        }
-/* [a ×8 | b ×8]: the scales of two tokens */
-static inline AVX512 __m512 two_scalars(float a, float b) {
-    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
-}
-
-/* The AVX512 Q4_0 and Q8_0 tiles read their rows repacked (packed_tiles, once per row tile for all its tokens): each
-   block's weights as signed bytes (Q4_0: q - 8), their -128·Σ lanes and the scale as a float. A (row, token) lane is
-   then (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, so the results are its bits, while a
-   row's block costs three broadcast loads instead of an unpacking (and, for Q4_0, a token pair's -8·Σy) per token
-   group. */
-typedef struct { int8_t q[QK]; int32_t c[8]; float d; } block_s8_packed;
-
-/* w's -128·Σ lanes of four (128·(w0 + w1) fits 16 bits for any signed bytes), w and d stored */
-static inline AVX2 void store_s8_packed(block_s8_packed *p, __m256i w, uint16_t d) {
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), w);
-    const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-    _mm256_storeu_si256((__m256i *)p->q, w);
-    _mm256_storeu_si256((__m256i *)p->c, c);
-    p->d = tk_fp16_table[d];
-}
-
-static AVX2 void pack_q4_0(const void *vx, void *dst, int64_t n) {
-    const block_q4_0 *x = vx;
-    for (int64_t b = 0; b < n / QK; b++)
-        store_s8_packed((block_s8_packed *)dst + b, _mm256_sub_epi8(nibbles32(x[b].qs), _mm256_set1_epi8(8)), x[b].d);
-}
-
-static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
-    const block_q8_0 *x = vx;
-    for (int64_t b = 0; b < n / QK; b++) store_s8_packed((block_s8_packed *)dst + b, load32(x[b].qs), x[b].d);
-}
-
-#define S8_PACKED_ROW(r, b) ((const block_s8_packed *)((const char *)vx + (r) * bx) + (b))
-
-/* A legacy AVX512 tile of 4 rows x RN tokens (RN even): per block, each row prepared once by PREP_X (w, its companion
-   c, its scale as a float DX), each token pair's activations by PREP_Y (a, e), then a (row, token) lane's integer is
-   DOT(w, c, a, e) and the float sum goes as the one-token kernel's. */
-#define S8_TILE_ZMM(NAME, XT, RN, PREP_X, DX, PREP_Y, DOT)                                                    \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        enum { RM = 4 };                                                                                     \
-        __m512 acc[RM][RN / 2];                                                                              \
-        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
-        for (int64_t b = 0; b < n / QK; b++) {                                                               \
-            __m512i w[RM], c[RM];                                                                            \
-            __m512 dx[RM];                                                                                   \
-            for (int r = 0; r < RM; r++) {                                                                   \
-                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                   \
-                PREP_X(x, w[r], c[r]);                                                                       \
-                dx[r] = _mm512_set1_ps(DX(x));                                                               \
-            }                                                                                                \
-            (void)c; /* Q4_0 needs none */                                                                   \
-            for (int t = 0; t < RN / 2; t++) {                                                               \
-                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
-                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
-                __m512i a, e;                                                                                \
-                PREP_Y(two_blocks(y0->qs, y1->qs), a, e);                                                    \
-                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
-                for (int r = 0; r < RM; r++)                                                                 \
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
-                                                _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
-                (void)e;                                                                                     \
-            }                                                                                                \
-        }                                                                                                    \
-        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
-    }
-
-/* activations as unsigned bytes y + 128, the lane (y + 128)·w - 128·Σw = Σ w·y with c = -128·Σw per row */
-#define S8_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
-#define S8_DOT(w, c, a, e) dpbusd_zmm(c, a, w)
-/* packed rows: w, c and the scale stored */
-#define PACKED_X(x, W, C)                                                                                     \
-    (W = _mm512_broadcast_i64x4(load32((const int8_t *)(x)->q)),                                               \
-     C = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x)->c)))
-#define PACKED_DX(x) ((x)->d)
-S8_TILE_ZMM(tile_s8_packed_zmm, block_s8_packed, 8, PACKED_X, PACKED_DX, S8_Y, S8_DOT)
-
-/* The same tiles on the file's rows, for a few tokens (the next tokens of a few generating sequences): each row's
-   block unpacked in registers once for all RN tokens costs less than packing it for them. The lanes are the packed
-   tile's integers, so the bits are the one-token kernel's. */
-#define FP16_DX(x) tk_fp16_table[(x)->d]
-/* Q8_0: w the signed quants, c = -128·Σw computed */
-#define Q8_0_RAW_X(x, w, c)                                                                                   \
-    (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
-     c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
-/* Q4_0: w the unsigned nibbles, e = -8·Σy per token pair, the lane e + Σ w·y = Σ (w - 8)·y */
-#define Q4_0_RAW_X(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
-#define Q4_0_RAW_Y(y, a, e)                                                                                   \
-    (a = (y), e = _mm512_sub_epi32(_mm512_setzero_si512(),                                                    \
-                                   dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
-#define Q4_0_RAW_DOT(w, c, a, e) dpbusd_zmm(e, w, a)
-S8_TILE_ZMM(tile_q4_0_raw8, block_q4_0, 8, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
-S8_TILE_ZMM(tile_q4_0_raw4, block_q4_0, 4, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
-S8_TILE_ZMM(tile_q4_0_raw2, block_q4_0, 2, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
-S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
-S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
-S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
-
-/* the packed tile for many tokens; for at most its width, the raw tiles, widest first */
-#define S8_TILE_ENTRIES(T, PACK)                                                                              \
-    static const struct tk_gemm T##_raw2_tile = {T##_raw2, 4, 2, NULL, 0, 0, NULL};                           \
-    static const struct tk_gemm T##_raw4_tile = {T##_raw4, 4, 4, NULL, 0, 0, &T##_raw2_tile};                 \
-    static const struct tk_gemm T##_raw8_tile = {T##_raw8, 4, 8, NULL, 0, 0, &T##_raw4_tile};                 \
-    static const struct tk_gemm T##_zmm_tile = {tile_s8_packed_zmm, 4, 8, PACK, sizeof(block_s8_packed), TK_Q8_0, \
-                                                &T##_raw8_tile};
-S8_TILE_ENTRIES(tile_q4_0, pack_q4_0)
-S8_TILE_ENTRIES(tile_q8_0, pack_q8_0)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -722,21 +558,8 @@ static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i p, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
 }
 static inline VNNI __m256i madd_add_vex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_avx_epi32(acc, p, s); }
-static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_epi32(acc, p, s); }
 
-/* end of a K-quant super-block: acc + y.d · x.d · (the pair's integer sums), as the one-row kernels */
-#define K_TILE_SCALE(RM, RN)                                                                                  \
-    for (int r = 0; r < RM; r++)                                                                             \
-        for (int t = 0; t < RN; t++) {                                                                       \
-            const float d = y[t]->d * h2f(x[r]->d);                                                          \
-            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);       \
-        }
 
-/* Q4_K tiles (see super_q4_K): rows repacked per super-block into the quants as bytes, reordered as Q8_KX orders
-   the activations' (q[32s + 4l + i] = quant 4s + i of sub-block l), and xs, xm; then step s of a (row, token) pair is
-   one vpdpbusd whose lane l gathers sub-block l, and D is ready after 8 steps. The AVX512 build holds two tokens
-   per 512-bit register (lane for lane the 256-bit operations). */
-typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
 
 /* v[s] = the 32-bit elements s of v[0..7] (an 8 × 8 transpose) */
 static inline AVX2 void transpose8_epi32(__m256i v[8]) {
@@ -757,7 +580,7 @@ static inline AVX2 void transpose8_epi32(__m256i v[8]) {
     }
 }
 
-static AVX2 void pack_q4_K(const void *vx, void *dst, int64_t n) {
+AVX2 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n) {
     const block_q4_K *x = vx;
     block_q4_K_packed *p = dst;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
@@ -779,8 +602,6 @@ static AVX2 void pack_q4_K(const void *vx, void *dst, int64_t n) {
 
 static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { return _mm256_add_epi32(acc, dot_u8(u, s)); }
 
-#define Q4_K_ROW(r, b) ((const block_q4_K_packed *)((const char *)vx + (r) * bx) + (b))
-#define Q8_KX_ROW(t, b) ((const block_q8_KX *)((const char *)vy + (t) * by) + (b))
 
 #define Q4_K_TILE(NAME, RM, RN, ATTR, DP)                                                                     \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
@@ -811,112 +632,19 @@ static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { retu
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
     }                                                                                                        \
-    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX, NULL)
-
-static inline AVX512 __m512 two_halves(__m256 a, __m256 b) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
-}
-static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
-
-#define Q4_K_TILE_512(NAME, RM, RN, NARROW)                                                                   \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        __m512 acc[RM][RN / 2];                                                                              \
-        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
-        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            __m512i D[RM][RN / 2];                                                                           \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN / 2; t++) D[r][t] = _mm512_setzero_si512();                           \
-            for (int st = 0; st < 8; st++) {                                                                 \
-                __m512i w[RM];                                                                               \
-                for (int r = 0; r < RM; r++) w[r] = _mm512_broadcast_i64x4(load32(Q4_K_ROW(r, b)->q + 32 * st)); \
-                for (int t = 0; t < RN / 2; t++) {                                                           \
-                    const __m512i a = two_blocks(Q8_KX_ROW(2 * t, b)->qs + 32 * st, Q8_KX_ROW(2 * t + 1, b)->qs + 32 * st); \
-                    for (int r = 0; r < RM; r++) D[r][t] = dpbusd_zmm(D[r][t], w[r], a);                     \
-                }                                                                                            \
-            }                                                                                                \
-            for (int t = 0; t < RN / 2; t++) {                                                               \
-                const block_q8_KX *y0 = Q8_KX_ROW(2 * t, b), *y1 = Q8_KX_ROW(2 * t + 1, b);                  \
-                const __m512 yd = two_scalars(y0->d, y1->d);                                                         \
-                const __m512 yb = two_halves(_mm256_loadu_ps(y0->yb), _mm256_loadu_ps(y1->yb));              \
-                for (int r = 0; r < RM; r++) {                                                               \
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(yd, both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xs))), \
-                                                _mm512_cvtepi32_ps(D[r][t]), acc[r][t]);                     \
-                    acc[r][t] = _mm512_fnmadd_ps(both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xm)), yb, acc[r][t]); \
-                }                                                                                            \
-            }                                                                                                \
-        }                                                                                                    \
-        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
-    }                                                                                                        \
-    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q4_K, sizeof(block_q4_K_packed), TK_Q8_KX, NARROW)
+    PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NULL)
 
 Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, dpbusd_avx2)
 Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, dpbusd_vex)
-Q4_K_TILE_512(tile_q4_K_zmm2, 4, 2, NULL)
-Q4_K_TILE_512(tile_q4_K_zmm4, 4, 4, &tile_q4_K_zmm2_tile)  /* for a few tokens */
-Q4_K_TILE_512(tile_q4_K_zmm, 4, 6, &tile_q4_K_zmm4_tile)
 
-/* Q6_K tiles: super_q6_K per (row, token), each row's quants and scales unpacked once per half super-block */
-#define Q6_K_TILE(NAME, RM, RN, ATTR, MADD_ADD, NARROW)                                                                 \
-    ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
-        const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);                                 \
-        __m256 acc[RM][RN];                                                                                  \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
-        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            const block_q6_K *x[RM];                                                                         \
-            const block_q8_K *y[RN];                                                                         \
-            struct scales16 sc16[RM];                                                                        \
-            __m256i sumi[RM][RN];                                                                            \
-            for (int r = 0; r < RM; r++) {                                                                   \
-                x[r] = (const block_q6_K *)((const char *)vx + r * bx) + b;                                 \
-                const __m128i sc = _mm_loadu_si128((const __m128i *)x[r]->scales);                          \
-                sc16[r] = scales16(sc);                                                                      \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    if (r == 0) y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                 \
-                    /* -32·Σ scale·bsum, as super_q6_K takes it off at the end (integers: order is free) */  \
-                    sumi[r][t] = _mm256_sub_epi32(_mm256_setzero_si256(),                                    \
-                        _mm256_slli_epi32(_mm256_madd_epi16(load32(y[t]->bsums), _mm256_cvtepi8_epi16(sc)), 5)); \
-                }                                                                                            \
-            }                                                                                                \
-            for (int h = 0; h < 2; h++) {                                                                    \
-                __m256i q[RM][4];                                                                            \
-                for (int r = 0; r < RM; r++) {                                                               \
-                    const uint8_t *ql = x[r]->ql + 64 * h, *qh = x[r]->qh + 32 * h;                          \
-                    const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);                    \
-                    q[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4),                                      \
-                        _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));                                     \
-                    q[r][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),                                      \
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));               \
-                    q[r][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),                \
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));               \
-                    q[r][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),                \
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));               \
-                }                                                                                            \
-                for (int k = 0; k < 4; k++)                                                                  \
-                    for (int t = 0; t < RN; t++) {                                                           \
-                        const __m256i q8 = load32(y[t]->qs + 128 * h + 32 * k);                              \
-                        for (int r = 0; r < RM; r++)                                                         \
-                            sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(q[r][k], q8),             \
-                                                  scale_pair(&sc16[r], 4 * h + k));                          \
-                    }                                                                                        \
-            }                                                                                                \
-            K_TILE_SCALE(RM, RN)                                                                             \
-        }                                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
-    }                                                                                                                 \
-    PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NARROW)
 
 Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2, NULL)
 Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
-Q6_K_TILE(tile_q6_K_avx512_2, 2, 2, AVX512, madd_add_evex, NULL)  /* for a few tokens */
-Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex, &tile_q6_K_avx512_2_tile)
 
 /* F16 tiles: per (row, token) the four accumulators of tk_vec_dot_f16_avx2 over steps of 32 elements, then its tail.
-   The AVX512 build holds accumulators 0|1 and 2|3 of a pair in two 512-bit registers: lane for lane the same fused
-   multiply-adds, two at once. */
+   The AVX512 build (dot_avx512.c) holds accumulators 0|1 and 2|3 of a pair in two 512-bit registers: lane for lane
+   the same fused multiply-adds, two at once. */
 
-#define F16_ROW(v, b, r) ((const tk_half *)((const char *)(v) + (r) * (b)))
 
 #define F16_TILE(NAME, RM, RN)                                                                                \
     AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
@@ -941,53 +669,20 @@ Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex, &tile_q6_K_avx512_2_til
     }                                                                                                                 \
     TILE_ENTRY(NAME, RM, RN)
 
-static inline AVX512 __m512 load16_f16(const tk_half *p) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-}
-
-#define F16_TILE_512(NAME, RM, RN)                                                                            \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        __m512 lo[RM][RN], hi[RM][RN];                                                                       \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) lo[r][t] = hi[r][t] = _mm512_setzero_ps();                          \
-        int64_t i = 0;                                                                                       \
-        for (; i + 32 <= n; i += 32) {                                                                       \
-            __m512 wl[RM], wh[RM];                                                                           \
-            for (int r = 0; r < RM; r++) {                                                                   \
-                wl[r] = load16_f16(F16_ROW(vx, bx, r) + i);                                                      \
-                wh[r] = load16_f16(F16_ROW(vx, bx, r) + i + 16);                                                 \
-            }                                                                                                \
-            for (int t = 0; t < RN; t++) {                                                                   \
-                const __m512 al = load16_f16(F16_ROW(vy, by, t) + i), ah = load16_f16(F16_ROW(vy, by, t) + i + 16);  \
-                for (int r = 0; r < RM; r++) {                                                               \
-                    lo[r][t] = _mm512_fmadd_ps(wl[r], al, lo[r][t]);                                         \
-                    hi[r][t] = _mm512_fmadd_ps(wh[r], ah, hi[r][t]);                                         \
-                }                                                                                            \
-            }                                                                                                \
-        }                                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++)                                                                     \
-                s[r * ls + t] = f16_finish(_mm512_castps512_ps256(lo[r][t]), upper8(lo[r][t]),               \
-                                           _mm512_castps512_ps256(hi[r][t]), upper8(hi[r][t]),               \
-                                           F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
-    }                                                                                                                 \
-    TILE_ENTRY(NAME, RM, RN)
-
 F16_TILE(tile_f16_avx2, 1, 3)
-F16_TILE_512(tile_f16_avx512, 3, 4)
 
 /* ---------------------------------------------------------------------------------------------- tile table */
 
 const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
-    static const struct tk_gemm *const T[][3] = {
-        [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile, &tile_f16_avx512_tile},
-        [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile, &tile_q4_0_zmm_tile},
-        [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile, &tile_q8_0_zmm_tile},
-        [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile, &tile_q4_K_zmm_tile},
-        [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile, &tile_q6_K_avx512_tile},
+    static const struct tk_gemm *const T[][2] = {
+        [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile},
+        [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile},
+        [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile},
+        [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},
+        [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile},
     };
     if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 2) return NULL;
-    return T[wtype][level];
+    return level == 2 ? tk_gemm_avx512(wtype) : T[wtype][level];
 }
 
 #endif

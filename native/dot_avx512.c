@@ -1,0 +1,230 @@
+/* The AVX512-VNNI tiles of prompt processing (chosen at run time, cpu.c): the legacy types' tiles with two tokens
+   per 512-bit register (packed rows for many tokens, raw rows for a few), Q4_K's and Q6_K's on the same plan, F16's
+   with two accumulators per register. Lane for lane the operations of dot_avx2.c's 256-bit builds, so every result
+   is the one-token kernel's, bit for bit. */
+#include <string.h>
+#include "quants.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include "dot_x86.h"
+
+static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+
+/* The AVX512 legacy tiles hold two tokens' accumulators in one 512-bit register (token 2k in lanes 0-7, 2k + 1 in
+   lanes 8-15): lane for lane the operations of the 256-bit code, half the instructions. The weight block is broadcast
+   to both halves; the scale vector is [d_x·d_y(2k) ×8 | d_x·d_y(2k+1) ×8]. */
+static inline AVX512 __m512i dpbusd_zmm(__m512i acc, __m512i u, __m512i s) { return _mm512_dpbusd_epi32(acc, u, s); }
+static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
+}
+/* a tile's 512-bit accumulators acc[RM][RN / 2] (token 2t in lanes 0-7, 2t + 1 in lanes 8-15): cleared; summed into
+   s[r·ls + token] */
+#define ZMM_PAIRS_ZERO(acc, RM, RN)                                                                           \
+    for (int r_ = 0; r_ < RM; r_++)                                                                          \
+        for (int t_ = 0; t_ < RN / 2; t_++) acc[r_][t_] = _mm512_setzero_ps()
+#define ZMM_PAIRS_STORE(acc, RM, RN, s, ls)                                                                   \
+    for (int r_ = 0; r_ < RM; r_++)                                                                          \
+        for (int t_ = 0; t_ < RN / 2; t_++) {                                                                \
+            (s)[r_ * (ls) + 2 * t_] = hsum8(_mm512_castps512_ps256(acc[r_][t_]));                            \
+            (s)[r_ * (ls) + 2 * t_ + 1] = hsum8(upper8(acc[r_][t_]));                                        \
+        }
+/* [a ×8 | b ×8]: the scales of two tokens */
+static inline AVX512 __m512 two_scalars(float a, float b) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+/* The AVX512 Q4_0 and Q8_0 tiles read their rows repacked (packed_tiles, once per row tile for all its tokens): each
+   block's weights as signed bytes (Q4_0: q - 8), their -128·Σ lanes and the scale as a float. A (row, token) lane is
+   then (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, so the results are its bits, while a
+   row's block costs three broadcast loads instead of an unpacking (and, for Q4_0, a token pair's -8·Σy) per token
+   group. */
+typedef struct { int8_t q[QK]; int32_t c[8]; float d; } block_s8_packed;
+
+/* w's -128·Σ lanes of four (128·(w0 + w1) fits 16 bits for any signed bytes), w and d stored */
+static inline AVX2 void store_s8_packed(block_s8_packed *p, __m256i w, uint16_t d) {
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), w);
+    const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    _mm256_storeu_si256((__m256i *)p->q, w);
+    _mm256_storeu_si256((__m256i *)p->c, c);
+    p->d = tk_fp16_table[d];
+}
+
+static AVX2 void pack_q4_0(const void *vx, void *dst, int64_t n) {
+    const block_q4_0 *x = vx;
+    for (int64_t b = 0; b < n / QK; b++)
+        store_s8_packed((block_s8_packed *)dst + b, _mm256_sub_epi8(nibbles32(x[b].qs), _mm256_set1_epi8(8)), x[b].d);
+}
+
+static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
+    const block_q8_0 *x = vx;
+    for (int64_t b = 0; b < n / QK; b++) store_s8_packed((block_s8_packed *)dst + b, load32(x[b].qs), x[b].d);
+}
+
+#define S8_PACKED_ROW(r, b) ((const block_s8_packed *)((const char *)vx + (r) * bx) + (b))
+
+/* A legacy AVX512 tile of 4 rows x RN tokens (RN even): per block, each row prepared once by PREP_X (w, its companion
+   c, its scale as a float DX), each token pair's activations by PREP_Y (a, e), then a (row, token) lane's integer is
+   DOT(w, c, a, e) and the float sum goes as the one-token kernel's. */
+#define S8_TILE_ZMM(NAME, XT, RN, PREP_X, DX, PREP_Y, DOT)                                                    \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        enum { RM = 4 };                                                                                     \
+        __m512 acc[RM][RN / 2];                                                                              \
+        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            __m512i w[RM], c[RM];                                                                            \
+            __m512 dx[RM];                                                                                   \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                   \
+                PREP_X(x, w[r], c[r]);                                                                       \
+                dx[r] = _mm512_set1_ps(DX(x));                                                               \
+            }                                                                                                \
+            (void)c; /* Q4_0 needs none */                                                                   \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
+                const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
+                __m512i a, e;                                                                                \
+                PREP_Y(two_blocks(y0->qs, y1->qs), a, e);                                                    \
+                const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
+                for (int r = 0; r < RM; r++)                                                                 \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
+                                                _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
+                (void)e;                                                                                     \
+            }                                                                                                \
+        }                                                                                                    \
+        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
+    }
+
+/* activations as unsigned bytes y + 128, the lane (y + 128)·w - 128·Σw = Σ w·y with c = -128·Σw per row */
+#define S8_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
+#define S8_DOT(w, c, a, e) dpbusd_zmm(c, a, w)
+/* packed rows: w, c and the scale stored */
+#define PACKED_X(x, W, C)                                                                                     \
+    (W = _mm512_broadcast_i64x4(load32((const int8_t *)(x)->q)),                                               \
+     C = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x)->c)))
+#define PACKED_DX(x) ((x)->d)
+S8_TILE_ZMM(tile_s8_packed_zmm, block_s8_packed, 8, PACKED_X, PACKED_DX, S8_Y, S8_DOT)
+
+/* The same tiles on the file's rows, for a few tokens (the next tokens of a few generating sequences): each row's
+   block unpacked in registers once for all RN tokens costs less than packing it for them. The lanes are the packed
+   tile's integers, so the bits are the one-token kernel's. */
+#define FP16_DX(x) tk_fp16_table[(x)->d]
+/* Q8_0: w the signed quants, c = -128·Σw computed */
+#define Q8_0_RAW_X(x, w, c)                                                                                   \
+    (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
+     c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
+/* Q4_0: w the unsigned nibbles, e = -8·Σy per token pair, the lane e + Σ w·y = Σ (w - 8)·y */
+#define Q4_0_RAW_X(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
+#define Q4_0_RAW_Y(y, a, e)                                                                                   \
+    (a = (y), e = _mm512_sub_epi32(_mm512_setzero_si512(),                                                    \
+                                   dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
+#define Q4_0_RAW_DOT(w, c, a, e) dpbusd_zmm(e, w, a)
+S8_TILE_ZMM(tile_q4_0_raw8, block_q4_0, 8, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
+S8_TILE_ZMM(tile_q4_0_raw4, block_q4_0, 4, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
+S8_TILE_ZMM(tile_q4_0_raw2, block_q4_0, 2, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
+S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+
+/* the packed tile for many tokens; for at most its width, the raw tiles, widest first */
+#define S8_TILE_ENTRIES(T, PACK)                                                                              \
+    static const struct tk_gemm T##_raw2_tile = {T##_raw2, 4, 2, NULL, 0, 0, NULL};                           \
+    static const struct tk_gemm T##_raw4_tile = {T##_raw4, 4, 4, NULL, 0, 0, &T##_raw2_tile};                 \
+    static const struct tk_gemm T##_raw8_tile = {T##_raw8, 4, 8, NULL, 0, 0, &T##_raw4_tile};                 \
+    static const struct tk_gemm T##_zmm_tile = {tile_s8_packed_zmm, 4, 8, PACK, sizeof(block_s8_packed), TK_Q8_0, \
+                                                &T##_raw8_tile};
+S8_TILE_ENTRIES(tile_q4_0, pack_q4_0)
+S8_TILE_ENTRIES(tile_q8_0, pack_q8_0)
+
+static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_epi32(acc, p, s); }
+
+static inline AVX512 __m512 two_halves(__m256 a, __m256 b) {
+    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
+}
+static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
+
+#define Q4_K_TILE_512(NAME, RM, RN, NARROW)                                                                   \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        __m512 acc[RM][RN / 2];                                                                              \
+        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m512i D[RM][RN / 2];                                                                           \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN / 2; t++) D[r][t] = _mm512_setzero_si512();                           \
+            for (int st = 0; st < 8; st++) {                                                                 \
+                __m512i w[RM];                                                                               \
+                for (int r = 0; r < RM; r++) w[r] = _mm512_broadcast_i64x4(load32(Q4_K_ROW(r, b)->q + 32 * st)); \
+                for (int t = 0; t < RN / 2; t++) {                                                           \
+                    const __m512i a = two_blocks(Q8_KX_ROW(2 * t, b)->qs + 32 * st, Q8_KX_ROW(2 * t + 1, b)->qs + 32 * st); \
+                    for (int r = 0; r < RM; r++) D[r][t] = dpbusd_zmm(D[r][t], w[r], a);                     \
+                }                                                                                            \
+            }                                                                                                \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                const block_q8_KX *y0 = Q8_KX_ROW(2 * t, b), *y1 = Q8_KX_ROW(2 * t + 1, b);                  \
+                const __m512 yd = two_scalars(y0->d, y1->d);                                                         \
+                const __m512 yb = two_halves(_mm256_loadu_ps(y0->yb), _mm256_loadu_ps(y1->yb));              \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(yd, both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xs))), \
+                                                _mm512_cvtepi32_ps(D[r][t]), acc[r][t]);                     \
+                    acc[r][t] = _mm512_fnmadd_ps(both_halves(_mm256_loadu_ps(Q4_K_ROW(r, b)->xm)), yb, acc[r][t]); \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
+    }                                                                                                        \
+    PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NARROW)
+
+Q4_K_TILE_512(tile_q4_K_zmm2, 4, 2, NULL)
+Q4_K_TILE_512(tile_q4_K_zmm4, 4, 4, &tile_q4_K_zmm2_tile)  /* for a few tokens */
+Q4_K_TILE_512(tile_q4_K_zmm, 4, 6, &tile_q4_K_zmm4_tile)
+
+Q6_K_TILE(tile_q6_K_avx512_2, 2, 2, AVX512, madd_add_evex, NULL)  /* for a few tokens */
+Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex, &tile_q6_K_avx512_2_tile)
+
+static inline AVX512 __m512 load16_f16(const tk_half *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+
+#define F16_TILE_512(NAME, RM, RN)                                                                            \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        __m512 lo[RM][RN], hi[RM][RN];                                                                       \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) lo[r][t] = hi[r][t] = _mm512_setzero_ps();                          \
+        int64_t i = 0;                                                                                       \
+        for (; i + 32 <= n; i += 32) {                                                                       \
+            __m512 wl[RM], wh[RM];                                                                           \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                wl[r] = load16_f16(F16_ROW(vx, bx, r) + i);                                                      \
+                wh[r] = load16_f16(F16_ROW(vx, bx, r) + i + 16);                                                 \
+            }                                                                                                \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const __m512 al = load16_f16(F16_ROW(vy, by, t) + i), ah = load16_f16(F16_ROW(vy, by, t) + i + 16);  \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    lo[r][t] = _mm512_fmadd_ps(wl[r], al, lo[r][t]);                                         \
+                    hi[r][t] = _mm512_fmadd_ps(wh[r], ah, hi[r][t]);                                         \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++)                                                                     \
+                s[r * ls + t] = f16_finish(_mm512_castps512_ps256(lo[r][t]), upper8(lo[r][t]),               \
+                                           _mm512_castps512_ps256(hi[r][t]), upper8(hi[r][t]),               \
+                                           F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
+    }                                                                                                                 \
+    TILE_ENTRY(NAME, RM, RN)
+
+F16_TILE_512(tile_f16_avx512, 3, 4)
+
+/* ---------------------------------------------------------------------------------------------- tile table */
+
+const struct tk_gemm *tk_gemm_avx512(int wtype) {
+    switch (wtype) {
+    case TK_F16: return &tile_f16_avx512_tile;
+    case TK_Q4_0: return &tile_q4_0_zmm_tile;
+    case TK_Q8_0: return &tile_q8_0_zmm_tile;
+    case TK_Q4_K: return &tile_q4_K_zmm_tile;
+    case TK_Q6_K: return &tile_q6_K_avx512_tile;
+    default: return NULL;
+    }
+}
+
+#endif

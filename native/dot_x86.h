@@ -1,0 +1,136 @@
+/* What the x86 matrix kernel files share (dot_avx2.c: AVX2 and AVX-VNNI; dot_avx512.c: AVX512): the target attributes
+   of the VNNI and AVX512 builds, the loads and unpackings both use, the tiles' table entries, and the tile
+   generators instantiated in both (Q6_K, the Q4_K repacking). Included inside their x86 guard, after quants.h. */
+#ifndef TOOLKIT_DOT_X86_H
+#define TOOLKIT_DOT_X86_H
+
+#include "simd_x86.h"
+
+static inline AVX2 float h2f(tk_half h) { return _cvtsh_ss(h); }
+
+static inline AVX2 __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31) */
+static inline AVX2 __m256i nibbles32(const uint8_t *q) {
+    __m128i t = _mm_loadu_si128((const __m128i *)q);
+    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+/* Scales of groups of 16 as int16, for the products of 32 quants (two groups, one per 128-bit lane):
+   sc16[0] holds scales 0..7 in both lanes, sc16[1] scales 8..15; scale_pair gives [s[2m] x8 | s[2m+1] x8]. */
+struct scales16 { __m256i v[2]; };
+
+static inline AVX2 struct scales16 scales16(__m128i sc8) {
+    const __m256i w = _mm256_cvtepi8_epi16(sc8);
+    struct scales16 r = {{_mm256_permute2x128_si256(w, w, 0x00), _mm256_permute2x128_si256(w, w, 0x11)}};
+    return r;
+}
+
+static inline AVX2 __m256i scale_pair(const struct scales16 *s, int m) {
+    const int w0 = (2 * m) & 7, w1 = (2 * m + 1) & 7;
+    const __m256i sel = _mm256_setr_m128i(_mm_set1_epi16((short)((2 * w0 + 1) << 8 | 2 * w0)),
+                                          _mm_set1_epi16((short)((2 * w1 + 1) << 8 | 2 * w1)));
+    return _mm256_shuffle_epi8(s->v[m >> 2], sel);
+}
+
+static inline AVX2 __m256 load_f16(const tk_half *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* the end of tk_vec_dot_f16_avx2: the 8-element steps into a0, the lanes summed, the scalar tail */
+static inline AVX2 float f16_finish(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const tk_half *x, const tk_half *y,
+                                    int64_t i, int64_t n) {
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
+    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
+    return sum;
+}
+
+#define VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
+
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+/* the tile's entry for the table (its shape stated once) */
+#define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NULL)
+#define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW)                                    \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW};             \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds"); \
+    _Static_assert(PACK_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+
+/* end of a K-quant super-block: acc + y.d · x.d · (the pair's integer sums), as the one-row kernels */
+#define K_TILE_SCALE(RM, RN)                                                                                  \
+    for (int r = 0; r < RM; r++)                                                                             \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            const float d = y[t]->d * h2f(x[r]->d);                                                          \
+            acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi[r][t]), acc[r][t]);       \
+        }
+
+/* Q4_K tiles (see super_q4_K): rows repacked per super-block into the quants as bytes, reordered as Q8_KX orders
+   the activations' (q[32s + 4l + i] = quant 4s + i of sub-block l), and xs, xm; then step s of a (row, token) pair is
+   one vpdpbusd whose lane l gathers sub-block l, and D is ready after 8 steps. The AVX512 build holds two tokens
+   per 512-bit register (lane for lane the 256-bit operations). */
+typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
+
+#define Q4_K_ROW(r, b) ((const block_q4_K_packed *)((const char *)vx + (r) * bx) + (b))
+#define Q8_KX_ROW(t, b) ((const block_q8_KX *)((const char *)vy + (t) * by) + (b))
+
+/* Q6_K tiles: super_q6_K per (row, token), each row's quants and scales unpacked once per half super-block */
+#define Q6_K_TILE(NAME, RM, RN, ATTR, MADD_ADD, NARROW)                                                                 \
+    ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
+        const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);                                 \
+        __m256 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q6_K *x[RM];                                                                         \
+            const block_q8_K *y[RN];                                                                         \
+            struct scales16 sc16[RM];                                                                        \
+            __m256i sumi[RM][RN];                                                                            \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                x[r] = (const block_q6_K *)((const char *)vx + r * bx) + b;                                 \
+                const __m128i sc = _mm_loadu_si128((const __m128i *)x[r]->scales);                          \
+                sc16[r] = scales16(sc);                                                                      \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    if (r == 0) y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                 \
+                    /* -32·Σ scale·bsum, as super_q6_K takes it off at the end (integers: order is free) */  \
+                    sumi[r][t] = _mm256_sub_epi32(_mm256_setzero_si256(),                                    \
+                        _mm256_slli_epi32(_mm256_madd_epi16(load32(y[t]->bsums), _mm256_cvtepi8_epi16(sc)), 5)); \
+                }                                                                                            \
+            }                                                                                                \
+            for (int h = 0; h < 2; h++) {                                                                    \
+                __m256i q[RM][4];                                                                            \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    const uint8_t *ql = x[r]->ql + 64 * h, *qh = x[r]->qh + 32 * h;                          \
+                    const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);                    \
+                    q[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4),                                      \
+                        _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));                                     \
+                    q[r][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),                                      \
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4));               \
+                    q[r][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),                \
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4));               \
+                    q[r][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),                \
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4));               \
+                }                                                                                            \
+                for (int k = 0; k < 4; k++)                                                                  \
+                    for (int t = 0; t < RN; t++) {                                                           \
+                        const __m256i q8 = load32(y[t]->qs + 128 * h + 32 * k);                              \
+                        for (int r = 0; r < RM; r++)                                                         \
+                            sumi[r][t] = MADD_ADD(sumi[r][t], _mm256_maddubs_epi16(q[r][k], q8),             \
+                                                  scale_pair(&sc16[r], 4 * h + k));                          \
+                    }                                                                                        \
+            }                                                                                                \
+            K_TILE_SCALE(RM, RN)                                                                             \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
+    }                                                                                                                 \
+    PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NARROW)
+
+#define F16_ROW(v, b, r) ((const tk_half *)((const char *)(v) + (r) * (b)))
+
+/* Q4_K rows repacked for the tiles (dot_avx2.c), by both builds */
+void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n);
+
+/* the AVX512 tile of a weight type, NULL where there is none (dot_avx512.c) */
+const struct tk_gemm *tk_gemm_avx512(int wtype);
+
+#endif
