@@ -10,41 +10,17 @@
    level (sdot would need a byte shuffle of both operands per block to meet those lanes). F32, F16 and BF16 sum in
    four float vectors with FMA, so they differ from the scalar kernels (which sum in double) by float rounding. Each
    kernel has a two-row form for tk_matmul_rows (one activation block read for two weight rows) with the one-row
-   kernel's bits. */
+   kernel's bits. The table at the end also holds the IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0 kernels (quants_iq_neon.c,
+   quants_ternary_neon.c; one row at a time, the scalar bits too). */
 #include <string.h>
 #include "quants.h"
 
 #if defined(__aarch64__)
-#include <arm_neon.h>
-
-#if defined(__clang__)
-#define DOTPROD __attribute__((target("dotprod")))
-#else
-#define DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#define NEON
+#include "simd_neon.h"
 
 #define H2F(h) tk_fp16_table[(tk_half)(h)]
 
 /* ---------------------------------------------------------------------------------------------- lanes */
-
-/* lane l (0..3) = Σ of the four products 4l..4l+3 of w·a, exact */
-static inline int32x4_t lanes4_neon(int8x16_t w, int8x16_t a) {
-    const int32x4_t p0 = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(a)));
-    const int32x4_t p1 = vpaddlq_s16(vmull_high_s8(w, a));
-    return vpaddq_s32(p0, p1);
-}
-
-#if defined(__clang__) && !defined(__ARM_FEATURE_DOTPROD)
-/* clang before 16 declares vdotq_s32 only when the whole file is built for dotprod: the instruction itself */
-DOTPROD static inline int32x4_t lanes4_dot(int8x16_t w, int8x16_t a) {
-    int32x4_t r = vdupq_n_s32(0);
-    __asm__(".arch armv8.2-a+dotprod\n\tsdot %0.4s, %1.16b, %2.16b" : "+w"(r) : "w"(w), "w"(a));
-    return r;
-}
-#else
-DOTPROD static inline int32x4_t lanes4_dot(int8x16_t w, int8x16_t a) { return vdotq_s32(vdupq_n_s32(0), w, a); }
-#endif
 
 /* the scalar code's lanes_sum: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), lanes 0..3 in lo, 4..7 in hi */
 static inline float lanes_sum8(float32x4_t lo, float32x4_t hi) {
@@ -406,6 +382,11 @@ static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
     [TK_Q4_1] = BOTH(q4_1),      [TK_Q5_0] = BOTH(q5_0),      [TK_Q5_1] = BOTH(q5_1),      [TK_Q8_0] = BOTH(q8_0),
     [TK_Q2_K] = BOTH(q2_K),      [TK_Q3_K] = NEON_ONLY(q3_K), [TK_Q4_K] = NEON_ONLY(q4_K), [TK_Q5_K] = BOTH(q5_K),
     [TK_Q6_K] = NEON_ONLY(q6_K),
+    /* quants_iq_neon.c, quants_ternary_neon.c: one row at a time */
+    [TK_IQ4_NL] = {tk_vec_dot_iq4_nl_q8_0_neon, tk_vec_dot_iq4_nl_q8_0_dot, NULL, NULL},
+    [TK_IQ4_XS] = {tk_vec_dot_iq4_xs_q8_K_neon, tk_vec_dot_iq4_xs_q8_K_dot, NULL, NULL},
+    [TK_TQ1_0] = {tk_vec_dot_tq1_0_q8_K_neon, tk_vec_dot_tq1_0_q8_K_dot, NULL, NULL},
+    [TK_TQ2_0] = {tk_vec_dot_tq2_0_q8_K_neon, tk_vec_dot_tq2_0_q8_K_dot, NULL, NULL},
 };
 
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level) {

@@ -28,7 +28,8 @@
 #define RTOL 1e-5
 
 static const int DOT_TYPES[] = {TK_F32, TK_F16, TK_BF16, TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0,
-                                TK_Q2_K, TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K};
+                                TK_Q2_K, TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K, TK_IQ4_NL, TK_IQ4_XS, TK_TQ1_0,
+                                TK_TQ2_0};
 static const int QUANT_TYPES[] = {TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0, TK_Q2_K,
                                   TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K, TK_Q8_K};
 #define COUNT(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -76,6 +77,9 @@ static void sane_scales(int t, uint8_t *row, int64_t cols) {
     case TK_Q2_K: off[nf++] = offsetof(block_q2_K, d); off[nf++] = offsetof(block_q2_K, dmin); break;
     case TK_Q3_K: off[nf++] = offsetof(block_q3_K, d); break;
     case TK_Q6_K: off[nf++] = offsetof(block_q6_K, d); break;
+    case TK_IQ4_NL: case TK_IQ4_XS: off[nf++] = 0; break;
+    case TK_TQ1_0: off[nf++] = offsetof(block_tq1_0, d); break;
+    case TK_TQ2_0: off[nf++] = offsetof(block_tq2_0, d); break;
     default: return;
     }
     for (int64_t b = 0; b < cols / tr->block_size; b++)
