@@ -12,6 +12,7 @@
 #include <math.h>
 #include "quants.h"
 #include "quants_iq1.h"
+#include "quants_iq3.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #define SIMD(f) f
@@ -300,6 +301,8 @@ static const struct tk_dot_traits DOTS[TK_TYPE_COUNT] = {
     DOT2(TK_Q4_K, TK_Q8_K, dot_q4_K_q8_K, SIMD(tk_vec_dot_q4_K_q8_K_avx2), tk_vec_dot2_q4_K_q8_K_avx2, NULL),
     DOT(TK_Q5_K, TK_Q8_K, dot_q5_K_q8_K, SIMD(tk_vec_dot_q5_K_q8_K_avx2)),
     DOT2(TK_Q6_K, TK_Q8_K, dot_q6_K_q8_K, SIMD(tk_vec_dot_q6_K_q8_K_avx2), tk_vec_dot2_q6_K_q8_K_avx2, NULL),
+    DOT(TK_IQ3_XXS, TK_Q8_K, tk_vec_dot_iq3_xxs_q8_K, SIMD(tk_vec_dot_iq3_xxs_q8_K_avx2)),
+    DOT(TK_IQ3_S, TK_Q8_K, tk_vec_dot_iq3_s_q8_K, SIMD(tk_vec_dot_iq3_s_q8_K_avx2)),
     DOT(TK_IQ1_S, TK_Q8_K, tk_vec_dot_iq1_s_q8_K, SIMD(tk_vec_dot_iq1_s_q8_K_avx2)),
     DOT(TK_IQ1_M, TK_Q8_K, tk_vec_dot_iq1_m_q8_K, SIMD(tk_vec_dot_iq1_m_q8_K_avx2)),
     DOT(TK_IQ4_NL, TK_Q8_0, tk_vec_dot_iq4_nl_q8_0, SIMD(tk_vec_dot_iq4_nl_q8_0_avx2)),

@@ -18,6 +18,7 @@
 
 #include "quants.h"
 #include "quants_iq1.h"
+#include "quants_iq3.h"
 
 
 
@@ -387,6 +388,8 @@ tk_quantize_row_imatrix_fn tk_quantize_row_imatrix(int type) {
     case TK_Q4_K: return quantize_row_q4_K_imatrix;
     case TK_Q5_K: return quantize_row_q5_K_imatrix;
     case TK_Q6_K: return quantize_row_q6_K_imatrix;
+    case TK_IQ3_XXS: return quantize_row_iq3_xxs_imatrix;
+    case TK_IQ3_S: return quantize_row_iq3_s_imatrix;
     case TK_IQ1_S: return quantize_row_iq1_s_imatrix;
     case TK_IQ1_M: return quantize_row_iq1_m_imatrix;
     case TK_IQ4_NL: return quantize_row_iq4_nl_imatrix;

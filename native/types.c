@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include "quants.h"
 #include "quants_iq1.h"
+#include "quants_iq3.h"
 
 static void quantize_row_f32(const float *x, void *y, int64_t k) { tk_convert(x, TK_F32, y, TK_F32, (size_t)k, 1); }
 static void quantize_row_f16(const float *x, void *y, int64_t k) { tk_convert(x, TK_F32, y, TK_F16, (size_t)k, 1); }
@@ -40,6 +41,8 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_Q5_K, "q5_K", QK_K, sizeof(block_q5_K), quantize_row_q5_K_ref, dequantize_row_q5_K, K_SIMD(q5_K)),
     ROW(TK_Q6_K, "q6_K", QK_K, sizeof(block_q6_K), quantize_row_q6_K_ref, dequantize_row_q6_K, K_SIMD(q6_K)),
     ROW(TK_Q8_K, "q8_K", QK_K, sizeof(block_q8_K), quantize_row_q8_K_ref, dequantize_row_q8_K, Q8_K_SIMD),
+    ROW(TK_IQ3_XXS, "iq3_xxs", QK_K, sizeof(block_iq3_xxs), quantize_row_iq3_xxs, dequantize_row_iq3_xxs, NULL),
+    ROW(TK_IQ3_S, "iq3_s", QK_K, sizeof(block_iq3_s), quantize_row_iq3_s, dequantize_row_iq3_s, NULL),
     ROW(TK_IQ1_S, "iq1_s", QK_K, sizeof(block_iq1_s), NULL, dequantize_row_iq1_s, NULL), /* needs weights */
     ROW(TK_IQ1_M, "iq1_m", QK_K, sizeof(block_iq1_m), quantize_row_iq1_m, dequantize_row_iq1_m, NULL),
     ROW(TK_IQ4_NL, "iq4_nl", QK, sizeof(block_iq4_nl), quantize_row_iq4_nl, dequantize_row_iq4_nl, NULL),

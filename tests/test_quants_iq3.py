@@ -1,0 +1,144 @@
+"""IQ3_XXS and IQ3_S of the native core against ggml, bit for bit: quantized bytes with and without an importance
+matrix (ggml_quantize_chunk, as llama-quantize runs it) on random, adversarial and real (stories260K's weights) rows, and
+dequantized values against ggml's dequantize_row_* and gguf-py's numpy dequantizers. The matrix kernels are in
+tests/test_matmul.py (against ggml's vec_dots) and below against ggml's AVX2 ones.
+
+ggml aborts (GGML_ASSERT in iq3_find_best_neighbour) when every distance to a grid point overflows to infinity, which
+rows of magnitude 1e9 and above reach: those rows are compared only for not crashing ours and decoding finite."""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+
+import native
+from tests.test_quants_imatrix import ggml_quantize, weights
+from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
+
+TYPES = [T.IQ3_XXS, T.IQ3_S]
+GGML_SURVIVES = 1e9  # rows below this magnitude: ggml's quantizer does not abort on them
+
+
+@pytest.fixture(scope="module")
+def ggml():
+    return Ggml()
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """32 random rows, then the adversarial rows ggml quantizes without aborting; and every row's case name."""
+    x, cases = adversarial_matrix()
+    keep = np.abs(x).max(axis=1) < GGML_SURVIVES
+    x = np.concatenate([np.random.default_rng(9).standard_normal((32, N_PER_ROW), dtype=np.float32), x[keep]])
+    return x, ["random"] * 32 + [c for c, k in zip(cases, keep) if k]
+
+
+def differing(ours, theirs, cases):
+    return [cases[i] for i in np.flatnonzero((ours != theirs).any(axis=1))]
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_rows_equal_ggml_without_a_matrix(ggml, rows, t):
+    x, cases = rows
+    bad = differing(native.quantize(int(t), x, 2), ggml_quantize(ggml.lib, t, x, None), cases)
+    assert not bad, f"{t.name}: rows differ from ggml: {bad[:10]}"
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_rows_equal_ggml_with_a_matrix(ggml, rows, t):
+    x, cases = rows
+    for kind in ("lognormal", "sparse", "zeros"):
+        qw = weights(kind, N_PER_ROW)
+        bad = differing(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw), cases)
+        assert not bad, f"{t.name}, {kind} weights: rows differ from ggml: {bad[:10]}"
+
+
+@pytest.fixture(scope="module")
+def stories_rows(stories260k_f32):
+    """stories260K's trained weights (rows of 64 and 172: not IQ3 rows) laid end to end in rows of 2048, by matrix"""
+    from common.ggufio import GGUFFile
+
+    with GGUFFile(stories260k_f32) as g:
+        values = np.concatenate([np.array(g.data(e), np.float32).reshape(-1) for e in g.tensors
+                                 if len(e.info.shape) == 2])
+    return values[: values.size // N_PER_ROW * N_PER_ROW].reshape(-1, N_PER_ROW)
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_real_weights_equal_ggml(ggml, stories_rows, t):
+    x = stories_rows[::2]
+    assert len(x) >= 50
+    qw = weights("squares", N_PER_ROW)
+    np.testing.assert_array_equal(native.quantize(int(t), x, 2), ggml_quantize(ggml.lib, t, x, None))
+    np.testing.assert_array_equal(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw))
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_rows_that_make_ggml_abort_quantize_all_the_same(t):
+    """(their scales overflow fp16, as every type's do)"""
+    x, _ = adversarial_matrix()
+    huge = x[np.abs(x).max(axis=1) >= GGML_SURVIVES]
+    assert len(huge) >= 3
+    np.testing.assert_array_equal(native.quantize(int(t), huge, 1), native.quantize(int(t), huge, 3))
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize_equals_ggml_and_gguf_py(ggml, rows, t):
+    x, _ = rows
+    q = ggml_quantize(ggml.lib, t, x, None)
+    fn = getattr(ggml.lib, f"dequantize_row_{t.name.lower()}")
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    want = np.empty(x.shape, np.float32)
+    fn(q.ctypes.data, want.ctypes.data, want.size)
+    ours = native.dequantize(int(t), q, N_PER_ROW, 2)
+    np.testing.assert_array_equal(ours, want)
+    np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(x.shape))
+    # every grid entry, sign group and scale: random blocks (fp16 scales kept below 1)
+    blocks = np.random.default_rng(int(t)).integers(0, 256, (512, native.TRAITS[int(t)][2]), dtype=np.uint8)
+    blocks[:, 1] &= 0x3B
+    want = np.empty((512, 256), np.float32)
+    fn(blocks.ctypes.data, want.ctypes.data, want.size)
+    np.testing.assert_array_equal(native.dequantize(int(t), blocks, 256, 1), want)
+
+
+def test_table_rows():
+    assert native.TRAITS[int(T.IQ3_XXS)] == ("iq3_xxs", 256, 98)
+    assert native.TRAITS[int(T.IQ3_S)] == ("iq3_s", 256, 110)
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_simd_dot_products_are_ggml_s_bits(t):
+    """With AVX2 both sides, the matrix products equal ggml's vec_dot (its AVX2 build) bit for bit on the same bytes,
+    one token alone and several batched."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if not native.cpu_features().get("f16c_avx2"):
+        pytest.skip("no AVX2")
+    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+    cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"))
+    cpu.ggml_cpu_init()
+    rows, cols, n = 16, 4096, 5
+    rng = np.random.default_rng(int(t))
+    w = native.quantize(int(t), rng.standard_normal((rows, cols), dtype=np.float32))
+    x = rng.standard_normal((n, cols), dtype=np.float32)
+    _, act = native.activations(int(t), x)
+    fn = getattr(cpu, f"ggml_vec_dot_{t.name.lower()}_q8_K")
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                   ctypes.c_size_t, ctypes.c_int]
+    out = ctypes.c_float()
+    want = np.empty((n, rows), np.float32)
+    for j in range(n):
+        for r in range(rows):
+            fn(cols, ctypes.addressof(out), 0, w[r].ctypes.data, 0, act[j].ctypes.data, 0, 1)
+            want[j, r] = out.value
+    native.set_force_scalar(False)
+    try:
+        np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
+        np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x[2:3], 1), want[2:3])
+    finally:
+        native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
