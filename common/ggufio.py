@@ -143,6 +143,24 @@ def _describe_oserror(e: OSError, path: Path | str) -> UserError:
     return UserError(f"cannot write {path}: {e.strerror or e}")
 
 
+def _stage_beside(dest: Path) -> tuple[int, Path]:
+    """A new temporary file in `dest`'s folder (hidden, named after it): its descriptor and path."""
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise UserError(f"output folder {folder} does not exist")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _describe_oserror(e, folder) from e
+    return fd, Path(tmp_name)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """A completed temporary file renamed to its destination, with the permissions a new file gets."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, dest)
+
+
 @contextlib.contextmanager
 def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
     """Open a file for writing that appears at `dest` only if the block completes.
@@ -153,18 +171,14 @@ def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
     to_stdout = str(dest) == "-"
     if to_stdout:
         folder = Path(tempfile.gettempdir())
-        prefix = "toolkit-stage-"
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix="toolkit-stage-", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise _describe_oserror(e, folder) from e
+        tmp = Path(tmp_name)
     else:
         dest = Path(dest)
-        folder = dest.parent if str(dest.parent) else Path(".")
-        prefix = f".{dest.name}."
-    if not folder.is_dir():
-        raise UserError(f"output folder {folder} does not exist")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise _describe_oserror(e, folder) from e
-    tmp = Path(tmp_name)
+        fd, tmp = _stage_beside(dest)
     if log and to_stdout:
         log(f"staging output in {tmp}")
     try:
@@ -177,8 +191,7 @@ def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
                     shutil.copyfileobj(f, out, 1 << 22)
                     out.flush()
             else:
-                os.chmod(tmp, 0o666 & ~_umask())
-                os.replace(tmp, dest)
+                _publish(tmp, dest)
         except OSError as e:
             if e.errno in _WRITE_ERRNOS:
                 raise _describe_oserror(e, "standard output" if to_stdout else dest) from e
@@ -186,6 +199,59 @@ def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+class AtomicOutputs:
+    """Several files written one after the other (`next()` closes the current one and opens the next), which all
+    appear at their destinations only when the block completes: on any error, none of them is left behind."""
+
+    def __init__(self, dests: list[Path]):
+        self._dests = [Path(d) for d in dests]
+        self._staged: list[Path] = []
+        self._file: BinaryIO | None = None
+
+    def next(self) -> BinaryIO:
+        self._close_current()
+        dest = self._dests[len(self._staged)]
+        fd, tmp = _stage_beside(dest)
+        self._staged.append(tmp)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        return self._file
+
+    def _close_current(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            self._guard(f.close)
+
+    def _guard(self, action) -> None:
+        try:
+            action()
+        except OSError as e:
+            if e.errno in _WRITE_ERRNOS:
+                raise _describe_oserror(e, self._dests[len(self._staged) - 1]) from e
+            raise
+
+    def __enter__(self) -> "AtomicOutputs":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        published: list[Path] = []
+        try:
+            if exc_type is None:
+                self._close_current()
+                if len(self._staged) != len(self._dests):
+                    raise AssertionError(f"wrote {len(self._staged)} of {len(self._dests)} files")
+                for tmp, dest in zip(self._staged, self._dests):
+                    _publish(tmp, dest)
+                    published.append(dest)
+                published = []
+        finally:
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+            for path in self._staged + published:  # a failed rename takes back the files already renamed
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
 
 
 def _umask() -> int:
@@ -202,6 +268,7 @@ def _umask() -> int:
 class TensorEntry:
     info: TensorInfo
     offset: int  # absolute byte offset of the data in the file
+    part: int = 0  # the file of a split model it is in (common.ggufsplit), counted from 0
 
 
 class GGUFFile:

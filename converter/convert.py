@@ -23,7 +23,8 @@ from archs.base import Architecture, TensorSpec
 from converter.checkpoint import Checkpoint, SourceTensor
 from converter.sampling_defaults import sampling_kvs
 from converter.vocab import load_vocab
-from common.ggufio import KV, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
+from common.ggufio import KV, TensorEntry, TensorInfo
+from common.ggufsplit import SplitOptions, gguf_output, plan_parts, split_paths
 from common.errors import UserError
 
 log = logging.getLogger("toolkit")
@@ -303,7 +304,10 @@ class CheckpointTensors:
 
 def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | None = None,
                   vocab_only: bool = False, model_name: str | None = None, tokenizer_pre: str | None = None,
-                  progress: Progress | None = None, info: Callable[[str], None] = log.info) -> ConvertResult:
+                  progress: Progress | None = None, info: Callable[[str], None] = log.info,
+                  split: SplitOptions | None = None) -> ConvertResult:
+    """Convert the checkpoint in `folder` to one GGUF file, or to split files named after `outfile` when `split`
+    says how to cut it (as llama-gguf-split would cut the one file)."""
     t0 = time.perf_counter()
     if outtype not in OUTTYPES:
         raise UserError(f"unknown output type {outtype!r}; choose one of {', '.join(OUTTYPES)}")
@@ -318,11 +322,16 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
         model, plan, kvs = prepare(folder, ckpt, outtype, model_name, tokenizer_pre)
         infos = [p.info for p in plan]
         total = sum(i.nbytes for i in infos)
-        info(f"{model.gguf_arch}: {len(plan)} tensors, {total / 2**20:.1f} MiB as {outtype} → {dest}")
+        counts = plan_parts(infos, split) if split is not None else None
+        first = dest
+        if counts is not None:
+            for part in split_paths(dest, len(counts)):
+                check_destination(folder, part, ckpt)
+            first = split_paths(dest, len(counts))[0]
+        files = "" if counts is None else f" ({len(counts)} split files)"
+        info(f"{model.gguf_arch}: {len(plan)} tensors, {total / 2**20:.1f} MiB as {outtype} → {first}{files}")
         progress = progress or Progress()
-        with atomic_output(dest, log=info) as f:
-            f.write(encode_header(kvs, infos))
-            stream = TensorStream(f, infos)
+        with gguf_output(dest, kvs, infos, counts, log=info) as stream:
             progress.start(len(plan), total)
             for p in plan:
                 stream.write_tensor(tensor_chunks(p))
@@ -332,4 +341,4 @@ def convert_model(folder: Path, *, outtype: str = "f16", outfile: Path | str | N
     finally:
         if ckpt is not None:
             ckpt.close()
-    return ConvertResult(str(dest), model.gguf_arch, outtype, len(plan), total, time.perf_counter() - t0)
+    return ConvertResult(str(first), model.gguf_arch, outtype, len(plan), total, time.perf_counter() - t0)

@@ -241,10 +241,11 @@ def _manual_types(patterns: list[tuple[str, T]]):
 
 
 def plan(tensors: list[tuple[str, tuple[int, ...], T]], ft: FileType, facts: ModelFacts,
-         opts: Options, has_imatrix: bool = False) -> list[Choice]:
-    """Target types for (name, numpy-order shape, current type) tensors, returned in llama.cpp's order."""
+         opts: Options, has_imatrix: bool = False, keep_order: bool = False) -> list[Choice]:
+    """Target types for (name, numpy-order shape, current type) tensors, returned in llama.cpp's order (or in the
+    order given with keep_order, as llama-quantize --keep-split takes them: by file, then offset)."""
     by_name = {n: (s, t) for n, s, t in tensors}
-    order = llama_order(list(by_name))
+    order = list(by_name) if keep_order else llama_order(list(by_name))
     tied = "output.weight" not in by_name
     n_attn_v = sum(category(n) in ("attn_v", "attn_qkv", "attn_kv_b") for n in order)
     mix = _Mixture(ft, facts, tied, n_attn_v, opts, has_imatrix)

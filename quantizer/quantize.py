@@ -19,7 +19,9 @@ from quantizer.imatrix import ImportanceMatrix
 from quantizer.imatrix import metadata as imatrix_metadata
 from quantizer.types import FileType, is_quantized, type_name
 from common.errors import UserError
-from common.ggufio import KV, GGUFFile, TensorEntry, TensorInfo, TensorStream, atomic_output, encode_header
+from common.ggufio import KV, GGUFFile, TensorEntry, TensorInfo
+from common.ggufsplit import (GGUF_SPLIT_ORDER, QUANTIZE_ORDER, SplitOptions, check_not_input, gguf_output,
+                              open_gguf, plan_parts, split_paths)
 
 GGML_QUANT_VERSION = 2
 CHUNK_ELEMENTS = 4 << 20  # f32 elements converted and quantized at a time
@@ -115,12 +117,14 @@ def _chunks(g: GGUFFile, entry: TensorEntry, choice: policy.Choice, nthreads: in
 def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | None = None,
                   allow_requantize: bool = False, opts: policy.Options | None = None, dry_run: bool = False,
                   imatrix: ImportanceMatrix | None = None, kv_overrides: list[KV] | None = None,
-                  prune_layers: list[int] | None = None, progress=None, info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
-                  report: Callable[[QuantizeResult], None] | None = None) -> QuantizeResult:
+                  prune_layers: list[int] | None = None, progress=None, info: Callable[[str], None] = print,
+                  warn: Callable[[str], None] = print, report: Callable[[QuantizeResult], None] | None = None,
+                  split: SplitOptions | None = None, keep_split: bool = False) -> QuantizeResult:
     """Quantize `inp` into `out` (default: named after the type, next to the input). A file without weights is
     refused before any output is created; `report` gets the result before the output is renamed into place, so that
     nothing, the summary included, can fail once the file has appeared. `imatrix`: importance weights (an empty one
-    counts as none, as in llama-quantize)."""
+    counts as none, as in llama-quantize). `inp` may be a split model's first file (all its files are read); the
+    output is split when `split` says how, or in the input's files with `keep_split` (see quantize_tensors)."""
     t0 = time.perf_counter()
     opts = opts or policy.Options()
     imatrix = imatrix if imatrix is not None and imatrix.weights else None
@@ -132,11 +136,11 @@ def quantize_file(inp: Path, out: Path | None, ft: FileType, *, nthreads: int | 
             raise UserError("the output file would overwrite the input file")
         if not out.resolve().parent.is_dir():
             raise UserError(f"output folder {out.parent} does not exist")
-    with GGUFFile(inp) as g:
+    with open_gguf(inp) as g:
         return quantize_tensors(g, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
                                 dry_run=dry_run, imatrix=imatrix, kv_overrides=kv_overrides,
                                 prune_layers=prune_layers, progress=progress, info=info, warn=warn, report=report,
-                                t0=t0)
+                                t0=t0, split=split, keep_split=keep_split)
 
 
 def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None = None, allow_requantize: bool = False,
@@ -144,10 +148,14 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
                      kv_overrides: list[KV] | None = None, prune_layers: list[int] | None = None, progress=None,
                      info: Callable[[str], None] = print, warn: Callable[[str], None] = print,
                      report: Callable[[QuantizeResult], None] | None = None,
-                     t0: float | None = None) -> QuantizeResult:
+                     t0: float | None = None, split: SplitOptions | None = None,
+                     keep_split: bool = False) -> QuantizeResult:
     """quantize_file's work on tensors read from `g`: a GGUFFile, or anything with its reading interface (path,
-    kv, value(), tensors, data(entry) as the stored bytes, release(entry)), such as a checkpoint seen as the f32 GGUF
-    it converts to (converter.convert.CheckpointTensors)."""
+    kv, value(), tensors, data(entry) as the stored bytes, release(entry)), such as a split model
+    (common.ggufsplit.SplitGGUF) or a checkpoint seen as the f32 GGUF it converts to
+    (converter.convert.CheckpointTensors). The output is one file, or split files named after `out`: cut as `split`
+    says (as llama-gguf-split cuts them), or with `keep_split` each tensor in the part its input was in, the tensors
+    taken file by file (llama-quantize --keep-split; one file for an input in one file)."""
     t0 = time.perf_counter() if t0 is None else t0
     opts = opts or policy.Options()
     imatrix = imatrix if imatrix is not None and imatrix.weights else None
@@ -158,14 +166,18 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
         raise UserError(f"{g.path} has {what}: nothing to quantize")
     renames, n_blocks = policy.prune_renames([e.info.name for e in g.tensors], prune_layers) if prune_layers \
         else ({}, None)
-    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None, kv_overrides, renames)
+    if split is not None and keep_split:
+        raise UserError("--keep-split and --split-max-size/--split-max-tensors cannot be used together")
+    choices = _plan(g, ft, allow_requantize, opts, warn, imatrix is not None, kv_overrides, renames, keep_split)
     _check_required_imatrix(choices, ft, imatrix, dry_run, warn)
     weights = _weights(choices, imatrix, info)
     infos = [TensorInfo(c.name, c.shape, c.dst_type) for c in choices]
     size_in = sum(e.info.nbytes for e in g.tensors)
+    counts = _output_parts(g, choices, infos, split, keep_split)
+    first = out if counts is None else split_paths(out, len(counts))[0]
 
     def finish() -> QuantizeResult:
-        r = QuantizeResult(str(out), ft.name, choices, size_in, sum(i.nbytes for i in infos), n_params,
+        r = QuantizeResult(str(first), ft.name, choices, size_in, sum(i.nbytes for i in infos), n_params,
                            time.perf_counter() - t0)
         if report:
             report(r)
@@ -173,24 +185,45 @@ def quantize_tensors(g, out: Path | str, ft: FileType, *, nthreads: int | None =
 
     if dry_run:
         return finish()
-    info(f"quantizing {Path(g.path).name} to {ft.name} with {nthreads} thread(s) → {out}")
-    with atomic_output(out) as f:
-        _write(f, g, ft, choices, infos, nthreads, progress, weights,
-               _metadata(g, ft, imatrix, kv_overrides, n_blocks))
-        return finish()  # inside the block: the file is renamed into place only after this returned
+    if counts is not None:
+        check_not_input(g, split_paths(out, len(counts)))
+    files = "" if counts is None else f" ({len(counts)} split files)"
+    info(f"quantizing {Path(g.path).name} to {ft.name} with {nthreads} thread(s) → {first}{files}")
+    kvs = _metadata(g, ft, imatrix, kv_overrides, n_blocks)
+    with gguf_output(out, kvs, infos, counts, order=QUANTIZE_ORDER if keep_split else GGUF_SPLIT_ORDER) as stream:
+        _write(stream, g, choices, infos, nthreads, progress, weights)
+        return finish()  # inside the block: the files are renamed into place only after this returned
+
+
+def _output_parts(g, choices: list[policy.Choice], infos: list[TensorInfo], split: SplitOptions | None,
+                  keep_split: bool) -> list[int] | None:
+    """The number of tensors in each output file, or None for one file."""
+    if split is not None:
+        return plan_parts(infos, split)
+    if not keep_split:
+        return None
+    parts = {e.info.name: e.part for e in g.tensors}
+    n = max((parts[c.source_name] for c in choices), default=0) + 1
+    if n == 1:
+        return None
+    counts = [0] * n
+    for c in choices:
+        counts[parts[c.source_name]] += 1
+    return counts
 
 
 def _plan(g: GGUFFile, ft: FileType, allow_requantize: bool, opts: policy.Options,
           warn: Callable[[str], None], has_imatrix: bool = False, overrides: list[KV] | None = None,
-          renames: dict[str, str | None] | None = None) -> list[policy.Choice]:
+          renames: dict[str, str | None] | None = None, keep_split: bool = False) -> list[policy.Choice]:
     """Each tensor's new type (under its new name when --prune-layers renumbers it; pruned ones left out), checked
-    for what the native core can convert."""
+    for what the native core can convert; in llama.cpp's order, or by file then offset with keep_split."""
     facts = model_facts(g, {kv.key: kv for kv in overrides or []})
     renames = renames or {}
-    kept = [(renames.get(e.info.name, e.info.name), e) for e in g.tensors]
+    entries = sorted(g.tensors, key=lambda e: (e.part, e.offset)) if keep_split else g.tensors
+    kept = [(renames.get(e.info.name, e.info.name), e) for e in entries]
     sources = {new: e.info.name for new, e in kept if new is not None and new != e.info.name}
     choices = policy.plan([(new, e.info.shape, e.info.ggml_type) for new, e in kept if new is not None], ft, facts,
-                          opts, has_imatrix)
+                          opts, has_imatrix, keep_order=keep_split)
     for c in choices:
         c.source = sources.get(c.name)
         if c.dst_type != c.src_type:
@@ -246,12 +279,10 @@ def _weights(choices: list[policy.Choice], imatrix: ImportanceMatrix | None,
     return out
 
 
-def _write(f, g: GGUFFile, ft: FileType, choices: list[policy.Choice], infos: list[TensorInfo], nthreads: int,
-           progress, weights: dict[str, np.ndarray], kvs: list[KV]) -> None:
-    """The new file: header (metadata kvs), then each tensor converted in turn."""
+def _write(stream, g: GGUFFile, choices: list[policy.Choice], infos: list[TensorInfo], nthreads: int, progress,
+           weights: dict[str, np.ndarray]) -> None:
+    """Each tensor converted in turn into `stream` (a TensorStream, its header written)."""
     entries = {e.info.name: e for e in g.tensors}
-    f.write(encode_header(kvs, infos))
-    stream = TensorStream(f, infos)
     if progress:
         progress.start(len(choices), sum(e.info.nbytes for e in g.tensors))
     for i, c in enumerate(choices):

@@ -14,6 +14,7 @@ import archs
 import native
 from common.errors import UserError
 from common.ggufio import GGUFFile, TensorEntry
+from common.ggufsplit import open_gguf
 
 
 class Weight:
@@ -278,7 +279,7 @@ class Model:
     def __init__(self, path: Path | str, populate: bool = True):
         """populate: read the weights into memory now (as for inference); False reads only the header."""
         self.path = Path(path)
-        self.gguf = GGUFFile(self.path, populate=populate)
+        self.gguf = open_gguf(self.path, populate=populate)  # a split model: all its files
         self.weights: dict[str, Weight] = {}
         try:
             self._load()

@@ -23,6 +23,12 @@ THREADS = typer.Option(None, "-t", "--threads", help="Threads (default: all core
 CHUNK_CACHE = typer.Option("f16", "-ctk", "--cache-type-k", "--cache-type",
                            help="KV cache type (keys and values): f32, f16, q8_0, q4_0.")
 REPORT_CTX, REPORT_CHUNKS = 512, 4   # quantize --report: quick by default, 4 chunks of 512 tokens per model
+# the options of the commands that can write a split model (convert, quantize, split), as llama-gguf-split's
+SPLIT_MAX_SIZE = typer.Option(None, "--split-max-size", metavar="N(M|G)", help="Split the output in files of at most "
+                              "N megabytes (M) or gigabytes (G) of tensors each: PREFIX-00001-of-0000N.gguf, PREFIX "
+                              "the output path without .gguf.")
+SPLIT_MAX_TENSORS = typer.Option(None, "--split-max-tensors", help="Split the output in files of at most this many "
+                                 "tensors each (named as with --split-max-size).")
 
 
 def _version(value: bool) -> None:
@@ -60,6 +66,8 @@ def convert(
     tokenizer_pre: Optional[str] = typer.Option(None, "--tokenizer-pre", help="tokenizer.ggml.pre of a BPE tokenizer "
                                                 "(default: detected from the tokenizer as llama.cpp's converter does)."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Importance matrix for a quantized --outtype."),
+    split_max_size: Optional[str] = SPLIT_MAX_SIZE,
+    split_max_tensors: Optional[int] = SPLIT_MAX_TENSORS,
     verbose: bool = VERBOSE,
 ) -> None:
     """Convert a Hugging Face checkpoint to a GGUF file, streaming tensor by tensor: f32/f16/bf16, or quantized in
@@ -69,14 +77,16 @@ def convert(
     setup_logging(verbose)
     with user_errors(verbose):
         from common.errors import UserError
+        from common.ggufsplit import split_options
         from quantizer.types import parse_file_type
+        split = split_options(split_max_size, split_max_tensors)
         if outtype is not None and outtype.lower() not in OUTTYPES or ftype is not None and ftype not in FTYPE_NAMES:
             ft = parse_file_type(outtype if outtype is not None else str(ftype))
             if outtype is not None and ftype is not None and parse_file_type(str(ftype)) != ft:
                 raise UserError(f"ftype {ftype} contradicts --outtype {outtype}")
             if vocab_only:
                 raise UserError("--vocab-only writes no weights: it takes no quantization type")
-            _convert_quantized(model_dir, ft, outfile, model_name, tokenizer_pre, imatrix)
+            _convert_quantized(model_dir, ft, outfile, model_name, tokenizer_pre, imatrix, split)
             return
         if imatrix is not None:
             raise UserError("--imatrix needs a quantized --outtype")
@@ -84,7 +94,7 @@ def convert(
         if outtype and ftype is not None and FTYPE_NAMES[ftype] != chosen:
             raise UserError(f"ftype {ftype} ({FTYPE_NAMES[ftype]}) contradicts --outtype {outtype}")
         result = convert_model(model_dir, outtype=chosen, outfile=outfile, vocab_only=vocab_only,
-                               model_name=model_name, tokenizer_pre=tokenizer_pre,
+                               model_name=model_name, tokenizer_pre=tokenizer_pre, split=split,
                                progress=TensorProgress("converting"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True))
         rate = result.n_bytes / 2**20 / result.seconds if result.seconds > 0 else 0.0
@@ -94,7 +104,7 @@ def convert(
 
 
 def _convert_quantized(folder: Path, ft, outfile: str | None, model_name: str | None, tokenizer_pre: str | None,
-                       imatrix: Path | None) -> None:
+                       imatrix: Path | None, split) -> None:
     """convert --outtype <quantization type>: the checkpoint seen as its f32 GGUF, quantized as `quantize` does."""
     from converter.convert import CheckpointTensors
     from quantizer.quantize import quantize_tensors
@@ -105,7 +115,8 @@ def _convert_quantized(folder: Path, ft, outfile: str | None, model_name: str | 
         dest = outfile if outfile is not None else Path(folder) / f"ggml-model-{ft.name}.gguf"
         src.check_destination(dest)
         result = quantize_tensors(src, dest, ft, imatrix=matrix, progress=TensorProgress("converting"), info=say,
-                                  warn=lambda m: say(f"warning: {m}"), report=lambda r: _print_quantize_summary(r, False))
+                                  warn=lambda m: say(f"warning: {m}"), report=lambda r: _print_quantize_summary(r, False),
+                                  split=split)
     say(f"wrote {result.path}")
 
 
@@ -132,6 +143,10 @@ def quantize(
                                                         help="Use the matrix only for tensors whose name has this."),
     exclude_weights: Optional[list[str]] = typer.Option(None, "--exclude-weights",
                                                         help="Do not use the matrix for tensors whose name has this."),
+    keep_split: bool = typer.Option(False, "--keep-split", help="A split input gives a split output with the same "
+                                    "tensors in each file (as llama-quantize --keep-split)."),
+    split_max_size: Optional[str] = SPLIT_MAX_SIZE,
+    split_max_tensors: Optional[int] = SPLIT_MAX_TENSORS,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the per-tensor types and sizes; write nothing."),
     list_types: bool = typer.Option(False, "--list", help="List the quantization types."),
     report: bool = typer.Option(False, "--report", help="Then print the output's quality against the input over "
@@ -144,7 +159,9 @@ def quantize(
                                       "(-1 = the whole text)."),
     verbose: bool = VERBOSE,
 ) -> None:
-    """Quantize a GGUF file, like llama-quantize: toolkit quantize IN [OUT] TYPE [NTHREADS]."""
+    """Quantize a GGUF file, like llama-quantize: toolkit quantize IN [OUT] TYPE [NTHREADS] (IN may be a split
+    model's first file)."""
+    from common.ggufsplit import split_options
     from quantizer import types
     from quantizer.policy import Options
     from quantizer.quantize import parse_kv_override, quantize_file
@@ -162,13 +179,15 @@ def quantize(
                        types.parse_tensor_type(token_embedding_type) if token_embedding_type else None,
                        _tensor_types(tensor_type or [], tensor_type_file))
         overrides = [parse_kv_override(item) for item in override_kv or []]
+        split = split_options(split_max_size, split_max_tensors)
         result = quantize_file(inp, out, ft, nthreads=nthreads, allow_requantize=allow_requantize, opts=opts,
                                dry_run=dry_run, imatrix=matrix, kv_overrides=overrides,
                                prune_layers=_layer_list(prune_layers) if prune_layers is not None else None,
                                progress=TensorProgress("quantizing"),
                                info=lambda m: console.print(m, markup=False, soft_wrap=True),
                                warn=lambda m: console.print(f"warning: {m}", markup=False, soft_wrap=True),
-                               report=lambda r: _print_quantize_summary(r, dry_run))
+                               report=lambda r: _print_quantize_summary(r, dry_run), split=split,
+                               keep_split=keep_split)
         if not dry_run:
             console.print(f"wrote {result.path}", markup=False, soft_wrap=True)
         if plan is not None:
@@ -622,7 +641,49 @@ def perplexity(
 
 
 @app.command(no_args_is_help=True)
-def info(path: Path = typer.Argument(..., help="GGUF file."), verbose: bool = VERBOSE) -> None:
+def split(
+    inp: Path = typer.Argument(..., metavar="GGUF_IN", help="Model file (--split), or a split model's first file."),
+    out: str = typer.Argument(..., metavar="GGUF_OUT", help="--split: the split files' PREFIX (a .gguf ending is "
+                              "dropped); --merge: the merged file."),
+    do_split: bool = typer.Option(False, "--split", help="Split GGUF_IN into several files (the default)."),
+    merge: bool = typer.Option(False, "--merge", help="Merge a split model back into one file: the bytes of the file "
+                               "it was split from."),
+    split_max_size: Optional[str] = SPLIT_MAX_SIZE,
+    split_max_tensors: Optional[int] = typer.Option(None, "--split-max-tensors", help="Split the output in files of "
+                                                    "at most this many tensors each (default: 128)."),
+    no_tensor_first_split: bool = typer.Option(False, "--no-tensor-first-split", help="Put only the metadata in the "
+                                               "first file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the split plan; write nothing."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Split a GGUF model into files PREFIX-00001-of-0000N.gguf that llama.cpp loads given the first, or merge them
+    back, like llama-gguf-split."""
+    from common.errors import UserError
+    from common.ggufsplit import merge_model, split_model, split_options
+
+    setup_logging(verbose)
+    with user_errors(verbose):
+        say = lambda text: console.print(text, markup=False, soft_wrap=True)  # noqa: E731
+        if do_split and merge:
+            raise UserError("either --split or --merge can be given, not both")
+        if merge:
+            if split_max_size is not None or split_max_tensors is not None or no_tensor_first_split:
+                raise UserError("--merge takes no --split-max-size, --split-max-tensors or --no-tensor-first-split")
+            path = merge_model(inp, out, dry_run=dry_run, progress=TensorProgress("merging"), info=say)
+            if not dry_run:
+                say(f"wrote {path}")
+            return
+        if split_max_size is None and split_max_tensors is None:
+            split_max_tensors = 128
+        opts = split_options(split_max_size, split_max_tensors, no_tensor_first_split)
+        paths = split_model(inp, out, opts, dry_run=dry_run, progress=TensorProgress("splitting"), info=say)
+        if not dry_run:
+            say(f"wrote {paths[0]} ... {paths[-1].name}" if len(paths) > 1 else f"wrote {paths[0]}")
+
+
+@app.command(no_args_is_help=True)
+def info(path: Path = typer.Argument(..., help="GGUF file (a split model: its first file)."),
+         verbose: bool = VERBOSE) -> None:
     """Summarise a GGUF file: metadata, tensor types and sizes."""
     from toolkit.inspect import summary
 

@@ -9,6 +9,7 @@ from gguf import GGUFValueType, Keys
 from rich.table import Table
 
 from common.ggufio import GGUFFile
+from common.ggufsplit import open_gguf, part_counts
 
 
 def _short(kv) -> str:
@@ -28,7 +29,7 @@ def model_line(g: GGUFFile) -> str:
 
 
 def summary(path: Path) -> tuple[Table, Table, str]:
-    with GGUFFile(path) as g:
+    with open_gguf(path) as g:
         model = model_line(g)
         meta = Table("key", "value", title=f"{path.name}: metadata", title_justify="left")
         for key, kv in g.kv.items():
@@ -41,11 +42,12 @@ def summary(path: Path) -> tuple[Table, Table, str]:
             sizes[e.info.ggml_type.name] += e.info.nbytes
             n_params += int(np.prod(e.info.shape, dtype=np.int64))
         n_tensors = len(g.tensors)
+        n_files = len(part_counts(g))
     types = Table("type", "tensors", "MiB", title="tensors", title_justify="left")
     for name, n in counts.most_common():
         types.add_row(name, str(n), f"{sizes[name] / 2**20:.2f}")
     total = sum(sizes.values())
     bpw = 8 * total / n_params if n_params else 0.0
     line = (f"{model}; {n_tensors} tensors, {n_params / 1e6:.2f} M parameters, {total / 2**20:.2f} MiB "
-            f"({bpw:.2f} bits per weight)")
+            f"({bpw:.2f} bits per weight){f' in {n_files} split files' if n_files > 1 else ''}")
     return meta, types, line
