@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks import convert, grammar, models, quantize, run, serve, serve_concurrent
+from benchmarks import convert, grammar, models, quant, quantize, run, serve, serve_concurrent
 
 
 def main() -> None:
@@ -12,10 +12,13 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("bench-data"), help="where checkpoints and outputs go")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip the 16 GB CodeShell-7B-shaped conversion")
-    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve", "serve-concurrent", "grammar", "models"],
+    ap.add_argument("--only", choices=["convert", "quantize", "run", "serve", "serve-concurrent", "grammar", "models",
+                                       "quant"],
                     help="run one benchmark (serve: both serving benchmarks)")
     ap.add_argument("--moe-layers", type=int, default=16,
                     help="layers of the Qwen3-30B-A3B-shaped model in the models benchmark (48: the whole model)")
+    ap.add_argument("--quant-layers", type=int, default=quant.TINYLLAMA_LAYERS,
+                    help="layers of the TinyLlama-shaped model in the quant benchmark (fewer: a quick check)")
     ap.add_argument("--serve-tokens", type=int, default=serve_concurrent.N_GEN,
                     help="tokens each request generates in the serve-concurrent benchmark (fewer: a quick check)")
     ap.add_argument("--llama-cpp-codeshell", action="store_true",
@@ -36,6 +39,8 @@ def main() -> None:
         grammar.run(args.data, repeat=args.repeat)
     if args.only in (None, "models"):
         models.run(args.data, repeat=args.repeat, moe_layers=args.moe_layers)
+    if args.only in (None, "quant"):
+        quant.run(args.data, repeat=args.repeat, layers=args.quant_layers)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,17 @@ def median_run(cmd: list[str], repeat: int, env: dict | None = None) -> Run:
     return Run(statistics.median(r.seconds for r in runs), max(r.peak_rss_mb for r in runs))
 
 
+def alternating_runs(cmds: dict[str, list[str]], repeat: int, env: dict | None = None) -> dict[str, Run]:
+    """Each command `repeat` times, taking turns (the order reversed every other round, so that a slow spell of the
+    machine hits every side); per command the median time and the highest peak RSS."""
+    runs: dict[str, list[Run]] = {name: [] for name in cmds}
+    for r in range(repeat):
+        for name in (list(cmds) if r % 2 == 0 else list(reversed(cmds))):
+            runs[name].append(measure(cmds[name], env))
+    return {name: Run(statistics.median(x.seconds for x in rs), max(x.peak_rss_mb for x in rs))
+            for name, rs in runs.items()}
+
+
 def drop_file(path: Path) -> None:
     path.unlink(missing_ok=True)
 
