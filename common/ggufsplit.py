@@ -196,6 +196,9 @@ class _PartStreams:
 
 
 def split_paths(dest: str | Path, n: int) -> list[Path]:
+    """The files of a model written in `n` parts for the output path `dest`."""
+    if str(dest) == "-":
+        raise UserError("a split model cannot be written to standard output")
     prefix = output_prefix(dest)
     return [split_path(prefix, i, n) for i in range(n)]
 
@@ -211,8 +214,6 @@ def gguf_output(dest: str | Path, kvs: list[KV], infos: list[TensorInfo], counts
             f.write(encode_header(kvs, infos))
             yield TensorStream(f, infos)
         return
-    if str(dest) == "-":
-        raise UserError("a split model cannot be written to standard output")
     if sum(counts) != len(infos):
         raise AssertionError(f"the parts hold {sum(counts)} tensors, the model has {len(infos)}")
     with AtomicOutputs(split_paths(dest, len(counts))) as files:

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from common.errors import UserError
 from common.ggufsplit import SplitOptions, gguf_output, merge_model, open_gguf, split_model
@@ -38,6 +38,22 @@ def gguf_split_groups(sizes: list[int], max_size: int | None, max_tensors: int |
     return counts + [current]
 
 
+def gguf_py_header(path, kvs: list[tuple[str, object, GGUFValueType, GGUFValueType | None]], tensor_list) -> bytes:
+    """The bytes gguf-py's GGUFWriter (an independent writer) puts before the tensor data for these keys and tensors
+    (GGUFReader tensors)."""
+    w = GGUFWriter(path, arch="")
+    w.kv_data[0].clear()  # its general.architecture: the keys below are the whole metadata
+    for key, value, vtype, sub in kvs:
+        w.add_key_value(key, value, vtype, sub)
+    for t in tensor_list:
+        w.add_tensor_info(t.name, [int(d) for d in reversed(t.shape)], np.float32, int(t.n_bytes), t.tensor_type)
+    w.write_header_to_file(path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return path.read_bytes()
+
+
 @pytest.fixture(scope="module")
 def split3(tmp_path_factory, stories260k_f32):
     """stories260K f32 split in 3 by size (400 kB of tensors per file at most)."""
@@ -46,7 +62,7 @@ def split3(tmp_path_factory, stories260k_f32):
     return parts(prefix, 3)
 
 
-def test_split_files_are_laid_out_as_gguf_split_writes_them(stories260k_f32, split3):
+def test_split_files_are_laid_out_as_gguf_split_writes_them(stories260k_f32, split3, tmp_path):
     whole = GGUFReader(stories260k_f32)
     meta = fields(whole)
     expected = gguf_split_groups([int(t.n_bytes) for t in whole.tensors], 400_000, None)
@@ -66,6 +82,15 @@ def test_split_files_are_laid_out_as_gguf_split_writes_them(stories260k_f32, spl
         assert types == {"split.no": GGUFValueType.UINT16, "split.count": GGUFValueType.UINT16,
                          "split.tensors.count": GGUFValueType.INT32}
         assert [t.name for t in r.tensors] == names[start:start + count]
+        keys = [(k, f.contents(), f.types[0], f.types[-1] if f.types[0] == GGUFValueType.ARRAY else None)
+                for k, f in whole.fields.items() if not k.startswith("GGUF.")] if no == 0 else []
+        keys += [("split.no", no, GGUFValueType.UINT16, None),
+                 ("split.tensors.count", len(names), GGUFValueType.INT32, None),
+                 ("split.count", 3, GGUFValueType.UINT16, None)]
+        header = gguf_py_header(tmp_path / f"header{no}.gguf", keys, whole.tensors[start:start + count])
+        ours = path.read_bytes()
+        end = len(header) + (-len(header)) % 32
+        assert ours[:len(header)] == header and ours[len(header):end] == bytes(end - len(header))
         for name, (shape, ttype, arr) in tensors(r).items():
             assert (shape, ttype) == data[name][:2] and np.array_equal(arr, data[name][2])
         start += count
