@@ -173,6 +173,12 @@ def test_convert_and_quantize_split_outputs_merge_to_the_one_file(shared_fixture
     merge_model(quant[0], tmp_path / "q-merged.gguf", info=lambda m: None)
     assert (tmp_path / "q-merged.gguf").read_bytes() == (tmp_path / "q1.gguf").read_bytes()
 
+    r = run_toolkit("convert", shared_fixtures / "stories260K", "--outtype", "q8_0", "--split-max-tensors", "16",
+                    "--outfile", tmp_path / "cq.gguf")  # one step: the quantized checkpoint written in parts
+    assert r.returncode == 0, r.stderr
+    merge_model(parts(tmp_path / "cq", 3)[0], tmp_path / "cq-merged.gguf", info=lambda m: None)
+    assert (tmp_path / "cq-merged.gguf").read_bytes() == (tmp_path / "q1.gguf").read_bytes()
+
 
 def one_line_error(r, *words):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
