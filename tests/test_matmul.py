@@ -39,13 +39,14 @@ F32, F16, BF16 = 0, 1, 30
 Q8_0, Q8_1, Q8_K = 8, 9, 15
 NAMES = {F32: "F32", F16: "F16", BF16: "BF16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", Q8_0: "Q8_0",
          10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS",
-         34: "TQ1_0", 35: "TQ2_0", 18: "IQ3_XXS", 21: "IQ3_S"}
+         34: "TQ1_0", 35: "TQ2_0", 18: "IQ3_XXS", 21: "IQ3_S", 19: "IQ1_S", 29: "IQ1_M"}
 TYPES = list(NAMES)
 VEC_DOT_TYPE = {F32: F32, F16: F16, BF16: BF16, 2: Q8_0, 3: Q8_1, 6: Q8_0, 7: Q8_1, 8: Q8_0,
-                10: Q8_K, 11: Q8_K, 12: Q8_K, 13: Q8_K, 14: Q8_K, 20: Q8_0, 23: Q8_K, 34: Q8_K, 35: Q8_K, 18: Q8_K, 21: Q8_K}
+                10: Q8_K, 11: Q8_K, 12: Q8_K, 13: Q8_K, 14: Q8_K, 20: Q8_0, 23: Q8_K, 34: Q8_K, 35: Q8_K, 18: Q8_K, 21: Q8_K,
+                19: Q8_K, 29: Q8_K}
 BLOCK = {t: native.TRAITS[t][1] for t in TYPES}
 # types whose quantizers are slow (a grid search per group) and tested bit for bit elsewhere: random blocks here
-RANDOM_BLOCKS = {18, 21}
+RANDOM_BLOCKS = {18, 21, 19, 29}
 
 FLOAT_RTOL = 1e-5
 SIMD_RTOL = 1e-5
@@ -89,6 +90,11 @@ def weights(t: int, rows: int, cols: int, seed: int):
         size = native.TRAITS[t][2]
         q = rng.integers(0, 256, (rows, cols // 256, size), dtype=np.uint8)
         q[:, :, :2] = rng.uniform(0.001, 0.05, (rows, cols // 256, 1)).astype(np.float16).view(np.uint8)
+        if t == 29:  # IQ1_M: its fp16 scale is the top nibbles of the four 16-bit scale words (bytes 48..55)
+            sc = q[:, :, 48:56].copy().view(np.uint16)
+            d = rng.uniform(0.001, 0.05, (rows, cols // 256, 1)).astype(np.float16).view(np.uint16)
+            nibbles = (d >> (4 * np.arange(4, dtype=np.uint16))) & 0xF
+            q[:, :, 48:56] = ((sc & 0x0FFF) | (nibbles << 12)).astype(np.uint16).view(np.uint8)
         q = q.reshape(rows, -1)
     else:
         q = native.quantize(t, w, 2)
@@ -308,7 +314,7 @@ def ggml_cpu():
 _GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8: "q8_0_q8_0",
                10: "q2_K_q8_K", 11: "q3_K_q8_K", 12: "q4_K_q8_K", 13: "q5_K_q8_K", 14: "q6_K_q8_K",
                20: "iq4_nl_q8_0", 23: "iq4_xs_q8_K", 34: "tq1_0_q8_K", 35: "tq2_0_q8_K", 18: "iq3_xxs_q8_K",
-               21: "iq3_s_q8_K"}
+               21: "iq3_s_q8_K", 19: "iq1_s_q8_K", 29: "iq1_m_q8_K"}
 
 
 @pytest.mark.parametrize("t", list(_GGML_NAMES), ids=[NAMES[t] for t in _GGML_NAMES])
