@@ -145,9 +145,10 @@ test-arm64: $(REF_BUNDLE)/cases.txt
 		$(QEMU_ARM64) -cpu $$cpu build/arm64/forward_check $(REF_BUNDLE) || exit 1; done
 
 # Guest instructions per weight of one-token products under qemu-aarch64 (scalar, NEON, dotprod; a TCG plugin counts
-# them): a measurement, not a test, and not wall-clock speed on ARM hardware. Needs what test-arm64 installs.
-insns-arm64:
-	tests/native/insn_counts.sh build/arm64
+# them), and per generated token of stories260K's forward pass (the reference bundle's files): a measurement, not a
+# test, and not wall-clock speed on ARM hardware. Needs what test-arm64 installs.
+insns-arm64: $(REF_BUNDLE)/cases.txt
+	tests/native/insn_counts.sh build/arm64 $(REF_BUNDLE)
 
 # Issue 18's fuzz targets, each for FUZZ_SECONDS: atheris on the Python readers (tests/fuzz/fuzz_python.py: GGUF,
 # safetensors, config.json, tokenizer.json, the model loader with the engine) from seed corpora written from the tiny

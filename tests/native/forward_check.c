@@ -14,7 +14,8 @@
    * the prompt again one token per call on 1 thread, each token's logits bit for bit the batch's (the engine's
      token-alone-or-batched promise).
 
-   One line per check on stdout; exit status 1 on any failure. */
+   One line per check on stdout; exit status 1 on any failure. With FILE NTOKENS after BUNDLE: only NTOKENS tokens of
+   that file, one per call (what tests/native/insn_counts.sh counts). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -324,10 +325,39 @@ static void check_model(const char *dir, const char *file, const char *type, dou
     gguf_free(&g);
 }
 
+/* forward_check BUNDLE FILE N: N tokens of FILE, one per call (generation) at the level in force, and nothing else
+   checked: the workload tests/native/insn_counts.sh counts instructions of */
+static int generate(const char *dir, const char *file, int64_t n) {
+    char path[PATH_LEN], err[256] = "";
+    struct gguf g;
+    struct tk_hparams hp;
+    const char *why = NULL;
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    struct tk_engine *e = NULL;
+    if (gguf_read(&g, path)) why = g.err;
+    else if (!llama_hparams(&g, &hp, &why) && !(e = tk_engine_new(&hp, g.t, g.nt, err, sizeof err))) why = err;
+    struct tk_kv *kv = e ? tk_kv_new(e, n, TK_F32, TK_F32) : NULL;
+    float *logits = e ? malloc((size_t)tk_engine_vocab(e) * sizeof *logits) : NULL;
+    if (!why && (!kv || !logits)) why = "out of memory";
+    for (int64_t i = 0; i < n && !why; i++) {
+        const int32_t token = (int32_t)(1 + i * 37 % (tk_engine_vocab(e) - 1));
+        if (tk_engine_forward(e, kv, &token, 1, i, logits, 0, 1)) why = "forward pass failed";
+    }
+    if (why) fprintf(stderr, "%s: %s\n", path, why);
+    else printf("%lld tokens at level %s\n", (long long)n, LEVEL_NAMES[current_level()]);
+    free(logits);
+    tk_kv_free(kv);
+    tk_engine_free(e);
+    gguf_free(&g);
+    return why ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc == 4) return generate(argv[1], argv[2], atoll(argv[3]) > 0 ? atoll(argv[3]) : 1);
     if (argc != 2) {
-        fprintf(stderr, "usage: %s BUNDLE (the folder tests/native/reference_bundle.py writes)\n", argv[0]);
+        fprintf(stderr, "usage: %s BUNDLE (the folder tests/native/reference_bundle.py writes) [FILE NTOKENS]\n",
+                argv[0]);
         return 2;
     }
     char path[PATH_LEN], line[8192];
