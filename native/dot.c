@@ -332,6 +332,10 @@ tk_vec_dot2_fn tk_vec_dot2(int type) {
 #if defined(__aarch64__)
     return tk_vec_dot2_neon(type, tk_arm_level());
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+    const tk_vec_dot2_fn zmm = tk_use_avx512() ? tk_vec_dot2_avx512(type) : NULL;
+    if (zmm) return zmm;
+#endif
     return t->vec_dot2_vnni && tk_use_vnni() ? t->vec_dot2_vnni : t->vec_dot2_simd;
 }
 

@@ -205,10 +205,6 @@ static inline AVX2 __m256 block_q8_0_q8_0(const block_q8_0 *x, const block_q8_0 
 LEGACY_DOT(tk_vec_dot_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0)
 LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
 
-/* weights are read once per token, straight from the mapped file: fetch them 4 KiB ahead, across the page
-   boundaries where the hardware prefetcher stops */
-#define PREFETCH 4096
-
 /* Two weight rows (at x and x + bx) against one activation row: two independent accumulation chains sharing the
    activation loads; each row's float operations are exactly those of the one-row kernel. */
 #define LEGACY_DOT2(NAME, XT, YT, BLOCK, ATTR)                                                  \

@@ -214,6 +214,71 @@ static inline AVX512 __m512 load16_f16(const tk_half *p) {
 
 F16_TILE_512(tile_f16_avx512, 3, 4)
 
+/* ---------------------------------------------------------------------------------------------- two rows, one token */
+/* Generation's two-row products (LEGACY_DOT2 of dot_avx2.c) for Q4_0 and Q8_0: the blocks of both rows in one 512-bit
+   register (row 0 in lanes 0-7, row 1 in lanes 8-15) against the activation block in both halves. Each half holds
+   the 256-bit kernel's integer lanes (computed with vpdpbusd instead of the sign trick: the same integers) and gets
+   its float operations, lane for lane: acc + (d_x·d_y)·lanes, one fused multiply-add per block, then ggml's 8-lane
+   sum. So each result is the one-row kernel's, bit for bit, in half the instructions. */
+
+/* [a ×8 | b ×8] · c, each product the scalar one */
+static inline AVX512 __m512 row_scales(tk_half da, tk_half db, tk_half dy) {
+    const float y = tk_fp16_table[dy];
+    return two_scalars(tk_fp16_table[da] * y, tk_fp16_table[db] * y);
+}
+
+/* the nibbles of two Q4_0 blocks as bytes: [a's 32 | b's 32], each in element order (low nibbles, then high) */
+static inline AVX512 __m512i two_nibble_blocks(const uint8_t *a, const uint8_t *b) {
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                                 _mm_loadu_si128((const __m128i *)b), 1);
+    const __m512i twice = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3),
+                                                   _mm512_castsi256_si512(both));
+    /* the second copy of each (128-bit lanes 1 and 3) shifted to its high nibbles */
+    return _mm512_and_si512(_mm512_mask_srli_epi16(twice, 0xFF00FF00u, twice, 4), _mm512_set1_epi8(0x0F));
+}
+
+/* Q4_0: lanes Σ q·y - 8·Σy, the -8·Σy of the activation block made once for both rows */
+static inline AVX512 __m512i q4_0_lanes(const block_q4_0 *x0, const block_q4_0 *x1, __m512i y2) {
+    const __m512i e = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                       dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), y2));
+    return dpbusd_zmm(e, two_nibble_blocks(x0->qs, x1->qs), y2);
+}
+
+/* Q8_0: lanes (y + 128)·x - 128·Σx = Σ x·y */
+static inline AVX512 __m512i q8_0_lanes(const block_q8_0 *x0, const block_q8_0 *x1, __m512i y2) {
+    const __m512i w = two_blocks(x0->qs, x1->qs);
+    const __m512i c = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                       dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w));
+    return dpbusd_zmm(c, _mm512_xor_si512(y2, _mm512_set1_epi8((char)0x80)), w);
+}
+
+#define LEGACY_DOT2_ZMM(NAME, XT, LANES)                                                                      \
+    AVX512 void NAME(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {                        \
+        const XT *x0 = vx, *x1 = (const XT *)((const char *)vx + bx);                                         \
+        const block_q8_0 *y = vy;                                                                             \
+        __m512 acc = _mm512_setzero_ps();                                                                     \
+        for (int64_t b = 0; b < n / QK; b++) {                                                                \
+            _mm_prefetch((const char *)&x0[b] + PREFETCH, _MM_HINT_T0);                                       \
+            _mm_prefetch((const char *)&x1[b] + PREFETCH, _MM_HINT_T0);                                       \
+            const __m512i y2 = _mm512_broadcast_i64x4(load32(y[b].qs));                                       \
+            acc = _mm512_fmadd_ps(row_scales(x0[b].d, x1[b].d, y[b].d),                                       \
+                                  _mm512_cvtepi32_ps(LANES(&x0[b], &x1[b], y2)), acc);                        \
+        }                                                                                                     \
+        s[0] = hsum8(_mm512_castps512_ps256(acc)) + 0.0f; /* + the 256-bit kernel's (zero) sum of mins */     \
+        s[1] = hsum8(upper8(acc)) + 0.0f;                                                                     \
+    }
+
+static LEGACY_DOT2_ZMM(dot2_q4_0_q8_0_zmm, block_q4_0, q4_0_lanes)
+static LEGACY_DOT2_ZMM(dot2_q8_0_q8_0_zmm, block_q8_0, q8_0_lanes)
+
+tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype) {
+    switch (wtype) {
+    case TK_Q4_0: return dot2_q4_0_q8_0_zmm;
+    case TK_Q8_0: return dot2_q8_0_q8_0_zmm;
+    default: return NULL;
+    }
+}
+
 /* ---------------------------------------------------------------------------------------------- tile table */
 
 const struct tk_gemm *tk_gemm_avx512(int wtype) {

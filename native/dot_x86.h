@@ -127,6 +127,10 @@ typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
 
 #define F16_ROW(v, b, r) ((const tk_half *)((const char *)(v) + (r) * (b)))
 
+/* weights are read once per token, straight from the mapped file: fetch them 4 KiB ahead, across the page
+   boundaries where the hardware prefetcher stops */
+#define PREFETCH 4096
+
 /* Q4_K rows repacked for the tiles (dot_avx2.c), by both builds */
 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n);
 
