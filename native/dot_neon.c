@@ -14,6 +14,7 @@
    quants_ternary_neon.c; one row at a time, the scalar bits too). */
 #include <string.h>
 #include "quants.h"
+#include "quants_iq1.h"
 
 #if defined(__aarch64__)
 #include "simd_neon.h"
@@ -387,6 +388,8 @@ static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
     [TK_IQ4_XS] = {tk_vec_dot_iq4_xs_q8_K_neon, tk_vec_dot_iq4_xs_q8_K_dot, NULL, NULL},
     [TK_TQ1_0] = {tk_vec_dot_tq1_0_q8_K_neon, tk_vec_dot_tq1_0_q8_K_dot, NULL, NULL},
     [TK_TQ2_0] = {tk_vec_dot_tq2_0_q8_K_neon, tk_vec_dot_tq2_0_q8_K_dot, NULL, NULL},
+    [TK_IQ1_S] = {tk_vec_dot_iq1_s_q8_K_neon, tk_vec_dot_iq1_s_q8_K_dot, NULL, NULL}, /* quants_iq1_neon.c */
+    [TK_IQ1_M] = {tk_vec_dot_iq1_m_q8_K_neon, tk_vec_dot_iq1_m_q8_K_dot, NULL, NULL},
 };
 
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level) {

@@ -31,5 +31,10 @@ void tk_vec_dot_iq1_s_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq1_m_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq1_s_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq1_m_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+/* ARM64 (quants_iq1_neon.c): the scalar kernels' bits at the NEON and the dotprod level */
+void tk_vec_dot_iq1_s_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq1_s_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq1_m_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq1_m_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
 
 #endif

@@ -24,12 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include "levels.h"
+#include "quants_iq1.h"
 
 #define RTOL 1e-5
 
 static const int DOT_TYPES[] = {TK_F32, TK_F16, TK_BF16, TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0,
                                 TK_Q2_K, TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K, TK_IQ4_NL, TK_IQ4_XS, TK_TQ1_0,
-                                TK_TQ2_0};
+                                TK_TQ2_0, TK_IQ1_S, TK_IQ1_M};
 static const int QUANT_TYPES[] = {TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0, TK_Q2_K,
                                   TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K, TK_Q8_K};
 #define COUNT(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -80,6 +81,17 @@ static void sane_scales(int t, uint8_t *row, int64_t cols) {
     case TK_IQ4_NL: case TK_IQ4_XS: off[nf++] = 0; break;
     case TK_TQ1_0: off[nf++] = offsetof(block_tq1_0, d); break;
     case TK_TQ2_0: off[nf++] = offsetof(block_tq2_0, d); break;
+    case TK_IQ1_S: off[nf++] = offsetof(block_iq1_s, d); break;
+    case TK_IQ1_M: /* the fp16 scale is the top nibbles of the four 16-bit scale words */
+        for (int64_t b = 0; b < cols / QK_K; b++) {
+            const uint16_t h = tk_fp32_to_fp16((float)((uniform() * 2 - 1) * pow(2.0, -14.0 * uniform())));
+            uint16_t sc[4];
+            uint8_t *p = row + (size_t)b * sizeof(block_iq1_m) + offsetof(block_iq1_m, scales);
+            memcpy(sc, p, sizeof(sc));
+            for (int k = 0; k < 4; k++) sc[k] = (uint16_t)((sc[k] & 0x0FFF) | (((h >> 4 * k) & 0xF) << 12));
+            memcpy(p, sc, sizeof(sc));
+        }
+        return;
     default: return;
     }
     for (int64_t b = 0; b < cols / tr->block_size; b++)
@@ -99,8 +111,18 @@ static void make_weights(int t, void *w, int64_t rows, int64_t cols, int kind) {
         if (kind >= 2)  /* float types: ones, alternating signs, a ramp */
             for (int64_t i = 0; i < rows * cols; i++)
                 x[i] = kind == 2 ? 1.0f : kind == 3 ? (i & 1 ? -1.0f : 1.0f) : (float)(i % 97) / 8.0f;
+        /* a type that quantizes only with importance weights (IQ1_S) gets weights of 1 */
+        float *qw = NULL;
+        if (!tk_traits(t)->quantize_row) {
+            qw = malloc(sizeof(float) * (size_t)cols);
+            for (int64_t i = 0; i < cols; i++) qw[i] = 1.0f;
+        }
         tk_set_force_scalar(1);
-        if (tk_quantize_rows(t, x, w, rows, cols, 1)) { fprintf(stderr, "quantize %d failed\n", t); exit(2); }
+        if (tk_quantize_rows_imatrix(t, x, TK_F32, w, rows, cols, 1, qw, NULL)) {
+            fprintf(stderr, "quantize %d failed\n", t);
+            exit(2);
+        }
+        free(qw);
         tk_set_force_scalar(0);
         free(x);
         return;
