@@ -113,7 +113,8 @@ test-sanitize: install
 # level the CPU has against the scalar reference) and tests/native/forward_check.c (stories260K's forward pass at every
 # level against the logits the runtime recorded on x86, in the bundle tests/native/reference_bundle.py writes into
 # $(REF_BUNDLE) when missing: our converter's and quantizer's files, checked against llama.cpp before they are kept;
-# needs `make install` and ../shared/fixtures). test-kernels builds and runs both on this machine; test-arm64
+# needs `make install` and ../shared/fixtures; kept until the writer changes, so that it witnesses the core as it was:
+# remove it after a change meant to move the logits). test-kernels builds and runs both on this machine; test-arm64
 # cross-compiles them for ARM64 (static, Debian's gcc-aarch64-linux-gnu; apt-get installs it and qemu-user when
 # missing) and runs them under qemu-aarch64 twice: -cpu max (NEON, dotprod, i8mm: all three levels) and -cpu
 # cortex-a53 (ARMv8.0: the NEON baseline alone). Same flags as setup.py's (no FP contraction).
@@ -127,19 +128,19 @@ ARM64_CPUS ?= max cortex-a53
 $(REF_BUNDLE)/cases.txt: tests/native/reference_bundle.py
 	$(PY) tests/native/reference_bundle.py $(REF_BUNDLE) $(SHARED)/fixtures
 
+# the core compiled once into DIR/core (stale objects removed), then each driver linked with it: $(call drivers,CC,DIR,FLAGS)
+drivers = rm -rf $(2)/core && mkdir -p $(2)/core && cd $(2)/core && $(1) $(3) -c $(abspath $(CORE_C)) && cd $(CURDIR) && \
+	for d in kernel_check forward_check; do $(1) $(3) tests/native/$$d.c $(2)/core/*.o -lm -pthread -o $(2)/$$d || exit 1; done
+
 test-kernels: $(REF_BUNDLE)/cases.txt
-	mkdir -p build/native
-	$(CC) $(KC_CFLAGS) tests/native/kernel_check.c $(CORE_C) -lm -pthread -o build/native/kernel_check
-	$(CC) $(KC_CFLAGS) tests/native/forward_check.c $(CORE_C) -lm -pthread -o build/native/forward_check
+	$(call drivers,$(CC),build/native,$(KC_CFLAGS) -I$(CURDIR)/native)
 	build/native/kernel_check
 	build/native/forward_check $(REF_BUNDLE)
 
 test-arm64: $(REF_BUNDLE)/cases.txt
 	command -v $(ARM64_CC) >/dev/null && command -v $(QEMU_ARM64) >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
-	mkdir -p build/arm64
-	$(ARM64_CC) -static $(KC_CFLAGS) tests/native/kernel_check.c $(CORE_C) -lm -pthread -o build/arm64/kernel_check
-	$(ARM64_CC) -static $(KC_CFLAGS) tests/native/forward_check.c $(CORE_C) -lm -pthread -o build/arm64/forward_check
+	$(call drivers,$(ARM64_CC),build/arm64,-static $(KC_CFLAGS) -I$(CURDIR)/native)
 	for cpu in $(ARM64_CPUS); do echo "== qemu-aarch64 -cpu $$cpu"; \
 		$(QEMU_ARM64) -cpu $$cpu build/arm64/kernel_check && \
 		$(QEMU_ARM64) -cpu $$cpu build/arm64/forward_check $(REF_BUNDLE) || exit 1; done
