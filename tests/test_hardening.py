@@ -492,10 +492,19 @@ def test_quantizers_take_rows_with_non_finite_values(bad):
     rows = np.random.default_rng(0).standard_normal((4, 256)).astype(np.float32)
     rows[1, 7] = bad
     rows[2, :] = bad
+
+    def quantize(t):  # unit importance weights for the types that quantize only with weights (IQ1_S, ...)
+        try:
+            return native.quantize(t, rows)
+        except ValueError as e:
+            if "needs an importance matrix" not in str(e):
+                raise
+        return native.quantize(t, rows, imatrix=np.ones(256, np.float32))
+
     for t in sorted(set(native.TRAITS) - {native.F32}):
         if np.isfinite(bad):
-            assert native.quantize(t, rows).shape == (4, native.row_size(t, 256))
+            assert quantize(t).shape == (4, native.row_size(t, 256))
         else:
             with pytest.raises(native.NonFiniteError) as e:
-                native.quantize(t, rows)
+                quantize(t)
             assert e.value.args[0] == 257
