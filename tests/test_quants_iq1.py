@@ -1,7 +1,7 @@
 """IQ1_S and IQ1_M of the native core against ggml, bit for bit: quantized bytes (ggml_quantize_chunk with importance
-weights, as llama-quantize runs it; IQ1_M also without, as ggml allows) on random rows with several kinds of weights
-and on the adversarial rows, dequantized values against ggml's dequantize_row_* and gguf-py's, and the AVX2 dot
-products against ggml's AVX2 vec_dots (the matrix kernels' other checks are in tests/test_matmul.py).
+weights, as llama-quantize runs it; IQ1_M also without, as ggml allows) on random rows with several kinds of weights,
+on the adversarial rows and on stories260K's weights; dequantized values against ggml's dequantize_row_* and
+gguf-py's; the AVX2 dot products against ggml's AVX2 vec_dots (the other matrix checks: tests/test_matmul.py).
 
 ggml builds its IQ1 neighbour tables (iq2xs_init_impl) once per process, which takes this build ~40 s of CPU: every
 ggml quantization here runs in this one module, after one explicit ggml_quantize_init. ggml aborts the process on
@@ -62,6 +62,20 @@ def test_random_rows_equal_ggml(ggml, t):
 def test_iq1_m_without_weights_equals_ggml(ggml):
     x = np.random.default_rng(6).standard_normal((12, N_PER_ROW), dtype=np.float32)
     np.testing.assert_array_equal(native.quantize(int(T.IQ1_M), x, 2), ggml_quantize(ggml.lib, T.IQ1_M, x, None))
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_real_weights_equal_ggml(ggml, stories260k_f32, t):
+    """stories260K's trained matrices (rows of 64 and 172, not IQ1 rows) laid end to end in rows of 2048"""
+    from common.ggufio import GGUFFile
+
+    with GGUFFile(stories260k_f32) as g:
+        values = np.concatenate([np.array(g.data(e), np.float32).reshape(-1) for e in g.tensors
+                                 if len(e.info.shape) == 2])
+    x = values[: values.size // N_PER_ROW * N_PER_ROW].reshape(-1, N_PER_ROW)[::4]
+    assert len(x) >= 24
+    qw = weights("squares", N_PER_ROW)
+    np.testing.assert_array_equal(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw))
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
