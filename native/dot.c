@@ -323,6 +323,10 @@ tk_vec_dot_fn tk_vec_dot(int type) {
     const tk_vec_dot_fn neon = tk_use_simd() ? tk_vec_dot_neon(type, tk_arm_level()) : NULL;
     if (neon) return neon;
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+    const tk_vec_dot_fn zmm = tk_use_avx512() ? tk_vec_dot_avx512(type) : NULL;
+    if (zmm) return zmm;
+#endif
     return t->vec_dot_simd && tk_use_simd() ? t->vec_dot_simd : t->vec_dot;
 }
 
