@@ -3,7 +3,7 @@
    the parity) and IQ3_S (an fp16 scale, 9-bit indices into a grid of 512 points, explicit signs, 4-bit scales per 32).
    Quantizers bit-exact with ggml's quantize_iq3_xxs / quantize_iq3_s (what ggml_quantize_chunk runs, with or without
    an importance matrix), the grids and their neighbour lists built as ggml's iq3xs_init_impl builds them (once, on
-   first use), dequantizers, and the scalar dot products in ggml's generic order (ggml_vec_dot_iq3_*_q8_K_generic).
+   first use), dequantizers, and the scalar dot products in the float order of ggml's AVX2 kernels (the SIMD ones' bits).
    Same float rules as quants_k.c: fp32, ggml's order, no contraction. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -495,55 +495,59 @@ void dequantize_row_iq3_s(const void *vx, float *y, int64_t k) {
 }
 
 /* ---------------------------------------------------------------------------------------------- dot products */
+/* In the float order of ggml's AVX2 kernels (quants_iq3_avx2.c), so that the scalar and SIMD paths give the same bits
+   (and ggml's AVX2 build's): per super-block, 8 exact integer lanes, lane l holding Σ over the sub-blocks of
+   (2·scale + 1) · Σ value·q8 over elements 4l..4l+3 of each; one fused multiply-add of d per lane; the lanes summed
+   in ggml's horizontal order at the end. */
 
-/* Σ q8·value over 8 elements: two grid entries with signs */
-static inline int grid_pair_dot(uint32_t g1, uint32_t g2, unsigned signs, const int8_t *q8) {
-    int sum = 0;
-    for (int j = 0; j < 4; ++j) {
-        sum += (uint8_t)(g1 >> 8 * j) * q8[j] * (signs >> j & 1 ? -1 : 1);
-        sum += (uint8_t)(g2 >> 8 * j) * q8[j + 4] * (signs >> (j + 4) & 1 ? -1 : 1);
+/* lane[l] += ls · Σ value·q8 over elements 4l..4l+3 of 32: four grid entries (8 values each) with their signs */
+static inline void lanes_add(int32_t lane[8], const uint32_t g[8], const unsigned signs[4], const int8_t *q8, int ls) {
+    for (int e = 0; e < 32; ++e) {
+        const int v = (uint8_t)(g[e / 4] >> 8 * (e % 4));
+        const int q = signs[e / 8] >> (e % 8) & 1 ? -q8[e] : q8[e];
+        lane[e / 4] += ls * (v * q);
     }
-    return sum;
+}
+
+static inline float lanes_total(const float acc[8]) {
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
 }
 
 void tk_vec_dot_iq3_xxs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq3_xxs *x = vx;
     const block_q8_K *y = vy;
-    float sumf = 0;
+    float acc[8] = {0};
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = tk_fp16_table[x[i].d] * y[i].d;
-        const int8_t *q8 = y[i].qs;
-        int32_t bsum = 0;
+        int32_t lane[8] = {0};
         for (int ib = 0; ib < QK_K / 32; ++ib) {
             const uint32_t w = xxs_word(&x[i], ib);
-            const uint8_t *q3 = x[i].qs + 8 * ib;
-            int32_t sumi = 0;
-            for (int l = 0; l < 4; ++l, q8 += 8)
-                sumi += grid_pair_dot(tk_iq3xxs_grid[q3[2 * l]], tk_iq3xxs_grid[q3[2 * l + 1]],
-                                      even_signs(w >> 7 * l & 127), q8);
-            bsum += sumi * (int32_t)(2 * (w >> 28) + 1);
+            uint32_t g[8];
+            unsigned signs[4];
+            for (int k = 0; k < 8; ++k) g[k] = tk_iq3xxs_grid[x[i].qs[8 * ib + k]];
+            for (int l = 0; l < 4; ++l) signs[l] = even_signs(w >> 7 * l & 127);
+            lanes_add(lane, g, signs, y[i].qs + 32 * ib, (int)(2 * (w >> 28) + 1));
         }
-        sumf += d * bsum;
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    *s = 0.25f * sumf;
+    *s = 0.25f * lanes_total(acc);
 }
 
 void tk_vec_dot_iq3_s_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq3_s *x = vx;
     const block_q8_K *y = vy;
-    float sumf = 0;
+    float acc[8] = {0};
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = tk_fp16_table[x[i].d] * y[i].d;
-        const int8_t *q8 = y[i].qs;
-        int32_t bsum = 0;
+        int32_t lane[8] = {0};
         for (int ib = 0; ib < QK_K / 32; ++ib) {
-            int32_t sumi = 0;
-            for (int l = 0; l < 4; ++l, q8 += 8)
-                sumi += grid_pair_dot(tk_iq3s_grid[s_index(&x[i], ib, 2 * l)], tk_iq3s_grid[s_index(&x[i], ib, 2 * l + 1)],
-                                      x[i].signs[4 * ib + l], q8);
-            bsum += sumi * (int32_t)(2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1);
+            uint32_t g[8];
+            unsigned signs[4];
+            for (int k = 0; k < 8; ++k) g[k] = tk_iq3s_grid[s_index(&x[i], ib, k)];
+            for (int l = 0; l < 4; ++l) signs[l] = x[i].signs[4 * ib + l];
+            lanes_add(lane, g, signs, y[i].qs + 32 * ib, 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1);
         }
-        sumf += d * bsum;
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
     }
-    *s = sumf;
+    *s = lanes_total(acc);
 }

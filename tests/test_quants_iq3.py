@@ -112,8 +112,8 @@ def test_table_rows():
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_simd_dot_products_are_ggml_s_bits(t):
-    """With AVX2 both sides, the matrix products equal ggml's vec_dot (its AVX2 build) bit for bit on the same bytes,
-    one token alone and several batched."""
+    """The matrix products equal ggml's AVX2 vec_dot bit for bit on the same bytes, one token alone and several
+    batched, on our AVX2 kernels and on our scalar ones (which follow the AVX2 float order)."""
     llama_cpp = pytest.importorskip("llama_cpp")
     if not native.cpu_features().get("f16c_avx2"):
         pytest.skip("no AVX2")
@@ -136,9 +136,10 @@ def test_simd_dot_products_are_ggml_s_bits(t):
         for r in range(rows):
             fn(cols, ctypes.addressof(out), 0, w[r].ctypes.data, 0, act[j].ctypes.data, 0, 1)
             want[j, r] = out.value
-    native.set_force_scalar(False)
     try:
-        np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
-        np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x[2:3], 1), want[2:3])
+        for scalar in (False, True):
+            native.set_force_scalar(scalar)
+            np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
+            np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x[2:3], 1), want[2:3])
     finally:
         native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
