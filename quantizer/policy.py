@@ -124,6 +124,8 @@ class _Mixture:
         self.has_imatrix = has_imatrix
         self.i_attn_v = 0
         self.i_ffn_down = 0
+        self.i_ffn_gate = 0
+        self.i_ffn_up = 0
 
     def choose(self, name: str, ncols: int, t: T) -> T:
         cat, f, facts = category(name), self.ft, self.facts
@@ -133,15 +135,25 @@ class _Mixture:
                 return self.opts.output_tensor_type
             if falcon or ncols % GGML_QUANT_SIZES[t][0]:
                 return T.Q8_0
+            if f == "IQ3_XXS":
+                return T.Q5_K
             return t if t == T.Q8_0 else T.Q6_K
         if cat == "token_embd":
             if self.opts.token_embedding_type is not None:
                 return self.opts.token_embedding_type
+            if f == "IQ3_XXS":
+                return T.IQ3_S
             return T.Q4_K if f in ("TQ1_0", "TQ2_0") else t
         if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
             if f == "Q2_K":
                 t = T.Q4_K if facts.n_gqa >= 4 else T.Q3_K
             elif f == "Q2_K_S" and facts.n_gqa >= 4:
+                t = T.Q4_K
+            elif f == "IQ3_XXS":
+                t = T.Q4_K if facts.n_gqa >= 4 else T.IQ3_XXS if self.has_imatrix else T.IQ3_S
+            elif f in ("IQ3_XS", "IQ3_S") and facts.n_gqa >= 4:
+                t = T.Q4_K
+            elif f == "IQ3_M":
                 t = T.Q4_K
             elif f == "Q3_K_M":
                 t = T.Q5_K if self.i_attn_v < 2 else T.Q4_K
@@ -161,6 +173,15 @@ class _Mixture:
         elif cat == "attn_k":
             if facts.n_expert == 8:
                 t = T.Q8_0
+            elif f == "IQ3_XS":
+                t = T.IQ3_XXS
+            elif f == "IQ3_XXS":
+                t = T.IQ2_S
+        elif cat == "attn_q":
+            if f == "IQ3_XS":
+                t = T.IQ3_XXS
+            elif f == "IQ3_XXS":
+                t = T.IQ2_S
         elif cat == "ffn_down":
             i, n = self.i_ffn_down, facts.n_layer
             if f == "Q2_K":
@@ -168,8 +189,12 @@ class _Mixture:
             elif f == "Q2_K_S":
                 if i < n // 8:
                     t = T.Q4_K
+            elif f == "IQ3_XXS" and not self.has_imatrix:
+                t = T.Q4_K if i < n // 8 else T.Q3_K
             elif f == "Q3_K_M":
                 t = T.Q5_K if i < n // 16 else T.Q4_K if (not falcon or use_more_bits(i, n)) else T.Q3_K
+            elif f == "IQ3_M" and (i < n // 8 or (facts.n_expert == 8 and use_more_bits(i, n))):
+                t = T.Q4_K
             elif f == "Q3_K_L":
                 t = T.Q4_K if falcon else T.Q5_K
             elif f == "Q4_K_M":
@@ -190,21 +215,35 @@ class _Mixture:
         elif cat == "attn_output":
             if not falcon:
                 if facts.n_expert == 8:
-                    if f in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "IQ4_NL", "IQ4_XS"):
+                    if f in ("Q2_K", "Q3_K_S", "Q3_K_M", "Q4_K_S", "Q4_K_M", "IQ4_NL", "IQ4_XS", "IQ3_XXS", "IQ3_XS",
+                             "IQ3_S", "IQ3_M"):
                         t = T.Q5_K
                 elif f == "Q2_K":
                     t = T.Q3_K
+                elif f == "IQ3_XXS":
+                    t = T.IQ3_S
+                elif f == "IQ3_M":
+                    t = T.Q4_K
                 elif f == "Q3_K_M":
                     t = T.Q4_K
                 elif f == "Q3_K_L":
                     t = T.Q5_K
             elif f == "Q3_K_L":
                 t = T.Q4_K
+        elif cat in ("ffn_gate", "ffn_up"):
+            # the middle three quarters of the layers' gate and up matrices of IQ3_XS files go one type down
+            i, n = (self.i_ffn_gate, facts.n_layer) if cat == "ffn_gate" else (self.i_ffn_up, facts.n_layer)
+            if f == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
+                t = T.IQ3_XXS
+            if cat == "ffn_gate":
+                self.i_ffn_gate += 1
+            else:
+                self.i_ffn_up += 1
         return t
 
 
 _FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
-             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0}
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL}
 
 
 def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
@@ -223,6 +262,8 @@ def requires_imatrix(name: str, dst_type: T, ft: FileType) -> bool:
     Q2_K in a Q2_K_S file), never for the output or token embeddings."""
     if name == "output.weight" or name in TOKEN_EMBD_NAMES:
         return False
+    if dst_type == T.IQ3_XXS:
+        return True
     return dst_type == T.Q2_K and ft.name == "Q2_K_S"
 
 

@@ -27,6 +27,9 @@ FILE_TYPES: list[FileType] = [
     FileType("Q5_1", FT.MOSTLY_Q5_1, T.Q5_1, 6.0, "5.65G, +0.1062 ppl @ Llama-3-8B"),
     FileType("Q2_K", FT.MOSTLY_Q2_K, T.Q2_K, 2.625, "2.96G, +3.5199 ppl @ Llama-3-8B"),
     FileType("Q2_K_S", FT.MOSTLY_Q2_K_S, T.Q2_K, 2.625, "2.96G, +3.1836 ppl @ Llama-3-8B"),
+    FileType("IQ3_S", FT.MOSTLY_IQ3_S, T.IQ3_S, 3.4375, "3.44 bpw quantization"),
+    FileType("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, 3.4375, "3.66 bpw quantization mix"),
+    FileType("IQ3_XS", FT.MOSTLY_IQ3_XS, T.IQ3_S, 3.4375, "3.3 bpw quantization"),
     FileType("Q3_K_S", FT.MOSTLY_Q3_K_S, T.Q3_K, 3.4375, "3.41G, +1.6321 ppl @ Llama-3-8B"),
     FileType("Q3_K_M", FT.MOSTLY_Q3_K_M, T.Q3_K, 3.4375, "3.74G, +0.6569 ppl @ Llama-3-8B"),
     FileType("Q3_K_L", FT.MOSTLY_Q3_K_L, T.Q3_K, 3.4375, "4.03G, +0.5562 ppl @ Llama-3-8B"),
@@ -51,7 +54,7 @@ _BY_ID = {int(f.ftype): f for f in FILE_TYPES}
 # Tensor types accepted by --output-tensor-type / --token-embedding-type (ggml type names, as llama-quantize)
 TENSOR_TYPES = {t.name.lower(): t for t in (T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
                                             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
-                                            T.TQ1_0, T.TQ2_0)}
+                                            T.TQ1_0, T.TQ2_0, T.IQ3_XXS, T.IQ3_S)}
 
 
 def valid_names() -> str:

@@ -22,8 +22,8 @@ from common.ggufio import GGUFFile
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
-# Q2_K_S needs an importance matrix (tests/test_quantize_imatrix.py)
-TYPE_NAMES = [f.name for f in FILE_TYPES if f.name != "Q2_K_S"]
+# Q2_K_S and IQ3_XS need an importance matrix (tests/test_quantize_imatrix.py)
+TYPE_NAMES = [f.name for f in FILE_TYPES if f.name not in ("Q2_K_S", "IQ3_XS")]
 
 
 def llama_cpp_quantize(inp, out, ftype: int, **params) -> None:

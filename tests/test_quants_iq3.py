@@ -143,3 +143,23 @@ def test_simd_dot_products_are_ggml_s_bits(t):
             np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x[2:3], 1), want[2:3])
     finally:
         native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
+
+
+def test_files_with_iq3_xxs_tensors_need_a_matrix(tmp_path):
+    """IQ3_XS puts IQ3_XXS in attn_q/attn_k and the middle layers' ffn_gate/ffn_up, which llama.cpp makes only with
+    an importance matrix: both refuse without one (ours in one line, writing nothing)."""
+    from converter.convert import convert_model
+    from fixtures import make_checkpoint
+    from quantizer.types import parse_file_type
+    from tests.helpers import run_toolkit
+    from tests.test_quantize_file import llama_cpp_quantize
+
+    model = tmp_path / "f16.gguf"
+    convert_model(make_checkpoint("llama", tmp_path / "m", hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=4), outtype="f16", outfile=model)
+    with pytest.raises(AssertionError):
+        llama_cpp_quantize(model, tmp_path / "theirs.gguf", int(parse_file_type("IQ3_XS").ftype))
+    r = run_toolkit("quantize", str(model), str(tmp_path / "o.gguf"), "IQ3_XS")
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "requires an importance matrix" in last and "iq3_xxs" in last, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o.gguf").exists()
