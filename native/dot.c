@@ -11,6 +11,7 @@
 #include <string.h>
 #include <math.h>
 #include "quants.h"
+#include "quants_iq2.h"
 #include "quants_iq1.h"
 #include "quants_iq3.h"
 
@@ -305,6 +306,9 @@ static const struct tk_dot_traits DOTS[TK_TYPE_COUNT] = {
     DOT(TK_IQ3_S, TK_Q8_K, tk_vec_dot_iq3_s_q8_K, SIMD(tk_vec_dot_iq3_s_q8_K_avx2)),
     DOT(TK_IQ1_S, TK_Q8_K, tk_vec_dot_iq1_s_q8_K, SIMD(tk_vec_dot_iq1_s_q8_K_avx2)),
     DOT(TK_IQ1_M, TK_Q8_K, tk_vec_dot_iq1_m_q8_K, SIMD(tk_vec_dot_iq1_m_q8_K_avx2)),
+    DOT(TK_IQ2_XXS, TK_Q8_K, tk_vec_dot_iq2_xxs_q8_K, SIMD(tk_vec_dot_iq2_xxs_q8_K_avx2)),
+    DOT(TK_IQ2_XS, TK_Q8_K, tk_vec_dot_iq2_xs_q8_K, SIMD(tk_vec_dot_iq2_xs_q8_K_avx2)),
+    DOT(TK_IQ2_S, TK_Q8_K, tk_vec_dot_iq2_s_q8_K, SIMD(tk_vec_dot_iq2_s_q8_K_avx2)),
     DOT(TK_IQ4_NL, TK_Q8_0, tk_vec_dot_iq4_nl_q8_0, SIMD(tk_vec_dot_iq4_nl_q8_0_avx2)),
     DOT(TK_IQ4_XS, TK_Q8_K, tk_vec_dot_iq4_xs_q8_K, SIMD(tk_vec_dot_iq4_xs_q8_K_avx2)),
     DOT(TK_TQ1_0, TK_Q8_K, tk_vec_dot_tq1_0_q8_K, SIMD(tk_vec_dot_tq1_0_q8_K_avx2)),

@@ -19,6 +19,7 @@
 #include "quants.h"
 #include "quants_iq1.h"
 #include "quants_iq3.h"
+#include "quants_iq2.h"
 
 
 
@@ -133,7 +134,7 @@ static float fit_affine_weighted(int n, int nmax, const float *x, const float *w
 /* Non-negative values x ≈ scale·L, L in [0, nmax] (make_qp_quants: the super-block scales of Q2_K/Q4_K/Q5_K, each
    sub-block scale weighted by its sub-block's total weight): the best of 9 grids by weighted squared error, then up
    to five passes of coordinate descent on (Σw·x·l)²/Σw·l². Returns Σw·x·l/Σw·l². L keeps ggml's uint8 narrowing. */
-static float fit_scales_weighted(int n, int nmax, const float *x, uint8_t *L, const float *w) {
+float fit_scales_weighted(int n, int nmax, const float *x, uint8_t *L, const float *w) {
     float max = 0;
     for (int i = 0; i < n; ++i) max = max > x[i] ? max : x[i];
     if (max < GROUP_MAX_EPS) {
@@ -392,6 +393,9 @@ tk_quantize_row_imatrix_fn tk_quantize_row_imatrix(int type) {
     case TK_IQ3_S: return quantize_row_iq3_s_imatrix;
     case TK_IQ1_S: return quantize_row_iq1_s_imatrix;
     case TK_IQ1_M: return quantize_row_iq1_m_imatrix;
+    case TK_IQ2_XXS: return quantize_row_iq2_xxs_imatrix;
+    case TK_IQ2_XS: return quantize_row_iq2_xs_imatrix;
+    case TK_IQ2_S: return quantize_row_iq2_s_imatrix;
     case TK_IQ4_NL: return quantize_row_iq4_nl_imatrix;
     case TK_IQ4_XS: return quantize_row_iq4_xs_imatrix;
     default: return NULL;

@@ -2,6 +2,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include "quants.h"
+#include "quants_iq2.h"
 #include "quants_iq1.h"
 #include "quants_iq3.h"
 
@@ -45,6 +46,9 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
     ROW(TK_IQ3_S, "iq3_s", QK_K, sizeof(block_iq3_s), quantize_row_iq3_s, dequantize_row_iq3_s, NULL),
     ROW(TK_IQ1_S, "iq1_s", QK_K, sizeof(block_iq1_s), NULL, dequantize_row_iq1_s, NULL), /* needs weights */
     ROW(TK_IQ1_M, "iq1_m", QK_K, sizeof(block_iq1_m), quantize_row_iq1_m, dequantize_row_iq1_m, NULL),
+    ROW(TK_IQ2_XXS, "iq2_xxs", QK_K, sizeof(block_iq2_xxs), NULL, dequantize_row_iq2_xxs, NULL),
+    ROW(TK_IQ2_XS, "iq2_xs", QK_K, sizeof(block_iq2_xs), NULL, dequantize_row_iq2_xs, NULL),
+    ROW(TK_IQ2_S, "iq2_s", QK_K, sizeof(block_iq2_s), quantize_row_iq2_s, dequantize_row_iq2_s, NULL),
     ROW(TK_IQ4_NL, "iq4_nl", QK, sizeof(block_iq4_nl), quantize_row_iq4_nl, dequantize_row_iq4_nl, NULL),
     ROW(TK_IQ4_XS, "iq4_xs", QK_K, sizeof(block_iq4_xs), quantize_row_iq4_xs, dequantize_row_iq4_xs, NULL),
     ROW(TK_TQ1_0, "tq1_0", QK_K, sizeof(block_tq1_0), quantize_row_tq1_0, dequantize_row_tq1_0, NULL),

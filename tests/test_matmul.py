@@ -39,14 +39,15 @@ F32, F16, BF16 = 0, 1, 30
 Q8_0, Q8_1, Q8_K = 8, 9, 15
 NAMES = {F32: "F32", F16: "F16", BF16: "BF16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", Q8_0: "Q8_0",
          10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS",
-         34: "TQ1_0", 35: "TQ2_0", 18: "IQ3_XXS", 21: "IQ3_S", 19: "IQ1_S", 29: "IQ1_M"}
+         34: "TQ1_0", 35: "TQ2_0", 18: "IQ3_XXS", 21: "IQ3_S", 19: "IQ1_S", 29: "IQ1_M",
+         16: "IQ2_XXS", 17: "IQ2_XS", 22: "IQ2_S"}
 TYPES = list(NAMES)
 VEC_DOT_TYPE = {F32: F32, F16: F16, BF16: BF16, 2: Q8_0, 3: Q8_1, 6: Q8_0, 7: Q8_1, 8: Q8_0,
                 10: Q8_K, 11: Q8_K, 12: Q8_K, 13: Q8_K, 14: Q8_K, 20: Q8_0, 23: Q8_K, 34: Q8_K, 35: Q8_K, 18: Q8_K, 21: Q8_K,
-                19: Q8_K, 29: Q8_K}
+                19: Q8_K, 29: Q8_K, 16: Q8_K, 17: Q8_K, 22: Q8_K}
 BLOCK = {t: native.TRAITS[t][1] for t in TYPES}
 # types whose quantizers are slow (a grid search per group) and tested bit for bit elsewhere: random blocks here
-RANDOM_BLOCKS = {18, 21, 19, 29}
+RANDOM_BLOCKS = {18, 21, 19, 29, 16, 17, 22}
 
 FLOAT_RTOL = 1e-5
 SIMD_RTOL = 1e-5

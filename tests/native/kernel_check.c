@@ -26,12 +26,14 @@
 #include "levels.h"
 #include "quants_iq1.h"
 #include "quants_iq3.h"
+#include "quants_iq2.h"
 
 #define RTOL 1e-5
 
 static const int DOT_TYPES[] = {TK_F32, TK_F16, TK_BF16, TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0,
                                 TK_Q2_K, TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K, TK_IQ4_NL, TK_IQ4_XS, TK_TQ1_0,
-                                TK_TQ2_0, TK_IQ1_S, TK_IQ1_M, TK_IQ3_XXS, TK_IQ3_S};
+                                TK_TQ2_0, TK_IQ1_S, TK_IQ1_M, TK_IQ3_XXS, TK_IQ3_S, TK_IQ2_XXS,
+                                TK_IQ2_XS, TK_IQ2_S};
 static const int QUANT_TYPES[] = {TK_Q4_0, TK_Q4_1, TK_Q5_0, TK_Q5_1, TK_Q8_0, TK_Q2_K,
                                   TK_Q3_K, TK_Q4_K, TK_Q5_K, TK_Q6_K, TK_Q8_K};
 #define COUNT(a) (int)(sizeof(a) / sizeof((a)[0]))
@@ -80,6 +82,7 @@ static void sane_scales(int t, uint8_t *row, int64_t cols) {
     case TK_Q3_K: off[nf++] = offsetof(block_q3_K, d); break;
     case TK_Q6_K: off[nf++] = offsetof(block_q6_K, d); break;
     case TK_IQ4_NL: case TK_IQ4_XS: case TK_IQ3_XXS: case TK_IQ3_S: off[nf++] = 0; break;
+    case TK_IQ2_XXS: case TK_IQ2_XS: case TK_IQ2_S: off[nf++] = 0; break;
     case TK_TQ1_0: off[nf++] = offsetof(block_tq1_0, d); break;
     case TK_TQ2_0: off[nf++] = offsetof(block_tq2_0, d); break;
     case TK_IQ1_S: off[nf++] = offsetof(block_iq1_s, d); break;
@@ -162,7 +165,8 @@ static int exact_type(int t) {
 #else
     /* x86: the scalar kernels that follow the AVX2 kernels' order (dot.c) */
     return t == TK_Q4_0 || t == TK_Q4_1 || t == TK_Q5_0 || t == TK_Q5_1 || t == TK_Q8_0 || t == TK_Q2_K ||
-           t == TK_Q5_K || t == TK_IQ3_XXS || t == TK_IQ3_S;
+           t == TK_Q5_K || t == TK_IQ3_XXS || t == TK_IQ3_S || t == TK_IQ2_XXS || t == TK_IQ2_XS ||
+           t == TK_IQ2_S;
 #endif
 }
 

@@ -1,0 +1,545 @@
+/* The 2-bit "grid" types IQ2_XXS (2.06 bpw), IQ2_XS (2.31 bpw) and IQ2_S (2.56 bpw): each group of 8 weights is one
+   point of a grid of 256 / 512 / 1024 vectors whose values are 8, 25 or 43 (index form in quants_iq2_grids.h), with
+   signs (7 bits and an even-parity eighth for IQ2_XXS/IQ2_XS, 8 bits for IQ2_S), and 4-bit scales per 32 (IQ2_XXS) or
+   16 weights under an fp16 super-block scale.
+
+   Quantizers bit-exact with ggml's quantize_iq2_xxs / quantize_iq2_xs / quantize_iq2_s (what ggml_quantize_chunk
+   runs; IQ2_XXS and IQ2_XS only with an importance matrix, as ggml asserts), their search tables (for every 8-vector
+   of levels off the grid, the grid points at the nearest one (IQ2_S) or two distances, by index) built once per
+   process and type under pthread_once; dequantizers; the scalar dot products in the float order of ggml's AVX2 kernels. Same float rules as quants_k.c: fp32, ggml's order, no contraction. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quants.h"
+#include "quants_iq2.h"
+#include "quants_iq2_grids.h"
+
+/* ---------------------------------------------------------------------------------------------- value tables */
+
+uint64_t tk_iq2xxs_grid[256], tk_iq2xs_grid[512], tk_iq2s_grid[1024];
+uint8_t tk_iq2_ksigns[128];
+uint64_t tk_iq2_sign_bytes[256];
+
+/* the 8 bytes of a grid point: value i is map[bits 2i..2i+1 of k] */
+static uint64_t grid_point_bytes(uint16_t k, const uint8_t map[4]) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= (uint64_t)map[(k >> 2 * i) & 3] << 8 * i;
+    return v;
+}
+
+__attribute__((constructor)) static void fill_iq2_tables(void) {
+    static const uint8_t values[4] = {0x08, 0x19, 0x2b, 0};
+    for (int k = 0; k < 256; ++k) tk_iq2xxs_grid[k] = grid_point_bytes(iq2xxs_kgrid[k], values);
+    for (int k = 0; k < 512; ++k) tk_iq2xs_grid[k] = grid_point_bytes(iq2xs_kgrid[k], values);
+    for (int k = 0; k < 1024; ++k) tk_iq2s_grid[k] = grid_point_bytes(iq2s_kgrid[k], values);
+    for (int i = 0; i < 128; ++i) tk_iq2_ksigns[i] = (uint8_t)(i | (__builtin_popcount(i) & 1) << 7);
+    for (int s = 0; s < 256; ++s) {
+        uint64_t v = 0;
+        for (int j = 0; j < 8; ++j) v |= (uint64_t)((s >> j) & 1 ? 0xFF : 0x01) << 8 * j;
+        tk_iq2_sign_bytes[s] = v;
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- search tables */
+
+#define IQ2_MAP_SIZE 43692 /* the 8-vectors of levels 0..2 index below this (2·Σ4^k + 2) */
+#define IQ2_MAX_D2 289     /* squared distances of points whose coordinates are odd numbers 1..7 */
+
+/* For one grid: its points as levels 2l+1 (1, 3, 5); map: for an 8-vector of 2-bit levels (bits 2i..2i+1), its grid
+   index, or -(o + 1) where neighbours[o] is the count n and neighbours[o + 1 .. o + n] the nearest grid points */
+struct iq2_search {
+    int size, nwant;
+    const uint16_t *kgrid;
+    int8_t (*points)[8];
+    int32_t *map;
+    uint16_t *neighbours;
+    pthread_once_t once;
+};
+
+static struct iq2_search SEARCH[3] = {
+    {256, 2, iq2xxs_kgrid, NULL, NULL, NULL, PTHREAD_ONCE_INIT},
+    {512, 2, iq2xs_kgrid, NULL, NULL, NULL, PTHREAD_ONCE_INIT},
+    {1024, 1, iq2s_kgrid, NULL, NULL, NULL, PTHREAD_ONCE_INIT},
+};
+
+/* Grid points of entry i (not on the grid) at its nwant nearest distances, by distance then index (ggml's qsort on
+   (d2, index) cut after the nwant-th distinct distance). Writes them to out (when not NULL); returns their count. */
+static int nearest_points(const struct iq2_search *t, int i, int *d2, uint16_t *out) {
+    int8_t pos[8];
+    for (int k = 0; k < 8; ++k) pos[k] = (int8_t)(2 * ((i >> 2 * k) & 3) + 1);
+    int used[IQ2_MAX_D2] = {0};
+    for (int j = 0; j < t->size; ++j) {
+        int d = 0;
+        for (int k = 0; k < 8; ++k) d += (t->points[j][k] - pos[k]) * (t->points[j][k] - pos[k]);
+        d2[j] = d;
+        used[d] = 1;
+    }
+    int n = 0, have = 0;
+    for (int d = 0; d < IQ2_MAX_D2 && have < t->nwant; ++d) {
+        if (!used[d]) continue;
+        ++have;
+        for (int j = 0; j < t->size; ++j)
+            if (d2[j] == d) {
+                if (out) out[n] = (uint16_t)j;
+                ++n;
+            }
+    }
+    return n;
+}
+
+static void build_search(struct iq2_search *t) {
+    t->points = malloc(sizeof(*t->points) * (size_t)t->size);
+    t->map = malloc(sizeof(int32_t) * IQ2_MAP_SIZE);
+    int *d2 = malloc(sizeof(int) * (size_t)t->size);
+    if (!t->points || !t->map || !d2) goto fail;
+    for (int i = 0; i < IQ2_MAP_SIZE; ++i) t->map[i] = -1;
+    for (int j = 0; j < t->size; ++j) {
+        for (int k = 0; k < 8; ++k) t->points[j][k] = (int8_t)(2 * ((t->kgrid[j] >> 2 * k) & 3) + 1);
+        t->map[t->kgrid[j]] = j;
+    }
+    size_t total = 0;
+    for (int i = 0; i < IQ2_MAP_SIZE; ++i)
+        if (t->map[i] < 0) total += 1 + (size_t)nearest_points(t, i, d2, NULL);
+    t->neighbours = malloc(sizeof(uint16_t) * total);
+    if (!t->neighbours) goto fail;
+    size_t o = 0;
+    for (int i = 0; i < IQ2_MAP_SIZE; ++i) {
+        if (t->map[i] >= 0) continue;
+        const int n = nearest_points(t, i, d2, t->neighbours + o + 1);
+        t->neighbours[o] = (uint16_t)n;
+        t->map[i] = -(int32_t)(o + 1);
+        o += 1 + (size_t)n;
+    }
+    free(d2);
+    return;
+fail:
+    fprintf(stderr, "toolkit: out of memory building the IQ2 quantization tables\n");
+    abort();
+}
+
+static void build_xxs(void) { build_search(&SEARCH[0]); }
+static void build_xs(void) { build_search(&SEARCH[1]); }
+static void build_s(void) { build_search(&SEARCH[2]); }
+
+static const struct iq2_search *search_tables(int which) {
+    static void (*const build[3])(void) = {build_xxs, build_xs, build_s};
+    pthread_once(&SEARCH[which].once, build[which]);
+    return &SEARCH[which];
+}
+
+/* ---------------------------------------------------------------------------------------------- quantizers */
+
+/* The grid point nearest (weights waux) to scale·q for 8 values xval, among the neighbours list nb; L gets its
+   levels (ggml's iq2_find_best_neighbour; a list whose distances are all NaN, where ggml aborts, gives its first) */
+static int best_neighbour(const struct iq2_search *t, const uint16_t *nb, const float *xval, const float *waux,
+                          float scale, int8_t *L) {
+    float best_d2 = FLT_MAX;
+    int g = nb[1];
+    for (int j = 1; j <= nb[0]; ++j) {
+        const int8_t *pg = t->points[nb[j]];
+        float d2 = 0;
+        for (int i = 0; i < 8; ++i) {
+            const float diff = scale * pg[i] - xval[i];
+            d2 += waux[i] * diff * diff;
+        }
+        if (d2 < best_d2) {
+            best_d2 = d2;
+            g = nb[j];
+        }
+    }
+    for (int i = 0; i < 8; ++i) L[i] = (int8_t)((t->points[g][i] - 1) / 2);
+    return g;
+}
+
+/* 8 values rounded to levels 0..2 at inverse scale id (L), moved to the best neighbour for scale when the result is
+   off the grid; returns the grid index, *on_grid whether the rounding was on it */
+static int to_grid(const struct iq2_search *t, const float *xval, const float *waux, float id, float scale, int8_t *L,
+                   int *on_grid) {
+    unsigned u = 0;
+    for (int i = 0; i < 8; ++i) {
+        L[i] = (int8_t)clampi(tk_nearest_int(0.5f * (id * xval[i] - 1)), 0, 2);
+        u |= (unsigned)L[i] << 2 * i;
+    }
+    const int g = t->map[u];
+    *on_grid = g >= 0;
+    return g >= 0 ? g : best_neighbour(t, t->neighbours - g - 1, xval, waux, scale, L);
+}
+
+/* Σw·x·q and Σw·q² with q = 2L + 1 */
+static void level_sums(int n, const float *xval, const float *w, const int8_t *L, float *sumqx, float *sumq2) {
+    float sqx = 0, sq2 = 0;
+    for (int i = 0; i < n; ++i) {
+        const float q = 2 * L[i] + 1;
+        sqx += w[i] * xval[i] * q;
+        sq2 += w[i] * q * q;
+    }
+    *sumqx = sqx;
+    *sumq2 = sq2;
+}
+
+/* Magnitudes of 8 values (xval) and their sign bits; with parity, an odd count of negatives is made even by keeping
+   the sign of the element of least w·x² (returned in 7 bits, the eighth implied) */
+static uint8_t split_signs(const float *xb, const float *w, float *xval, int parity) {
+    int nflip = 0;
+    uint8_t s = 0;
+    for (int i = 0; i < 8; ++i) {
+        if (xb[i] >= 0) {
+            xval[i] = xb[i];
+        } else {
+            xval[i] = -xb[i];
+            ++nflip;
+            s |= (uint8_t)(1 << i);
+        }
+    }
+    if (!parity) return s;
+    if (nflip % 2) {
+        int imin = 0;
+        float min = w[0] * xb[0] * xb[0];
+        for (int i = 1; i < 8; ++i) {
+            const float ax = w[i] * xb[i] * xb[i];
+            if (ax < min) {
+                min = ax;
+                imin = i;
+            }
+        }
+        xval[imin] = -xval[imin];
+        s ^= (uint8_t)(1 << imin);
+    }
+    return s & 127;
+}
+
+/* IQ2_XS / IQ2_S scale of 16 magnitudes (largest max > 0): 19 scales around max/5 tried, each rounding snapped to the
+   grid, the best by (Σw·x·q)²/Σw·q²; the halves that were snapped re-rounded at the fitted scale and refitted.
+   L gets the levels (on the grid). */
+static float fit16(const struct iq2_search *t, const float *xval, const float *weight, const float *waux, float max,
+                   int8_t L[16]) {
+    int8_t Laux[16];
+    int on[2] = {1, 1}, on_aux[2];
+    float best = 0, scale = max / 5, sumqx, sumq2;
+    for (int is = -9; is <= 9; ++is) {
+        const float id = (5 + is * 0.1f) / max, this_scale = 1 / id;
+        for (int k = 0; k < 2; ++k) to_grid(t, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k, &on_aux[k]);
+        level_sums(16, xval, weight, Laux, &sumqx, &sumq2);
+        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            memcpy(L, Laux, 16);
+            on[0] = on_aux[0];
+            on[1] = on_aux[1];
+        }
+    }
+    if ((!on[0] || !on[1]) && scale > 0) {
+        const float id = 1 / scale;
+        int dummy;
+        for (int k = 0; k < 2; ++k)
+            if (!on[k]) to_grid(t, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k, &dummy);
+        level_sums(16, xval, weight, L, &sumqx, &sumq2);
+        if (sumq2 > 0) scale = sumqx / sumq2;
+    }
+    return scale;
+}
+
+/* the grid index of 8 levels that are on the grid (0 for levels off it: left only by a NaN scale, where ggml aborts) */
+static int grid_index(const struct iq2_search *t, const int8_t *L) {
+    unsigned u = 0;
+    for (int i = 0; i < 8; ++i) u |= (unsigned)(L[i] & 3) << 2 * i;
+    return u < IQ2_MAP_SIZE && t->map[u] >= 0 ? t->map[u] : 0;
+}
+
+/* 4-bit sub-block scale l with d·(2l + 1)/2 nearest the fitted scale */
+static inline int sub_scale(float id, float scale) { return clampi(tk_nearest_int(0.5f * (id * scale - 1)), 0, 15); }
+
+static void quantize_block_iq2_xxs(const struct iq2_search *t, const float *xbl, const float *qw, block_iq2_xxs *y) {
+    float scales[QK_K / 32], weight[32], waux[32], xval[32];
+    int8_t L[32], Laux[32];
+    uint8_t signs[4];
+    uint32_t q2[2 * (QK_K / 32)] = {0};
+    y->d = tk_fp32_to_fp16(0.f);
+    float max_scale = 0, sumx2 = 0;
+    for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i] * xbl[i];
+    const float sigma2 = sumx2 / QK_K;
+    for (int ib = 0; ib < QK_K / 32; ++ib) {
+        const float *xb = xbl + 32 * ib;
+        for (int i = 0; i < 32; ++i) weight[i] = qw[32 * ib + i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        for (int i = 0; i < 32; ++i) waux[i] = sqrtf(weight[i]);
+        for (int k = 0; k < 4; ++k) signs[k] = split_signs(xb + 8 * k, weight + 8 * k, xval + 8 * k, 1);
+        float max = xval[0];
+        for (int i = 1; i < 32; ++i) max = max > xval[i] ? max : xval[i];
+        scales[ib] = 0;
+        if (max < GROUP_MAX_EPS) continue;
+        float scale = fit_scales_weighted(32, 4, xval, (uint8_t *)L, weight);
+        const float eff_max = scale * 3;
+        if (eff_max <= 0) continue;
+        float best = 0, sumqx, sumq2;
+        int on;
+        for (int is = -6; is <= 6; ++is) {
+            const float id = (5 + is * 0.1f) / eff_max, this_scale = 1 / id;
+            for (int k = 0; k < 4; ++k) to_grid(t, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k, &on);
+            level_sums(32, xval, weight, Laux, &sumqx, &sumq2);
+            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                memcpy(L, Laux, 32);
+            }
+        }
+        if (scale > 0) {
+            const float id = 1 / scale;
+            for (int k = 0; k < 4; ++k) to_grid(t, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k, &on);
+            level_sums(32, xval, weight, L, &sumqx, &sumq2);
+            if (sumq2 > 0) scale = sumqx / sumq2;
+        }
+        if (scale < 0) {
+            scale = -scale;
+            for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
+        }
+        for (int k = 0; k < 4; ++k) {
+            q2[2 * ib] |= (uint32_t)grid_index(t, L + 8 * k) << 8 * k;
+            q2[2 * ib + 1] |= (uint32_t)signs[k] << 7 * k;
+        }
+        scales[ib] = scale;
+        max_scale = max_scale > scale ? max_scale : scale;
+    }
+    if (!max_scale) {
+        memset(y->qs, 0, sizeof(y->qs));
+        return;
+    }
+    const float d = max_scale / 31;
+    y->d = tk_fp32_to_fp16(d);
+    const float id = 1 / d;
+    for (int ib = 0; ib < QK_K / 32; ++ib) q2[2 * ib + 1] |= (uint32_t)sub_scale(id, scales[ib]) << 28;
+    memcpy(y->qs, q2, sizeof(y->qs));
+}
+
+/* IQ2_XS (s = 0) and IQ2_S (s = 1) super-blocks: the same search over sub-blocks of 16, their own weights, signs
+   and packing */
+static void quantize_block_iq2_16(const struct iq2_search *t, int s, const float *xbl, const float *qw, void *vy) {
+    float scales[QK_K / 16], weight[16], waux[16], xval[16];
+    int8_t L[16];
+    uint8_t signs[2];
+    block_iq2_xs *xs = vy;
+    block_iq2_s *is = vy;
+    if (s) memset(is, 0, sizeof(*is));
+    else memset(xs, 0, sizeof(*xs));
+    float max_scale = 0, sumx2 = 0;
+    for (int i = 0; i < QK_K; ++i) sumx2 += xbl[i] * xbl[i];
+    const float sigma2 = s ? 2 * sumx2 / QK_K : sumx2 / QK_K;
+    for (int ib = 0; ib < QK_K / 16; ++ib) {
+        const float *xb = xbl + 16 * ib;
+        if (qw)
+            for (int i = 0; i < 16; ++i) weight[i] = qw[16 * ib + i] * sqrtf(sigma2 + xb[i] * xb[i]);
+        else
+            for (int i = 0; i < 16; ++i) weight[i] = 0.25f * sigma2 + xb[i] * xb[i];
+        for (int i = 0; i < 16; ++i) waux[i] = sqrtf(weight[i]);
+        for (int k = 0; k < 2; ++k) signs[k] = split_signs(xb + 8 * k, weight + 8 * k, xval + 8 * k, !s);
+        float max = xval[0];
+        for (int i = 1; i < 16; ++i) max = max > xval[i] ? max : xval[i];
+        scales[ib] = 0;
+        memset(L, 0, 16); /* the levels when no scale tried fits (NaN sums) */
+        if (max < (s ? 1e-8f : GROUP_MAX_EPS)) continue;
+        float scale = fit16(t, xval, weight, waux, max, L);
+        if (scale < 0) {
+            scale = -scale;
+            for (int k = 0; k < 2; ++k) signs[k] = (uint8_t)(s ? ~signs[k] : ~signs[k] & 127);
+        }
+        for (int k = 0; k < 2; ++k) {
+            const int g = grid_index(t, L + 8 * k), i8 = 2 * ib + k;
+            if (s) {
+                is->qs[i8] = (uint8_t)(g & 255);
+                is->qh[i8 / 4] |= (uint8_t)((g >> 8) << 2 * (i8 % 4));
+                is->qs[QK_K / 8 + i8] = signs[k];
+            } else {
+                xs->qs[i8] = (uint16_t)(g | signs[k] << 9);
+            }
+        }
+        scales[ib] = scale;
+        max_scale = max_scale > scale ? max_scale : scale;
+    }
+    if (!max_scale) {
+        if (!s) memset(xs->qs, 0, sizeof(xs->qs));
+        return;
+    }
+    const float d = max_scale / 31;
+    const float id = 1 / d;
+    uint8_t *sc = s ? is->scales : xs->scales;
+    if (s) is->d = tk_fp32_to_fp16(d * 0.9875f);
+    else xs->d = tk_fp32_to_fp16(d);
+    for (int ib = 0; ib < QK_K / 16; ++ib) {
+        const int l = sub_scale(id, scales[ib]);
+        if (ib % 2 == 0) sc[ib / 2] = (uint8_t)l;
+        else sc[ib / 2] |= (uint8_t)(l << 4);
+    }
+}
+
+/* IQ2_XXS and IQ2_XS need the weights (ggml asserts them; callers check): NULL leaves the row untouched */
+void quantize_row_iq2_xxs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
+    if (!qw) return;
+    const struct iq2_search *t = search_tables(0);
+    block_iq2_xxs *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_xxs(t, x + QK_K * i, qw + QK_K * i, &y[i]);
+}
+
+void quantize_row_iq2_xs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
+    if (!qw) return;
+    const struct iq2_search *t = search_tables(1);
+    block_iq2_xs *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_16(t, 0, x + QK_K * i, qw + QK_K * i, &y[i]);
+}
+
+void quantize_row_iq2_s_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
+    const struct iq2_search *t = search_tables(2);
+    block_iq2_s *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_16(t, 1, x + QK_K * i, qw ? qw + QK_K * i : NULL, &y[i]);
+}
+
+void quantize_row_iq2_s(const float *x, void *y, int64_t k) { quantize_row_iq2_s_imatrix(x, y, k, NULL); }
+
+/* ---------------------------------------------------------------------------------------------- dequantizers */
+
+/* 8 values: grid bytes times dl, negated where the sign bit is set */
+static inline void put8(float *y, float dl, uint64_t grid, unsigned signs) {
+    for (int j = 0; j < 8; ++j) y[j] = dl * (float)(uint8_t)(grid >> 8 * j) * (signs >> j & 1 ? -1.f : 1.f);
+}
+
+void dequantize_row_iq2_xxs(const void *vx, float *y, int64_t k) {
+    const block_iq2_xxs *x = vx;
+    for (int64_t i = 0; i < k / QK_K; ++i) {
+        const float d = tk_fp16_to_fp32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            uint32_t aux[2];
+            memcpy(aux, x[i].qs + 4 * ib, 8);
+            const float db = d * (0.5f + (aux[1] >> 28)) * 0.25f;
+            for (int l = 0; l < 4; ++l, y += 8)
+                put8(y, db, tk_iq2xxs_grid[(aux[0] >> 8 * l) & 255], tk_iq2_ksigns[(aux[1] >> 7 * l) & 127]);
+        }
+    }
+}
+
+void dequantize_row_iq2_xs(const void *vx, float *y, int64_t k) {
+    const block_iq2_xs *x = vx;
+    for (int64_t i = 0; i < k / QK_K; ++i) {
+        const float d = tk_fp16_to_fp32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            const float db[2] = {d * (0.5f + (x[i].scales[ib] & 0xf)) * 0.25f, d * (0.5f + (x[i].scales[ib] >> 4)) * 0.25f};
+            for (int l = 0; l < 4; ++l, y += 8) {
+                const uint16_t q = x[i].qs[4 * ib + l];
+                put8(y, db[l / 2], tk_iq2xs_grid[q & 511], tk_iq2_ksigns[q >> 9]);
+            }
+        }
+    }
+}
+
+/* grid index of group l (0..3) of sub-block ib of an IQ2_S super-block */
+static inline int iq2_s_index(const block_iq2_s *x, int ib, int l) {
+    return x->qs[4 * ib + l] | ((x->qh[ib] << (8 - 2 * l)) & 0x300);
+}
+
+void dequantize_row_iq2_s(const void *vx, float *y, int64_t k) {
+    const block_iq2_s *x = vx;
+    for (int64_t i = 0; i < k / QK_K; ++i) {
+        const float d = tk_fp16_to_fp32(x[i].d);
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            const float db[2] = {d * (0.5f + (x[i].scales[ib] & 0xf)) * 0.25f, d * (0.5f + (x[i].scales[ib] >> 4)) * 0.25f};
+            for (int l = 0; l < 4; ++l, y += 8)
+                put8(y, db[l / 2], tk_iq2s_grid[iq2_s_index(&x[i], ib, l)], x[i].qs[QK_K / 8 + 4 * ib + l]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------- dot products */
+/* In the float order of ggml's AVX2 kernels (quants_iq2_avx2.c has them): per super-block, 8 exact integer lanes,
+   lane l holding Σ over the 32-weight sub-blocks of the scale (2s + 1) times Σ grid·sign·q8 over elements
+   4l..4l+3 of each; one fused multiply-add of d per lane; the lanes summed as ggml's hsum_float_8, times 0.125.
+   The scalar path thus gives the AVX2 path's bits (ggml's generic order differs in the last place, which a small
+   model amplifies in its logits). */
+
+/* the lanes of 32 weights: four grid points, their sign bits, the first 16 scaled by ls1, the last 16 by ls2 */
+static inline void lanes_add(int32_t lane[8], const uint64_t g[4], const unsigned signs[4], const int8_t *q8, int ls1,
+                             int ls2) {
+    for (int e = 0; e < 32; ++e) {
+        const int v = (int)(uint8_t)(g[e / 8] >> 8 * (e % 8)) * q8[e] * (signs[e / 8] >> (e % 8) & 1 ? -1 : 1);
+        lane[e / 4] += (e < 16 ? ls1 : ls2) * v;
+    }
+}
+
+static inline float lanes_total(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+void tk_vec_dot_iq2_xxs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_iq2_xxs *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = tk_fp16_to_fp32(x[i].d) * y[i].d;
+        int32_t lane[8] = {0};
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            uint32_t aux[2];
+            memcpy(aux, x[i].qs + 4 * ib, 8);
+            uint64_t g[4];
+            unsigned signs[4];
+            for (int l = 0; l < 4; ++l) {
+                g[l] = tk_iq2xxs_grid[(aux[0] >> 8 * l) & 255];
+                signs[l] = tk_iq2_ksigns[(aux[1] >> 7 * l) & 127];
+            }
+            const int ls = (int)(2 * (aux[1] >> 28) + 1);
+            lanes_add(lane, g, signs, y[i].qs + 32 * ib, ls, ls);
+        }
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    *s = 0.125f * lanes_total(acc);
+}
+
+void tk_vec_dot_iq2_xs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_iq2_xs *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = tk_fp16_to_fp32(x[i].d) * y[i].d;
+        int32_t lane[8] = {0};
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            uint64_t g[4];
+            unsigned signs[4];
+            for (int l = 0; l < 4; ++l) {
+                const uint16_t q = x[i].qs[4 * ib + l];
+                g[l] = tk_iq2xs_grid[q & 511];
+                signs[l] = tk_iq2_ksigns[q >> 9];
+            }
+            const uint8_t sc = x[i].scales[ib];
+            lanes_add(lane, g, signs, y[i].qs + 32 * ib, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);
+        }
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    *s = 0.125f * lanes_total(acc);
+}
+
+void tk_vec_dot_iq2_s_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_iq2_s *x = vx;
+    const block_q8_K *y = vy;
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = tk_fp16_to_fp32(x[i].d) * y[i].d;
+        int32_t lane[8] = {0};
+        for (int ib = 0; ib < QK_K / 32; ++ib) {
+            uint64_t g[4];
+            unsigned signs[4];
+            for (int l = 0; l < 4; ++l) {
+                g[l] = tk_iq2s_grid[iq2_s_index(&x[i], ib, l)];
+                signs[l] = x[i].qs[QK_K / 8 + 4 * ib + l];
+            }
+            const uint8_t sc = x[i].scales[ib];
+            lanes_add(lane, g, signs, y[i].qs + 32 * ib, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);
+        }
+        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+    }
+    *s = 0.125f * lanes_total(acc);
+}
