@@ -114,6 +114,10 @@ def use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
+# llama.cpp's file types of about 2 bits and less, whose mixture has rules of its own (_Mixture._very_low_bit)
+VERY_LOW_BIT = ("IQ2_XXS", "IQ2_XS", "IQ1_S", "IQ2_S", "IQ2_M", "IQ1_M")
+
+
 class _Mixture:
     """llama_tensor_get_type_impl for the k-quant, legacy, IQ4 and ternary file types; has_imatrix: quantizing with an
     importance matrix."""
@@ -137,13 +141,19 @@ class _Mixture:
                 return T.Q8_0
             if f == "IQ3_XXS":
                 return T.Q5_K
+            if f in VERY_LOW_BIT:
+                return T.Q5_K
             return t if t == T.Q8_0 else T.Q6_K
         if cat == "token_embd":
             if self.opts.token_embedding_type is not None:
                 return self.opts.token_embedding_type
             if f == "IQ3_XXS":
                 return T.IQ3_S
+            if f in VERY_LOW_BIT:
+                return T.IQ3_S if f in ("IQ2_S", "IQ2_M") else T.Q2_K
             return T.Q4_K if f in ("TQ1_0", "TQ2_0") else t
+        if f in VERY_LOW_BIT:
+            return self._very_low_bit(cat, t)
         if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
             if f == "Q2_K":
                 t = T.Q4_K if facts.n_gqa >= 4 else T.Q3_K
@@ -241,8 +251,33 @@ class _Mixture:
                 self.i_ffn_up += 1
         return t
 
+    def _very_low_bit(self, cat: str, t: T) -> T:
+        """The rules of the very-low-bit file types, which replace all the others: attn_v Q4_K with GQA >= 4 or 4+
+        experts (else Q2_K, IQ3_S for IQ2_S/IQ2_M), attn_k Q4_K with 8 experts, the first eighth of ffn_down Q2_K
+        (IQ3_S), attn_output Q5_K with 8 experts, else IQ2_XXS for IQ1_S/IQ1_M and IQ3_S for IQ2_S/IQ2_M."""
+        f, facts = self.ft, self.facts
+        low = T.IQ3_S if f in ("IQ2_S", "IQ2_M") else T.Q2_K
+        if cat in ("attn_v", "attn_qkv", "attn_kv_b"):
+            t = T.Q4_K if facts.n_gqa >= 4 or facts.n_expert >= 4 else low
+            self.i_attn_v += 1
+        elif cat == "attn_k" and facts.n_expert == 8:
+            t = T.Q4_K
+        elif cat == "ffn_down":
+            if self.i_ffn_down < facts.n_layer // 8:
+                t = low
+            self.i_ffn_down += 1
+        elif cat == "attn_output":
+            if facts.n_expert == 8:
+                t = T.Q5_K
+            elif f in ("IQ1_S", "IQ1_M"):
+                t = T.IQ2_XXS
+            elif f in ("IQ2_S", "IQ2_M"):
+                t = T.IQ3_S
+        return t
 
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
+
+_FALLBACK = {T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL,
+             T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
              T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL}
 
 
@@ -263,6 +298,8 @@ def requires_imatrix(name: str, dst_type: T, ft: FileType) -> bool:
     if name == "output.weight" or name in TOKEN_EMBD_NAMES:
         return False
     if dst_type == T.IQ3_XXS:
+        return True
+    if dst_type in (T.IQ1_S, T.IQ1_M):
         return True
     return dst_type == T.Q2_K and ft.name == "Q2_K_S"
 

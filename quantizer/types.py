@@ -39,6 +39,8 @@ FILE_TYPES: list[FileType] = [
     FileType("Q4_K_M", FT.MOSTLY_Q4_K_M, T.Q4_K, 4.5, "4.58G, +0.1754 ppl @ Llama-3-8B"),
     FileType("Q5_K_S", FT.MOSTLY_Q5_K_S, T.Q5_K, 5.5, "5.21G, +0.1049 ppl @ Llama-3-8B"),
     FileType("Q5_K_M", FT.MOSTLY_Q5_K_M, T.Q5_K, 5.5, "5.33G, +0.0569 ppl @ Llama-3-8B"),
+    FileType("IQ1_S", FT.MOSTLY_IQ1_S, T.IQ1_S, 1.5625, "1.56 bpw quantization"),
+    FileType("IQ1_M", FT.MOSTLY_IQ1_M, T.IQ1_M, 1.75, "1.75 bpw quantization"),
     FileType("TQ1_0", FT.MOSTLY_TQ1_0, T.TQ1_0, 1.6875, "1.69 bpw ternarization"),
     FileType("TQ2_0", FT.MOSTLY_TQ2_0, T.TQ2_0, 2.0625, "2.06 bpw ternarization"),
     FileType("Q6_K", FT.MOSTLY_Q6_K, T.Q6_K, 6.5625, "6.14G, +0.0217 ppl @ Llama-3-8B"),
@@ -54,7 +56,7 @@ _BY_ID = {int(f.ftype): f for f in FILE_TYPES}
 # Tensor types accepted by --output-tensor-type / --token-embedding-type (ggml type names, as llama-quantize)
 TENSOR_TYPES = {t.name.lower(): t for t in (T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
                                             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
-                                            T.TQ1_0, T.TQ2_0, T.IQ3_XXS, T.IQ3_S)}
+                                            T.TQ1_0, T.TQ2_0, T.IQ1_S, T.IQ1_M, T.IQ3_XXS, T.IQ3_S)}
 
 
 def valid_names() -> str:

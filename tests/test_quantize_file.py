@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as T
 
 from converter.convert import convert_model
 from fixtures import make_checkpoint
-from quantizer.policy import Options
+from quantizer.policy import Options, requires_imatrix
 from quantizer.quantize import quantize_file
 from quantizer.types import FILE_TYPES, parse_file_type
 from tests.helpers import REPO, TOOLKIT, run_toolkit
@@ -22,8 +22,9 @@ from common.ggufio import GGUFFile
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
-# Q2_K_S and IQ3_XS need an importance matrix (tests/test_quantize_imatrix.py)
-TYPE_NAMES = [f.name for f in FILE_TYPES if f.name not in ("Q2_K_S", "IQ3_XS")]
+# the types that need an importance matrix are in tests/test_quantize_imatrix.py
+TYPE_NAMES = [f.name for f in FILE_TYPES
+              if not requires_imatrix("blk.0.ffn_up.weight", f.default, f) and f.name != "IQ3_XS"]  # (IQ3_XXS tensors)
 
 
 def llama_cpp_quantize(inp, out, ftype: int, **params) -> None:

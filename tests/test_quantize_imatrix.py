@@ -111,7 +111,7 @@ def test_every_type_matches_llama_model_quantize_given_the_matrix(models, tmp_pa
     write_random_imatrix(matrix_shapes(models[model]), path)
     m = imatrix.load(path)
     assert m.chunk_count == 7 and m.datasets == ["random.txt"]
-    names = QUANT_TYPES if model == "llama256" else ["Q4_0", "Q5_1", "Q3_K_M", "Q4_K_M"]
+    names = QUANT_TYPES if model == "llama256" else ["Q4_0", "Q5_1", "Q3_K_M", "Q4_K_M", "IQ1_M"]
     for name in names:
         ft = parse_file_type(name)
         ours, theirs = tmp_path / f"ours-{name}.gguf", tmp_path / f"theirs-{name}.gguf"
@@ -156,7 +156,7 @@ def both_quantize(tmp_path: Path, model: Path, type_name: str, *options: str) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,fmt,types", [
-    ("llama256", "gguf", ["Q4_0", "Q5_0", "Q2_K", "Q3_K_L", "Q4_K_S", "Q5_K_M", "Q6_K"]),
+    ("llama256", "gguf", ["Q4_0", "Q5_0", "Q2_K", "Q3_K_L", "Q4_K_S", "Q5_K_M", "Q6_K", "IQ1_S", "IQ1_M"]),
     ("llama256", "dat", ["Q4_K_M", "Q5_1"]),
     ("mixtral256", "gguf", ["Q4_1", "Q3_K_S", "Q4_K_M"]),
 ])
@@ -210,6 +210,17 @@ def test_types_that_need_a_matrix_refuse_to_run_without_one(models, tmp_path):
     with pytest.raises(UserError, match="no weights for tensor blk.0.ffn_up.weight"):
         quantize_file(models["llama256"], tmp_path / "o.gguf", ft, imatrix=imatrix.load(m), info=lambda s: None,
                       warn=lambda s: None)
+    assert not (tmp_path / "o.gguf").exists()
+
+
+@pytest.mark.parametrize("name", ["IQ1_S", "IQ1_M"])
+def test_iq1_files_need_a_matrix(models, tmp_path, name):
+    """As llama.cpp, which refuses too; one line on the command line, nothing written."""
+    with pytest.raises(AssertionError):
+        llama_cpp_quantize(models["llama256"], tmp_path / "theirs.gguf", int(parse_file_type(name).ftype))
+    r = run_toolkit("quantize", str(models["llama256"]), str(tmp_path / "o.gguf"), name)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "requires an importance matrix" in last and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "o.gguf").exists()
 
 

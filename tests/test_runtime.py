@@ -15,11 +15,14 @@ import native
 
 from converter.convert import convert_model
 from fixtures import load_hf_model, make_checkpoint
+from quantizer import imatrix
+from quantizer.policy import requires_imatrix
 from quantizer.quantize import quantize_file
 from quantizer.types import parse_file_type
 from runtime.api import Llama
 from tests.codeshell_reference import codeshell_logits
 from tests.helpers import REPO, greedy_tokens, llama_cpp_logit_diff, quantized, run_toolkit
+from tests.test_quantize_imatrix import matrix_shapes, write_random_imatrix
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
 
@@ -80,7 +83,7 @@ def test_logits_match_reference(files, arch, outtype, tol, kernels):
 
 
 TYPES = ["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
-         "IQ4_XS", "TQ1_0", "TQ2_0"]
+         "IQ4_XS", "TQ1_0", "TQ2_0", "IQ1_S", "IQ1_M"]
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +112,26 @@ def llama256(tmp_path_factory, shared_fixtures):
 TOLERANCE = 1e-2
 
 
+def needs_matrix(ft) -> bool:
+    return requires_imatrix("blk.0.ffn_up.weight", ft.default, ft)
+
+
+def random_matrix(root, f32):
+    """For the types llama-quantize makes only with an importance matrix: a random one (llama-imatrix's layout)."""
+    path = root / "random.imatrix.gguf"
+    if not path.exists():
+        write_random_imatrix(matrix_shapes(f32), path)
+    return imatrix.load(path)
+
+
 @pytest.mark.parametrize("type_name", TYPES)
 def test_against_llama_cpp(llama256, type_name, kernels):
     root, f32 = llama256
     path = f32 if type_name == "F32" else root / f"{type_name}.gguf"
     if type_name != "F32":
-        quantize_file(f32, path, parse_file_type(type_name), info=lambda m: None, warn=lambda m: None)
+        ft = parse_file_type(type_name)
+        quantize_file(f32, path, ft, imatrix=random_matrix(root, f32) if needs_matrix(ft) else None,
+                      info=lambda m: None, warn=lambda m: None)
     ref = llama_cpp.Llama(str(path), n_ctx=128, n_batch=1, n_ubatch=1, logits_all=True, verbose=False, n_threads=2,
                           type_k=0, type_v=0)
     ref.eval(PROMPT[:32])
