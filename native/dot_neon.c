@@ -15,6 +15,7 @@
 #include <string.h>
 #include "quants.h"
 #include "quants_iq1.h"
+#include "quants_iq3.h"
 
 #if defined(__aarch64__)
 #include "simd_neon.h"
@@ -390,6 +391,8 @@ static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
     [TK_TQ2_0] = {tk_vec_dot_tq2_0_q8_K_neon, tk_vec_dot_tq2_0_q8_K_dot, NULL, NULL},
     [TK_IQ1_S] = {tk_vec_dot_iq1_s_q8_K_neon, tk_vec_dot_iq1_s_q8_K_dot, NULL, NULL}, /* quants_iq1_neon.c */
     [TK_IQ1_M] = {tk_vec_dot_iq1_m_q8_K_neon, tk_vec_dot_iq1_m_q8_K_dot, NULL, NULL},
+    [TK_IQ3_XXS] = {tk_vec_dot_iq3_xxs_q8_K_neon, tk_vec_dot_iq3_xxs_q8_K_dot, NULL, NULL}, /* quants_iq3_neon.c */
+    [TK_IQ3_S] = {tk_vec_dot_iq3_s_q8_K_neon, tk_vec_dot_iq3_s_q8_K_dot, NULL, NULL},
 };
 
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level) {

@@ -1,4 +1,4 @@
-/* IQ3_XXS and IQ3_S (quants_iq3.c, quants_iq3_avx2.c): the 3.0625 / 3.4375 bits-per-weight types whose 4-tuples of
+/* IQ3_XXS and IQ3_S (quants_iq3.c, quants_iq3_avx2.c, quants_iq3_neon.c): the 3.0625 / 3.4375 bits-per-weight types whose 4-tuples of
    3-bit levels index a grid of 256 / 512 points (ggml's iq3xxs_grid / iq3s_grid). Quantizers as ggml_quantize_chunk
    runs them (the _imatrix ones with importance weights qw, or NULL), dequantizers, and dot products with Q8_K
    activations. */
@@ -30,5 +30,10 @@ void tk_vec_dot_iq3_xxs_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq3_s_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq3_xxs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq3_s_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+/* ARM64 (quants_iq3_neon.c): the scalar kernels' bits at the NEON and the dotprod level */
+void tk_vec_dot_iq3_xxs_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq3_xxs_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq3_s_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq3_s_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
 
 #endif
