@@ -278,7 +278,8 @@ class _Mixture:
 
 _FALLBACK = {T.IQ1_S: T.IQ4_NL, T.IQ1_M: T.IQ4_NL,
              T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0, T.IQ4_XS: T.IQ4_NL,
-             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL}
+             T.TQ1_0: T.Q4_0, T.TQ2_0: T.Q4_0, T.IQ3_XXS: T.IQ4_NL, T.IQ3_S: T.IQ4_NL,
+             T.IQ2_XXS: T.IQ4_NL, T.IQ2_XS: T.IQ4_NL, T.IQ2_S: T.IQ4_NL}
 
 
 def shape_fallback(name: str, ncols: int, t: T) -> tuple[T, str | None]:
@@ -300,6 +301,8 @@ def requires_imatrix(name: str, dst_type: T, ft: FileType) -> bool:
     if dst_type == T.IQ3_XXS:
         return True
     if dst_type in (T.IQ1_S, T.IQ1_M):
+        return True
+    if dst_type in (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S):
         return True
     return dst_type == T.Q2_K and ft.name == "Q2_K_S"
 

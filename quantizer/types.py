@@ -27,6 +27,10 @@ FILE_TYPES: list[FileType] = [
     FileType("Q5_1", FT.MOSTLY_Q5_1, T.Q5_1, 6.0, "5.65G, +0.1062 ppl @ Llama-3-8B"),
     FileType("Q2_K", FT.MOSTLY_Q2_K, T.Q2_K, 2.625, "2.96G, +3.5199 ppl @ Llama-3-8B"),
     FileType("Q2_K_S", FT.MOSTLY_Q2_K_S, T.Q2_K, 2.625, "2.96G, +3.1836 ppl @ Llama-3-8B"),
+    FileType("IQ2_XXS", FT.MOSTLY_IQ2_XXS, T.IQ2_XXS, 2.0625, "2.06 bpw quantization"),
+    FileType("IQ2_XS", FT.MOSTLY_IQ2_XS, T.IQ2_XS, 2.3125, "2.31 bpw quantization"),
+    FileType("IQ2_S", FT.MOSTLY_IQ2_S, T.IQ2_XS, 2.3125, "2.5  bpw quantization"),
+    FileType("IQ2_M", FT.MOSTLY_IQ2_M, T.IQ2_S, 2.5625, "2.7  bpw quantization"),
     FileType("IQ3_S", FT.MOSTLY_IQ3_S, T.IQ3_S, 3.4375, "3.44 bpw quantization"),
     FileType("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, 3.4375, "3.66 bpw quantization mix"),
     FileType("IQ3_XS", FT.MOSTLY_IQ3_XS, T.IQ3_S, 3.4375, "3.3 bpw quantization"),
@@ -56,7 +60,8 @@ _BY_ID = {int(f.ftype): f for f in FILE_TYPES}
 # Tensor types accepted by --output-tensor-type / --token-embedding-type (ggml type names, as llama-quantize)
 TENSOR_TYPES = {t.name.lower(): t for t in (T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
                                             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS,
-                                            T.TQ1_0, T.TQ2_0, T.IQ1_S, T.IQ1_M, T.IQ3_XXS, T.IQ3_S)}
+                                            T.TQ1_0, T.TQ2_0, T.IQ1_S, T.IQ1_M, T.IQ3_XXS, T.IQ3_S,
+                                            T.IQ2_XXS, T.IQ2_XS, T.IQ2_S)}
 
 
 def valid_names() -> str:
