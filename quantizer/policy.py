@@ -241,8 +241,8 @@ class _Mixture:
             elif f == "Q3_K_L":
                 t = T.Q4_K
         elif cat in ("ffn_gate", "ffn_up"):
-            # the middle three quarters of the layers' gate and up matrices of IQ3_XS files go one type down
-            i, n = (self.i_ffn_gate, facts.n_layer) if cat == "ffn_gate" else (self.i_ffn_up, facts.n_layer)
+            # IQ3_XS: the gate and up matrices of the middle three quarters of the layers go one type down
+            i, n = self.i_ffn_gate if cat == "ffn_gate" else self.i_ffn_up, facts.n_layer
             if f == "IQ3_XS" and n // 8 <= i < 7 * n // 8:
                 t = T.IQ3_XXS
             if cat == "ffn_gate":

@@ -31,6 +31,7 @@ FILE_TYPES: list[FileType] = [
     FileType("IQ2_XS", FT.MOSTLY_IQ2_XS, T.IQ2_XS, 2.3125, "2.31 bpw quantization"),
     FileType("IQ2_S", FT.MOSTLY_IQ2_S, T.IQ2_XS, 2.3125, "2.5  bpw quantization"),
     FileType("IQ2_M", FT.MOSTLY_IQ2_M, T.IQ2_S, 2.5625, "2.7  bpw quantization"),
+    FileType("IQ3_XXS", FT.MOSTLY_IQ3_XXS, T.IQ3_XXS, 3.0625, "3.06 bpw quantization"),
     FileType("IQ3_S", FT.MOSTLY_IQ3_S, T.IQ3_S, 3.4375, "3.44 bpw quantization"),
     FileType("IQ3_M", FT.MOSTLY_IQ3_M, T.IQ3_S, 3.4375, "3.66 bpw quantization mix"),
     FileType("IQ3_XS", FT.MOSTLY_IQ3_XS, T.IQ3_S, 3.4375, "3.3 bpw quantization"),
