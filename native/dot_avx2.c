@@ -21,8 +21,7 @@ static inline AVX2 float hsum4(__m128 s) {
 
 /* signed x · signed y (y never -128), pairs summed twice: 8 int32 */
 static inline AVX2 __m256i dot_s8(__m256i x, __m256i y) {
-    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_madd_epi16(pairs_s8(x, y), _mm256_set1_epi16(1));
 }
 
 /* unsigned x · signed y: 8 int32 */

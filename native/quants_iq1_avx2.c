@@ -10,11 +10,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include "simd_x86.h"
 
-/* signed x · signed y as 16 int16 pair sums (|x| <= 1, so the sign trick is exact) */
-static inline AVX2 __m256i iq1_pairs(__m256i x, __m256i y) {
-    return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-}
-
 static inline AVX2 __m256i grid4(int i0, int i1, int i2, int i3) {
     return _mm256_set_epi64x((long long)tk_iq1s_grid[i3], (long long)tk_iq1s_grid[i2], (long long)tk_iq1s_grid[i1],
                              (long long)tk_iq1s_grid[i0]);
@@ -36,8 +31,8 @@ AVX2 void tk_vec_dot_iq1_s_q8_K_avx2(int64_t n, float *s, const void *vx, const 
                                        qs[2] | ((qh[ib] << 2) & 0x700), qs[3] | ((qh[ib] >> 1) & 0x700));
             const __m256i q1_2 = grid4(qs[4] | ((qh[ib + 1] << 8) & 0x700), qs[5] | ((qh[ib + 1] << 5) & 0x700),
                                        qs[6] | ((qh[ib + 1] << 2) & 0x700), qs[7] | ((qh[ib + 1] >> 1) & 0x700));
-            const __m256i dot1 = iq1_pairs(q1_1, _mm256_loadu_si256((const __m256i *)q8));
-            const __m256i dot2 = iq1_pairs(q1_2, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
+            const __m256i dot1 = pairs_s8(q1_1, _mm256_loadu_si256((const __m256i *)q8));
+            const __m256i dot2 = pairs_s8(q1_2, _mm256_loadu_si256((const __m256i *)(q8 + 32)));
             const int16_t ls1 = (int16_t)(2 * ((qh[ib] >> 12) & 7) + 1);
             const int16_t ls2 = (int16_t)(2 * ((qh[ib + 1] >> 12) & 7) + 1);
             const __m256i p1 = _mm256_madd_epi16(dot1, _mm256_set1_epi16(ls1));
@@ -85,7 +80,7 @@ AVX2 void tk_vec_dot_iq1_m_q8_K_avx2(int64_t n, float *s, const void *vx, const 
                                                      shift_signs(qh[2] & 0x80), shift_signs(qh[2] & 0x08));
             const __m256i q8_1 = _mm256_loadu_si256((const __m256i *)q8);
             const __m256i q8_2 = _mm256_loadu_si256((const __m256i *)(q8 + 32));
-            const __m256i dot1 = iq1_pairs(q1_1, q8_1), dot2 = iq1_pairs(q1_2, q8_2);
+            const __m256i dot1 = pairs_s8(q1_1, q8_1), dot2 = pairs_s8(q1_2, q8_2);
             const __m256i dot3 = _mm256_maddubs_epi16(one8, _mm256_sign_epi8(q8_1, delta1));
             const __m256i dot4 = _mm256_maddubs_epi16(one8, _mm256_sign_epi8(q8_2, delta2));
             const unsigned w = sc[ib / 2]; /* the four 3-bit scales of blocks ib and ib + 1 */

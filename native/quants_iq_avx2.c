@@ -15,11 +15,6 @@ static inline AVX2 __m256i iq4_values32(const uint8_t *qs, __m128i table) {
     return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
 }
 
-/* signed x · signed y as 16 int16 pair sums (|x| <= 127, so the sign trick is exact) */
-static inline AVX2 __m256i pairs_s8(__m256i x, __m256i y) {
-    return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-}
-
 AVX2 void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq4_nl *x = vx;
     const block_q8_0 *y = vy;

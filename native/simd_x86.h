@@ -1,5 +1,6 @@
 /* What the x86 kernel files share: the AVX2 target attribute their functions carry (chosen at run time, the build
-   itself stays plain x86-64) and the 8-lane horizontal sum in ggml's order. Included inside their x86 guard. */
+   itself stays plain x86-64), the 8-lane horizontal sum in ggml's order and its signed byte products. Included
+   inside their x86 guard. */
 #ifndef TOOLKIT_SIMD_X86_H
 #define TOOLKIT_SIMD_X86_H
 
@@ -12,6 +13,12 @@ static inline AVX2 float hsum8(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* signed x · signed y as 16 int16 sums of adjacent products (ggml's mul_add_epi8: the sign of x moved onto y; exact
+   when x is never -128 and no pair sum overflows) */
+static inline AVX2 __m256i pairs_s8(__m256i x, __m256i y) {
+    return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
 #endif
