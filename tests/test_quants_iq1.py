@@ -78,10 +78,11 @@ def test_real_weights_equal_ggml(ggml, stories260k_f32, t):
     np.testing.assert_array_equal(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw))
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
-def test_adversarial_rows_equal_ggml(ggml, t):
+@pytest.mark.parametrize("t,kind", [(T.IQ1_S, "squares"), (T.IQ1_M, "squares"), (T.IQ1_M, None)],
+                         ids=["IQ1_S", "IQ1_M", "IQ1_M-no-weights"])
+def test_adversarial_rows_equal_ggml(ggml, t, kind):
     x, cases = adversarial_matrix()
-    qw = weights("squares", N_PER_ROW)
+    qw = weights(kind, N_PER_ROW) if kind else None
     ours = native.quantize(int(t), x, 2, imatrix=qw)
     theirs = ggml_quantize_forked(ggml.lib, t, x, qw)
     if theirs is not None:
