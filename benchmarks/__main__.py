@@ -21,6 +21,9 @@ def main() -> None:
                     help="layers of the TinyLlama-shaped model in the quant benchmark (fewer: a quick check)")
     ap.add_argument("--serve-tokens", type=int, default=serve_concurrent.N_GEN,
                     help="tokens each request generates in the serve-concurrent benchmark (fewer: a quick check)")
+    ap.add_argument("--big", action="store_true",
+                    help="add the CodeShell-7B-shaped Q4_0 and Q4_K_M rows to the models benchmark (set-up: ~24 GB of "
+                         "disk at the peak, ~5 minutes, once)")
     ap.add_argument("--llama-cpp-codeshell", action="store_true",
                     help="also run llama.cpp's converter on the CodeShell-7B-shaped checkpoint (slow, needs ~16 GB RAM)")
     args = ap.parse_args()
@@ -38,7 +41,7 @@ def main() -> None:
     if args.only in (None, "grammar"):
         grammar.run(args.data, repeat=args.repeat)
     if args.only in (None, "models"):
-        models.run(args.data, repeat=args.repeat, moe_layers=args.moe_layers)
+        models.run(args.data, repeat=args.repeat, moe_layers=args.moe_layers, big=args.big)
     if args.only in (None, "quant"):
         quant.run(args.data, repeat=args.repeat, layers=args.quant_layers)
 

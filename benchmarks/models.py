@@ -1,12 +1,14 @@
 """The models people deploy, against today's llama.cpp built for this CPU: prompt (128 tokens) and generation (64 tokens
 after that prompt) tokens/s, ours (runtime, 2 threads) and llama.cpp b11434's own `llama-bench` (2 threads), as
 benchmarks/run.py measures them. Shapes: Qwen-7B-Chat (the real config, random weights) and Qwen3-30B-A3B (the real
-widths and experts; --moe-layers of its 48 layers, 16 by default: the whole model's f16 source (61 GB) does not fit
-this machine's disk beside its Q4_K_M file), each Q4_0 and Q4_K_M.
+widths and experts; --moe-layers of its 48 layers, 16 by default: the whole model's source (61 GB) does not fit this
+machine's disk beside its quantized files), each Q4_0 and Q4_K_M; with --big also CodeShell-7B (the seed's model and
+workflow: the real config, random weights).
 
-Set-up per shape, once: a random bf16 checkpoint, `toolkit convert` to f16, `toolkit quantize` to each type; the bf16
-and f16 files are deleted once the quantized ones exist (Qwen-7B: 15 GB each, ~4 minutes; the MoE shape at 16 layers:
-21 GB each, ~6 minutes)."""
+Set-up per shape, once: a random bf16 checkpoint, converted to each type in one step (`toolkit convert --outtype`: no
+f16 file on disk); the checkpoint is deleted once the quantized files exist. Disk at the peak: the checkpoint and both
+files (Qwen-7B and CodeShell-7B: 15 GB + 9 GB; the MoE shape at 16 layers: 21 GB + 12 GB); time: about 5 minutes per
+7B shape on this machine (2 cores)."""
 from __future__ import annotations
 
 import subprocess
@@ -24,29 +26,27 @@ def _toolkit(*args: str) -> None:
 
 
 def prepare(data: Path, kind: str, **overrides) -> dict[str, Path]:
-    """The shape's quantized files, made once: random bf16 checkpoint → f16 → each type; the big intermediates go."""
+    """The shape's quantized files, made once: random bf16 checkpoint → each type in one step; the checkpoint goes."""
     stem = kind + "".join(f"-{k}{v}" for k, v in overrides.items())
     out = {t: data / f"{stem}-{t}.gguf" for t in TYPES}
     if all(p.is_file() for p in out.values()):
         return out
-    f16 = data / f"{stem}-f16.gguf"
-    if not f16.is_file():
-        console.print(f"[bold]models[/bold]: writing a random {stem} checkpoint and converting it to f16")
-        ckpt = make_random_checkpoint(kind, data / f"{stem}-bf16", **overrides)
-        _toolkit("convert", str(ckpt), "1", "--outfile", str(f16))
-        subprocess.run(["rm", "-rf", str(ckpt)], check=True)
+    console.print(f"[bold]models[/bold]: writing a random {stem} checkpoint")
+    ckpt = make_random_checkpoint(kind, data / f"{stem}-bf16", **overrides)
     for t, path in out.items():
         if not path.is_file():
-            console.print(f"[bold]models[/bold]: quantizing {stem} to {t}")
-            _toolkit("quantize", str(f16), str(path), t, "2")
-    f16.unlink()
+            console.print(f"[bold]models[/bold]: converting {stem} to {t}")
+            _toolkit("convert", str(ckpt), "--outtype", t.lower(), "--outfile", str(path))
+    subprocess.run(["rm", "-rf", str(ckpt)], check=True)
     return out
 
 
-def run(data: Path, repeat: int = 3, moe_layers: int = 16) -> None:
+def run(data: Path, repeat: int = 3, moe_layers: int = 16, big: bool = False) -> None:
     bin_dir = llama_cpp_tools(data)
     shapes = {"Qwen-7B-Chat": prepare(data, "qwen7b"),
               f"Qwen3-30B-A3B ({moe_layers}/48 layers)": prepare(data, "qwen3moe", num_hidden_layers=moe_layers)}
+    if big:
+        shapes["CodeShell-7B"] = prepare(data, "codeshell7b")
     bw = bandwidth()
     console.print(f"[bold]models[/bold]: memory read bandwidth {bw:.1f} GB/s (2 threads)")
     rows = []
