@@ -224,6 +224,26 @@ def test_iq1_files_need_a_matrix(models, tmp_path, name):
     assert not (tmp_path / "o.gguf").exists()
 
 
+@pytest.mark.parametrize("name", ["IQ2_XS", "IQ2_M"])
+def test_iq2_files_need_a_matrix(models, tmp_path, name):
+    """As llama.cpp, which refuses too; one line on the command line, nothing written. The token embeddings and the
+    output need none (llama.cpp's tensor_requires_imatrix; llama-imatrix never has the embeddings)."""
+    from gguf import GGMLQuantizationType as T
+
+    from quantizer.policy import requires_imatrix
+
+    ft = parse_file_type(name)
+    with pytest.raises(AssertionError):
+        llama_cpp_quantize(models["llama256"], tmp_path / "theirs.gguf", int(ft.ftype))
+    r = run_toolkit("quantize", str(models["llama256"]), str(tmp_path / "o.gguf"), name)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 1 and "requires an importance matrix" in last and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o.gguf").exists()
+    for t in (T.IQ2_XXS, T.IQ2_XS, T.IQ2_S):
+        assert requires_imatrix("blk.3.ffn_down.weight", t, ft)
+        assert not requires_imatrix("token_embd.weight", t, ft) and not requires_imatrix("output.weight", t, ft)
+
+
 def test_damaged_matrices_are_refused(tmp_path):
     bad = {
         "empty.dat": (0).to_bytes(4, "little"),
