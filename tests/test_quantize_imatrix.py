@@ -156,9 +156,10 @@ def both_quantize(tmp_path: Path, model: Path, type_name: str, *options: str) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model,fmt,types", [
-    ("llama256", "gguf", ["Q4_0", "Q5_0", "Q2_K", "Q3_K_L", "Q4_K_S", "Q5_K_M", "Q6_K", "IQ1_S", "IQ1_M"]),
-    ("llama256", "dat", ["Q4_K_M", "Q5_1"]),
-    ("mixtral256", "gguf", ["Q4_1", "Q3_K_S", "Q4_K_M"]),
+    ("llama256", "gguf", ["Q4_0", "Q5_0", "Q2_K", "Q3_K_L", "Q4_K_S", "Q5_K_M", "Q6_K", "IQ1_S", "IQ1_M", "IQ3_XXS",
+                          "IQ3_M"]),
+    ("llama256", "dat", ["Q4_K_M", "Q5_1", "IQ3_XS"]),
+    ("mixtral256", "gguf", ["Q4_1", "Q3_K_S", "Q4_K_M", "IQ3_S", "IQ3_M"]),
 ])
 def test_files_equal_llama_quantize_with_a_computed_matrix(models, computed, tmp_path, model, fmt, types):
     for type_name in types:

@@ -33,8 +33,12 @@ def rows():
     """32 random rows, then the adversarial rows ggml quantizes without aborting; and every row's case name."""
     x, cases = adversarial_matrix()
     keep = np.abs(x).max(axis=1) < GGML_SURVIVES
-    x = np.concatenate([np.random.default_rng(9).standard_normal((32, N_PER_ROW), dtype=np.float32), x[keep]])
-    return x, ["random"] * 32 + [c for c, k in zip(cases, keep) if k]
+    rng = np.random.default_rng(9)
+    # all-zero sub-blocks of 32 among others (IQ3_S packs the next ones' indices and signs into their place)
+    holes = rng.standard_normal((3, N_PER_ROW), dtype=np.float32)
+    holes[0, 64:96] = holes[1, :32] = holes[1, 288:320] = holes[2, 224:256] = 0
+    x = np.concatenate([rng.standard_normal((32, N_PER_ROW), dtype=np.float32), holes, x[keep]])
+    return x, ["random"] * 32 + ["zero sub-blocks"] * 3 + [c for c, k in zip(cases, keep) if k]
 
 
 def differing(ours, theirs, cases):
