@@ -16,6 +16,7 @@
 #include "quants.h"
 #include "quants_iq1.h"
 #include "quants_iq3.h"
+#include "quants_iq2.h"
 
 #if defined(__aarch64__)
 #include "simd_neon.h"
@@ -393,6 +394,9 @@ static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
     [TK_IQ1_M] = {tk_vec_dot_iq1_m_q8_K_neon, tk_vec_dot_iq1_m_q8_K_dot, NULL, NULL},
     [TK_IQ3_XXS] = {tk_vec_dot_iq3_xxs_q8_K_neon, tk_vec_dot_iq3_xxs_q8_K_dot, NULL, NULL}, /* quants_iq3_neon.c */
     [TK_IQ3_S] = {tk_vec_dot_iq3_s_q8_K_neon, tk_vec_dot_iq3_s_q8_K_dot, NULL, NULL},
+    [TK_IQ2_XXS] = {tk_vec_dot_iq2_xxs_q8_K_neon, tk_vec_dot_iq2_xxs_q8_K_dot, NULL, NULL}, /* quants_iq2_neon.c */
+    [TK_IQ2_XS] = {tk_vec_dot_iq2_xs_q8_K_neon, tk_vec_dot_iq2_xs_q8_K_dot, NULL, NULL},
+    [TK_IQ2_S] = {tk_vec_dot_iq2_s_q8_K_neon, tk_vec_dot_iq2_s_q8_K_dot, NULL, NULL},
 };
 
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level) {

@@ -38,6 +38,13 @@ void tk_vec_dot_iq2_s_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq2_xxs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq2_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq2_s_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+/* ARM64 (quants_iq2_neon.c): the scalar kernels' bits at the NEON and the dotprod level */
+void tk_vec_dot_iq2_xxs_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq2_xxs_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq2_xs_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq2_xs_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq2_s_q8_K_neon(int64_t n, float *s, const void *x, const void *y);
+void tk_vec_dot_iq2_s_q8_K_dot(int64_t n, float *s, const void *x, const void *y);
 
 /* ggml's make_qp_quants (quants_imatrix.c): non-negative x ≈ scale·L, L in [0, nmax], weights w; returns the scale */
 float fit_scales_weighted(int n, int nmax, const float *x, uint8_t *L, const float *w);
