@@ -304,11 +304,11 @@ static void split_levels(const struct value_pos *p, int n, int i1, int i2, int8_
     for (int j = i2; j < n; ++j) L[p[j].i] = 2;
 }
 
-/* Σw·q·x and Σw·q² of a group of 8 on grid pattern index with values xg (times m) */
+/* Σw·q·x and Σw·q² of a group of 8 on grid pattern index with values q = xg[l]·m (m = 1: exactly xg[l]) */
 static inline void pattern_sums(int index, const float *xg, float m, const float *w, const float *xb, float *sumqx,
                                 float *sumq2) {
     for (int j = 0; j < 8; ++j) {
-        float q = m ? xg[code_value(index, j)] * m : xg[code_value(index, j)];
+        const float q = xg[code_value(index, j)] * m;
         *sumqx += w[j] * q * xb[j];
         *sumq2 += w[j] * q * q;
     }
@@ -366,7 +366,7 @@ static float iq1_s_block(const float *xb, const float *weight, uint8_t *qs, uint
         index[k] = grid_index_for(L + 8 * k, xb + 8 * k, weight + 8 * k, scale, xx, &on_grid);
     if (!on_grid) {
         float sumqx = 0, sumq2 = 0;
-        for (int k = 0; k < bs / 8; ++k) pattern_sums(index[k], xx, 0, weight + 8 * k, xb + 8 * k, &sumqx, &sumq2);
+        for (int k = 0; k < bs / 8; ++k) pattern_sums(index[k], xx, 1, weight + 8 * k, xb + 8 * k, &sumqx, &sumq2);
         if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
     }
     uint16_t h = 0;
@@ -484,7 +484,7 @@ static float iq1_m_block(const float *xb, const float *weight, uint8_t *qs, uint
         float sumqx = 0, sumq2 = 0;
         for (int k = 0; k < 2; ++k) {
             const float *xx = (k == 0 ? best_k < 2 : best_k % 2 == 0) ? X_P : X_M;
-            pattern_sums(index[k], xx, 0, weight + 8 * k, xb + 8 * k, &sumqx, &sumq2);
+            pattern_sums(index[k], xx, 1, weight + 8 * k, xb + 8 * k, &sumqx, &sumq2);
         }
         if (sumqx > 0 && sumq2 > 0) scale = sumqx / sumq2;
     }
