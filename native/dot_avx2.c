@@ -127,13 +127,6 @@ static inline AVX2 __m256 load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
 
-static inline float bf2f(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 AVX2 void tk_vec_dot_bf16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const uint16_t *x = vx, *y = vy;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -676,8 +669,9 @@ const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},
         [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile},
     };
-    if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 2) return NULL;
-    return level == 2 ? tk_gemm_avx512(wtype) : T[wtype][level];
+    if (level == 2) return tk_gemm_avx512(wtype);
+    if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 1) return NULL;
+    return T[wtype][level];
 }
 
 #endif

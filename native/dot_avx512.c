@@ -184,56 +184,70 @@ static inline AVX512 __m512 load16_f16(const tk_half *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
-/* F16 at this level has an order of its own (the levels need not agree, F16 is no exact type): one 16-lane
-   accumulator per (row, token), 16 elements a step, then the lanes summed as hsum8(low half + high half), then the
-   elements past the last whole step one by one. One accumulator per pair is what lets a tile hold 4 × 6 of them,
-   and its weight rows converted to F32 once for all its tokens (packed): per step, 6 conversions for 24 fused
+/* F16 and BF16 at this level have an order of their own (the levels need not agree: they are no exact types): one
+   16-lane accumulator per (row, token), 16 elements a step, then the lanes summed as hsum8(low half + high half),
+   then the elements past the last whole step one by one. One accumulator per pair is what lets a tile hold 4 × 6 of
+   them, and its weight rows converted to F32 once for all its tokens (packed): per step, 6 conversions for 24 fused
    multiply-adds where the order of the AVX2 kernel (four 8-lane accumulators) allowed 3 × 4 pairs and 14. */
-static inline AVX512 float f16_lanes_sum(__m512 acc) {
+static inline AVX512 __m512 load16_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+
+static inline AVX512 float lanes16_sum(__m512 acc) {
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(acc), upper8(acc)));
 }
 
-static AVX512 void dot_f16_zmm(int64_t n, float *s, const void *vx, const void *vy) {
-    const tk_half *x = vx, *y = vy;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(load16_f16(x + i), load16_f16(y + i), acc);
-    float sum = f16_lanes_sum(acc);
-    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
-    *s = sum;
-}
+/* for one 16-bit float type (elements ET, LOAD16 16 of them as floats, TOF one): the one-row and two-row products,
+   the row packing (to F32, exactly) and the tiles of 4 rows × RN tokens, packed or on the file's rows */
+#define FLOAT16_KERNELS(T, ET, LOAD16, TOF)                                                                   \
+    static AVX512 void dot_##T##_zmm(int64_t n, float *s, const void *vx, const void *vy) {                    \
+        const ET *x = vx, *y = vy;                                                                            \
+        __m512 acc = _mm512_setzero_ps();                                                                     \
+        int64_t i = 0;                                                                                        \
+        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(LOAD16(x + i), LOAD16(y + i), acc);                \
+        float sum = lanes16_sum(acc);                                                                         \
+        for (; i < n; i++) sum += TOF(x[i]) * TOF(y[i]);                                                      \
+        *s = sum;                                                                                             \
+    }                                                                                                         \
+    static AVX512 void dot2_##T##_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {        \
+        const ET *x0 = vx, *x1 = (const ET *)((const char *)vx + bx), *y = vy;                                \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;                                                       \
+        int64_t i = 0;                                                                                        \
+        for (; i + 16 <= n; i += 16) {                                                                        \
+            _mm_prefetch((const char *)(x0 + i) + PREFETCH, _MM_HINT_T0);                                     \
+            _mm_prefetch((const char *)(x1 + i) + PREFETCH, _MM_HINT_T0);                                     \
+            const __m512 a = LOAD16(y + i);                                                                   \
+            acc0 = _mm512_fmadd_ps(LOAD16(x0 + i), a, acc0);                                                  \
+            acc1 = _mm512_fmadd_ps(LOAD16(x1 + i), a, acc1);                                                  \
+        }                                                                                                     \
+        float s0 = lanes16_sum(acc0), s1 = lanes16_sum(acc1);                                                 \
+        for (int64_t j = i; j < n; j++) s0 += TOF(x0[j]) * TOF(y[j]);                                         \
+        for (int64_t j = i; j < n; j++) s1 += TOF(x1[j]) * TOF(y[j]);                                         \
+        s[0] = s0;                                                                                            \
+        s[1] = s1;                                                                                            \
+    }                                                                                                         \
+    static AVX512 void pack_##T(const void *vx, void *dst, int64_t n) {                                       \
+        const ET *x = vx;                                                                                     \
+        float *d = dst;                                                                                       \
+        int64_t i = 0;                                                                                        \
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, LOAD16(x + i));                                  \
+        for (; i < n; i++) d[i] = TOF(x[i]);                                                                  \
+    }                                                                                                         \
+    FLOAT16_TILE(tile_##T##_packed6, 6, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)                  \
+    FLOAT16_TILE(tile_##T##_raw6, 6, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                           \
+    FLOAT16_TILE(tile_##T##_raw4, 4, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                           \
+    FLOAT16_TILE(tile_##T##_raw2, 2, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                           \
+    /* packed for many tokens; for at most 6, the file's rows (converting 4 rows costs what 4 × 2 products do) */ \
+    static const struct tk_gemm tile_##T##_raw2_tile = {tile_##T##_raw2, 4, 2, NULL, 0, 0, NULL};             \
+    static const struct tk_gemm tile_##T##_raw4_tile = {tile_##T##_raw4, 4, 4, NULL, 0, 0, &tile_##T##_raw2_tile}; \
+    static const struct tk_gemm tile_##T##_raw6_tile = {tile_##T##_raw6, 4, 6, NULL, 0, 0, &tile_##T##_raw4_tile}; \
+    static const struct tk_gemm tile_##T##_zmm_tile = {tile_##T##_packed6, 4, 6, pack_##T, sizeof(float),     \
+                                                       TK_##T##_ACT, &tile_##T##_raw6_tile};
 
-static AVX512 void dot2_f16_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
-    const tk_half *x0 = vx, *x1 = (const tk_half *)((const char *)vx + bx), *y = vy;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm_prefetch((const char *)(x0 + i) + PREFETCH, _MM_HINT_T0);
-        _mm_prefetch((const char *)(x1 + i) + PREFETCH, _MM_HINT_T0);
-        const __m512 a = load16_f16(y + i);
-        acc0 = _mm512_fmadd_ps(load16_f16(x0 + i), a, acc0);
-        acc1 = _mm512_fmadd_ps(load16_f16(x1 + i), a, acc1);
-    }
-    float s0 = f16_lanes_sum(acc0), s1 = f16_lanes_sum(acc1);
-    for (int64_t j = i; j < n; j++) s0 += h2f(x0[j]) * h2f(y[j]);
-    for (int64_t j = i; j < n; j++) s1 += h2f(x1[j]) * h2f(y[j]);
-    s[0] = s0;
-    s[1] = s1;
-}
-
-/* a weight row converted to F32 (exactly) for the packed tile */
-static AVX512 void pack_f16(const void *vx, void *dst, int64_t n) {
-    const tk_half *x = vx;
-    float *d = dst;
-    int64_t i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, load16_f16(x + i));
-    for (; i < n; i++) d[i] = tk_fp16_table[x[i]];
-}
-
-/* 4 rows × RN tokens: W(r, i) the 16 weights of row r from element i as F32 and X(r, i) element i as a float, from
-   the packed rows (F32) or the file's (F16) */
-#define F16_TILE_ZMM(NAME, RN, W, X)                                                                          \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+/* 4 rows × RN tokens: W(r, i) the 16 weights of row r from element i as F32 and X(r, j) element j as a float, from
+   the packed rows (F32) or the file's */
+#define FLOAT16_TILE(NAME, RN, ET, LOAD16, TOF, W, X)                                                         \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         enum { RM = 4 };                                                                                     \
         __m512 acc[RM][RN];                                                                                  \
         for (int r = 0; r < RM; r++)                                                                         \
@@ -241,36 +255,32 @@ static AVX512 void pack_f16(const void *vx, void *dst, int64_t n) {
         int64_t i = 0;                                                                                       \
         for (; i + 16 <= n; i += 16) {                                                                       \
             __m512 w[RM];                                                                                    \
-            for (int r = 0; r < RM; r++) w[r] = W(r, i);                                                     \
+            for (int r = 0; r < RM; r++) w[r] = W(ET, LOAD16, TOF, r, i);                                    \
             for (int t = 0; t < RN; t++) {                                                                   \
-                const __m512 a = load16_f16(F16_ROW(vy, by, t) + i);                                         \
+                const __m512 a = LOAD16(ROW16(ET, vy, by, t) + i);                                           \
                 for (int r = 0; r < RM; r++) acc[r][t] = _mm512_fmadd_ps(w[r], a, acc[r][t]);                \
             }                                                                                                \
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) {                                                                   \
-                const tk_half *y = F16_ROW(vy, by, t);                                                       \
-                float sum = f16_lanes_sum(acc[r][t]);                                                        \
-                for (int64_t j = i; j < n; j++) sum += X(r, j) * h2f(y[j]);                                  \
+                const ET *y = ROW16(ET, vy, by, t);                                                          \
+                float sum = lanes16_sum(acc[r][t]);                                                          \
+                for (int64_t j = i; j < n; j++) sum += X(ET, LOAD16, TOF, r, j) * TOF(y[j]);                 \
                 s[r * ls + t] = sum;                                                                         \
             }                                                                                                \
     }
 
+#define ROW16(ET, v, b, r) ((const ET *)((const char *)(v) + (r) * (b)))
 #define PACKED_F32_ROW(r) ((const float *)((const char *)vx + (r) * bx))
-#define F16_PACKED_W(r, i) _mm512_loadu_ps(PACKED_F32_ROW(r) + (i))
-#define F16_PACKED_X(r, j) PACKED_F32_ROW(r)[j]
-#define F16_RAW_W(r, i) load16_f16(F16_ROW(vx, bx, r) + (i))
-#define F16_RAW_X(r, j) h2f(F16_ROW(vx, bx, r)[j])
-F16_TILE_ZMM(tile_f16_packed6, 6, F16_PACKED_W, F16_PACKED_X)
-F16_TILE_ZMM(tile_f16_raw6, 6, F16_RAW_W, F16_RAW_X)
-F16_TILE_ZMM(tile_f16_raw4, 4, F16_RAW_W, F16_RAW_X)
-F16_TILE_ZMM(tile_f16_raw2, 2, F16_RAW_W, F16_RAW_X)
-/* packed for many tokens; for at most 6, the file's rows (converting 4 rows costs what 4 × 2 products do) */
-static const struct tk_gemm tile_f16_raw2_tile = {tile_f16_raw2, 4, 2, NULL, 0, 0, NULL};
-static const struct tk_gemm tile_f16_raw4_tile = {tile_f16_raw4, 4, 4, NULL, 0, 0, &tile_f16_raw2_tile};
-static const struct tk_gemm tile_f16_raw6_tile = {tile_f16_raw6, 4, 6, NULL, 0, 0, &tile_f16_raw4_tile};
-static const struct tk_gemm tile_f16_zmm_tile = {tile_f16_packed6, 4, 6, pack_f16, sizeof(float), TK_F16,
-                                                 &tile_f16_raw6_tile};
+#define FLOAT16_PACKED_W(ET, LOAD16, TOF, r, i) _mm512_loadu_ps(PACKED_F32_ROW(r) + (i))
+#define FLOAT16_PACKED_X(ET, LOAD16, TOF, r, j) PACKED_F32_ROW(r)[j]
+#define FLOAT16_RAW_W(ET, LOAD16, TOF, r, i) LOAD16(ROW16(ET, vx, bx, r) + (i))
+#define FLOAT16_RAW_X(ET, LOAD16, TOF, r, j) TOF(ROW16(ET, vx, bx, r)[j])
+/* the activations' type of each packed tile: the vec_dot_type, as the one-token kernels read */
+#define TK_F16_ACT TK_F16
+#define TK_BF16_ACT TK_BF16
+FLOAT16_KERNELS(F16, tk_half, load16_f16, h2f)
+FLOAT16_KERNELS(BF16, uint16_t, load16_bf16, bf2f)
 
 /* ---------------------------------------------------------------------------------------------- two rows, one token */
 /* Generation's two-row products (LEGACY_DOT2 of dot_avx2.c) for Q4_0 and Q8_0: the blocks of both rows in one 512-bit
@@ -329,11 +339,14 @@ static inline AVX512 __m512i q8_0_lanes(const block_q8_0 *x0, const block_q8_0 *
 static LEGACY_DOT2_ZMM(dot2_q4_0_q8_0_zmm, block_q4_0, q4_0_lanes)
 static LEGACY_DOT2_ZMM(dot2_q8_0_q8_0_zmm, block_q8_0, q8_0_lanes)
 
-tk_vec_dot_fn tk_vec_dot_avx512(int wtype) { return wtype == TK_F16 ? dot_f16_zmm : NULL; }
+tk_vec_dot_fn tk_vec_dot_avx512(int wtype) {
+    return wtype == TK_F16 ? dot_F16_zmm : wtype == TK_BF16 ? dot_BF16_zmm : NULL;
+}
 
 tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype) {
     switch (wtype) {
-    case TK_F16: return dot2_f16_zmm;
+    case TK_F16: return dot2_F16_zmm;
+    case TK_BF16: return dot2_BF16_zmm;
     case TK_Q4_0: return dot2_q4_0_q8_0_zmm;
     case TK_Q8_0: return dot2_q8_0_q8_0_zmm;
     default: return NULL;
@@ -344,7 +357,8 @@ tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype) {
 
 const struct tk_gemm *tk_gemm_avx512(int wtype) {
     switch (wtype) {
-    case TK_F16: return &tile_f16_zmm_tile;
+    case TK_F16: return &tile_F16_zmm_tile;
+    case TK_BF16: return &tile_BF16_zmm_tile;
     case TK_Q4_0: return &tile_q4_0_zmm_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_zmm_tile;

@@ -34,6 +34,13 @@ static inline AVX2 __m256i scale_pair(const struct scales16 *s, int m) {
     return _mm256_shuffle_epi8(s->v[m >> 2], sel);
 }
 
+static inline float bf2f(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 static inline AVX2 __m256 load_f16(const tk_half *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 /* the end of tk_vec_dot_f16_avx2: the 8-element steps into a0, the lanes summed, the scalar tail */
