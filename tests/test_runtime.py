@@ -82,8 +82,8 @@ def test_logits_match_reference(files, arch, outtype, tol, kernels):
     assert np.abs(ours - ref).max() / np.abs(ref).max() < tol
 
 
-TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL",
-         "IQ4_XS", "TQ1_0", "TQ2_0", "IQ1_S", "IQ1_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
+TYPES = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+         "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "IQ1_S", "IQ1_M", "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M"]
 TYPES += ["IQ2_XXS", "IQ2_S", "IQ2_M"]  # IQ2_S files are mostly IQ2_XS tensors, IQ2_M files IQ2_S ones
 
 
