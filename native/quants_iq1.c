@@ -171,9 +171,11 @@ __attribute__((constructor)) static void build_grid_bytes(void) {
     }
 }
 
-/* code -> grid index (>= 0), or -(offset + 1) of its neighbour list in neighbours: the count, then the indices */
-static int *code_map;
-static uint16_t *neighbours;
+/* code -> grid index (>= 0), or -(offset + 1) of its neighbour list in neighbours: the count, then the indices
+   (IQ1_NEIGHBOUR_ENTRIES in all for the 3^8 - 2048 off-grid ternary codes, a number fixed by the grid) */
+#define IQ1_NEIGHBOUR_ENTRIES 332234
+static int code_map[IQ1_MAP_SIZE];
+static uint16_t neighbours[IQ1_NEIGHBOUR_ENTRIES];
 static pthread_once_t neighbours_once = PTHREAD_ONCE_INIT;
 
 static int is_ternary_code(int u) {
@@ -207,28 +209,20 @@ static int neighbours_of(int u, uint16_t *out) {
 }
 
 static void build_neighbours(void) {
-    int *map = malloc(IQ1_MAP_SIZE * sizeof(int));
-    uint16_t *list = NULL, tmp[IQ1_NGRID];
-    size_t used = 0, cap = 0;
-    if (!map) abort();
-    for (int i = 0; i < IQ1_MAP_SIZE; ++i) map[i] = -1;
-    for (int k = 0; k < IQ1_NGRID; ++k) map[IQ1_CODES[k]] = k;
+    uint16_t tmp[IQ1_NGRID];
+    size_t used = 0;
+    for (int i = 0; i < IQ1_MAP_SIZE; ++i) code_map[i] = -1;
+    for (int k = 0; k < IQ1_NGRID; ++k) code_map[IQ1_CODES[k]] = k;
     for (int u = 0; u < IQ1_MAP_SIZE; ++u) {
-        if (map[u] >= 0 || !is_ternary_code(u)) continue;
-        int n = neighbours_of(u, tmp);
-        if (used + 1 + (size_t)n > cap) {
-            cap = cap ? 2 * cap : 1 << 16;
-            uint16_t *grown = realloc(list, cap * sizeof(uint16_t));
-            if (!grown) abort();
-            list = grown;
-        }
-        map[u] = -(int)used - 1;
-        list[used] = (uint16_t)n;
-        memcpy(list + used + 1, tmp, (size_t)n * sizeof(uint16_t));
+        if (code_map[u] >= 0 || !is_ternary_code(u)) continue;
+        const int n = neighbours_of(u, tmp);
+        assert(used + 1 + (size_t)n <= IQ1_NEIGHBOUR_ENTRIES);
+        code_map[u] = -(int)used - 1;
+        neighbours[used] = (uint16_t)n;
+        memcpy(neighbours + used + 1, tmp, (size_t)n * sizeof(uint16_t));
         used += 1 + (size_t)n;
     }
-    neighbours = list;
-    code_map = map;
+    assert(used == IQ1_NEIGHBOUR_ENTRIES);
 }
 
 static inline int code_value(int index, int i) { return (IQ1_CODES[index] >> 2 * i) & 3; }
