@@ -122,11 +122,6 @@ AVX2 void tk_vec_dot2_f16_avx2(int64_t n, float *s, const void *vx, size_t bx, c
     s[1] = f16_finish(a[1][0], a[1][1], a[1][2], a[1][3], x1, y, i, n);
 }
 
-static inline AVX2 __m256 load_bf16(const uint16_t *p) {
-    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-}
-
 AVX2 void tk_vec_dot_bf16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const uint16_t *x = vx, *y = vy;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -137,10 +132,7 @@ AVX2 void tk_vec_dot_bf16_avx2(int64_t n, float *s, const void *vx, const void *
         a2 = _mm256_fmadd_ps(load_bf16(x + i + 16), load_bf16(y + i + 16), a2);
         a3 = _mm256_fmadd_ps(load_bf16(x + i + 24), load_bf16(y + i + 24), a3);
     }
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
-    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += bf2f(x[i]) * bf2f(y[i]);
-    *s = sum;
+    *s = bf16_finish(a0, a1, a2, a3, x, y, i, n);
 }
 
 /* ---------------------------------------------------------------------------------------------- legacy types */
@@ -634,7 +626,7 @@ Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
    the same fused multiply-adds, two at once. */
 
 
-#define F16_TILE(NAME, RM, RN)                                                                                \
+#define FLOAT16_TILE_AVX2(NAME, RM, RN, ET, LOAD, FINISH)                                                     \
     AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
         __m256 acc[RM][RN][4];                                                                               \
         for (int r = 0; r < RM; r++)                                                                         \
@@ -644,26 +636,28 @@ Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
         for (; i + 32 <= n; i += 32)                                                                         \
             for (int k = 0; k < 4; k++) {                                                                    \
                 __m256 w[RM];                                                                                \
-                for (int r = 0; r < RM; r++) w[r] = load_f16(F16_ROW(vx, bx, r) + i + 8 * k);                    \
+                for (int r = 0; r < RM; r++) w[r] = LOAD(ROW16(ET, vx, bx, r) + i + 8 * k);                  \
                 for (int t = 0; t < RN; t++) {                                                               \
-                    const __m256 a = load_f16(F16_ROW(vy, by, t) + i + 8 * k);                                   \
+                    const __m256 a = LOAD(ROW16(ET, vy, by, t) + i + 8 * k);                                 \
                     for (int r = 0; r < RM; r++) acc[r][t][k] = _mm256_fmadd_ps(w[r], a, acc[r][t][k]);      \
                 }                                                                                            \
             }                                                                                                \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++)                                                                     \
-                s[r * ls + t] = f16_finish(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3],           \
-                                           F16_ROW(vx, bx, r), F16_ROW(vy, by, t), i, n);                            \
-    }                                                                                                                 \
+                s[r * ls + t] = FINISH(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3],               \
+                                       ROW16(ET, vx, bx, r), ROW16(ET, vy, by, t), i, n);                    \
+    }                                                                                                        \
     TILE_ENTRY(NAME, RM, RN)
 
-F16_TILE(tile_f16_avx2, 1, 3)
+FLOAT16_TILE_AVX2(tile_f16_avx2, 1, 3, tk_half, load_f16, f16_finish)
+FLOAT16_TILE_AVX2(tile_bf16_avx2, 1, 3, uint16_t, load_bf16, bf16_finish)
 
 /* ---------------------------------------------------------------------------------------------- tile table */
 
 const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
     static const struct tk_gemm *const T[][2] = {
         [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile},
+        [TK_BF16] = {&tile_bf16_avx2_tile, &tile_bf16_avx2_tile},
         [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile},
         [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile},
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},

@@ -270,7 +270,6 @@ static inline AVX512 float lanes16_sum(__m512 acc) {
             }                                                                                                \
     }
 
-#define ROW16(ET, v, b, r) ((const ET *)((const char *)(v) + (r) * (b)))
 #define PACKED_F32_ROW(r) ((const float *)((const char *)vx + (r) * bx))
 #define FLOAT16_PACKED_W(ET, LOAD16, TOF, r, i) _mm512_loadu_ps(PACKED_F32_ROW(r) + (i))
 #define FLOAT16_PACKED_X(ET, LOAD16, TOF, r, j) PACKED_F32_ROW(r)[j]

@@ -43,14 +43,23 @@ static inline float bf2f(uint16_t b) {
 
 static inline AVX2 __m256 load_f16(const tk_half *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
-/* the end of tk_vec_dot_f16_avx2: the 8-element steps into a0, the lanes summed, the scalar tail */
-static inline AVX2 float f16_finish(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const tk_half *x, const tk_half *y,
-                                    int64_t i, int64_t n) {
-    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
-    float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; i < n; i++) sum += h2f(x[i]) * h2f(y[i]);
-    return sum;
+static inline AVX2 __m256 load_bf16(const uint16_t *p) {
+    __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
+
+/* the end of the AVX2 F16/BF16 products (four 8-lane accumulators over steps of 32 elements): the 8-element steps
+   into a0, the lanes summed, the scalar tail */
+#define FLOAT16_FINISH(NAME, ET, LOAD, TOF)                                                                   \
+    static inline AVX2 float NAME(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const ET *x, const ET *y,       \
+                                  int64_t i, int64_t n) {                                                     \
+        for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(LOAD(x + i), LOAD(y + i), a0);                        \
+        float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));                       \
+        for (; i < n; i++) sum += TOF(x[i]) * TOF(y[i]);                                                      \
+        return sum;                                                                                           \
+    }
+FLOAT16_FINISH(f16_finish, tk_half, load_f16, h2f)
+FLOAT16_FINISH(bf16_finish, uint16_t, load_bf16, bf2f)
 
 #define VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 
@@ -132,7 +141,8 @@ typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
     }                                                                                                                 \
     PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NARROW)
 
-#define F16_ROW(v, b, r) ((const tk_half *)((const char *)(v) + (r) * (b)))
+/* row r of a 16-bit float matrix (ET elements) with b bytes per row */
+#define ROW16(ET, v, b, r) ((const ET *)((const char *)(v) + (r) * (b)))
 
 /* weights are read once per token, straight from the mapped file: fetch them 4 KiB ahead, across the page
    boundaries where the hardware prefetcher stops */
