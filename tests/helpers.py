@@ -105,3 +105,60 @@ def running_llama_server(path, log, *flags):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+# -- the native core's kernels against ggml ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def kernels(scalar: bool):
+    """The native core on its portable scalar kernels (or its SIMD ones) for the block; then as the environment says
+    (TOOLKIT_FORCE_SCALAR)."""
+    import native
+    native.set_force_scalar(scalar)
+    try:
+        yield
+    finally:
+        native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
+
+
+def ggml_cpu():
+    """The oracle's libggml-cpu (llama-cpp-python's AVX2 build), initialised; the test skips without it."""
+    import ctypes
+
+    import pytest
+    llama_cpp = pytest.importorskip("llama_cpp")
+    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    try:
+        ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
+        cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"))
+    except OSError as e:
+        pytest.skip(f"libggml-cpu not loadable: {e}")
+    cpu.ggml_cpu_init()
+    return cpu
+
+
+def ggml_vec_dots(cpu, name: str, wq: np.ndarray, aq: np.ndarray, cols: int) -> np.ndarray:
+    """ggml's `ggml_vec_dot_<name>` of every activation row (aq, in the vec_dot_type) with every weight row (wq):
+    [tokens, rows], the reference of the matrix kernels' bits."""
+    import ctypes
+    fn = getattr(cpu, f"ggml_vec_dot_{name}")
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                   ctypes.c_size_t, ctypes.c_int]
+    out = ctypes.c_float()
+    want = np.empty((len(aq), len(wq)), np.float32)
+    for j in range(len(aq)):
+        for r in range(len(wq)):
+            fn(cols, ctypes.addressof(out), 0, wq[r].ctypes.data, 0, aq[j].ctypes.data, 0, 1)
+            want[j, r] = out.value
+    return want
+
+
+def matrices_end_to_end(path, n_per_row: int) -> np.ndarray:
+    """A GGUF file's 2-D tensors (a trained model's weights, say) laid end to end in rows of n_per_row floats."""
+    from common.ggufio import GGUFFile
+
+    with GGUFFile(path) as g:
+        values = np.concatenate([np.array(g.data(e), np.float32).reshape(-1) for e in g.tensors
+                                 if len(e.info.shape) == 2])
+    return values[: values.size // n_per_row * n_per_row].reshape(-1, n_per_row)
+

@@ -28,12 +28,12 @@ build with AVX512-VNNI, GCC 12 miscompiles ggml_vec_dot_q5_0_q8_0_generic (0.985
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 
 import native
+from tests import helpers
 
 F32, F16, BF16 = 0, 1, 30
 Q8_0, Q8_1, Q8_K = 8, 9, 15
@@ -56,18 +56,11 @@ ACT_BOUND = {F32: 0.0, F16: 2.0 ** -11, BF16: 2.0 ** -8, Q8_0: 0.025, Q8_1: 0.02
 HAS_SIMD = bool(native.cpu_features().get("f16c_avx2"))
 
 
-def _restore_scalar_setting():
-    native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
-
-
 def matmul(t, w, rows, cols, x, nthreads=2, simd=None):
     if simd is None:
         return native.matmul(t, w, rows, cols, x, nthreads)
-    native.set_force_scalar(not simd)
-    try:
+    with helpers.kernels(scalar=not simd):
         return native.matmul(t, w, rows, cols, x, nthreads)
-    finally:
-        _restore_scalar_setting()
 
 
 def min_cols(t: int) -> int:
@@ -299,17 +292,7 @@ def test_bad_arguments():
 
 @pytest.fixture(scope="module")
 def ggml_cpu():
-    import ctypes
-
-    llama_cpp = pytest.importorskip("llama_cpp")
-    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    try:
-        ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-        cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"))
-    except OSError as e:
-        pytest.skip(f"libggml-cpu not loadable: {e}")
-    cpu.ggml_cpu_init()
-    return cpu
+    return helpers.ggml_cpu()
 
 
 _GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8: "q8_0_q8_0",
@@ -320,26 +303,15 @@ _GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8
 
 @pytest.mark.parametrize("t", list(_GGML_NAMES), ids=[NAMES[t] for t in _GGML_NAMES])
 def test_against_ggml_vec_dot(ggml_cpu, t):
-    import ctypes
-
     rows, cols, n = 24, 4096, 3
     wq, wd = weights(t, rows, cols, 21 + t)
     x = activations(n, cols, 21 + t)
     _, aq = seen_activations(t, x)
     sc = scale(wd, x)
-    for simd, fn_name in ((True, f"ggml_vec_dot_{_GGML_NAMES[t]}"), (False, f"ggml_vec_dot_{_GGML_NAMES[t]}_generic")):
+    for simd, name in ((True, _GGML_NAMES[t]), (False, f"{_GGML_NAMES[t]}_generic")):
         if simd and not HAS_SIMD:
             continue
-        fn = getattr(ggml_cpu, fn_name)
-        fn.restype = None
-        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-                       ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        want = np.empty((n, rows), np.float32)
-        out = ctypes.c_float()
-        for j in range(n):
-            for r in range(rows):
-                fn(cols, ctypes.addressof(out), 0, wq[r].ctypes.data, 0, aq[j].ctypes.data, 0, 1)
-                want[j, r] = out.value
+        want = helpers.ggml_vec_dots(ggml_cpu, name, wq, aq, cols)
         got = matmul(t, wq, rows, cols, x, simd=simd)
         err = np.abs(got.astype(np.float64) - want) / sc
-        assert err.max() <= 1e-6, f"{NAMES[t]} vs {fn_name}: {err.max():.3g}"
+        assert err.max() <= 1e-6, f"{NAMES[t]} vs ggml_vec_dot_{name}: {err.max():.3g}"

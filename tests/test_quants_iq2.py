@@ -8,7 +8,6 @@ adversarial rows of random values times 1e18 and 1e30 reach: those rows are chec
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 
 import native
+from tests.helpers import ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
 from tests.test_quants_imatrix import ggml_quantize, weights
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -64,13 +64,8 @@ def test_the_types_ggml_needs_weights_for_refuse_without(t):
 
 @pytest.fixture(scope="module")
 def stories_rows(stories260k_f32):
-    """stories260K's trained weights (rows of 64 and 172: not IQ2 rows) laid end to end in rows of 2048"""
-    from common.ggufio import GGUFFile
-
-    with GGUFFile(stories260k_f32) as g:
-        values = np.concatenate([np.array(g.data(e), np.float32).reshape(-1) for e in g.tensors
-                                 if len(e.info.shape) == 2])
-    return values[: values.size // N_PER_ROW * N_PER_ROW].reshape(-1, N_PER_ROW)
+    """stories260K's trained weights (rows of 64 and 172: not rows of this type) laid end to end in rows of 2048"""
+    return matrices_end_to_end(stories260k_f32, N_PER_ROW)
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
@@ -122,32 +117,14 @@ def test_table_rows():
 def test_dot_products_are_ggml_s_avx2_bits(t):
     """The matrix products (AVX2 and scalar paths) equal ggml's vec_dot (its AVX2 build) bit for bit on the same
     bytes, one token alone and several batched."""
-    llama_cpp = pytest.importorskip("llama_cpp")
     if not native.cpu_features().get("f16c_avx2"):
         pytest.skip("no AVX2")
-    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"))
-    cpu.ggml_cpu_init()
     rows, cols, n = 16, 4096, 5
     rng = np.random.default_rng(int(t))
     w = native.quantize(int(t), rng.standard_normal((rows, cols), dtype=np.float32), imatrix=weights("squares", cols))
     x = rng.standard_normal((n, cols), dtype=np.float32)
-    _, act = native.activations(int(t), x)
-    fn = getattr(cpu, f"ggml_vec_dot_{t.name.lower()}_q8_K")
-    fn.restype = None
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                   ctypes.c_size_t, ctypes.c_int]
-    out = ctypes.c_float()
-    want = np.empty((n, rows), np.float32)
-    for j in range(n):
-        for r in range(rows):
-            fn(cols, ctypes.addressof(out), 0, w[r].ctypes.data, 0, act[j].ctypes.data, 0, 1)
-            want[j, r] = out.value
-    try:
-        for scalar in (False, True):  # the scalar kernels follow the AVX2 float order
-            native.set_force_scalar(scalar)
+    want = ggml_vec_dots(ggml_cpu(), f"{t.name.lower()}_q8_K", w, native.activations(int(t), x)[1], cols)
+    for scalar in (False, True):  # the scalar kernels follow the AVX2 float order
+        with kernels(scalar):
             np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
             np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x[2:3], 1), want[2:3])
-    finally:
-        native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))

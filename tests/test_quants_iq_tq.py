@@ -12,6 +12,7 @@ from gguf import GGMLQuantizationType as T
 from gguf.quants import dequantize as gguf_dequantize
 
 import native
+from tests.helpers import ggml_cpu, ggml_vec_dots, kernels
 from tests.test_quants_imatrix import ggml_quantize
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -56,32 +57,13 @@ def test_table_rows():
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_simd_dot_products_are_ggml_s_bits(t):
     """With AVX2 both sides, the matrix products equal ggml's vec_dot (its AVX2 build) bit for bit on the same bytes."""
-    import os
-
-    llama_cpp = pytest.importorskip("llama_cpp")
     if not native.cpu_features().get("f16c_avx2"):
         pytest.skip("no AVX2")
-    lib_dir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
-    ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"), mode=ctypes.RTLD_GLOBAL)
-    cpu = ctypes.CDLL(os.path.join(lib_dir, "libggml-cpu.so"))
-    cpu.ggml_cpu_init()
     rows, cols = 16, 4096
     rng = np.random.default_rng(int(t))
     w = native.quantize(int(t), rng.standard_normal((rows, cols), dtype=np.float32))
     x = rng.standard_normal((2, cols), dtype=np.float32)
-    _, act = native.activations(int(t), x)
-    fn = getattr(cpu, f"ggml_vec_dot_{t.name.lower()}_{'q8_0' if t == T.IQ4_NL else 'q8_K'}")
-    fn.restype = None
-    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                   ctypes.c_size_t, ctypes.c_int]
-    out = ctypes.c_float()
-    want = np.empty((2, rows), np.float32)
-    for j in range(2):
-        for r in range(rows):
-            fn(cols, ctypes.addressof(out), 0, w[r].ctypes.data, 0, act[j].ctypes.data, 0, 1)
-            want[j, r] = out.value
-    native.set_force_scalar(False)
-    try:
+    name = f"{t.name.lower()}_{'q8_0' if t == T.IQ4_NL else 'q8_K'}"
+    want = ggml_vec_dots(ggml_cpu(), name, w, native.activations(int(t), x)[1], cols)
+    with kernels(scalar=False):
         np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
-    finally:
-        native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))

@@ -1,10 +1,10 @@
 """SIMD quantizers against the scalar reference and ggml, bit for bit (zero tolerance)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+
+from tests.helpers import kernels
 
 
 # ------------------------------------------------------------------------------------------------ k-quants (AVX2)
@@ -41,11 +41,8 @@ def k_adversarial(k_oracle):
 def _k_quantize(t, x, simd: bool, nthreads: int = 2):
     import native
 
-    native.set_force_scalar(not simd)
-    try:
+    with kernels(scalar=not simd):
         return native.quantize(t, np.ascontiguousarray(x, dtype=np.float32), nthreads)
-    finally:
-        native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
 
 
 def _k_check(k_oracle, k_ggml, t, x, names=None):

@@ -21,7 +21,7 @@ from quantizer.quantize import quantize_file
 from quantizer.types import parse_file_type
 from runtime.api import Llama
 from tests.codeshell_reference import codeshell_logits
-from tests.helpers import REPO, greedy_tokens, llama_cpp_logit_diff, quantized, run_toolkit
+from tests.helpers import REPO, greedy_tokens, kernels as scalar_or_simd, llama_cpp_logit_diff, quantized, run_toolkit
 from tests.test_quantize_imatrix import matrix_shapes, write_random_imatrix
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
@@ -66,9 +66,8 @@ def our_logits(path, steps=16):
 @pytest.fixture(params=["simd", "scalar"])
 def kernels(request):
     """The tests below run on the SIMD kernels (AVX2, AVX-VNNI where present) and again on the portable scalar ones."""
-    native.set_force_scalar(request.param == "scalar")
-    yield request.param
-    native.set_force_scalar(os.environ.get("TOOLKIT_FORCE_SCALAR", "0") not in ("", "0"))
+    with scalar_or_simd(scalar=request.param == "scalar"):
+        yield request.param
 
 
 @pytest.mark.parametrize("arch", ARCHES)
