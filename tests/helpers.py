@@ -162,3 +162,20 @@ def matrices_end_to_end(path, n_per_row: int) -> np.ndarray:
                                  if len(e.info.shape) == 2])
     return values[: values.size // n_per_row * n_per_row].reshape(-1, n_per_row)
 
+
+def assert_dequantized_as_ggml(lib, t, q: np.ndarray, n_per_row: int, gguf_py: bool = True) -> None:
+    """Our dequantizer on q (rows of blocks of GGML type t) equals ggml's dequantize_row (lib: its libggml-base) and,
+    when asked, gguf-py's, bit for bit (NaN where both have one)."""
+    import ctypes
+
+    import native
+    from gguf.quants import dequantize as gguf_dequantize
+    fn = getattr(lib, f"dequantize_row_{t.name.lower()}")
+    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    want = np.empty((len(q), n_per_row), np.float32)
+    fn(q.ctypes.data, want.ctypes.data, want.size)
+    ours = native.dequantize(int(t), q, n_per_row, 2)
+    np.testing.assert_array_equal(ours, want)
+    if gguf_py:
+        np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(ours.shape))
+

@@ -9,16 +9,14 @@ input whose errors overflow (an assertion after reading past its arrays): each a
 and a row ggml dies on is only required not to crash ours."""
 from __future__ import annotations
 
-import ctypes
 import os
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize as gguf_dequantize
 
 import native
-from tests.helpers import ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
 from tests.test_quants_imatrix import ggml_quantize, weights
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -99,14 +97,8 @@ def test_adversarial_rows_equal_ggml(ggml, t, kind):
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_dequantize_equals_ggml_and_gguf_py(ggml, t):
     x, _ = adversarial_matrix()
-    q = native.quantize(int(t), x, 2, imatrix=weights("lognormal", N_PER_ROW))
-    fn = getattr(ggml.lib, f"dequantize_row_{t.name.lower()}")
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    want = np.empty(x.shape, np.float32)
-    fn(q.ctypes.data, want.ctypes.data, want.size)
-    ours = native.dequantize(int(t), q, N_PER_ROW, 2)
-    np.testing.assert_array_equal(ours, want)
-    np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(x.shape))
+    assert_dequantized_as_ggml(ggml.lib, t, native.quantize(int(t), x, 2, imatrix=weights("lognormal", N_PER_ROW)),
+                               N_PER_ROW)
 
 
 def test_table_rows():

@@ -7,15 +7,12 @@ ggml aborts (GGML_ASSERT in iq2_find_best_neighbour) when every distance to a gr
 adversarial rows of random values times 1e18 and 1e30 reach: those rows are checked only for not crashing ours."""
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize as gguf_dequantize
 
 import native
-from tests.helpers import ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
 from tests.test_quants_imatrix import ggml_quantize, weights
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -88,23 +85,12 @@ def test_rows_that_make_ggml_abort_quantize_all_the_same(t):
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_dequantize_equals_ggml_and_gguf_py(ggml, rows, t):
     x, _ = rows
-    q = ggml_quantize(ggml.lib, t, x, weights("squares", N_PER_ROW))
-    fn = getattr(ggml.lib, f"dequantize_row_{t.name.lower()}")
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    want = np.empty(x.shape, np.float32)
-    fn(q.ctypes.data, want.ctypes.data, want.size)
-    ours = native.dequantize(int(t), q, N_PER_ROW, 2)
-    np.testing.assert_array_equal(ours, want)
-    np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(x.shape))
+    assert_dequantized_as_ggml(ggml.lib, t, ggml_quantize(ggml.lib, t, x, weights("squares", N_PER_ROW)), N_PER_ROW)
     # every grid entry, sign group and scale: random blocks (fp16 scales kept below 1; IQ2_XS grid indices are 9
     # bits of 16, so random bytes reach all of them; IQ2_S's 10-bit ones through qh)
     blocks = np.random.default_rng(int(t)).integers(0, 256, (512, native.TRAITS[int(t)][2]), dtype=np.uint8)
     blocks[:, 1] &= 0x3B
-    want = np.empty((512, 256), np.float32)
-    fn(blocks.ctypes.data, want.ctypes.data, want.size)
-    ours = native.dequantize(int(t), blocks, 256, 1)
-    np.testing.assert_array_equal(ours, want)
-    np.testing.assert_array_equal(ours, gguf_dequantize(blocks, t).reshape(ours.shape))
+    assert_dequantized_as_ggml(ggml.lib, t, blocks, 256)
 
 
 def test_table_rows():

@@ -4,15 +4,12 @@ and adversarial rows, and dequantized values against ggml's dequantize_row_* and
 matrix kernels are in tests/test_matmul.py (against ggml's vec_dots)."""
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
-from gguf.quants import dequantize as gguf_dequantize
 
 import native
-from tests.helpers import ggml_cpu, ggml_vec_dots, kernels
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels
 from tests.test_quants_imatrix import ggml_quantize
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -37,14 +34,8 @@ def test_random_and_adversarial_rows_equal_ggml(ggml, t):
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_dequantize_equals_ggml_and_gguf_py(ggml, t):
     x, _ = adversarial_matrix()
-    q = ggml_quantize(ggml.lib, t, x, None)
-    fn = getattr(ggml.lib, f"dequantize_row_{t.name.lower()}")
-    fn.restype, fn.argtypes = None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
-    want = np.empty(x.shape, np.float32)
-    fn(q.ctypes.data, want.ctypes.data, want.size)
-    ours = native.dequantize(int(t), q, N_PER_ROW, 2)
-    np.testing.assert_array_equal(ours, want)  # NaN where a huge scale meets a zero quant, on both sides
-    np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(x.shape))
+    # NaN where a huge scale meets a zero quant, on both sides
+    assert_dequantized_as_ggml(ggml.lib, t, ggml_quantize(ggml.lib, t, x, None), N_PER_ROW)
 
 
 def test_table_rows():
