@@ -351,6 +351,8 @@ const struct tk_gemm *tk_gemm(int type) {
 #if defined(__x86_64__) || defined(__i386__)
     if (!tk_use_simd()) return NULL;
     return tk_gemm_x86(type, tk_use_avx512() ? 2 : tk_use_vnni() ? 1 : 0);
+#elif defined(__aarch64__)
+    return tk_use_simd() ? tk_gemm_neon(type, tk_arm_level()) : NULL;
 #else
     (void)type;
     return NULL;

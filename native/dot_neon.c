@@ -91,30 +91,51 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
     }
 #define ROW_PTR(T, vx, bx, r) ((const T *)((const char *)(vx) + (size_t)(r) * (bx)))
 
-/* dot.c's LEGACY_SCALAR: per block, lane l += d_x·d_y · (four products) with one FMA; lanes summed at the end */
+/* dot.c's LEGACY_SCALAR: per block, lane l += d_x·d_y · (four products) with one FMA; lanes summed at the end. Written
+   once for nr weight rows × nt activation rows (always inlined with constant nr, nt): the one-row and two-row kernels
+   are its 1 × 1 and 2 × 1 cases, prompt processing's tile its LEGACY_TILE_ROWS × LEGACY_TILE_TOKENS one (each block's
+   weights unpacked once for all its tokens); every (row, token) pair gets the one-row kernel's operations. */
+#define LEGACY_TILE_ROWS 2
+#define LEGACY_TILE_TOKENS 4
 #define LEGACY(NAME, ATTR, LANES4, XT, YT, WEIGHTS, MIN)                                                         \
-    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
-        const YT *y = vy;                                                                                       \
-        float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};                     \
-        float summ[2] = {0, 0};                                                                                 \
+    ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
+                                  size_t by, const int nr, const int nt) {                                      \
+        float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];         \
+        float summ[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];                                                       \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) {                                                                      \
+                lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);                                                        \
+                summ[r][t] = 0;                                                                                 \
+            }                                                                                                   \
         for (int64_t b = 0; b < n / QK; b++) {                                                                  \
-            const int8x16_t a0 = vld1q_s8(y[b].qs), a1 = vld1q_s8(y[b].qs + 16);                                \
-            for (int r = 0; r < nr; r++) {                                                                      \
-                const XT *x = ROW_PTR(XT, vx, bx, r) + b;                                                        \
-                int8x16_t w0, w1;                                                                               \
-                WEIGHTS(x, &w0, &w1);                                                                           \
-                const float d = H2F(x->d) * H2F(y[b].d);                                                        \
-                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(LANES4(w0, a0)), d);                                   \
-                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(LANES4(w1, a1)), d);                                   \
-                MIN;                                                                                            \
+            int8x16_t w0[LEGACY_TILE_ROWS], w1[LEGACY_TILE_ROWS];                                               \
+            for (int r = 0; r < nr; r++) WEIGHTS(ROW_PTR(XT, vx, bx, r) + b, &w0[r], &w1[r]);                    \
+            for (int t = 0; t < nt; t++) {                                                                      \
+                const YT *y = ROW_PTR(YT, vy, by, t) + b;                                                        \
+                const int8x16_t a0 = vld1q_s8(y->qs), a1 = vld1q_s8(y->qs + 16);                                \
+                for (int r = 0; r < nr; r++) {                                                                  \
+                    const XT *x = ROW_PTR(XT, vx, bx, r) + b;                                                    \
+                    const float d = H2F(x->d) * H2F(y->d);                                                      \
+                    lo[r][t] = vfmaq_n_f32(lo[r][t], vcvtq_f32_s32(LANES4(w0[r], a0)), d);                      \
+                    hi[r][t] = vfmaq_n_f32(hi[r][t], vcvtq_f32_s32(LANES4(w1[r], a1)), d);                      \
+                    MIN;                                                                                        \
+                }                                                                                               \
             }                                                                                                   \
         }                                                                                                       \
-        for (int r = 0; r < nr; r++) s[r] = lanes_sum8(lo[r], hi[r]) + summ[r];                                 \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_sum8(lo[r][t], hi[r][t]) + summ[r][t];           \
     }                                                                                                           \
-    ROWS(NAME, ATTR)
+    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
+        NAME##_block(n, s, 1, vx, bx, vy, 0, nr, 1);                                                            \
+    }                                                                                                           \
+    ROWS(NAME, ATTR)                                                                                            \
+    ATTR static void NAME##_tile(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,       \
+                                 size_t by) {                                                                   \
+        NAME##_block(n, s, ls, vx, bx, vy, by, LEGACY_TILE_ROWS, LEGACY_TILE_TOKENS);                           \
+    }
 
 #define MIN_NONE (void)0
-#define MIN_Q8_1 summ[r] += H2F(x->m) * H2F(y[b].s)
+#define MIN_Q8_1 summ[r][t] += H2F(x->m) * H2F(y->s)
 
 #define LEGACY_BOTH(T, YT, MIN)                                                                                  \
     LEGACY(dot_##T##_neon, NEON, lanes4_neon, block_##T, YT, w_##T, MIN)                                          \
@@ -398,6 +419,29 @@ static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
     [TK_IQ2_XS] = {tk_vec_dot_iq2_xs_q8_K_neon, tk_vec_dot_iq2_xs_q8_K_dot, NULL, NULL},
     [TK_IQ2_S] = {tk_vec_dot_iq2_s_q8_K_neon, tk_vec_dot_iq2_s_q8_K_dot, NULL, NULL},
 };
+
+/* prompt processing's tiles: the legacy types', at each level (the others run their two-row kernels per token) */
+#define LEGACY_GEMM(T, LEVEL)                                                                                   \
+    static const struct tk_gemm tile_##T##_##LEVEL = {dot_##T##_##LEVEL##_tile, LEGACY_TILE_ROWS, LEGACY_TILE_TOKENS, \
+                                                      NULL, 0, 0, NULL};
+#define LEGACY_GEMMS(T) LEGACY_GEMM(T, neon) LEGACY_GEMM(T, dot)
+LEGACY_GEMMS(q4_0)
+LEGACY_GEMMS(q4_1)
+LEGACY_GEMMS(q5_0)
+LEGACY_GEMMS(q5_1)
+LEGACY_GEMMS(q8_0)
+
+const struct tk_gemm *tk_gemm_neon(int wtype, int level) {
+    if (level < 1) return NULL;
+    switch (wtype) {
+    case TK_Q4_0: return level >= 2 ? &tile_q4_0_dot : &tile_q4_0_neon;
+    case TK_Q4_1: return level >= 2 ? &tile_q4_1_dot : &tile_q4_1_neon;
+    case TK_Q5_0: return level >= 2 ? &tile_q5_0_dot : &tile_q5_0_neon;
+    case TK_Q5_1: return level >= 2 ? &tile_q5_1_dot : &tile_q5_1_neon;
+    case TK_Q8_0: return level >= 2 ? &tile_q8_0_dot : &tile_q8_0_neon;
+    default: return NULL;
+    }
+}
 
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level) {
     if (wtype < 0 || wtype >= TK_TYPE_COUNT || level < 1) return NULL;

@@ -285,6 +285,8 @@ void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, size_t bx, c
 tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level);
 /* its two-row form (same bits as two tk_vec_dot_neon calls), NULL when none */
 tk_vec_dot2_fn tk_vec_dot2_neon(int wtype, int level);
+/* prompt processing's tile of wtype at that level (dot_neon.c), NULL when none */
+const struct tk_gemm *tk_gemm_neon(int wtype, int level);
 /* AVX-VNNI present (and SIMD not forced off) */
 int tk_use_vnni(void);
 /* AVX512 F/VL/BW/VNNI present (and SIMD not forced off, TOOLKIT_NO_AVX512 unset) */
