@@ -154,8 +154,8 @@ insns-arm64: $(REF_BUNDLE)/cases.txt
 # Issue 18's fuzz targets, each for FUZZ_SECONDS: atheris on the Python readers (tests/fuzz/fuzz_python.py: GGUF,
 # safetensors, config.json, tokenizer.json, the model loader with the engine) from seed corpora written from the tiny
 # fixtures, then libFuzzer with ASan/UBSan on the C entry points (tests/fuzz/fuzz_native.c: tk_engine_new over
-# descriptors, a forward pass, the quantize/dequantize rows; convert.c is built by gcc without instrumentation: clang
-# 14 does not know its avxvnni check). clang comes from apt when missing. A finding fails the target and leaves its
+# descriptors, a forward pass, the quantize/dequantize rows; cpu.c is built by gcc without instrumentation: clang
+# 14 does not know its avxvnni and f16c checks). clang comes from apt when missing. A finding fails the target and leaves its
 # input in build/fuzz/findings/: keep it in tests/fuzz-corpus/<target>/ once fixed (those inputs are replayed first).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= gguf safetensors config tokenizer model
@@ -171,10 +171,10 @@ fuzz: install
 		FUZZ_TOKENIZER_SEED=$(FUZZ_DIR)/tokenizer-seed $(PY) tests/fuzz/fuzz_python.py $$t $(FUZZ_FLAGS) \
 			-max_len=524288 -artifact_prefix=$(FUZZ_DIR)/findings/$$t- $(FUZZ_DIR)/corpus-$$t tests/fuzz-corpus/$$t \
 			|| exit 1; done
-	gcc -std=c11 -O2 -g -ffp-contract=off -c native/convert.c -o $(FUZZ_DIR)/convert.o
+	gcc -std=c11 -O2 -g -ffp-contract=off -c native/cpu.c -o $(FUZZ_DIR)/cpu.o
 	clang -std=c11 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -ffp-contract=off \
-		-Inative tests/fuzz/fuzz_native.c $(filter-out native/module.c native/convert.c,$(wildcard native/*.c)) \
-		$(FUZZ_DIR)/convert.o -lm -pthread -o $(FUZZ_DIR)/fuzz_native
+		-Inative tests/fuzz/fuzz_native.c $(filter-out native/module.c native/cpu.c,$(wildcard native/*.c)) \
+		$(FUZZ_DIR)/cpu.o -lm -pthread -o $(FUZZ_DIR)/fuzz_native
 	mkdir -p $(FUZZ_DIR)/corpus-native tests/fuzz-corpus/native
 	$(FUZZ_DIR)/fuzz_native $(FUZZ_FLAGS) -max_len=8192 -artifact_prefix=$(FUZZ_DIR)/findings/native- \
 		$(FUZZ_DIR)/corpus-native tests/fuzz-corpus/native
