@@ -102,6 +102,7 @@ ROPE_KEYS: dict[str, frozenset[str]] = {
     "longrope": frozenset({"long_factor", "short_factor", "original_max_position_embeddings", "factor",
                            "attention_factor"}),
 }
+MAX_LAYERS = 1 << 16  # the engine's TK_MAX_LAYERS: the most blocks a model may declare (config.json or GGUF)
 ROPE_ALIASES = {"su": "longrope"}  # Phi-3's first configs, as transformers renames it
 ROPE_LISTS = frozenset({"long_factor", "short_factor"})  # one number per rotated pair
 
@@ -188,6 +189,13 @@ class Architecture:
             raise UserError(f"config.json: {keys[0]} must be a positive integer, got {v!r}")
         return v
 
+    def layer_count(self, *keys: str) -> int:
+        """The number of blocks, at most MAX_LAYERS (a larger one is a damaged config, not a model to plan for)."""
+        v = self.get_int(*keys)
+        if v > MAX_LAYERS:
+            raise UserError(f"config.json: {keys[0]} {v} is more than the {MAX_LAYERS} layers a model may have")
+        return v
+
     def get_float(self, *keys: str, default=None) -> float:
         """A positive, finite number (an epsilon, a factor) from config.json."""
         v = self.get(*keys, default=default)
@@ -199,7 +207,7 @@ class Architecture:
         """The block sizes under transformers' standard config names: n_embd, n_layer, n_head, n_head_kv (grouped-query
         attention), n_ff and head_dim (hidden_size / heads unless set)."""
         self.n_embd = self.get_int("hidden_size")
-        self.n_layer = self.get_int("num_hidden_layers")
+        self.n_layer = self.layer_count("num_hidden_layers")
         self.n_head = self.get_int("num_attention_heads")
         self.n_head_kv = self.get_int("num_key_value_heads", default=self.n_head)
         self.n_ff = self.get_int("intermediate_size")
@@ -210,7 +218,7 @@ class Architecture:
         """The block sizes under GPT-2's config names (GPT-2 and its descendants, CodeShell): n_embd, n_layer, n_head,
         n_ff (n_inner, 4 × n_embd unless set); n_embd must be a multiple of n_head."""
         self.n_embd = self.get_int("n_embd")
-        self.n_layer = self.get_int("n_layer")
+        self.n_layer = self.layer_count("n_layer")
         self.n_head = self.get_int("n_head")
         self.n_ff = self.get_int("n_inner", default=4 * self.n_embd)
         self.head_dim = self.divides(self.n_embd, self.n_head, "n_embd")

@@ -21,7 +21,7 @@ class Qwen(Architecture):
     def __init__(self, config: dict):
         super().__init__(config)
         self.n_embd = self.get_int("hidden_size", "n_embd")
-        self.n_layer = self.get_int("num_hidden_layers", "n_layer")
+        self.n_layer = self.layer_count("num_hidden_layers", "n_layer")
         self.n_head = self.get_int("num_attention_heads", "n_head")
         self.n_ff = self.get_int("intermediate_size", "ffn_hidden_size")
         self.head_dim = self.divides(self.n_embd, self.n_head, "hidden_size")

@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import Keys
 
 import archs
+from archs.base import MAX_LAYERS
 import native
 from common.errors import UserError
 from common.ggufio import GGUFFile, TensorEntry
@@ -66,7 +67,6 @@ class HParams:
 
 
 MAX_WIDTH = 1 << 24    # any width of a block (n_embd, n_ff, head size, heads): far above every real model
-MAX_LAYERS = 1 << 16
 MAX_CONTEXT = 1 << 40
 
 

@@ -106,6 +106,15 @@ def test_shape_contradicting_config(model):
     convert_fails(model, contains="config.json implies [96, 64]")
 
 
+def test_absurd_layer_count(model):
+    """A config claiming more blocks than any model has is refused before anything is planned per layer (the config
+    fuzz target found a Gemma 2 config of 10^200 layers exhausting memory in the layer-type check)."""
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["num_hidden_layers"] = 10 ** 30
+    (model / "config.json").write_text(json.dumps(cfg))
+    convert_fails(model, contains="is more than the 65536 layers a model may have")
+
+
 def test_corrupt_safetensors_header(model):
     path = model / "model.safetensors"
     data = bytearray(path.read_bytes())
