@@ -82,10 +82,6 @@ static inline void lanes_fma(float acc[8], float d, const int w[QK], const int8_
     }
 }
 
-static inline float lanes_sum(const float a[8]) {
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
 /* block weights in element order: low nibbles are elements 0..15, high nibbles 16..31; the fifth bit from qh */
 static inline void nibbles(const uint8_t qs[QK / 2], const uint8_t *qh, int offset, int w[QK]) {
     uint32_t h = 0;
@@ -107,7 +103,7 @@ static inline void nibbles(const uint8_t qs[QK / 2], const uint8_t *qh, int offs
             lanes_fma(acc, H2F(x[b].d) * H2F(y[b].d), w, y[b].qs);                               \
             MIN;                                                                                 \
         }                                                                                        \
-        *s = lanes_sum(acc) + summ;                                                              \
+        *s = tk_lanes_sum8(acc) + summ;                                                              \
     }
 
 LEGACY_SCALAR(dot_q4_0_q8_0, block_q4_0, block_q8_0, nibbles(x[b].qs, NULL, 8, w), (void)0)
@@ -174,7 +170,7 @@ static void dot_q2_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
             }
         for (int l = 0; l < 8; l++) acc[l] = fmaf(dall, (float)sumi[l], acc[l]);
     }
-    *s = lanes_sum(acc);
+    *s = tk_lanes_sum8(acc);
 }
 
 static void dot_q3_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
@@ -253,7 +249,7 @@ static void dot_q5_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
             for (int i = 0; i < 32; i++) sumi[i / 4] += sc[sb] * a[32 * sb + i] * y[b].qs[32 * sb + i];
         for (int l = 0; l < 8; l++) acc[l] = fmaf(d, (float)sumi[l], acc[l]);
     }
-    *s = lanes_sum(acc) + summs;
+    *s = tk_lanes_sum8(acc) + summs;
 }
 
 static void dot_q6_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {

@@ -25,12 +25,6 @@
 
 /* ---------------------------------------------------------------------------------------------- lanes */
 
-/* the scalar code's lanes_sum: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), lanes 0..3 in lo, 4..7 in hi */
-static inline float lanes_sum8(float32x4_t lo, float32x4_t hi) {
-    const float32x4_t t = vaddq_f32(lo, hi);
-    return (vgetq_lane_f32(t, 0) + vgetq_lane_f32(t, 2)) + (vgetq_lane_f32(t, 1) + vgetq_lane_f32(t, 3));
-}
-
 /* s + lane 0 + lane 1 + ... + lane 7, one at a time (the k-quants' final sum in dot.c) */
 static inline float lanes_seq8(float s, float32x4_t lo, float32x4_t hi) {
     s += vgetq_lane_f32(lo, 0); s += vgetq_lane_f32(lo, 1); s += vgetq_lane_f32(lo, 2); s += vgetq_lane_f32(lo, 3);
@@ -123,7 +117,7 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
             }                                                                                                   \
         }                                                                                                       \
         for (int r = 0; r < nr; r++)                                                                            \
-            for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_sum8(lo[r][t], hi[r][t]) + summ[r][t];           \
+            for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_total(lo[r][t], hi[r][t]) + summ[r][t];           \
     }                                                                                                           \
     ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
         NAME##_block(n, s, 1, vx, bx, vy, 0, nr, 1);                                                            \
@@ -183,7 +177,7 @@ LEGACY_BOTH(q8_0, block_q8_0, MIN_NONE)
                 hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(i1), dall);                                            \
             }                                                                                                   \
         }                                                                                                       \
-        for (int r = 0; r < nr; r++) s[r] = lanes_sum8(lo[r], hi[r]);                                           \
+        for (int r = 0; r < nr; r++) s[r] = lanes_total(lo[r], hi[r]);                                           \
     }                                                                                                           \
     ROWS(NAME, ATTR)
 
@@ -224,7 +218,7 @@ Q2_K(dot_q2_K_dot, DOTPROD, lanes4_dot)
                 hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(i1), d);                                               \
             }                                                                                                   \
         }                                                                                                       \
-        for (int r = 0; r < nr; r++) s[r] = lanes_sum8(lo[r], hi[r]) + summs[r];                                \
+        for (int r = 0; r < nr; r++) s[r] = lanes_total(lo[r], hi[r]) + summs[r];                                \
     }                                                                                                           \
     ROWS(NAME, ATTR)
 

@@ -319,6 +319,32 @@ tk_vec_dot_fn tk_vec_dot_avx512(int wtype);
 tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype);
 /* ==== end of matrix products ===================================================================================== */
 
+/* 8 float lanes summed in ggml's hsum_float_8 order: the scalar kernels that follow ggml's AVX2 float order end so */
+static inline float tk_lanes_sum8(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* A scalar dot product of BLOCK weights (a fp16 d per super-block of QK_K) with Q8_K activations in ggml's AVX2 float
+   order: per sub-block of 32 (ib, its activations q8), the body (the variadic arguments) adds its exact integer sums
+   into lane[8]; per super-block one fused multiply-add of d_x·d_y per lane; FACTOR times tk_lanes_sum8 at the end.
+   The NEON kernels of the same types (simd_neon.h's Q8_K_SUPER_DOT) give these bits. */
+#define TK_Q8_K_SUPER_DOT(NAME, BLOCK, FACTOR, ...)                                                               \
+    void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                              \
+        const BLOCK *x = vx;                                                                                      \
+        const block_q8_K *y = vy;                                                                                 \
+        float acc[8] = {0};                                                                                       \
+        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                  \
+            const float d = tk_fp16_table[x[i].d] * y[i].d;                                                       \
+            int32_t lane[8] = {0};                                                                                \
+            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                              \
+                const int8_t *q8 = y[i].qs + 32 * ib;                                                             \
+                __VA_ARGS__                                                                                       \
+            }                                                                                                     \
+            for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);                                 \
+        }                                                                                                         \
+        *s = FACTOR * tk_lanes_sum8(acc);                                                                         \
+    }
+
 /* The small helpers of the quantizers (quants_k.c and the files that follow its rules): ggml's GROUP_MAX_EPS (a group
    whose largest magnitude is below it quantizes to zeros) and integer min / max / clamp. */
 #define GROUP_MAX_EPS 1e-15f

@@ -471,75 +471,35 @@ static inline void lanes_add(int32_t lane[8], const uint64_t g[4], const unsigne
     }
 }
 
-static inline float lanes_total(const float a[8]) {
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
-void tk_vec_dot_iq2_xxs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_iq2_xxs *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = tk_fp16_to_fp32(x[i].d) * y[i].d;
-        int32_t lane[8] = {0};
-        for (int ib = 0; ib < QK_K / 32; ++ib) {
-            uint32_t aux[2];
-            memcpy(aux, x[i].qs + 4 * ib, 8);
-            uint64_t g[4];
-            unsigned signs[4];
-            for (int l = 0; l < 4; ++l) {
-                g[l] = tk_iq2xxs_grid[(aux[0] >> 8 * l) & 255];
-                signs[l] = tk_iq2_ksigns[(aux[1] >> 7 * l) & 127];
-            }
-            const int ls = (int)(2 * (aux[1] >> 28) + 1);
-            lanes_add(lane, g, signs, y[i].qs + 32 * ib, ls, ls);
-        }
-        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_xxs_q8_K, block_iq2_xxs, 0.125f,
+    uint32_t aux[2];
+    memcpy(aux, x[i].qs + 4 * ib, 8);
+    uint64_t g[4];
+    unsigned signs[4];
+    for (int l = 0; l < 4; ++l) {
+        g[l] = tk_iq2xxs_grid[(aux[0] >> 8 * l) & 255];
+        signs[l] = tk_iq2_ksigns[(aux[1] >> 7 * l) & 127];
     }
-    *s = 0.125f * lanes_total(acc);
-}
+    const int ls = (int)(2 * (aux[1] >> 28) + 1);
+    lanes_add(lane, g, signs, q8, ls, ls);)
 
-void tk_vec_dot_iq2_xs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_iq2_xs *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = tk_fp16_to_fp32(x[i].d) * y[i].d;
-        int32_t lane[8] = {0};
-        for (int ib = 0; ib < QK_K / 32; ++ib) {
-            uint64_t g[4];
-            unsigned signs[4];
-            for (int l = 0; l < 4; ++l) {
-                const uint16_t q = x[i].qs[4 * ib + l];
-                g[l] = tk_iq2xs_grid[q & 511];
-                signs[l] = tk_iq2_ksigns[q >> 9];
-            }
-            const uint8_t sc = x[i].scales[ib];
-            lanes_add(lane, g, signs, y[i].qs + 32 * ib, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);
-        }
-        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_xs_q8_K, block_iq2_xs, 0.125f,
+    uint64_t g[4];
+    unsigned signs[4];
+    for (int l = 0; l < 4; ++l) {
+        const uint16_t q = x[i].qs[4 * ib + l];
+        g[l] = tk_iq2xs_grid[q & 511];
+        signs[l] = tk_iq2_ksigns[q >> 9];
     }
-    *s = 0.125f * lanes_total(acc);
-}
+    const uint8_t sc = x[i].scales[ib];
+    lanes_add(lane, g, signs, q8, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);)
 
-void tk_vec_dot_iq2_s_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_iq2_s *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = tk_fp16_to_fp32(x[i].d) * y[i].d;
-        int32_t lane[8] = {0};
-        for (int ib = 0; ib < QK_K / 32; ++ib) {
-            uint64_t g[4];
-            unsigned signs[4];
-            for (int l = 0; l < 4; ++l) {
-                g[l] = tk_iq2s_grid[iq2_s_index(&x[i], ib, l)];
-                signs[l] = x[i].qs[QK_K / 8 + 4 * ib + l];
-            }
-            const uint8_t sc = x[i].scales[ib];
-            lanes_add(lane, g, signs, y[i].qs + 32 * ib, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);
-        }
-        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
+TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_s_q8_K, block_iq2_s, 0.125f,
+    uint64_t g[4];
+    unsigned signs[4];
+    for (int l = 0; l < 4; ++l) {
+        g[l] = tk_iq2s_grid[iq2_s_index(&x[i], ib, l)];
+        signs[l] = x[i].qs[QK_K / 8 + 4 * ib + l];
     }
-    *s = 0.125f * lanes_total(acc);
-}
+    const uint8_t sc = x[i].scales[ib];
+    lanes_add(lane, g, signs, q8, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);)

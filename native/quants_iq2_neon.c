@@ -19,38 +19,17 @@ INLINE int8x16_t signed_pair(uint64_t g0, uint64_t g1, uint64_t s0, uint64_t s1)
     return vmulq_s8(v, vreinterpretq_s8_u64(vcombine_u64(vcreate_u64(s0), vcreate_u64(s1))));
 }
 
-INLINE float lanes_total(float32x4_t lo, float32x4_t hi) {
-    float a[8];
-    vst1q_f32(a, lo);
-    vst1q_f32(a + 4, hi);
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
 #define SIGNS7(v) tk_iq2_sign_bytes[tk_iq2_ksigns[(v) & 127]]
 
-/* one type's kernel: BLOCK its block type, SUB(ib, g, sg, ls1, ls2) sets the four grid points g, their sign bytes
-   sg and the two scales of 32-weight sub-block ib of super-block x[i] */
+/* one type's kernel: BLOCK its block type, SUB sets the four grid points g, their sign bytes sg and the two scales
+   ls1, ls2 of sub-block ib of super-block x[i] */
 #define IQ2_KERNEL(NAME, ATTR, LANES4, BLOCK, SUB)                                                                \
-    ATTR void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                         \
-        const BLOCK *x = vx;                                                                                      \
-        const block_q8_K *y = vy;                                                                                 \
-        float32x4_t acc_lo = vdupq_n_f32(0), acc_hi = vdupq_n_f32(0);                                             \
-        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                  \
-            const float d = tk_fp16_table[x[i].d] * y[i].d;                                                       \
-            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);                                                   \
-            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                              \
-                uint64_t g[4], sg[4];                                                                             \
-                int ls1, ls2;                                                                                     \
-                SUB;                                                                                              \
-                const int8_t *q8 = y[i].qs + 32 * ib;                                                             \
-                lo = vmlaq_n_s32(lo, LANES4(signed_pair(g[0], g[1], sg[0], sg[1]), vld1q_s8(q8)), ls1);           \
-                hi = vmlaq_n_s32(hi, LANES4(signed_pair(g[2], g[3], sg[2], sg[3]), vld1q_s8(q8 + 16)), ls2);      \
-            }                                                                                                     \
-            acc_lo = vfmaq_n_f32(acc_lo, vcvtq_f32_s32(lo), d);                                                   \
-            acc_hi = vfmaq_n_f32(acc_hi, vcvtq_f32_s32(hi), d);                                                   \
-        }                                                                                                         \
-        *s = 0.125f * lanes_total(acc_lo, acc_hi);                                                                \
-    }
+    Q8_K_SUPER_DOT(NAME, ATTR, BLOCK, 0.125f,                                                                     \
+        uint64_t g[4], sg[4];                                                                                     \
+        int ls1, ls2;                                                                                             \
+        SUB;                                                                                                      \
+        lo = vmlaq_n_s32(lo, LANES4(signed_pair(g[0], g[1], sg[0], sg[1]), vld1q_s8(q8)), ls1);                   \
+        hi = vmlaq_n_s32(hi, LANES4(signed_pair(g[2], g[3], sg[2], sg[3]), vld1q_s8(q8 + 16)), ls2);)
 
 #define XXS_SUB                                                                                                   \
     do {                                                                                                          \

@@ -509,45 +509,17 @@ static inline void lanes_add(int32_t lane[8], const uint32_t g[8], const unsigne
     }
 }
 
-static inline float lanes_total(const float acc[8]) {
-    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
-}
+TK_Q8_K_SUPER_DOT(tk_vec_dot_iq3_xxs_q8_K, block_iq3_xxs, 0.25f,
+    const uint32_t w = xxs_word(&x[i], ib);
+    uint32_t g[8];
+    unsigned signs[4];
+    for (int k = 0; k < 8; ++k) g[k] = tk_iq3xxs_grid[x[i].qs[8 * ib + k]];
+    for (int l = 0; l < 4; ++l) signs[l] = even_signs(w >> 7 * l & 127);
+    lanes_add(lane, g, signs, q8, (int)(2 * (w >> 28) + 1));)
 
-void tk_vec_dot_iq3_xxs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_iq3_xxs *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = tk_fp16_table[x[i].d] * y[i].d;
-        int32_t lane[8] = {0};
-        for (int ib = 0; ib < QK_K / 32; ++ib) {
-            const uint32_t w = xxs_word(&x[i], ib);
-            uint32_t g[8];
-            unsigned signs[4];
-            for (int k = 0; k < 8; ++k) g[k] = tk_iq3xxs_grid[x[i].qs[8 * ib + k]];
-            for (int l = 0; l < 4; ++l) signs[l] = even_signs(w >> 7 * l & 127);
-            lanes_add(lane, g, signs, y[i].qs + 32 * ib, (int)(2 * (w >> 28) + 1));
-        }
-        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
-    }
-    *s = 0.25f * lanes_total(acc);
-}
-
-void tk_vec_dot_iq3_s_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
-    const block_iq3_s *x = vx;
-    const block_q8_K *y = vy;
-    float acc[8] = {0};
-    for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d = tk_fp16_table[x[i].d] * y[i].d;
-        int32_t lane[8] = {0};
-        for (int ib = 0; ib < QK_K / 32; ++ib) {
-            uint32_t g[8];
-            unsigned signs[4];
-            for (int k = 0; k < 8; ++k) g[k] = tk_iq3s_grid[s_index(&x[i], ib, k)];
-            for (int l = 0; l < 4; ++l) signs[l] = x[i].signs[4 * ib + l];
-            lanes_add(lane, g, signs, y[i].qs + 32 * ib, 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1);
-        }
-        for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);
-    }
-    *s = lanes_total(acc);
-}
+TK_Q8_K_SUPER_DOT(tk_vec_dot_iq3_s_q8_K, block_iq3_s, 1.0f,
+    uint32_t g[8];
+    unsigned signs[4];
+    for (int k = 0; k < 8; ++k) g[k] = tk_iq3s_grid[s_index(&x[i], ib, k)];
+    for (int l = 0; l < 4; ++l) signs[l] = x[i].signs[4 * ib + l];
+    lanes_add(lane, g, signs, q8, 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1);)

@@ -23,68 +23,35 @@ INLINE int8x16_t signed_values(uint32_t a, uint32_t b, uint32_t c, uint32_t d, u
     return vbslq_s8(neg, vnegq_s8(v), v);
 }
 
-INLINE float lanes_total(float32x4_t lo, float32x4_t hi) {
-    float a[8];
-    vst1q_f32(a, lo);
-    vst1q_f32(a + 4, hi);
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-}
-
 /* the sign bits of the 7-bit group (the eighth its parity) */
 INLINE unsigned even_signs(uint32_t group7) { return group7 | ((unsigned)__builtin_parity(group7) << 7); }
 
+/* a sub-block's 32 values as v0, v1 (grid entries with their signs applied) and its scale ls, into lo and hi */
+#define IQ3_LANES(LANES4)                                                                                         \
+    lo = vmlaq_n_s32(lo, LANES4(v0, vld1q_s8(q8)), ls);                                                           \
+    hi = vmlaq_n_s32(hi, LANES4(v1, vld1q_s8(q8 + 16)), ls);
+
 #define IQ3(SUFFIX, ATTR, LANES4)                                                                                 \
-    ATTR void tk_vec_dot_iq3_xxs_q8_K_##SUFFIX(int64_t n, float *s, const void *vx, const void *vy) {            \
-        const block_iq3_xxs *x = vx;                                                                            \
-        const block_q8_K *y = vy;                                                                               \
-        float32x4_t acc_lo = vdupq_n_f32(0), acc_hi = vdupq_n_f32(0);                                           \
-        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                \
-            const float d = tk_fp16_table[x[i].d] * y[i].d;                                                     \
-            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);                                                 \
-            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                            \
-                uint32_t w;                                                                                     \
-                memcpy(&w, x[i].qs + QK_K / 4 + 4 * ib, 4);                                                     \
-                const uint8_t *q3 = x[i].qs + 8 * ib;                                                           \
-                const int8_t *q8 = y[i].qs + 32 * ib;                                                           \
-                const int ls = (int)(2 * (w >> 28) + 1);                                                        \
-                const int8x16_t v0 = signed_values(tk_iq3xxs_grid[q3[0]], tk_iq3xxs_grid[q3[1]],                \
-                                                   tk_iq3xxs_grid[q3[2]], tk_iq3xxs_grid[q3[3]],                \
-                                                   even_signs(w & 127), even_signs(w >> 7 & 127));              \
-                const int8x16_t v1 = signed_values(tk_iq3xxs_grid[q3[4]], tk_iq3xxs_grid[q3[5]],                \
-                                                   tk_iq3xxs_grid[q3[6]], tk_iq3xxs_grid[q3[7]],                \
-                                                   even_signs(w >> 14 & 127), even_signs(w >> 21 & 127));       \
-                lo = vmlaq_n_s32(lo, LANES4(v0, vld1q_s8(q8)), ls);                                             \
-                hi = vmlaq_n_s32(hi, LANES4(v1, vld1q_s8(q8 + 16)), ls);                                        \
-            }                                                                                                   \
-            acc_lo = vfmaq_n_f32(acc_lo, vcvtq_f32_s32(lo), d);                                                 \
-            acc_hi = vfmaq_n_f32(acc_hi, vcvtq_f32_s32(hi), d);                                                 \
-        }                                                                                                       \
-        *s = 0.25f * lanes_total(acc_lo, acc_hi);                                                               \
-    }                                                                                                           \
-    ATTR void tk_vec_dot_iq3_s_q8_K_##SUFFIX(int64_t n, float *s, const void *vx, const void *vy) {              \
-        const block_iq3_s *x = vx;                                                                              \
-        const block_q8_K *y = vy;                                                                               \
-        float32x4_t acc_lo = vdupq_n_f32(0), acc_hi = vdupq_n_f32(0);                                           \
-        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                \
-            const float d = tk_fp16_table[x[i].d] * y[i].d;                                                     \
-            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);                                                 \
-            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                            \
-                const uint8_t *qs = x[i].qs + 8 * ib, *sg = x[i].signs + 4 * ib;                                \
-                const unsigned h = x[i].qh[ib];                                                                 \
-                const int8_t *q8 = y[i].qs + 32 * ib;                                                           \
-                const int ls = 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1;                           \
-                uint32_t g[8];                                                                                  \
-                for (int k = 0; k < 8; ++k) g[k] = tk_iq3s_grid[qs[k] | ((h >> k & 1) << 8)];                   \
-                const int8x16_t v0 = signed_values(g[0], g[1], g[2], g[3], sg[0], sg[1]);                       \
-                const int8x16_t v1 = signed_values(g[4], g[5], g[6], g[7], sg[2], sg[3]);                       \
-                lo = vmlaq_n_s32(lo, LANES4(v0, vld1q_s8(q8)), ls);                                             \
-                hi = vmlaq_n_s32(hi, LANES4(v1, vld1q_s8(q8 + 16)), ls);                                        \
-            }                                                                                                   \
-            acc_lo = vfmaq_n_f32(acc_lo, vcvtq_f32_s32(lo), d);                                                 \
-            acc_hi = vfmaq_n_f32(acc_hi, vcvtq_f32_s32(hi), d);                                                 \
-        }                                                                                                       \
-        *s = lanes_total(acc_lo, acc_hi);                                                                       \
-    }
+    Q8_K_SUPER_DOT(tk_vec_dot_iq3_xxs_q8_K_##SUFFIX, ATTR, block_iq3_xxs, 0.25f,                                  \
+        uint32_t w;                                                                                               \
+        memcpy(&w, x[i].qs + QK_K / 4 + 4 * ib, 4);                                                               \
+        const uint8_t *q3 = x[i].qs + 8 * ib;                                                                     \
+        const int ls = (int)(2 * (w >> 28) + 1);                                                                  \
+        const int8x16_t v0 = signed_values(tk_iq3xxs_grid[q3[0]], tk_iq3xxs_grid[q3[1]], tk_iq3xxs_grid[q3[2]],   \
+                                           tk_iq3xxs_grid[q3[3]], even_signs(w & 127), even_signs(w >> 7 & 127)); \
+        const int8x16_t v1 = signed_values(tk_iq3xxs_grid[q3[4]], tk_iq3xxs_grid[q3[5]], tk_iq3xxs_grid[q3[6]],   \
+                                           tk_iq3xxs_grid[q3[7]], even_signs(w >> 14 & 127),                      \
+                                           even_signs(w >> 21 & 127));                                            \
+        IQ3_LANES(LANES4))                                                                                        \
+    Q8_K_SUPER_DOT(tk_vec_dot_iq3_s_q8_K_##SUFFIX, ATTR, block_iq3_s, 1.0f,                                       \
+        const uint8_t *qs = x[i].qs + 8 * ib, *sg = x[i].signs + 4 * ib;                                          \
+        const unsigned h = x[i].qh[ib];                                                                           \
+        const int ls = 2 * ((x[i].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1;                                     \
+        uint32_t g[8];                                                                                            \
+        for (int k = 0; k < 8; ++k) g[k] = tk_iq3s_grid[qs[k] | ((h >> k & 1) << 8)];                             \
+        const int8x16_t v0 = signed_values(g[0], g[1], g[2], g[3], sg[0], sg[1]);                                 \
+        const int8x16_t v1 = signed_values(g[4], g[5], g[6], g[7], sg[2], sg[3]);                                 \
+        IQ3_LANES(LANES4))
 
 IQ3(neon, NEON, lanes4_neon)
 IQ3(dot, DOTPROD, lanes4_dot)

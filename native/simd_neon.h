@@ -33,6 +33,35 @@ DOTPROD static inline int32x4_t lanes4_dot(int8x16_t w, int8x16_t a) {
 DOTPROD static inline int32x4_t lanes4_dot(int8x16_t w, int8x16_t a) { return vdotq_s32(vdupq_n_s32(0), w, a); }
 #endif
 
+/* the scalar kernels' tk_lanes_sum8 of 8 float lanes, ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), lanes 0..3
+   in lo, 4..7 in hi */
+static inline float lanes_total(float32x4_t lo, float32x4_t hi) {
+    const float32x4_t t = vaddq_f32(lo, hi);
+    return (vgetq_lane_f32(t, 0) + vgetq_lane_f32(t, 2)) + (vgetq_lane_f32(t, 1) + vgetq_lane_f32(t, 3));
+}
+
+/* A dot product of BLOCK weights (a fp16 d per super-block of QK_K) with Q8_K activations, as the scalar IQ kernels
+   order it: per sub-block of 32 (ib, its activations q8), the body (the variadic arguments) adds its integer lanes
+   into lo (elements 0..15) and hi (16..31); per super-block one fused multiply-add of d_x·d_y per lane; FACTOR times
+   lanes_total at the end. */
+#define Q8_K_SUPER_DOT(NAME, ATTR, BLOCK, FACTOR, ...)                                                           \
+    ATTR void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                         \
+        const BLOCK *x = vx;                                                                                      \
+        const block_q8_K *y = vy;                                                                                 \
+        float32x4_t acc_lo = vdupq_n_f32(0), acc_hi = vdupq_n_f32(0);                                             \
+        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                  \
+            const float d = tk_fp16_table[x[i].d] * y[i].d;                                                       \
+            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);                                                   \
+            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                              \
+                const int8_t *q8 = y[i].qs + 32 * ib;                                                             \
+                __VA_ARGS__                                                                                       \
+            }                                                                                                     \
+            acc_lo = vfmaq_n_f32(acc_lo, vcvtq_f32_s32(lo), d);                                                   \
+            acc_hi = vfmaq_n_f32(acc_hi, vcvtq_f32_s32(hi), d);                                                   \
+        }                                                                                                         \
+        *s = FACTOR * lanes_total(acc_lo, acc_hi);                                                                \
+    }
+
 /* quants_iq_neon.c (IQ4_NL, IQ4_XS) and quants_ternary_neon.c (TQ1_0, TQ2_0): the bits of their scalar kernels, at
    the NEON and the dotprod level */
 void tk_vec_dot_iq4_nl_q8_0_neon(int64_t n, float *s, const void *x, const void *y);
