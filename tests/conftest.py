@@ -30,6 +30,15 @@ def stories260k_f32(tmp_path_factory, shared_fixtures) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def stories_rows(stories260k_f32):
+    """stories260K's trained matrices (rows of 64 and 172) laid end to end in rows of N_PER_ROW (the quantizer oracle
+    tests' row: 8 super-blocks): real weights for the types whose rows are multiples of 256."""
+    from tests.helpers import matrices_end_to_end
+    from tests.test_quants_k_oracle import N_PER_ROW
+    return matrices_end_to_end(stories260k_f32, N_PER_ROW)
+
+
 @pytest.fixture(scope="module")
 def qwen2(shared_fixtures):
     """llama.cpp's Qwen2 test vocabulary (151,936 tokens): its path and our tokenizer of it."""

@@ -16,7 +16,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import native
-from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels
 from tests.test_quants_imatrix import ggml_quantize, weights
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -64,9 +64,8 @@ def test_iq1_m_without_weights_equals_ggml(ggml):
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
-def test_real_weights_equal_ggml(ggml, stories260k_f32, t):
-    """stories260K's trained matrices (rows of 64 and 172, not IQ1 rows) laid end to end in rows of 2048"""
-    x = matrices_end_to_end(stories260k_f32, N_PER_ROW)[::4]
+def test_real_weights_equal_ggml(ggml, stories_rows, t):
+    x = stories_rows[::4]
     assert len(x) >= 24
     qw = weights("squares", N_PER_ROW)
     np.testing.assert_array_equal(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw))

@@ -12,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import native
-from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels
 from tests.test_quants_imatrix import ggml_quantize, weights
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -57,12 +57,6 @@ def test_iq2_s_rows_equal_ggml_without_a_matrix(ggml, rows):
 def test_the_types_ggml_needs_weights_for_refuse_without(t):
     with pytest.raises(ValueError, match=f"{t.name.lower()} needs an importance matrix"):
         native.quantize(int(t), np.ones((2, 256), np.float32), 1)
-
-
-@pytest.fixture(scope="module")
-def stories_rows(stories260k_f32):
-    """stories260K's trained weights (rows of 64 and 172: not rows of this type) laid end to end in rows of 2048"""
-    return matrices_end_to_end(stories260k_f32, N_PER_ROW)
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)

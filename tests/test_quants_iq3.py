@@ -12,7 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import native
-from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, matrices_end_to_end
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels
 from tests.test_quants_imatrix import ggml_quantize, weights
 from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
 
@@ -56,12 +56,6 @@ def test_rows_equal_ggml_with_a_matrix(ggml, rows, t):
         qw = weights(kind, N_PER_ROW)
         bad = differing(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw), cases)
         assert not bad, f"{t.name}, {kind} weights: rows differ from ggml: {bad[:10]}"
-
-
-@pytest.fixture(scope="module")
-def stories_rows(stories260k_f32):
-    """stories260K's trained weights (rows of 64 and 172: not rows of this type) laid end to end in rows of 2048"""
-    return matrices_end_to_end(stories260k_f32, N_PER_ROW)
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)

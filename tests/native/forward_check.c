@@ -293,16 +293,23 @@ static void check_level(struct tk_engine *e, const char *type, double tol, const
     free(batch), free(one);
 }
 
+/* dir/file read and its engine built (NULL, with *why saying why, when either fails); the path left in path */
+static struct tk_engine *open_engine(const char *dir, const char *file, struct gguf *g, char path[PATH_LEN],
+                                     char err[256], const char **why) {
+    struct tk_hparams hp;
+    struct tk_engine *e = NULL;
+    snprintf(path, PATH_LEN, "%s/%s", dir, file);
+    if (gguf_read(g, path)) *why = g->err;
+    else if (!llama_hparams(g, &hp, why) && !(e = tk_engine_new(&hp, g->t, g->nt, err, 256))) *why = err;
+    return e;
+}
+
 static void check_model(const char *dir, const char *file, const char *type, double tol, const char *logits,
                         const int32_t *tokens, int64_t n) {
     char path[PATH_LEN], msg[PATH_LEN + 300], err[256] = "";
     struct gguf g;
-    struct tk_hparams hp;
     const char *why = NULL;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    struct tk_engine *e = NULL;
-    if (gguf_read(&g, path)) why = g.err;
-    else if (!llama_hparams(&g, &hp, &why) && !(e = tk_engine_new(&hp, g.t, g.nt, err, sizeof err))) why = err;
+    struct tk_engine *e = open_engine(dir, file, &g, path, err, &why);
     float *ref = NULL;
     if (e) {
         snprintf(path, sizeof path, "%s/%s", dir, logits);
@@ -330,12 +337,8 @@ static void check_model(const char *dir, const char *file, const char *type, dou
 static int generate(const char *dir, const char *file, int64_t n) {
     char path[PATH_LEN], err[256] = "";
     struct gguf g;
-    struct tk_hparams hp;
     const char *why = NULL;
-    snprintf(path, sizeof path, "%s/%s", dir, file);
-    struct tk_engine *e = NULL;
-    if (gguf_read(&g, path)) why = g.err;
-    else if (!llama_hparams(&g, &hp, &why) && !(e = tk_engine_new(&hp, g.t, g.nt, err, sizeof err))) why = err;
+    struct tk_engine *e = open_engine(dir, file, &g, path, err, &why);
     struct tk_kv *kv = e ? tk_kv_new(e, n, TK_F32, TK_F32) : NULL;
     float *logits = e ? malloc((size_t)tk_engine_vocab(e) * sizeof *logits) : NULL;
     if (!why && (!kv || !logits)) why = "out of memory";
