@@ -31,6 +31,13 @@ def stories260k_f32(tmp_path_factory, shared_fixtures) -> Path:
 
 
 @pytest.fixture(scope="session")
+def ggml():
+    """ggml's quantizers and dequantizers through ctypes (the oracle's libggml-base), loaded once."""
+    from tests.test_quants_k_oracle import Ggml
+    return Ggml()
+
+
+@pytest.fixture(scope="session")
 def stories_rows(stories260k_f32):
     """stories260K's trained matrices (rows of 64 and 172) laid end to end in rows of N_PER_ROW (the quantizer oracle
     tests' row: 8 super-blocks): real weights for the types whose rows are multiples of 256."""

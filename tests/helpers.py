@@ -179,3 +179,7 @@ def assert_dequantized_as_ggml(lib, t, q: np.ndarray, n_per_row: int, gguf_py: b
     if gguf_py:
         np.testing.assert_array_equal(ours, gguf_dequantize(q, t).reshape(ours.shape))
 
+
+def rows_differing(ours: np.ndarray, theirs: np.ndarray, cases: list[str]) -> list[str]:
+    """The case names of the rows where two quantized matrices differ."""
+    return [cases[i] for i in np.flatnonzero((ours != theirs).any(axis=1))]

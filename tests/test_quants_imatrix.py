@@ -12,12 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import native
-from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
-
-@pytest.fixture(scope="module")
-def ggml():
-    return Ggml()
-
+from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix
 
 TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS, T.TQ1_0,
          T.TQ2_0]

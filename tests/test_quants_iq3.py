@@ -12,17 +12,12 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import native
-from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels
+from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, rows_differing
 from tests.test_quants_imatrix import ggml_quantize, weights
-from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
+from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix
 
 TYPES = [T.IQ3_XXS, T.IQ3_S]
 GGML_SURVIVES = 1e9  # rows below this magnitude: ggml's quantizer does not abort on them
-
-
-@pytest.fixture(scope="module")
-def ggml():
-    return Ggml()
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +33,10 @@ def rows():
     return x, ["random"] * 32 + ["zero sub-blocks"] * 3 + [c for c, k in zip(cases, keep) if k]
 
 
-def differing(ours, theirs, cases):
-    return [cases[i] for i in np.flatnonzero((ours != theirs).any(axis=1))]
-
-
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_rows_equal_ggml_without_a_matrix(ggml, rows, t):
     x, cases = rows
-    bad = differing(native.quantize(int(t), x, 2), ggml_quantize(ggml.lib, t, x, None), cases)
+    bad = rows_differing(native.quantize(int(t), x, 2), ggml_quantize(ggml.lib, t, x, None), cases)
     assert not bad, f"{t.name}: rows differ from ggml: {bad[:10]}"
 
 
@@ -54,7 +45,7 @@ def test_rows_equal_ggml_with_a_matrix(ggml, rows, t):
     x, cases = rows
     for kind in ("lognormal", "sparse", "zeros"):
         qw = weights(kind, N_PER_ROW)
-        bad = differing(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw), cases)
+        bad = rows_differing(native.quantize(int(t), x, 2, imatrix=qw), ggml_quantize(ggml.lib, t, x, qw), cases)
         assert not bad, f"{t.name}, {kind} weights: rows differ from ggml: {bad[:10]}"
 
 

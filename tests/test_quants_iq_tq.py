@@ -11,14 +11,9 @@ from gguf import GGMLQuantizationType as T
 import native
 from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels
 from tests.test_quants_imatrix import ggml_quantize
-from tests.test_quants_k_oracle import N_PER_ROW, Ggml, adversarial_matrix
+from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix
 
 TYPES = [T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0]
-
-
-@pytest.fixture(scope="module")
-def ggml():
-    return Ggml()
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)

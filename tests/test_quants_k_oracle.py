@@ -90,11 +90,6 @@ class Binding:
 
 
 @pytest.fixture(scope="session")
-def ggml():
-    return Ggml()
-
-
-@pytest.fixture(scope="session")
 def ours():
     return Binding()
 
