@@ -33,11 +33,10 @@ static inline AVX512 __m512 two_scalars(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
 }
 
-/* The AVX512 Q4_0 and Q8_0 tiles read their rows repacked (packed_tiles, once per row tile for all its tokens): each
-   block's weights as signed bytes (Q4_0: q - 8), their -128·Σ lanes and the scale as a float. A (row, token) lane is
-   then (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, so the results are its bits, while a
-   row's block costs three broadcast loads instead of an unpacking (and, for Q4_0, a token pair's -8·Σy) per token
-   group. */
+/* The AVX512 Q8_0 tiles read their rows repacked (packed_tiles, once per row tile for all its tokens): each block's
+   weights as signed bytes, their -128·Σ lanes and the scale as a float. A (row, token) lane is then
+   (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, so the results are its bits, while a
+   row's block costs three broadcast loads instead of an unpacking per token group. */
 typedef struct { int8_t q[QK]; int32_t c[8]; float d; } block_s8_packed;
 
 /* w's -128·Σ lanes of four (128·(w0 + w1) fits 16 bits for any signed bytes), w and d stored */
@@ -47,12 +46,6 @@ static inline AVX2 void store_s8_packed(block_s8_packed *p, __m256i w, uint16_t 
     _mm256_storeu_si256((__m256i *)p->q, w);
     _mm256_storeu_si256((__m256i *)p->c, c);
     p->d = tk_fp16_table[d];
-}
-
-static AVX2 void pack_q4_0(const void *vx, void *dst, int64_t n) {
-    const block_q4_0 *x = vx;
-    for (int64_t b = 0; b < n / QK; b++)
-        store_s8_packed((block_s8_packed *)dst + b, _mm256_sub_epi8(nibbles32(x[b].qs), _mm256_set1_epi8(8)), x[b].d);
 }
 
 static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
@@ -78,7 +71,6 @@ static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
                 PREP_X(x, w[r], c[r]);                                                                       \
                 dx[r] = _mm512_set1_ps(DX(x));                                                               \
             }                                                                                                \
-            (void)c; /* Q4_0 needs none */                                                                   \
             for (int t = 0; t < RN / 2; t++) {                                                               \
                 const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
                 const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
@@ -112,15 +104,6 @@ S8_TILE_ZMM(tile_s8_packed_zmm, block_s8_packed, 8, PACKED_X, PACKED_DX, S8_Y, S
 #define Q8_0_RAW_X(x, w, c)                                                                                   \
     (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
      c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
-/* Q4_0: w the unsigned nibbles, e = -8·Σy per token pair, the lane e + Σ w·y = Σ (w - 8)·y */
-#define Q4_0_RAW_X(x, w, c) (w = _mm512_broadcast_i64x4(nibbles32((x)->qs)), c = w)
-#define Q4_0_RAW_Y(y, a, e)                                                                                   \
-    (a = (y), e = _mm512_sub_epi32(_mm512_setzero_si512(),                                                    \
-                                   dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8(8), a)))
-#define Q4_0_RAW_DOT(w, c, a, e) dpbusd_zmm(e, w, a)
-S8_TILE_ZMM(tile_q4_0_raw8, block_q4_0, 8, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
-S8_TILE_ZMM(tile_q4_0_raw4, block_q4_0, 4, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
-S8_TILE_ZMM(tile_q4_0_raw2, block_q4_0, 2, Q4_0_RAW_X, FP16_DX, Q4_0_RAW_Y, Q4_0_RAW_DOT)
 S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
@@ -132,7 +115,6 @@ S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
     static const struct tk_gemm T##_raw8_tile = {T##_raw8, 4, 8, NULL, 0, 0, &T##_raw4_tile};                 \
     static const struct tk_gemm T##_zmm_tile = {tile_s8_packed_zmm, 4, 8, PACK, sizeof(block_s8_packed), TK_Q8_0, \
                                                 &T##_raw8_tile};
-S8_TILE_ENTRIES(tile_q4_0, pack_q4_0)
 S8_TILE_ENTRIES(tile_q8_0, pack_q8_0)
 
 static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_epi32(acc, p, s); }
@@ -173,9 +155,87 @@ static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NARROW)
 
-Q4_K_TILE_512(tile_q4_K_zmm2, 4, 2, NULL)
-Q4_K_TILE_512(tile_q4_K_zmm4, 4, 4, &tile_q4_K_zmm2_tile)  /* for a few tokens */
-Q4_K_TILE_512(tile_q4_K_zmm, 4, 6, &tile_q4_K_zmm4_tile)
+/* Q4_K for a few tokens (the next tokens of a few generating sequences), on the file's rows: repacking a row tile
+   for them cost more than their products. Two rows share a 512-bit register (row 2p in lanes 0-7, row 2p + 1 in lanes
+   8-15): a pair's super-block is unpacked and transposed in registers into the packed layout (what
+   tk_pack_q4_K_avx2 stores, never stored here) once for all RN tokens, whose Q8_KX blocks are broadcast to both
+   halves. Lane for lane the packed tile's integers and float operations, so every result is the one-token kernel's. */
+
+/* v[s] = the 32-bit elements s of v[0..7], within each 256-bit half (transpose8_epi32 on two rows at once) */
+static inline AVX512 void transpose8_epi32_x2(__m512i v[8]) {
+    __m512i t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm512_unpacklo_epi32(v[k], v[k + 1]);
+        t[k + 1] = _mm512_unpackhi_epi32(v[k], v[k + 1]);
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
+        u[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
+        u[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
+        u[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
+    }
+    /* per half, the low (lo) or high (hi) 128 bits of u[c] then of u[c + 4] */
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int c = 0; c < 4; c++) {
+        const __m512i a = u[c], b = u[c + 4];
+        v[c] = _mm512_permutex2var_epi64(a, lo, b);
+        v[c + 4] = _mm512_permutex2var_epi64(a, hi, b);
+    }
+}
+
+/* super-blocks x0 and x1 (rows 2p and 2p + 1): w[s] their step-s quants in the packed layout, xs and xm their factors */
+static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, __m512i w[8], __m512 *xs, __m512 *xm) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int j = 0; j < 4; j++) {
+        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(load32(x0->qs + 32 * j)), load32(x1->qs + 32 * j), 1);
+        w[2 * j] = _mm512_and_si512(q, m4);
+        w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+    }
+    transpose8_epi32_x2(w);
+    __m256 s0, m0, s1, m1;
+    q4_K_factors(x0, &s0, &m0);
+    q4_K_factors(x1, &s1, &m1);
+    *xs = two_halves(s0, s1);
+    *xm = two_halves(m0, m1);
+}
+
+#define Q4_K_RAW_TILE_512(NAME, RN, NARROW)                                                                   \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        enum { RP = 2 }; /* row pairs */                                                                     \
+        __m512 acc[RP][RN];                                                                                  \
+        for (int p = 0; p < RP; p++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[p][t] = _mm512_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++)                                                               \
+            for (int p = 0; p < RP; p++) {                                                                   \
+                const block_q4_K *x0 = (const block_q4_K *)((const char *)vx + 2 * p * bx) + b;             \
+                const block_q4_K *x1 = (const block_q4_K *)((const char *)x0 + bx);                          \
+                __m512i w[8], D[RN];                                                                         \
+                __m512 xs, xm;                                                                               \
+                q4_K_pair(x0, x1, w, &xs, &xm);                                                              \
+                for (int t = 0; t < RN; t++) D[t] = _mm512_setzero_si512();                                  \
+                for (int st = 0; st < 8; st++)                                                               \
+                    for (int t = 0; t < RN; t++)                                                             \
+                        D[t] = dpbusd_zmm(D[t], w[st], _mm512_broadcast_i64x4(load32(Q8_KX_ROW(t, b)->qs + 32 * st))); \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const block_q8_KX *y = Q8_KX_ROW(t, b);                                                  \
+                    acc[p][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(y->d), xs), _mm512_cvtepi32_ps(D[t]), \
+                                                acc[p][t]);                                                  \
+                    acc[p][t] = _mm512_fnmadd_ps(xm, both_halves(_mm256_loadu_ps(y->yb)), acc[p][t]);        \
+                }                                                                                            \
+            }                                                                                                \
+        for (int p = 0; p < RP; p++)                                                                         \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                s[2 * p * ls + t] = hsum8(_mm512_castps512_ps256(acc[p][t]));                                \
+                s[(2 * p + 1) * ls + t] = hsum8(upper8(acc[p][t]));                                          \
+            }                                                                                                \
+    }                                                                                                        \
+    PACKED_TILE_ENTRY(NAME, 4, RN, NULL, 0, TK_Q8_KX, NARROW)
+
+Q4_K_RAW_TILE_512(tile_q4_K_raw2, 2, NULL)
+Q4_K_RAW_TILE_512(tile_q4_K_raw4, 4, &tile_q4_K_raw2_tile)
+Q4_K_RAW_TILE_512(tile_q4_K_raw6, 6, &tile_q4_K_raw4_tile)
+/* packed for many tokens; for at most 6, the file's rows */
+Q4_K_TILE_512(tile_q4_K_zmm, 4, 6, &tile_q4_K_raw6_tile)
 
 Q6_K_TILE(tile_q6_K_avx512_2, 2, 2, AVX512, madd_add_evex, NULL)  /* for a few tokens */
 Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex, &tile_q6_K_avx512_2_tile)
@@ -282,7 +342,7 @@ FLOAT16_KERNELS(F16, tk_half, load16_f16, h2f)
 FLOAT16_KERNELS(BF16, uint16_t, load16_bf16, bf2f)
 
 /* ---------------------------------------------------------------------------------------------- two rows, one token */
-/* Generation's two-row products (LEGACY_DOT2 of dot_avx2.c) for Q4_0 and Q8_0: the blocks of both rows in one 512-bit
+/* Generation's two-row products (LEGACY_DOT2 of dot_avx2.c) for Q8_0: the blocks of both rows in one 512-bit
    register (row 0 in lanes 0-7, row 1 in lanes 8-15) against the activation block in both halves. Each half holds
    the 256-bit kernel's integer lanes (computed with vpdpbusd instead of the sign trick: the same integers) and gets
    its float operations, lane for lane: acc + (d_x·d_y)·lanes, one fused multiply-add per block, then ggml's 8-lane
@@ -335,7 +395,38 @@ static inline AVX512 __m512i q8_0_lanes(const block_q8_0 *x0, const block_q8_0 *
         s[1] = hsum8(upper8(acc)) + 0.0f;                                                                     \
     }
 
-static LEGACY_DOT2_ZMM(dot2_q4_0_q8_0_zmm, block_q4_0, q4_0_lanes)
+/* Q4_0 in block-sum order (dot.c's dot_q4_0_q8_0): both rows' lanes of four blocks at once, summed per block and
+   row, then each row's four float steps in order */
+static AVX512 void dot2_q4_0_q8_0_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
+    const block_q4_0 *x0 = vx, *x1 = (const block_q4_0 *)((const char *)vx + bx);
+    const block_q8_0 *y = vy;
+    const int64_t nb = n / QK;
+    float acc0 = 0, acc1 = 0;
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)&x0[b] + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)&x1[b] + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)&x0[b + 3] + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)&x1[b + 3] + PREFETCH, _MM_HINT_T0);
+        __m512i v[4];
+        for (int k = 0; k < 4; k++)
+            v[k] = q4_0_lanes(&x0[b + k], &x1[b + k], _mm512_broadcast_i64x4(load32(y[b + k].qs)));
+        acc0 = q4_0_steps4(block_sums4(_mm512_castsi512_si256(v[0]), _mm512_castsi512_si256(v[1]),
+                                       _mm512_castsi512_si256(v[2]), _mm512_castsi512_si256(v[3])),
+                           x0 + b, y + b, acc0);
+        acc1 = q4_0_steps4(block_sums4(_mm512_extracti64x4_epi64(v[0], 1), _mm512_extracti64x4_epi64(v[1], 1),
+                                       _mm512_extracti64x4_epi64(v[2], 1), _mm512_extracti64x4_epi64(v[3], 1)),
+                           x1 + b, y + b, acc1);
+    }
+    for (; b < nb; b++) {
+        const __m512i v = q4_0_lanes(&x0[b], &x1[b], _mm512_broadcast_i64x4(load32(y[b].qs)));
+        const float dy = tk_fp16_table[y[b].d];
+        acc0 = fmaf((float)lanes_isum(_mm512_castsi512_si256(v)), tk_fp16_table[x0[b].d] * dy, acc0);
+        acc1 = fmaf((float)lanes_isum(_mm512_extracti64x4_epi64(v, 1)), tk_fp16_table[x1[b].d] * dy, acc1);
+    }
+    s[0] = acc0;
+    s[1] = acc1;
+}
 static LEGACY_DOT2_ZMM(dot2_q8_0_q8_0_zmm, block_q8_0, q8_0_lanes)
 
 tk_vec_dot_fn tk_vec_dot_avx512(int wtype) {
@@ -358,11 +449,10 @@ const struct tk_gemm *tk_gemm_avx512(int wtype) {
     switch (wtype) {
     case TK_F16: return &tile_F16_zmm_tile;
     case TK_BF16: return &tile_BF16_zmm_tile;
-    case TK_Q4_0: return &tile_q4_0_zmm_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_zmm_tile;
     case TK_Q6_K: return &tile_q6_K_avx512_tile;
-    default: return NULL;
+    default: return tk_gemm_iq_avx512(wtype);
     }
 }
 

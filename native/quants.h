@@ -294,8 +294,8 @@ int tk_use_avx512(void);
 
 /* A tile of a matrix product: s[r·ls + t] = dot of weight row r (at x + r·bx) with activation row t (at y + t·by)
    for r < rows, t < cols, over n elements; bit for bit the results of the type's SIMD vec_dot.
-   A packed tile reads its weight rows repacked by pack (pack_size bytes per block of the weight type) and its
-   activations in act_type; the others read the file's rows and the vec_dot_type (pack NULL, act_type 0). */
+   A packed tile reads its weight rows repacked by pack (pack_size bytes per block of the weight type), the others
+   the file's rows (pack NULL); the activations are in act_type, or the vec_dot_type when it is 0. */
 typedef void (*tk_gemm_fn)(int64_t n, float *s, size_t ls, const void *x, size_t bx, const void *y, size_t by);
 typedef void (*tk_pack_fn)(const void *x, void *dst, int64_t n);
 /* narrow: the variant for fewer tokens than the tile takes (a few generating sequences batched; same bits per (row,
@@ -309,11 +309,13 @@ struct tk_gemm {
     const struct tk_gemm *narrow;
 };
 #define TK_GEMM_MAX_TILE 16
-#define TK_GEMM_MAX_PACK 320 /* bytes per weight block of a packed tile, at most */
+#define TK_GEMM_MAX_PACK 520 /* bytes per weight block of a packed tile, at most (the IQ tiles' 516) */
 /* The tile kernel for wtype on this CPU (NULL when none, or the scalar path is forced). */
 const struct tk_gemm *tk_gemm(int wtype);
 /* x86 builds: level 0 AVX2, 1 AVX-VNNI, 2 AVX512-VNNI */
 const struct tk_gemm *tk_gemm_x86(int wtype, int level);
+/* the AVX512 tile of an IQ type with Q8_K activations (tiles_iq_avx512.c), NULL where there is none */
+const struct tk_gemm *tk_gemm_iq_avx512(int wtype);
 /* the AVX512 one-row and two-row products of a weight type (dot_avx512.c), NULL where there are none */
 tk_vec_dot_fn tk_vec_dot_avx512(int wtype);
 tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype);

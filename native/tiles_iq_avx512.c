@@ -1,0 +1,240 @@
+/* The AVX512-VNNI tiles of prompt processing for the IQ types with Q8_K activations (IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S,
+   IQ3_XXS, IQ3_S). Their one-token kernels (quants_iq_avx2.c, quants_iq2_avx2.c, quants_iq3_avx2.c, after ggml's)
+   sum, per super-block and (row, token), eight exact int32 lanes — lane l: Σ over the eight sub-blocks of 32 of the
+   sub-block's integer scale (per half of 16 for IQ2_XS/IQ2_S) times its weights 4l..4l+3 times the activations —
+   then add d_x·d_y times the lanes into eight float lanes with one fused multiply-add, and end with FACTOR times
+   ggml's 8-lane sum. A tile reaches the same lanes another way: each row's super-block decoded ONCE (grid lookups,
+   signs, scales: pack) into signed 16-bit weights already multiplied by their scale (|scale·w| ≤ 32·127), laid out
+   so that a 512-bit vpdpwssd against two tokens' activations adds weights 4l, 4l+1 (then 4l+2, 4l+3) into lane l
+   of each token's half: integer sums in another order, so the same integers, and the float steps are the one-token
+   kernel's lane for lane. */
+#include <string.h>
+
+#include "quants.h"
+#include "quants_iq2.h"
+#include "quants_iq3.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include "dot_x86.h"
+
+/* a super-block decoded: w[32·ib + k] for k < 16 the scaled weights 4l, 4l+1 of sub-block ib (l = k / 2), for
+   k ≥ 16 its weights 4l + 2, 4l + 3; d the fp16 scale as a float */
+typedef struct { int16_t w[QK_K]; float d; } block_iq_packed;
+
+/* 32 signed weights of sub-block ib (element order), times s_lo (elements 0..15) and s_hi (16..31), stored in the
+   packed order: the int16 pairs (dwords) 0, 2, .., 14, then 1, 3, .., 15 */
+static inline AVX512 void store_sub_block(int16_t *dst, __m256i v, int s_lo, int s_hi) {
+    const __m512i scale = _mm512_inserti64x4(_mm512_set1_epi16((short)s_lo), _mm256_set1_epi16((short)s_hi), 1);
+    const __m512i w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(v), scale);
+    const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    _mm512_storeu_si512(dst, _mm512_permutexvar_epi32(order, w));
+}
+
+/* four 8-byte grid points with their ±1 sign bytes: the 32 signed values */
+static inline AVX512 __m256i signed_points(uint64_t g0, uint64_t g1, uint64_t g2, uint64_t g3, uint64_t s0,
+                                           uint64_t s1, uint64_t s2, uint64_t s3) {
+    return _mm256_sign_epi8(_mm256_set_epi64x((long long)g3, (long long)g2, (long long)g1, (long long)g0),
+                            _mm256_set_epi64x((long long)s3, (long long)s2, (long long)s1, (long long)s0));
+}
+
+static AVX512 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
+    const block_iq4_xs *x = vx;
+    block_iq_packed *p = dst;
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const int ls = (((x[b].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x[b].scales_h >> 2 * ib) & 3) << 4)) - 32;
+            store_sub_block(p[b].w + 32 * ib, _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib)), ls, ls);
+        }
+    }
+}
+
+#define IQ2_SIGNS7(v) tk_iq2_sign_bytes[tk_iq2_ksigns[(v) & 127]]
+
+static AVX512 void pack_iq2_xxs(const void *vx, void *dst, int64_t n) {
+    const block_iq2_xxs *x = vx;
+    block_iq_packed *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            uint32_t aux[2];
+            memcpy(aux, x[b].qs + 4 * ib, 8);
+            const int ls = (int)(2 * (aux[1] >> 28) + 1);
+            store_sub_block(p[b].w + 32 * ib,
+                            signed_points(tk_iq2xxs_grid[aux[0] & 255], tk_iq2xxs_grid[(aux[0] >> 8) & 255],
+                                          tk_iq2xxs_grid[(aux[0] >> 16) & 255], tk_iq2xxs_grid[aux[0] >> 24],
+                                          IQ2_SIGNS7(aux[1]), IQ2_SIGNS7(aux[1] >> 7), IQ2_SIGNS7(aux[1] >> 14),
+                                          IQ2_SIGNS7(aux[1] >> 21)),
+                            ls, ls);
+        }
+    }
+}
+
+static AVX512 void pack_iq2_xs(const void *vx, void *dst, int64_t n) {
+    const block_iq2_xs *x = vx;
+    block_iq_packed *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint16_t *q2 = x[b].qs + 4 * ib;
+            const uint8_t sc = x[b].scales[ib];
+            store_sub_block(p[b].w + 32 * ib,
+                            signed_points(tk_iq2xs_grid[q2[0] & 511], tk_iq2xs_grid[q2[1] & 511],
+                                          tk_iq2xs_grid[q2[2] & 511], tk_iq2xs_grid[q2[3] & 511],
+                                          IQ2_SIGNS7(q2[0] >> 9), IQ2_SIGNS7(q2[1] >> 9), IQ2_SIGNS7(q2[2] >> 9),
+                                          IQ2_SIGNS7(q2[3] >> 9)),
+                            2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
+        }
+    }
+}
+
+static AVX512 void pack_iq2_s(const void *vx, void *dst, int64_t n) {
+    const block_iq2_s *x = vx;
+    block_iq_packed *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint8_t *qs = x[b].qs + 4 * ib, *signs = x[b].qs + QK_K / 8 + 4 * ib;
+            const unsigned h = x[b].qh[ib];
+            const uint8_t sc = x[b].scales[ib];
+            store_sub_block(p[b].w + 32 * ib,
+                            signed_points(tk_iq2s_grid[qs[0] | ((h << 8) & 0x300)],
+                                          tk_iq2s_grid[qs[1] | ((h << 6) & 0x300)],
+                                          tk_iq2s_grid[qs[2] | ((h << 4) & 0x300)],
+                                          tk_iq2s_grid[qs[3] | ((h << 2) & 0x300)], tk_iq2_sign_bytes[signs[0]],
+                                          tk_iq2_sign_bytes[signs[1]], tk_iq2_sign_bytes[signs[2]],
+                                          tk_iq2_sign_bytes[signs[3]]),
+                            2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
+        }
+    }
+}
+
+/* the 8 grid entries (4 values each) of 8 indices */
+static inline AVX512 __m256i grid8(const uint32_t *grid, const int idx[8]) {
+    return _mm256_set_epi32((int)grid[idx[7]], (int)grid[idx[6]], (int)grid[idx[5]], (int)grid[idx[4]],
+                            (int)grid[idx[3]], (int)grid[idx[2]], (int)grid[idx[1]], (int)grid[idx[0]]);
+}
+
+static AVX512 void pack_iq3_xxs(const void *vx, void *dst, int64_t n) {
+    const block_iq3_xxs *x = vx;
+    block_iq_packed *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint8_t *q3 = x[b].qs + 8 * ib;
+            uint32_t w;
+            memcpy(&w, x[b].qs + QK_K / 4 + 4 * ib, 4);
+            int idx[8];
+            for (int j = 0; j < 8; j++) idx[j] = q3[j];
+            const __m256i sign = _mm256_set_epi64x(
+                (long long)tk_iq3_even_signs[w >> 21 & 127], (long long)tk_iq3_even_signs[w >> 14 & 127],
+                (long long)tk_iq3_even_signs[w >> 7 & 127], (long long)tk_iq3_even_signs[w & 127]);
+            const int ls = (int)(2 * (w >> 28) + 1);
+            store_sub_block(p[b].w + 32 * ib, _mm256_sign_epi8(grid8(tk_iq3xxs_grid, idx), sign), ls, ls);
+        }
+    }
+}
+
+static AVX512 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
+    const block_iq3_s *x = vx;
+    block_iq_packed *p = dst;
+    /* byte j of the 32 takes sign byte j / 8, bit j % 8 */
+    const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            int idx[8];
+            for (int j = 0; j < 8; j++) idx[j] = x[b].qs[8 * ib + j] | ((x[b].qh[ib] >> j & 1) << 8);
+            uint32_t sw;
+            memcpy(&sw, x[b].signs + 4 * ib, 4);
+            const __m256i m = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)sw), spread), bit);
+            const __m256i neg = _mm256_cmpeq_epi8(m, bit);
+            const __m256i v = _mm256_sub_epi8(_mm256_xor_si256(neg, grid8(tk_iq3s_grid, idx)), neg);
+            const int ls = 2 * ((x[b].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1;
+            store_sub_block(p[b].w + 32 * ib, v, ls, ls);
+        }
+    }
+}
+
+#define IQ_ROW(r, b) ((const block_iq_packed *)((const char *)vx + (r) * bx) + (b))
+#define Q8_K_ROW(t, b) ((const block_q8_K *)((const char *)vy + (t) * by) + (b))
+
+/* RM rows × RN tokens (RN even: token 2p in lanes 0-7 of the pair's registers, 2p + 1 in lanes 8-15). Per
+   sub-block, each token's 32 activations widened to 16 bits once for the RM rows and split into the pair's
+   dwords 0, 2, .., 14 (activations 4l, 4l + 1) and 1, 3, .., 15 (4l + 2, 4l + 3), each against the packed row's
+   matching half broadcast to both tokens. */
+#define IQ_TILE(NAME, RM, RN, FACTOR)                                                                         \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        enum { P = RN / 2 };                                                                                 \
+        const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);  \
+        const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                                   \
+        __m512 acc[RM][P];                                                                                   \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int p = 0; p < P; p++) acc[r][p] = _mm512_setzero_ps();                                     \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m512i sum[RM][P];                                                                              \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int p = 0; p < P; p++) sum[r][p] = _mm512_setzero_si512();                              \
+            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
+                __m512i wa[RM], wb[RM];                                                                      \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    const int16_t *w = IQ_ROW(r, b)->w + 32 * ib;                                            \
+                    wa[r] = _mm512_broadcast_i64x4(load32(w));                                               \
+                    wb[r] = _mm512_broadcast_i64x4(load32(w + 16));                                          \
+                }                                                                                            \
+                for (int p = 0; p < P; p++) {                                                                \
+                    const __m512i y0 = _mm512_cvtepi8_epi16(load32(Q8_K_ROW(2 * p, b)->qs + 32 * ib));       \
+                    const __m512i y1 = _mm512_cvtepi8_epi16(load32(Q8_K_ROW(2 * p + 1, b)->qs + 32 * ib));   \
+                    const __m512i ya = _mm512_permutex2var_epi32(y0, even, y1);                              \
+                    const __m512i yb = _mm512_permutex2var_epi32(y0, odd, y1);                               \
+                    for (int r = 0; r < RM; r++)                                                             \
+                        sum[r][p] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sum[r][p], wa[r], ya), wb[r], yb); \
+                }                                                                                            \
+            }                                                                                                \
+            for (int p = 0; p < P; p++) {                                                                    \
+                const __m512 dy = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(Q8_K_ROW(2 * p, b)->d),         \
+                                                       _mm512_set1_ps(Q8_K_ROW(2 * p + 1, b)->d));           \
+                for (int r = 0; r < RM; r++)                                                                 \
+                    acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(IQ_ROW(r, b)->d), dy),          \
+                                                _mm512_cvtepi32_ps(sum[r][p]), acc[r][p]);                   \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int p = 0; p < P; p++) {                                                                    \
+                const __m256 lo = _mm512_castps512_ps256(acc[r][p]);                                         \
+                const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][p]), 1));  \
+                s[r * ls + 2 * p] = FACTOR * hsum8(lo);                                                      \
+                s[r * ls + 2 * p + 1] = FACTOR * hsum8(hi);                                                  \
+            }                                                                                                \
+    }
+
+/* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
+IQ_TILE(tile_iq_x1, 4, 6, 1.0f)
+IQ_TILE(tile_iq_x4, 4, 6, 0.25f)
+IQ_TILE(tile_iq_x8, 4, 6, 0.125f)
+
+_Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+#define IQ_TILE_ENTRY(T, FN, PACK) \
+    static const struct tk_gemm T##_tile = {FN, 4, 6, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL};
+IQ_TILE_ENTRY(iq4_xs, tile_iq_x1, pack_iq4_xs)
+IQ_TILE_ENTRY(iq2_xxs, tile_iq_x8, pack_iq2_xxs)
+IQ_TILE_ENTRY(iq2_xs, tile_iq_x8, pack_iq2_xs)
+IQ_TILE_ENTRY(iq2_s, tile_iq_x8, pack_iq2_s)
+IQ_TILE_ENTRY(iq3_xxs, tile_iq_x4, pack_iq3_xxs)
+IQ_TILE_ENTRY(iq3_s, tile_iq_x1, pack_iq3_s)
+
+const struct tk_gemm *tk_gemm_iq_avx512(int wtype) {
+    switch (wtype) {
+    case TK_IQ4_XS: return &iq4_xs_tile;
+    case TK_IQ2_XXS: return &iq2_xxs_tile;
+    case TK_IQ2_XS: return &iq2_xs_tile;
+    case TK_IQ2_S: return &iq2_s_tile;
+    case TK_IQ3_XXS: return &iq3_xxs_tile;
+    case TK_IQ3_S: return &iq3_s_tile;
+    default: return NULL;
+    }
+}
+
+#endif
