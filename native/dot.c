@@ -106,7 +106,24 @@ static inline void nibbles(const uint8_t qs[QK / 2], const uint8_t *qh, int offs
         *s = tk_lanes_sum8(acc) + summ;                                                              \
     }
 
-LEGACY_SCALAR(dot_q4_0_q8_0, block_q4_0, block_q8_0, nibbles(x[b].qs, NULL, 8, w), (void)0)
+/* Q4_0 in block-sum order, llama.cpp's own for Q4_0 on x86 (its repacked gemv/gemm, ggml_gemv_q4_0_8x8_q8_0, which
+   its CPU backend runs for Q4_0 weights on AVX2/AVX512 CPUs): per block the exact integer Σ (q - 8)·y, then one fused
+   multiply-add acc = fma(sum, d_x·d_y, acc), blocks in order from acc = 0. One float step per block (not eight) is
+   what lets the tiles keep vpdpbusd busy; every SIMD Q4_0 kernel and tile gives these bits. */
+static void dot_q4_0_q8_0(int64_t n, float *s, const void *vx, const void *vy) {
+    const block_q4_0 *x = vx;
+    const block_q8_0 *y = vy;
+    float acc = 0;
+    int w[QK];
+    for (int64_t b = 0; b < n / QK; b++) {
+        nibbles(x[b].qs, NULL, 8, w);
+        int sum = 0;
+        for (int j = 0; j < QK; j++) sum += w[j] * y[b].qs[j];
+        acc = fmaf((float)sum, H2F(x[b].d) * H2F(y[b].d), acc);
+    }
+    *s = acc;
+}
+
 LEGACY_SCALAR(dot_q4_1_q8_1, block_q4_1, block_q8_1, nibbles(x[b].qs, NULL, 0, w),
               summ += H2F(x[b].m) * H2F(y[b].s))
 LEGACY_SCALAR(dot_q5_0_q8_0, block_q5_0, block_q8_0, nibbles(x[b].qs, x[b].qh, 16, w), (void)0)

@@ -144,12 +144,6 @@ static inline AVX2 __m256 scaled(__m256i isum, tk_half dx, tk_half dy, __m256 ac
     return _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
 }
 
-static inline AVX2 __m256 block_q4_0_q8_0(const block_q4_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
-    (void)summ;
-    __m256i qx = _mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8));
-    return scaled(dot_s8(qx, load32(y->qs)), x->d, y->d, acc);
-}
-
 static inline AVX2 __m256 block_q4_1_q8_1(const block_q4_1 *x, const block_q8_1 *y, __m256 acc, float *summ) {
     *summ += tk_fp16_table[x->m] * tk_fp16_table[y->s];
     return scaled(dot_u8(nibbles32(x->qs), load32(y->qs)), x->d, y->d, acc);
@@ -186,7 +180,6 @@ static inline AVX2 __m256 block_q8_0_q8_0(const block_q8_0 *x, const block_q8_0 
         *s = hsum8(acc) + summ;                                                                \
     }
 
-LEGACY_DOT(tk_vec_dot_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0)
 LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
 
 /* Two weight rows (at x and x + bx) against one activation row: two independent accumulation chains sharing the
@@ -213,7 +206,6 @@ static inline void prefetch_block(const void *p, size_t size) {
     for (size_t o = 0; o < size; o += 64) _mm_prefetch((const char *)p + PREFETCH + o, _MM_HINT_T0);
 }
 
-LEGACY_DOT2(tk_vec_dot2_q4_0_q8_0_avx2, block_q4_0, block_q8_0, block_q4_0_q8_0, AVX2)
 LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0, AVX2)
 
 /* AVX-VNNI (vpdpbusd: 4 unsigned x signed byte products summed into each int32 lane), same lanes as the AVX2 code:
@@ -223,21 +215,59 @@ static inline VNNI __m256i dpbusd(__m256i u, __m256i s) {
     return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s);
 }
 
-static inline VNNI __m256 block_q4_0_q8_0_vnni(const block_q4_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
-    (void)summ;
-    const __m256i qy = load32(y->qs);
-    const __m256i isum = _mm256_sub_epi32(dpbusd(nibbles32(x->qs), qy), dpbusd(_mm256_set1_epi8(8), qy));
-    return scaled(isum, x->d, y->d, acc);
-}
-
 static inline VNNI __m256 block_q8_0_q8_0_vnni(const block_q8_0 *x, const block_q8_0 *y, __m256 acc, float *summ) {
     (void)summ;
     const __m256i qx = load32(x->qs);
     return scaled(dpbusd(_mm256_abs_epi8(qx), _mm256_sign_epi8(load32(y->qs), qx)), x->d, y->d, acc);
 }
 
-LEGACY_DOT2(tk_vec_dot2_q4_0_q8_0_vnni, block_q4_0, block_q8_0, block_q4_0_q8_0_vnni, VNNI)
 LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_vnni, block_q8_0, block_q8_0, block_q8_0_q8_0_vnni, VNNI)
+
+/* ---------------------------------------------------------------------------------------------- Q4_0, block sums */
+/* Q4_0 in dot.c's block-sum order (llama.cpp's repacked Q4_0 gemv/gemm): per block the exact integer Σ (q - 8)·y, then
+   acc = fma(sum, d_x·d_y, acc), blocks in order. The integer lanes of four blocks are summed per block at once (integer
+   adds, exact in any order), then their four float steps follow one another. */
+
+/* one block's int32 lanes, Σ of each lane's four (q - 8)·y: by the sign trick (AVX2) or vpdpbusd, q·y - 8·y (VNNI) */
+static inline AVX2 __m256i q4_0_lanes_avx2(const block_q4_0 *x, const block_q8_0 *y) {
+    return dot_s8(_mm256_sub_epi8(nibbles32(x->qs), _mm256_set1_epi8(8)), load32(y->qs));
+}
+static inline VNNI __m256i q4_0_lanes_vnni(const block_q4_0 *x, const block_q8_0 *y) {
+    const __m256i qy = load32(y->qs);
+    return _mm256_sub_epi32(dpbusd(nibbles32(x->qs), qy), dpbusd(_mm256_set1_epi8(8), qy));
+}
+
+/* NR weight rows (at x + r·bx) against one activation row, LANES the level's block lanes */
+#define Q4_0_BLOCKSUM_ROWS(NAME, NR, LANES, ATTR)                                                             \
+    ATTR void NAME(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {                          \
+        const block_q8_0 *y = vy;                                                                            \
+        const int64_t nb = n / QK;                                                                           \
+        float acc[NR];                                                                                       \
+        for (int r = 0; r < NR; r++) acc[r] = 0;                                                             \
+        int64_t b = 0;                                                                                       \
+        for (; b + 4 <= nb; b += 4)                                                                          \
+            for (int r = 0; r < NR; r++) {                                                                   \
+                const block_q4_0 *x = (const block_q4_0 *)((const char *)vx + r * bx) + b;                  \
+                _mm_prefetch((const char *)x + PREFETCH, _MM_HINT_T0);                                       \
+                const __m128i sums = block_sums4(LANES(x, y + b), LANES(x + 1, y + b + 1), LANES(x + 2, y + b + 2), \
+                                                 LANES(x + 3, y + b + 3));                                   \
+                acc[r] = q4_0_steps4(sums, x, y + b, acc[r]);                                            \
+            }                                                                                                \
+        for (; b < nb; b++)                                                                                  \
+            for (int r = 0; r < NR; r++) {                                                                   \
+                const block_q4_0 *x = (const block_q4_0 *)((const char *)vx + r * bx) + b;                  \
+                acc[r] = fmaf((float)lanes_isum(LANES(x, y + b)), tk_fp16_table[x->d] * tk_fp16_table[y[b].d], \
+                              acc[r]);                                                                       \
+            }                                                                                                \
+        for (int r = 0; r < NR; r++) s[r] = acc[r];                                                          \
+    }
+
+static Q4_0_BLOCKSUM_ROWS(q4_0_row_avx2, 1, q4_0_lanes_avx2, AVX2)
+AVX2 void tk_vec_dot_q4_0_q8_0_avx2(int64_t n, float *s, const void *vx, const void *vy) {
+    q4_0_row_avx2(n, s, vx, 0, vy);
+}
+Q4_0_BLOCKSUM_ROWS(tk_vec_dot2_q4_0_q8_0_avx2, 2, q4_0_lanes_avx2, AVX2)
+Q4_0_BLOCKSUM_ROWS(tk_vec_dot2_q4_0_q8_0_vnni, 2, q4_0_lanes_vnni, VNNI)
 LEGACY_DOT(tk_vec_dot_q4_1_q8_1_avx2, block_q4_1, block_q8_1, block_q4_1_q8_1)
 LEGACY_DOT(tk_vec_dot_q5_0_q8_0_avx2, block_q5_0, block_q8_0, block_q5_0_q8_0)
 LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
@@ -245,8 +275,9 @@ LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
 /* ---------------------------------------------------------------------------------------------- tiles */
 /* Matrix-matrix tiles for prompt processing: RM weight rows × RN activation rows at once. Every (row, token) pair
    keeps its own accumulator, fed block by block with exactly the float operations of the one-row kernel above, so
-   every result is bit for bit that kernel's (and, Q4_K aside, llama.cpp's one-token vec_dot's); what the tile saves
-   is work per pair: each weight block is unpacked once for RN tokens, each activation block loaded once for RM rows.
+   every result is bit for bit that kernel's (and, Q4_K aside, llama.cpp's: its one-token vec_dot's, for Q4_0 its
+   repacked gemv's); what the tile saves is work per pair: each weight block is unpacked once for RN tokens, each
+   activation block loaded once for RM rows.
    Three builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, in
    dot_avx512.c).
    Integer sums per lane are exact in every build:
@@ -310,9 +341,43 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
     }                                                                                                                 \
     TILE_ENTRY(NAME, RM, RN)
 
-LEGACY_TILE(tile_q4_0_avx2, block_q4_0, 4, 2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
+/* Q4_0 tiles in the block-sum order of its one-token kernels: a block's 4 × 2 (row, token) pairs' lanes summed into
+   one register (lane t·4 + r), so the eight pairs' float steps, fma(Σ, d_x·d_y, acc), are one instruction */
+#define Q4_0_TILE(NAME, PX, PY, DOT, DP, ATTR)                                                                \
+    ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        enum { RM = 4, RN = 2 };                                                                             \
+        __m256 acc = _mm256_setzero_ps();                                                                    \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            __m256i w[RM], c[RM], v[RM * RN];                                                                \
+            float dx[RM], dy[RN];                                                                            \
+            (void)c;                                                                                         \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                const block_q4_0 *x = (const block_q4_0 *)((const char *)vx + r * bx) + b;                  \
+                PX(x, w[r], c[r], DP);                                                                       \
+                dx[r] = tk_fp16_table[x->d];                                                                 \
+            }                                                                                                \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;                  \
+                __m256i a, e;                                                                                \
+                PY(y, a, e, DP);                                                                             \
+                (void)e;                                                                                     \
+                dy[t] = tk_fp16_table[y->d];                                                                 \
+                for (int r = 0; r < RM; r++) v[t * RM + r] = DOT(w[r], c[r], a, e, DP);                      \
+            }                                                                                                \
+            const __m256 d = _mm256_mul_ps(_mm256_setr_ps(dx[0], dx[1], dx[2], dx[3], dx[0], dx[1], dx[2], dx[3]), \
+                                           _mm256_setr_ps(dy[0], dy[0], dy[0], dy[0], dy[1], dy[1], dy[1], dy[1])); \
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(block_sums8(v)), d, acc);                              \
+        }                                                                                                    \
+        float out[RM * RN];                                                                                  \
+        _mm256_storeu_ps(out, acc);                                                                          \
+        for (int t = 0; t < RN; t++)                                                                         \
+            for (int r = 0; r < RM; r++) s[r * ls + t] = out[t * RM + r];                                    \
+    }                                                                                                        \
+    TILE_ENTRY(NAME, 4, 2)
+
+Q4_0_TILE(tile_q4_0_avx2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
-LEGACY_TILE(tile_q4_0_vnni, block_q4_0, 4, 2, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
+Q4_0_TILE(tile_q4_0_vnni, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
 LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */

@@ -2,9 +2,9 @@
 
    Every quantized kernel gives the bits of dot.c's scalar one: the integer sums inside blocks are exact whatever the
    instructions, and they land in the same eight integer lanes (four consecutive products per lane for the legacy
-   types, Q2_K and Q5_K; element index mod 8 for Q3_K, Q4_K and Q6_K), which then meet the same float operations in
-   the same order (fused where the scalar code calls fmaf, a separate multiply and add where it does not: the core is
-   built with -ffp-contract=off). Two sets of kernels: ARMv8.0 NEON (every ARM64 CPU: widening multiplies and pairwise
+   types, Q2_K and Q5_K; element index mod 8 for Q3_K, Q4_K and Q6_K; Q4_0 sums each block whole), which then meet
+   the same float operations in the same order (fused where the scalar code calls fmaf, a separate multiply and add
+   where it does not: the core is built with -ffp-contract=off). Two sets of kernels: ARMv8.0 NEON (every ARM64 CPU: widening multiplies and pairwise
    adds) and, where a lane is four consecutive bytes, ARMv8.2 dotprod (sdot), compiled per function with a target
    attribute so that one binary runs on every ARM64 CPU. The mod-8 lane types keep the NEON kernel at the dotprod
    level (sdot would need a byte shuffle of both operands per block to meet those lanes). F32, F16 and BF16 sum in
@@ -12,6 +12,7 @@
    kernel has a two-row form for tk_matmul_rows (one activation block read for two weight rows) with the one-row
    kernel's bits. The table at the end also holds the IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0 kernels (quants_iq_neon.c,
    quants_ternary_neon.c; one row at a time, the scalar bits too). */
+#include <math.h>
 #include <string.h>
 #include "quants.h"
 #include "quants_iq1.h"
@@ -119,6 +120,10 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
         for (int r = 0; r < nr; r++)                                                                            \
             for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_total(lo[r][t], hi[r][t]) + summ[r][t];           \
     }                                                                                                           \
+    LEGACY_ENTRIES(NAME, ATTR)
+
+/* a legacy kernel's one-row and two-row products and its tile, from its NAME##_block */
+#define LEGACY_ENTRIES(NAME, ATTR)                                                                               \
     ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
         NAME##_block(n, s, 1, vx, bx, vy, 0, nr, 1);                                                            \
     }                                                                                                           \
@@ -128,6 +133,32 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
         NAME##_block(n, s, ls, vx, bx, vy, by, LEGACY_TILE_ROWS, LEGACY_TILE_TOKENS);                           \
     }
 
+/* Q4_0 in dot.c's block-sum order (llama.cpp's repacked Q4_0 gemv/gemm): per block and (row, token) the exact integer
+   Σ (q - 8)·y (its eight lanes added up), then acc = fmaf(Σ, d_x·d_y, acc), blocks in order; same shapes as LEGACY */
+#define Q4_0_BLOCKSUM(NAME, ATTR, LANES4)                                                                        \
+    ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
+                                  size_t by, const int nr, const int nt) {                                      \
+        float acc[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];                                                        \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) acc[r][t] = 0;                                                         \
+        for (int64_t b = 0; b < n / QK; b++) {                                                                  \
+            int8x16_t w0[LEGACY_TILE_ROWS], w1[LEGACY_TILE_ROWS];                                               \
+            for (int r = 0; r < nr; r++) w_q4_0(ROW_PTR(block_q4_0, vx, bx, r) + b, &w0[r], &w1[r]);             \
+            for (int t = 0; t < nt; t++) {                                                                      \
+                const block_q8_0 *y = ROW_PTR(block_q8_0, vy, by, t) + b;                                        \
+                const int8x16_t a0 = vld1q_s8(y->qs), a1 = vld1q_s8(y->qs + 16);                                \
+                for (int r = 0; r < nr; r++) {                                                                  \
+                    const block_q4_0 *x = ROW_PTR(block_q4_0, vx, bx, r) + b;                                    \
+                    const int32_t sum = vaddvq_s32(vaddq_s32(LANES4(w0[r], a0), LANES4(w1[r], a1)));            \
+                    acc[r][t] = fmaf((float)sum, H2F(x->d) * H2F(y->d), acc[r][t]);                             \
+                }                                                                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) s[r * ls + t] = acc[r][t];                                             \
+    }                                                                                                           \
+    LEGACY_ENTRIES(NAME, ATTR)
+
 #define MIN_NONE (void)0
 #define MIN_Q8_1 summ[r][t] += H2F(x->m) * H2F(y->s)
 
@@ -135,7 +166,8 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
     LEGACY(dot_##T##_neon, NEON, lanes4_neon, block_##T, YT, w_##T, MIN)                                          \
     LEGACY(dot_##T##_dot, DOTPROD, lanes4_dot, block_##T, YT, w_##T, MIN)
 
-LEGACY_BOTH(q4_0, block_q8_0, MIN_NONE)
+Q4_0_BLOCKSUM(dot_q4_0_neon, NEON, lanes4_neon)
+Q4_0_BLOCKSUM(dot_q4_0_dot, DOTPROD, lanes4_dot)
 LEGACY_BOTH(q4_1, block_q8_1, MIN_Q8_1)
 LEGACY_BOTH(q5_0, block_q8_0, MIN_NONE)
 LEGACY_BOTH(q5_1, block_q8_1, MIN_Q8_1)

@@ -4,6 +4,7 @@
 #ifndef TOOLKIT_DOT_X86_H
 #define TOOLKIT_DOT_X86_H
 
+#include <math.h>
 #include "simd_x86.h"
 
 static inline AVX2 float h2f(tk_half h) { return _cvtsh_ss(h); }
@@ -155,3 +156,32 @@ void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n);
 const struct tk_gemm *tk_gemm_avx512(int wtype);
 
 #endif
+/* Q4_0's block-sum order (dot.c's dot_q4_0_q8_0), shared by both builds */
+/* the lanes of four blocks summed per block: [Σv0, Σv1, Σv2, Σv3] */
+static inline AVX2 __m128i block_sums4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* the lanes of eight (row, token) pairs summed per pair: [Σv0, ..., Σv7] */
+static inline AVX2 __m256i block_sums8(const __m256i v[8]) {
+    const __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20), _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+/* Σ of 8 int32 lanes */
+static inline AVX2 int lanes_isum(__m256i v) {
+    const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const __m128i q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+    return _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
+}
+
+/* acc = fma(Σ_k, d_x(k)·d_y(k), acc) for the four blocks at x, y in order; the sums exact integers */
+static inline AVX2 float q4_0_steps4(__m128i sums, const block_q4_0 *x, const block_q8_0 *y, float acc) {
+    int32_t v[4];
+    _mm_storeu_si128((__m128i *)v, sums);
+    for (int k = 0; k < 4; k++) acc = fmaf((float)v[k], tk_fp16_table[x[k].d] * tk_fp16_table[y[k].d], acc);
+    return acc;
+}
+

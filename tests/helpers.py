@@ -153,6 +153,29 @@ def ggml_vec_dots(cpu, name: str, wq: np.ndarray, aq: np.ndarray, cols: int) -> 
     return want
 
 
+def ggml_q4_0_gemv(cpu, wq: np.ndarray, aq: np.ndarray, cols: int) -> np.ndarray:
+    """ggml's repacked Q4_0 product (ggml_gemv_q4_0_8x8_q8_0, which llama.cpp's CPU backend runs for Q4_0 weights on
+    AVX2/AVX512 CPUs) of every activation row (aq, Q8_0) with every weight row (wq, Q4_0; a multiple of 8 rows):
+    [tokens, rows]. The rows are repacked here as its make_block_q4_0x8 does (interleave 8): per 8 rows and block,
+    the 8 scales, then 8 bytes of each row in turn, twice, the nibbles xor 0x88."""
+    import ctypes
+    rows, nb = len(wq), cols // 32
+    assert rows % 8 == 0
+    b = np.asarray(wq, np.uint8).reshape(rows // 8, 8, nb, 18)
+    d = b[..., :2].transpose(0, 2, 1, 3).reshape(rows // 8, nb, 16)
+    q = (b[..., 2:] ^ 0x88).reshape(rows // 8, 8, nb, 2, 8).transpose(0, 2, 3, 1, 4).reshape(rows // 8, nb, 128)
+    packed = np.ascontiguousarray(np.concatenate([d, q], axis=2))
+    fn = cpu.ggml_gemv_q4_0_8x8_q8_0
+    fn.restype = None
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                   ctypes.c_int]
+    want = np.empty((len(aq), rows), np.float32)
+    for j in range(len(aq)):
+        a = np.ascontiguousarray(aq[j])
+        fn(cols, want[j].ctypes.data, rows, packed.ctypes.data, a.ctypes.data, 1, rows)
+    return want
+
+
 def matrices_end_to_end(path, n_per_row: int) -> np.ndarray:
     """A GGUF file's 2-D tensors (a trained model's weights, say) laid end to end in rows of n_per_row floats."""
     from common.ggufio import GGUFFile

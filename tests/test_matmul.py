@@ -22,9 +22,10 @@ SIMD (AVX2) and scalar kernels agree within SIMD_RTOL · ‖x_j‖ · ‖w_r‖ 
 any thread count gives bit-identical results. Where llama-cpp-python is installed, every row is also compared with
 ggml's own vec_dot functions (libggml-cpu) on the same quantized activations (tolerance 1e-6; with the AVX2 build of
 llama-cpp-python 0.3.36 the SIMD results are bit-identical, the scalar ones differ from ggml's *_generic only where
-that build contracts to FMA). Both sides get bytes made here (native.quantize, native.activations), never by the
-oracle build. That build must be the AVX2 one `make install` makes (checked at session start, tests/oracle.py): in a
-build with AVX512-VNNI, GCC 12 miscompiles ggml_vec_dot_q5_0_q8_0_generic (0.985 relative error here).
+that build contracts to FMA; Q4_0 aside, whose every kernel gives the bits of ggml's repacked Q4_0 gemv instead).
+Both sides get bytes made here (native.quantize, native.activations), never by the oracle build. That build must be
+the AVX2 one `make install` makes (checked at session start, tests/oracle.py): in a build with AVX512-VNNI, GCC 12
+miscompiles ggml_vec_dot_q5_0_q8_0_generic (0.985 relative error here).
 """
 from __future__ import annotations
 
@@ -299,6 +300,28 @@ _GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8
                10: "q2_K_q8_K", 11: "q3_K_q8_K", 12: "q4_K_q8_K", 13: "q5_K_q8_K", 14: "q6_K_q8_K",
                20: "iq4_nl_q8_0", 23: "iq4_xs_q8_K", 34: "tq1_0_q8_K", 35: "tq2_0_q8_K", 18: "iq3_xxs_q8_K",
                21: "iq3_s_q8_K", 19: "iq1_s_q8_K", 29: "iq1_m_q8_K"}
+
+
+def test_q4_0_is_ggml_repacked_gemv(ggml_cpu):
+    """Q4_0 follows llama.cpp's own Q4_0 path on x86 CPUs, its repacked gemv/gemm (per block the integer sum, then one
+    fused multiply-add by d_x·d_y, blocks in order), not ggml's vec_dot: the scalar kernel, the SIMD one-token kernels
+    (one and two rows) and every level's tiles give ggml_gemv_q4_0_8x8_q8_0's bits. Odd block counts leave tails."""
+    for rows, cols, n in [(16, 4096, 1), (24, 96, 9), (40, 2080, 17)]:
+        wq, _ = weights(2, rows, cols, 31 + cols)
+        x = activations(n, cols, 31 + cols)
+        want = helpers.ggml_q4_0_gemv(ggml_cpu, wq, seen_activations(2, x)[1], cols)
+        assert np.array_equal(matmul(2, wq, rows, cols, x, simd=False), want), f"scalar {rows}x{cols}"
+        if not HAS_SIMD:
+            continue
+        for level in _isa_levels():
+            native.set_isa_limit(level)
+            try:
+                got = matmul(2, wq, rows, cols, x, simd=True)
+                alone = np.stack([matmul(2, wq, rows, cols, x[j:j + 1], simd=True)[0] for j in range(n)])
+            finally:
+                native.set_isa_limit(3)
+            assert np.array_equal(got, want), f"level {level} {rows}x{cols}, {n} tokens"
+            assert np.array_equal(alone, want), f"level {level} {rows}x{cols}, tokens one by one"
 
 
 @pytest.mark.parametrize("t", list(_GGML_NAMES), ids=[NAMES[t] for t in _GGML_NAMES])
