@@ -210,6 +210,89 @@ static AVX512 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
             }                                                                                                \
     }
 
+/* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
+   (lane l: values 4l..4l+3 times the activations) times d_x·d_y into one of two float accumulators, even blocks and
+   odd ones, sums their lanes, then adds an odd last block in scalar. The tile's rows are packed per block into the
+   signed values, their -128·Σ of each four and d as a float; per (row, token pair) a vpdpbusd of the activations
+   + 128 gives the same lanes, and the float steps are the kernel's. */
+typedef struct { int8_t v[QK]; int32_t c[8]; float d; } block_iq4_nl_packed;
+
+static AVX512 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
+    const block_iq4_nl *x = vx;
+    block_iq4_nl_packed *p = dst;
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
+    for (int64_t b = 0; b < n / QK; b++) {
+        const __m256i v = _mm256_shuffle_epi8(table, nibbles32(x[b].qs));
+        const __m256i c = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), v);
+        _mm256_storeu_si256((__m256i *)p[b].v, v);
+        _mm256_storeu_si256((__m256i *)p[b].c, _mm256_sub_epi32(_mm256_setzero_si256(), c));
+        p[b].d = tk_fp16_table[x[b].d];
+    }
+}
+
+#define NL_ROW(r, b) ((const block_iq4_nl_packed *)((const char *)vx + (r) * bx) + (b))
+#define Q8_0_ROW(t, b) ((const block_q8_0 *)((const char *)vy + (t) * by) + (b))
+
+/* lanes of block b for each (row, token pair): Σ4 v·y */
+#define NL_LANES(RM, P, b, lanes)                                                                             \
+    do {                                                                                                     \
+        __m512i w_[RM], c_[RM];                                                                              \
+        for (int r = 0; r < RM; r++) {                                                                       \
+            w_[r] = _mm512_broadcast_i64x4(load32(NL_ROW(r, b)->v));                                         \
+            c_[r] = _mm512_broadcast_i64x4(load32(NL_ROW(r, b)->c));                                         \
+        }                                                                                                    \
+        for (int p = 0; p < P; p++) {                                                                        \
+            const __m512i a_ = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(                    \
+                load32(Q8_0_ROW(2 * p, b)->qs)), load32(Q8_0_ROW(2 * p + 1, b)->qs), 1), _mm512_set1_epi8((char)0x80)); \
+            for (int r = 0; r < RM; r++) lanes[r][p] = _mm512_dpbusd_epi32(c_[r], a_, w_[r]);                 \
+        }                                                                                                    \
+    } while (0)
+
+#define NL_DXDY(r, p, b)                                                                                      \
+    _mm512_mul_ps(_mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(tk_fp16_table[Q8_0_ROW(2 * (p), b)->d]),       \
+                                       _mm512_set1_ps(tk_fp16_table[Q8_0_ROW(2 * (p) + 1, b)->d])),         \
+                  _mm512_set1_ps(NL_ROW(r, b)->d))
+
+#define IQ4_NL_TILE(NAME, RM, RN)                                                                             \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        enum { P = RN / 2 };                                                                                 \
+        const int64_t nb = n / QK;                                                                           \
+        __m512 acc[2][RM][P];                                                                                \
+        __m512i lanes[RM][P];                                                                                \
+        for (int k = 0; k < 2; k++)                                                                          \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int p = 0; p < P; p++) acc[k][r][p] = _mm512_setzero_ps();                              \
+        int64_t b = 0;                                                                                       \
+        for (; b + 1 < nb; b += 2)                                                                           \
+            for (int k = 0; k < 2; k++) {                                                                    \
+                NL_LANES(RM, P, b + k, lanes);                                                               \
+                for (int r = 0; r < RM; r++)                                                                 \
+                    for (int p = 0; p < P; p++)                                                              \
+                        acc[k][r][p] = _mm512_fmadd_ps(NL_DXDY(r, p, b + k), _mm512_cvtepi32_ps(lanes[r][p]),   \
+                                                       acc[k][r][p]);                                        \
+            }                                                                                                \
+        if (b < nb) NL_LANES(RM, P, b, lanes);                                                               \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int p = 0; p < P; p++) {                                                                    \
+                const __m512 a = _mm512_add_ps(acc[0][r][p], acc[1][r][p]);                                  \
+                float sum[2] = {hsum8(_mm512_castps512_ps256(a)),                                            \
+                                hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))};    \
+                if (b < nb) {                                                                                \
+                    int32_t l[16];                                                                           \
+                    _mm512_storeu_si512(l, lanes[r][p]);                                                     \
+                    for (int k = 0; k < 2; k++) {                                                            \
+                        int sumi = 0;                                                                        \
+                        for (int j = 0; j < 8; j++) sumi += l[8 * k + j];                                    \
+                        sum[k] += tk_fp16_table[Q8_0_ROW(2 * p + k, b)->d] * NL_ROW(r, b)->d * sumi;         \
+                    }                                                                                        \
+                }                                                                                            \
+                s[r * ls + 2 * p] = sum[0];                                                                  \
+                s[r * ls + 2 * p + 1] = sum[1];                                                              \
+            }                                                                                                \
+    }
+
+IQ4_NL_TILE(tile_iq4_nl, 4, 4)
+
 /* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
 IQ_TILE(tile_iq_x1, 4, 6, 1.0f)
 IQ_TILE(tile_iq_x4, 4, 6, 0.25f)
@@ -224,10 +307,13 @@ IQ_TILE_ENTRY(iq2_xs, tile_iq_x8, pack_iq2_xs)
 IQ_TILE_ENTRY(iq2_s, tile_iq_x8, pack_iq2_s)
 IQ_TILE_ENTRY(iq3_xxs, tile_iq_x4, pack_iq3_xxs)
 IQ_TILE_ENTRY(iq3_s, tile_iq_x1, pack_iq3_s)
+static const struct tk_gemm iq4_nl_tile = {tile_iq4_nl, 4, 4, pack_iq4_nl, sizeof(block_iq4_nl_packed), TK_Q8_0,
+                                            NULL};
 
 const struct tk_gemm *tk_gemm_iq_avx512(int wtype) {
     switch (wtype) {
     case TK_IQ4_XS: return &iq4_xs_tile;
+    case TK_IQ4_NL: return &iq4_nl_tile;
     case TK_IQ2_XXS: return &iq2_xxs_tile;
     case TK_IQ2_XS: return &iq2_xs_tile;
     case TK_IQ2_S: return &iq2_s_tile;
