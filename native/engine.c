@@ -497,6 +497,31 @@ AVX2 static void axpy_avx2(float *a, float p, const void *v, int64_t hd, int f16
     for (int64_t d = 0; d < hd; d += 8)
         _mm256_storeu_ps(a + d, _mm256_fmadd_ps(load8(v, f16, d), pv, _mm256_loadu_ps(a + d)));
 }
+
+/* s[j] = (q · k_j) · scale for j in [j0, j1), k_j a row of the cache (F32 or F16), each dot as dot_ggml_avx2 */
+AVX2 static void scores_avx2(float *s, const float *q, const char *kbase, size_t row_k, int f16, int64_t j0,
+                             int64_t j1, int64_t hd, float scale) {
+    for (int64_t j = j0; j < j1; j++) s[j] = dot_ggml_avx2(q, kbase + (size_t)j * row_k, f16, hd) * scale;
+}
+
+/* acc[(j mod 32) · hd + d] += p_j · v_j[d] for j in [j0, j1) (FMA), v_j a row of the cache (F32 or F16) or of a block
+   of dequantized rows */
+AVX2 static void pv_avx2(float *acc, const float *p, const char *vbase, size_t row_v, int f16, int64_t j0, int64_t j1,
+                         int64_t hd) {
+    for (int64_t j = j0; j < j1; j++) axpy_avx2(acc + (j & 31) * hd, p[j], vbase + (size_t)(j - j0) * row_v, hd, f16);
+}
+
+/* out[d] = reduce32 of acc[k · hd + d] over k, eight d at a time (the same additions, lane by lane) */
+AVX2 static void reduce32_rows_avx2(float *out, const float *acc, int64_t hd) {
+    for (int64_t d = 0; d < hd; d += 8) {
+        __m256 t[8];
+        for (int l = 0; l < 8; l++)
+            t[l] = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(acc + l * hd + d), _mm256_loadu_ps(acc + (16 + l) * hd + d)),
+                                 _mm256_add_ps(_mm256_loadu_ps(acc + (8 + l) * hd + d), _mm256_loadu_ps(acc + (24 + l) * hd + d)));
+        for (int l = 0; l < 4; l++) t[l] = _mm256_add_ps(t[l], t[l + 4]);
+        _mm256_storeu_ps(out + d, _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3])));
+    }
+}
 #endif
 
 /* ------------------------------------------------------------------------------------------------ attention */
@@ -521,58 +546,111 @@ static void softmax(float *s, int64_t T, float mx, int simd) {
     for (int64_t j = 0; j < T; j++) s[j] *= inv;
 }
 
-/* One query head against positions 0..T-1 of its kv head: softmax(q·k · scale) · v (the scores soft-capped first
-   when softcap > 0), in the order of llama.cpp's one-token path (q·k and p·v as ggml_vec_dot_f32; the positions of
-   p·v padded with zeros to whole steps). A quantized cache (Q8_0, Q4_0) is read as llama.cpp's CPU flash attention
-   reads it: q·k as the type's vec_dot with q converted to its vec_dot type, v rows dequantized to f32.
-   s: scratch of T rounded up to 32 floats; acc: 32 x head_dim floats; tmp: head_dim floats and a converted q. */
-static void attend(const float *q, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd, int64_t first,
-                   int64_t T, float scale, float softcap, float *s, float *acc, float *tmp, float *out, int simd) {
+/* The query heads that share a kv head, for one token: softmax(q·k · scale) · v of each (the scores soft-capped first
+   when softcap > 0) against positions first..T-1, in the order of llama.cpp's one-token path (q·k and p·v as
+   ggml_vec_dot_f32; the positions of p·v padded with zeros to whole steps). A quantized cache (Q8_0, Q4_0) is read as
+   llama.cpp's CPU flash attention reads it: q·k as the type's vec_dot with q converted to its vec_dot type, v rows
+   dequantized to f32. Each query's arithmetic is that of a query alone; the positions are visited in blocks of
+   ATT_BLOCK whose key and value rows stay in L1 while every query of the group meets them (a long prompt otherwise
+   reads the whole cache from L2 once per query head). */
+#define ATT_GROUP 8    /* query heads per group at most (more heads on one kv head: several groups) */
+#define ATT_BLOCK 64   /* cache positions per block */
+
+struct att_query {
+    const float *q;   /* the query (head_dim floats) */
+    float *out;       /* its output (head_dim floats) */
+    float *s;         /* scores: T rounded up to 32 floats */
+    float *acc;       /* p·v's 32 partial sums: 32 × head_dim floats */
+    char *qq;         /* q converted to a quantized cache's vec_dot type */
+    float mx;
+};
+
+/* per-thread scratch (floats) of a group: its queries' scores, partial sums and converted q, and a block of
+   dequantized value rows */
+static int64_t att_scratch(int64_t max_ctx, int64_t hd) {
+    return ATT_GROUP * (max_ctx + 32 + 32 * hd + hd + 16) + ATT_BLOCK * hd + 16;
+}
+
+static void att_queries(struct att_query *g, int G, float *scratch, int64_t max_ctx, int64_t hd) {
+    float *p = scratch;
+    for (int i = 0; i < G; i++) {
+        g[i].s = p; p += max_ctx + 32;
+        g[i].acc = p; p += 32 * hd;
+        g[i].qq = (char *)p; p += hd + 16;
+    }
+}
+
+static void attend_group(struct att_query *g, int G, const struct tk_kv *kv, int64_t layer, int64_t kvh, int64_t hd,
+                         int64_t first, int64_t T, float scale, float softcap, float *vblock, int simd) {
     const int tk = kv->type_k, tv = kv->type_v;
     const char *kbase = (const char *)kv->k + (size_t)(layer * kv->n_ctx) * kv->row_k + tk_row_size(tk, kvh * hd);
     const char *vbase = (const char *)kv->v + (size_t)(layer * kv->n_ctx) * kv->row_v + tk_row_size(tv, kvh * hd);
     const int k_float = tk == TK_F32 || tk == TK_F16, v_float = tv == TK_F32 || tv == TK_F16;
     tk_vec_dot_fn kdot = k_float ? NULL : tk_vec_dot(tk);
-    char *qq = (char *)(tmp + hd);
-    if (!k_float) tk_convert_activation_row(tk_dot_traits(tk)->vec_dot_type, q, qq, hd);
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < first; j++) s[j] = -INFINITY;  /* outside a sliding window: masked, as llama.cpp does */
-    for (int64_t j = first; j < T; j++) {
-        const void *kj = kbase + (size_t)j * kv->row_k;
-        float d;
-        if (kdot) kdot(hd, &d, kj, qq);
-#ifdef TK_X86
-        else if (simd) d = dot_ggml_avx2(q, kj, tk == TK_F16, hd);
-#endif
-        else d = dot_ggml(q, kj, tk == TK_F16, hd);
-        s[j] = d * scale;
-        if (softcap > 0) s[j] = softcap * tanhf(s[j] * (1.0f / softcap));  /* Gemma 2, as llama.cpp caps kq */
-        if (s[j] > mx) mx = s[j];
+    for (int i = 0; i < G; i++) {
+        if (!k_float) tk_convert_activation_row(tk_dot_traits(tk)->vec_dot_type, g[i].q, g[i].qq, hd);
+        g[i].mx = -INFINITY;
+        for (int64_t j = 0; j < first; j++) g[i].s[j] = -INFINITY;  /* outside a sliding window: masked, as llama.cpp does */
     }
-    softmax(s, T, mx, simd);
-    /* out[d] = Σ_j p_j v_j[d]: position j in partial sum j mod 32, accumulated with FMA, then reduced */
-    memset(acc, 0, sizeof(float) * 32 * (size_t)hd);
-    for (int64_t j = first; j < T; j++) {
-        float *a = acc + (j & 31) * hd;
-        const float p = s[j];
-        const void *vj = vbase + (size_t)j * kv->row_v;
-        if (!v_float) {
-            tk_traits(tv)->dequantize_row(vj, tmp, hd);
-            vj = tmp;
-        }
-        const int f16 = tv == TK_F16;
+    for (int64_t j0 = first; j0 < T; j0 += ATT_BLOCK) {
+        const int64_t j1 = j0 + ATT_BLOCK < T ? j0 + ATT_BLOCK : T;
+        for (int i = 0; i < G; i++) {
+            float *s = g[i].s, mx = g[i].mx;
 #ifdef TK_X86
-        if (simd) { axpy_avx2(a, p, vj, hd, f16); continue; }
+            if (simd && !kdot) scores_avx2(s, g[i].q, kbase, kv->row_k, tk == TK_F16, j0, j1, hd, scale);
+            else
+#endif
+                for (int64_t j = j0; j < j1; j++) {
+                    const void *kj = kbase + (size_t)j * kv->row_k;
+                    float d;
+                    if (kdot) kdot(hd, &d, kj, g[i].qq);
+                    else d = dot_ggml(g[i].q, kj, tk == TK_F16, hd);
+                    s[j] = d * scale;
+                }
+            for (int64_t j = j0; j < j1; j++) {
+                if (softcap > 0) s[j] = softcap * tanhf(s[j] * (1.0f / softcap));  /* Gemma 2, as llama.cpp caps kq */
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            g[i].mx = mx;
+        }
+    }
+    for (int i = 0; i < G; i++) {
+        softmax(g[i].s, T, g[i].mx, simd);
+        memset(g[i].acc, 0, sizeof(float) * 32 * (size_t)hd);
+    }
+    /* out[d] = Σ_j p_j v_j[d]: position j in partial sum j mod 32, accumulated with FMA, then reduced */
+    const int f16 = v_float && tv == TK_F16;
+    for (int64_t j0 = first; j0 < T; j0 += ATT_BLOCK) {
+        const int64_t j1 = j0 + ATT_BLOCK < T ? j0 + ATT_BLOCK : T;
+        if (!v_float)  /* the block's value rows dequantized once for the group */
+            for (int64_t j = j0; j < j1; j++)
+                tk_traits(tv)->dequantize_row(vbase + (size_t)j * kv->row_v, vblock + (j - j0) * hd, hd);
+        const char *rows = v_float ? vbase + (size_t)j0 * kv->row_v : (const char *)vblock;
+        const size_t row = v_float ? kv->row_v : sizeof(float) * (size_t)hd;
+        for (int i = 0; i < G; i++) {
+#ifdef TK_X86
+            if (simd) { pv_avx2(g[i].acc, g[i].s, rows, row, f16, j0, j1, hd); continue; }
+#endif
+            for (int64_t j = j0; j < j1; j++) {
+                float *a = g[i].acc + (j & 31) * hd;
+                const float p = g[i].s[j];
+                const char *vj = rows + (size_t)(j - j0) * row;
+                for (int64_t d = 0; d < hd; d++) {
+                    const float x = f16 ? tk_fp16_table[((const uint16_t *)vj)[d]] : ((const float *)vj)[d];
+                    a[d] = fmaf(x, p, a[d]);
+                }
+            }
+        }
+    }
+    for (int i = 0; i < G; i++) {
+#ifdef TK_X86
+        if (simd) { reduce32_rows_avx2(g[i].out, g[i].acc, hd); continue; }
 #endif
         for (int64_t d = 0; d < hd; d++) {
-            const float x = f16 ? tk_fp16_table[((const uint16_t *)vj)[d]] : ((const float *)vj)[d];
-            a[d] = fmaf(x, p, a[d]);
+            float l32[32];
+            for (int k = 0; k < 32; k++) l32[k] = g[i].acc[k * hd + d];
+            g[i].out[d] = reduce32(l32);
         }
-    }
-    for (int64_t d = 0; d < hd; d++) {
-        float l32[32];
-        for (int k = 0; k < 32; k++) l32[k] = acc[k * hd + d];
-        out[d] = reduce32(l32);
     }
 }
 
@@ -1113,16 +1191,25 @@ static void forward_task(void *p, int ith, int nth) {
         }
         tk_barrier_wait(bar, nth);
 
-        /* attention: one (token, head) at a time */
+        /* attention: the query heads of one (token, kv head) together, at most ATT_GROUP at a time */
         {
+            const int64_t per_kv = H / Hkv, subs = (per_kv + ATT_GROUP - 1) / ATT_GROUP;
             int64_t a, b;
-            split_range(n * H, ith, nth, &a, &b);
-            float *s = f->scratch + ith * f->scratch_per_thread, *acc = s + f->max_ctx + 32, *tmp = acc + 32 * hd;
+            split_range(n * Hkv * subs, ith, nth, &a, &b);
+            float *scratch = f->scratch + ith * f->scratch_per_thread;
+            struct att_query g[ATT_GROUP];
+            att_queries(g, ATT_GROUP, scratch, f->max_ctx, hd);
+            float *vblock = scratch + ATT_GROUP * (f->max_ctx + 32 + 32 * hd + hd + 16);
             for (int64_t u = a; u < b; u++) {
-                const int64_t t = u / H, h = u % H, T = f->pos[t] + 1;
-                const int64_t first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
-                attend(f->q + t * (qd + 2 * kvd) + h * hd, f->seqs[f->seq[t]].kv, il, h / (H / Hkv), hd, first, T, hp->attn_scale,
-                       hp->attn_softcap, s, acc, tmp, f->att + t * qd + h * hd, f->simd);
+                const int64_t t = u / (Hkv * subs), kvh = u / subs % Hkv, h0 = kvh * per_kv + u % subs * ATT_GROUP;
+                const int64_t T = f->pos[t] + 1, first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
+                const int G = (int)(per_kv - u % subs * ATT_GROUP < ATT_GROUP ? per_kv - u % subs * ATT_GROUP : ATT_GROUP);
+                for (int i = 0; i < G; i++) {
+                    g[i].q = f->q + t * (qd + 2 * kvd) + (h0 + i) * hd;
+                    g[i].out = f->att + t * qd + (h0 + i) * hd;
+                }
+                attend_group(g, G, f->seqs[f->seq[t]].kv, il, kvh, hd, first, T, hp->attn_scale, hp->attn_softcap,
+                             vblock, f->simd);
             }
         }
         /* the attention output added to x, RMS-normed first where the block has a post-attention norm (into h,
@@ -1234,8 +1321,7 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
     }
     struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd(), .n = n, .nout = nout, .nnorm = nnorm,
                     .max_ctx = max_ctx};
-    /* attention: scores, 32 partial sums of a head, a dequantized value row and q converted for a quantized cache */
-    f.scratch_per_thread = max_ctx + 32 + 34 * hp->head_dim + 64;
+    f.scratch_per_thread = att_scratch(max_ctx, hp->head_dim);
     if (f.scratch_per_thread < ne + 8) f.scratch_per_thread = ne + 8;  /* a token's router probabilities */
     const size_t floats = (size_t)n * (size_t)(2 * d + qd + 2 * kvd + qd + 2 * nf + ne + k) +
                           (size_t)nk * (size_t)(2 * d + 2 * fe) + (size_t)nthreads * (size_t)f.scratch_per_thread;
