@@ -459,7 +459,7 @@ int tk_act_type(int wtype, int64_t n) {
     const struct tk_dot_traits *d = tk_dot_traits(wtype);
     const struct tk_gemm *g = gemm_for(wtype, n);
     if (!d) return -1;
-    return g && g->pack ? g->act_type : d->vec_dot_type;
+    return g && g->act_type ? g->act_type : d->vec_dot_type;
 }
 
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst) {
@@ -540,14 +540,19 @@ static void rows_by_dots(int wtype, const char *wd, size_t wrow, int64_t cols, i
     }
 }
 
-/* Tiles: each tile's weight rows — the file's, or repacked once into work when the tile reads them packed (past r1:
-   zero rows, whose results are dropped) — stay in L1 while every token meets them; the last, partial token tile reads
-   a zero-padded copy of its rows. Unpacked, [r0, r1) must be whole row tiles. */
+/* A tile whose activations the one-token kernels cannot read (packed, or raw with an act_type of its own) runs on
+   every row, its last row tile padded with zero rows; the others leave the rows past their last whole tile to the
+   one-token kernels. */
+static int tiles_take_every_row(const struct tk_gemm *g) { return g->pack || g->act_type; }
+
+/* Tiles: each tile's weight rows — the file's, or repacked once into work when the tile reads them packed — stay in
+   L1 while every token meets them; past r1 a tile reads zero rows (in work), whose results are dropped; the last,
+   partial token tile reads a zero-padded copy of its rows. Else [r0, r1) must be whole row tiles. */
 static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
                   int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
                   int add, char *work) {
     const size_t prow = g->pack ? (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size : wrow;
-    char *packed = work, *tail = work + (g->pack ? (size_t)g->rows * prow : 0);
+    char *own = work, *tail = work + (tiles_take_every_row(g) ? (size_t)g->rows * prow : 0);
     const int64_t nt = n - n % g->cols;
     if (nt < n) {
         memcpy(tail, ad + (size_t)nt * arow, (size_t)(n - nt) * arow);
@@ -557,12 +562,13 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
     for (int64_t r = r0; r < r1; r += g->rows) {
         const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
         const char *rows = wd + (size_t)r * wrow;
-        if (g->pack) {
+        if (g->pack || rm < g->rows) {
             for (int k = 0; k < g->rows; k++) {
-                if (k < rm) g->pack(rows + (size_t)k * wrow, packed + k * prow, cols);
-                else memset(packed + k * prow, 0, prow);
+                if (k >= rm) memset(own + k * prow, 0, prow);
+                else if (g->pack) g->pack(rows + (size_t)k * wrow, own + k * prow, cols);
+                else memcpy(own + k * prow, rows + (size_t)k * wrow, wrow);
             }
-            rows = packed;
+            rows = own;
         }
         for (int64_t j = 0; j < n; j += g->cols) {
             const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
@@ -583,12 +589,12 @@ void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t 
     const size_t wrow = tk_row_size(wtype, cols);
     const char *wd = w, *ad = act;
     const struct tk_gemm *g = gemm_for(wtype, n);
-    if (!g || (!g->pack && r1 - r0 < g->rows)) {
+    if (!g || (!tiles_take_every_row(g) && r1 - r0 < g->rows)) {
         rows_by_dots(wtype, wd, wrow, cols, r0, r1, ad, arow, 0, n, y, ldy, bias, add);
         return;
     }
-    /* whole row tiles (all rows when packed), then the rows past the last whole tile */
-    const int64_t rt = g->pack ? r1 : r0 + (r1 - r0) / g->rows * g->rows;
+    /* whole row tiles (or all rows), then the rows past the last whole tile */
+    const int64_t rt = tiles_take_every_row(g) ? r1 : r0 + (r1 - r0) / g->rows * g->rows;
     tiles(g, wtype, wd, wrow, cols, r0, rt, ad, arow, n, y, ldy, bias, add, work);
     if (rt < r1) rows_by_dots(wtype, wd, wrow, cols, rt, r1, ad, arow, 0, n, y, ldy, bias, add);
 }

@@ -44,17 +44,6 @@ static inline AVX2 __m256i bits32(const uint8_t *p) {
 
 
 
-/* Q4_K/Q5_K scales and mins, unpacked with word operations: bytes [sc0..sc7, m0..m7] */
-static inline AVX2 __m128i k4_scales_mins(const uint8_t q[K_SCALE_SIZE]) {
-    uint32_t a, b, c;
-    memcpy(&a, q, 4);
-    memcpy(&b, q + 4, 4);
-    memcpy(&c, q + 8, 4);
-    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
-    return _mm_setr_epi32((int)(a & m6), (int)((c & m4) | ((a >> 6) & m2) << 4), (int)(b & m6),
-                          (int)(((c >> 4) & m4) | ((b >> 6) & m2) << 4));
-}
-
 /* Q3_K: the 16 signed scales */
 static inline AVX2 __m128i q3_scales(const uint8_t q[12]) {
     uint32_t a, b, c;
@@ -479,13 +468,7 @@ static inline AVX2 void dot_q5_K(const block_q5_K *x, const block_q8_K *y, __m25
    lanes); the tiles further down get it straight from rows repacked so that a lane meets one sub-block (and Q8_KX
    activations), which costs one vpdpbusd per 32 products and no scale shuffles. Same D, same float operations: a
    token's results are the same alone or in a batch. (ggml's AVX2 kernel orders the float sums otherwise; the
-   integer parts are the same.) */
-static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm) {
-    const __m128i sm = k4_scales_mins(x->scales);  /* bytes [sc0..sc7, m0..m7] */
-    *xs = _mm256_mul_ps(_mm256_set1_ps(h2f(x->d)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
-    *xm = _mm256_mul_ps(_mm256_set1_ps(h2f(x->dmin)),
-                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm))));
-}
+   integer parts are the same.) The factors: q4_K_factors (dot_x86.h). */
 
 /* lane l = the sum of p[l]'s 16 int16 lanes (pair sums of maddubs: 16 products of a nibble and an activation in
    any 8 of them stay within int16, so three rounds of hadd are exact before the two halves are added as int32) */

@@ -117,7 +117,10 @@ S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
                                                 &T##_raw8_tile};
 S8_TILE_ENTRIES(tile_q8_0, pack_q8_0)
 
-static inline AVX512 __m256i madd_add_evex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_epi32(acc, p, s); }
+/* [a | b]: two 256-bit halves */
+static inline AVX512 __m512i two_ymm(__m256i a, __m256i b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
 
 static inline AVX512 __m512 two_halves(__m256 a, __m256 b) {
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1));
@@ -156,10 +159,11 @@ static inline AVX512 __m512 both_halves(__m256 a) { return two_halves(a, a); }
     PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NARROW)
 
 /* Q4_K for a few tokens (the next tokens of a few generating sequences), on the file's rows: repacking a row tile
-   for them cost more than their products. Two rows share a 512-bit register (row 2p in lanes 0-7, row 2p + 1 in lanes
-   8-15): a pair's super-block is unpacked and transposed in registers into the packed layout (what
+   for them cost more than their products. A tile is two rows sharing each 512-bit register (row 0 in lanes 0-7, row 1
+   in lanes 8-15): their super-block is unpacked and transposed in registers into the packed layout (what
    tk_pack_q4_K_avx2 stores, never stored here) once for all RN tokens, whose Q8_KX blocks are broadcast to both
-   halves. Lane for lane the packed tile's integers and float operations, so every result is the one-token kernel's. */
+   halves. Lane for lane the packed tile's integers and float operations, so every result is the one-token
+   kernel's. */
 
 /* v[s] = the 32-bit elements s of v[0..7], within each 256-bit half (transpose8_epi32 on two rows at once) */
 static inline AVX512 void transpose8_epi32_x2(__m512i v[8]) {
@@ -183,11 +187,12 @@ static inline AVX512 void transpose8_epi32_x2(__m512i v[8]) {
     }
 }
 
-/* super-blocks x0 and x1 (rows 2p and 2p + 1): w[s] their step-s quants in the packed layout, xs and xm their factors */
-static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, __m512i w[8], __m512 *xs, __m512 *xm) {
+/* super-blocks x0 and x1 of two rows: w[s] their step-s quants in the packed layout, xs and xm their factors */
+static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, __m512i w[8], __m512 *xs,
+                                    __m512 *xm) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int j = 0; j < 4; j++) {
-        const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(load32(x0->qs + 32 * j)), load32(x1->qs + 32 * j), 1);
+        const __m512i q = two_ymm(load32(x0->qs + 32 * j), load32(x1->qs + 32 * j));
         w[2 * j] = _mm512_and_si512(q, m4);
         w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
     }
@@ -201,35 +206,33 @@ static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, 
 
 #define Q4_K_RAW_TILE_512(NAME, RN, NARROW)                                                                   \
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        enum { RP = 2 }; /* row pairs */                                                                     \
-        __m512 acc[RP][RN];                                                                                  \
-        for (int p = 0; p < RP; p++)                                                                         \
-            for (int t = 0; t < RN; t++) acc[p][t] = _mm512_setzero_ps();                                    \
-        for (int64_t b = 0; b < n / QK_K; b++)                                                               \
-            for (int p = 0; p < RP; p++) {                                                                   \
-                const block_q4_K *x0 = (const block_q4_K *)((const char *)vx + 2 * p * bx) + b;             \
-                const block_q4_K *x1 = (const block_q4_K *)((const char *)x0 + bx);                          \
-                __m512i w[8], D[RN];                                                                         \
-                __m512 xs, xm;                                                                               \
-                q4_K_pair(x0, x1, w, &xs, &xm);                                                              \
-                for (int t = 0; t < RN; t++) D[t] = _mm512_setzero_si512();                                  \
-                for (int st = 0; st < 8; st++)                                                               \
-                    for (int t = 0; t < RN; t++)                                                             \
-                        D[t] = dpbusd_zmm(D[t], w[st], _mm512_broadcast_i64x4(load32(Q8_KX_ROW(t, b)->qs + 32 * st))); \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const block_q8_KX *y = Q8_KX_ROW(t, b);                                                  \
-                    acc[p][t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(y->d), xs), _mm512_cvtepi32_ps(D[t]), \
-                                                acc[p][t]);                                                  \
-                    acc[p][t] = _mm512_fnmadd_ps(xm, both_halves(_mm256_loadu_ps(y->yb)), acc[p][t]);        \
-                }                                                                                            \
+        __m512 acc[RN];                                                                                      \
+        for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q4_K *x0 = (const block_q4_K *)vx + b, *x1 = (const block_q4_K *)((const char *)x0 + bx); \
+            for (int o = 0; o < (int)sizeof *x0; o += 64) {                                                  \
+                _mm_prefetch((const char *)x0 + PREFETCH + o, _MM_HINT_T0);                                   \
+                _mm_prefetch((const char *)x1 + PREFETCH + o, _MM_HINT_T0);                                   \
             }                                                                                                \
-        for (int p = 0; p < RP; p++)                                                                         \
+            __m512i w[8], D[RN];                                                                             \
+            __m512 xs, xm;                                                                                   \
+            q4_K_pair(x0, x1, w, &xs, &xm);                                                                  \
+            for (int t = 0; t < RN; t++) D[t] = _mm512_setzero_si512();                                      \
+            for (int st = 0; st < 8; st++)                                                                   \
+                for (int t = 0; t < RN; t++)                                                                 \
+                    D[t] = dpbusd_zmm(D[t], w[st], _mm512_broadcast_i64x4(load32(Q8_KX_ROW(t, b)->qs + 32 * st))); \
             for (int t = 0; t < RN; t++) {                                                                   \
-                s[2 * p * ls + t] = hsum8(_mm512_castps512_ps256(acc[p][t]));                                \
-                s[(2 * p + 1) * ls + t] = hsum8(upper8(acc[p][t]));                                          \
+                const block_q8_KX *y = Q8_KX_ROW(t, b);                                                      \
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(y->d), xs), _mm512_cvtepi32_ps(D[t]), acc[t]); \
+                acc[t] = _mm512_fnmadd_ps(xm, both_halves(_mm256_loadu_ps(y->yb)), acc[t]);                  \
             }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            s[t] = hsum8(_mm512_castps512_ps256(acc[t]));                                                    \
+            s[ls + t] = hsum8(upper8(acc[t]));                                                               \
+        }                                                                                                    \
     }                                                                                                        \
-    PACKED_TILE_ENTRY(NAME, 4, RN, NULL, 0, TK_Q8_KX, NARROW)
+    PACKED_TILE_ENTRY(NAME, 2, RN, NULL, 0, TK_Q8_KX, NARROW)
 
 Q4_K_RAW_TILE_512(tile_q4_K_raw2, 2, NULL)
 Q4_K_RAW_TILE_512(tile_q4_K_raw4, 4, &tile_q4_K_raw2_tile)
@@ -237,8 +240,67 @@ Q4_K_RAW_TILE_512(tile_q4_K_raw6, 6, &tile_q4_K_raw4_tile)
 /* packed for many tokens; for at most 6, the file's rows */
 Q4_K_TILE_512(tile_q4_K_zmm, 4, 6, &tile_q4_K_raw6_tile)
 
-Q6_K_TILE(tile_q6_K_avx512_2, 2, 2, AVX512, madd_add_evex, NULL)  /* for a few tokens */
-Q6_K_TILE(tile_q6_K_avx512, 2, 4, AVX512, madd_add_evex, &tile_q6_K_avx512_2_tile)
+/* Q6_K tiles with two rows to a 512-bit register (row 0 in lanes 0-7, row 1 in lanes 8-15) and each token's
+   activations broadcast to both halves: a half gets Q6_K_TILE's 256-bit operations for its row, lane for lane (the
+   same integers, the same fused multiply-add per super-block), in half the instructions; the pair's quants are
+   unpacked once for all RN tokens. */
+#define Q6_K_TILE_512(NAME, RN, NARROW)                                                                       \
+    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+        const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3);                                 \
+        __m512 acc[RN];                                                                                      \
+        for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q6_K *x0 = (const block_q6_K *)vx + b, *x1 = (const block_q6_K *)((const char *)x0 + bx); \
+            const block_q8_K *y[RN];                                                                         \
+            for (int o = 0; o < (int)sizeof *x0; o += 64) {                                                  \
+                _mm_prefetch((const char *)x0 + PREFETCH + o, _MM_HINT_T0);                                   \
+                _mm_prefetch((const char *)x1 + PREFETCH + o, _MM_HINT_T0);                                   \
+            }                                                                                                \
+            const __m128i sc0 = _mm_loadu_si128((const __m128i *)x0->scales);                                \
+            const __m128i sc1 = _mm_loadu_si128((const __m128i *)x1->scales);                                \
+            const struct scales16 sc16[2] = {scales16(sc0), scales16(sc1)};                                  \
+            const __m512i sc = two_ymm(_mm256_cvtepi8_epi16(sc0), _mm256_cvtepi8_epi16(sc1));                \
+            __m512i sumi[RN];                                                                                \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                                  \
+                /* -32·Σ scale·bsum, as super_q6_K takes it off at the end (integers: order is free) */      \
+                sumi[t] = _mm512_sub_epi32(_mm512_setzero_si512(),                                           \
+                    _mm512_slli_epi32(_mm512_madd_epi16(_mm512_broadcast_i64x4(load32(y[t]->bsums)), sc), 5)); \
+            }                                                                                                \
+            for (int h = 0; h < 2; h++) {                                                                    \
+                const __m512i l0 = two_ymm(load32(x0->ql + 64 * h), load32(x1->ql + 64 * h));               \
+                const __m512i l1 = two_ymm(load32(x0->ql + 64 * h + 32), load32(x1->ql + 64 * h + 32));      \
+                const __m512i hb = two_ymm(load32(x0->qh + 32 * h), load32(x1->qh + 32 * h));                \
+                const __m512i q[4] = {                                                                       \
+                    _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m3), 4)), \
+                    _mm512_or_si512(_mm512_and_si512(l1, m4),                                                \
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 2), m3), 4)),   \
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),                          \
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 4), m3), 4)),   \
+                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),                          \
+                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 6), m3), 4))};  \
+                for (int k = 0; k < 4; k++) {                                                                \
+                    const __m512i scp = two_ymm(scale_pair(&sc16[0], 4 * h + k), scale_pair(&sc16[1], 4 * h + k)); \
+                    for (int t = 0; t < RN; t++) {                                                           \
+                        const __m512i q8 = _mm512_broadcast_i64x4(load32(y[t]->qs + 128 * h + 32 * k));      \
+                        sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q[k], q8), scp);         \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+            for (int t = 0; t < RN; t++)                                                                     \
+                acc[t] = _mm512_fmadd_ps(two_scalars(y[t]->d * h2f(x0->d), y[t]->d * h2f(x1->d)),            \
+                                         _mm512_cvtepi32_ps(sumi[t]), acc[t]);                               \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            s[t] = hsum8(_mm512_castps512_ps256(acc[t]));                                                    \
+            s[ls + t] = hsum8(upper8(acc[t]));                                                               \
+        }                                                                                                    \
+    }                                                                                                        \
+    PACKED_TILE_ENTRY(NAME, 2, RN, NULL, 0, 0, NARROW)
+
+Q6_K_TILE_512(tile_q6_K_zmm2, 2, NULL)  /* for a few tokens */
+Q6_K_TILE_512(tile_q6_K_zmm4, 4, &tile_q6_K_zmm2_tile)
+Q6_K_TILE_512(tile_q6_K_zmm, 6, &tile_q6_K_zmm4_tile)
 
 static inline AVX512 __m512 load16_f16(const tk_half *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
@@ -451,7 +513,7 @@ const struct tk_gemm *tk_gemm_avx512(int wtype) {
     case TK_BF16: return &tile_BF16_zmm_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_zmm_tile;
-    case TK_Q6_K: return &tile_q6_K_avx512_tile;
+    case TK_Q6_K: return &tile_q6_K_zmm_tile;
     default: return tk_gemm_iq_avx512(wtype);
     }
 }

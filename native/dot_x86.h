@@ -87,6 +87,25 @@ FLOAT16_FINISH(bf16_finish, uint16_t, load_bf16, bf2f)
    per 512-bit register (lane for lane the 256-bit operations). */
 typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
 
+/* Q4_K/Q5_K scales and mins, unpacked with word operations: bytes [sc0..sc7, m0..m7] */
+static inline AVX2 __m128i k4_scales_mins(const uint8_t q[K_SCALE_SIZE]) {
+    uint32_t a, b, c;
+    memcpy(&a, q, 4);
+    memcpy(&b, q + 4, 4);
+    memcpy(&c, q + 8, 4);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    return _mm_setr_epi32((int)(a & m6), (int)((c & m4) | ((a >> 6) & m2) << 4), (int)(b & m6),
+                          (int)(((c >> 4) & m4) | ((b >> 6) & m2) << 4));
+}
+
+/* a Q4_K super-block's float factors (see super_q4_K): xs_l = d · scale_l, xm_l = dmin · min_l */
+static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm) {
+    const __m128i sm = k4_scales_mins(x->scales);  /* bytes [sc0..sc7, m0..m7] */
+    *xs = _mm256_mul_ps(_mm256_set1_ps(h2f(x->d)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sm)));
+    *xm = _mm256_mul_ps(_mm256_set1_ps(h2f(x->dmin)),
+                        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(sm, sm))));
+}
+
 #define Q4_K_ROW(r, b) ((const block_q4_K_packed *)((const char *)vx + (r) * bx) + (b))
 #define Q8_KX_ROW(t, b) ((const block_q8_KX *)((const char *)vy + (t) * by) + (b))
 

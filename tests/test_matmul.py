@@ -222,7 +222,8 @@ def test_tiles_match_one_token_kernels(t, level):
     native.set_isa_limit(level)
     try:
         for rows, cols, n in [(37, min_cols(t) * 2, 11), (8, min_cols(t), 4), (130, 2048, 9), (13, min_cols(t), 2),
-                              (9, min_cols(t) * 2, 3), (21, min_cols(t), 7), (6, min_cols(t), 8)]:
+                              (9, min_cols(t) * 2, 3), (21, min_cols(t), 7), (6, min_cols(t), 8),
+                              (10, min_cols(t), 6)]:
             wq, _ = weights(t, rows, cols, 5 + t)
             x = activations(n, cols, 5 + t)
             full = matmul(t, wq, rows, cols, x, simd=True)
