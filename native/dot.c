@@ -543,7 +543,7 @@ static void rows_by_dots(int wtype, const char *wd, size_t wrow, int64_t cols, i
 /* A tile whose activations the one-token kernels cannot read (packed, or raw with an act_type of its own) runs on
    every row, its last row tile padded with zero rows; the others leave the rows past their last whole tile to the
    one-token kernels. */
-static int tiles_take_every_row(const struct tk_gemm *g) { return g->pack || g->act_type; }
+static int tiles_take_every_row(const struct tk_gemm *g) { return g->pack || g->pack_rows || g->act_type; }
 
 /* Tiles: each tile's weight rows — the file's, or repacked once into work when the tile reads them packed — stay in
    L1 while every token meets them; past r1 a tile reads zero rows (in work), whose results are dropped; the last,
@@ -551,7 +551,7 @@ static int tiles_take_every_row(const struct tk_gemm *g) { return g->pack || g->
 static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
                   int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
                   int add, char *work) {
-    const size_t prow = g->pack ? (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size : wrow;
+    const size_t prow = g->pack || g->pack_rows ? (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size : wrow;
     char *own = work, *tail = work + (tiles_take_every_row(g) ? (size_t)g->rows * prow : 0);
     const int64_t nt = n - n % g->cols;
     if (nt < n) {
@@ -562,7 +562,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
     for (int64_t r = r0; r < r1; r += g->rows) {
         const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
         const char *rows = wd + (size_t)r * wrow;
-        if (g->pack || rm < g->rows) {
+        if (g->pack_rows) {
+            g->pack_rows(rows, wrow, rm, work, cols);
+            rows = work;
+        } else if (g->pack || rm < g->rows) {
             for (int k = 0; k < g->rows; k++) {
                 if (k >= rm) memset(own + k * prow, 0, prow);
                 else if (g->pack) g->pack(rows + (size_t)k * wrow, own + k * prow, cols);

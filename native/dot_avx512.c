@@ -108,6 +108,85 @@ S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 
+/* The Q4_0 tiles: 16 weight rows, one per 32-bit lane (as ggml's repacked Q4_0 gemm holds 8 rows in a 256-bit
+   register), in the block-sum order of the one-token kernels. A row tile is packed once for all its tokens
+   (pack_q4_0x16): per block, 8 registers of 4 consecutive weights q - 8 of each row, the rows' -128·Σ(q - 8) and
+   their scales. A token's block is then 8 vpdpbusd of its activation bytes y + 128, four at a time broadcast to every
+   row, starting from -128·Σ(q - 8): the lane is Σ (q - 8)·y, the exact integer the one-token kernels sum; then one
+   fused multiply-add per (row, token), fma(Σ, d_x·d_y, acc), for the 16 rows at once. */
+typedef struct { int8_t w[8][64]; int32_t c[16]; float d[16]; } block_q4_0x16;
+#define Q4_0X16_ROW_SIZE (sizeof(block_q4_0x16) / 16) /* the packed bytes per row and block */
+
+/* rows x + r·bx for r < nr (the rest zero weights, zero scales), 16 interleaved per block, gathered from the file */
+static AVX512 void pack_q4_0x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
+    const __mmask16 live = (__mmask16)((1u << nr) - 1);
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)bx));
+    const __m512i zero = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    block_q4_0x16 *p = dst;
+    for (int64_t b = 0; b < n / QK; b++) {
+        const block_q4_0 *x = (const block_q4_0 *)vx + b;
+        __m512i c = zero;
+        for (int j = 0; j < 4; j++) {
+            /* bytes 4j..4j+3 of each row's qs: elements 4j.. in the low nibbles, 16 + 4j.. in the high ones */
+            const __m512i q = _mm512_mask_i32gather_epi32(zero, live, rows, x->qs + 4 * j, 1);
+            const __m512i lo = _mm512_maskz_mov_epi32(live, _mm512_sub_epi8(_mm512_and_si512(q, m4), eight));
+            const __m512i hi = _mm512_maskz_mov_epi32(
+                live, _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi32(q, 4), m4), eight));
+            _mm512_storeu_si512(p[b].w[j], lo);
+            _mm512_storeu_si512(p[b].w[j + 4], hi);
+            c = dpbusd_zmm(dpbusd_zmm(c, _mm512_set1_epi8((char)0x80), lo), _mm512_set1_epi8((char)0x80), hi);
+        }
+        _mm512_storeu_si512(p[b].c, _mm512_sub_epi32(zero, c));
+        /* the scales: the low 16 bits of the word at each row's block */
+        const __m512i d = _mm512_mask_i32gather_epi32(zero, live, rows, &x->d, 1);
+        _mm512_storeu_ps(p[b].d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d)));
+    }
+}
+
+/* 16 rows x RN tokens from rows packed by pack_q4_0x16 */
+#define Q4_0X16_TILE(NAME, RN)                                                                                \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        (void)bx;                                                                                            \
+        const block_q4_0x16 *p = vx;                                                                         \
+        __m512 acc[RN];                                                                                      \
+        for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            uint32_t u[RN][8];                                                                               \
+            float dy[RN];                                                                                    \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;                  \
+                _mm256_storeu_si256((__m256i *)u[t], _mm256_xor_si256(load32(y->qs), _mm256_set1_epi8((char)0x80))); \
+                dy[t] = tk_fp16_table[y->d];                                                                 \
+            }                                                                                                \
+            __m512i w[8];                                                                                    \
+            for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(p[b].w[j]);                                \
+            const __m512i c = _mm512_loadu_si512(p[b].c);                                                    \
+            const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                __m512i sum = c;                                                                             \
+                for (int j = 0; j < 8; j++) sum = dpbusd_zmm(sum, _mm512_set1_epi32((int)u[t][j]), w[j]);    \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dx, _mm512_set1_ps(dy[t])), acc[t]); \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            float o[16];                                                                                     \
+            _mm512_storeu_ps(o, acc[t]);                                                                     \
+            for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
+        }                                                                                                    \
+    }
+Q4_0X16_TILE(tile_q4_0x16_2, 2)
+Q4_0X16_TILE(tile_q4_0x16_4, 4)
+Q4_0X16_TILE(tile_q4_0x16_8, 8)
+/* 8 tokens a pass (8 weight registers, 8 accumulators); 4 or 2 for a few generating sequences */
+#define Q4_0X16_ENTRY(NAME, RN, NARROW)                                                                       \
+    static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 16, .cols = RN, .pack_size = Q4_0X16_ROW_SIZE, \
+                                               .act_type = TK_Q8_0, .narrow = NARROW, .pack_rows = pack_q4_0x16};
+Q4_0X16_ENTRY(tile_q4_0x16_2, 2, NULL)
+Q4_0X16_ENTRY(tile_q4_0x16_4, 4, &tile_q4_0x16_2_tile)
+Q4_0X16_ENTRY(tile_q4_0x16_8, 8, &tile_q4_0x16_4_tile)
+_Static_assert(Q4_0X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+
 /* the packed tile for many tokens; for at most its width, the raw tiles, widest first */
 #define S8_TILE_ENTRIES(T, PACK)                                                                              \
     static const struct tk_gemm T##_raw2_tile = {T##_raw2, 4, 2, NULL, 0, 0, NULL};                           \
@@ -457,6 +536,17 @@ static inline AVX512 __m512i q8_0_lanes(const block_q8_0 *x0, const block_q8_0 *
         s[1] = hsum8(upper8(acc)) + 0.0f;                                                                     \
     }
 
+static LEGACY_DOT2_ZMM(dot2_q8_0_q8_0_zmm, block_q8_0, q8_0_lanes)
+
+/* four blocks' two-row lanes (row 0 in lanes 0-7, row 1 in 8-15) summed per block and row: row 0's four sums in
+   lanes 0-3, row 1's in lanes 8-11 (integer adds, exact in any order) */
+static inline AVX512 __m512i pair_block_sums4(__m512i v0, __m512i v1, __m512i v2, __m512i v3) {
+    const __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(v0, v1), _mm512_unpackhi_epi32(v0, v1));
+    const __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(v2, v3), _mm512_unpackhi_epi32(v2, v3));
+    const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+    return _mm512_add_epi32(c, _mm512_shuffle_i32x4(c, c, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+
 /* Q4_0 in block-sum order (dot.c's dot_q4_0_q8_0): both rows' lanes of four blocks at once, summed per block and
    row, then each row's four float steps in order */
 static AVX512 void dot2_q4_0_q8_0_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
@@ -473,12 +563,13 @@ static AVX512 void dot2_q4_0_q8_0_zmm(int64_t n, float *s, const void *vx, size_
         __m512i v[4];
         for (int k = 0; k < 4; k++)
             v[k] = q4_0_lanes(&x0[b + k], &x1[b + k], _mm512_broadcast_i64x4(load32(y[b + k].qs)));
-        acc0 = q4_0_steps4(block_sums4(_mm512_castsi512_si256(v[0]), _mm512_castsi512_si256(v[1]),
-                                       _mm512_castsi512_si256(v[2]), _mm512_castsi512_si256(v[3])),
-                           x0 + b, y + b, acc0);
-        acc1 = q4_0_steps4(block_sums4(_mm512_extracti64x4_epi64(v[0], 1), _mm512_extracti64x4_epi64(v[1], 1),
-                                       _mm512_extracti64x4_epi64(v[2], 1), _mm512_extracti64x4_epi64(v[3], 1)),
-                           x1 + b, y + b, acc1);
+        float f[16];
+        _mm512_storeu_ps(f, _mm512_cvtepi32_ps(pair_block_sums4(v[0], v[1], v[2], v[3])));
+        for (int k = 0; k < 4; k++) {
+            const float dy = tk_fp16_table[y[b + k].d];
+            acc0 = fmaf(f[k], tk_fp16_table[x0[b + k].d] * dy, acc0);
+            acc1 = fmaf(f[8 + k], tk_fp16_table[x1[b + k].d] * dy, acc1);
+        }
     }
     for (; b < nb; b++) {
         const __m512i v = q4_0_lanes(&x0[b], &x1[b], _mm512_broadcast_i64x4(load32(y[b].qs)));
@@ -489,7 +580,6 @@ static AVX512 void dot2_q4_0_q8_0_zmm(int64_t n, float *s, const void *vx, size_
     s[0] = acc0;
     s[1] = acc1;
 }
-static LEGACY_DOT2_ZMM(dot2_q8_0_q8_0_zmm, block_q8_0, q8_0_lanes)
 
 tk_vec_dot_fn tk_vec_dot_avx512(int wtype) {
     return wtype == TK_F16 ? dot_F16_zmm : wtype == TK_BF16 ? dot_BF16_zmm : NULL;
@@ -511,6 +601,7 @@ const struct tk_gemm *tk_gemm_avx512(int wtype) {
     switch (wtype) {
     case TK_F16: return &tile_F16_zmm_tile;
     case TK_BF16: return &tile_BF16_zmm_tile;
+    case TK_Q4_0: return &tile_q4_0x16_8_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_zmm_tile;
     case TK_Q6_K: return &tile_q6_K_zmm_tile;

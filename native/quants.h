@@ -298,6 +298,7 @@ int tk_use_avx512(void);
    the file's rows (pack NULL); the activations are in act_type, or the vec_dot_type when it is 0. */
 typedef void (*tk_gemm_fn)(int64_t n, float *s, size_t ls, const void *x, size_t bx, const void *y, size_t by);
 typedef void (*tk_pack_fn)(const void *x, void *dst, int64_t n);
+typedef void (*tk_pack_rows_fn)(const void *x, size_t bx, int nr, void *dst, int64_t n);
 /* narrow: the variant for fewer tokens than the tile takes (a few generating sequences batched; same bits per (row,
    token)), NULL when none */
 struct tk_gemm {
@@ -307,6 +308,9 @@ struct tk_gemm {
     size_t pack_size;
     int act_type;
     const struct tk_gemm *narrow;
+    /* when set, packs a whole row tile at once instead of pack (its rows interleaved as the tile reads them): nr rows
+       at x + r·bx, zero rows up to the tile's, pack_size bytes per row and block; the tile gets bx = that row size */
+    tk_pack_rows_fn pack_rows;
 };
 #define TK_GEMM_MAX_TILE 16
 #define TK_GEMM_MAX_PACK 520 /* bytes per weight block of a packed tile, at most (the IQ tiles' 516) */
