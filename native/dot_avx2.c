@@ -711,6 +711,8 @@ const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},
         [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile},
     };
+    const struct tk_gemm *iq = tk_gemm_iq_x86(wtype, level);  /* the IQ types' (tiles_iq_x86.c) */
+    if (iq) return iq;
     if (level == 2) return tk_gemm_avx512(wtype);
     if (wtype < 0 || wtype >= (int)(sizeof T / sizeof T[0]) || level < 0 || level > 1) return NULL;
     return T[wtype][level];

@@ -605,7 +605,7 @@ const struct tk_gemm *tk_gemm_avx512(int wtype) {
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_zmm_tile;
     case TK_Q6_K: return &tile_q6_K_zmm_tile;
-    default: return tk_gemm_iq_avx512(wtype);
+    default: return NULL;
     }
 }
 

@@ -318,8 +318,8 @@ struct tk_gemm {
 const struct tk_gemm *tk_gemm(int wtype);
 /* x86 builds: level 0 AVX2, 1 AVX-VNNI, 2 AVX512-VNNI */
 const struct tk_gemm *tk_gemm_x86(int wtype, int level);
-/* the AVX512 tile of an IQ type with Q8_K activations (tiles_iq_avx512.c), NULL where there is none */
-const struct tk_gemm *tk_gemm_iq_avx512(int wtype);
+/* the tile of an IQ type at that level (tiles_iq_x86.c), NULL where there is none */
+const struct tk_gemm *tk_gemm_iq_x86(int wtype, int level);
 /* the AVX512 one-row and two-row products of a weight type (dot_avx512.c), NULL where there are none */
 tk_vec_dot_fn tk_vec_dot_avx512(int wtype);
 tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype);

@@ -23,21 +23,24 @@ typedef struct { int16_t w[QK_K]; float d; } block_iq_packed;
 
 /* 32 signed weights of sub-block ib (element order), times s_lo (elements 0..15) and s_hi (16..31), stored in the
    packed order: the int16 pairs (dwords) 0, 2, .., 14, then 1, 3, .., 15 */
-static inline AVX512 void store_sub_block(int16_t *dst, __m256i v, int s_lo, int s_hi) {
-    const __m512i scale = _mm512_inserti64x4(_mm512_set1_epi16((short)s_lo), _mm256_set1_epi16((short)s_hi), 1);
-    const __m512i w = _mm512_mullo_epi16(_mm512_cvtepi8_epi16(v), scale);
-    const __m512i order = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    _mm512_storeu_si512(dst, _mm512_permutexvar_epi32(order, w));
+static inline AVX2 void store_sub_block(int16_t *dst, __m256i v, int s_lo, int s_hi) {
+    const __m256i lo = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16((short)s_lo));
+    const __m256i hi = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), _mm256_set1_epi16((short)s_hi));
+    /* each half as [its even dwords | its odd dwords] */
+    const __m256i order = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i a = _mm256_permutevar8x32_epi32(lo, order), b = _mm256_permutevar8x32_epi32(hi, order);
+    _mm256_storeu_si256((__m256i *)dst, _mm256_permute2x128_si256(a, b, 0x20));
+    _mm256_storeu_si256((__m256i *)(dst + 16), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
 /* four 8-byte grid points with their ±1 sign bytes: the 32 signed values */
-static inline AVX512 __m256i signed_points(uint64_t g0, uint64_t g1, uint64_t g2, uint64_t g3, uint64_t s0,
+static inline AVX2 __m256i signed_points(uint64_t g0, uint64_t g1, uint64_t g2, uint64_t g3, uint64_t s0,
                                            uint64_t s1, uint64_t s2, uint64_t s3) {
     return _mm256_sign_epi8(_mm256_set_epi64x((long long)g3, (long long)g2, (long long)g1, (long long)g0),
                             _mm256_set_epi64x((long long)s3, (long long)s2, (long long)s1, (long long)s0));
 }
 
-static AVX512 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
     const block_iq4_xs *x = vx;
     block_iq_packed *p = dst;
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
@@ -52,7 +55,7 @@ static AVX512 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
 
 #define IQ2_SIGNS7(v) tk_iq2_sign_bytes[tk_iq2_ksigns[(v) & 127]]
 
-static AVX512 void pack_iq2_xxs(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq2_xxs(const void *vx, void *dst, int64_t n) {
     const block_iq2_xxs *x = vx;
     block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
@@ -71,7 +74,7 @@ static AVX512 void pack_iq2_xxs(const void *vx, void *dst, int64_t n) {
     }
 }
 
-static AVX512 void pack_iq2_xs(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq2_xs(const void *vx, void *dst, int64_t n) {
     const block_iq2_xs *x = vx;
     block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
@@ -89,7 +92,7 @@ static AVX512 void pack_iq2_xs(const void *vx, void *dst, int64_t n) {
     }
 }
 
-static AVX512 void pack_iq2_s(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq2_s(const void *vx, void *dst, int64_t n) {
     const block_iq2_s *x = vx;
     block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
@@ -111,12 +114,12 @@ static AVX512 void pack_iq2_s(const void *vx, void *dst, int64_t n) {
 }
 
 /* the 8 grid entries (4 values each) of 8 indices */
-static inline AVX512 __m256i grid8(const uint32_t *grid, const int idx[8]) {
+static inline AVX2 __m256i grid8(const uint32_t *grid, const int idx[8]) {
     return _mm256_set_epi32((int)grid[idx[7]], (int)grid[idx[6]], (int)grid[idx[5]], (int)grid[idx[4]],
                             (int)grid[idx[3]], (int)grid[idx[2]], (int)grid[idx[1]], (int)grid[idx[0]]);
 }
 
-static AVX512 void pack_iq3_xxs(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq3_xxs(const void *vx, void *dst, int64_t n) {
     const block_iq3_xxs *x = vx;
     block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
@@ -136,7 +139,7 @@ static AVX512 void pack_iq3_xxs(const void *vx, void *dst, int64_t n) {
     }
 }
 
-static AVX512 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
     const block_iq3_s *x = vx;
     block_iq_packed *p = dst;
     /* byte j of the 32 takes sign byte j / 8, bit j % 8 */
@@ -210,6 +213,57 @@ static AVX512 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
             }                                                                                                \
     }
 
+/* The same tiles at the AVX2 and AVX-VNNI levels: one token per 256-bit register (its eight lanes), the token's 32
+   activations of a sub-block split once for the tile's rows into activations 4l, 4l + 1 and 4l + 2, 4l + 3 of each
+   lane l (a byte shuffle, then widened), each against the packed row's matching half: vpmaddwd and an add, or
+   vpdpwssd. */
+static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
+static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(acc, a, b); }
+
+#define IQ_TILE_YMM(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                     \
+    static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        /* per 128-bit lane: its activations 4l, 4l + 1 (l = 0..3), then 4l + 2, 4l + 3 */                   \
+        const __m256i pick = _mm256_broadcastsi128_si256(                                                    \
+            _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));                           \
+        __m256 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m256i sum[RM][RN];                                                                             \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) sum[r][t] = _mm256_setzero_si256();                             \
+            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
+                __m256i wa[RM], wb[RM];                                                                      \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    wa[r] = load32(IQ_ROW(r, b)->w + 32 * ib);                                               \
+                    wb[r] = load32(IQ_ROW(r, b)->w + 32 * ib + 16);                                          \
+                }                                                                                            \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256i g = _mm256_permute4x64_epi64(                                              \
+                        _mm256_shuffle_epi8(load32(Q8_K_ROW(t, b)->qs + 32 * ib), pick), 0xD8);              \
+                    const __m256i ya = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(g));                      \
+                    const __m256i yb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(g, 1));                 \
+                    for (int r = 0; r < RM; r++) sum[r][t] = MADD_ADD(MADD_ADD(sum[r][t], wa[r], ya), wb[r], yb); \
+                }                                                                                            \
+            }                                                                                                \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++)                                                                 \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d),         \
+                                                _mm256_cvtepi32_ps(sum[r][t]), acc[r][t]);                   \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
+    }
+
+IQ_TILE_YMM(tile_iq_x1_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2)
+IQ_TILE_YMM(tile_iq_x4_avx2, 2, 4, 0.25f, AVX2, madd_add_avx2)
+IQ_TILE_YMM(tile_iq_x8_avx2, 2, 4, 0.125f, AVX2, madd_add_avx2)
+IQ_TILE_YMM(tile_iq_x1_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni)
+IQ_TILE_YMM(tile_iq_x4_vnni, 2, 4, 0.25f, VNNI, madd_add_vnni)
+IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni)
+
 /* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
    (lane l: values 4l..4l+3 times the activations) times d_x·d_y into one of two float accumulators, even blocks and
    odd ones, sums their lanes, then adds an odd last block in scalar. The tile's rows are packed per block into the
@@ -217,13 +271,14 @@ static AVX512 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
    + 128 gives the same lanes, and the float steps are the kernel's. */
 typedef struct { int8_t v[QK]; int32_t c[8]; float d; } block_iq4_nl_packed;
 
-static AVX512 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
+static AVX2 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
     const block_iq4_nl *x = vx;
     block_iq4_nl_packed *p = dst;
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     for (int64_t b = 0; b < n / QK; b++) {
         const __m256i v = _mm256_shuffle_epi8(table, nibbles32(x[b].qs));
-        const __m256i c = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), v);
+        /* 128·(v0 + v1) fits 16 bits for values ≥ -127 */
+        const __m256i c = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), v), _mm256_set1_epi16(1));
         _mm256_storeu_si256((__m256i *)p[b].v, v);
         _mm256_storeu_si256((__m256i *)p[b].c, _mm256_sub_epi32(_mm256_setzero_si256(), c));
         p[b].d = tk_fp16_table[x[b].d];
@@ -299,26 +354,31 @@ IQ_TILE(tile_iq_x4, 4, 6, 0.25f)
 IQ_TILE(tile_iq_x8, 4, 6, 0.125f)
 
 _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
-#define IQ_TILE_ENTRY(T, FN, PACK) \
-    static const struct tk_gemm T##_tile = {FN, 4, 6, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL};
-IQ_TILE_ENTRY(iq4_xs, tile_iq_x1, pack_iq4_xs)
-IQ_TILE_ENTRY(iq2_xxs, tile_iq_x8, pack_iq2_xxs)
-IQ_TILE_ENTRY(iq2_xs, tile_iq_x8, pack_iq2_xs)
-IQ_TILE_ENTRY(iq2_s, tile_iq_x8, pack_iq2_s)
-IQ_TILE_ENTRY(iq3_xxs, tile_iq_x4, pack_iq3_xxs)
-IQ_TILE_ENTRY(iq3_s, tile_iq_x1, pack_iq3_s)
+/* a type's tiles at the AVX2, AVX-VNNI and AVX512 levels */
+#define IQ_TILE_ENTRIES(T, FACTOR, PACK)                                                                      \
+    static const struct tk_gemm T##_tiles[3] = {                                                             \
+        {tile_iq_##FACTOR##_avx2, 2, 4, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL},                       \
+        {tile_iq_##FACTOR##_vnni, 2, 4, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL},                       \
+        {tile_iq_##FACTOR, 4, 6, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL}};
+IQ_TILE_ENTRIES(iq4_xs, x1, pack_iq4_xs)
+IQ_TILE_ENTRIES(iq2_xxs, x8, pack_iq2_xxs)
+IQ_TILE_ENTRIES(iq2_xs, x8, pack_iq2_xs)
+IQ_TILE_ENTRIES(iq2_s, x8, pack_iq2_s)
+IQ_TILE_ENTRIES(iq3_xxs, x4, pack_iq3_xxs)
+IQ_TILE_ENTRIES(iq3_s, x1, pack_iq3_s)
 static const struct tk_gemm iq4_nl_tile = {tile_iq4_nl, 4, 4, pack_iq4_nl, sizeof(block_iq4_nl_packed), TK_Q8_0,
-                                            NULL};
+                                           NULL};
 
-const struct tk_gemm *tk_gemm_iq_avx512(int wtype) {
+const struct tk_gemm *tk_gemm_iq_x86(int wtype, int level) {
+    if (level < 0 || level > 2) return NULL;
     switch (wtype) {
-    case TK_IQ4_XS: return &iq4_xs_tile;
-    case TK_IQ4_NL: return &iq4_nl_tile;
-    case TK_IQ2_XXS: return &iq2_xxs_tile;
-    case TK_IQ2_XS: return &iq2_xs_tile;
-    case TK_IQ2_S: return &iq2_s_tile;
-    case TK_IQ3_XXS: return &iq3_xxs_tile;
-    case TK_IQ3_S: return &iq3_s_tile;
+    case TK_IQ4_XS: return &iq4_xs_tiles[level];
+    case TK_IQ4_NL: return level == 2 ? &iq4_nl_tile : NULL;
+    case TK_IQ2_XXS: return &iq2_xxs_tiles[level];
+    case TK_IQ2_XS: return &iq2_xs_tiles[level];
+    case TK_IQ2_S: return &iq2_s_tiles[level];
+    case TK_IQ3_XXS: return &iq3_xxs_tiles[level];
+    case TK_IQ3_S: return &iq3_s_tiles[level];
     default: return NULL;
     }
 }
