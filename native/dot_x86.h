@@ -171,10 +171,6 @@ static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm
 /* Q4_K rows repacked for the tiles (dot_avx2.c), by both builds */
 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n);
 
-/* the AVX512 tile of a weight type, NULL where there is none (dot_avx512.c) */
-const struct tk_gemm *tk_gemm_avx512(int wtype);
-
-#endif
 /* Q4_0's block-sum order (dot.c's dot_q4_0_q8_0), shared by both builds */
 /* the lanes of four blocks summed per block: [Σv0, Σv1, Σv2, Σv3] */
 static inline AVX2 __m128i block_sums4(__m256i v0, __m256i v1, __m256i v2, __m256i v3) {
@@ -198,9 +194,13 @@ static inline AVX2 int lanes_isum(__m256i v) {
 
 /* acc = fma(Σ_k, d_x(k)·d_y(k), acc) for the four blocks at x, y in order; the sums exact integers */
 static inline AVX2 float q4_0_steps4(__m128i sums, const block_q4_0 *x, const block_q8_0 *y, float acc) {
-    int32_t v[4];
-    _mm_storeu_si128((__m128i *)v, sums);
-    for (int k = 0; k < 4; k++) acc = fmaf((float)v[k], tk_fp16_table[x[k].d] * tk_fp16_table[y[k].d], acc);
+    float v[4];
+    _mm_storeu_ps(v, _mm_cvtepi32_ps(sums)); /* exact: |Σ| <= 32·8·128 */
+    for (int k = 0; k < 4; k++) acc = fmaf(v[k], tk_fp16_table[x[k].d] * tk_fp16_table[y[k].d], acc);
     return acc;
 }
 
+/* the AVX512 tile of a weight type, NULL where there is none (dot_avx512.c) */
+const struct tk_gemm *tk_gemm_avx512(int wtype);
+
+#endif
