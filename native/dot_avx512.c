@@ -159,6 +159,8 @@ static AVX512 void pack_q4_0x16(const void *vx, size_t bx, int nr, void *dst, in
                 _mm256_storeu_si256((__m256i *)u[t], _mm256_xor_si256(load32(y->qs), _mm256_set1_epi8((char)0x80))); \
                 dy[t] = tk_fp16_table[y->d];                                                                 \
             }                                                                                                \
+            /* read back as broadcast loads: the compiler would rebuild each from the registers by shuffles */  \
+            __asm__ __volatile__("" ::: "memory");                                                           \
             __m512i w[8];                                                                                    \
             for (int j = 0; j < 8; j++) w[j] = _mm512_loadu_si512(p[b].w[j]);                                \
             const __m512i c = _mm512_loadu_si512(p[b].c);                                                    \
