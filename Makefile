@@ -97,7 +97,13 @@ SAN_PYTEST   = timeout $(SAN_TIMEOUT) $(SAN_ENV) $(PY) -c 'import sys, pytest; r
 	-q --capture=sys -p no:cacheprovider -o pythonpath="$(CURDIR)/$(SAN_DIR) ." $(SAN_ARGS)
 SAN_KERNELS := tests/test_native_convert.py tests/test_quants_legacy.py tests/test_quants_k_oracle.py \
 	tests/test_quants_simd.py tests/test_matmul.py
-SAN_FORWARD := tests/test_runtime.py::test_logits_match_reference tests/test_runtime.py::test_against_llama_cpp \
+# test_against_llama_cpp for the weight types whose files are quick to make (the IQ3/IQ2_S/IQ1 files' grid searches
+# take minutes under ASan): one of each kind of kernel (float, legacy, k-quant, IQ, ternary), both paths for a few;
+# the kernel tests above run every type under the sanitizers
+SAN_TYPES   := simd-F32 simd-F16 simd-BF16 simd-Q8_0 simd-Q4_0 simd-Q4_1 simd-Q4_K simd-Q6_K simd-IQ4_XS simd-IQ2_XXS \
+	simd-TQ2_0 scalar-F16 scalar-Q4_0 scalar-Q4_K scalar-IQ2_XXS
+SAN_FORWARD := tests/test_runtime.py::test_logits_match_reference \
+	$(foreach t,$(SAN_TYPES),'tests/test_runtime.py::test_against_llama_cpp[$(t)]') \
 	tests/test_runtime.py::test_api_shapes tests/test_embeddings.py::test_hidden_states_beside_logits_in_one_pass \
 	$(addprefix tests/test_hardening.py::,test_engine_takes_the_good_file \
 	test_engine_rejects_bad_tensors test_engine_rejects_a_huge_layer_number test_engine_rejects_sizes_out_of_range \
