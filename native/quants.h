@@ -117,6 +117,7 @@ void quantize_row_q3_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q4_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q5_K_avx2(const float *x, void *y, int64_t k);
 void quantize_row_q6_K_avx2(const float *x, void *y, int64_t k);
+void quantize_row_q8_K_avx2(const float *x, void *y, int64_t k);
 
 /* NEON versions (quants_legacy_neon.c, quants_k_neon.c; ARM64 only): same bytes as the reference */
 void quantize_row_q4_0_neon(const float *x, void *y, int64_t k);
@@ -287,6 +288,7 @@ tk_vec_dot_fn tk_vec_dot_neon(int wtype, int level);
 tk_vec_dot2_fn tk_vec_dot2_neon(int wtype, int level);
 /* prompt processing's tile of wtype at that level (dot_neon.c), NULL when none */
 const struct tk_gemm *tk_gemm_neon(int wtype, int level);
+const struct tk_gemm *tk_gemm_i8mm(int wtype); /* the i8mm level's tiles (dot_i8mm.c), NULL for none */
 /* AVX-VNNI present (and SIMD not forced off) */
 int tk_use_vnni(void);
 /* AVX512 F/VL/BW/VNNI present (and SIMD not forced off, TOOLKIT_NO_AVX512 unset) */
@@ -313,7 +315,7 @@ struct tk_gemm {
     tk_pack_rows_fn pack_rows;
 };
 #define TK_GEMM_MAX_TILE 16
-#define TK_GEMM_MAX_PACK 520 /* bytes per weight block of a packed tile, at most (the IQ tiles' 516) */
+#define TK_GEMM_MAX_PACK 548 /* bytes per weight block of a packed tile, at most (IQ1_S's tile: 548) */
 /* The tile kernel for wtype on this CPU (NULL when none, or the scalar path is forced). */
 const struct tk_gemm *tk_gemm(int wtype);
 /* x86 builds: level 0 AVX2, 1 AVX-VNNI, 2 AVX512-VNNI */

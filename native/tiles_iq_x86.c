@@ -8,11 +8,13 @@
    so that a 512-bit vpdpwssd against two tokens' activations adds weights 4l, 4l+1 (then 4l+2, 4l+3) into lane l
    of each token's half: integer sums in another order, so the same integers, and the float steps are the one-token
    kernel's lane for lane. */
+#include <math.h>
 #include <string.h>
 
 #include "quants.h"
 #include "quants_iq2.h"
 #include "quants_iq3.h"
+#include "quants_iq1.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include "dot_x86.h"
@@ -20,6 +22,8 @@
 /* a super-block decoded: w[32·ib + k] for k < 16 the scaled weights 4l, 4l+1 of sub-block ib (l = k / 2), for
    k ≥ 16 its weights 4l + 2, 4l + 3; d the fp16 scale as a float */
 typedef struct { int16_t w[QK_K]; float d; } block_iq_packed;
+/* IQ1_S's: the same, and each sub-block's scale with the sign of its shift twice (int16 pairs, for the block sums) */
+typedef struct { int16_t w[QK_K]; float d; int16_t delta[16]; } block_iq1_s_packed;
 
 /* 32 signed weights of sub-block ib (element order), times s_lo (elements 0..15) and s_hi (16..31), stored in the
    packed order: the int16 pairs (dwords) 0, 2, .., 14, then 1, 3, .., 15 */
@@ -113,6 +117,25 @@ static AVX2 void pack_iq2_s(const void *vx, void *dst, int64_t n) {
     }
 }
 
+static AVX2 void pack_iq1_s(const void *vx, void *dst, int64_t n) {
+    const block_iq1_s *x = vx;
+    block_iq1_s_packed *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const uint8_t *qs = x[b].qs + 4 * ib;
+            const unsigned h = x[b].qh[ib];
+            const int ls = (int)(2 * ((h >> 12) & 7) + 1);
+            const __m256i v = _mm256_set_epi64x((long long)tk_iq1s_grid[qs[3] | ((h >> 1) & 0x700)],
+                                                (long long)tk_iq1s_grid[qs[2] | ((h << 2) & 0x700)],
+                                                (long long)tk_iq1s_grid[qs[1] | ((h << 5) & 0x700)],
+                                                (long long)tk_iq1s_grid[qs[0] | ((h << 8) & 0x700)]);
+            store_sub_block(p[b].w + 32 * ib, v, ls, ls);
+            p[b].delta[2 * ib] = p[b].delta[2 * ib + 1] = (int16_t)(h & 0x8000 ? -ls : ls);
+        }
+    }
+}
+
 /* the 8 grid entries (4 values each) of 8 indices */
 static inline AVX2 __m256i grid8(const uint32_t *grid, const int idx[8]) {
     return _mm256_set_epi32((int)grid[idx[7]], (int)grid[idx[6]], (int)grid[idx[5]], (int)grid[idx[4]],
@@ -161,16 +184,24 @@ static AVX2 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
     }
 }
 
-#define IQ_ROW(r, b) ((const block_iq_packed *)((const char *)vx + (r) * bx) + (b))
+/* row r's super-block b, in the packed type the tile declares as iq_block */
+#define IQ_ROW(r, b) ((const iq_block *)((const char *)vx + (r) * bx) + (b))
 #define Q8_K_ROW(t, b) ((const block_q8_K *)((const char *)vy + (t) * by) + (b))
 
 /* RM rows × RN tokens (RN even: token 2p in lanes 0-7 of the pair's registers, 2p + 1 in lanes 8-15). Per
    sub-block, each token's 32 activations widened to 16 bits once for the RM rows and split into the pair's
    dwords 0, 2, .., 14 (activations 4l, 4l + 1) and 1, 3, .., 15 (4l + 2, 4l + 3), each against the packed row's
-   matching half broadcast to both tokens. */
-#define IQ_TILE(NAME, RM, RN, FACTOR)                                                                         \
+   matching half broadcast to both tokens. With DELTA (IQ1_S: BLOCK block_iq1_s_packed), also the kernel's second
+   sum per super-block, Σ of each sub-block's ±scale times its activations' sum, from the Q8_K block sums: lanes of a
+   vpdpwssd summed in each token's half, then the kernel's fused multiply-add of d into a second accumulator, and
+   the result fmaf(IQ1_DELTA, that, the lanes' sum). */
+#define IQ_TILE(NAME, RM, RN, FACTOR, BLOCK, DELTA)                                                           \
     static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        typedef BLOCK iq_block;                                                                              \
         enum { P = RN / 2 };                                                                                 \
+        __m512 acc1[RM][P];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int p = 0; p < P; p++) acc1[r][p] = _mm512_setzero_ps();                                    \
         const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);  \
         const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));                                   \
         __m512 acc[RM][P];                                                                                   \
@@ -199,17 +230,31 @@ static AVX2 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
             for (int p = 0; p < P; p++) {                                                                    \
                 const __m512 dy = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(Q8_K_ROW(2 * p, b)->d),         \
                                                        _mm512_set1_ps(Q8_K_ROW(2 * p + 1, b)->d));           \
-                for (int r = 0; r < RM; r++)                                                                 \
-                    acc[r][p] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(IQ_ROW(r, b)->d), dy),          \
-                                                _mm512_cvtepi32_ps(sum[r][p]), acc[r][p]);                   \
+                const __m512i bs = DELTA ? _mm512_inserti64x4(_mm512_castsi256_si512(load32(Q8_K_ROW(2 * p, b)->bsums)), \
+                                                              load32(Q8_K_ROW(2 * p + 1, b)->bsums), 1)      \
+                                         : _mm512_setzero_si512();                                           \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    const __m512 d = _mm512_mul_ps(_mm512_set1_ps(IQ_ROW(r, b)->d), dy);                     \
+                    acc[r][p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(sum[r][p]), acc[r][p]);                \
+                    if (DELTA) {                                                                             \
+                        __m512i v = _mm512_dpwssd_epi32(_mm512_setzero_si512(),                              \
+                                                        _mm512_broadcast_i64x4(load32(DELTA_OF(IQ_ROW(r, b)))), bs); \
+                        v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_BADC));                     \
+                        v = _mm512_add_epi32(v, _mm512_shuffle_epi32(v, _MM_PERM_CDAB));                     \
+                        v = _mm512_add_epi32(v, _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(2, 3, 0, 1)));        \
+                        acc1[r][p] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(v), acc1[r][p]);                  \
+                    }                                                                                        \
+                }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
             for (int p = 0; p < P; p++) {                                                                    \
                 const __m256 lo = _mm512_castps512_ps256(acc[r][p]);                                         \
                 const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[r][p]), 1));  \
-                s[r * ls + 2 * p] = FACTOR * hsum8(lo);                                                      \
-                s[r * ls + 2 * p + 1] = FACTOR * hsum8(hi);                                                  \
+                float a1[16];                                                                                \
+                _mm512_storeu_ps(a1, acc1[r][p]);                                                            \
+                s[r * ls + 2 * p] = DELTA ? fmaf(IQ1_DELTA, a1[0], hsum8(lo)) : FACTOR * hsum8(lo);          \
+                s[r * ls + 2 * p + 1] = DELTA ? fmaf(IQ1_DELTA, a1[8], hsum8(hi)) : FACTOR * hsum8(hi);      \
             }                                                                                                \
     }
 
@@ -224,6 +269,7 @@ static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { re
 
 #define IQ_TILE_YMM(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                     \
     static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        typedef block_iq_packed iq_block;                                                                    \
         /* per 128-bit lane: its activations 4l, 4l + 1 (l = 0..3), then 4l + 2, 4l + 3 */                   \
         const __m256i pick = _mm256_broadcastsi128_si256(                                                    \
             _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));                           \
@@ -349,9 +395,13 @@ static AVX2 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
 IQ4_NL_TILE(tile_iq4_nl, 4, 4)
 
 /* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
-IQ_TILE(tile_iq_x1, 4, 6, 1.0f)
-IQ_TILE(tile_iq_x4, 4, 6, 0.25f)
-IQ_TILE(tile_iq_x8, 4, 6, 0.125f)
+#define DELTA_OF(x) ((const int16_t *)NULL) /* the tiles without IQ1_S's shift term (never read) */
+IQ_TILE(tile_iq_x1, 4, 6, 1.0f, block_iq_packed, 0)
+IQ_TILE(tile_iq_x4, 4, 6, 0.25f, block_iq_packed, 0)
+IQ_TILE(tile_iq_x8, 4, 6, 0.125f, block_iq_packed, 0)
+#undef DELTA_OF
+#define DELTA_OF(x) ((x)->delta)
+IQ_TILE(tile_iq1_s, 4, 6, 1.0f, block_iq1_s_packed, 1)
 
 _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 /* a type's tiles at the AVX2, AVX-VNNI and AVX512 levels */
@@ -366,6 +416,8 @@ IQ_TILE_ENTRIES(iq2_xs, x8, pack_iq2_xs)
 IQ_TILE_ENTRIES(iq2_s, x8, pack_iq2_s)
 IQ_TILE_ENTRIES(iq3_xxs, x4, pack_iq3_xxs)
 IQ_TILE_ENTRIES(iq3_s, x1, pack_iq3_s)
+_Static_assert(sizeof(block_iq1_s_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+static const struct tk_gemm iq1_s_tile = {tile_iq1_s, 4, 6, pack_iq1_s, sizeof(block_iq1_s_packed), TK_Q8_K, NULL};
 static const struct tk_gemm iq4_nl_tile = {tile_iq4_nl, 4, 4, pack_iq4_nl, sizeof(block_iq4_nl_packed), TK_Q8_0,
                                            NULL};
 
@@ -374,6 +426,7 @@ const struct tk_gemm *tk_gemm_iq_x86(int wtype, int level) {
     switch (wtype) {
     case TK_IQ4_XS: return &iq4_xs_tiles[level];
     case TK_IQ4_NL: return level == 2 ? &iq4_nl_tile : NULL;
+    case TK_IQ1_S: return level == 2 ? &iq1_s_tile : NULL;
     case TK_IQ2_XXS: return &iq2_xxs_tiles[level];
     case TK_IQ2_XS: return &iq2_xs_tiles[level];
     case TK_IQ2_S: return &iq2_s_tiles[level];
