@@ -415,7 +415,7 @@ void tk_quantize_row_q8_KX(const float *x, void *vy, int64_t k) {
     block_q8_KX *y = vy;
     for (int64_t b = 0; b < k / QK_K; b++) {
         block_q8_K t;
-        quantize_row_q8_K_ref(x + b * QK_K, &t, QK_K);
+        tk_convert_activation_row(TK_Q8_K, x + b * QK_K, &t, QK_K);
         y[b].d = t.d;
         swap_sub_blocks(t.qs, y[b].qs);
         for (int l = 0; l < 8; l++) y[b].yb[l] = t.d * (float)(t.bsums[2 * l] + t.bsums[2 * l + 1]);

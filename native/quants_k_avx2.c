@@ -680,7 +680,56 @@ void AVX2 quantize_row_q6_K_avx2(const float *x, void *vy, int64_t k) {
     for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q6_K_avx2(x + i * QK_K, y + i);
 }
 
+/* ------------------------------------------------------------------------------------------------------------
+   Q8_K, the activations of every k-quant product (converted once per matrix product and token): the reference's
+   bytes. The largest magnitude by vector maxima (a NaN lane never wins, as in the reference's strict > scan), its
+   first element as the sign, then per element the reference's one multiply, rounding, clamp and int8 cast (its low
+   byte, when a tiny maximum overflows the scale); exact group sums.
+   ------------------------------------------------------------------------------------------------------------ */
+static AVX2 void quantize_block_q8_K_avx2(const float *x, block_q8_K *y) {
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < QK_K; i += 8) m = _mm256_max_ps(v_abs(_mm256_loadu_ps(x + i)), m);  /* NaN: m kept */
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    if (!(amax > 0)) {
+        memset(y, 0, sizeof *y);
+        return;
+    }
+    int j = 0;
+    while (fabsf(x[j]) != amax) j++;
+    const float iscale = -127.f / x[j];
+    const __m256 vs = _mm256_set1_ps(iscale);
+    for (int g = 0; g < QK_K; g += 32) {
+        __m256i q[4];
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_min_epi32(v_nearest(_mm256_mul_ps(_mm256_loadu_ps(x + g + 8 * k), vs)),
+                                               _mm256_set1_epi32(127));
+            q[k] = _mm256_srai_epi32(_mm256_slli_epi32(v, 24), 24);  /* as the reference's int8_t cast keeps it */
+        }
+        for (int k = 0; k < 4; k += 2) {
+            const __m256i s = _mm256_add_epi32(q[k], q[k + 1]);
+            __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+            y->bsums[g / 16 + k / 2] = (int16_t)_mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 1)));
+        }
+        /* to bytes in element order (the packs interleave the 128-bit lanes) */
+        const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        _mm256_storeu_si256((__m256i *)(y->qs + g), _mm256_permutevar8x32_epi32(b, order));
+    }
+    y->d = 1 / iscale;
+}
+
+void AVX2 quantize_row_q8_K_avx2(const float *x, void *vy, int64_t k) {
+    assert(k % QK_K == 0);
+    block_q8_K *y = vy;
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_q8_K_avx2(x + i * QK_K, y + i);
+}
+
 #else /* not x86: the table never selects these, but keep the symbols */
+
+void quantize_row_q8_K_avx2(const float *x, void *y, int64_t k) { quantize_row_q8_K_ref(x, y, k); }
 
 void quantize_row_q2_K_avx2(const float *x, void *y, int64_t k) { quantize_row_q2_K_ref(x, y, k); }
 void quantize_row_q3_K_avx2(const float *x, void *y, int64_t k) { quantize_row_q3_K_ref(x, y, k); }

@@ -14,15 +14,16 @@ static void dequantize_row_f16(const void *x, float *y, int64_t k) { tk_convert(
 static void dequantize_row_bf16(const void *x, float *y, int64_t k) { tk_convert(x, TK_BF16, y, TK_F32, (size_t)k, 1); }
 
 #define ROW(id, nm, bs, sz, q, dq, qs) [id] = {nm, bs, sz, q, dq, qs}
-/* the SIMD legacy quantizers: NEON on ARM64 (quants_legacy_neon.c), AVX2 elsewhere (the reference off x86); Q8_K's
-   (the k-quants' activations) and the k-quants': NEON on ARM64 (quants_k_neon.c) */
+/* the SIMD legacy quantizers, Q8_K's (the k-quants' activations) and the k-quants': NEON on ARM64
+   (quants_legacy_neon.c, quants_k_neon.c), AVX2 elsewhere (quants_legacy_avx2.c, quants_k_avx2.c; the reference off
+   x86) */
 #if defined(__aarch64__)
 #define LEGACY_SIMD(t) quantize_row_##t##_neon
 #define Q8_K_SIMD quantize_row_q8_K_neon
 #define K_SIMD(t) quantize_row_##t##_neon
 #else
 #define LEGACY_SIMD(t) quantize_row_##t##_avx2
-#define Q8_K_SIMD NULL
+#define Q8_K_SIMD quantize_row_q8_K_avx2
 #define K_SIMD(t) quantize_row_##t##_avx2
 #endif
 

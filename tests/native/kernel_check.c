@@ -178,7 +178,7 @@ static int exact_type(int t) {
 #define F16C_QUIETS_NAN 1
 #endif
 
-/* every type but Q8_K has a SIMD quantizer on x86; ARM64 has NEON ones for all */
+/* every type of QUANT_TYPES has a SIMD quantizer: AVX2 on x86, NEON on ARM64 */
 static int has_simd_quantizer(int t) { return tk_traits(t)->quantize_row_simd != NULL; }
 
 static int same_float(float a, float b) { return memcmp(&a, &b, 4) == 0 || (isnan(a) && isnan(b)); }
