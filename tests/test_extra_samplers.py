@@ -267,6 +267,28 @@ def test_greedy_happens_at_the_temperature_step():
     assert Sampler(SamplingParams(temp=0.0)).sample(logits, []) == order[0]
 
 
+def test_greedy_default_chain_equals_llama_cpp():
+    """temp 0 with the default samplers (top-k 40, top-p 0.95, min-p 0.05 before it): the token llama.cpp's chain
+    keeps, also with the largest logit masked (ignore_eos, a ban); with repetition penalties on (no shortcut: the
+    chain runs) the penalized logits decide."""
+    history = [3, 5, 5, 8]
+    for logits in logit_sets(count=9):
+        masked = logits.copy()
+        masked[int(np.argmax(logits))] = -np.inf
+        for x in (logits, masked):
+            for penalty in (1.0, 1.5):
+                chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+                for s in (L.llama_sampler_init_penalties(x.size, 64, penalty, 0.0, 0.0), L.llama_sampler_init_top_k(40),
+                          L.llama_sampler_init_top_p(0.95, 1), L.llama_sampler_init_min_p(0.05, 1),
+                          L.llama_sampler_init_temp(0.0)):
+                    L.llama_sampler_chain_add(chain, s)
+                for t in history:
+                    L.llama_sampler_accept(chain, t)
+                ref = kept(llama_apply(chain, x)[0])
+                L.llama_sampler_free(chain)
+                assert list(ref) == [Sampler(SamplingParams(temp=0.0, repeat_penalty=penalty)).sample(x, history)]
+
+
 def test_mirostat_zero_target_is_greedy():
     """tau = 0, eta = 0: mu stays 0, and mirostat 2 keeps only tokens of surprise <= 0, i.e. the most probable."""
     for logits in logit_sets():
