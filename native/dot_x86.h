@@ -83,8 +83,8 @@ FLOAT16_FINISH(bf16_finish, uint16_t, load_bf16, bf2f)
 
 /* Q4_K tiles (see super_q4_K): rows repacked per super-block into the quants as bytes, reordered as Q8_KX orders
    the activations' (q[32s + 4l + i] = quant 4s + i of sub-block l), and xs, xm; then step s of a (row, token) pair is
-   one vpdpbusd whose lane l gathers sub-block l, and D is ready after 8 steps. The AVX512 build holds two tokens
-   per 512-bit register (lane for lane the 256-bit operations). */
+   one vpdpbusd whose lane l gathers sub-block l, and D is ready after 8 steps. The AVX512 build holds two rows
+   per 512-bit register (dot_avx512.c pack_q4_K_x2; lane for lane the 256-bit operations). */
 typedef struct { uint8_t q[QK_K]; float xs[8], xm[8]; } block_q4_K_packed;
 
 /* Q4_K/Q5_K scales and mins, unpacked with word operations: bytes [sc0..sc7, m0..m7] */
