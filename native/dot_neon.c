@@ -10,7 +10,7 @@
    level (sdot would need a byte shuffle of both operands per block to meet those lanes). F32, F16 and BF16 sum in
    four float vectors with FMA, so they differ from the scalar kernels (which sum in double) by float rounding. Each
    kernel has a two-row form for tk_matmul_rows (one activation block read for two weight rows) with the one-row
-   kernel's bits. The table at the end also holds the IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0 kernels (quants_iq_neon.c,
+   kernel's bits. At the i8mm level Q4_0's prompt tile is dot_i8mm.c's (smmla). The table at the end also holds the IQ4_NL, IQ4_XS, TQ1_0 and TQ2_0 kernels (quants_iq_neon.c,
    quants_ternary_neon.c; one row at a time, the scalar bits too). */
 #include <math.h>
 #include <string.h>
@@ -459,6 +459,8 @@ LEGACY_GEMMS(q8_0)
 
 const struct tk_gemm *tk_gemm_neon(int wtype, int level) {
     if (level < 1) return NULL;
+    const struct tk_gemm *mm = level >= 3 ? tk_gemm_i8mm(wtype) : NULL;
+    if (mm) return mm;
     switch (wtype) {
     case TK_Q4_0: return level >= 2 ? &tile_q4_0_dot : &tile_q4_0_neon;
     case TK_Q4_1: return level >= 2 ? &tile_q4_1_dot : &tile_q4_1_neon;
