@@ -357,13 +357,28 @@ static AVX512 void pack_q4_K_x2(const void *vx, size_t bx, int nr, void *dst, in
 Q4_K_X2_TILE(tile_q4_K_x2, Q4_K_X2_PAIRS, 4)
 _Static_assert(sizeof(block_q4_K_x2) / 2 <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
+/* half h of two rows' Q6_K super-blocks x0, x1: q[k] their 6-bit quants (0..63) of sub-block pair 4h + k, row 0 in
+   the low 256 bits, row 1 in the high ones */
+static inline AVX512 void q6_K_pair_half(const block_q6_K *x0, const block_q6_K *x1, int h, __m512i q[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3);
+    const __m512i l0 = two_ymm(load32(x0->ql + 64 * h), load32(x1->ql + 64 * h));
+    const __m512i l1 = two_ymm(load32(x0->ql + 64 * h + 32), load32(x1->ql + 64 * h + 32));
+    const __m512i hb = two_ymm(load32(x0->qh + 32 * h), load32(x1->qh + 32 * h));
+    q[0] = _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m3), 4));
+    q[1] = _mm512_or_si512(_mm512_and_si512(l1, m4),
+                           _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 2), m3), 4));
+    q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+                           _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 4), m3), 4));
+    q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                           _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 6), m3), 4));
+}
+
 /* Q6_K tiles with two rows to a 512-bit register (row 0 in lanes 0-7, row 1 in lanes 8-15) and each token's
    activations broadcast to both halves: a half gets Q6_K_TILE's 256-bit operations for its row, lane for lane (the
    same integers, the same fused multiply-add per super-block), in half the instructions; the pair's quants are
    unpacked once for all RN tokens. */
 #define Q6_K_TILE_512(NAME, RN, NARROW)                                                                       \
     AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
-        const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(3);                                 \
         __m512 acc[RN];                                                                                      \
         for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
@@ -385,17 +400,8 @@ _Static_assert(sizeof(block_q4_K_x2) / 2 <= TK_GEMM_MAX_PACK, "packed block larg
                     _mm512_slli_epi32(_mm512_madd_epi16(_mm512_broadcast_i64x4(load32(y[t]->bsums)), sc), 5)); \
             }                                                                                                \
             for (int h = 0; h < 2; h++) {                                                                    \
-                const __m512i l0 = two_ymm(load32(x0->ql + 64 * h), load32(x1->ql + 64 * h));               \
-                const __m512i l1 = two_ymm(load32(x0->ql + 64 * h + 32), load32(x1->ql + 64 * h + 32));      \
-                const __m512i hb = two_ymm(load32(x0->qh + 32 * h), load32(x1->qh + 32 * h));                \
-                const __m512i q[4] = {                                                                       \
-                    _mm512_or_si512(_mm512_and_si512(l0, m4), _mm512_slli_epi16(_mm512_and_si512(hb, m3), 4)), \
-                    _mm512_or_si512(_mm512_and_si512(l1, m4),                                                \
-                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 2), m3), 4)),   \
-                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),                          \
-                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 4), m3), 4)),   \
-                    _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),                          \
-                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(hb, 6), m3), 4))};  \
+                __m512i q[4];                                                                                \
+                q6_K_pair_half(x0, x1, h, q);                                                                \
                 for (int k = 0; k < 4; k++) {                                                                \
                     const __m512i scp = two_ymm(scale_pair(&sc16[0], 4 * h + k), scale_pair(&sc16[1], 4 * h + k)); \
                     for (int t = 0; t < RN; t++) {                                                           \
@@ -418,6 +424,91 @@ _Static_assert(sizeof(block_q4_K_x2) / 2 <= TK_GEMM_MAX_PACK, "packed block larg
 Q6_K_TILE_512(tile_q6_K_zmm2, 2, NULL)  /* for a few tokens */
 Q6_K_TILE_512(tile_q6_K_zmm4, 4, &tile_q6_K_zmm2_tile)
 Q6_K_TILE_512(tile_q6_K_zmm, 6, &tile_q6_K_zmm4_tile)
+
+/* Q6_K for many tokens: the row tile packed once by pack_q6_K_x2 into what the tiles above build per call, two rows
+   to a register (q6_K_pair_half's quants, the scale pair of each sub-block pair, the scales widened for the block
+   sums, both rows' d), so the loop is a vpmaddubsw and a vpdpwssd per (pair, token, sub-block pair): the same
+   integers and the same fused multiply-add per super-block, so every result is the one-token kernel's. */
+typedef struct { uint8_t q[8][64]; int16_t scp[8][32], sc[32]; float d[2]; } block_q6_K_x2;
+#define Q6_K_X2_PAIR(p, b) ((const block_q6_K_x2 *)((const char *)vx + 2 * (p) * bx) + (b))
+#define Q6_K_X2_PAIRS 3 /* the tile's rows: 3 pairs (6 x 4 tokens: faster than 4 x 6 here) */
+
+static AVX512 void pack_q6_K_x2(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
+    static const block_q6_K zero_row;
+    const int64_t nb = n / QK_K;
+    for (int r = 0; r < 2 * Q6_K_X2_PAIRS; r += 2) {
+        const block_q6_K *x0 = r < nr ? (const block_q6_K *)((const char *)vx + r * bx) : NULL;
+        const block_q6_K *x1 = r + 1 < nr ? (const block_q6_K *)((const char *)vx + (r + 1) * bx) : NULL;
+        block_q6_K_x2 *p = (block_q6_K_x2 *)dst + (r / 2) * nb;
+        for (int64_t b = 0; b < nb; b++) {
+            const block_q6_K *a = x0 ? x0 + b : &zero_row, *c = x1 ? x1 + b : &zero_row;
+            const __m128i sc0 = _mm_loadu_si128((const __m128i *)a->scales);
+            const __m128i sc1 = _mm_loadu_si128((const __m128i *)c->scales);
+            const struct scales16 sc16[2] = {scales16(sc0), scales16(sc1)};
+            for (int h = 0; h < 2; h++) {
+                __m512i q[4];
+                q6_K_pair_half(a, c, h, q);
+                for (int k = 0; k < 4; k++) {
+                    _mm512_storeu_si512(p[b].q[4 * h + k], q[k]);
+                    _mm512_storeu_si512(p[b].scp[4 * h + k],
+                                        two_ymm(scale_pair(&sc16[0], 4 * h + k), scale_pair(&sc16[1], 4 * h + k)));
+                }
+            }
+            _mm512_storeu_si512(p[b].sc, two_ymm(_mm256_cvtepi8_epi16(sc0), _mm256_cvtepi8_epi16(sc1)));
+            p[b].d[0] = h2f(a->d);
+            p[b].d[1] = h2f(c->d);
+        }
+    }
+}
+
+#define Q6_K_X2_TILE(NAME, RP, RN, NARROW)                                                                    \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        __m512 acc[RP][RN];                                                                                  \
+        for (int p = 0; p < RP; p++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[p][t] = _mm512_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q8_K *y[RN];                                                                         \
+            __m512i sumi[RP][RN];                                                                            \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;                                  \
+                const __m512i bs = _mm512_broadcast_i64x4(load32(y[t]->bsums));                              \
+                /* -32·Σ scale·bsum, as super_q6_K takes it off at the end (integers: order is free) */      \
+                for (int p = 0; p < RP; p++)                                                                 \
+                    sumi[p][t] = _mm512_sub_epi32(_mm512_setzero_si512(),                                    \
+                        _mm512_slli_epi32(_mm512_madd_epi16(bs, _mm512_loadu_si512(Q6_K_X2_PAIR(p, b)->sc)), 5)); \
+            }                                                                                                \
+            _Pragma("GCC unroll 8") for (int m = 0; m < 8; m++) {                                            \
+                __m512i q[RP], scp[RP];                                                                      \
+                for (int p = 0; p < RP; p++) {                                                               \
+                    q[p] = _mm512_loadu_si512(Q6_K_X2_PAIR(p, b)->q[m]);                                     \
+                    scp[p] = _mm512_loadu_si512(Q6_K_X2_PAIR(p, b)->scp[m]);                                 \
+                }                                                                                            \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m512i q8 = _mm512_broadcast_i64x4(load32(y[t]->qs + 32 * m));                    \
+                    for (int p = 0; p < RP; p++)                                                             \
+                        sumi[p][t] = _mm512_dpwssd_epi32(sumi[p][t], _mm512_maddubs_epi16(q[p], q8), scp[p]); \
+                }                                                                                            \
+            }                                                                                                \
+            for (int p = 0; p < RP; p++)                                                                     \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const float *d = Q6_K_X2_PAIR(p, b)->d;                                                  \
+                    acc[p][t] = _mm512_fmadd_ps(two_scalars(y[t]->d * d[0], y[t]->d * d[1]),                 \
+                                                _mm512_cvtepi32_ps(sumi[p][t]), acc[p][t]);                  \
+                }                                                                                            \
+        }                                                                                                    \
+        for (int p = 0; p < RP; p++)                                                                         \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                s[2 * p * ls + t] = hsum8(_mm512_castps512_ps256(acc[p][t]));                                \
+                s[(2 * p + 1) * ls + t] = hsum8(upper8(acc[p][t]));                                          \
+            }                                                                                                \
+    }                                                                                                        \
+    static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 2 * RP, .cols = RN,                       \
+                                               .pack_size = sizeof(block_q6_K_x2) / 2, .narrow = NARROW,      \
+                                               .pack_rows = pack_q6_K_x2};                                    \
+    _Static_assert(2 * RP <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+/* packed for many tokens; for at most 6, the file's rows */
+Q6_K_X2_TILE(tile_q6_K_x2, Q6_K_X2_PAIRS, 4, &tile_q6_K_zmm_tile)
+_Static_assert(sizeof(block_q6_K_x2) / 2 <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
 static inline AVX512 __m512 load16_f16(const tk_half *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
@@ -642,7 +733,7 @@ const struct tk_gemm *tk_gemm_avx512(int wtype) {
     case TK_Q4_0: return &tile_q4_0x16_8_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_x2_tile;
-    case TK_Q6_K: return &tile_q6_K_zmm_tile;
+    case TK_Q6_K: return &tile_q6_K_x2_tile;
     default: return NULL;
     }
 }
