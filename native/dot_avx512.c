@@ -308,6 +308,10 @@ static AVX512 void pack_q4_K_x2(const void *vx, size_t bx, int nr, void *dst, in
         for (int64_t b = 0; b < nb; b++) {
             __m512i w[8];
             __m512 xs, xm;
+            for (int o = 0; o < (int)sizeof *x0; o += 64) {
+                if (x0) _mm_prefetch((const char *)(x0 + b) + PREFETCH + o, _MM_HINT_T0);
+                if (x1) _mm_prefetch((const char *)(x1 + b) + PREFETCH + o, _MM_HINT_T0);
+            }
             q4_K_pair(x0 ? x0 + b : &zero_row, x1 ? x1 + b : &zero_row, w, &xs, &xm);
             for (int st = 0; st < 8; st++) _mm512_storeu_si512(p[b].w[st], w[st]);
             _mm512_storeu_ps(p[b].xs, xs);
@@ -442,6 +446,10 @@ static AVX512 void pack_q6_K_x2(const void *vx, size_t bx, int nr, void *dst, in
         block_q6_K_x2 *p = (block_q6_K_x2 *)dst + (r / 2) * nb;
         for (int64_t b = 0; b < nb; b++) {
             const block_q6_K *a = x0 ? x0 + b : &zero_row, *c = x1 ? x1 + b : &zero_row;
+            for (int o = 0; o < (int)sizeof *a; o += 64) {
+                _mm_prefetch((const char *)a + PREFETCH + o, _MM_HINT_T0);
+                _mm_prefetch((const char *)c + PREFETCH + o, _MM_HINT_T0);
+            }
             const __m128i sc0 = _mm_loadu_si128((const __m128i *)a->scales);
             const __m128i sc1 = _mm_loadu_si128((const __m128i *)c->scales);
             const struct scales16 sc16[2] = {scales16(sc0), scales16(sc1)};
