@@ -310,52 +310,67 @@ NEON INLINE void dot_q3_K_neon_rows(int64_t n, float *s, const void *vx, size_t 
 }
 ROWS(dot_q3_K_neon, NEON)
 
-NEON INLINE void dot_q4_K_neon_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {
-    const block_q8_K *y = vy;
-    float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};
-    float sum[2] = {0, 0};
+/* Q4_K and Q6_K written once for nr weight rows × nt activation rows (as LEGACY): a super-block's weights unpacked
+   once for all its tokens; the one-row and two-row kernels are the 1 × 1 and 2 × 1 cases, prompt processing's tile the
+   K_TILE_ROWS × K_TILE_TOKENS one, and every (row, token) pair gets the one-row kernel's operations */
+#define K_TILE_ROWS 2
+#define K_TILE_TOKENS 4
+#define K_ACCUMULATORS                                                                                           \
+    float32x4_t lo[K_TILE_ROWS][K_TILE_TOKENS], hi[K_TILE_ROWS][K_TILE_TOKENS];                                 \
+    for (int r = 0; r < nr; r++)                                                                                \
+        for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f)
+
+NEON INLINE void dot_q4_K_neon_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
+                                     size_t by, const int nr, const int nt) {
+    K_ACCUMULATORS;
+    float sum[K_TILE_ROWS][K_TILE_TOKENS] = {{0}};
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        int8x16_t a[16];  /* the super-block's activations, shared by the rows */
-        for (int i = 0; i < 16; i++) a[i] = vld1q_s8(y[b].qs + 16 * i);
+    for (int64_t b = 0; b < n / QK_K; b++)
         for (int r = 0; r < nr; r++) {
             const block_q4_K *x = ROW_PTR(block_q4_K, vx, bx, r) + b;
             uint8_t sc[8], mn[8];
             tk_unpack_scales_k4(x->scales, sc, mn);
-            int summ = 0;
-            for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];
-            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+            int8x16_t w[16];  /* elements 64j + 16i .. + 15 in w[4j + i] */
             for (int j = 0; j < 4; j++) {
                 const uint8x16_t q0 = vld1q_u8(x->qs + 32 * j), q1 = vld1q_u8(x->qs + 32 * j + 16);
-                /* four products per lane: |a·q| <= 15·128, at most 7680 */
-                int16x8_t p = prod16(vreinterpretq_s8_u8(vandq_u8(q0, m4)), a[4 * j]);
-                p = vaddq_s16(p, prod16(vreinterpretq_s8_u8(vandq_u8(q1, m4)), a[4 * j + 1]));
-                add_group(&i0, &i1, p, sc[2 * j]);
-                p = prod16(vreinterpretq_s8_u8(vshrq_n_u8(q0, 4)), a[4 * j + 2]);
-                p = vaddq_s16(p, prod16(vreinterpretq_s8_u8(vshrq_n_u8(q1, 4)), a[4 * j + 3]));
-                add_group(&i0, &i1, p, sc[2 * j + 1]);
+                w[4 * j] = vreinterpretq_s8_u8(vandq_u8(q0, m4));
+                w[4 * j + 1] = vreinterpretq_s8_u8(vandq_u8(q1, m4));
+                w[4 * j + 2] = vreinterpretq_s8_u8(vshrq_n_u8(q0, 4));
+                w[4 * j + 3] = vreinterpretq_s8_u8(vshrq_n_u8(q1, 4));
             }
-            float_lanes(&lo[r], &hi[r], H2F(x->d) * y[b].d, i0, i1);
-            sum[r] -= H2F(x->dmin) * y[b].d * (float)summ;
+            for (int t = 0; t < nt; t++) {
+                const block_q8_K *y = ROW_PTR(block_q8_K, vy, by, t) + b;
+                int summ = 0;
+                for (int j = 0; j < 16; j++) summ += y->bsums[j] * mn[j / 2];
+                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+                for (int j = 0; j < 4; j++) {
+                    /* four products per lane: |a·q| <= 15·128, at most 7680 */
+                    const int8_t *q8 = y->qs + 64 * j;
+                    int16x8_t p = vaddq_s16(prod16(w[4 * j], vld1q_s8(q8)), prod16(w[4 * j + 1], vld1q_s8(q8 + 16)));
+                    add_group(&i0, &i1, p, sc[2 * j]);
+                    p = vaddq_s16(prod16(w[4 * j + 2], vld1q_s8(q8 + 32)), prod16(w[4 * j + 3], vld1q_s8(q8 + 48)));
+                    add_group(&i0, &i1, p, sc[2 * j + 1]);
+                }
+                float_lanes(&lo[r][t], &hi[r][t], H2F(x->d) * y->d, i0, i1);
+                sum[r][t] -= H2F(x->dmin) * y->d * (float)summ;
+            }
         }
-    }
-    for (int r = 0; r < nr; r++) s[r] = lanes_seq8(sum[r], lo[r], hi[r]);
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_seq8(sum[r][t], lo[r][t], hi[r][t]);
 }
-ROWS(dot_q4_K_neon, NEON)
 
-NEON INLINE void dot_q6_K_neon_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {
-    const block_q8_K *y = vy;
-    float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};
+NEON INLINE void dot_q6_K_neon_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
+                                     size_t by, const int nr, const int nt) {
+    K_ACCUMULATORS;
     const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
     const int8x16_t off = vdupq_n_s8(32);
     for (int64_t b = 0; b < n / QK_K; b++)
         for (int r = 0; r < nr; r++) {
             const block_q6_K *x = ROW_PTR(block_q6_K, vx, bx, r) + b;
-            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+            int8x16_t w[16];  /* elements 128h + 32k + 16c + (0..15), group 8h + 2k + c, in w[8h + 2k + c] */
             for (int h = 0; h < 2; h++) {
                 const uint8_t *ql = x->ql + 64 * h, *qh = x->qh + 32 * h;
-                const int8_t *q8 = y[b].qs + 128 * h;
-                for (int c = 0; c < 2; c++) {  /* l = 16c .. 16c + 15 */
+                for (int c = 0; c < 2; c++) {
                     const uint8x16_t la = vld1q_u8(ql + 16 * c), lb = vld1q_u8(ql + 32 + 16 * c);
                     const uint8x16_t hb = vld1q_u8(qh + 16 * c);
                     const uint8x16_t e[4] = {
@@ -364,17 +379,36 @@ NEON INLINE void dot_q6_K_neon_rows(int64_t n, float *s, const void *vx, size_t 
                         vorrq_u8(vshrq_n_u8(la, 4), vshlq_n_u8(vandq_u8(vshrq_n_u8(hb, 4), m3), 4)),
                         vorrq_u8(vshrq_n_u8(lb, 4), vshlq_n_u8(vshrq_n_u8(hb, 6), 4)),
                     };
-                    for (int k = 0; k < 4; k++) {  /* elements 128h + 32k + 16c + (0..15): group 8h + 2k + c */
-                        const int8x16_t a = vsubq_s8(vreinterpretq_s8_u8(e[k]), off);
-                        add_group(&i0, &i1, prod16(a, vld1q_s8(q8 + 32 * k + 16 * c)), x->scales[8 * h + 2 * k + c]);
-                    }
+                    for (int k = 0; k < 4; k++) w[8 * h + 2 * k + c] = vsubq_s8(vreinterpretq_s8_u8(e[k]), off);
                 }
             }
-            float_lanes(&lo[r], &hi[r], H2F(x->d) * y[b].d, i0, i1);
+            for (int t = 0; t < nt; t++) {
+                const block_q8_K *y = ROW_PTR(block_q8_K, vy, by, t) + b;
+                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+                for (int h = 0; h < 2; h++)
+                    for (int c = 0; c < 2; c++)
+                        for (int k = 0; k < 4; k++) {
+                            const int g = 8 * h + 2 * k + c;
+                            add_group(&i0, &i1, prod16(w[g], vld1q_s8(y->qs + 128 * h + 32 * k + 16 * c)), x->scales[g]);
+                        }
+                float_lanes(&lo[r][t], &hi[r][t], H2F(x->d) * y->d, i0, i1);
+            }
         }
-    for (int r = 0; r < nr; r++) s[r] = lanes_seq8(0.0f, lo[r], hi[r]);
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_seq8(0.0f, lo[r][t], hi[r][t]);
 }
-ROWS(dot_q6_K_neon, NEON)
+
+#define K_ENTRIES(NAME)                                                                                          \
+    NEON INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) { \
+        NAME##_block(n, s, 1, vx, bx, vy, 0, nr, 1);                                                            \
+    }                                                                                                           \
+    ROWS(NAME, NEON)                                                                                            \
+    NEON static void NAME##_tile(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,       \
+                                 size_t by) {                                                                   \
+        NAME##_block(n, s, ls, vx, bx, vy, by, K_TILE_ROWS, K_TILE_TOKENS);                                     \
+    }
+K_ENTRIES(dot_q4_K_neon)
+K_ENTRIES(dot_q6_K_neon)
 
 /* ---------------------------------------------------------------------------------------------- float types */
 /* 16 elements per step in four FMA accumulators per row; the tail in float */
@@ -457,6 +491,10 @@ LEGACY_GEMMS(q5_0)
 LEGACY_GEMMS(q5_1)
 LEGACY_GEMMS(q8_0)
 
+/* Q4_K's and Q6_K's at every level (their lanes keep the NEON kernels at the dotprod level) */
+static const struct tk_gemm tile_q4_K_neon = {dot_q4_K_neon_tile, K_TILE_ROWS, K_TILE_TOKENS, NULL, 0, 0, NULL};
+static const struct tk_gemm tile_q6_K_neon = {dot_q6_K_neon_tile, K_TILE_ROWS, K_TILE_TOKENS, NULL, 0, 0, NULL};
+
 const struct tk_gemm *tk_gemm_neon(int wtype, int level) {
     if (level < 1) return NULL;
     const struct tk_gemm *mm = level >= 3 ? tk_gemm_i8mm(wtype) : NULL;
@@ -467,6 +505,8 @@ const struct tk_gemm *tk_gemm_neon(int wtype, int level) {
     case TK_Q5_0: return level >= 2 ? &tile_q5_0_dot : &tile_q5_0_neon;
     case TK_Q5_1: return level >= 2 ? &tile_q5_1_dot : &tile_q5_1_neon;
     case TK_Q8_0: return level >= 2 ? &tile_q8_0_dot : &tile_q8_0_neon;
+    case TK_Q4_K: return &tile_q4_K_neon;
+    case TK_Q6_K: return &tile_q6_K_neon;
     default: return NULL;
     }
 }
