@@ -421,6 +421,16 @@ static float dot_ggml(const float *x, const void *y, int y_f16, int64_t n) {
     return s;
 }
 
+/* one query of attend_group (below) */
+struct att_query {
+    const float *q;   /* the query (head_dim floats) */
+    float *out;       /* its output (head_dim floats) */
+    float *s;         /* scores: T rounded up to 32 floats */
+    float *acc;       /* p·v's 32 partial sums: 32 × head_dim floats */
+    char *qq;         /* q converted to a quantized cache's vec_dot type */
+    float mx;
+};
+
 #ifdef TK_X86
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -511,6 +521,71 @@ AVX2 static void pv_avx2(float *acc, const float *p, const char *vbase, size_t r
     for (int64_t j = j0; j < j1; j++) axpy_avx2(acc + (j & 31) * hd, p[j], vbase + (size_t)(j - j0) * row_v, hd, f16);
 }
 
+/* The same kernels with 512-bit registers (a lane's operations unchanged, so the same bits): dot_ggml_avx2's four
+   accumulators as two (elements 0-15 and 16-31 of each step of 32), reduced as it reduces them */
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw")))
+
+/* s[j] = (q · k_j) · scale for j in [j0, j1) and every query of a group, k_j (F32 rows, or F16 converted once per
+   row into kf: hd floats) read once for the group */
+AVX512 static void scores_group_avx512(struct att_query *g, int G, const char *kbase, size_t row_k, int f16,
+                                       int64_t j0, int64_t j1, int64_t hd, float scale, float *kf) {
+    const int64_t np = hd & ~(int64_t)31;
+    for (int64_t j = j0; j < j1; j++) {
+        const char *kj = kbase + (size_t)j * row_k;
+        const float *k = (const float *)kj;
+        if (f16) {
+            int64_t d = 0;
+            for (; d + 16 <= hd; d += 16)
+                _mm512_storeu_ps(kf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)kj + d))));
+            for (; d < hd; d++) kf[d] = tk_fp16_table[((const uint16_t *)kj)[d]];
+            k = kf;
+        }
+        for (int i = 0; i < G; i++) {
+            const float *q = g[i].q;
+            __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+            for (int64_t d = 0; d < np; d += 32) {
+                a01 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a01);
+                a23 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), _mm512_loadu_ps(k + d + 16), a23);
+            }
+            const __m512 t = _mm512_add_ps(a01, a23);  /* a0 + a2 | a1 + a3 */
+            const __m256 u = _mm256_add_ps(_mm512_castps512_ps256(t),
+                                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+            const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+            const __m128 t1 = _mm_hadd_ps(t0, t0);
+            float sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+            for (int64_t d = np; d < hd; d++) sum += q[d] * k[d];
+            g[i].s[j] = sum * scale;
+        }
+    }
+}
+
+/* acc[(j mod 32) · hd + d] += p_j · v_j[d] for j in [j0, j1) (FMA), v_j F32 rows */
+AVX512 static void pv_avx512(float *acc, const float *p, const char *rows, size_t row, int64_t j0, int64_t j1,
+                             int64_t hd) {
+    for (int64_t j = j0; j < j1; j++) {
+        float *a = acc + (j & 31) * hd;
+        const float *v = (const float *)(rows + (size_t)(j - j0) * row);
+        const __m512 pv = _mm512_set1_ps(p[j]);
+        int64_t d = 0;
+        for (; d + 16 <= hd; d += 16)
+            _mm512_storeu_ps(a + d, _mm512_fmadd_ps(_mm512_loadu_ps(v + d), pv, _mm512_loadu_ps(a + d)));
+        if (d < hd)  /* hd is a multiple of 8 */
+            _mm256_storeu_ps(a + d, _mm256_fmadd_ps(_mm256_loadu_ps(v + d), _mm512_castps512_ps256(pv),
+                                                    _mm256_loadu_ps(a + d)));
+    }
+}
+
+/* rows j0..j1 of an F16 cache converted to F32 into dst (hd floats per row) */
+AVX512 static void f16_rows_avx512(float *dst, const char *rows, size_t row, int64_t n, int64_t hd) {
+    for (int64_t j = 0; j < n; j++) {
+        const uint16_t *h = (const uint16_t *)(rows + (size_t)j * row);
+        float *o = dst + j * hd;
+        int64_t d = 0;
+        for (; d + 16 <= hd; d += 16) _mm512_storeu_ps(o + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + d))));
+        for (; d < hd; d++) o[d] = tk_fp16_table[h[d]];
+    }
+}
+
 /* out[d] = reduce32 of acc[k · hd + d] over k, eight d at a time (the same additions, lane by lane) */
 AVX2 static void reduce32_rows_avx2(float *out, const float *acc, int64_t hd) {
     for (int64_t d = 0; d < hd; d += 8) {
@@ -556,15 +631,6 @@ static void softmax(float *s, int64_t T, float mx, int simd) {
 #define ATT_GROUP 8    /* query heads per group at most (more heads on one kv head: several groups) */
 #define ATT_BLOCK 64   /* cache positions per block */
 
-struct att_query {
-    const float *q;   /* the query (head_dim floats) */
-    float *out;       /* its output (head_dim floats) */
-    float *s;         /* scores: T rounded up to 32 floats */
-    float *acc;       /* p·v's 32 partial sums: 32 × head_dim floats */
-    char *qq;         /* q converted to a quantized cache's vec_dot type */
-    float mx;
-};
-
 /* per-thread scratch (floats) of a group: its queries' scores, partial sums and converted q, and a block of
    dequantized value rows */
 static int64_t att_scratch(int64_t max_ctx, int64_t hd) {
@@ -594,13 +660,20 @@ static void attend_group(struct att_query *g, int G, const struct tk_kv *kv, int
     }
     for (int64_t j0 = first; j0 < T; j0 += ATT_BLOCK) {
         const int64_t j1 = j0 + ATT_BLOCK < T ? j0 + ATT_BLOCK : T;
+        int scored = 0;  /* the block's scores of every query computed at once (each key row read once) */
+#ifdef TK_X86
+        if (simd >= 2 && !kdot) {
+            scores_group_avx512(g, G, kbase, kv->row_k, tk == TK_F16, j0, j1, hd, scale, vblock);
+            scored = 1;
+        }
+#endif
         for (int i = 0; i < G; i++) {
             float *s = g[i].s, mx = g[i].mx;
 #ifdef TK_X86
-            if (simd && !kdot) scores_avx2(s, g[i].q, kbase, kv->row_k, tk == TK_F16, j0, j1, hd, scale);
+            if (!scored && simd && !kdot) scores_avx2(s, g[i].q, kbase, kv->row_k, tk == TK_F16, j0, j1, hd, scale);
             else
 #endif
-                for (int64_t j = j0; j < j1; j++) {
+                for (int64_t j = j0; j < j1 && !scored; j++) {
                     const void *kj = kbase + (size_t)j * kv->row_k;
                     float d;
                     if (kdot) kdot(hd, &d, kj, g[i].qq);
@@ -626,17 +699,25 @@ static void attend_group(struct att_query *g, int G, const struct tk_kv *kv, int
             for (int64_t j = j0; j < j1; j++)
                 tk_traits(tv)->dequantize_row(vbase + (size_t)j * kv->row_v, vblock + (j - j0) * hd, hd);
         const char *rows = v_float ? vbase + (size_t)j0 * kv->row_v : (const char *)vblock;
-        const size_t row = v_float ? kv->row_v : sizeof(float) * (size_t)hd;
+        size_t row = v_float ? kv->row_v : sizeof(float) * (size_t)hd;
+        int rows_f16 = f16;
+#ifdef TK_X86
+        if (simd >= 2 && f16) {  /* the block's F16 rows converted once for the group */
+            f16_rows_avx512(vblock, rows, row, j1 - j0, hd);
+            rows = (const char *)vblock, row = sizeof(float) * (size_t)hd, rows_f16 = 0;
+        }
+#endif
         for (int i = 0; i < G; i++) {
 #ifdef TK_X86
-            if (simd) { pv_avx2(g[i].acc, g[i].s, rows, row, f16, j0, j1, hd); continue; }
+            if (simd >= 2) { pv_avx512(g[i].acc, g[i].s, rows, row, j0, j1, hd); continue; }
+            if (simd) { pv_avx2(g[i].acc, g[i].s, rows, row, rows_f16, j0, j1, hd); continue; }
 #endif
             for (int64_t j = j0; j < j1; j++) {
                 float *a = g[i].acc + (j & 31) * hd;
                 const float p = g[i].s[j];
                 const char *vj = rows + (size_t)(j - j0) * row;
                 for (int64_t d = 0; d < hd; d++) {
-                    const float x = f16 ? tk_fp16_table[((const uint16_t *)vj)[d]] : ((const float *)vj)[d];
+                    const float x = rows_f16 ? tk_fp16_table[((const uint16_t *)vj)[d]] : ((const float *)vj)[d];
                     a[d] = fmaf(x, p, a[d]);
                 }
             }
@@ -1319,7 +1400,7 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
         nnorm += seqs[s].embd ? seqs[s].n : rows;
         if (seqs[s].kv->n_ctx > max_ctx) max_ctx = seqs[s].kv->n_ctx;
     }
-    struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd(), .n = n, .nout = nout, .nnorm = nnorm,
+    struct fwd f = {.e = e, .seqs = seqs, .nseq = nseq, .simd = tk_use_simd() ? 1 + tk_use_avx512() : 0, .n = n, .nout = nout, .nnorm = nnorm,
                     .max_ctx = max_ctx};
     f.scratch_per_thread = att_scratch(max_ctx, hp->head_dim);
     if (f.scratch_per_thread < ne + 8) f.scratch_per_thread = ne + 8;  /* a token's router probabilities */
