@@ -9,6 +9,11 @@
 #include "dot_x86.h"
 
 static inline AVX512 __m256 upper8(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+/* a two-row tile's accumulator (row 0 in lanes 0-7, row 1 in 8-15) summed into s[0] and s[ls] */
+static inline AVX512 void store_row_pair(float *s, size_t ls, __m512 acc) {
+    s[0] = hsum8(_mm512_castps512_ps256(acc));
+    s[ls] = hsum8(upper8(acc));
+}
 
 /* The AVX512 legacy tiles hold two tokens' accumulators in one 512-bit register (token 2k in lanes 0-7, 2k + 1 in
    lanes 8-15): lane for lane the operations of the 256-bit code, half the instructions. The weight block is broadcast
@@ -278,8 +283,7 @@ static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, 
             }                                                                                                \
         }                                                                                                    \
         for (int t = 0; t < RN; t++) {                                                                       \
-            s[t] = hsum8(_mm512_castps512_ps256(acc[t]));                                                    \
-            s[ls + t] = hsum8(upper8(acc[t]));                                                               \
+            store_row_pair(s + t, ls, acc[t]);                                                               \
         }                                                                                                    \
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, 2, RN, NULL, 0, TK_Q8_KX, NARROW)
@@ -349,8 +353,7 @@ static AVX512 void pack_q4_K_x2(const void *vx, size_t bx, int nr, void *dst, in
         }                                                                                                    \
         for (int p = 0; p < RP; p++)                                                                         \
             for (int t = 0; t < RN; t++) {                                                                   \
-                s[2 * p * ls + t] = hsum8(_mm512_castps512_ps256(acc[p][t]));                                \
-                s[(2 * p + 1) * ls + t] = hsum8(upper8(acc[p][t]));                                          \
+                store_row_pair(s + 2 * p * ls + t, ls, acc[p][t]);                                           \
             }                                                                                                \
     }                                                                                                        \
     static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 2 * RP, .cols = RN,                       \
@@ -419,8 +422,7 @@ static inline AVX512 void q6_K_pair_half(const block_q6_K *x0, const block_q6_K 
                                          _mm512_cvtepi32_ps(sumi[t]), acc[t]);                               \
         }                                                                                                    \
         for (int t = 0; t < RN; t++) {                                                                       \
-            s[t] = hsum8(_mm512_castps512_ps256(acc[t]));                                                    \
-            s[ls + t] = hsum8(upper8(acc[t]));                                                               \
+            store_row_pair(s + t, ls, acc[t]);                                                               \
         }                                                                                                    \
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, 2, RN, NULL, 0, 0, NARROW)
@@ -506,8 +508,7 @@ static AVX512 void pack_q6_K_x2(const void *vx, size_t bx, int nr, void *dst, in
         }                                                                                                    \
         for (int p = 0; p < RP; p++)                                                                         \
             for (int t = 0; t < RN; t++) {                                                                   \
-                s[2 * p * ls + t] = hsum8(_mm512_castps512_ps256(acc[p][t]));                                \
-                s[(2 * p + 1) * ls + t] = hsum8(upper8(acc[p][t]));                                          \
+                store_row_pair(s + 2 * p * ls + t, ls, acc[p][t]);                                           \
             }                                                                                                \
     }                                                                                                        \
     static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 2 * RP, .cols = RN,                       \
