@@ -55,6 +55,19 @@ def kept(candidates) -> dict[int, float]:
     return {t: v for t, v, _ in candidates if v > -np.inf}
 
 
+def chain_kept(samplers, history: list[int], logits: np.ndarray) -> dict[int, float]:
+    """The candidates llama.cpp's sampler chain of `samplers` (in order; freed with it) keeps after `history`."""
+    chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+    for s in samplers:
+        L.llama_sampler_chain_add(chain, s)
+    for t in history:
+        L.llama_sampler_accept(chain, t)
+    try:
+        return kept(llama_apply(chain, logits)[0])
+    finally:
+        L.llama_sampler_free(chain)
+
+
 def ours(fn, logits, *args):
     ids, vals = fn(np.arange(logits.size), logits.astype(np.float64), *args)
     return ids, vals
@@ -229,19 +242,13 @@ def test_default_chain_equals_llama_cpp(vocab):
     rng = np.random.default_rng(11)
     for _ in range(4):
         logits = (rng.normal(size=tok.n_vocab) * 3).astype(np.float32)
-        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         c_breakers = (ctypes.c_char_p * 4)(*[b.encode() for b in params.dry_sequence_breakers])
-        for s in (L.llama_sampler_init_penalties(tok.n_vocab, 32, 1.3, 0.1, 0.2),
-                  L.llama_sampler_init_dry(lvocab, 0.8, 1.75, 2, 64, c_breakers, 4),
-                  L.llama_sampler_init_top_n_sigma(2.0), L.llama_sampler_init_top_k(30),
-                  L.llama_sampler_init_typical(0.95, 0), L.llama_sampler_init_top_p(0.9, 0),
-                  L.llama_sampler_init_min_p(0.02, 0), L.llama_sampler_init_xtc(1.0, 0.05, 0, 1),
-                  L.llama_sampler_init_temp(0.7)):
-            L.llama_sampler_chain_add(chain, s)
-        for t in history:
-            L.llama_sampler_accept(chain, t)
-        ref = kept(llama_apply(chain, logits)[0])
-        L.llama_sampler_free(chain)
+        ref = chain_kept((L.llama_sampler_init_penalties(tok.n_vocab, 32, 1.3, 0.1, 0.2),
+                          L.llama_sampler_init_dry(lvocab, 0.8, 1.75, 2, 64, c_breakers, 4),
+                          L.llama_sampler_init_top_n_sigma(2.0), L.llama_sampler_init_top_k(30),
+                          L.llama_sampler_init_typical(0.95, 0), L.llama_sampler_init_top_p(0.9, 0),
+                          L.llama_sampler_init_min_p(0.02, 0), L.llama_sampler_init_xtc(1.0, 0.05, 0, 1),
+                          L.llama_sampler_init_temp(0.7)), history, logits)
         ids, vals = Sampler(params, tok).candidates(logits, history)
         assert set(ids.tolist()) == set(ref) and len(ref) > 1
         np.testing.assert_allclose(vals, [ref[t] for t in ids.tolist()], rtol=1e-5)
@@ -277,15 +284,9 @@ def test_greedy_default_chain_equals_llama_cpp():
         masked[int(np.argmax(logits))] = -np.inf
         for x in (logits, masked):
             for penalty in (1.0, 1.5):
-                chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-                for s in (L.llama_sampler_init_penalties(x.size, 64, penalty, 0.0, 0.0), L.llama_sampler_init_top_k(40),
-                          L.llama_sampler_init_top_p(0.95, 1), L.llama_sampler_init_min_p(0.05, 1),
-                          L.llama_sampler_init_temp(0.0)):
-                    L.llama_sampler_chain_add(chain, s)
-                for t in history:
-                    L.llama_sampler_accept(chain, t)
-                ref = kept(llama_apply(chain, x)[0])
-                L.llama_sampler_free(chain)
+                ref = chain_kept((L.llama_sampler_init_penalties(x.size, 64, penalty, 0.0, 0.0),
+                                  L.llama_sampler_init_top_k(40), L.llama_sampler_init_top_p(0.95, 1),
+                                  L.llama_sampler_init_min_p(0.05, 1), L.llama_sampler_init_temp(0.0)), history, x)
                 assert list(ref) == [Sampler(SamplingParams(temp=0.0, repeat_penalty=penalty)).sample(x, history)]
 
 
