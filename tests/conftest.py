@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,24 @@ import pytest
 from tests import oracle
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+# a folder of the session's temporary one whose name starts so is kept for the whole run; the others (module-scoped
+# fixtures' files) are removed when their module ends
+SESSION_DIR = "session-"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_temp_dirs_removed(request, tmp_path_factory):
+    """The folders a test module made with tmp_path_factory (its fixtures' models and checkpoints), removed when the
+    module ends with no test failed, so that a full run's disk use is one module's, not the sum of all of them
+    (pyproject's tmp_path_retention_policy does this for each test's tmp_path)."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return
+    for entry in set(base.iterdir()) - before:
+        if not entry.name.startswith(SESSION_DIR):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +44,7 @@ def shared_fixtures() -> Path:
 def stories260k_f32(tmp_path_factory, shared_fixtures) -> Path:
     """stories260K (a real trained tiny Llama) converted to f32 once for every test module that serves or runs it."""
     from converter.convert import convert_model
-    path = tmp_path_factory.mktemp("stories") / "stories260K-f32.gguf"
+    path = tmp_path_factory.mktemp(SESSION_DIR + "stories") / "stories260K-f32.gguf"
     convert_model(shared_fixtures / "stories260K", outtype="f32", outfile=path)
     return path
 

@@ -15,9 +15,9 @@ from fixtures import make_checkpoint
 from tests.helpers import fields, tensors
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, shared_fixtures):
-    """tiny(arch, **kw) -> folder, generated once per session per argument set."""
+    """tiny(arch, **kw) -> folder, generated once per module per argument set."""
     cache = {}
 
     def get(arch, **kw):

@@ -8,6 +8,7 @@ the expected answer to a bad file; any other exception, a crash of the C core or
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ with atheris.instrument_imports():
 
 EXPECTED = (UserError, OSError, MemoryError)
 WORK = Path(tempfile.mkdtemp(prefix="fuzz-"))
+atexit.register(shutil.rmtree, WORK, True)
 TOKENIZER_SEED = Path(os.environ.get("FUZZ_TOKENIZER_SEED", ""))  # a checkpoint folder whose other files are kept
 
 
