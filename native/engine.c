@@ -754,9 +754,12 @@ AVX2 static void swiglu_avx2(float *y, const float *g, const float *u, int64_t n
 }
 #endif
 
-/* GELU (tanh form), exact in float as transformers computes it; or, with tk_set_gelu_fp16(1), as ggml's CPU backend
+/* GELU (tanh form) in float, as transformers computes it; or, with tk_set_gelu_fp16(1), as ggml's CPU backend
    does: the input rounded to fp16 and the result read from a table of fp16 values (0 below -10, x above 10). The
-   table form exists to show that, GELU aside, the engine computes what llama.cpp computes (tests/test_runtime.py). */
+   table form exists to show that, GELU aside, the engine computes what llama.cpp computes (tests/test_runtime.py).
+   The float form is evaluated as x·σ(2u) = x / (1 + exp(-2u)), u = √(2/π)·x·(1 + 0.044715x²), with the vectorised
+   exp of SiLU and softmax (within ~2 ulp of 0.5x(1 + tanh u), which libm's tanhf took 12% of a GELU model's prompt
+   time to give): gelu_lane lane by lane, gelu_avx2 the same bits eight at a time. */
 static int gelu_fp16;
 
 void tk_set_gelu_fp16(int on) { gelu_fp16 = on != 0; }
@@ -766,9 +769,31 @@ static inline float gelu_exact(float x) {
     return 0.5f * x * (1.0f + tanhf(c * x * (1.0f + a * x * x)));
 }
 
-static void gelu_row(float *y, const float *x, int64_t n) {
+static inline float gelu_lane(float x) {
+    const float p = fmaf(0.044715f * x, x, 1.0f);
+    return x / (1.0f + exp_lane(x * -1.5957691216057308f * p));
+}
+
+#ifdef TK_X86
+AVX2 static void gelu_avx2(float *y, const float *x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 p = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v), v, _mm256_set1_ps(1.0f));
+        const __m256 e = exp256(_mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(-1.5957691216057308f)), p));
+        _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+    }
+    for (; i < n; i++) y[i] = gelu_lane(x[i]);
+}
+#endif
+
+static void gelu_row(float *y, const float *x, int64_t n, int simd) {
     if (!gelu_fp16) {
-        for (int64_t i = 0; i < n; i++) y[i] = gelu_exact(x[i]);
+#ifdef TK_X86
+        if (simd) { gelu_avx2(y, x, n); return; }
+#endif
+        (void)simd;
+        for (int64_t i = 0; i < n; i++) y[i] = gelu_lane(x[i]);
         return;
     }
     for (int64_t i = 0; i < n; i++) {
@@ -996,10 +1021,10 @@ static void ffn_act_row(struct fwd *f, const struct acts *A, int64_t r, int64_t 
 #endif
             swiglu_lanes(y, y, u, e1 - e0);
     } else if (f->e->hp.ffn == TK_FFN_GEGLU) {
-        gelu_row(y, y, e1 - e0);
+        gelu_row(y, y, e1 - e0, f->simd);
         for (int64_t i = 0; i < e1 - e0; i++) y[i] *= u[i];
     } else {
-        gelu_row(y, u, e1 - e0);
+        gelu_row(y, u, e1 - e0, f->simd);
     }
     convert_acts(f, A, r, e0, e1);
 }
