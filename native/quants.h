@@ -181,6 +181,11 @@ void tk_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq4_xs_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
+/* the quantizer's searches on AVX2 (quants_iq4_fit_avx2.c; x86 only, same bits): Σw·q·x and Σw·q² of a block of 32
+   for the 2·ntry + 1 ≤ 16 grids (itry + value[0])/max, itry = -ntry..ntry; the nearest-value indices of n (a multiple
+   of 8) elements scaled by id */
+void tk_iq4_try_sums_avx2(const float *x, const float *w, float max, int ntry, float *sumqx, float *sumq2);
+void tk_iq4_indices_avx2(const float *x, float id, int n, uint8_t *L);
 
 /* TQ1_0 / TQ2_0 (quants_ternary.c, quants_ternary_avx2.c): quantizers (ggml's reference; no importance matrix),
    dequantizers, dot products with Q8_K activations */

@@ -15,6 +15,11 @@
 #include "quants.h"
 
 #define IQ4_NTRY 7 /* scale candidates tried on each side of the first guess */
+#if defined(__x86_64__) || defined(__i386__)
+#define IQ4_X86 1 /* the searches' AVX2 versions exist (quants_iq4_fit_avx2.c) */
+#else
+#define IQ4_X86 0
+#endif
 
 const int8_t tk_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
@@ -31,12 +36,11 @@ static inline int nearest_value(const int8_t *val, float x) {
     return x - val[hi - 1] < val[hi] - x ? hi - 1 : hi;
 }
 
-/* Σw·q·x and Σw·q² of the block quantized with inverse scale id (quants to L when L is not NULL) */
-static inline void value_sums(const float *x, const float *w, int n, float id, uint8_t *L, float *sumqx, float *sumq2) {
+/* Σw·q·x and Σw·q² of the block quantized with inverse scale id */
+static inline void value_sums(const float *x, const float *w, int n, float id, float *sumqx, float *sumq2) {
     float sqx = 0, sq2 = 0;
     for (int j = 0; j < n; ++j) {
         int l = nearest_value(tk_iq4nl_values, id * x[j]);
-        if (L) L[j] = (uint8_t)l;
         float q = tk_iq4nl_values[l];
         sqx += w[j] * q * x[j];
         sq2 += w[j] * q * q;
@@ -45,9 +49,34 @@ static inline void value_sums(const float *x, const float *w, int n, float id, u
     *sumq2 = sq2;
 }
 
+/* value_sums of a block of 32 for the 2·IQ4_NTRY + 1 grids (itry + values[0])/max, in itry order */
+static void try_sums(const float *xb, const float *w, float max, int simd, float *sumqx, float *sumq2) {
+#if IQ4_X86
+    if (simd) {
+        tk_iq4_try_sums_avx2(xb, w, max, IQ4_NTRY, sumqx, sumq2);
+        return;
+    }
+#endif
+    (void)simd;
+    for (int itry = -IQ4_NTRY; itry <= IQ4_NTRY; ++itry)
+        value_sums(xb, w, 32, (itry + tk_iq4nl_values[0]) / max, &sumqx[itry + IQ4_NTRY], &sumq2[itry + IQ4_NTRY]);
+}
+
+/* L[j] = the index of the value nearest id·x[j], for n (a multiple of 8) elements */
+static void value_indices(const float *x, float id, int n, int simd, uint8_t *L) {
+#if IQ4_X86
+    if (simd) {
+        tk_iq4_indices_avx2(x, id, n, L);
+        return;
+    }
+#endif
+    (void)simd;
+    for (int j = 0; j < n; ++j) L[j] = (uint8_t)nearest_value(tk_iq4nl_values, id * x[j]);
+}
+
 /* The scale of one block of 32 (weights w): the signed max mapped to -127, refitted by weighted least squares, then
    the best of 15 grids (values[0] + itry)/max by (Σw·q·x)²/Σw·q². 0 for a (nearly) zero block. */
-static float fit_block_scale(const float *xb, const float *w, uint8_t *Lb) {
+static float fit_block_scale(const float *xb, const float *w, int simd) {
     float amax = 0, max = 0;
     for (int j = 0; j < 32; ++j) {
         float ax = fabsf(xb[j]);
@@ -57,14 +86,15 @@ static float fit_block_scale(const float *xb, const float *w, uint8_t *Lb) {
     const int8_t *values = tk_iq4nl_values;
     float d = -max / values[0];
     float sumqx, sumq2;
-    value_sums(xb, w, 32, 1 / d, Lb, &sumqx, &sumq2);
+    value_sums(xb, w, 32, 1 / d, &sumqx, &sumq2);
     d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
     float best = d * sumqx;
-    for (int itry = -IQ4_NTRY; itry <= IQ4_NTRY; ++itry) {
-        value_sums(xb, w, 32, (itry + values[0]) / max, NULL, &sumqx, &sumq2);
-        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-            d = sumqx / sumq2;
-            best = d * sumqx;
+    float tqx[2 * IQ4_NTRY + 1], tq2[2 * IQ4_NTRY + 1];
+    try_sums(xb, w, max, simd, tqx, tq2);
+    for (int i = 0; i < 2 * IQ4_NTRY + 1; ++i) {
+        if (tq2[i] > 0 && tqx[i] * tqx[i] > best * tq2[i]) {
+            d = tqx[i] / tq2[i];
+            best = d * tqx[i];
         }
     }
     return d;
@@ -72,8 +102,8 @@ static float fit_block_scale(const float *xb, const float *w, uint8_t *Lb) {
 
 /* One IQ4_NL block (n = 32) or IQ4_XS super-block (n = 256) as ggml's quantize_row_iq4_nl_impl with ntry 7: the
    weights are qw·sqrt(sigma2 + x²) with an importance matrix, x² without. */
-static void quantize_iq4(int n, const float *x, const float *qw, tk_half *dh, uint8_t *q4, uint16_t *scales_h,
-                         uint8_t *scales_l) {
+static void quantize_iq4(int n, const float *x, const float *qw, int simd, tk_half *dh, uint8_t *q4,
+                         uint16_t *scales_h, uint8_t *scales_l) {
     float scales[QK_K / 32], weight[32];
     uint8_t L[QK_K];
     float sigma2 = 0;
@@ -87,7 +117,7 @@ static void quantize_iq4(int n, const float *x, const float *qw, tk_half *dh, ui
         const float *xb = x + 32 * ib;
         for (int j = 0; j < 32; ++j)
             weight[j] = qw ? qw[32 * ib + j] * sqrtf(sigma2 + xb[j] * xb[j]) : xb[j] * xb[j];
-        const float d = scales[ib] = fit_block_scale(xb, weight, L + 32 * ib);
+        const float d = scales[ib] = fit_block_scale(xb, weight, simd);
         if (fabsf(d) > amax_scale) { amax_scale = fabsf(d); max_scale = d; }
     }
 
@@ -102,7 +132,7 @@ static void quantize_iq4(int n, const float *x, const float *qw, tk_half *dh, ui
             l = l < -32 ? -32 : l > 31 ? 31 : l;
             const float dl = d * l;
             const float idl = dl ? 1 / dl : 0.f;
-            for (int j = 0; j < 32; ++j) L[32 * ib + j] = (uint8_t)nearest_value(tk_iq4nl_values, idl * x[32 * ib + j]);
+            value_indices(x + 32 * ib, idl, 32, simd, L + 32 * ib);
             l += 32;
             if (ib % 2 == 0) scales_l[ib / 2] = (uint8_t)(l & 0xF);
             else scales_l[ib / 2] |= (uint8_t)((l & 0xF) << 4);
@@ -111,7 +141,7 @@ static void quantize_iq4(int n, const float *x, const float *qw, tk_half *dh, ui
     } else {
         *dh = tk_fp32_to_fp16(scales[0]);
         const float id = scales[0] ? 1 / scales[0] : 0;
-        for (int j = 0; j < 32; ++j) L[j] = (uint8_t)nearest_value(tk_iq4nl_values, id * x[j]);
+        value_indices(x, id, 32, simd, L);
     }
     /* per 32 elements: low nibbles the first 16, high nibbles the next 16 */
     for (int i = 0; i < n / 32; ++i)
@@ -120,14 +150,17 @@ static void quantize_iq4(int n, const float *x, const float *qw, tk_half *dh, ui
 
 void quantize_row_iq4_nl_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     block_iq4_nl *y = vy;
+    const int simd = IQ4_X86 && tk_use_simd();
     for (int64_t i = 0; i < k / QK; ++i)
-        quantize_iq4(QK, x + QK * i, qw ? qw + QK * i : NULL, &y[i].d, y[i].qs, NULL, NULL);
+        quantize_iq4(QK, x + QK * i, qw ? qw + QK * i : NULL, simd, &y[i].d, y[i].qs, NULL, NULL);
 }
 
 void quantize_row_iq4_xs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     block_iq4_xs *y = vy;
+    const int simd = IQ4_X86 && tk_use_simd();
     for (int64_t i = 0; i < k / QK_K; ++i)
-        quantize_iq4(QK_K, x + QK_K * i, qw ? qw + QK_K * i : NULL, &y[i].d, y[i].qs, &y[i].scales_h, y[i].scales_l);
+        quantize_iq4(QK_K, x + QK_K * i, qw ? qw + QK_K * i : NULL, simd, &y[i].d, y[i].qs, &y[i].scales_h,
+                     y[i].scales_l);
 }
 
 void quantize_row_iq4_nl(const float *x, void *y, int64_t k) { quantize_row_iq4_nl_imatrix(x, y, k, NULL); }
