@@ -66,6 +66,46 @@ static float fit_symmetric_weighted(int n, int nmax, const float *x, const float
     return scale;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#define AFFINE_X86 1 /* fit_affine_weighted's grid search on AVX2 (quants_imatrix_avx2.c) */
+#else
+#define AFFINE_X86 0
+#endif
+
+/* One stretched grid of fit_affine_weighted, inverse scale iscale over x − min: its quants in Laux, the determinant
+   D of the least-squares system and, when D > 0, the refitted scale and min (min ≤ 0: a positive one is replaced by
+   0 and the scale refitted alone) and their weighted squared error. */
+static void affine_step(int n, int nmax, const float *x, const float *w, float min, float iscale, float sum_w,
+                        float sum_x, uint8_t *Laux, float *D, float *scale, float *the_min, float *err) {
+    float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+    for (int i = 0; i < n; ++i) {
+        const float v = iscale * (x[i] - min);
+        const int l = v > 0 ? tk_nearest_int(v < nmax ? v : (float)nmax) : 0;
+        Laux[i] = (uint8_t)l;
+        sum_l += w[i] * l;
+        sum_l2 += w[i] * l * l;
+        sum_xl += w[i] * l * x[i];
+    }
+    *D = sum_w * sum_l2 - sum_l * sum_l;
+    *scale = *the_min = *err = 0;
+    if (*D > 0) {
+        float this_scale = (sum_w * sum_xl - sum_x * sum_l) / *D;
+        float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / *D;
+        if (this_min > 0) {
+            this_min = 0;
+            this_scale = sum_xl / sum_l2;
+        }
+        float e = 0;
+        for (int i = 0; i < n; ++i) {
+            float diff = this_scale * Laux[i] + this_min - x[i];
+            e += w[i] * (diff * diff);
+        }
+        *scale = this_scale;
+        *the_min = this_min;
+        *err = e;
+    }
+}
+
 /* Weighted affine fit x ≈ scale·L − the_min, L in [0, nmax] (make_qkx3_quants with weights, squared error): the
    min/max grid, then nstep+1 stretched grids (nmax + rmin + rdelta·is) refitted by weighted least squares, keeping
    the smallest weighted error. Values the stretched grid maps out of range round to 0 or nmax without overflow. */
@@ -95,37 +135,38 @@ static float fit_affine_weighted(int n, int nmax, const float *x, const float *w
         float diff = scale * L[i] + min - x[i];
         best_err += w[i] * (diff * diff);
     }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            const float v = iscale * (x[i] - min);
-            const int l = v > 0 ? tk_nearest_int(v < nmax ? v : (float)nmax) : 0;
-            Laux[i] = (uint8_t)l;
-            sum_l += w[i] * l;
-            sum_l2 += w[i] * l * l;
-            sum_xl += w[i] * l * x[i];
+    /* the grids in order; min (and so the grid) changes after each improvement. The SIMD path tries up to 8 grids at
+       once with the current min, keeps those up to the first improvement and starts again after it. */
+    const int simd = AFFINE_X86 && n <= 32 && tk_use_simd();
+    float D[8], step_scale[8], step_min[8], err[8];
+    int is = 0;
+    while (is <= nstep) {
+        int count = 1;
+#if AFFINE_X86
+        if (simd) {
+            count = imin(8, nstep + 1 - is);
+            tk_affine_steps_avx2(n, nmax, x, w, min, max, sum_w, sum_x, rmin, rdelta, is, count, D, step_scale,
+                                 step_min, err);
+        } else
+#endif
+            affine_step(n, nmax, x, w, min, (rmin + rdelta * is + nmax) / (max - min), sum_w, sum_x, Laux, D,
+                        step_scale, step_min, err);
+        int k = 0;
+        while (k < count && !(D[k] > 0 && err[k] < best_err)) ++k;
+        if (k == count) {
+            is += count;
+            continue;
         }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
-            }
-            float err = 0;
-            for (int i = 0; i < n; ++i) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                err += w[i] * (diff * diff);
-            }
-            if (err < best_err) {
-                memcpy(L, Laux, (size_t)n);
-                best_err = err;
-                scale = this_scale;
-                min = this_min;
-            }
+        if (simd) { /* the lane's quants (and again its figures, the same) */
+            float d_k, scale_k, min_k, err_k;
+            affine_step(n, nmax, x, w, min, (rmin + rdelta * (is + k) + nmax) / (max - min), sum_w, sum_x, Laux, &d_k,
+                        &scale_k, &min_k, &err_k);
         }
+        memcpy(L, Laux, (size_t)n);
+        best_err = err[k];
+        scale = step_scale[k];
+        min = step_min[k];
+        is += k + 1;
     }
     *the_min = -min;
     return scale;
