@@ -187,10 +187,10 @@ void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void 
 void tk_iq4_try_sums_avx2(const float *x, const float *w, float max, int ntry, float *sumqx, float *sumq2);
 void tk_iq4_indices_avx2(const float *x, float id, int n, uint8_t *L);
 /* the imatrix affine fit's grid search on AVX2 (quants_imatrix_avx2.c; x86 only, same bits): `count` <= 8 grids from
-   `first`, all over x − min, n <= 32 */
-void tk_affine_steps_avx2(int n, int nmax, const float *x, const float *w, float min, float max, float sum_w,
-                          float sum_x, float rmin, float rdelta, int first, int count, float *D, float *scale,
-                          float *the_min, float *err);
+   `first`, all over x − min, n <= 32; the first improving on best_err (its quants, scale, min, error set), or count */
+int tk_affine_steps_avx2(int n, int nmax, const float *x, const float *w, float min, float max, float sum_w,
+                         float sum_x, float rmin, float rdelta, int first, int count, float best_err, uint8_t *L,
+                         float *scale, float *the_min, float *err);
 
 /* TQ1_0 / TQ2_0 (quants_ternary.c, quants_ternary_avx2.c): quantizers (ggml's reference; no importance matrix),
    dequantizers, dot products with Q8_K activations */

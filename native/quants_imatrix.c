@@ -136,37 +136,29 @@ static float fit_affine_weighted(int n, int nmax, const float *x, const float *w
         best_err += w[i] * (diff * diff);
     }
     /* the grids in order; min (and so the grid) changes after each improvement. The SIMD path tries up to 8 grids at
-       once with the current min, keeps those up to the first improvement and starts again after it. */
+       once with the current min, keeps the first that improves and starts again after it. */
     const int simd = AFFINE_X86 && n <= 32 && tk_use_simd();
-    float D[8], step_scale[8], step_min[8], err[8];
     int is = 0;
     while (is <= nstep) {
-        int count = 1;
+        float D, this_scale, this_min, err;
 #if AFFINE_X86
         if (simd) {
-            count = imin(8, nstep + 1 - is);
-            tk_affine_steps_avx2(n, nmax, x, w, min, max, sum_w, sum_x, rmin, rdelta, is, count, D, step_scale,
-                                 step_min, err);
-        } else
-#endif
-            affine_step(n, nmax, x, w, min, (rmin + rdelta * is + nmax) / (max - min), sum_w, sum_x, Laux, D,
-                        step_scale, step_min, err);
-        int k = 0;
-        while (k < count && !(D[k] > 0 && err[k] < best_err)) ++k;
-        if (k == count) {
-            is += count;
+            const int count = imin(8, nstep + 1 - is);
+            const int k = tk_affine_steps_avx2(n, nmax, x, w, min, max, sum_w, sum_x, rmin, rdelta, is, count,
+                                               best_err, L, &scale, &min, &best_err);
+            is += k + (k < count);
             continue;
         }
-        if (simd) { /* the lane's quants (and again its figures, the same) */
-            float d_k, scale_k, min_k, err_k;
-            affine_step(n, nmax, x, w, min, (rmin + rdelta * (is + k) + nmax) / (max - min), sum_w, sum_x, Laux, &d_k,
-                        &scale_k, &min_k, &err_k);
+#endif
+        affine_step(n, nmax, x, w, min, (rmin + rdelta * is + nmax) / (max - min), sum_w, sum_x, Laux, &D,
+                    &this_scale, &this_min, &err);
+        if (D > 0 && err < best_err) {
+            memcpy(L, Laux, (size_t)n);
+            best_err = err;
+            scale = this_scale;
+            min = this_min;
         }
-        memcpy(L, Laux, (size_t)n);
-        best_err = err[k];
-        scale = step_scale[k];
-        min = step_min[k];
-        is += k + 1;
+        ++is;
     }
     *the_min = -min;
     return scale;
