@@ -22,6 +22,11 @@
 #define IQ3_KMAX 8                /* 3-bit levels 0..7, value 2l + 1 */
 #define IQ3_MAP_SIZE 4096         /* every 4-tuple of levels, 3 bits each */
 #define IQ3_XXS_GROUP_EPS 1e-8f   /* ggml's GROUP_MAX_EPS_IQ3_XXS */
+#if defined(__x86_64__) || defined(__i386__)
+#define IQ3_X86 1                 /* best_neighbour on AVX2 (quants_iq3_search_avx2.c) */
+#else
+#define IQ3_X86 0
+#endif
 
 /* The grid points as 4 levels of 3 bits (level i in bits 3i..3i+2), in grid-index order (ggml's kgrid_256/512). */
 static const uint16_t IQ3_XXS_POINTS[256] = {
@@ -106,6 +111,8 @@ struct iq3_grid {
     int32_t first[IQ3_MAP_SIZE]; /* off the grid: start of its neighbours in `neighbours` */
     int16_t count[IQ3_MAP_SIZE];
     uint16_t *neighbours;
+    float *nb_values; /* value i of neighbours[j] at [i·nb_stride + j] (8 zeros of padding): the SIMD search's loads */
+    size_t nb_stride;
 };
 
 static struct iq3_grid GRID_XXS = {.size = 256}, GRID_S = {.size = 512};
@@ -167,6 +174,11 @@ static void build_grid(struct iq3_grid *g, const uint16_t *points) {
     }
     free(dist);
     g->neighbours = list;
+    g->nb_stride = total + 8;
+    g->nb_values = list ? malloc(4 * g->nb_stride * sizeof(float)) : NULL;
+    for (size_t j = 0; g->nb_values && j < g->nb_stride; ++j)
+        for (int i = 0; i < 4; ++i)
+            g->nb_values[i * g->nb_stride + j] = j < total ? ((const int8_t *)&g->points[list[j]])[i] : 0.f;
 }
 
 static void build_xxs(void) { build_grid(&GRID_XXS, IQ3_XXS_POINTS); }
@@ -185,10 +197,16 @@ static const struct iq3_grid *grid_s(void) {
 /* The neighbour of the off-grid tuple u that minimises Σ w·(scale·q − x)² over 4 values (the first such in list
    order); its levels into L. ggml asserts when no distance is below FLT_MAX (infinite weights): the first neighbour
    is kept then. */
-static int best_neighbour(const struct iq3_grid *g, int u, const float *x, const float *w, float scale, int8_t *L) {
+static int best_neighbour(const struct iq3_grid *g, int u, const float *x, const float *w, float scale, int simd,
+                          int8_t *L) {
     const uint16_t *nb = g->neighbours + g->first[u];
     float best_d2 = FLT_MAX;
     int best = nb[0];
+#if IQ3_X86
+    if (simd && g->nb_values)
+        best = nb[tk_iq3_best_neighbour_avx2(g->nb_values + g->first[u], g->nb_stride, g->count[u], x, w, scale)];
+    else
+#endif
     for (int j = 0; j < g->count[u]; ++j) {
         const int8_t *p = (const int8_t *)&g->points[nb[j]];
         float d2 = 0;
@@ -237,7 +255,7 @@ static inline void lattice_sums(const float *xval, const float *w, const int8_t 
    re-derived from the kept scale (all of them when requant_all, else only those off the grid) and the scale refitted.
    on_grid0: what the groups count as before any grid is kept. */
 static float fit_lattice(const struct iq3_grid *g, const float *xval, const float *w, const float *wa, float max,
-                         int nsteps, int on_grid0, int requant_all, int8_t L[32]) {
+                         int nsteps, int on_grid0, int requant_all, int simd, int8_t L[32]) {
     int8_t Laux[32];
     int on_grid[8], on_grid_aux[8];
     float best = 0, scale = max / (2 * IQ3_KMAX - 1);
@@ -248,7 +266,7 @@ static float fit_lattice(const struct iq3_grid *g, const float *xval, const floa
         for (int k = 0; k < 8; ++k) {
             const int u = tuple_of(xval + 4 * k, id, Laux + 4 * k);
             on_grid_aux[k] = g->map[u] >= 0;
-            if (!on_grid_aux[k]) best_neighbour(g, u, xval + 4 * k, wa + 4 * k, this_scale, Laux + 4 * k);
+            if (!on_grid_aux[k]) best_neighbour(g, u, xval + 4 * k, wa + 4 * k, this_scale, simd, Laux + 4 * k);
         }
         float sumqx, sumq2;
         lattice_sums(xval, w, Laux, &sumqx, &sumq2);
@@ -267,7 +285,7 @@ static float fit_lattice(const struct iq3_grid *g, const float *xval, const floa
             if (on_grid[k] && !requant_all) continue;
             const int u = tuple_of(xval + 4 * k, id, NULL);
             int index = g->map[u];
-            if (index < 0) index = best_neighbour(g, u, xval + 4 * k, wa + 4 * k, scale, L + 4 * k);
+            if (index < 0) index = best_neighbour(g, u, xval + 4 * k, wa + 4 * k, scale, simd, L + 4 * k);
             const int8_t *p = (const int8_t *)&g->points[index];
             for (int i = 0; i < 4; ++i) L[4 * k + i] = (int8_t)((p[i] - 1) / 2);
         }
@@ -299,7 +317,7 @@ static inline void tuple_indices(const struct iq3_grid *g, const int8_t *L, int 
     }
 }
 
-static void quantize_iq3_xxs_block(const float *x, const float *qw, block_iq3_xxs *y) {
+static void quantize_iq3_xxs_block(const float *x, const float *qw, int simd, block_iq3_xxs *y) {
     const struct iq3_grid *g = grid_xxs();
     float scales[QK_K / 32], w[32], wa[32], xval[32];
     int8_t L[32];
@@ -344,7 +362,7 @@ static void quantize_iq3_xxs_block(const float *x, const float *qw, block_iq3_xx
             scales[ib] = 0;
             continue;
         }
-        float scale = fit_lattice(g, xval, w, wa, max, 15, 1, 0, L);
+        float scale = fit_lattice(g, xval, w, wa, max, 15, 1, 0, simd, L);
         if (scale < 0) { /* never expected; the scale is stored unsigned */
             scale = -scale;
             for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -371,7 +389,7 @@ static void quantize_iq3_xxs_block(const float *x, const float *qw, block_iq3_xx
     memcpy(y->qs + QK_K / 4, signs_scales, sizeof signs_scales);
 }
 
-static void quantize_iq3_s_block(const float *x, const float *qw, block_iq3_s *y) {
+static void quantize_iq3_s_block(const float *x, const float *qw, int simd, block_iq3_s *y) {
     const struct iq3_grid *g = grid_s();
     float scales[QK_K / 32], w[32], wa[32], xval[32];
     int8_t L[32];
@@ -404,7 +422,7 @@ static void quantize_iq3_s_block(const float *x, const float *qw, block_iq3_s *y
             scales[ib] = 0;
             continue;
         }
-        float scale = fit_lattice(g, xval, w, wa, max, 9, 0, 1, L);
+        float scale = fit_lattice(g, xval, w, wa, max, 9, 0, 1, simd, L);
         if (scale < 0) {
             scale = -scale;
             for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)~signs[k];
@@ -434,12 +452,14 @@ static void quantize_iq3_s_block(const float *x, const float *qw, block_iq3_s *y
 
 void quantize_row_iq3_xxs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     block_iq3_xxs *y = vy;
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_xxs_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, &y[i]);
+    const int simd = IQ3_X86 && tk_use_simd();
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_xxs_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, simd, &y[i]);
 }
 
 void quantize_row_iq3_s_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     block_iq3_s *y = vy;
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_s_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, &y[i]);
+    const int simd = IQ3_X86 && tk_use_simd();
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_s_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, simd, &y[i]);
 }
 
 void quantize_row_iq3_xxs(const float *x, void *y, int64_t k) { quantize_row_iq3_xxs_imatrix(x, y, k, NULL); }

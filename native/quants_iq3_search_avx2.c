@@ -1,0 +1,47 @@
+/* AVX2 of the IQ3 quantizers' neighbour search (best_neighbour in quants_iq3.c): eight neighbours of an off-grid
+   4-tuple at a time (their values as floats, laid out by the grid for these loads), each lane the scalar weighted distance Σ w·(scale·q − x)·(scale·q − x) in its order (mul, then
+   add; no FMA), each lane keeping its first smallest distance below FLT_MAX; the lanes' smallest, the first in list
+   order among equals, is the scalar scan's. Same bits as the scalar path. */
+#include <float.h>
+
+#include "quants_iq3.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include "simd_x86.h"
+
+AVX2 int tk_iq3_best_neighbour_avx2(const float *values, size_t stride, int count, const float *x, const float *w,
+                                    float scale) {
+    const __m256 vscale = _mm256_set1_ps(scale);
+    __m256 best = _mm256_set1_ps(FLT_MAX);
+    __m256i best_j = _mm256_set1_epi32(-1);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int j0 = 0; j0 < count; j0 += 8) {
+        __m256 d2 = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            const __m256 q = _mm256_loadu_ps(values + i * stride + j0);
+            const __m256 diff = _mm256_sub_ps(_mm256_mul_ps(vscale, q), _mm256_set1_ps(x[i]));
+            d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(w[i]), diff), diff));
+        }
+        const __m256i j = _mm256_add_epi32(lane, _mm256_set1_epi32(j0));
+        const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(count), j));
+        const __m256 better = _mm256_and_ps(valid, _mm256_cmp_ps(d2, best, _CMP_LT_OQ));
+        best = _mm256_blendv_ps(best, d2, better);
+        best_j = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_j), _mm256_castsi256_ps(j), better));
+    }
+    float b[8];
+    int32_t bj[8];
+    _mm256_storeu_ps(b, best);
+    _mm256_storeu_si256((__m256i *)bj, best_j);
+    int found = -1;
+    float found_d2 = FLT_MAX;
+    for (int k = 0; k < 8; ++k) {
+        if (bj[k] < 0) continue;
+        if (found < 0 || b[k] < found_d2 || (b[k] == found_d2 && bj[k] < found)) {
+            found = bj[k];
+            found_d2 = b[k];
+        }
+    }
+    return found < 0 ? 0 : found;
+}
+
+#endif
