@@ -1,8 +1,9 @@
 /* The non-linear 4-bit types IQ4_NL (blocks of 32, one fp16 scale) and IQ4_XS (super-blocks of 256: an fp16 scale
    and eight 6-bit sub-block scales): quants index the 16 values of tk_iq4nl_values. Quantizers bit-exact with
    ggml's quantize_iq4_nl / quantize_iq4_xs (what ggml_quantize_chunk runs, with or without an importance matrix),
-   dequantizers, and the scalar dot products in ggml's generic order (ggml_vec_dot_iq4_nl_q8_0_generic,
-   ggml_vec_dot_iq4_xs_q8_K_generic). Same float rules as quants_k.c: fp32, ggml's order, no contraction. */
+   dequantizers, and the scalar dot products: IQ4_NL's in ggml's generic order (ggml_vec_dot_iq4_nl_q8_0_generic),
+   IQ4_XS's in the super-block order of llama.cpp's tiled prompt path (below). Same float rules as quants_k.c: fp32,
+   no contraction. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
@@ -218,14 +219,19 @@ void tk_vec_dot_iq4_nl_q8_0(int64_t n, float *s, const void *vx, const void *vy)
     *s = sumf;
 }
 
+/* IQ4_XS in super-block order (llama.cpp's tiled prompt path, ggml-cpu/tiled): per super-block the exact integer
+   Σ scale·Σ q8·value over its eight sub-blocks (|.| < 2^28), then one fused multiply-add fma(d_x·d_y, isum, sumf),
+   super-blocks in order (as Q4_0's kernels, quants_legacy.c). Any integer summation order gives these bits: the SIMD
+   kernels and the tiles (rows in lanes) meet them. */
 void tk_vec_dot_iq4_xs_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq4_xs *x = vx;
     const block_q8_K *y = vy;
     float sumf = 0;
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        const float d4d8 = tk_fp16_to_fp32(x[i].d) * y[i].d;
+        int32_t isum = 0;
         for (int ib = 0; ib < QK_K / 32; ++ib)
-            sumf += d4d8 * iq4_xs_scale(&x[i], ib) * iq4_dot32(x[i].qs + 16 * ib, y[i].qs + 32 * ib);
+            isum += iq4_xs_scale(&x[i], ib) * iq4_dot32(x[i].qs + 16 * ib, y[i].qs + 32 * ib);
+        sumf = fmaf(tk_fp16_to_fp32(x[i].d) * y[i].d, (float)isum, sumf);
     }
     *s = sumf;
 }

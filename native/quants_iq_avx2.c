@@ -1,7 +1,9 @@
-/* AVX2 dot products of the IQ4_NL and IQ4_XS weights (quants_iq.c) with their activations, in the float order of
-   ggml's AVX2 kernels (ggml-cpu/arch/x86/quants.c): the 4-bit indices looked up in the value table by a byte
-   shuffle, exact integer sums, and for IQ4_NL two 8-lane accumulators over even and odd blocks (an odd last block
-   added in scalar), for IQ4_XS one accumulator per super-block's scaled integer sums. */
+/* AVX2 dot products of the IQ4_NL and IQ4_XS weights (quants_iq.c) with their activations: the 4-bit indices looked
+   up in the value table by a byte shuffle, exact integer sums; IQ4_NL in the float order of ggml's AVX2 kernel
+   (ggml-cpu/arch/x86/quants.c: two 8-lane accumulators over even and odd blocks, an odd last block added in scalar),
+   IQ4_XS in the scalar kernel's super-block order (each super-block's scaled integer sum, then its float step). */
+#include <math.h>
+
 #include "quants.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -49,7 +51,7 @@ AVX2 void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *vx, const
     const block_iq4_xs *x = vx;
     const block_q8_K *y = vy;
     const __m128i table = _mm_loadu_si128((const __m128i *)tk_iq4nl_values);
-    __m256 acc = _mm256_setzero_ps();
+    float sumf = 0;
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const uint8_t *qs = x[i].qs;
         const int8_t *q8 = y[i].qs;
@@ -64,10 +66,9 @@ AVX2 void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *vx, const
             sum1 = _mm256_add_epi32(_mm256_madd_epi16(p1, _mm256_set1_epi16(ls1)), sum1);
             sum2 = _mm256_add_epi32(_mm256_madd_epi16(p2, _mm256_set1_epi16(ls2)), sum2);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_fp16_table[x[i].d] * y[i].d),
-                              _mm256_cvtepi32_ps(_mm256_add_epi32(sum1, sum2)), acc);
+        sumf = fmaf(tk_fp16_table[x[i].d] * y[i].d, (float)hsum8_epi32(_mm256_add_epi32(sum1, sum2)), sumf);
     }
-    *s = hsum8(acc);
+    *s = sumf;
 }
 
 #endif

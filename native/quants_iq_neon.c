@@ -1,8 +1,10 @@
 /* ARM64 dot products of the IQ4_NL and IQ4_XS weights (quants_iq.c) with their activations, with the bits of the
-   scalar kernels there (ggml's generic order): each block's integer sum is exact whatever the instructions (the 4-bit
-   indices looked up in the value table by a byte shuffle, products summed four to a lane by NEON's widening
-   multiplies or by sdot), then meets the scalar kernel's float operations in its order. At the NEON and the dotprod
-   level (simd_neon.h; dot_neon.c's table chooses). */
+   scalar kernels there (IQ4_NL's in ggml's generic order, IQ4_XS's per super-block): each block's integer sum is
+   exact whatever the instructions (the 4-bit indices looked up in the value table by a byte shuffle, products summed
+   four to a lane by NEON's widening multiplies or by sdot), then meets the scalar kernel's float operations in its
+   order. At the NEON and the dotprod level (simd_neon.h; dot_neon.c's table chooses). */
+#include <math.h>
+
 #include "quants.h"
 
 #if defined(__aarch64__)
@@ -41,12 +43,13 @@ IQ4_DOT32(iq4_dot32_dot, DOTPROD, lanes4_dot)
         const int8x16_t table = vld1q_s8(tk_iq4nl_values);                                                      \
         float sumf = 0;                                                                                         \
         for (int64_t i = 0; i < n / QK_K; ++i) {                                                                \
-            const float d4d8 = tk_fp16_to_fp32(x[i].d) * y[i].d;                                                \
+            int32_t isum = 0;                                                                                   \
             for (int ib = 0; ib < QK_K / 32; ++ib) {                                                            \
                 const int ls = (((x[i].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) |                               \
                                 (((x[i].scales_h >> 2 * ib) & 3) << 4)) - 32;                                   \
-                sumf += d4d8 * ls * DOT32(x[i].qs + 16 * ib, y[i].qs + 32 * ib, table);                         \
+                isum += ls * DOT32(x[i].qs + 16 * ib, y[i].qs + 32 * ib, table);                                \
             }                                                                                                   \
+            sumf = fmaf(tk_fp16_to_fp32(x[i].d) * y[i].d, (float)isum, sumf);                                   \
         }                                                                                                       \
         *s = sumf;                                                                                              \
     }

@@ -7,7 +7,9 @@
    signs, scales: pack) into signed 16-bit weights already multiplied by their scale (|scale·w| ≤ 32·127), laid out
    so that a 512-bit vpdpwssd against two tokens' activations adds weights 4l, 4l+1 (then 4l+2, 4l+3) into lane l
    of each token's half: integer sums in another order, so the same integers, and the float steps are the one-token
-   kernel's lane for lane. */
+   kernel's lane for lane. IQ4_XS's kernels sum in super-block order instead (quants_iq.c: one exact integer per
+   super-block, then one float step): its AVX2 and AVX-VNNI tiles add up the same lanes' integers before that step
+   (SB), its AVX512 tile holds 16 rows in lanes (tile_iq4_xs_x16). */
 #include <math.h>
 #include <string.h>
 
@@ -267,15 +269,16 @@ static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i a, __m256i b) {
 }
 static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(acc, a, b); }
 
-#define IQ_TILE_YMM(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                     \
+#define IQ_TILE_YMM(NAME, RM, RN, FACTOR, ATTR, MADD_ADD, SB)                                                 \
     static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         typedef block_iq_packed iq_block;                                                                    \
         /* per 128-bit lane: its activations 4l, 4l + 1 (l = 0..3), then 4l + 2, 4l + 3 */                   \
         const __m256i pick = _mm256_broadcastsi128_si256(                                                    \
             _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));                           \
         __m256 acc[RM][RN];                                                                                  \
+        float sb[RM][RN];                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps(), sb[r][t] = 0;                      \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
             __m256i sum[RM][RN];                                                                             \
             for (int r = 0; r < RM; r++)                                                                     \
@@ -296,19 +299,25 @@ static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { re
             }                                                                                                \
             for (int r = 0; r < RM; r++)                                                                     \
                 for (int t = 0; t < RN; t++)                                                                 \
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d),         \
-                                                _mm256_cvtepi32_ps(sum[r][t]), acc[r][t]);                   \
+                    if (SB)                                                                                  \
+                        sb[r][t] = fmaf(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d, (float)hsum8_epi32(sum[r][t]), sb[r][t]); \
+                    else                                                                                     \
+                        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d),     \
+                                                    _mm256_cvtepi32_ps(sum[r][t]), acc[r][t]);               \
         }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = SB ? sb[r][t] : FACTOR * hsum8(acc[r][t]);          \
     }
 
-IQ_TILE_YMM(tile_iq_x1_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2)
-IQ_TILE_YMM(tile_iq_x4_avx2, 2, 4, 0.25f, AVX2, madd_add_avx2)
-IQ_TILE_YMM(tile_iq_x8_avx2, 2, 4, 0.125f, AVX2, madd_add_avx2)
-IQ_TILE_YMM(tile_iq_x1_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni)
-IQ_TILE_YMM(tile_iq_x4_vnni, 2, 4, 0.25f, VNNI, madd_add_vnni)
-IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni)
+IQ_TILE_YMM(tile_iq_x1_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2, 0)
+IQ_TILE_YMM(tile_iq_x4_avx2, 2, 4, 0.25f, AVX2, madd_add_avx2, 0)
+IQ_TILE_YMM(tile_iq_x8_avx2, 2, 4, 0.125f, AVX2, madd_add_avx2, 0)
+IQ_TILE_YMM(tile_iq_x1_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 0)
+IQ_TILE_YMM(tile_iq_x4_vnni, 2, 4, 0.25f, VNNI, madd_add_vnni, 0)
+IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni, 0)
+/* the types in super-block order (IQ4_XS: quants_iq.c): the lanes' exact sum, then the one-token kernel's float step */
+IQ_TILE_YMM(tile_iq_sb_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2, 1)
+IQ_TILE_YMM(tile_iq_sb_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 1)
 
 /* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
    (lane l: values 4l..4l+3 times the activations) times d_x·d_y into one of two float accumulators, even blocks and
@@ -394,6 +403,104 @@ static AVX2 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
 
 IQ4_NL_TILE(tile_iq4_nl, 4, 4)
 
+/* IQ4_XS at the AVX512 level: 16 weight rows, one per 32-bit lane, in the one-token kernel's super-block order
+   (quants_iq.c). A row tile is packed once for all its tokens (pack_iq4_xs_x16): per super-block and sub-block, 8
+   registers of 4 consecutive values + 128 (unsigned bytes) of each row, the rows' sub-block scales, and their d. A
+   token's sub-block is then 8 vpdpbusd against its own activation bytes, four at a time broadcast to every row,
+   starting from -128·Σ of its 32 activations (from the Q8_K block sums): the exact Σ value·q8 of each row; times
+   the rows' scales (vpmulld) into the super-block's integer, then the kernel's float step for the 16 rows at once. */
+typedef struct { uint8_t w[QK_K / 32][8][64]; int32_t ls[QK_K / 32][16]; float d[16]; } block_iq4_xs_x16;
+#define IQ4_XS_X16_ROW_SIZE (sizeof(block_iq4_xs_x16) / 16) /* the packed bytes per row and super-block */
+
+/* rows x + r·bx for r < nr (the rest zero scales and d), 16 interleaved per super-block, gathered from the file */
+static AVX512 void pack_iq4_xs_x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
+    const __mmask16 live = (__mmask16)((1u << nr) - 1);
+    const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int)bx));
+    const __m512i zero = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F);
+    const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tk_iq4nl_values)),
+                                           _mm512_set1_epi8((char)0x80));
+    block_iq4_xs_x16 *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_iq4_xs *x = (const block_iq4_xs *)vx + b;
+        for (int ib = 0; ib < QK_K / 32; ib++)
+            for (int j = 0; j < 4; j++) {
+                /* bytes 4j..4j+3 of the sub-block's qs: elements 4j.. in the low nibbles, 16 + 4j.. in the high ones */
+                const __m512i q = _mm512_mask_i32gather_epi32(zero, live, rows, x->qs + 16 * ib + 4 * j, 1);
+                _mm512_storeu_si512(p[b].w[ib][j], _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4)));
+                _mm512_storeu_si512(p[b].w[ib][j + 4],
+                                    _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32(q, 4), m4)));
+            }
+        /* d and scales_h: the word at each row's block; scales_l: the next */
+        const __m512i dh = _mm512_mask_i32gather_epi32(zero, live, rows, &x->d, 1);
+        const __m512i sl = _mm512_mask_i32gather_epi32(zero, live, rows, x->scales_l, 1);
+        const __m512i m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const __m512i lo = _mm512_and_si512(_mm512_srl_epi32(sl, _mm_cvtsi32_si128(4 * ib)), m15);
+            const __m512i hi = _mm512_and_si512(_mm512_srl_epi32(dh, _mm_cvtsi32_si128(16 + 2 * ib)), m3);
+            const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+            _mm512_storeu_si512(p[b].ls[ib], _mm512_maskz_mov_epi32(live, ls));
+        }
+        _mm512_storeu_ps(p[b].d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dh)));
+    }
+}
+
+/* 16 rows x RN tokens from rows packed by pack_iq4_xs_x16 */
+#define IQ4_XS_X16_TILE(NAME, RN)                                                                             \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        (void)bx;                                                                                            \
+        const block_iq4_xs_x16 *p = vx;                                                                      \
+        __m512 acc[RN];                                                                                      \
+        for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q8_K *y[RN];                                                                         \
+            int32_t corr[RN][QK_K / 32];                                                                     \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                y[t] = Q8_K_ROW(t, b);                                                                       \
+                _mm256_storeu_si256((__m256i *)corr[t],                                                      \
+                                    _mm256_madd_epi16(load32(y[t]->bsums), _mm256_set1_epi16(-128)));        \
+            }                                                                                                \
+            /* read back as broadcast loads */                                                               \
+            __asm__ __volatile__("" ::: "memory");                                                           \
+            __m512i isum[RN];                                                                                \
+            for (int t = 0; t < RN; t++) isum[t] = _mm512_setzero_si512();                                   \
+            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
+                __m512i raw[RN];                                                                             \
+                for (int t = 0; t < RN; t++) raw[t] = _mm512_set1_epi32(corr[t][ib]);                        \
+                for (int g = 0; g < 8; g++) {                                                                \
+                    const __m512i w = _mm512_loadu_si512(p[b].w[ib][g]);                                     \
+                    for (int t = 0; t < RN; t++) {                                                           \
+                        int32_t a;                                                                           \
+                        memcpy(&a, y[t]->qs + 32 * ib + 4 * g, 4);                                           \
+                        raw[t] = _mm512_dpbusd_epi32(raw[t], w, _mm512_set1_epi32(a));                       \
+                    }                                                                                        \
+                }                                                                                            \
+                const __m512i sc = _mm512_loadu_si512(p[b].ls[ib]);                                          \
+                for (int t = 0; t < RN; t++) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(raw[t], sc)); \
+            }                                                                                                \
+            const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
+            for (int t = 0; t < RN; t++)                                                                     \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dx, _mm512_set1_ps(y[t]->d)),  \
+                                         acc[t]);                                                            \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            float o[16];                                                                                     \
+            _mm512_storeu_ps(o, acc[t]);                                                                     \
+            for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
+        }                                                                                                    \
+    }
+IQ4_XS_X16_TILE(tile_iq4_xs_x16_2, 2)
+IQ4_XS_X16_TILE(tile_iq4_xs_x16_4, 4)
+IQ4_XS_X16_TILE(tile_iq4_xs_x16_8, 8)
+/* 8 tokens a pass; 4 or 2 for a few generating sequences */
+#define IQ4_XS_X16_ENTRY(NAME, RN, NARROW)                                                                    \
+    static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 16, .cols = RN, .pack_size = IQ4_XS_X16_ROW_SIZE, \
+                                               .act_type = TK_Q8_K, .narrow = NARROW, .pack_rows = pack_iq4_xs_x16};
+IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_2, 2, NULL)
+IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_4, 4, &tile_iq4_xs_x16_2_tile)
+IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_8, 8, &tile_iq4_xs_x16_4_tile)
+_Static_assert(IQ4_XS_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+
 /* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
 #define DELTA_OF(x) ((const int16_t *)NULL) /* the tiles without IQ1_S's shift term (never read) */
 IQ_TILE(tile_iq_x1, 4, 6, 1.0f, block_iq_packed, 0)
@@ -410,7 +517,9 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
         {tile_iq_##FACTOR##_avx2, 2, 4, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL},                       \
         {tile_iq_##FACTOR##_vnni, 2, 4, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL},                       \
         {tile_iq_##FACTOR, 4, 6, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL}};
-IQ_TILE_ENTRIES(iq4_xs, x1, pack_iq4_xs)
+static const struct tk_gemm iq4_xs_tiles[2] = {
+    {tile_iq_sb_avx2, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL},
+    {tile_iq_sb_vnni, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL}};
 IQ_TILE_ENTRIES(iq2_xxs, x8, pack_iq2_xxs)
 IQ_TILE_ENTRIES(iq2_xs, x8, pack_iq2_xs)
 IQ_TILE_ENTRIES(iq2_s, x8, pack_iq2_s)
@@ -424,7 +533,7 @@ static const struct tk_gemm iq4_nl_tile = {tile_iq4_nl, 4, 4, pack_iq4_nl, sizeo
 const struct tk_gemm *tk_gemm_iq_x86(int wtype, int level) {
     if (level < 0 || level > 2) return NULL;
     switch (wtype) {
-    case TK_IQ4_XS: return &iq4_xs_tiles[level];
+    case TK_IQ4_XS: return level == 2 ? &tile_iq4_xs_x16_8_tile : &iq4_xs_tiles[level];
     case TK_IQ4_NL: return level == 2 ? &iq4_nl_tile : NULL;
     case TK_IQ1_S: return level == 2 ? &iq1_s_tile : NULL;
     case TK_IQ2_XXS: return &iq2_xxs_tiles[level];
