@@ -186,6 +186,11 @@ void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void 
    of 8) elements scaled by id */
 void tk_iq4_try_sums_avx2(const float *x, const float *w, float max, int ntry, float *sumqx, float *sumq2);
 void tk_iq4_indices_avx2(const float *x, float id, int n, uint8_t *L);
+/* the IQ2/IQ3 quantizers' neighbour search on AVX2 (quants_grid_search_avx2.c; x86 only, same bits as their
+   best_neighbour): of `count` neighbours whose value i < nvalues is values[i·stride + j] (readable up to
+   j = count + 7), the position of the first with the smallest Σ w·(scale·q − x)² below FLT_MAX, else 0 */
+int tk_best_neighbour_avx2(const float *values, size_t stride, int nvalues, int count, const float *x, const float *w,
+                           float scale);
 /* the imatrix affine fit's grid search on AVX2 (quants_imatrix_avx2.c; x86 only, same bits): `count` <= 8 grids from
    `first`, all over x − min, n <= 32; the first improving on best_err (its quants, scale, min, error set), or count */
 int tk_affine_steps_avx2(int n, int nmax, const float *x, const float *w, float min, float max, float sum_w,
@@ -361,6 +366,25 @@ static inline float tk_lanes_sum8(const float a[8]) {
             for (int l = 0; l < 8; ++l) acc[l] = fmaf(d, (float)lane[l], acc[l]);                                 \
         }                                                                                                         \
         *s = FACTOR * tk_lanes_sum8(acc);                                                                         \
+    }
+/* The same in super-block order (llama.cpp's tiled prompt path): the lanes' exact sum, then one fused step
+   fma((d_x·FACTOR)·d_y, isum, sumf), super-blocks in order; any integer order gives its bits (tiles_iq_x86.c) */
+#define TK_Q8_K_SUPER_DOT_SB(NAME, BLOCK, FACTOR, ...)                                                            \
+    void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                              \
+        const BLOCK *x = vx;                                                                                      \
+        const block_q8_K *y = vy;                                                                                 \
+        float sumf = 0;                                                                                           \
+        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                  \
+            int32_t lane[8] = {0};                                                                                \
+            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                              \
+                const int8_t *q8 = y[i].qs + 32 * ib;                                                             \
+                __VA_ARGS__                                                                                       \
+            }                                                                                                     \
+            int32_t isum = 0;                                                                                     \
+            for (int l = 0; l < 8; ++l) isum += lane[l];                                                          \
+            sumf = fmaf(tk_fp16_table[x[i].d] * FACTOR * y[i].d, (float)isum, sumf);                              \
+        }                                                                                                         \
+        *s = sumf;                                                                                                \
     }
 
 /* The small helpers of the quantizers (quants_k.c and the files that follow its rules): ggml's GROUP_MAX_EPS (a group

@@ -24,6 +24,12 @@
 #include "quants_iq2.h"
 #include "quants_iq2_grids.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#define IQ2_X86 1 /* best_neighbour on AVX2 (quants_grid_search_avx2.c) */
+#else
+#define IQ2_X86 0
+#endif
+
 /* ---------------------------------------------------------------------------------------------- value tables */
 
 uint64_t tk_iq2xxs_grid[256], tk_iq2xs_grid[512], tk_iq2s_grid[1024];
@@ -63,13 +69,16 @@ struct iq2_search {
     int8_t (*points)[8];
     int32_t *map;
     uint16_t *neighbours;
+    float *nb_values; /* value i of the point at neighbours[o] at [i·nb_stride + o] (8 zeros of padding): the SIMD
+                         search's loads */
+    size_t nb_stride;
     pthread_once_t once;
 };
 
 static struct iq2_search SEARCH[3] = {
-    {256, 2, iq2xxs_kgrid, NULL, NULL, NULL, PTHREAD_ONCE_INIT},
-    {512, 2, iq2xs_kgrid, NULL, NULL, NULL, PTHREAD_ONCE_INIT},
-    {1024, 1, iq2s_kgrid, NULL, NULL, NULL, PTHREAD_ONCE_INIT},
+    {256, 2, iq2xxs_kgrid, NULL, NULL, NULL, NULL, 0, PTHREAD_ONCE_INIT},
+    {512, 2, iq2xs_kgrid, NULL, NULL, NULL, NULL, 0, PTHREAD_ONCE_INIT},
+    {1024, 1, iq2s_kgrid, NULL, NULL, NULL, NULL, 0, PTHREAD_ONCE_INIT},
 };
 
 /* Grid points of entry i (not on the grid) at its nwant nearest distances, by distance then index (ggml's qsort on
@@ -121,6 +130,17 @@ static void build_search(struct iq2_search *t) {
         o += 1 + (size_t)n;
     }
     free(d2);
+    t->nb_stride = total + 8;
+    t->nb_values = malloc(8 * t->nb_stride * sizeof(float));
+    if (!t->nb_values) goto fail;
+    for (size_t j = 0; j < 8 * t->nb_stride; ++j) t->nb_values[j] = 0.f;
+    for (int i = 0; i < IQ2_MAP_SIZE; ++i) {
+        if (t->map[i] >= 0) continue;
+        const size_t first = (size_t)(-t->map[i] - 1);
+        for (int j = 1; j <= t->neighbours[first]; ++j)
+            for (int k = 0; k < 8; ++k)
+                t->nb_values[k * t->nb_stride + first + j] = t->points[t->neighbours[first + j]][k];
+    }
     return;
 fail:
     fprintf(stderr, "toolkit: out of memory building the IQ2 quantization tables\n");
@@ -145,6 +165,12 @@ static int best_neighbour(const struct iq2_search *t, const uint16_t *nb, const 
                           float scale, int8_t *L) {
     float best_d2 = FLT_MAX;
     int g = nb[1];
+#if IQ2_X86
+    if (tk_use_simd())
+        g = nb[1 + tk_best_neighbour_avx2(t->nb_values + (nb - t->neighbours) + 1, t->nb_stride, 8, nb[0], xval, waux,
+                                          scale)];
+    else
+#endif
     for (int j = 1; j <= nb[0]; ++j) {
         const int8_t *pg = t->points[nb[j]];
         float d2 = 0;
@@ -494,7 +520,8 @@ TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_xs_q8_K, block_iq2_xs, 0.125f,
     const uint8_t sc = x[i].scales[ib];
     lanes_add(lane, g, signs, q8, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);)
 
-TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_s_q8_K, block_iq2_s, 0.125f,
+/* IQ2_S in super-block order, as IQ4_XS (quants_iq.c): the prompt tiles' integer per super-block */
+TK_Q8_K_SUPER_DOT_SB(tk_vec_dot_iq2_s_q8_K, block_iq2_s, 0.125f,
     uint64_t g[4];
     unsigned signs[4];
     for (int l = 0; l < 4; ++l) {

@@ -23,7 +23,7 @@
 #define IQ3_MAP_SIZE 4096         /* every 4-tuple of levels, 3 bits each */
 #define IQ3_XXS_GROUP_EPS 1e-8f   /* ggml's GROUP_MAX_EPS_IQ3_XXS */
 #if defined(__x86_64__) || defined(__i386__)
-#define IQ3_X86 1                 /* best_neighbour on AVX2 (quants_iq3_search_avx2.c) */
+#define IQ3_X86 1                 /* best_neighbour on AVX2 (quants_grid_search_avx2.c) */
 #else
 #define IQ3_X86 0
 #endif
@@ -204,7 +204,7 @@ static int best_neighbour(const struct iq3_grid *g, int u, const float *x, const
     int best = nb[0];
 #if IQ3_X86
     if (simd && g->nb_values)
-        best = nb[tk_iq3_best_neighbour_avx2(g->nb_values + g->first[u], g->nb_stride, g->count[u], x, w, scale)];
+        best = nb[tk_best_neighbour_avx2(g->nb_values + g->first[u], g->nb_stride, 4, g->count[u], x, w, scale)];
     else
 #endif
     for (int j = 0; j < g->count[u]; ++j) {

@@ -28,11 +28,6 @@ void dequantize_row_iq3_xxs(const void *x, float *y, int64_t k);
 void dequantize_row_iq3_s(const void *x, float *y, int64_t k);
 void tk_vec_dot_iq3_xxs_q8_K(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq3_s_q8_K(int64_t n, float *s, const void *x, const void *y);
-/* the quantizers' neighbour search on AVX2 (quants_iq3_search_avx2.c; x86 only, same bits as best_neighbour): of the
-   `count` neighbours whose value i is values[i·stride + j] (readable up to j = count + 7), the position of the first
-   with the smallest Σ w·(scale·q − x)² below FLT_MAX, else 0 */
-int tk_iq3_best_neighbour_avx2(const float *values, size_t stride, int count, const float *x, const float *w,
-                               float scale);
 void tk_vec_dot_iq3_xxs_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_iq3_s_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 /* ARM64 (quants_iq3_neon.c): the scalar kernels' bits at the NEON and the dotprod level */
