@@ -525,56 +525,6 @@ AVX2 static void pv_avx2(float *acc, const float *p, const char *vbase, size_t r
    accumulators as two (elements 0-15 and 16-31 of each step of 32), reduced as it reduces them */
 #define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw")))
 
-/* s[j] = (q · k_j) · scale for j in [j0, j1) and every query of a group, k_j (F32 rows, or F16 converted once per
-   row into kf: hd floats) read once for the group */
-AVX512 static void scores_group_avx512(struct att_query *g, int G, const char *kbase, size_t row_k, int f16,
-                                       int64_t j0, int64_t j1, int64_t hd, float scale, float *kf) {
-    const int64_t np = hd & ~(int64_t)31;
-    for (int64_t j = j0; j < j1; j++) {
-        const char *kj = kbase + (size_t)j * row_k;
-        const float *k = (const float *)kj;
-        if (f16) {
-            int64_t d = 0;
-            for (; d + 16 <= hd; d += 16)
-                _mm512_storeu_ps(kf + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)kj + d))));
-            for (; d < hd; d++) kf[d] = tk_fp16_table[((const uint16_t *)kj)[d]];
-            k = kf;
-        }
-        for (int i = 0; i < G; i++) {
-            const float *q = g[i].q;
-            __m512 a01 = _mm512_setzero_ps(), a23 = a01;
-            for (int64_t d = 0; d < np; d += 32) {
-                a01 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a01);
-                a23 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), _mm512_loadu_ps(k + d + 16), a23);
-            }
-            const __m512 t = _mm512_add_ps(a01, a23);  /* a0 + a2 | a1 + a3 */
-            const __m256 u = _mm256_add_ps(_mm512_castps512_ps256(t),
-                                           _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
-            const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-            const __m128 t1 = _mm_hadd_ps(t0, t0);
-            float sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
-            for (int64_t d = np; d < hd; d++) sum += q[d] * k[d];
-            g[i].s[j] = sum * scale;
-        }
-    }
-}
-
-/* acc[(j mod 32) · hd + d] += p_j · v_j[d] for j in [j0, j1) (FMA), v_j F32 rows */
-AVX512 static void pv_avx512(float *acc, const float *p, const char *rows, size_t row, int64_t j0, int64_t j1,
-                             int64_t hd) {
-    for (int64_t j = j0; j < j1; j++) {
-        float *a = acc + (j & 31) * hd;
-        const float *v = (const float *)(rows + (size_t)(j - j0) * row);
-        const __m512 pv = _mm512_set1_ps(p[j]);
-        int64_t d = 0;
-        for (; d + 16 <= hd; d += 16)
-            _mm512_storeu_ps(a + d, _mm512_fmadd_ps(_mm512_loadu_ps(v + d), pv, _mm512_loadu_ps(a + d)));
-        if (d < hd)  /* hd is a multiple of 8 */
-            _mm256_storeu_ps(a + d, _mm256_fmadd_ps(_mm256_loadu_ps(v + d), _mm512_castps512_ps256(pv),
-                                                    _mm256_loadu_ps(a + d)));
-    }
-}
-
 /* rows j0..j1 of an F16 cache converted to F32 into dst (hd floats per row) */
 AVX512 static void f16_rows_avx512(float *dst, const char *rows, size_t row, int64_t n, int64_t hd) {
     for (int64_t j = 0; j < n; j++) {
@@ -583,6 +533,169 @@ AVX512 static void f16_rows_avx512(float *dst, const char *rows, size_t row, int
         int64_t d = 0;
         for (; d + 16 <= hd; d += 16) _mm512_storeu_ps(o + d, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + d))));
         for (; d < hd; d++) o[d] = tk_fp16_table[h[d]];
+    }
+}
+
+/* dot_ggml_avx2(q, k, hd)'s four accumulators for hd a multiple of 32, as one register: elements 0-7 a0 + a2, 8-15
+   a1 + a3 (its first addition) */
+AVX512 static inline __m512 dot_halves_avx512(const float *q, const float *k, int64_t hd) {
+    __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+    for (int64_t d = 0; d < hd; d += 32) {
+        a01 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), a01);
+        a23 = _mm512_fmadd_ps(_mm512_loadu_ps(q + d + 16), _mm512_loadu_ps(k + d + 16), a23);
+    }
+    return _mm512_add_ps(a01, a23);
+}
+
+/* dot_ggml_avx2's reduction of sixteen dot_halves_avx512 results at once, the sum of t[p] in lane p: a transposing
+   tree whose every addition is one of the reduction's (elements 0-7 + 8-15, then the 128-bit halves, then the two
+   hadds), so each lane's sum has the one-pair bits with about two shuffles per pair instead of six */
+AVX512 static inline __m512 reduce16_avx512(const __m512 t[16]) {
+    __m512 u[8], w[4], z[2];
+    for (int m = 0; m < 8; m++)  /* [t2m's 8-lane sum | t2m+1's] */
+        u[m] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * m], t[2 * m + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_f32x4(t[2 * m], t[2 * m + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    for (int m = 0; m < 4; m++)  /* 128-bit lane l: pair 4m + l's four-lane sum */
+        w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(u[2 * m], u[2 * m + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+    for (int m = 0; m < 2; m++)  /* lane l: the first hadd of pairs 8m + l and 8m + 4 + l */
+        z[m] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * m], w[2 * m + 1], 0x88), _mm512_shuffle_ps(w[2 * m], w[2 * m + 1], 0xDD));
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+    /* element 4l + c of s holds pair l + 4c */
+    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), s);
+}
+
+/* one (query, position) pair's score as dot_ggml_avx2 gives it, times scale */
+AVX512 static float score_avx512(const float *q, const float *k, int64_t hd, float scale) {
+    const int64_t np = hd & ~(int64_t)31;
+    const __m512 t = dot_halves_avx512(q, k, np);
+    const __m256 u = _mm256_add_ps(_mm512_castps512_ps256(t), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+    const __m128 t1 = _mm_hadd_ps(t0, t0);
+    float sum = _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+    for (int64_t d = np; d < hd; d++) sum += q[d] * k[d];
+    return sum * scale;
+}
+
+/* the dot_halves_avx512 of NQ queries (1 or 2) with 16 / NQ consecutive rows of k, for hd = HD (a multiple of 32, a
+   constant where it is inlined, so that the queries stay in registers): query i's with row p in t[i · 16 / NQ + p] */
+AVX512 static inline __attribute__((always_inline)) void dot_tile_avx512(__m512 t[16], const float *const q[2], int NQ,
+                                                                         const char *rows, size_t row, int64_t HD) {
+    __m512 qv[2][16];
+#pragma GCC unroll 2
+    for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 16
+        for (int64_t d = 0; d < HD / 16; d++) qv[i][d] = _mm512_loadu_ps(q[i] + 16 * d);
+#pragma GCC unroll 16
+    for (int p = 0; p < 16 / NQ; p++) {
+        const float *k = (const float *)(rows + (size_t)p * row);
+#pragma GCC unroll 2
+        for (int i = 0; i < NQ; i++) {
+            __m512 a01 = _mm512_setzero_ps(), a23 = a01;
+#pragma GCC unroll 8
+            for (int64_t d = 0; d < HD / 32; d++) {
+                a01 = _mm512_fmadd_ps(qv[i][2 * d], _mm512_loadu_ps(k + 32 * d), a01);
+                a23 = _mm512_fmadd_ps(qv[i][2 * d + 1], _mm512_loadu_ps(k + 32 * d + 16), a23);
+            }
+            t[i * 16 / NQ + p] = _mm512_add_ps(a01, a23);
+        }
+    }
+}
+
+/* s[j] = (q · k_j) · scale for j in [j0, j1) and every query of a group, k_j F32 rows (F16 ones converted once for the
+   block into kf: ATT_BLOCK × hd floats), each read once for a pair of queries: for hd 64 (two queries × 8 positions)
+   and 128 (one × 16), the sixteen pairs reduced together; the rest a pair at a time */
+AVX512 static void scores_group_avx512(struct att_query *g, int G, const char *kbase, size_t row_k, int f16,
+                                       int64_t j0, int64_t j1, int64_t hd, float scale, float *kf) {
+    const char *rows = kbase + (size_t)j0 * row_k;
+    size_t row = row_k;
+    if (f16) {
+        f16_rows_avx512(kf, rows, row_k, j1 - j0, hd);
+        rows = (const char *)kf, row = sizeof(float) * (size_t)hd;
+    }
+#define KROW(j) (rows + (size_t)((j) - j0) * row)
+    const __m512 sc = _mm512_set1_ps(scale);
+    const int NQ = hd == 64 ? 2 : 1, per = 16 / NQ;
+    for (int i = 0; i < G; i += NQ) {
+        const int nq = i + NQ <= G ? NQ : 1;
+        const float *const q[2] = {g[i].q, g[i + nq - 1].q};
+        int64_t j = j0;
+        if (nq == NQ && (hd == 64 || hd == 128))
+            for (; j + per <= j1; j += per) {
+                __m512 t[16];
+                if (hd == 64) dot_tile_avx512(t, q, 2, KROW(j), row, 64);
+                else dot_tile_avx512(t, q, 1, KROW(j), row, 128);
+                const __m512 s = _mm512_mul_ps(reduce16_avx512(t), sc);
+                if (NQ == 2) {
+                    _mm256_storeu_ps(g[i].s + j, _mm512_castps512_ps256(s));
+                    _mm256_storeu_ps(g[i + 1].s + j, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+                } else {
+                    _mm512_storeu_ps(g[i].s + j, s);
+                }
+            }
+        for (; j < j1; j++)
+            for (int a = 0; a < nq; a++) g[i + a].s[j] = score_avx512(q[a], (const float *)KROW(j), hd, scale);
+    }
+#undef KROW
+}
+
+/* pv_avx2 for NQ queries on 512-bit registers (one slot's partial sums of each in registers while the positions of that
+   slot pass, so the same FMAs in the same order per slot), over elements d0 .. d0 + 16 · ND of each row; NQ, ND and F16
+   constants where it is inlined */
+AVX512 static inline __attribute__((always_inline)) void pv_tile_avx512(struct att_query *g, int NQ, int ND,
+                                                                        const char *rows, size_t row, int F16,
+                                                                        int64_t j0, int64_t j1, int64_t d0, int64_t hd) {
+    for (int k = 0; k < 32; k++) {
+        int64_t j = j0 + ((k - j0) & 31);  /* the block's first position in slot k */
+        if (j >= j1) continue;
+        __m512 a[4][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+            for (int c = 0; c < ND; c++) a[i][c] = _mm512_loadu_ps(g[i].acc + k * hd + d0 + 16 * c);
+        for (; j < j1; j += 32) {
+            const char *v = rows + (size_t)(j - j0) * row;
+            __m512 vv[4];
+#pragma GCC unroll 4
+            for (int c = 0; c < ND; c++)
+                vv[c] = F16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)v + d0 + 16 * c)))
+                            : _mm512_loadu_ps((const float *)v + d0 + 16 * c);
+#pragma GCC unroll 4
+            for (int i = 0; i < NQ; i++) {
+                const __m512 p = _mm512_set1_ps(g[i].s[j]);
+#pragma GCC unroll 4
+                for (int c = 0; c < ND; c++) a[i][c] = _mm512_fmadd_ps(vv[c], p, a[i][c]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 4
+            for (int c = 0; c < ND; c++) _mm512_storeu_ps(g[i].acc + k * hd + d0 + 16 * c, a[i][c]);
+    }
+}
+
+/* pv_avx2 for every query of a group over value rows j0 .. j1 (F32, or F16 converted as they are read), four
+   queries at a time, 64 elements of a row at a time (hd a multiple of 16; else a query at a time, over F32 rows) */
+AVX512 static void pv_group_avx512(struct att_query *g, int G, const char *rows, size_t row, int f16, int64_t j0,
+                                   int64_t j1, int64_t hd) {
+    for (int i = 0; i < G;) {
+        const int nq = hd % 16 ? 0 : i + 4 <= G ? 4 : 1;
+        if (!nq) {
+            pv_avx2(g[i].acc, g[i].s, rows, row, f16, j0, j1, hd);
+            i++;
+            continue;
+        }
+        for (int64_t d0 = 0; d0 < hd;) {
+            const int64_t left = hd - d0;
+            const int nd = left >= 64 ? 4 : left >= 32 ? 2 : 1;
+#define PV_TILE(NQ, ND) (f16 ? pv_tile_avx512(g + i, NQ, ND, rows, row, 1, j0, j1, d0, hd) \
+                             : pv_tile_avx512(g + i, NQ, ND, rows, row, 0, j0, j1, d0, hd))
+            if (nq == 4) nd == 4 ? PV_TILE(4, 4) : nd == 2 ? PV_TILE(4, 2) : PV_TILE(4, 1);
+            else nd == 4 ? PV_TILE(1, 4) : nd == 2 ? PV_TILE(1, 2) : PV_TILE(1, 1);
+#undef PV_TILE
+            d0 += 16 * nd;
+        }
+        i += nq;
     }
 }
 
@@ -702,14 +815,17 @@ static void attend_group(struct att_query *g, int G, const struct tk_kv *kv, int
         size_t row = v_float ? kv->row_v : sizeof(float) * (size_t)hd;
         int rows_f16 = f16;
 #ifdef TK_X86
-        if (simd >= 2 && f16) {  /* the block's F16 rows converted once for the group */
-            f16_rows_avx512(vblock, rows, row, j1 - j0, hd);
-            rows = (const char *)vblock, row = sizeof(float) * (size_t)hd, rows_f16 = 0;
+        if (simd >= 2 && v_float) {  /* F32 or F16 rows: the whole range at once, each row converted where it is read */
+            pv_group_avx512(g, G, vbase + (size_t)first * kv->row_v, kv->row_v, f16, first, T, hd);
+            break;
+        }
+        if (simd >= 2) {
+            pv_group_avx512(g, G, rows, row, 0, j0, j1, hd);
+            continue;
         }
 #endif
         for (int i = 0; i < G; i++) {
 #ifdef TK_X86
-            if (simd >= 2) { pv_avx512(g[i].acc, g[i].s, rows, row, j0, j1, hd); continue; }
             if (simd) { pv_avx2(g[i].acc, g[i].s, rows, row, rows_f16, j0, j1, hd); continue; }
 #endif
             for (int64_t j = j0; j < j1; j++) {
