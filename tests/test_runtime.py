@@ -411,3 +411,30 @@ def test_quantized_kv_cache(llama256, cache):
         assert np.abs(q_scores - theirs(t)).max() < 2e-2
     else:
         assert 0 < dev < 1.5 * ref_dev, (dev, ref_dev)
+
+
+@pytest.mark.skipif(not native.cpu_features().get("avx512vnni"), reason="CPU without AVX512")
+@pytest.mark.parametrize("hidden,heads,kv_heads", [(512, 8, 2), (512, 4, 4), (384, 6, 2)],
+                         ids=["head64-group4", "head128-alone", "head64-group3"])
+def test_attention_gives_the_avx2_bits_on_avx512(tmp_path, hidden, heads, kv_heads):
+    """The AVX512 attention (scores of 16 (query, position) pairs reduced together, p·v with partial sums held in
+    registers, F16 rows converted as read) gives the AVX2 attention's bits: a Q4_0 model, whose products give the same
+    bits at every level, evaluated over 300 positions in three calls (tiles with tails, several query heads per kv head,
+    an odd group), logits equal with the kernels capped at AVX2 and not."""
+    ckpt = make_checkpoint("llama", tmp_path / "ckpt", hidden_size=hidden, num_attention_heads=heads,
+                           num_key_value_heads=kv_heads, num_hidden_layers=1, intermediate_size=256,
+                           matrix_std=0.02)
+    convert_model(ckpt, outtype="f32", outfile=tmp_path / "f32.gguf")
+    path = quantized(tmp_path / "f32.gguf", tmp_path, "Q4_0")
+    tokens = list(np.random.default_rng(hidden + heads).integers(3, 250, 300))
+    logits = []
+    for level in (1, 3):
+        native.set_isa_limit(level)
+        try:
+            llm = Llama(str(path), n_ctx=320, n_threads=2, logits_all=True, verbose=False)
+            for a, b in ((0, 200), (200, 203), (203, 300)):
+                llm.eval(tokens[a:b])
+            logits.append(llm.scores)
+        finally:
+            native.set_isa_limit(3)
+    assert np.array_equal(logits[0], logits[1])
