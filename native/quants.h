@@ -196,6 +196,8 @@ int tk_best_neighbour_avx2(const float *values, size_t stride, int nvalues, int 
 int tk_affine_steps_avx2(int n, int nmax, const float *x, const float *w, float min, float max, float sum_w,
                          float sum_x, float rmin, float rdelta, int first, int count, float best_err, uint8_t *L,
                          float *scale, float *the_min, float *err);
+/* fit_symmetric_weighted's 18 grids on AVX2 (quants_imatrix_avx2.c; x86 only, same bits): their Σw·x·l, Σw·l² */
+void tk_symmetric_tries_avx2(int n, int nmax, const float *x, const float *w, float max, float *sumlx, float *suml2);
 
 /* TQ1_0 / TQ2_0 (quants_ternary.c, quants_ternary_avx2.c): quantizers (ggml's reference; no importance matrix),
    dequantizers, dot products with Q8_K activations */

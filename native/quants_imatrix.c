@@ -23,6 +23,12 @@
 
 
 
+#if defined(__x86_64__) || defined(__i386__)
+#define AFFINE_X86 1 /* the grid searches of fit_symmetric_weighted and fit_affine_weighted on AVX2 (quants_imatrix_avx2.c) */
+#else
+#define AFFINE_X86 0
+#endif
+
 /* Symmetric weighted fit x ≈ scale·(L − nmax), L − nmax in [−nmax, nmax−1] (make_qx_quants, rmse_type 1, weights
    w): the grid mapping the signed max to −nmax and its 18 neighbours −(nmax + 0.1·is)/max, keeping the one with the
    largest (Σw·x·l)²/Σw·l². Returns the least-squares scale of the kept grid. */
@@ -46,31 +52,37 @@ static float fit_symmetric_weighted(int n, int nmax, const float *x, const float
     }
     float scale = suml2 ? sumlx / suml2 : 0.0f;
     float best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
+    /* the 18 grids' sums (independent of one another), then the sequential choice */
+    float try_lx[18], try_l2[18];
+#if AFFINE_X86
+    if (n <= 32 && tk_use_simd()) tk_symmetric_tries_avx2(n, nmax, x, w, max, try_lx, try_l2);
+    else
+#endif
+    for (int k = 0; k < 18; ++k) {
+        iscale = -(nmax + 0.1f * (k < 9 ? k - 9 : k - 8)) / max;
         sumlx = suml2 = 0;
         for (int i = 0; i < n; ++i) {
             int l = imax(-nmax, imin(nmax - 1, tk_nearest_int(iscale * x[i])));
             sumlx += w[i] * x[i] * l;
             suml2 += w[i] * l * l;
         }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; ++i) {
-                L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, tk_nearest_int(iscale * x[i]))));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        try_lx[k] = sumlx;
+        try_l2[k] = suml2;
+    }
+    int kept = -1;
+    for (int k = 0; k < 18; ++k) {
+        if (try_l2[k] > 0 && try_lx[k] * try_lx[k] > best * try_l2[k]) {
+            kept = k;
+            scale = try_lx[k] / try_l2[k];
+            best = scale * try_lx[k];
         }
+    }
+    if (kept >= 0) {
+        iscale = -(nmax + 0.1f * (kept < 9 ? kept - 9 : kept - 8)) / max;
+        for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, tk_nearest_int(iscale * x[i]))));
     }
     return scale;
 }
-
-#if defined(__x86_64__) || defined(__i386__)
-#define AFFINE_X86 1 /* fit_affine_weighted's grid search on AVX2 (quants_imatrix_avx2.c) */
-#else
-#define AFFINE_X86 0
-#endif
 
 /* One stretched grid of fit_affine_weighted, inverse scale iscale over x − min: its quants in Laux, the determinant
    D of the least-squares system and, when D > 0, the refitted scale and min (min ≤ 0: a positive one is replaced by

@@ -64,4 +64,34 @@ AVX2 int tk_affine_steps_avx2(int n, int nmax, const float *x, const float *w, f
     }
 }
 
+/* fit_symmetric_weighted's 18 grids −(nmax + 0.1·is)/max, is = −9..−1, 1..9 (make_qx_quants with weights), in three
+   registers of lanes: Σw·x·l and Σw·l² of each, in the scalar order; n <= 32 */
+AVX2 void tk_symmetric_tries_avx2(int n, int nmax, const float *x, const float *w, float max, float *sumlx,
+                                  float *suml2) {
+    float is[24];
+    for (int k = 0; k < 24; ++k) {
+        const int t = k < 9 ? k - 9 : k < 18 ? k - 8 : 9;
+        is[k] = -(nmax + 0.1f * t) / max;
+    }
+    const __m256i lo = _mm256_set1_epi32(-nmax), hi = _mm256_set1_epi32(nmax - 1);
+    for (int g = 0; g < 3; ++g) {
+        const __m256 iscale = _mm256_loadu_ps(is + 8 * g);
+        __m256 slx = _mm256_setzero_ps(), sl2 = _mm256_setzero_ps();
+        for (int i = 0; i < n; ++i) {
+            const __m256 xi = _mm256_set1_ps(x[i]), wi = _mm256_set1_ps(w[i]);
+            const __m256i l = _mm256_max_epi32(lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(iscale, xi))));
+            const __m256 lf = _mm256_cvtepi32_ps(l);
+            slx = _mm256_add_ps(slx, _mm256_mul_ps(_mm256_mul_ps(wi, xi), lf));
+            sl2 = _mm256_add_ps(sl2, _mm256_mul_ps(_mm256_mul_ps(wi, lf), lf));
+        }
+        float a[8], b[8];
+        _mm256_storeu_ps(a, slx);
+        _mm256_storeu_ps(b, sl2);
+        for (int k = 0; k < 8 && 8 * g + k < 18; ++k) {
+            sumlx[8 * g + k] = a[k];
+            suml2[8 * g + k] = b[k];
+        }
+    }
+}
+
 #endif
