@@ -29,20 +29,17 @@ AVX2 int tk_best_neighbour_avx2(const float *values, size_t stride, int nvalues,
         best = _mm256_blendv_ps(best, d2, better);
         best_j = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_j), _mm256_castsi256_ps(j), better));
     }
-    float b[8];
-    int32_t bj[8];
-    _mm256_storeu_ps(b, best);
-    _mm256_storeu_si256((__m256i *)bj, best_j);
-    int found = -1;
-    float found_d2 = FLT_MAX;
-    for (int k = 0; k < 8; ++k) {
-        if (bj[k] < 0) continue;
-        if (found < 0 || b[k] < found_d2 || (b[k] == found_d2 && bj[k] < found)) {
-            found = bj[k];
-            found_d2 = b[k];
-        }
-    }
-    return found < 0 ? 0 : found;
+    /* the smallest of the lanes' minima (a lane that found none holds FLT_MAX), then the first position holding it */
+    __m256 m = _mm256_min_ps(best, _mm256_permute2f128_ps(best, best, 1));
+    m = _mm256_min_ps(m, _mm256_shuffle_ps(m, m, _MM_SHUFFLE(1, 0, 3, 2)));
+    m = _mm256_min_ps(m, _mm256_shuffle_ps(m, m, _MM_SHUFFLE(2, 3, 0, 1)));
+    if (_mm256_cvtss_f32(m) == FLT_MAX) return 0;
+    __m256i j = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(INT32_MAX)),
+                                                     _mm256_castsi256_ps(best_j), _mm256_cmp_ps(best, m, _CMP_EQ_OQ)));
+    j = _mm256_min_epi32(j, _mm256_permute2x128_si256(j, j, 1));
+    j = _mm256_min_epi32(j, _mm256_shuffle_epi32(j, _MM_SHUFFLE(1, 0, 3, 2)));
+    j = _mm256_min_epi32(j, _mm256_shuffle_epi32(j, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm256_cvtsi256_si32(j);
 }
 
 #endif
