@@ -389,17 +389,62 @@ static float quantize_act_q8(const float *x, int8_t qs[QK], int *sum) {
     return d;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+/* quantize_act_q8 eight lanes at a time, the same bits: the max of |x| is exact in any order (a NaN skipped, as fmaxf
+   skips it), x·id rounded half to even by the conversion (the default rounding mode, as nearbyintf), the sum exact */
+__attribute__((target("avx2,fma"))) static float quantize_act_q8_avx2(const float *x, int8_t qs[QK], int *sum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 v[4], m = _mm256_setzero_ps();
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_loadu_ps(x + 8 * j);
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, v[j]), m);
+    }
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    const float amax = _mm_cvtss_f32(h);
+    const float d = amax / 127.f, id = amax != 0.0f ? 127.f / amax : 0.0f;
+    __m256i q[4], s = _mm256_setzero_si256();
+    for (int j = 0; j < 4; j++) {
+        q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], _mm256_set1_ps(id)));
+        /* a NaN product (a NaN or infinite x) converts to INT_MIN, whose low byte the scalar cast keeps: 0 */
+        q[j] = _mm256_andnot_si256(_mm256_cmpeq_epi32(q[j], _mm256_set1_epi32(INT32_MIN)), q[j]);
+        s = _mm256_add_epi32(s, q[j]);
+    }
+    /* 32 int32 → 32 int8 in order: the packs interleave 128-bit lanes, the permutation puts them back */
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256((__m256i *)qs, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    *sum = _mm_cvtsi128_si32(t);
+    return d;
+}
+#endif
+
+typedef float (*act_q8_fn)(const float *x, int8_t qs[QK], int *sum);
+
+static act_q8_fn act_q8(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (tk_use_simd()) return quantize_act_q8_avx2;
+#endif
+    return quantize_act_q8;
+}
+
 static void quantize_act_q8_0(const float *x, void *vy, int64_t k) {
     block_q8_0 *y = vy;
+    const act_q8_fn q8 = act_q8();
     int sum;
-    for (int64_t i = 0; i < k / QK; i++) y[i].d = tk_fp32_to_fp16(quantize_act_q8(x + i * QK, y[i].qs, &sum));
+    for (int64_t i = 0; i < k / QK; i++) y[i].d = tk_fp32_to_fp16(q8(x + i * QK, y[i].qs, &sum));
 }
 
 static void quantize_act_q8_1(const float *x, void *vy, int64_t k) {
     block_q8_1 *y = vy;
+    const act_q8_fn q8 = act_q8();
     int sum;
     for (int64_t i = 0; i < k / QK; i++) {
-        const float d = quantize_act_q8(x + i * QK, y[i].qs, &sum);
+        const float d = q8(x + i * QK, y[i].qs, &sum);
         y[i].d = tk_fp32_to_fp16(d);
         y[i].s = tk_fp32_to_fp16(d * (float)sum);
     }
@@ -584,7 +629,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
 
 size_t tk_matmul_work(int64_t cols) {
     const size_t blocks = (size_t)(cols / QK_K + 1);
-    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
+    /* the quantized tiles' packed blocks and Q8_KX activations, or the float tiles' rows as F32 and a tail of tokens */
+    const size_t quant = (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
+    const size_t f32 = (size_t)TK_GEMM_MAX_TILE * (size_t)cols * 2 * sizeof(float);
+    return quant > f32 ? quant : f32;
 }
 
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
