@@ -629,10 +629,7 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
 
 size_t tk_matmul_work(int64_t cols) {
     const size_t blocks = (size_t)(cols / QK_K + 1);
-    /* the quantized tiles' packed blocks and Q8_KX activations, or the float tiles' rows as F32 and a tail of tokens */
-    const size_t quant = (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
-    const size_t f32 = (size_t)TK_GEMM_MAX_TILE * (size_t)cols * 2 * sizeof(float);
-    return quant > f32 ? quant : f32;
+    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
 }
 
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
