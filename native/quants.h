@@ -369,25 +369,6 @@ static inline float tk_lanes_sum8(const float a[8]) {
         }                                                                                                         \
         *s = FACTOR * tk_lanes_sum8(acc);                                                                         \
     }
-/* The same in super-block order (llama.cpp's tiled prompt path): the lanes' exact sum, then one fused step
-   fma((d_x·FACTOR)·d_y, isum, sumf), super-blocks in order; any integer order gives its bits (tiles_iq_x86.c) */
-#define TK_Q8_K_SUPER_DOT_SB(NAME, BLOCK, FACTOR, ...)                                                            \
-    void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                              \
-        const BLOCK *x = vx;                                                                                      \
-        const block_q8_K *y = vy;                                                                                 \
-        float sumf = 0;                                                                                           \
-        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                  \
-            int32_t lane[8] = {0};                                                                                \
-            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                              \
-                const int8_t *q8 = y[i].qs + 32 * ib;                                                             \
-                __VA_ARGS__                                                                                       \
-            }                                                                                                     \
-            int32_t isum = 0;                                                                                     \
-            for (int l = 0; l < 8; ++l) isum += lane[l];                                                          \
-            sumf = fmaf(tk_fp16_table[x[i].d] * FACTOR * y[i].d, (float)isum, sumf);                              \
-        }                                                                                                         \
-        *s = sumf;                                                                                                \
-    }
 
 /* The small helpers of the quantizers (quants_k.c and the files that follow its rules): ggml's GROUP_MAX_EPS (a group
    whose largest magnitude is below it quantizes to zeros) and integer min / max / clamp. */

@@ -520,8 +520,7 @@ TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_xs_q8_K, block_iq2_xs, 0.125f,
     const uint8_t sc = x[i].scales[ib];
     lanes_add(lane, g, signs, q8, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1);)
 
-/* IQ2_S in super-block order, as IQ4_XS (quants_iq.c): the prompt tiles' integer per super-block */
-TK_Q8_K_SUPER_DOT_SB(tk_vec_dot_iq2_s_q8_K, block_iq2_s, 0.125f,
+TK_Q8_K_SUPER_DOT(tk_vec_dot_iq2_s_q8_K, block_iq2_s, 0.125f,
     uint64_t g[4];
     unsigned signs[4];
     for (int l = 0; l < 4; ++l) {

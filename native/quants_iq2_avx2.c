@@ -3,7 +3,6 @@
    every 32 weights, times their 4-bit scale 2s+1) from grid bytes × sign-applied activations, one fused
    multiply-add by d into eight float lanes, and 0.125 × their sum at the end. The integer sums are exact, so any
    order of them gives ggml's bits. */
-#include <math.h>
 #include <string.h>
 
 #include "quants_iq2.h"
@@ -68,7 +67,7 @@ AVX2 void tk_vec_dot_iq2_xs_q8_K_avx2(int64_t n, float *s, const void *vx, const
 AVX2 void tk_vec_dot_iq2_s_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq2_s *x = vx;
     const block_q8_K *y = vy;
-    float sumf = 0; /* in super-block order (quants_iq2.c) */
+    __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const int8_t *q8 = y[i].qs;
         const uint8_t *qs = x[i].qs, *signs = x[i].qs + QK_K / 8;
@@ -82,9 +81,9 @@ AVX2 void tk_vec_dot_iq2_s_q8_K_avx2(int64_t n, float *s, const void *vx, const 
                            tk_iq2_sign_bytes[signs[0]], tk_iq2_sign_bytes[signs[1]], tk_iq2_sign_bytes[signs[2]],
                            tk_iq2_sign_bytes[signs[3]], q8, 2 * (sc & 0xf) + 1, 2 * (sc >> 4) + 1));
         }
-        sumf = fmaf(tk_fp16_table[x[i].d] * 0.125f * y[i].d, (float)hsum8_epi32(sum), sumf);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(tk_fp16_table[x[i].d] * y[i].d), _mm256_cvtepi32_ps(sum), acc);
     }
-    *s = sumf;
+    *s = 0.125f * hsum8(acc);
 }
 
 #endif

@@ -4,7 +4,6 @@
    multiplied in, products summed four to a lane by NEON's widening multiplies or by sdot), then one fused
    multiply-add of d per lane and the scalar kernel's final sum. At the NEON and the dotprod level (dot_neon.c's
    table chooses). */
-#include <math.h>
 #include <string.h>
 
 #include "quants_iq2.h"
@@ -24,8 +23,8 @@ INLINE int8x16_t signed_pair(uint64_t g0, uint64_t g1, uint64_t s0, uint64_t s1)
 
 /* one type's kernel: BLOCK its block type, SUB sets the four grid points g, their sign bytes sg and the two scales
    ls1, ls2 of sub-block ib of super-block x[i] */
-#define IQ2_KERNEL(NAME, ATTR, LANES4, BLOCK, SUB, SUPER_DOT)                                                     \
-    SUPER_DOT(NAME, ATTR, BLOCK, 0.125f,                                                                          \
+#define IQ2_KERNEL(NAME, ATTR, LANES4, BLOCK, SUB)                                                                \
+    Q8_K_SUPER_DOT(NAME, ATTR, BLOCK, 0.125f,                                                                     \
         uint64_t g[4], sg[4];                                                                                     \
         int ls1, ls2;                                                                                             \
         SUB;                                                                                                      \
@@ -65,12 +64,11 @@ INLINE int8x16_t signed_pair(uint64_t g0, uint64_t g1, uint64_t s0, uint64_t s1)
         ls2 = 2 * (x[i].scales[ib] >> 4) + 1;                                                                     \
     } while (0)
 
-IQ2_KERNEL(tk_vec_dot_iq2_xxs_q8_K_neon, NEON, lanes4_neon, block_iq2_xxs, XXS_SUB, Q8_K_SUPER_DOT)
-IQ2_KERNEL(tk_vec_dot_iq2_xxs_q8_K_dot, DOTPROD, lanes4_dot, block_iq2_xxs, XXS_SUB, Q8_K_SUPER_DOT)
-IQ2_KERNEL(tk_vec_dot_iq2_xs_q8_K_neon, NEON, lanes4_neon, block_iq2_xs, XS_SUB, Q8_K_SUPER_DOT)
-IQ2_KERNEL(tk_vec_dot_iq2_xs_q8_K_dot, DOTPROD, lanes4_dot, block_iq2_xs, XS_SUB, Q8_K_SUPER_DOT)
-/* IQ2_S in super-block order (quants_iq2.c) */
-IQ2_KERNEL(tk_vec_dot_iq2_s_q8_K_neon, NEON, lanes4_neon, block_iq2_s, S_SUB, Q8_K_SUPER_DOT_SB)
-IQ2_KERNEL(tk_vec_dot_iq2_s_q8_K_dot, DOTPROD, lanes4_dot, block_iq2_s, S_SUB, Q8_K_SUPER_DOT_SB)
+IQ2_KERNEL(tk_vec_dot_iq2_xxs_q8_K_neon, NEON, lanes4_neon, block_iq2_xxs, XXS_SUB)
+IQ2_KERNEL(tk_vec_dot_iq2_xxs_q8_K_dot, DOTPROD, lanes4_dot, block_iq2_xxs, XXS_SUB)
+IQ2_KERNEL(tk_vec_dot_iq2_xs_q8_K_neon, NEON, lanes4_neon, block_iq2_xs, XS_SUB)
+IQ2_KERNEL(tk_vec_dot_iq2_xs_q8_K_dot, DOTPROD, lanes4_dot, block_iq2_xs, XS_SUB)
+IQ2_KERNEL(tk_vec_dot_iq2_s_q8_K_neon, NEON, lanes4_neon, block_iq2_s, S_SUB)
+IQ2_KERNEL(tk_vec_dot_iq2_s_q8_K_dot, DOTPROD, lanes4_dot, block_iq2_s, S_SUB)
 
 #endif

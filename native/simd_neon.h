@@ -61,23 +61,6 @@ static inline float lanes_total(float32x4_t lo, float32x4_t hi) {
         }                                                                                                         \
         *s = FACTOR * lanes_total(acc_lo, acc_hi);                                                                \
     }
-/* the same in super-block order (quants.h's TK_Q8_K_SUPER_DOT_SB): the lanes' exact sum, then one fused step */
-#define Q8_K_SUPER_DOT_SB(NAME, ATTR, BLOCK, FACTOR, ...)                                                        \
-    ATTR void NAME(int64_t n, float *s, const void *vx, const void *vy) {                                         \
-        const BLOCK *x = vx;                                                                                      \
-        const block_q8_K *y = vy;                                                                                 \
-        float sumf = 0;                                                                                           \
-        for (int64_t i = 0; i < n / QK_K; ++i) {                                                                  \
-            int32x4_t lo = vdupq_n_s32(0), hi = vdupq_n_s32(0);                                                   \
-            for (int ib = 0; ib < QK_K / 32; ++ib) {                                                              \
-                const int8_t *q8 = y[i].qs + 32 * ib;                                                             \
-                __VA_ARGS__                                                                                       \
-            }                                                                                                     \
-            const int32_t isum = vaddvq_s32(vaddq_s32(lo, hi));                                                   \
-            sumf = fmaf(tk_fp16_table[x[i].d] * FACTOR * y[i].d, (float)isum, sumf);                              \
-        }                                                                                                         \
-        *s = sumf;                                                                                                \
-    }
 
 /* quants_iq_neon.c (IQ4_NL, IQ4_XS) and quants_ternary_neon.c (TQ1_0, TQ2_0): the bits of their scalar kernels, at
    the NEON and the dotprod level */

@@ -300,8 +300,7 @@ static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { re
             for (int r = 0; r < RM; r++)                                                                     \
                 for (int t = 0; t < RN; t++)                                                                 \
                     if (SB)                                                                                  \
-                        sb[r][t] = fmaf(IQ_ROW(r, b)->d * FACTOR * Q8_K_ROW(t, b)->d,                        \
-                                        (float)hsum8_epi32(sum[r][t]), sb[r][t]);                            \
+                        sb[r][t] = fmaf(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d, (float)hsum8_epi32(sum[r][t]), sb[r][t]); \
                     else                                                                                     \
                         acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d),     \
                                                     _mm256_cvtepi32_ps(sum[r][t]), acc[r][t]);               \
@@ -319,8 +318,6 @@ IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni, 0)
 /* the types in super-block order (IQ4_XS: quants_iq.c): the lanes' exact sum, then the one-token kernel's float step */
 IQ_TILE_YMM(tile_iq_sb_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2, 1)
 IQ_TILE_YMM(tile_iq_sb_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 1)
-IQ_TILE_YMM(tile_iq_sb8_avx2, 2, 4, 0.125f, AVX2, madd_add_avx2, 1)
-IQ_TILE_YMM(tile_iq_sb8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni, 1)
 
 /* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
    (lane l: values 4l..4l+3 times the activations) times d_x·d_y into one of two float accumulators, even blocks and
@@ -406,15 +403,14 @@ static AVX2 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
 
 IQ4_NL_TILE(tile_iq4_nl, 4, 4)
 
-/* The types in super-block order (IQ4_XS, IQ2_S) at the AVX512 level: 16 weight rows, one per 32-bit lane. A row
-   tile is packed once for all its tokens (pack_*_x16): per super-block 64 registers of 4 consecutive values + 128
-   (unsigned bytes) of each row, the rows' scales of its NG groups (8 of 32 elements, or 16 of 16), and their d (times
-   the kernel's FACTOR, a power of two). A token's group is then vpdpbusd against its own activation bytes, four at a
-   time broadcast to every row, starting from -128·Σ of the group's activations (from the Q8_K block sums): the exact
-   Σ value·q8 of each row; times the rows' scales (vpmulld) into the super-block's integer, then the kernel's fused
-   step for the 16 rows at once. */
-typedef struct { uint8_t w[QK_K / 4][64]; int32_t ls[16][16]; float d[16]; } block_iq_x16;
-#define IQ_X16_ROW_SIZE (sizeof(block_iq_x16) / 16) /* the packed bytes per row and super-block */
+/* IQ4_XS at the AVX512 level: 16 weight rows, one per 32-bit lane, in the one-token kernel's super-block order
+   (quants_iq.c). A row tile is packed once for all its tokens (pack_iq4_xs_x16): per super-block and sub-block, 8
+   registers of 4 consecutive values + 128 (unsigned bytes) of each row, the rows' sub-block scales, and their d. A
+   token's sub-block is then 8 vpdpbusd against its own activation bytes, four at a time broadcast to every row,
+   starting from -128·Σ of its 32 activations (from the Q8_K block sums): the exact Σ value·q8 of each row; times
+   the rows' scales (vpmulld) into the super-block's integer, then the kernel's float step for the 16 rows at once. */
+typedef struct { uint8_t w[QK_K / 32][8][64]; int32_t ls[QK_K / 32][16]; float d[16]; } block_iq4_xs_x16;
+#define IQ4_XS_X16_ROW_SIZE (sizeof(block_iq4_xs_x16) / 16) /* the packed bytes per row and super-block */
 
 /* rows x + r·bx for r < nr (the rest zero scales and d), 16 interleaved per super-block, gathered from the file */
 static AVX512 void pack_iq4_xs_x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
@@ -424,15 +420,15 @@ static AVX512 void pack_iq4_xs_x16(const void *vx, size_t bx, int nr, void *dst,
     const __m512i zero = _mm512_setzero_si512(), m4 = _mm512_set1_epi8(0x0F);
     const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tk_iq4nl_values)),
                                            _mm512_set1_epi8((char)0x80));
-    block_iq_x16 *p = dst;
+    block_iq4_xs_x16 *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
         const block_iq4_xs *x = (const block_iq4_xs *)vx + b;
         for (int ib = 0; ib < QK_K / 32; ib++)
             for (int j = 0; j < 4; j++) {
                 /* bytes 4j..4j+3 of the sub-block's qs: elements 4j.. in the low nibbles, 16 + 4j.. in the high ones */
                 const __m512i q = _mm512_mask_i32gather_epi32(zero, live, rows, x->qs + 16 * ib + 4 * j, 1);
-                _mm512_storeu_si512(p[b].w[8 * ib + j], _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4)));
-                _mm512_storeu_si512(p[b].w[8 * ib + j + 4],
+                _mm512_storeu_si512(p[b].w[ib][j], _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4)));
+                _mm512_storeu_si512(p[b].w[ib][j + 4],
                                     _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32(q, 4), m4)));
             }
         /* d and scales_h: the word at each row's block; scales_l: the next */
@@ -449,72 +445,37 @@ static AVX512 void pack_iq4_xs_x16(const void *vx, size_t bx, int nr, void *dst,
     }
 }
 
-/* IQ2_S: each live row's super-block decoded (signed grid points + 128) into a row-major buffer, then 64 gathers of
-   one dword per row; the scales of its 16 groups of 16, d·0.125 */
-static AVX512 void pack_iq2_s_x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
-    uint8_t v[16][QK_K];
-    memset(v, 0, sizeof(v));
-    const __m512i rows = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 8);
-    block_iq_x16 *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        memset(p[b].ls, 0, sizeof(p[b].ls));
-        memset(p[b].d, 0, sizeof(p[b].d));
-        for (int r = 0; r < nr; r++) {
-            const block_iq2_s *x = (const block_iq2_s *)((const char *)vx + r * bx) + b;
-            p[b].d[r] = tk_fp16_table[x->d] * 0.125f;
-            for (int ib = 0; ib < QK_K / 32; ib++) {
-                const uint8_t *qs = x->qs + 4 * ib, *signs = x->qs + QK_K / 8 + 4 * ib;
-                const unsigned h = x->qh[ib];
-                const __m256i w = signed_points(
-                    tk_iq2s_grid[qs[0] | ((h << 8) & 0x300)], tk_iq2s_grid[qs[1] | ((h << 6) & 0x300)],
-                    tk_iq2s_grid[qs[2] | ((h << 4) & 0x300)], tk_iq2s_grid[qs[3] | ((h << 2) & 0x300)],
-                    tk_iq2_sign_bytes[signs[0]], tk_iq2_sign_bytes[signs[1]], tk_iq2_sign_bytes[signs[2]],
-                    tk_iq2_sign_bytes[signs[3]]);
-                _mm256_storeu_si256((__m256i *)(v[r] + 32 * ib), _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80)));
-                p[b].ls[2 * ib][r] = 2 * (x->scales[ib] & 0xF) + 1;
-                p[b].ls[2 * ib + 1][r] = 2 * (x->scales[ib] >> 4) + 1;
-            }
-        }
-        for (int j = 0; j < QK_K / 4; j++)
-            _mm512_storeu_si512(p[b].w[j], _mm512_i32gather_epi32(rows, v[0] + 4 * j, 1));
-    }
-}
-
-/* 16 rows x RN tokens from rows packed by a pack_*_x16; NG groups of scales per super-block */
-#define IQ_X16_TILE(NAME, RN, NG)                                                                             \
+/* 16 rows x RN tokens from rows packed by pack_iq4_xs_x16 */
+#define IQ4_XS_X16_TILE(NAME, RN)                                                                             \
     static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         (void)bx;                                                                                            \
-        const block_iq_x16 *p = vx;                                                                          \
+        const block_iq4_xs_x16 *p = vx;                                                                      \
         __m512 acc[RN];                                                                                      \
         for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
             const block_q8_K *y[RN];                                                                         \
-            int32_t corr[RN][16];                                                                            \
+            int32_t corr[RN][QK_K / 32];                                                                     \
             for (int t = 0; t < RN; t++) {                                                                   \
                 y[t] = Q8_K_ROW(t, b);                                                                       \
-                const __m256i bs = load32(y[t]->bsums);                                                      \
-                if (NG == 8)                                                                                 \
-                    _mm256_storeu_si256((__m256i *)corr[t], _mm256_madd_epi16(bs, _mm256_set1_epi16(-128))); \
-                else                                                                                         \
-                    _mm512_storeu_si512(corr[t], _mm512_mullo_epi32(_mm512_cvtepi16_epi32(bs),                \
-                                                                    _mm512_set1_epi32(-128)));               \
+                _mm256_storeu_si256((__m256i *)corr[t],                                                      \
+                                    _mm256_madd_epi16(load32(y[t]->bsums), _mm256_set1_epi16(-128)));        \
             }                                                                                                \
             /* read back as broadcast loads */                                                               \
             __asm__ __volatile__("" ::: "memory");                                                           \
             __m512i isum[RN];                                                                                \
             for (int t = 0; t < RN; t++) isum[t] = _mm512_setzero_si512();                                   \
-            for (int k = 0; k < NG; k++) {                                                                   \
+            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
                 __m512i raw[RN];                                                                             \
-                for (int t = 0; t < RN; t++) raw[t] = _mm512_set1_epi32(corr[t][k]);                         \
-                for (int j = k * (64 / NG); j < (k + 1) * (64 / NG); j++) {                                  \
-                    const __m512i w = _mm512_loadu_si512(p[b].w[j]);                                         \
+                for (int t = 0; t < RN; t++) raw[t] = _mm512_set1_epi32(corr[t][ib]);                        \
+                for (int g = 0; g < 8; g++) {                                                                \
+                    const __m512i w = _mm512_loadu_si512(p[b].w[ib][g]);                                     \
                     for (int t = 0; t < RN; t++) {                                                           \
                         int32_t a;                                                                           \
-                        memcpy(&a, y[t]->qs + 4 * j, 4);                                                     \
+                        memcpy(&a, y[t]->qs + 32 * ib + 4 * g, 4);                                           \
                         raw[t] = _mm512_dpbusd_epi32(raw[t], w, _mm512_set1_epi32(a));                       \
                     }                                                                                        \
                 }                                                                                            \
-                const __m512i sc = _mm512_loadu_si512(p[b].ls[k]);                                           \
+                const __m512i sc = _mm512_loadu_si512(p[b].ls[ib]);                                          \
                 for (int t = 0; t < RN; t++) isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(raw[t], sc)); \
             }                                                                                                \
             const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
@@ -528,22 +489,17 @@ static AVX512 void pack_iq2_s_x16(const void *vx, size_t bx, int nr, void *dst, 
             for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
         }                                                                                                    \
     }
+IQ4_XS_X16_TILE(tile_iq4_xs_x16_2, 2)
+IQ4_XS_X16_TILE(tile_iq4_xs_x16_4, 4)
+IQ4_XS_X16_TILE(tile_iq4_xs_x16_8, 8)
 /* 8 tokens a pass; 4 or 2 for a few generating sequences */
-#define IQ_X16_ENTRIES(T, NG, PACK)                                                                           \
-    IQ_X16_TILE(tile_##T##_x16_2, 2, NG)                                                                      \
-    IQ_X16_TILE(tile_##T##_x16_4, 4, NG)                                                                      \
-    IQ_X16_TILE(tile_##T##_x16_8, 8, NG)                                                                      \
-    static const struct tk_gemm T##_x16_2 = {.fn = tile_##T##_x16_2, .rows = 16, .cols = 2,                  \
-                                             .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K, .pack_rows = PACK}; \
-    static const struct tk_gemm T##_x16_4 = {.fn = tile_##T##_x16_4, .rows = 16, .cols = 4,                  \
-                                             .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K,              \
-                                             .narrow = &T##_x16_2, .pack_rows = PACK};                       \
-    static const struct tk_gemm T##_x16_8 = {.fn = tile_##T##_x16_8, .rows = 16, .cols = 8,                  \
-                                             .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K,              \
-                                             .narrow = &T##_x16_4, .pack_rows = PACK};
-IQ_X16_ENTRIES(iq4_xs, 8, pack_iq4_xs_x16)
-IQ_X16_ENTRIES(iq2_s, 16, pack_iq2_s_x16)
-_Static_assert(IQ_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+#define IQ4_XS_X16_ENTRY(NAME, RN, NARROW)                                                                    \
+    static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 16, .cols = RN, .pack_size = IQ4_XS_X16_ROW_SIZE, \
+                                               .act_type = TK_Q8_K, .narrow = NARROW, .pack_rows = pack_iq4_xs_x16};
+IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_2, 2, NULL)
+IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_4, 4, &tile_iq4_xs_x16_2_tile)
+IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_8, 8, &tile_iq4_xs_x16_4_tile)
+_Static_assert(IQ4_XS_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
 /* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
 #define DELTA_OF(x) ((const int16_t *)NULL) /* the tiles without IQ1_S's shift term (never read) */
@@ -566,9 +522,7 @@ static const struct tk_gemm iq4_xs_tiles[2] = {
     {tile_iq_sb_vnni, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL}};
 IQ_TILE_ENTRIES(iq2_xxs, x8, pack_iq2_xxs)
 IQ_TILE_ENTRIES(iq2_xs, x8, pack_iq2_xs)
-static const struct tk_gemm iq2_s_tiles[2] = {
-    {tile_iq_sb8_avx2, 2, 4, pack_iq2_s, sizeof(block_iq_packed), TK_Q8_K, NULL},
-    {tile_iq_sb8_vnni, 2, 4, pack_iq2_s, sizeof(block_iq_packed), TK_Q8_K, NULL}};
+IQ_TILE_ENTRIES(iq2_s, x8, pack_iq2_s)
 IQ_TILE_ENTRIES(iq3_xxs, x4, pack_iq3_xxs)
 IQ_TILE_ENTRIES(iq3_s, x1, pack_iq3_s)
 _Static_assert(sizeof(block_iq1_s_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
@@ -579,12 +533,12 @@ static const struct tk_gemm iq4_nl_tile = {tile_iq4_nl, 4, 4, pack_iq4_nl, sizeo
 const struct tk_gemm *tk_gemm_iq_x86(int wtype, int level) {
     if (level < 0 || level > 2) return NULL;
     switch (wtype) {
-    case TK_IQ4_XS: return level == 2 ? &iq4_xs_x16_8 : &iq4_xs_tiles[level];
+    case TK_IQ4_XS: return level == 2 ? &tile_iq4_xs_x16_8_tile : &iq4_xs_tiles[level];
     case TK_IQ4_NL: return level == 2 ? &iq4_nl_tile : NULL;
     case TK_IQ1_S: return level == 2 ? &iq1_s_tile : NULL;
     case TK_IQ2_XXS: return &iq2_xxs_tiles[level];
     case TK_IQ2_XS: return &iq2_xs_tiles[level];
-    case TK_IQ2_S: return level == 2 ? &iq2_s_x16_8 : &iq2_s_tiles[level];
+    case TK_IQ2_S: return &iq2_s_tiles[level];
     case TK_IQ3_XXS: return &iq3_xxs_tiles[level];
     case TK_IQ3_S: return &iq3_s_tiles[level];
     default: return NULL;

@@ -14,7 +14,6 @@ from gguf import GGMLQuantizationType as T
 import native
 from tests.helpers import assert_dequantized_as_ggml, ggml_cpu, ggml_vec_dots, kernels, rows_differing
 from tests.test_quants_imatrix import ggml_quantize, weights
-from tests.test_quants_iq_tq import assert_super_block_order
 from tests.test_quants_k_oracle import N_PER_ROW, adversarial_matrix
 
 TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S]
@@ -85,7 +84,7 @@ def test_table_rows():
     assert native.TRAITS[int(T.IQ2_S)] == ("iq2_s", 256, 82)
 
 
-@pytest.mark.parametrize("t", [T.IQ2_XXS, T.IQ2_XS], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_dot_products_are_ggml_s_avx2_bits(t):
     """The matrix products (AVX2 and scalar paths) equal ggml's vec_dot (its AVX2 build) bit for bit on the same
     bytes, one token alone and several batched."""
@@ -100,11 +99,3 @@ def test_dot_products_are_ggml_s_avx2_bits(t):
         with kernels(scalar):
             np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
             np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x[2:3], 1), want[2:3])
-
-def test_iq2_s_dot_products_are_the_super_block_order():
-    """IQ2_S follows llama.cpp's tiled prompt path (as IQ4_XS): per super-block the exact integer Σ scale·value·q8,
-    then fma((d_x/8)·d_y, that, acc) (its grid holds 8× its values)."""
-    rng = np.random.default_rng(int(T.IQ2_S))
-    w = native.quantize(int(T.IQ2_S), rng.standard_normal((16, 4096), dtype=np.float32),
-                        imatrix=weights("squares", 4096))
-    assert_super_block_order(T.IQ2_S, w, rng.standard_normal((9, 4096), dtype=np.float32), mult=8, factor=0.125)

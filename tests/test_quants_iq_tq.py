@@ -54,51 +54,35 @@ def test_simd_dot_products_are_ggml_s_bits(t):
     with kernels(scalar=False):
         np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
 
-
-def super_block_order(t, w, aq, mult=1, factor=1.0):
-    """The products of weight rows w (type t, d first in each super-block) with Q8_K activation rows aq in super-block
-    order: per super-block the exact integer Σ scale·value·q8 — the values scale·value from gguf-py's dequantizer
-    on the blocks with d set to 1, times mult (the dequantizer's constant factor undone) — then
-    fma((d_x·factor)·d_y, that, acc), super-blocks in order (the fused step in float64, exact before its rounding to
-    float32). [tokens, rows]."""
+def test_iq4_xs_dot_products_are_the_super_block_order():
+    """IQ4_XS follows llama.cpp's tiled prompt path, not ggml's vec_dot: per super-block the exact integer
+    Σ scale·value·q8, then fma(d_x·d_y, that, acc), super-blocks in order (quants_iq.c). Scalar and SIMD kernels, one
+    token or a tile of them, give the bits of that order computed here from gguf-py's dequantizer (the blocks with d
+    set to 1 give the integers scale·value; the fused step in float64, exact before its rounding to float32), and stay
+    within 1e-6 of ggml's vec_dot (its AVX2 build)."""
     from gguf.quants import dequantize
-    rows, size = len(w), native.TRAITS[int(t)][2]
-    blocks = w.reshape(rows, -1, size).copy()
-    dx = blocks[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32) * np.float32(factor)
+    rows, cols, n = 16, 4096, 9
+    rng = np.random.default_rng(23)
+    w = native.quantize(int(T.IQ4_XS), rng.standard_normal((rows, cols), dtype=np.float32))
+    x = rng.standard_normal((n, cols), dtype=np.float32)
+    aq = native.activations(int(T.IQ4_XS), x)[1]
+    blocks = w.reshape(rows, -1, 136).copy()
+    dx = blocks[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32)
     blocks[:, :, :2] = np.frombuffer(np.float16(1).tobytes(), np.uint8)
-    vals = dequantize(blocks.reshape(rows, -1), t).astype(np.float64) * mult
-    ints = vals.astype(np.int64).reshape(rows, -1, 256)
-    assert np.array_equal(ints, vals.reshape(rows, -1, 256))
-    act = aq.reshape(len(aq), -1, 292)
+    ints = dequantize(blocks.reshape(rows, -1), T.IQ4_XS).astype(np.int64).reshape(rows, -1, 256)
+    act = aq.reshape(n, -1, 292)
     dy = act[:, :, :4].copy().view(np.float32)[..., 0]
     q8 = act[:, :, 4:260].copy().view(np.int8).astype(np.int64)
     isum = np.einsum("rbk,tbk->trb", ints, q8).astype(np.float32)
-    want = np.zeros((len(aq), rows), np.float32)
-    for b in range(ints.shape[1]):
+    want = np.zeros((n, rows), np.float32)
+    for b in range(cols // 256):
         d = dy[:, None, b] * dx[None, :, b]
         want = (d.astype(np.float64) * isum[:, :, b] + want).astype(np.float32)
-    return want
-
-
-def assert_super_block_order(t, w, x, mult=1, factor=1.0):
-    """The scalar and SIMD kernels, one token or a tile of them, give super_block_order's bits, and stay within 1e-6
-    of ggml's vec_dot (its AVX2 build) relative to Σ|w·x|."""
-    rows, cols = w.shape[0], x.shape[1]
-    aq = native.activations(int(t), x)[1]
-    want = super_block_order(t, w, aq, mult, factor)
     for scalar in (True, False):
         with kernels(scalar=scalar):
-            np.testing.assert_array_equal(native.matmul(int(t), w, rows, cols, x, 2), want)
-            alone = np.stack([native.matmul(int(t), w, rows, cols, x[j:j + 1], 1)[0] for j in range(len(x))])
+            np.testing.assert_array_equal(native.matmul(int(T.IQ4_XS), w, rows, cols, x, 2), want)
+            alone = np.stack([native.matmul(int(T.IQ4_XS), w, rows, cols, x[j:j + 1], 1)[0] for j in range(n)])
             np.testing.assert_array_equal(alone, want)
-    theirs = ggml_vec_dots(ggml_cpu(), f"{t.name.lower()}_q8_K", w, aq, cols)
-    scale = np.abs(native.dequantize(int(t), w, cols)).astype(np.float64) @ np.abs(x.T)
-    assert (np.abs(want.astype(np.float64) - theirs) / scale.T).max() <= 1e-6
-
-
-def test_iq4_xs_dot_products_are_the_super_block_order():
-    """IQ4_XS follows llama.cpp's tiled prompt path, not ggml's vec_dot: per super-block the exact integer
-    Σ scale·value·q8, then fma(d_x·d_y, that, acc), super-blocks in order (quants_iq.c)."""
-    rng = np.random.default_rng(23)
-    w = native.quantize(int(T.IQ4_XS), rng.standard_normal((16, 4096), dtype=np.float32))
-    assert_super_block_order(T.IQ4_XS, w, rng.standard_normal((9, 4096), dtype=np.float32))
+    theirs = ggml_vec_dots(ggml_cpu(), "iq4_xs_q8_K", w, aq, cols)
+    scale = np.abs(np.einsum("rbk,tbk->trb", ints, np.abs(q8)) * np.abs(dx)[None] * np.abs(dy)[:, None]).sum(2)
+    assert (np.abs(want.astype(np.float64) - theirs) / scale).max() <= 1e-6
