@@ -182,16 +182,69 @@ static AVX512 void pack_q4_0x16(const void *vx, size_t bx, int nr, void *dst, in
             for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
         }                                                                                                    \
     }
-Q4_0X16_TILE(tile_q4_0x16_2, 2)
-Q4_0X16_TILE(tile_q4_0x16_4, 4)
 Q4_0X16_TILE(tile_q4_0x16_8, 8)
-/* 8 tokens a pass (8 weight registers, 8 accumulators); 4 or 2 for a few generating sequences */
-#define Q4_0X16_ENTRY(NAME, RN, NARROW)                                                                       \
-    static const struct tk_gemm NAME##_tile = {.fn = NAME, .rows = 16, .cols = RN, .pack_size = Q4_0X16_ROW_SIZE, \
-                                               .act_type = TK_Q8_0, .narrow = NARROW, .pack_rows = pack_q4_0x16};
-Q4_0X16_ENTRY(tile_q4_0x16_2, 2, NULL)
-Q4_0X16_ENTRY(tile_q4_0x16_4, 4, &tile_q4_0x16_2_tile)
-Q4_0X16_ENTRY(tile_q4_0x16_8, 8, &tile_q4_0x16_4_tile)
+
+/* Q4_0 for a few tokens (a few generating sequences' next tokens), where packing a row tile would cost more than the
+   products: the 16 rows read from the file, each block's nibbles transposed in registers into pack_q4_0x16's lanes
+   (row r's bytes 4j..4j+3 of qs in lane r: four 128-bit loads per register, then two rounds of unpacks), the scales
+   converted from the rows' halves. A token's block is 8 vpdpbusd of the nibbles (unsigned) with its activation bytes,
+   four at a time broadcast to every row, starting from -8·Σy: the lane is Σ (q - 8)·y, the packed tile's exact
+   integer, and the float step is its own, so the same bits. */
+#define Q4_0X16_RAW_TILE(NAME, RN)                                                                            \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        const __m512i m4 = _mm512_set1_epi8(0x0F);                                                           \
+        __m512 acc[RN];                                                                                      \
+        for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            const char *x = (const char *)vx + (size_t)b * sizeof(block_q4_0);                               \
+            __m512i z[4], q[8];                                                                              \
+            uint16_t h[16];                                                                                  \
+            for (int k = 0; k < 4; k++) { /* 128-bit lane l of z[k]: row 4l + k's qs */                      \
+                z[k] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(x + (size_t)k * bx + 2)));   \
+                for (int l = 1; l < 4; l++)                                                                  \
+                    z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i *)(x + (size_t)(4 * l + k) * bx + 2)), l); \
+            }                                                                                                \
+            for (int r = 0; r < 16; r++) memcpy(&h[r], x + (size_t)r * bx, 2);                              \
+            const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);    \
+            const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);    \
+            const __m512i d4[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),             \
+                                   _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};            \
+            for (int j = 0; j < 4; j++) { /* elements 4j.. (low nibbles) and 16 + 4j.. (high) of every row */ \
+                q[j] = _mm512_and_si512(d4[j], m4);                                                          \
+                q[j + 4] = _mm512_and_si512(_mm512_srli_epi32(d4[j], 4), m4);                                \
+            }                                                                                                \
+            const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));                       \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;                  \
+                const __m256i yq = load32(y->qs);                                                            \
+                const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(yq, _mm256_set1_epi8((char)0x80)),      \
+                                                    _mm256_setzero_si256());                                 \
+                const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1)); \
+                const int sum_y = (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;        \
+                __m512i sum = _mm512_set1_epi32(-8 * sum_y);                                                 \
+                for (int j = 0; j < 8; j++) {                                                                \
+                    int32_t a;                                                                               \
+                    memcpy(&a, y->qs + 4 * j, 4);                                                            \
+                    sum = dpbusd_zmm(sum, q[j], _mm512_set1_epi32(a));                                       \
+                }                                                                                            \
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dx, _mm512_set1_ps(tk_fp16_table[y->d])), acc[t]); \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            float o[16];                                                                                     \
+            _mm512_storeu_ps(o, acc[t]);                                                                     \
+            for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
+        }                                                                                                    \
+    }
+Q4_0X16_RAW_TILE(tile_q4_0x16_raw2, 2)
+Q4_0X16_RAW_TILE(tile_q4_0x16_raw4, 4)
+static const struct tk_gemm tile_q4_0x16_raw2_tile = {.fn = tile_q4_0x16_raw2, .rows = 16, .cols = 2};
+static const struct tk_gemm tile_q4_0x16_raw4_tile = {.fn = tile_q4_0x16_raw4, .rows = 16, .cols = 4,
+                                                      .narrow = &tile_q4_0x16_raw2_tile};
+/* 8 tokens a pass (8 weight registers, 8 accumulators), the row tile packed once; 4 or 2 raw */
+static const struct tk_gemm tile_q4_0x16_8_tile = {.fn = tile_q4_0x16_8, .rows = 16, .cols = 8,
+                                                   .pack_size = Q4_0X16_ROW_SIZE, .act_type = TK_Q8_0,
+                                                   .narrow = &tile_q4_0x16_raw4_tile, .pack_rows = pack_q4_0x16};
 _Static_assert(Q4_0X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
 /* the packed tile for many tokens; for at most its width, the raw tiles, widest first */

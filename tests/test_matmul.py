@@ -306,8 +306,9 @@ _GGML_NAMES = {2: "q4_0_q8_0", 3: "q4_1_q8_1", 6: "q5_0_q8_0", 7: "q5_1_q8_1", 8
 def test_q4_0_is_ggml_repacked_gemv(ggml_cpu):
     """Q4_0 follows llama.cpp's own Q4_0 path on x86 CPUs, its repacked gemv/gemm (per block the integer sum, then one
     fused multiply-add by d_x·d_y, blocks in order), not ggml's vec_dot: the scalar kernel, the SIMD one-token kernels
-    (one and two rows) and every level's tiles give ggml_gemv_q4_0_8x8_q8_0's bits. Odd block counts leave tails."""
-    for rows, cols, n in [(16, 4096, 1), (24, 96, 9), (40, 2080, 17)]:
+    (one and two rows) and every level's tiles give ggml_gemv_q4_0_8x8_q8_0's bits, the few-token tiles (2 and 4 tokens,
+    read from the rows as they are) too. Odd block counts leave tails."""
+    for rows, cols, n in [(16, 4096, 1), (24, 96, 9), (40, 2080, 17), (40, 2080, 4), (40, 96, 3), (24, 64, 2)]:
         wq, _ = weights(2, rows, cols, 31 + cols)
         x = activations(n, cols, 31 + cols)
         want = helpers.ggml_q4_0_gemv(ggml_cpu, wq, seen_activations(2, x)[1], cols)
