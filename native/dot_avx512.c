@@ -201,8 +201,9 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
             uint16_t h[16];                                                                                  \
             for (int k = 0; k < 4; k++) { /* 128-bit lane l of z[k]: row 4l + k's qs */                      \
                 z[k] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(x + (size_t)k * bx + 2)));   \
-                for (int l = 1; l < 4; l++)                                                                  \
-                    z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i *)(x + (size_t)(4 * l + k) * bx + 2)), l); \
+                z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i *)(x + (size_t)(4 + k) * bx + 2)), 1); \
+                z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i *)(x + (size_t)(8 + k) * bx + 2)), 2); \
+                z[k] = _mm512_inserti32x4(z[k], _mm_loadu_si128((const __m128i *)(x + (size_t)(12 + k) * bx + 2)), 3); \
             }                                                                                                \
             for (int r = 0; r < 16; r++) memcpy(&h[r], x + (size_t)r * bx, 2);                              \
             const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);    \
