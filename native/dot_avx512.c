@@ -176,11 +176,7 @@ static AVX512 void pack_q4_0x16(const void *vx, size_t bx, int nr, void *dst, in
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dx, _mm512_set1_ps(dy[t])), acc[t]); \
             }                                                                                                \
         }                                                                                                    \
-        for (int t = 0; t < RN; t++) {                                                                       \
-            float o[16];                                                                                     \
-            _mm512_storeu_ps(o, acc[t]);                                                                     \
-            for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
-        }                                                                                                    \
+        for (int t = 0; t < RN; t++) store_rows16(s + t, ls, acc[t]);                                        \
     }
 Q4_0X16_TILE(tile_q4_0x16_8, 8)
 
@@ -231,11 +227,7 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dx, _mm512_set1_ps(tk_fp16_table[y->d])), acc[t]); \
             }                                                                                                \
         }                                                                                                    \
-        for (int t = 0; t < RN; t++) {                                                                       \
-            float o[16];                                                                                     \
-            _mm512_storeu_ps(o, acc[t]);                                                                     \
-            for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
-        }                                                                                                    \
+        for (int t = 0; t < RN; t++) store_rows16(s + t, ls, acc[t]);                                        \
     }
 Q4_0X16_RAW_TILE(tile_q4_0x16_raw2, 2)
 Q4_0X16_RAW_TILE(tile_q4_0x16_raw4, 4)

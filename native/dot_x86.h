@@ -66,6 +66,13 @@ FLOAT16_FINISH(bf16_finish, uint16_t, load_bf16, bf2f)
 
 #define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
 
+/* a 16-rows-in-lanes tile's accumulator (row r in lane r) for one token: s[r · ls] for r < 16 */
+static inline AVX512 void store_rows16(float *s, size_t ls, __m512 acc) {
+    float o[16];
+    _mm512_storeu_ps(o, acc);
+    for (int r = 0; r < 16; r++) s[r * ls] = o[r];
+}
+
 /* the tile's entry for the table (its shape stated once) */
 #define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NULL)
 #define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW)                                    \

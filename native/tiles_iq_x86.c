@@ -483,11 +483,7 @@ static AVX512 void pack_iq4_xs_x16(const void *vx, size_t bx, int nr, void *dst,
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dx, _mm512_set1_ps(y[t]->d)),  \
                                          acc[t]);                                                            \
         }                                                                                                    \
-        for (int t = 0; t < RN; t++) {                                                                       \
-            float o[16];                                                                                     \
-            _mm512_storeu_ps(o, acc[t]);                                                                     \
-            for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];                                               \
-        }                                                                                                    \
+        for (int t = 0; t < RN; t++) store_rows16(s + t, ls, acc[t]);                                        \
     }
 IQ4_XS_X16_TILE(tile_iq4_xs_x16_2, 2)
 IQ4_XS_X16_TILE(tile_iq4_xs_x16_4, 4)
