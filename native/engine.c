@@ -603,8 +603,9 @@ AVX512 static inline __attribute__((always_inline)) void dot_tile_avx512(__m512 
 }
 
 /* s[j] = (q · k_j) · scale for j in [j0, j1) and every query of a group, k_j F32 rows (F16 ones converted once for the
-   block into kf: ATT_BLOCK × hd floats), each read once for a pair of queries: for hd 64 (two queries × 8 positions)
-   and 128 (one × 16), the sixteen pairs reduced together; the rest a pair at a time */
+   block into kf: ATT_BLOCK × hd floats), each read once for a pair of queries: for hd 64 (two queries × 8 positions,
+   or one × 16 for a query without a partner) and 128 (one × 16), the sixteen pairs reduced together; the rest a pair
+   at a time */
 AVX512 static void scores_group_avx512(struct att_query *g, int G, const char *kbase, size_t row_k, int f16,
                                        int64_t j0, int64_t j1, int64_t hd, float scale, float *kf) {
     const char *rows = kbase + (size_t)j0 * row_k;
@@ -615,18 +616,19 @@ AVX512 static void scores_group_avx512(struct att_query *g, int G, const char *k
     }
 #define KROW(j) (rows + (size_t)((j) - j0) * row)
     const __m512 sc = _mm512_set1_ps(scale);
-    const int NQ = hd == 64 ? 2 : 1, per = 16 / NQ;
+    const int NQ = hd == 64 ? 2 : 1;
     for (int i = 0; i < G; i += NQ) {
-        const int nq = i + NQ <= G ? NQ : 1;
+        const int nq = i + NQ <= G ? NQ : 1, per = 16 / nq;
         const float *const q[2] = {g[i].q, g[i + nq - 1].q};
         int64_t j = j0;
-        if (nq == NQ && (hd == 64 || hd == 128))
+        if (hd == 64 || hd == 128)
             for (; j + per <= j1; j += per) {
                 __m512 t[16];
-                if (hd == 64) dot_tile_avx512(t, q, 2, KROW(j), row, 64);
+                if (nq == 2) dot_tile_avx512(t, q, 2, KROW(j), row, 64);
+                else if (hd == 64) dot_tile_avx512(t, q, 1, KROW(j), row, 64);
                 else dot_tile_avx512(t, q, 1, KROW(j), row, 128);
                 const __m512 s = _mm512_mul_ps(reduce16_avx512(t), sc);
-                if (NQ == 2) {
+                if (nq == 2) {
                     _mm256_storeu_ps(g[i].s + j, _mm512_castps512_ps256(s));
                     _mm256_storeu_ps(g[i + 1].s + j, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
                 } else {
