@@ -27,10 +27,13 @@ def fingerprint(tokenizer_json: Path) -> str:
     from tokenizers import Tokenizer
 
     try:
-        tok = Tokenizer.from_file(str(tokenizer_json))
-    except Exception as e:  # the tokenizers library raises its own exception types
-        raise UserError(f"{tokenizer_json.name} cannot be loaded by the tokenizers library: {e}") from None
-    return hashlib.sha256(str(tok.encode(PROBE).ids).encode()).hexdigest()
+        ids = Tokenizer.from_file(str(tokenizer_json)).encode(PROBE).ids
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # its own exception types, and a Rust panic (pyo3's PanicException: a BaseException)
+        raise UserError(f"{tokenizer_json.name} cannot be loaded by the tokenizers library: "
+                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return hashlib.sha256(str(ids).encode()).hexdigest()
 
 
 def _by_structure(pre: object) -> str | None:

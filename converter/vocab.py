@@ -117,6 +117,7 @@ def load_vocab(folder: Path, vocab_size: int, tokenizer_pre: str | None = None, 
     elif tok_json.get("model", {}).get("type") == "BPE":
         from converter.bpe_pre import detect
 
+        _check_byte_level(tok_json["model"])
         vocab = _bpe(tok_json, vocab_size, tokenizer_pre or detect(folder, tok_json), not weights)
     elif not tok_json and any(folder.glob("*.tiktoken")):
         vocab = _tiktoken(folder, vocab_size, not weights)
@@ -127,6 +128,15 @@ def load_vocab(folder: Path, vocab_size: int, tokenizer_pre: str | None = None, 
         raise UserError(f"no tokenizer in {folder}: expected tokenizer.json, tokenizer.model or a *.tiktoken file")
     _special_tokens(folder, tok_json, vocab)
     return vocab
+
+
+def _check_byte_level(model: dict) -> None:
+    """Refuse what llama.cpp's byte-level BPE does not implement: a word-piece prefix or suffix on merged tokens (the
+    tokenizers library also panics on a prefix longer than a merge's second token)."""
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key) not in (None, ""):
+            raise UserError(f"tokenizer.json: model.{key} {str(model[key])[:40]!r} is not supported "
+                            "(byte-level BPE merges tokens without a prefix or suffix)")
 
 
 def _bpe(tok_json: dict, vocab_size: int, pre: str, bounded: bool) -> Vocab:

@@ -185,3 +185,22 @@ def test_unknown_pre_tokenizer_is_an_error_and_can_be_forced(tmp_path, shared_fi
     assert r.returncode == 0, r.stderr
     from gguf import GGUFReader
     assert fields(GGUFReader(tmp_path / "y.gguf"))["tokenizer.ggml.pre"] == "gpt-2"
+
+
+def test_word_piece_prefix_is_refused_in_one_line(tmp_path):
+    """A continuing_subword_prefix longer than a merge's second token made the tokenizers library panic (a Rust
+    panic is pyo3's PanicException, a BaseException): make fuzz found it. llama.cpp's byte-level BPE has no such
+    prefix, so the converter refuses it before the library is asked; the fingerprint turns a panic into the one line."""
+    from converter.bpe_pre import fingerprint
+    folder = make_checkpoint("qwen2", tmp_path / "m")
+    tj = json.loads((folder / "tokenizer.json").read_text())
+    tj["model"]["continuing_subword_prefix"] = "#" * 8
+    (folder / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(UserError, match="cannot be loaded by the tokenizers library: range end index"):
+        fingerprint(folder / "tokenizer.json")
+    r = run_toolkit("convert", str(folder), "--outfile", str(tmp_path / "x.gguf"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "panicked" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("error: tokenizer.json: model.continuing_subword_prefix '########' "
+                                                 "is not supported (byte-level BPE merges tokens without a prefix or "
+                                                 "suffix)")
+    assert not (tmp_path / "x.gguf").exists()
