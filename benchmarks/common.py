@@ -1,4 +1,5 @@
-"""Measurement helpers: wall time and peak RSS of a child process, medians, the ratio table."""
+"""Measurement helpers: wall time, peak RSS and stdout of a child process alone, medians, llama-bench's figures, the ratio
+table."""
 from __future__ import annotations
 
 import json
@@ -22,31 +23,42 @@ LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 class Run:
     seconds: float
     peak_rss_mb: float
+    stdout: str = ""
 
 
-# A child's ru_maxrss includes its parent's resident set at the fork, so the command is forked from a small launcher
-# process, which reports the wall time and the peak RSS of the command alone.
+class CommandFailed(subprocess.CalledProcessError):
+    """A measured command that failed (stdout and stderr as bytes, as subprocess gives them); the message ends with
+    the tail of its stderr."""
+    def __str__(self) -> str:
+        return f"{super().__str__()}\n{(self.stderr or b'').decode(errors='replace')[-2000:]}"
+
+
+# A child's ru_maxrss includes its parent's resident set at the fork (or, forked with vfork as subprocess does, the
+# parent's peak), so the command is forked from a small launcher process, which reports the wall time and the peak RSS
+# of the command alone on the last line of stderr, after the command has exited.
 _LAUNCHER = """
 import os, sys, time
 t0 = time.perf_counter()
 pid = os.fork()
-if pid == 0:  # the command's own stdout must not mix with the result line
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 _, status, usage = os.wait4(pid, 0)
-print(time.perf_counter() - t0, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+sys.stderr.write(f"\\n{time.perf_counter() - t0} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}\\n")
 """
 
 
 def measure(cmd: list[str], env: dict | None = None) -> Run:
-    """Run a command to completion; its wall time and the peak RSS of that process alone."""
+    """Run a command to completion; its wall time, the peak RSS of that process alone and its stdout."""
     p = subprocess.run([PY, "-c", _LAUNCHER, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       env={**os.environ, **(env or {})}, text=True)
-    last = p.stdout.strip().splitlines()[-1].split() if p.stdout.strip() else ["0", "0", "1"]
+                       env={**os.environ, **(env or {})})
+    lines = p.stderr.rstrip().splitlines()
+    last = lines[-1].split() if lines else []
+    if p.returncode != 0 or len(last) != 3:   # the launcher itself failed
+        raise CommandFailed(p.returncode or 1, cmd, p.stdout, p.stderr)
     seconds, maxrss_kb, code = float(last[0]), int(last[1]), int(last[2])
-    if p.returncode != 0 or code != 0:
-        raise RuntimeError(f"command failed: {' '.join(cmd)}\n{p.stderr[-2000:]}")
-    return Run(seconds, maxrss_kb / 1024)
+    if code != 0:
+        raise CommandFailed(code, cmd, p.stdout, b"\n".join(lines[:-1]))
+    return Run(seconds, maxrss_kb / 1024, p.stdout.decode(errors="replace"))
 
 
 def median_run(cmd: list[str], repeat: int, env: dict | None = None) -> Run:
@@ -105,18 +117,35 @@ def llama_cpp_tools(data: Path) -> Path:
     return dest / "bin"
 
 
-def llama_bench(bin_dir: Path, path: Path, n_prompt: int, n_gen: int, threads: int = 2) -> tuple[float, float]:
-    """llama-bench's prompt tokens/s (n_prompt tokens at depth 0) and generation tokens/s (n_gen tokens after a
-    prompt of n_prompt, as ours are measured), one repetition each after its warm-up."""
-    def tps(*args: str) -> float:
-        p = subprocess.run([str(bin_dir / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
-                            *args], check=True, capture_output=True, text=True)
-        return float(json.loads(p.stdout)[0]["avg_ts"])
-    return tps("-p", str(n_prompt), "-n", "0"), tps("-p", "0", "-n", str(n_gen), "-d", str(n_prompt))
+@dataclass
+class BenchFigures:
+    """llama-bench's tokens/s for each prompt length, its generation tokens/s and the highest peak RSS (MB) of its
+    processes."""
+    prompt: dict[int, float]
+    gen: float
+    peak_rss_mb: float
+
+
+def llama_bench(bin_dir: Path, path: Path, n_prompts: list[int], n_gen: int, depth: int,
+                threads: int = 2) -> BenchFigures:
+    """llama-bench's prompt tokens/s for each of n_prompts (at depth 0, one process) and generation tokens/s (n_gen
+    tokens after a prompt of `depth`, as ours are measured, a second process), one repetition each after its warm-up
+    (a whole prompt, or one token); the peak RSS is the higher of the two processes' (each one's ru_maxrss: the
+    weights it mapped and touched or repacked, its context and buffers)."""
+    def tests(*args: str) -> tuple[list[dict], float]:
+        r = measure([str(bin_dir / "llama-bench"), "-m", str(path), "-t", str(threads), "-r", "1", "-o", "json",
+                     *args])
+        return json.loads(r.stdout), r.peak_rss_mb
+    prompts, rss_prompt = tests("-p", ",".join(map(str, n_prompts)), "-n", "0")
+    gen, rss_gen = tests("-p", "0", "-n", str(n_gen), "-d", str(depth))
+    return BenchFigures({int(t["n_prompt"]): float(t["avg_ts"]) for t in prompts}, float(gen[0]["avg_ts"]),
+                        max(rss_prompt, rss_gen))
 
 
 def table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    t = Table(*columns, title=title, title_justify="left")
+    t = Table(title=title, title_justify="left")
+    for c in columns:  # a narrow column folds its text: no figure or name is cut short
+        t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*r)
     console.print(t)

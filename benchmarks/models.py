@@ -1,14 +1,16 @@
-"""The models people deploy, against today's llama.cpp built for this CPU: prompt (128 tokens) and generation (64 tokens
-after that prompt) tokens/s, ours (runtime, 2 threads) and llama.cpp b11434's own `llama-bench` (2 threads), as
-benchmarks/run.py measures them. Shapes: Qwen-7B-Chat (the real config, random weights) and Qwen3-30B-A3B (the real
-widths and experts; --moe-layers of its 48 layers, 16 by default: the whole model's source (61 GB) does not fit this
-machine's disk beside its quantized files), each Q4_0 and Q4_K_M; with --big also CodeShell-7B (the seed's model and
-workflow: the real config, random weights).
+"""The models people deploy, against today's llama.cpp built for this CPU: prompt (128 tokens, and 512) and generation
+(64 tokens after the 128-token prompt) tokens/s and peak RSS, ours (runtime, 2 threads) and llama.cpp b11434's own
+`llama-bench` (2 threads), as benchmarks/run.py measures them, with issue 16's targets. Shapes: Qwen-7B-Chat (the
+real config, random weights) and Qwen3-30B-A3B (the real widths and experts; --moe-layers of its 48 layers, 16 by
+default: the whole model's source (61 GB) does not fit this machine's disk beside its quantized files), each Q4_0 and
+Q4_K_M; with --big also CodeShell-7B (the seed's model and workflow: the real config, random weights).
 
 Set-up per shape, once: a random bf16 checkpoint, converted to each type in one step (`toolkit convert --outtype`: no
 f16 file on disk); the checkpoint is deleted once the quantized files exist. Disk at the peak: the checkpoint and both
 files (Qwen-7B and CodeShell-7B: 15 GB + 9 GB; the MoE shape at 16 layers: 21 GB + 12 GB); time: about 5 minutes per
-7B shape on this machine (2 cores)."""
+7B shape on this machine (2 cores). Measuring, per 7B row and round: about 1 minute for the 128-token prompt and the
+generation, both sides, and about 2 more for the 512-token prompt (ours ~50 s at CodeShell-7B Q4_0's ~10 tokens/s;
+llama-bench ~70 s, its warm-up being the whole prompt again)."""
 from __future__ import annotations
 
 import subprocess
@@ -54,6 +56,7 @@ def run(data: Path, repeat: int = 3, moe_layers: int = 16, big: bool = False) ->
         for t, path in files.items():
             console.print(f"[bold]models[/bold]: {shape} {t}")
             rows.append(row([shape, t], measure(path, bin_dir, repeat), bw * 1e9 / bytes_per_token(path, True)))
-    table(f"models: tokens/s, 2 threads, {repeat} alternating runs, medians (prompt 128; generation 64 after it; "
-          "llama.cpp = b11434's llama-bench; roofline = bandwidth / weight bytes a token reads, experts it routes to)",
-          ["model", "type", *COLUMNS, "RSS ours MB"], rows)
+    table(f"models: tokens/s, 2 threads, {repeat} alternating runs, medians (prompts 128 and 512; generation 64 after "
+          "the first; peak RSS of each process, highest of the runs; llama.cpp = b11434's llama-bench; roofline = "
+          "bandwidth / weight bytes a token reads, experts it routes to)",
+          ["model", "type", *COLUMNS], rows)
