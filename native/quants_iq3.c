@@ -249,49 +249,90 @@ static inline void lattice_sums(const float *xval, const float *w, const int8_t 
     *sumq2 = sq2;
 }
 
+/* tk_iq3_step_levels_avx2's levels and tuple codes (quants_iq3.h), one step at a time */
+static void step_levels(const float *xval, const float *ids, int nlanes, int8_t *Lt, int32_t *u) {
+    for (int s = 0; s < nlanes; ++s)
+        for (int k = 0; k < 8; ++k) {
+            int8_t l[4];
+            u[k * IQ3_STEP_LANES + s] = tuple_of(xval + 4 * k, ids[s], l);
+            for (int i = 0; i < 4; ++i) Lt[(4 * k + i) * IQ3_STEP_LANES + s] = l[i];
+        }
+}
+
+/* tk_iq3_step_sums_avx2's sums, one step at a time */
+static void step_sums(const float *xval, const float *w, const int8_t *Lt, int nlanes, float *sumqx, float *sumq2) {
+    for (int s = 0; s < nlanes; ++s) {
+        int8_t L[32];
+        for (int i = 0; i < 32; ++i) L[i] = Lt[i * IQ3_STEP_LANES + s];
+        lattice_sums(xval, w, L, sumqx + s, sumq2 + s);
+    }
+}
+
 /* The scale and levels L of 32 magnitudes xval (weights w, their square roots wa) on grid g, as ggml's
    quantize_row_iq3_*_impl: the best of 2·nsteps + 1 stretched grids (15 + 0.2·is)/max by (Σw·q·x)²/Σw·q², each
    4-tuple off the grid replaced by its best neighbour; then, when a kept tuple was off the grid, the tuples
    re-derived from the kept scale (all of them when requant_all, else only those off the grid) and the scale refitted.
-   on_grid0: what the groups count as before any grid is kept. */
+   on_grid0: what the groups count as before any grid is kept. Every step is quantized and summed first, each in a
+   lane of its own (the same numbers as ggml's step after step), then the steps compared in ggml's order. */
 static float fit_lattice(const struct iq3_grid *g, const float *xval, const float *w, const float *wa, float max,
                          int nsteps, int on_grid0, int requant_all, int simd, int8_t L[32]) {
-    int8_t Laux[32];
-    int on_grid[8], on_grid_aux[8];
-    float best = 0, scale = max / (2 * IQ3_KMAX - 1);
-    for (int k = 0; k < 8; ++k) on_grid[k] = on_grid0;
-    for (int is = -nsteps; is <= nsteps; ++is) {
-        const float id = (2 * IQ3_KMAX - 1 + is * 0.2f) / max;
-        const float this_scale = 1 / id;
+    const int nst = 2 * nsteps + 1;
+    float ids[IQ3_STEP_LANES] = {0}, sumqx[IQ3_STEP_LANES], sumq2[IQ3_STEP_LANES];
+    int8_t Lt[32 * IQ3_STEP_LANES];
+    int32_t u[8 * IQ3_STEP_LANES];
+    unsigned off[IQ3_STEP_LANES]; /* bit k: tuple k of the step was off the grid */
+    for (int s = 0; s < nst; ++s) ids[s] = (2 * IQ3_KMAX - 1 + (s - nsteps) * 0.2f) / max;
+#if IQ3_X86
+    if (simd) tk_iq3_step_levels_avx2(xval, ids, (nst + 7) & ~7, Lt, u);
+    else
+#endif
+    step_levels(xval, ids, nst, Lt, u);
+    for (int s = 0; s < nst; ++s) {
+        const float this_scale = 1 / ids[s];
+        off[s] = 0;
         for (int k = 0; k < 8; ++k) {
-            const int u = tuple_of(xval + 4 * k, id, Laux + 4 * k);
-            on_grid_aux[k] = g->map[u] >= 0;
-            if (!on_grid_aux[k]) best_neighbour(g, u, xval + 4 * k, wa + 4 * k, this_scale, simd, Laux + 4 * k);
+            const int t = u[k * IQ3_STEP_LANES + s];
+            if (g->map[t] >= 0) continue;
+            off[s] |= 1u << k;
+            int8_t l[4];
+            best_neighbour(g, t, xval + 4 * k, wa + 4 * k, this_scale, simd, l);
+            for (int i = 0; i < 4; ++i) Lt[(4 * k + i) * IQ3_STEP_LANES + s] = l[i];
         }
-        float sumqx, sumq2;
-        lattice_sums(xval, w, Laux, &sumqx, &sumq2);
-        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-            scale = sumqx / sumq2;
-            best = scale * sumqx;
-            memcpy(L, Laux, 32);
-            memcpy(on_grid, on_grid_aux, sizeof on_grid);
+    }
+#if IQ3_X86
+    if (simd) tk_iq3_step_sums_avx2(xval, w, Lt, (nst + 7) & ~7, sumqx, sumq2);
+    else
+#endif
+    step_sums(xval, w, Lt, nst, sumqx, sumq2);
+    float best = 0, scale = max / (2 * IQ3_KMAX - 1);
+    int kept = -1;
+    for (int s = 0; s < nst; ++s) {
+        if (sumq2[s] > 0 && sumqx[s] * sumqx[s] > best * sumq2[s]) {
+            scale = sumqx[s] / sumq2[s];
+            best = scale * sumqx[s];
+            kept = s;
         }
     }
     int n_off = 0;
-    for (int k = 0; k < 8; ++k) n_off += !on_grid[k];
+    if (kept >= 0) {
+        for (int i = 0; i < 32; ++i) L[i] = Lt[i * IQ3_STEP_LANES + kept];
+        n_off = __builtin_popcount(off[kept]);
+    } else if (!on_grid0) {
+        n_off = 8;
+    }
     if (n_off > 0 && scale > 0) {
         const float id = 1 / scale;
         for (int k = 0; k < 8; ++k) {
-            if (on_grid[k] && !requant_all) continue;
-            const int u = tuple_of(xval + 4 * k, id, NULL);
-            int index = g->map[u];
-            if (index < 0) index = best_neighbour(g, u, xval + 4 * k, wa + 4 * k, scale, simd, L + 4 * k);
+            if (!requant_all && !(kept >= 0 ? off[kept] >> k & 1 : !on_grid0)) continue;
+            const int t = tuple_of(xval + 4 * k, id, NULL);
+            int index = g->map[t];
+            if (index < 0) index = best_neighbour(g, t, xval + 4 * k, wa + 4 * k, scale, simd, L + 4 * k);
             const int8_t *p = (const int8_t *)&g->points[index];
             for (int i = 0; i < 4; ++i) L[4 * k + i] = (int8_t)((p[i] - 1) / 2);
         }
-        float sumqx, sumq2;
-        lattice_sums(xval, w, L, &sumqx, &sumq2);
-        if (sumq2 > 0) scale = sumqx / sumq2;
+        float sumqx1, sumq21;
+        lattice_sums(xval, w, L, &sumqx1, &sumq21);
+        if (sumq21 > 0) scale = sumqx1 / sumq21;
     }
     return scale;
 }

@@ -91,4 +91,53 @@ AVX2 void tk_vec_dot_iq3_s_q8_K_avx2(int64_t n, float *s, const void *vx, const 
     *s = hsum8(acc);
 }
 
+
+/* levels clamp(nearest(0.5·(id·x − 1)), 0, 7) of each magnitude at 8 steps at a time, nearest as tk_nearest_int
+   (the float-mantissa rounding: the same integer for every input, infinities and NaN included) */
+AVX2 void tk_iq3_step_levels_avx2(const float *xval, const float *ids, int nlanes, int8_t *Lt, int32_t *u) {
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), magic = _mm256_set1_ps(12582912.f);
+    const __m256i mantissa = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
+    const __m256i top = _mm256_set1_epi32(7), zero = _mm256_setzero_si256();
+    /* the low byte of each 32-bit lane into the low 4 bytes of its 128-bit half */
+    const __m256i low_bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                               0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    for (int v = 0; v < nlanes; v += 8) {
+        const __m256 id = _mm256_loadu_ps(ids + v);
+        for (int k = 0; k < 8; ++k) {
+            __m256i code = zero;
+            for (int i = 0; i < 4; ++i) {
+                const int e = 4 * k + i;
+                const __m256 t = _mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(id, _mm256_set1_ps(xval[e])), one));
+                const __m256i bits = _mm256_castps_si256(_mm256_add_ps(t, magic));
+                __m256i l = _mm256_sub_epi32(_mm256_and_si256(bits, mantissa), bias);
+                l = _mm256_min_epi32(_mm256_max_epi32(l, zero), top);
+                code = _mm256_or_si256(code, _mm256_slli_epi32(l, 3 * i));
+                const __m256i b = _mm256_shuffle_epi8(l, low_bytes);
+                const uint64_t packed = (uint32_t)_mm256_cvtsi256_si32(b) |
+                                        (uint64_t)(uint32_t)_mm256_extract_epi32(b, 4) << 32;
+                memcpy(Lt + e * IQ3_STEP_LANES + v, &packed, 8);
+            }
+            _mm256_storeu_si256((__m256i *)(u + k * IQ3_STEP_LANES + v), code);
+        }
+    }
+}
+
+/* per lane Σ (w·x)·q and Σ (w·q)·q over the 32 elements in order, as the scalar sums (mul, then add) */
+AVX2 void tk_iq3_step_sums_avx2(const float *xval, const float *w, const int8_t *Lt, int nlanes, float *sumqx,
+                                float *sumq2) {
+    const __m256i one = _mm256_set1_epi32(1);
+    for (int v = 0; v < nlanes; v += 8) {
+        __m256 sqx = _mm256_setzero_ps(), sq2 = _mm256_setzero_ps();
+        for (int i = 0; i < 32; ++i) {
+            const __m128i l8 = _mm_loadl_epi64((const __m128i *)(Lt + i * IQ3_STEP_LANES + v));
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_slli_epi32(_mm256_cvtepi8_epi32(l8), 1), one));
+            const __m256 wi = _mm256_set1_ps(w[i]);
+            sqx = _mm256_add_ps(sqx, _mm256_mul_ps(_mm256_set1_ps(w[i] * xval[i]), q));
+            sq2 = _mm256_add_ps(sq2, _mm256_mul_ps(_mm256_mul_ps(wi, q), q));
+        }
+        _mm256_storeu_ps(sumqx + v, sqx);
+        _mm256_storeu_ps(sumq2 + v, sq2);
+    }
+}
+
 #endif
