@@ -122,16 +122,17 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
     }                                                                                                           \
     LEGACY_ENTRIES(NAME, ATTR)
 
-/* a legacy kernel's one-row and two-row products and its tile, from its NAME##_block */
-#define LEGACY_ENTRIES(NAME, ATTR)                                                                               \
+/* a kernel's one-row and two-row products and its TR × TT tile, from its NAME##_block */
+#define BLOCK_ENTRIES(NAME, ATTR, TR, TT)                                                                        \
     ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
         NAME##_block(n, s, 1, vx, bx, vy, 0, nr, 1);                                                            \
     }                                                                                                           \
     ROWS(NAME, ATTR)                                                                                            \
     ATTR static void NAME##_tile(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,       \
                                  size_t by) {                                                                   \
-        NAME##_block(n, s, ls, vx, bx, vy, by, LEGACY_TILE_ROWS, LEGACY_TILE_TOKENS);                           \
+        NAME##_block(n, s, ls, vx, bx, vy, by, TR, TT);                                                         \
     }
+#define LEGACY_ENTRIES(NAME, ATTR) BLOCK_ENTRIES(NAME, ATTR, LEGACY_TILE_ROWS, LEGACY_TILE_TOKENS)
 
 /* Q4_0 in dot.c's block-sum order (llama.cpp's repacked Q4_0 gemv/gemm): per block and (row, token) the exact integer
    Σ (q - 8)·y (its eight lanes added up), then acc = fmaf(Σ, d_x·d_y, acc), blocks in order; same shapes as LEGACY */
@@ -177,82 +178,100 @@ LEGACY_BOTH(q8_0, block_q8_0, MIN_NONE)
 /* lanes of four consecutive products within each 32-quant row: dot.c's AVX2-order kernels */
 
 #define Q2_K(NAME, ATTR, LANES4)                                                                                 \
-    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
-        const block_q8_K *y = vy;                                                                               \
-        float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};                     \
-        for (int64_t b = 0; b < n / QK_K; b++) {                                                                \
-            const int16x8_t bs0 = vld1q_s16(y[b].bsums), bs1 = vld1q_s16(y[b].bsums + 8);                       \
+    ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
+                                  size_t by, const int nr, const int nt) {                                      \
+        float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];         \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);                               \
+        for (int64_t b = 0; b < n / QK_K; b++)                                                                  \
             for (int r = 0; r < nr; r++) {                                                                      \
                 const block_q2_K *x = ROW_PTR(block_q2_K, vx, bx, r) + b;                                        \
                 const uint8_t *sc = x->scales;                                                                  \
-                const float dall = y[b].d * H2F(x->d), dmin = y[b].d * H2F(x->dmin);                            \
-                /* mins: lane l = bsums[2l]·m[2l] + bsums[2l+1]·m[2l+1] (|bsum·m| <= 2048·15 fits int16) */       \
                 const uint8x16_t m = vshrq_n_u8(vld1q_u8(sc), 4);                                               \
                 const int16x8_t m0 = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(m)));                           \
                 const int16x8_t m1 = vreinterpretq_s16_u16(vmovl_high_u8(m));                                    \
-                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(vpaddlq_s16(vmulq_s16(bs0, m0))), -dmin);              \
-                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(vpaddlq_s16(vmulq_s16(bs1, m1))), -dmin);              \
-                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                         \
+                int8x16_t w[16]; /* elements 128k + 32j + (0..15) in w[2(4k + j)], + 16 in w[2(4k + j) + 1] */  \
                 for (int k = 0; k < 2; k++) {                                                                   \
                     const uint8x16_t q0 = vld1q_u8(x->qs + 32 * k), q1 = vld1q_u8(x->qs + 32 * k + 16);         \
                     for (int j = 0; j < 4; j++) {                                                               \
-                        const int mi = 4 * k + j;                                                               \
                         const int8x16_t sh = vdupq_n_s8((int8_t)(-2 * j));                                      \
-                        const int8x16_t w0 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3)));   \
-                        const int8x16_t w1 = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3)));   \
-                        const int8_t *q8 = y[b].qs + 128 * k + 32 * j;                                          \
-                        i0 = vmlaq_n_s32(i0, LANES4(w0, vld1q_s8(q8)), sc[2 * mi] & 0x0F);                      \
-                        i1 = vmlaq_n_s32(i1, LANES4(w1, vld1q_s8(q8 + 16)), sc[2 * mi + 1] & 0x0F);             \
+                        w[2 * (4 * k + j)] = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3)));    \
+                        w[2 * (4 * k + j) + 1] = vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3)));\
                     }                                                                                           \
                 }                                                                                               \
-                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(i0), dall);                                            \
-                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(i1), dall);                                            \
+                for (int t = 0; t < nt; t++) {                                                                  \
+                    const block_q8_K *y = ROW_PTR(block_q8_K, vy, by, t) + b;                                    \
+                    const float dall = y->d * H2F(x->d), dmin = y->d * H2F(x->dmin);                            \
+                    /* mins: lane l = bsums[2l]·m[2l] + bsums[2l+1]·m[2l+1] (|bsum·m| <= 2048·15 fits int16) */   \
+                    const int16x8_t bs0 = vld1q_s16(y->bsums), bs1 = vld1q_s16(y->bsums + 8);                   \
+                    lo[r][t] = vfmaq_n_f32(lo[r][t], vcvtq_f32_s32(vpaddlq_s16(vmulq_s16(bs0, m0))), -dmin);    \
+                    hi[r][t] = vfmaq_n_f32(hi[r][t], vcvtq_f32_s32(vpaddlq_s16(vmulq_s16(bs1, m1))), -dmin);    \
+                    int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                     \
+                    for (int mi = 0; mi < 8; mi++) {                                                            \
+                        const int8_t *q8 = y->qs + 32 * mi;                                                     \
+                        i0 = vmlaq_n_s32(i0, LANES4(w[2 * mi], vld1q_s8(q8)), sc[2 * mi] & 0x0F);                \
+                        i1 = vmlaq_n_s32(i1, LANES4(w[2 * mi + 1], vld1q_s8(q8 + 16)), sc[2 * mi + 1] & 0x0F);   \
+                    }                                                                                           \
+                    lo[r][t] = vfmaq_n_f32(lo[r][t], vcvtq_f32_s32(i0), dall);                                  \
+                    hi[r][t] = vfmaq_n_f32(hi[r][t], vcvtq_f32_s32(i1), dall);                                  \
+                }                                                                                               \
             }                                                                                                   \
-        }                                                                                                       \
-        for (int r = 0; r < nr; r++) s[r] = lanes_total(lo[r], hi[r]);                                           \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_total(lo[r][t], hi[r][t]);                        \
     }                                                                                                           \
-    ROWS(NAME, ATTR)
+    LEGACY_ENTRIES(NAME, ATTR)
 
 Q2_K(dot_q2_K_neon, NEON, lanes4_neon)
 Q2_K(dot_q2_K_dot, DOTPROD, lanes4_dot)
 
 #define Q5_K(NAME, ATTR, LANES4)                                                                                 \
-    ATTR INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
-        const block_q8_K *y = vy;                                                                               \
-        float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};                     \
-        float summs[2] = {0, 0};                                                                                \
+    ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
+                                  size_t by, const int nr, const int nt) {                                      \
+        float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];         \
+        float summs[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];                                                      \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) {                                                                      \
+                lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);                                                        \
+                summs[r][t] = 0;                                                                                \
+            }                                                                                                   \
         const uint8x16_t s16 = vdupq_n_u8(0x10), m4 = vdupq_n_u8(0x0F);                                         \
-        for (int64_t b = 0; b < n / QK_K; b++) {                                                                \
+        for (int64_t b = 0; b < n / QK_K; b++)                                                                  \
             for (int r = 0; r < nr; r++) {                                                                      \
                 const block_q5_K *x = ROW_PTR(block_q5_K, vx, bx, r) + b;                                        \
                 uint8_t sc[8], mn[8];                                                                           \
                 tk_unpack_scales_k4(x->scales, sc, mn);                                                         \
-                const float d = y[b].d * H2F(x->d), dmin = y[b].d * H2F(x->dmin);                               \
-                int summ = 0;                                                                                   \
-                for (int j = 0; j < 16; j++) summ += y[b].bsums[j] * mn[j / 2];                                 \
-                summs[r] += -dmin * (float)summ;                                                                \
                 const uint8x16_t h0 = vld1q_u8(x->qh), h1 = vld1q_u8(x->qh + 16);                               \
-                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                         \
+                int8x16_t w[16]; /* elements 64j + 16i + (0..15) in w[4j + i] */                                \
                 for (int j = 0; j < 4; j++) {                                                                   \
                     const uint8x16_t q0 = vld1q_u8(x->qs + 32 * j), q1 = vld1q_u8(x->qs + 32 * j + 16);         \
                     const uint8x16_t bl = vdupq_n_u8((uint8_t)(1 << (2 * j))), bh = vdupq_n_u8((uint8_t)(2 << (2 * j))); \
-                    const int8x16_t l0 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q0, m4), vandq_u8(vtstq_u8(h0, bl), s16))); \
-                    const int8x16_t l1 = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q1, m4), vandq_u8(vtstq_u8(h1, bl), s16))); \
-                    const int8x16_t u0 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q0, 4), vandq_u8(vtstq_u8(h0, bh), s16))); \
-                    const int8x16_t u1 = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q1, 4), vandq_u8(vtstq_u8(h1, bh), s16))); \
-                    const int8_t *q8 = y[b].qs + 64 * j;                                                        \
-                    i0 = vmlaq_n_s32(i0, LANES4(l0, vld1q_s8(q8)), sc[2 * j]);                                  \
-                    i1 = vmlaq_n_s32(i1, LANES4(l1, vld1q_s8(q8 + 16)), sc[2 * j]);                             \
-                    i0 = vmlaq_n_s32(i0, LANES4(u0, vld1q_s8(q8 + 32)), sc[2 * j + 1]);                         \
-                    i1 = vmlaq_n_s32(i1, LANES4(u1, vld1q_s8(q8 + 48)), sc[2 * j + 1]);                         \
+                    w[4 * j] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q0, m4), vandq_u8(vtstq_u8(h0, bl), s16)));  \
+                    w[4 * j + 1] = vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q1, m4), vandq_u8(vtstq_u8(h1, bl), s16))); \
+                    w[4 * j + 2] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q0, 4), vandq_u8(vtstq_u8(h0, bh), s16))); \
+                    w[4 * j + 3] = vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8(q1, 4), vandq_u8(vtstq_u8(h1, bh), s16))); \
                 }                                                                                               \
-                lo[r] = vfmaq_n_f32(lo[r], vcvtq_f32_s32(i0), d);                                               \
-                hi[r] = vfmaq_n_f32(hi[r], vcvtq_f32_s32(i1), d);                                               \
+                for (int t = 0; t < nt; t++) {                                                                  \
+                    const block_q8_K *y = ROW_PTR(block_q8_K, vy, by, t) + b;                                    \
+                    const float d = y->d * H2F(x->d), dmin = y->d * H2F(x->dmin);                               \
+                    int summ = 0;                                                                               \
+                    for (int j = 0; j < 16; j++) summ += y->bsums[j] * mn[j / 2];                               \
+                    summs[r][t] += -dmin * (float)summ;                                                         \
+                    int32x4_t i0 = vdupq_n_s32(0), i1 = i0;                                                     \
+                    for (int j = 0; j < 4; j++) {                                                               \
+                        const int8_t *q8 = y->qs + 64 * j;                                                      \
+                        i0 = vmlaq_n_s32(i0, LANES4(w[4 * j], vld1q_s8(q8)), sc[2 * j]);                        \
+                        i1 = vmlaq_n_s32(i1, LANES4(w[4 * j + 1], vld1q_s8(q8 + 16)), sc[2 * j]);               \
+                        i0 = vmlaq_n_s32(i0, LANES4(w[4 * j + 2], vld1q_s8(q8 + 32)), sc[2 * j + 1]);           \
+                        i1 = vmlaq_n_s32(i1, LANES4(w[4 * j + 3], vld1q_s8(q8 + 48)), sc[2 * j + 1]);           \
+                    }                                                                                           \
+                    lo[r][t] = vfmaq_n_f32(lo[r][t], vcvtq_f32_s32(i0), d);                                     \
+                    hi[r][t] = vfmaq_n_f32(hi[r][t], vcvtq_f32_s32(i1), d);                                     \
+                }                                                                                               \
             }                                                                                                   \
-        }                                                                                                       \
-        for (int r = 0; r < nr; r++) s[r] = lanes_total(lo[r], hi[r]) + summs[r];                                \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_total(lo[r][t], hi[r][t]) + summs[r][t];          \
     }                                                                                                           \
-    ROWS(NAME, ATTR)
+    LEGACY_ENTRIES(NAME, ATTR)
 
 Q5_K(dot_q5_K_neon, NEON, lanes4_neon)
 Q5_K(dot_q5_K_dot, DOTPROD, lanes4_dot)
@@ -278,37 +297,42 @@ static inline void float_lanes(float32x4_t *lo, float32x4_t *hi, float d, int32x
     *hi = vaddq_f32(*hi, vmulq_n_f32(vcvtq_f32_s32(i1), d));
 }
 
-NEON INLINE void dot_q3_K_neon_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {
-    const block_q8_K *y = vy;
-    float32x4_t lo[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}, hi[2] = {lo[0], lo[0]};
+NEON INLINE void dot_q3_K_neon_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
+                                     size_t by, const int nr, const int nt) {
+    float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);
+    const uint8x16_t four = vdupq_n_u8(4);
     for (int64_t b = 0; b < n / QK_K; b++)
         for (int r = 0; r < nr; r++) {
             const block_q3_K *x = ROW_PTR(block_q3_K, vx, bx, r) + b;
             int8_t sc[16];
             tk_unpack_scales_q3_K(x->scales, sc);
             const uint8x16_t hm0 = vld1q_u8(x->hmask), hm1 = vld1q_u8(x->hmask + 16);
-            int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+            int8x16_t w[16]; /* elements 128h + 32k + 16c + (0..15), group 8h + 2k + c, in w[8h + 2k + c] */
             for (int h = 0; h < 2; h++) {
                 const uint8x16_t q0 = vld1q_u8(x->qs + 32 * h), q1 = vld1q_u8(x->qs + 32 * h + 16);
                 for (int k = 0; k < 4; k++) {
-                    /* elements 128h + 32k + l: bits 2k of qs[32h + l], minus 4 where bit 4h + k of hmask[l] is clear */
+                    /* bits 2k of qs[32h + l], minus 4 where bit 4h + k of hmask[l] is clear */
                     const int8x16_t sh = vdupq_n_s8((int8_t)(-2 * k));
-                    const uint8x16_t bit = vdupq_n_u8((uint8_t)(1 << (4 * h + k))), four = vdupq_n_u8(4);
-                    const int8x16_t a0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3))),
-                                                  vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm0, bit))));
-                    const int8x16_t a1 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3))),
-                                                  vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm1, bit))));
-                    const int8_t *q8 = y[b].qs + 128 * h + 32 * k;
-                    const int g = 8 * h + 2 * k;
-                    add_group(&i0, &i1, prod16(a0, vld1q_s8(q8)), sc[g]);
-                    add_group(&i0, &i1, prod16(a1, vld1q_s8(q8 + 16)), sc[g + 1]);
+                    const uint8x16_t bit = vdupq_n_u8((uint8_t)(1 << (4 * h + k)));
+                    w[8 * h + 2 * k] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q0, sh), vdupq_n_u8(3))),
+                                                vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm0, bit))));
+                    w[8 * h + 2 * k + 1] = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(vshlq_u8(q1, sh), vdupq_n_u8(3))),
+                                                    vreinterpretq_s8_u8(vbicq_u8(four, vtstq_u8(hm1, bit))));
                 }
             }
-            float_lanes(&lo[r], &hi[r], H2F(x->d) * y[b].d, i0, i1);
+            for (int t = 0; t < nt; t++) {
+                const block_q8_K *y = ROW_PTR(block_q8_K, vy, by, t) + b;
+                int32x4_t i0 = vdupq_n_s32(0), i1 = i0;
+                for (int g = 0; g < 16; g++) add_group(&i0, &i1, prod16(w[g], vld1q_s8(y->qs + 16 * g)), sc[g]);
+                float_lanes(&lo[r][t], &hi[r][t], H2F(x->d) * y->d, i0, i1);
+            }
         }
-    for (int r = 0; r < nr; r++) s[r] = lanes_seq8(0.0f, lo[r], hi[r]);
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_seq8(0.0f, lo[r][t], hi[r][t]);
 }
-ROWS(dot_q3_K_neon, NEON)
+LEGACY_ENTRIES(dot_q3_K_neon, NEON)
 
 /* Q4_K and Q6_K written once for nr weight rows × nt activation rows (as LEGACY): a super-block's weights unpacked
    once for all its tokens; the one-row and two-row kernels are the 1 × 1 and 2 × 1 cases, prompt processing's tile the
@@ -398,50 +422,47 @@ NEON INLINE void dot_q6_K_neon_block(int64_t n, float *s, size_t ls, const void 
         for (int t = 0; t < nt; t++) s[r * ls + t] = lanes_seq8(0.0f, lo[r][t], hi[r][t]);
 }
 
-#define K_ENTRIES(NAME)                                                                                          \
-    NEON INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) { \
-        NAME##_block(n, s, 1, vx, bx, vy, 0, nr, 1);                                                            \
-    }                                                                                                           \
-    ROWS(NAME, NEON)                                                                                            \
-    NEON static void NAME##_tile(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,       \
-                                 size_t by) {                                                                   \
-        NAME##_block(n, s, ls, vx, bx, vy, by, K_TILE_ROWS, K_TILE_TOKENS);                                     \
-    }
+#define K_ENTRIES(NAME) BLOCK_ENTRIES(NAME, NEON, K_TILE_ROWS, K_TILE_TOKENS)
 K_ENTRIES(dot_q4_K_neon)
 K_ENTRIES(dot_q6_K_neon)
 
 /* ---------------------------------------------------------------------------------------------- float types */
-/* 16 elements per step in four FMA accumulators per row; the tail in float */
+/* 16 elements per step in four FMA accumulators per (row, token), each step's weights loaded once for the tile's
+   tokens; the tail in float */
 
 static inline float hsum4x4(float32x4_t a, float32x4_t b, float32x4_t c, float32x4_t d) {
     return vaddvq_f32(vaddq_f32(vaddq_f32(a, b), vaddq_f32(c, d)));
 }
 
+#define FLOAT_TILE_ROWS 2
+#define FLOAT_TILE_TOKENS 2
 #define FLOAT_DOT(NAME, T, LOAD, ONE)                                                                            \
-    NEON INLINE void NAME##_rows(int64_t n, float *s, const void *vx, size_t bx, const void *vy, const int nr) {  \
-        const T *y = vy;                                                                                        \
-        float32x4_t acc[2][4];                                                                                  \
-        for (int r = 0; r < 2; r++)                                                                             \
-            for (int k = 0; k < 4; k++) acc[r][k] = vdupq_n_f32(0.0f);                                          \
+    NEON INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
+                                  size_t by, const int nr, const int nt) {                                      \
+        float32x4_t acc[FLOAT_TILE_ROWS][FLOAT_TILE_TOKENS][4];                                                 \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++)                                                                        \
+                for (int k = 0; k < 4; k++) acc[r][t][k] = vdupq_n_f32(0.0f);                                   \
         int64_t i = 0;                                                                                          \
         for (; i + 16 <= n; i += 16) {                                                                          \
-            const float32x4_t y0 = LOAD(y + i), y1 = LOAD(y + i + 4), y2 = LOAD(y + i + 8), y3 = LOAD(y + i + 12); \
-            for (int r = 0; r < nr; r++) {                                                                      \
-                const T *x = ROW_PTR(T, vx, bx, r);                                                              \
-                acc[r][0] = vfmaq_f32(acc[r][0], LOAD(x + i), y0);                                              \
-                acc[r][1] = vfmaq_f32(acc[r][1], LOAD(x + i + 4), y1);                                          \
-                acc[r][2] = vfmaq_f32(acc[r][2], LOAD(x + i + 8), y2);                                          \
-                acc[r][3] = vfmaq_f32(acc[r][3], LOAD(x + i + 12), y3);                                         \
+            float32x4_t w[FLOAT_TILE_ROWS][4];                                                                  \
+            for (int r = 0; r < nr; r++)                                                                        \
+                for (int k = 0; k < 4; k++) w[r][k] = LOAD(ROW_PTR(T, vx, bx, r) + i + 4 * k);                   \
+            for (int t = 0; t < nt; t++)                                                                        \
+                for (int k = 0; k < 4; k++) {                                                                   \
+                    const float32x4_t a = LOAD(ROW_PTR(T, vy, by, t) + i + 4 * k);                               \
+                    for (int r = 0; r < nr; r++) acc[r][t][k] = vfmaq_f32(acc[r][t][k], w[r][k], a);            \
+                }                                                                                               \
+        }                                                                                                       \
+        for (int r = 0; r < nr; r++)                                                                            \
+            for (int t = 0; t < nt; t++) {                                                                      \
+                const T *x = ROW_PTR(T, vx, bx, r), *y = ROW_PTR(T, vy, by, t);                                  \
+                float sum = hsum4x4(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3]);                    \
+                for (int64_t k = i; k < n; k++) sum += ONE(x[k]) * ONE(y[k]);                                   \
+                s[r * ls + t] = sum;                                                                            \
             }                                                                                                   \
-        }                                                                                                       \
-        for (int r = 0; r < nr; r++) {                                                                          \
-            const T *x = ROW_PTR(T, vx, bx, r);                                                                  \
-            float sum = hsum4x4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);                                    \
-            for (int64_t k = i; k < n; k++) sum += ONE(x[k]) * ONE(y[k]);                                       \
-            s[r] = sum;                                                                                         \
-        }                                                                                                       \
     }                                                                                                           \
-    ROWS(NAME, NEON)
+    BLOCK_ENTRIES(NAME, NEON, FLOAT_TILE_ROWS, FLOAT_TILE_TOKENS)
 
 static inline float32x4_t load_f16(const tk_half *p) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p))); }
 static inline float32x4_t load_bf16(const uint16_t *p) {
@@ -480,7 +501,8 @@ static const struct neon_dots NEON_DOTS[TK_TYPE_COUNT] = {
     [TK_IQ2_S] = {tk_vec_dot_iq2_s_q8_K_neon, tk_vec_dot_iq2_s_q8_K_dot, NULL, NULL},
 };
 
-/* prompt processing's tiles: the legacy types', at each level (the others run their two-row kernels per token) */
+/* prompt processing's tiles: the legacy types', Q2_K's and Q5_K's at each level (the IQ and ternary types run their
+   two-row kernels per token) */
 #define LEGACY_GEMM(T, LEVEL)                                                                                   \
     static const struct tk_gemm tile_##T##_##LEVEL = {dot_##T##_##LEVEL##_tile, LEGACY_TILE_ROWS, LEGACY_TILE_TOKENS, \
                                                       NULL, 0, 0, NULL};
@@ -491,9 +513,21 @@ LEGACY_GEMMS(q5_0)
 LEGACY_GEMMS(q5_1)
 LEGACY_GEMMS(q8_0)
 
-/* Q4_K's and Q6_K's at every level (their lanes keep the NEON kernels at the dotprod level) */
+LEGACY_GEMMS(q2_K)
+LEGACY_GEMMS(q5_K)
+LEGACY_GEMM(q3_K, neon)
+
+/* Q3_K's, Q4_K's and Q6_K's at every level (their lanes keep the NEON kernels at the dotprod level) */
 static const struct tk_gemm tile_q4_K_neon = {dot_q4_K_neon_tile, K_TILE_ROWS, K_TILE_TOKENS, NULL, 0, 0, NULL};
 static const struct tk_gemm tile_q6_K_neon = {dot_q6_K_neon_tile, K_TILE_ROWS, K_TILE_TOKENS, NULL, 0, 0, NULL};
+
+/* the float types' at every level */
+#define FLOAT_GEMM(T)                                                                                             \
+    static const struct tk_gemm tile_##T##_neon = {dot_##T##_neon_tile, FLOAT_TILE_ROWS, FLOAT_TILE_TOKENS, NULL, 0, \
+                                                   0, NULL};
+FLOAT_GEMM(f32)
+FLOAT_GEMM(f16)
+FLOAT_GEMM(bf16)
 
 const struct tk_gemm *tk_gemm_neon(int wtype, int level) {
     if (level < 1) return NULL;
@@ -505,8 +539,14 @@ const struct tk_gemm *tk_gemm_neon(int wtype, int level) {
     case TK_Q5_0: return level >= 2 ? &tile_q5_0_dot : &tile_q5_0_neon;
     case TK_Q5_1: return level >= 2 ? &tile_q5_1_dot : &tile_q5_1_neon;
     case TK_Q8_0: return level >= 2 ? &tile_q8_0_dot : &tile_q8_0_neon;
+    case TK_Q2_K: return level >= 2 ? &tile_q2_K_dot : &tile_q2_K_neon;
+    case TK_Q3_K: return &tile_q3_K_neon;
     case TK_Q4_K: return &tile_q4_K_neon;
+    case TK_Q5_K: return level >= 2 ? &tile_q5_K_dot : &tile_q5_K_neon;
     case TK_Q6_K: return &tile_q6_K_neon;
+    case TK_F32: return &tile_f32_neon;
+    case TK_F16: return &tile_f16_neon;
+    case TK_BF16: return &tile_bf16_neon;
     default: return NULL;
     }
 }
