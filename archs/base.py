@@ -189,6 +189,13 @@ class Architecture:
             raise UserError(f"config.json: {keys[0]} must be a positive integer, got {v!r}")
         return v
 
+    def get_count(self, *keys: str) -> int:
+        """A non-negative integer from config.json, 0 when absent (an optional count or size: experts, a window)."""
+        v = self.get(*keys, default=0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise UserError(f"config.json: {keys[0]} must be a non-negative integer, got {v!r}")
+        return v
+
     def layer_count(self, *keys: str) -> int:
         """The number of blocks, at most MAX_LAYERS (a larger one is a damaged config, not a model to plan for)."""
         v = self.get_int(*keys)

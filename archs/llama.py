@@ -30,7 +30,7 @@ class Llama(Architecture):
         self.qkv_bias = bool(self.get("attention_bias", default=self.qkv_bias_default, required=False))
         self.tied = bool(self.get("tie_word_embeddings", default=False, required=False))
         self.rope_settings = self.rope()
-        self.n_expert = int(self.get("num_local_experts", "num_experts", default=0, required=False))
+        self.n_expert = self.get_count("num_local_experts", "num_experts")
         if self.n_expert:
             self.n_expert_used = self.get_int("num_experts_per_tok")
             if self.n_expert_used > self.n_expert:

@@ -65,7 +65,7 @@ class Phi3(Architecture):
             K.Attention.LAYERNORM_RMS_EPS: self.get_float("rms_norm_eps"),
             K.Rope.DIMENSION_COUNT: self.n_rot,
             K.Rope.FREQ_BASE: self.rope_settings["theta"],
-            K.Attention.SLIDING_WINDOW: int(self.get("sliding_window", default=0, required=False)),
+            K.Attention.SLIDING_WINDOW: self.get_count("sliding_window"),
         }
         if self.rope_settings["type"] == "longrope":
             hp[K.Rope.SCALING_ATTN_FACTOR] = self.attn_factor()

@@ -92,3 +92,14 @@ def test_engine_description_by_name_in_c():
                     dict(n_expert=0, n_expert_used=2, n_ff_exp=0), dict(n_expert=5000, n_expert_used=2, n_ff_exp=8)):
         with pytest.raises(ValueError, match="inconsistent expert counts"):  # sizes of the forward's buffers
             native._core.engine_new(_description(norm=0, rope=2, ffn=0, **experts), [])
+
+
+@pytest.mark.parametrize("fixture,key", [("qwen3moe", "num_local_experts"), ("phi3", "sliding_window")])
+@pytest.mark.parametrize("value", ["float16", -1, 2.5, True])
+def test_optional_counts_must_be_non_negative_integers(configs, fixture, key, value):
+    """make fuzz: num_local_experts "float16" in a Qwen3-MoE config reached int() and raised ValueError (a traceback
+    where the CLI owes one line)."""
+    config = dict(configs[fixture], **{key: value})
+    with pytest.raises(UserError, match=f"config.json: {key} must be a non-negative integer, got {value!r}"):
+        model = archs.for_config(config)
+        model.hparams()
