@@ -152,13 +152,15 @@ class Seq:
     """One sequence of a batched forward pass (engine.h's struct tk_seq, read by name): int32 `tokens` at positions
     pos0.. of the KV cache `kv`, their float32 `logits` (one row per token with all_logits, else the last token's;
     None: no logits) and, when `embd` is given, every token's hidden state after the output norm (n_embd float32
-    per token)."""
+    per token). skip_logits, with all_logits: the first that many tokens get no logits row (the rows start at token
+    skip_logits)."""
     kv: object
     tokens: np.ndarray
     pos0: int
     logits: np.ndarray | None
     all_logits: bool = False
     embd: np.ndarray | None = None
+    skip_logits: int = 0
 
 
 def forward_batch(engine, seqs: list[Seq], nthreads: int) -> None:

@@ -1489,9 +1489,9 @@ static void forward_task(void *p, int ith, int nth) {
     }
 }
 
-/* How many logits rows a sequence wants: every token's, the last one's, or none. */
+/* How many logits rows a sequence wants: every token's (but the first skip_logits), the last one's, or none. */
 static int64_t seq_logit_rows(const struct tk_seq *q) {
-    return !q->logits ? 0 : q->all_logits ? q->n : 1;
+    return !q->logits ? 0 : q->all_logits ? q->n - q->skip_logits : 1;
 }
 
 /* The sequences' arguments, checked: each its own cache of this engine, positions inside it, tokens in the
@@ -1504,7 +1504,7 @@ static int64_t check_seqs(const struct tk_engine *e, const struct tk_seq *seqs, 
         const struct tk_seq *q = &seqs[s];
         const struct tk_kv *kv = q->kv;
         if (!kv || !q->tokens || q->n <= 0 || q->pos0 < 0 || q->pos0 > kv->n_ctx || q->n > kv->n_ctx - q->pos0 ||
-            kv->n_layer != hp->n_layer || kv->kv_dim != hp->n_head_kv * hp->head_dim)
+            q->skip_logits < 0 || q->skip_logits >= q->n || kv->n_layer != hp->n_layer || kv->kv_dim != hp->n_head_kv * hp->head_dim)
             return -1;
         if (hp->rope == TK_ROPE_NONE && q->pos0 + q->n > e->pos_embd.rows) return -1;
         for (int r = 0; r < s; r++)
@@ -1555,9 +1555,9 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
     const float **ff = malloc(sizeof(float *) * (size_t)nseq);
     /* one sequence writes its logits in place; several share a buffer, copied out at the end */
     float *out = nseq == 1 || nout == 0 ? seqs[0].logits : malloc(sizeof(float) * (size_t)nout * (size_t)hp->n_vocab);
-    /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16, for every
-       token (every token-expert pair in expert layers) */
-    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + 64);
+    /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 4 bytes per element for F16/BF16 (rounded,
+       held as F32 on AVX512), for every token (every token-expert pair in expert layers) */
+    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 4 + 64);
     f.work_size = tk_matmul_work(widest);
     f.work = malloc(f.work_size * (size_t)nthreads);
     int ok = mem != NULL && ints != NULL && longs != NULL && ff != NULL && (out != NULL || nout == 0) &&

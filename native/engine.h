@@ -77,7 +77,9 @@ int tk_engine_forward(struct tk_engine *e, struct tk_kv *kv, const int32_t *toke
 
 /* One sequence of a batch: tokens[0..n) at positions pos0.. of its own cache kv, its logits as tk_engine_forward
    gives them (logits NULL: none, and without any the output matrix is not run). embd, when not NULL, receives n_embd
-   floats per token for all n tokens: the hidden states after the output norm (what llama.cpp's embeddings read). */
+   floats per token for all n tokens: the hidden states after the output norm (what llama.cpp's embeddings read).
+   skip_logits (0 <= skip_logits < n, with all_logits): the first skip_logits tokens get no logits row, as llama.cpp's
+   per-token output flags leave them out (llama-perplexity scores only the second half of a chunk). */
 struct tk_seq {
     struct tk_kv *kv;
     const int32_t *tokens;
@@ -85,6 +87,7 @@ struct tk_seq {
     float *logits;
     int all_logits;
     float *embd;
+    int64_t skip_logits;
 };
 
 /* Most tokens one batch takes (all sequences together). */

@@ -357,8 +357,8 @@ static PyObject *py_kv_new(PyObject *self, PyObject *args) {
 }
 
 /* One sequence of forward_batch, read from an object by attribute name (runtime's native.Seq): kv (capsule), tokens
-   (contiguous int32), pos0, logits (contiguous float32, writable; None: no logits), all_logits, and embd if the object
-   has it (contiguous float32, writable, n_embd per token: the hidden states after the output norm; None: not wanted).
+   (contiguous int32), pos0, logits (contiguous float32, writable; None: no logits), all_logits, skip_logits if the
+   object has it (with all_logits: the first tokens without a logits row), and embd if the object has it (contiguous float32, writable, n_embd per token: the hidden states after the output norm; None: not wanted).
    Buffers are released by release_seq. */
 struct seq_bufs { Py_buffer tok, out, embd; int have_tok, have_out, have_embd; };
 
@@ -411,12 +411,18 @@ static int read_seq(PyObject *o, const struct tk_engine *e, struct tk_seq *q, st
         PyErr_SetString(PyExc_ValueError, "tokens must be contiguous int32");
         return -1;
     }
-    if (get_out_buffer(o, "logits", &b->out, &b->have_out, (size_t)((all ? n : 1) * tk_engine_vocab(e)))) return -1;
+    long long skip = 0;
+    if (PyObject_HasAttrString(o, "skip_logits") && get_attr_ll(o, "skip_logits", &skip)) return -1;
+    if (skip < 0 || skip >= (n > 0 ? n : 1) || (skip && !all)) {
+        PyErr_SetString(PyExc_ValueError, "skip_logits must be below the token count, and given with all_logits");
+        return -1;
+    }
+    if (get_out_buffer(o, "logits", &b->out, &b->have_out, (size_t)((all ? n - skip : 1) * tk_engine_vocab(e)))) return -1;
     if (PyObject_HasAttrString(o, "embd") &&
         get_out_buffer(o, "embd", &b->embd, &b->have_embd, (size_t)(n * tk_engine_embd(e))))
         return -1;
     *q = (struct tk_seq){q->kv, b->tok.buf, n, pos0, b->have_out ? b->out.buf : NULL, all != 0,
-                         b->have_embd ? b->embd.buf : NULL};
+                         b->have_embd ? b->embd.buf : NULL, skip};
     return 0;
 }
 

@@ -31,6 +31,7 @@ class _Request:
     all_logits: bool
     since: float
     hidden: bool = False
+    skip_logits: int = 0
     result: np.ndarray | None = None
     error: BaseException | None = None
     done: bool = False
@@ -65,16 +66,19 @@ class Batcher:
                     del self._members[key]
                 self._cv.notify_all()
 
-    def forward(self, tokens: list[int], cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
+    def forward(self, tokens: list[int], cache: KVCache, all_logits: bool = False, hidden: bool = False,
+                skip_logits: int = 0) -> np.ndarray:
         """`tokens` evaluated after the cache's positions, in a pass shared with whatever else is waiting; the logits as
-        Transformer.forward returns them (hidden: every token's hidden state as Transformer.hidden returns them)."""
-        return self.forward_many([(tokens, cache, all_logits, hidden)])[0]
+        Transformer.forward returns them (hidden: every token's hidden state as Transformer.hidden returns them;
+        skip_logits, with all_logits: no rows for the first that many tokens)."""
+        return self.forward_many([(tokens, cache, all_logits, hidden, skip_logits)])[0]
 
-    def forward_many(self, items: list[tuple[list[int], KVCache, bool, bool]]) -> list[np.ndarray]:
-        """Several sequences asked for at once, each (tokens, its own cache, all_logits, hidden) as `forward` takes
-        them: they wait together, so that a pass takes as many of them as n_ubatch allows."""
+    def forward_many(self, items: list[tuple]) -> list[np.ndarray]:
+        """Several sequences asked for at once, each (tokens, its own cache, all_logits, hidden[, skip_logits]) as
+        `forward` takes them: they wait together, so that a pass takes as many of them as n_ubatch allows."""
         now = time.perf_counter()
-        reqs = [_Request(list(tokens), cache, all_logits, now, hidden) for tokens, cache, all_logits, hidden in items]
+        reqs = [_Request(list(tokens), cache, all_logits, now, hidden, *skip) for tokens, cache, all_logits, hidden, *skip
+                in items]
         with self._cv:
             self._waiting.extend(reqs)
             self._cv.notify_all()
@@ -128,7 +132,7 @@ class Batcher:
     def _run(self, batch: list[_Request]) -> None:
         t0 = time.perf_counter()
         try:
-            outs = self.net.forward_batch([(r.tokens, r.cache, r.all_logits, r.hidden) for r in batch])
+            outs = self.net.forward_batch([(r.tokens, r.cache, r.all_logits, r.hidden, r.skip_logits) for r in batch])
             for r, out in zip(batch, outs):
                 r.result = out
         except BaseException as e:  # noqa: BLE001 — every request of the pass gets the error

@@ -209,8 +209,12 @@ class Session:
         self.reset()
         self.eval(kept)
 
-    def eval(self, tokens: list[int], all_logits: bool = False) -> np.ndarray:
-        """Evaluate tokens after those already in the context, in batches of n_batch; the last (or all) logits."""
+    def eval(self, tokens: list[int], all_logits: bool = False, skip_logits: int = 0) -> np.ndarray:
+        """Evaluate tokens after those already in the context, in batches of n_batch; the last (or all) logits.
+        skip_logits, with all_logits: the rows start at token skip_logits (< len(tokens)): the tokens before it get no
+        logits (llama.cpp's output flags; a batch wholly before it computes only its last row, left out)."""
+        if not 0 <= skip_logits < max(len(tokens), 1) or (skip_logits and not all_logits):
+            raise ValueError(f"skip_logits {skip_logits} needs all_logits and fewer than {len(tokens)}")
         if len(self.tokens) + len(tokens) > self.n_ctx:
             raise UserError(f"the context is full: {len(self.tokens)} + {len(tokens)} tokens > n_ctx {self.n_ctx}")
         bad = [t for t in tokens if not 0 <= t < self.model.hp.n_vocab]
@@ -220,7 +224,11 @@ class Session:
         outs = []
         for i in range(0, len(tokens), self.n_batch):
             batch = tokens[i:i + self.n_batch]
-            outs.append(self.batcher.forward(batch, self.cache, all_logits=all_logits))
+            skip = max(skip_logits - i, 0)
+            if skip >= len(batch):
+                self.batcher.forward(batch, self.cache)
+            else:
+                outs.append(self.batcher.forward(batch, self.cache, all_logits=all_logits, skip_logits=skip))
             self.tokens.extend(batch)
         ms = (time.perf_counter() - t0) * 1000.0
         if len(tokens) > 1:

@@ -91,20 +91,13 @@ def chunk_bos(tokenizer) -> int | None:
 
 def chunk_logits(session, chunk: list[int], bos: int | None, first: int) -> np.ndarray:
     """The logits of positions first..len(chunk)-2, the chunk evaluated from an empty context in batches of the
-    session's n_batch, its first token replaced by `bos` unless that is None; batches wholly before `first`
-    compute no logits."""
+    session's n_batch, its first token replaced by `bos` unless that is None; as llama-perplexity, the positions
+    before `first` compute no logits."""
     ids = list(chunk)
     if bos is not None:
         ids[0] = bos
     session.reset()
-    rows = []
-    for start in range(0, len(ids), session.n_batch):
-        batch = ids[start:start + session.n_batch]
-        wanted = start + len(batch) > first
-        out = session.eval(batch, all_logits=wanted)
-        if wanted:
-            rows.append(out[max(0, first - start):])
-    return np.vstack(rows)[:len(ids) - 1 - first]
+    return session.eval(ids, all_logits=True, skip_logits=first)[:len(ids) - 1 - first]
 
 
 # -- per-token arithmetic (llama.cpp's log_softmax variants) ------------------------------------------------------

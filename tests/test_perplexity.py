@@ -216,6 +216,26 @@ def test_perplexity_matches_llama_cpp_logits(models, type_name, cache_type):
     assert stats.count == 9 * 63
 
 
+@pytest.mark.parametrize("n_batch", [N_CTX, 48])
+def test_scored_logits_alone_are_those_rows_of_all_logits(models, n_batch):
+    """chunk_logits asks for the rows from `first` on only, as llama-perplexity's output flags do: the bits of those
+    rows of every token's logits, with the chunk in one batch and across batches (one wholly before `first`)."""
+    from runtime.generate import Session
+    session = Session(str(models["Q4_K_M"]), n_ctx=N_CTX, n_batch=n_batch, n_threads=2)
+    try:
+        chunk = P.tokenize_text(session.tokenizer, STORY)[:N_CTX]
+        first = N_CTX // 2 + 3
+        scored = P.chunk_logits(session, chunk, None, first)
+        session.reset()
+        every = session.eval(chunk, all_logits=True)
+        assert scored.shape == (N_CTX - 1 - first, session.model.hp.n_vocab)
+        assert np.array_equal(scored, every[first:N_CTX - 1])
+        with pytest.raises(ValueError):
+            session.eval(chunk[:4], all_logits=True, skip_logits=4)
+    finally:
+        session.close()
+
+
 def test_kl_divergence_of_a_model_against_itself_is_zero(models, tmp_path):
     from runtime.generate import Session
     base = tmp_path / "base.kld"

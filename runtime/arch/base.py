@@ -100,19 +100,21 @@ class Transformer:
 
     def forward_batch(self, batch: list[tuple]) -> list[np.ndarray]:
         """Several sequences in one native pass, each (tokens, its own cache, all_logits) as `forward` takes them, or
-        (tokens, cache, all_logits, True) for the hidden states as `hidden` returns them instead of logits; the
-        products read the weights once for all, and each sequence's results are the bits a pass of its own gives."""
+        (tokens, cache, all_logits, True) for the hidden states as `hidden` returns them instead of logits, or
+        (tokens, cache, True, False, skip) for the logits of all tokens but the first `skip`; the products read the
+        weights once for all, and each sequence's results are the bits a pass of its own gives."""
         seqs = []
-        for tokens, cache, all_logits, *hidden in batch:
+        for tokens, cache, all_logits, *rest in batch:
+            hidden, skip = (list(rest) + [False, 0])[:2]
             n, pos0 = len(tokens), cache.n
             if pos0 + n > cache.n_ctx:
                 raise ValueError(f"context full: {pos0} + {n} tokens > n_ctx {cache.n_ctx}")
             tokens = np.ascontiguousarray(tokens, dtype=np.int32)
-            if hidden and hidden[0]:
+            if hidden:
                 seqs.append(native.Seq(cache.kv, tokens, pos0, None, embd=np.empty((n, self.hp.n_embd), np.float32)))
             else:
-                out = np.empty((n if all_logits else 1, self.hp.n_vocab), dtype=np.float32)
-                seqs.append(native.Seq(cache.kv, tokens, pos0, out, all_logits))
+                out = np.empty((n - skip if all_logits else 1, self.hp.n_vocab), dtype=np.float32)
+                seqs.append(native.Seq(cache.kv, tokens, pos0, out, all_logits, skip_logits=skip))
         native.forward_batch(self.engine, seqs, self.nthreads)
         for (tokens, cache, *_), seq in zip(batch, seqs):
             cache.n = seq.pos0 + len(tokens)
