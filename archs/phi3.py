@@ -33,6 +33,9 @@ class Phi3(Architecture):
         # transformers reads the trained context from the top level first (Phi-3 keeps it there), then rope's entry
         self.n_ctx_orig = self.get_int("original_max_position_embeddings",
                                        default=rope.get("original_max_position_embeddings", self.n_ctx))
+        if rope["type"] == "longrope" and self.n_ctx_orig < 2:  # LongRoPE's attention factor divides by its log
+            raise UserError(f"config.json: original_max_position_embeddings {self.n_ctx_orig} (LongRoPE needs a "
+                            "trained context of at least 2)")
         self.n_rot = int(rope["partial"] * self.n_embd) // self.n_head  # as llama.cpp's converter counts it
         if self.n_rot != int(self.head_dim * rope["partial"]) or self.n_rot % 2:
             raise UserError(f"config.json: partial_rotary_factor {rope['partial']} does not turn a whole number of "

@@ -103,3 +103,10 @@ def test_optional_counts_must_be_non_negative_integers(configs, fixture, key, va
     with pytest.raises(UserError, match=f"config.json: {key} must be a non-negative integer, got {value!r}"):
         model = archs.for_config(config)
         model.hparams()
+
+
+def test_longrope_trained_context_of_one_is_refused(configs):
+    """make fuzz: original_max_position_embeddings 1 made LongRoPE's attention factor divide by ln 1."""
+    config = dict(configs["phi3"], original_max_position_embeddings=1)  # the fixture's rope is LongRoPE
+    with pytest.raises(UserError, match="original_max_position_embeddings 1 .LongRoPE needs"):
+        archs.for_config(config).hparams()
