@@ -107,7 +107,7 @@ ROPE_ALIASES = {"su": "longrope"}  # Phi-3's first configs, as transformers rena
 ROPE_LISTS = frozenset({"long_factor", "short_factor"})  # one number per rotated pair
 
 
-def _positive(v) -> bool:
+def is_positive_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
 
 
@@ -283,10 +283,10 @@ class Architecture:
             if key in merged:
                 v = merged[key]
                 if key in ROPE_LISTS:
-                    if not isinstance(v, list) or not v or not all(_positive(x) for x in v):
+                    if not isinstance(v, list) or not v or not all(is_positive_number(x) for x in v):
                         raise UserError(f"config.json: rope parameter {key} must be a list of positive numbers")
                     out[key] = tuple(float(x) for x in v)
-                elif not _positive(v):
+                elif not is_positive_number(v):
                     raise UserError(f"config.json: rope parameter {key} must be a positive number, got {v!r}")
                 else:
                     out[key] = float(v)
@@ -295,7 +295,7 @@ class Architecture:
             if key not in out:
                 raise UserError(f"config.json: rope type {kind!r} needs a {key}")
         partial = merged.get("partial_rotary_factor", self.config.get("partial_rotary_factor", 1.0))
-        if not _positive(partial) or partial > 1:
+        if not is_positive_number(partial) or partial > 1:
             raise UserError(f"config.json: partial_rotary_factor must be in (0, 1], got {partial!r}")
         if partial != 1 and not self.partial_rotary:
             raise UserError(f"config.json: partial rotary embeddings are not supported for {self.gguf_arch}")

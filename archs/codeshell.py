@@ -7,7 +7,7 @@ from typing import Iterator
 
 from gguf import Keys as K
 
-from archs.base import Architecture, Recipe, T, TensorSpec, register, tn
+from archs.base import Architecture, Recipe, T, TensorSpec, is_positive_number, register, tn
 from common.errors import UserError
 
 log = logging.getLogger("toolkit")
@@ -41,8 +41,12 @@ class CodeShell(Architecture):
             K.Rope.SCALING_FACTOR: 1.0,
         }
         rs = self.config.get("rope_scaling") or {}
+        if not isinstance(rs, dict):
+            raise UserError("config.json: rope_scaling must be an object")
         kind = rs.get("type", rs.get("rope_type"))
         if kind == "linear":
+            if not is_positive_number(rs.get("factor")):
+                raise UserError(f"config.json: rope_scaling factor must be a positive number, got {rs.get('factor')!r}")
             hp[K.Rope.SCALING_FACTOR] = float(rs["factor"])
         elif kind == "dynamic":
             # Dynamic NTK only changes positions beyond n_positions, which llama.cpp does not model.

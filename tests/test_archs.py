@@ -4,6 +4,7 @@ field name (a missing, unknown or extra field, or a part the engine lacks, is an
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -110,3 +111,14 @@ def test_longrope_trained_context_of_one_is_refused(configs):
     config = dict(configs["phi3"], original_max_position_embeddings=1)  # the fixture's rope is LongRoPE
     with pytest.raises(UserError, match="original_max_position_embeddings 1 .LongRoPE needs"):
         archs.for_config(config).hparams()
+
+
+@pytest.mark.parametrize("rope_scaling,message", [
+    (["linear", 2.0], "rope_scaling must be an object"),
+    ({"type": "linear", "factor": "2"}, "rope_scaling factor must be a positive number, got '2'"),
+    ({"type": "linear"}, "rope_scaling factor must be a positive number, got None")])
+def test_codeshell_rope_scaling_is_checked(configs, rope_scaling, message):
+    """CodeShell read rope_scaling unchecked: a list raised AttributeError, a missing or string factor KeyError or
+    ValueError."""
+    with pytest.raises(UserError, match=f"config.json: {re.escape(message)}"):
+        archs.for_config(dict(configs["codeshell"], rope_scaling=rope_scaling)).hparams()
