@@ -239,6 +239,28 @@ class Session:
             self.timings.n_eval += len(tokens)
         return np.vstack(outs) if all_logits else outs[-1][-1]
 
+    def eval_slots(self, slots: list["Session"], token_lists: list[list[int]], skip_logits: int) -> list[np.ndarray]:
+        """Each list of tokens evaluated from an empty context in its own slot (this session or ones of new_slot), all
+        in one native pass: together at most n_batch tokens, each list longer than skip_logits; each list's logits of
+        every token but the first skip_logits, the bits eval(tokens, all_logits=True, skip_logits) gives it alone
+        (llama-perplexity's n_seq chunks per batch). The timings go to this session."""
+        if len(slots) != len(token_lists) or sum(map(len, token_lists)) > self.n_batch or \
+                len({id(s.cache) for s in slots}) != len(slots):
+            raise ValueError("eval_slots: one token list per slot of its own, at most n_batch tokens in all")
+        for slot, tokens in zip(slots, token_lists):
+            if not skip_logits < len(tokens) <= slot.n_ctx:
+                raise ValueError(f"eval_slots: {len(tokens)} tokens for a context of {slot.n_ctx}, "
+                                 f"skip_logits {skip_logits}")
+            slot.reset()
+        t0 = time.perf_counter()
+        outs = self.batcher.forward_many([(tokens, slot.cache, True, False, skip_logits)
+                                          for slot, tokens in zip(slots, token_lists)])
+        for slot, tokens in zip(slots, token_lists):
+            slot.tokens = list(tokens)
+        self.timings.prompt_ms += (time.perf_counter() - t0) * 1000.0
+        self.timings.n_prompt += sum(map(len, token_lists))
+        return outs
+
     def generate(self, prompt: list[int], n_predict: int, params: SamplingParams, ignore_eos: bool = False,
                  sampler: Sampler | None = None, grammar: Grammar | None = None) -> Iterator[int]:
         """The tokens of `steps` (the same arguments)."""

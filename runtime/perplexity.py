@@ -89,15 +89,35 @@ def chunk_bos(tokenizer) -> int | None:
 
 # -- evaluation ---------------------------------------------------------------------------------------------------
 
+def _with_bos(chunk: list[int], bos: int | None) -> list[int]:
+    ids = list(chunk)
+    if bos is not None:
+        ids[0] = bos
+    return ids
+
+
 def chunk_logits(session, chunk: list[int], bos: int | None, first: int) -> np.ndarray:
     """The logits of positions first..len(chunk)-2, the chunk evaluated from an empty context in batches of the
     session's n_batch, its first token replaced by `bos` unless that is None; as llama-perplexity, the positions
     before `first` compute no logits."""
-    ids = list(chunk)
-    if bos is not None:
-        ids[0] = bos
+    ids = _with_bos(chunk, bos)
     session.reset()
     return session.eval(ids, all_logits=True, skip_logits=first)[:len(ids) - 1 - first]
+
+
+def chunks_per_pass(session, chunks: Chunks) -> int:
+    """llama-perplexity's n_seq: as many whole chunks as the session's n_batch holds, at least one."""
+    return max(1, session.n_batch // chunks.n_ctx)
+
+
+def group_logits(session, slots: list, group: list[list[int]], bos: int | None, first: int) -> list[np.ndarray]:
+    """chunk_logits of each chunk of the group, all in one pass (each in its own slot: the session's first) when
+    there are several: the same bits."""
+    if len(group) == 1:
+        return [chunk_logits(slots[0], group[0], bos, first)]
+    ids = [_with_bos(chunk, bos) for chunk in group]
+    outs = session.eval_slots(slots[:len(group)], ids, first)
+    return [out[:len(chunk) - 1 - first] for out, chunk in zip(outs, ids)]
 
 
 # -- per-token arithmetic (llama.cpp's log_softmax variants) ------------------------------------------------------
@@ -478,31 +498,38 @@ class BaseLogits:
 
 @dataclass
 class ChunkDone:
-    """Reported after each chunk: its 1-based index, of how many, and the seconds it took."""
+    """Reported after each chunk: its 1-based index, of how many, and the seconds its pass took (a pass evaluates
+    per_pass chunks together)."""
     index: int
     n_chunk: int
     seconds: float
+    per_pass: int = 1
 
 
 def perplexity(session, tokens: list[int], chunks: Chunks, save_base: BaseLogitsWriter | None = None,
                on_chunk: Callable[[ChunkDone, PerplexityStats], None] | None = None) -> PerplexityStats:
-    """Score every chunk of `tokens` with the session's model; with `save_base`, also write the compact
-    log-probabilities of the scored positions (the base of a later KL divergence)."""
+    """Score every chunk of `tokens` with the session's model, as many chunks per pass as its n_batch holds (each in
+    a slot of its own); with `save_base`, also write the compact log-probabilities of the scored positions (the base
+    of a later KL divergence)."""
     bos = chunk_bos(session.tokenizer)
     stats = PerplexityStats()
-    for i in range(chunks.n_chunk):
+    n_seq = min(chunks_per_pass(session, chunks), chunks.n_chunk)
+    slots = [session] + [session.new_slot() for _ in range(n_seq - 1)]
+    for i0 in range(0, chunks.n_chunk, n_seq):
         t0 = time.perf_counter()
-        chunk = chunks.chunk(tokens, i)
-        logits = chunk_logits(session, chunk, bos, chunks.first)
-        targets = chunks.targets(chunk)
-        if save_base is None:
-            stats.add(token_nll(logits, targets))
-        else:
-            rows, nll = compact_log_probs(logits, targets)
-            save_base.write_chunk(rows)
-            stats.add(nll)
-        if on_chunk is not None:
-            on_chunk(ChunkDone(i + 1, chunks.n_chunk, time.perf_counter() - t0), stats)
+        group = [chunks.chunk(tokens, i) for i in range(i0, min(i0 + n_seq, chunks.n_chunk))]
+        all_logits = group_logits(session, slots, group, bos, chunks.first)
+        seconds = time.perf_counter() - t0
+        for i, (chunk, logits) in enumerate(zip(group, all_logits), start=i0):
+            targets = chunks.targets(chunk)
+            if save_base is None:
+                stats.add(token_nll(logits, targets))
+            else:
+                rows, nll = compact_log_probs(logits, targets)
+                save_base.write_chunk(rows)
+                stats.add(nll)
+            if on_chunk is not None:
+                on_chunk(ChunkDone(i + 1, chunks.n_chunk, seconds, len(group)), stats)
     return stats
 
 

@@ -236,6 +236,25 @@ def test_scored_logits_alone_are_those_rows_of_all_logits(models, n_batch):
         session.close()
 
 
+def test_chunks_in_one_pass_score_as_one_at_a_time(models):
+    """-b 4 x -c: four chunks per pass, each in a slot of its own (llama-perplexity's n_seq), the last pass short: the
+    same per-chunk figures, bit for bit, as one chunk per pass."""
+    from runtime.generate import Session
+    figures = []
+    for n_batch in (N_CTX, 4 * N_CTX):
+        session = Session(str(models["Q4_K_M"]), n_ctx=N_CTX, n_batch=n_batch, n_threads=2)
+        try:
+            tokens = P.tokenize_text(session.tokenizer, STORY)
+            chunks = P.plan_chunks(len(tokens), N_CTX)
+            done = []
+            P.perplexity(session, tokens, chunks, on_chunk=lambda d, s: done.append((d.index, d.per_pass, s.nll)))
+            figures.append(done)
+        finally:
+            session.close()
+    assert [d[1] for d in figures[1]] == [4] * 8 + [1] and [d[1] for d in figures[0]] == [1] * 9
+    assert [(i, nll) for i, _, nll in figures[0]] == [(i, nll) for i, _, nll in figures[1]]
+
+
 def test_kl_divergence_of_a_model_against_itself_is_zero(models, tmp_path):
     from runtime.generate import Session
     base = tmp_path / "base.kld"

@@ -38,10 +38,13 @@ class _Output:
 
 
 def _open_session(model: Path, n_ctx: int, n_batch: int, threads: int | None, cache_type: str):
+    """A session of n_ctx; a batch of -b tokens evaluates n_batch // n_ctx whole chunks together (llama-perplexity's
+    n_seq), or one chunk in pieces of n_batch when it is smaller than n_ctx."""
     from runtime.generate import Session
     if not Path(model).is_file():
         raise UserError(f"model file {model} does not exist")
-    session = Session(str(model), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads, cache_type=cache_type)
+    batch = n_batch // n_ctx * n_ctx if 0 < n_ctx <= n_batch else n_batch
+    session = Session(str(model), n_ctx=n_ctx, n_batch=batch, n_threads=threads, cache_type=cache_type)
     hp = session.model.hp
     _info(f"perplexity: {Path(model).name}: {hp.arch}, n_vocab = {hp.n_vocab}, n_ctx_train = {hp.n_ctx_train}, "
           f"n_threads = {session.n_threads}")
@@ -70,7 +73,8 @@ def _timings(session) -> None:
 
 def _first_chunk_note(done: P.ChunkDone) -> None:
     if done.index == 1:
-        _info(f"perplexity: {done.seconds:.2f} seconds per pass - ETA {done.seconds * done.n_chunk / 60:.2f} minutes")
+        eta = done.seconds * done.n_chunk / done.per_pass / 60
+        _info(f"perplexity: {done.seconds:.2f} seconds per pass - ETA {eta:.2f} minutes")
 
 
 def _run_chunks(description: str, n_chunk: int, run, line, note):
