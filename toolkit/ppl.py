@@ -37,13 +37,17 @@ class _Output:
         self.held = []
 
 
+N_UBATCH = 512   # llama.cpp's default micro-batch (-ub): the tokens of one pass, which -b's batch is split into
+
+
 def _open_session(model: Path, n_ctx: int, n_batch: int, threads: int | None, cache_type: str):
-    """A session of n_ctx; a batch of -b tokens evaluates n_batch // n_ctx whole chunks together (llama-perplexity's
-    n_seq), or one chunk in pieces of n_batch when it is smaller than n_ctx."""
+    """A session of n_ctx whose passes take as many whole chunks as both -b and llama.cpp's micro-batch hold (its
+    n_seq chunks per batch run as passes of 512 tokens: 4 chunks of -c 128, one of -c 512), at least one; or one
+    chunk in pieces of -b when -b is below n_ctx."""
     from runtime.generate import Session
     if not Path(model).is_file():
         raise UserError(f"model file {model} does not exist")
-    batch = n_batch // n_ctx * n_ctx if 0 < n_ctx <= n_batch else n_batch
+    batch = max(1, min(n_batch, N_UBATCH) // n_ctx) * n_ctx if 0 < n_ctx <= n_batch else n_batch
     session = Session(str(model), n_ctx=n_ctx, n_batch=batch, n_threads=threads, cache_type=cache_type)
     hp = session.model.hp
     _info(f"perplexity: {Path(model).name}: {hp.arch}, n_vocab = {hp.n_vocab}, n_ctx_train = {hp.n_ctx_train}, "
