@@ -35,8 +35,6 @@ enum tk_type {
     TK_BF16 = 30,
     TK_TYPE_COUNT = 36,
     TK_Q8_KX = 64, /* internal, never a file's type: the activations of the Q4_K tiles (quants.h) */
-    TK_F16_F32 = 65,  /* internal: values rounded to F16, held as F32 (the AVX512 F16 tile's activations) */
-    TK_BF16_F32 = 66, /* internal: values rounded to BF16, held as F32 (the AVX512 BF16 tile's activations) */
 };
 
 /* Scalar conversions (round to nearest even, as ggml and numpy do). */

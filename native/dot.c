@@ -492,12 +492,12 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
 
 /* The tile for n tokens, NULL for the one-token kernels: the type's tile when n fills it; for fewer tokens than a
    narrower variant takes (a few sequences' next tokens batched), the narrowest such variant, one tile of tokens
-   padded; for one token only a one-token variant (F16/BF16 on AVX512: the one-row kernels there run one lane). */
+   padded. */
 static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
-    const struct tk_gemm *g = n > 0 ? tk_gemm(wtype) : NULL;
-    if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols && n > 1 ? g : NULL;
+    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
+    if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols ? g : NULL;
     do g = g->narrow; while (g->narrow && n <= g->narrow->cols);
-    return n > 1 || g->cols == 1 ? g : NULL;
+    return g;
 }
 
 int tk_act_type(int wtype, int64_t n) {
@@ -629,10 +629,7 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
 
 size_t tk_matmul_work(int64_t cols) {
     const size_t blocks = (size_t)(cols / QK_K + 1);
-    const size_t quant = (size_t)16 * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
-    /* a 16-bit float tile's rows as F32 and its tile of F32 token rows */
-    const size_t flt = (size_t)2 * TK_GEMM_MAX_TILE * (size_t)cols * sizeof(float);
-    return quant > flt ? quant : flt;
+    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
 }
 
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,

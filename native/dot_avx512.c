@@ -1,7 +1,7 @@
 /* The AVX512-VNNI tiles of prompt processing (chosen at run time, cpu.c): the legacy types' tiles with two tokens
-   per 512-bit register (packed rows for many tokens, raw rows for a few), Q4_K's and Q6_K's on the same plan: lane
-   for lane the operations of dot_avx2.c's 256-bit builds, so every result is the one-token kernel's, bit for bit.
-   F16's and BF16's in an order of their own (16 rows in the lanes of a register), every product a scalar fmaf loop. */
+   per 512-bit register (packed rows for many tokens, raw rows for a few), Q4_K's and Q6_K's on the same plan, F16's
+   with two accumulators per register. Lane for lane the operations of dot_avx2.c's 256-bit builds, so every result
+   is the one-token kernel's, bit for bit. */
 #include <string.h>
 #include "quants.h"
 
@@ -565,189 +565,106 @@ static AVX512 void pack_q6_K_x2(const void *vx, size_t bx, int nr, void *dst, in
 Q6_K_X2_TILE(tile_q6_K_x2, Q6_K_X2_PAIRS, 4, &tile_q6_K_zmm_tile)
 _Static_assert(sizeof(block_q6_K_x2) / 2 <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
-/* F16 and BF16 at this level have an order of their own (the levels need not agree: they are no exact types): each
-   (row, token) result is one F32 accumulator, s = fma(w[k], x[k], s) for k = 0, 1, ..., n - 1 from s = 0 — the
-   scalar fmaf loop's order, which every kernel below follows, so they all give the same bits: the one-row and
-   two-row products (one lane: the driver calls the tiles instead, one token too), the tiles of 16 rows × 1-12
-   tokens reading the file's rows, and the tile of 32 rows × 12 tokens reading its rows repacked into an F32 panel
-   [k][32 rows]. The tiles hold 16 rows in the 16 lanes of a register (the file's rows transposed 16 × 16 elements
-   at a time) and read the activations rounded to F16 (BF16) but held as F32 (TK_F16_F32, TK_BF16_F32), one element
-   broadcast per step: the packed tile's loop converts nothing (per element 2 panel loads, 12 broadcasts, 24 fused
-   multiply-adds; 2048x2048, 5632x2048, 2048x5632 by 128 tokens, one thread: ~90 -> ~135 GFLOP/s). */
-
-/* 16 rows × 16 elements of a 16-bit type, L[j] = [row j | row j + 8] (256 bits each), transposed: out[q] = [element
-   q of rows 0-15 | element q + 8 of rows 0-15] */
-static inline AVX512 void transpose16(const __m512i L[8], __m512i out[8]) {
-    __m512i a[8], b[8];
-    for (int m = 0; m < 4; m++) { /* rows 2m, 2m + 1 interleaved: elements 0-3 of each 128-bit lane, then 4-7 */
-        a[2 * m] = _mm512_unpacklo_epi16(L[2 * m], L[2 * m + 1]);
-        a[2 * m + 1] = _mm512_unpackhi_epi16(L[2 * m], L[2 * m + 1]);
-    }
-    for (int g = 0; g < 2; g++)       /* rows 4g..4g + 3 */
-        for (int h = 0; h < 2; h++) { /* b[2p + g]: elements 2p, 2p + 1 of each lane (a qword each) */
-            b[4 * h + g] = _mm512_unpacklo_epi32(a[4 * g + h], a[4 * g + 2 + h]);
-            b[4 * h + 2 + g] = _mm512_unpackhi_epi32(a[4 * g + h], a[4 * g + 2 + h]);
-        }
-    /* lanes 0 and 2 (elements 0-7 of rows 0-7 and 8-15) to the low half, lanes 1 and 3 to the high */
-    const __m512i i0 = _mm512_setr_epi64(0, 8, 4, 12, 2, 10, 6, 14), i1 = _mm512_setr_epi64(1, 9, 5, 13, 3, 11, 7, 15);
-    for (int p = 0; p < 4; p++) {
-        out[2 * p] = _mm512_permutex2var_epi64(b[2 * p], i0, b[2 * p + 1]);
-        out[2 * p + 1] = _mm512_permutex2var_epi64(b[2 * p], i1, b[2 * p + 1]);
-    }
+static inline AVX512 __m512 load16_f16(const tk_half *p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
 
-/* [a | b], 16 elements of each from a and b (ma, mb: the elements to read, the others zero) */
-static inline AVX512 __m512i two_rows16m(const void *a, __mmask16 ma, const void *b, __mmask16 mb) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi16(ma, a)), _mm256_maskz_loadu_epi16(mb, b), 1);
-}
-static inline AVX512 __m512i two_rows16_whole(const void *a, const void *b) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                              _mm256_loadu_si256((const __m256i *)b), 1);
-}
-static inline AVX512 __m512 cvt16_f16(__m256i h) { return _mm512_cvtph_ps(h); }
-static inline AVX512 __m512 cvt16_bf16(__m256i h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-/* element k of the 16 transposed rows (transpose16's out) as F32 */
-#define T16_ELEMENT(CVT, q, k)                                                                                \
-    CVT((k) < 8 ? _mm512_castsi512_si256(q[(k) & 7]) : _mm512_extracti64x4_epi64(q[(k) & 7], 1))
-/* rows r0..r0 + 15 of vx (bx bytes each) from element i, transposed: m the elements to read (all 16: mask -1) */
-#define T16_LOAD(ET, q, r0, i, m)                                                                             \
-    do {                                                                                                      \
-        __m512i L_[8];                                                                                        \
-        if ((m) == (__mmask16)-1)                                                                             \
-            _Pragma("GCC unroll 8") for (int j_ = 0; j_ < 8; j_++)                                            \
-                L_[j_] = two_rows16_whole(ROW16(ET, vx, bx, (r0) + j_) + (i), ROW16(ET, vx, bx, (r0) + j_ + 8) + (i)); \
-        else                                                                                                  \
-            _Pragma("GCC unroll 8") for (int j_ = 0; j_ < 8; j_++)                                            \
-                L_[j_] = two_rows16m(ROW16(ET, vx, bx, (r0) + j_) + (i), (m), ROW16(ET, vx, bx, (r0) + j_ + 8) + (i), (m)); \
-        transpose16(L_, q);                                                                                   \
-    } while (0)
-
-/* acc[t] (lane r: row r) into s[r·ls + t] */
-static inline AVX512 void store_rows16_tokens(float *s, size_t ls, const __m512 *acc, int rn) {
-    float o[16];
-    for (int t = 0; t < rn; t++) {
-        _mm512_storeu_ps(o, acc[t]);
-        for (int r = 0; r < 16; r++) s[r * ls + t] = o[r];
-    }
+/* F16 and BF16 at this level have an order of their own (the levels need not agree: they are no exact types): one
+   16-lane accumulator per (row, token), 16 elements a step, then the lanes summed as hsum8(low half + high half),
+   then the elements past the last whole step one by one. One accumulator per pair is what lets a tile hold 4 × 6 of
+   them, and its weight rows converted to F32 once for all its tokens (packed): per step, 6 conversions for 24 fused
+   multiply-adds where the order of the AVX2 kernel (four 8-lane accumulators) allowed 3 × 4 pairs and 14. */
+static inline AVX512 __m512 load16_bf16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
-/* for one 16-bit float type (elements ET, CVT 16 of them to F32, TOF one): the one-row and two-row products, the
-   16-row tiles on the file's rows, the panel packing and the 32 × 12 packed tile */
-#define FLOAT16_KERNELS(T, ET, CVT, TOF)                                                                      \
+static inline AVX512 float lanes16_sum(__m512 acc) {
+    return hsum8(_mm256_add_ps(_mm512_castps512_ps256(acc), upper8(acc)));
+}
+
+/* for one 16-bit float type (elements ET, LOAD16 16 of them as floats, TOF one): the one-row and two-row products,
+   the row packing (to F32, exactly) and the tiles of 4 rows × RN tokens, packed or on the file's rows */
+#define FLOAT16_KERNELS(T, ET, LOAD16, TOF)                                                                   \
     static AVX512 void dot_##T##_zmm(int64_t n, float *s, const void *vx, const void *vy) {                    \
         const ET *x = vx, *y = vy;                                                                            \
-        float sum = 0.0f;                                                                                     \
-        for (int64_t i = 0; i < n; i++) sum = fmaf(TOF(x[i]), TOF(y[i]), sum);                                \
+        __m512 acc = _mm512_setzero_ps();                                                                     \
+        int64_t i = 0;                                                                                        \
+        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(LOAD16(x + i), LOAD16(y + i), acc);                \
+        float sum = lanes16_sum(acc);                                                                         \
+        for (; i < n; i++) sum += TOF(x[i]) * TOF(y[i]);                                                      \
         *s = sum;                                                                                             \
     }                                                                                                         \
     static AVX512 void dot2_##T##_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {        \
-        const ET *x0 = vx, *x1 = ROW16(ET, vx, bx, 1), *y = vy;                                               \
-        float s0 = 0.0f, s1 = 0.0f;                                                                           \
-        for (int64_t i = 0; i < n; i++) {                                                                     \
-            const float a = TOF(y[i]);                                                                        \
-            s0 = fmaf(TOF(x0[i]), a, s0);                                                                     \
-            s1 = fmaf(TOF(x1[i]), a, s1);                                                                     \
+        const ET *x0 = vx, *x1 = (const ET *)((const char *)vx + bx), *y = vy;                                \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;                                                       \
+        int64_t i = 0;                                                                                        \
+        for (; i + 16 <= n; i += 16) {                                                                        \
+            _mm_prefetch((const char *)(x0 + i) + PREFETCH, _MM_HINT_T0);                                     \
+            _mm_prefetch((const char *)(x1 + i) + PREFETCH, _MM_HINT_T0);                                     \
+            const __m512 a = LOAD16(y + i);                                                                   \
+            acc0 = _mm512_fmadd_ps(LOAD16(x0 + i), a, acc0);                                                  \
+            acc1 = _mm512_fmadd_ps(LOAD16(x1 + i), a, acc1);                                                  \
         }                                                                                                     \
+        float s0 = lanes16_sum(acc0), s1 = lanes16_sum(acc1);                                                 \
+        for (int64_t j = i; j < n; j++) s0 += TOF(x0[j]) * TOF(y[j]);                                         \
+        for (int64_t j = i; j < n; j++) s1 += TOF(x1[j]) * TOF(y[j]);                                         \
         s[0] = s0;                                                                                            \
         s[1] = s1;                                                                                            \
     }                                                                                                         \
-    /* the packed tile's rows: nr rows (zero rows up to 32) converted to F32, element k of row r at [32k + r] */ \
-    static AVX512 void pack_panel_##T(const void *vx, size_t bx, int nr, void *dst, int64_t n) {              \
+    static AVX512 void pack_##T(const void *vx, void *dst, int64_t n) {                                       \
+        const ET *x = vx;                                                                                     \
         float *d = dst;                                                                                       \
-        for (int64_t i = 0; i < n; i += 16) {                                                                 \
-            const int kk = n - i < 16 ? (int)(n - i) : 16;                                                    \
-            const __mmask16 m = (__mmask16)((1u << kk) - 1);                                                 \
-            for (int g = 0; g < 2; g++) {                                                                     \
-                __m512i L[8], q[8];                                                                           \
-                for (int j = 0; j < 8; j++) {                                                                 \
-                    const int r = 16 * g + j, v0 = r < nr, v1 = r + 8 < nr;                                   \
-                    L[j] = two_rows16m(ROW16(ET, vx, bx, v0 ? r : 0) + i, v0 ? m : 0,                         \
-                                       ROW16(ET, vx, bx, v1 ? r + 8 : 0) + i, v1 ? m : 0);                    \
-                }                                                                                             \
-                transpose16(L, q);                                                                            \
-                float *o = d + 32 * i + 16 * g;                                                               \
-                if (kk == 16) {                                                                               \
-                    _Pragma("GCC unroll 16") for (int k = 0; k < 16; k++) _mm512_storeu_ps(o + 32 * k, T16_ELEMENT(CVT, q, k)); \
-                } else {                                                                                      \
-                    for (int k = 0; k < kk; k++) _mm512_storeu_ps(o + 32 * k, T16_ELEMENT(CVT, q, k));        \
-                }                                                                                             \
-            }                                                                                                 \
-        }                                                                                                     \
+        int64_t i = 0;                                                                                        \
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, LOAD16(x + i));                                  \
+        for (; i < n; i++) d[i] = TOF(x[i]);                                                                  \
     }                                                                                                         \
-    static AVX512 void tile_##T##_panel(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, \
-                                        size_t by) {                                                          \
-        enum { RN = 12 };                                                                                     \
-        const float *p = vx, *y[RN];                                                                          \
-        __m512 acc[2][RN];                                                                                    \
-        for (int t = 0; t < RN; t++) {                                                                        \
-            y[t] = (const float *)((const char *)vy + t * by);                                                \
-            acc[0][t] = acc[1][t] = _mm512_setzero_ps();                                                      \
-        }                                                                                                     \
-        _Pragma("GCC unroll 2") for (int64_t k = 0; k < n; k++) {                                             \
-            const __m512 w0 = _mm512_loadu_ps(p + 32 * k), w1 = _mm512_loadu_ps(p + 32 * k + 16);             \
-            for (int t = 0; t < RN; t++) {                                                                    \
-                const __m512 a = _mm512_set1_ps(y[t][k]);                                                     \
-                acc[0][t] = _mm512_fmadd_ps(w0, a, acc[0][t]);                                                \
-                acc[1][t] = _mm512_fmadd_ps(w1, a, acc[1][t]);                                                \
-            }                                                                                                 \
-        }                                                                                                     \
-        store_rows16_tokens(s, ls, acc[0], RN);                                                               \
-        store_rows16_tokens(s + 16 * ls, ls, acc[1], RN);                                                     \
-    }                                                                                                         \
-    FLOAT16_RAW_TILE(tile_##T##_raw12, 12, ET, CVT)                                                           \
-    FLOAT16_RAW_TILE(tile_##T##_raw6, 6, ET, CVT)                                                             \
-    FLOAT16_RAW_TILE(tile_##T##_raw4, 4, ET, CVT)                                                             \
-    FLOAT16_RAW_TILE(tile_##T##_raw2, 2, ET, CVT)                                                             \
-    FLOAT16_RAW_TILE(tile_##T##_raw1, 1, ET, CVT)                                                             \
-    /* packed for many tokens; for at most 12, the file's rows (one token too: generation). All read the        \
-       activations as F32, and so get every row from the driver (the last tile padded with zero rows). */       \
-    static const struct tk_gemm tile_##T##_raw1_tile = {tile_##T##_raw1, 16, 1, NULL, 0, TK_##T##_F32, NULL};  \
-    static const struct tk_gemm tile_##T##_raw2_tile = {tile_##T##_raw2, 16, 2, NULL, 0, TK_##T##_F32,         \
-                                                        &tile_##T##_raw1_tile};                               \
-    static const struct tk_gemm tile_##T##_raw4_tile = {tile_##T##_raw4, 16, 4, NULL, 0, TK_##T##_F32,         \
-                                                        &tile_##T##_raw2_tile};                               \
-    static const struct tk_gemm tile_##T##_raw6_tile = {tile_##T##_raw6, 16, 6, NULL, 0, TK_##T##_F32,         \
-                                                        &tile_##T##_raw4_tile};                               \
-    static const struct tk_gemm tile_##T##_raw12_tile = {tile_##T##_raw12, 16, 12, NULL, 0, TK_##T##_F32,      \
-                                                         &tile_##T##_raw6_tile};                              \
-    static const struct tk_gemm tile_##T##_zmm_tile = {tile_##T##_panel, 32, 12, NULL, sizeof(float), TK_##T##_F32, \
-                                                       &tile_##T##_raw12_tile, pack_panel_##T};               \
-    _Static_assert(32 <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds");
+    FLOAT16_TILE(tile_##T##_packed6, 6, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)                  \
+    FLOAT16_TILE(tile_##T##_raw6, 6, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                           \
+    FLOAT16_TILE(tile_##T##_raw4, 4, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                           \
+    FLOAT16_TILE(tile_##T##_raw2, 2, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                           \
+    /* packed for many tokens; for at most 6, the file's rows (converting 4 rows costs what 4 × 2 products do) */ \
+    static const struct tk_gemm tile_##T##_raw2_tile = {tile_##T##_raw2, 4, 2, NULL, 0, 0, NULL};             \
+    static const struct tk_gemm tile_##T##_raw4_tile = {tile_##T##_raw4, 4, 4, NULL, 0, 0, &tile_##T##_raw2_tile}; \
+    static const struct tk_gemm tile_##T##_raw6_tile = {tile_##T##_raw6, 4, 6, NULL, 0, 0, &tile_##T##_raw4_tile}; \
+    static const struct tk_gemm tile_##T##_zmm_tile = {tile_##T##_packed6, 4, 6, pack_##T, sizeof(float),     \
+                                                       TK_##T##_ACT, &tile_##T##_raw6_tile};
 
-/* 16 rows (the file's) × RN tokens (activations as F32): per 16 elements the rows transposed, then element by
-   element one fused multiply-add per token. (32 rows, two chains for one token, read slower from memory: 32 streams.) */
-#define FLOAT16_RAW_TILE(NAME, RN, ET, CVT)                                                                   \
+/* 4 rows × RN tokens: W(r, i) the 16 weights of row r from element i as F32 and X(r, j) element j as a float, from
+   the packed rows (F32) or the file's */
+#define FLOAT16_TILE(NAME, RN, ET, LOAD16, TOF, W, X)                                                         \
     static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
-        __m512 acc[RN];                                                                                      \
-        const float *y[RN];                                                                                  \
-        for (int t = 0; t < RN; t++) {                                                                       \
-            y[t] = (const float *)((const char *)vy + t * by);                                               \
-            acc[t] = _mm512_setzero_ps();                                                                    \
-        }                                                                                                    \
-        for (int64_t i = 0; i < n; i += 16) {                                                                \
-            const int kk = n - i < 16 ? (int)(n - i) : 16;                                                   \
-            const __mmask16 m = (__mmask16)((1u << kk) - 1);                                                 \
-            __m512i q[8];                                                                                    \
-            T16_LOAD(ET, q, 0, i, m);                                                                        \
-            if (kk == 16) {                                                                                  \
-                _Pragma("GCC unroll 16") for (int k = 0; k < 16; k++) {                                      \
-                    const __m512 w = T16_ELEMENT(CVT, q, k);                                                 \
-                    for (int t = 0; t < RN; t++) acc[t] = _mm512_fmadd_ps(w, _mm512_set1_ps(y[t][i + k]), acc[t]); \
-                }                                                                                            \
-            } else {                                                                                         \
-                for (int k = 0; k < kk; k++) {                                                               \
-                    const __m512 w = T16_ELEMENT(CVT, q, k);                                                 \
-                    for (int t = 0; t < RN; t++) acc[t] = _mm512_fmadd_ps(w, _mm512_set1_ps(y[t][i + k]), acc[t]); \
-                }                                                                                            \
+        enum { RM = 4 };                                                                                     \
+        __m512 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm512_setzero_ps();                                    \
+        int64_t i = 0;                                                                                       \
+        for (; i + 16 <= n; i += 16) {                                                                       \
+            __m512 w[RM];                                                                                    \
+            for (int r = 0; r < RM; r++) w[r] = W(ET, LOAD16, TOF, r, i);                                    \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const __m512 a = LOAD16(ROW16(ET, vy, by, t) + i);                                           \
+                for (int r = 0; r < RM; r++) acc[r][t] = _mm512_fmadd_ps(w[r], a, acc[r][t]);                \
             }                                                                                                \
         }                                                                                                    \
-        store_rows16_tokens(s, ls, acc, RN);                                                                 \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const ET *y = ROW16(ET, vy, by, t);                                                          \
+                float sum = lanes16_sum(acc[r][t]);                                                          \
+                for (int64_t j = i; j < n; j++) sum += X(ET, LOAD16, TOF, r, j) * TOF(y[j]);                 \
+                s[r * ls + t] = sum;                                                                         \
+            }                                                                                                \
     }
 
-FLOAT16_KERNELS(F16, tk_half, cvt16_f16, h2f)
-FLOAT16_KERNELS(BF16, uint16_t, cvt16_bf16, bf2f)
+#define PACKED_F32_ROW(r) ((const float *)((const char *)vx + (r) * bx))
+#define FLOAT16_PACKED_W(ET, LOAD16, TOF, r, i) _mm512_loadu_ps(PACKED_F32_ROW(r) + (i))
+#define FLOAT16_PACKED_X(ET, LOAD16, TOF, r, j) PACKED_F32_ROW(r)[j]
+#define FLOAT16_RAW_W(ET, LOAD16, TOF, r, i) LOAD16(ROW16(ET, vx, bx, r) + (i))
+#define FLOAT16_RAW_X(ET, LOAD16, TOF, r, j) TOF(ROW16(ET, vx, bx, r)[j])
+/* the activations' type of each packed tile: the vec_dot_type, as the one-token kernels read */
+#define TK_F16_ACT TK_F16
+#define TK_BF16_ACT TK_BF16
+FLOAT16_KERNELS(F16, tk_half, load16_f16, h2f)
+FLOAT16_KERNELS(BF16, uint16_t, load16_bf16, bf2f)
 
 /* ---------------------------------------------------------------------------------------------- two rows, one token */
 /* Generation's two-row products (LEGACY_DOT2 of dot_avx2.c) for Q8_0: the blocks of both rows in one 512-bit

@@ -60,26 +60,8 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
 static const struct tk_type_traits Q8_KX_TRAITS = {"q8_KX", QK_K, sizeof(block_q8_KX), tk_quantize_row_q8_KX,
                                                    tk_dequantize_row_q8_KX, NULL};
 
-/* TK_F16_F32 / TK_BF16_F32 rows: x as the conversion to F16 (BF16) rounds it, held as F32 */
-static void round_row_via(enum tk_type via, const float *x, float *y, int64_t k) {
-    uint16_t t[512];
-    for (int64_t i = 0; i < k; i += 512) {
-        const size_t m = k - i < 512 ? (size_t)(k - i) : 512;
-        tk_convert(x + i, TK_F32, t, via, m, 1);
-        tk_convert(t, via, y + i, TK_F32, m, 1);
-    }
-}
-static void quantize_row_f16_f32(const float *x, void *y, int64_t k) { round_row_via(TK_F16, x, y, k); }
-static void quantize_row_bf16_f32(const float *x, void *y, int64_t k) { round_row_via(TK_BF16, x, y, k); }
-static const struct tk_type_traits F16_F32_TRAITS = {"f16_f32", 1, sizeof(float), quantize_row_f16_f32,
-                                                     dequantize_row_f32, NULL};
-static const struct tk_type_traits BF16_F32_TRAITS = {"bf16_f32", 1, sizeof(float), quantize_row_bf16_f32,
-                                                      dequantize_row_f32, NULL};
-
 const struct tk_type_traits *tk_traits(int type) {
     if (type == TK_Q8_KX) return &Q8_KX_TRAITS;
-    if (type == TK_F16_F32) return &F16_F32_TRAITS;
-    if (type == TK_BF16_F32) return &BF16_F32_TRAITS;
     if (type < 0 || type >= TK_TYPE_COUNT || TRAITS[type].name == NULL) return NULL;
     return &TRAITS[type];
 }

@@ -234,26 +234,6 @@ def test_tiles_match_one_token_kernels(t, level):
         native.set_isa_limit(3)
 
 
-@pytest.mark.skipif(not native.cpu_features().get("avx512vnni"), reason="CPU without AVX512")
-@pytest.mark.parametrize("t", [F16, BF16], ids=["F16", "BF16"])
-def test_float16_avx512_is_the_fma_loop(t):
-    """On AVX512, F16 and BF16 products take the order of the scalar loop s = fma(w[k], x[k], s), k = 0..n-1, over
-    the activations rounded to F16 (BF16): the packed 32 × 12 tile (many tokens), the 16-row tiles on the file's rows
-    (a few tokens, one token) alike, with partial row and token tiles and row lengths off the 16-element step. The
-    reference: a product of two 16-bit floats is exact in float32, so each fma is one float32 addition."""
-    for rows, cols, n in [(45, 37, 25), (40, 100, 13), (17, 16, 3), (33, 131, 1)]:
-        wq, wd = weights(t, rows, cols, 41 + cols)
-        x = activations(n, cols, 41 + cols)
-        w = wd.astype(np.float32)
-        xs = native.dequantize(t, native.quantize(t, x), cols).reshape(n, cols).astype(np.float32)
-        want = np.zeros((n, rows), np.float32)
-        for k in range(cols):
-            want += np.outer(xs[:, k], w[:, k])
-        assert np.array_equal(matmul(t, wq, rows, cols, x), want), f"{NAMES[t]} {rows}x{cols}, {n} tokens"
-        for j in (0, n - 1):
-            assert np.array_equal(matmul(t, wq, rows, cols, x[j:j + 1], nthreads=1)[0], want[j]), f"token {j}"
-
-
 def test_weight_buffers():
     """Weights may come as any buffer: uint8 rows, a flat slice of a bigger buffer (as an mmap'd GGUF tensor),
     bytes, float16 / float32 arrays, BF16 as uint16."""
