@@ -492,12 +492,12 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
 
 /* The tile for n tokens, NULL for the one-token kernels: the type's tile when n fills it; for fewer tokens than a
    narrower variant takes (a few sequences' next tokens batched), the narrowest such variant, one tile of tokens
-   padded. */
+   padded; for one token only a variant of one token (Q4_K on AVX512: two rows per register, no hadd tree). */
 static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
-    const struct tk_gemm *g = n > 1 ? tk_gemm(wtype) : NULL;
-    if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols ? g : NULL;
+    const struct tk_gemm *g = n > 0 ? tk_gemm(wtype) : NULL;
+    if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols && n > 1 ? g : NULL;
     do g = g->narrow; while (g->narrow && n <= g->narrow->cols);
-    return g;
+    return n > 1 || g->cols == 1 ? g : NULL;
 }
 
 int tk_act_type(int wtype, int64_t n) {

@@ -334,7 +334,8 @@ static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, 
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, 2, RN, NULL, 0, TK_Q8_KX, NARROW)
 
-Q4_K_RAW_TILE_512(tile_q4_K_raw2, 2, NULL)
+Q4_K_RAW_TILE_512(tile_q4_K_raw1, 1, NULL)
+Q4_K_RAW_TILE_512(tile_q4_K_raw2, 2, &tile_q4_K_raw1_tile)
 Q4_K_RAW_TILE_512(tile_q4_K_raw4, 4, &tile_q4_K_raw2_tile)
 Q4_K_RAW_TILE_512(tile_q4_K_raw6, 6, &tile_q4_K_raw4_tile)
 
