@@ -92,16 +92,17 @@ static inline void w_q8_0(const block_q8_0 *x, int8x16_t *w0, int8x16_t *w1) {
    weights unpacked once for all its tokens); every (row, token) pair gets the one-row kernel's operations. */
 #define LEGACY_TILE_ROWS 2
 #define LEGACY_TILE_TOKENS 4
+/* a tile's float lanes per (row, token), lo (lanes 0..3) and hi (4..7), zeroed; and a float sum per pair, zeroed */
+#define TILE_LANES                                                                                               \
+    float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];             \
+    for (int r = 0; r < nr; r++)                                                                                \
+        for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f)
+#define TILE_SUMS(SUM) float SUM[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS] = {{0}}
 #define LEGACY(NAME, ATTR, LANES4, XT, YT, WEIGHTS, MIN)                                                         \
     ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
                                   size_t by, const int nr, const int nt) {                                      \
-        float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];         \
-        float summ[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];                                                       \
-        for (int r = 0; r < nr; r++)                                                                            \
-            for (int t = 0; t < nt; t++) {                                                                      \
-                lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);                                                        \
-                summ[r][t] = 0;                                                                                 \
-            }                                                                                                   \
+        TILE_LANES;                                                                                             \
+        TILE_SUMS(summ);                                                                                        \
         for (int64_t b = 0; b < n / QK; b++) {                                                                  \
             int8x16_t w0[LEGACY_TILE_ROWS], w1[LEGACY_TILE_ROWS];                                               \
             for (int r = 0; r < nr; r++) WEIGHTS(ROW_PTR(XT, vx, bx, r) + b, &w0[r], &w1[r]);                    \
@@ -180,9 +181,7 @@ LEGACY_BOTH(q8_0, block_q8_0, MIN_NONE)
 #define Q2_K(NAME, ATTR, LANES4)                                                                                 \
     ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
                                   size_t by, const int nr, const int nt) {                                      \
-        float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];         \
-        for (int r = 0; r < nr; r++)                                                                            \
-            for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);                               \
+        TILE_LANES;                                                                                             \
         for (int64_t b = 0; b < n / QK_K; b++)                                                                  \
             for (int r = 0; r < nr; r++) {                                                                      \
                 const block_q2_K *x = ROW_PTR(block_q2_K, vx, bx, r) + b;                                        \
@@ -227,13 +226,8 @@ Q2_K(dot_q2_K_dot, DOTPROD, lanes4_dot)
 #define Q5_K(NAME, ATTR, LANES4)                                                                                 \
     ATTR INLINE void NAME##_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,      \
                                   size_t by, const int nr, const int nt) {                                      \
-        float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];         \
-        float summs[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];                                                      \
-        for (int r = 0; r < nr; r++)                                                                            \
-            for (int t = 0; t < nt; t++) {                                                                      \
-                lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);                                                        \
-                summs[r][t] = 0;                                                                                \
-            }                                                                                                   \
+        TILE_LANES;                                                                                             \
+        TILE_SUMS(summs);                                                                                       \
         const uint8x16_t s16 = vdupq_n_u8(0x10), m4 = vdupq_n_u8(0x0F);                                         \
         for (int64_t b = 0; b < n / QK_K; b++)                                                                  \
             for (int r = 0; r < nr; r++) {                                                                      \
@@ -299,9 +293,7 @@ static inline void float_lanes(float32x4_t *lo, float32x4_t *hi, float d, int32x
 
 NEON INLINE void dot_q3_K_neon_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
                                      size_t by, const int nr, const int nt) {
-    float32x4_t lo[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS], hi[LEGACY_TILE_ROWS][LEGACY_TILE_TOKENS];
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f);
+    TILE_LANES;
     const uint8x16_t four = vdupq_n_u8(4);
     for (int64_t b = 0; b < n / QK_K; b++)
         for (int r = 0; r < nr; r++) {
@@ -337,17 +329,12 @@ LEGACY_ENTRIES(dot_q3_K_neon, NEON)
 /* Q4_K and Q6_K written once for nr weight rows × nt activation rows (as LEGACY): a super-block's weights unpacked
    once for all its tokens; the one-row and two-row kernels are the 1 × 1 and 2 × 1 cases, prompt processing's tile the
    K_TILE_ROWS × K_TILE_TOKENS one, and every (row, token) pair gets the one-row kernel's operations */
-#define K_TILE_ROWS 2
-#define K_TILE_TOKENS 4
-#define K_ACCUMULATORS                                                                                           \
-    float32x4_t lo[K_TILE_ROWS][K_TILE_TOKENS], hi[K_TILE_ROWS][K_TILE_TOKENS];                                 \
-    for (int r = 0; r < nr; r++)                                                                                \
-        for (int t = 0; t < nt; t++) lo[r][t] = hi[r][t] = vdupq_n_f32(0.0f)
-
+#define K_TILE_ROWS LEGACY_TILE_ROWS
+#define K_TILE_TOKENS LEGACY_TILE_TOKENS
 NEON INLINE void dot_q4_K_neon_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
                                      size_t by, const int nr, const int nt) {
-    K_ACCUMULATORS;
-    float sum[K_TILE_ROWS][K_TILE_TOKENS] = {{0}};
+    TILE_LANES;
+    TILE_SUMS(sum);
     const uint8x16_t m4 = vdupq_n_u8(0x0F);
     for (int64_t b = 0; b < n / QK_K; b++)
         for (int r = 0; r < nr; r++) {
@@ -385,7 +372,7 @@ NEON INLINE void dot_q4_K_neon_block(int64_t n, float *s, size_t ls, const void 
 
 NEON INLINE void dot_q6_K_neon_block(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
                                      size_t by, const int nr, const int nt) {
-    K_ACCUMULATORS;
+    TILE_LANES;
     const uint8x16_t m4 = vdupq_n_u8(0x0F), m3 = vdupq_n_u8(3);
     const int8x16_t off = vdupq_n_s8(32);
     for (int64_t b = 0; b < n / QK_K; b++)
