@@ -433,13 +433,7 @@ static inline AVX2 void dot_q5_K(const block_q5_K *x, const block_q8_K *y, __m25
     const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
     const float d = y->d * h2f(x->d), dmin = y->d * h2f(x->dmin);
     const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x->scales));  /* int16 [sc0..sc7 | m0..m7] */
-    /* mins: 16 sums of 16 activations, paired to the 8 sub-blocks */
-    const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
-                                      _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
-    __m128i t = _mm_madd_epi16(bs, _mm256_extracti128_si256(sm, 1));
-    t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
-    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
-    *summs += -dmin * (float)_mm_cvtsi128_si32(t);
+    *summs += q5_K_mins_term(_mm256_extracti128_si256(sm, 1), y, dmin);
     const __m256i sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
     __m256i h = load32(x->qh);
     __m256i sumi = _mm256_setzero_si256();

@@ -105,6 +105,17 @@ static inline AVX2 __m128i k4_scales_mins(const uint8_t q[K_SCALE_SIZE]) {
                           (int)(((c >> 4) & m4) | ((b >> 6) & m2) << 4));
 }
 
+/* Q5_K's mins term of a super-block as ggml's AVX2 kernel forms it: -dmin · Σ_k m_k · (sum of sub-block k's 32
+   activation quants), one int32 sum, one float product (mins: int16 m0..m7) */
+static inline AVX2 float q5_K_mins_term(__m128i mins, const block_q8_K *y, float dmin) {
+    const __m128i bs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)y->bsums),
+                                      _mm_loadu_si128((const __m128i *)(y->bsums + 8)));
+    __m128i t = _mm_madd_epi16(bs, mins);
+    t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
+    return -dmin * (float)_mm_cvtsi128_si32(t);
+}
+
 /* a Q4_K super-block's float factors (see super_q4_K): xs_l = d · scale_l, xm_l = dmin · min_l */
 static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm) {
     const __m128i sm = k4_scales_mins(x->scales);  /* bytes [sc0..sc7, m0..m7] */
