@@ -301,20 +301,25 @@ class Job:
             pass
 
     def run(self) -> None:
+        last: tuple = ("error", RuntimeError("the generation ended without a result"))
         try:
-            result = generate(self.slot, self.req, lambda piece: self._send(("text", piece)), self.cancel.is_set)
-            self._send(("done", result))
+            last = ("done", generate(self.slot, self.req, lambda piece: self._send(("text", piece)),
+                                     self.cancel.is_set))
         except BaseException as e:  # noqa: BLE001 — handed to the request, which answers with an error
-            self._send(("error", e))
+            last = ("error", e)
         finally:
             try:
-                self.loop.call_soon_threadsafe(self._finished)
+                self.loop.call_soon_threadsafe(self._finished, last)
             except RuntimeError:
                 pass
 
-    def _finished(self) -> None:
+    def _finished(self, last: tuple) -> None:
+        """The slot is free again before the request sees its last event: a client that sends its next turn as soon
+        as it has the answer finds the slot that holds its conversation (sent apart, the two could be taken in the
+        other order and the next turn went to another slot, evaluating its whole prompt again)."""
         self.engine._jobs.discard(self)
         self.engine._release(self.slot)
+        self.events.put_nowait(last)
 
 
 class Ticket:
