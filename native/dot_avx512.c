@@ -779,47 +779,74 @@ static inline AVX512 __m512i halves_epi8(const void *p0, const void *p1) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load32(p0)), load32(p1), 1);
 }
 
-/* Q5_K, two rows: the AVX2 kernel (dot_avx2.c, dot_q5_K: ggml's AVX2 order) with each row in one half of a 512-bit
-   register, the activations broadcast to both: the same int32 lanes, the same fused multiply-add by d per
-   super-block, the same scalar mins term, so its bits. */
-static AVX512 void dot2_q5_K_q8_K_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
-    const block_q5_K *x[2] = {vx, (const block_q5_K *)((const char *)vx + bx)};
-    const block_q8_K *y = vy;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);
-    __m512 acc = _mm512_setzero_ps();
-    float summs[2] = {0, 0};
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        __m256i sc[2];
-        for (int r = 0; r < 2; r++) {
-            _mm_prefetch((const char *)&x[r][b] + PREFETCH, _MM_HINT_T0);
-            const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x[r][b].scales)); /* int16 [sc0..sc7 | m0..m7] */
-            summs[r] += q5_K_mins_term(_mm256_extracti128_si256(sm, 1), &y[b], y[b].d * h2f(x[r][b].dmin));
-            sc[r] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
-        }
-        /* the int16 scales of row 0 in both 128-bit lanes of the low half, row 1's in the high half's */
-        const __m512i scv = _mm512_inserti64x4(_mm512_castsi256_si512(sc[0]), sc[1], 1);
-        __m512i h = halves_epi8(x[0][b].qh, x[1][b].qh);
-        __m512i sumi = _mm512_setzero_si512();
-        const int8_t *q8 = y[b].qs;
-        for (int j = 0; j < 4; j++, q8 += 64) {
-            const __m512i q = halves_epi8(x[0][b].qs + 32 * j, x[1][b].qs + 32 * j);
-            __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-            lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(h, one), 4));
-            hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 1), one), 4));
-            h = _mm512_srli_epi16(h, 2);
-            const __m512i scl = _mm512_shuffle_epi8(scv, _mm512_set1_epi16((short)((4 * j + 1) << 8 | (4 * j))));
-            const __m512i sch = _mm512_shuffle_epi8(scv, _mm512_set1_epi16((short)((4 * j + 3) << 8 | (4 * j + 2))));
-            const __m512i pl = _mm512_madd_epi16(_mm512_maddubs_epi16(lo, _mm512_broadcast_i64x4(load32(q8))), scl);
-            const __m512i ph = _mm512_madd_epi16(_mm512_maddubs_epi16(hi, _mm512_broadcast_i64x4(load32(q8 + 32))),
-                                                 sch);
-            sumi = _mm512_add_epi32(sumi, _mm512_add_epi32(pl, ph));
-        }
-        acc = _mm512_fmadd_ps(halves_ps(y[b].d * h2f(x[0][b].d), y[b].d * h2f(x[1][b].d)), _mm512_cvtepi32_ps(sumi),
-                              acc);
+/* Q5_K, two rows × NT tokens: the AVX2 kernel (dot_avx2.c, dot_q5_K: ggml's AVX2 order) with each row in one half
+   of a 512-bit register and each token's activations broadcast to both: per (row, token) the same int32 lanes, the
+   same fused multiply-add by d per super-block and the same scalar mins term, so its bits; the rows' quants and
+   scales are unpacked once for all NT tokens. NT = 1 is the one-token kernel (dot2_q5_K_q8_K_zmm). */
+#define Q5_K_ZMM(NAME, NT)                                                                                    \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        const block_q5_K *x[2] = {vx, (const block_q5_K *)((const char *)vx + bx)};                          \
+        const __m512i m4 = _mm512_set1_epi8(0x0F), one = _mm512_set1_epi8(1);                                \
+        __m512 acc[NT];                                                                                      \
+        float summs[2][NT];                                                                                  \
+        for (int t = 0; t < NT; t++) {                                                                       \
+            acc[t] = _mm512_setzero_ps();                                                                    \
+            summs[0][t] = summs[1][t] = 0;                                                                   \
+        }                                                                                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m256i sc[2];                                                                                   \
+            for (int r = 0; r < 2; r++) {                                                                    \
+                _mm_prefetch((const char *)&x[r][b] + PREFETCH, _MM_HINT_T0);                                \
+                const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x[r][b].scales)); /* [sc0..7|m0..7] */ \
+                for (int t = 0; t < NT; t++) {                                                               \
+                    const block_q8_K *y = ROW16(block_q8_K, vy, by, t) + b;                                  \
+                    summs[r][t] += q5_K_mins_term(_mm256_extracti128_si256(sm, 1), y, y->d * h2f(x[r][b].dmin)); \
+                }                                                                                            \
+                sc[r] = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));                             \
+            }                                                                                                \
+            /* the int16 scales of row 0 in both 128-bit lanes of the low half, row 1's in the high half's */ \
+            const __m512i scv = _mm512_inserti64x4(_mm512_castsi256_si512(sc[0]), sc[1], 1);                 \
+            __m512i h = halves_epi8(x[0][b].qh, x[1][b].qh);                                                 \
+            __m512i sumi[NT];                                                                                \
+            for (int t = 0; t < NT; t++) sumi[t] = _mm512_setzero_si512();                                  \
+            for (int j = 0; j < 4; j++) {                                                                    \
+                const __m512i q = halves_epi8(x[0][b].qs + 32 * j, x[1][b].qs + 32 * j);                     \
+                __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);    \
+                lo = _mm512_or_si512(lo, _mm512_slli_epi16(_mm512_and_si512(h, one), 4));                    \
+                hi = _mm512_or_si512(hi, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(h, 1), one), 4)); \
+                h = _mm512_srli_epi16(h, 2);                                                                 \
+                /* int16 scale of sub-block k in every lane: bytes 2k, 2k + 1 of the row's scales */              \
+                const __m512i scl = _mm512_shuffle_epi8(scv, _mm512_set1_epi16((short)(0x0100 + 0x0404 * j)));  \
+                const __m512i sch = _mm512_shuffle_epi8(scv, _mm512_set1_epi16((short)(0x0302 + 0x0404 * j)));  \
+                for (int t = 0; t < NT; t++) {                                                               \
+                    const int8_t *q8 = (ROW16(block_q8_K, vy, by, t) + b)->qs + 64 * j;                      \
+                    const __m512i pl = _mm512_madd_epi16(                                                    \
+                        _mm512_maddubs_epi16(lo, _mm512_broadcast_i64x4(load32(q8))), scl);                  \
+                    const __m512i ph = _mm512_madd_epi16(                                                    \
+                        _mm512_maddubs_epi16(hi, _mm512_broadcast_i64x4(load32(q8 + 32))), sch);             \
+                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_add_epi32(pl, ph));                           \
+                }                                                                                            \
+            }                                                                                                \
+            for (int t = 0; t < NT; t++) {                                                                   \
+                const float dy = (ROW16(block_q8_K, vy, by, t) + b)->d;                                      \
+                acc[t] = _mm512_fmadd_ps(halves_ps(dy * h2f(x[0][b].d), dy * h2f(x[1][b].d)),                \
+                                         _mm512_cvtepi32_ps(sumi[t]), acc[t]);                               \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < NT; t++) {                                                                       \
+            s[t] = hsum8(_mm512_castps512_ps256(acc[t])) + summs[0][t];                                      \
+            s[ls + t] = hsum8(upper8(acc[t])) + summs[1][t];                                                 \
+        }                                                                                                    \
     }
-    s[0] = hsum8(_mm512_castps512_ps256(acc)) + summs[0];
-    s[1] = hsum8(upper8(acc)) + summs[1];
+Q5_K_ZMM(q5_K_zmm1, 1)
+Q5_K_ZMM(tile_q5_K_zmm4, 4)
+Q5_K_ZMM(tile_q5_K_zmm8, 8)
+static AVX512 void dot2_q5_K_q8_K_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
+    q5_K_zmm1(n, s, 1, vx, bx, vy, 0);
 }
+/* for 8 tokens and more; for 4 to 7 one tile of 4 (padded) */
+static const struct tk_gemm tile_q5_K_zmm4_tile = {tile_q5_K_zmm4, 2, 4, NULL, 0, 0, NULL, NULL};
+static const struct tk_gemm tile_q5_K_zmm_tile = {tile_q5_K_zmm8, 2, 8, NULL, 0, 0, &tile_q5_K_zmm4_tile, NULL};
 
 /* 32 activations in both halves, negated where a sign bit is set: bit j of the 4 bytes at s0 for byte j of the low
    half, of those at s1 for the high half (as the AVX2 kernels' sign bytes do: -(-128) stays -128 both ways) */
@@ -971,6 +998,7 @@ const struct tk_gemm *tk_gemm_avx512(int wtype) {
     case TK_Q4_0: return &tile_q4_0x16_8_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;
     case TK_Q4_K: return &tile_q4_K_x2_tile;
+    case TK_Q5_K: return &tile_q5_K_zmm_tile;
     case TK_Q6_K: return &tile_q6_K_x2_tile;
     default: return NULL;
     }
