@@ -1415,16 +1415,17 @@ static void forward_task(void *p, int ith, int nth) {
         }
         tk_barrier_wait(bar, nth);
 
-        /* attention: the query heads of one (token, kv head) together, at most ATT_GROUP at a time */
+        /* attention: the query heads of one (token, kv head) together, at most ATT_GROUP at a time; the items dealt
+           out in turn, not in ranges: a token's work grows with its position, so a prompt's last tokens in one range
+           took about three times the first ones' (2 threads: the first then waited at the barrier a quarter of the
+           attention's time) */
         {
             const int64_t per_kv = H / Hkv, subs = (per_kv + ATT_GROUP - 1) / ATT_GROUP;
-            int64_t a, b;
-            split_range(n * Hkv * subs, ith, nth, &a, &b);
             float *scratch = f->scratch + ith * f->scratch_per_thread;
             struct att_query g[ATT_GROUP];
             att_queries(g, ATT_GROUP, scratch, f->max_ctx, hd);
             float *vblock = scratch + ATT_GROUP * (f->max_ctx + 32 + 32 * hd + hd + 16);
-            for (int64_t u = a; u < b; u++) {
+            for (int64_t u = ith; u < n * Hkv * subs; u += nth) {
                 const int64_t t = u / (Hkv * subs), kvh = u / subs % Hkv, h0 = kvh * per_kv + u % subs * ATT_GROUP;
                 const int64_t T = f->pos[t] + 1, first = is_swa(hp, il) && T > hp->n_swa ? T - hp->n_swa : 0;
                 const int G = (int)(per_kv - u % subs * ATT_GROUP < ATT_GROUP ? per_kv - u % subs * ATT_GROUP : ATT_GROUP);
