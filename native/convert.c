@@ -159,8 +159,9 @@ int64_t tk_count_nonfinite(const void *src, enum tk_type t, size_t n) {
 
 /* Read n bytes (a multiple of 64) with nthreads threads, as a memory-bandwidth probe for the benchmarks; returns a
    checksum so the reads cannot be optimised away. It reads as the matrix kernels do, so that it measures what they
-   could reach: 32-byte loads and a software prefetch 4 KiB ahead (as PREFETCH in dot_x86.h); without the prefetch,
-   8-byte loads measured some 20% less here (19-21 against 24-26 GB/s, 2 threads), less than the F16 kernels read. */
+   could reach: 32-byte loads and the kernels' software prefetch (TK_PREFETCH_AHEAD, into L2); without the prefetch,
+   8-byte loads measured some 20% less on an Intel host (19-21 against 24-26 GB/s, 2 threads), less than the F16
+   kernels read. */
 struct read_job { const uint8_t *p; size_t bytes; uint64_t sums[256]; };
 typedef uint64_t read_vec __attribute__((vector_size(32)));
 
@@ -170,8 +171,8 @@ static void read_run(void *arg, int i, int n) {
     const uint8_t *p = job->p + per * (size_t)i, *e = i == n - 1 ? job->p + job->bytes : p + per;
     read_vec s0 = {0}, s1 = s0, s2 = s0, s3 = s0, v;
     for (; p + 128 <= e; p += 128) {
-        __builtin_prefetch(p + 4096);
-        __builtin_prefetch(p + 4096 + 64);
+        __builtin_prefetch(p + TK_PREFETCH_AHEAD, 0, 2);
+        __builtin_prefetch(p + TK_PREFETCH_AHEAD + 64, 0, 2);
         memcpy(&v, p, 32), s0 ^= v;
         memcpy(&v, p + 32, 32), s1 ^= v;
         memcpy(&v, p + 64, 32), s2 ^= v;

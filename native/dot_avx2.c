@@ -99,8 +99,8 @@ AVX2 void tk_vec_dot2_f16_avx2(int64_t n, float *s, const void *vx, size_t bx, c
         for (int k = 0; k < 4; k++) a[r][k] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
-        _mm_prefetch((const char *)(x0 + i) + 4096, _MM_HINT_T0);
-        _mm_prefetch((const char *)(x1 + i) + 4096, _MM_HINT_T0);
+        _mm_prefetch((const char *)(x0 + i) + PREFETCH, PREFETCH_HINT);
+        _mm_prefetch((const char *)(x1 + i) + PREFETCH, PREFETCH_HINT);
         for (int k = 0; k < 4; k++) {
             const __m256 yk = load_f16(y + i + 8 * k);
             a[0][k] = _mm256_fmadd_ps(load_f16(x0 + i + 8 * k), yk, a[0][k]);
@@ -181,8 +181,8 @@ LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;                                         \
         float summ0 = 0, summ1 = 0;                                                             \
         for (int64_t b = 0; b < nb; b++) {                                                      \
-            _mm_prefetch((const char *)&x0[b] + PREFETCH, _MM_HINT_T0);                       \
-            _mm_prefetch((const char *)&x1[b] + PREFETCH, _MM_HINT_T0);                       \
+            _mm_prefetch((const char *)&x0[b] + PREFETCH, PREFETCH_HINT);                       \
+            _mm_prefetch((const char *)&x1[b] + PREFETCH, PREFETCH_HINT);                       \
             acc0 = BLOCK(&x0[b], &y[b], acc0, &summ0);                                          \
             acc1 = BLOCK(&x1[b], &y[b], acc1, &summ1);                                          \
         }                                                                                       \
@@ -192,7 +192,7 @@ LEGACY_DOT(tk_vec_dot_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0)
 
 /* the cache lines of one (super-)block, PREFETCH bytes ahead */
 static inline void prefetch_block(const void *p, size_t size) {
-    for (size_t o = 0; o < size; o += 64) _mm_prefetch((const char *)p + PREFETCH + o, _MM_HINT_T0);
+    for (size_t o = 0; o < size; o += 64) _mm_prefetch((const char *)p + PREFETCH + o, PREFETCH_HINT);
 }
 
 LEGACY_DOT2(tk_vec_dot2_q8_0_q8_0_avx2, block_q8_0, block_q8_0, block_q8_0_q8_0, AVX2)
@@ -237,7 +237,7 @@ static inline VNNI __m256i q4_0_lanes_vnni(const block_q4_0 *x, const block_q8_0
         for (; b + 4 <= nb; b += 4)                                                                          \
             for (int r = 0; r < NR; r++) {                                                                   \
                 const block_q4_0 *x = (const block_q4_0 *)((const char *)vx + r * bx) + b;                  \
-                _mm_prefetch((const char *)x + PREFETCH, _MM_HINT_T0);                                       \
+                _mm_prefetch((const char *)x + PREFETCH, PREFETCH_HINT);                                       \
                 const __m128i sums = block_sums4(LANES(x, y + b), LANES(x + 1, y + b + 1), LANES(x + 2, y + b + 2), \
                                                  LANES(x + 3, y + b + 3));                                   \
                 acc[r] = q4_0_steps4(sums, x, y + b, acc[r]);                                            \

@@ -182,9 +182,9 @@ static inline AVX2 void q4_K_factors(const block_q4_K *x, __m256 *xs, __m256 *xm
 /* row r of a 16-bit float matrix (ET elements) with b bytes per row */
 #define ROW16(ET, v, b, r) ((const ET *)((const char *)(v) + (r) * (b)))
 
-/* weights are read once per token, straight from the mapped file: fetch them 4 KiB ahead, across the page
-   boundaries where the hardware prefetcher stops */
-#define PREFETCH 4096
+/* the one-token kernels' software prefetch: how far ahead and into which level (core.h) */
+#define PREFETCH TK_PREFETCH_AHEAD
+#define PREFETCH_HINT _MM_HINT_T1
 
 /* Q4_K rows repacked for the tiles (dot_avx2.c), by both builds */
 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n);
