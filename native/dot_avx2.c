@@ -237,7 +237,7 @@ static inline VNNI __m256i q4_0_lanes_vnni(const block_q4_0 *x, const block_q8_0
         for (; b + 4 <= nb; b += 4)                                                                          \
             for (int r = 0; r < NR; r++) {                                                                   \
                 const block_q4_0 *x = (const block_q4_0 *)((const char *)vx + r * bx) + b;                  \
-                _mm_prefetch((const char *)x + PREFETCH, PREFETCH_HINT);                                       \
+                _mm_prefetch((const char *)x + PREFETCH, PREFETCH_HINT);                                    \
                 const __m128i sums = block_sums4(LANES(x, y + b), LANES(x + 1, y + b + 1), LANES(x + 2, y + b + 2), \
                                                  LANES(x + 3, y + b + 3));                                   \
                 acc[r] = q4_0_steps4(sums, x, y + b, acc[r]);                                            \

@@ -204,7 +204,7 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
             if (RN == 1) /* one token: the weights come from memory once, see Q4_0X16_AHEAD */               \
                 for (int o = 0; o < 16 * (int)sizeof(block_q4_0); o += 64)                                   \
                     _mm_prefetch((const char *)vx + Q4_0X16_AHEAD * bx + (size_t)b * 16 * sizeof(block_q4_0) + o, \
-                                 PREFETCH_HINT);                                                             \
+                                 PREFETCH_HINT);                                                                  \
             __m512i z[4], q[8];                                                                              \
             uint16_t h[16];                                                                                  \
             for (int k = 0; k < 4; k++) { /* 128-bit lane l of z[k]: row 4l + k's qs */                      \
@@ -327,8 +327,8 @@ static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, 
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
             const block_q4_K *x0 = (const block_q4_K *)vx + b, *x1 = (const block_q4_K *)((const char *)x0 + bx); \
             for (int o = 0; o < (int)sizeof *x0; o += 64) {                                                  \
-                _mm_prefetch((const char *)x0 + PREFETCH + o, PREFETCH_HINT);                                   \
-                _mm_prefetch((const char *)x1 + PREFETCH + o, PREFETCH_HINT);                                   \
+                _mm_prefetch((const char *)x0 + PREFETCH + o, PREFETCH_HINT);                                \
+                _mm_prefetch((const char *)x1 + PREFETCH + o, PREFETCH_HINT);                                \
             }                                                                                                \
             __m512i w[8], D[RN];                                                                             \
             __m512 xs, xm;                                                                                   \
@@ -454,8 +454,8 @@ static inline AVX512 void q6_K_pair_half(const block_q6_K *x0, const block_q6_K 
             const block_q6_K *x0 = (const block_q6_K *)vx + b, *x1 = (const block_q6_K *)((const char *)x0 + bx); \
             const block_q8_K *y[RN];                                                                         \
             for (int o = 0; o < (int)sizeof *x0; o += 64) {                                                  \
-                _mm_prefetch((const char *)x0 + PREFETCH + o, PREFETCH_HINT);                                   \
-                _mm_prefetch((const char *)x1 + PREFETCH + o, PREFETCH_HINT);                                   \
+                _mm_prefetch((const char *)x0 + PREFETCH + o, PREFETCH_HINT);                                \
+                _mm_prefetch((const char *)x1 + PREFETCH + o, PREFETCH_HINT);                                \
             }                                                                                                \
             const __m128i sc0 = _mm_loadu_si128((const __m128i *)x0->scales);                                \
             const __m128i sc1 = _mm_loadu_si128((const __m128i *)x1->scales);                                \
@@ -615,8 +615,8 @@ static inline AVX512 float lanes16_sum(__m512 acc) {
         __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;                                                       \
         int64_t i = 0;                                                                                        \
         for (; i + 16 <= n; i += 16) {                                                                        \
-            _mm_prefetch((const char *)(x0 + i) + PREFETCH, PREFETCH_HINT);                                     \
-            _mm_prefetch((const char *)(x1 + i) + PREFETCH, PREFETCH_HINT);                                     \
+            _mm_prefetch((const char *)(x0 + i) + PREFETCH, PREFETCH_HINT);                                   \
+            _mm_prefetch((const char *)(x1 + i) + PREFETCH, PREFETCH_HINT);                                   \
             const __m512 a = LOAD16(y + i);                                                                   \
             acc0 = _mm512_fmadd_ps(LOAD16(x0 + i), a, acc0);                                                  \
             acc1 = _mm512_fmadd_ps(LOAD16(x1 + i), a, acc1);                                                  \
@@ -726,8 +726,8 @@ static inline AVX512 __m512i q8_0_lanes(const block_q8_0 *x0, const block_q8_0 *
         const block_q8_0 *y = vy;                                                                             \
         __m512 acc = _mm512_setzero_ps();                                                                     \
         for (int64_t b = 0; b < n / QK; b++) {                                                                \
-            _mm_prefetch((const char *)&x0[b] + PREFETCH, PREFETCH_HINT);                                       \
-            _mm_prefetch((const char *)&x1[b] + PREFETCH, PREFETCH_HINT);                                       \
+            _mm_prefetch((const char *)&x0[b] + PREFETCH, PREFETCH_HINT);                                     \
+            _mm_prefetch((const char *)&x1[b] + PREFETCH, PREFETCH_HINT);                                     \
             const __m512i y2 = _mm512_broadcast_i64x4(load32(y[b].qs));                                       \
             acc = _mm512_fmadd_ps(row_scales(x0[b].d, x1[b].d, y[b].d),                                       \
                                   _mm512_cvtepi32_ps(LANES(&x0[b], &x1[b], y2)), acc);                        \
@@ -809,7 +809,7 @@ static inline AVX512 __m512i halves_epi8(const void *p0, const void *p1) {
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
             __m256i sc[2];                                                                                   \
             for (int r = 0; r < 2; r++) {                                                                    \
-                _mm_prefetch((const char *)&x[r][b] + PREFETCH, PREFETCH_HINT);                                \
+                _mm_prefetch((const char *)&x[r][b] + PREFETCH, PREFETCH_HINT);                              \
                 const __m256i sm = _mm256_cvtepu8_epi16(k4_scales_mins(x[r][b].scales)); /* [sc0..7|m0..7] */ \
                 for (int t = 0; t < NT; t++) {                                                               \
                     const block_q8_K *y = ROW16(block_q8_K, vy, by, t) + b;                                  \
