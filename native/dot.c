@@ -456,24 +456,40 @@ static void swap_sub_blocks(const int8_t *src, int8_t *dst) {
         for (int l = 0; l < 8; l++) memcpy(dst + 32 * s + 4 * l, src + 32 * l + 4 * s, 4);
 }
 
-void tk_quantize_row_q8_KX(const float *x, void *vy, int64_t k) {
-    block_q8_KX *y = vy;
+/* sub-blocks 1 <-> 2 and 5 <-> 6 of the Q8_K block: the Q8_KP one (the same permutation both ways) */
+static void pair_sub_blocks(const int8_t *src, int8_t *dst) {
+    static const int order[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+    for (int l = 0; l < 8; l++) memcpy(dst + 32 * l, src + 32 * order[l], 32);
+}
+
+typedef void (*reorder_fn)(const int8_t *src, int8_t *dst);
+
+/* Q8_K blocks with their quants reordered and yb[l] = d · (sum of sub-block l's quants) in place of bsums */
+static void quantize_q8_K_reordered(const float *x, block_q8_KX *y, int64_t k, reorder_fn reorder) {
     for (int64_t b = 0; b < k / QK_K; b++) {
         block_q8_K t;
         tk_convert_activation_row(TK_Q8_K, x + b * QK_K, &t, QK_K);
         y[b].d = t.d;
-        swap_sub_blocks(t.qs, y[b].qs);
+        reorder(t.qs, y[b].qs);
         for (int l = 0; l < 8; l++) y[b].yb[l] = t.d * (float)(t.bsums[2 * l] + t.bsums[2 * l + 1]);
     }
 }
 
-void tk_dequantize_row_q8_KX(const void *vx, float *y, int64_t k) {
-    const block_q8_KX *x = vx;
+static void dequantize_q8_K_reordered(const block_q8_KX *x, float *y, int64_t k, reorder_fn reorder) {
     for (int64_t b = 0; b < k / QK_K; b++) {
         int8_t q[QK_K];
-        swap_sub_blocks(x[b].qs, q);
+        reorder(x[b].qs, q);
         for (int i = 0; i < QK_K; i++) y[b * QK_K + i] = x[b].d * q[i];
     }
+}
+
+void tk_quantize_row_q8_KX(const float *x, void *vy, int64_t k) { quantize_q8_K_reordered(x, vy, k, swap_sub_blocks); }
+void tk_dequantize_row_q8_KX(const void *vx, float *y, int64_t k) {
+    dequantize_q8_K_reordered(vx, y, k, swap_sub_blocks);
+}
+void tk_quantize_row_q8_KP(const float *x, void *vy, int64_t k) { quantize_q8_K_reordered(x, vy, k, pair_sub_blocks); }
+void tk_dequantize_row_q8_KP(const void *vx, float *y, int64_t k) {
+    dequantize_q8_K_reordered(vx, y, k, pair_sub_blocks);
 }
 
 /* One activation row into the vec_dot_type. */
@@ -492,8 +508,8 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
 
 /* The tile for n tokens, NULL for the one-token kernels: the type's tile when n fills it; for fewer tokens than a
    narrower variant takes (a few sequences' next tokens batched), the narrowest such variant, one tile of tokens
-   padded; for one token only a variant of one token (on AVX512: Q4_K two rows per register, no hadd tree; Q4_0 16
-   rows a tile, one per lane). */
+   padded; for one token only a variant of one token (on AVX512: Q4_K two rows per register on Q8_KP activations; Q4_0
+   16 rows a tile, one per lane). */
 static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
     const struct tk_gemm *g = n > 0 ? tk_gemm(wtype) : NULL;
     if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols && n > 1 ? g : NULL;

@@ -303,6 +303,30 @@ static inline AVX512 void transpose8_epi32_x2(__m512i v[8]) {
     }
 }
 
+/* q4_K_factors of two rows' super-blocks at once: xs = d · scales, xm = dmin · mins (row 0 in lanes 0-7, row 1 in
+   8-15); the 6-bit scales and mins unpacked as k4_scales_mins does, in vector lanes */
+static inline AVX512 void q4_K_factors_x2(const block_q4_K *x0, const block_q4_K *x1, __m512 *xs, __m512 *xm) {
+    /* per row, dwords [d | dmin, a, b, c] with a, b, c the 12 bytes of scales */
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)x0)),
+                                              _mm_loadu_si128((const __m128i *)x1), 1);
+    const __m256i m6 = _mm256_set1_epi8(0x3f), m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03);
+    const __m256i acbc = _mm256_shuffle_epi32(v, _MM_SHUFFLE(3, 2, 3, 1));
+    const __m256i aabb = _mm256_shuffle_epi32(v, _MM_SHUFFLE(2, 2, 1, 1));
+    /* [a & m6, c & m4, b & m6, (c >> 4) & m4] | [0, ((a >> 6) & m2) << 4, 0, ((b >> 6) & m2) << 4] */
+    const __m256i low = _mm256_and_si256(_mm256_srlv_epi32(acbc, _mm256_setr_epi32(0, 0, 0, 4, 0, 0, 0, 4)),
+                                         _mm256_blend_epi32(m6, m4, 0xAA));
+    const __m256i high = _mm256_slli_epi32(
+        _mm256_and_si256(_mm256_srlv_epi32(aabb, _mm256_setr_epi32(0, 6, 0, 6, 0, 6, 0, 6)),
+                         _mm256_blend_epi32(_mm256_setzero_si256(), m2, 0xAA)), 4);
+    const __m256i sm = _mm256_or_si256(low, high); /* per row bytes [sc0..sc7, m0..m7] */
+    const __m128i r0 = _mm256_castsi256_si128(sm), r1 = _mm256_extracti128_si256(sm, 1);
+    const __m512 f = _mm512_cvtph_ps(v); /* d and dmin: halves 0 and 1 of each row */
+    const __m512 d = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8), f);
+    const __m512 dmin = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 1, 1, 1, 1, 9, 9, 9, 9, 9, 9, 9, 9), f);
+    *xs = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(r0, r1))));
+    *xm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpackhi_epi64(r0, r1))));
+}
+
 /* super-blocks x0 and x1 of two rows: w[s] their step-s quants in the packed layout, xs and xm their factors */
 static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, __m512i w[8], __m512 *xs,
                                     __m512 *xm) {
@@ -313,11 +337,7 @@ static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, 
         w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
     }
     transpose8_epi32_x2(w);
-    __m256 s0, m0, s1, m1;
-    q4_K_factors(x0, &s0, &m0);
-    q4_K_factors(x1, &s1, &m1);
-    *xs = two_halves(s0, s1);
-    *xm = two_halves(m0, m1);
+    q4_K_factors_x2(x0, x1, xs, xm);
 }
 
 #define Q4_K_RAW_TILE_512(NAME, RN, NARROW)                                                                   \
@@ -349,7 +369,51 @@ static inline AVX512 void q4_K_pair(const block_q4_K *x0, const block_q4_K *x1, 
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, 2, RN, NULL, 0, TK_Q8_KX, NARROW)
 
-Q4_K_RAW_TILE_512(tile_q4_K_raw1, 1, NULL)
+/* Q4_K for one token (generation): two rows a tile again, but no transposition. The token comes as Q8_KP, whose
+   64-byte quarters are sub-blocks (0|2), (1|3), (4|6), (5|7): exactly what the low and high nibbles of a row's
+   bytes 0-63 and 64-127 hold, so each row's four products are one dpbusd each on the bytes as stored, eight partial
+   sums per sub-block; an add tree (unpack, unpack, one permute for both rows) leaves the sub-block sums in the
+   transposing tiles' lanes (row 0's sub-block l in lane l, row 1's in lane 8 + l). Integer sums are exact, and the
+   float operations are the other tiles', so every result is theirs. */
+static inline AVX512 __m512i q4_K_chunk_sums(const block_q4_K *x, const __m512i y[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), z = _mm512_setzero_si512();
+    const __m512i a = _mm512_loadu_si512(x->qs), b = _mm512_loadu_si512(x->qs + 64);
+    const __m512i p0 = dpbusd_zmm(z, _mm512_and_si512(a, m4), y[0]);
+    const __m512i p1 = dpbusd_zmm(z, _mm512_and_si512(_mm512_srli_epi16(a, 4), m4), y[1]);
+    const __m512i p2 = dpbusd_zmm(z, _mm512_and_si512(b, m4), y[2]);
+    const __m512i p3 = dpbusd_zmm(z, _mm512_and_si512(_mm512_srli_epi16(b, 4), m4), y[3]);
+    const __m512i t01 = _mm512_add_epi32(_mm512_unpacklo_epi32(p0, p1), _mm512_unpackhi_epi32(p0, p1));
+    const __m512i t23 = _mm512_add_epi32(_mm512_unpacklo_epi32(p2, p3), _mm512_unpackhi_epi32(p2, p3));
+    /* 128-bit chunk c: the sums of chunk c of p0, p1, p2, p3 */
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(t01, t23), _mm512_unpackhi_epi64(t01, t23));
+}
+
+AVX512 void tile_q4_K_raw1(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {
+    (void)by;
+    /* sub-block l of p_k's pair sits in chunks 0-1 (first of the pair) or 2-3 (second), dword k of each */
+    const __m512i lo = _mm512_setr_epi32(0, 1, 8, 9, 2, 3, 10, 11, 16, 17, 24, 25, 18, 19, 26, 27);
+    const __m512i hi = _mm512_setr_epi32(4, 5, 12, 13, 6, 7, 14, 15, 20, 21, 28, 29, 22, 23, 30, 31);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const block_q4_K *x0 = (const block_q4_K *)vx + b, *x1 = (const block_q4_K *)((const char *)x0 + bx);
+        for (int o = 0; o < (int)sizeof *x0; o += 64) {
+            _mm_prefetch((const char *)x0 + PREFETCH + o, PREFETCH_HINT);
+            _mm_prefetch((const char *)x1 + PREFETCH + o, PREFETCH_HINT);
+        }
+        const block_q8_KX *y = (const block_q8_KX *)vy + b;
+        __m512i yq[4];
+        for (int k = 0; k < 4; k++) yq[k] = _mm512_loadu_si512(y->qs + 64 * k);
+        const __m512i c0 = q4_K_chunk_sums(x0, yq), c1 = q4_K_chunk_sums(x1, yq);
+        const __m512i d =
+            _mm512_add_epi32(_mm512_permutex2var_epi32(c0, lo, c1), _mm512_permutex2var_epi32(c0, hi, c1));
+        __m512 xs, xm;
+        q4_K_factors_x2(x0, x1, &xs, &xm);
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(y->d), xs), _mm512_cvtepi32_ps(d), acc);
+        acc = _mm512_fnmadd_ps(xm, both_halves(_mm256_loadu_ps(y->yb)), acc);
+    }
+    store_row_pair(s, ls, acc);
+}
+PACKED_TILE_ENTRY(tile_q4_K_raw1, 2, 1, NULL, 0, TK_Q8_KP, NULL)
 Q4_K_RAW_TILE_512(tile_q4_K_raw2, 2, &tile_q4_K_raw1_tile)
 Q4_K_RAW_TILE_512(tile_q4_K_raw4, 4, &tile_q4_K_raw2_tile)
 Q4_K_RAW_TILE_512(tile_q4_K_raw6, 6, &tile_q4_K_raw4_tile)

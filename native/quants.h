@@ -36,6 +36,9 @@ typedef struct { uint8_t qs[QK_K / 4]; tk_half d; } block_tq2_0;
    elements 4s..4s+3 of each of the 8 sub-blocks of 32 (qs[32s + 4l + i] = element 4s + i of sub-block l), and in
    place of bsums yb[l] = d · (sum of sub-block l's quants). */
 typedef struct { float d; int8_t qs[QK_K]; float yb[QK_K / 32]; } block_q8_KX;
+/* TK_Q8_KP, the activations of AVX512's one-token Q4_K kernel: a block_q8_KX whose quants are Q8_K's with the
+   sub-blocks of 32 in the order 0 2 1 3 4 6 5 7, so that each 64 bytes meet the low or high nibbles of 64 bytes of
+   a Q4_K row (yb in the sub-blocks' order, as Q8_KX's). */
 
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
 static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
@@ -223,7 +226,7 @@ static inline int tk_nearest_int(float fval) {
    y[n][rows] = x[n][cols] · W[rows][cols]ᵀ, W stored row-major as wtype (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
    Q2_K..Q6_K), x and y float32. As in ggml, the activations are converted once per call to the weight type's
    vec_dot_type (Q4_0/Q5_0/Q8_0 -> Q8_0, Q4_1/Q5_1 -> Q8_1, K-quants -> Q8_K, F16/BF16/F32 -> themselves; Q8_KX, the
-   same quants reordered, for batches that go through the Q4_K tiles), then each output is vec_dot(weight row,
+   same quants reordered, for batches that go through the Q4_K tiles, and Q8_KP for AVX512's one-token Q4_K kernel), then each output is vec_dot(weight row,
    activation row) or a tile's equal result. Weight rows are split across up to nthreads threads (fewer when
    the product is small); the result does not depend on the number of threads. Returns 0, -1 for an unsupported type
    or a bad shape (cols not a multiple of the block sizes), -3 when memory ran out. */
@@ -266,9 +269,11 @@ tk_vec_dot2_fn tk_vec_dot2(int wtype);
 int tk_convert_activations(int wtype, const float *x, int64_t n, int64_t cols, void *dst);
 /* One activation row (k elements, whole blocks) into the vec_dot_type at, as llama.cpp's CPU backend converts it. */
 void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k);
-/* TK_Q8_KX rows: quantized as Q8_K, then reordered */
+/* TK_Q8_KX and TK_Q8_KP rows: quantized as Q8_K, then reordered */
 void tk_quantize_row_q8_KX(const float *x, void *dst, int64_t k);
 void tk_dequantize_row_q8_KX(const void *x, float *y, int64_t k);
+void tk_quantize_row_q8_KP(const float *x, void *dst, int64_t k);
+void tk_dequantize_row_q8_KP(const void *x, float *y, int64_t k);
 
 /* fp16 -> f32 for all 65536 values (filled at load time), as ggml's ggml_table_f32_f16 */
 extern float tk_fp16_table[1 << 16];

@@ -60,8 +60,12 @@ static const struct tk_type_traits TRAITS[TK_TYPE_COUNT] = {
 static const struct tk_type_traits Q8_KX_TRAITS = {"q8_KX", QK_K, sizeof(block_q8_KX), tk_quantize_row_q8_KX,
                                                    tk_dequantize_row_q8_KX, NULL};
 
+static const struct tk_type_traits Q8_KP_TRAITS = {"q8_KP", QK_K, sizeof(block_q8_KX), tk_quantize_row_q8_KP,
+                                                   tk_dequantize_row_q8_KP, NULL};
+
 const struct tk_type_traits *tk_traits(int type) {
     if (type == TK_Q8_KX) return &Q8_KX_TRAITS;
+    if (type == TK_Q8_KP) return &Q8_KP_TRAITS;
     if (type < 0 || type >= TK_TYPE_COUNT || TRAITS[type].name == NULL) return NULL;
     return &TRAITS[type];
 }
