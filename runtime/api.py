@@ -25,6 +25,30 @@ EXTRA = ("top_n_sigma", "xtc_probability", "xtc_threshold", "dry_multiplier", "d
          "dry_penalty_last_n", "dry_sequence_breakers", "samplers")
 
 
+class _Rows:
+    """Rows of float32 logits appended in place, the storage doubled when full: appending n rows costs O(n) in all,
+    where rebuilding one array of them per access cost O(n) per access."""
+
+    def __init__(self, width: int):
+        self._data = np.empty((0, width), dtype=np.float32)
+        self._n = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        end = self._n + len(rows)
+        if end > len(self._data):
+            grown = np.empty((max(end, 2 * len(self._data), 16), self._data.shape[1]), dtype=np.float32)
+            grown[:self._n] = self._data[:self._n]
+            self._data = grown
+        self._data[self._n:end] = rows
+        self._n = end
+
+    def clear(self) -> None:
+        self._n = 0
+
+    def view(self) -> np.ndarray:
+        return self._data[:self._n]
+
+
 class Llama:
     def __init__(self, model_path: str, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
                  seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False,
@@ -45,7 +69,7 @@ class Llama:
         self.seed = seed
         self.verbose = verbose
         self.logits_all = logits_all
-        self._scores: list[np.ndarray] = []
+        self._scores = _Rows(self.session.model.hp.n_vocab)
         g = self.session.model.gguf
         self.chat = chat_format(self.session.model.hp.arch, g.value("tokenizer.chat_template"), chat_template)
         self.embedding = embedding
@@ -80,17 +104,19 @@ class Llama:
     # -- evaluation -----------------------------------------------------------------------------------------------
     def reset(self) -> None:
         self.session.reset()
-        self._scores = []
+        self._scores.clear()
 
     def eval(self, tokens: list[int]) -> None:
         """Evaluate tokens after the current context; `scores` then holds their logits (all of them with
         logits_all, else the last)."""
         logits = self.session.eval(list(tokens), all_logits=self.logits_all)
-        self._scores.extend(logits if self.logits_all else [logits])
+        self._scores.append(logits if self.logits_all else logits[None, :])
 
     @property
     def scores(self) -> np.ndarray:
-        return np.array(self._scores, dtype=np.float32)
+        """The logits of the evaluations since the last reset or completion, a row per eval (per token with
+        logits_all): a view, as llama-cpp-python's, valid until the next reset (no copy per access)."""
+        return self._scores.view()
 
     @property
     def n_tokens(self) -> int:
@@ -134,7 +160,7 @@ class Llama:
         evaluates only its new tokens."""
         if len(prompt_tokens) >= self.session.n_ctx:
             raise UserError(f"the prompt has {len(prompt_tokens)} tokens; the context holds {self.session.n_ctx}")
-        self._scores = []
+        self._scores.clear()
         kept = self.session.reuse_prefix(prompt_tokens)
         room = self.session.n_ctx - len(prompt_tokens)
         limit = room if max_tokens is None or max_tokens <= 0 else max_tokens

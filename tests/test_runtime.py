@@ -304,6 +304,22 @@ def test_api_shapes(files):
     assert json.dumps(chat)
 
 
+def test_scores_rows_per_eval(files):
+    """scores: a row per eval (a row per token with logits_all), kept across evaluations without a copy per access
+    (the storage grows by doubling), emptied by reset."""
+    llm = Llama(str(files["qwen2", "f32"]), n_ctx=128, verbose=False)
+    whole = Llama(str(files["qwen2", "f32"]), n_ctx=128, verbose=False, logits_all=True)
+    whole.eval(PROMPT[:40])
+    llm.eval(PROMPT[:3])
+    for t in PROMPT[3:40]:
+        llm.eval([t])
+    assert llm.scores.shape == (38, llm.n_vocab())  # past the first 16 rows: the storage was regrown
+    np.testing.assert_allclose(llm.scores, whole.scores[2:40], rtol=1e-4, atol=1e-4)
+    assert whole.scores.shape == (40, whole.n_vocab())
+    llm.reset()
+    assert llm.scores.shape == (0, llm.n_vocab())
+
+
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3moe"])
 def test_a_token_reads_only_the_experts_it_routes_to(files, tmp_path, arch):
     """The experts no token of the prompt routes to (by transformers' own router) are overwritten with NaN in the
