@@ -665,31 +665,26 @@ static inline AVX512 float lanes16_sum(__m512 acc) {
 /* for one 16-bit float type (elements ET, LOAD16 16 of them as floats, TOF one): the one-row and two-row products,
    the row packing (to F32, exactly) and the tiles of 4 rows × RN tokens, packed or on the file's rows */
 #define FLOAT16_KERNELS(T, ET, LOAD16, TOF)                                                                   \
-    static AVX512 void dot_##T##_zmm(int64_t n, float *s, const void *vx, const void *vy) {                    \
-        const ET *x = vx, *y = vy;                                                                            \
+    /* one row (prefetched: generation's rows come from memory); two rows are two of these, one after the other:  \
+       one stream at a time reads faster than two side by side (24 F16 matrices 5632 x 2048 from memory, 2 threads, \
+       Zen 4: 29.5 -> 32.1 GB/s) */                                                                              \
+    static AVX512 float dot_row_##T(int64_t n, const ET *x, const ET *y) {                                     \
         __m512 acc = _mm512_setzero_ps();                                                                     \
         int64_t i = 0;                                                                                        \
-        for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(LOAD16(x + i), LOAD16(y + i), acc);                \
+        for (; i + 16 <= n; i += 16) {                                                                        \
+            _mm_prefetch((const char *)(x + i) + PREFETCH, PREFETCH_HINT);                                    \
+            acc = _mm512_fmadd_ps(LOAD16(x + i), LOAD16(y + i), acc);                                         \
+        }                                                                                                     \
         float sum = lanes16_sum(acc);                                                                         \
         for (; i < n; i++) sum += TOF(x[i]) * TOF(y[i]);                                                      \
-        *s = sum;                                                                                             \
+        return sum;                                                                                           \
+    }                                                                                                         \
+    static AVX512 void dot_##T##_zmm(int64_t n, float *s, const void *vx, const void *vy) {                    \
+        *s = dot_row_##T(n, vx, vy);                                                                          \
     }                                                                                                         \
     static AVX512 void dot2_##T##_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {        \
-        const ET *x0 = vx, *x1 = (const ET *)((const char *)vx + bx), *y = vy;                                \
-        __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;                                                       \
-        int64_t i = 0;                                                                                        \
-        for (; i + 16 <= n; i += 16) {                                                                        \
-            _mm_prefetch((const char *)(x0 + i) + PREFETCH, PREFETCH_HINT);                                   \
-            _mm_prefetch((const char *)(x1 + i) + PREFETCH, PREFETCH_HINT);                                   \
-            const __m512 a = LOAD16(y + i);                                                                   \
-            acc0 = _mm512_fmadd_ps(LOAD16(x0 + i), a, acc0);                                                  \
-            acc1 = _mm512_fmadd_ps(LOAD16(x1 + i), a, acc1);                                                  \
-        }                                                                                                     \
-        float s0 = lanes16_sum(acc0), s1 = lanes16_sum(acc1);                                                 \
-        for (int64_t j = i; j < n; j++) s0 += TOF(x0[j]) * TOF(y[j]);                                         \
-        for (int64_t j = i; j < n; j++) s1 += TOF(x1[j]) * TOF(y[j]);                                         \
-        s[0] = s0;                                                                                            \
-        s[1] = s1;                                                                                            \
+        s[0] = dot_row_##T(n, vx, vy);                                                                        \
+        s[1] = dot_row_##T(n, (const ET *)((const char *)vx + bx), vy);                                       \
     }                                                                                                         \
     static AVX512 void pack_##T(const void *vx, void *dst, int64_t n) {                                       \
         const ET *x = vx;                                                                                     \
