@@ -230,12 +230,16 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
                                                     _mm256_setzero_si256());                                 \
                 const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1)); \
                 const int sum_y = (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;        \
-                __m512i sum = _mm512_set1_epi32(-8 * sum_y);                                                 \
+                /* four independent chains of vpdpbusd (integers: the order is free) */                     \
+                __m512i part[4] = {_mm512_set1_epi32(-8 * sum_y), _mm512_setzero_si512(), _mm512_setzero_si512(), \
+                                   _mm512_setzero_si512()};                                                  \
                 for (int j = 0; j < 8; j++) {                                                                \
                     int32_t a;                                                                               \
                     memcpy(&a, y->qs + 4 * j, 4);                                                            \
-                    sum = dpbusd_zmm(sum, q[j], _mm512_set1_epi32(a));                                       \
+                    part[j % 4] = dpbusd_zmm(part[j % 4], q[j], _mm512_set1_epi32(a));                       \
                 }                                                                                            \
+                const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(part[0], part[1]),                     \
+                                                     _mm512_add_epi32(part[2], part[3]));                    \
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dx, _mm512_set1_ps(tk_fp16_table[y->d])), acc[t]); \
             }                                                                                                \
         }                                                                                                    \
