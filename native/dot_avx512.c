@@ -1056,6 +1056,61 @@ static AVX512 void dot2_iq3_s_q8_K_zmm(int64_t n, float *s, const void *vx, size
     s[1] = hsum8(upper8(acc));
 }
 
+/* IQ4_XS, two rows: a sub-block (32 values) of both rows in one 512-bit register (row 0 in lanes 0-7, row 1 in
+   8-15), looked up from the value table + 128 as unsigned bytes, one vpdpbusd with the activation bytes broadcast to
+   both halves, times each row's sub-block scale (vpmulld); the +128 comes off once per super-block as
+   128·Σ scale·(sum of the sub-block's activations, from the Q8_K block sums). Every integer is exact, so each row's
+   super-block sum is the AVX2 kernel's, and so is its float step (fmaf per super-block, quants_iq_avx2.c). */
+static AVX512 void dot2_iq4_xs_q8_K_zmm(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
+    const block_iq4_xs *x0 = vx, *x1 = (const block_iq4_xs *)((const char *)vx + bx);
+    const block_q8_K *y = vy;
+    const __m512i table = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tk_iq4nl_values)),
+                                           _mm512_set1_epi8((char)0x80));
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    /* per 128-bit chunk: the low nibbles (elements 0-15) of a row's 16 bytes, then the high ones (16-31) */
+    const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4);
+    const __m512i sub_shift_l = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512i sub_shift_h = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
+    float acc0 = 0, acc1 = 0;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        for (int o = 0; o < (int)sizeof *x0; o += 64) {
+            _mm_prefetch((const char *)&x0[b] + PREFETCH + o, PREFETCH_HINT);
+            _mm_prefetch((const char *)&x1[b] + PREFETCH + o, PREFETCH_HINT);
+        }
+        /* the 16 scales (row 0's sub-blocks in lanes 0-7, row 1's in 8-15), 6 bits each, minus 32 */
+        uint32_t l0, l1;
+        memcpy(&l0, x0[b].scales_l, 4);
+        memcpy(&l1, x1[b].scales_l, 4);
+        const __m512i sl = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32((int)l0), _mm512_set1_epi32((int)l1));
+        const __m512i sh = _mm512_mask_blend_epi32(0xFF00, _mm512_set1_epi32(x0[b].scales_h),
+                                                   _mm512_set1_epi32(x1[b].scales_h));
+        const __m512i lo = _mm512_and_si512(_mm512_srlv_epi32(sl, sub_shift_l), _mm512_set1_epi32(15));
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(sh, sub_shift_h), _mm512_set1_epi32(3));
+        const __m512i ls = _mm512_sub_epi32(_mm512_or_si512(lo, _mm512_slli_epi32(hi, 4)), _mm512_set1_epi32(32));
+        /* -128 · scale · (the sub-block's activation sum), lane for lane */
+        const __m256i q = _mm256_madd_epi16(load32(y[b].bsums), _mm256_set1_epi16(1));
+        const __m512i minus128q = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), two_ymm(q, q)), 7);
+        __m512i sum = _mm512_mullo_epi32(ls, minus128q);
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const __m512i raw = _mm512_mask_broadcast_i32x4(
+                _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(x0[b].qs + 16 * ib))), 0xFF00,
+                _mm_loadu_si128((const __m128i *)(x1[b].qs + 16 * ib)));
+            const __m512i v = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srlv_epi64(raw, nibble_shift), m4));
+            const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v,
+                                                  _mm512_broadcast_i64x4(load32(y[b].qs + 32 * ib)));
+            /* sub-block ib's scale of each row in its half */
+            const __m512i pick = _mm512_add_epi32(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 8, 8, 8, 8, 8, 8, 8, 8),
+                                                  _mm512_set1_epi32(ib));
+            sum = _mm512_add_epi32(sum, _mm512_mullo_epi32(d, _mm512_permutexvar_epi32(pick, ls)));
+        }
+        const float dy = y[b].d;
+        acc0 = fmaf(tk_fp16_table[x0[b].d] * dy, (float)lanes_isum(_mm512_castsi512_si256(sum)), acc0);
+        acc1 = fmaf(tk_fp16_table[x1[b].d] * dy, (float)lanes_isum(_mm512_extracti64x4_epi64(sum, 1)), acc1);
+    }
+    s[0] = acc0;
+    s[1] = acc1;
+}
+
 tk_vec_dot_fn tk_vec_dot_avx512(int wtype) {
     return wtype == TK_F16 ? dot_F16_zmm : wtype == TK_BF16 ? dot_BF16_zmm : NULL;
 }
@@ -1069,6 +1124,7 @@ tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype) {
     case TK_Q5_K: return dot2_q5_K_q8_K_zmm;
     case TK_IQ2_S: return dot2_iq2_s_q8_K_zmm;
     case TK_IQ3_S: return dot2_iq3_s_q8_K_zmm;
+    case TK_IQ4_XS: return dot2_iq4_xs_q8_K_zmm;
     default: return NULL;
     }
 }
