@@ -124,28 +124,8 @@ S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 typedef struct { int8_t w[8][64]; int32_t c[16]; float d[16]; } block_q4_0x16;
 #define Q4_0X16_ROW_SIZE (sizeof(block_q4_0x16) / 16) /* the packed bytes per row and block */
 
-/* the qs of one block of 16 rows x + r·bx: q[j] lane r = row r's bytes 4j..4j+3 (elements 4j.. in the low nibbles,
-   16 + 4j.. in the high ones); four 128-bit loads per register (lane l of z[k]: row 4l + k), two rounds of unpacks */
-static inline AVX512 void q4_0x16_quads(const char *x, size_t bx, __m512i q[4]) {
-    __m512i z[4];
-#define Q4_0X16_ROW_QS(r) _mm_loadu_si128((const __m128i *)(x + (size_t)(r) * bx + 2))
-    for (int k = 0; k < 4; k++) {
-        z[k] = _mm512_castsi128_si512(Q4_0X16_ROW_QS(k));
-        z[k] = _mm512_inserti32x4(z[k], Q4_0X16_ROW_QS(4 + k), 1);
-        z[k] = _mm512_inserti32x4(z[k], Q4_0X16_ROW_QS(8 + k), 2);
-        z[k] = _mm512_inserti32x4(z[k], Q4_0X16_ROW_QS(12 + k), 3);
-    }
-#undef Q4_0X16_ROW_QS
-    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
-    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
-    q[0] = _mm512_unpacklo_epi64(t0, t2);
-    q[1] = _mm512_unpackhi_epi64(t0, t2);
-    q[2] = _mm512_unpacklo_epi64(t1, t3);
-    q[3] = _mm512_unpackhi_epi64(t1, t3);
-}
-
 /* rows x + r·bx for r < nr (the rest zero weights, zero scales), 16 interleaved per block: a whole tile's quants by
-   q4_0x16_quads (gathers cost a tenth of a 128-token prompt), a partial one's gathered (no row past nr is read) */
+   rows16_quads (gathers cost a tenth of a 128-token prompt), a partial one's gathered (no row past nr is read) */
 static AVX512 void pack_q4_0x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
     const __mmask16 live = (__mmask16)((1u << nr) - 1);
     const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -155,7 +135,7 @@ static AVX512 void pack_q4_0x16(const void *vx, size_t bx, int nr, void *dst, in
     for (int64_t b = 0; b < n / QK; b++) {
         const block_q4_0 *x = (const block_q4_0 *)vx + b;
         __m512i c = zero, q4[4];
-        if (nr == 16) q4_0x16_quads((const char *)x, bx, q4);
+        if (nr == 16) rows16_quads((const char *)x->qs, bx, q4);
         else
             for (int j = 0; j < 4; j++) q4[j] = _mm512_mask_i32gather_epi32(zero, live, rows, x->qs + 4 * j, 1);
         for (int j = 0; j < 4; j++) {
@@ -230,7 +210,7 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
                                  PREFETCH_HINT);                                                                  \
             __m512i d4[4], q[8];                                                                             \
             uint16_t h[16];                                                                                  \
-            q4_0x16_quads(x, bx, d4);                                                                        \
+            rows16_quads(x + 2, bx, d4);                                                                     \
             for (int r = 0; r < 16; r++) memcpy(&h[r], x + (size_t)r * bx, 2);                              \
             for (int j = 0; j < 4; j++) { /* elements 4j.. (low nibbles) and 16 + 4j.. (high) of every row */ \
                 q[j] = _mm512_and_si512(d4[j], m4);                                                          \

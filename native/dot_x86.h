@@ -73,6 +73,26 @@ static inline AVX512 void store_rows16(float *s, size_t ls, __m512 acc) {
     for (int r = 0; r < 16; r++) s[r * ls] = o[r];
 }
 
+/* 16 bytes at p + r·bx of 16 rows r, transposed: q[j] lane r = row r's bytes 4j..4j+3; four 128-bit loads per
+   register (lane l of z[k]: row 4l + k), two rounds of unpacks (the 16-rows-in-lanes tiles' weights, from the file) */
+static inline AVX512 void rows16_quads(const char *p, size_t bx, __m512i q[4]) {
+    __m512i z[4];
+#define ROWS16_BYTES(r) _mm_loadu_si128((const __m128i *)(p + (size_t)(r) * bx))
+    for (int k = 0; k < 4; k++) {
+        z[k] = _mm512_castsi128_si512(ROWS16_BYTES(k));
+        z[k] = _mm512_inserti32x4(z[k], ROWS16_BYTES(4 + k), 1);
+        z[k] = _mm512_inserti32x4(z[k], ROWS16_BYTES(8 + k), 2);
+        z[k] = _mm512_inserti32x4(z[k], ROWS16_BYTES(12 + k), 3);
+    }
+#undef ROWS16_BYTES
+    const __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    q[0] = _mm512_unpacklo_epi64(t0, t2);
+    q[1] = _mm512_unpackhi_epi64(t0, t2);
+    q[2] = _mm512_unpacklo_epi64(t1, t3);
+    q[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
 /* the tile's entry for the table (its shape stated once) */
 #define TILE_ENTRY(NAME, RM, RN) PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NULL)
 #define PACKED_TILE_ENTRY(NAME, RM, RN, PACK, PACK_SIZE, ACT_TYPE, NARROW)                                    \

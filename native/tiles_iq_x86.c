@@ -423,14 +423,21 @@ static AVX512 void pack_iq4_xs_x16(const void *vx, size_t bx, int nr, void *dst,
     block_iq4_xs_x16 *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
         const block_iq4_xs *x = (const block_iq4_xs *)vx + b;
-        for (int ib = 0; ib < QK_K / 32; ib++)
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            /* bytes 4j..4j+3 of the sub-block's qs: elements 4j.. in the low nibbles, 16 + 4j.. in the high ones (a
+               whole tile loaded and transposed, a partial one gathered: no row past nr is read) */
+            __m512i q4[4];
+            if (nr == 16) rows16_quads((const char *)(x->qs + 16 * ib), bx, q4);
+            else
+                for (int j = 0; j < 4; j++)
+                    q4[j] = _mm512_mask_i32gather_epi32(zero, live, rows, x->qs + 16 * ib + 4 * j, 1);
             for (int j = 0; j < 4; j++) {
-                /* bytes 4j..4j+3 of the sub-block's qs: elements 4j.. in the low nibbles, 16 + 4j.. in the high ones */
-                const __m512i q = _mm512_mask_i32gather_epi32(zero, live, rows, x->qs + 16 * ib + 4 * j, 1);
+                const __m512i q = q4[j];
                 _mm512_storeu_si512(p[b].w[ib][j], _mm512_shuffle_epi8(table, _mm512_and_si512(q, m4)));
                 _mm512_storeu_si512(p[b].w[ib][j + 4],
                                     _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32(q, 4), m4)));
             }
+        }
         /* d and scales_h: the word at each row's block; scales_l: the next */
         const __m512i dh = _mm512_mask_i32gather_epi32(zero, live, rows, &x->d, 1);
         const __m512i sl = _mm512_mask_i32gather_epi32(zero, live, rows, x->scales_l, 1);
