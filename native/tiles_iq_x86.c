@@ -1,16 +1,18 @@
-/* The AVX512-VNNI tiles of prompt processing for the IQ types with Q8_K activations (IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S,
-   IQ3_XXS, IQ3_S). Their one-token kernels (quants_iq_avx2.c, quants_iq2_avx2.c, quants_iq3_avx2.c, after ggml's)
-   sum, per super-block and (row, token), eight exact int32 lanes — lane l: Σ over the eight sub-blocks of 32 of the
-   sub-block's integer scale (per half of 16 for IQ2_XS/IQ2_S) times its weights 4l..4l+3 times the activations —
-   then add d_x·d_y times the lanes into eight float lanes with one fused multiply-add, and end with FACTOR times
-   ggml's 8-lane sum. A tile reaches the same lanes another way: each row's super-block decoded ONCE (grid lookups,
-   signs, scales: pack) into signed 16-bit weights already multiplied by their scale (|scale·w| ≤ 32·127), laid out
-   so that a 512-bit vpdpwssd against two tokens' activations adds weights 4l, 4l+1 (then 4l+2, 4l+3) into lane l
-   of each token's half: integer sums in another order, so the same integers, and the float steps are the one-token
-   kernel's lane for lane. IQ4_XS's kernels sum in super-block order instead (quants_iq.c: one exact integer per
-   super-block, then one float step): its AVX2 and AVX-VNNI tiles add up the same lanes' integers before that step
-   (SB), its AVX512 tile holds 16 rows in lanes (tile_iq4_xs_x16). */
+/* The prompt tiles of the IQ types with Q8_K activations (IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S) at the
+   AVX2, AVX-VNNI and AVX512-VNNI levels. Their one-token kernels (quants_iq_avx2.c, quants_iq2_avx2.c,
+   quants_iq3_avx2.c, after ggml's) sum, per super-block and (row, token), eight exact int32 lanes — lane l: Σ over the
+   eight sub-blocks of 32 of the sub-block's integer scale (per half of 16 for IQ2_XS/IQ2_S) times its weights
+   4l..4l+3 times the activations — then add d_x·d_y times the lanes into eight float lanes with one fused
+   multiply-add, and end with FACTOR times ggml's 8-lane sum. A tile reaches the same lanes another way: each row's
+   super-block decoded ONCE (grid lookups, signs, scales: pack) into signed 16-bit weights already multiplied by their
+   scale (|scale·w| ≤ 32·127), multiplied with 16-bit activations by vpmaddwd/vpdpwssd in pairs that fall into lane l:
+   integer sums in another order, so the same integers, and the float steps are the one-token kernel's lane for lane.
+   At the AVX2 and AVX-VNNI levels a token's lanes fill a 256-bit register (IQ_TILE_YMM); at the AVX512 level 16 rows
+   fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per register, IQ_TILE). IQ4_XS's kernels sum in super-block
+   order instead (quants_iq.c: one exact integer per super-block, then one float step): its AVX2 and AVX-VNNI tiles add
+   up the same lanes' integers before that step (SB), its AVX512 tile holds 16 rows in lanes (tile_iq4_xs_x16). */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "quants.h"
@@ -61,64 +63,6 @@ static AVX2 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
 
 #define IQ2_SIGNS7(v) tk_iq2_sign_bytes[tk_iq2_ksigns[(v) & 127]]
 
-static AVX2 void pack_iq2_xxs(const void *vx, void *dst, int64_t n) {
-    const block_iq2_xxs *x = vx;
-    block_iq_packed *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        p[b].d = tk_fp16_table[x[b].d];
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            uint32_t aux[2];
-            memcpy(aux, x[b].qs + 4 * ib, 8);
-            const int ls = (int)(2 * (aux[1] >> 28) + 1);
-            store_sub_block(p[b].w + 32 * ib,
-                            signed_points(tk_iq2xxs_grid[aux[0] & 255], tk_iq2xxs_grid[(aux[0] >> 8) & 255],
-                                          tk_iq2xxs_grid[(aux[0] >> 16) & 255], tk_iq2xxs_grid[aux[0] >> 24],
-                                          IQ2_SIGNS7(aux[1]), IQ2_SIGNS7(aux[1] >> 7), IQ2_SIGNS7(aux[1] >> 14),
-                                          IQ2_SIGNS7(aux[1] >> 21)),
-                            ls, ls);
-        }
-    }
-}
-
-static AVX2 void pack_iq2_xs(const void *vx, void *dst, int64_t n) {
-    const block_iq2_xs *x = vx;
-    block_iq_packed *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        p[b].d = tk_fp16_table[x[b].d];
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            const uint16_t *q2 = x[b].qs + 4 * ib;
-            const uint8_t sc = x[b].scales[ib];
-            store_sub_block(p[b].w + 32 * ib,
-                            signed_points(tk_iq2xs_grid[q2[0] & 511], tk_iq2xs_grid[q2[1] & 511],
-                                          tk_iq2xs_grid[q2[2] & 511], tk_iq2xs_grid[q2[3] & 511],
-                                          IQ2_SIGNS7(q2[0] >> 9), IQ2_SIGNS7(q2[1] >> 9), IQ2_SIGNS7(q2[2] >> 9),
-                                          IQ2_SIGNS7(q2[3] >> 9)),
-                            2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
-        }
-    }
-}
-
-static AVX2 void pack_iq2_s(const void *vx, void *dst, int64_t n) {
-    const block_iq2_s *x = vx;
-    block_iq_packed *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        p[b].d = tk_fp16_table[x[b].d];
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            const uint8_t *qs = x[b].qs + 4 * ib, *signs = x[b].qs + QK_K / 8 + 4 * ib;
-            const unsigned h = x[b].qh[ib];
-            const uint8_t sc = x[b].scales[ib];
-            store_sub_block(p[b].w + 32 * ib,
-                            signed_points(tk_iq2s_grid[qs[0] | ((h << 8) & 0x300)],
-                                          tk_iq2s_grid[qs[1] | ((h << 6) & 0x300)],
-                                          tk_iq2s_grid[qs[2] | ((h << 4) & 0x300)],
-                                          tk_iq2s_grid[qs[3] | ((h << 2) & 0x300)], tk_iq2_sign_bytes[signs[0]],
-                                          tk_iq2_sign_bytes[signs[1]], tk_iq2_sign_bytes[signs[2]],
-                                          tk_iq2_sign_bytes[signs[3]]),
-                            2 * (sc & 0xF) + 1, 2 * (sc >> 4) + 1);
-        }
-    }
-}
-
 static AVX2 void pack_iq1_s(const void *vx, void *dst, int64_t n) {
     const block_iq1_s *x = vx;
     block_iq1_s_packed *p = dst;
@@ -138,53 +82,102 @@ static AVX2 void pack_iq1_s(const void *vx, void *dst, int64_t n) {
     }
 }
 
+/* Sub-block ib of a super-block of the grid types, decoded: its 32 signed values (element order) and the scales of
+   its first and last 16 (the one-token kernels' integer scales). Each type's packers below run on these. */
+typedef __m256i (*iq_sub_fn)(const void *block, int ib, int *s_lo, int *s_hi);
+
+static inline AVX2 __m256i iq2_xxs_sub(const void *block, int ib, int *s_lo, int *s_hi) {
+    const block_iq2_xxs *x = block;
+    uint32_t aux[2];
+    memcpy(aux, x->qs + 4 * ib, 8);
+    *s_lo = *s_hi = (int)(2 * (aux[1] >> 28) + 1);
+    return signed_points(tk_iq2xxs_grid[aux[0] & 255], tk_iq2xxs_grid[(aux[0] >> 8) & 255],
+                         tk_iq2xxs_grid[(aux[0] >> 16) & 255], tk_iq2xxs_grid[aux[0] >> 24], IQ2_SIGNS7(aux[1]),
+                         IQ2_SIGNS7(aux[1] >> 7), IQ2_SIGNS7(aux[1] >> 14), IQ2_SIGNS7(aux[1] >> 21));
+}
+
+static inline AVX2 __m256i iq2_xs_sub(const void *block, int ib, int *s_lo, int *s_hi) {
+    const block_iq2_xs *x = block;
+    const uint16_t *q2 = x->qs + 4 * ib;
+    *s_lo = 2 * (x->scales[ib] & 0xF) + 1;
+    *s_hi = 2 * (x->scales[ib] >> 4) + 1;
+    return signed_points(tk_iq2xs_grid[q2[0] & 511], tk_iq2xs_grid[q2[1] & 511], tk_iq2xs_grid[q2[2] & 511],
+                         tk_iq2xs_grid[q2[3] & 511], IQ2_SIGNS7(q2[0] >> 9), IQ2_SIGNS7(q2[1] >> 9),
+                         IQ2_SIGNS7(q2[2] >> 9), IQ2_SIGNS7(q2[3] >> 9));
+}
+
+static inline AVX2 __m256i iq2_s_sub(const void *block, int ib, int *s_lo, int *s_hi) {
+    const block_iq2_s *x = block;
+    const uint8_t *qs = x->qs + 4 * ib, *signs = x->qs + QK_K / 8 + 4 * ib;
+    const unsigned h = x->qh[ib];
+    *s_lo = 2 * (x->scales[ib] & 0xF) + 1;
+    *s_hi = 2 * (x->scales[ib] >> 4) + 1;
+    return signed_points(tk_iq2s_grid[qs[0] | ((h << 8) & 0x300)], tk_iq2s_grid[qs[1] | ((h << 6) & 0x300)],
+                         tk_iq2s_grid[qs[2] | ((h << 4) & 0x300)], tk_iq2s_grid[qs[3] | ((h << 2) & 0x300)],
+                         tk_iq2_sign_bytes[signs[0]], tk_iq2_sign_bytes[signs[1]], tk_iq2_sign_bytes[signs[2]],
+                         tk_iq2_sign_bytes[signs[3]]);
+}
+
 /* the 8 grid entries (4 values each) of 8 indices */
 static inline AVX2 __m256i grid8(const uint32_t *grid, const int idx[8]) {
     return _mm256_set_epi32((int)grid[idx[7]], (int)grid[idx[6]], (int)grid[idx[5]], (int)grid[idx[4]],
                             (int)grid[idx[3]], (int)grid[idx[2]], (int)grid[idx[1]], (int)grid[idx[0]]);
 }
 
-static AVX2 void pack_iq3_xxs(const void *vx, void *dst, int64_t n) {
-    const block_iq3_xxs *x = vx;
-    block_iq_packed *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        p[b].d = tk_fp16_table[x[b].d];
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            const uint8_t *q3 = x[b].qs + 8 * ib;
-            uint32_t w;
-            memcpy(&w, x[b].qs + QK_K / 4 + 4 * ib, 4);
-            int idx[8];
-            for (int j = 0; j < 8; j++) idx[j] = q3[j];
-            const __m256i sign = _mm256_set_epi64x(
-                (long long)tk_iq3_even_signs[w >> 21 & 127], (long long)tk_iq3_even_signs[w >> 14 & 127],
-                (long long)tk_iq3_even_signs[w >> 7 & 127], (long long)tk_iq3_even_signs[w & 127]);
-            const int ls = (int)(2 * (w >> 28) + 1);
-            store_sub_block(p[b].w + 32 * ib, _mm256_sign_epi8(grid8(tk_iq3xxs_grid, idx), sign), ls, ls);
-        }
-    }
+static inline AVX2 __m256i iq3_xxs_sub(const void *block, int ib, int *s_lo, int *s_hi) {
+    const block_iq3_xxs *x = block;
+    const uint8_t *q3 = x->qs + 8 * ib;
+    uint32_t w;
+    memcpy(&w, x->qs + QK_K / 4 + 4 * ib, 4);
+    int idx[8];
+    for (int j = 0; j < 8; j++) idx[j] = q3[j];
+    const __m256i sign = _mm256_set_epi64x(
+        (long long)tk_iq3_even_signs[w >> 21 & 127], (long long)tk_iq3_even_signs[w >> 14 & 127],
+        (long long)tk_iq3_even_signs[w >> 7 & 127], (long long)tk_iq3_even_signs[w & 127]);
+    *s_lo = *s_hi = (int)(2 * (w >> 28) + 1);
+    return _mm256_sign_epi8(grid8(tk_iq3xxs_grid, idx), sign);
 }
 
-static AVX2 void pack_iq3_s(const void *vx, void *dst, int64_t n) {
-    const block_iq3_s *x = vx;
-    block_iq_packed *p = dst;
+static inline AVX2 __m256i iq3_s_sub(const void *block, int ib, int *s_lo, int *s_hi) {
+    const block_iq3_s *x = block;
     /* byte j of the 32 takes sign byte j / 8, bit j % 8 */
     const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    int idx[8];
+    for (int j = 0; j < 8; j++) idx[j] = x->qs[8 * ib + j] | ((x->qh[ib] >> j & 1) << 8);
+    uint32_t sw;
+    memcpy(&sw, x->signs + 4 * ib, 4);
+    const __m256i m = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)sw), spread), bit);
+    const __m256i neg = _mm256_cmpeq_epi8(m, bit);
+    *s_lo = *s_hi = 2 * ((x->scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1;
+    return _mm256_sub_epi8(_mm256_xor_si256(neg, grid8(tk_iq3s_grid, idx)), neg);
+}
+
+/* every block of these types starts with its fp16 d */
+_Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0 && offsetof(block_iq2_s, d) == 0 &&
+               offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "d first");
+
+/* a row of blocks of `size` bytes packed for the 16-bit tiles (sub inlined as a constant) */
+static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx, void *dst, int64_t n, size_t size,
+                                                                 iq_sub_fn sub) {
+    block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
-        p[b].d = tk_fp16_table[x[b].d];
+        const char *x = (const char *)vx + (size_t)b * size;
+        p[b].d = tk_fp16_table[*(const tk_half *)x];
         for (int ib = 0; ib < QK_K / 32; ib++) {
-            int idx[8];
-            for (int j = 0; j < 8; j++) idx[j] = x[b].qs[8 * ib + j] | ((x[b].qh[ib] >> j & 1) << 8);
-            uint32_t sw;
-            memcpy(&sw, x[b].signs + 4 * ib, 4);
-            const __m256i m = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)sw), spread), bit);
-            const __m256i neg = _mm256_cmpeq_epi8(m, bit);
-            const __m256i v = _mm256_sub_epi8(_mm256_xor_si256(neg, grid8(tk_iq3s_grid, idx)), neg);
-            const int ls = 2 * ((x[b].scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1;
-            store_sub_block(p[b].w + 32 * ib, v, ls, ls);
+            int lo, hi;
+            const __m256i v = sub(x, ib, &lo, &hi);
+            store_sub_block(p[b].w + 32 * ib, v, lo, hi);
         }
     }
 }
+#define IQ_PACK(T, BLOCK)                                                                                     \
+    static AVX2 void pack_##T(const void *vx, void *dst, int64_t n) { pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub); }
+IQ_PACK(iq2_xxs, block_iq2_xxs)
+IQ_PACK(iq2_xs, block_iq2_xs)
+IQ_PACK(iq2_s, block_iq2_s)
+IQ_PACK(iq3_xxs, block_iq3_xxs)
+IQ_PACK(iq3_s, block_iq3_s)
 
 /* row r's super-block b, in the packed type the tile declares as iq_block */
 #define IQ_ROW(r, b) ((const iq_block *)((const char *)vx + (r) * bx) + (b))
@@ -504,30 +497,138 @@ IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_4, 4, &tile_iq4_xs_x16_2_tile)
 IQ4_XS_X16_ENTRY(tile_iq4_xs_x16_8, 8, &tile_iq4_xs_x16_4_tile)
 _Static_assert(IQ4_XS_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
+/* The grid types' AVX512 tiles: the one-token kernels' lanes with 16 rows in lanes. A row tile is packed once for all
+   its tokens (the 16-bit scaled weights, decoded by the types' *_sub), so that register m of sub-block ib holds an int16
+   pair of that sub-block of each of the 16 rows (m < 8: weights 4m, 4m + 1; m ≥ 8: 4(m - 8) + 2, + 3). A token's
+   activations are widened to 16 bits once per super-block; lane l of the one-token kernel is then, for the 16 rows at
+   once, Σ over the eight sub-blocks of vpdpwssd of registers l and 8 + l with the token's activation pairs (4l, 4l + 1),
+   (4l + 2, 4l + 3) broadcast: the same exact integers (32 products per instruction and no shuffle, where the 4 × 6
+   tiles they replace spent two shuffles of activations per eight: 1.3× faster in IQ2_M's prompt); then the kernel's
+   fused multiply-add of d_x·d_y per lane and super-block, and FACTOR times ggml's 8-lane sum, 16 rows at once. A
+   lanes-free order would let vpdpbusd add 64 products per instruction (llama.cpp's tiled path), but the one-token
+   kernels keep ggml's vec_dot order, whose logits tests/test_runtime.py holds to 1e-2 (in super-block order, IQ2_S
+   moved them by 2.3e-2 and changed greedy tokens there). */
+typedef struct { int16_t w[QK_K / 32][16][32]; float d[16]; } block_iq_x16;
+#define IQ_X16_ROW_SIZE (sizeof(block_iq_x16) / 16) /* the packed bytes per row and super-block */
+_Static_assert(IQ_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+
+/* rows x + r·bx for r < nr (blocks of `size` bytes): each super-block's sub-blocks decoded by `sub`, widened and
+   scaled in element order (dword k: elements 2k, 2k + 1), the 16 rows then transposed into the registers (register m
+   takes dword 2m for m < 8, 2(m - 8) + 1 after); dead rows zero; sub inlined as a constant */
+static inline __attribute__((always_inline)) AVX512 void pack_rows_x16(const void *vx, size_t bx, int nr, void *dst,
+                                                                       int64_t n, size_t size, iq_sub_fn sub) {
+    block_iq_x16 *p = dst;
+    int16_t w[16][QK_K];
+    memset(w, 0, sizeof w);
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        memset(p[b].d, 0, sizeof p[b].d);
+        for (int r = 0; r < nr; r++) {
+            const char *x = (const char *)vx + (size_t)r * bx + (size_t)b * size;
+            /* 16 streams from memory, too many for the hardware prefetchers to follow */
+            _mm_prefetch(x + 4 * size, _MM_HINT_T0);
+            _mm_prefetch(x + 4 * size + 64, _MM_HINT_T0);
+            p[b].d[r] = tk_fp16_table[*(const tk_half *)x];
+            for (int ib = 0; ib < QK_K / 32; ib++) {
+                int lo, hi;
+                const __m256i v = sub(x, ib, &lo, &hi);
+                const __m512i scale =
+                    _mm512_inserti64x4(_mm512_set1_epi16((short)lo), _mm256_set1_epi16((short)hi), 1);
+                _mm512_storeu_si512(w[r] + 32 * ib, _mm512_mullo_epi16(_mm512_cvtepi8_epi16(v), scale));
+            }
+        }
+        for (int ib = 0; ib < QK_K / 32; ib++)
+            for (int q = 0; q < 4; q++) {
+                __m512i d4[4];
+                rows16_quads((const char *)(w[0] + 32 * ib) + 16 * q, sizeof w[0], d4);
+                for (int j = 0; j < 4; j++) {
+                    const int k = 4 * q + j;
+                    _mm512_storeu_si512(p[b].w[ib][k % 2 ? 8 + k / 2 : k / 2], d4[j]);
+                }
+            }
+    }
+}
+
+/* acc + Σ pairs of w's 16-bit lanes times the pair at p broadcast (one vpdpwssd with an embedded broadcast: GCC
+   keeps _mm512_set1_epi32 of a load as a separate broadcast) */
+static inline AVX512 __m512i dpwssd_bcast(__m512i acc, __m512i w, const int16_t *p) {
+    __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
+}
+
+/* 16 rows × RN tokens */
+#define IQ_X16_TILE(NAME, RN, FACTOR)                                                                         \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        (void)bx;                                                                                            \
+        const block_iq_x16 *p = vx;                                                                          \
+        __m512 acc[RN][8];                                                                                   \
+        for (int t = 0; t < RN; t++)                                                                         \
+            for (int l = 0; l < 8; l++) acc[t][l] = _mm512_setzero_ps();                                     \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            int16_t a[RN][QK_K];                                                                             \
+            for (int t = 0; t < RN; t++)                                                                     \
+                for (int k = 0; k < QK_K; k += 32)                                                           \
+                    _mm512_storeu_si512(a[t] + k, _mm512_cvtepi8_epi16(load32(Q8_K_ROW(t, b)->qs + k)));     \
+            /* read back as broadcast loads */                                                               \
+            __asm__ __volatile__("" ::: "memory");                                                           \
+            const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
+            for (int l = 0; l < 8; l++) {                                                                    \
+                __m512i lane[RN];                                                                            \
+                for (int t = 0; t < RN; t++) lane[t] = _mm512_setzero_si512();                               \
+                for (int ib = 0; ib < QK_K / 32; ib++)                                                       \
+                    for (int h = 0; h < 2; h++) {                                                            \
+                        const __m512i w = _mm512_loadu_si512(p[b].w[ib][8 * h + l]);                         \
+                        for (int t = 0; t < RN; t++)                                                         \
+                            lane[t] = dpwssd_bcast(lane[t], w, a[t] + 32 * ib + 4 * l + 2 * h);              \
+                    }                                                                                        \
+                for (int t = 0; t < RN; t++)                                                                 \
+                    acc[t][l] = _mm512_fmadd_ps(_mm512_mul_ps(dx, _mm512_set1_ps(Q8_K_ROW(t, b)->d)),         \
+                                                _mm512_cvtepi32_ps(lane[t]), acc[t][l]);                     \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            /* ggml's hsum_float_8 order: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) */                \
+            const __m512 sum = _mm512_add_ps(                                                                \
+                _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][4]), _mm512_add_ps(acc[t][2], acc[t][6])),     \
+                _mm512_add_ps(_mm512_add_ps(acc[t][1], acc[t][5]), _mm512_add_ps(acc[t][3], acc[t][7])));    \
+            store_rows16(s + t, ls, _mm512_mul_ps(_mm512_set1_ps(FACTOR), sum));                             \
+        }                                                                                                    \
+    }
 /* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
-#define DELTA_OF(x) ((const int16_t *)NULL) /* the tiles without IQ1_S's shift term (never read) */
-IQ_TILE(tile_iq_x1, 4, 6, 1.0f, block_iq_packed, 0)
-IQ_TILE(tile_iq_x4, 4, 6, 0.25f, block_iq_packed, 0)
-IQ_TILE(tile_iq_x8, 4, 6, 0.125f, block_iq_packed, 0)
-#undef DELTA_OF
+#define IQ_X16_FACTOR_TILES(FACTOR, F)                                                                        \
+    IQ_X16_TILE(tile_iq_x16_##FACTOR##_2, 2, F)                                                              \
+    IQ_X16_TILE(tile_iq_x16_##FACTOR##_4, 4, F)                                                              \
+    IQ_X16_TILE(tile_iq_x16_##FACTOR##_8, 8, F)
+IQ_X16_FACTOR_TILES(x1, 1.0f)
+IQ_X16_FACTOR_TILES(x4, 0.25f)
+IQ_X16_FACTOR_TILES(x8, 0.125f)
+
 #define DELTA_OF(x) ((x)->delta)
 IQ_TILE(tile_iq1_s, 4, 6, 1.0f, block_iq1_s_packed, 1)
 
 _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 /* a type's tiles at the AVX2, AVX-VNNI and AVX512 levels */
-#define IQ_TILE_ENTRIES(T, FACTOR, PACK)                                                                      \
+/* 8 tokens a pass; 4 or 2 for a few generating sequences */
+#define IQ_X16_ENTRY(T, FACTOR, RN, NARROW)                                                                   \
+    {.fn = tile_iq_x16_##FACTOR##_##RN, .rows = 16, .cols = RN, .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K, \
+     .narrow = NARROW, .pack_rows = pack_##T##_x16}
+#define IQ_TILE_ENTRIES(T, FACTOR, BLOCK)                                                                     \
+    static AVX512 void pack_##T##_x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {              \
+        pack_rows_x16(vx, bx, nr, dst, n, sizeof(BLOCK), T##_sub);                                           \
+    }                                                                                                        \
+    static const struct tk_gemm T##_x16_2 = IQ_X16_ENTRY(T, FACTOR, 2, NULL);                                \
+    static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 4, &T##_x16_2);                          \
     static const struct tk_gemm T##_tiles[3] = {                                                             \
-        {tile_iq_##FACTOR##_avx2, 2, 4, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL},                       \
-        {tile_iq_##FACTOR##_vnni, 2, 4, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL},                       \
-        {tile_iq_##FACTOR, 4, 6, PACK, sizeof(block_iq_packed), TK_Q8_K, NULL}};
+        {tile_iq_##FACTOR##_avx2, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
+        {tile_iq_##FACTOR##_vnni, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
+        IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
 static const struct tk_gemm iq4_xs_tiles[2] = {
     {tile_iq_sb_avx2, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL},
     {tile_iq_sb_vnni, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL}};
-IQ_TILE_ENTRIES(iq2_xxs, x8, pack_iq2_xxs)
-IQ_TILE_ENTRIES(iq2_xs, x8, pack_iq2_xs)
-IQ_TILE_ENTRIES(iq2_s, x8, pack_iq2_s)
-IQ_TILE_ENTRIES(iq3_xxs, x4, pack_iq3_xxs)
-IQ_TILE_ENTRIES(iq3_s, x1, pack_iq3_s)
+IQ_TILE_ENTRIES(iq2_xxs, x8, block_iq2_xxs)
+IQ_TILE_ENTRIES(iq2_xs, x8, block_iq2_xs)
+IQ_TILE_ENTRIES(iq2_s, x8, block_iq2_s)
+IQ_TILE_ENTRIES(iq3_xxs, x4, block_iq3_xxs)
+IQ_TILE_ENTRIES(iq3_s, x1, block_iq3_s)
 _Static_assert(sizeof(block_iq1_s_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 static const struct tk_gemm iq1_s_tile = {tile_iq1_s, 4, 6, pack_iq1_s, sizeof(block_iq1_s_packed), TK_Q8_K, NULL};
 static const struct tk_gemm iq4_nl_tile = {tile_iq4_nl, 4, 4, pack_iq4_nl, sizeof(block_iq4_nl_packed), TK_Q8_0,
