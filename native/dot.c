@@ -492,6 +492,21 @@ void tk_dequantize_row_q8_KP(const void *vx, float *y, int64_t k) {
     dequantize_q8_K_reordered(vx, y, k, pair_sub_blocks);
 }
 
+void tk_quantize_row_q8_K16(const float *x, void *vy, int64_t k) {
+    block_q8_K16 *y = vy;
+    for (int64_t b = 0; b < k / QK_K; b++) {
+        block_q8_K t;
+        tk_convert_activation_row(TK_Q8_K, x + b * QK_K, &t, QK_K);
+        y[b].d = t.d;
+        for (int i = 0; i < QK_K; i++) y[b].qs[i] = t.qs[i];
+    }
+}
+void tk_dequantize_row_q8_K16(const void *vx, float *y, int64_t k) {
+    const block_q8_K16 *x = vx;
+    for (int64_t b = 0; b < k / QK_K; b++)
+        for (int i = 0; i < QK_K; i++) y[b * QK_K + i] = x[b].d * x[b].qs[i];
+}
+
 /* One activation row into the vec_dot_type. */
 void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     switch (at) {
@@ -646,7 +661,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
 
 size_t tk_matmul_work(int64_t cols) {
     const size_t blocks = (size_t)(cols / QK_K + 1);
-    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_KX));
+    /* a row tile packed, and a token tile of the largest activation block (Q8_K16's) */
+    _Static_assert(sizeof(block_q8_K16) >= sizeof(block_q8_KX) && sizeof(block_q8_K16) >= sizeof(block_q8_K),
+                   "the largest activation block");
+    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_K16));
 }
 
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,

@@ -39,6 +39,9 @@ typedef struct { float d; int8_t qs[QK_K]; float yb[QK_K / 32]; } block_q8_KX;
 /* TK_Q8_KP, the activations of AVX512's one-token Q4_K kernel: a block_q8_KX whose quants are Q8_K's with the
    sub-blocks of 32 in the order 0 2 1 3 4 6 5 7, so that each 64 bytes meet the low or high nibbles of 64 bytes of
    a Q4_K row (yb in the sub-blocks' order, as Q8_KX's). */
+/* TK_Q8_K16, the activations of the IQ grid types' AVX512 tiles: a Q8_K block's d and quants, widened to 16 bits once
+   per token (the tiles broadcast pairs of them) */
+typedef struct { float d; int16_t qs[QK_K]; } block_q8_K16;
 
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
 static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
@@ -274,6 +277,9 @@ void tk_quantize_row_q8_KX(const float *x, void *dst, int64_t k);
 void tk_dequantize_row_q8_KX(const void *x, float *y, int64_t k);
 void tk_quantize_row_q8_KP(const float *x, void *dst, int64_t k);
 void tk_dequantize_row_q8_KP(const void *x, float *y, int64_t k);
+/* TK_Q8_K16 rows: quantized as Q8_K, then widened */
+void tk_quantize_row_q8_K16(const float *x, void *dst, int64_t k);
+void tk_dequantize_row_q8_K16(const void *x, float *y, int64_t k);
 
 /* fp16 -> f32 for all 65536 values (filled at load time), as ggml's ggml_table_f32_f16 */
 extern float tk_fp16_table[1 << 16];

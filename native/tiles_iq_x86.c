@@ -499,15 +499,15 @@ _Static_assert(IQ4_XS_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger tha
 
 /* The grid types' AVX512 tiles: the one-token kernels' lanes with 16 rows in lanes. A row tile is packed once for all
    its tokens (the 16-bit scaled weights, decoded by the types' *_sub), so that register m of sub-block ib holds an int16
-   pair of that sub-block of each of the 16 rows (m < 8: weights 4m, 4m + 1; m ≥ 8: 4(m - 8) + 2, + 3). A token's
-   activations are widened to 16 bits once per super-block; lane l of the one-token kernel is then, for the 16 rows at
-   once, Σ over the eight sub-blocks of vpdpwssd of registers l and 8 + l with the token's activation pairs (4l, 4l + 1),
-   (4l + 2, 4l + 3) broadcast: the same exact integers (32 products per instruction and no shuffle, where the 4 × 6
-   tiles they replace spent two shuffles of activations per eight: 1.3× faster in IQ2_M's prompt); then the kernel's
-   fused multiply-add of d_x·d_y per lane and super-block, and FACTOR times ggml's 8-lane sum, 16 rows at once. A
-   lanes-free order would let vpdpbusd add 64 products per instruction (llama.cpp's tiled path), but the one-token
-   kernels keep ggml's vec_dot order, whose logits tests/test_runtime.py holds to 1e-2 (in super-block order, IQ2_S
-   moved them by 2.3e-2 and changed greedy tokens there). */
+   pair of that sub-block of each of the 16 rows (m < 8: weights 4m, 4m + 1; m ≥ 8: 4(m - 8) + 2, + 3). The tokens come
+   as Q8_K16 (their Q8_K quants widened to 16 bits once per matrix); lane l of the one-token kernel is then, for the 16
+   rows at once, Σ over the eight sub-blocks of vpdpwssd of registers l and 8 + l with the token's activation pairs
+   (4l, 4l + 1), (4l + 2, 4l + 3) broadcast: the same exact integers (32 products per instruction and no shuffle, where
+   the 4 × 6 tiles they replace spent two shuffles of activations per eight: 1.3× faster in IQ2_M's prompt); then the
+   kernel's fused multiply-add of d_x·d_y per lane and super-block, and FACTOR times ggml's 8-lane sum, 16 rows at
+   once. A lanes-free order would let vpdpbusd add 64 products per instruction (llama.cpp's tiled path), but the
+   one-token kernels keep ggml's vec_dot order, whose logits tests/test_runtime.py holds to 1e-2 (in super-block order,
+   IQ2_S moved them by 2.3e-2 and changed greedy tokens there). */
 typedef struct { int16_t w[QK_K / 32][16][32]; float d[16]; } block_iq_x16;
 #define IQ_X16_ROW_SIZE (sizeof(block_iq_x16) / 16) /* the packed bytes per row and super-block */
 _Static_assert(IQ_X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
@@ -555,7 +555,9 @@ static inline AVX512 __m512i dpwssd_bcast(__m512i acc, __m512i w, const int16_t 
     return acc;
 }
 
-/* 16 rows × RN tokens */
+#define Q8_K16_ROW(t, b) ((const block_q8_K16 *)((const char *)vy + (t) * by) + (b))
+
+/* 16 rows × RN tokens, on Q8_K16 activations */
 #define IQ_X16_TILE(NAME, RN, FACTOR)                                                                         \
     static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         (void)bx;                                                                                            \
@@ -564,12 +566,8 @@ static inline AVX512 __m512i dpwssd_bcast(__m512i acc, __m512i w, const int16_t 
         for (int t = 0; t < RN; t++)                                                                         \
             for (int l = 0; l < 8; l++) acc[t][l] = _mm512_setzero_ps();                                     \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            int16_t a[RN][QK_K];                                                                             \
-            for (int t = 0; t < RN; t++)                                                                     \
-                for (int k = 0; k < QK_K; k += 32)                                                           \
-                    _mm512_storeu_si512(a[t] + k, _mm512_cvtepi8_epi16(load32(Q8_K_ROW(t, b)->qs + k)));     \
-            /* read back as broadcast loads */                                                               \
-            __asm__ __volatile__("" ::: "memory");                                                           \
+            const int16_t *a[RN];                                                                            \
+            for (int t = 0; t < RN; t++) a[t] = Q8_K16_ROW(t, b)->qs;                                        \
             const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
             for (int l = 0; l < 8; l++) {                                                                    \
                 __m512i lane[RN];                                                                            \
@@ -581,7 +579,7 @@ static inline AVX512 __m512i dpwssd_bcast(__m512i acc, __m512i w, const int16_t 
                             lane[t] = dpwssd_bcast(lane[t], w, a[t] + 32 * ib + 4 * l + 2 * h);              \
                     }                                                                                        \
                 for (int t = 0; t < RN; t++)                                                                 \
-                    acc[t][l] = _mm512_fmadd_ps(_mm512_mul_ps(dx, _mm512_set1_ps(Q8_K_ROW(t, b)->d)),         \
+                    acc[t][l] = _mm512_fmadd_ps(_mm512_mul_ps(dx, _mm512_set1_ps(Q8_K16_ROW(t, b)->d)),       \
                                                 _mm512_cvtepi32_ps(lane[t]), acc[t][l]);                     \
             }                                                                                                \
         }                                                                                                    \
@@ -609,7 +607,7 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
 /* a type's tiles at the AVX2, AVX-VNNI and AVX512 levels */
 /* 8 tokens a pass; 4 or 2 for a few generating sequences */
 #define IQ_X16_ENTRY(T, FACTOR, RN, NARROW)                                                                   \
-    {.fn = tile_iq_x16_##FACTOR##_##RN, .rows = 16, .cols = RN, .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K, \
+    {.fn = tile_iq_x16_##FACTOR##_##RN, .rows = 16, .cols = RN, .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K16, \
      .narrow = NARROW, .pack_rows = pack_##T##_x16}
 #define IQ_TILE_ENTRIES(T, FACTOR, BLOCK)                                                                     \
     static AVX512 void pack_##T##_x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {              \

@@ -63,9 +63,13 @@ static const struct tk_type_traits Q8_KX_TRAITS = {"q8_KX", QK_K, sizeof(block_q
 static const struct tk_type_traits Q8_KP_TRAITS = {"q8_KP", QK_K, sizeof(block_q8_KX), tk_quantize_row_q8_KP,
                                                    tk_dequantize_row_q8_KP, NULL};
 
+static const struct tk_type_traits Q8_K16_TRAITS = {"q8_K16", QK_K, sizeof(block_q8_K16), tk_quantize_row_q8_K16,
+                                                    tk_dequantize_row_q8_K16, NULL};
+
 const struct tk_type_traits *tk_traits(int type) {
     if (type == TK_Q8_KX) return &Q8_KX_TRAITS;
     if (type == TK_Q8_KP) return &Q8_KP_TRAITS;
+    if (type == TK_Q8_K16) return &Q8_K16_TRAITS;
     if (type < 0 || type >= TK_TYPE_COUNT || TRAITS[type].name == NULL) return NULL;
     return &TRAITS[type];
 }
