@@ -197,12 +197,102 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
    Q4_0X16_AHEAD rows on (the row tile after next, which follows this one in the file) are fetched as one linear
    stream at the pace the tile reads its own, 16 blocks' bytes per block (25.8 GB/s; 1 tile ahead 18.3, 3 or 4 as 2). */
 #define Q4_0X16_AHEAD 32
+
+/* One token (generation), four blocks of a row at a time, read as they lie in the file (72 bytes: one 64-byte load
+   and the last block's quants): the four blocks' quants gathered by one vpermt2w (128-bit lane k = block k), low and
+   high nibbles met by vpdpbusd with the token's four blocks' first and second 16 activations, starting from -8·Σy
+   spread over the lanes (lane 4k + j: four of block k's products); four rows' lanes then summed per block in two
+   rounds of unpacks — the one-token kernel's exact integers, and the float steps in block order, as its: its bits.
+   (The per-block path below spends transposes, 12 inserts, 8 unpacks and 16 scalar scale loads per block of 16 rows,
+   which bound its speed from the caches.) */
+
+/* The token's blocks y[0..3]: first and second 16 activations of block k in 128-bit lane k of *yl and *yh; returns
+   -8·Σy spread over the lanes as the nibbles' products are. */
+static inline AVX512 __m512i q8_0_4blocks(const block_q8_0 *y, __m512i *yl, __m512i *yh) {
+    __m512i l = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)y[0].qs));
+    __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(y[0].qs + 16)));
+    for (int k = 1; k < 4; k++) {
+        l = _mm512_inserti32x4(l, _mm_loadu_si128((const __m128i *)y[k].qs), k);
+        h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)(y[k].qs + 16)), k);
+    }
+    *yl = l;
+    *yh = h;
+    const __m512i eight = _mm512_set1_epi8(8);
+    return _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(dpbusd_zmm(_mm512_setzero_si512(), eight, l), eight, h));
+}
+
+/* Four rows (row i at x + i·bx) times those blocks: dword 4k + i = row i's integer sum of block k; a[i] = row i's
+   first 64 bytes, its four scales at words 0, 9, 18 and 27. */
+static inline AVX512 __m512i q4_0_rows4_4blocks(const char *x, size_t bx, __m512i yl, __m512i yh, __m512i init,
+                                                 __m512i a[4]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    /* word i of the quants register: block i / 8's word i % 8 (the quants of blocks 0-2 start at words 1, 10 and 19
+       of the 64-byte load, block 3's are the second load) */
+    const __m512i qidx = _mm512_set_epi16(39, 38, 37, 36, 35, 34, 33, 32, 26, 25, 24, 23, 22, 21, 20, 19,
+                                          17, 16, 15, 14, 13, 12, 11, 10, 8, 7, 6, 5, 4, 3, 2, 1);
+    __m512i rs[4];
+    for (int i = 0; i < 4; i++) {
+        const char *p = x + (size_t)i * bx;
+        a[i] = _mm512_loadu_si512(p);
+        const __m512i q = _mm512_permutex2var_epi16(
+            a[i], qidx, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + 3 * sizeof(block_q4_0) + 2))));
+        rs[i] = dpbusd_zmm(dpbusd_zmm(init, _mm512_and_si512(q, m4), yl),
+                           _mm512_and_si512(_mm512_srli_epi16(q, 4), m4), yh);
+    }
+    const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(rs[0], rs[1]), _mm512_unpackhi_epi32(rs[0], rs[1]));
+    const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(rs[2], rs[3]), _mm512_unpackhi_epi32(rs[2], rs[3]));
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+}
+
+/* 16 rows: the four groups' sums shuffled into one register per block with row r in lane r; the scales, each row's
+   four picked by a masked vpermw into its quad-word of two registers, then one vpermt2w per block. */
+static inline AVX512 __m512 q4_0_rows16_4blocks(__m512 acc, const char *x, size_t bx, const block_q8_0 *y) {
+    __m512i yl, yh;
+    const __m512i init = q8_0_4blocks(y, &yl, &yh);
+    const __m512i didx = _mm512_set1_epi64(0x001B001200090000LL); /* the four scales (words 0, 9, 18, 27) */
+    __m512i t[4], dd[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int g = 0; g < 4; g++) { /* rows 4g .. 4g + 3 */
+        __m512i a[4];
+        t[g] = q4_0_rows4_4blocks(x + (size_t)(4 * g) * bx, bx, yl, yh, init, a);
+        for (int i = 0; i < 4; i++) {
+            const int r = 4 * g + i;
+            dd[r / 8] = _mm512_mask_permutexvar_epi16(dd[r / 8], (__mmask32)0xF << (4 * (r % 8)), didx, a[i]);
+        }
+    }
+    const __m512i u0 = _mm512_shuffle_i32x4(t[0], t[1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i u1 = _mm512_shuffle_i32x4(t[2], t[3], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i u2 = _mm512_shuffle_i32x4(t[0], t[1], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i u3 = _mm512_shuffle_i32x4(t[2], t[3], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i v[4] = {_mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(u0, u1, _MM_SHUFFLE(3, 1, 3, 1)),
+                          _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(2, 0, 2, 0)),
+                          _mm512_shuffle_i32x4(u2, u3, _MM_SHUFFLE(3, 1, 3, 1))};
+    for (int k = 0; k < 4; k++) {
+        /* word 4r + k of the two registers: row r's scale of block k */
+        const __m512i widx = _mm512_add_epi16(_mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 60, 56,
+                                                               52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0),
+                                              _mm512_set1_epi16((short)k));
+        const __m512 dx = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutex2var_epi16(dd[0], widx, dd[1])));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v[k]), _mm512_mul_ps(dx, _mm512_set1_ps(tk_fp16_table[y[k].d])), acc);
+    }
+    return acc;
+}
+
 #define Q4_0X16_RAW_TILE(NAME, RN)                                                                            \
     static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         const __m512i m4 = _mm512_set1_epi8(0x0F);                                                           \
         __m512 acc[RN];                                                                                      \
         for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();                                           \
-        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+        int64_t b = 0;                                                                                       \
+        if (RN == 1)                                                                                        \
+            for (; b + 4 <= n / QK; b += 4) {                                                                \
+                for (int o = 0; o < 4 * 16 * (int)sizeof(block_q4_0); o += 64)                               \
+                    _mm_prefetch((const char *)vx + Q4_0X16_AHEAD * bx + (size_t)b * 16 * sizeof(block_q4_0) + o, \
+                                 PREFETCH_HINT);                                                              \
+                acc[0] = q4_0_rows16_4blocks(acc[0], (const char *)vx + (size_t)b * sizeof(block_q4_0), bx,  \
+                                             (const block_q8_0 *)vy + b);                                    \
+            }                                                                                                \
+        for (; b < n / QK; b++) {                                                                            \
             const char *x = (const char *)vx + (size_t)b * sizeof(block_q4_0);                               \
             if (RN == 1) /* one token: the weights come from memory once, see Q4_0X16_AHEAD */               \
                 for (int o = 0; o < 16 * (int)sizeof(block_q4_0); o += 64)                                   \
