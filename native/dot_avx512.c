@@ -209,12 +209,13 @@ Q4_0X16_TILE(tile_q4_0x16_8, 8)
 /* The token's blocks y[0..3]: first and second 16 activations of block k in 128-bit lane k of *yl and *yh; returns
    -8·Σy spread over the lanes as the nibbles' products are. */
 static inline AVX512 __m512i q8_0_4blocks(const block_q8_0 *y, __m512i *yl, __m512i *yh) {
-    __m512i l = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)y[0].qs));
-    __m512i h = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(y[0].qs + 16)));
-    for (int k = 1; k < 4; k++) {
-        l = _mm512_inserti32x4(l, _mm_loadu_si128((const __m128i *)y[k].qs), k);
-        h = _mm512_inserti32x4(h, _mm_loadu_si128((const __m128i *)(y[k].qs + 16)), k);
-    }
+#define Y16(k, o) _mm_loadu_si128((const __m128i *)(y[k].qs + (o)))
+    /* the lane of each insert a constant (clang wants one; a loop over k has none before unrolling) */
+    const __m512i l = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(
+        _mm512_castsi128_si512(Y16(0, 0)), Y16(1, 0), 1), Y16(2, 0), 2), Y16(3, 0), 3);
+    const __m512i h = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_inserti32x4(
+        _mm512_castsi128_si512(Y16(0, 16)), Y16(1, 16), 1), Y16(2, 16), 2), Y16(3, 16), 3);
+#undef Y16
     *yl = l;
     *yh = h;
     const __m512i eight = _mm512_set1_epi8(8);
