@@ -271,20 +271,50 @@ class TensorEntry:
     part: int = 0  # the file of a split model it is in (common.ggufsplit), counted from 0
 
 
+def _read_anonymous(f, size: int, path: Path) -> mmap.mmap:
+    """The whole file read into an anonymous mapping (huge pages asked for before the pages are touched)."""
+    # private: shared anonymous memory is shmem, which gets huge pages only where shmem_enabled allows them
+    mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        view = memoryview(mm)
+        try:
+            got = 0
+            while got < size:
+                n = f.readinto(view[got:got + (64 << 20)])
+                if not n:
+                    raise UserError(f"{path} shrank while it was read")
+                got += n
+        finally:
+            view.release()
+    except BaseException:
+        mm.close()
+        raise
+    return mm
+
+
 class GGUFFile:
     """A GGUF file opened read-only: `kv` (key → KV, in file order), `tensors` (in file order), `data(entry)` views."""
 
-    def __init__(self, path: Path | str, populate: bool = False):
+    def __init__(self, path: Path | str, populate: bool = False, copy: bool = False):
         """populate: read the whole file into the page cache and map it now (as llama.cpp maps a model), so that
-        the first use of the weights does not fault them in page by page."""
+        the first use of the weights does not fault them in page by page. copy: read it into anonymous memory
+        instead of mapping it (llama.cpp's --no-mmap), asking the kernel for huge pages: as much memory as the file,
+        private to this process, in 2 MiB pages where the kernel gives them (fewer TLB misses while the weights
+        stream from memory: one token's generation reads them all; here 0-10% faster generation, within the noise
+        of this machine)."""
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path} does not exist")
         size = self.path.stat().st_size
         if size < 24:
             raise UserError(f"{self.path} is not a GGUF file (too short)")
+        self._copied = copy
         with open(self.path, "rb") as f:
-            if populate and hasattr(mmap, "MAP_POPULATE"):
+            if copy:
+                self._mm = _read_anonymous(f, size, self.path)
+            elif populate and hasattr(mmap, "MAP_POPULATE"):
                 self._mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
             else:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -440,7 +470,10 @@ class GGUFFile:
         return np.frombuffer(self._buf, dtype=np.uint8, count=entry.info.nbytes, offset=entry.offset)
 
     def release(self, entry: TensorEntry) -> None:
-        """Give back the resident pages of a tensor's data (they are read again from the file if touched)."""
+        """Give back the resident pages of a tensor's data (they are read again from the file if touched; a copy
+        keeps them, as it could not read them again)."""
+        if self._copied:
+            return
         start = entry.offset - entry.offset % mmap.PAGESIZE
         length = entry.offset + entry.info.nbytes - start
         if length > 0:

@@ -238,7 +238,7 @@ class SplitGGUF:
     """A split model opened read-only through its first file: GGUFFile's reading interface (path, kv, value(),
     tensors, data(entry), release(entry), close()) over all its parts; `paths` lists them."""
 
-    def __init__(self, first: GGUFFile, count: int, populate: bool = False):
+    def __init__(self, first: GGUFFile, count: int, populate: bool = False, copy: bool = False):
         self.path = first.path
         self.kv = first.kv
         self.parts = [first]
@@ -252,7 +252,7 @@ class SplitGGUF:
                 if not path.is_file():
                     raise UserError(f"{path.name} is missing: {first.path.name} is part 1 of a model split in "
                                     f"{count} files")
-                part = GGUFFile(path, populate=populate)
+                part = GGUFFile(path, populate=populate, copy=copy)
                 self.parts.append(part)
                 got_no, got_count = _u16(part, SPLIT_NO), _u16(part, SPLIT_COUNT)
                 if got_no != no or got_count != count:
@@ -302,9 +302,10 @@ class SplitGGUF:
         self.close()
 
 
-def open_gguf(path: Path | str, populate: bool = False) -> GGUFFile | SplitGGUF:
-    """A model file, or a split model given its first file (with all its parts), opened read-only."""
-    g = GGUFFile(path, populate=populate)
+def open_gguf(path: Path | str, populate: bool = False, copy: bool = False) -> GGUFFile | SplitGGUF:
+    """A model file, or a split model given its first file (with all its parts), opened read-only (populate and
+    copy: GGUFFile's)."""
+    g = GGUFFile(path, populate=populate, copy=copy)
     try:
         count = _u16(g, SPLIT_COUNT)
         if count is None or count <= 1:
@@ -320,7 +321,7 @@ def open_gguf(path: Path | str, populate: bool = False) -> GGUFFile | SplitGGUF:
     except BaseException:
         g.close()
         raise
-    return SplitGGUF(g, count, populate=populate)
+    return SplitGGUF(g, count, populate=populate, copy=copy)
 
 
 def part_counts(g: GGUFFile | SplitGGUF) -> list[int]:

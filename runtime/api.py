@@ -53,9 +53,10 @@ class Llama:
     def __init__(self, model_path: str, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
                  seed: int = -1, verbose: bool = True, chat_template: str | None = None, logits_all: bool = False,
                  type_k: int | None = None, type_v: int | None = None, embedding: bool = False,
-                 pooling_type: int = -1):
+                 pooling_type: int = -1, use_mmap: bool = True):
         """embedding, pooling_type: as llama-cpp-python takes them (llama.cpp's enum: -1 unspecified, that is the
-        model's, 0 none, 1 mean, 2 cls, 3 last)."""
+        model's, 0 none, 1 mean, 2 cls, 3 last); use_mmap False: the weights read into memory of their own, in huge
+        pages (llama-cpp-python's use_mmap, llama.cpp's --no-mmap)."""
         self.model_path = str(model_path)
         # KV cache element types as llama-cpp-python takes them (ggml type ids; F16 by default)
         kinds = {None: "f16", **{t: name for name, t in CACHE_TYPES.items()}}
@@ -64,7 +65,7 @@ class Llama:
                 raise UserError(f"{what} must be one of the ggml type ids "
                                 f"{', '.join(f'{t} ({n.upper()})' for n, t in CACHE_TYPES.items())}, got {t!r}")
         self.session = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-                               cache_type=kinds[type_k], cache_type_v=kinds[type_v])
+                               cache_type=kinds[type_k], cache_type_v=kinds[type_v], use_mmap=use_mmap)
         self.tokenizer = self.session.tokenizer
         self.seed = seed
         self.verbose = verbose

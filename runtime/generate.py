@@ -135,17 +135,17 @@ class Session:
 
     def __init__(self, model_path, n_ctx: int = 512, n_batch: int = 512, n_threads: int | None = None,
                  cache_type: str = "f16", ctx_name: str = "n_ctx", cache_type_v: str | None = None,
-                 n_ubatch: int | None = None):
+                 n_ubatch: int | None = None, use_mmap: bool = True):
         """cache_type / cache_type_v: the KV cache's key and value types (f32, f16, q8_0, q4_0; values default to
         the keys' type); ctx_name: what the caller calls n_ctx (the command line's -c), for the message when it is
         too large; n_ubatch: the most tokens a native pass takes (default n_batch), prompts evaluated in pieces of
-        that size."""
+        that size; use_mmap: runtime.model.Model's."""
         t0 = time.perf_counter()
         if n_ubatch is not None and n_ubatch >= 1:
             n_batch = min(n_batch, n_ubatch)
         if n_ctx < 0 or n_batch < 1:
             raise UserError("n_ctx must be 0 (the model's) or positive, n_batch positive")
-        self.model = Model(model_path)
+        self.model = Model(model_path, use_mmap=use_mmap)
         try:
             n_ctx = context_size(self.model.hp, n_ctx, 1, cache_type, cache_type_v)
             check_kv_memory(self.model.hp, n_ctx, cache_type, 1, f"{ctx_name} {n_ctx}", cache_type_v)

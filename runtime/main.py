@@ -41,6 +41,7 @@ class RunOptions:
     chat_template: str | None = None
     jinja: bool = True                  # the file's own Jinja template (--jinja, llama.cpp's default), else built-in
     grammar: Grammar | None = None      # every generation follows it (--grammar, --grammar-file, -j)
+    use_mmap: bool = True               # map the model file (--mmap), else a copy in huge pages (--no-mmap)
 
 
 def unescape(text: str) -> str:
@@ -52,7 +53,8 @@ class Runner:
     def __init__(self, opts: RunOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr, inp: TextIO = sys.stdin):
         self.opts, self.out, self.err, self.inp = opts, out, err, inp
         self.session = Session(opts.model, n_ctx=opts.n_ctx, n_batch=opts.n_batch, n_threads=opts.n_threads,
-                               cache_type=opts.cache_type, cache_type_v=opts.cache_type_v, ctx_name="-c")
+                               cache_type=opts.cache_type, cache_type_v=opts.cache_type_v, ctx_name="-c",
+                               use_mmap=opts.use_mmap)
         self.session.context_shift = opts.context_shift
         self.tok = self.session.tokenizer
         self.sampler = Sampler(opts.sampling, self.tok)

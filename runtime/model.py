@@ -276,10 +276,11 @@ def _layer_suffix(name: str) -> str:
 
 
 class Model:
-    def __init__(self, path: Path | str, populate: bool = True):
-        """populate: read the weights into memory now (as for inference); False reads only the header."""
+    def __init__(self, path: Path | str, populate: bool = True, use_mmap: bool = True):
+        """populate: read the weights into memory now (as for inference); False reads only the header. use_mmap
+        False: the weights read into memory of their own, in huge pages (llama.cpp's --no-mmap)."""
         self.path = Path(path)
-        self.gguf = open_gguf(self.path, populate=populate)  # a split model: all its files
+        self.gguf = open_gguf(self.path, populate=populate, copy=not use_mmap)  # a split model: all its files
         self.weights: dict[str, Weight] = {}
         try:
             self._load()

@@ -186,15 +186,16 @@ class Engine:
     def __init__(self, model_path: str, n_ctx: int = 512, n_threads: int | None = None, parallel: int = 1,
                  queue_size: int = 32, chat_template: str | None = None, n_batch: int = 512, cache_type: str = "f16",
                  cache_type_v: str | None = None, n_ubatch: int | None = None, context_shift: bool = False,
-                 n_keep: int = 0, jinja: bool = True):
+                 n_keep: int = 0, jinja: bool = True, use_mmap: bool = True):
         """jinja: chats rendered with the file's own template (else the architecture's built-in format).
+        use_mmap: runtime.model.Model's.
         n_ctx: per slot (0: the model's training context shared by the slots, as runtime.generate.context_size
         gives it); the slots' forward passes run batched (runtime.batching), n_ubatch tokens at most."""
         if n_ctx == 0:
             from runtime.generate import check_context_memory
             n_ctx = check_context_memory(model_path, 0, cache_type, parallel, "-c 0", cache_type_v)
         base = Session(model_path, n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads, cache_type=cache_type,
-                       cache_type_v=cache_type_v, n_ubatch=n_ubatch)
+                       cache_type_v=cache_type_v, n_ubatch=n_ubatch, use_mmap=use_mmap)
         # the slots below copy them; --keep counts the tokens after the BOS, as llama-server does
         base.context_shift, base.n_keep = context_shift, n_keep + int(base.tokenizer.add_bos)
         self.base = base

@@ -30,6 +30,7 @@ class ServeOptions:
     n_ubatch: int = 512
     cache_type: str = "f16"
     cache_type_v: str | None = None  # values' type (default: the keys')
+    use_mmap: bool = True           # map the model file (--mmap), else a copy in huge pages (--no-mmap)
     parallel: int = 4
     context_shift: bool = False     # a full context during generation: shift it (llama-server's --context-shift)
     n_keep: int = 0                 # tokens kept at the start when shifting (--keep; BOS counted as llama.cpp does)
@@ -130,7 +131,8 @@ def _serve(o: ServeOptions, template: str | None, sock: socket.socket) -> None:
     limits = Limits(timeout=o.timeout).within_open_files()
     engine = Engine(o.model, n_ctx=o.n_ctx, n_threads=o.n_threads, parallel=o.parallel, queue_size=o.queue,
                     chat_template=template, n_batch=o.n_batch, cache_type=o.cache_type, cache_type_v=o.cache_type_v,
-                    n_ubatch=o.n_ubatch, context_shift=o.context_shift, n_keep=o.n_keep, jinja=o.jinja)
+                    n_ubatch=o.n_ubatch, context_shift=o.context_shift, n_keep=o.n_keep, jinja=o.jinja,
+                    use_mmap=o.use_mmap)
     from runtime.reasoning import startup_context
     engine.chat = engine.chat.with_context(startup_context(o.chat_template_kwargs, o.reasoning))
     try:

@@ -16,6 +16,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Convert Hugging Face checkpoints to GGUF, quantize, run and serve them.")
 
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Show debug output and tracebacks.")
+# the commands that load a model for inference (run, serve)
+MMAP = typer.Option(True, "--mmap/--no-mmap", help="Map the model file (default); --no-mmap: read the weights into "
+                    "memory of their own (as much as the file, private to the process), in huge pages where the "
+                    "kernel gives them: fewer TLB misses as generation streams the weights.")
 FTYPE_NAMES = {0: "f32", 1: "f16"}
 # the options of the commands that evaluate a text in chunks (perplexity, imatrix)
 CHUNK_BATCH = typer.Option(2048, "-b", "--batch-size", help="Tokens evaluated per batch (at most -c).")
@@ -381,6 +385,7 @@ def run(
                                "(llama.cpp's default); --no-jinja: the architecture's built-in format."),
     chat_template_file: Optional[Path] = typer.Option(None, "--chat-template-file",
                                                       help="A Jinja chat template file (llama.cpp's flag)."),
+    use_mmap: bool = MMAP,
     verbose: bool = VERBOSE,
 ) -> None:
     """Generate text with a GGUF model, like llama.cpp's main."""
@@ -425,7 +430,7 @@ def run(
                           interactive=interactive, chat=instruct or conversation,
                           reverse_prompts=list(reverse_prompt or []), jinja=jinja,
                           chat_template=template_option(chat_template, chat_template_file),
-                          grammar=constraint)
+                          grammar=constraint, use_mmap=use_mmap)
         runner = Runner(opts)
         try:
             runner.run()
@@ -562,6 +567,7 @@ def serve(
                                           "(default: the model's pooling_type, else none)."),
     embd_normalize: int = typer.Option(2, "--embd-normalize", help="Embeddings' normalization: -1 none, 0 max "
                                        "absolute (int16 range), 1 taxicab, 2 Euclidean, p > 2 p-norm."),
+    use_mmap: bool = MMAP,
     verbose: bool = VERBOSE,
 ) -> None:
     from server import ServeOptions
@@ -571,7 +577,8 @@ def serve(
     with user_errors(verbose):
         run_server(ServeOptions(model=str(model), host=host, port=port, n_ctx=ctx_size, n_threads=threads,
                                 n_batch=batch_size, n_ubatch=ubatch_size, cache_type=cache_type,
-                                cache_type_v=cache_type_v, parallel=parallel, queue=queue, api_key=api_key,
+                                cache_type_v=cache_type_v, use_mmap=use_mmap, parallel=parallel, queue=queue,
+                                api_key=api_key,
                                 context_shift=context_shift, n_keep=keep,
                                 chat_template=template_option(chat_template, chat_template_file), jinja=jinja,
                                 reasoning_format=reasoning_format, reasoning=reasoning,
