@@ -365,6 +365,93 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
     TILE_ENTRY(NAME, 4, 2)
 
 Q4_0_TILE(tile_q4_0_avx2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
+
+/* Q4_0 for many tokens on AVX2: 8 weight rows, one per 32-bit lane (as ggml's repacked Q4_0 gemm), the row tile packed
+   once for all its tokens (pack_q4_0x8): per block, 8 registers of 4 consecutive weights q - 8 of each row, the rows'
+   -128·Σ(q - 8) and their scales. A token's block is then 8 vpmaddubsw of its activation bytes y + 128, four at a time
+   broadcast to every row, against the signed weights, summed in 16 bits (each sum of two products is within
+   ±255·8·2 = 4080, eight of them within 32640: exact), widened by one vpmaddwd and started from -128·Σ(q - 8): the lane
+   is Σ (q - 8)·y, the exact integer the one-token kernels sum; then one fused multiply-add per (row, token),
+   fma(Σ, d_x·d_y, acc), for the 8 rows at once — the one-token kernels' float step, so their bits. The 4 × 2 tile
+   above spends a transposing sum per block and unpacks each block for 2 tokens only. */
+typedef struct { int8_t w[8][32]; int32_t c[8]; float d[8]; } block_q4_0x8;
+#define Q4_0X8_ROW_SIZE (sizeof(block_q4_0x8) / 8) /* the packed bytes per row and block */
+
+/* rows x + r·bx for r < nr (the rest zero weights, zero scales), 8 interleaved per block */
+static AVX2 void pack_q4_0x8(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
+    block_q4_0x8 *p = dst;
+    for (int64_t b = 0; b < n / QK; b++) {
+        /* z[k] = [row k's quants | row k + 4's], zero past nr */
+        __m256i z[4];
+        float d[8];
+        for (int r = 0; r < 8; r++) d[r] = r < nr ? tk_fp16_table[((const block_q4_0 *)((const char *)vx + r * bx) + b)->d] : 0.0f;
+        for (int k = 0; k < 4; k++) {
+            __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
+            if (k < nr) lo = _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const char *)vx + k * bx) + b)->qs);
+            if (k + 4 < nr)
+                hi = _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const char *)vx + (k + 4) * bx) + b)->qs);
+            z[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        }
+        /* 4 x 4 transposes of 32-bit words in each 128-bit half: q[j] lane r = row r's bytes 4j..4j+3 */
+        const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+        const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+        const __m256i q[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
+                              _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+        /* lanes of rows past nr hold zero bytes: q - 8 would make them -8, so they are masked back to zero */
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256i c16 = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i lo = _mm256_and_si256(_mm256_sub_epi8(_mm256_and_si256(q[j], m4), eight), live);
+            const __m256i hi = _mm256_and_si256(
+                _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi32(q[j], 4), m4), eight), live);
+            _mm256_storeu_si256((__m256i *)p[b].w[j], lo);
+            _mm256_storeu_si256((__m256i *)p[b].w[j + 4], hi);
+            c16 = _mm256_add_epi16(c16, _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), lo),
+                                                         _mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), hi)));
+        }
+        _mm256_storeu_si256((__m256i *)p[b].c, _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(c16, ones)));
+        _mm256_storeu_ps(p[b].d, _mm256_loadu_ps(d));
+    }
+}
+
+/* 8 rows x RN tokens from rows packed by pack_q4_0x8 */
+#define Q4_0X8_TILE(NAME, RN)                                                                                 \
+    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        (void)bx;                                                                                            \
+        const block_q4_0x8 *p = vx;                                                                          \
+        const __m256i ones = _mm256_set1_epi16(1);                                                           \
+        __m256 acc[RN];                                                                                      \
+        for (int t = 0; t < RN; t++) acc[t] = _mm256_setzero_ps();                                           \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            uint32_t u[RN][8];                                                                               \
+            float dy[RN];                                                                                    \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;                  \
+                _mm256_storeu_si256((__m256i *)u[t], _mm256_xor_si256(load32(y->qs), _mm256_set1_epi8((char)0x80))); \
+                dy[t] = tk_fp16_table[y->d];                                                                 \
+            }                                                                                                \
+            /* read back as broadcast loads: the compiler would rebuild each from the registers by shuffles */  \
+            __asm__ __volatile__("" ::: "memory");                                                           \
+            const __m256i c = _mm256_loadu_si256((const __m256i *)p[b].c);                                   \
+            const __m256 dx = _mm256_loadu_ps(p[b].d);                                                       \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi32((int)u[t][0]), load32(p[b].w[0]));     \
+                for (int j = 1; j < 8; j++)                                                                  \
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_set1_epi32((int)u[t][j]), load32(p[b].w[j]))); \
+                const __m256i sum = _mm256_add_epi32(c, _mm256_madd_epi16(s16, ones));                       \
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dx, _mm256_set1_ps(dy[t])), acc[t]); \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) {                                                                       \
+            float o[8];                                                                                      \
+            _mm256_storeu_ps(o, acc[t]);                                                                     \
+            for (int r = 0; r < 8; r++) s[(size_t)r * ls + t] = o[r];                                        \
+        }                                                                                                    \
+    }
+Q4_0X8_TILE(tile_q4_0x8_avx2, 8)
+/* 8 tokens a pass, the row tile packed once; 2 tokens by the 4 x 2 tile above, one by the one-token kernels */
+PACKED_TILE_ENTRY_ROWS(tile_q4_0x8_avx2, 8, 8, Q4_0X8_ROW_SIZE, TK_Q8_0, &tile_q4_0_avx2_tile, pack_q4_0x8)
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
 Q4_0_TILE(tile_q4_0_vnni, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
 LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
@@ -700,7 +787,7 @@ const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
     static const struct tk_gemm *const T[][2] = {
         [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile},
         [TK_BF16] = {&tile_bf16_avx2_tile, &tile_bf16_avx2_tile},
-        [TK_Q4_0] = {&tile_q4_0_avx2_tile, &tile_q4_0_vnni_tile},
+        [TK_Q4_0] = {&tile_q4_0x8_avx2_tile, &tile_q4_0_vnni_tile},
         [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile},
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},
         [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile},

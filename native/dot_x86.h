@@ -100,6 +100,12 @@ static inline AVX512 void rows16_quads(const char *p, size_t bx, __m512i q[4]) {
     _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds"); \
     _Static_assert(PACK_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
+/* the same for a tile whose row tiles are packed whole (struct tk_gemm's pack_rows) */
+#define PACKED_TILE_ENTRY_ROWS(NAME, RM, RN, PACK_SIZE, ACT_TYPE, NARROW, PACK_ROWS)                          \
+    static const struct tk_gemm NAME##_tile = {NAME, RM, RN, NULL, PACK_SIZE, ACT_TYPE, NARROW, PACK_ROWS};  \
+    _Static_assert(RM <= TK_GEMM_MAX_TILE && RN <= TK_GEMM_MAX_TILE, "tile larger than tk_matmul_rows holds"); \
+    _Static_assert(PACK_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
+
 /* end of a K-quant super-block: acc + y.d · x.d · (the pair's integer sums), as the one-row kernels */
 #define K_TILE_SCALE(RM, RN)                                                                                  \
     for (int r = 0; r < RM; r++)                                                                             \
