@@ -521,12 +521,15 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     }
 }
 
-/* The tile for n tokens, NULL for the one-token kernels: the type's tile when n fills it; for fewer tokens than a
-   narrower variant takes (a few sequences' next tokens batched), the narrowest such variant, one tile of tokens
-   padded; for one token only a variant of one token (on AVX512: Q4_K two rows per register on Q8_KP activations; Q4_0
-   16 rows a tile, one per lane). */
+/* The tile for n tokens, NULL for the one-token kernels: the type's tile when n fills it; for fewer, down to the width
+   of its narrow variant (of two tokens or more), that variant; for fewer tokens than a narrower variant takes (a few
+   sequences' next tokens batched), the narrowest such variant, one tile of tokens padded; for one token only a
+   variant of one token (on AVX512: Q4_K two rows per register on Q8_KP activations; Q4_0 16 rows a tile, one per
+   lane). */
 static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
     const struct tk_gemm *g = n > 0 ? tk_gemm(wtype) : NULL;
+    /* between the narrow variant's width and the tile's: the narrow variant, its token tiles repeated */
+    if (g && g->narrow && g->narrow->cols > 1 && n > g->narrow->cols && n < g->cols) return g->narrow;
     if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols && n > 1 ? g : NULL;
     do g = g->narrow; while (g->narrow && n <= g->narrow->cols);
     return n > 1 || g->cols == 1 ? g : NULL;

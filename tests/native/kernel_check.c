@@ -264,7 +264,9 @@ static void check_matmul(int t, int level) {
     const char *name = tk_traits(t)->name, *lv = LEVEL_NAMES[level];
     /* 32-element types get a shape of 19 blocks too: kernels that take four blocks at a time end on a tail of 3 */
     const int64_t tail = tk_traits(t)->block_size == QK ? 3 * QK : 0;
-    const int64_t shapes[][3] = {{37, 2 * QK_K + tail, 11}, {8, QK_K, 4}, {130, 2048, 9}, {5, 4 * QK_K, 1}};
+    /* 6 tokens: fewer than most tiles take, more than their narrow variants (gemm_for picks the narrow one) */
+    const int64_t shapes[][3] = {{37, 2 * QK_K + tail, 11}, {8, QK_K, 4}, {130, 2048, 9}, {5, 4 * QK_K, 1},
+                                 {21, QK_K, 6}};
     int64_t bad_ref = 0, bad_batch = 0, bad_threads = 0, outputs = 0;
     double worst = 0;
     for (int si = 0; si < COUNT(shapes); si++) {
