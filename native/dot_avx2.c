@@ -332,7 +332,7 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
 
 /* Q4_0 tiles in the block-sum order of its one-token kernels: a block's 4 × 2 (row, token) pairs' lanes summed into
    one register (lane t·4 + r), so the eight pairs' float steps, fma(Σ, d_x·d_y, acc), are one instruction */
-#define Q4_0_TILE(NAME, PX, PY, DOT, DP, ATTR)                                                                \
+#define Q4_0_TILE(NAME, PX, PY, DOT, DP, ATTR, NARROW)                                                        \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         enum { RM = 4, RN = 2 };                                                                             \
         __m256 acc = _mm256_setzero_ps();                                                                    \
@@ -362,9 +362,70 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
         for (int t = 0; t < RN; t++)                                                                         \
             for (int r = 0; r < RM; r++) s[r * ls + t] = out[t * RM + r];                                    \
     }                                                                                                        \
-    TILE_ENTRY(NAME, 4, 2)
+    PACKED_TILE_ENTRY(NAME, 4, 2, NULL, 0, 0, NARROW)
 
-Q4_0_TILE(tile_q4_0_avx2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
+/* row r's 16 bytes at x + r·bx (zero for r >= nr) in lane r of q[j], 4 bytes a lane: q[j] holds bytes 4j..4j+3 (one
+   16-byte load per row, then 4 x 4 transposes of 32-bit words in each 128-bit half) */
+static inline AVX2 void rows8_quads(const char *x, size_t bx, int nr, __m256i q[4]) {
+#define ROW_BYTES(r) ((r) < nr ? _mm_loadu_si128((const __m128i *)(x + (r) * bx)) : _mm_setzero_si128())
+    __m256i z[4]; /* [row k | row k + 4] */
+    for (int k = 0; k < 4; k++) z[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(ROW_BYTES(k)), ROW_BYTES(k + 4), 1);
+#undef ROW_BYTES
+    const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
+    q[0] = _mm256_unpacklo_epi64(t0, t2);
+    q[1] = _mm256_unpackhi_epi64(t0, t2);
+    q[2] = _mm256_unpacklo_epi64(t1, t3);
+    q[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* Q4_0 for one token (generation) on AVX2: 8 rows a tile, one per 32-bit lane, read from the file (rows8_quads) —
+   instead of the two-row kernel's sum across the lanes of every block. The nibbles (unsigned) meet the token's bytes
+   broadcast four at a time by vpmaddubsw (a pair within 15·127·2, eight of them within 30480: exact in 16 bits),
+   one vpmaddwd, from -8·Σy: the lane is Σ (q - 8)·y, the one-token kernels' exact integer; then their float step,
+   fma(Σ, d_x·d_y, acc): their bits. The 8 rows are 8 short streams, which the hardware prefetchers follow badly:
+   the row tile after next (it follows in the file) is fetched as one linear stream at the pace this one is read. */
+#define Q4_0X8_AHEAD 16
+static AVX2 void tile_q4_0x8_raw1(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy,
+                                  size_t by) {
+    (void)by;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const block_q8_0 *y = vy;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / QK; b++) {
+        for (int o = 0; o < 8 * (int)sizeof(block_q4_0); o += 64)
+            _mm_prefetch((const char *)vx + Q4_0X8_AHEAD * bx + (size_t)b * 8 * sizeof(block_q4_0) + o, PREFETCH_HINT);
+        const char *x = (const char *)vx + (size_t)b * sizeof(block_q4_0);
+        __m256i q[4];
+        rows8_quads(x + offsetof(block_q4_0, qs), bx, 8, q);
+        const block_q4_0 *r[8];
+        for (int k = 0; k < 8; k++) r[k] = (const block_q4_0 *)(x + k * bx);
+        const __m256 dx = _mm256_cvtph_ps(_mm_setr_epi16((short)r[0]->d, (short)r[1]->d, (short)r[2]->d,
+                                                         (short)r[3]->d, (short)r[4]->d, (short)r[5]->d,
+                                                         (short)r[6]->d, (short)r[7]->d));
+        int32_t a[8];
+        memcpy(a, y[b].qs, sizeof a);
+        __m256i s16 = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(q[j], m4), _mm256_set1_epi32(a[j])));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi32(q[j], 4), m4),
+                                                             _mm256_set1_epi32(a[j + 4])));
+        }
+        /* -8·Σy: the activation bytes summed by vpsadbw against zero, after +128 */
+        const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(load32(y[b].qs), _mm256_set1_epi8((char)0x80)),
+                                            _mm256_setzero_si256());
+        const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+        const int sum_y = (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
+        const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(-8 * sum_y));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dx, _mm256_set1_ps(tk_fp16_table[y[b].d])), acc);
+    }
+    float o[8];
+    _mm256_storeu_ps(o, acc);
+    for (int k = 0; k < 8; k++) s[(size_t)k * ls] = o[k];
+}
+TILE_ENTRY(tile_q4_0x8_raw1, 8, 1)
+
+Q4_0_TILE(tile_q4_0_avx2, Q4_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2, &tile_q4_0x8_raw1_tile)
 
 /* Q4_0 for many tokens on AVX2: 8 weight rows, one per 32-bit lane (as ggml's repacked Q4_0 gemm), the row tile packed
    once for all its tokens (pack_q4_0x8): per block, 8 registers of 4 consecutive weights q - 8 of each row, the rows'
@@ -382,22 +443,10 @@ static AVX2 void pack_q4_0x8(const void *vx, size_t bx, int nr, void *dst, int64
     const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
     block_q4_0x8 *p = dst;
     for (int64_t b = 0; b < n / QK; b++) {
-        /* z[k] = [row k's quants | row k + 4's], zero past nr */
-        __m256i z[4];
         float d[8];
         for (int r = 0; r < 8; r++) d[r] = r < nr ? tk_fp16_table[((const block_q4_0 *)((const char *)vx + r * bx) + b)->d] : 0.0f;
-        for (int k = 0; k < 4; k++) {
-            __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
-            if (k < nr) lo = _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const char *)vx + k * bx) + b)->qs);
-            if (k + 4 < nr)
-                hi = _mm_loadu_si128((const __m128i *)((const block_q4_0 *)((const char *)vx + (k + 4) * bx) + b)->qs);
-            z[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
-        }
-        /* 4 x 4 transposes of 32-bit words in each 128-bit half: q[j] lane r = row r's bytes 4j..4j+3 */
-        const __m256i t0 = _mm256_unpacklo_epi32(z[0], z[1]), t1 = _mm256_unpackhi_epi32(z[0], z[1]);
-        const __m256i t2 = _mm256_unpacklo_epi32(z[2], z[3]), t3 = _mm256_unpackhi_epi32(z[2], z[3]);
-        const __m256i q[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
-                              _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3)};
+        __m256i q[4];
+        rows8_quads((const char *)vx + (size_t)b * sizeof(block_q4_0) + offsetof(block_q4_0, qs), bx, nr, q);
         /* lanes of rows past nr hold zero bytes: q - 8 would make them -8, so they are masked back to zero */
         const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
         __m256i c16 = _mm256_setzero_si256();
@@ -453,7 +502,7 @@ Q4_0X8_TILE(tile_q4_0x8_avx2, 8)
 /* 8 tokens a pass, the row tile packed once; 2 tokens by the 4 x 2 tile above, one by the one-token kernels */
 PACKED_TILE_ENTRY_ROWS(tile_q4_0x8_avx2, 8, 8, Q4_0X8_ROW_SIZE, TK_Q8_0, &tile_q4_0_avx2_tile, pack_q4_0x8)
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
-Q4_0_TILE(tile_q4_0_vnni, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI)
+Q4_0_TILE(tile_q4_0_vnni, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI, NULL)
 LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
@@ -709,10 +758,17 @@ AVX2 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n) {
     }
 }
 
-static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { return _mm256_add_epi32(acc, dot_u8(u, s)); }
 
 
-#define Q4_K_TILE(NAME, RM, RN, ATTR, DP)                                                                     \
+/* A (row, token) super-block's lanes D: on AVX2 the 8 steps' vpmaddubsw pair sums added in 16 bits (two products of
+   a nibble and an activation byte per element, eight steps: within 8·2·15·128 = 30720, exact) and widened once, on
+   AVX-VNNI one vpdpbusd a step: the same integers */
+#define Q4_K_STEP_AVX2(D, w, a) (D = _mm256_add_epi16(D, _mm256_maddubs_epi16(w, a)))
+#define Q4_K_END_AVX2(D) _mm256_madd_epi16(D, _mm256_set1_epi16(1))
+#define Q4_K_STEP_VNNI(D, w, a) (D = dpbusd_vex(D, w, a))
+#define Q4_K_END_VNNI(D) (D)
+
+#define Q4_K_TILE(NAME, RM, RN, ATTR, STEP, END)                                                              \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
         __m256 acc[RM][RN];                                                                                  \
         for (int r = 0; r < RM; r++)                                                                         \
@@ -726,9 +782,11 @@ static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { retu
                 for (int r = 0; r < RM; r++) w[r] = load32(Q4_K_ROW(r, b)->q + 32 * st);                     \
                 for (int t = 0; t < RN; t++) {                                                               \
                     const __m256i a = load32(Q8_KX_ROW(t, b)->qs + 32 * st);                                 \
-                    for (int r = 0; r < RM; r++) D[r][t] = DP(D[r][t], w[r], a);                             \
+                    for (int r = 0; r < RM; r++) STEP(D[r][t], w[r], a);                                     \
                 }                                                                                            \
             }                                                                                                \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) D[r][t] = END(D[r][t]);                                         \
             for (int t = 0; t < RN; t++) {                                                                   \
                 const __m256 yd = _mm256_broadcast_ss(&Q8_KX_ROW(t, b)->d), yb = _mm256_loadu_ps(Q8_KX_ROW(t, b)->yb); \
                 for (int r = 0; r < RM; r++) {                                                               \
@@ -743,8 +801,8 @@ static inline AVX2 __m256i dpbusd_avx2(__m256i acc, __m256i u, __m256i s) { retu
     }                                                                                                        \
     PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NULL)
 
-Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, dpbusd_avx2)
-Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, dpbusd_vex)
+Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, Q4_K_STEP_AVX2, Q4_K_END_AVX2)
+Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, Q4_K_STEP_VNNI, Q4_K_END_VNNI)
 
 
 Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2, NULL)
