@@ -306,7 +306,7 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
         dx[r] = SET1(tk_fp16_table[x->d]);                                                                   \
     }
 
-#define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, DP, ATTR)                                                 \
+#define LEGACY_TILE(NAME, XT, RM, RN, PX, PY, DOT, DP, ATTR, NARROW)                                                 \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
         const int64_t nb = n / QK;                                                                         \
         __m256 acc[RM][RN];                                                                                \
@@ -328,7 +328,7 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
         for (int r = 0; r < RM; r++)                                                                       \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                 \
     }                                                                                                                 \
-    TILE_ENTRY(NAME, RM, RN)
+    PACKED_TILE_ENTRY(NAME, RM, RN, NULL, 0, 0, NARROW)
 
 /* Q4_0 tiles in the block-sum order of its one-token kernels: a block's 4 × 2 (row, token) pairs' lanes summed into
    one register (lane t·4 + r), so the eight pairs' float steps, fma(Σ, d_x·d_y, acc), are one instruction */
@@ -501,9 +501,11 @@ static AVX2 void pack_q4_0x8(const void *vx, size_t bx, int nr, void *dst, int64
 Q4_0X8_TILE(tile_q4_0x8_avx2, 8)
 /* 8 tokens a pass, the row tile packed once; 2 tokens by the 4 x 2 tile above, one by the one-token kernels */
 PACKED_TILE_ENTRY_ROWS(tile_q4_0x8_avx2, 8, 8, Q4_0X8_ROW_SIZE, TK_Q8_0, &tile_q4_0_avx2_tile, pack_q4_0x8)
-LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2)
+/* Q8_0 on AVX2: 3 rows x 4 tokens (4 x 2 for 2 or 3 tokens) */
+LEGACY_TILE(tile_q8_0_avx2_2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2, NULL)
+LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 3, 4, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2, &tile_q8_0_avx2_2_tile)
 Q4_0_TILE(tile_q4_0_vnni, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI, NULL)
-LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI)
+LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI, NULL)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
 
@@ -768,7 +770,7 @@ AVX2 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n) {
 #define Q4_K_STEP_VNNI(D, w, a) (D = dpbusd_vex(D, w, a))
 #define Q4_K_END_VNNI(D) (D)
 
-#define Q4_K_TILE(NAME, RM, RN, ATTR, STEP, END)                                                              \
+#define Q4_K_TILE(NAME, RM, RN, ATTR, STEP, END, NARROW)                                                              \
     ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
         __m256 acc[RM][RN];                                                                                  \
         for (int r = 0; r < RM; r++)                                                                         \
@@ -799,13 +801,81 @@ AVX2 void tk_pack_q4_K_avx2(const void *vx, void *dst, int64_t n) {
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
     }                                                                                                        \
-    PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NULL)
+    PACKED_TILE_ENTRY(NAME, RM, RN, tk_pack_q4_K_avx2, sizeof(block_q4_K_packed), TK_Q8_KX, NARROW)
 
-Q4_K_TILE(tile_q4_K_avx2, 2, 2, AVX2, Q4_K_STEP_AVX2, Q4_K_END_AVX2)
-Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, Q4_K_STEP_VNNI, Q4_K_END_VNNI)
+/* AVX2: 3 rows x 3 tokens (2 x 2 for 2 tokens) */
+Q4_K_TILE(tile_q4_K_avx2_2, 2, 2, AVX2, Q4_K_STEP_AVX2, Q4_K_END_AVX2, NULL)
+Q4_K_TILE(tile_q4_K_avx2, 3, 3, AVX2, Q4_K_STEP_AVX2, Q4_K_END_AVX2, &tile_q4_K_avx2_2_tile)
+Q4_K_TILE(tile_q4_K_vnni, 2, 3, VNNI, Q4_K_STEP_VNNI, Q4_K_END_VNNI, NULL)
 
 
 Q6_K_TILE(tile_q6_K_avx2, 2, 2, AVX2, madd_add_avx2, NULL)
+
+/* Q6_K for many tokens on AVX2: each row's super-block unpacked once for all the tokens of its row tile (the tile
+   above unpacks it for 2) into its 6-bit quants in Q6_K_TILE's register order, the scale pair of each register
+   (scale_pair) and the scales widened for the -32·Σ scale·bsum term; a (row, token, register) is then one
+   vpmaddubsw, one vpmaddwd and an add, the tile above's integers, and K_TILE_SCALE its float step: its bits. */
+typedef struct { uint8_t q[8][32]; int16_t sp[8][16]; int16_t s16[16]; tk_half d; } block_q6_K_unpacked;
+
+static AVX2 void pack_q6_K_avx2(const void *vx, void *dst, int64_t n) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m3 = _mm256_set1_epi8(3);
+    const block_q6_K *x = vx;
+    block_q6_K_unpacked *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const __m128i sc = _mm_loadu_si128((const __m128i *)x[b].scales);
+        const struct scales16 sc16 = scales16(sc);
+        _mm256_storeu_si256((__m256i *)p[b].s16, _mm256_cvtepi8_epi16(sc));
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x[b].ql + 64 * h, *qh = x[b].qh + 32 * h;
+            const __m256i l0 = load32(ql), l1 = load32(ql + 32), hb = load32(qh);
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(l1, m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4))};
+            for (int k = 0; k < 4; k++) {
+                _mm256_storeu_si256((__m256i *)p[b].q[4 * h + k], q[k]);
+                _mm256_storeu_si256((__m256i *)p[b].sp[4 * h + k], scale_pair(&sc16, 4 * h + k));
+            }
+        }
+        p[b].d = x[b].d;
+    }
+}
+
+#define Q6_K_PACKED_TILE(NAME, RM, RN, NARROW)                                                                \
+    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        __m256 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            const block_q6_K_unpacked *x[RM];                                                                \
+            const block_q8_K *y[RN];                                                                         \
+            __m256i sumi[RM][RN];                                                                            \
+            for (int t = 0; t < RN; t++) y[t] = (const block_q8_K *)((const char *)vy + t * by) + b;        \
+            for (int r = 0; r < RM; r++) {                                                                   \
+                x[r] = (const block_q6_K_unpacked *)((const char *)vx + r * bx) + b;                        \
+                for (int t = 0; t < RN; t++) /* -32·Σ scale·bsum, as Q6_K_TILE */                            \
+                    sumi[r][t] = _mm256_sub_epi32(_mm256_setzero_si256(),                                    \
+                        _mm256_slli_epi32(_mm256_madd_epi16(load32(y[t]->bsums), load32(x[r]->s16)), 5));    \
+            }                                                                                                \
+            for (int k = 0; k < 8; k++)                                                                      \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256i q8 = load32(y[t]->qs + 32 * k);                                            \
+                    for (int r = 0; r < RM; r++)                                                             \
+                        sumi[r][t] = _mm256_add_epi32(sumi[r][t], _mm256_madd_epi16(                         \
+                            _mm256_maddubs_epi16(load32(x[r]->q[k]), q8), load32(x[r]->sp[k])));             \
+                }                                                                                            \
+            K_TILE_SCALE(RM, RN)                                                                             \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = hsum8(acc[r][t]);                                   \
+    }                                                                                                        \
+    PACKED_TILE_ENTRY(NAME, RM, RN, pack_q6_K_avx2, sizeof(block_q6_K_unpacked), 0, NARROW)
+/* 4 tokens a pass, the rows unpacked once; 2 or 3 by the tile above */
+Q6_K_PACKED_TILE(tile_q6_K_avx2_p, 3, 4, &tile_q6_K_avx2_tile)
 Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
 
 /* F16 tiles: per (row, token) the four accumulators of tk_vec_dot_f16_avx2 over steps of 32 elements, then its tail.
@@ -848,7 +918,7 @@ const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
         [TK_Q4_0] = {&tile_q4_0x8_avx2_tile, &tile_q4_0_vnni_tile},
         [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile},
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},
-        [TK_Q6_K] = {&tile_q6_K_avx2_tile, &tile_q6_K_vnni_tile},
+        [TK_Q6_K] = {&tile_q6_K_avx2_p_tile, &tile_q6_K_vnni_tile},
     };
     const struct tk_gemm *iq = tk_gemm_iq_x86(wtype, level);  /* the IQ types' (tiles_iq_x86.c) */
     if (iq) return iq;
