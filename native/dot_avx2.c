@@ -411,12 +411,7 @@ static AVX2 void tile_q4_0x8_raw1(int64_t n, float *s, size_t ls, const void *vx
             s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi32(q[j], 4), m4),
                                                              _mm256_set1_epi32(a[j + 4])));
         }
-        /* -8·Σy: the activation bytes summed by vpsadbw against zero, after +128 */
-        const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(load32(y[b].qs), _mm256_set1_epi8((char)0x80)),
-                                            _mm256_setzero_si256());
-        const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
-        const int sum_y = (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
-        const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(-8 * sum_y));
+        const __m256i sum = _mm256_add_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(-8 * q8_0_sum(&y[b])));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dx, _mm256_set1_ps(tk_fp16_table[y[b].d])), acc);
     }
     float o[8];
@@ -444,7 +439,8 @@ static AVX2 void pack_q4_0x8(const void *vx, size_t bx, int nr, void *dst, int64
     block_q4_0x8 *p = dst;
     for (int64_t b = 0; b < n / QK; b++) {
         float d[8];
-        for (int r = 0; r < 8; r++) d[r] = r < nr ? tk_fp16_table[((const block_q4_0 *)((const char *)vx + r * bx) + b)->d] : 0.0f;
+        for (int r = 0; r < 8; r++)
+            d[r] = r < nr ? tk_fp16_table[((const block_q4_0 *)((const char *)vx + r * bx) + b)->d] : 0.0f;
         __m256i q[4];
         rows8_quads((const char *)vx + (size_t)b * sizeof(block_q4_0) + offsetof(block_q4_0, qs), bx, nr, q);
         /* lanes of rows past nr hold zero bytes: q - 8 would make them -8, so they are masked back to zero */

@@ -310,11 +310,7 @@ static inline AVX512 __m512 q4_0_rows16_4blocks(__m512 acc, const char *x, size_
             const __m512 dx = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));                       \
             for (int t = 0; t < RN; t++) {                                                                   \
                 const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;                  \
-                const __m256i yq = load32(y->qs);                                                            \
-                const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(yq, _mm256_set1_epi8((char)0x80)),      \
-                                                    _mm256_setzero_si256());                                 \
-                const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1)); \
-                const int sum_y = (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;        \
+                const int sum_y = q8_0_sum(y);                                                               \
                 /* four independent chains of vpdpbusd (integers: the order is free) */                     \
                 __m512i part[4] = {_mm512_set1_epi32(-8 * sum_y), _mm512_setzero_si512(), _mm512_setzero_si512(), \
                                    _mm512_setzero_si512()};                                                  \

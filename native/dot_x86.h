@@ -11,6 +11,14 @@ static inline AVX2 float h2f(tk_half h) { return _cvtsh_ss(h); }
 
 static inline AVX2 __m256i load32(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
+/* Σ of a Q8_0 block's 32 quants: the bytes + 128 summed by vpsadbw against zero (the -8·Σy of Q4_0's lanes) */
+static inline AVX2 int q8_0_sum(const block_q8_0 *y) {
+    const __m256i sad = _mm256_sad_epu8(_mm256_xor_si256(load32(y->qs), _mm256_set1_epi8((char)0x80)),
+                                        _mm256_setzero_si256());
+    const __m128i s2 = _mm_add_epi64(_mm256_castsi256_si128(sad), _mm256_extracti128_si256(sad, 1));
+    return (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
+}
+
 /* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31) */
 static inline AVX2 __m256i nibbles32(const uint8_t *q) {
     __m128i t = _mm_loadu_si128((const __m128i *)q);
