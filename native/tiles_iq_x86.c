@@ -309,7 +309,6 @@ IQ_TILE_YMM(tile_iq_x1_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 0)
 IQ_TILE_YMM(tile_iq_x4_vnni, 2, 4, 0.25f, VNNI, madd_add_vnni, 0)
 IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni, 0)
 /* the types in super-block order (IQ4_XS: quants_iq.c): the lanes' exact sum, then the one-token kernel's float step */
-IQ_TILE_YMM(tile_iq_sb_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2, 1)
 IQ_TILE_YMM(tile_iq_sb_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 1)
 
 /* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
@@ -619,8 +618,54 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
         {tile_iq_##FACTOR##_avx2, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
         {tile_iq_##FACTOR##_vnni, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
         IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
+/* IQ4_XS at the AVX2 level: super-block order lets the integers be summed in any order, so the weights are packed in
+   element order (scaled, 16 bits) and the tokens come as Q8_K16 (widened once per token and matrix): a (row, token)
+   sub-block is two vpmaddwd against loads, instead of IQ_TILE_YMM's four shuffles and widenings of every token's
+   sub-block for each row pair. The lanes' exact sum, then the one-token kernel's float step: its bits. */
+static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
+    const block_iq4_xs *x = vx;
+    block_iq_packed *p = dst;
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        p[b].d = tk_fp16_table[x[b].d];
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            const int ls = (((x[b].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x[b].scales_h >> 2 * ib) & 3) << 4)) - 32;
+            const __m256i v = _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib)), s = _mm256_set1_epi16((short)ls);
+            _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib),
+                                _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), s));
+            _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib + 16),
+                                _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), s));
+        }
+    }
+}
+
+#define IQ_SB_TILE_K16(NAME, RM, RN)                                                                          \
+    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        typedef block_iq_packed iq_block;                                                                    \
+        float sb[RM][RN];                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) sb[r][t] = 0;                                                       \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m256i sum[RM][RN];                                                                             \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) sum[r][t] = _mm256_setzero_si256();                             \
+            for (int k = 0; k < QK_K / 16; k++)                                                              \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256i y = load32(Q8_K16_ROW(t, b)->qs + 16 * k);                                 \
+                    for (int r = 0; r < RM; r++)                                                             \
+                        sum[r][t] = _mm256_add_epi32(sum[r][t], _mm256_madd_epi16(load32(IQ_ROW(r, b)->w + 16 * k), y)); \
+                }                                                                                            \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++)                                                                 \
+                    sb[r][t] = fmaf(IQ_ROW(r, b)->d * Q8_K16_ROW(t, b)->d, (float)hsum8_epi32(sum[r][t]), sb[r][t]); \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = sb[r][t];                                           \
+    }
+IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4)
+
 static const struct tk_gemm iq4_xs_tiles[2] = {
-    {tile_iq_sb_avx2, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL},
+    {tile_iq4_xs_k16_avx2, 2, 4, pack_iq4_xs_elements, sizeof(block_iq_packed), TK_Q8_K16, NULL},
     {tile_iq_sb_vnni, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL}};
 IQ_TILE_ENTRIES(iq2_xxs, x8, block_iq2_xxs)
 IQ_TILE_ENTRIES(iq2_xs, x8, block_iq2_xs)
