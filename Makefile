@@ -108,7 +108,8 @@ SAN_TYPES   := simd-F32 simd-F16 simd-BF16 simd-Q8_0 simd-Q4_0 simd-Q4_1 simd-Q4
 	simd-TQ2_0 scalar-F16 scalar-Q4_0 scalar-Q4_K scalar-IQ2_XXS
 SAN_FORWARD := tests/test_runtime.py::test_logits_match_reference \
 	$(foreach t,$(SAN_TYPES),'tests/test_runtime.py::test_against_llama_cpp[$(t)]') \
-	tests/test_runtime.py::test_api_shapes tests/test_embeddings.py::test_hidden_states_beside_logits_in_one_pass \
+	tests/test_runtime.py::test_api_shapes tests/test_runtime.py::test_wide_feed_forward_activation_rows \
+	tests/test_embeddings.py::test_hidden_states_beside_logits_in_one_pass \
 	$(addprefix tests/test_hardening.py::,test_engine_takes_the_good_file \
 	test_engine_rejects_bad_tensors test_engine_rejects_a_huge_layer_number test_engine_rejects_sizes_out_of_range \
 	test_kv_cache_size_overflow test_damaged_files_in_process test_quantizers_take_rows_with_non_finite_values)

@@ -632,7 +632,8 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
                   int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
                   int add, char *work) {
     const size_t prow = g->pack || g->pack_rows ? (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size : wrow;
-    char *own = work, *tail = work + (tiles_take_every_row(g) ? (size_t)g->rows * prow : 0);
+    /* the tail's activation blocks aligned whatever the packed rows' size (their fields are floats and int16s) */
+    char *own = work, *tail = work + ((tiles_take_every_row(g) ? (size_t)g->rows * prow : 0) + 63) / 64 * 64;
     const int64_t nt = n - n % g->cols;
     if (nt < n) {
         memcpy(tail, ad + (size_t)nt * arow, (size_t)(n - nt) * arow);

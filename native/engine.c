@@ -1556,9 +1556,9 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
     const float **ff = malloc(sizeof(float *) * (size_t)nseq);
     /* one sequence writes its logits in place; several share a buffer, copied out at the end */
     float *out = nseq == 1 || nout == 0 ? seqs[0].logits : malloc(sizeof(float) * (size_t)nout * (size_t)hp->n_vocab);
-    /* converted activations: at most 9 bytes per 8 elements (Q8_0) and 2 bytes per element for F16/BF16, for every
-       token (every token-expert pair in expert layers) */
-    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + 64);
+    /* converted activations, for every token (every token-expert pair in expert layers): at most 2 bytes per
+       element (F16/BF16, Q8_K16's widened quants; Q8_0 takes 34 per 32) and Q8_K16's float scale per 256 */
+    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + (size_t)(widest / QK_K + 1) * sizeof(float) + 64);
     f.work_size = tk_matmul_work(widest);
     f.work = malloc(f.work_size * (size_t)nthreads);
     int ok = mem != NULL && ints != NULL && longs != NULL && ff != NULL && (out != NULL || nout == 0) &&

@@ -454,3 +454,22 @@ def test_attention_gives_the_avx2_bits_on_avx512(tmp_path, hidden, heads, kv_hea
         finally:
             native.set_isa_limit(3)
     assert np.array_equal(logits[0], logits[1])
+
+
+def test_wide_feed_forward_activation_rows(tmp_path):
+    """The converted activations of a batch fit their buffers for every activation type a product may take: an IQ4_XS
+    model whose feed-forward is 18 super-blocks wide (Q8_K16 rows at the AVX2 and AVX512 levels: 2 bytes per element
+    and a float per 256, more than 2 bytes per element and 64; the buffers were that size and the last token's row
+    ran past them — make test-sanitize runs this test), its 9 tokens' logits in one pass equal to one at a time."""
+    ckpt = make_checkpoint("llama", tmp_path / "ckpt", hidden_size=256, num_attention_heads=4, num_key_value_heads=4,
+                           num_hidden_layers=1, intermediate_size=18 * 256, matrix_std=0.02)
+    convert_model(ckpt, outtype="f32", outfile=tmp_path / "f32.gguf")
+    path = quantized(tmp_path / "f32.gguf", tmp_path, "IQ4_XS")
+    tokens = [int(t) for t in np.random.default_rng(18).integers(3, 250, 9)]
+    batch = Llama(str(path), n_ctx=16, n_threads=2, logits_all=True, verbose=False)
+    batch.eval(tokens)
+    alone = Llama(str(path), n_ctx=16, n_threads=2, logits_all=True, verbose=False)
+    for t in tokens:
+        alone.eval([t])
+    assert np.isfinite(batch.scores).all()
+    assert np.array_equal(batch.scores, alone.scores)
