@@ -471,11 +471,7 @@ static AVX2 void pack_q4_0x8(const void *vx, size_t bx, int nr, void *dst, int64
         for (int64_t b = 0; b < n / QK; b++) {                                                               \
             uint32_t u[RN][8];                                                                               \
             float dy[RN];                                                                                    \
-            for (int t = 0; t < RN; t++) {                                                                   \
-                const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;                  \
-                _mm256_storeu_si256((__m256i *)u[t], _mm256_xor_si256(load32(y->qs), _mm256_set1_epi8((char)0x80))); \
-                dy[t] = tk_fp16_table[y->d];                                                                 \
-            }                                                                                                \
+            q8_0_tokens_u8(vy, by, b, RN, u, dy);                                                            \
             /* read back as broadcast loads: the compiler would rebuild each from the registers by shuffles */  \
             __asm__ __volatile__("" ::: "memory");                                                           \
             const __m256i c = _mm256_loadu_si256((const __m256i *)p[b].c);                                   \

@@ -19,6 +19,16 @@ static inline AVX2 int q8_0_sum(const block_q8_0 *y) {
     return (int)(_mm_cvtsi128_si64(s2) + _mm_extract_epi64(s2, 1)) - 32 * 128;
 }
 
+/* The Q4_0 tiles with rows in lanes (AVX2's 8, AVX512's 16): RN tokens' block b as unsigned bytes y + 128, u[t][j]
+   its four-byte group j (the callers read them back as broadcast loads), and their scales dy[t] */
+static inline AVX2 void q8_0_tokens_u8(const void *vy, size_t by, int64_t b, int rn, uint32_t (*u)[8], float *dy) {
+    for (int t = 0; t < rn; t++) {
+        const block_q8_0 *y = (const block_q8_0 *)((const char *)vy + t * by) + b;
+        _mm256_storeu_si256((__m256i *)u[t], _mm256_xor_si256(load32(y->qs), _mm256_set1_epi8((char)0x80)));
+        dy[t] = tk_fp16_table[y->d];
+    }
+}
+
 /* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31) */
 static inline AVX2 __m256i nibbles32(const uint8_t *q) {
     __m128i t = _mm_loadu_si128((const __m128i *)q);

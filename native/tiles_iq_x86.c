@@ -48,15 +48,22 @@ static inline AVX2 __m256i signed_points(uint64_t g0, uint64_t g1, uint64_t g2, 
                             _mm256_set_epi64x((long long)s3, (long long)s2, (long long)s1, (long long)s0));
 }
 
+/* IQ4_XS sub-block ib of x: its 32 values (element order) and its scale in *ls */
+static inline AVX2 __m256i iq4_xs_sub(const block_iq4_xs *x, int ib, int *ls) {
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
+    *ls = (((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x->scales_h >> 2 * ib) & 3) << 4)) - 32;
+    return _mm256_shuffle_epi8(table, nibbles32(x->qs + 16 * ib));
+}
+
 static AVX2 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
     const block_iq4_xs *x = vx;
     block_iq_packed *p = dst;
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     for (int64_t b = 0; b < n / QK_K; b++) {
         p[b].d = tk_fp16_table[x[b].d];
         for (int ib = 0; ib < QK_K / 32; ib++) {
-            const int ls = (((x[b].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x[b].scales_h >> 2 * ib) & 3) << 4)) - 32;
-            store_sub_block(p[b].w + 32 * ib, _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib)), ls, ls);
+            int ls;
+            const __m256i v = iq4_xs_sub(&x[b], ib, &ls);
+            store_sub_block(p[b].w + 32 * ib, v, ls, ls);
         }
     }
 }
@@ -625,12 +632,11 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
 static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
     const block_iq4_xs *x = vx;
     block_iq_packed *p = dst;
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     for (int64_t b = 0; b < n / QK_K; b++) {
         p[b].d = tk_fp16_table[x[b].d];
         for (int ib = 0; ib < QK_K / 32; ib++) {
-            const int ls = (((x[b].scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x[b].scales_h >> 2 * ib) & 3) << 4)) - 32;
-            const __m256i v = _mm256_shuffle_epi8(table, nibbles32(x[b].qs + 16 * ib)), s = _mm256_set1_epi16((short)ls);
+            int ls;
+            const __m256i v = iq4_xs_sub(&x[b], ib, &ls), s = _mm256_set1_epi16((short)ls);
             _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib),
                                 _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), s));
             _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib + 16),
