@@ -34,11 +34,7 @@ static inline AVX2 __m256i dot_u8(__m256i x, __m256i y) {
 static inline AVX2 __m256i bits32(const uint8_t *p) {
     uint32_t v;
     memcpy(&v, p, 4);
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
-    __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v), spread);
-    return _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+    return bits32_mask(v);
 }
 
 

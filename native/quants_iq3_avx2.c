@@ -10,12 +10,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include "simd_x86.h"
 
-/* the 8 grid entries of 8 indices */
-static inline AVX2 __m256i grid8(const uint32_t *grid, const int idx[8]) {
-    return _mm256_set_epi32((int)grid[idx[7]], (int)grid[idx[6]], (int)grid[idx[5]], (int)grid[idx[4]],
-                            (int)grid[idx[3]], (int)grid[idx[2]], (int)grid[idx[1]], (int)grid[idx[0]]);
-}
-
 /* lanes += (values · signed activations, pairwise) · (2·ls + 1) */
 static inline AVX2 __m256i scaled_dot(__m256i lanes, __m256i values, __m256i q8s, unsigned ls) {
     const __m256i dot = _mm256_maddubs_epi16(values, q8s);
@@ -55,21 +49,15 @@ AVX2 void tk_vec_dot_iq3_xxs_q8_K_avx2(int64_t n, float *s, const void *vx, cons
 }
 
 /* the 32 activations of a sub-block with the signs of 4 sign bytes applied (negated where a bit is set) */
-static inline AVX2 __m256i signed_q8(const int8_t *q8, const uint8_t *signs, __m256i spread, __m256i bit) {
+static inline AVX2 __m256i signed_q8(const int8_t *q8, const uint8_t *signs) {
     uint32_t sw;
     memcpy(&sw, signs, 4);
-    const __m256i m = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)sw), spread), bit);
-    const __m256i neg = _mm256_cmpeq_epi8(m, bit);
-    const __m256i a = _mm256_loadu_si256((const __m256i *)q8);
-    return _mm256_sub_epi8(_mm256_xor_si256(neg, a), neg);
+    return negate_bits32(_mm256_loadu_si256((const __m256i *)q8), sw);
 }
 
 AVX2 void tk_vec_dot_iq3_s_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq3_s *x = vx;
     const block_q8_K *y = vy;
-    /* byte j of the 32 takes sign byte j / 8, bit j % 8 */
-    const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const float d = tk_fp16_table[x[i].d] * y[i].d;
@@ -77,20 +65,15 @@ AVX2 void tk_vec_dot_iq3_s_q8_K_avx2(int64_t n, float *s, const void *vx, const 
         const int8_t *q8 = y[i].qs;
         __m256i sum1 = _mm256_setzero_si256(), sum2 = _mm256_setzero_si256();
         for (int ib = 0; ib < QK_K / 32; ib += 2, qs += 16, signs += 8, q8 += 64) {
-            int idx1[8], idx2[8];
-            for (int j = 0; j < 8; ++j) {
-                idx1[j] = qs[j] | ((x[i].qh[ib] >> j & 1) << 8);
-                idx2[j] = qs[8 + j] | ((x[i].qh[ib + 1] >> j & 1) << 8);
-            }
             const uint8_t sc = x[i].scales[ib / 2];
-            sum1 = scaled_dot(sum1, grid8(tk_iq3s_grid, idx1), signed_q8(q8, signs, spread, bit), sc & 0xF);
-            sum2 = scaled_dot(sum2, grid8(tk_iq3s_grid, idx2), signed_q8(q8 + 32, signs + 4, spread, bit), sc >> 4);
+            sum1 = scaled_dot(sum1, grid8_9bit(tk_iq3s_grid, qs, x[i].qh[ib]), signed_q8(q8, signs), sc & 0xF);
+            sum2 = scaled_dot(sum2, grid8_9bit(tk_iq3s_grid, qs + 8, x[i].qh[ib + 1]),
+                              signed_q8(q8 + 32, signs + 4), sc >> 4);
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sum1, sum2)), acc);
     }
     *s = hsum8(acc);
 }
-
 
 /* levels clamp(nearest(0.5·(id·x − 1)), 0, 7) of each magnitude at 8 steps at a time, nearest as tk_nearest_int
    (the float-mantissa rounding: the same integer for every input, infinities and NaN included) */

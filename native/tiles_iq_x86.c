@@ -115,20 +115,17 @@ static inline AVX2 __m256i iq2_xs_sub(const void *block, int ib, int *s_lo, int 
 
 static inline AVX2 __m256i iq2_s_sub(const void *block, int ib, int *s_lo, int *s_hi) {
     const block_iq2_s *x = block;
-    const uint8_t *qs = x->qs + 4 * ib, *signs = x->qs + QK_K / 8 + 4 * ib;
+    const uint8_t *qs = x->qs + 4 * ib;
     const unsigned h = x->qh[ib];
+    uint32_t sw;
+    memcpy(&sw, x->qs + QK_K / 8 + 4 * ib, 4);
     *s_lo = 2 * (x->scales[ib] & 0xF) + 1;
     *s_hi = 2 * (x->scales[ib] >> 4) + 1;
-    return signed_points(tk_iq2s_grid[qs[0] | ((h << 8) & 0x300)], tk_iq2s_grid[qs[1] | ((h << 6) & 0x300)],
-                         tk_iq2s_grid[qs[2] | ((h << 4) & 0x300)], tk_iq2s_grid[qs[3] | ((h << 2) & 0x300)],
-                         tk_iq2_sign_bytes[signs[0]], tk_iq2_sign_bytes[signs[1]], tk_iq2_sign_bytes[signs[2]],
-                         tk_iq2_sign_bytes[signs[3]]);
-}
-
-/* the 8 grid entries (4 values each) of 8 indices */
-static inline AVX2 __m256i grid8(const uint32_t *grid, const int idx[8]) {
-    return _mm256_set_epi32((int)grid[idx[7]], (int)grid[idx[6]], (int)grid[idx[5]], (int)grid[idx[4]],
-                            (int)grid[idx[3]], (int)grid[idx[2]], (int)grid[idx[1]], (int)grid[idx[0]]);
+    return negate_bits32(_mm256_set_epi64x((long long)tk_iq2s_grid[qs[3] | ((h << 2) & 0x300)],
+                                           (long long)tk_iq2s_grid[qs[2] | ((h << 4) & 0x300)],
+                                           (long long)tk_iq2s_grid[qs[1] | ((h << 6) & 0x300)],
+                                           (long long)tk_iq2s_grid[qs[0] | ((h << 8) & 0x300)]),
+                         sw);
 }
 
 static inline AVX2 __m256i iq3_xxs_sub(const void *block, int ib, int *s_lo, int *s_hi) {
@@ -147,17 +144,10 @@ static inline AVX2 __m256i iq3_xxs_sub(const void *block, int ib, int *s_lo, int
 
 static inline AVX2 __m256i iq3_s_sub(const void *block, int ib, int *s_lo, int *s_hi) {
     const block_iq3_s *x = block;
-    /* byte j of the 32 takes sign byte j / 8, bit j % 8 */
-    const __m256i spread = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    int idx[8];
-    for (int j = 0; j < 8; j++) idx[j] = x->qs[8 * ib + j] | ((x->qh[ib] >> j & 1) << 8);
     uint32_t sw;
     memcpy(&sw, x->signs + 4 * ib, 4);
-    const __m256i m = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)sw), spread), bit);
-    const __m256i neg = _mm256_cmpeq_epi8(m, bit);
     *s_lo = *s_hi = 2 * ((x->scales[ib / 2] >> 4 * (ib % 2)) & 0xF) + 1;
-    return _mm256_sub_epi8(_mm256_xor_si256(neg, grid8(tk_iq3s_grid, idx)), neg);
+    return negate_bits32(grid8_9bit(tk_iq3s_grid, x->qs + 8 * ib, x->qh[ib]), sw);
 }
 
 /* every block of these types starts with its fp16 d */
