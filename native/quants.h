@@ -39,8 +39,8 @@ typedef struct { float d; int8_t qs[QK_K]; float yb[QK_K / 32]; } block_q8_KX;
 /* TK_Q8_KP, the activations of AVX512's one-token Q4_K kernel: a block_q8_KX whose quants are Q8_K's with the
    sub-blocks of 32 in the order 0 2 1 3 4 6 5 7, so that each 64 bytes meet the low or high nibbles of 64 bytes of
    a Q4_K row (yb in the sub-blocks' order, as Q8_KX's). */
-/* TK_Q8_K16, the activations of the IQ grid types' AVX512 tiles: a Q8_K block's d and quants, widened to 16 bits once
-   per token (the tiles broadcast pairs of them) */
+/* TK_Q8_K16, the activations of the IQ tiles on 16-bit tokens (the grid types' AVX2 and AVX512 tiles, IQ4_XS's AVX2
+   tile): a Q8_K block's d and quants, widened to 16 bits once per token and matrix */
 typedef struct { float d; int16_t qs[QK_K]; } block_q8_K16;
 
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");

@@ -7,8 +7,9 @@
    super-block decoded ONCE (grid lookups, signs, scales: pack) into signed 16-bit weights already multiplied by their
    scale (|scale·w| ≤ 32·127), multiplied with 16-bit activations by vpmaddwd/vpdpwssd in pairs that fall into lane l:
    integer sums in another order, so the same integers, and the float steps are the one-token kernel's lane for lane.
-   At the AVX2 and AVX-VNNI levels a token's lanes fill a 256-bit register (IQ_TILE_YMM); at the AVX512 level 16 rows
-   fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per register, IQ_TILE). IQ4_XS's kernels sum in super-block
+   At the AVX2 and AVX-VNNI levels a token's lanes fill a 256-bit register (AVX2: IQ_LANES_K16 on 16-bit tokens,
+   AVX-VNNI: IQ_TILE_YMM); at the AVX512 level 16 rows fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per
+   register, IQ_TILE). IQ4_XS's kernels sum in super-block
    order instead (quants_iq.c: one exact integer per super-block, then one float step): its AVX2 and AVX-VNNI tiles add
    up the same lanes' integers before that step (SB), its AVX512 tile holds 16 rows in lanes (tile_iq4_xs_x16). */
 #include <math.h>
@@ -39,6 +40,25 @@ static inline AVX2 void store_sub_block(int16_t *dst, __m256i v, int s_lo, int s
     const __m256i a = _mm256_permutevar8x32_epi32(lo, order), b = _mm256_permutevar8x32_epi32(hi, order);
     _mm256_storeu_si256((__m256i *)dst, _mm256_permute2x128_si256(a, b, 0x20));
     _mm256_storeu_si256((__m256i *)(dst + 16), _mm256_permute2x128_si256(a, b, 0x31));
+}
+
+/* the same, stored in element order (the tiles on Q8_K16 tokens) */
+static inline AVX2 void store_sub_block_elements(int16_t *dst, __m256i v, int s_lo, int s_hi) {
+    _mm256_storeu_si256((__m256i *)dst,
+                        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16((short)s_lo)));
+    _mm256_storeu_si256((__m256i *)(dst + 16), _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)),
+                                                                  _mm256_set1_epi16((short)s_hi)));
+}
+
+/* the same as int16 pairs (dwords) of elements 2j, 2j + 1 in the order IQ_LANES_K16 reads its tokens: per 128-bit
+   half, the even pairs of the first 16 and of the last 16 elements (0, 2, 8, 10 | 4, 6, 12, 14), then the odd ones */
+static inline AVX2 void store_sub_block_k16(int16_t *dst, __m256i v, int s_lo, int s_hi) {
+    const __m256 lo = _mm256_castsi256_ps(
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16((short)s_lo)));
+    const __m256 hi = _mm256_castsi256_ps(
+        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), _mm256_set1_epi16((short)s_hi)));
+    _mm256_storeu_ps((float *)dst, _mm256_shuffle_ps(lo, hi, 0x88));
+    _mm256_storeu_ps((float *)(dst + 16), _mm256_shuffle_ps(lo, hi, 0xDD));
 }
 
 /* four 8-byte grid points with their ±1 sign bytes: the 32 signed values */
@@ -154,9 +174,10 @@ static inline AVX2 __m256i iq3_s_sub(const void *block, int ib, int *s_lo, int *
 _Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0 && offsetof(block_iq2_s, d) == 0 &&
                offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "d first");
 
-/* a row of blocks of `size` bytes packed for the 16-bit tiles (sub inlined as a constant) */
+/* a row of blocks of `size` bytes packed for the 16-bit tiles (sub and store inlined as constants) */
+typedef void (*iq_store_fn)(int16_t *dst, __m256i v, int s_lo, int s_hi);
 static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx, void *dst, int64_t n, size_t size,
-                                                                 iq_sub_fn sub) {
+                                                                 iq_sub_fn sub, iq_store_fn store) {
     block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
         const char *x = (const char *)vx + (size_t)b * size;
@@ -164,12 +185,18 @@ static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx,
         for (int ib = 0; ib < QK_K / 32; ib++) {
             int lo, hi;
             const __m256i v = sub(x, ib, &lo, &hi);
-            store_sub_block(p[b].w + 32 * ib, v, lo, hi);
+            store(p[b].w + 32 * ib, v, lo, hi);
         }
     }
 }
+/* pack_T for IQ_TILE_YMM's order, pack_T_k16 for IQ_LANES_K16's */
 #define IQ_PACK(T, BLOCK)                                                                                     \
-    static AVX2 void pack_##T(const void *vx, void *dst, int64_t n) { pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub); }
+    static AVX2 void pack_##T(const void *vx, void *dst, int64_t n) {                                         \
+        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, store_sub_block);                                      \
+    }                                                                                                        \
+    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) {                                   \
+        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, store_sub_block_k16);                                  \
+    }
 IQ_PACK(iq2_xxs, block_iq2_xxs)
 IQ_PACK(iq2_xs, block_iq2_xs)
 IQ_PACK(iq2_s, block_iq2_s)
@@ -250,13 +277,10 @@ IQ_PACK(iq3_s, block_iq3_s)
             }                                                                                                \
     }
 
-/* The same tiles at the AVX2 and AVX-VNNI levels: one token per 256-bit register (its eight lanes), the token's 32
+/* The same tiles at the AVX-VNNI level: one token per 256-bit register (its eight lanes), the token's 32
    activations of a sub-block split once for the tile's rows into activations 4l, 4l + 1 and 4l + 2, 4l + 3 of each
-   lane l (a byte shuffle, then widened), each against the packed row's matching half: vpmaddwd and an add, or
-   vpdpwssd. */
-static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i a, __m256i b) {
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
-}
+   lane l (a byte shuffle, then widened), each against the packed row's matching half by vpdpwssd. (AVX2's tiles read
+   Q8_K16 tokens instead: IQ_LANES_K16 below.) */
 static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(acc, a, b); }
 
 #define IQ_TILE_YMM(NAME, RM, RN, FACTOR, ATTR, MADD_ADD, SB)                                                 \
@@ -299,9 +323,6 @@ static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { re
             for (int t = 0; t < RN; t++) s[r * ls + t] = SB ? sb[r][t] : FACTOR * hsum8(acc[r][t]);          \
     }
 
-IQ_TILE_YMM(tile_iq_x1_avx2, 2, 4, 1.0f, AVX2, madd_add_avx2, 0)
-IQ_TILE_YMM(tile_iq_x4_avx2, 2, 4, 0.25f, AVX2, madd_add_avx2, 0)
-IQ_TILE_YMM(tile_iq_x8_avx2, 2, 4, 0.125f, AVX2, madd_add_avx2, 0)
 IQ_TILE_YMM(tile_iq_x1_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 0)
 IQ_TILE_YMM(tile_iq_x4_vnni, 2, 4, 0.25f, VNNI, madd_add_vnni, 0)
 IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni, 0)
@@ -612,7 +633,7 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
     static const struct tk_gemm T##_x16_2 = IQ_X16_ENTRY(T, FACTOR, 2, NULL);                                \
     static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 4, &T##_x16_2);                          \
     static const struct tk_gemm T##_tiles[3] = {                                                             \
-        {tile_iq_##FACTOR##_avx2, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
+        {tile_iq_lanes_##FACTOR##_avx2, 4, 2, pack_##T##_k16, sizeof(block_iq_packed), TK_Q8_K16, NULL},  \
         {tile_iq_##FACTOR##_vnni, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
         IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
 /* IQ4_XS at the AVX2 level: super-block order lets the integers be summed in any order, so the weights are packed in
@@ -626,11 +647,8 @@ static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
         p[b].d = tk_fp16_table[x[b].d];
         for (int ib = 0; ib < QK_K / 32; ib++) {
             int ls;
-            const __m256i v = iq4_xs_sub(&x[b], ib, &ls), s = _mm256_set1_epi16((short)ls);
-            _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib),
-                                _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), s));
-            _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib + 16),
-                                _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), s));
+            const __m256i v = iq4_xs_sub(&x[b], ib, &ls);
+            store_sub_block_elements(p[b].w + 32 * ib, v, ls, ls);
         }
     }
 }
@@ -659,6 +677,55 @@ static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
             for (int t = 0; t < RN; t++) s[r * ls + t] = sb[r][t];                                           \
     }
 IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4)
+
+/* The grid types' tiles at the AVX2 level on Q8_K16 tokens (widened once per token and matrix): per sub-block, a
+   token's two loads of 16 activations (int16 pairs 0..7, 8..15; pair j: elements 2j, 2j + 1, of lane j / 2) are
+   regrouped by two vshufps into the even pairs 0, 2, 8, 10 | 4, 6, 12, 14 and the odd ones 1, 3, 9, 11 | 5, 7, 13, 15:
+   dword k of both registers then belongs to the same lane (0, 1, 4, 5, 2, 3, 6, 7), so a (row, token) sub-block is two
+   vpmaddwd and adds into one accumulator, against the row packed in that order (pack_T_k16); the super-block's exact
+   lanes are put back in order by one vpermd for the one-token kernel's fused multiply-add. Against IQ_TILE_YMM, two
+   shuffles of 16-bit tokens per sub-block instead of a byte shuffle, a permute and two widenings. */
+#define IQ_LANES_K16(NAME, RM, RN, FACTOR)                                                                    \
+    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        typedef block_iq_packed iq_block;                                                                    \
+        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                                    \
+        __m256 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m256i sum[RM][RN];                                                                             \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) sum[r][t] = _mm256_setzero_si256();                             \
+            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
+                __m256i wa[RM], wb[RM];                                                                      \
+                for (int r = 0; r < RM; r++) {                                                               \
+                    wa[r] = load32(IQ_ROW(r, b)->w + 32 * ib);                                               \
+                    wb[r] = load32(IQ_ROW(r, b)->w + 32 * ib + 16);                                          \
+                }                                                                                            \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256 y0 = _mm256_loadu_ps((const float *)(Q8_K16_ROW(t, b)->qs + 32 * ib));      \
+                    const __m256 y1 = _mm256_loadu_ps((const float *)(Q8_K16_ROW(t, b)->qs + 32 * ib + 16)); \
+                    const __m256i ya = _mm256_castps_si256(_mm256_shuffle_ps(y0, y1, 0x88));                \
+                    const __m256i yb = _mm256_castps_si256(_mm256_shuffle_ps(y0, y1, 0xDD));                \
+                    for (int r = 0; r < RM; r++)                                                             \
+                        sum[r][t] = _mm256_add_epi32(_mm256_add_epi32(sum[r][t], _mm256_madd_epi16(wa[r], ya)),  \
+                                                     _mm256_madd_epi16(wb[r], yb));                          \
+                }                                                                                            \
+            }                                                                                                \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++)                                                                 \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K16_ROW(t, b)->d),       \
+                                                _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(sum[r][t], order)), \
+                                                acc[r][t]);                                                  \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
+    }
+/* 4 rows x 2 tokens: 8 accumulators, the rows' 8 registers of a sub-block and a token's 2 (one thread, 2048 x 5632 x
+   128 tokens, -O3: IQ_TILE_YMM's 2 x 4 26 GMAC/s, this 37; 2 x 6 and 3 x 2 alike, 2 x 4 32) */
+IQ_LANES_K16(tile_iq_lanes_x1_avx2, 4, 2, 1.0f)
+IQ_LANES_K16(tile_iq_lanes_x4_avx2, 4, 2, 0.25f)
+IQ_LANES_K16(tile_iq_lanes_x8_avx2, 4, 2, 0.125f)
 
 static const struct tk_gemm iq4_xs_tiles[2] = {
     {tile_iq4_xs_k16_avx2, 2, 4, pack_iq4_xs_elements, sizeof(block_iq_packed), TK_Q8_K16, NULL},
