@@ -1,4 +1,4 @@
-/* The prompt tiles of the IQ types with Q8_K activations (IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S) at the
+/* The prompt tiles of the IQ types with Q8_K (or Q8_K16) activations (IQ4_XS, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S) at the
    AVX2, AVX-VNNI and AVX512-VNNI levels. Their one-token kernels (quants_iq_avx2.c, quants_iq2_avx2.c,
    quants_iq3_avx2.c, after ggml's) sum, per super-block and (row, token), eight exact int32 lanes — lane l: Σ over the
    eight sub-blocks of 32 of the sub-block's integer scale (per half of 16 for IQ2_XS/IQ2_S) times its weights
@@ -7,11 +7,11 @@
    super-block decoded ONCE (grid lookups, signs, scales: pack) into signed 16-bit weights already multiplied by their
    scale (|scale·w| ≤ 32·127), multiplied with 16-bit activations by vpmaddwd/vpdpwssd in pairs that fall into lane l:
    integer sums in another order, so the same integers, and the float steps are the one-token kernel's lane for lane.
-   At the AVX2 and AVX-VNNI levels a token's lanes fill a 256-bit register (AVX2: IQ_LANES_K16 on 16-bit tokens,
-   AVX-VNNI: IQ_TILE_YMM); at the AVX512 level 16 rows fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per
-   register, IQ_TILE). IQ4_XS's kernels sum in super-block
-   order instead (quants_iq.c: one exact integer per super-block, then one float step): its AVX2 and AVX-VNNI tiles add
-   up the same lanes' integers before that step (SB), its AVX512 tile holds 16 rows in lanes (tile_iq4_xs_x16). */
+   At the AVX2 and AVX-VNNI levels a token's lanes fill a 256-bit register (IQ_LANES_K16, on 16-bit tokens); at the
+   AVX512 level 16 rows fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per register, IQ_TILE). IQ4_XS's kernels
+   sum in super-block order instead (quants_iq.c: one exact integer per super-block, then one float step): its AVX2
+   and AVX-VNNI tiles sum the integers in element order (IQ_SB_TILE_K16), its AVX512 tile holds 16 rows in lanes
+   (tile_iq4_xs_x16). */
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -24,14 +24,14 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include "dot_x86.h"
 
-/* a super-block decoded: w[32·ib + k] for k < 16 the scaled weights 4l, 4l+1 of sub-block ib (l = k / 2), for
-   k ≥ 16 its weights 4l + 2, 4l + 3; d the fp16 scale as a float */
+/* a super-block decoded: its 256 scaled weights in the order of the tile that reads them (store_sub_block for
+   IQ_TILE, store_sub_block_k16 for IQ_LANES_K16, element order for IQ_SB_TILE_K16); d the fp16 scale as a float */
 typedef struct { int16_t w[QK_K]; float d; } block_iq_packed;
 /* IQ1_S's: the same, and each sub-block's scale with the sign of its shift twice (int16 pairs, for the block sums) */
 typedef struct { int16_t w[QK_K]; float d; int16_t delta[16]; } block_iq1_s_packed;
 
-/* 32 signed weights of sub-block ib (element order), times s_lo (elements 0..15) and s_hi (16..31), stored in the
-   packed order: the int16 pairs (dwords) 0, 2, .., 14, then 1, 3, .., 15 */
+/* 32 signed weights of sub-block ib (element order), times s_lo (elements 0..15) and s_hi (16..31), stored in
+   IQ_TILE's order: the int16 pairs (dwords) 0, 2, .., 14 (weights 4l, 4l + 1 of lane l), then 1, 3, .., 15 */
 static inline AVX2 void store_sub_block(int16_t *dst, __m256i v, int s_lo, int s_hi) {
     const __m256i lo = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16((short)s_lo));
     const __m256i hi = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), _mm256_set1_epi16((short)s_hi));
@@ -73,19 +73,6 @@ static inline AVX2 __m256i iq4_xs_sub(const block_iq4_xs *x, int ib, int *ls) {
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     *ls = (((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x->scales_h >> 2 * ib) & 3) << 4)) - 32;
     return _mm256_shuffle_epi8(table, nibbles32(x->qs + 16 * ib));
-}
-
-static AVX2 void pack_iq4_xs(const void *vx, void *dst, int64_t n) {
-    const block_iq4_xs *x = vx;
-    block_iq_packed *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        p[b].d = tk_fp16_table[x[b].d];
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            int ls;
-            const __m256i v = iq4_xs_sub(&x[b], ib, &ls);
-            store_sub_block(p[b].w + 32 * ib, v, ls, ls);
-        }
-    }
 }
 
 #define IQ2_SIGNS7(v) tk_iq2_sign_bytes[tk_iq2_ksigns[(v) & 127]]
@@ -174,10 +161,9 @@ static inline AVX2 __m256i iq3_s_sub(const void *block, int ib, int *s_lo, int *
 _Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0 && offsetof(block_iq2_s, d) == 0 &&
                offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "d first");
 
-/* a row of blocks of `size` bytes packed for the 16-bit tiles (sub and store inlined as constants) */
-typedef void (*iq_store_fn)(int16_t *dst, __m256i v, int s_lo, int s_hi);
+/* a row of blocks of `size` bytes packed for IQ_LANES_K16 (sub inlined as a constant) */
 static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx, void *dst, int64_t n, size_t size,
-                                                                 iq_sub_fn sub, iq_store_fn store) {
+                                                                 iq_sub_fn sub) {
     block_iq_packed *p = dst;
     for (int64_t b = 0; b < n / QK_K; b++) {
         const char *x = (const char *)vx + (size_t)b * size;
@@ -185,18 +171,12 @@ static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx,
         for (int ib = 0; ib < QK_K / 32; ib++) {
             int lo, hi;
             const __m256i v = sub(x, ib, &lo, &hi);
-            store(p[b].w + 32 * ib, v, lo, hi);
+            store_sub_block_k16(p[b].w + 32 * ib, v, lo, hi);
         }
     }
 }
-/* pack_T for IQ_TILE_YMM's order, pack_T_k16 for IQ_LANES_K16's */
 #define IQ_PACK(T, BLOCK)                                                                                     \
-    static AVX2 void pack_##T(const void *vx, void *dst, int64_t n) {                                         \
-        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, store_sub_block);                                      \
-    }                                                                                                        \
-    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) {                                   \
-        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, store_sub_block_k16);                                  \
-    }
+    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) { pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub); }
 IQ_PACK(iq2_xxs, block_iq2_xxs)
 IQ_PACK(iq2_xs, block_iq2_xs)
 IQ_PACK(iq2_s, block_iq2_s)
@@ -277,57 +257,6 @@ IQ_PACK(iq3_s, block_iq3_s)
             }                                                                                                \
     }
 
-/* The same tiles at the AVX-VNNI level: one token per 256-bit register (its eight lanes), the token's 32
-   activations of a sub-block split once for the tile's rows into activations 4l, 4l + 1 and 4l + 2, 4l + 3 of each
-   lane l (a byte shuffle, then widened), each against the packed row's matching half by vpdpwssd. (AVX2's tiles read
-   Q8_K16 tokens instead: IQ_LANES_K16 below.) */
-static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(acc, a, b); }
-
-#define IQ_TILE_YMM(NAME, RM, RN, FACTOR, ATTR, MADD_ADD, SB)                                                 \
-    static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
-        typedef block_iq_packed iq_block;                                                                    \
-        /* per 128-bit lane: its activations 4l, 4l + 1 (l = 0..3), then 4l + 2, 4l + 3 */                   \
-        const __m256i pick = _mm256_broadcastsi128_si256(                                                    \
-            _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15));                           \
-        __m256 acc[RM][RN];                                                                                  \
-        float sb[RM][RN];                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps(), sb[r][t] = 0;                      \
-        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            __m256i sum[RM][RN];                                                                             \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++) sum[r][t] = _mm256_setzero_si256();                             \
-            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
-                __m256i wa[RM], wb[RM];                                                                      \
-                for (int r = 0; r < RM; r++) {                                                               \
-                    wa[r] = load32(IQ_ROW(r, b)->w + 32 * ib);                                               \
-                    wb[r] = load32(IQ_ROW(r, b)->w + 32 * ib + 16);                                          \
-                }                                                                                            \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const __m256i g = _mm256_permute4x64_epi64(                                              \
-                        _mm256_shuffle_epi8(load32(Q8_K_ROW(t, b)->qs + 32 * ib), pick), 0xD8);              \
-                    const __m256i ya = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(g));                      \
-                    const __m256i yb = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(g, 1));                 \
-                    for (int r = 0; r < RM; r++) sum[r][t] = MADD_ADD(MADD_ADD(sum[r][t], wa[r], ya), wb[r], yb); \
-                }                                                                                            \
-            }                                                                                                \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++)                                                                 \
-                    if (SB)                                                                                  \
-                        sb[r][t] = fmaf(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d, (float)hsum8_epi32(sum[r][t]), sb[r][t]); \
-                    else                                                                                     \
-                        acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d),     \
-                                                    _mm256_cvtepi32_ps(sum[r][t]), acc[r][t]);               \
-        }                                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) s[r * ls + t] = SB ? sb[r][t] : FACTOR * hsum8(acc[r][t]);          \
-    }
-
-IQ_TILE_YMM(tile_iq_x1_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 0)
-IQ_TILE_YMM(tile_iq_x4_vnni, 2, 4, 0.25f, VNNI, madd_add_vnni, 0)
-IQ_TILE_YMM(tile_iq_x8_vnni, 2, 4, 0.125f, VNNI, madd_add_vnni, 0)
-/* the types in super-block order (IQ4_XS: quants_iq.c): the lanes' exact sum, then the one-token kernel's float step */
-IQ_TILE_YMM(tile_iq_sb_vnni, 2, 4, 1.0f, VNNI, madd_add_vnni, 1)
 
 /* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
    (lane l: values 4l..4l+3 times the activations) times d_x·d_y into one of two float accumulators, even blocks and
@@ -634,12 +563,12 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
     static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 4, &T##_x16_2);                          \
     static const struct tk_gemm T##_tiles[3] = {                                                             \
         {tile_iq_lanes_##FACTOR##_avx2, 4, 2, pack_##T##_k16, sizeof(block_iq_packed), TK_Q8_K16, NULL},  \
-        {tile_iq_##FACTOR##_vnni, 2, 4, pack_##T, sizeof(block_iq_packed), TK_Q8_K, NULL},                   \
+        {tile_iq_lanes_##FACTOR##_vnni, 4, 2, pack_##T##_k16, sizeof(block_iq_packed), TK_Q8_K16, NULL},  \
         IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
-/* IQ4_XS at the AVX2 level: super-block order lets the integers be summed in any order, so the weights are packed in
-   element order (scaled, 16 bits) and the tokens come as Q8_K16 (widened once per token and matrix): a (row, token)
-   sub-block is two vpmaddwd against loads, instead of IQ_TILE_YMM's four shuffles and widenings of every token's
-   sub-block for each row pair. The lanes' exact sum, then the one-token kernel's float step: its bits. */
+/* IQ4_XS at the AVX2 and AVX-VNNI levels: super-block order lets the integers be summed in any order, so the weights
+   are packed in element order (scaled, 16 bits) and the tokens come as Q8_K16 (widened once per token and matrix): a
+   (row, token) sub-block is two vpmaddwd and adds (or vpdpwssd) against loads. The lanes' exact sum, then the
+   one-token kernel's float step: its bits. */
 static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
     const block_iq4_xs *x = vx;
     block_iq_packed *p = dst;
@@ -653,8 +582,14 @@ static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
     }
 }
 
-#define IQ_SB_TILE_K16(NAME, RM, RN)                                                                          \
-    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+/* acc + the pair products of a and b: vpmaddwd and an add, or vpdpwssd */
+static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
+static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(acc, a, b); }
+
+#define IQ_SB_TILE_K16(NAME, RM, RN, ATTR, MADD_ADD)                                                          \
+    static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         typedef block_iq_packed iq_block;                                                                    \
         float sb[RM][RN];                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
@@ -667,7 +602,7 @@ static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
                 for (int t = 0; t < RN; t++) {                                                               \
                     const __m256i y = load32(Q8_K16_ROW(t, b)->qs + 16 * k);                                 \
                     for (int r = 0; r < RM; r++)                                                             \
-                        sum[r][t] = _mm256_add_epi32(sum[r][t], _mm256_madd_epi16(load32(IQ_ROW(r, b)->w + 16 * k), y)); \
+                        sum[r][t] = MADD_ADD(sum[r][t], load32(IQ_ROW(r, b)->w + 16 * k), y);                \
                 }                                                                                            \
             for (int r = 0; r < RM; r++)                                                                     \
                 for (int t = 0; t < RN; t++)                                                                 \
@@ -676,17 +611,18 @@ static AVX2 void pack_iq4_xs_elements(const void *vx, void *dst, int64_t n) {
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = sb[r][t];                                           \
     }
-IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4)
+IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4, AVX2, madd_add_avx2)
+IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, 2, 4, VNNI, madd_add_vnni)
 
 /* The grid types' tiles at the AVX2 level on Q8_K16 tokens (widened once per token and matrix): per sub-block, a
    token's two loads of 16 activations (int16 pairs 0..7, 8..15; pair j: elements 2j, 2j + 1, of lane j / 2) are
    regrouped by two vshufps into the even pairs 0, 2, 8, 10 | 4, 6, 12, 14 and the odd ones 1, 3, 9, 11 | 5, 7, 13, 15:
    dword k of both registers then belongs to the same lane (0, 1, 4, 5, 2, 3, 6, 7), so a (row, token) sub-block is two
    vpmaddwd and adds into one accumulator, against the row packed in that order (pack_T_k16); the super-block's exact
-   lanes are put back in order by one vpermd for the one-token kernel's fused multiply-add. Against IQ_TILE_YMM, two
-   shuffles of 16-bit tokens per sub-block instead of a byte shuffle, a permute and two widenings. */
-#define IQ_LANES_K16(NAME, RM, RN, FACTOR)                                                                    \
-    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+   lanes are put back in order by one vpermd for the one-token kernel's fused multiply-add. (The tiles before read Q8_K
+   tokens and spent a byte shuffle, a permute and two widenings per token and sub-block for each row pair.) */
+#define IQ_LANES_K16(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                    \
+    static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         typedef block_iq_packed iq_block;                                                                    \
         const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                                    \
         __m256 acc[RM][RN];                                                                                  \
@@ -708,8 +644,7 @@ IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4)
                     const __m256i ya = _mm256_castps_si256(_mm256_shuffle_ps(y0, y1, 0x88));                \
                     const __m256i yb = _mm256_castps_si256(_mm256_shuffle_ps(y0, y1, 0xDD));                \
                     for (int r = 0; r < RM; r++)                                                             \
-                        sum[r][t] = _mm256_add_epi32(_mm256_add_epi32(sum[r][t], _mm256_madd_epi16(wa[r], ya)),  \
-                                                     _mm256_madd_epi16(wb[r], yb));                          \
+                        sum[r][t] = MADD_ADD(MADD_ADD(sum[r][t], wa[r], ya), wb[r], yb);                     \
                 }                                                                                            \
             }                                                                                                \
             for (int r = 0; r < RM; r++)                                                                     \
@@ -722,14 +657,17 @@ IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4)
             for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
     }
 /* 4 rows x 2 tokens: 8 accumulators, the rows' 8 registers of a sub-block and a token's 2 (one thread, 2048 x 5632 x
-   128 tokens, -O3: IQ_TILE_YMM's 2 x 4 26 GMAC/s, this 37; 2 x 6 and 3 x 2 alike, 2 x 4 32) */
-IQ_LANES_K16(tile_iq_lanes_x1_avx2, 4, 2, 1.0f)
-IQ_LANES_K16(tile_iq_lanes_x4_avx2, 4, 2, 0.25f)
-IQ_LANES_K16(tile_iq_lanes_x8_avx2, 4, 2, 0.125f)
+   128 tokens, -O3: the Q8_K tiles' 2 x 4 26 GMAC/s, this 37; 2 x 6 and 3 x 2 alike, 2 x 4 32) */
+IQ_LANES_K16(tile_iq_lanes_x1_avx2, 4, 2, 1.0f, AVX2, madd_add_avx2)
+IQ_LANES_K16(tile_iq_lanes_x4_avx2, 4, 2, 0.25f, AVX2, madd_add_avx2)
+IQ_LANES_K16(tile_iq_lanes_x8_avx2, 4, 2, 0.125f, AVX2, madd_add_avx2)
+IQ_LANES_K16(tile_iq_lanes_x1_vnni, 4, 2, 1.0f, VNNI, madd_add_vnni)
+IQ_LANES_K16(tile_iq_lanes_x4_vnni, 4, 2, 0.25f, VNNI, madd_add_vnni)
+IQ_LANES_K16(tile_iq_lanes_x8_vnni, 4, 2, 0.125f, VNNI, madd_add_vnni)
 
 static const struct tk_gemm iq4_xs_tiles[2] = {
     {tile_iq4_xs_k16_avx2, 2, 4, pack_iq4_xs_elements, sizeof(block_iq_packed), TK_Q8_K16, NULL},
-    {tile_iq_sb_vnni, 2, 4, pack_iq4_xs, sizeof(block_iq_packed), TK_Q8_K, NULL}};
+    {tile_iq4_xs_k16_vnni, 2, 4, pack_iq4_xs_elements, sizeof(block_iq_packed), TK_Q8_K16, NULL}};
 IQ_TILE_ENTRIES(iq2_xxs, x8, block_iq2_xxs)
 IQ_TILE_ENTRIES(iq2_xs, x8, block_iq2_xs)
 IQ_TILE_ENTRIES(iq2_s, x8, block_iq2_s)
