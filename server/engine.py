@@ -91,6 +91,7 @@ class GenResult:
 class Slot:
     id: int
     session: Session
+    n_decoded: int = 0   # the tokens sampled so far by its current (or last) request, all choices (llama-server's)
 
 
 def choice_params(params: SamplingParams, index: int) -> SamplingParams:
@@ -119,6 +120,7 @@ def _generate(slot: Slot, req: GenRequest, emit: Callable[[Piece], None], cancel
         session.reset()
         cached = 0
     session.timings = Timings()
+    slot.n_decoded = 0
     t0 = time.perf_counter()
     logits = session.eval(req.prompt[cached:])
     t_prompt = time.perf_counter()
@@ -160,6 +162,7 @@ def _one_choice(slot: Slot, req: GenRequest, index: int, logits, emit: Callable[
             if t_first is None:
                 t_first = t_last
             n += 1
+            slot.n_decoded += 1
             item = token_logprob(step.token, step.logits, req.n_probs) if req.n_probs is not None else None
             release(*scanner.feed(step.token, item))
             if scanner.word is not None:

@@ -117,9 +117,9 @@ def slot_json(engine: Engine, slot: Slot, task: Task | None, processing: bool) -
         evaluated = r.timings()["prompt_n"]
         n_decoded, has_new_line = r.n_predicted, any("\n" in c.text for c in r.choices or [r])
         counts = {"n_prompt_tokens_processed": evaluated, "n_prompt_tokens_cache": r.n_prompt - evaluated}
-    else:  # still generating: the tokens after the prompt in the slot's context so far
+    else:  # still generating: the tokens sampled so far (the last one enters the context with the next pass)
         generated = slot.session.tokens[len(req.prompt):] if n_context > len(req.prompt) else []
-        n_decoded, has_new_line = len(generated), "\n" in engine.tokenizer.decode(generated)
+        n_decoded, has_new_line = slot.n_decoded, "\n" in engine.tokenizer.decode(generated)
         counts = {}   # the prompt's evaluated and cached counts come with the result
     return {**out, "id_task": task.id, "n_prompt_tokens": n_context, **counts, "params": params_json(req),
             "next_token": [{"has_next_token": r is None, "has_new_line": has_new_line,
