@@ -257,7 +257,6 @@ IQ_PACK(iq3_s, block_iq3_s)
             }                                                                                                \
     }
 
-
 /* IQ4_NL (blocks of 32, Q8_0 activations): its one-token kernel (quants_iq_avx2.c) adds each block's eight exact lanes
    (lane l: values 4l..4l+3 times the activations) times d_x·d_y into one of two float accumulators, even blocks and
    odd ones, sums their lanes, then adds an odd last block in scalar. The tile's rows are packed per block into the
@@ -614,13 +613,14 @@ static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { re
 IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4, AVX2, madd_add_avx2)
 IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, 2, 4, VNNI, madd_add_vnni)
 
-/* The grid types' tiles at the AVX2 level on Q8_K16 tokens (widened once per token and matrix): per sub-block, a
-   token's two loads of 16 activations (int16 pairs 0..7, 8..15; pair j: elements 2j, 2j + 1, of lane j / 2) are
-   regrouped by two vshufps into the even pairs 0, 2, 8, 10 | 4, 6, 12, 14 and the odd ones 1, 3, 9, 11 | 5, 7, 13, 15:
-   dword k of both registers then belongs to the same lane (0, 1, 4, 5, 2, 3, 6, 7), so a (row, token) sub-block is two
-   vpmaddwd and adds into one accumulator, against the row packed in that order (pack_T_k16); the super-block's exact
-   lanes are put back in order by one vpermd for the one-token kernel's fused multiply-add. (The tiles before read Q8_K
-   tokens and spent a byte shuffle, a permute and two widenings per token and sub-block for each row pair.) */
+/* The grid types' tiles at the AVX2 and AVX-VNNI levels on Q8_K16 tokens (widened once per token and matrix). Per
+   sub-block, a token's two loads of 16 activations (int16 pairs 0..7 and 8..15; pair j holds elements 2j, 2j + 1,
+   which belong to lane j / 2) are regrouped by two vshufps into the even pairs 0, 2, 8, 10 | 4, 6, 12, 14 and the odd
+   pairs 1, 3, 9, 11 | 5, 7, 13, 15: dword k of both registers then belongs to the same lane (0, 1, 4, 5, 2, 3, 6, 7),
+   so a (row, token) sub-block is two vpmaddwd and adds (or two vpdpwssd) into one accumulator, against the row packed
+   in that order (pack_T_k16); one vpermd per super-block puts the exact lanes back in order for the one-token
+   kernel's fused multiply-add. (The tiles before read Q8_K tokens and spent a byte shuffle, a permute and two
+   widenings per token and sub-block for each row pair.) */
 #define IQ_LANES_K16(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                    \
     static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         typedef block_iq_packed iq_block;                                                                    \
