@@ -302,7 +302,7 @@ static void dot_q6_K_q8_K(int64_t n, float *s, const void *vx, const void *vy) {
 static const struct tk_dot_traits DOTS[TK_TYPE_COUNT] = {
     DOT(TK_F32, TK_F32, dot_f32, SIMD(tk_vec_dot_f32_avx2)),
     DOT2(TK_F16, TK_F16, dot_f16, SIMD(tk_vec_dot_f16_avx2), tk_vec_dot2_f16_avx2, NULL),
-    DOT(TK_BF16, TK_BF16, dot_bf16, SIMD(tk_vec_dot_bf16_avx2)),
+    DOT2(TK_BF16, TK_BF16, dot_bf16, SIMD(tk_vec_dot_bf16_avx2), tk_vec_dot2_bf16_avx2, NULL),
     DOT2(TK_Q4_0, TK_Q8_0, dot_q4_0_q8_0, SIMD(tk_vec_dot_q4_0_q8_0_avx2), tk_vec_dot2_q4_0_q8_0_avx2,
          tk_vec_dot2_q4_0_q8_0_vnni),
     DOT(TK_Q4_1, TK_Q8_1, dot_q4_1_q8_1, SIMD(tk_vec_dot_q4_1_q8_1_avx2)),

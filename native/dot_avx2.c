@@ -73,52 +73,52 @@ AVX2 void tk_vec_dot_f32_avx2(int64_t n, float *s, const void *vx, const void *v
 
 
 
-AVX2 void tk_vec_dot_f16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
-    const tk_half *x = vx, *y = vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_f16(x + i), load_f16(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_f16(x + i + 8), load_f16(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_f16(x + i + 16), load_f16(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_f16(x + i + 24), load_f16(y + i + 24), a3);
+/* F16 and BF16 at the AVX2 and AVX-VNNI levels have an order of their own (the levels need not agree: they are no
+   exact types; AVX512's is dot_avx512.c's): one 8-lane accumulator per (row, token), 8 elements a step, then hsum8,
+   then the elements past the last whole step one by one. One accumulator per pair is what lets a prompt tile hold
+   3 rows × 4 tokens (FLOAT16_TILE_AVX2 below), where ggml's order (four accumulators over steps of 32, which this
+   level followed before) allowed 1 × 3. A row's one chain of fused multiply-adds waits on itself: generation's
+   products take two rows at once (vec_dot2), two chains. */
+#define FLOAT16_DOTS_AVX2(T, ET, LOAD, TOF)                                                                   \
+    static inline AVX2 float dot_tail_##T(float sum, const ET *x, const ET *y, int64_t i, int64_t n) {        \
+        for (; i < n; i++) sum += TOF(x[i]) * TOF(y[i]);                                                      \
+        return sum;                                                                                           \
+    }                                                                                                         \
+    AVX2 void tk_vec_dot_##T##_avx2(int64_t n, float *s, const void *vx, const void *vy) {                    \
+        const ET *x = vx, *y = vy;                                                                            \
+        __m256 acc = _mm256_setzero_ps();                                                                     \
+        int64_t i = 0;                                                                                        \
+        for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(LOAD(x + i), LOAD(y + i), acc);                      \
+        *s = dot_tail_##T(hsum8(acc), x, y, i, n);                                                            \
+    }                                                                                                         \
+    /* two rows against one activation row, each with tk_vec_dot's operations; the weights fetched ahead */    \
+    AVX2 void tk_vec_dot2_##T##_avx2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {        \
+        const ET *x0 = vx, *x1 = (const ET *)((const char *)vx + bx), *y = vy;                                \
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;                                                             \
+        int64_t i = 0;                                                                                        \
+        for (; i + 8 <= n; i += 8) {                                                                          \
+            if (i % 32 == 0) {                                                                                \
+                _mm_prefetch((const char *)(x0 + i) + PREFETCH, PREFETCH_HINT);                               \
+                _mm_prefetch((const char *)(x1 + i) + PREFETCH, PREFETCH_HINT);                               \
+            }                                                                                                 \
+            const __m256 yi = LOAD(y + i);                                                                    \
+            a0 = _mm256_fmadd_ps(LOAD(x0 + i), yi, a0);                                                       \
+            a1 = _mm256_fmadd_ps(LOAD(x1 + i), yi, a1);                                                       \
+        }                                                                                                     \
+        s[0] = dot_tail_##T(hsum8(a0), x0, y, i, n);                                                          \
+        s[1] = dot_tail_##T(hsum8(a1), x1, y, i, n);                                                          \
+    }                                                                                                         \
+    /* a row converted to F32 (exactly) for the packed tile */                                                \
+    static AVX2 void pack_##T##_avx2(const void *vx, void *dst, int64_t n) {                                  \
+        const ET *x = vx;                                                                                     \
+        float *d = dst;                                                                                       \
+        int64_t i = 0;                                                                                        \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, LOAD(x + i));                                      \
+        for (; i < n; i++) d[i] = TOF(x[i]);                                                                  \
     }
-    *s = f16_finish(a0, a1, a2, a3, x, y, i, n);
-}
 
-
-/* two rows against one activation row, each with tk_vec_dot_f16_avx2's operations; the weights fetched ahead */
-AVX2 void tk_vec_dot2_f16_avx2(int64_t n, float *s, const void *vx, size_t bx, const void *vy) {
-    const tk_half *x0 = vx, *x1 = (const tk_half *)((const char *)vx + bx), *y = vy;
-    __m256 a[2][4];
-    for (int r = 0; r < 2; r++)
-        for (int k = 0; k < 4; k++) a[r][k] = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        _mm_prefetch((const char *)(x0 + i) + PREFETCH, PREFETCH_HINT);
-        _mm_prefetch((const char *)(x1 + i) + PREFETCH, PREFETCH_HINT);
-        for (int k = 0; k < 4; k++) {
-            const __m256 yk = load_f16(y + i + 8 * k);
-            a[0][k] = _mm256_fmadd_ps(load_f16(x0 + i + 8 * k), yk, a[0][k]);
-            a[1][k] = _mm256_fmadd_ps(load_f16(x1 + i + 8 * k), yk, a[1][k]);
-        }
-    }
-    s[0] = f16_finish(a[0][0], a[0][1], a[0][2], a[0][3], x0, y, i, n);
-    s[1] = f16_finish(a[1][0], a[1][1], a[1][2], a[1][3], x1, y, i, n);
-}
-
-AVX2 void tk_vec_dot_bf16_avx2(int64_t n, float *s, const void *vx, const void *vy) {
-    const uint16_t *x = vx, *y = vy;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_fmadd_ps(load_bf16(x + i), load_bf16(y + i), a0);
-        a1 = _mm256_fmadd_ps(load_bf16(x + i + 8), load_bf16(y + i + 8), a1);
-        a2 = _mm256_fmadd_ps(load_bf16(x + i + 16), load_bf16(y + i + 16), a2);
-        a3 = _mm256_fmadd_ps(load_bf16(x + i + 24), load_bf16(y + i + 24), a3);
-    }
-    *s = bf16_finish(a0, a1, a2, a3, x, y, i, n);
-}
+FLOAT16_DOTS_AVX2(f16, tk_half, load_f16, h2f)
+FLOAT16_DOTS_AVX2(bf16, uint16_t, load_bf16, bf2f)
 
 /* ---------------------------------------------------------------------------------------------- legacy types */
 /* One block each: acc + d_x·d_y·(integer dot product in 8 lanes), in one accumulator as ggml's AVX2 kernels do:
@@ -866,36 +866,52 @@ static AVX2 void pack_q6_K_avx2(const void *vx, void *dst, int64_t n) {
 Q6_K_PACKED_TILE(tile_q6_K_avx2_p, 3, 4, &tile_q6_K_avx2_tile)
 Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
 
-/* F16 tiles: per (row, token) the four accumulators of tk_vec_dot_f16_avx2 over steps of 32 elements, then its tail.
-   The AVX512 build (dot_avx512.c) holds accumulators 0|1 and 2|3 of a pair in two 512-bit registers: lane for lane
-   the same fused multiply-adds, two at once. */
-
-
-#define FLOAT16_TILE_AVX2(NAME, RM, RN, ET, LOAD, FINISH)                                                     \
+/* F16 and BF16 tiles, 3 rows × RN tokens in the one-token kernels' order: W(r, i) the 8 weights of row r from
+   element i as F32 and X(r, j) element j, from the packed rows (F32, converted once per row tile for all its
+   tokens) or the file's; the tokens (the vec_dot_type's) converted per use. Per step, 4 conversions for 12 fused
+   multiply-adds. (Tried, slower here: the tokens widened to F32 once per matrix, an activation type of their own,
+   whose twice the bytes the tile then streams from L2 and L3; and row tiles in groups that stay in L2 while each
+   token tile passes, no faster.) */
+#define FLOAT16_TILE_AVX2(NAME, RN, ET, LOAD, TOF, W, X)                                                      \
     AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {     \
-        __m256 acc[RM][RN][4];                                                                               \
+        enum { RM = 3 };                                                                                     \
+        __m256 acc[RM][RN];                                                                                  \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++)                                                                     \
-                for (int k = 0; k < 4; k++) acc[r][t][k] = _mm256_setzero_ps();                              \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
         int64_t i = 0;                                                                                       \
-        for (; i + 32 <= n; i += 32)                                                                         \
-            for (int k = 0; k < 4; k++) {                                                                    \
-                __m256 w[RM];                                                                                \
-                for (int r = 0; r < RM; r++) w[r] = LOAD(ROW16(ET, vx, bx, r) + i + 8 * k);                  \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const __m256 a = LOAD(ROW16(ET, vy, by, t) + i + 8 * k);                                 \
-                    for (int r = 0; r < RM; r++) acc[r][t][k] = _mm256_fmadd_ps(w[r], a, acc[r][t][k]);      \
-                }                                                                                            \
+        for (; i + 8 <= n; i += 8) {                                                                         \
+            __m256 w[RM];                                                                                    \
+            for (int r = 0; r < RM; r++) w[r] = W(ET, LOAD, r, i);                                           \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const __m256 a = LOAD(ROW16(ET, vy, by, t) + i);                                             \
+                for (int r = 0; r < RM; r++) acc[r][t] = _mm256_fmadd_ps(w[r], a, acc[r][t]);                \
             }                                                                                                \
+        }                                                                                                    \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++)                                                                     \
-                s[r * ls + t] = FINISH(acc[r][t][0], acc[r][t][1], acc[r][t][2], acc[r][t][3],               \
-                                       ROW16(ET, vx, bx, r), ROW16(ET, vy, by, t), i, n);                    \
-    }                                                                                                        \
-    TILE_ENTRY(NAME, RM, RN)
+            for (int t = 0; t < RN; t++) {                                                                   \
+                const ET *y = ROW16(ET, vy, by, t);                                                          \
+                float sum = hsum8(acc[r][t]);                                                                \
+                for (int64_t j = i; j < n; j++) sum += X(ET, TOF, r, j) * TOF(y[j]);                         \
+                s[r * ls + t] = sum;                                                                         \
+            }                                                                                                \
+    }
 
-FLOAT16_TILE_AVX2(tile_f16_avx2, 1, 3, tk_half, load_f16, f16_finish)
-FLOAT16_TILE_AVX2(tile_bf16_avx2, 1, 3, uint16_t, load_bf16, bf16_finish)
+#define PACKED_F32_ROW(r) ((const float *)((const char *)vx + (r) * bx))
+#define FLOAT16_PACKED_W(ET, LOAD, r, i) _mm256_loadu_ps(PACKED_F32_ROW(r) + (i))
+#define FLOAT16_PACKED_X(ET, TOF, r, j) PACKED_F32_ROW(r)[j]
+#define FLOAT16_RAW_W(ET, LOAD, r, i) LOAD(ROW16(ET, vx, bx, r) + (i))
+#define FLOAT16_RAW_X(ET, TOF, r, j) TOF(ROW16(ET, vx, bx, r)[j])
+
+/* packed for many tokens; for 2 or 3, the file's rows */
+#define FLOAT16_TILES_AVX2(T, ET, LOAD, TOF)                                                                  \
+    FLOAT16_TILE_AVX2(tile_##T##_packed4, 4, ET, LOAD, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)               \
+    FLOAT16_TILE_AVX2(tile_##T##_raw2, 2, ET, LOAD, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                        \
+    static const struct tk_gemm tile_##T##_raw2_tile = {tile_##T##_raw2, 3, 2, NULL, 0, 0, NULL};            \
+    static const struct tk_gemm tile_##T##_avx2_tile = {tile_##T##_packed4, 3, 4, pack_##T##_avx2,            \
+                                                        sizeof(float), 0, &tile_##T##_raw2_tile};
+
+FLOAT16_TILES_AVX2(f16, tk_half, load_f16, h2f)
+FLOAT16_TILES_AVX2(bf16, uint16_t, load_bf16, bf2f)
 
 /* ---------------------------------------------------------------------------------------------- tile table */
 

@@ -734,7 +734,8 @@ static inline AVX512 __m512 load16_f16(const tk_half *p) {
    16-lane accumulator per (row, token), 16 elements a step, then the lanes summed as hsum8(low half + high half),
    then the elements past the last whole step one by one. One accumulator per pair is what lets a tile hold 4 × 6 of
    them, and its weight rows converted to F32 once for all its tokens (packed): per step, 6 conversions for 24 fused
-   multiply-adds where the order of the AVX2 kernel (four 8-lane accumulators) allowed 3 × 4 pairs and 14. */
+   multiply-adds where ggml's order (four 8-lane accumulators) allowed 3 × 4 pairs and 14. The AVX2 level has its
+   own order on the same plan (dot_avx2.c). */
 static inline AVX512 __m512 load16_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }

@@ -67,18 +67,6 @@ static inline AVX2 __m256 load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
 
-/* the end of the AVX2 F16/BF16 products (four 8-lane accumulators over steps of 32 elements): the 8-element steps
-   into a0, the lanes summed, the scalar tail */
-#define FLOAT16_FINISH(NAME, ET, LOAD, TOF)                                                                   \
-    static inline AVX2 float NAME(__m256 a0, __m256 a1, __m256 a2, __m256 a3, const ET *x, const ET *y,       \
-                                  int64_t i, int64_t n) {                                                     \
-        for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(LOAD(x + i), LOAD(y + i), a0);                        \
-        float sum = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));                       \
-        for (; i < n; i++) sum += TOF(x[i]) * TOF(y[i]);                                                      \
-        return sum;                                                                                           \
-    }
-FLOAT16_FINISH(f16_finish, tk_half, load_f16, h2f)
-FLOAT16_FINISH(bf16_finish, uint16_t, load_bf16, bf2f)
 
 #define VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 

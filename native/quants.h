@@ -303,6 +303,7 @@ void tk_vec_dot_q4_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y
 void tk_vec_dot_q5_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot_q6_K_q8_K_avx2(int64_t n, float *s, const void *x, const void *y);
 void tk_vec_dot2_f16_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
+void tk_vec_dot2_bf16_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
 void tk_vec_dot2_q4_0_q8_0_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
 void tk_vec_dot2_q8_0_q8_0_avx2(int64_t n, float *s, const void *x, size_t bx, const void *y);
 void tk_vec_dot2_q4_0_q8_0_vnni(int64_t n, float *s, const void *x, size_t bx, const void *y);

@@ -264,13 +264,15 @@ static void check_matmul(int t, int level) {
     const char *name = tk_traits(t)->name, *lv = LEVEL_NAMES[level];
     /* 32-element types get a shape of 19 blocks too: kernels that take four blocks at a time end on a tail of 3 */
     const int64_t tail = tk_traits(t)->block_size == QK ? 3 * QK : 0;
-    /* 6 tokens: fewer than most tiles take, more than their narrow variants (gemm_for picks the narrow one) */
+    /* 6 tokens: fewer than most tiles take, more than their narrow variants (gemm_for picks the narrow one); 3: the
+       narrow variants of 2 tokens (F16's and BF16's), their token tiles repeated; float rows get a tail past the
+       8-element steps */
     const int64_t shapes[][3] = {{37, 2 * QK_K + tail, 11}, {8, QK_K, 4}, {130, 2048, 9}, {5, 4 * QK_K, 1},
-                                 {21, QK_K, 6}};
+                                 {21, QK_K, 6}, {11, QK_K, 3}};
     int64_t bad_ref = 0, bad_batch = 0, bad_threads = 0, outputs = 0;
     double worst = 0;
     for (int si = 0; si < COUNT(shapes); si++) {
-        const int64_t rows = shapes[si][0], cols = shapes[si][1], n = shapes[si][2];
+        const int64_t rows = shapes[si][0], cols = shapes[si][1] + (is_float(t) ? 7 : 0), n = shapes[si][2];
         const size_t wb = tk_row_size(t, cols);
         uint8_t *w = malloc(wb * (size_t)rows);
         float *x = malloc(sizeof(float) * (size_t)(n * cols)), *ys = malloc(sizeof(float) * (size_t)(n * rows)),
