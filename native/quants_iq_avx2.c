@@ -9,19 +9,20 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include "simd_x86.h"
 
-/* the 32 values of 16 bytes of indices: low nibbles (elements 0..15), then high nibbles (16..31) */
-static inline AVX2 __m256i iq4_values32(const uint8_t *qs, __m128i table) {
-    const __m128i bits = _mm_loadu_si128((const __m128i *)qs), m4 = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_shuffle_epi8(table, _mm_and_si128(bits, m4));
-    const __m128i hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(bits, 4), m4));
-    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+/* the 32 values of 16 bytes of indices: low nibbles (elements 0..15), then high nibbles (16..31): the bytes in both
+   halves, the high half shifted by 4, one lookup (table: the 16 values in both halves) */
+static inline AVX2 __m256i iq4_values32(const uint8_t *qs, __m256i table) {
+    const __m256i bits = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
+    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(bits, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
+                                         _mm256_set1_epi8(0x0F));
+    return _mm256_shuffle_epi8(table, idx);
 }
 
 AVX2 void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq4_nl *x = vx;
     const block_q8_0 *y = vy;
     const int64_t nb = n / QK;
-    const __m128i table = _mm_loadu_si128((const __m128i *)tk_iq4nl_values);
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     const __m256i one = _mm256_set1_epi16(1);
     __m256 acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps();
     int64_t ib = 0;
@@ -50,7 +51,7 @@ AVX2 void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *vx, const
 AVX2 void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq4_xs *x = vx;
     const block_q8_K *y = vy;
-    const __m128i table = _mm_loadu_si128((const __m128i *)tk_iq4nl_values);
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     float sumf = 0;
     for (int64_t i = 0; i < n / QK_K; ++i) {
         const uint8_t *qs = x[i].qs;
