@@ -29,12 +29,6 @@ static inline AVX2 void q8_0_tokens_u8(const void *vy, size_t by, int64_t b, int
     }
 }
 
-/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31) */
-static inline AVX2 __m256i nibbles32(const uint8_t *q) {
-    __m128i t = _mm_loadu_si128((const __m128i *)q);
-    __m256i b = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-}
 
 /* Scales of groups of 16 as int16, for the products of 32 quants (two groups, one per 128-bit lane):
    sc16[0] holds scales 0..7 in both lanes, sc16[1] scales 8..15; scale_pair gives [s[2m] x8 | s[2m+1] x8]. */

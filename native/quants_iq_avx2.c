@@ -9,15 +9,6 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include "simd_x86.h"
 
-/* the 32 values of 16 bytes of indices: low nibbles (elements 0..15), then high nibbles (16..31): the bytes in both
-   halves, the high half shifted by 4, one lookup (table: the 16 values in both halves) */
-static inline AVX2 __m256i iq4_values32(const uint8_t *qs, __m256i table) {
-    const __m256i bits = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)qs));
-    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(bits, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)),
-                                         _mm256_set1_epi8(0x0F));
-    return _mm256_shuffle_epi8(table, idx);
-}
-
 AVX2 void tk_vec_dot_iq4_nl_q8_0_avx2(int64_t n, float *s, const void *vx, const void *vy) {
     const block_iq4_nl *x = vx;
     const block_q8_0 *y = vy;

@@ -24,6 +24,18 @@ static inline AVX2 int32_t hsum8_epi32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15), then the high ones (16..31): the bytes
+   broadcast to both halves, the high half shifted by 4 (vpsrlvd), masked */
+static inline AVX2 __m256i nibbles32(const uint8_t *q) {
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)q));
+    return _mm256_and_si256(_mm256_srlv_epi32(b, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(0x0F));
+}
+
+/* the 32 IQ4_NL values of 16 bytes of indices (nibbles32's order); table: the 16 values in both halves */
+static inline AVX2 __m256i iq4_values32(const uint8_t *qs, __m256i table) {
+    return _mm256_shuffle_epi8(table, nibbles32(qs));
+}
+
 /* signed x · signed y as 16 int16 sums of adjacent products (ggml's mul_add_epi8: the sign of x moved onto y; exact
    when x is never -128 and no pair sum overflows) */
 static inline AVX2 __m256i pairs_s8(__m256i x, __m256i y) {

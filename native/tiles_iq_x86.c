@@ -72,7 +72,7 @@ static inline AVX2 __m256i signed_points(uint64_t g0, uint64_t g1, uint64_t g2, 
 static inline AVX2 __m256i iq4_xs_sub(const block_iq4_xs *x, int ib, int *ls) {
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     *ls = (((x->scales_l[ib / 2] >> 4 * (ib % 2)) & 0xF) | (((x->scales_h >> 2 * ib) & 3) << 4)) - 32;
-    return _mm256_shuffle_epi8(table, nibbles32(x->qs + 16 * ib));
+    return iq4_values32(x->qs + 16 * ib, table);
 }
 
 #define IQ2_SIGNS7(v) tk_iq2_sign_bytes[tk_iq2_ksigns[(v) & 127]]
@@ -269,7 +269,7 @@ static AVX2 void pack_iq4_nl(const void *vx, void *dst, int64_t n) {
     block_iq4_nl_packed *p = dst;
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tk_iq4nl_values));
     for (int64_t b = 0; b < n / QK; b++) {
-        const __m256i v = _mm256_shuffle_epi8(table, nibbles32(x[b].qs));
+        const __m256i v = iq4_values32(x[b].qs, table);
         /* 128·(v0 + v1) fits 16 bits for values ≥ -127 */
         const __m256i c = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), v), _mm256_set1_epi16(1));
         _mm256_storeu_si256((__m256i *)p[b].v, v);
