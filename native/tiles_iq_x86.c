@@ -587,31 +587,42 @@ static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i a, __m256i b) {
 }
 static inline VNNI __m256i madd_add_vnni(__m256i acc, __m256i a, __m256i b) { return _mm256_dpwssd_avx_epi32(acc, a, b); }
 
-#define IQ_SB_TILE_K16(NAME, RM, RN, ATTR, MADD_ADD)                                                          \
+/* the sums of the lanes of s[0..7], in lane p the sum of s[p] (exact integers: any order), by horizontal adds */
+static inline AVX2 __m256i lane_sums8(const __m256i s[8]) {
+    const __m256i q0 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
+    const __m256i q1 = _mm256_hadd_epi32(_mm256_hadd_epi32(s[4], s[5]), _mm256_hadd_epi32(s[6], s[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+/* 2 rows x 4 tokens, pair p = 4 r + t in lane p: per super-block the 8 pairs' exact sums at once (lane_sums8), then
+   the one-token kernel's float step, lane by lane: acc + (d_x · d_y) · sum as one fused multiply-add */
+#define IQ_SB_TILE_K16(NAME, ATTR, MADD_ADD)                                                                  \
     static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        enum { RM = 2, RN = 4 };                                                                             \
         typedef block_iq_packed iq_block;                                                                    \
-        float sb[RM][RN];                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) sb[r][t] = 0;                                                       \
+        __m256 acc = _mm256_setzero_ps();                                                                    \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            __m256i sum[RM][RN];                                                                             \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++) sum[r][t] = _mm256_setzero_si256();                             \
+            __m256i sum[RM * RN];                                                                            \
+            for (int p = 0; p < RM * RN; p++) sum[p] = _mm256_setzero_si256();                               \
             for (int k = 0; k < QK_K / 16; k++)                                                              \
                 for (int t = 0; t < RN; t++) {                                                               \
                     const __m256i y = load32(Q8_K16_ROW(t, b)->qs + 16 * k);                                 \
                     for (int r = 0; r < RM; r++)                                                             \
-                        sum[r][t] = MADD_ADD(sum[r][t], load32(IQ_ROW(r, b)->w + 16 * k), y);                \
+                        sum[RN * r + t] = MADD_ADD(sum[RN * r + t], load32(IQ_ROW(r, b)->w + 16 * k), y);    \
                 }                                                                                            \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++)                                                                 \
-                    sb[r][t] = fmaf(IQ_ROW(r, b)->d * Q8_K16_ROW(t, b)->d, (float)hsum8_epi32(sum[r][t]), sb[r][t]); \
+            const __m256 dx = _mm256_setr_m128(_mm_set1_ps(IQ_ROW(0, b)->d), _mm_set1_ps(IQ_ROW(1, b)->d)); \
+            const __m128 dy4 = _mm_setr_ps(Q8_K16_ROW(0, b)->d, Q8_K16_ROW(1, b)->d, Q8_K16_ROW(2, b)->d,    \
+                                           Q8_K16_ROW(3, b)->d);                                             \
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(dx, _mm256_setr_m128(dy4, dy4)),                             \
+                                  _mm256_cvtepi32_ps(lane_sums8(sum)), acc);                                 \
         }                                                                                                    \
+        float o[RM * RN];                                                                                    \
+        _mm256_storeu_ps(o, acc);                                                                            \
         for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) s[r * ls + t] = sb[r][t];                                           \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = o[RN * r + t];                                      \
     }
-IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, 2, 4, AVX2, madd_add_avx2)
-IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, 2, 4, VNNI, madd_add_vnni)
+IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, AVX2, madd_add_avx2)
+IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, VNNI, madd_add_vnni)
 
 /* The grid types' tiles at the AVX2 and AVX-VNNI levels on Q8_K16 tokens (widened once per token and matrix). Per
    sub-block, a token's two loads of 16 activations (int16 pairs 0..7 and 8..15; pair j holds elements 2j, 2j + 1,
