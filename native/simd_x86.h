@@ -42,13 +42,23 @@ static inline AVX2 __m256i pairs_s8(__m256i x, __m256i y) {
     return _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
 }
 
-/* 32 bits (bit k: byte k) as 32 bytes, 0xFF where the bit is set: each byte of bits spread over 8 bytes, one bit
-   kept per byte and compared */
-static inline AVX2 __m256i bits32_mask(uint32_t bits) {
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
-                                            3, 3, 3, 3, 3, 3, 3);
+/* the 32 bits at byte 4h of a broadcast 64-bit word b (bit k: byte k) as 32 bytes, 0xFF where the bit is set: each
+   byte spread over 8 bytes, one bit kept per byte and compared */
+static inline AVX2 __m256i bits32_mask_at(__m256i b, int h) {
+    const __m256i spread = _mm256_add_epi8(_mm256_set1_epi8((char)(4 * h)),
+                                           _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                            2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
     const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread), bit), bit);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_shuffle_epi8(b, spread), bit), bit);
+}
+
+static inline AVX2 __m256i bits32_mask(uint32_t bits) { return bits32_mask_at(_mm256_set1_epi32((int)bits), 0); }
+
+/* the masks of two groups of 32 bits (the low half of bits, then the high half) from one broadcast */
+static inline AVX2 void bits64_masks(uint64_t bits, __m256i m[2]) {
+    const __m256i b = _mm256_set1_epi64x((long long)bits);
+    m[0] = bits32_mask_at(b, 0);
+    m[1] = bits32_mask_at(b, 1);
 }
 
 /* the 32 bytes of v, negated where bit k of bits is set (the IQ types' sign bits) */
