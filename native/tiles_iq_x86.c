@@ -7,7 +7,9 @@
    super-block decoded ONCE (grid lookups, signs, scales: pack) into signed 16-bit weights already multiplied by their
    scale (|scale·w| ≤ 32·127), multiplied with 16-bit activations by vpmaddwd/vpdpwssd in pairs that fall into lane l:
    integer sums in another order, so the same integers, and the float steps are the one-token kernel's lane for lane.
-   At the AVX2 and AVX-VNNI levels a token's lanes fill a 256-bit register (IQ_LANES_K16, on 16-bit tokens); at the
+   At the AVX2 level the grid types' rows stay bytes and the tokens' bytes are made unsigned (IQ_BYTES_TILE: one
+   vpmaddubsw and one vpmaddwd by the scales per sub-block); at the AVX-VNNI level a token's lanes fill a 256-bit
+   register (IQ_LANES_K16, on 16-bit tokens, vpdpwssd); at the
    AVX512 level 16 rows fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per register, IQ_TILE). IQ4_XS's kernels
    sum in super-block order instead (quants_iq.c: one exact integer per super-block, then one float step): its AVX2
    and AVX-VNNI tiles sum the integers in element order (IQ_SB_TILE_K16), its AVX512 tile holds 16 rows in lanes
@@ -27,6 +29,11 @@
 /* a super-block decoded: its 256 scaled weights in the order of the tile that reads them (store_sub_block for
    IQ_TILE, store_sub_block_k16 for IQ_LANES_K16, element order for IQ_SB_TILE_K16); d the fp16 scale as a float */
 typedef struct { int16_t w[QK_K]; float d; } block_iq_packed;
+/* a super-block decoded for IQ_BYTES_TILE: its 256 signed values as bytes (element order), each sub-block's scales as
+   the 16 int16 words its pair sums are multiplied by (8 of its first scale, 8 of its last), the lanes' -128·Σ scale·w
+   (the start of every token's sums: the tokens come as y + 128), d the fp16 scale as a float */
+typedef struct { int8_t w[QK_K]; int16_t sc[QK_K / 32][16]; int32_t c[8]; float d; } block_iq_bytes;
+_Static_assert(sizeof(block_iq_bytes) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 /* IQ1_S's: the same, and each sub-block's scale with the sign of its shift twice (int16 pairs, for the block sums) */
 typedef struct { int16_t w[QK_K]; float d; int16_t delta[16]; } block_iq1_s_packed;
 
@@ -175,8 +182,30 @@ static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx,
         }
     }
 }
+/* the same for IQ_BYTES_TILE */
+static inline __attribute__((always_inline)) AVX2 void pack_subs_bytes(const void *vx, void *dst, int64_t n, size_t size,
+                                                                       iq_sub_fn sub) {
+    block_iq_bytes *p = dst;
+    for (int64_t b = 0; b < n / QK_K; b++) {
+        const char *x = (const char *)vx + (size_t)b * size;
+        p[b].d = tk_fp16_table[*(const tk_half *)x];
+        __m256i c = _mm256_setzero_si256();
+        for (int ib = 0; ib < QK_K / 32; ib++) {
+            int lo, hi;
+            const __m256i v = sub(x, ib, &lo, &hi);
+            const __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+            _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib), v);
+            _mm256_storeu_si256((__m256i *)p[b].sc[ib], sc);
+            c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), v), sc));
+        }
+        _mm256_storeu_si256((__m256i *)p[b].c, _mm256_sub_epi32(_mm256_setzero_si256(), c));
+    }
+}
 #define IQ_PACK(T, BLOCK)                                                                                     \
-    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) { pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub); }
+    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) { pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub); } \
+    static AVX2 void pack_##T##_bytes(const void *vx, void *dst, int64_t n) {                                 \
+        pack_subs_bytes(vx, dst, n, sizeof(BLOCK), T##_sub);                                                 \
+    }
 IQ_PACK(iq2_xxs, block_iq2_xxs)
 IQ_PACK(iq2_xs, block_iq2_xs)
 IQ_PACK(iq2_s, block_iq2_s)
@@ -561,7 +590,7 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
     static const struct tk_gemm T##_x16_2 = IQ_X16_ENTRY(T, FACTOR, 2, NULL);                                \
     static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 4, &T##_x16_2);                          \
     static const struct tk_gemm T##_tiles[3] = {                                                             \
-        {tile_iq_lanes_##FACTOR##_avx2, 4, 2, pack_##T##_k16, sizeof(block_iq_packed), TK_Q8_K16, NULL},  \
+        {tile_iq_bytes_##FACTOR##_avx2, 2, 5, pack_##T##_bytes, sizeof(block_iq_bytes), TK_Q8_K, NULL}, \
         {tile_iq_lanes_##FACTOR##_vnni, 4, 2, pack_##T##_k16, sizeof(block_iq_packed), TK_Q8_K16, NULL},  \
         IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
 /* IQ4_XS at the AVX2 and AVX-VNNI levels: super-block order lets the integers be summed in any order, so the weights
@@ -624,7 +653,7 @@ static inline AVX2 __m256i lane_sums8(const __m256i s[8]) {
 IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, AVX2, madd_add_avx2)
 IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, VNNI, madd_add_vnni)
 
-/* The grid types' tiles at the AVX2 and AVX-VNNI levels on Q8_K16 tokens (widened once per token and matrix). Per
+/* The grid types' tiles at the AVX-VNNI level on Q8_K16 tokens (widened once per token and matrix). Per
    sub-block, a token's two loads of 16 activations (int16 pairs 0..7 and 8..15; pair j holds elements 2j, 2j + 1,
    which belong to lane j / 2) are regrouped by two vshufps into the even pairs 0, 2, 8, 10 | 4, 6, 12, 14 and the odd
    pairs 1, 3, 9, 11 | 5, 7, 13, 15: dword k of both registers then belongs to the same lane (0, 1, 4, 5, 2, 3, 6, 7),
@@ -667,11 +696,48 @@ IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, VNNI, madd_add_vnni)
         for (int r = 0; r < RM; r++)                                                                         \
             for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
     }
+/* The grid types' tiles at the AVX2 level on Q8_K tokens as they are: the rows packed as signed bytes (|w| <= 62), the
+   tokens' bytes made unsigned (y + 128, one xor per token and sub-block), so that a (row, token) sub-block is one
+   vpmaddubsw (pairs within 255·62·2 = 31620: exact in 16 bits), whose pair sums fall where the one-token kernels'
+   do, and one vpmaddwd by the sub-block's scales into lane l (elements 4l..4l + 3) — started from the row's
+   -128·Σ scale·w (pack_T_bytes), the one-token kernel's exact lanes; then its float step. */
+#define IQ_BYTES_TILE(NAME, RM, RN, FACTOR)                                                                   \
+    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        typedef block_iq_bytes iq_block;                                                                     \
+        const __m256i flip = _mm256_set1_epi8((char)0x80);                                                  \
+        __m256 acc[RM][RN];                                                                                  \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
+        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
+            __m256i sum[RM][RN];                                                                             \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++) sum[r][t] = load32(IQ_ROW(r, b)->c);                            \
+            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
+                __m256i w[RM];                                                                               \
+                for (int r = 0; r < RM; r++) w[r] = load32(IQ_ROW(r, b)->w + 32 * ib);                       \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m256i y = _mm256_xor_si256(load32(Q8_K_ROW(t, b)->qs + 32 * ib), flip);          \
+                    for (int r = 0; r < RM; r++)                                                             \
+                        sum[r][t] = _mm256_add_epi32(sum[r][t], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w[r]), \
+                                                                                  load32(IQ_ROW(r, b)->sc[ib]))); \
+                }                                                                                            \
+            }                                                                                                \
+            for (int r = 0; r < RM; r++)                                                                     \
+                for (int t = 0; t < RN; t++)                                                                 \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K_ROW(t, b)->d),         \
+                                                _mm256_cvtepi32_ps(sum[r][t]), acc[r][t]);                   \
+        }                                                                                                    \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
+    }
+/* 2 rows x 5 tokens (one thread, -O3, IQ2_S 2048 x 5632 x 128 tokens: 49 GMAC/s; 2 x 4 and 3 x 3 44, 2 x 6 47,
+   3 x 4 40, 4 x 2 42; the 16-bit tile before, IQ_LANES_K16 4 x 2: 35) */
+IQ_BYTES_TILE(tile_iq_bytes_x1_avx2, 2, 5, 1.0f)
+IQ_BYTES_TILE(tile_iq_bytes_x4_avx2, 2, 5, 0.25f)
+IQ_BYTES_TILE(tile_iq_bytes_x8_avx2, 2, 5, 0.125f)
+
 /* 4 rows x 2 tokens: 8 accumulators, the rows' 8 registers of a sub-block and a token's 2 (one thread, 2048 x 5632 x
    128 tokens, -O3: the Q8_K tiles' 2 x 4 26 GMAC/s, this 37; 2 x 6 and 3 x 2 alike, 2 x 4 32) */
-IQ_LANES_K16(tile_iq_lanes_x1_avx2, 4, 2, 1.0f, AVX2, madd_add_avx2)
-IQ_LANES_K16(tile_iq_lanes_x4_avx2, 4, 2, 0.25f, AVX2, madd_add_avx2)
-IQ_LANES_K16(tile_iq_lanes_x8_avx2, 4, 2, 0.125f, AVX2, madd_add_avx2)
 IQ_LANES_K16(tile_iq_lanes_x1_vnni, 4, 2, 1.0f, VNNI, madd_add_vnni)
 IQ_LANES_K16(tile_iq_lanes_x4_vnni, 4, 2, 0.25f, VNNI, madd_add_vnni)
 IQ_LANES_K16(tile_iq_lanes_x8_vnni, 4, 2, 0.125f, VNNI, madd_add_vnni)
