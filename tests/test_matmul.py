@@ -218,12 +218,13 @@ def _isa_levels():
 def test_tiles_match_one_token_kernels(t, level):
     """Prompt processing runs tiles (several weight rows × several tokens at once) where the type has them; every
     output must still be bit for bit the one-token kernel's, on each instruction-set level the CPU offers. Shapes
-    leave partial tiles on both sides."""
+    leave partial tiles on both sides, and an odd number of blocks above one (IQ4_NL's kernels end on one block of
+    their own)."""
     native.set_isa_limit(level)
     try:
         for rows, cols, n in [(37, min_cols(t) * 2, 11), (8, min_cols(t), 4), (130, 2048, 9), (13, min_cols(t), 2),
                               (9, min_cols(t) * 2, 3), (21, min_cols(t), 7), (6, min_cols(t), 8),
-                              (10, min_cols(t), 6)]:
+                              (10, min_cols(t), 6), (11, min_cols(t) * 3, 5)]:
             wq, _ = weights(t, rows, cols, 5 + t)
             x = activations(n, cols, 5 + t)
             full = matmul(t, wq, rows, cols, x, simd=True)
