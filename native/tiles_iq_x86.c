@@ -168,43 +168,47 @@ static inline AVX2 __m256i iq3_s_sub(const void *block, int ib, int *s_lo, int *
 _Static_assert(offsetof(block_iq2_xxs, d) == 0 && offsetof(block_iq2_xs, d) == 0 && offsetof(block_iq2_s, d) == 0 &&
                offsetof(block_iq3_xxs, d) == 0 && offsetof(block_iq3_s, d) == 0, "d first");
 
-/* a row of blocks of `size` bytes packed for IQ_LANES_K16 (sub inlined as a constant) */
+/* each sub-block of a row of blocks of `size` bytes, decoded by sub, handed to put with its block's number and d as a
+   float (both inlined as constants) */
+typedef void (*iq_put_fn)(void *dst, int64_t b, float d, int ib, __m256i v, int lo, int hi);
 static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx, void *dst, int64_t n, size_t size,
-                                                                 iq_sub_fn sub) {
-    block_iq_packed *p = dst;
+                                                                 iq_sub_fn sub, iq_put_fn put) {
     for (int64_t b = 0; b < n / QK_K; b++) {
         const char *x = (const char *)vx + (size_t)b * size;
-        p[b].d = tk_fp16_table[*(const tk_half *)x];
+        const float d = tk_fp16_table[*(const tk_half *)x];
         for (int ib = 0; ib < QK_K / 32; ib++) {
             int lo, hi;
             const __m256i v = sub(x, ib, &lo, &hi);
-            store_sub_block_k16(p[b].w + 32 * ib, v, lo, hi);
+            put(dst, b, d, ib, v, lo, hi);
         }
     }
 }
-/* the same for IQ_BYTES_TILE */
-static inline __attribute__((always_inline)) AVX2 void pack_subs_bytes(const void *vx, void *dst, int64_t n, size_t size,
-                                                                       iq_sub_fn sub) {
-    block_iq_bytes *p = dst;
-    for (int64_t b = 0; b < n / QK_K; b++) {
-        const char *x = (const char *)vx + (size_t)b * size;
-        p[b].d = tk_fp16_table[*(const tk_half *)x];
-        __m256i c = _mm256_setzero_si256();
-        for (int ib = 0; ib < QK_K / 32; ib++) {
-            int lo, hi;
-            const __m256i v = sub(x, ib, &lo, &hi);
-            const __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
-            _mm256_storeu_si256((__m256i *)(p[b].w + 32 * ib), v);
-            _mm256_storeu_si256((__m256i *)p[b].sc[ib], sc);
-            c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), v), sc));
-        }
-        _mm256_storeu_si256((__m256i *)p[b].c, _mm256_sub_epi32(_mm256_setzero_si256(), c));
-    }
+
+/* for IQ_LANES_K16 */
+static inline AVX2 void put_k16(void *dst, int64_t b, float d, int ib, __m256i v, int lo, int hi) {
+    block_iq_packed *p = (block_iq_packed *)dst + b;
+    p->d = d;
+    store_sub_block_k16(p->w + 32 * ib, v, lo, hi);
+}
+
+/* for IQ_BYTES_TILE: the values, the scales as the madd operand, and the lanes' -128·Σ scale·w summed over the
+   sub-blocks so far */
+static inline AVX2 void put_bytes(void *dst, int64_t b, float d, int ib, __m256i v, int lo, int hi) {
+    block_iq_bytes *p = (block_iq_bytes *)dst + b;
+    const __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)hi), _mm_set1_epi16((short)lo));
+    const __m256i c = ib ? load32(p->c) : _mm256_setzero_si256();
+    p->d = d;
+    _mm256_storeu_si256((__m256i *)(p->w + 32 * ib), v);
+    _mm256_storeu_si256((__m256i *)p->sc[ib], sc);
+    _mm256_storeu_si256((__m256i *)p->c,
+                        _mm256_sub_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), v), sc)));
 }
 #define IQ_PACK(T, BLOCK)                                                                                     \
-    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) { pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub); } \
+    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) {                                   \
+        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, put_k16);                                              \
+    }                                                                                                        \
     static AVX2 void pack_##T##_bytes(const void *vx, void *dst, int64_t n) {                                 \
-        pack_subs_bytes(vx, dst, n, sizeof(BLOCK), T##_sub);                                                 \
+        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, put_bytes);                                            \
     }
 IQ_PACK(iq2_xxs, block_iq2_xxs)
 IQ_PACK(iq2_xs, block_iq2_xs)
