@@ -10,9 +10,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include "simd_x86.h"
 
-/* The three kernels take a super-block two groups of 32 at a time, each group's pair sums into its own lane sums (two
-   chains), its scales from one register made per super-block (iq_scales16) where the group has two: a group's
-   integers are ggml's, only their adds are ordered otherwise (exact). */
+/* The three kernels add the even and the odd groups of 32 of a super-block into two lane-sum chains, each group's
+   scales from one register made per super-block (iq_scales16) where the group has two: a group's integers are
+   ggml's, only their adds are ordered otherwise (exact). */
 
 /* the 16 pair sums (int16) of 32 weights (four grid points g0..g3; signs as ±1 bytes) with 32 activations */
 static inline AVX2 __m256i pairs32(uint64_t g0, uint64_t g1, uint64_t g2, uint64_t g3, __m256i sign, const int8_t *q8) {
