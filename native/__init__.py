@@ -74,6 +74,7 @@ cpu_features = _core.cpu_features
 set_force_scalar = _core.set_force_scalar
 set_gelu_fp16 = _core.set_gelu_fp16  # GELU through ggml's fp16 table, for comparisons with llama.cpp
 set_isa_limit = _core.set_isa_limit
+set_l2_bytes = _core.set_l2_bytes
 
 
 def count_nonfinite(data: np.ndarray, type_id: int) -> int:

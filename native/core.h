@@ -47,6 +47,10 @@ uint16_t tk_fp32_to_bf16(float f);
 
 /* True when this CPU has the SIMD paths the core was built with (detected at run time). */
 int tk_cpu_has_f16c(void);
+/* The bytes of one core's L2 cache (as the C library reports it; 512 KiB when it does not). */
+size_t tk_l2_bytes(void);
+/* Set the L2 size the driver blocks for (tests: several passes over the rows with few tokens); 0: the CPU's again. */
+void tk_set_l2_bytes(size_t bytes);
 /* Force the portable scalar paths (also set by TOOLKIT_FORCE_SCALAR=1 in the environment). */
 void tk_set_force_scalar(int on);
 /* Cap the SIMD kernels at 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI on x86, 1 NEON, 2 dotprod, 3 i8mm on ARM64 (the default:

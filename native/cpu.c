@@ -1,8 +1,10 @@
 /* The run-time choice of instruction-set level for every kernel: what the CPU has (cpuid on x86; the kernel's
    hardware capabilities on Linux/ARM64, sysctl on macOS), lowered by TOOLKIT_FORCE_SCALAR, TOOLKIT_NO_VNNI,
-   TOOLKIT_NO_AVX512 and the tests' tk_set_isa_limit. */
+   TOOLKIT_NO_AVX512 and the tests' tk_set_isa_limit; and the size of a core's L2 cache, which the matmul driver blocks
+   for. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "core.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -100,4 +102,20 @@ int tk_cpu_has_f16c(void) {
 #else
     return 0;
 #endif
+}
+
+static long l2 = -1;
+
+void tk_set_l2_bytes(size_t bytes) { l2 = bytes ? (long)bytes : -1; }
+
+size_t tk_l2_bytes(void) {
+    if (l2 < 0) {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+        const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#else
+        const long v = 0;
+#endif
+        l2 = v >= 65536 ? v : 512 * 1024; /* unknown (not reported, as in some VMs and on macOS): the common size */
+    }
+    return (size_t)l2;
 }

@@ -625,6 +625,16 @@ static void rows_by_dots(int wtype, const char *wd, size_t wrow, int64_t cols, i
    one-token kernels. */
 static int tiles_take_every_row(const struct tk_gemm *g) { return g->pack || g->pack_rows || g->act_type; }
 
+/* The tokens of one pass over the rows: whole token tiles, at most what half of L2 holds (but 4 tiles), so that they
+   stay in L2 while every row tile of the pass meets them (past L2 they come from L3 or memory once per row tile); the
+   n tokens in passes of equal size. The rows are repacked once per pass. */
+static int64_t token_block(const struct tk_gemm *g, size_t arow, int64_t n) {
+    int64_t cap = (int64_t)(tk_l2_bytes() / 2 / arow) / g->cols * g->cols;
+    if (cap < 4 * g->cols) cap = 4 * g->cols;
+    const int64_t passes = (n + cap - 1) / cap, per = (n + passes - 1) / passes;
+    return (per + g->cols - 1) / g->cols * g->cols;
+}
+
 /* Tiles: each tile's weight rows — the file's, or repacked once into work when the tile reads them packed — stay in
    L1 while every token meets them; past r1 a tile reads zero rows (in work), whose results are dropped; the last,
    partial token tile reads a zero-padded copy of its rows. Else [r0, r1) must be whole row tiles. */
@@ -640,25 +650,28 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
         memset(tail + (size_t)(n - nt) * arow, 0, (size_t)(g->cols - (n - nt)) * arow);
     }
     float s[TK_GEMM_MAX_TILE * TK_GEMM_MAX_TILE];
-    for (int64_t r = r0; r < r1; r += g->rows) {
-        const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
-        const char *rows = wd + (size_t)r * wrow;
-        if (g->pack_rows) {
-            g->pack_rows(rows, wrow, rm, work, cols);
-            rows = work;
-        } else if (g->pack || rm < g->rows) {
-            for (int k = 0; k < g->rows; k++) {
-                if (k >= rm) memset(own + k * prow, 0, prow);
-                else if (g->pack) g->pack(rows + (size_t)k * wrow, own + k * prow, cols);
-                else memcpy(own + k * prow, rows + (size_t)k * wrow, wrow);
+    const int64_t tb = token_block(g, arow, n);
+    for (int64_t jb = 0; jb < n; jb += tb) {
+        for (int64_t r = r0; r < r1; r += g->rows) {
+            const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
+            const char *rows = wd + (size_t)r * wrow;
+            if (g->pack_rows) {
+                g->pack_rows(rows, wrow, rm, work, cols);
+                rows = work;
+            } else if (g->pack || rm < g->rows) {
+                for (int k = 0; k < g->rows; k++) {
+                    if (k >= rm) memset(own + k * prow, 0, prow);
+                    else if (g->pack) g->pack(rows + (size_t)k * wrow, own + k * prow, cols);
+                    else memcpy(own + k * prow, rows + (size_t)k * wrow, wrow);
+                }
+                rows = own;
             }
-            rows = own;
-        }
-        for (int64_t j = 0; j < n; j += g->cols) {
-            const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
-            g->fn(cols, s, (size_t)g->cols, rows, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
-            for (int k = 0; k < rm; k++)
-                for (int t = 0; t < rn; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
+            for (int64_t j = jb; j < n && j < jb + tb; j += g->cols) {
+                const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
+                g->fn(cols, s, (size_t)g->cols, rows, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
+                for (int k = 0; k < rm; k++)
+                    for (int t = 0; t < rn; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
+            }
         }
     }
 }

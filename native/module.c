@@ -204,6 +204,17 @@ static PyObject *py_set_isa_limit(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_set_l2_bytes(PyObject *self, PyObject *arg) {
+    const long long bytes = PyLong_AsLongLong(arg);
+    if (bytes == -1 && PyErr_Occurred()) return NULL;
+    if (bytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "set_l2_bytes: bytes must be >= 0");
+        return NULL;
+    }
+    tk_set_l2_bytes((size_t)bytes);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_set_gelu_fp16(PyObject *self, PyObject *arg) {
     const int on = PyObject_IsTrue(arg);
     if (on < 0) return NULL;
@@ -570,6 +581,8 @@ static PyMethodDef methods[] = {
     {"set_force_scalar", py_set_force_scalar, METH_O, "Force the portable scalar code paths."},
     {"set_gelu_fp16", py_set_gelu_fp16, METH_O, "GELU through ggml's fp16 table (True) or exact (False)."},
     {"set_isa_limit", py_set_isa_limit, METH_O, "Cap the SIMD kernels: 1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI."},
+    {"set_l2_bytes", py_set_l2_bytes, METH_O,
+     "The L2 size (bytes) the matmul driver blocks its tokens for; 0: the CPU's (tests: several passes)."},
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(wtype, w, rows, cols, x_f32, n, y_f32, nthreads=1): y[n][rows] = x[n][cols] . W[rows][cols]^T, W stored "
      "as wtype, activations converted to its vec_dot_type as ggml does."},

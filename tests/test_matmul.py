@@ -235,6 +235,27 @@ def test_tiles_match_one_token_kernels(t, level):
         native.set_isa_limit(3)
 
 
+@pytest.mark.parametrize("t", TYPES, ids=[NAMES[t] for t in TYPES])
+def test_token_passes_match_one_pass(t):
+    """Many tokens go over the rows in passes that stay in L2 (each pass repacks the row tiles): a matrix taken in
+    several passes (an L2 of one byte: passes of 4 token tiles) gives every output of one pass, bit for bit, and the
+    one-token kernel's, with partial tiles on both sides."""
+    rows, cols, n = 37, min_cols(t) * 2, 61
+    wq, _ = weights(t, rows, cols, 7 + t)
+    x = activations(n, cols, 7 + t)
+    one_pass = matmul(t, wq, rows, cols, x)
+    native.set_l2_bytes(1)
+    try:
+        passes = matmul(t, wq, rows, cols, x)
+        threads = matmul(t, wq, rows, cols, x, nthreads=3)
+    finally:
+        native.set_l2_bytes(0)
+    assert np.array_equal(passes, one_pass), NAMES[t]
+    assert np.array_equal(threads, one_pass), NAMES[t]
+    for j in (0, n // 2, n - 1):
+        assert np.array_equal(matmul(t, wq, rows, cols, x[j:j + 1], nthreads=1)[0], one_pass[j]), f"{NAMES[t]} {j}"
+
+
 def test_weight_buffers():
     """Weights may come as any buffer: uint8 rows, a flat slice of a bigger buffer (as an mmap'd GGUF tensor),
     bytes, float16 / float32 arrays, BF16 as uint16."""
