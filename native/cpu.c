@@ -104,11 +104,13 @@ int tk_cpu_has_f16c(void) {
 #endif
 }
 
-static long l2 = -1;
+/* read by every matmul thread, found by the first: relaxed atomics (each finds the same value) */
+static long l2_bytes = -1;
 
-void tk_set_l2_bytes(size_t bytes) { l2 = bytes ? (long)bytes : -1; }
+void tk_set_l2_bytes(size_t bytes) { __atomic_store_n(&l2_bytes, bytes ? (long)bytes : -1, __ATOMIC_RELAXED); }
 
 size_t tk_l2_bytes(void) {
+    long l2 = __atomic_load_n(&l2_bytes, __ATOMIC_RELAXED);
     if (l2 < 0) {
 #ifdef _SC_LEVEL2_CACHE_SIZE
         const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
@@ -116,6 +118,7 @@ size_t tk_l2_bytes(void) {
         const long v = 0;
 #endif
         l2 = v >= 65536 ? v : 512 * 1024; /* unknown (not reported, as in some VMs and on macOS): the common size */
+        __atomic_store_n(&l2_bytes, l2, __ATOMIC_RELAXED);
     }
     return (size_t)l2;
 }

@@ -643,9 +643,28 @@ static void prefetch_part(const char *p, size_t bytes, int64_t k, int64_t parts)
     for (size_t o = a; o < b; o += 64) __builtin_prefetch(p + o, 0, 2);
 }
 
+/* The rows a tile reads for the rm weight rows at `rows`: the file's, or packed into work (pack_rows: interleaved;
+   pack: each row on its own into own, prow bytes apart), or copied into own with zero rows after them when rm is
+   short of the tile's. */
+static const char *row_tile(const struct tk_gemm *g, const char *rows, size_t wrow, int rm, int64_t cols, char *own,
+                            size_t prow, char *work) {
+    if (g->pack_rows) {
+        g->pack_rows(rows, wrow, rm, work, cols);
+        return work;
+    }
+    if (!g->pack && rm == g->rows) return rows;
+    for (int k = 0; k < g->rows; k++) {
+        if (k >= rm) memset(own + k * prow, 0, prow);
+        else if (g->pack) g->pack(rows + (size_t)k * wrow, own + k * prow, cols);
+        else memcpy(own + k * prow, rows + (size_t)k * wrow, wrow);
+    }
+    return own;
+}
+
 /* Tiles: each tile's weight rows — the file's, or repacked into work once per pass when the tile reads them packed —
-   stay in L1 while every token of the pass meets them; past r1 a tile reads zero rows (in work), whose results are dropped; the last,
-   partial token tile reads a zero-padded copy of its rows. Else [r0, r1) must be whole row tiles. */
+   stay in L1 while every token of the pass meets them; past r1 a tile reads zero rows (in work), whose results are
+   dropped; the last, partial token tile reads a zero-padded copy of its rows. Else [r0, r1) must be whole row
+   tiles. */
 static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
                   int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
                   int add, char *work) {
@@ -669,18 +688,7 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
             const int64_t rn1 = rn0 + g->rows < r1 ? rn0 + g->rows : r1;
             const char *next = wd + (size_t)rn0 * wrow;
             const size_t next_bytes = (size_t)(rn1 - rn0) * wrow;
-            const char *rows = wd + (size_t)r * wrow;
-            if (g->pack_rows) {
-                g->pack_rows(rows, wrow, rm, work, cols);
-                rows = work;
-            } else if (g->pack || rm < g->rows) {
-                for (int k = 0; k < g->rows; k++) {
-                    if (k >= rm) memset(own + k * prow, 0, prow);
-                    else if (g->pack) g->pack(rows + (size_t)k * wrow, own + k * prow, cols);
-                    else memcpy(own + k * prow, rows + (size_t)k * wrow, wrow);
-                }
-                rows = own;
-            }
+            const char *rows = row_tile(g, wd + (size_t)r * wrow, wrow, rm, cols, own, prow, work);
             for (int64_t j = jb; j < je; j += g->cols) {
                 const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
                 prefetch_part(next, next_bytes, (j - jb) / g->cols, tiles_per_pass);
