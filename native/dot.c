@@ -683,8 +683,9 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
         for (int64_t r = r0; r < r1; r += g->rows) {
             const int rm = r1 - r < g->rows ? (int)(r1 - r) : g->rows;
             /* the row tile after this one (the pass's next, or the next pass's first), fetched into L2 a slice per
-               token tile while this one computes */
-            const int64_t rn0 = r + g->rows < r1 ? r + g->rows : je < n ? r0 : r1;
+               token tile while this one computes; not for a pass of one token tile, which streams its rows from memory
+               as fast as they come (one token: CodeShell-7B-shaped Q4_0 generation 4.66 -> 4.42 tok/s with it) */
+            const int64_t rn0 = tiles_per_pass == 1 ? r1 : r + g->rows < r1 ? r + g->rows : je < n ? r0 : r1;
             const int64_t rn1 = rn0 + g->rows < r1 ? rn0 + g->rows : r1;
             const char *next = wd + (size_t)rn0 * wrow;
             const size_t next_bytes = (size_t)(rn1 - rn0) * wrow;
