@@ -304,6 +304,23 @@ def test_api_shapes(files):
     assert json.dumps(chat)
 
 
+def test_same_logits_whatever_the_thread_count(files):
+    """The matmul rows go out in chunks: each thread takes its own share from the front, then the others' from the
+    back. Every row is computed once by the same kernels whoever takes it, so any thread count gives the one-thread
+    bits (a chunk skipped or mapped to the wrong rows would not); 7 threads own fewer chunks than some steps have
+    threads, 3 split them unevenly."""
+    def logits(nthreads):
+        llm = Llama(str(files["llama", "f16"]), n_ctx=128, n_threads=nthreads, logits_all=True, verbose=False)
+        llm.eval(PROMPT[:40])
+        for t in PROMPT[40:44]:
+            llm.eval([t])
+        return llm.scores
+
+    one = logits(1)
+    for nthreads in (2, 3, 7):
+        assert np.array_equal(logits(nthreads), one), nthreads
+
+
 def test_scores_rows_per_eval(files):
     """scores: a row per eval (a row per token with logits_all), kept across evaluations without a copy per access
     (the storage grows by doubling), emptied by reset."""
