@@ -263,8 +263,8 @@ LEGACY_DOT(tk_vec_dot_q5_1_q8_1_avx2, block_q5_1, block_q8_1, block_q5_1_q8_1)
    every result is bit for bit that kernel's (and, Q4_K aside, llama.cpp's: its one-token vec_dot's, for Q4_0 its
    repacked gemv's); what the tile saves is work per pair: each weight block is unpacked once for RN tokens, each
    activation block loaded once for RM rows.
-   Three builds of each: AVX2 (sign trick per pair), AVX-VNNI, and AVX512 (two tokens per 512-bit register, in
-   dot_avx512.c).
+   Builds: AVX2 (sign trick per pair), AVX-VNNI (Q8_0 and Q4_K; for Q4_0 and Q6_K that level takes the AVX2 tiles,
+   see the table at the end), and AVX512 (in dot_avx512.c).
    Integer sums per lane are exact in every build:
      Q4_0: (q - 8)·y = q·y - 8·Σy, the -8·Σy lanes made once per token and fed to vpdpbusd as its start value;
      Q8_0: x·y = (y + 128)·x - 128·Σx, the -128·Σx lanes made once per row (|y| ≤ 127, so y + 128 is a byte). */
@@ -281,9 +281,6 @@ static inline VNNI __m256i dpbusd_vex(__m256i acc, __m256i u, __m256i s) { retur
 #define Q8_0_X_AVX2(x, w, c, DP) (w = load32((x)->qs), c = w)
 #define Q8_Y_AVX2(y, a, e, DP) (a = load32((y)->qs), e = a)
 #define DOT_AVX2(w, c, a, e, DP) dot_s8(w, a)
-#define Q4_0_X_VNNI(x, w, c, DP) (w = nibbles32((x)->qs), c = w)
-#define Q4_0_Y_VNNI(y, a, e, DP) (a = load32((y)->qs), e = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8(8), a)))
-#define Q4_0_DOT_VNNI(w, c, a, e, DP) DP(e, w, a)
 #define Q8_0_X_VNNI(x, w, c, DP) \
     (w = load32((x)->qs), c = NEG32(DP(_mm256_setzero_si256(), _mm256_set1_epi8((char)0x80), w)))
 #define Q8_0_Y_VNNI(y, a, e, DP) (a = _mm256_xor_si256(load32((y)->qs), _mm256_set1_epi8((char)0x80)), e = a)
@@ -492,7 +489,6 @@ PACKED_TILE_ENTRY_ROWS(tile_q4_0x8_avx2, 8, 8, Q4_0X8_ROW_SIZE, TK_Q8_0, &tile_q
 /* Q8_0 on AVX2: 3 rows x 4 tokens (4 x 2 for 2 or 3 tokens) */
 LEGACY_TILE(tile_q8_0_avx2_2, block_q8_0, 4, 2, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2, NULL)
 LEGACY_TILE(tile_q8_0_avx2, block_q8_0, 3, 4, Q8_0_X_AVX2, Q8_Y_AVX2, DOT_AVX2, -, AVX2, &tile_q8_0_avx2_2_tile)
-Q4_0_TILE(tile_q4_0_vnni, Q4_0_X_VNNI, Q4_0_Y_VNNI, Q4_0_DOT_VNNI, dpbusd_vex, VNNI, NULL)
 LEGACY_TILE(tile_q8_0_vnni, block_q8_0, 4, 2, Q8_0_X_VNNI, Q8_0_Y_VNNI, Q8_0_DOT_VNNI, dpbusd_vex, VNNI, NULL)
 
 /* ---------------------------------------------------------------------------------------------- k-quants */
@@ -701,11 +697,10 @@ AVX2 void tk_vec_dot2_q6_K_q8_K_avx2(int64_t n, float *s, const void *vx, size_t
     s[1] = hsum8(acc1);
 }
 
-/* acc + the int16 pairs of p times those of s, summed in pairs: vpdpwssd where there is VNNI, same integers */
+/* acc + the int16 pairs of p times those of s, summed in pairs */
 static inline AVX2 __m256i madd_add_avx2(__m256i acc, __m256i p, __m256i s) {
     return _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
 }
-static inline VNNI __m256i madd_add_vex(__m256i acc, __m256i p, __m256i s) { return _mm256_dpwssd_avx_epi32(acc, p, s); }
 
 
 
@@ -866,7 +861,6 @@ static AVX2 void pack_q6_K_avx2(const void *vx, void *dst, int64_t n) {
 /* 2 rows x 5 tokens a pass, the rows unpacked once; 2 to 4 tokens by the tile above (one thread, -O3, 5632 x 2048 x
    128 tokens, medians of 7 alternating: 3 x 4 43.2 GMAC/s, 2 x 5 45.6; 2 x 4, 2 x 6, 3 x 3, 4 x 3 about 3 x 4) */
 Q6_K_PACKED_TILE(tile_q6_K_avx2_p, 2, 5, &tile_q6_K_avx2_tile)
-Q6_K_TILE(tile_q6_K_vnni, 2, 2, VNNI, madd_add_vex, NULL)
 
 /* F16 and BF16 tiles, 3 rows × RN tokens in the one-token kernels' order: W(r, i) the 8 weights of row r from
    element i as F32 and X(r, j) element j, from the packed rows (F32, converted once per row tile for all its
@@ -917,14 +911,19 @@ FLOAT16_TILES_AVX2(bf16, uint16_t, load_bf16, bf2f)
 
 /* ---------------------------------------------------------------------------------------------- tile table */
 
+/* per weight type, the tiles of the AVX2 and AVX-VNNI levels. Q4_0 and Q6_K take their AVX2 tiles at the AVX-VNNI
+   level too: its own (4 x 2 Q4_0 rows on the file's blocks with vpdpbusd, 2 x 2 Q6_K with vpdpwssd) were slower
+   than the AVX2 packed ones (Xeon, AVX-VNNI level, one thread, 1024 x 2048 x 128 tokens: Q4_0 44.8 GMAC/s against
+   66.2, Q6_K 35.8 against 40.6; one token Q4_0 26.4 against 31.9). The one-token kernels' integers and float steps
+   are the same at both levels, so the tiles give the bits of either (make test-kernels, level avxvnni). */
 const struct tk_gemm *tk_gemm_x86(int wtype, int level) {
     static const struct tk_gemm *const T[][2] = {
         [TK_F16] = {&tile_f16_avx2_tile, &tile_f16_avx2_tile},
         [TK_BF16] = {&tile_bf16_avx2_tile, &tile_bf16_avx2_tile},
-        [TK_Q4_0] = {&tile_q4_0x8_avx2_tile, &tile_q4_0_vnni_tile},
+        [TK_Q4_0] = {&tile_q4_0x8_avx2_tile, &tile_q4_0x8_avx2_tile},
         [TK_Q8_0] = {&tile_q8_0_avx2_tile, &tile_q8_0_vnni_tile},
         [TK_Q4_K] = {&tile_q4_K_avx2_tile, &tile_q4_K_vnni_tile},
-        [TK_Q6_K] = {&tile_q6_K_avx2_p_tile, &tile_q6_K_vnni_tile},
+        [TK_Q6_K] = {&tile_q6_K_avx2_p_tile, &tile_q6_K_avx2_p_tile},
     };
     const struct tk_gemm *iq = tk_gemm_iq_x86(wtype, level);  /* the IQ types' (tiles_iq_x86.c) */
     if (iq) return iq;
