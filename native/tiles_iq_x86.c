@@ -7,10 +7,9 @@
    super-block decoded ONCE (grid lookups, signs, scales: pack) into signed 16-bit weights already multiplied by their
    scale (|scale·w| ≤ 32·127), multiplied with 16-bit activations by vpmaddwd/vpdpwssd in pairs that fall into lane l:
    integer sums in another order, so the same integers, and the float steps are the one-token kernel's lane for lane.
-   At the AVX2 level the grid types' rows stay bytes and the tokens' bytes are made unsigned (IQ_BYTES_TILE: one
-   vpmaddubsw and one vpmaddwd by the scales per sub-block); at the AVX-VNNI level a token's lanes fill a 256-bit
-   register (IQ_LANES_K16, on 16-bit tokens, vpdpwssd); at the
-   AVX512 level 16 rows fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per register, IQ_TILE). IQ4_XS's kernels
+   At the AVX2 and AVX-VNNI levels the grid types' rows stay bytes and the tokens' bytes are made unsigned
+   (IQ_BYTES_TILE: one vpmaddubsw and one vpmaddwd and add by the scales per sub-block, or vpdpwssd); at the AVX512
+   level 16 rows fill the lanes (IQ_X16_TILE; IQ1_S: two tokens' lanes per register, IQ_TILE). IQ4_XS's kernels
    sum in super-block order instead (quants_iq.c: one exact integer per super-block, then one float step): its AVX2
    and AVX-VNNI tiles sum the integers in element order (IQ_SB_TILE_K16), its AVX512 tile holds 16 rows in lanes
    (tile_iq4_xs_x16). */
@@ -27,7 +26,7 @@
 #include "dot_x86.h"
 
 /* a super-block decoded: its 256 scaled weights in the order of the tile that reads them (store_sub_block for
-   IQ_TILE, store_sub_block_k16 for IQ_LANES_K16, element order for IQ_SB_TILE_K16); d the fp16 scale as a float */
+   IQ_TILE, element order for IQ_SB_TILE_K16); d the fp16 scale as a float */
 typedef struct { int16_t w[QK_K]; float d; } block_iq_packed;
 /* a super-block decoded for IQ_BYTES_TILE: its 256 signed values as bytes (element order), each sub-block's scales as
    the 16 int16 words its pair sums are multiplied by (8 of its first scale, 8 of its last), the lanes' -128·Σ scale·w
@@ -55,17 +54,6 @@ static inline AVX2 void store_sub_block_elements(int16_t *dst, __m256i v, int s_
                         _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16((short)s_lo)));
     _mm256_storeu_si256((__m256i *)(dst + 16), _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)),
                                                                   _mm256_set1_epi16((short)s_hi)));
-}
-
-/* the same as int16 pairs (dwords) of elements 2j, 2j + 1 in the order IQ_LANES_K16 reads its tokens: per 128-bit
-   half, the even pairs of the first 16 and of the last 16 elements (0, 2, 8, 10 | 4, 6, 12, 14), then the odd ones */
-static inline AVX2 void store_sub_block_k16(int16_t *dst, __m256i v, int s_lo, int s_hi) {
-    const __m256 lo = _mm256_castsi256_ps(
-        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)), _mm256_set1_epi16((short)s_lo)));
-    const __m256 hi = _mm256_castsi256_ps(
-        _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)), _mm256_set1_epi16((short)s_hi)));
-    _mm256_storeu_ps((float *)dst, _mm256_shuffle_ps(lo, hi, 0x88));
-    _mm256_storeu_ps((float *)(dst + 16), _mm256_shuffle_ps(lo, hi, 0xDD));
 }
 
 /* four 8-byte grid points with their ±1 sign bytes: the 32 signed values */
@@ -184,13 +172,6 @@ static inline __attribute__((always_inline)) AVX2 void pack_subs(const void *vx,
     }
 }
 
-/* for IQ_LANES_K16 */
-static inline AVX2 void put_k16(void *dst, int64_t b, float d, int ib, __m256i v, int lo, int hi) {
-    block_iq_packed *p = (block_iq_packed *)dst + b;
-    p->d = d;
-    store_sub_block_k16(p->w + 32 * ib, v, lo, hi);
-}
-
 /* for IQ_BYTES_TILE: the values, the scales as the madd operand, and the lanes' -128·Σ scale·w summed over the
    sub-blocks so far */
 static inline AVX2 void put_bytes(void *dst, int64_t b, float d, int ib, __m256i v, int lo, int hi) {
@@ -204,9 +185,6 @@ static inline AVX2 void put_bytes(void *dst, int64_t b, float d, int ib, __m256i
                         _mm256_sub_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), v), sc)));
 }
 #define IQ_PACK(T, BLOCK)                                                                                     \
-    static AVX2 void pack_##T##_k16(const void *vx, void *dst, int64_t n) {                                   \
-        pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, put_k16);                                              \
-    }                                                                                                        \
     static AVX2 void pack_##T##_bytes(const void *vx, void *dst, int64_t n) {                                 \
         pack_subs(vx, dst, n, sizeof(BLOCK), T##_sub, put_bytes);                                            \
     }
@@ -641,7 +619,7 @@ _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger
     static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 4, &T##_x16_2);                          \
     static const struct tk_gemm T##_tiles[3] = {                                                             \
         {tile_iq_bytes_##FACTOR##_avx2, 2, 5, pack_##T##_bytes, sizeof(block_iq_bytes), TK_Q8_K, NULL}, \
-        {tile_iq_lanes_##FACTOR##_vnni, 4, 2, pack_##T##_k16, sizeof(block_iq_packed), TK_Q8_K16, NULL},  \
+        {tile_iq_bytes_##FACTOR##_vnni, 2, 5, pack_##T##_bytes, sizeof(block_iq_bytes), TK_Q8_K, NULL}, \
         IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
 /* IQ4_XS at the AVX2 and AVX-VNNI levels: super-block order lets the integers be summed in any order, so the weights
    are packed in element order (scaled, 16 bits) and the tokens come as Q8_K16 (widened once per token and matrix): a
@@ -703,56 +681,14 @@ static inline AVX2 __m256i lane_sums8(const __m256i s[8]) {
 IQ_SB_TILE_K16(tile_iq4_xs_k16_avx2, AVX2, madd_add_avx2)
 IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, VNNI, madd_add_vnni)
 
-/* The grid types' tiles at the AVX-VNNI level on Q8_K16 tokens (widened once per token and matrix). Per
-   sub-block, a token's two loads of 16 activations (int16 pairs 0..7 and 8..15; pair j holds elements 2j, 2j + 1,
-   which belong to lane j / 2) are regrouped by two vshufps into the even pairs 0, 2, 8, 10 | 4, 6, 12, 14 and the odd
-   pairs 1, 3, 9, 11 | 5, 7, 13, 15: dword k of both registers then belongs to the same lane (0, 1, 4, 5, 2, 3, 6, 7),
-   so a (row, token) sub-block is two vpmaddwd and adds (or two vpdpwssd) into one accumulator, against the row packed
-   in that order (pack_T_k16); one vpermd per super-block puts the exact lanes back in order for the one-token
-   kernel's fused multiply-add. (The tiles before read Q8_K tokens and spent a byte shuffle, a permute and two
-   widenings per token and sub-block for each row pair.) */
-#define IQ_LANES_K16(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                    \
-    static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
-        typedef block_iq_packed iq_block;                                                                    \
-        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);                                    \
-        __m256 acc[RM][RN];                                                                                  \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) acc[r][t] = _mm256_setzero_ps();                                    \
-        for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
-            __m256i sum[RM][RN];                                                                             \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++) sum[r][t] = _mm256_setzero_si256();                             \
-            for (int ib = 0; ib < QK_K / 32; ib++) {                                                         \
-                __m256i wa[RM], wb[RM];                                                                      \
-                for (int r = 0; r < RM; r++) {                                                               \
-                    wa[r] = load32(IQ_ROW(r, b)->w + 32 * ib);                                               \
-                    wb[r] = load32(IQ_ROW(r, b)->w + 32 * ib + 16);                                          \
-                }                                                                                            \
-                for (int t = 0; t < RN; t++) {                                                               \
-                    const __m256 y0 = _mm256_loadu_ps((const float *)(Q8_K16_ROW(t, b)->qs + 32 * ib));      \
-                    const __m256 y1 = _mm256_loadu_ps((const float *)(Q8_K16_ROW(t, b)->qs + 32 * ib + 16)); \
-                    const __m256i ya = _mm256_castps_si256(_mm256_shuffle_ps(y0, y1, 0x88));                \
-                    const __m256i yb = _mm256_castps_si256(_mm256_shuffle_ps(y0, y1, 0xDD));                \
-                    for (int r = 0; r < RM; r++)                                                             \
-                        sum[r][t] = MADD_ADD(MADD_ADD(sum[r][t], wa[r], ya), wb[r], yb);                     \
-                }                                                                                            \
-            }                                                                                                \
-            for (int r = 0; r < RM; r++)                                                                     \
-                for (int t = 0; t < RN; t++)                                                                 \
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(IQ_ROW(r, b)->d * Q8_K16_ROW(t, b)->d),       \
-                                                _mm256_cvtepi32_ps(_mm256_permutevar8x32_epi32(sum[r][t], order)), \
-                                                acc[r][t]);                                                  \
-        }                                                                                                    \
-        for (int r = 0; r < RM; r++)                                                                         \
-            for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
-    }
-/* The grid types' tiles at the AVX2 level on Q8_K tokens as they are: the rows packed as signed bytes (|w| <= 62), the
+/* The grid types' tiles at the AVX2 and AVX-VNNI levels on Q8_K tokens as they are: the rows packed as signed bytes (|w| <= 62), the
    tokens' bytes made unsigned (y + 128, one xor per token and sub-block), so that a (row, token) sub-block is one
    vpmaddubsw (pairs within 255·62·2 = 31620: exact in 16 bits), whose pair sums fall where the one-token kernels'
-   do, and one vpmaddwd by the sub-block's scales into lane l (elements 4l..4l + 3) — started from the row's
-   -128·Σ scale·w (pack_T_bytes), the one-token kernel's exact lanes; then its float step. */
-#define IQ_BYTES_TILE(NAME, RM, RN, FACTOR)                                                                   \
-    static AVX2 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+   do, and one vpmaddwd by the sub-block's scales into lane l (elements 4l..4l + 3), added (AVX2) or one vpdpwssd
+   (AVX-VNNI) — started from the row's -128·Σ scale·w (pack_T_bytes), the one-token kernel's exact lanes; then its
+   float step. */
+#define IQ_BYTES_TILE(NAME, RM, RN, FACTOR, ATTR, MADD_ADD)                                                   \
+    static ATTR void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         typedef block_iq_bytes iq_block;                                                                     \
         const __m256i flip = _mm256_set1_epi8((char)0x80);                                                  \
         __m256 acc[RM][RN];                                                                                  \
@@ -768,8 +704,7 @@ IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, VNNI, madd_add_vnni)
                 for (int t = 0; t < RN; t++) {                                                               \
                     const __m256i y = _mm256_xor_si256(load32(Q8_K_ROW(t, b)->qs + 32 * ib), flip);          \
                     for (int r = 0; r < RM; r++)                                                             \
-                        sum[r][t] = _mm256_add_epi32(sum[r][t], _mm256_madd_epi16(_mm256_maddubs_epi16(y, w[r]), \
-                                                                                  load32(IQ_ROW(r, b)->sc[ib]))); \
+                        sum[r][t] = MADD_ADD(sum[r][t], _mm256_maddubs_epi16(y, w[r]), load32(IQ_ROW(r, b)->sc[ib])); \
                 }                                                                                            \
             }                                                                                                \
             for (int r = 0; r < RM; r++)                                                                     \
@@ -781,16 +716,15 @@ IQ_SB_TILE_K16(tile_iq4_xs_k16_vnni, VNNI, madd_add_vnni)
             for (int t = 0; t < RN; t++) s[r * ls + t] = FACTOR * hsum8(acc[r][t]);                          \
     }
 /* 2 rows x 5 tokens (one thread, -O3, IQ2_S 2048 x 5632 x 128 tokens: 49 GMAC/s; 2 x 4 and 3 x 3 44, 2 x 6 47,
-   3 x 4 40, 4 x 2 42; the 16-bit tile before, IQ_LANES_K16 4 x 2: 35) */
-IQ_BYTES_TILE(tile_iq_bytes_x1_avx2, 2, 5, 1.0f)
-IQ_BYTES_TILE(tile_iq_bytes_x4_avx2, 2, 5, 0.25f)
-IQ_BYTES_TILE(tile_iq_bytes_x8_avx2, 2, 5, 0.125f)
-
-/* 4 rows x 2 tokens: 8 accumulators, the rows' 8 registers of a sub-block and a token's 2 (one thread, 2048 x 5632 x
-   128 tokens, -O3: the Q8_K tiles' 2 x 4 26 GMAC/s, this 37; 2 x 6 and 3 x 2 alike, 2 x 4 32) */
-IQ_LANES_K16(tile_iq_lanes_x1_vnni, 4, 2, 1.0f, VNNI, madd_add_vnni)
-IQ_LANES_K16(tile_iq_lanes_x4_vnni, 4, 2, 0.25f, VNNI, madd_add_vnni)
-IQ_LANES_K16(tile_iq_lanes_x8_vnni, 4, 2, 0.125f, VNNI, madd_add_vnni)
+   3 x 4 40, 4 x 2 42; the 16-bit tile before, IQ_LANES_K16 4 x 2: 35). At the AVX-VNNI level (Xeon capped there,
+   one thread, 1024 x 2048 x 128 tokens) 52-54 GMAC/s for the five grid types, where IQ_LANES_K16 (16-bit weights and
+   tokens, two vpdpwssd a sub-block) gave 37-39. */
+IQ_BYTES_TILE(tile_iq_bytes_x1_avx2, 2, 5, 1.0f, AVX2, madd_add_avx2)
+IQ_BYTES_TILE(tile_iq_bytes_x4_avx2, 2, 5, 0.25f, AVX2, madd_add_avx2)
+IQ_BYTES_TILE(tile_iq_bytes_x8_avx2, 2, 5, 0.125f, AVX2, madd_add_avx2)
+IQ_BYTES_TILE(tile_iq_bytes_x1_vnni, 2, 5, 1.0f, VNNI, madd_add_vnni)
+IQ_BYTES_TILE(tile_iq_bytes_x4_vnni, 2, 5, 0.25f, VNNI, madd_add_vnni)
+IQ_BYTES_TILE(tile_iq_bytes_x8_vnni, 2, 5, 0.125f, VNNI, madd_add_vnni)
 
 static const struct tk_gemm iq4_xs_tiles[2] = {
     {tile_iq4_xs_k16_avx2, 2, 4, pack_iq4_xs_elements, sizeof(block_iq_packed), TK_Q8_K16, NULL},
