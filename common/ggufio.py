@@ -143,6 +143,64 @@ def _describe_oserror(e: OSError, path: Path | str) -> UserError:
     return UserError(f"cannot write {path}: {e.strerror or e}")
 
 
+RUN = 2 << 20  # a huge page (x86-64, arm64 with 4 KiB pages)
+
+
+class RunWriter:
+    """A file written in runs of RUN bytes at offsets that are multiples of RUN (the last run shorter). The page cache
+    then holds what was written in folios of that size where the file system makes them (ext4 since Linux 6.16 does;
+    writes of 64 KiB leave it in small pages), and a reader's mapping maps each with one page-table entry: the weights
+    of a model just converted or quantized stream without a TLB miss every 4 KiB, which in a virtual machine is a
+    two-level page walk (TinyLlama-shaped Q4_0 generation, 2 threads, from the file copied in runs of 2 MiB: 39.0 tok/s,
+    in runs of 64 KiB: 36.1). Whole runs of a large write go out without a copy; the rest waits in a buffer."""
+
+    def __init__(self, fd: int):
+        self._f = os.fdopen(fd, "wb", buffering=0)
+        self._buf = bytearray()
+
+    def _out(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self._f.write(view):]
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self._buf:  # the buffer is the start of a run: fill it
+            take = min(RUN - len(self._buf), n)
+            self._buf += view[:take]
+            view = view[take:]
+            if len(self._buf) == RUN:
+                self._out(self._buf)
+                self._buf.clear()
+        if not self._buf:
+            whole = len(view) // RUN * RUN
+            if whole:
+                self._out(view[:whole])
+            self._buf += view[whole:]
+        return n
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        try:
+            if self._buf:
+                self._out(self._buf)
+                self._buf.clear()
+        finally:
+            self._f.close()
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _stage_beside(dest: Path) -> tuple[int, Path]:
     """A new temporary file in `dest`'s folder (hidden, named after it): its descriptor and path."""
     folder = dest.parent if str(dest.parent) else Path(".")
@@ -162,7 +220,7 @@ def _publish(tmp: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
+def atomic_output(dest: Path | str, *, log=None) -> Iterator[RunWriter]:
     """Open a file for writing that appears at `dest` only if the block completes.
 
     `dest` == "-" stages the file under $TMPDIR and copies it to standard output at the end. The temporary file is
@@ -183,7 +241,7 @@ def atomic_output(dest: Path | str, *, log=None) -> Iterator[BinaryIO]:
         log(f"staging output in {tmp}")
     try:
         try:
-            with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            with RunWriter(fd) as f:
                 yield f
             if to_stdout:
                 with open(tmp, "rb") as f:
@@ -208,14 +266,14 @@ class AtomicOutputs:
     def __init__(self, dests: list[Path]):
         self._dests = [Path(d) for d in dests]
         self._staged: list[Path] = []
-        self._file: BinaryIO | None = None
+        self._file: RunWriter | None = None
 
-    def next(self) -> BinaryIO:
+    def next(self) -> RunWriter:
         self._close_current()
         dest = self._dests[len(self._staged)]
         fd, tmp = _stage_beside(dest)
         self._staged.append(tmp)
-        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self._file = RunWriter(fd)
         return self._file
 
     def _close_current(self) -> None:
@@ -294,6 +352,20 @@ def _read_anonymous(f, size: int, path: Path) -> mmap.mmap:
     return mm
 
 
+_MADV_POPULATE_READ = 22  # Linux 5.14; not named by Python's mmap module before 3.13
+
+
+def _populate(mm: mmap.mmap) -> None:
+    """A file mapping's pages faulted in now (as MAP_POPULATE would), huge pages asked for first: the pages that are
+    not in the page cache yet are read in 2 MiB folios and mapped one entry each (see RunWriter)."""
+    mm.madvise(mmap.MADV_HUGEPAGE)
+    try:
+        mm.madvise(_MADV_POPULATE_READ)
+    except OSError:  # an older kernel: a read of every page
+        if len(mm):
+            int(np.frombuffer(mm, dtype=np.uint8)[::4096].sum())
+
+
 class GGUFFile:
     """A GGUF file opened read-only: `kv` (key → KV, in file order), `tensors` (in file order), `data(entry)` views."""
 
@@ -314,8 +386,9 @@ class GGUFFile:
         with open(self.path, "rb") as f:
             if copy:
                 self._mm = _read_anonymous(f, size, self.path)
-            elif populate and hasattr(mmap, "MAP_POPULATE"):
-                self._mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+            elif populate and sys.platform == "linux":
+                self._mm = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                _populate(self._mm)
             else:
                 self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._buf = memoryview(self._mm)

@@ -98,3 +98,32 @@ def test_full_disk_is_reported(tmp_path):
     assert p.returncode != 0
     assert "no space left on device" in p.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_goes_out_in_whole_runs(tmp_path, monkeypatch):
+    """The file's bytes as written, handed to the OS in runs of RUN bytes at multiples of RUN (the last run shorter),
+    whatever the sizes of the writes, so that the page cache can hold them in huge folios."""
+    import common.ggufio as ggufio
+    monkeypatch.setattr(ggufio, "RUN", 4096)
+    rng = np.random.default_rng(0)
+    sizes = [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 100, 8192, 1, 5000, 12288, 7]
+    chunks = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes]
+    path = tmp_path / "out.bin"
+    calls = []
+    with atomic_output(path) as f:
+        raw_write = f._f.write
+
+        def recorded(view):
+            calls.append(len(view))
+            return raw_write(view)
+
+        f._f.write = recorded
+        for c in chunks:
+            assert f.write(c if len(c) % 2 else c.tobytes()) == len(c)
+    expected = b"".join(c.tobytes() for c in chunks)
+    assert path.read_bytes() == expected
+    assert sum(calls) == len(expected)
+    offsets = np.cumsum([0] + calls[:-1])
+    assert all(o % 4096 == 0 for o in offsets)
+    assert all(n % 4096 == 0 for n in calls[:-1]) and 0 < calls[-1]
+    assert max(calls) > 4096  # whole runs of a large write in one call, without a copy into the buffer
