@@ -1093,7 +1093,7 @@ static int64_t take_chunk(atomic_llong *word, int64_t lo, int64_t hi, int from_b
    memory (the kernels fetch rows ahead of the one they compute, past the chunk's end too; a chunk that starts a
    new stream waits for its first rows); a thread done with its own takes the others' last ones, so that a thread
    the machine slows down holds the others at the next barrier for one chunk at most. Chunks handed out one after
-   another to whichever thread asked, before: TinyLlama-shaped Q4_0 generation 2-3% slower. Matmul step k counts on
+   another to whichever thread asked, before: TinyLlama-shaped Q4_0 generation 5% slower. Matmul step k counts on
    taken[k % 2], which thread 0 clears for step k + 1 once every thread is past step k - 1 (a barrier follows every
    step). */
 static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int ng, int ith, int nth, int *step) {
