@@ -643,14 +643,14 @@ static void prefetch_part(const char *p, size_t bytes, int64_t k, int64_t parts)
     for (size_t o = a; o < b; o += 64) __builtin_prefetch(p + o, 0, 2);
 }
 
-/* The rows a tile reads for the rm weight rows at `rows`: the file's, or packed into work (pack_rows: interleaved;
+/* The rows a tile reads for the rm weight rows at `rows`: the file's, or packed into own (pack_rows: interleaved;
    pack: each row on its own into own, prow bytes apart), or copied into own with zero rows after them when rm is
    short of the tile's. */
 static const char *row_tile(const struct tk_gemm *g, const char *rows, size_t wrow, int rm, int64_t cols, char *own,
-                            size_t prow, char *work) {
+                            size_t prow) {
     if (g->pack_rows) {
-        g->pack_rows(rows, wrow, rm, work, cols);
-        return work;
+        g->pack_rows(rows, wrow, rm, own, cols);
+        return own;
     }
     if (!g->pack && rm == g->rows) return rows;
     for (int k = 0; k < g->rows; k++) {
@@ -669,8 +669,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
                   int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
                   int add, char *work) {
     const size_t prow = g->pack || g->pack_rows ? (size_t)(cols / tk_traits(wtype)->block_size) * g->pack_size : wrow;
-    /* the tail's activation blocks aligned whatever the packed rows' size (their fields are floats and int16s) */
-    char *own = work, *tail = work + ((tiles_take_every_row(g) ? (size_t)g->rows * prow : 0) + 63) / 64 * 64;
+    /* the rows a tile reads from work on whole cache lines (malloc gives 16 bytes past a page: each 64-byte load of
+       a packed tile, two lines), and the tail's activation blocks aligned whatever the packed rows' size */
+    char *own = (char *)(((uintptr_t)work + 63) & ~(uintptr_t)63),
+         *tail = own + ((tiles_take_every_row(g) ? (size_t)g->rows * prow : 0) + 63) / 64 * 64;
     const int64_t nt = n - n % g->cols;
     if (nt < n) {
         memcpy(tail, ad + (size_t)nt * arow, (size_t)(n - nt) * arow);
@@ -689,7 +691,7 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
             const int64_t rn1 = rn0 + g->rows < r1 ? rn0 + g->rows : r1;
             const char *next = wd + (size_t)rn0 * wrow;
             const size_t next_bytes = (size_t)(rn1 - rn0) * wrow;
-            const char *rows = row_tile(g, wd + (size_t)r * wrow, wrow, rm, cols, own, prow, work);
+            const char *rows = row_tile(g, wd + (size_t)r * wrow, wrow, rm, cols, own, prow);
             for (int64_t j = jb; j < je; j += g->cols) {
                 const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
                 prefetch_part(next, next_bytes, (j - jb) / g->cols, tiles_per_pass);
@@ -703,10 +705,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
 
 size_t tk_matmul_work(int64_t cols) {
     const size_t blocks = (size_t)(cols / QK_K + 1);
-    /* a row tile packed, and a token tile of the largest activation block (Q8_K16's) */
+    /* a row tile packed, and a token tile of the largest activation block (Q8_K16's); 64 bytes to align them */
     _Static_assert(sizeof(block_q8_K16) >= sizeof(block_q8_KX) && sizeof(block_q8_K16) >= sizeof(block_q8_K),
                    "the largest activation block");
-    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_K16));
+    return (size_t)TK_GEMM_MAX_TILE * blocks * (TK_GEMM_MAX_PACK + sizeof(block_q8_K16)) + 64;
 }
 
 void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t r1, const void *act, size_t arow,
