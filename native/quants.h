@@ -192,11 +192,6 @@ void tk_vec_dot_iq4_xs_q8_K_avx2(int64_t n, float *s, const void *x, const void 
    of 8) elements scaled by id */
 void tk_iq4_try_sums_avx2(const float *x, const float *w, float max, int ntry, float *sumqx, float *sumq2);
 void tk_iq4_indices_avx2(const float *x, float id, int n, uint8_t *L);
-/* the IQ2/IQ3 quantizers' neighbour search on AVX2 (quants_grid_search_avx2.c; x86 only, same bits as their
-   best_neighbour): of `count` neighbours whose value i < nvalues is values[i·stride + j] (readable up to
-   j = count + 7), the position of the first with the smallest Σ w·(scale·q − x)² below FLT_MAX, else 0 */
-int tk_best_neighbour_avx2(const float *values, size_t stride, int nvalues, int count, const float *x, const float *w,
-                           float scale);
 /* the imatrix affine fit's grid search on AVX2 (quants_imatrix_avx2.c; x86 only, same bits): `count` <= 8 grids from
    `first`, all over x − min, n <= 32; the first improving on best_err (its quants, scale, min, error set), or count */
 int tk_affine_steps_avx2(int n, int nmax, const float *x, const float *w, float min, float max, float sum_w,

@@ -6,29 +6,22 @@
    Quantizers bit-exact with ggml's quantize_iq2_xxs / quantize_iq2_xs / quantize_iq2_s (what ggml_quantize_chunk
    runs; IQ2_XXS and IQ2_XS only with an importance matrix, as ggml asserts), their search tables (for every 8-vector
    of levels off the grid, the grid points at the nearest one (IQ2_S) or two distances, by index) built once per
-   process and type under pthread_once; dequantizers; the scalar dot products in the float order of ggml's AVX2 kernels. Same float rules as quants_k.c: fp32, ggml's order, no contraction. */
+   process and type under pthread_once, and the scale search over them (quants_grid.c, shared with IQ3); dequantizers; the scalar dot products in the float order of ggml's AVX2 kernels. Same float rules as quants_k.c: fp32, ggml's order, no contraction. */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__)
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-#include <float.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "quants.h"
+#include "quants_grid.h"
 #include "quants_iq2.h"
 #include "quants_iq2_grids.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define IQ2_X86 1 /* best_neighbour on AVX2 (quants_grid_search_avx2.c) */
-#else
-#define IQ2_X86 0
-#endif
 
 /* ---------------------------------------------------------------------------------------------- value tables */
 
@@ -58,160 +51,26 @@ __attribute__((constructor)) static void fill_iq2_tables(void) {
 
 /* ---------------------------------------------------------------------------------------------- search tables */
 
-#define IQ2_MAP_SIZE 43692 /* the 8-vectors of levels 0..2 index below this (2·Σ4^k + 2) */
-#define IQ2_MAX_D2 289     /* squared distances of points whose coordinates are odd numbers 1..7 */
+/* The grids as the quantizers search them (quants_grid.h): tuples of 8 levels 0..2 (2 per sub-block of 16, 4 per
+   32 for IQ2_XXS); an off-grid tuple's list holds the points at its 2 (IQ2_XXS, IQ2_XS) or 1 (IQ2_S) smallest
+   squared distances; codes below ggml's kmap_size 43692 (levels 0..3) */
+#define IQ2_MAP_SIZE 43692
+static struct tk_grid GRIDS[3];
+static pthread_once_t ONCE[3] = {PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT, PTHREAD_ONCE_INIT};
 
-/* For one grid: its points as levels 2l+1 (1, 3, 5); map: for an 8-vector of 2-bit levels (bits 2i..2i+1), its grid
-   index, or -(o + 1) where neighbours[o] is the count n and neighbours[o + 1 .. o + n] the nearest grid points */
-struct iq2_search {
-    int size, nwant;
-    const uint16_t *kgrid;
-    int8_t (*points)[8];
-    int32_t *map;
-    uint16_t *neighbours;
-    float *nb_values; /* value i of the point at neighbours[o] at [i·nb_stride + o] (8 zeros of padding): the SIMD
-                         search's loads */
-    size_t nb_stride;
-    pthread_once_t once;
-};
+static const struct tk_grid_shape BY_32 = {4, 8, 2, 2}, BY_16 = {2, 8, 2, 2};
 
-static struct iq2_search SEARCH[3] = {
-    {256, 2, iq2xxs_kgrid, NULL, NULL, NULL, NULL, 0, PTHREAD_ONCE_INIT},
-    {512, 2, iq2xs_kgrid, NULL, NULL, NULL, NULL, 0, PTHREAD_ONCE_INIT},
-    {1024, 1, iq2s_kgrid, NULL, NULL, NULL, NULL, 0, PTHREAD_ONCE_INIT},
-};
+static void build_xxs(void) { tk_grid_build(&GRIDS[0], BY_32, iq2xxs_kgrid, 256, IQ2_MAP_SIZE, 2); }
+static void build_xs(void) { tk_grid_build(&GRIDS[1], BY_16, iq2xs_kgrid, 512, IQ2_MAP_SIZE, 2); }
+static void build_s(void) { tk_grid_build(&GRIDS[2], BY_16, iq2s_kgrid, 1024, IQ2_MAP_SIZE, 1); }
 
-/* Grid points of entry i (not on the grid) at its nwant nearest distances, by distance then index (ggml's qsort on
-   (d2, index) cut after the nwant-th distinct distance). Writes them to out (when not NULL); returns their count. */
-static int nearest_points(const struct iq2_search *t, int i, int *d2, uint16_t *out) {
-    int8_t pos[8];
-    for (int k = 0; k < 8; ++k) pos[k] = (int8_t)(2 * ((i >> 2 * k) & 3) + 1);
-    int used[IQ2_MAX_D2] = {0};
-    for (int j = 0; j < t->size; ++j) {
-        int d = 0;
-        for (int k = 0; k < 8; ++k) d += (t->points[j][k] - pos[k]) * (t->points[j][k] - pos[k]);
-        d2[j] = d;
-        used[d] = 1;
-    }
-    int n = 0, have = 0;
-    for (int d = 0; d < IQ2_MAX_D2 && have < t->nwant; ++d) {
-        if (!used[d]) continue;
-        ++have;
-        for (int j = 0; j < t->size; ++j)
-            if (d2[j] == d) {
-                if (out) out[n] = (uint16_t)j;
-                ++n;
-            }
-    }
-    return n;
-}
-
-static void build_search(struct iq2_search *t) {
-    t->points = malloc(sizeof(*t->points) * (size_t)t->size);
-    t->map = malloc(sizeof(int32_t) * IQ2_MAP_SIZE);
-    int *d2 = malloc(sizeof(int) * (size_t)t->size);
-    if (!t->points || !t->map || !d2) goto fail;
-    for (int i = 0; i < IQ2_MAP_SIZE; ++i) t->map[i] = -1;
-    for (int j = 0; j < t->size; ++j) {
-        for (int k = 0; k < 8; ++k) t->points[j][k] = (int8_t)(2 * ((t->kgrid[j] >> 2 * k) & 3) + 1);
-        t->map[t->kgrid[j]] = j;
-    }
-    size_t total = 0;
-    for (int i = 0; i < IQ2_MAP_SIZE; ++i)
-        if (t->map[i] < 0) total += 1 + (size_t)nearest_points(t, i, d2, NULL);
-    t->neighbours = malloc(sizeof(uint16_t) * total);
-    if (!t->neighbours) goto fail;
-    size_t o = 0;
-    for (int i = 0; i < IQ2_MAP_SIZE; ++i) {
-        if (t->map[i] >= 0) continue;
-        const int n = nearest_points(t, i, d2, t->neighbours + o + 1);
-        t->neighbours[o] = (uint16_t)n;
-        t->map[i] = -(int32_t)(o + 1);
-        o += 1 + (size_t)n;
-    }
-    free(d2);
-    t->nb_stride = total + 8;
-    t->nb_values = malloc(8 * t->nb_stride * sizeof(float));
-    if (!t->nb_values) goto fail;
-    for (size_t j = 0; j < 8 * t->nb_stride; ++j) t->nb_values[j] = 0.f;
-    for (int i = 0; i < IQ2_MAP_SIZE; ++i) {
-        if (t->map[i] >= 0) continue;
-        const size_t first = (size_t)(-t->map[i] - 1);
-        for (int j = 1; j <= t->neighbours[first]; ++j)
-            for (int k = 0; k < 8; ++k)
-                t->nb_values[k * t->nb_stride + first + j] = t->points[t->neighbours[first + j]][k];
-    }
-    return;
-fail:
-    fprintf(stderr, "toolkit: out of memory building the IQ2 quantization tables\n");
-    abort();
-}
-
-static void build_xxs(void) { build_search(&SEARCH[0]); }
-static void build_xs(void) { build_search(&SEARCH[1]); }
-static void build_s(void) { build_search(&SEARCH[2]); }
-
-static const struct iq2_search *search_tables(int which) {
+static const struct tk_grid *grid(int which) {
     static void (*const build[3])(void) = {build_xxs, build_xs, build_s};
-    pthread_once(&SEARCH[which].once, build[which]);
-    return &SEARCH[which];
+    pthread_once(&ONCE[which], build[which]);
+    return &GRIDS[which];
 }
 
 /* ---------------------------------------------------------------------------------------------- quantizers */
-
-/* The grid point nearest (weights waux) to scale·q for 8 values xval, among the neighbours list nb; L gets its
-   levels (ggml's iq2_find_best_neighbour; a list whose distances are all NaN, where ggml aborts, gives its first) */
-static int best_neighbour(const struct iq2_search *t, const uint16_t *nb, const float *xval, const float *waux,
-                          float scale, int8_t *L) {
-    float best_d2 = FLT_MAX;
-    int g = nb[1];
-#if IQ2_X86
-    if (tk_use_simd())
-        g = nb[1 + tk_best_neighbour_avx2(t->nb_values + (nb - t->neighbours) + 1, t->nb_stride, 8, nb[0], xval, waux,
-                                          scale)];
-    else
-#endif
-    for (int j = 1; j <= nb[0]; ++j) {
-        const int8_t *pg = t->points[nb[j]];
-        float d2 = 0;
-        for (int i = 0; i < 8; ++i) {
-            const float diff = scale * pg[i] - xval[i];
-            d2 += waux[i] * diff * diff;
-        }
-        if (d2 < best_d2) {
-            best_d2 = d2;
-            g = nb[j];
-        }
-    }
-    for (int i = 0; i < 8; ++i) L[i] = (int8_t)((t->points[g][i] - 1) / 2);
-    return g;
-}
-
-/* 8 values rounded to levels 0..2 at inverse scale id (L), moved to the best neighbour for scale when the result is
-   off the grid; returns the grid index, *on_grid whether the rounding was on it */
-static int to_grid(const struct iq2_search *t, const float *xval, const float *waux, float id, float scale, int8_t *L,
-                   int *on_grid) {
-    unsigned u = 0;
-    for (int i = 0; i < 8; ++i) {
-        L[i] = (int8_t)clampi(tk_nearest_int(0.5f * (id * xval[i] - 1)), 0, 2);
-        u |= (unsigned)L[i] << 2 * i;
-    }
-    const int g = t->map[u];
-    *on_grid = g >= 0;
-    return g >= 0 ? g : best_neighbour(t, t->neighbours - g - 1, xval, waux, scale, L);
-}
-
-/* Σw·x·q and Σw·q² with q = 2L + 1 */
-static void level_sums(int n, const float *xval, const float *w, const int8_t *L, float *sumqx, float *sumq2) {
-    float sqx = 0, sq2 = 0;
-    for (int i = 0; i < n; ++i) {
-        const float q = 2 * L[i] + 1;
-        sqx += w[i] * xval[i] * q;
-        sq2 += w[i] * q * q;
-    }
-    *sumqx = sqx;
-    *sumq2 = sq2;
-}
 
 /* Magnitudes of 8 values (xval) and their sign bits; with parity, an odd count of negatives is made even by keeping
    the sign of the element of least w·x² (returned in 7 bits, the eighth implied) */
@@ -244,50 +103,23 @@ static uint8_t split_signs(const float *xb, const float *w, float *xval, int par
     return s & 127;
 }
 
-/* IQ2_XS / IQ2_S scale of 16 magnitudes (largest max > 0): 19 scales around max/5 tried, each rounding snapped to the
-   grid, the best by (Σw·x·q)²/Σw·q²; the halves that were snapped re-rounded at the fitted scale and refitted.
-   L gets the levels (on the grid). */
-static float fit16(const struct iq2_search *t, const float *xval, const float *weight, const float *waux, float max,
-                   int8_t L[16]) {
-    int8_t Laux[16];
-    int on[2] = {1, 1}, on_aux[2];
-    float best = 0, scale = max / 5, sumqx, sumq2;
-    for (int is = -9; is <= 9; ++is) {
-        const float id = (5 + is * 0.1f) / max, this_scale = 1 / id;
-        for (int k = 0; k < 2; ++k) to_grid(t, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k, &on_aux[k]);
-        level_sums(16, xval, weight, Laux, &sumqx, &sumq2);
-        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-            scale = sumqx / sumq2;
-            best = scale * sumqx;
-            memcpy(L, Laux, 16);
-            on[0] = on_aux[0];
-            on[1] = on_aux[1];
-        }
-    }
-    if ((!on[0] || !on[1]) && scale > 0) {
-        const float id = 1 / scale;
-        int dummy;
-        for (int k = 0; k < 2; ++k)
-            if (!on[k]) to_grid(t, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k, &dummy);
-        level_sums(16, xval, weight, L, &sumqx, &sumq2);
-        if (sumq2 > 0) scale = sumqx / sumq2;
-    }
-    return scale;
-}
-
-/* the grid index of 8 levels that are on the grid (0 for levels off it: left only by a NaN scale, where ggml aborts) */
-static int grid_index(const struct iq2_search *t, const int8_t *L) {
-    unsigned u = 0;
-    for (int i = 0; i < 8; ++i) u |= (unsigned)(L[i] & 3) << 2 * i;
-    return u < IQ2_MAP_SIZE && t->map[u] >= 0 ? t->map[u] : 0;
+/* IQ2_XS / IQ2_S scale of 16 magnitudes (largest max > 0): the best of 19 scales around max/5, each rounding snapped
+   to the grid, by (Σw·x·q)²/Σw·q²; the halves that were snapped re-rounded at the fitted scale and refitted
+   (tk_grid_fit). L gets the levels (on the grid). */
+static float fit16(const struct tk_grid *g, const struct tk_grid_search *gs, const float *xval, const float *weight,
+                   const float *waux, float max, int8_t L[16]) {
+    float ids[19];
+    for (int is = -9; is <= 9; ++is) ids[is + 9] = (5 + is * 0.1f) / max;
+    return tk_grid_fit(g, gs, xval, weight, waux, ids, 19, max / 5, TK_REFIT_MOVED, L);
 }
 
 /* 4-bit sub-block scale l with d·(2l + 1)/2 nearest the fitted scale */
 static inline int sub_scale(float id, float scale) { return clampi(tk_nearest_int(0.5f * (id * scale - 1)), 0, 15); }
 
-static void quantize_block_iq2_xxs(const struct iq2_search *t, const float *xbl, const float *qw, block_iq2_xxs *y) {
+static void quantize_block_iq2_xxs(const struct tk_grid *g, const struct tk_grid_search *gs, const float *xbl,
+                                   const float *qw, block_iq2_xxs *y) {
     float scales[QK_K / 32], weight[32], waux[32], xval[32];
-    int8_t L[32], Laux[32];
+    int8_t L[32];
     uint8_t signs[4];
     uint32_t q2[2 * (QK_K / 32)] = {0};
     y->d = tk_fp32_to_fp16(0.f);
@@ -306,30 +138,16 @@ static void quantize_block_iq2_xxs(const struct iq2_search *t, const float *xbl,
         float scale = fit_scales_weighted(32, 4, xval, (uint8_t *)L, weight);
         const float eff_max = scale * 3;
         if (eff_max <= 0) continue;
-        float best = 0, sumqx, sumq2;
-        int on;
-        for (int is = -6; is <= 6; ++is) {
-            const float id = (5 + is * 0.1f) / eff_max, this_scale = 1 / id;
-            for (int k = 0; k < 4; ++k) to_grid(t, xval + 8 * k, waux + 8 * k, id, this_scale, Laux + 8 * k, &on);
-            level_sums(32, xval, weight, Laux, &sumqx, &sumq2);
-            if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                memcpy(L, Laux, 32);
-            }
-        }
-        if (scale > 0) {
-            const float id = 1 / scale;
-            for (int k = 0; k < 4; ++k) to_grid(t, xval + 8 * k, waux + 8 * k, id, scale, L + 8 * k, &on);
-            level_sums(32, xval, weight, L, &sumqx, &sumq2);
-            if (sumq2 > 0) scale = sumqx / sumq2;
-        }
+        /* 13 scales around eff_max/5, then every tuple re-rounded at the fitted scale (tk_grid_fit) */
+        float ids[13];
+        for (int is = -6; is <= 6; ++is) ids[is + 6] = (5 + is * 0.1f) / eff_max;
+        scale = tk_grid_fit(g, gs, xval, weight, waux, ids, 13, scale, TK_REFIT_ALL, L);
         if (scale < 0) {
             scale = -scale;
             for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
         }
         for (int k = 0; k < 4; ++k) {
-            q2[2 * ib] |= (uint32_t)grid_index(t, L + 8 * k) << 8 * k;
+            q2[2 * ib] |= (uint32_t)tk_grid_index(g, L + 8 * k) << 8 * k;
             q2[2 * ib + 1] |= (uint32_t)signs[k] << 7 * k;
         }
         scales[ib] = scale;
@@ -348,7 +166,7 @@ static void quantize_block_iq2_xxs(const struct iq2_search *t, const float *xbl,
 
 /* IQ2_XS (s = 0) and IQ2_S (s = 1) super-blocks: the same search over sub-blocks of 16, their own weights, signs
    and packing */
-static void quantize_block_iq2_16(const struct iq2_search *t, int s, const float *xbl, const float *qw, void *vy) {
+static void quantize_block_iq2_16(const struct tk_grid *g, const struct tk_grid_search *gs, int s, const float *xbl, const float *qw, void *vy) {
     float scales[QK_K / 16], weight[16], waux[16], xval[16];
     int8_t L[16];
     uint8_t signs[2];
@@ -372,19 +190,19 @@ static void quantize_block_iq2_16(const struct iq2_search *t, int s, const float
         scales[ib] = 0;
         memset(L, 0, 16); /* the levels when no scale tried fits (NaN sums) */
         if (max < (s ? 1e-8f : GROUP_MAX_EPS)) continue;
-        float scale = fit16(t, xval, weight, waux, max, L);
+        float scale = fit16(g, gs, xval, weight, waux, max, L);
         if (scale < 0) {
             scale = -scale;
             for (int k = 0; k < 2; ++k) signs[k] = (uint8_t)(s ? ~signs[k] : ~signs[k] & 127);
         }
         for (int k = 0; k < 2; ++k) {
-            const int g = grid_index(t, L + 8 * k), i8 = 2 * ib + k;
+            const int p = tk_grid_index(g, L + 8 * k), i8 = 2 * ib + k;
             if (s) {
-                is->qs[i8] = (uint8_t)(g & 255);
-                is->qh[i8 / 4] |= (uint8_t)((g >> 8) << 2 * (i8 % 4));
+                is->qs[i8] = (uint8_t)(p & 255);
+                is->qh[i8 / 4] |= (uint8_t)((p >> 8) << 2 * (i8 % 4));
                 is->qs[QK_K / 8 + i8] = signs[k];
             } else {
-                xs->qs[i8] = (uint16_t)(g | signs[k] << 9);
+                xs->qs[i8] = (uint16_t)(p | signs[k] << 9);
             }
         }
         scales[ib] = scale;
@@ -409,22 +227,25 @@ static void quantize_block_iq2_16(const struct iq2_search *t, int s, const float
 /* IQ2_XXS and IQ2_XS need the weights (ggml asserts them; callers check): NULL leaves the row untouched */
 void quantize_row_iq2_xxs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     if (!qw) return;
-    const struct iq2_search *t = search_tables(0);
+    const struct tk_grid *g = grid(0);
+    const struct tk_grid_search *gs = tk_grid_search();
     block_iq2_xxs *y = vy;
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_xxs(t, x + QK_K * i, qw + QK_K * i, &y[i]);
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_xxs(g, gs, x + QK_K * i, qw + QK_K * i, &y[i]);
 }
 
 void quantize_row_iq2_xs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     if (!qw) return;
-    const struct iq2_search *t = search_tables(1);
+    const struct tk_grid *g = grid(1);
+    const struct tk_grid_search *gs = tk_grid_search();
     block_iq2_xs *y = vy;
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_16(t, 0, x + QK_K * i, qw + QK_K * i, &y[i]);
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_16(g, gs, 0, x + QK_K * i, qw + QK_K * i, &y[i]);
 }
 
 void quantize_row_iq2_s_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
-    const struct iq2_search *t = search_tables(2);
+    const struct tk_grid *g = grid(2);
+    const struct tk_grid_search *gs = tk_grid_search();
     block_iq2_s *y = vy;
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_16(t, 1, x + QK_K * i, qw ? qw + QK_K * i : NULL, &y[i]);
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_block_iq2_16(g, gs, 1, x + QK_K * i, qw ? qw + QK_K * i : NULL, &y[i]);
 }
 
 void quantize_row_iq2_s(const float *x, void *y, int64_t k) { quantize_row_iq2_s_imatrix(x, y, k, NULL); }

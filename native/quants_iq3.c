@@ -11,22 +11,17 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
-#include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "quants_grid.h"
 #include "quants_iq3.h"
 
 #define IQ3_KMAX 8                /* 3-bit levels 0..7, value 2l + 1 */
 #define IQ3_MAP_SIZE 4096         /* every 4-tuple of levels, 3 bits each */
 #define IQ3_XXS_GROUP_EPS 1e-8f   /* ggml's GROUP_MAX_EPS_IQ3_XXS */
-#if defined(__x86_64__) || defined(__i386__)
-#define IQ3_X86 1                 /* best_neighbour on AVX2 (quants_grid_search_avx2.c) */
-#else
-#define IQ3_X86 0
-#endif
 
 /* The grid points as 4 levels of 3 bits (level i in bits 3i..3i+2), in grid-index order (ggml's kgrid_256/512). */
 static const uint16_t IQ3_XXS_POINTS[256] = {
@@ -101,240 +96,35 @@ __attribute__((constructor)) static void fill_iq3_tables(void) {
 
 /* ---------------------------------------------------------------------------------------------- the search grid */
 
-/* A grid as the quantizer searches it: each point's 4 values 2l + 1 (as int8, in a uint32 as ggml keeps them), the
-   point index of every 4-tuple of levels (-1 off the grid) and, off the grid, the list of its nearest points: every
-   point at one of the 2 (256-point grid) or 3 (512) smallest squared distances, by distance then index. */
-struct iq3_grid {
-    int size;
-    uint32_t points[512];
-    int16_t map[IQ3_MAP_SIZE];
-    int32_t first[IQ3_MAP_SIZE]; /* off the grid: start of its neighbours in `neighbours` */
-    int16_t count[IQ3_MAP_SIZE];
-    uint16_t *neighbours;
-    float *nb_values; /* value i of neighbours[j] at [i·nb_stride + j] (8 zeros of padding): the SIMD search's loads */
-    size_t nb_stride;
-};
-
-static struct iq3_grid GRID_XXS = {.size = 256}, GRID_S = {.size = 512};
+/* The grids as the quantizers search them (quants_grid.h): 8 tuples of 4 levels 0..7 per sub-block of 32, every
+   point at one of the 2 (256-point grid) or 3 (512) smallest squared distances in an off-grid tuple's list */
+static const struct tk_grid_shape IQ3_SHAPE = {8, 4, 3, IQ3_KMAX - 1};
+static struct tk_grid GRID_XXS, GRID_S;
 static pthread_once_t ONCE_XXS = PTHREAD_ONCE_INIT, ONCE_S = PTHREAD_ONCE_INIT;
 
-static int by_distance_then_index(const void *a, const void *b) {
-    const int *l = a, *r = b;
-    return l[0] < r[0] ? -1 : l[0] > r[0] ? 1 : l[1] < r[1] ? -1 : l[1] > r[1];
-}
+static void build_xxs(void) { tk_grid_build(&GRID_XXS, IQ3_SHAPE, IQ3_XXS_POINTS, 256, IQ3_MAP_SIZE, 2); }
+static void build_s(void) { tk_grid_build(&GRID_S, IQ3_SHAPE, IQ3_S_POINTS, 512, IQ3_MAP_SIZE, 3); }
 
-/* Sorted (squared distance, point) pairs from the 4-tuple u to every point; returns how many make the neighbour list
-   (those at the nwant smallest distinct distances). */
-static int nearest_points(const struct iq3_grid *g, int u, int nwant, int *dist) {
-    for (int j = 0; j < g->size; ++j) {
-        const int8_t *p = (const int8_t *)&g->points[j];
-        int d2 = 0;
-        for (int i = 0; i < 4; ++i) {
-            const int diff = p[i] - (2 * level(u, i) + 1);
-            d2 += diff * diff;
-        }
-        dist[2 * j] = d2;
-        dist[2 * j + 1] = j;
-    }
-    qsort(dist, (size_t)g->size, 2 * sizeof(int), by_distance_then_index);
-    int n = 0, have = 1, d2 = dist[0];
-    for (int j = 0; j < g->size; ++j, ++n) {
-        if (dist[2 * j] > d2) {
-            if (have == nwant) break;
-            d2 = dist[2 * j];
-            ++have;
-        }
-    }
-    return n;
-}
-
-static void build_grid(struct iq3_grid *g, const uint16_t *points) {
-    const int nwant = g->size == 256 ? 2 : 3;
-    for (int u = 0; u < IQ3_MAP_SIZE; ++u) g->map[u] = -1;
-    for (int k = 0; k < g->size; ++k) {
-        int8_t *p = (int8_t *)&g->points[k];
-        for (int i = 0; i < 4; ++i) p[i] = (int8_t)(2 * level(points[k], i) + 1);
-        g->map[points[k]] = (int16_t)k;
-    }
-    int *dist = malloc(2 * sizeof(int) * (size_t)g->size);
-    size_t total = 0, cap = 0;
-    uint16_t *list = NULL;
-    for (int u = 0; u < IQ3_MAP_SIZE; ++u) {
-        if (g->map[u] >= 0 || !dist) continue;
-        const int n = nearest_points(g, u, nwant, dist);
-        if (total + (size_t)n > cap) {
-            cap = 2 * (total + (size_t)n);
-            uint16_t *grown = realloc(list, cap * sizeof(uint16_t));
-            if (!grown) break;
-            list = grown;
-        }
-        g->first[u] = (int32_t)total;
-        g->count[u] = (int16_t)n;
-        for (int j = 0; j < n; ++j) list[total++] = (uint16_t)dist[2 * j + 1];
-    }
-    free(dist);
-    g->neighbours = list;
-    g->nb_stride = total + 8;
-    g->nb_values = list ? malloc(4 * g->nb_stride * sizeof(float)) : NULL;
-    for (size_t j = 0; g->nb_values && j < g->nb_stride; ++j)
-        for (int i = 0; i < 4; ++i)
-            g->nb_values[i * g->nb_stride + j] = j < total ? ((const int8_t *)&g->points[list[j]])[i] : 0.f;
-}
-
-static void build_xxs(void) { build_grid(&GRID_XXS, IQ3_XXS_POINTS); }
-static void build_s(void) { build_grid(&GRID_S, IQ3_S_POINTS); }
-
-static const struct iq3_grid *grid_xxs(void) {
+static const struct tk_grid *grid_xxs(void) {
     pthread_once(&ONCE_XXS, build_xxs);
     return &GRID_XXS;
 }
 
-static const struct iq3_grid *grid_s(void) {
+static const struct tk_grid *grid_s(void) {
     pthread_once(&ONCE_S, build_s);
     return &GRID_S;
 }
 
-/* The neighbour of the off-grid tuple u that minimises Σ w·(scale·q − x)² over 4 values (the first such in list
-   order); its levels into L. ggml asserts when no distance is below FLT_MAX (infinite weights): the first neighbour
-   is kept then. */
-static int best_neighbour(const struct iq3_grid *g, int u, const float *x, const float *w, float scale, int simd,
-                          int8_t *L) {
-    const uint16_t *nb = g->neighbours + g->first[u];
-    float best_d2 = FLT_MAX;
-    int best = nb[0];
-#if IQ3_X86
-    if (simd && g->nb_values)
-        best = nb[tk_best_neighbour_avx2(g->nb_values + g->first[u], g->nb_stride, 4, g->count[u], x, w, scale)];
-    else
-#endif
-    for (int j = 0; j < g->count[u]; ++j) {
-        const int8_t *p = (const int8_t *)&g->points[nb[j]];
-        float d2 = 0;
-        for (int i = 0; i < 4; ++i) {
-            const float q = p[i];
-            const float diff = scale * q - x[i];
-            d2 += w[i] * diff * diff;
-        }
-        if (d2 < best_d2) {
-            best_d2 = d2;
-            best = nb[j];
-        }
-    }
-    const int8_t *p = (const int8_t *)&g->points[best];
-    for (int i = 0; i < 4; ++i) L[i] = (int8_t)((p[i] - 1) / 2);
-    return best;
-}
-
 /* ---------------------------------------------------------------------------------------------- the quantizers */
 
-/* the tuple of 4 levels nearest id·x (as 3-bit fields), levels into L when L is not NULL */
-static inline int tuple_of(const float *x, float id, int8_t *L) {
-    int u = 0;
-    for (int i = 0; i < 4; ++i) {
-        const int l = clampi(tk_nearest_int(0.5f * (id * x[i] - 1)), 0, IQ3_KMAX - 1);
-        if (L) L[i] = (int8_t)l;
-        u |= l << 3 * i;
-    }
-    return u;
-}
-
-static inline void lattice_sums(const float *xval, const float *w, const int8_t *L, float *sumqx, float *sumq2) {
-    float sqx = 0, sq2 = 0;
-    for (int i = 0; i < 32; ++i) {
-        const float q = 2 * L[i] + 1;
-        sqx += w[i] * xval[i] * q;
-        sq2 += w[i] * q * q;
-    }
-    *sumqx = sqx;
-    *sumq2 = sq2;
-}
-
-/* tk_iq3_step_levels_avx2's levels and tuple codes (quants_iq3.h), one step at a time */
-static void step_levels(const float *xval, const float *ids, int nlanes, int8_t *Lt, int32_t *u) {
-    for (int s = 0; s < nlanes; ++s)
-        for (int k = 0; k < 8; ++k) {
-            int8_t l[4];
-            u[k * IQ3_STEP_LANES + s] = tuple_of(xval + 4 * k, ids[s], l);
-            for (int i = 0; i < 4; ++i) Lt[(4 * k + i) * IQ3_STEP_LANES + s] = l[i];
-        }
-}
-
-/* tk_iq3_step_sums_avx2's sums, one step at a time */
-static void step_sums(const float *xval, const float *w, const int8_t *Lt, int nlanes, float *sumqx, float *sumq2) {
-    for (int s = 0; s < nlanes; ++s) {
-        int8_t L[32];
-        for (int i = 0; i < 32; ++i) L[i] = Lt[i * IQ3_STEP_LANES + s];
-        lattice_sums(xval, w, L, sumqx + s, sumq2 + s);
-    }
-}
-
 /* The scale and levels L of 32 magnitudes xval (weights w, their square roots wa) on grid g, as ggml's
-   quantize_row_iq3_*_impl: the best of 2·nsteps + 1 stretched grids (15 + 0.2·is)/max by (Σw·q·x)²/Σw·q², each
-   4-tuple off the grid replaced by its best neighbour; then, when a kept tuple was off the grid, the tuples
-   re-derived from the kept scale (all of them when requant_all, else only those off the grid) and the scale refitted.
-   on_grid0: what the groups count as before any grid is kept. Every step is quantized and summed first, each in a
-   lane of its own (the same numbers as ggml's step after step), then the steps compared in ggml's order. */
-static float fit_lattice(const struct iq3_grid *g, const float *xval, const float *w, const float *wa, float max,
-                         int nsteps, int on_grid0, int requant_all, int simd, int8_t L[32]) {
-    const int nst = 2 * nsteps + 1;
-    float ids[IQ3_STEP_LANES] = {0}, sumqx[IQ3_STEP_LANES], sumq2[IQ3_STEP_LANES];
-    int8_t Lt[32 * IQ3_STEP_LANES];
-    int32_t u[8 * IQ3_STEP_LANES];
-    unsigned off[IQ3_STEP_LANES]; /* bit k: tuple k of the step was off the grid */
-    for (int s = 0; s < nst; ++s) ids[s] = (2 * IQ3_KMAX - 1 + (s - nsteps) * 0.2f) / max;
-#if IQ3_X86
-    if (simd) tk_iq3_step_levels_avx2(xval, ids, (nst + 7) & ~7, Lt, u);
-    else
-#endif
-    step_levels(xval, ids, nst, Lt, u);
-    for (int s = 0; s < nst; ++s) {
-        const float this_scale = 1 / ids[s];
-        off[s] = 0;
-        for (int k = 0; k < 8; ++k) {
-            const int t = u[k * IQ3_STEP_LANES + s];
-            if (g->map[t] >= 0) continue;
-            off[s] |= 1u << k;
-            int8_t l[4];
-            best_neighbour(g, t, xval + 4 * k, wa + 4 * k, this_scale, simd, l);
-            for (int i = 0; i < 4; ++i) Lt[(4 * k + i) * IQ3_STEP_LANES + s] = l[i];
-        }
-    }
-#if IQ3_X86
-    if (simd) tk_iq3_step_sums_avx2(xval, w, Lt, (nst + 7) & ~7, sumqx, sumq2);
-    else
-#endif
-    step_sums(xval, w, Lt, nst, sumqx, sumq2);
-    float best = 0, scale = max / (2 * IQ3_KMAX - 1);
-    int kept = -1;
-    for (int s = 0; s < nst; ++s) {
-        if (sumq2[s] > 0 && sumqx[s] * sumqx[s] > best * sumq2[s]) {
-            scale = sumqx[s] / sumq2[s];
-            best = scale * sumqx[s];
-            kept = s;
-        }
-    }
-    int n_off = 0;
-    if (kept >= 0) {
-        for (int i = 0; i < 32; ++i) L[i] = Lt[i * IQ3_STEP_LANES + kept];
-        n_off = __builtin_popcount(off[kept]);
-    } else if (!on_grid0) {
-        n_off = 8;
-    }
-    if (n_off > 0 && scale > 0) {
-        const float id = 1 / scale;
-        for (int k = 0; k < 8; ++k) {
-            if (!requant_all && !(kept >= 0 ? off[kept] >> k & 1 : !on_grid0)) continue;
-            const int t = tuple_of(xval + 4 * k, id, NULL);
-            int index = g->map[t];
-            if (index < 0) index = best_neighbour(g, t, xval + 4 * k, wa + 4 * k, scale, simd, L + 4 * k);
-            const int8_t *p = (const int8_t *)&g->points[index];
-            for (int i = 0; i < 4; ++i) L[4 * k + i] = (int8_t)((p[i] - 1) / 2);
-        }
-        float sumqx1, sumq21;
-        lattice_sums(xval, w, L, &sumqx1, &sumq21);
-        if (sumq21 > 0) scale = sumqx1 / sumq21;
-    }
-    return scale;
+   quantize_row_iq3_*_impl: the best of 2·nsteps + 1 stretched grids (15 + 0.2·is)/max, then the refit
+   (tk_grid_fit) */
+static float fit_lattice(const struct tk_grid *g, const struct tk_grid_search *gs, const float *xval, const float *w,
+                         const float *wa, float max, int nsteps, enum tk_grid_refit refit, int8_t L[32]) {
+    float ids[TK_GRID_LANES];
+    for (int s = 0; s < 2 * nsteps + 1; ++s) ids[s] = (2 * IQ3_KMAX - 1 + (s - nsteps) * 0.2f) / max;
+    return tk_grid_fit(g, gs, xval, w, wa, ids, 2 * nsteps + 1, max / (2 * IQ3_KMAX - 1), refit, L);
 }
 
 /* the importance of each of 32 elements: qw·sqrt(sigma2 + x²) with a matrix, x² without; and their square roots */
@@ -349,17 +139,13 @@ static inline float superblock_sigma2(const float *x) {
     return 2 * sumx2 / QK_K;
 }
 
-/* the grid index of each 4-tuple of the 32 levels L */
-static inline void tuple_indices(const struct iq3_grid *g, const int8_t *L, int index[8]) {
-    for (int k = 0; k < 8; ++k) {
-        int u = 0;
-        for (int i = 0; i < 4; ++i) u |= L[4 * k + i] << 3 * i;
-        index[k] = g->map[u] < 0 ? 0 : g->map[u]; /* always on the grid: ggml aborts otherwise */
-    }
+/* the grid index of each 4-tuple of the 32 levels L (always on the grid: ggml aborts otherwise) */
+static inline void tuple_indices(const struct tk_grid *g, const int8_t *L, int index[8]) {
+    for (int k = 0; k < 8; ++k) index[k] = tk_grid_index(g, L + 4 * k);
 }
 
-static void quantize_iq3_xxs_block(const float *x, const float *qw, int simd, block_iq3_xxs *y) {
-    const struct iq3_grid *g = grid_xxs();
+static void quantize_iq3_xxs_block(const float *x, const float *qw, const struct tk_grid_search *gs, block_iq3_xxs *y) {
+    const struct tk_grid *g = grid_xxs();
     float scales[QK_K / 32], w[32], wa[32], xval[32];
     int8_t L[32];
     uint8_t q3[3 * QK_K / 8];
@@ -403,7 +189,7 @@ static void quantize_iq3_xxs_block(const float *x, const float *qw, int simd, bl
             scales[ib] = 0;
             continue;
         }
-        float scale = fit_lattice(g, xval, w, wa, max, 15, 1, 0, simd, L);
+        float scale = fit_lattice(g, gs, xval, w, wa, max, 15, TK_REFIT_MOVED, L);
         if (scale < 0) { /* never expected; the scale is stored unsigned */
             scale = -scale;
             for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)(~signs[k] & 127);
@@ -430,8 +216,8 @@ static void quantize_iq3_xxs_block(const float *x, const float *qw, int simd, bl
     memcpy(y->qs + QK_K / 4, signs_scales, sizeof signs_scales);
 }
 
-static void quantize_iq3_s_block(const float *x, const float *qw, int simd, block_iq3_s *y) {
-    const struct iq3_grid *g = grid_s();
+static void quantize_iq3_s_block(const float *x, const float *qw, const struct tk_grid_search *gs, block_iq3_s *y) {
+    const struct tk_grid *g = grid_s();
     float scales[QK_K / 32], w[32], wa[32], xval[32];
     int8_t L[32];
     memset(y, 0, sizeof *y);
@@ -463,7 +249,7 @@ static void quantize_iq3_s_block(const float *x, const float *qw, int simd, bloc
             scales[ib] = 0;
             continue;
         }
-        float scale = fit_lattice(g, xval, w, wa, max, 9, 0, 1, simd, L);
+        float scale = fit_lattice(g, gs, xval, w, wa, max, 9, TK_REFIT_ALL_IF_MOVED, L);
         if (scale < 0) {
             scale = -scale;
             for (int k = 0; k < 4; ++k) signs[k] = (uint8_t)~signs[k];
@@ -493,14 +279,14 @@ static void quantize_iq3_s_block(const float *x, const float *qw, int simd, bloc
 
 void quantize_row_iq3_xxs_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     block_iq3_xxs *y = vy;
-    const int simd = IQ3_X86 && tk_use_simd();
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_xxs_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, simd, &y[i]);
+    const struct tk_grid_search *gs = tk_grid_search();
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_xxs_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, gs, &y[i]);
 }
 
 void quantize_row_iq3_s_imatrix(const float *x, void *vy, int64_t k, const float *qw) {
     block_iq3_s *y = vy;
-    const int simd = IQ3_X86 && tk_use_simd();
-    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_s_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, simd, &y[i]);
+    const struct tk_grid_search *gs = tk_grid_search();
+    for (int64_t i = 0; i < k / QK_K; ++i) quantize_iq3_s_block(x + QK_K * i, qw ? qw + QK_K * i : NULL, gs, &y[i]);
 }
 
 void quantize_row_iq3_xxs(const float *x, void *y, int64_t k) { quantize_row_iq3_xxs_imatrix(x, y, k, NULL); }

@@ -24,14 +24,6 @@ void quantize_row_iq3_xxs(const float *x, void *y, int64_t k);
 void quantize_row_iq3_s(const float *x, void *y, int64_t k);
 void quantize_row_iq3_xxs_imatrix(const float *x, void *y, int64_t k, const float *qw);
 void quantize_row_iq3_s_imatrix(const float *x, void *y, int64_t k, const float *qw);
-/* The quantizers' scale search, every step of a sub-block in a lane of its own (quants_iq3.c's fit_lattice):
-   lane s of IQ3_STEP_LANES holds the step with inverse scale ids[s]. The levels of the 32 magnitudes at every step,
-   Lt[i·IQ3_STEP_LANES + s], and each 4-tuple's code u[k·IQ3_STEP_LANES + s] (level i in bits 3i..3i+2); and each
-   step's Σ w·x·q and Σ w·q² over the 32 elements in their order (q = 2l + 1). nlanes: a multiple of 8. */
-#define IQ3_STEP_LANES 32
-void tk_iq3_step_levels_avx2(const float *xval, const float *ids, int nlanes, int8_t *Lt, int32_t *u);
-void tk_iq3_step_sums_avx2(const float *xval, const float *w, const int8_t *Lt, int nlanes, float *sumqx,
-                           float *sumq2);
 void dequantize_row_iq3_xxs(const void *x, float *y, int64_t k);
 void dequantize_row_iq3_s(const void *x, float *y, int64_t k);
 void tk_vec_dot_iq3_xxs_q8_K(int64_t n, float *s, const void *x, const void *y);

@@ -108,6 +108,27 @@ def running_llama_server(path, log, *flags):
 
 
 # -- the native core's kernels against ggml ---------------------------------------------------------------------------
+ISA_NAMES = {1: "avx2", 2: "avxvnni", 3: "avx512vnni"}
+
+
+def isa_levels() -> list[int]:
+    """The x86 instruction-set levels of the native kernels this CPU runs (1 AVX2, 2 AVX-VNNI, 3 AVX512-VNNI)."""
+    import native
+    f = native.cpu_features()
+    return [1] * bool(f.get("f16c_avx2")) + [2] * bool(f.get("avxvnni")) + [3] * bool(f.get("avx512vnni"))
+
+
+@contextlib.contextmanager
+def isa_level(level: int):
+    """The native core's kernels capped at an instruction-set level for the block; then uncapped."""
+    import native
+    native.set_isa_limit(level)
+    try:
+        yield
+    finally:
+        native.set_isa_limit(3)
+
+
 @contextlib.contextmanager
 def kernels(scalar: bool):
     """The native core on its portable scalar kernels (or its SIMD ones) for the block; then as the environment says

@@ -35,6 +35,7 @@ import pytest
 
 import native
 from tests import helpers
+from tests.helpers import ISA_NAMES, isa_level, isa_levels
 
 F32, F16, BF16 = 0, 1, 30
 Q8_0, Q8_1, Q8_K = 8, 9, 15
@@ -207,21 +208,15 @@ def test_rows_are_independent_of_batch():
             assert np.array_equal(matmul(t, wq, 45, 512, x[j:j + 1])[0], full[j])
 
 
-def _isa_levels():
-    f = native.cpu_features()
-    return [1] * bool(f.get("f16c_avx2")) + [2] * bool(f.get("avxvnni")) + [3] * bool(f.get("avx512vnni"))
-
-
 @pytest.mark.skipif(not HAS_SIMD, reason="CPU without AVX2/F16C")
-@pytest.mark.parametrize("level", _isa_levels(), ids=lambda v: {1: "avx2", 2: "avxvnni", 3: "avx512vnni"}[v])
+@pytest.mark.parametrize("level", isa_levels(), ids=ISA_NAMES.get)
 @pytest.mark.parametrize("t", TYPES, ids=[NAMES[t] for t in TYPES])
 def test_tiles_match_one_token_kernels(t, level):
     """Prompt processing runs tiles (several weight rows × several tokens at once) where the type has them; every
     output must still be bit for bit the one-token kernel's, on each instruction-set level the CPU offers. Shapes
     leave partial tiles on both sides, and an odd number of blocks above one (IQ4_NL's kernels end on one block of
     their own)."""
-    native.set_isa_limit(level)
-    try:
+    with isa_level(level):
         for rows, cols, n in [(37, min_cols(t) * 2, 11), (8, min_cols(t), 4), (130, 2048, 9), (13, min_cols(t), 2),
                               (9, min_cols(t) * 2, 3), (21, min_cols(t), 7), (6, min_cols(t), 8),
                               (10, min_cols(t), 6), (11, min_cols(t) * 3, 5)]:
@@ -231,8 +226,6 @@ def test_tiles_match_one_token_kernels(t, level):
             for j in range(n):
                 one = matmul(t, wq, rows, cols, x[j:j + 1], nthreads=1, simd=True)[0]
                 assert np.array_equal(one, full[j]), f"{NAMES[t]} {rows}x{cols}, token {j} of {n}"
-    finally:
-        native.set_isa_limit(3)
 
 
 @pytest.mark.parametrize("t", TYPES, ids=[NAMES[t] for t in TYPES])
@@ -337,13 +330,10 @@ def test_q4_0_is_ggml_repacked_gemv(ggml_cpu):
         assert np.array_equal(matmul(2, wq, rows, cols, x, simd=False), want), f"scalar {rows}x{cols}"
         if not HAS_SIMD:
             continue
-        for level in _isa_levels():
-            native.set_isa_limit(level)
-            try:
+        for level in isa_levels():
+            with isa_level(level):
                 got = matmul(2, wq, rows, cols, x, simd=True)
                 alone = np.stack([matmul(2, wq, rows, cols, x[j:j + 1], simd=True)[0] for j in range(n)])
-            finally:
-                native.set_isa_limit(3)
             assert np.array_equal(got, want), f"level {level} {rows}x{cols}, {n} tokens"
             assert np.array_equal(alone, want), f"level {level} {rows}x{cols}, tokens one by one"
 

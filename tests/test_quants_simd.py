@@ -102,3 +102,32 @@ def test_k_simd_extreme_magnitudes(k_oracle, k_ggml, t):
         x = np.concatenate([a, b, c]).astype(np.float32)
     x = np.nan_to_num(x, posinf=3.4e38, neginf=-3.4e38)
     _k_check(k_oracle, k_ggml, t, x)
+
+
+# ------------------------------------------------------------------------------------------------ grid types
+# The IQ2 and IQ3 quantizers' shared search (quants_grid*.c: every step of a scale search in a lane, the neighbour
+# search 8 or 16 neighbours at a time) on the scalar path and at every instruction-set level the CPU has, against
+# ggml's ggml_quantize_chunk byte for byte, with an importance matrix (IQ2_S and the IQ3 types also without).
+
+_GRID_TYPES = {16: "IQ2_XXS", 17: "IQ2_XS", 22: "IQ2_S", 18: "IQ3_XXS", 21: "IQ3_S"}
+
+
+@pytest.mark.parametrize("t", list(_GRID_TYPES), ids=_GRID_TYPES.get)
+def test_grid_search_forms_equal_ggml(ggml, t):
+    import native
+    from tests.helpers import ISA_NAMES, isa_level, isa_levels
+    from tests.test_quants_imatrix import ggml_quantize, weights
+
+    rng = np.random.default_rng(t)
+    x = (rng.standard_normal((24, 512)) * rng.lognormal(0, 2, (24, 1))).astype(np.float32)
+    x[3, 40:72] = 0      # a zero sub-block
+    x[5] = np.abs(x[5])  # no signs to flip
+    x[7, ::3] *= 1e-9    # tiny magnitudes beside ordinary ones
+    forms = [("scalar", lambda: kernels(scalar=True))] + [(ISA_NAMES[v], lambda v=v: isa_level(v)) for v in isa_levels()]
+    for qw in [weights("squares", 512), weights("sparse", 512)] + [None] * (t in (22, 18, 21)):
+        want = ggml_quantize(ggml.lib, t, x, qw)
+        for name, form in forms:
+            with form():
+                got = native.quantize(t, x, 2, imatrix=qw)
+            bad = np.flatnonzero((got != want).any(axis=1)).tolist()
+            assert not bad, f"{_GRID_TYPES[t]} {name}, {'no' if qw is None else 'a'} matrix: rows {bad} differ"

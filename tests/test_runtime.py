@@ -21,7 +21,8 @@ from quantizer.quantize import quantize_file
 from quantizer.types import parse_file_type
 from runtime.api import Llama
 from tests.codeshell_reference import codeshell_logits
-from tests.helpers import REPO, greedy_tokens, kernels as scalar_or_simd, llama_cpp_logit_diff, quantized, run_toolkit
+from tests.helpers import (REPO, greedy_tokens, isa_level, kernels as scalar_or_simd, llama_cpp_logit_diff, quantized,
+                           run_toolkit)
 from tests.test_quantize_imatrix import matrix_shapes, write_random_imatrix
 
 llama_cpp = __import__("llama_cpp") if os.environ.get("CI") == "true" else pytest.importorskip("llama_cpp")
@@ -462,14 +463,11 @@ def test_attention_gives_the_avx2_bits_on_avx512(tmp_path, hidden, heads, kv_hea
     tokens = list(np.random.default_rng(hidden + heads).integers(3, 250, 300))
     logits = []
     for level in (1, 3):
-        native.set_isa_limit(level)
-        try:
+        with isa_level(level):
             llm = Llama(str(path), n_ctx=320, n_threads=2, logits_all=True, verbose=False)
             for a, b in ((0, 200), (200, 203), (203, 300)):
                 llm.eval(tokens[a:b])
             logits.append(llm.scores)
-        finally:
-            native.set_isa_limit(3)
     assert np.array_equal(logits[0], logits[1])
 
 
