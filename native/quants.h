@@ -338,7 +338,7 @@ struct tk_gemm {
        at x + r·bx, zero rows up to the tile's, pack_size bytes per row and block; the tile gets bx = that row size */
     tk_pack_rows_fn pack_rows;
 };
-#define TK_GEMM_MAX_TILE 16
+#define TK_GEMM_MAX_TILE 32 /* rows or tokens of a tile, at most */
 #define TK_GEMM_MAX_PACK 548 /* bytes per weight block of a packed tile, at most (IQ1_S's tile: 548) */
 /* The tile kernel for wtype on this CPU (NULL when none, or the scalar path is forced). */
 const struct tk_gemm *tk_gemm(int wtype);

@@ -559,45 +559,61 @@ static inline AVX512 __m512i dpwssd_bcast(__m512i acc, __m512i w, const int16_t 
 
 #define Q8_K16_ROW(t, b) ((const block_q8_K16 *)((const char *)vy + (t) * by) + (b))
 
-/* 16 rows × RN tokens, on Q8_K16 activations */
-#define IQ_X16_TILE(NAME, RN, FACTOR)                                                                         \
+/* NG × 16 rows × RN tokens, on Q8_K16 activations: NG groups of 16 packed rows (group k from vx + 16·k·bx). One
+   group takes the activation pairs as embedded broadcasts; two share each pair, broadcast once, between the groups'
+   registers (Xeon, one thread, 2048 × 2048 × 128 tokens: 113-116 -> 120-124 GMAC/s in a standalone prototype; three or
+   four groups ran out of registers: slower). */
+#define IQ_X16_TILE(NAME, NG, RN, FACTOR)                                                                     \
     static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
-        (void)bx;                                                                                            \
-        const block_iq_x16 *p = vx;                                                                          \
-        __m512 acc[RN][8];                                                                                   \
-        for (int t = 0; t < RN; t++)                                                                         \
-            for (int l = 0; l < 8; l++) acc[t][l] = _mm512_setzero_ps();                                     \
+        const block_iq_x16 *p[NG];                                                                           \
+        for (int k = 0; k < NG; k++) p[k] = (const block_iq_x16 *)((const char *)vx + 16 * (size_t)k * bx);  \
+        __m512 acc[NG][RN][8];                                                                               \
+        for (int k = 0; k < NG; k++)                                                                         \
+            for (int t = 0; t < RN; t++)                                                                     \
+                for (int l = 0; l < 8; l++) acc[k][t][l] = _mm512_setzero_ps();                              \
         for (int64_t b = 0; b < n / QK_K; b++) {                                                             \
             const int16_t *a[RN];                                                                            \
             for (int t = 0; t < RN; t++) a[t] = Q8_K16_ROW(t, b)->qs;                                        \
-            const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
             for (int l = 0; l < 8; l++) {                                                                    \
-                __m512i lane[RN];                                                                            \
-                for (int t = 0; t < RN; t++) lane[t] = _mm512_setzero_si512();                               \
+                __m512i lane[NG][RN];                                                                        \
+                for (int k = 0; k < NG; k++)                                                                 \
+                    for (int t = 0; t < RN; t++) lane[k][t] = _mm512_setzero_si512();                        \
                 for (int ib = 0; ib < QK_K / 32; ib++)                                                       \
                     for (int h = 0; h < 2; h++) {                                                            \
-                        const __m512i w = _mm512_loadu_si512(p[b].w[ib][8 * h + l]);                         \
-                        for (int t = 0; t < RN; t++)                                                         \
-                            lane[t] = dpwssd_bcast(lane[t], w, a[t] + 32 * ib + 4 * l + 2 * h);              \
+                        __m512i w[NG];                                                                       \
+                        for (int k = 0; k < NG; k++) w[k] = _mm512_loadu_si512(p[k][b].w[ib][8 * h + l]);    \
+                        for (int t = 0; t < RN; t++) {                                                       \
+                            const int16_t *pair = a[t] + 32 * ib + 4 * l + 2 * h;                            \
+                            if (NG == 1) {                                                                   \
+                                lane[0][t] = dpwssd_bcast(lane[0][t], w[0], pair);                           \
+                            } else {                                                                         \
+                                const __m512i x = _mm512_set1_epi32(*(const int32_t *)pair);                 \
+                                for (int k = 0; k < NG; k++) lane[k][t] = _mm512_dpwssd_epi32(lane[k][t], w[k], x); \
+                            }                                                                                \
+                        }                                                                                    \
                     }                                                                                        \
-                for (int t = 0; t < RN; t++)                                                                 \
-                    acc[t][l] = _mm512_fmadd_ps(_mm512_mul_ps(dx, _mm512_set1_ps(Q8_K16_ROW(t, b)->d)),       \
-                                                _mm512_cvtepi32_ps(lane[t]), acc[t][l]);                     \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    const __m512 dy = _mm512_set1_ps(Q8_K16_ROW(t, b)->d);                                   \
+                    for (int k = 0; k < NG; k++)                                                             \
+                        acc[k][t][l] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_loadu_ps(p[k][b].d), dy),         \
+                                                       _mm512_cvtepi32_ps(lane[k][t]), acc[k][t][l]);        \
+                }                                                                                            \
             }                                                                                                \
         }                                                                                                    \
-        for (int t = 0; t < RN; t++) {                                                                       \
-            /* ggml's hsum_float_8 order: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) */                \
-            const __m512 sum = _mm512_add_ps(                                                                \
-                _mm512_add_ps(_mm512_add_ps(acc[t][0], acc[t][4]), _mm512_add_ps(acc[t][2], acc[t][6])),     \
-                _mm512_add_ps(_mm512_add_ps(acc[t][1], acc[t][5]), _mm512_add_ps(acc[t][3], acc[t][7])));    \
-            store_rows16(s + t, ls, _mm512_mul_ps(_mm512_set1_ps(FACTOR), sum));                             \
-        }                                                                                                    \
+        for (int k = 0; k < NG; k++)                                                                         \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                /* ggml's hsum_float_8 order: ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)) */            \
+                const __m512 *v = acc[k][t];                                                                 \
+                const __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(v[0], v[4]), _mm512_add_ps(v[2], v[6])), \
+                                                 _mm512_add_ps(_mm512_add_ps(v[1], v[5]), _mm512_add_ps(v[3], v[7]))); \
+                store_rows16(s + 16 * (size_t)k * ls + t, ls, _mm512_mul_ps(_mm512_set1_ps(FACTOR), sum));   \
+            }                                                                                                \
     }
 /* the one-token kernels' final factors: the IQ2 grids hold 8× their values, IQ3_XXS's 4× */
 #define IQ_X16_FACTOR_TILES(FACTOR, F)                                                                        \
-    IQ_X16_TILE(tile_iq_x16_##FACTOR##_2, 2, F)                                                              \
-    IQ_X16_TILE(tile_iq_x16_##FACTOR##_4, 4, F)                                                              \
-    IQ_X16_TILE(tile_iq_x16_##FACTOR##_8, 8, F)
+    IQ_X16_TILE(tile_iq_x16_##FACTOR##_2, 1, 2, F)                                                           \
+    IQ_X16_TILE(tile_iq_x16_##FACTOR##_4, 1, 4, F)                                                           \
+    IQ_X16_TILE(tile_iq_x32_##FACTOR##_8, 2, 8, F)
 IQ_X16_FACTOR_TILES(x1, 1.0f)
 IQ_X16_FACTOR_TILES(x4, 0.25f)
 IQ_X16_FACTOR_TILES(x8, 0.125f)
@@ -607,20 +623,26 @@ IQ_TILE(tile_iq1_s, 4, 6, 1.0f, block_iq1_s_packed, 1)
 
 _Static_assert(sizeof(block_iq_packed) <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 /* a type's tiles at the AVX2, AVX-VNNI and AVX512 levels */
-/* 8 tokens a pass; 4 or 2 for a few generating sequences */
-#define IQ_X16_ENTRY(T, FACTOR, RN, NARROW)                                                                   \
-    {.fn = tile_iq_x16_##FACTOR##_##RN, .rows = 16, .cols = RN, .pack_size = IQ_X16_ROW_SIZE, .act_type = TK_Q8_K16, \
-     .narrow = NARROW, .pack_rows = pack_##T##_x16}
+/* 32 rows × 8 tokens a pass; 16 rows × 4 or 2 tokens for a few generating sequences */
+#define IQ_X16_ENTRY(T, FACTOR, X, RN, NARROW)                                                                \
+    {.fn = tile_iq_x##X##_##FACTOR##_##RN, .rows = X, .cols = RN, .pack_size = IQ_X16_ROW_SIZE,                \
+     .act_type = TK_Q8_K16, .narrow = NARROW, .pack_rows = pack_##T##_x##X}
 #define IQ_TILE_ENTRIES(T, FACTOR, BLOCK)                                                                     \
     static AVX512 void pack_##T##_x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {              \
         pack_rows_x16(vx, bx, nr, dst, n, sizeof(BLOCK), T##_sub);                                           \
     }                                                                                                        \
-    static const struct tk_gemm T##_x16_2 = IQ_X16_ENTRY(T, FACTOR, 2, NULL);                                \
-    static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 4, &T##_x16_2);                          \
+    /* two groups of 16 rows, one after the other (the second at 16 packed rows' bytes) */                   \
+    static AVX512 void pack_##T##_x32(const void *vx, size_t bx, int nr, void *dst, int64_t n) {              \
+        pack_##T##_x16(vx, bx, nr < 16 ? nr : 16, dst, n);                                                   \
+        pack_##T##_x16((const char *)vx + 16 * bx, bx, nr > 16 ? nr - 16 : 0,                                 \
+                       (char *)dst + 16 * (size_t)(n / QK_K) * IQ_X16_ROW_SIZE, n);                          \
+    }                                                                                                        \
+    static const struct tk_gemm T##_x16_2 = IQ_X16_ENTRY(T, FACTOR, 16, 2, NULL);                            \
+    static const struct tk_gemm T##_x16_4 = IQ_X16_ENTRY(T, FACTOR, 16, 4, &T##_x16_2);                      \
     static const struct tk_gemm T##_tiles[3] = {                                                             \
         {tile_iq_bytes_##FACTOR##_avx2, 2, 5, pack_##T##_bytes, sizeof(block_iq_bytes), TK_Q8_K, NULL}, \
         {tile_iq_bytes_##FACTOR##_vnni, 2, 5, pack_##T##_bytes, sizeof(block_iq_bytes), TK_Q8_K, NULL}, \
-        IQ_X16_ENTRY(T, FACTOR, 8, &T##_x16_4)};
+        IQ_X16_ENTRY(T, FACTOR, 32, 8, &T##_x16_4)};
 /* IQ4_XS at the AVX2 and AVX-VNNI levels: super-block order lets the integers be summed in any order, so the weights
    are packed in element order (scaled, 16 bits) and the tokens come as Q8_K16 (widened once per token and matrix): a
    (row, token) sub-block is two vpmaddwd and adds (or vpdpwssd) against loads. The lanes' exact sum, then the
