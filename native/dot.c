@@ -696,8 +696,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
                 const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
                 prefetch_part(next, next_bytes, (j - jb) / g->cols, tiles_per_pass);
                 g->fn(cols, s, (size_t)g->cols, rows, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
-                for (int k = 0; k < rm; k++)
-                    for (int t = 0; t < rn; t++) put(y + (j + t) * ldy, r + k, s[k * g->cols + t], bias, add);
+                for (int t = 0; t < rn; t++) {
+                    float *yt = y + (j + t) * ldy;
+                    for (int k = 0; k < rm; k++) put(yt, r + k, s[k * g->cols + t], bias, add);
+                }
             }
         }
     }
