@@ -521,7 +521,7 @@ static inline __attribute__((always_inline)) AVX512 void pack_rows_x16(const voi
                                                                        int64_t n, size_t size, iq_sub_fn sub) {
     block_iq_x16 *p = dst;
     int16_t w[16][QK_K];
-    memset(w, 0, sizeof w);
+    memset(w + nr, 0, (size_t)(16 - nr) * sizeof w[0]); /* the dead rows; each live one is written whole per block */
     for (int64_t b = 0; b < n / QK_K; b++) {
         memset(p[b].d, 0, sizeof p[b].d);
         for (int r = 0; r < nr; r++) {
