@@ -578,7 +578,9 @@ static inline AVX512 __m512i dpwssd_bcast(__m512i acc, __m512i w, const int16_t 
                 __m512i lane[NG][RN];                                                                        \
                 for (int k = 0; k < NG; k++)                                                                 \
                     for (int t = 0; t < RN; t++) lane[k][t] = _mm512_setzero_si512();                        \
-                for (int ib = 0; ib < QK_K / 32; ib++)                                                       \
+                /* the 16 steps written out: gcc's own unrolling by 2 moved and spilled the lanes between steps \
+                   (IQ2_S 2048 x 2048 x 128 tokens, one thread: 108-109 -> 115-119 GMAC/s) */                     \
+                _Pragma("GCC unroll 16") for (int ib = 0; ib < QK_K / 32; ib++)                              \
                     for (int h = 0; h < 2; h++) {                                                            \
                         __m512i w[NG];                                                                       \
                         for (int k = 0; k < NG; k++) w[k] = _mm512_loadu_si512(p[k][b].w[ib][8 * h + l]);    \
