@@ -535,6 +535,11 @@ static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
     return n > 1 || g->cols == 1 ? g : NULL;
 }
 
+int tk_matmul_tile_rows(int wtype, int64_t n) {
+    const struct tk_gemm *g = gemm_for(wtype, n);
+    return g ? g->rows : 1;
+}
+
 int tk_act_type(int wtype, int64_t n) {
     const struct tk_dot_traits *d = tk_dot_traits(wtype);
     const struct tk_gemm *g = gemm_for(wtype, n);
@@ -663,8 +668,8 @@ static const char *row_tile(const struct tk_gemm *g, const char *rows, size_t wr
 
 /* Tiles: each tile's weight rows — the file's, or repacked into work once per pass when the tile reads them packed —
    stay in L1 while every token of the pass meets them; past r1 a tile reads zero rows (in work), whose results are
-   dropped; the last, partial token tile reads a zero-padded copy of its rows. Else [r0, r1) must be whole row
-   tiles. */
+   dropped; the last, partial token tile runs the tile for fewer tokens where there is one, else reads a zero-padded
+   copy of its rows. Else [r0, r1) must be whole row tiles. */
 static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wrow, int64_t cols, int64_t r0,
                   int64_t r1, const char *ad, size_t arow, int64_t n, float *y, int64_t ldy, const float *bias,
                   int add, char *work) {
@@ -674,7 +679,7 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
     char *own = (char *)(((uintptr_t)work + 63) & ~(uintptr_t)63),
          *tail = own + ((tiles_take_every_row(g) ? (size_t)g->rows * prow : 0) + 63) / 64 * 64;
     const int64_t nt = n - n % g->cols;
-    if (nt < n) {
+    if (nt < n && !g->fewer) {
         memcpy(tail, ad + (size_t)nt * arow, (size_t)(n - nt) * arow);
         memset(tail + (size_t)(n - nt) * arow, 0, (size_t)(g->cols - (n - nt)) * arow);
     }
@@ -695,7 +700,10 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
             for (int64_t j = jb; j < je; j += g->cols) {
                 const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
                 prefetch_part(next, next_bytes, (j - jb) / g->cols, tiles_per_pass);
-                g->fn(cols, s, (size_t)g->cols, rows, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
+                if (rn < g->cols && g->fewer)
+                    g->fewer[rn - 1](cols, s, (size_t)g->cols, rows, prow, ad + (size_t)j * arow, arow);
+                else
+                    g->fn(cols, s, (size_t)g->cols, rows, prow, j < nt ? ad + (size_t)j * arow : tail, arow);
                 for (int t = 0; t < rn; t++) {
                     float *yt = y + (j + t) * ldy;
                     for (int k = 0; k < rm; k++) put(yt, r + k, s[k * g->cols + t], bias, add);

@@ -785,6 +785,14 @@ static inline AVX512 float lanes16_sum(__m512 acc) {
         for (; i < n; i++) d[i] = TOF(x[i]);                                                                  \
     }                                                                                                         \
     FLOAT16_TILE(tile_##T##_packed5, 5, 5, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)               \
+    FLOAT16_TILE(tile_##T##_packed5x1, 5, 1, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)             \
+    FLOAT16_TILE(tile_##T##_packed5x2, 5, 2, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)             \
+    FLOAT16_TILE(tile_##T##_packed5x3, 5, 3, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)             \
+    FLOAT16_TILE(tile_##T##_packed5x4, 5, 4, ET, LOAD16, TOF, FLOAT16_PACKED_W, FLOAT16_PACKED_X)             \
+    /* a prompt's last tokens past its whole tiles of 5 (128 tokens: 3) on the packed rows, instead of a tile of 5 \
+       with zero tokens */                                                                                      \
+    static const tk_gemm_fn tile_##T##_packed5_fewer[] = {tile_##T##_packed5x1, tile_##T##_packed5x2,          \
+                                                         tile_##T##_packed5x3, tile_##T##_packed5x4};          \
     FLOAT16_TILE(tile_##T##_raw6, 4, 6, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                        \
     FLOAT16_TILE(tile_##T##_raw4, 4, 4, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                        \
     FLOAT16_TILE(tile_##T##_raw2, 4, 2, ET, LOAD16, TOF, FLOAT16_RAW_W, FLOAT16_RAW_X)                        \
@@ -792,8 +800,9 @@ static inline AVX512 float lanes16_sum(__m512 acc) {
     static const struct tk_gemm tile_##T##_raw2_tile = {tile_##T##_raw2, 4, 2, NULL, 0, 0, NULL};             \
     static const struct tk_gemm tile_##T##_raw4_tile = {tile_##T##_raw4, 4, 4, NULL, 0, 0, &tile_##T##_raw2_tile}; \
     static const struct tk_gemm tile_##T##_raw6_tile = {tile_##T##_raw6, 4, 6, NULL, 0, 0, &tile_##T##_raw4_tile}; \
-    static const struct tk_gemm tile_##T##_zmm_tile = {tile_##T##_packed5, 5, 5, pack_##T, sizeof(float),     \
-                                                       TK_##T##_ACT, &tile_##T##_raw6_tile};
+    static const struct tk_gemm tile_##T##_zmm_tile = {                                                       \
+        .fn = tile_##T##_packed5, .rows = 5, .cols = 5, .pack = pack_##T, .pack_size = sizeof(float),         \
+        .act_type = TK_##T##_ACT, .narrow = &tile_##T##_raw6_tile, .fewer = tile_##T##_packed5_fewer};
 
 /* RM rows × RN tokens: W(r, i) the 16 weights of row r from element i as F32 and X(r, j) element j as a float, from
    the packed rows (F32) or the file's */

@@ -1088,12 +1088,24 @@ static int64_t take_chunk(atomic_llong *word, int64_t lo, int64_t hi, int from_b
     }
 }
 
-/* The products of a group, their rows in chunks of a multiple of TK_GEMM_MAX_TILE rows (tiles stay whole), some 8
-   per thread. Each thread owns a run of consecutive chunks and takes them from the front, so that its rows are one
-   stream from memory (the kernels fetch rows ahead of the one they compute, past the chunk's end too; a chunk that
-   starts a new stream waits for its first rows); a thread done with its own takes the others' last ones, so that a
-   thread the machine slows down holds the others at the next barrier for one chunk at most. Chunks handed out one after
-   another to whichever thread asked, before: TinyLlama-shaped Q4_0 generation 5% slower. Matmul step k counts on
+static int64_t lcm(int64_t a, int64_t b) {
+    int64_t x = a, y = b;
+    while (y) {
+        const int64_t r = x % y;
+        x = y;
+        y = r;
+    }
+    return a / x * b;
+}
+
+/* The products of a group, their rows in chunks of a multiple of every product's tile rows and of 2 (tiles and the
+   two-row kernels' pairs stay whole: F16's tiles of 5 rows in chunks of 128 rows computed 2 zero rows per chunk of
+   TinyLlama's o and down products), some 8 per thread. Each thread owns a run of consecutive chunks and takes them from
+   the front, so that its rows are one stream from memory (the kernels fetch rows ahead of the one they compute, past
+   the chunk's end too; a chunk that starts a new stream waits for its first rows); a thread done with its own takes
+   the others' last ones, so that a thread the machine slows down holds the others at the next barrier for one chunk
+   at most. Chunks handed out one after another to whichever thread asked, before: TinyLlama-shaped Q4_0 generation 5%
+   slower. Matmul step k counts on
    taken[k % 2], which thread 0 clears for step k + 1 once every thread is past step k - 1 (a barrier follows every
    step). */
 static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int ng, int ith, int nth, int *step) {
@@ -1102,9 +1114,10 @@ static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int
     if (ith == 0)
         for (int t = 0; t < nth; t++) atomic_store(&f->taken[(*step + 1) & 1][t], 0);
     (*step)++;
-    int64_t units = 0;
-    for (int i = 0; i < ng; i++) units += (g[i].w->rows + TK_GEMM_MAX_TILE - 1) / TK_GEMM_MAX_TILE;
-    const int64_t per = (units + 8 * nth - 1) / (8 * nth), rows = TK_GEMM_MAX_TILE * per;
+    int64_t unit = 2, units = 0;
+    for (int i = 0; i < ng; i++) unit = lcm(unit, tk_matmul_tile_rows(g[i].w->type, g[i].n));
+    for (int i = 0; i < ng; i++) units += (g[i].w->rows + unit - 1) / unit;
+    const int64_t per = (units + 8 * nth - 1) / (8 * nth), rows = unit * per;
     int64_t chunks[ng], total = 0;
     for (int i = 0; i < ng; i++) total += chunks[i] = (g[i].w->rows + rows - 1) / rows;
     for (int k = 0; k < nth; k++) {

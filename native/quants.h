@@ -239,6 +239,9 @@ void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t 
 /* The type n activation rows are converted to for a product with wtype weights: the vec_dot_type, or the activation
    type of the type's packed tile when n is at least the tile's width (-1 for a type without products). */
 int tk_act_type(int wtype, int64_t n);
+/* The rows of the tile tk_matmul_rows runs for n tokens of wtype (1 when it runs the one-token kernels): a range of
+   rows a multiple of it runs whole tiles only. */
+int tk_matmul_tile_rows(int wtype, int64_t n);
 /* Bytes of work memory tk_matmul_rows may need (for any weight type) with rows of cols elements. */
 size_t tk_matmul_work(int64_t cols);
 
@@ -337,6 +340,9 @@ struct tk_gemm {
     /* when set, packs a whole row tile at once instead of pack (its rows interleaved as the tile reads them): nr rows
        at x + r·bx, zero rows up to the tile's, pack_size bytes per row and block; the tile gets bx = that row size */
     tk_pack_rows_fn pack_rows;
+    /* when set, fewer[k - 1] is the tile over the same (packed) rows for k < cols tokens, which the last, partial
+       token tile of a pass runs (else the tile itself on a zero-padded copy of its tokens) */
+    const tk_gemm_fn *fewer;
 };
 #define TK_GEMM_MAX_TILE 32 /* rows or tokens of a tile, at most */
 #define TK_GEMM_MAX_PACK 548 /* bytes per weight block of a packed tile, at most (IQ1_S's tile: 548) */
