@@ -81,6 +81,18 @@ def drop_file(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def cold_cache(path: Path) -> None:
+    """Drop a file's pages from the page cache (those no process maps), so that the next reader reads it from disk,
+    as after a reboot: what a mapping of it then gets (2 MiB folios or 4 KiB pages) depends on that reader's request
+    only, not on which program read it first or which of its pages the bench's other files pushed out before."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def llama_cpp_source(data: Path) -> Path:
     """llama.cpp's own sources as pinned by llama-cpp-python 0.3.36 (its sdist vendors them), fetched through pip
     (and pip's cache) on first use; used only to run llama.cpp's converter for comparison. Nothing is committed."""

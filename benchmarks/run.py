@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import native
-from benchmarks.common import PY, console, llama_bench, llama_cpp_tools, table
+from benchmarks.common import PY, cold_cache, console, llama_bench, llama_cpp_tools, table
 from benchmarks.common import measure as measure_process
 from benchmarks.quantize import f16_input, quantized_input
 from common.ggufio import GGUFFile
@@ -122,7 +122,10 @@ class Figures:
 
 
 def measure(path: Path, bin_dir: Path, repeat: int, with_lcp: bool = False) -> Figures:
-    """Ours, llama-bench and (optionally) llama-cpp-python on one file, alternating so a slow spell hits all."""
+    """Ours, llama-bench and (optionally) llama-cpp-python on one file, alternating so a slow spell hits all; the
+    file from a cold page cache (cold_cache), read first by our first run (as by a user's first `toolkit run` after a
+    reboot), the others then mapping the same page cache."""
+    cold_cache(path)
     ours, bench, lcp = [], [], []
     for _ in range(repeat):
         ours.append(_once(_OURS, path))
