@@ -699,7 +699,8 @@ static void tiles(const struct tk_gemm *g, int wtype, const char *wd, size_t wro
             const char *rows = row_tile(g, wd + (size_t)r * wrow, wrow, rm, cols, own, prow);
             for (int64_t j = jb; j < je; j += g->cols) {
                 const int rn = n - j < g->cols ? (int)(n - j) : g->cols;
-                prefetch_part(next, next_bytes, (j - jb) / g->cols, tiles_per_pass);
+                if (next_bytes)  /* (its divisions, for nothing, were 2% of Q4_K's one-token tiles in generation) */
+                    prefetch_part(next, next_bytes, (j - jb) / g->cols, tiles_per_pass);
                 if (rn < g->cols && g->fewer)
                     g->fewer[rn - 1](cols, s, (size_t)g->cols, rows, prow, ad + (size_t)j * arow, arow);
                 else
