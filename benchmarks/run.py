@@ -2,12 +2,13 @@
 TinyLlama-1.1B-shaped model for Q4_0, Q8_0, Q4_K_M and F16 (`BENCH_RUN_TYPES` picks), ours (`runtime.api.Llama`, 2
 threads) against llama.cpp b11434's own `llama-bench` built for this CPU (2 threads; `-p 128,512 -n 0`, then `-p 0 -n
 64 -d 128`), and against llama-cpp-python 0.3.36 (the tests' AVX2 oracle) as a second column, in the same run, each
-in its own process, alternating so that all see the same machine. Also the memory read bandwidth, generation as a
-fraction of its roofline (weights read once per token), and the peak RSS of ours against llama-bench's, each
-process's own ru_maxrss (benchmarks.common.measure): ours over the whole child (both prompts and the generation, a
-512-token context), llama-bench's the higher of its two processes (the first runs both prompts, each after a warm-up
-of the same prompt, in a 512-token context at the most); both map the GGUF file, so the weights they touch count
-(llama-bench also copies the ones it repacks). Each ratio is printed with issue 16's target, met or MISSED."""
+in its own process, alternating so that all see the same machine, each file from a cold page cache. Also the memory
+read bandwidth, generation as a fraction of its roofline (weights read once per token), and the peak RSS of ours
+against llama-bench's, each process's own ru_maxrss (benchmarks.common.measure): ours over the whole child (both
+prompts and the generation, a 512-token context), llama-bench's the higher of its two processes (the first runs both
+prompts, each after a warm-up of the same prompt, in a 512-token context at the most); both map the GGUF file, so the
+weights they touch count (llama-bench also copies the ones it repacks). Each ratio is printed with issue 16's target,
+met or MISSED."""
 from __future__ import annotations
 
 import json
