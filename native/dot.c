@@ -507,6 +507,17 @@ void tk_dequantize_row_q8_K16(const void *vx, float *y, int64_t k) {
         for (int i = 0; i < QK_K; i++) y[b * QK_K + i] = x[b].d * x[b].qs[i];
 }
 
+void tk_quantize_row_f16x(const float *x, void *vy, int64_t k) {
+    float *y = vy;
+    tk_half h[256];
+    for (int64_t i = 0; i < k; i += 256) {
+        const size_t m = k - i < 256 ? (size_t)(k - i) : 256;
+        tk_convert(x + i, TK_F32, h, TK_F16, m, 1);
+        tk_convert(h, TK_F16, y + i, TK_F32, m, 1);
+    }
+}
+void tk_dequantize_row_f16x(const void *x, float *y, int64_t k) { memcpy(y, x, (size_t)k * sizeof(float)); }
+
 /* One activation row into the vec_dot_type. */
 void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
     switch (at) {
@@ -526,8 +537,9 @@ void tk_convert_activation_row(int at, const float *x, void *dst, int64_t k) {
    sequences' next tokens batched), the narrowest such variant, one tile of tokens padded; for one token only a
    variant of one token (on AVX512: Q4_K two rows per register on Q8_KP activations; Q4_0 16 rows a tile, one per
    lane). */
-static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
+static const struct tk_gemm *gemm_for(int wtype, int64_t n, int64_t cols) {
     const struct tk_gemm *g = n > 0 ? tk_gemm(wtype) : NULL;
+    if (g && g->cols_multiple && cols % g->cols_multiple) g = g->other;
     /* between the narrow variant's width and the tile's: the narrow variant, its token tiles repeated */
     if (g && g->narrow && g->narrow->cols > 1 && n > g->narrow->cols && n < g->cols) return g->narrow;
     if (!g || !g->narrow || n > g->narrow->cols) return g && n >= g->cols && n > 1 ? g : NULL;
@@ -535,14 +547,14 @@ static const struct tk_gemm *gemm_for(int wtype, int64_t n) {
     return n > 1 || g->cols == 1 ? g : NULL;
 }
 
-int tk_matmul_tile_rows(int wtype, int64_t n) {
-    const struct tk_gemm *g = gemm_for(wtype, n);
+int tk_matmul_tile_rows(int wtype, int64_t n, int64_t cols) {
+    const struct tk_gemm *g = gemm_for(wtype, n, cols);
     return g ? g->rows : 1;
 }
 
-int tk_act_type(int wtype, int64_t n) {
+int tk_act_type(int wtype, int64_t n, int64_t cols) {
     const struct tk_dot_traits *d = tk_dot_traits(wtype);
-    const struct tk_gemm *g = gemm_for(wtype, n);
+    const struct tk_gemm *g = gemm_for(wtype, n, cols);
     if (!d) return -1;
     return g && g->act_type ? g->act_type : d->vec_dot_type;
 }
@@ -632,8 +644,10 @@ static int tiles_take_every_row(const struct tk_gemm *g) { return g->pack || g->
 
 /* The tokens of one pass over the rows: whole token tiles, at most what half of L2 holds (but 4 tiles), so that they
    stay in L2 while every row tile of the pass meets them (past L2 they come from L3 or memory once per row tile); the
-   n tokens in passes of equal size. The rows are repacked once per pass. */
+   n tokens in passes of equal size. The rows are repacked once per pass. A tile that asks for it (one_pass) takes
+   every token in one pass. */
 static int64_t token_block(const struct tk_gemm *g, size_t arow, int64_t n) {
+    if (g->one_pass) return (n + g->cols - 1) / g->cols * g->cols;
     int64_t cap = (int64_t)(tk_l2_bytes() / 2 / arow) / g->cols * g->cols;
     if (cap < 4 * g->cols) cap = 4 * g->cols;
     const int64_t passes = (n + cap - 1) / cap, per = (n + passes - 1) / passes;
@@ -726,7 +740,7 @@ void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t 
                     int64_t n, float *y, int64_t ldy, const float *bias, int add, void *work) {
     const size_t wrow = tk_row_size(wtype, cols);
     const char *wd = w, *ad = act;
-    const struct tk_gemm *g = gemm_for(wtype, n);
+    const struct tk_gemm *g = gemm_for(wtype, n, cols);
     if (!g || (!tiles_take_every_row(g) && r1 - r0 < g->rows)) {
         rows_by_dots(wtype, wd, wrow, cols, r0, r1, ad, arow, 0, n, y, ldy, bias, add);
         return;
@@ -742,7 +756,7 @@ int tk_matmul(int wtype, const void *w, int64_t rows, int64_t cols, const float 
     const struct tk_dot_traits *d = tk_dot_traits(wtype);
     const struct tk_type_traits *wt = tk_traits(wtype);
     if (!d || !wt || rows < 0 || n < 0 || cols <= 0 || cols % wt->block_size) return -1;
-    const int at = tk_act_type(wtype, n);
+    const int at = tk_act_type(wtype, n, cols);
     if (cols % tk_traits(at)->block_size) return -1;
     if (rows == 0 || n == 0) return 0;
     if (nthreads < 1) nthreads = 1;

@@ -1,7 +1,8 @@
 /* The AVX512-VNNI tiles of prompt processing (chosen at run time, cpu.c): the legacy types' tiles with two tokens
-   per 512-bit register (packed rows for many tokens, raw rows for a few), Q4_K's and Q6_K's on the same plan, F16's
-   with two accumulators per register. Lane for lane the operations of dot_avx2.c's 256-bit builds, so every result
-   is the one-token kernel's, bit for bit. */
+   per 512-bit register (packed rows for many tokens, raw rows for a few), Q4_K's and Q6_K's on the same plan, BF16's
+   with one accumulator per (row, token), F16's with four rows' four chains per register. Lane for lane the operations
+   of dot_avx2.c's 256-bit builds (F16 and BF16: of this level's one-token kernels), so every result is the one-token
+   kernel's, bit for bit. */
 #include <string.h>
 #include "quants.h"
 #include "quants_iq2.h"
@@ -734,17 +735,16 @@ static AVX512 void pack_q6_K_x2(const void *vx, size_t bx, int nr, void *dst, in
 Q6_K_X2_TILE(tile_q6_K_x2, Q6_K_X2_PAIRS, 4, &tile_q6_K_zmm_tile)
 _Static_assert(sizeof(block_q6_K_x2) / 2 <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
+/* BF16 at this level has an order of its own (the levels need not agree: it is no exact type), and so have F16's
+   rows of a length that is no multiple of 32 (below): one 16-lane
+   accumulator per (row, token), 16 elements a step, then the lanes summed as hsum8(low half + high half), then the
+   elements past the last whole step one by one. One accumulator per pair is what lets a tile hold 5 × 5 of them, and
+   its weight rows converted to F32 once for all its tokens (packed): per step, 5 conversions for 25 fused
+   multiply-adds where ggml's order (four 8-lane accumulators) allowed 3 × 4 pairs and 14. The AVX2 level has its own
+   order on the same plan (dot_avx2.c). */
 static inline AVX512 __m512 load16_f16(const tk_half *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 }
-
-/* F16 and BF16 at this level have an order of their own (the levels need not agree: they are no exact types): one
-   16-lane accumulator per (row, token), 16 elements a step, then the lanes summed as hsum8(low half + high half),
-   then the elements past the last whole step one by one. One accumulator per pair is what lets a tile hold 5 × 5 of
-   them, and its weight rows converted to F32 once for all its tokens (packed): per step, 5 conversions for 25 fused
-   multiply-adds where ggml's order (four 8-lane accumulators) allowed 3 × 4 pairs and 14. (5 × 5 rather than 4 × 6:
-   the conversions share the fused multiply-adds' ports; TinyLlama-shaped F16, 128-token prompt, Xeon, 2 threads:
-   108-109 -> 115-117 tok/s.) The AVX2 level has its own order on the same plan (dot_avx2.c). */
 static inline AVX512 __m512 load16_bf16(const uint16_t *p) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
@@ -839,6 +839,176 @@ static inline AVX512 float lanes16_sum(__m512 acc) {
 #define TK_BF16_ACT TK_BF16
 FLOAT16_KERNELS(F16, tk_half, load16_f16, h2f)
 FLOAT16_KERNELS(BF16, uint16_t, load16_bf16, bf2f)
+
+/* F16 at this level has an order of its own, four chains per (row, token): chain c sums the elements k ≡ c (mod 4)
+   of the first n - n % 4 by fused multiply-adds from zero, in order; the chains summed (c0 + c2) + (c1 + c3); the
+   last n % 4 elements then by fused multiply-adds. A 512-bit register holds 4 rows' chains (lane 4i + c: row i's
+   chain c), so that a tile multiplies 4 rows' next 4 weights by one token's next 4 activations broadcast to every
+   row: no conversion in its loop, 16 rows × 6 tokens, 4 weight loads and 6 broadcasts to 24 fused multiply-adds. The
+   rows are converted to F32 and transposed (a row's 4 weights to a 128-bit lane) once per row tile when packed (many
+   tokens), per 16 weights on the file's rows (a few tokens, and one); the activations come as F32 (TK_F16X: each an
+   F16's value). One 16-lane chain per (row, token), before, held 5 × 5 tiles converting 5 tokens per 16 elements:
+   the conversions' uops bound it to 71% of the fused multiply-adds' peak (here 2 × 16 per cycle); this tile alone
+   reaches 85-90% (its loop in a harness, 2048-5632 elements, tokens past L2: 92-100 against 111 GMAC/s, one thread).
+   The activations F32 double a pass's bytes: the tile takes every token in one pass (one_pass), its 6 broadcasts a
+   step coming as fast from L3. TinyLlama-shaped F16, 2 threads, alternating builds: prompt of 128 tokens 110-118 ->
+   129-136 tok/s; generation 14.1-14.8 -> 15.2-15.5 (the one-token tile, F16X4_AHEAD). Chains of n / 4 sequential
+   sums sit float rounding apart from ggml's order, further than the 16-lane chains: in a quantized file, where the
+   F16 products feed 8-bit activations, a rounding within that of a tie flips (0.2 in stories260K's logits).
+   Quantized files hold F16 rows where a quantized type would not fit the row: a length that is no multiple of 32.
+   Those keep the 16-lane order (cols_multiple: the 64-wide model's perplexity moved 3e-3 from llama.cpp's with
+   every row in four chains, its test allows 1e-3); every F16 file's rows of real models are multiples of 32. */
+
+/* 16 elements from i of 4 F16 rows r[0..3] (lanes outside m[j] read as zero; m NULL: none) as 4 registers by chunk
+   of 4 elements: out[c] lane 4j + l = row j's element i + 4c + l */
+static inline AVX512 void f16x4_chunks(const tk_half *const r[4], const __mmask16 *m, int64_t i, __m512 out[4]) {
+    __m512 v[4];
+    for (int j = 0; j < 4; j++)
+        v[j] = _mm512_cvtph_ps(m ? _mm256_maskz_loadu_epi16(m[j], r[j] + i)
+                                 : _mm256_loadu_si256((const __m256i *)(r[j] + i)));
+    const __m512 lo01 = _mm512_shuffle_f32x4(v[0], v[1], 0x44), lo23 = _mm512_shuffle_f32x4(v[2], v[3], 0x44),
+                 hi01 = _mm512_shuffle_f32x4(v[0], v[1], 0xEE), hi23 = _mm512_shuffle_f32x4(v[2], v[3], 0xEE);
+    out[0] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+    out[1] = _mm512_shuffle_f32x4(lo01, lo23, 0xDD);
+    out[2] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+    out[3] = _mm512_shuffle_f32x4(hi01, hi23, 0xDD);
+}
+
+/* the four chains of 4 rows (acc) summed, (c0 + c2) + (c1 + c3): out[j] row j's */
+static inline AVX512 void f16x4_sums(__m512 acc, float out[4]) {
+    const __m512 pairs = _mm512_add_ps(acc, _mm512_permute_ps(acc, 0x4E));  /* lane c: c + (c ^ 2) */
+    float l[16];
+    _mm512_storeu_ps(l, _mm512_add_ps(pairs, _mm512_permute_ps(pairs, 0xB1)));
+    for (int j = 0; j < 4; j++) out[j] = l[4 * j];
+}
+
+/* 16 rows packed: chunk c of rows 4g..4g+3 (f16x4_chunks' out[c]) at floats (4c + g)·16, then each row's last n % 4
+   weights, row after row; rows from nr on zero */
+static AVX512 void pack_f16x4(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
+    float *d = dst;
+    const int64_t n4 = n - n % 4, nt = n - n4;
+    for (int g = 0; g < 4; g++) {
+        const tk_half *r[4];
+        __mmask16 live[4], m[4];
+        for (int j = 0; j < 4; j++) {
+            r[j] = ROW16(tk_half, vx, bx, 4 * g + j < nr ? 4 * g + j : 0);
+            live[j] = 4 * g + j < nr ? 0xFFFF : 0;
+        }
+        for (int64_t i = 0; i < n4; i += 16) {
+            const int k = n4 - i < 16 ? (int)(n4 - i) : 16;
+            for (int j = 0; j < 4; j++) m[j] = live[j] & (__mmask16)((1u << k) - 1);
+            __m512 ch[4];
+            f16x4_chunks(r, m, i, ch);
+            for (int c = 0; c < k / 4; c++) _mm512_storeu_ps(d + (i + 4 * c + g) * 16, ch[c]);
+        }
+    }
+    float *tail = d + 16 * n4;
+    for (int row = 0; row < 16; row++)
+        for (int64_t k = 0; k < nt; k++) tail[row * nt + k] = row < nr ? h2f(ROW16(tk_half, vx, bx, row)[n4 + k]) : 0.0f;
+}
+
+#define F16X_ROW(t) ((const float *)((const char *)vy + (t) * by))
+/* the accumulators of G groups of 4 rows × RN tokens into s, with the rows' last n % 4 elements (W(row, k): weight k of
+   the row as a float) */
+#define F16X4_FINISH(G, RN, W)                                                                                    \
+    for (int g = 0; g < G; g++)                                                                                   \
+        for (int t = 0; t < RN; t++) {                                                                            \
+            float sums[4];                                                                                        \
+            f16x4_sums(acc[g][t], sums);                                                                          \
+            for (int j = 0; j < 4; j++) {                                                                         \
+                const int row = 4 * g + j;                                                                        \
+                float sum = sums[j];                                                                              \
+                for (int64_t k = n4; k < n; k++) sum = fmaf(W(row, k), F16X_ROW(t)[k], sum);                      \
+                s[row * ls + t] = sum;                                                                            \
+            }                                                                                                     \
+        }
+
+/* 16 packed rows × RN tokens */
+#define F16X4_PACKED_TILE(NAME, RN)                                                                               \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        (void)bx;                                                                                                 \
+        const float *w = vx, *tail = w + 16 * (n - n % 4);                                                        \
+        const int64_t n4 = n - n % 4;                                                                             \
+        __m512 acc[4][RN];                                                                                        \
+        for (int g = 0; g < 4; g++)                                                                               \
+            for (int t = 0; t < RN; t++) acc[g][t] = _mm512_setzero_ps();                                         \
+        for (int64_t i = 0; i < n4; i += 4) {                                                                     \
+            __m512 wv[4];                                                                                         \
+            for (int g = 0; g < 4; g++) wv[g] = _mm512_loadu_ps(w + (i + g) * 16);                                \
+            for (int t = 0; t < RN; t++) {                                                                        \
+                const __m512 a = _mm512_broadcast_f32x4(_mm_loadu_ps(F16X_ROW(t) + i));                           \
+                for (int g = 0; g < 4; g++) acc[g][t] = _mm512_fmadd_ps(wv[g], a, acc[g][t]);                     \
+            }                                                                                                     \
+        }                                                                                                         \
+        F16X4_FINISH(4, RN, F16X4_PACKED_W)                                                                       \
+    }
+#define F16X4_PACKED_W(row, k) tail[(row) * (n - n4) + (k) - n4]
+
+/* G groups of 4 of the file's rows × RN tokens, prefetched (generation's rows come from memory) */
+#define F16X4_RAW_TILE(NAME, G, RN)                                                                               \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        const int64_t n4 = n - n % 4;                                                                             \
+        const tk_half *r[G][4];                                                                                   \
+        for (int g = 0; g < G; g++)                                                                               \
+            for (int j = 0; j < 4; j++) r[g][j] = ROW16(tk_half, vx, bx, 4 * g + j);                              \
+        /* the rows F16X4_AHEAD rows on (they follow this tile's in the file) fetched into L2 as one linear stream
+           at the pace the tile reads its own (Q4_0X16_AHEAD's plan): a line per row and 32 elements */                \
+        const char *ahead = (const char *)vx + F16X4_AHEAD * bx;                                                  \
+        __m512 acc[G][RN];                                                                                        \
+        for (int g = 0; g < G; g++)                                                                               \
+            for (int t = 0; t < RN; t++) acc[g][t] = _mm512_setzero_ps();                                         \
+        int64_t i = 0;                                                                                            \
+        for (; i + 32 <= n4; i += 32) {                                                                           \
+            for (int q = 0; q < 4 * G; q++) _mm_prefetch(ahead + 2 * 4 * G * i + 64 * q, PREFETCH_HINT);          \
+            F16X4_RAW_STEP(G, RN, i, NULL, 16)                                                                    \
+            F16X4_RAW_STEP(G, RN, i + 16, NULL, 16)                                                               \
+        }                                                                                                         \
+        for (; i < n4; i += 16) {                                                                                 \
+            const int k = n4 - i < 16 ? (int)(n4 - i) : 16;                                                       \
+            const __mmask16 m[4] = {(__mmask16)((1u << k) - 1), (__mmask16)((1u << k) - 1),                      \
+                                    (__mmask16)((1u << k) - 1), (__mmask16)((1u << k) - 1)};                      \
+            F16X4_RAW_STEP(G, RN, i, m, k)                                                                        \
+        }                                                                                                         \
+        F16X4_FINISH(G, RN, F16X4_RAW_W)                                                                          \
+    }
+/* the K elements from I (a multiple of 4, at most 16) of every row, masks M (NULL: all 16) */
+#define F16X4_RAW_STEP(G, RN, I, M, K)                                                                            \
+    for (int g = 0; g < G; g++) {                                                                                 \
+        __m512 ch[4];                                                                                             \
+        f16x4_chunks(r[g], M, I, ch);                                                                             \
+        for (int c = 0; c < (K) / 4; c++)                                                                         \
+            for (int t = 0; t < RN; t++)                                                                          \
+                acc[g][t] = _mm512_fmadd_ps(ch[c], _mm512_broadcast_f32x4(_mm_loadu_ps(F16X_ROW(t) + (I) + 4 * c)), \
+                                            acc[g][t]);                                                           \
+    }
+/* The one-token tile's 4 rows are 4 short streams (a row of 2048 is a page): the rows 2 tiles on fetched as one
+   linear stream at its pace (Q4_0X16_AHEAD's plan) generate 15.2-15.5 tok/s (above), each row's own next tile's
+   13.3-13.7, 4 tiles on 14.2-14.6, 1 tile on 13.0-13.2, none 10.8-11.1; 8-row tiles (16 lines a step) 11.8-12.0. */
+#define F16X4_AHEAD 8
+#define F16X4_RAW_W(row, k) h2f(r[(row) / 4][(row) % 4][k])
+
+F16X4_PACKED_TILE(tile_f16x4_p6, 6)
+F16X4_PACKED_TILE(tile_f16x4_p5, 5)
+F16X4_PACKED_TILE(tile_f16x4_p4, 4)
+F16X4_PACKED_TILE(tile_f16x4_p3, 3)
+F16X4_PACKED_TILE(tile_f16x4_p2, 2)
+F16X4_PACKED_TILE(tile_f16x4_p1, 1)
+F16X4_RAW_TILE(tile_f16x4_raw6, 1, 6)
+F16X4_RAW_TILE(tile_f16x4_raw4, 1, 4)
+F16X4_RAW_TILE(tile_f16x4_raw2, 1, 2)
+F16X4_RAW_TILE(tile_f16x4_raw1, 1, 1)
+/* the last partial token tile of a pass, on the packed rows */
+static const tk_gemm_fn tile_f16x4_fewer[] = {tile_f16x4_p1, tile_f16x4_p2, tile_f16x4_p3, tile_f16x4_p4,
+                                              tile_f16x4_p5};
+/* packed for many tokens; for at most 6, the file's rows; one token, 16 of them */
+static const struct tk_gemm tile_f16x4_raw1_tile = {tile_f16x4_raw1, 4, 1, NULL, 0, TK_F16X, NULL};
+static const struct tk_gemm tile_f16x4_raw2_tile = {tile_f16x4_raw2, 4, 2, NULL, 0, TK_F16X, &tile_f16x4_raw1_tile};
+static const struct tk_gemm tile_f16x4_raw4_tile = {tile_f16x4_raw4, 4, 4, NULL, 0, TK_F16X, &tile_f16x4_raw2_tile};
+static const struct tk_gemm tile_f16x4_raw6_tile = {tile_f16x4_raw6, 4, 6, NULL, 0, TK_F16X, &tile_f16x4_raw4_tile};
+static const struct tk_gemm tile_f16x4_tile = {.fn = tile_f16x4_p6, .rows = 16, .cols = 6, .pack_size = sizeof(float),
+                                               .act_type = TK_F16X, .narrow = &tile_f16x4_raw6_tile,
+                                               .pack_rows = pack_f16x4, .fewer = tile_f16x4_fewer, .one_pass = 1,
+                                               .cols_multiple = 32, .other = &tile_F16_zmm_tile};
 
 /* ---------------------------------------------------------------------------------------------- two rows, one token */
 /* Generation's two-row products (LEGACY_DOT2 of dot_avx2.c) for Q8_0: the blocks of both rows in one 512-bit
@@ -1228,7 +1398,7 @@ tk_vec_dot2_fn tk_vec_dot2_avx512(int wtype) {
 
 const struct tk_gemm *tk_gemm_avx512(int wtype) {
     switch (wtype) {
-    case TK_F16: return &tile_F16_zmm_tile;
+    case TK_F16: return &tile_f16x4_tile;
     case TK_BF16: return &tile_BF16_zmm_tile;
     case TK_Q4_0: return &tile_q4_0x16_8_tile;
     case TK_Q8_0: return &tile_q8_0_zmm_tile;

@@ -1003,7 +1003,7 @@ static void for_rows(struct fwd *f, const struct acts *A, int64_t nrows, int64_t
 static struct acts plan_acts(const float *src, int64_t cols, const struct mm *g, int ng) {
     struct acts A = {src, cols, {0}, 0, {0}};
     for (int i = 0; i < ng; i++) {
-        int t = tk_act_type(g[i].w->type, g[i].n), seen = 0;
+        int t = tk_act_type(g[i].w->type, g[i].n, g[i].w->cols), seen = 0;
         for (int j = 0; j < A.n; j++) seen |= A.type[j] == t;
         if (!seen) {
             if (A.n == MAX_ACT) abort();  /* every weight type needs at most two activation types */
@@ -1049,7 +1049,7 @@ static const char *act_for(const struct fwd *f, const struct acts *A, int type, 
 /* y rows [r0, r1) of one product, all tokens */
 static void mm_rows(const struct fwd *f, const struct acts *A, const struct mm *m, int64_t r0, int64_t r1, int ith) {
     size_t arow = 0;
-    const char *act = act_for(f, A, tk_act_type(m->w->type, m->n), &arow);
+    const char *act = act_for(f, A, tk_act_type(m->w->type, m->n, m->w->cols), &arow);
     tk_matmul_rows(m->w->type, m->w->data, m->w->cols, r0, r1, act + (size_t)m->t0 * arow, arow, m->n, m->y, m->ldy,
                    m->bias, m->add, f->work + (size_t)ith * f->work_size);
 }
@@ -1115,7 +1115,7 @@ static void matmuls(struct fwd *f, const struct acts *A, const struct mm *g, int
         for (int t = 0; t < nth; t++) atomic_store(&f->taken[(*step + 1) & 1][t], 0);
     (*step)++;
     int64_t unit = 2, units = 0;
-    for (int i = 0; i < ng; i++) unit = lcm(unit, tk_matmul_tile_rows(g[i].w->type, g[i].n));
+    for (int i = 0; i < ng; i++) unit = lcm(unit, tk_matmul_tile_rows(g[i].w->type, g[i].n, g[i].w->cols));
     for (int i = 0; i < ng; i++) units += (g[i].w->rows + unit - 1) / unit;
     const int64_t per = (units + 8 * nth - 1) / (8 * nth), rows = unit * per;
     int64_t chunks[ng], total = 0;
@@ -1594,9 +1594,10 @@ int tk_engine_forward_batch(struct tk_engine *e, const struct tk_seq *seqs, int 
     const float **ff = malloc(sizeof(float *) * (size_t)nseq);
     /* one sequence writes its logits in place; several share a buffer, copied out at the end */
     float *out = nseq == 1 || nout == 0 ? seqs[0].logits : malloc(sizeof(float) * (size_t)nout * (size_t)hp->n_vocab);
-    /* converted activations, for every token (every token-expert pair in expert layers): at most 2 bytes per
-       element (F16/BF16, Q8_K16's widened quants; Q8_0 takes 34 per 32) and Q8_K16's float scale per 256 */
-    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 2 + (size_t)(widest / QK_K + 1) * sizeof(float) + 64);
+    /* converted activations, for every token (every token-expert pair in expert layers): at most 4 bytes per
+       element (F16X, AVX512's F16 activations; F16/BF16 and Q8_K16's widened quants take 2, Q8_0 34 per 32) and
+       Q8_K16's float scale per 256 */
+    f.act_cap = (size_t)(nk > n ? nk : n) * ((size_t)widest * 4 + (size_t)(widest / QK_K + 1) * sizeof(float) + 64);
     f.work_size = tk_matmul_work(widest);
     f.work = malloc(f.work_size * (size_t)nthreads);
     int ok = mem != NULL && ints != NULL && longs != NULL && ff != NULL && (out != NULL || nout == 0) &&

@@ -238,10 +238,10 @@ void tk_matmul_rows(int wtype, const void *w, int64_t cols, int64_t r0, int64_t 
                     int64_t n, float *y, int64_t ldy, const float *bias, int add, void *work);
 /* The type n activation rows are converted to for a product with wtype weights: the vec_dot_type, or the activation
    type of the type's packed tile when n is at least the tile's width (-1 for a type without products). */
-int tk_act_type(int wtype, int64_t n);
+int tk_act_type(int wtype, int64_t n, int64_t cols);
 /* The rows of the tile tk_matmul_rows runs for n tokens of wtype (1 when it runs the one-token kernels): a range of
    rows a multiple of it runs whole tiles only. */
-int tk_matmul_tile_rows(int wtype, int64_t n);
+int tk_matmul_tile_rows(int wtype, int64_t n, int64_t cols);
 /* Bytes of work memory tk_matmul_rows may need (for any weight type) with rows of cols elements. */
 size_t tk_matmul_work(int64_t cols);
 
@@ -278,6 +278,9 @@ void tk_dequantize_row_q8_KP(const void *x, float *y, int64_t k);
 /* TK_Q8_K16 rows: quantized as Q8_K, then widened */
 void tk_quantize_row_q8_K16(const float *x, void *dst, int64_t k);
 void tk_dequantize_row_q8_K16(const void *x, float *y, int64_t k);
+/* TK_F16X rows: rounded to F16 as TK_F16's are, held as F32 */
+void tk_quantize_row_f16x(const float *x, void *dst, int64_t k);
+void tk_dequantize_row_f16x(const void *x, float *y, int64_t k);
 
 /* fp16 -> f32 for all 65536 values (filled at load time), as ggml's ggml_table_f32_f16 */
 extern float tk_fp16_table[1 << 16];
@@ -343,6 +346,12 @@ struct tk_gemm {
     /* when set, fewer[k - 1] is the tile over the same (packed) rows for k < cols tokens, which the last, partial
        token tile of a pass runs (else the tile itself on a zero-padded copy of its tokens) */
     const tk_gemm_fn *fewer;
+    /* when set, a pass takes every token (the rows packed once): the tile reads so few activation bytes per
+       multiply-add that they come fast enough from past L2 */
+    int one_pass;
+    /* when set, rows whose length is no multiple of cols_multiple take the family `other` instead (another order) */
+    int cols_multiple;
+    const struct tk_gemm *other;
 };
 #define TK_GEMM_MAX_TILE 32 /* rows or tokens of a tile, at most */
 #define TK_GEMM_MAX_PACK 548 /* bytes per weight block of a packed tile, at most (IQ1_S's tile: 548) */

@@ -216,10 +216,13 @@ def test_tiles_match_one_token_kernels(t, level):
     output must still be bit for bit the one-token kernel's, on each instruction-set level the CPU offers. Shapes
     leave partial tiles on both sides, and an odd number of blocks above one (IQ4_NL's kernels end on one block of
     their own)."""
+    # float types: rows of whole 32s (AVX512 F16's four-chain kernels) and of other lengths (its 16-lane ones: chunks
+    # of 4 past the last 32 and elements past the last chunk of 4), for the packed tile, the few-token tiles and one
+    floats = [(19, 96, 13), (17, 160, 6), (19, 183, 13), (17, 61, 6), (23, 46, 3)] if min_cols(t) == 1 else []
     with isa_level(level):
         for rows, cols, n in [(37, min_cols(t) * 2, 11), (8, min_cols(t), 4), (130, 2048, 9), (13, min_cols(t), 2),
                               (9, min_cols(t) * 2, 3), (21, min_cols(t), 7), (6, min_cols(t), 8),
-                              (10, min_cols(t), 6), (11, min_cols(t) * 3, 5)]:
+                              (10, min_cols(t), 6), (11, min_cols(t) * 3, 5)] + floats:
             wq, _ = weights(t, rows, cols, 5 + t)
             x = activations(n, cols, 5 + t)
             full = matmul(t, wq, rows, cols, x, simd=True)
