@@ -38,6 +38,7 @@ enum tk_type {
     TK_Q8_KP = 65, /* internal: the activations of AVX512's one-token Q4_K kernel (quants.h) */
     TK_Q8_K16 = 66, /* internal: the activations of the IQ tiles on 16-bit tokens (quants.h) */
     TK_F16X = 67, /* internal: the activations of AVX512's F16 tiles, F32 values each an F16's (quants.h) */
+    TK_Q8_0S = 68, /* internal: the activations of AVX512's Q8_0 tile, Q8_0 with its sums of 4 (quants.h) */
 };
 
 /* Scalar conversions (round to nearest even, as ggml and numpy do). */

@@ -507,6 +507,22 @@ void tk_dequantize_row_q8_K16(const void *vx, float *y, int64_t k) {
         for (int i = 0; i < QK_K; i++) y[b * QK_K + i] = x[b].d * x[b].qs[i];
 }
 
+void tk_quantize_row_q8_0s(const float *x, void *vy, int64_t k) {
+    block_q8_0s *y = vy;
+    for (int64_t b = 0; b < k / QK; b++) {
+        block_q8_0 t;
+        quantize_act_q8_0(x + b * QK, &t, QK);
+        y[b].d = tk_fp16_table[t.d];
+        memcpy(y[b].qs, t.qs, QK);
+        for (int j = 0; j < QK / 4; j++) y[b].s[j] = -128 * (t.qs[4 * j] + t.qs[4 * j + 1] + t.qs[4 * j + 2] + t.qs[4 * j + 3]);
+    }
+}
+void tk_dequantize_row_q8_0s(const void *vx, float *y, int64_t k) {
+    const block_q8_0s *x = vx;
+    for (int64_t b = 0; b < k / QK; b++)
+        for (int i = 0; i < QK; i++) y[b * QK + i] = x[b].d * x[b].qs[i];
+}
+
 void tk_quantize_row_f16x(const float *x, void *vy, int64_t k) {
     float *y = vy;
     tk_half h[256];

@@ -1,8 +1,9 @@
-/* The AVX512-VNNI tiles of prompt processing (chosen at run time, cpu.c): the legacy types' tiles with two tokens
-   per 512-bit register (packed rows for many tokens, raw rows for a few), Q4_K's and Q6_K's on the same plan, BF16's
-   with one accumulator per (row, token), F16's with four rows' four chains per register. Lane for lane the operations
-   of dot_avx2.c's 256-bit builds (F16 and BF16: of this level's one-token kernels), so every result is the one-token
-   kernel's, bit for bit. */
+/* The AVX512-VNNI tiles of prompt processing (chosen at run time, cpu.c): Q8_0's and Q4_0's with 16 packed rows in
+   the lanes for many tokens, Q8_0's with two tokens per 512-bit register on the file's rows for a few, Q4_K's and
+   Q6_K's with two rows per register, BF16's with one accumulator per (row, token), F16's with four rows' four chains
+   per register. Their integers and float steps are those of the one-token kernels (dot_avx2.c's 256-bit builds; F16
+   and BF16: this level's), so every result is the one-token kernel's, bit for bit. */
+#include <stddef.h>
 #include <string.h>
 #include "quants.h"
 #include "quants_iq2.h"
@@ -41,28 +42,6 @@ static inline AVX512 __m512 two_scalars(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
 }
 
-/* The AVX512 Q8_0 tiles read their rows repacked (packed_tiles, once per row tile for all its tokens): each block's
-   weights as signed bytes, their -128·Σ lanes and the scale as a float. A (row, token) lane is then
-   (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, so the results are its bits, while a
-   row's block costs three broadcast loads instead of an unpacking per token group. */
-typedef struct { int8_t q[QK]; int32_t c[8]; float d; } block_s8_packed;
-
-/* w's -128·Σ lanes of four (128·(w0 + w1) fits 16 bits for any signed bytes), w and d stored */
-static inline AVX2 void store_s8_packed(block_s8_packed *p, __m256i w, uint16_t d) {
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8((char)0x80), w);
-    const __m256i c = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
-    _mm256_storeu_si256((__m256i *)p->q, w);
-    _mm256_storeu_si256((__m256i *)p->c, c);
-    p->d = tk_fp16_table[d];
-}
-
-static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
-    const block_q8_0 *x = vx;
-    for (int64_t b = 0; b < n / QK; b++) store_s8_packed((block_s8_packed *)dst + b, load32(x[b].qs), x[b].d);
-}
-
-#define S8_PACKED_ROW(r, b) ((const block_s8_packed *)((const char *)vx + (r) * bx) + (b))
-
 /* A legacy AVX512 tile of 4 rows x RN tokens (RN even): per block, each row prepared once by PREP_X (w, its companion
    c, its scale as a float DX), each token pair's activations by PREP_Y (a, e), then a (row, token) lane's integer is
    DOT(w, c, a, e) and the float sum goes as the one-token kernel's. */
@@ -97,16 +76,10 @@ static AVX2 void pack_q8_0(const void *vx, void *dst, int64_t n) {
 /* activations as unsigned bytes y + 128, the lane (y + 128)·w - 128·Σw = Σ w·y with c = -128·Σw per row */
 #define S8_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
 #define S8_DOT(w, c, a, e) dpbusd_zmm(c, a, w)
-/* packed rows: w, c and the scale stored */
-#define PACKED_X(x, W, C)                                                                                     \
-    (W = _mm512_broadcast_i64x4(load32((const int8_t *)(x)->q)),                                               \
-     C = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(x)->c)))
-#define PACKED_DX(x) ((x)->d)
-S8_TILE_ZMM(tile_s8_packed_zmm, block_s8_packed, 8, PACKED_X, PACKED_DX, S8_Y, S8_DOT)
-
-/* The same tiles on the file's rows, for a few tokens (the next tokens of a few generating sequences): each row's
-   block unpacked in registers once for all RN tokens costs less than packing it for them. The lanes are the packed
-   tile's integers, so the bits are the one-token kernel's. */
+/* Q8_0 for a few tokens (the next tokens of a few generating sequences), on the file's rows: each row's block
+   unpacked in registers once for all RN tokens costs less than packing it for them. A (row, token) lane is
+   (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, and the float steps are its own, so the
+   results are its bits. */
 #define FP16_DX(x) tk_fp16_table[(x)->d]
 /* Q8_0: w the signed quants, c = -128·Σw computed */
 #define Q8_0_RAW_X(x, w, c)                                                                                   \
@@ -115,6 +88,82 @@ S8_TILE_ZMM(tile_s8_packed_zmm, block_s8_packed, 8, PACKED_X, PACKED_DX, S8_Y, S
 S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
 S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+
+/* Q8_0 for many tokens: 16 rows, one per 32-bit lane, with ggml's 8 float lanes per (row, token) kept as 8
+   registers, acc[j] holding lane j (the sum of quants 4j..4j+3 of each block) of the 16 rows. A row tile is packed once
+   for all its tokens (pack_q8_0x16): per block, register j = the rows' quants 4j..4j+3 biased by 128 to unsigned
+   bytes, and the rows' scales as floats. Lane j of a token is then one vpdpbusd of register j with the token's quants
+   4j..4j+3 broadcast, starting from its -128·Σ (TK_Q8_0S): Σ (w + 128)·y - 128·Σy = Σ w·y, the one-token kernel's
+   integer; then fma(d_x·d_y, that, acc) as its, d_x·d_y once per token and block for the 16 rows. Per 64 products: a
+   vpdpbusd, a conversion and a fused multiply-add (the two-tokens-per-register tile also multiplied the scales of each
+   (row, token pair) and set up each pair's activations); the 8 lanes are summed at the end in hsum8's order. */
+typedef struct { uint8_t w[QK / 4][64]; float d[16]; } block_q8_0x16;
+#define Q8_0X16_ROW_SIZE (sizeof(block_q8_0x16) / 16) /* the packed bytes per row and block */
+
+/* rows x + r·bx for r < nr (the rest zero weights, zero scales), 16 interleaved per block */
+static AVX512 void pack_q8_0x16(const void *vx, size_t bx, int nr, void *dst, int64_t n) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i file_rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)bx)),
+                  part_rows = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)sizeof(block_q8_0)));
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    block_q8_0x16 *p = dst;
+    for (int64_t b = 0; b < n / QK; b++) {
+        const block_q8_0 *x = (const block_q8_0 *)vx + b;
+        block_q8_0 part[16];
+        const char *src = (const char *)x;
+        size_t stride = bx;
+        if (nr < 16) { /* a partial tile: its rows' blocks copied, zero blocks after them (no row past nr is read) */
+            memset(part, 0, sizeof part);
+            for (int r = 0; r < nr; r++) memcpy(&part[r], src + (size_t)r * bx, sizeof(block_q8_0));
+            src = (const char *)part;
+            stride = sizeof(block_q8_0);
+        }
+        __m512i q[QK / 4];
+        rows16_quads(src + offsetof(block_q8_0, qs), stride, q);
+        rows16_quads(src + offsetof(block_q8_0, qs) + 16, stride, q + 4);
+        for (int j = 0; j < QK / 4; j++) _mm512_storeu_si512(p[b].w[j], _mm512_xor_si512(q[j], bias));
+        /* the scales: the low 16 bits of the word at each row's block */
+        const __m512i d = _mm512_i32gather_epi32(nr < 16 ? part_rows : file_rows, src, 1);
+        _mm512_storeu_ps(p[b].d, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d)));
+    }
+}
+
+/* the lanes of a[0..7] summed as hsum8 (simd_x86.h) sums a register's 8 lanes: ((0 + 4) + (2 + 6)) + ((1 + 5) + (3 + 7)) */
+static inline AVX512 __m512 hsum8_across(const __m512 a[8]) {
+    const __m512 even = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
+    return _mm512_add_ps(even, _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7])));
+}
+
+/* 16 rows x RN tokens from rows packed by pack_q8_0x16, on TK_Q8_0S activations */
+#define Q8_0X16_TILE(NAME, RN)                                                                                \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
+        (void)bx;                                                                                            \
+        const block_q8_0x16 *p = vx;                                                                         \
+        __m512 acc[RN][QK / 4];                                                                              \
+        for (int t = 0; t < RN; t++)                                                                         \
+            for (int j = 0; j < QK / 4; j++) acc[t][j] = _mm512_setzero_ps();                                \
+        for (int64_t b = 0; b < n / QK; b++) {                                                               \
+            const __m512 dx = _mm512_loadu_ps(p[b].d);                                                       \
+            const block_q8_0s *y[RN];                                                                        \
+            __m512 d[RN];                                                                                    \
+            for (int t = 0; t < RN; t++) {                                                                   \
+                y[t] = (const block_q8_0s *)((const char *)vy + t * by) + b;                                 \
+                d[t] = _mm512_mul_ps(dx, _mm512_set1_ps(y[t]->d));                                           \
+            }                                                                                                \
+            for (int j = 0; j < QK / 4; j++) {                                                               \
+                const __m512i w = _mm512_loadu_si512(p[b].w[j]);                                             \
+                for (int t = 0; t < RN; t++) {                                                               \
+                    int32_t a;                                                                               \
+                    memcpy(&a, y[t]->qs + 4 * j, 4);                                                         \
+                    const __m512i sum = dpbusd_zmm(_mm512_set1_epi32(y[t]->s[j]), w, _mm512_set1_epi32(a));  \
+                    acc[t][j] = _mm512_fmadd_ps(d[t], _mm512_cvtepi32_ps(sum), acc[t][j]);                  \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int t = 0; t < RN; t++) store_rows16(s + t, ls, hsum8_across(acc[t]));                          \
+    }
+Q8_0X16_TILE(tile_q8_0x16_2, 2)
+Q8_0X16_TILE(tile_q8_0x16_1, 1)
 
 /* The Q4_0 tiles: 16 weight rows, one per 32-bit lane (as ggml's repacked Q4_0 gemm holds 8 rows in a 256-bit
    register), in the block-sum order of the one-token kernels. A row tile is packed once for all its tokens
@@ -345,14 +394,19 @@ static const struct tk_gemm tile_q4_0x16_8_tile = {.fn = tile_q4_0x16_8, .rows =
                                                    .narrow = &tile_q4_0x16_raw4_tile, .pack_rows = pack_q4_0x16};
 _Static_assert(Q4_0X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
-/* the packed tile for many tokens; for at most its width, the raw tiles, widest first */
-#define S8_TILE_ENTRIES(T, PACK)                                                                              \
-    static const struct tk_gemm T##_raw2_tile = {T##_raw2, 4, 2, NULL, 0, 0, NULL};                           \
-    static const struct tk_gemm T##_raw4_tile = {T##_raw4, 4, 4, NULL, 0, 0, &T##_raw2_tile};                 \
-    static const struct tk_gemm T##_raw8_tile = {T##_raw8, 4, 8, NULL, 0, 0, &T##_raw4_tile};                 \
-    static const struct tk_gemm T##_zmm_tile = {tile_s8_packed_zmm, 4, 8, PACK, sizeof(block_s8_packed), TK_Q8_0, \
-                                                &T##_raw8_tile};
-S8_TILE_ENTRIES(tile_q8_0, pack_q8_0)
+/* Q8_0: the packed 16-row tile for many tokens (an odd last one by its one-token variant); for at most 8, the raw
+   tiles, widest first */
+static const struct tk_gemm tile_q8_0_raw2_tile = {.fn = tile_q8_0_raw2, .rows = 4, .cols = 2};
+static const struct tk_gemm tile_q8_0_raw4_tile = {.fn = tile_q8_0_raw4, .rows = 4, .cols = 4,
+                                                   .narrow = &tile_q8_0_raw2_tile};
+static const struct tk_gemm tile_q8_0_raw8_tile = {.fn = tile_q8_0_raw8, .rows = 4, .cols = 8,
+                                                   .narrow = &tile_q8_0_raw4_tile};
+static const tk_gemm_fn tile_q8_0x16_fewer[] = {tile_q8_0x16_1};
+static const struct tk_gemm tile_q8_0_zmm_tile = {.fn = tile_q8_0x16_2, .rows = 16, .cols = 2,
+                                                  .pack_size = Q8_0X16_ROW_SIZE, .act_type = TK_Q8_0S,
+                                                  .narrow = &tile_q8_0_raw8_tile, .pack_rows = pack_q8_0x16,
+                                                  .fewer = tile_q8_0x16_fewer};
+_Static_assert(Q8_0X16_ROW_SIZE <= TK_GEMM_MAX_PACK, "packed block larger than tk_matmul_work holds");
 
 /* [a | b]: two 256-bit halves */
 static inline AVX512 __m512i two_ymm(__m256i a, __m256i b) {

@@ -42,6 +42,10 @@ typedef struct { float d; int8_t qs[QK_K]; float yb[QK_K / 32]; } block_q8_KX;
 /* TK_Q8_K16, the activations of the IQ tiles on 16-bit tokens (the grid types' AVX2 and AVX512 tiles, IQ4_XS's AVX2
    tile): a Q8_K block's d and quants, widened to 16 bits once per token and matrix */
 typedef struct { float d; int16_t qs[QK_K]; } block_q8_K16;
+/* TK_Q8_0S, the activations of AVX512's Q8_0 tile (16 rows in lanes, weights biased by 128 to unsigned bytes): a
+   Q8_0 block's quants and scale (as F32), and s[j] = -128 · (the sum of quants 4j..4j+3), which the tile starts each
+   lane of Σ (w + 128)·y from so that it ends on Σ w·y */
+typedef struct { float d; int32_t s[QK / 4]; int8_t qs[QK]; } block_q8_0s;
 
 static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
 static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
@@ -278,6 +282,9 @@ void tk_dequantize_row_q8_KP(const void *x, float *y, int64_t k);
 /* TK_Q8_K16 rows: quantized as Q8_K, then widened */
 void tk_quantize_row_q8_K16(const float *x, void *dst, int64_t k);
 void tk_dequantize_row_q8_K16(const void *x, float *y, int64_t k);
+/* TK_Q8_0S rows: quantized as Q8_0 activations, with the sums */
+void tk_quantize_row_q8_0s(const float *x, void *dst, int64_t k);
+void tk_dequantize_row_q8_0s(const void *x, float *y, int64_t k);
 /* TK_F16X rows: rounded to F16 as TK_F16's are, held as F32 */
 void tk_quantize_row_f16x(const float *x, void *dst, int64_t k);
 void tk_dequantize_row_f16x(const void *x, float *y, int64_t k);

@@ -69,8 +69,12 @@ static const struct tk_type_traits Q8_K16_TRAITS = {"q8_K16", QK_K, sizeof(block
 static const struct tk_type_traits F16X_TRAITS = {"f16x", 1, sizeof(float), tk_quantize_row_f16x, tk_dequantize_row_f16x,
                                                   NULL};
 
+static const struct tk_type_traits Q8_0S_TRAITS = {"q8_0s", QK, sizeof(block_q8_0s), tk_quantize_row_q8_0s,
+                                                   tk_dequantize_row_q8_0s, NULL};
+
 const struct tk_type_traits *tk_traits(int type) {
     if (type == TK_F16X) return &F16X_TRAITS;
+    if (type == TK_Q8_0S) return &Q8_0S_TRAITS;
     if (type == TK_Q8_KX) return &Q8_KX_TRAITS;
     if (type == TK_Q8_KP) return &Q8_KP_TRAITS;
     if (type == TK_Q8_K16) return &Q8_K16_TRAITS;
