@@ -26,68 +26,52 @@ static inline AVX512 __m512i dpbusd_zmm(__m512i acc, __m512i u, __m512i s) { ret
 static inline AVX512 __m512i two_blocks(const int8_t *a, const int8_t *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
 }
-/* a tile's 512-bit accumulators acc[RM][RN / 2] (token 2t in lanes 0-7, 2t + 1 in lanes 8-15): cleared; summed into
-   s[r·ls + token] */
-#define ZMM_PAIRS_ZERO(acc, RM, RN)                                                                           \
-    for (int r_ = 0; r_ < RM; r_++)                                                                          \
-        for (int t_ = 0; t_ < RN / 2; t_++) acc[r_][t_] = _mm512_setzero_ps()
-#define ZMM_PAIRS_STORE(acc, RM, RN, s, ls)                                                                   \
-    for (int r_ = 0; r_ < RM; r_++)                                                                          \
-        for (int t_ = 0; t_ < RN / 2; t_++) {                                                                \
-            (s)[r_ * (ls) + 2 * t_] = hsum8(_mm512_castps512_ps256(acc[r_][t_]));                            \
-            (s)[r_ * (ls) + 2 * t_ + 1] = hsum8(upper8(acc[r_][t_]));                                        \
-        }
 /* [a ×8 | b ×8]: the scales of two tokens */
 static inline AVX512 __m512 two_scalars(float a, float b) {
     return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b));
 }
 
-/* A legacy AVX512 tile of 4 rows x RN tokens (RN even): per block, each row prepared once by PREP_X (w, its companion
-   c, its scale as a float DX), each token pair's activations by PREP_Y (a, e), then a (row, token) lane's integer is
-   DOT(w, c, a, e) and the float sum goes as the one-token kernel's. */
-#define S8_TILE_ZMM(NAME, XT, RN, PREP_X, DX, PREP_Y, DOT)                                                    \
-    AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) {   \
+/* Q8_0 for a few tokens (the next tokens of a few generating sequences), on the file's rows: 4 rows x RN tokens (RN
+   even), each row's block unpacked in registers once for all RN tokens, which costs less than packing it for them;
+   acc[r][t] holds tokens 2t (lanes 0-7) and 2t + 1 (lanes 8-15) of row r. Per block, a row is w (its quants, in both
+   halves) and c = -128·Σw; a token pair is a = y + 128 as unsigned bytes; a (row, token) lane is then
+   (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, and the float steps are its own, so the
+   results are its bits. */
+#define Q8_0_RAW_TILE(NAME, RN)                                                                               \
+    static AVX512 void NAME(int64_t n, float *s, size_t ls, const void *vx, size_t bx, const void *vy, size_t by) { \
         enum { RM = 4 };                                                                                     \
+        const __m512i bias = _mm512_set1_epi8((char)0x80);                                                   \
         __m512 acc[RM][RN / 2];                                                                              \
-        ZMM_PAIRS_ZERO(acc, RM, RN);                                                                         \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN / 2; t++) acc[r][t] = _mm512_setzero_ps();                                \
         for (int64_t b = 0; b < n / QK; b++) {                                                               \
             __m512i w[RM], c[RM];                                                                            \
             __m512 dx[RM];                                                                                   \
             for (int r = 0; r < RM; r++) {                                                                   \
-                const XT *x = (const XT *)((const char *)vx + r * bx) + b;                                   \
-                PREP_X(x, w[r], c[r]);                                                                       \
-                dx[r] = _mm512_set1_ps(DX(x));                                                               \
+                const block_q8_0 *x = (const block_q8_0 *)((const char *)vx + r * bx) + b;                   \
+                w[r] = _mm512_broadcast_i64x4(load32(x->qs));                                                \
+                c[r] = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), bias, w[r])); \
+                dx[r] = _mm512_set1_ps(tk_fp16_table[x->d]);                                                 \
             }                                                                                                \
             for (int t = 0; t < RN / 2; t++) {                                                               \
                 const block_q8_0 *y0 = (const block_q8_0 *)((const char *)vy + 2 * t * by) + b;              \
                 const block_q8_0 *y1 = (const block_q8_0 *)((const char *)y0 + by);                          \
-                __m512i a, e;                                                                                \
-                PREP_Y(two_blocks(y0->qs, y1->qs), a, e);                                                    \
+                const __m512i a = _mm512_xor_si512(two_blocks(y0->qs, y1->qs), bias);                        \
                 const __m512 dy = two_scalars(tk_fp16_table[y0->d], tk_fp16_table[y1->d]);                   \
                 for (int r = 0; r < RM; r++)                                                                 \
                     acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(dx[r], dy),                                    \
-                                                _mm512_cvtepi32_ps(DOT(w[r], c[r], a, e)), acc[r][t]);       \
-                (void)e;                                                                                     \
+                                                _mm512_cvtepi32_ps(dpbusd_zmm(c[r], a, w[r])), acc[r][t]);   \
             }                                                                                                \
         }                                                                                                    \
-        ZMM_PAIRS_STORE(acc, RM, RN, s, ls);                                                                 \
+        for (int r = 0; r < RM; r++)                                                                         \
+            for (int t = 0; t < RN / 2; t++) {                                                               \
+                s[r * ls + 2 * t] = hsum8(_mm512_castps512_ps256(acc[r][t]));                                \
+                s[r * ls + 2 * t + 1] = hsum8(upper8(acc[r][t]));                                            \
+            }                                                                                                \
     }
-
-/* activations as unsigned bytes y + 128, the lane (y + 128)·w - 128·Σw = Σ w·y with c = -128·Σw per row */
-#define S8_Y(y, a, e) (a = _mm512_xor_si512((y), _mm512_set1_epi8((char)0x80)), e = a)
-#define S8_DOT(w, c, a, e) dpbusd_zmm(c, a, w)
-/* Q8_0 for a few tokens (the next tokens of a few generating sequences), on the file's rows: each row's block
-   unpacked in registers once for all RN tokens costs less than packing it for them. A (row, token) lane is
-   (y + 128)·w - 128·Σw = Σ w·y, the very integer the one-token kernel sums, and the float steps are its own, so the
-   results are its bits. */
-#define FP16_DX(x) tk_fp16_table[(x)->d]
-/* Q8_0: w the signed quants, c = -128·Σw computed */
-#define Q8_0_RAW_X(x, w, c)                                                                                   \
-    (w = _mm512_broadcast_i64x4(load32((x)->qs)),                                                             \
-     c = _mm512_sub_epi32(_mm512_setzero_si512(), dpbusd_zmm(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), w)))
-S8_TILE_ZMM(tile_q8_0_raw8, block_q8_0, 8, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
-S8_TILE_ZMM(tile_q8_0_raw4, block_q8_0, 4, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
-S8_TILE_ZMM(tile_q8_0_raw2, block_q8_0, 2, Q8_0_RAW_X, FP16_DX, S8_Y, S8_DOT)
+Q8_0_RAW_TILE(tile_q8_0_raw8, 8)
+Q8_0_RAW_TILE(tile_q8_0_raw4, 4)
+Q8_0_RAW_TILE(tile_q8_0_raw2, 2)
 
 /* Q8_0 for many tokens: 16 rows, one per 32-bit lane, with ggml's 8 float lanes per (row, token) kept as 8
    registers, acc[j] holding lane j (the sum of quants 4j..4j+3 of each block) of the 16 rows. A row tile is packed once
